@@ -1,0 +1,44 @@
+"""A persistent job queue stored in MongoDB through MongoEngine.
+
+The app defines its job model by subclassing :class:`BaseJob` and registers
+its handlers; :func:`create_job_queue` ties the two into a
+:class:`PersistentJobQueue` that enqueues, claims atomically, runs handlers in
+a thread pool and retries failures with tenacity-driven backoff.
+"""
+
+from __future__ import annotations
+
+from .config import QueueConfig
+from .errors import (
+    ConfigError,
+    FailJob,
+    HandlerError,
+    InvalidJobError,
+    JobModelError,
+    MongoJobQueueError,
+    QueueStateError,
+    RetryJob,
+)
+from .model import BaseJob, JobError, JobStatus, LeaseOwner
+from .queue import PersistentJobQueue, create_job_queue
+
+__version__ = "1.0.0"
+
+__all__ = [
+    "BaseJob",
+    "ConfigError",
+    "FailJob",
+    "HandlerError",
+    "InvalidJobError",
+    "JobError",
+    "JobModelError",
+    "JobStatus",
+    "LeaseOwner",
+    "MongoJobQueueError",
+    "PersistentJobQueue",
+    "QueueConfig",
+    "QueueStateError",
+    "RetryJob",
+    "__version__",
+    "create_job_queue",
+]

@@ -1,0 +1,129 @@
+"""Typed, validated queue configuration.
+
+Keys are snake_case with the unit in the name (``_ms``) so that a mapping read
+from a settings file is unambiguous. Validation happens once, at construction:
+a typo in a key must fail the deploy, not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from .errors import ConfigError
+
+__all__ = ["ConfigInput", "QueueConfig", "load_config"]
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """Settings of one :class:`~mongo_job_queue.PersistentJobQueue`.
+
+    Attributes:
+        max_retries: Retries after the first attempt; a job runs at most
+            ``max_retries + 1`` times, lease-expiry rescues included.
+        retry_delay_ms: First retry delay; later ones grow exponentially with jitter.
+        retry_max_delay_ms: Upper bound of a single retry delay.
+        poll_interval_base_ms: Idle poll interval right after work was seen.
+        poll_interval_max_ms: Idle poll interval reached by doubling while idle.
+        concurrency: Handler threads; the worker never claims more jobs than this.
+        lease_ms: How long a claim stays valid without a heartbeat.
+        heartbeat_interval_ms: How often leases of running jobs are renewed;
+            at most half of ``lease_ms`` so one missed beat never loses a lease.
+        sweep_interval_ms: How often expired leases are recovered.
+        queues: Queue names this worker claims from.
+        max_error_history: Error records kept per job (oldest dropped first).
+        max_error_chars: Truncation limit of a stored error message.
+        max_traceback_chars: Truncation limit of a stored traceback.
+        db_retry_attempts: Tries of one database call on transient errors.
+        db_retry_max_delay_ms: Upper bound of the wait between those tries.
+        worker_id: Name of this worker in lease records; random when omitted.
+    """
+
+    max_retries: int = 3
+    retry_delay_ms: int = 1_000
+    retry_max_delay_ms: int = 3_600_000
+    poll_interval_base_ms: int = 1_000
+    poll_interval_max_ms: int = 30_000
+    concurrency: int = 8
+    lease_ms: int = 60_000
+    heartbeat_interval_ms: int = 15_000
+    sweep_interval_ms: int = 30_000
+    queues: tuple[str, ...] = ("default",)
+    max_error_history: int = 10
+    max_error_chars: int = 2_000
+    max_traceback_chars: int = 8_000
+    db_retry_attempts: int = 5
+    db_retry_max_delay_ms: int = 2_000
+    worker_id: str | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "queues":
+                _check_queues(value)
+            elif f.name == "worker_id":
+                if value is not None and (not isinstance(value, str) or not value):
+                    raise ConfigError(f"config key 'worker_id' must be a non-empty str or None, got {value!r}")
+            else:
+                _check_int(f.name, value, minimum=_MINIMUM.get(f.name, 1))
+        if self.poll_interval_max_ms < self.poll_interval_base_ms:
+            raise ConfigError("config key 'poll_interval_max_ms' must be >= 'poll_interval_base_ms'")
+        if self.retry_max_delay_ms < self.retry_delay_ms:
+            raise ConfigError("config key 'retry_max_delay_ms' must be >= 'retry_delay_ms'")
+        if self.heartbeat_interval_ms * 2 > self.lease_ms:
+            raise ConfigError(
+                "config key 'heartbeat_interval_ms' must be at most half of 'lease_ms' "
+                f"({self.heartbeat_interval_ms} > {self.lease_ms} / 2), or a single late "
+                "heartbeat would let a running job be taken by another worker"
+            )
+
+    @property
+    def max_attempts(self) -> int:
+        """Default number of runs of a job: ``max_retries + 1``."""
+        return self.max_retries + 1
+
+
+_MINIMUM = {"max_retries": 0, "retry_delay_ms": 0, "retry_max_delay_ms": 0, "max_error_history": 1}
+
+ConfigInput = Union[QueueConfig, Mapping[str, Any], None]
+
+
+def _check_int(name: str, value: Any, *, minimum: int) -> None:
+    # bool is an int subclass; "concurrency": True is a mistake, not 1.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"config key {name!r} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ConfigError(f"config key {name!r} must be >= {minimum}, got {value}")
+
+
+def _check_queues(value: Any) -> None:
+    if isinstance(value, str) or not isinstance(value, tuple) or not value:
+        raise ConfigError(f"config key 'queues' must be a non-empty list of queue names, got {value!r}")
+    for name in value:
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"config key 'queues' holds an invalid queue name: {name!r}")
+
+
+def load_config(config: ConfigInput) -> QueueConfig:
+    """Build a :class:`QueueConfig` from a mapping, a config object or ``None``.
+
+    Raises:
+        ConfigError: naming the offending key and, for unknown keys, the valid ones.
+    """
+    if config is None:
+        return QueueConfig()
+    if isinstance(config, QueueConfig):
+        return config
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"config must be a mapping or a QueueConfig, got {type(config).__name__}")
+    valid = [f.name for f in dataclasses.fields(QueueConfig)]
+    unknown = sorted(str(k) for k in config if k not in valid)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(map(repr, unknown))}; valid keys are: {', '.join(valid)}")
+    values = dict(config)
+    if "queues" in values and isinstance(values["queues"], list):
+        values["queues"] = tuple(values["queues"])
+    return QueueConfig(**values)

@@ -1,0 +1,47 @@
+"""Every exception the library raises, under one base class.
+
+Catching :class:`MongoJobQueueError` catches them all. The control-flow
+exceptions (:class:`RetryJob`, :class:`FailJob`) are raised by handlers to
+steer the retry policy; they are not errors of the library.
+"""
+
+from __future__ import annotations
+
+
+class MongoJobQueueError(Exception):
+    """Base class for every exception raised by mongo_job_queue."""
+
+
+class ConfigError(MongoJobQueueError, ValueError):
+    """A configuration key is unknown or its value has the wrong type or range."""
+
+
+class JobModelError(MongoJobQueueError, TypeError):
+    """The injected job model is not a concrete subclass of BaseJob."""
+
+
+class HandlerError(MongoJobQueueError, ValueError):
+    """A handler registration is invalid (duplicate type, not callable, bad policy)."""
+
+
+class InvalidJobError(MongoJobQueueError, ValueError):
+    """A job to enqueue was rejected before anything was written to the database."""
+
+
+class QueueStateError(MongoJobQueueError, RuntimeError):
+    """The queue was asked to do something its current state does not allow."""
+
+
+class RetryJob(MongoJobQueueError):
+    """Raised by a handler to retry the job after ``delay_ms`` instead of the policy's wait."""
+
+    def __init__(self, delay_ms: int, reason: str = "retry requested") -> None:
+        if isinstance(delay_ms, bool) or not isinstance(delay_ms, int) or delay_ms < 0:
+            raise TypeError(f"RetryJob delay_ms must be an int >= 0, got {delay_ms!r}")
+        super().__init__(reason)
+        self.delay_ms = delay_ms
+        self.reason = reason
+
+
+class FailJob(MongoJobQueueError):
+    """Raised by a handler to fail the job for good, with no further retry."""

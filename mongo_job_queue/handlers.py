@@ -1,0 +1,85 @@
+"""The per-type handler registry of one queue.
+
+Handlers belong to the app; the queue only keeps the mapping from job type to
+function and retry policy. A worker claims exactly the types registered here,
+so a web process that only enqueues never takes jobs it cannot run.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .errors import HandlerError
+from .retry import RetryPolicy, RetryStrategy, StopStrategy, WaitStrategy
+
+__all__ = ["Handler", "HandlerFn", "HandlerRegistry"]
+
+HandlerFn = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class Handler:
+    """A registered handler: the function, its retry policy and retry bound."""
+
+    job_type: str
+    fn: HandlerFn
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    max_retries: Optional[int] = None
+
+
+class HandlerRegistry:
+    """Thread-safe mapping of job type to :class:`Handler`."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, Handler] = {}
+        self._lock = threading.Lock()
+
+    def register(
+        self,
+        job_type: str,
+        fn: HandlerFn,
+        *,
+        stop: Optional[StopStrategy] = None,
+        wait: Optional[WaitStrategy] = None,
+        retry: Optional[RetryStrategy] = None,
+        max_retries: Optional[int] = None,
+    ) -> Handler:
+        if not isinstance(job_type, str) or not job_type:
+            raise HandlerError(f"job type must be a non-empty str, got {job_type!r}")
+        if not callable(fn):
+            raise HandlerError(f"handler for {job_type!r} must be callable, got {type(fn).__name__} {fn!r}")
+        if max_retries is not None and (
+            isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0
+        ):
+            raise HandlerError(f"max_retries for {job_type!r} must be an int >= 0, got {max_retries!r}")
+        handler = Handler(job_type, fn, RetryPolicy(stop=stop, wait=wait, retry=retry), max_retries)
+        with self._lock:
+            existing = self._handlers.get(job_type)
+            if existing is not None:
+                raise HandlerError(
+                    f"a handler for job type {job_type!r} is already registered ({_name(existing.fn)}); "
+                    f"refusing to replace it with {_name(fn)}"
+                )
+            self._handlers[job_type] = handler
+        return handler
+
+    def get(self, job_type: str) -> Handler | None:
+        return self._handlers.get(job_type)
+
+    def types(self) -> list[str]:
+        """Registered job types, sorted so claim filters are stable."""
+        with self._lock:
+            return sorted(self._handlers)
+
+    def __contains__(self, job_type: object) -> bool:
+        return job_type in self._handlers
+
+    def __len__(self) -> int:
+        return len(self._handlers)
+
+
+def _name(fn: Any) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"

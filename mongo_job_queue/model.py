@@ -1,0 +1,113 @@
+"""The abstract job document that applications subclass.
+
+The library never defines a concrete collection: the app's subclass picks the
+collection, the connection alias and any extra fields or indexes, and is
+injected into :func:`~mongo_job_queue.create_job_queue`.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from mongoengine import (
+    DateTimeField,
+    DictField,
+    Document,
+    DynamicField,
+    EmbeddedDocument,
+    EmbeddedDocumentField,
+    EmbeddedDocumentListField,
+    IntField,
+    StringField,
+)
+
+__all__ = ["LIBRARY_FIELDS", "BaseJob", "JobError", "JobStatus", "LeaseOwner"]
+
+
+class JobStatus(str, enum.Enum):
+    """Lifecycle states. A delayed or retrying job is ``PENDING`` with a future ``run_at``."""
+
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class LeaseOwner(EmbeddedDocument):
+    """Who holds (or last held) a job's lease, for debugging stuck jobs."""
+
+    host = StringField()
+    pid = IntField()
+    worker_id = StringField()
+
+
+class JobError(EmbeddedDocument):
+    """One failed attempt: what was raised, where, and under which lease."""
+
+    type = StringField()
+    message = StringField()
+    traceback = StringField()
+    attempt = IntField()
+    at = DateTimeField()
+    lease_token = StringField()
+
+
+class BaseJob(Document):
+    """Abstract MongoEngine document holding everything the queue needs.
+
+    Subclass it, add fields, and set ``meta`` (collection, ``db_alias``,
+    indexes). The indexes declared here are inherited and merged with yours.
+
+    The claim index follows the ESR rule (equality, sort, range): ``status``,
+    ``queue`` and ``type`` are matched by equality/``$in``, ``priority`` and
+    ``run_at`` give the sort, and ``run_at`` is also the ``$lte now`` range.
+    """
+
+    type = StringField(required=True, max_length=200)
+    status = StringField(required=True, default=JobStatus.PENDING.value, choices=[s.value for s in JobStatus])
+    data = DictField()
+    queue = StringField(required=True, default="default", max_length=200)
+    priority = IntField(required=True, default=0)
+    run_at = DateTimeField(required=True)
+    attempts = IntField(required=True, default=0, min_value=0)
+    max_retries = IntField(required=True, min_value=0)
+
+    lease_owner = EmbeddedDocumentField(LeaseOwner)
+    lease_token = StringField()
+    lease_expires_at = DateTimeField()
+
+    created_at = DateTimeField(required=True)
+    started_at = DateTimeField()
+    finished_at = DateTimeField()
+    updated_at = DateTimeField(required=True)
+
+    last_error = EmbeddedDocumentField(JobError)
+    errors = EmbeddedDocumentListField(JobError)
+    result = DynamicField()
+
+    meta: dict[str, Any] = {
+        "abstract": True,
+        "indexes": [
+            {
+                "name": "mjq_claim",
+                "fields": ["status", "queue", "type", "-priority", "run_at"],
+            },
+            {
+                # Orphan sweep: processing jobs whose lease expired.
+                "name": "mjq_lease",
+                "fields": ["status", "lease_expires_at"],
+            },
+        ],
+    }
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.pk} {self.type} {self.status} attempt={self.attempts}>"
+
+
+#: Field names the queue owns; ``enqueue(**extra_fields)`` may not set them.
+LIBRARY_FIELDS = frozenset(BaseJob._fields) - {"id"}

@@ -1,0 +1,367 @@
+"""The public facade: :class:`PersistentJobQueue` and :func:`create_job_queue`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from typing import Any, Generic, Optional, TypeVar
+
+from bson import ObjectId
+from mongoengine.errors import FieldDoesNotExist, ValidationError
+
+from .clock import Clock, after_ms, to_naive_utc, utcnow
+from .config import ConfigInput, QueueConfig, load_config
+from .errors import InvalidJobError, JobModelError, QueueStateError
+from .handlers import HandlerFn, HandlerRegistry
+from .model import LIBRARY_FIELDS, BaseJob, JobStatus
+from .retry import RetryStrategy, StopStrategy, WaitStrategy
+from .store import JobStore
+from .validation import check_document, check_payload
+from .worker import Worker
+
+__all__ = ["PersistentJobQueue", "create_job_queue"]
+
+J = TypeVar("J", bound=BaseJob)
+F = TypeVar("F", bound=HandlerFn)
+
+_ENQUEUE_KEYS = frozenset({"job_type", "data", "run_at", "delay_ms", "priority", "queue", "max_retries"})
+_live_queues: weakref.WeakSet[PersistentJobQueue[Any]] = weakref.WeakSet()
+
+
+class PersistentJobQueue(Generic[J]):
+    """A MongoDB-backed job queue over the app's own job model.
+
+    Build it with :func:`create_job_queue`. The same object enqueues (from
+    request handlers) and, once :meth:`start_polling` is called, runs a worker
+    pool in background threads of this process.
+    """
+
+    def __init__(
+        self,
+        job_model: type[J],
+        *,
+        logger: Optional[logging.Logger] = None,
+        config: ConfigInput = None,
+        clock: Clock = utcnow,
+        sleep: Optional[Callable[[float], None]] = None,
+    ) -> None:
+        _check_model(job_model)
+        self.job_model = job_model
+        self.config: QueueConfig = load_config(config)
+        self.logger = logger or logging.getLogger("mongo_job_queue")
+        self.clock = clock
+        self.registry = HandlerRegistry()
+        self.store = JobStore(job_model, self.config, clock=clock, sleep=sleep, logger=logger)
+        self.worker = Worker(self.store, self.registry, self.config, logger=logger)
+        self._indexes_ensured = False
+        _live_queues.add(self)
+
+    # -- handlers -----------------------------------------------------------
+
+    def register_handler(
+        self,
+        job_type: str,
+        fn: F,
+        *,
+        stop: Optional[StopStrategy] = None,
+        wait: Optional[WaitStrategy] = None,
+        retry: Optional[RetryStrategy] = None,
+        max_retries: Optional[int] = None,
+    ) -> F:
+        """Register ``fn(job)`` for ``job_type``, with optional tenacity retry strategies.
+
+        Args:
+            job_type: The job type this handler runs.
+            fn: Called with the app's job instance; its return value, if BSON
+                encodable, is stored as ``result``.
+            stop: tenacity stop strategy, e.g. ``stop_after_delay(3600)``; it can
+                only shorten the retries allowed by ``max_retries``.
+            wait: tenacity wait strategy replacing the exponential default.
+            retry: tenacity retry predicate, e.g. ``retry_if_exception_type(IOError)``.
+            max_retries: Default ``max_retries`` for jobs of this type enqueued
+                through this queue object.
+
+        Raises:
+            HandlerError: duplicate type, non-callable handler or invalid strategy.
+        """
+        self.registry.register(job_type, fn, stop=stop, wait=wait, retry=retry, max_retries=max_retries)
+        return fn
+
+    def handler(
+        self,
+        job_type: str,
+        *,
+        stop: Optional[StopStrategy] = None,
+        wait: Optional[WaitStrategy] = None,
+        retry: Optional[RetryStrategy] = None,
+        max_retries: Optional[int] = None,
+    ) -> Callable[[F], F]:
+        """Decorator form of :meth:`register_handler`."""
+
+        def decorate(fn: F) -> F:
+            return self.register_handler(job_type, fn, stop=stop, wait=wait, retry=retry, max_retries=max_retries)
+
+        return decorate
+
+    # -- enqueue ------------------------------------------------------------
+
+    def enqueue(
+        self,
+        job_type: str,
+        data: Optional[Mapping[str, Any]] = None,
+        *,
+        run_at: Optional[datetime] = None,
+        delay_ms: Optional[int] = None,
+        priority: int = 0,
+        queue: str = "default",
+        max_retries: Optional[int] = None,
+        **extra_fields: Any,
+    ) -> J:
+        """Validate and insert one job; return the saved instance of the app's model.
+
+        Args:
+            job_type: Handler key.
+            data: The payload, a BSON-encodable dict.
+            run_at: Earliest start (aware, or naive UTC). Exclusive with ``delay_ms``.
+            delay_ms: Start no earlier than this many ms from now.
+            priority: Higher runs first among due jobs.
+            queue: Queue name; workers claim from the queues in their config.
+            max_retries: Overrides the handler's and the config's default.
+            **extra_fields: Values for the app's own fields, validated by its Document.
+
+        Raises:
+            InvalidJobError: bad input; nothing was written.
+        """
+        doc = self._build(
+            {
+                "job_type": job_type,
+                "data": data,
+                "run_at": run_at,
+                "delay_ms": delay_ms,
+                "priority": priority,
+                "queue": queue,
+                "max_retries": max_retries,
+            },
+            extra_fields,
+        )
+        self.store.insert(doc)
+        self._wake_if_local(doc)
+        return self._instance(doc)
+
+    def enqueue_many(self, jobs: Iterable[Mapping[str, Any]]) -> list[J]:
+        """Validate every job, then insert them all in one bulk write.
+
+        Each mapping takes :meth:`enqueue`'s arguments by name (``job_type``
+        required) plus the app's own fields. If any job is invalid, nothing is
+        written and the error names its index.
+        """
+        docs = []
+        for index, spec in enumerate(jobs):
+            if not isinstance(spec, Mapping):
+                raise InvalidJobError(f"jobs[{index}] must be a mapping, got {type(spec).__name__}")
+            if "job_type" not in spec:
+                raise InvalidJobError(f"jobs[{index}] has no 'job_type'")
+            known = {k: v for k, v in spec.items() if k in _ENQUEUE_KEYS}
+            extra = {k: v for k, v in spec.items() if k not in _ENQUEUE_KEYS}
+            known.setdefault("priority", 0)
+            known.setdefault("queue", "default")
+            try:
+                docs.append(self._build(known, extra))
+            except InvalidJobError as exc:
+                raise InvalidJobError(f"jobs[{index}]: {exc}") from exc
+        self.store.insert_many(docs)
+        for doc in docs:
+            self._wake_if_local(doc)
+        return [self._instance(doc) for doc in docs]
+
+    def _build(self, spec: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+        job_type = spec["job_type"]
+        if not isinstance(job_type, str) or not job_type:
+            raise InvalidJobError(f"job_type must be a non-empty str, got {job_type!r}")
+        data = spec.get("data")
+        data = {} if data is None else data
+        check_payload(data)
+        queue = spec.get("queue", "default")
+        if not isinstance(queue, str) or not queue:
+            raise InvalidJobError(f"queue must be a non-empty str, got {queue!r}")
+        priority = spec.get("priority", 0)
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise InvalidJobError(f"priority must be an int, got {priority!r}")
+        if not -(2**31) <= priority < 2**31:
+            raise InvalidJobError(f"priority must fit in 32 bits, got {priority}")
+        max_retries = spec.get("max_retries")
+        if max_retries is None:
+            registered = self.registry.get(job_type)
+            max_retries = registered.max_retries if registered and registered.max_retries is not None else None
+        if max_retries is None:
+            max_retries = self.config.max_retries
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise InvalidJobError(f"max_retries must be an int >= 0, got {max_retries!r}")
+        now = self.clock()
+        run_at = self._run_at(spec.get("run_at"), spec.get("delay_ms"), now)
+        forbidden = sorted(set(extra) & LIBRARY_FIELDS)
+        if forbidden:
+            raise InvalidJobError(
+                f"field(s) {', '.join(forbidden)} are managed by the queue and cannot be set at enqueue"
+            )
+        fields = {
+            "type": job_type,
+            "status": JobStatus.PENDING.value,
+            "data": dict(data),
+            "queue": queue,
+            "priority": priority,
+            "run_at": run_at,
+            "attempts": 0,
+            "max_retries": max_retries,
+            "created_at": now,
+            "updated_at": now,
+        }
+        try:
+            job = self.job_model(**fields, **extra)
+            job.validate()
+        except (FieldDoesNotExist, ValidationError) as exc:
+            raise InvalidJobError(f"{self.job_model.__name__} rejected the job: {exc}") from exc
+        doc: dict[str, Any] = job.to_mongo().to_dict()
+        doc["_id"] = ObjectId()
+        check_document(doc)
+        return doc
+
+    @staticmethod
+    def _run_at(run_at: Any, delay_ms: Any, now: datetime) -> datetime:
+        if run_at is not None and delay_ms is not None:
+            raise InvalidJobError("pass run_at or delay_ms, not both")
+        if delay_ms is not None:
+            if isinstance(delay_ms, bool) or not isinstance(delay_ms, int) or delay_ms < 0:
+                raise InvalidJobError(f"delay_ms must be an int >= 0, got {delay_ms!r}")
+            return after_ms(now, delay_ms)
+        if run_at is not None:
+            if not isinstance(run_at, datetime):
+                raise InvalidJobError(f"run_at must be a datetime, got {type(run_at).__name__}")
+            return to_naive_utc(run_at)
+        return now
+
+    def _instance(self, doc: dict[str, Any]) -> J:
+        return self.job_model._from_son(doc)  # type: ignore[no-any-return]
+
+    def _wake_if_local(self, doc: Mapping[str, Any]) -> None:
+        # A job enqueued in the process that runs it need not wait for the next poll.
+        local = self.worker.running and doc["type"] in self.registry and doc["queue"] in self.config.queues
+        if local and doc["run_at"] <= self.clock():
+            self.worker.notify()
+
+    # -- worker -------------------------------------------------------------
+
+    def ensure_indexes(self) -> None:
+        """Create the job model's indexes; done once by :meth:`start_polling` and :meth:`run_once`."""
+        self.store.ensure_indexes()
+        self._indexes_ensured = True
+
+    def start_polling(self) -> None:
+        """Start the background worker (poller, handler pool, lease keeper); idempotent.
+
+        Raises:
+            QueueStateError: no handler is registered, so the worker could claim nothing.
+        """
+        if self.worker.running:
+            return
+        if not len(self.registry):
+            raise QueueStateError("start_polling() with no handler registered: register handlers first")
+        if not self._indexes_ensured:
+            self.ensure_indexes()
+        self.worker.start()
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop gracefully; True if every running job finished within ``timeout`` seconds."""
+        return self.worker.stop(timeout)
+
+    @property
+    def running(self) -> bool:
+        """Whether the background worker is running in this process."""
+        return self.worker.running
+
+    def run_once(self) -> Optional[J]:
+        """Claim one due job and run it in the calling thread; return it in its new state.
+
+        Deterministic single step for tests and scripts (no threads, no heartbeat,
+        so keep handlers shorter than ``lease_ms``). Returns None when nothing is due.
+        """
+        if not self._indexes_ensured:
+            self.ensure_indexes()
+        claimed = self.worker.claim_one()
+        if claimed is None:
+            return None
+        self.worker.process(claimed)
+        doc = self.store.get(claimed.id)
+        return self._instance(doc) if doc is not None else None
+
+    def drain(self, max_jobs: Optional[int] = None) -> int:
+        """Run due jobs with :meth:`run_once` until none is due (or ``max_jobs``); return how many ran."""
+        ran = 0
+        while max_jobs is None or ran < max_jobs:
+            if self.run_once() is None:
+                break
+            ran += 1
+        return ran
+
+    def recover_orphans(self) -> tuple[int, int]:
+        """Return jobs with expired leases to the queue now; ``(requeued, failed)``."""
+        return self.worker.recover_orphans()
+
+    # -- reads --------------------------------------------------------------
+
+    def get_job(self, job_id: ObjectId | str) -> Optional[J]:
+        """The job with this id, freshly read, or None."""
+        doc = self.store.get(ObjectId(job_id))
+        return self._instance(doc) if doc is not None else None
+
+    def counts(self, queue: Optional[str] = None) -> dict[str, int]:
+        """Number of jobs per status, optionally for one queue."""
+        return self.store.count_by_status(queue)
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's threads do not exist here and its leases are its own.
+        self.worker._reset_runtime_state()
+        self._indexes_ensured = False
+
+
+def _check_model(job_model: Any) -> None:
+    if not isinstance(job_model, type) or not issubclass(job_model, BaseJob):
+        raise JobModelError(f"job_model must be a subclass of mongo_job_queue.BaseJob, got {job_model!r}")
+    if job_model._meta.get("abstract"):
+        raise JobModelError(f"job_model {job_model.__name__} is abstract: subclass it and give it a collection")
+
+
+def create_job_queue(
+    *,
+    job_model: type[J],
+    logger: Optional[logging.Logger] = None,
+    config: ConfigInput = None,
+    clock: Clock = utcnow,
+    sleep: Optional[Callable[[float], None]] = None,
+) -> PersistentJobQueue[J]:
+    """Build a :class:`PersistentJobQueue` for the app's job model.
+
+    Args:
+        job_model: A concrete subclass of :class:`~mongo_job_queue.BaseJob`.
+        logger: Logger for queue events; defaults to per-module loggers under ``mongo_job_queue``.
+        config: A mapping of config keys or a :class:`~mongo_job_queue.QueueConfig`.
+        clock: Source of the current naive-UTC time (tests inject a fake one).
+        sleep: Sleep used between retries of failed database calls.
+
+    Raises:
+        JobModelError: ``job_model`` is not a concrete BaseJob subclass.
+        ConfigError: an unknown key or an invalid value, named in the message.
+    """
+    return PersistentJobQueue(job_model, logger=logger, config=config, clock=clock, sleep=sleep)
+
+
+def _after_fork_in_child() -> None:
+    for q in list(_live_queues):
+        q._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,121 @@
+"""Retry policy as data: tenacity strategies evaluated against persisted attempts.
+
+A worker process does not loop in memory while a job waits for its retry: the
+failed attempt is written back as ``pending`` with a future ``run_at``, so a
+retry survives restarts and any worker may take it. tenacity supplies the
+decision (``retry``), the give-up rule (``stop``) and the delay (``wait``); we
+feed them a :class:`tenacity.RetryCallState` rebuilt from the job document.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Optional
+
+import tenacity
+from tenacity import RetryCallState, stop_after_attempt, wait_exponential, wait_random
+
+from .config import QueueConfig
+from .errors import FailJob, HandlerError, RetryJob
+
+__all__ = ["RetryDecision", "RetryPolicy", "retry_any_exception"]
+
+StopStrategy = Callable[[RetryCallState], bool]
+WaitStrategy = Callable[[RetryCallState], float]
+RetryStrategy = Callable[[RetryCallState], bool]
+
+
+class _retry_any(tenacity.retry_base):
+    """Retry on every exception, BaseException included: a handler's crash is an attempt."""
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return retry_state.outcome is not None and retry_state.outcome.failed
+
+
+retry_any_exception = _retry_any()
+
+
+@dataclass(frozen=True)
+class RetryDecision:
+    """Outcome of evaluating a failure: retry after ``delay_ms``, or give up."""
+
+    retry: bool
+    delay_ms: int = 0
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """The tenacity strategies for one job type.
+
+    ``stop`` is always combined with ``stop_after_attempt(max_retries + 1)``
+    from the job document, so a custom ``stop`` can end retries earlier but
+    never run a job more often than its persisted ``max_retries`` allows (lease
+    rescues, which no handler sees, count against the same bound).
+    """
+
+    stop: Optional[StopStrategy] = None
+    wait: Optional[WaitStrategy] = None
+    retry: Optional[RetryStrategy] = None
+
+    def __post_init__(self) -> None:
+        for name in ("stop", "wait", "retry"):
+            value = getattr(self, name)
+            if value is not None and not callable(value):
+                raise HandlerError(f"{name}= must be a tenacity strategy (callable), got {value!r}")
+
+    @classmethod
+    def default_wait(cls, config: QueueConfig) -> WaitStrategy:
+        """Exponential backoff from ``retry_delay_ms`` with equal jitter, capped."""
+        base = config.retry_delay_ms / 1000
+        cap = config.retry_max_delay_ms / 1000
+        # tenacity adds the jitter after the cap; cap the sum again in decide().
+        return wait_exponential(multiplier=base, max=cap) + wait_random(0, base)
+
+    def decide(
+        self,
+        exc: BaseException,
+        *,
+        attempts: int,
+        max_retries: int,
+        first_run_at: datetime | None,
+        now: datetime,
+        config: QueueConfig,
+    ) -> RetryDecision:
+        """Decide what to do after attempt number ``attempts`` raised ``exc``."""
+        if isinstance(exc, FailJob):
+            return RetryDecision(False, reason="handler raised FailJob")
+        state = _call_state(exc, attempts=attempts, first_run_at=first_run_at, now=now)
+        if stop_after_attempt(max_retries + 1)(state):
+            return RetryDecision(False, reason=f"max_retries={max_retries} exhausted")
+        # RetryJob is an explicit request: the retry= predicate does not filter it.
+        if not isinstance(exc, RetryJob) and not (self.retry or retry_any_exception)(state):
+            return RetryDecision(False, reason="retry policy declined this exception")
+        if self.stop is not None and self.stop(state):
+            return RetryDecision(False, reason="stop policy reached")
+        if isinstance(exc, RetryJob):
+            return RetryDecision(True, exc.delay_ms, reason="handler raised RetryJob")
+        wait = self.wait or self.default_wait(config)
+        seconds = max(0.0, float(wait(state)))
+        if self.wait is None:
+            seconds = min(seconds, config.retry_max_delay_ms / 1000)
+        return RetryDecision(True, int(seconds * 1000), reason="retry policy")
+
+
+def _call_state(exc: BaseException, *, attempts: int, first_run_at: datetime | None, now: datetime) -> RetryCallState:
+    # tenacity measures elapsed time with time.monotonic(); shift start_time so
+    # that stop_after_delay sees the time since the job's first attempt, which
+    # may have happened in another process days ago.
+    state = RetryCallState(retry_object=tenacity.Retrying(), fn=None, args=(), kwargs={})
+    state.attempt_number = max(1, attempts)
+    outcome = tenacity.Future(state.attempt_number)
+    outcome.set_exception(exc)
+    mono = time.monotonic()
+    elapsed = max(0.0, (now - first_run_at).total_seconds()) if first_run_at else 0.0
+    state.outcome = outcome
+    state.outcome_timestamp = mono
+    state.start_time = mono - elapsed
+    return state

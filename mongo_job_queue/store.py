@@ -1,0 +1,452 @@
+"""The one class that talks to MongoDB.
+
+Every query the queue makes lives here, on raw pymongo documents: the worker
+never touches ``Job.objects``. Two rules hold for every method:
+
+* Writes about a claimed job are *fenced*: filtered by ``_id``, the claim's
+  ``lease_token`` and ``status == processing``. A worker that lost its lease
+  (frozen, partitioned, rescued) can never overwrite the new owner's state.
+* Transient errors (failover, network) are retried a bounded number of times.
+  Such an error means the write *may* have applied, so a retry that finds
+  nothing to update checks whether its own earlier try did the work, using
+  the lease token, before it reports a lost lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+import mongoengine.connection
+from bson import ObjectId
+from pymongo import ReturnDocument, UpdateOne
+from pymongo.collection import Collection
+from pymongo.errors import (
+    AutoReconnect,
+    BulkWriteError,
+    ConnectionFailure,
+    DuplicateKeyError,
+    OperationFailure,
+    PyMongoError,
+    WriteConcernError,
+)
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    sleep_using_event,
+    stop_after_attempt,
+    stop_when_event_set,
+    wait_exponential,
+    wait_random,
+)
+
+from .clock import Clock, after_ms, utcnow
+from .config import QueueConfig
+from .errors import InvalidJobError
+from .model import BaseJob, JobStatus
+
+__all__ = ["ClaimedJob", "ErrorRecord", "JobStore", "LeaseOwnerInfo", "is_transient"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+PENDING = JobStatus.PENDING.value
+PROCESSING = JobStatus.PROCESSING.value
+COMPLETED = JobStatus.COMPLETED.value
+FAILED = JobStatus.FAILED.value
+CANCELLED = JobStatus.CANCELLED.value
+
+# Server error codes that mean "try again, maybe elsewhere" (replica-set state
+# changes, shutdown, network). pymongo maps most to AutoReconnect/NotPrimaryError,
+# but a failCommand or an old server can surface them as OperationFailure.
+_TRANSIENT_CODES = frozenset({6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors after which the same call may succeed (and may already have)."""
+    if isinstance(exc, (AutoReconnect, ConnectionFailure, WriteConcernError)):
+        return True
+    if isinstance(exc, PyMongoError) and exc.has_error_label("RetryableWriteError"):
+        return True
+    return isinstance(exc, OperationFailure) and exc.code in _TRANSIENT_CODES
+
+
+@dataclass(frozen=True)
+class LeaseOwnerInfo:
+    """Identity written into ``lease_owner`` when this process claims a job."""
+
+    host: str
+    pid: int
+    worker_id: str
+
+    @classmethod
+    def current(cls, worker_id: str | None = None) -> LeaseOwnerInfo:
+        return cls(socket.gethostname(), os.getpid(), worker_id or uuid.uuid4().hex[:12])
+
+    def as_doc(self) -> dict[str, Any]:
+        return {"host": self.host, "pid": self.pid, "worker_id": self.worker_id}
+
+
+@dataclass(frozen=True)
+class ErrorRecord:
+    """A failed attempt, already truncated, ready to be pushed into ``errors``."""
+
+    type: str
+    message: str
+    traceback: str
+    attempt: int
+    at: datetime
+    lease_token: str | None
+
+    def as_doc(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "message": self.message,
+            "traceback": self.traceback,
+            "attempt": self.attempt,
+            "at": self.at,
+            "lease_token": self.lease_token,
+        }
+
+
+@dataclass
+class ClaimedJob:
+    """A raw job document together with the lease that fences writes about it."""
+
+    doc: dict[str, Any]
+    token: str
+
+    @property
+    def id(self) -> ObjectId:
+        return self.doc["_id"]  # type: ignore[no-any-return]
+
+
+class JobStore:
+    """All MongoDB access of one queue, on the collection of the injected job model.
+
+    Args:
+        job_model: The app's concrete :class:`~mongo_job_queue.BaseJob` subclass.
+        config: Validated queue settings.
+        clock: Source of "now" (naive UTC).
+        sleep: Sleep used between retries of a failed database call; by default
+            it waits on ``interrupt`` so that :meth:`interrupt` cuts it short.
+    """
+
+    def __init__(
+        self,
+        job_model: type[BaseJob],
+        config: QueueConfig,
+        *,
+        clock: Clock = utcnow,
+        sleep: Callable[[float], None] | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.model = job_model
+        self.config = config
+        self.clock = clock
+        self.log = logger or log
+        self._interrupted = threading.Event()
+        self._sleep = sleep or sleep_using_event(self._interrupted)
+        self._pid = os.getpid()
+
+    # -- connection ---------------------------------------------------------
+
+    @property
+    def collection(self) -> Collection[dict[str, Any]]:
+        """The model's collection, reconnected in a forked child.
+
+        A MongoClient must not cross ``fork()``: its sockets and monitor threads
+        belong to the parent. MongoEngine caches the client per alias, so a
+        child drops that cache (without closing the parent's sockets) and
+        MongoEngine reconnects from the alias's saved settings.
+        """
+        if os.getpid() != self._pid:
+            self._forget_inherited_client()
+        return self.model._get_collection()  # type: ignore[no-any-return]
+
+    def _forget_inherited_client(self) -> None:
+        alias = self.model._meta.get("db_alias") or mongoengine.DEFAULT_CONNECTION_NAME
+        mongoengine.connection._connections.pop(alias, None)
+        mongoengine.connection._dbs.pop(alias, None)
+        self.model._collection = None
+        self._pid = os.getpid()
+
+    def interrupt(self) -> None:
+        """Stop retrying database calls and cut any retry sleep short (forced shutdown)."""
+        self._interrupted.set()
+
+    def ensure_indexes(self) -> None:
+        """Create the model's indexes (the claim index above all); idempotent."""
+        self._retry(lambda: self.model.ensure_indexes(), "ensure_indexes")
+
+    def now(self) -> datetime:
+        return self.clock()
+
+    # -- retry machinery ----------------------------------------------------
+
+    def _retry(self, fn: Callable[[], T], op: str) -> T:
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            self.log.warning(
+                "transient database error in %s (try %d of %d), retrying: %r",
+                op,
+                state.attempt_number,
+                self.config.db_retry_attempts,
+                exc,
+                extra={"db_operation": op},
+            )
+
+        retrying = Retrying(
+            retry=retry_if_exception(is_transient),
+            stop=stop_after_attempt(self.config.db_retry_attempts) | stop_when_event_set(self._interrupted),
+            wait=wait_exponential(multiplier=0.05, max=self.config.db_retry_max_delay_ms / 1000) + wait_random(0, 0.05),
+            sleep=self._sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        return retrying(fn)
+
+    # -- enqueue ------------------------------------------------------------
+
+    def insert(self, doc: dict[str, Any]) -> None:
+        """Insert one job document whose ``_id`` is already set; idempotent under retry."""
+        tries = 0
+
+        def call() -> None:
+            nonlocal tries
+            tries += 1
+            try:
+                self.collection.insert_one(doc)
+            except DuplicateKeyError as exc:
+                # An earlier try that raised may have inserted it: same _id, ours.
+                if tries > 1 and _is_id_duplicate(exc):
+                    return
+                raise InvalidJobError(f"job violates a unique index of {self.model.__name__}: {exc}") from exc
+
+        self._retry(call, "insert")
+
+    def insert_many(self, docs: Sequence[dict[str, Any]]) -> None:
+        """Insert job documents with preset ``_id`` values; a retry inserts only the missing ones."""
+        if not docs:
+            return
+        tries = 0
+
+        def call() -> None:
+            nonlocal tries
+            tries += 1
+            todo = list(docs)
+            if tries > 1:
+                ids = [d["_id"] for d in docs]
+                present = {d["_id"] for d in self.collection.find({"_id": {"$in": ids}}, {"_id": 1})}
+                todo = [d for d in docs if d["_id"] not in present]
+                if not todo:
+                    return
+            try:
+                self.collection.insert_many(todo, ordered=True)
+            except BulkWriteError as exc:
+                raise InvalidJobError(f"bulk insert rejected by the server: {exc.details.get('writeErrors')}") from exc
+
+        self._retry(call, "insert_many")
+
+    # -- claim and lease ----------------------------------------------------
+
+    def claim(self, types: Iterable[str], queues: Iterable[str], owner: LeaseOwnerInfo) -> ClaimedJob | None:
+        """Atomically take the most urgent due job and lease it to ``owner``.
+
+        One ``find_one_and_update`` on the claim index: equality on status,
+        ``$in`` on queue and type, sorted by priority then ``run_at``, with
+        ``run_at <= now`` as the range. No ``$or``, so the index serves it.
+        """
+        types, queues = list(types), list(queues)
+        if not types or not queues:
+            return None
+        token = uuid.uuid4().hex
+        tries = 0
+        expires: datetime | None = None
+
+        def call() -> dict[str, Any] | None:
+            nonlocal tries, expires
+            tries += 1
+            if tries > 1 and expires is not None:
+                # The earlier try may have claimed a job before its reply was
+                # lost; find it by our token (index: status, lease_expires_at).
+                mine = self.collection.find_one(
+                    {"status": PROCESSING, "lease_expires_at": expires, "lease_token": token}
+                )
+                if mine is not None:
+                    return mine
+            now = self.now()
+            expires = after_ms(now, self.config.lease_ms)
+            return self.collection.find_one_and_update(
+                {"status": PENDING, "queue": {"$in": queues}, "type": {"$in": types}, "run_at": {"$lte": now}},
+                {
+                    "$set": {
+                        "status": PROCESSING,
+                        "lease_token": token,
+                        "lease_owner": owner.as_doc(),
+                        "lease_expires_at": expires,
+                        "started_at": now,
+                        "updated_at": now,
+                    },
+                    "$inc": {"attempts": 1},
+                },
+                sort=[("priority", -1), ("run_at", 1)],
+                return_document=ReturnDocument.AFTER,
+            )
+
+        doc = self._retry(call, "claim")
+        return ClaimedJob(doc, token) if doc is not None else None
+
+    def renew_leases(self, leases: Mapping[ObjectId, str]) -> set[ObjectId]:
+        """Extend the lease of every job in ``leases``; return the ids whose lease is gone."""
+        if not leases:
+            return set()
+
+        def call() -> set[ObjectId]:
+            now = self.now()
+            expires = after_ms(now, self.config.lease_ms)
+            ops = [
+                UpdateOne(
+                    {"_id": job_id, "lease_token": token, "status": PROCESSING},
+                    {"$set": {"lease_expires_at": expires, "updated_at": now}},
+                )
+                for job_id, token in leases.items()
+            ]
+            result = self.collection.bulk_write(ops, ordered=False)
+            if result.matched_count == len(ops):
+                return set()
+            held = {
+                d["_id"]
+                for d in self.collection.find(
+                    {"_id": {"$in": list(leases)}, "lease_token": {"$in": list(leases.values())}, "status": PROCESSING},
+                    {"_id": 1},
+                )
+            }
+            return set(leases) - held
+
+        return self._retry(call, "renew_leases")
+
+    # -- outcomes (all fenced) ---------------------------------------------
+
+    def complete(self, job: ClaimedJob, result: Any = None) -> bool:
+        """Mark a claimed job completed; False if the lease was lost first."""
+        now = self.now()
+        update: dict[str, Any] = {
+            "$set": {"status": COMPLETED, "finished_at": now, "updated_at": now},
+            "$unset": {"lease_expires_at": ""},
+        }
+        if result is not None:
+            update["$set"]["result"] = result
+        return self._fenced(job, update, COMPLETED, "complete")
+
+    def reschedule(self, job: ClaimedJob, run_at: datetime, error: ErrorRecord) -> bool:
+        """Return a failed attempt to ``pending`` at ``run_at``; False if the lease was lost."""
+        update = {
+            "$set": {"status": PENDING, "run_at": run_at, "updated_at": self.now(), "last_error": error.as_doc()},
+            "$unset": {"lease_expires_at": ""},
+            "$push": {"errors": {"$each": [error.as_doc()], "$slice": -self.config.max_error_history}},
+        }
+        return self._fenced(job, update, PENDING, "reschedule")
+
+    def fail(self, job: ClaimedJob, error: ErrorRecord) -> bool:
+        """Fail a claimed job for good; False if the lease was lost."""
+        now = self.now()
+        update = {
+            "$set": {"status": FAILED, "finished_at": now, "updated_at": now, "last_error": error.as_doc()},
+            "$unset": {"lease_expires_at": ""},
+            "$push": {"errors": {"$each": [error.as_doc()], "$slice": -self.config.max_error_history}},
+        }
+        return self._fenced(job, update, FAILED, "fail")
+
+    def release(self, job: ClaimedJob) -> bool:
+        """Hand back a claimed job that never started: ``pending`` again, attempt not counted."""
+        update = {
+            "$set": {"status": PENDING, "updated_at": self.now()},
+            "$inc": {"attempts": -1},
+            "$unset": {"lease_expires_at": ""},
+        }
+        return self._fenced(job, update, PENDING, "release")
+
+    def _fenced(self, job: ClaimedJob, update: Mapping[str, Any], target: str, op: str) -> bool:
+        fence = {"_id": job.id, "lease_token": job.token, "status": PROCESSING}
+        tries = 0
+
+        def call() -> bool:
+            nonlocal tries
+            tries += 1
+            if self.collection.update_one(fence, update).matched_count:
+                return True
+            if tries == 1:
+                return False
+            # An earlier try raised but may have applied. The token stays on
+            # the document until the next claim replaces it, so "our token and
+            # the target status" means the write was ours.
+            doc = self.collection.find_one({"_id": job.id}, {"status": 1, "lease_token": 1})
+            return doc is not None and doc.get("lease_token") == job.token and doc.get("status") == target
+
+        return self._retry(call, op)
+
+    # -- lease recovery -----------------------------------------------------
+
+    def expired_leases(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Processing jobs whose lease ran out (their worker crashed or froze)."""
+        now = self.now()
+        fields = {"_id": 1, "lease_token": 1, "attempts": 1, "max_retries": 1, "type": 1, "queue": 1, "lease_owner": 1}
+        return self._retry(
+            lambda: list(
+                self.collection.find({"status": PROCESSING, "lease_expires_at": {"$lt": now}}, fields, limit=limit)
+            ),
+            "expired_leases",
+        )
+
+    def recover(self, doc: Mapping[str, Any], error: ErrorRecord, give_up: bool) -> bool:
+        """Requeue (or fail, when attempts are spent) one job whose lease expired.
+
+        Fenced on the token *and* on the lease still being expired, so a
+        heartbeat that lands first wins and a live job is never taken.
+        """
+        now = self.now()
+        fence = {
+            "_id": doc["_id"],
+            "lease_token": doc.get("lease_token"),
+            "status": PROCESSING,
+            "lease_expires_at": {"$lt": now},
+        }
+        status = FAILED if give_up else PENDING
+        update: dict[str, Any] = {
+            "$set": {"status": status, "updated_at": now, "last_error": error.as_doc()},
+            "$unset": {"lease_expires_at": ""},
+            "$push": {"errors": {"$each": [error.as_doc()], "$slice": -self.config.max_error_history}},
+        }
+        update["$set"]["finished_at" if give_up else "run_at"] = now
+        return self._retry(lambda: self.collection.update_one(fence, update).matched_count == 1, "recover")
+
+    # -- reads --------------------------------------------------------------
+
+    def get(self, job_id: ObjectId) -> dict[str, Any] | None:
+        return self._retry(lambda: self.collection.find_one({"_id": job_id}), "get")
+
+    def count_by_status(self, queue: str | None = None) -> dict[str, int]:
+        """Jobs per status, one index-backed count each."""
+        counts: dict[str, int] = {}
+        for status in JobStatus:
+            query: dict[str, Any] = {"status": status.value}
+            if queue is not None:
+                query["queue"] = queue
+            counts[status.value] = self._retry(lambda q=query: self.collection.count_documents(q), "count")  # type: ignore[misc]
+        return counts
+
+
+def _is_id_duplicate(exc: DuplicateKeyError) -> bool:
+    details = exc.details or {}
+    key = details.get("keyPattern") or {}
+    return list(key) == ["_id"] or "_id_" in str(details.get("errmsg", exc))

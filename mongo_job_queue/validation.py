@@ -1,0 +1,71 @@
+"""Checks on a job document before it is written.
+
+Everything here runs before the insert, so bad input raises
+:class:`~mongo_job_queue.errors.InvalidJobError` and leaves the database as it
+was. MongoDB would reject some of these itself, but only after part of a bulk
+insert went through, and with a message that does not name the job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import bson
+from bson.errors import BSONError, InvalidDocument
+
+from .errors import InvalidJobError
+
+__all__ = ["MAX_DOCUMENT_BYTES", "MAX_NESTING_DEPTH", "check_document", "check_payload"]
+
+#: MongoDB's document size limit.
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
+#: Headroom kept for fields the queue adds later (error history, lease, result).
+DOCUMENT_HEADROOM_BYTES = 512 * 1024
+#: MongoDB refuses documents nested deeper than 100 levels.
+MAX_NESTING_DEPTH = 100
+
+
+def check_payload(data: Any, *, what: str = "data") -> None:
+    """Reject keys MongoDB cannot store and nesting it refuses, naming the path."""
+    if not isinstance(data, Mapping):
+        raise InvalidJobError(f"{what} must be a dict, got {type(data).__name__}")
+    _walk(data, what, 1)
+
+
+def _walk(value: Any, path: str, depth: int) -> None:
+    if depth > MAX_NESTING_DEPTH - 2:  # the job document and 'data' take two levels
+        raise InvalidJobError(f"{path} is nested deeper than MongoDB's limit of {MAX_NESTING_DEPTH} levels")
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidJobError(f"{path} has a non-string key {key!r}: BSON keys must be str")
+            if key.startswith("$"):
+                raise InvalidJobError(f"{path} has key {key!r} starting with '$', which MongoDB reserves for operators")
+            if "." in key:
+                raise InvalidJobError(f"{path} has key {key!r} containing '.', which MongoDB reads as a path")
+            if "\x00" in key:
+                raise InvalidJobError(f"{path} has a key containing a NUL character")
+            _walk(item, f"{path}.{key}", depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _walk(item, f"{path}[{index}]", depth + 1)
+
+
+def check_document(son: Mapping[str, Any]) -> int:
+    """Encode the whole job document once; return its size in bytes.
+
+    Raises:
+        InvalidJobError: the document is not BSON-encodable or is too large.
+    """
+    try:
+        size = len(bson.encode(son))
+    except (InvalidDocument, BSONError, TypeError, ValueError, OverflowError) as exc:
+        raise InvalidJobError(f"job is not BSON-encodable: {exc}") from exc
+    if size > MAX_DOCUMENT_BYTES - DOCUMENT_HEADROOM_BYTES:
+        raise InvalidJobError(
+            f"job document is {size} bytes; the limit is {MAX_DOCUMENT_BYTES - DOCUMENT_HEADROOM_BYTES} "
+            f"(MongoDB's 16 MiB less {DOCUMENT_HEADROOM_BYTES} bytes kept for error history). "
+            "Store large payloads elsewhere and enqueue a reference."
+        )
+    return size

@@ -1,0 +1,425 @@
+"""The worker: a poller, a fixed pool of handler threads and a lease keeper.
+
+Three kinds of daemon thread cooperate:
+
+* the **poller** claims one job per free handler thread (never more: no
+  prefetch, so a crash strands at most ``concurrency`` jobs) and backs off
+  exponentially while the queue is empty;
+* ``concurrency`` **handler threads** run jobs and write their outcome;
+* the **lease keeper** renews the lease of every running job well before it
+  expires and periodically returns expired leases of crashed workers to the
+  queue.
+
+Every outcome write is fenced by the lease token (see :mod:`.store`), so a
+worker that lost a lease can only log the fact, never clobber the new owner.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue as queue_mod
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Optional
+
+from bson import ObjectId
+
+from .clock import after_ms
+from .config import QueueConfig
+from .errors import FailJob
+from .handlers import Handler, HandlerRegistry
+from .model import BaseJob
+from .store import ClaimedJob, ErrorRecord, JobStore, LeaseOwnerInfo
+from .validation import check_document
+
+__all__ = ["Worker", "error_record", "job_log_extra"]
+
+log = logging.getLogger(__name__)
+
+
+def job_log_extra(doc: dict[str, Any]) -> dict[str, Any]:
+    """The ``extra`` of every log line about a job, for structured log formatters."""
+    return {
+        "job_id": str(doc.get("_id")),
+        "job_type": doc.get("type"),
+        "queue": doc.get("queue"),
+        "attempt": doc.get("attempts"),
+    }
+
+
+def _safe_str(value: BaseException) -> str:
+    # A handler's exception may have a __str__ that raises; the worker must not.
+    try:
+        return str(value)
+    except BaseException:  # noqa: BLE001
+        return f"<unprintable {type(value).__name__}>"
+
+
+def _truncate(text: str, limit: int, *, keep_tail: bool = False) -> str:
+    if len(text) <= limit:
+        return text
+    marker = f"...[{len(text) - limit} chars truncated]..."
+    keep = max(0, limit - len(marker))
+    return marker + text[-keep:] if keep_tail else text[:keep] + marker
+
+
+def error_record(
+    exc: BaseException, *, attempt: int, at: datetime, token: str | None, config: QueueConfig
+) -> ErrorRecord:
+    """Turn an exception into a bounded, reference-free record (no frames kept alive)."""
+    try:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except BaseException:  # noqa: BLE001 - str() of the exception may raise inside
+        tb = "".join(traceback.format_tb(exc.__traceback__)) + f"{type(exc).__name__}: <unprintable>"
+    return ErrorRecord(
+        type=f"{type(exc).__module__}.{type(exc).__qualname__}",
+        message=_truncate(_safe_str(exc), config.max_error_chars),
+        traceback=_truncate(tb, config.max_traceback_chars, keep_tail=True),
+        attempt=attempt,
+        at=at,
+        lease_token=token,
+    )
+
+
+class LeaseLost(Exception):
+    """Internal: raised into nothing, used only as the error record of a rescue."""
+
+
+@dataclass
+class _InFlight:
+    claimed: ClaimedJob
+    started: bool = False
+    lease_lost: threading.Event = field(default_factory=threading.Event)
+
+
+class Worker:
+    """Claims and runs jobs for one queue; owned by :class:`~mongo_job_queue.PersistentJobQueue`."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        registry: HandlerRegistry,
+        config: QueueConfig,
+        *,
+        logger: Optional[logging.Logger] = None,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.config = config
+        self.log = logger or log
+        self.owner = LeaseOwnerInfo.current(config.worker_id)
+        self._reset_runtime_state()
+
+    def _reset_runtime_state(self) -> None:
+        # Also called in a forked child: the parent's threads do not exist there.
+        self._lock = threading.Condition()
+        self._inflight: dict[ObjectId, _InFlight] = {}
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._work: queue_mod.SimpleQueue[Optional[ClaimedJob]] = queue_mod.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._running = False
+
+    # -- lifecycle ----------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def start(self) -> None:
+        """Start poller, handler threads and lease keeper; no-op if already running."""
+        with self._lock:
+            if self._running:
+                return
+            # Each start gets its own stop event and work queue, handed to its
+            # threads: threads of an earlier run that are still finishing a
+            # job must neither consume this run's work nor outlive its stop.
+            self._stopping = stopping = threading.Event()
+            work: queue_mod.SimpleQueue[Optional[ClaimedJob]] = queue_mod.SimpleQueue()
+            self._work = work
+            self._running = True
+            name = self.owner.worker_id
+            self._threads = [
+                threading.Thread(
+                    target=self._handler_loop, args=(work, stopping), name=f"mjq-{name}-handler-{i}", daemon=True
+                )
+                for i in range(self.config.concurrency)
+            ]
+            self._threads.append(
+                threading.Thread(target=self._poll_loop, args=(stopping,), name=f"mjq-{name}-poller", daemon=True)
+            )
+            self._threads.append(
+                threading.Thread(target=self._lease_loop, args=(stopping,), name=f"mjq-{name}-leases", daemon=True)
+            )
+            for thread in self._threads:
+                thread.start()
+        self.log.info(
+            "worker %s started: concurrency=%d queues=%s types=%s",
+            self.owner.worker_id,
+            self.config.concurrency,
+            ",".join(self.config.queues),
+            ",".join(self.registry.types()) or "(none)",
+        )
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop claiming now, wait up to ``timeout`` s for running jobs; True if all finished.
+
+        Jobs claimed but not yet started are handed back to ``pending``
+        without counting the attempt. Jobs still running at the timeout keep
+        their lease while this process lives (so no other worker runs them
+        twice) and are recovered by lease expiry if the process then exits.
+        """
+        with self._lock:
+            if not self._running:
+                return True
+            self._stopping.set()
+            self._wake.set()
+        self.log.info("worker %s stopping: no new claims", self.owner.worker_id)
+        poller = self._threads[self.config.concurrency]
+        if poller is not None:
+            poller.join(timeout)
+        with self._lock:
+            if self._inflight:
+                self.log.info(
+                    "worker %s waiting up to %.1fs for %d running job(s)",
+                    self.owner.worker_id,
+                    timeout,
+                    len(self._inflight),
+                )
+            finished = self._lock.wait_for(lambda: not self._inflight, timeout=timeout)
+            remaining = len(self._inflight)
+            self._running = False
+        for _ in range(self.config.concurrency):
+            self._work.put(None)  # handler threads exit after their current job
+        if finished:
+            self.log.info("worker %s stopped: all jobs finished", self.owner.worker_id)
+        else:
+            self.log.warning(
+                "worker %s stopped with %d job(s) still running; their leases are kept while this "
+                "process lives and recovered by lease expiry after it exits",
+                self.owner.worker_id,
+                remaining,
+            )
+        return finished
+
+    def notify(self) -> None:
+        """Wake an idle poller, e.g. after a local enqueue of a due job."""
+        self._wake.set()
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._inflight)
+
+    # -- threads ------------------------------------------------------------
+
+    def _poll_loop(self, stopping: threading.Event) -> None:
+        base = self.config.poll_interval_base_ms / 1000
+        interval = base
+        while not stopping.is_set():
+            with self._lock:
+                has_room = self._lock.wait_for(
+                    lambda: len(self._inflight) < self.config.concurrency or stopping.is_set(), timeout=base
+                )
+            if stopping.is_set() or not has_room:
+                continue
+            try:
+                claimed = self.claim_one()
+            except Exception:
+                self.log.exception("claim failed; backing off %.1fs", interval)
+                claimed = None
+            if claimed is not None:
+                interval = base  # work appeared: snap back to the base interval
+                self._dispatch(claimed)
+                continue
+            self._wake.wait(interval)
+            self._wake.clear()
+            interval = min(interval * 2, self.config.poll_interval_max_ms / 1000)
+
+    def _dispatch(self, claimed: ClaimedJob) -> None:
+        with self._lock:
+            self._inflight[claimed.id] = _InFlight(claimed)
+        self._log_job(logging.DEBUG, claimed.doc, "claimed")
+        self._work.put(claimed)
+
+    def _handler_loop(self, work: queue_mod.SimpleQueue[Optional[ClaimedJob]], stopping: threading.Event) -> None:
+        while True:
+            claimed = work.get()
+            if claimed is None:
+                return
+            try:
+                if stopping.is_set():
+                    self._hand_back(claimed)
+                else:
+                    with self._lock:
+                        self._inflight[claimed.id].started = True
+                    self.process(claimed)
+            except BaseException:  # noqa: BLE001 - the pool keeps its size, whatever happens
+                self._log_job(logging.ERROR, claimed.doc, "unexpected error in handler thread", exc_info=True)
+            finally:
+                with self._lock:
+                    self._inflight.pop(claimed.id, None)
+                    self._lock.notify_all()
+
+    def _hand_back(self, claimed: ClaimedJob) -> None:
+        if self.store.release(claimed):
+            self._log_job(logging.INFO, claimed.doc, "handed back unstarted job on stop")
+        else:
+            self._log_job(logging.WARNING, claimed.doc, "could not hand back job: lease already lost")
+
+    def _lease_loop(self, stopping: threading.Event) -> None:
+        beat = self.config.heartbeat_interval_ms / 1000
+        sweep_every = self.config.sweep_interval_ms / 1000
+        next_sweep = time.monotonic()  # sweep at start: orphans of a crash before this restart
+        while True:
+            with self._lock:
+                if stopping.is_set() and not self._inflight:
+                    return
+            if not stopping.is_set() and time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + sweep_every
+                try:
+                    self.recover_orphans()
+                except Exception:
+                    self.log.exception("lease recovery sweep failed")
+            try:
+                self.renew_leases()
+            except Exception:
+                self.log.exception("lease renewal failed; retrying at the next heartbeat")
+            with self._lock:
+                self._lock.wait_for(lambda: stopping.is_set() and not self._inflight, timeout=beat)
+
+    def _log_job(self, level: int, doc: dict[str, Any], msg: str, *args: Any, exc_info: bool = False) -> None:
+        # The job's identity goes both into the text, for plain formatters,
+        # and into ``extra``, for JSON formatters.
+        if self.log.isEnabledFor(level):
+            self.log.log(
+                level,
+                f"job %s (%s, queue %s, attempt %s): {msg}",  # noqa: G004 - literal templates; args stay lazy
+                doc.get("_id"),
+                doc.get("type"),
+                doc.get("queue"),
+                doc.get("attempts"),
+                *args,
+                extra=job_log_extra(doc),
+                exc_info=exc_info,
+            )
+
+    # -- leases -------------------------------------------------------------
+
+    def renew_leases(self) -> None:
+        """Extend the leases of running jobs; flag the ones that were lost."""
+        with self._lock:
+            leases = {job_id: f.claimed.token for job_id, f in self._inflight.items()}
+        for job_id in self.store.renew_leases(leases):
+            with self._lock:
+                entry = self._inflight.get(job_id)
+            if entry is not None and not entry.lease_lost.is_set():
+                entry.lease_lost.set()
+                self._log_job(
+                    logging.WARNING,
+                    entry.claimed.doc,
+                    "lease lost while running; this worker will not record its outcome",
+                )
+
+    def recover_orphans(self) -> tuple[int, int]:
+        """Return expired leases to the queue; fail jobs that used up their attempts.
+
+        Returns:
+            ``(requeued, failed)`` counts.
+        """
+        requeued = failed = 0
+        for doc in self.store.expired_leases():
+            attempts = int(doc.get("attempts") or 0)
+            give_up = attempts >= int(doc.get("max_retries") or 0) + 1
+            owner = doc.get("lease_owner") or {}
+            exc = LeaseLost(
+                f"lease expired on attempt {attempts}: worker {owner.get('worker_id')} "
+                f"(host {owner.get('host')}, pid {owner.get('pid')}) stopped renewing it"
+            )
+            record = error_record(
+                exc, attempt=attempts, at=self.store.now(), token=doc.get("lease_token"), config=self.config
+            )
+            if not self.store.recover(doc, record, give_up):
+                continue  # renewed or recovered by someone else in the meantime
+            if give_up:
+                failed += 1
+                self._log_job(logging.ERROR, doc, "failed: lease expired and no attempts left")
+            else:
+                requeued += 1
+                self._log_job(logging.WARNING, doc, "recovered from an expired lease")
+        return requeued, failed
+
+    # -- running one job ----------------------------------------------------
+
+    def claim_one(self) -> ClaimedJob | None:
+        return self.store.claim(self.registry.types(), self.config.queues, self.owner)
+
+    def process(self, claimed: ClaimedJob) -> None:
+        """Run the handler of a claimed job and record its outcome (fenced)."""
+        doc = claimed.doc
+        handler = self.registry.get(doc["type"])
+        if handler is None:  # unregistered between claim and run
+            self._record_failure(claimed, None, FailJob(f"no handler registered for job type {doc['type']!r}"))
+            return
+        self._log_job(logging.INFO, doc, "processing")
+        try:
+            job: BaseJob = self.store.model._from_son(doc)
+            result = handler.fn(job)
+        except BaseException as exc:  # noqa: BLE001 - SystemExit in a handler is a failed attempt too
+            self._record_failure(claimed, handler, exc)
+            return
+        result = self._storable_result(result, doc)
+        if self.store.complete(claimed, result):
+            self._log_job(logging.INFO, doc, "completed")
+        else:
+            self._log_job(logging.WARNING, doc, "completion not recorded: the lease was lost to another worker")
+
+    def _storable_result(self, result: Any, doc: dict[str, Any]) -> Any:
+        if result is None:
+            return None
+        try:
+            check_document({"result": result})
+        except Exception as exc:  # noqa: BLE001
+            self._log_job(logging.WARNING, doc, "handler result not stored: %s", exc)
+            return None
+        return result
+
+    def _record_failure(self, claimed: ClaimedJob, handler: Handler | None, exc: BaseException) -> None:
+        doc = claimed.doc
+        now = self.store.now()
+        attempts = int(doc["attempts"])
+        record = error_record(exc, attempt=attempts, at=now, token=claimed.token, config=self.config)
+        policy = handler.policy if handler is not None else None
+        decision = (
+            policy.decide(
+                exc,
+                attempts=attempts,
+                max_retries=int(doc["max_retries"]),
+                first_run_at=doc.get("created_at"),
+                now=now,
+                config=self.config,
+            )
+            if policy is not None
+            else None
+        )
+        if decision is not None and decision.retry:
+            run_at = after_ms(now, decision.delay_ms)
+            written = self.store.reschedule(claimed, run_at, record)
+            if written:
+                self._log_job(
+                    logging.WARNING,
+                    doc,
+                    "attempt failed (%s: %s); retry in %d ms",
+                    record.type,
+                    record.message,
+                    decision.delay_ms,
+                )
+        else:
+            written = self.store.fail(claimed, record)
+            if written:
+                reason = decision.reason if decision else "no handler"
+                self._log_job(logging.ERROR, doc, "failed for good (%s: %s): %s", record.type, record.message, reason)
+        if not written:
+            self._log_job(logging.WARNING, doc, "failure not recorded: the lease was lost to another worker")
