@@ -60,6 +60,8 @@ class QueueConfig:
     worker_id: str | None = field(default=None)
 
     def __post_init__(self) -> None:
+        if isinstance(self.queues, list):
+            object.__setattr__(self, "queues", tuple(self.queues))
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name == "queues":
@@ -82,7 +84,7 @@ class QueueConfig:
 
     @property
     def max_attempts(self) -> int:
-        """Default number of runs of a job: ``max_retries + 1``."""
+        """The default bound on runs of one job, ``max_retries + 1``."""
         return self.max_retries + 1
 
 
@@ -123,7 +125,4 @@ def load_config(config: ConfigInput) -> QueueConfig:
     unknown = sorted(str(k) for k in config if k not in valid)
     if unknown:
         raise ConfigError(f"unknown config key(s) {', '.join(map(repr, unknown))}; valid keys are: {', '.join(valid)}")
-    values = dict(config)
-    if "queues" in values and isinstance(values["queues"], list):
-        values["queues"] = tuple(values["queues"])
-    return QueueConfig(**values)
+    return QueueConfig(**config)

@@ -61,7 +61,7 @@ def run_demo(jobs: int = 300, concurrency: int = 8, out: TextIO = sys.stdout, ti
 
 
 def _run(uri: str, jobs: int, concurrency: int, out: TextIO, timeout: float) -> int:
-    mongoengine.connect(host=uri, db=DEMO_DB, alias=DEMO_ALIAS)
+    mongoengine.connect(host=uri, db=DEMO_DB, alias=DEMO_ALIAS, uuidRepresentation="standard")
     try:
         DemoJob.drop_collection()
         queue = create_job_queue(

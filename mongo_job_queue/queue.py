@@ -51,7 +51,6 @@ class PersistentJobQueue(Generic[J]):
         _check_model(job_model)
         self.job_model = job_model
         self.config: QueueConfig = load_config(config)
-        self.logger = logger or logging.getLogger("mongo_job_queue")
         self.clock = clock
         self.registry = HandlerRegistry()
         self.store = JobStore(job_model, self.config, clock=clock, sleep=sleep, logger=logger)

@@ -69,7 +69,7 @@ class RetryPolicy:
 
     @classmethod
     def default_wait(cls, config: QueueConfig) -> WaitStrategy:
-        """Exponential backoff from ``retry_delay_ms`` with equal jitter, capped."""
+        """``retry_delay_ms * 2**(n-1)`` plus up to ``retry_delay_ms`` of jitter, capped at ``retry_max_delay_ms``."""
         base = config.retry_delay_ms / 1000
         cap = config.retry_max_delay_ms / 1000
         # tenacity adds the jitter after the cap; cap the sum again in decide().
@@ -81,14 +81,14 @@ class RetryPolicy:
         *,
         attempts: int,
         max_retries: int,
-        first_run_at: datetime | None,
+        enqueued_at: datetime | None,
         now: datetime,
         config: QueueConfig,
     ) -> RetryDecision:
         """Decide what to do after attempt number ``attempts`` raised ``exc``."""
         if isinstance(exc, FailJob):
             return RetryDecision(False, reason="handler raised FailJob")
-        state = _call_state(exc, attempts=attempts, first_run_at=first_run_at, now=now)
+        state = _call_state(exc, attempts=attempts, enqueued_at=enqueued_at, now=now)
         if stop_after_attempt(max_retries + 1)(state):
             return RetryDecision(False, reason=f"max_retries={max_retries} exhausted")
         # RetryJob is an explicit request: the retry= predicate does not filter it.
@@ -105,16 +105,16 @@ class RetryPolicy:
         return RetryDecision(True, int(seconds * 1000), reason="retry policy")
 
 
-def _call_state(exc: BaseException, *, attempts: int, first_run_at: datetime | None, now: datetime) -> RetryCallState:
+def _call_state(exc: BaseException, *, attempts: int, enqueued_at: datetime | None, now: datetime) -> RetryCallState:
     # tenacity measures elapsed time with time.monotonic(); shift start_time so
-    # that stop_after_delay sees the time since the job's first attempt, which
+    # that stop_after_delay sees the time since the job was enqueued, which
     # may have happened in another process days ago.
     state = RetryCallState(retry_object=tenacity.Retrying(), fn=None, args=(), kwargs={})
     state.attempt_number = max(1, attempts)
     outcome = tenacity.Future(state.attempt_number)
     outcome.set_exception(exc)
     mono = time.monotonic()
-    elapsed = max(0.0, (now - first_run_at).total_seconds()) if first_run_at else 0.0
+    elapsed = max(0.0, (now - enqueued_at).total_seconds()) if enqueued_at else 0.0
     state.outcome = outcome
     state.outcome_timestamp = mono
     state.start_time = mono - elapsed

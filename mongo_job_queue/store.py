@@ -137,8 +137,9 @@ class JobStore:
         job_model: The app's concrete :class:`~mongo_job_queue.BaseJob` subclass.
         config: Validated queue settings.
         clock: Source of "now" (naive UTC).
-        sleep: Sleep used between retries of a failed database call; by default
-            it waits on ``interrupt`` so that :meth:`interrupt` cuts it short.
+        sleep: Sleep used between retries of a failed database call. By default
+            it waits on the call's ``abort`` event, so a stopping worker is not
+            held up by a retry of a claim it no longer wants.
     """
 
     def __init__(
@@ -154,8 +155,7 @@ class JobStore:
         self.config = config
         self.clock = clock
         self.log = logger or log
-        self._interrupted = threading.Event()
-        self._sleep = sleep or sleep_using_event(self._interrupted)
+        self._sleep = sleep
         self._pid = os.getpid()
 
     # -- connection ---------------------------------------------------------
@@ -180,10 +180,6 @@ class JobStore:
         self.model._collection = None
         self._pid = os.getpid()
 
-    def interrupt(self) -> None:
-        """Stop retrying database calls and cut any retry sleep short (forced shutdown)."""
-        self._interrupted.set()
-
     def ensure_indexes(self) -> None:
         """Create the model's indexes (the claim index above all); idempotent."""
         self._retry(lambda: self.model.ensure_indexes(), "ensure_indexes")
@@ -193,7 +189,7 @@ class JobStore:
 
     # -- retry machinery ----------------------------------------------------
 
-    def _retry(self, fn: Callable[[], T], op: str) -> T:
+    def _retry(self, fn: Callable[[], T], op: str, abort: threading.Event | None = None) -> T:
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             self.log.warning(
@@ -205,11 +201,12 @@ class JobStore:
                 extra={"db_operation": op},
             )
 
+        abort = abort or threading.Event()
         retrying = Retrying(
             retry=retry_if_exception(is_transient),
-            stop=stop_after_attempt(self.config.db_retry_attempts) | stop_when_event_set(self._interrupted),
+            stop=stop_after_attempt(self.config.db_retry_attempts) | stop_when_event_set(abort),
             wait=wait_exponential(multiplier=0.05, max=self.config.db_retry_max_delay_ms / 1000) + wait_random(0, 0.05),
-            sleep=self._sleep,
+            sleep=self._sleep or sleep_using_event(abort),
             before_sleep=before_sleep,
             reraise=True,
         )
@@ -253,13 +250,37 @@ class JobStore:
             try:
                 self.collection.insert_many(todo, ordered=True)
             except BulkWriteError as exc:
-                raise InvalidJobError(f"bulk insert rejected by the server: {exc.details.get('writeErrors')}") from exc
+                raise self._undo_partial_insert(docs, exc) from exc
 
         self._retry(call, "insert_many")
 
+    def _undo_partial_insert(self, docs: Sequence[dict[str, Any]], exc: BulkWriteError) -> InvalidJobError:
+        # An ordered insert stops at the first job the server rejects (e.g. an
+        # app's unique index); the ones before it are in. Remove those that no
+        # worker has touched yet, so a rejected batch leaves nothing behind.
+        errors = exc.details.get("writeErrors") or [{}]
+        first = errors[0]
+        bad_id = (first.get("op") or {}).get("_id")
+        position = next((i for i, d in enumerate(docs) if d["_id"] == bad_id), first.get("index", "?"))
+        ids = [d["_id"] for d in docs if d["_id"] != bad_id]
+        removed = self.collection.delete_many({"_id": {"$in": ids}, "status": PENDING, "attempts": 0}).deleted_count
+        kept = self.collection.count_documents({"_id": {"$in": ids}})
+        message = f"jobs[{position}] rejected by the server: {first.get('errmsg', exc)}; "
+        message += f"{removed} job(s) of the batch removed again"
+        if kept:
+            message += f", {kept} already claimed by a worker and left in place"
+        return InvalidJobError(message)
+
     # -- claim and lease ----------------------------------------------------
 
-    def claim(self, types: Iterable[str], queues: Iterable[str], owner: LeaseOwnerInfo) -> ClaimedJob | None:
+    def claim(
+        self,
+        types: Iterable[str],
+        queues: Iterable[str],
+        owner: LeaseOwnerInfo,
+        *,
+        abort: threading.Event | None = None,
+    ) -> ClaimedJob | None:
         """Atomically take the most urgent due job and lease it to ``owner``.
 
         One ``find_one_and_update`` on the claim index: equality on status,
@@ -303,7 +324,7 @@ class JobStore:
                 return_document=ReturnDocument.AFTER,
             )
 
-        doc = self._retry(call, "claim")
+        doc = self._retry(call, "claim", abort)
         return ClaimedJob(doc, token) if doc is not None else None
 
     def renew_leases(self, leases: Mapping[ObjectId, str]) -> set[ObjectId]:
@@ -378,18 +399,15 @@ class JobStore:
 
     def _fenced(self, job: ClaimedJob, update: Mapping[str, Any], target: str, op: str) -> bool:
         fence = {"_id": job.id, "lease_token": job.token, "status": PROCESSING}
-        tries = 0
 
         def call() -> bool:
-            nonlocal tries
-            tries += 1
             if self.collection.update_one(fence, update).matched_count:
                 return True
-            if tries == 1:
-                return False
-            # An earlier try raised but may have applied. The token stays on
-            # the document until the next claim replaces it, so "our token and
-            # the target status" means the write was ours.
+            # Nothing matched: either the lease is gone, or an earlier try (ours
+            # or the driver's own retryable-write retry) applied the write and
+            # only its reply was lost. The token stays on the document until the
+            # next claim replaces it, so "our token and the target status"
+            # means the write was ours.
             doc = self.collection.find_one({"_id": job.id}, {"status": 1, "lease_token": 1})
             return doc is not None and doc.get("lease_token") == job.token and doc.get("status") == target
 
@@ -422,9 +440,12 @@ class JobStore:
             "lease_expires_at": {"$lt": now},
         }
         status = FAILED if give_up else PENDING
+        # Unlike the owner's own writes, a rescue removes the token: the old
+        # owner's late writes then match nothing *and* fail the "was it my
+        # earlier try?" check in _fenced, so they are reported as lost.
         update: dict[str, Any] = {
             "$set": {"status": status, "updated_at": now, "last_error": error.as_doc()},
-            "$unset": {"lease_expires_at": ""},
+            "$unset": {"lease_expires_at": "", "lease_token": ""},
             "$push": {"errors": {"$each": [error.as_doc()], "$slice": -self.config.max_error_history}},
         }
         update["$set"]["finished_at" if give_up else "run_at"] = now

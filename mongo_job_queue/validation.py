@@ -16,7 +16,7 @@ from bson.errors import BSONError, InvalidDocument
 
 from .errors import InvalidJobError
 
-__all__ = ["MAX_DOCUMENT_BYTES", "MAX_NESTING_DEPTH", "check_document", "check_payload"]
+__all__ = ["MAX_DOCUMENT_BYTES", "MAX_NESTING_DEPTH", "check_document", "check_payload", "check_value"]
 
 #: MongoDB's document size limit.
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
@@ -31,6 +31,12 @@ def check_payload(data: Any, *, what: str = "data") -> None:
     if not isinstance(data, Mapping):
         raise InvalidJobError(f"{what} must be a dict, got {type(data).__name__}")
     _walk(data, what, 1)
+
+
+def check_value(value: Any, *, what: str) -> None:
+    """Check any value (e.g. a handler's result) as a field of a job document."""
+    _walk(value, what, 1)
+    check_document({what: value})
 
 
 def _walk(value: Any, path: str, depth: int) -> None:
@@ -50,6 +56,9 @@ def _walk(value: Any, path: str, depth: int) -> None:
     elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
             _walk(item, f"{path}[{index}]", depth + 1)
+    elif isinstance(value, (set, frozenset)):
+        # MongoEngine would quietly turn it into a list; say so instead.
+        raise InvalidJobError(f"{path} is a {type(value).__name__}, which BSON cannot store: use a list")
 
 
 def check_document(son: Mapping[str, Any]) -> int:

@@ -33,7 +33,7 @@ from .errors import FailJob
 from .handlers import Handler, HandlerRegistry
 from .model import BaseJob
 from .store import ClaimedJob, ErrorRecord, JobStore, LeaseOwnerInfo
-from .validation import check_document
+from .validation import check_value
 
 __all__ = ["Worker", "error_record", "job_log_extra"]
 
@@ -59,11 +59,14 @@ def _safe_str(value: BaseException) -> str:
 
 
 def _truncate(text: str, limit: int, *, keep_tail: bool = False) -> str:
+    """Cut ``text`` to at most ``limit`` characters, marking the cut when there is room."""
     if len(text) <= limit:
         return text
     marker = f"...[{len(text) - limit} chars truncated]..."
-    keep = max(0, limit - len(marker))
-    return marker + text[-keep:] if keep_tail else text[:keep] + marker
+    if limit <= len(marker):
+        return text[-limit:] if keep_tail else text[:limit]
+    keep = limit - len(marker)
+    return marker + text[len(text) - keep :] if keep_tail else text[:keep] + marker
 
 
 def error_record(
@@ -110,11 +113,12 @@ class Worker:
         self.registry = registry
         self.config = config
         self.log = logger or log
-        self.owner = LeaseOwnerInfo.current(config.worker_id)
         self._reset_runtime_state()
 
     def _reset_runtime_state(self) -> None:
-        # Also called in a forked child: the parent's threads do not exist there.
+        # Also called in a forked child: the parent's threads do not exist
+        # there, and the child's leases must name the child's pid.
+        self.owner = LeaseOwnerInfo.current(self.config.worker_id)
         self._lock = threading.Condition()
         self._inflight: dict[ObjectId, _InFlight] = {}
         self._stopping = threading.Event()
@@ -149,7 +153,7 @@ class Worker:
                 for i in range(self.config.concurrency)
             ]
             self._threads.append(
-                threading.Thread(target=self._poll_loop, args=(stopping,), name=f"mjq-{name}-poller", daemon=True)
+                threading.Thread(target=self._poll_loop, args=(work, stopping), name=f"mjq-{name}-poller", daemon=True)
             )
             self._threads.append(
                 threading.Thread(target=self._lease_loop, args=(stopping,), name=f"mjq-{name}-leases", daemon=True)
@@ -172,24 +176,25 @@ class Worker:
         their lease while this process lives (so no other worker runs them
         twice) and are recovered by lease expiry if the process then exits.
         """
+        deadline = time.monotonic() + timeout
         with self._lock:
             if not self._running:
                 return True
             self._stopping.set()
             self._wake.set()
         self.log.info("worker %s stopping: no new claims", self.owner.worker_id)
-        poller = self._threads[self.config.concurrency]
-        if poller is not None:
-            poller.join(timeout)
+        # The poller may be inside a claim; it hands back whatever that claim
+        # returns (see _dispatch), so waiting for it shares the one deadline.
+        self._threads[self.config.concurrency].join(max(0.0, deadline - time.monotonic()))
         with self._lock:
             if self._inflight:
                 self.log.info(
                     "worker %s waiting up to %.1fs for %d running job(s)",
                     self.owner.worker_id,
-                    timeout,
+                    max(0.0, deadline - time.monotonic()),
                     len(self._inflight),
                 )
-            finished = self._lock.wait_for(lambda: not self._inflight, timeout=timeout)
+            finished = self._lock.wait_for(lambda: not self._inflight, timeout=max(0.0, deadline - time.monotonic()))
             remaining = len(self._inflight)
             self._running = False
         for _ in range(self.config.concurrency):
@@ -215,7 +220,7 @@ class Worker:
 
     # -- threads ------------------------------------------------------------
 
-    def _poll_loop(self, stopping: threading.Event) -> None:
+    def _poll_loop(self, work: queue_mod.SimpleQueue[Optional[ClaimedJob]], stopping: threading.Event) -> None:
         base = self.config.poll_interval_base_ms / 1000
         interval = base
         while not stopping.is_set():
@@ -226,23 +231,31 @@ class Worker:
             if stopping.is_set() or not has_room:
                 continue
             try:
-                claimed = self.claim_one()
+                claimed = self.claim_one(abort=stopping)
             except Exception:
                 self.log.exception("claim failed; backing off %.1fs", interval)
                 claimed = None
             if claimed is not None:
                 interval = base  # work appeared: snap back to the base interval
-                self._dispatch(claimed)
+                self._dispatch(claimed, work, stopping)
                 continue
             self._wake.wait(interval)
             self._wake.clear()
             interval = min(interval * 2, self.config.poll_interval_max_ms / 1000)
 
-    def _dispatch(self, claimed: ClaimedJob) -> None:
+    def _dispatch(
+        self, claimed: ClaimedJob, work: queue_mod.SimpleQueue[Optional[ClaimedJob]], stopping: threading.Event
+    ) -> None:
+        # Checked under the lock that stop() sets the flag with: either the job
+        # is in flight (stop() waits for it and it is queued before the exit
+        # sentinels) or stop() began first and the poller hands it back here.
         with self._lock:
-            self._inflight[claimed.id] = _InFlight(claimed)
-        self._log_job(logging.DEBUG, claimed.doc, "claimed")
-        self._work.put(claimed)
+            if not stopping.is_set():
+                self._inflight[claimed.id] = _InFlight(claimed)
+                work.put(claimed)
+                self._log_job(logging.DEBUG, claimed.doc, "claimed")
+                return
+        self._hand_back(claimed)
 
     def _handler_loop(self, work: queue_mod.SimpleQueue[Optional[ClaimedJob]], stopping: threading.Event) -> None:
         while True:
@@ -353,8 +366,9 @@ class Worker:
 
     # -- running one job ----------------------------------------------------
 
-    def claim_one(self) -> ClaimedJob | None:
-        return self.store.claim(self.registry.types(), self.config.queues, self.owner)
+    def claim_one(self, abort: Optional[threading.Event] = None) -> ClaimedJob | None:
+        """Claim one due job of the registered types; ``abort`` cuts retry sleeps short."""
+        return self.store.claim(self.registry.types(), self.config.queues, self.owner, abort=abort)
 
     def process(self, claimed: ClaimedJob) -> None:
         """Run the handler of a claimed job and record its outcome (fenced)."""
@@ -380,7 +394,7 @@ class Worker:
         if result is None:
             return None
         try:
-            check_document({"result": result})
+            check_value(result, what="result")
         except Exception as exc:  # noqa: BLE001
             self._log_job(logging.WARNING, doc, "handler result not stored: %s", exc)
             return None
@@ -397,7 +411,7 @@ class Worker:
                 exc,
                 attempts=attempts,
                 max_retries=int(doc["max_retries"]),
-                first_run_at=doc.get("created_at"),
+                enqueued_at=doc.get("created_at"),
                 now=now,
                 config=self.config,
             )

@@ -1,0 +1,16 @@
+"""The job model the integration tests inject, as an app would define it."""
+
+from __future__ import annotations
+
+from mongoengine import StringField
+
+from mongo_job_queue import BaseJob
+
+ALIAS = "mjq_integration"
+#: The queue's connection announces this name, so failpoints can target it alone.
+APP_NAME = "mjq-integration"
+
+
+class IntegrationJob(BaseJob):
+    organization = StringField()
+    meta = {"collection": "jobs", "db_alias": ALIAS}
