@@ -19,11 +19,13 @@ def _child(queue, job_model, results) -> None:
     try:
         assert not queue.running, "the parent's worker threads do not exist in the child"
         assert queue.worker.owner.pid == os.getpid()
-        job = queue.enqueue("CHILD", {"from": "child"})
+        # A type only the child handles, so the parent's worker cannot take it.
+        queue.register_handler("CHILD_ONLY", lambda job: os.getpid())
+        job = queue.enqueue("CHILD_ONLY", {"from": "child"})
         queue.start_polling()
         wait_until(lambda: job_model.objects.get(id=job.id).status == "completed", timeout=30)
         done = job_model.objects.get(id=job.id)
-        assert done.lease_owner.pid == os.getpid()
+        assert done.lease_owner.pid == done.result == os.getpid()
         assert queue.stop(timeout=10)
         results.put("ok")
     except BaseException as exc:

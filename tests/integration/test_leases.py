@@ -15,17 +15,17 @@ pytestmark = pytest.mark.integration
 
 
 def test_job_longer_than_several_leases_is_renewed_and_runs_once(make_queue, job_model) -> None:
-    worker = make_queue(lease_ms=600, heartbeat_interval_ms=150)
+    worker = make_queue(lease_ms=800, heartbeat_interval_ms=150)
     runs: list[int] = []
 
     @worker.handler("LONG")
     def long_job(job) -> str:
         runs.append(job.attempts)
-        threading.Event().wait(2.0)  # the job's own work: over three leases long
+        threading.Event().wait(2.5)  # the job's own work: three leases long
         return "finished"
 
     # A second worker sweeping for expired leases all the time.
-    sweeper = make_queue(sweep_interval_ms=100, lease_ms=600, heartbeat_interval_ms=150)
+    sweeper = make_queue(sweep_interval_ms=100, lease_ms=800, heartbeat_interval_ms=150)
     sweeper.register_handler("LONG", long_job)
     job = worker.enqueue("LONG", {})
     worker.start_polling()

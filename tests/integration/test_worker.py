@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from datetime import timedelta
@@ -256,3 +257,34 @@ def test_job_status_enum_matches_stored_values(make_queue, job_model) -> None:
     job = queue.enqueue("E")
     assert job.status == JobStatus.PENDING
     assert queue.run_once().status == JobStatus.COMPLETED
+
+
+def test_idle_polling_backs_off_and_snaps_back_when_work_appears(make_queue, job_model) -> None:
+    queue = make_queue(poll_interval_base_ms=20, poll_interval_max_ms=320)
+    queue.register_handler("IDLE", lambda job: None)
+    claims: list[tuple[float, bool]] = []
+    real_claim = queue.store.claim
+
+    def counting_claim(*args, **kwargs):
+        result = real_claim(*args, **kwargs)
+        claims.append((time.monotonic(), result is not None))
+        return result
+
+    queue.store.claim = counting_claim  # type: ignore[method-assign]
+    queue.start_polling()
+    # Intervals 20, 40, 80, 160, 320, 320 ms...: about 11 claims in 2 s, not 100.
+    wait_until(lambda: claims and claims[-1][0] - claims[0][0] >= 2.0, timeout=10)
+    idle = len(claims)
+    assert 6 <= idle <= 16, idle
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(claims)]
+    assert max(gaps) < 0.32 * 1.5 + 0.1  # never beyond the configured maximum (plus claim time)
+    assert gaps[-1] >= 0.25  # and it did reach it
+    # A job enqueued elsewhere (no local wake-up) is found within one max interval...
+    other = make_queue()
+    job = other.enqueue("IDLE", {})
+    wait_until(lambda: job_model.objects.get(id=job.id).status == "completed", timeout=5)
+    # ...after which the poller is back at the base interval.
+    found = next(i for i, (_, got) in enumerate(claims) if got)
+    wait_until(lambda: len(claims) > found + 2)
+    assert not claims[found + 1][1]
+    assert claims[found + 2][0] - claims[found + 1][0] < 0.1  # base interval, not 320 ms
