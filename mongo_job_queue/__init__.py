@@ -11,10 +11,12 @@ from __future__ import annotations
 from .config import QueueConfig
 from .errors import (
     ConfigError,
+    EmbeddedServerError,
     FailJob,
     HandlerError,
     InvalidJobError,
     JobModelError,
+    LeaseExpired,
     MongoJobQueueError,
     QueueStateError,
     RetryJob,
@@ -27,12 +29,14 @@ __version__ = "1.0.0"
 __all__ = [
     "BaseJob",
     "ConfigError",
+    "EmbeddedServerError",
     "FailJob",
     "HandlerError",
     "InvalidJobError",
     "JobError",
     "JobModelError",
     "JobStatus",
+    "LeaseExpired",
     "LeaseOwner",
     "MongoJobQueueError",
     "PersistentJobQueue",

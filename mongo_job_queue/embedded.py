@@ -18,13 +18,11 @@ import threading
 from types import TracebackType
 from typing import IO, Optional
 
+from .errors import EmbeddedServerError
+
 __all__ = ["EmbeddedMongo", "EmbeddedServerError"]
 
 INSTALL_HINT = "the embedded server needs the 'SecantusDB' package: pip install 'mongo-job-queue[demo]'"
-
-
-class EmbeddedServerError(RuntimeError):
-    """The embedded server could not be started."""
 
 
 class EmbeddedMongo:

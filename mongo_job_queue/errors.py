@@ -32,6 +32,14 @@ class QueueStateError(MongoJobQueueError, RuntimeError):
     """The queue was asked to do something its current state does not allow."""
 
 
+class LeaseExpired(MongoJobQueueError):
+    """Recorded in a job's error history when its worker stopped renewing the lease."""
+
+
+class EmbeddedServerError(MongoJobQueueError, RuntimeError):
+    """The embedded test and demo server could not be started."""
+
+
 class RetryJob(MongoJobQueueError):
     """Raised by a handler to retry the job after ``delay_ms`` instead of the policy's wait."""
 

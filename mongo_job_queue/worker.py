@@ -29,7 +29,7 @@ from bson import ObjectId
 
 from .clock import after_ms
 from .config import QueueConfig
-from .errors import FailJob
+from .errors import FailJob, LeaseExpired
 from .handlers import Handler, HandlerRegistry
 from .model import BaseJob
 from .store import ClaimedJob, ErrorRecord, JobStore, LeaseOwnerInfo
@@ -85,10 +85,6 @@ def error_record(
         at=at,
         lease_token=token,
     )
-
-
-class LeaseLost(Exception):
-    """Internal: raised into nothing, used only as the error record of a rescue."""
 
 
 @dataclass
@@ -214,10 +210,6 @@ class Worker:
         """Wake an idle poller, e.g. after a local enqueue of a due job."""
         self._wake.set()
 
-    def in_flight(self) -> int:
-        with self._lock:
-            return len(self._inflight)
-
     # -- threads ------------------------------------------------------------
 
     def _poll_loop(self, work: queue_mod.SimpleQueue[Optional[ClaimedJob]], stopping: threading.Event) -> None:
@@ -230,6 +222,9 @@ class Worker:
                 )
             if stopping.is_set() or not has_room:
                 continue
+            # Cleared before the claim, so a notify() that arrives while the
+            # claim is running is not lost: the wait below returns at once.
+            self._wake.clear()
             try:
                 claimed = self.claim_one(abort=stopping)
             except Exception:
@@ -240,7 +235,6 @@ class Worker:
                 self._dispatch(claimed, work, stopping)
                 continue
             self._wake.wait(interval)
-            self._wake.clear()
             interval = min(interval * 2, self.config.poll_interval_max_ms / 1000)
 
     def _dispatch(
@@ -347,7 +341,7 @@ class Worker:
             attempts = int(doc.get("attempts") or 0)
             give_up = attempts >= int(doc.get("max_retries") or 0) + 1
             owner = doc.get("lease_owner") or {}
-            exc = LeaseLost(
+            exc = LeaseExpired(
                 f"lease expired on attempt {attempts}: worker {owner.get('worker_id')} "
                 f"(host {owner.get('host')}, pid {owner.get('pid')}) stopped renewing it"
             )

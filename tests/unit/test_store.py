@@ -222,7 +222,7 @@ def test_recover_orphans_requeues_and_fails_expired_leases(queue: Any, clock: An
     assert len(requeued["errors"]) == 1
     error = requeued["last_error"]
     assert error == requeued["errors"][0]
-    assert error["type"] == "mongo_job_queue.worker.LeaseLost"
+    assert error["type"] == "mongo_job_queue.errors.LeaseExpired"
     assert "lease expired on attempt 1" in error["message"]
     assert "w-test" in error["message"]
     assert error["attempt"] == 1
