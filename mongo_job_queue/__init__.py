@@ -20,6 +20,7 @@ from .errors import (
     MongoJobQueueError,
     QueueStateError,
     RetryJob,
+    WorkerShutdown,
 )
 from .model import BaseJob, JobError, JobStatus, LeaseOwner
 from .queue import PersistentJobQueue, create_job_queue
@@ -43,6 +44,7 @@ __all__ = [
     "QueueConfig",
     "QueueStateError",
     "RetryJob",
+    "WorkerShutdown",
     "__version__",
     "create_job_queue",
 ]

@@ -39,6 +39,12 @@ class QueueConfig:
         max_traceback_chars: Truncation limit of a stored traceback.
         db_retry_attempts: Tries of one database call on transient errors.
         db_retry_max_delay_ms: Upper bound of the wait between those tries.
+        sync_clock: Correct this process's clock by its offset from the
+            server's (measured with ``hello`` every ``clock_sync_interval_ms``),
+            so a skewed host neither runs delayed jobs early nor steals leases.
+        clock_sync_interval_ms: How often that offset is measured again.
+        hygiene_interval_ms: How often malformed job documents (unknown
+            status, ill-typed fields, edited by hand) are looked for and failed.
         worker_id: Name of this worker in lease records; random when omitted.
     """
 
@@ -57,6 +63,9 @@ class QueueConfig:
     max_traceback_chars: int = 8_000
     db_retry_attempts: int = 5
     db_retry_max_delay_ms: int = 2_000
+    sync_clock: bool = True
+    clock_sync_interval_ms: int = 60_000
+    hygiene_interval_ms: int = 600_000
     worker_id: str | None = field(default=None)
 
     def __post_init__(self) -> None:
@@ -66,6 +75,9 @@ class QueueConfig:
             value = getattr(self, f.name)
             if f.name == "queues":
                 _check_queues(value)
+            elif f.name == "sync_clock":
+                if not isinstance(value, bool):
+                    raise ConfigError(f"config key 'sync_clock' must be a bool, got {type(value).__name__} {value!r}")
             elif f.name == "worker_id":
                 if value is not None and (not isinstance(value, str) or not value):
                     raise ConfigError(f"config key 'worker_id' must be a non-empty str or None, got {value!r}")

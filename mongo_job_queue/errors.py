@@ -36,6 +36,10 @@ class LeaseExpired(MongoJobQueueError):
     """Recorded in a job's error history when its worker stopped renewing the lease."""
 
 
+class WorkerShutdown(MongoJobQueueError):
+    """Recorded in a job's error history when its worker shut down before it finished."""
+
+
 class EmbeddedServerError(MongoJobQueueError, RuntimeError):
     """The embedded test and demo server could not be started."""
 

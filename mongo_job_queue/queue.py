@@ -18,6 +18,7 @@ from .errors import InvalidJobError, JobModelError, QueueStateError
 from .handlers import HandlerFn, HandlerRegistry
 from .model import LIBRARY_FIELDS, BaseJob, JobStatus
 from .retry import RetryStrategy, StopStrategy, WaitStrategy
+from .runner import run_worker
 from .store import JobStore
 from .validation import check_document, check_payload
 from .worker import Worker
@@ -199,7 +200,7 @@ class PersistentJobQueue(Generic[J]):
             max_retries = self.config.max_retries
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise InvalidJobError(f"max_retries must be an int >= 0, got {max_retries!r}")
-        now = self.clock()
+        now = self.store.now()
         run_at = self._run_at(spec.get("run_at"), spec.get("delay_ms"), now)
         forbidden = sorted(set(extra) & LIBRARY_FIELDS)
         if forbidden:
@@ -248,7 +249,7 @@ class PersistentJobQueue(Generic[J]):
     def _wake_if_local(self, doc: Mapping[str, Any]) -> None:
         # A job enqueued in the process that runs it need not wait for the next poll.
         local = self.worker.running and doc["type"] in self.registry and doc["queue"] in self.config.queues
-        if local and doc["run_at"] <= self.clock():
+        if local and doc["run_at"] <= self.store.now():
             self.worker.notify()
 
     # -- worker -------------------------------------------------------------
@@ -273,8 +274,28 @@ class PersistentJobQueue(Generic[J]):
         self.worker.start()
 
     def stop(self, timeout: float = 30.0) -> bool:
-        """Stop gracefully; True if every running job finished within ``timeout`` seconds."""
+        """Stop gracefully; True if every running job finished within ``timeout`` seconds.
+
+        Meant for an app stopping its in-process worker: jobs still running
+        at the timeout keep their lease while the process lives. A dedicated
+        worker process should use :meth:`run_worker` instead.
+        """
         return self.worker.stop(timeout)
+
+    def run_worker(
+        self,
+        *,
+        stop_timeout: float = 30.0,
+        install_signal_handlers: bool = True,
+        until: Optional[Callable[[], bool]] = None,
+    ) -> int:
+        """Run the worker in the foreground until SIGTERM/SIGINT; return an exit code.
+
+        See :func:`mongo_job_queue.runner.run_worker`: a first signal stops
+        gracefully within ``stop_timeout``, then returns jobs still running to
+        the queue (attempt counted); a second signal skips the wait.
+        """
+        return run_worker(self, stop_timeout=stop_timeout, install_signal_handlers=install_signal_handlers, until=until)
 
     @property
     def running(self) -> bool:

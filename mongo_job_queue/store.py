@@ -18,10 +18,11 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import mongoengine.connection
@@ -48,7 +49,7 @@ from tenacity import (
     wait_random,
 )
 
-from .clock import Clock, after_ms, utcnow
+from .clock import Clock, after_ms, to_naive_utc, utcnow
 from .config import QueueConfig
 from .errors import InvalidJobError
 from .model import BaseJob, JobStatus
@@ -157,6 +158,9 @@ class JobStore:
         self.log = logger or log
         self._sleep = sleep
         self._pid = os.getpid()
+        self._offset = timedelta(0)
+        self._next_sync = 0.0
+        self._sync_lock = threading.Lock()
 
     # -- connection ---------------------------------------------------------
 
@@ -185,7 +189,48 @@ class JobStore:
         self._retry(lambda: self.model.ensure_indexes(), "ensure_indexes")
 
     def now(self) -> datetime:
-        return self.clock()
+        """The current time on the server's clock, as far as this process can tell.
+
+        Every time the queue writes or compares (``run_at``, lease expiry) comes
+        from here. With ``sync_clock`` the local clock is corrected by its
+        offset from the server's, so all workers judge leases and due times
+        by one clock, whatever their hosts' clocks say.
+        """
+        if self.config.sync_clock and time.monotonic() >= self._next_sync:
+            self.sync_clock()
+        return self.clock() + self._offset
+
+    @property
+    def clock_offset(self) -> timedelta:
+        """Server time minus local time, as last measured."""
+        return self._offset
+
+    def sync_clock(self) -> None:
+        """Measure the offset of the local clock from the server's ``hello.localTime``."""
+        if not self._sync_lock.acquire(blocking=False):
+            return  # another thread is measuring; use the current offset
+        try:
+            self._next_sync = time.monotonic() + self.config.clock_sync_interval_ms / 1000
+            before = self.clock()
+            reply = self.collection.database.command("hello")
+            after = self.clock()
+            server = reply.get("localTime")
+            if not isinstance(server, datetime):
+                return
+            # The server read its clock somewhere during the round trip; the
+            # midpoint bounds the error by half the round trip.
+            offset = to_naive_utc(server) - (before + (after - before) / 2)
+            if abs(offset - self._offset) > timedelta(seconds=1):
+                self.log.warning(
+                    "this host's clock is %.1f s %s the database server's; correcting queue times by it",
+                    abs(offset.total_seconds()),
+                    "behind" if offset > timedelta(0) else "ahead of",
+                )
+            self._offset = offset
+        except Exception as exc:  # noqa: BLE001 - keep the last offset; retry at the next interval
+            self.log.debug("clock sync skipped: %r", exc)
+        finally:
+            self._sync_lock.release()
 
     # -- retry machinery ----------------------------------------------------
 

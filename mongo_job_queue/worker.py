@@ -29,7 +29,7 @@ from bson import ObjectId
 
 from .clock import after_ms
 from .config import QueueConfig
-from .errors import FailJob, LeaseExpired
+from .errors import FailJob, LeaseExpired, WorkerShutdown
 from .handlers import Handler, HandlerRegistry
 from .model import BaseJob
 from .store import ClaimedJob, ErrorRecord, JobStore, LeaseOwnerInfo
@@ -164,13 +164,26 @@ class Worker:
             ",".join(self.registry.types()) or "(none)",
         )
 
-    def stop(self, timeout: float = 30.0) -> bool:
+    def stop(
+        self,
+        timeout: float = 30.0,
+        *,
+        requeue_running: bool = False,
+        force: Optional[threading.Event] = None,
+    ) -> bool:
         """Stop claiming now, wait up to ``timeout`` s for running jobs; True if all finished.
 
         Jobs claimed but not yet started are handed back to ``pending``
-        without counting the attempt. Jobs still running at the timeout keep
-        their lease while this process lives (so no other worker runs them
-        twice) and are recovered by lease expiry if the process then exits.
+        without counting the attempt. What happens to jobs still running at
+        the timeout (or as soon as ``force`` is set) depends on the caller:
+
+        * ``requeue_running=False`` (an app stopping its in-process worker):
+          they keep their lease while this process lives, so no other worker
+          runs them twice, and are recovered by lease expiry after it exits.
+        * ``requeue_running=True`` (a worker process about to exit): they go
+          back to ``pending`` at once, the attempt recorded with a
+          :class:`~mongo_job_queue.WorkerShutdown` error, or to ``failed`` if
+          it was their last attempt. Their handlers' late outcomes are fenced.
         """
         deadline = time.monotonic() + timeout
         with self._lock:
@@ -190,21 +203,53 @@ class Worker:
                     max(0.0, deadline - time.monotonic()),
                     len(self._inflight),
                 )
-            finished = self._lock.wait_for(lambda: not self._inflight, timeout=max(0.0, deadline - time.monotonic()))
-            remaining = len(self._inflight)
+            finished = not self._inflight
+            while not finished and time.monotonic() < deadline and not (force and force.is_set()):
+                # Short waits, so that a forcing signal is noticed promptly.
+                finished = self._lock.wait_for(
+                    lambda: not self._inflight, timeout=min(0.1, max(0.0, deadline - time.monotonic()))
+                )
+            running = [entry.claimed for entry in self._inflight.values()]
+            if requeue_running:
+                for entry in self._inflight.values():
+                    entry.lease_lost.set()  # given up on purpose: stop renewing it
             self._running = False
         for _ in range(self.config.concurrency):
             self._work.put(None)  # handler threads exit after their current job
         if finished:
             self.log.info("worker %s stopped: all jobs finished", self.owner.worker_id)
+        elif requeue_running:
+            self._requeue_on_shutdown(running)
         else:
             self.log.warning(
                 "worker %s stopped with %d job(s) still running; their leases are kept while this "
                 "process lives and recovered by lease expiry after it exits",
                 self.owner.worker_id,
-                remaining,
+                len(running),
             )
         return finished
+
+    def _requeue_on_shutdown(self, running: list[ClaimedJob]) -> None:
+        self.log.warning(
+            "worker %s stopped with %d job(s) still running; returning them to the queue",
+            self.owner.worker_id,
+            len(running),
+        )
+        for claimed in running:
+            doc = claimed.doc
+            attempts = int(doc["attempts"])
+            exc = WorkerShutdown(f"worker {self.owner.worker_id} shut down during attempt {attempts}")
+            record = error_record(exc, attempt=attempts, at=self.store.now(), token=claimed.token, config=self.config)
+            try:
+                if attempts >= int(doc["max_retries"]) + 1:
+                    written = self.store.fail(claimed, record)
+                else:
+                    written = self.store.reschedule(claimed, self.store.now(), record)
+            except Exception:  # noqa: BLE001 - lease expiry recovers it if this write fails
+                self._log_job(logging.ERROR, doc, "could not return to the queue on shutdown", exc_info=True)
+                continue
+            if written:
+                self._log_job(logging.WARNING, doc, "returned to the queue on shutdown (attempt counted)")
 
     def notify(self) -> None:
         """Wake an idle poller, e.g. after a local enqueue of a due job."""
@@ -318,7 +363,7 @@ class Worker:
     def renew_leases(self) -> None:
         """Extend the leases of running jobs; flag the ones that were lost."""
         with self._lock:
-            leases = {job_id: f.claimed.token for job_id, f in self._inflight.items()}
+            leases = {job_id: f.claimed.token for job_id, f in self._inflight.items() if not f.lease_lost.is_set()}
         for job_id in self.store.renew_leases(leases):
             with self._lock:
                 entry = self._inflight.get(job_id)

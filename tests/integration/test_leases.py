@@ -52,7 +52,8 @@ def test_late_completion_after_lost_lease_is_fenced(make_queue, job_model, caplo
     assert claimed_a.id == job.id
     # Worker A freezes. Worker B's clock is past A's lease: it recovers and completes the job.
     offset = timedelta(seconds=5)
-    queue_b = make_queue(lease_ms=1_000, heartbeat_interval_ms=200, clock=clock)
+    # sync_clock off: this test moves time by skewing the clock on purpose.
+    queue_b = make_queue(lease_ms=1_000, heartbeat_interval_ms=200, clock=clock, sync_clock=False)
     queue_b.register_handler("PAY", lambda j: {"paid_by": "B"})
     assert queue_b.recover_orphans() == (1, 0)
     done = queue_b.run_once()
@@ -110,7 +111,7 @@ def test_job_that_keeps_killing_workers_ends_failed(make_queue, job_model) -> No
     def clock():
         return utcnow() + offset
 
-    queue = make_queue(lease_ms=1_000, heartbeat_interval_ms=200, max_retries=1, clock=clock)
+    queue = make_queue(lease_ms=1_000, heartbeat_interval_ms=200, max_retries=1, clock=clock, sync_clock=False)
     job = queue.enqueue("POISON", {})
     for expected in [(1, 0), (0, 1)]:
         claimed = queue.store.claim(["POISON"], ["default"], LeaseOwnerInfo.current("doomed"))

@@ -190,3 +190,13 @@ def test_fail_command_failpoint_is_available(raw_db, mongodb_uri) -> None:
             client.admin.command("ping")
         assert (info.value.details or {}).get("code") == 189
         assert client.admin.command("ping")["ok"] == 1.0
+
+
+def test_hello_reports_the_server_clock(raw_db) -> None:
+    """The queue corrects worker clocks by hello.localTime."""
+    before = datetime.utcnow()
+    local_time = raw_db.client.admin.command("hello")["localTime"]
+    after = datetime.utcnow()
+    assert isinstance(local_time, datetime)
+    # Same host here; on a real cluster NTP keeps this within seconds.
+    assert before - timedelta(seconds=5) <= local_time.replace(tzinfo=None) <= after + timedelta(seconds=5)

@@ -11,7 +11,7 @@ from conftest import OrgJob
 from mongo_job_queue import ConfigError, QueueConfig, create_job_queue
 from mongo_job_queue.config import load_config
 
-INT_KEYS = [f.name for f in dataclasses.fields(QueueConfig) if f.name not in ("queues", "worker_id")]
+INT_KEYS = [f.name for f in dataclasses.fields(QueueConfig) if f.name not in ("queues", "worker_id", "sync_clock")]
 
 
 def test_defaults() -> None:
@@ -60,7 +60,7 @@ def test_unknown_key_is_named_and_valid_keys_listed() -> None:
         load_config({"max_retries": 2, "max_retry": 3})
     message = str(info.value)
     assert "'max_retry'" in message
-    for key in [*INT_KEYS, "queues", "worker_id"]:
+    for key in [*INT_KEYS, "queues", "worker_id", "sync_clock"]:
         assert key in message.split("valid keys are:")[1]
 
 
@@ -165,3 +165,9 @@ def test_create_job_queue_raises_at_construction() -> None:
         create_job_queue(job_model=OrgJob, config={"concurrency": "8"})
     with pytest.raises(ConfigError, match="'polling'"):
         create_job_queue(job_model=OrgJob, config={"polling": True})
+
+
+@pytest.mark.parametrize("bad", [1, "yes", None])
+def test_sync_clock_must_be_a_bool(bad: Any) -> None:
+    with pytest.raises(ConfigError, match="'sync_clock' must be a bool"):
+        load_config({"sync_clock": bad})

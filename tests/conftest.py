@@ -1,0 +1,98 @@
+"""Fixtures shared by every test folder that talks to a real MongoDB wire server.
+
+By default one embedded SecantusDB server is started for the whole session.
+Set ``MONGODB_URI`` to run the same tests against a real mongod or replica
+set; nothing else changes. Each session uses its own database, dropped at the
+end, and each test starts from an empty jobs collection.
+
+They live here, at the top of ``tests/``, so that ``tests/integration`` and
+``tests/reliability`` share one session server: importing fixtures into a
+folder's own conftest would register them twice and start two.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import mongoengine
+import pytest
+from integration.models import ALIAS, APP_NAME, IntegrationJob
+from pymongo import MongoClient
+
+from mongo_job_queue import PersistentJobQueue, create_job_queue
+from mongo_job_queue.embedded import EmbeddedMongo
+
+FAST = {
+    "poll_interval_base_ms": 20,
+    "poll_interval_max_ms": 200,
+    "retry_delay_ms": 50,
+    "lease_ms": 3_000,
+    "heartbeat_interval_ms": 500,
+    "sweep_interval_ms": 500,
+}
+
+
+@pytest.fixture(scope="session")
+def mongodb_uri() -> Iterator[str]:
+    uri = os.environ.get("MONGODB_URI")
+    if uri:
+        yield uri
+        return
+    with EmbeddedMongo() as server:
+        assert server.uri is not None
+        yield server.uri
+
+
+@pytest.fixture(scope="session")
+def db_name(mongodb_uri: str) -> Iterator[str]:
+    name = f"mjq_test_{uuid.uuid4().hex[:10]}"
+    # heartbeatFrequencyMS: after a (simulated) stepdown the driver waits for
+    # its monitor to rediscover the primary; pymongo's 10 s default would make
+    # each fault test wait that long.
+    mongoengine.connect(
+        db=name,
+        host=mongodb_uri,
+        alias=ALIAS,
+        uuidRepresentation="standard",
+        appname=APP_NAME,
+        heartbeatFrequencyMS=500,
+    )
+    yield name
+    mongoengine.disconnect(alias=ALIAS)
+    with MongoClient(mongodb_uri) as client:
+        client.drop_database(name)
+
+
+@pytest.fixture
+def raw_db(mongodb_uri: str, db_name: str) -> Iterator[Any]:
+    """A plain pymongo database handle, independent of the queue's client."""
+    with MongoClient(mongodb_uri) as client:
+        yield client[db_name]
+
+
+@pytest.fixture
+def job_model(db_name: str) -> type[IntegrationJob]:
+    IntegrationJob.drop_collection()
+    IntegrationJob.ensure_indexes()
+    return IntegrationJob
+
+
+@pytest.fixture
+def make_queue(job_model: type[IntegrationJob]) -> Iterator[Callable[..., PersistentJobQueue[IntegrationJob]]]:
+    """Build queues with fast test timings; every one is stopped at teardown."""
+    made: list[PersistentJobQueue[IntegrationJob]] = []
+
+    def make(**overrides: Any) -> PersistentJobQueue[IntegrationJob]:
+        clock = overrides.pop("clock", None)
+        config = {**FAST, **overrides}
+        kwargs: dict[str, Any] = {"clock": clock} if clock else {}
+        queue = create_job_queue(job_model=job_model, config=config, **kwargs)
+        made.append(queue)
+        return queue
+
+    yield make
+    for queue in made:
+        queue.stop(timeout=10)

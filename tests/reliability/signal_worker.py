@@ -1,0 +1,37 @@
+"""A worker process run through ``run_worker`` for the signal scenarios.
+
+``python -m reliability.signal_worker URI DB CONCURRENCY STOP_TIMEOUT_S``
+with ``tests/`` on ``PYTHONPATH``. Jobs of type ``SLEEP`` work for
+``data.sleep_ms`` milliseconds. It exits with ``run_worker``'s exit code.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+
+import mongoengine
+from integration.models import ALIAS, IntegrationJob
+
+from mongo_job_queue import create_job_queue
+
+
+def main(uri: str, db: str, concurrency: int, stop_timeout: float) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+    mongoengine.connect(db=db, host=uri, alias=ALIAS, uuidRepresentation="standard")
+    queue = create_job_queue(
+        job_model=IntegrationJob,
+        config={"concurrency": concurrency, "poll_interval_base_ms": 20, "poll_interval_max_ms": 100},
+    )
+
+    @queue.handler("SLEEP")
+    def sleep(job: IntegrationJob) -> str:
+        threading.Event().wait(job.data["sleep_ms"] / 1000)
+        return "finished"
+
+    return queue.run_worker(stop_timeout=stop_timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])))

@@ -1,0 +1,109 @@
+"""Graceful shutdown of a worker process by signal.
+
+First SIGTERM: no new claim, short jobs finish, jobs still running after
+``stop_timeout`` go back to ``pending`` with the attempt recorded, and the
+process exits 0. A second signal skips the wait and exits 1.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import wait_until
+
+pytestmark = pytest.mark.integration
+
+TESTS_DIR = Path(__file__).resolve().parents[1]
+
+
+def _start_worker(uri: str, db: str, concurrency: int, stop_timeout: float) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen(
+        [sys.executable, "-m", "reliability.signal_worker", uri, db, str(concurrency), str(stop_timeout)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+@pytest.fixture
+def worker_process(mongodb_uri, db_name):
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(concurrency: int, stop_timeout: float) -> subprocess.Popen[str]:
+        proc = _start_worker(mongodb_uri, db_name, concurrency, stop_timeout)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def _fill_the_pool(make_queue, job_model):
+    queue = make_queue()
+    short = [queue.enqueue("SLEEP", {"sleep_ms": 1_500}, priority=10) for _ in range(2)]
+    long = [queue.enqueue("SLEEP", {"sleep_ms": 60_000}, priority=10) for _ in range(2)]
+    return queue, short, long
+
+
+def test_sigterm_finishes_short_jobs_and_requeues_long_ones(make_queue, job_model, worker_process) -> None:
+    queue, short, long = _fill_the_pool(make_queue, job_model)
+    proc = worker_process(concurrency=4, stop_timeout=4.0)
+    wait_until(lambda: job_model.objects(status="processing").count() == 4, timeout=30)
+    waiting = [queue.enqueue("SLEEP", {"sleep_ms": 10}) for _ in range(3)]
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    took = time.monotonic() - signalled
+    assert proc.returncode == 0, out
+    assert 3.5 <= took < 15, out  # waited for the stop timeout, not for the 60 s jobs
+    for job in short:
+        done = job_model.objects.get(id=job.id)
+        assert done.status == "completed" and done.attempts == 1
+    for job in long:
+        back = job_model.objects.get(id=job.id)
+        assert back.status == "pending" and back.attempts == 1
+        assert back.last_error.type == "mongo_job_queue.errors.WorkerShutdown"
+        assert back.lease_expires_at is None
+    for job in waiting:  # nothing was claimed after the signal
+        untouched = job_model.objects.get(id=job.id)
+        assert untouched.status == "pending" and untouched.attempts == 0
+    assert "SIGTERM" in out and "returned to the queue on shutdown" in out
+
+
+def test_second_signal_forces_the_exit(make_queue, job_model, worker_process) -> None:
+    _, _, long = _fill_the_pool(make_queue, job_model)
+    proc = worker_process(concurrency=4, stop_timeout=60.0)
+    wait_until(lambda: job_model.objects(status="processing").count() == 4, timeout=30)
+    proc.send_signal(signal.SIGTERM)
+    wait_until(lambda: job_model.objects(status="completed").count() == 2, timeout=30)
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 1, out
+    assert time.monotonic() - signalled < 10, out
+    assert all(job_model.objects.get(id=j.id).status == "pending" for j in long)
+    assert "again: stopping now" in out
+
+
+def test_last_attempt_interrupted_by_shutdown_ends_failed(make_queue, job_model, worker_process) -> None:
+    queue = make_queue()
+    job = queue.enqueue("SLEEP", {"sleep_ms": 60_000}, max_retries=0)
+    proc = worker_process(concurrency=1, stop_timeout=0.5)
+    wait_until(lambda: job_model.objects.get(id=job.id).status == "processing", timeout=30)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    failed = job_model.objects.get(id=job.id)
+    assert failed.status == "failed" and failed.attempts == 1
+    assert failed.last_error.type.endswith("WorkerShutdown")
