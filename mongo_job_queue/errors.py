@@ -36,6 +36,10 @@ class LeaseExpired(MongoJobQueueError):
     """Recorded in a job's error history when its worker stopped renewing the lease."""
 
 
+class MalformedJob(MongoJobQueueError):
+    """Recorded when a stored job document is unusable (edited by hand, ill-typed fields)."""
+
+
 class WorkerShutdown(MongoJobQueueError):
     """Recorded in a job's error history when its worker shut down before it finished."""
 

@@ -271,6 +271,9 @@ class PersistentJobQueue(Generic[J]):
             raise QueueStateError("start_polling() with no handler registered: register handlers first")
         if not self._indexes_ensured:
             self.ensure_indexes()
+        problem = self.store.write_concern_problem()
+        if problem:
+            logging.getLogger(__name__).warning("unsafe write concern: %s", problem)
         self.worker.start()
 
     def stop(self, timeout: float = 30.0) -> bool:

@@ -53,6 +53,7 @@ from .clock import Clock, after_ms, to_naive_utc, utcnow
 from .config import QueueConfig
 from .errors import InvalidJobError
 from .model import BaseJob, JobStatus
+from .validation import stored_job_problems
 
 __all__ = ["ClaimedJob", "ErrorRecord", "JobStore", "LeaseOwnerInfo", "is_transient"]
 
@@ -69,6 +70,8 @@ CANCELLED = JobStatus.CANCELLED.value
 # Server error codes that mean "try again, maybe elsewhere" (replica-set state
 # changes, shutdown, network). pymongo maps most to AutoReconnect/NotPrimaryError,
 # but a failCommand or an old server can surface them as OperationFailure.
+_MAX_QUARANTINES_PER_CLAIM = 10
+
 _TRANSIENT_CODES = frozenset({6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
 
 
@@ -232,6 +235,31 @@ class JobStore:
         finally:
             self._sync_lock.release()
 
+    def write_concern_problem(self) -> str | None:
+        """Why the jobs collection's write concern risks double runs, or None.
+
+        On a replica set, a claim or a completion acknowledged by the primary
+        alone (``w`` 0 or 1) can be rolled back by a failover: the job then
+        runs again although it was claimed or finished. ``majority`` is safe.
+        """
+        hello = self._retry(lambda: self.collection.database.command("hello"), "hello")
+        if not hello.get("setName") and hello.get("msg") != "isdbgrid":
+            return None  # a standalone server has no failover to roll writes back
+        w = self.collection.write_concern.document.get("w")
+        if w is None:  # not set by the client: the cluster-wide default applies
+            try:
+                defaults = self.collection.database.client.admin.command("getDefaultRWConcern")
+            except PyMongoError:
+                return None  # cannot tell; MongoDB 5.0+ defaults to majority
+            w = (defaults.get("defaultWriteConcern") or {}).get("w")
+        if w in (0, 1):
+            return (
+                f"the jobs collection of {self.model.__name__} is written with w={w} on a replica set: "
+                "a failover can roll back claims and completions and run jobs twice. "
+                "Connect with w='majority' (the server default since MongoDB 5.0)."
+            )
+        return None
+
     # -- retry machinery ----------------------------------------------------
 
     def _retry(self, fn: Callable[[], T], op: str, abort: threading.Event | None = None) -> T:
@@ -335,6 +363,20 @@ class JobStore:
         types, queues = list(types), list(queues)
         if not types or not queues:
             return None
+        query = {"status": PENDING, "queue": {"$in": queues}, "type": {"$in": types}}
+        # A document edited by hand (say, a string in 'attempts') makes the
+        # claim's update fail at the head of the queue, every time. Fail that
+        # document with the reason and claim the next one, instead of letting
+        # one bad document stop the queue.
+        for _ in range(_MAX_QUARANTINES_PER_CLAIM):
+            try:
+                return self._claim(query, owner, abort)
+            except OperationFailure as exc:
+                if is_transient(exc) or not self._quarantine_head(query, exc):
+                    raise
+        return None
+
+    def _claim(self, query: dict[str, Any], owner: LeaseOwnerInfo, abort: threading.Event | None) -> ClaimedJob | None:
         token = uuid.uuid4().hex
         tries = 0
         expires: datetime | None = None
@@ -353,7 +395,7 @@ class JobStore:
             now = self.now()
             expires = after_ms(now, self.config.lease_ms)
             return self.collection.find_one_and_update(
-                {"status": PENDING, "queue": {"$in": queues}, "type": {"$in": types}, "run_at": {"$lte": now}},
+                {**query, "run_at": {"$lte": now}},
                 {
                     "$set": {
                         "status": PROCESSING,
@@ -371,6 +413,60 @@ class JobStore:
 
         doc = self._retry(call, "claim", abort)
         return ClaimedJob(doc, token) if doc is not None else None
+
+    def _quarantine_head(self, query: dict[str, Any], exc: OperationFailure) -> bool:
+        head = self.collection.find_one(
+            {**query, "run_at": {"$lte": self.now()}}, sort=[("priority", -1), ("run_at", 1)]
+        )
+        problems = stored_job_problems(head) if head is not None else []
+        if head is None or not problems:
+            return False
+        self.log.error("claim failed on a malformed job %s (%s); failing it", head["_id"], exc)
+        return self.quarantine(head["_id"], problems, from_status=PENDING)
+
+    def quarantine(self, job_id: Any, problems: Sequence[str], *, from_status: str, token: str | None = None) -> bool:
+        """Fail a malformed job document with the reasons, touching only fields that cannot be ill-typed.
+
+        ``$set`` alone, no ``$push``/``$inc``: those would fail on the very
+        fields that are broken.
+        """
+        now = self.now()
+        fence: dict[str, Any] = {"_id": job_id, "status": from_status}
+        if token is not None:
+            fence["lease_token"] = token
+        record = {
+            "type": "mongo_job_queue.errors.MalformedJob",
+            "message": "; ".join(problems),
+            "traceback": "",
+            "attempt": None,
+            "at": now,
+            "lease_token": token,
+        }
+        update = {
+            "$set": {"status": FAILED, "finished_at": now, "updated_at": now, "last_error": record},
+            "$unset": {"lease_expires_at": ""},
+        }
+        return self._retry(lambda: self.collection.update_one(fence, update).matched_count == 1, "quarantine")
+
+    def malformed_jobs(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Jobs no claim or sweep can handle: unknown status, or pending with ill-typed fields."""
+        statuses = [s.value for s in JobStatus]
+        ill_typed = [
+            {"run_at": {"$not": {"$type": "date"}}},
+            {"type": {"$not": {"$type": "string"}}},
+            {"queue": {"$not": {"$type": "string"}}},
+            {"max_retries": {"$not": {"$type": "number"}}},
+            {"attempts": {"$exists": True, "$not": {"$type": "number"}}},
+            {"data": {"$exists": True, "$not": {"$type": "object"}}},
+        ]
+
+        def call() -> list[dict[str, Any]]:
+            found = list(self.collection.find({"status": {"$nin": statuses}}, limit=limit))
+            # $or is fine here: this runs every hygiene_interval_ms, never on the claim path.
+            found += self.collection.find({"status": PENDING, "$or": ill_typed}, limit=limit)
+            return found
+
+        return self._retry(call, "malformed_jobs")
 
     def renew_leases(self, leases: Mapping[ObjectId, str]) -> set[ObjectId]:
         """Extend the lease of every job in ``leases``; return the ids whose lease is gone."""
@@ -463,11 +559,9 @@ class JobStore:
     def expired_leases(self, limit: int = 100) -> list[dict[str, Any]]:
         """Processing jobs whose lease ran out (their worker crashed or froze)."""
         now = self.now()
-        fields = {"_id": 1, "lease_token": 1, "attempts": 1, "max_retries": 1, "type": 1, "queue": 1, "lease_owner": 1}
+        # Whole documents: there are few (only stranded jobs), and the sweep checks them for damage.
         return self._retry(
-            lambda: list(
-                self.collection.find({"status": PROCESSING, "lease_expires_at": {"$lt": now}}, fields, limit=limit)
-            ),
+            lambda: list(self.collection.find({"status": PROCESSING, "lease_expires_at": {"$lt": now}}, limit=limit)),
             "expired_leases",
         )
 

@@ -9,6 +9,7 @@ insert went through, and with a message that does not name the job.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import bson
@@ -16,7 +17,16 @@ from bson.errors import BSONError, InvalidDocument
 
 from .errors import InvalidJobError
 
-__all__ = ["MAX_DOCUMENT_BYTES", "MAX_NESTING_DEPTH", "check_document", "check_payload", "check_value"]
+__all__ = [
+    "MAX_DOCUMENT_BYTES",
+    "MAX_NESTING_DEPTH",
+    "check_document",
+    "check_payload",
+    "check_value",
+    "stored_job_problems",
+]
+
+_STATUSES = frozenset({"pending", "processing", "completed", "failed", "cancelled"})
 
 #: MongoDB's document size limit.
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
@@ -78,3 +88,39 @@ def check_document(son: Mapping[str, Any]) -> int:
             "Store large payloads elsewhere and enqueue a reference."
         )
     return size
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def stored_job_problems(doc: Mapping[str, Any]) -> list[str]:
+    """What makes a stored job document unusable, e.g. after an edit by hand.
+
+    The queue wrote every job itself, so any of these means someone else
+    did; the job is failed with the reasons instead of crashing a worker.
+    """
+    problems = []
+    status = doc.get("status")
+    if status not in _STATUSES:
+        problems.append(f"unknown status {status!r}")
+    job_type = doc.get("type")
+    if not isinstance(job_type, str) or not job_type:
+        problems.append(f"'type' must be a non-empty string, found {job_type!r}")
+    for name, check, expected in (
+        ("queue", lambda v: isinstance(v, str) and bool(v), "a non-empty string"),
+        ("run_at", lambda v: isinstance(v, datetime), "a date"),
+        ("max_retries", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    ):
+        if not check(doc.get(name)):
+            problems.append(f"{name!r} must be {expected}, found {doc.get(name)!r}")
+    for name, check, expected in (
+        ("attempts", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+        ("priority", _is_int, "an integer"),
+        ("data", lambda v: isinstance(v, Mapping), "a document"),
+        ("errors", lambda v: isinstance(v, list), "an array"),
+        ("last_error", lambda v: isinstance(v, Mapping), "a document"),
+    ):
+        if name in doc and doc[name] is not None and not check(doc[name]):
+            problems.append(f"{name!r} must be {expected}, found {type(doc[name]).__name__} {doc[name]!r:.60}")
+    return problems

@@ -33,7 +33,7 @@ from .errors import FailJob, LeaseExpired, WorkerShutdown
 from .handlers import Handler, HandlerRegistry
 from .model import BaseJob
 from .store import ClaimedJob, ErrorRecord, JobStore, LeaseOwnerInfo
-from .validation import check_value
+from .validation import check_value, stored_job_problems
 
 __all__ = ["Worker", "error_record", "job_log_extra"]
 
@@ -324,7 +324,7 @@ class Worker:
     def _lease_loop(self, stopping: threading.Event) -> None:
         beat = self.config.heartbeat_interval_ms / 1000
         sweep_every = self.config.sweep_interval_ms / 1000
-        next_sweep = time.monotonic()  # sweep at start: orphans of a crash before this restart
+        next_sweep = next_hygiene = time.monotonic()  # at start: what a crash before this restart left
         while True:
             with self._lock:
                 if stopping.is_set() and not self._inflight:
@@ -335,6 +335,12 @@ class Worker:
                     self.recover_orphans()
                 except Exception:
                     self.log.exception("lease recovery sweep failed")
+            if not stopping.is_set() and time.monotonic() >= next_hygiene:
+                next_hygiene = time.monotonic() + self.config.hygiene_interval_ms / 1000
+                try:
+                    self.fail_malformed_jobs()
+                except Exception:
+                    self.log.exception("malformed-job sweep failed")
             try:
                 self.renew_leases()
             except Exception:
@@ -383,8 +389,13 @@ class Worker:
         """
         requeued = failed = 0
         for doc in self.store.expired_leases():
-            attempts = int(doc.get("attempts") or 0)
-            give_up = attempts >= int(doc.get("max_retries") or 0) + 1
+            problems = stored_job_problems(doc)
+            if problems:  # e.g. 'errors' edited into a non-array: the rescue's $push would fail every time
+                self._fail_malformed(doc, problems)
+                failed += 1
+                continue
+            attempts = int(doc["attempts"])
+            give_up = attempts >= int(doc["max_retries"]) + 1
             owner = doc.get("lease_owner") or {}
             exc = LeaseExpired(
                 f"lease expired on attempt {attempts}: worker {owner.get('worker_id')} "
@@ -416,9 +427,16 @@ class Worker:
         if handler is None:  # unregistered between claim and run
             self._record_failure(claimed, None, FailJob(f"no handler registered for job type {doc['type']!r}"))
             return
-        self._log_job(logging.INFO, doc, "processing")
+        problems = stored_job_problems(doc)
         try:
             job: BaseJob = self.store.model._from_son(doc)
+        except Exception as exc:  # noqa: BLE001 - whatever the model cannot load
+            problems.append(f"cannot be loaded as {self.store.model.__name__}: {_safe_str(exc)}")
+        if problems:
+            self._fail_malformed(doc, problems, token=claimed.token)
+            return
+        self._log_job(logging.INFO, doc, "processing")
+        try:
             result = handler.fn(job)
         except BaseException as exc:  # noqa: BLE001 - SystemExit in a handler is a failed attempt too
             self._record_failure(claimed, handler, exc)
@@ -428,6 +446,21 @@ class Worker:
             self._log_job(logging.INFO, doc, "completed")
         else:
             self._log_job(logging.WARNING, doc, "completion not recorded: the lease was lost to another worker")
+
+    def _fail_malformed(self, doc: dict[str, Any], problems: list[str], *, token: str | None = None) -> None:
+        status = str(doc.get("status"))
+        if self.store.quarantine(doc["_id"], problems, from_status=status, token=token):
+            self._log_job(logging.ERROR, doc, "failed: malformed job document: %s", "; ".join(problems))
+
+    def fail_malformed_jobs(self) -> int:
+        """Fail stored jobs that no claim or sweep could handle; return how many."""
+        failed = 0
+        for doc in self.store.malformed_jobs():
+            problems = stored_job_problems(doc)
+            if problems:
+                self._fail_malformed(doc, problems)
+                failed += 1
+        return failed
 
     def _storable_result(self, result: Any, doc: dict[str, Any]) -> Any:
         if result is None:

@@ -91,3 +91,52 @@ def test_check_document_size_limit_keeps_headroom() -> None:
     assert check_document({"blob": "x" * (limit - overhead)}) == limit
     with pytest.raises(InvalidJobError, match=f"is {limit + 1} bytes; the limit is {limit}"):
         check_document({"blob": "x" * (limit - overhead + 1)})
+
+
+def _stored(**overrides: Any) -> dict[str, Any]:
+    from datetime import datetime
+
+    doc: dict[str, Any] = {
+        "type": "t",
+        "status": "pending",
+        "queue": "default",
+        "run_at": datetime(2030, 1, 1),
+        "max_retries": 3,
+        "attempts": 0,
+        "priority": 0,
+        "data": {},
+        "errors": [],
+    }
+    doc.update(overrides)
+    return doc
+
+
+def test_stored_job_problems_accepts_what_the_queue_writes() -> None:
+    from mongo_job_queue.validation import stored_job_problems
+
+    assert stored_job_problems(_stored()) == []
+    assert stored_job_problems({k: v for k, v in _stored().items() if k not in ("data", "errors", "priority")}) == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"status": "paused"}, "unknown status 'paused'"),
+        ({"type": ""}, "'type' must be a non-empty string"),
+        ({"queue": 3}, "'queue' must be a non-empty string"),
+        ({"run_at": "tomorrow"}, "'run_at' must be a date"),
+        ({"max_retries": -1}, "'max_retries' must be an integer >= 0"),
+        ({"max_retries": True}, "'max_retries' must be an integer >= 0"),
+        ({"attempts": "2"}, "'attempts' must be an integer >= 0"),
+        ({"priority": 1.5}, "'priority' must be an integer"),
+        ({"data": [1]}, "'data' must be a document"),
+        ({"errors": "x"}, "'errors' must be an array"),
+        ({"last_error": "boom"}, "'last_error' must be a document"),
+    ],
+)
+def test_stored_job_problems_names_each_damage(overrides: dict[str, Any], expected: str) -> None:
+    from mongo_job_queue.validation import stored_job_problems
+
+    problems = stored_job_problems(_stored(**overrides))
+    assert len(problems) == 1
+    assert expected in problems[0]
