@@ -110,7 +110,9 @@ def make_queue(clock: FakeClock, sleeps: list[float]) -> Callable[..., Persisten
     """Build a queue on a model (OrgJob by default) with the fake clock and recorded sleeps."""
 
     def make(model: type[BaseJob] = OrgJob, **config: Any) -> PersistentJobQueue[Any]:
-        return create_job_queue(job_model=model, config=config or None, clock=clock, sleep=sleeps.append)
+        # The fake clock is the truth here; no correction towards the server's.
+        config = {"sync_clock": False, **config}
+        return create_job_queue(job_model=model, config=config, clock=clock, sleep=sleeps.append)
 
     return make
 
