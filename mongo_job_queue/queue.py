@@ -344,6 +344,29 @@ class PersistentJobQueue(Generic[J]):
         """Number of jobs per status, optionally for one queue."""
         return self.store.count_by_status(queue)
 
+    # -- administration -----------------------------------------------------
+
+    def retry_job(self, job_id: ObjectId | str) -> bool:
+        """Queue a ``failed`` or ``cancelled`` job again with a fresh attempt budget; False if it is neither."""
+        return self.store.retry_job(ObjectId(job_id))
+
+    def cancel_job(self, job_id: ObjectId | str) -> bool:
+        """Cancel a ``pending`` job; False if it is not pending (running jobs are not interrupted)."""
+        return self.store.cancel_job(ObjectId(job_id))
+
+    def purge(self, older_than_ms: int, statuses: Iterable[str] = ("completed", "failed", "cancelled")) -> int:
+        """Delete finished jobs that finished more than ``older_than_ms`` ago; return how many."""
+        if isinstance(older_than_ms, bool) or not isinstance(older_than_ms, int) or older_than_ms < 0:
+            raise InvalidJobError(f"older_than_ms must be an int >= 0, got {older_than_ms!r}")
+        try:
+            return self.store.purge(after_ms(self.store.now(), -older_than_ms), tuple(statuses))
+        except ValueError as exc:
+            raise InvalidJobError(str(exc)) from exc
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per queue name: ``counts`` by status and ``oldest_due_age_s`` of its pending jobs."""
+        return self.store.queue_stats()
+
     def _after_fork_in_child(self) -> None:
         # The parent's threads do not exist here and its leases are its own.
         self.worker._reset_runtime_state()

@@ -376,7 +376,18 @@ class JobStore:
                     raise
         return None
 
-    def _claim(self, query: dict[str, Any], owner: LeaseOwnerInfo, abort: threading.Event | None) -> ClaimedJob | None:
+    def claim_job(self, job_id: ObjectId, owner: LeaseOwnerInfo) -> ClaimedJob | None:
+        """Claim one specific pending job, due or not (inline/eager runs, admin "run now")."""
+        return self._claim({"_id": job_id, "status": PENDING}, owner, None, due_only=False)
+
+    def _claim(
+        self,
+        query: dict[str, Any],
+        owner: LeaseOwnerInfo,
+        abort: threading.Event | None,
+        *,
+        due_only: bool = True,
+    ) -> ClaimedJob | None:
         token = uuid.uuid4().hex
         tries = 0
         expires: datetime | None = None
@@ -395,7 +406,7 @@ class JobStore:
             now = self.now()
             expires = after_ms(now, self.config.lease_ms)
             return self.collection.find_one_and_update(
-                {**query, "run_at": {"$lte": now}},
+                {**query, "run_at": {"$lte": now}} if due_only else query,
                 {
                     "$set": {
                         "status": PROCESSING,
@@ -589,6 +600,67 @@ class JobStore:
         }
         update["$set"]["finished_at" if give_up else "run_at"] = now
         return self._retry(lambda: self.collection.update_one(fence, update).matched_count == 1, "recover")
+
+    # -- administration (CLI, admin tools) -----------------------------------
+
+    def retry_job(self, job_id: ObjectId) -> bool:
+        """Queue a failed or cancelled job again, due now, with a fresh attempt budget."""
+        now = self.now()
+        update = {
+            "$set": {"status": PENDING, "run_at": now, "attempts": 0, "updated_at": now},
+            "$unset": {"finished_at": "", "lease_expires_at": ""},
+        }
+        filt = {"_id": job_id, "status": {"$in": [FAILED, CANCELLED]}}
+        return self._retry(lambda: self.collection.update_one(filt, update).matched_count == 1, "retry_job")
+
+    def cancel_job(self, job_id: ObjectId) -> bool:
+        """Cancel a job that has not started: only a ``pending`` job matches."""
+        now = self.now()
+        update = {"$set": {"status": CANCELLED, "finished_at": now, "updated_at": now}}
+        filt = {"_id": job_id, "status": PENDING}
+        return self._retry(lambda: self.collection.update_one(filt, update).matched_count == 1, "cancel_job")
+
+    def purge(self, finished_before: datetime, statuses: Sequence[str] = (COMPLETED, FAILED, CANCELLED)) -> int:
+        """Delete finished jobs whose ``finished_at`` is older than ``finished_before``."""
+        unknown = set(statuses) - {COMPLETED, FAILED, CANCELLED}
+        if unknown:
+            raise ValueError(f"only finished jobs can be purged, not {sorted(unknown)}")
+        filt = {"status": {"$in": list(statuses)}, "finished_at": {"$lt": finished_before}}
+        return self._retry(lambda: self.collection.delete_many(filt).deleted_count, "purge")
+
+    def queue_stats(self) -> dict[str, dict[str, Any]]:
+        """Per queue: job counts by status, and the age of the oldest due pending job.
+
+        Index-backed: distinct queues per status and counts per (status,
+        queue) use the claim index's prefix; the oldest due job is a $min over
+        that queue's pending jobs only, never over finished ones.
+        """
+
+        def call() -> dict[str, dict[str, Any]]:
+            now = self.now()
+            stats: dict[str, dict[str, Any]] = {}
+            for status in JobStatus:
+                for queue in self.collection.distinct("queue", {"status": status.value}):
+                    entry = stats.setdefault(str(queue), {"counts": {s.value: 0 for s in JobStatus}})
+                    entry["counts"][status.value] = self.collection.count_documents(
+                        {"status": status.value, "queue": queue}
+                    )
+            for queue, entry in stats.items():
+                oldest = None
+                if entry["counts"][PENDING]:
+                    rows = list(
+                        self.collection.aggregate(
+                            [
+                                {"$match": {"status": PENDING, "queue": queue, "run_at": {"$lte": now}}},
+                                {"$group": {"_id": None, "oldest": {"$min": "$run_at"}}},
+                            ]
+                        )
+                    )
+                    oldest = rows[0]["oldest"] if rows else None
+                entry["oldest_due_age_s"] = (now - oldest).total_seconds() if oldest else None
+            return stats
+
+        return self._retry(call, "queue_stats")
 
     # -- reads --------------------------------------------------------------
 

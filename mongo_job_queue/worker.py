@@ -416,6 +416,14 @@ class Worker:
 
     # -- running one job ----------------------------------------------------
 
+    def run_job_now(self, job_id: ObjectId) -> bool:
+        """Claim a specific pending job and run it in the calling thread; False if it was not pending."""
+        claimed = self.store.claim_job(job_id, self.owner)
+        if claimed is None:
+            return False
+        self.process(claimed)
+        return True
+
     def claim_one(self, abort: Optional[threading.Event] = None) -> ClaimedJob | None:
         """Claim one due job of the registered types; ``abort`` cuts retry sleeps short."""
         return self.store.claim(self.registry.types(), self.config.queues, self.owner, abort=abort)
