@@ -43,6 +43,14 @@ class QueueConfig:
             server's (measured with ``hello`` every ``clock_sync_interval_ms``),
             so a skewed host neither runs delayed jobs early nor steals leases.
         clock_sync_interval_ms: How often that offset is measured again.
+        batch_claims: Claim up to the number of free threads in one go (two
+            round trips for k jobs) instead of one job per round trip.
+        batch_acks: Write completions by group commit: one bulk write for
+            every completion that arrived while the previous one was in flight.
+        change_stream_wakeups: On a replica set, watch for new jobs and wake
+            an idle poller at once; polling remains the fallback.
+        change_stream_max_await_ms: How long one change-stream read waits on
+            the server; bounds an idle worker's command rate.
         hygiene_interval_ms: How often malformed job documents (unknown
             status, ill-typed fields, edited by hand) are looked for and failed.
         worker_id: Name of this worker in lease records; random when omitted.
@@ -64,6 +72,10 @@ class QueueConfig:
     db_retry_attempts: int = 5
     db_retry_max_delay_ms: int = 2_000
     sync_clock: bool = True
+    batch_claims: bool = True
+    batch_acks: bool = True
+    change_stream_wakeups: bool = True
+    change_stream_max_await_ms: int = 10_000
     clock_sync_interval_ms: int = 60_000
     hygiene_interval_ms: int = 600_000
     worker_id: str | None = field(default=None)
@@ -75,9 +87,9 @@ class QueueConfig:
             value = getattr(self, f.name)
             if f.name == "queues":
                 _check_queues(value)
-            elif f.name == "sync_clock":
+            elif f.name in _BOOL_KEYS:
                 if not isinstance(value, bool):
-                    raise ConfigError(f"config key 'sync_clock' must be a bool, got {type(value).__name__} {value!r}")
+                    raise ConfigError(f"config key {f.name!r} must be a bool, got {type(value).__name__} {value!r}")
             elif f.name == "worker_id":
                 if value is not None and (not isinstance(value, str) or not value):
                     raise ConfigError(f"config key 'worker_id' must be a non-empty str or None, got {value!r}")
@@ -100,6 +112,7 @@ class QueueConfig:
         return self.max_retries + 1
 
 
+_BOOL_KEYS = frozenset({"sync_clock", "batch_claims", "batch_acks", "change_stream_wakeups"})
 _MINIMUM = {"max_retries": 0, "retry_delay_ms": 0, "retry_max_delay_ms": 0, "max_error_history": 1}
 
 ConfigInput = Union[QueueConfig, Mapping[str, Any], None]

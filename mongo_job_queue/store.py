@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import mongoengine.connection
+import pymongo
 from bson import ObjectId
 from pymongo import ReturnDocument, UpdateOne
 from pymongo.collection import Collection
@@ -376,6 +377,88 @@ class JobStore:
                     raise
         return None
 
+    def claim_batch(
+        self,
+        types: Iterable[str],
+        queues: Iterable[str],
+        owner: LeaseOwnerInfo,
+        limit: int,
+        *,
+        abort: threading.Event | None = None,
+    ) -> list[ClaimedJob]:
+        """Claim up to ``limit`` due jobs in two round trips (three under contention).
+
+        The same guarantees as :meth:`claim`, for k jobs at once: read the k
+        most urgent due jobs, then lease them with one ``update_many`` that
+        matches each only if no one touched it since the read (its
+        ``lease_token`` and ``attempts`` are unchanged, and it is still pending
+        and due). All k share one new token, which with ``_id`` still fences
+        every later write per job. If another worker took some in between,
+        the jobs that are ours are read back by that token.
+        """
+        if limit <= 1:
+            one = self.claim(types, queues, owner, abort=abort)
+            return [one] if one is not None else []
+        types, queues = list(types), list(queues)
+        if not types or not queues:
+            return []
+        query = {"status": PENDING, "queue": {"$in": queues}, "type": {"$in": types}}
+        for _ in range(_MAX_QUARANTINES_PER_CLAIM):
+            try:
+                return self._claim_batch(query, owner, limit, abort)
+            except OperationFailure as exc:
+                if is_transient(exc) or not self._quarantine_head(query, exc):
+                    raise
+        return []
+
+    def _claim_batch(
+        self, query: dict[str, Any], owner: LeaseOwnerInfo, limit: int, abort: threading.Event | None
+    ) -> list[ClaimedJob]:
+        token = uuid.uuid4().hex
+        tries = 0
+        expires: datetime | None = None
+
+        def mine() -> list[dict[str, Any]]:
+            return list(self.collection.find({"status": PROCESSING, "lease_expires_at": expires, "lease_token": token}))
+
+        def call() -> list[dict[str, Any]]:
+            nonlocal tries, expires
+            tries += 1
+            if tries > 1 and expires is not None:
+                claimed = mine()  # an earlier try may have applied before its reply was lost
+                if claimed:
+                    return claimed
+            now = self.now()
+            expires = after_ms(now, self.config.lease_ms)
+            due = {**query, "run_at": {"$lte": now}}
+            candidates = list(self.collection.find(due, sort=[("priority", -1), ("run_at", 1)], limit=limit))
+            if not candidates:
+                return []
+            lease = {
+                "status": PROCESSING,
+                "lease_token": token,
+                "lease_owner": owner.as_doc(),
+                "lease_expires_at": expires,
+                "started_at": now,
+                "updated_at": now,
+            }
+            # Each claim changes lease_token or attempts, so an unchanged pair
+            # means nobody claimed the job since we read it: the read is still
+            # its state, and patching it locally saves reading it back.
+            unchanged = [
+                {"_id": d["_id"], "lease_token": d.get("lease_token"), "attempts": d.get("attempts")}
+                for d in candidates
+            ]
+            result = self.collection.update_many({**due, "$or": unchanged}, {"$set": lease, "$inc": {"attempts": 1}})
+            if result.modified_count == len(candidates):
+                for doc in candidates:
+                    doc.update(lease)
+                    doc["attempts"] = int(doc.get("attempts") or 0) + 1
+                return candidates
+            return mine() if result.modified_count else []
+
+        return [ClaimedJob(doc, token) for doc in self._retry(call, "claim_batch", abort)]
+
     def claim_job(self, job_id: ObjectId, owner: LeaseOwnerInfo) -> ClaimedJob | None:
         """Claim one specific pending job, due or not (inline/eager runs, admin "run now")."""
         return self._claim({"_id": job_id, "status": PENDING}, owner, None, due_only=False)
@@ -479,6 +562,28 @@ class JobStore:
 
         return self._retry(call, "malformed_jobs")
 
+    def watch_new_jobs(
+        self, types: Sequence[str], queues: Sequence[str], *, resume_after: Mapping[str, Any] | None, max_await_ms: int
+    ) -> Any:
+        """A change stream of jobs becoming claimable: inserted pending, or set back to pending.
+
+        Filtered on the server to this worker's queues and types (for
+        inserts), so an idle worker hears only about work it can do. Needs a
+        replica set or a sharded cluster; a standalone server raises.
+        """
+        match = {
+            "$or": [
+                {
+                    "operationType": "insert",
+                    "fullDocument.status": PENDING,
+                    "fullDocument.queue": {"$in": list(queues)},
+                    "fullDocument.type": {"$in": list(types)},
+                },
+                {"operationType": "update", "updateDescription.updatedFields.status": PENDING},
+            ]
+        }
+        return self.collection.watch([{"$match": match}], resume_after=resume_after, max_await_time_ms=max_await_ms)
+
     def renew_leases(self, leases: Mapping[ObjectId, str]) -> set[ObjectId]:
         """Extend the lease of every job in ``leases``; return the ids whose lease is gone."""
         if not leases:
@@ -520,6 +625,42 @@ class JobStore:
         if result is not None:
             update["$set"]["result"] = result
         return self._fenced(job, update, COMPLETED, "complete")
+
+    def complete_many(self, jobs: Sequence[tuple[ClaimedJob, Any]]) -> set[ObjectId]:
+        """Mark many claimed jobs completed in one bulk write; return the ids whose write landed.
+
+        Each update carries its own fence (``_id``, token, ``processing``), so
+        a lost lease fails only its own job. When fewer matched than sent, the
+        jobs that are completed under our token (by this try or an earlier one
+        whose reply was lost) count as written; the others lost their lease.
+        """
+        if not jobs:
+            return set()
+        now = self.now()
+        ops = []
+        for job, result in jobs:
+            update: dict[str, Any] = {
+                "$set": {"status": COMPLETED, "finished_at": now, "updated_at": now},
+                "$unset": {"lease_expires_at": ""},
+            }
+            if result is not None:
+                update["$set"]["result"] = result
+            ops.append(UpdateOne({"_id": job.id, "lease_token": job.token, "status": PROCESSING}, update))
+        tokens = {job.id: job.token for job, _ in jobs}
+
+        def call() -> set[ObjectId]:
+            try:
+                if self.collection.bulk_write(ops, ordered=False).matched_count == len(ops):
+                    return set(tokens)
+            except BulkWriteError:
+                pass  # some writes were rejected; find out which below
+            return {
+                d["_id"]
+                for d in self.collection.find({"_id": {"$in": list(tokens)}}, {"status": 1, "lease_token": 1})
+                if d.get("status") == COMPLETED and d.get("lease_token") == tokens[d["_id"]]
+            }
+
+        return self._retry(call, "complete_many")
 
     def reschedule(self, job: ClaimedJob, run_at: datetime, error: ErrorRecord) -> bool:
         """Return a failed attempt to ``pending`` at ``run_at``; False if the lease was lost."""
@@ -661,6 +802,45 @@ class JobStore:
             return stats
 
         return self._retry(call, "queue_stats")
+
+    def ping(self, timeout_s: float = 5.0) -> None:
+        """Reach the server within ``timeout_s`` or raise, so a CLI fails fast with a clear exit code.
+
+        No retries: the point is a quick answer, not riding out a failover.
+        Raises pymongo's ``ConnectionFailure`` (unreachable) or another
+        ``PyMongoError`` (refused, e.g. authentication).
+        """
+        with pymongo.timeout(timeout_s):
+            self.collection.database.command("ping")
+
+    def has_due(self, types: Iterable[str], queues: Iterable[str]) -> bool:
+        """Whether a pending job of these types is due in these queues (a burst worker's exit test).
+
+        The claim's own filter, limited to one document: served by the claim index.
+        """
+        types, queues = list(types), list(queues)
+        if not types or not queues:
+            return False
+
+        def call() -> bool:
+            query = {
+                "status": PENDING,
+                "queue": {"$in": queues},
+                "type": {"$in": types},
+                "run_at": {"$lte": self.now()},
+            }
+            return self.collection.find_one(query, {"_id": 1}) is not None
+
+        return self._retry(call, "has_due")
+
+    def running_count(self, worker_id: str) -> int:
+        """Jobs held (``processing``) by the worker named ``worker_id``; the lease index narrows to processing."""
+        query = {"status": PROCESSING, "lease_owner.worker_id": worker_id}
+        return self._retry(lambda: self.collection.count_documents(query), "running_count")
+
+    def find_jobs(self, query: Mapping[str, Any], limit: int = 1000) -> list[dict[str, Any]]:
+        """Raw job documents matching ``query``, oldest first (test assertions, admin tools)."""
+        return self._retry(lambda: list(self.collection.find(dict(query), sort=[("_id", 1)], limit=limit)), "find_jobs")
 
     # -- reads --------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from typing import Any, Optional
 
 from bson import ObjectId
 
+from .acks import AckBuffer
 from .clock import after_ms
 from .config import QueueConfig
 from .errors import FailJob, LeaseExpired, WorkerShutdown
@@ -34,6 +35,7 @@ from .handlers import Handler, HandlerRegistry
 from .model import BaseJob
 from .store import ClaimedJob, ErrorRecord, JobStore, LeaseOwnerInfo
 from .validation import check_value, stored_job_problems
+from .wakeup import ChangeStreamWaker
 
 __all__ = ["Worker", "error_record", "job_log_extra"]
 
@@ -117,6 +119,11 @@ class Worker:
         self.owner = LeaseOwnerInfo.current(self.config.worker_id)
         self._lock = threading.Condition()
         self._inflight: dict[ObjectId, _InFlight] = {}
+        # Finished jobs whose completion is buffered in the acker: their
+        # leases are renewed until the write lands.
+        self._acking: dict[ObjectId, ClaimedJob] = {}
+        self._acker: Optional[AckBuffer] = None
+        self._waker: Optional[ChangeStreamWaker] = None
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._work: queue_mod.SimpleQueue[Optional[ClaimedJob]] = queue_mod.SimpleQueue()
@@ -154,6 +161,22 @@ class Worker:
             self._threads.append(
                 threading.Thread(target=self._lease_loop, args=(stopping,), name=f"mjq-{name}-leases", daemon=True)
             )
+            if self.config.change_stream_wakeups:
+                waker = ChangeStreamWaker(
+                    self.store,
+                    self.registry.types(),
+                    self.config.queues,
+                    self.notify,
+                    stopping,
+                    max_await_ms=self.config.change_stream_max_await_ms,
+                    logger=self.log if self.log is not log else None,
+                )
+                self._waker = waker
+                # Not joined on stop: it leaves within one max_await after the stop event.
+                self._threads.append(threading.Thread(target=waker.run, name=f"mjq-{name}-wakeup", daemon=True))
+            if self.config.batch_acks:
+                self._acker = AckBuffer(self.store, self._on_acked, logger=self.log if self.log is not log else None)
+                self._acker.start()
             for thread in self._threads:
                 thread.start()
         self.log.info(
@@ -203,11 +226,12 @@ class Worker:
                     max(0.0, deadline - time.monotonic()),
                     len(self._inflight),
                 )
-            finished = not self._inflight
+            finished = not self._inflight and not self._acking
             while not finished and time.monotonic() < deadline and not (force and force.is_set()):
                 # Short waits, so that a forcing signal is noticed promptly.
                 finished = self._lock.wait_for(
-                    lambda: not self._inflight, timeout=min(0.1, max(0.0, deadline - time.monotonic()))
+                    lambda: not self._inflight and not self._acking,
+                    timeout=min(0.1, max(0.0, deadline - time.monotonic())),
                 )
             running = [entry.claimed for entry in self._inflight.values()]
             if requeue_running:
@@ -216,6 +240,11 @@ class Worker:
             self._running = False
         for _ in range(self.config.concurrency):
             self._work.put(None)  # handler threads exit after their current job
+        if self._acker is not None:
+            # Whatever is still buffered is written now; a handler finishing
+            # later records its outcome directly.
+            acker, self._acker = self._acker, None
+            acker.close(max(1.0, deadline - time.monotonic()))
         if finished:
             self.log.info("worker %s stopped: all jobs finished", self.owner.worker_id)
         elif requeue_running:
@@ -251,6 +280,12 @@ class Worker:
             if written:
                 self._log_job(logging.WARNING, doc, "returned to the queue on shutdown (attempt counted)")
 
+    @property
+    def listening_for_jobs(self) -> bool:
+        """Whether a change stream currently wakes this worker when jobs arrive."""
+        waker = self._waker
+        return waker is not None and self._running and waker.listening.is_set()
+
     def notify(self) -> None:
         """Wake an idle poller, e.g. after a local enqueue of a due job."""
         self._wake.set()
@@ -262,22 +297,24 @@ class Worker:
         interval = base
         while not stopping.is_set():
             with self._lock:
-                has_room = self._lock.wait_for(
+                self._lock.wait_for(
                     lambda: len(self._inflight) < self.config.concurrency or stopping.is_set(), timeout=base
                 )
-            if stopping.is_set() or not has_room:
+                free = self.config.concurrency - len(self._inflight)
+            if stopping.is_set() or free <= 0:
                 continue
             # Cleared before the claim, so a notify() that arrives while the
             # claim is running is not lost: the wait below returns at once.
             self._wake.clear()
             try:
-                claimed = self.claim_one(abort=stopping)
+                claimed = self.claim_some(free, abort=stopping)
             except Exception:
                 self.log.exception("claim failed; backing off %.1fs", interval)
-                claimed = None
-            if claimed is not None:
+                claimed = []
+            if claimed:
                 interval = base  # work appeared: snap back to the base interval
-                self._dispatch(claimed, work, stopping)
+                for job in claimed:
+                    self._dispatch(job, work, stopping)
                 continue
             self._wake.wait(interval)
             interval = min(interval * 2, self.config.poll_interval_max_ms / 1000)
@@ -307,7 +344,7 @@ class Worker:
                 else:
                     with self._lock:
                         self._inflight[claimed.id].started = True
-                    self.process(claimed)
+                    self.process(claimed, ack_async=True)
             except BaseException:  # noqa: BLE001 - the pool keeps its size, whatever happens
                 self._log_job(logging.ERROR, claimed.doc, "unexpected error in handler thread", exc_info=True)
             finally:
@@ -327,7 +364,7 @@ class Worker:
         next_sweep = next_hygiene = time.monotonic()  # at start: what a crash before this restart left
         while True:
             with self._lock:
-                if stopping.is_set() and not self._inflight:
+                if stopping.is_set() and not self._inflight and not self._acking:
                     return
             if not stopping.is_set() and time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + sweep_every
@@ -346,7 +383,7 @@ class Worker:
             except Exception:
                 self.log.exception("lease renewal failed; retrying at the next heartbeat")
             with self._lock:
-                self._lock.wait_for(lambda: stopping.is_set() and not self._inflight, timeout=beat)
+                self._lock.wait_for(lambda: stopping.is_set() and not self._inflight and not self._acking, timeout=beat)
 
     def _log_job(self, level: int, doc: dict[str, Any], msg: str, *args: Any, exc_info: bool = False) -> None:
         # The job's identity goes both into the text, for plain formatters,
@@ -370,6 +407,7 @@ class Worker:
         """Extend the leases of running jobs; flag the ones that were lost."""
         with self._lock:
             leases = {job_id: f.claimed.token for job_id, f in self._inflight.items() if not f.lease_lost.is_set()}
+            leases.update((job_id, claimed.token) for job_id, claimed in self._acking.items())
         for job_id in self.store.renew_leases(leases):
             with self._lock:
                 entry = self._inflight.get(job_id)
@@ -424,12 +462,24 @@ class Worker:
         self.process(claimed)
         return True
 
+    def claim_some(self, free: int, abort: Optional[threading.Event] = None) -> list[ClaimedJob]:
+        """Claim up to ``free`` due jobs: one batch with ``batch_claims``, else one job."""
+        if self.config.batch_claims and free > 1:
+            return self.store.claim_batch(self.registry.types(), self.config.queues, self.owner, free, abort=abort)
+        one = self.claim_one(abort=abort)
+        return [one] if one is not None else []
+
     def claim_one(self, abort: Optional[threading.Event] = None) -> ClaimedJob | None:
         """Claim one due job of the registered types; ``abort`` cuts retry sleeps short."""
         return self.store.claim(self.registry.types(), self.config.queues, self.owner, abort=abort)
 
-    def process(self, claimed: ClaimedJob) -> None:
-        """Run the handler of a claimed job and record its outcome (fenced)."""
+    def process(self, claimed: ClaimedJob, *, ack_async: bool = False) -> None:
+        """Run the handler of a claimed job and record its outcome (fenced).
+
+        With ``ack_async`` (handler threads of a running pool with
+        ``batch_acks``) a completion is handed to the group-commit buffer and
+        this thread moves on; otherwise it is written before returning.
+        """
         doc = claimed.doc
         handler = self.registry.get(doc["type"])
         if handler is None:  # unregistered between claim and run
@@ -450,10 +500,35 @@ class Worker:
             self._record_failure(claimed, handler, exc)
             return
         result = self._storable_result(result, doc)
+        if ack_async and self._submit_ack(claimed, result):
+            return
         if self.store.complete(claimed, result):
             self._log_job(logging.INFO, doc, "completed")
         else:
             self._log_job(logging.WARNING, doc, "completion not recorded: the lease was lost to another worker")
+
+    def _submit_ack(self, claimed: ClaimedJob, result: Any) -> bool:
+        with self._lock:
+            acker = self._acker
+            if acker is None:
+                return False
+            self._acking[claimed.id] = claimed
+        try:
+            acker.submit(claimed, result)
+        except RuntimeError:  # closed by stop() meanwhile: write it directly
+            with self._lock:
+                self._acking.pop(claimed.id, None)
+            return False
+        return True
+
+    def _on_acked(self, claimed: ClaimedJob, outcome: Optional[bool]) -> None:
+        if outcome:
+            self._log_job(logging.INFO, claimed.doc, "completed")
+        elif outcome is False:
+            self._log_job(logging.WARNING, claimed.doc, "completion not recorded: the lease was lost to another worker")
+        with self._lock:
+            self._acking.pop(claimed.id, None)
+            self._lock.notify_all()
 
     def _fail_malformed(self, doc: dict[str, Any], problems: list[str], *, token: str | None = None) -> None:
         status = str(doc.get("status"))

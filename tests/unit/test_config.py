@@ -11,7 +11,8 @@ from conftest import OrgJob
 from mongo_job_queue import ConfigError, QueueConfig, create_job_queue
 from mongo_job_queue.config import load_config
 
-INT_KEYS = [f.name for f in dataclasses.fields(QueueConfig) if f.name not in ("queues", "worker_id", "sync_clock")]
+BOOL_KEYS = ["sync_clock", "batch_claims", "batch_acks", "change_stream_wakeups"]
+INT_KEYS = [f.name for f in dataclasses.fields(QueueConfig) if f.name not in ("queues", "worker_id", *BOOL_KEYS)]
 
 
 def test_defaults() -> None:
@@ -60,7 +61,7 @@ def test_unknown_key_is_named_and_valid_keys_listed() -> None:
         load_config({"max_retries": 2, "max_retry": 3})
     message = str(info.value)
     assert "'max_retry'" in message
-    for key in [*INT_KEYS, "queues", "worker_id", "sync_clock"]:
+    for key in [*INT_KEYS, "queues", "worker_id", *BOOL_KEYS]:
         assert key in message.split("valid keys are:")[1]
 
 
@@ -167,7 +168,8 @@ def test_create_job_queue_raises_at_construction() -> None:
         create_job_queue(job_model=OrgJob, config={"polling": True})
 
 
+@pytest.mark.parametrize("key", BOOL_KEYS)
 @pytest.mark.parametrize("bad", [1, "yes", None])
-def test_sync_clock_must_be_a_bool(bad: Any) -> None:
-    with pytest.raises(ConfigError, match="'sync_clock' must be a bool"):
-        load_config({"sync_clock": bad})
+def test_bool_keys_must_be_bools(key: str, bad: Any) -> None:
+    with pytest.raises(ConfigError, match=f"'{key}' must be a bool"):
+        load_config({key: bad})

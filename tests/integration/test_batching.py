@@ -1,0 +1,196 @@
+"""Batched claims, batched acknowledgements and change-stream wake-ups, over the wire."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import mongoengine
+import pytest
+from helpers import wait_until
+from pymongo import monitoring
+
+from mongo_job_queue import BaseJob, create_job_queue
+from mongo_job_queue.store import LeaseOwnerInfo
+
+pytestmark = pytest.mark.integration
+
+COUNTED_ALIAS = "mjq_counted"
+
+
+class CountedJob(BaseJob):
+    meta = {"collection": "counted_jobs", "db_alias": COUNTED_ALIAS}
+
+
+class CommandCounter(monitoring.CommandListener):
+    """Counts the commands a client sends, by name (hello excluded: that is the driver's monitoring)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.lock = threading.Lock()
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name not in ("hello", "isMaster", "ismaster", "endSessions"):
+            with self.lock:
+                self.counts[event.command_name] += 1
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+    def total(self) -> int:
+        with self.lock:
+            return sum(self.counts.values())
+
+
+@pytest.fixture
+def counted(mongodb_uri, db_name):
+    counter = CommandCounter()
+    mongoengine.connect(
+        db=db_name, host=mongodb_uri, alias=COUNTED_ALIAS, event_listeners=[counter], uuidRepresentation="standard"
+    )
+    CountedJob.drop_collection()
+    CountedJob.ensure_indexes()
+    yield counter
+    CountedJob.drop_collection()
+    mongoengine.disconnect(alias=COUNTED_ALIAS)
+
+
+def _queue(**config: Any):
+    return create_job_queue(job_model=CountedJob, config={"sync_clock": False, **config})
+
+
+def test_claim_batch_takes_k_jobs_in_two_round_trips(counted) -> None:
+    queue = _queue()
+    queue.enqueue_many([{"job_type": "T", "data": {"n": n}, "priority": n % 3} for n in range(20)])
+    counted.counts.clear()
+    claimed = queue.store.claim_batch(["T"], ["default"], LeaseOwnerInfo.current("w"), 8)
+    assert counted.total() == 2, counted.counts
+    assert len(claimed) == 8
+    assert [c.doc["priority"] for c in claimed] == [2] * 6 + [1] * 2
+    assert len({c.token for c in claimed}) == 1
+    for c in claimed:
+        stored = CountedJob.objects.get(id=c.id)
+        assert stored.status == "processing" and stored.attempts == 1 == c.doc["attempts"]
+        assert stored.lease_token == c.token and stored.lease_expires_at == c.doc["lease_expires_at"]
+    assert CountedJob.objects(status="pending").count() == 12
+
+
+class _RaceCollection:
+    """Proxy that lets a competing worker claim one candidate between the batch's read and its update."""
+
+    def __init__(self, real: Any, compete) -> None:
+        self._real = real
+        self._compete = compete
+
+    def update_many(self, *args: Any, **kwargs: Any) -> Any:
+        self._compete()
+        return self._real.update_many(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+def test_claim_batch_under_contention_keeps_only_what_it_won(counted, monkeypatch) -> None:
+    queue = _queue()
+    queue.enqueue_many([{"job_type": "T", "data": {"n": n}, "priority": 10 - n} for n in range(6)])
+    rival = _queue()
+    stolen: list[Any] = []
+    real = queue.store.collection
+
+    def compete() -> None:
+        if not stolen:  # the rival takes the most urgent job first
+            stolen.append(rival.store.claim(["T"], ["default"], LeaseOwnerInfo.current("rival")))
+
+    monkeypatch.setattr(type(queue.store), "collection", property(lambda self: _RaceCollection(real, compete)))
+    claimed = queue.store.claim_batch(["T"], ["default"], LeaseOwnerInfo.current("w"), 4)
+    monkeypatch.undo()
+    won = stolen[0]
+    assert won is not None and won.doc["data"]["n"] == 0
+    assert len(claimed) == 3
+    assert won.id not in {c.id for c in claimed}
+    assert CountedJob.objects.get(id=won.id).lease_token == won.token
+    for c in claimed:
+        stored = CountedJob.objects.get(id=c.id)
+        assert stored.lease_token == c.token and stored.attempts == 1 == c.doc["attempts"]
+
+
+def test_complete_many_fences_each_job_by_its_token(counted) -> None:
+    queue = _queue()
+    queue.enqueue_many([{"job_type": "T"} for _ in range(3)])
+    claimed = queue.store.claim_batch(["T"], ["default"], LeaseOwnerInfo.current("w"), 3)
+    lost = claimed[1]
+    CountedJob.objects(id=lost.id).update(set__lease_token="someone-else")
+    counted.counts.clear()
+    written = queue.store.complete_many([(c, {"i": i}) for i, c in enumerate(claimed)])
+    assert written == {claimed[0].id, claimed[2].id}
+    assert counted.counts["update"] == 1  # one bulk write for all three
+    assert CountedJob.objects.get(id=lost.id).status == "processing"
+    assert CountedJob.objects.get(id=claimed[2].id).result == {"i": 2}
+
+
+def test_pool_with_batching_runs_every_job_once_with_fewer_round_trips(counted) -> None:
+    queue = _queue(concurrency=8, poll_interval_base_ms=20, poll_interval_max_ms=100)
+    runs: Counter[Any] = Counter()
+    lock = threading.Lock()
+
+    @queue.handler("T")
+    def handler(job) -> None:
+        with lock:
+            runs[job.id] += 1
+
+    jobs = queue.enqueue_many([{"job_type": "T", "data": {"n": n}} for n in range(120)])
+    counted.counts.clear()
+    queue.start_polling()
+    try:
+        wait_until(lambda: CountedJob.objects(status="completed").count() == 120, timeout=120)
+    finally:
+        assert queue.stop(timeout=10)
+    assert set(runs) == {j.id for j in jobs} and set(runs.values()) == {1}
+    writes = counted.counts["findAndModify"] + counted.counts["update"]
+    # Single claims and single acks would need 240 writes; batching needs far fewer.
+    assert writes < 120, counted.counts
+
+
+def test_batching_can_be_turned_off(counted) -> None:
+    queue = _queue(concurrency=4, batch_claims=False, batch_acks=False, change_stream_wakeups=False)
+    queue.register_handler("T", lambda job: None)
+    queue.enqueue_many([{"job_type": "T"} for _ in range(10)])
+    counted.counts.clear()
+    queue.start_polling()
+    try:
+        wait_until(lambda: CountedJob.objects(status="completed").count() == 10, timeout=60)
+    finally:
+        queue.stop(timeout=10)
+    assert counted.counts["findAndModify"] >= 10  # one claim per job
+    assert counted.counts["update"] >= 10  # one completion per job
+
+
+def test_change_stream_wakes_an_idle_worker(counted, make_queue, job_model) -> None:
+    if not CountedJob._get_db().client.admin.command("hello").get("setName"):
+        pytest.skip("change streams need a replica set")
+    idle = _queue(poll_interval_base_ms=5_000, poll_interval_max_ms=5_000)
+    idle.register_handler("T", lambda job: None)
+    polls: list[float] = []
+    real = idle.worker.claim_some
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        polls.append(time.monotonic())
+        return real(*args, **kwargs)
+
+    idle.worker.claim_some = counting  # type: ignore[method-assign]
+    idle.start_polling()
+    try:
+        wait_until(lambda: polls)  # the first, empty poll: now it waits 5 s
+        wait_until(lambda: idle.worker.listening_for_jobs, timeout=10, what="the change stream to open")
+        web = _queue()  # another process's queue object: no local wake-up
+        started = time.monotonic()
+        job = web.enqueue("T", {})
+        wait_until(lambda: CountedJob.objects.get(id=job.id).status == "completed", timeout=10)
+        assert time.monotonic() - started < 2.5  # well under the 5 s poll interval
+    finally:
+        idle.stop(timeout=10)
