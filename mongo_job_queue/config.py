@@ -75,7 +75,7 @@ class QueueConfig:
     batch_claims: bool = True
     batch_acks: bool = True
     change_stream_wakeups: bool = True
-    change_stream_max_await_ms: int = 10_000
+    change_stream_max_await_ms: int = 20_000
     clock_sync_interval_ms: int = 60_000
     hygiene_interval_ms: int = 600_000
     worker_id: str | None = field(default=None)
