@@ -11,6 +11,7 @@ from __future__ import annotations
 from .config import QueueConfig
 from .errors import (
     ConfigError,
+    EagerJobFailed,
     EmbeddedServerError,
     FailJob,
     HandlerError,
@@ -23,6 +24,7 @@ from .errors import (
     RetryJob,
     WorkerShutdown,
 )
+from .middleware import Middleware
 from .model import BaseJob, JobError, JobStatus, LeaseOwner
 from .queue import PersistentJobQueue, create_job_queue
 
@@ -31,6 +33,7 @@ __version__ = "1.0.0"
 __all__ = [
     "BaseJob",
     "ConfigError",
+    "EagerJobFailed",
     "EmbeddedServerError",
     "FailJob",
     "HandlerError",
@@ -41,6 +44,7 @@ __all__ = [
     "LeaseExpired",
     "LeaseOwner",
     "MalformedJob",
+    "Middleware",
     "MongoJobQueueError",
     "PersistentJobQueue",
     "QueueConfig",

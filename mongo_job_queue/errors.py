@@ -32,6 +32,17 @@ class QueueStateError(MongoJobQueueError, RuntimeError):
     """The queue was asked to do something its current state does not allow."""
 
 
+class EagerJobFailed(MongoJobQueueError, AssertionError):
+    """A job run eagerly at enqueue (testing mode with ``propagate``) did not complete.
+
+    An ``AssertionError`` too, so a test framework reports it as a failed test.
+    """
+
+    def __init__(self, message: str, *, job_id: object = None) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
 class LeaseExpired(MongoJobQueueError):
     """Recorded in a job's error history when its worker stopped renewing the lease."""
 

@@ -8,8 +8,8 @@ so a web process that only enqueues never takes jobs it cannot run.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 from .errors import HandlerError
@@ -73,6 +73,30 @@ class HandlerRegistry:
         """Registered job types, sorted so claim filters are stable."""
         with self._lock:
             return sorted(self._handlers)
+
+    def subset(
+        self, job_types: Optional[Iterable[str]] = None, *, wrap: Optional[Callable[[HandlerFn], HandlerFn]] = None
+    ) -> HandlerRegistry:
+        """A new registry with only ``job_types`` (all when None), each function optionally wrapped.
+
+        For a worker dedicated to some types, or one that counts its jobs;
+        retry policies and ``max_retries`` are kept.
+
+        Raises:
+            HandlerError: a type that has no handler here.
+        """
+        with self._lock:
+            handlers = dict(self._handlers)
+        wanted = list(handlers) if job_types is None else list(job_types)
+        missing = sorted(set(wanted) - set(handlers))
+        if missing:
+            known = ", ".join(sorted(handlers)) or "none"
+            raise HandlerError(f"no handler registered for job type(s) {', '.join(missing)} (registered: {known})")
+        sub = HandlerRegistry()
+        for job_type in wanted:
+            handler = handlers[job_type]
+            sub._handlers[job_type] = replace(handler, fn=wrap(handler.fn)) if wrap else handler
+        return sub
 
     def __contains__(self, job_type: object) -> bool:
         return job_type in self._handlers

@@ -89,6 +89,8 @@ class BaseJob(Document):
     last_error = EmbeddedDocumentField(JobError)
     errors = EmbeddedDocumentListField(JobError)
     result = DynamicField()
+    #: Metadata that middleware carries with a job, e.g. a trace context.
+    headers = DictField()
 
     meta: dict[str, Any] = {
         "abstract": True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import weakref
@@ -14,8 +15,9 @@ from mongoengine.errors import FieldDoesNotExist, ValidationError
 
 from .clock import Clock, after_ms, to_naive_utc, utcnow
 from .config import ConfigInput, QueueConfig, load_config
-from .errors import InvalidJobError, JobModelError, QueueStateError
+from .errors import ConfigError, EagerJobFailed, InvalidJobError, JobModelError, QueueStateError
 from .handlers import HandlerFn, HandlerRegistry
+from .middleware import Middleware, MiddlewareChain
 from .model import LIBRARY_FIELDS, BaseJob, JobStatus
 from .retry import RetryStrategy, StopStrategy, WaitStrategy
 from .runner import run_worker
@@ -48,16 +50,29 @@ class PersistentJobQueue(Generic[J]):
         config: ConfigInput = None,
         clock: Clock = utcnow,
         sleep: Optional[Callable[[float], None]] = None,
+        middleware: Optional[Iterable[Middleware]] = None,
     ) -> None:
         _check_model(job_model)
         self.job_model = job_model
         self.config: QueueConfig = load_config(config)
         self.clock = clock
         self.registry = HandlerRegistry()
+        self.hooks = MiddlewareChain(self, middleware)
         self.store = JobStore(job_model, self.config, clock=clock, sleep=sleep, logger=logger)
-        self.worker = Worker(self.store, self.registry, self.config, logger=logger)
+        self.worker = Worker(self.store, self.registry, self.config, logger=logger, hooks=self.hooks)
         self._indexes_ensured = False
+        #: Testing hook (see :mod:`mongo_job_queue.testing`): when True, :meth:`enqueue`
+        #: and :meth:`enqueue_many` run each new job of a registered type at once,
+        #: in the calling thread, due or not, and return it in its new state.
+        self.eager = False
+        #: With :attr:`eager`: raise :class:`~mongo_job_queue.errors.EagerJobFailed`
+        #: when an eagerly run job did not complete, so a test sees the failure.
+        self.eager_propagate = False
         _live_queues.add(self)
+
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Add lifecycle hooks after construction (e.g. by a Flask or Django integration)."""
+        self.hooks.add(middleware)
 
     # -- handlers -----------------------------------------------------------
 
@@ -148,6 +163,9 @@ class PersistentJobQueue(Generic[J]):
             extra_fields,
         )
         self.store.insert(doc)
+        self.hooks.emit("after_enqueue", doc)
+        if self.eager:
+            return self._run_eagerly([doc])[0]
         self._wake_if_local(doc)
         return self._instance(doc)
 
@@ -174,8 +192,30 @@ class PersistentJobQueue(Generic[J]):
                 raise InvalidJobError(f"jobs[{index}]: {exc}") from exc
         self.store.insert_many(docs)
         for doc in docs:
+            self.hooks.emit("after_enqueue", doc)
+        if self.eager:
+            return self._run_eagerly(docs)
+        for doc in docs:
             self._wake_if_local(doc)
         return [self._instance(doc) for doc in docs]
+
+    def _run_eagerly(self, docs: list[dict[str, Any]]) -> list[J]:
+        # App tests want the side effects of enqueue at once, without threads.
+        jobs = []
+        for doc in docs:
+            if doc["type"] in self.registry:
+                self.worker.run_job_now(doc["_id"])
+                fresh = self.store.get(doc["_id"])
+                doc = fresh if fresh is not None else doc
+                if self.eager_propagate and doc.get("status") != JobStatus.COMPLETED.value:
+                    error = doc.get("last_error") or {}
+                    raise EagerJobFailed(
+                        f"job {doc['_id']} ({doc['type']}) ended {doc.get('status')}: "
+                        f"{error.get('type', '?')}: {error.get('message', '')}",
+                        job_id=doc["_id"],
+                    )
+            jobs.append(self._instance(doc))
+        return jobs
 
     def _build(self, spec: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
         job_type = spec["job_type"]
@@ -226,6 +266,7 @@ class PersistentJobQueue(Generic[J]):
             raise InvalidJobError(f"{self.job_model.__name__} rejected the job: {exc}") from exc
         doc: dict[str, Any] = job.to_mongo().to_dict()
         doc["_id"] = ObjectId()
+        self.hooks.emit("before_enqueue", doc)  # e.g. a trace context into doc["headers"]
         check_document(doc)
         return doc
 
@@ -305,6 +346,42 @@ class PersistentJobQueue(Generic[J]):
         """Whether the background worker is running in this process."""
         return self.worker.running
 
+    def configure_worker(
+        self,
+        *,
+        job_types: Optional[Iterable[str]] = None,
+        wrap: Optional[Callable[[HandlerFn], HandlerFn]] = None,
+        **config: Any,
+    ) -> None:
+        """Adjust this process's worker before it starts; used by the CLI and the framework integrations.
+
+        A command line option (``--concurrency``, ``--queues``, ``--job-types``)
+        overrides what the app module configured, without a second queue object.
+
+        Args:
+            job_types: Claim only these registered types in this process; the
+                others stay registered for enqueue defaults.
+            wrap: Applied to each handler function the worker calls, e.g. to
+                count finished jobs.
+            **config: :class:`~mongo_job_queue.QueueConfig` keys to replace.
+
+        Raises:
+            QueueStateError: the worker is running.
+            ConfigError: an unknown key or an invalid value.
+            HandlerError: a job type that has no handler.
+        """
+        if self.worker.running:
+            raise QueueStateError("configure_worker() while the worker is running: stop it first")
+        if config:
+            try:
+                new_config = dataclasses.replace(self.config, **config)
+            except TypeError as exc:
+                raise ConfigError(f"unknown config key in {sorted(config)}: {exc}") from exc
+            self.config = self.store.config = self.worker.config = new_config
+            self.worker._reset_runtime_state()  # the lease owner may name a new worker_id
+        if job_types is not None or wrap is not None:
+            self.worker.registry = self.registry.subset(job_types, wrap=wrap)
+
     def run_once(self) -> Optional[J]:
         """Claim one due job and run it in the calling thread; return it in its new state.
 
@@ -352,7 +429,10 @@ class PersistentJobQueue(Generic[J]):
 
     def cancel_job(self, job_id: ObjectId | str) -> bool:
         """Cancel a ``pending`` job; False if it is not pending (running jobs are not interrupted)."""
-        return self.store.cancel_job(ObjectId(job_id))
+        cancelled = self.store.cancel_job(ObjectId(job_id))
+        if cancelled:
+            self.hooks.emit("on_cancelled", ObjectId(job_id))
+        return cancelled
 
     def purge(self, older_than_ms: int, statuses: Iterable[str] = ("completed", "failed", "cancelled")) -> int:
         """Delete finished jobs that finished more than ``older_than_ms`` ago; return how many."""
@@ -387,6 +467,7 @@ def create_job_queue(
     config: ConfigInput = None,
     clock: Clock = utcnow,
     sleep: Optional[Callable[[float], None]] = None,
+    middleware: Optional[Iterable[Middleware]] = None,
 ) -> PersistentJobQueue[J]:
     """Build a :class:`PersistentJobQueue` for the app's job model.
 
@@ -396,12 +477,13 @@ def create_job_queue(
         config: A mapping of config keys or a :class:`~mongo_job_queue.QueueConfig`.
         clock: Source of the current naive-UTC time (tests inject a fake one).
         sleep: Sleep used between retries of failed database calls.
+        middleware: Lifecycle hooks (metrics, tracing, audit), see :mod:`mongo_job_queue.middleware`.
 
     Raises:
         JobModelError: ``job_model`` is not a concrete BaseJob subclass.
         ConfigError: an unknown key or an invalid value, named in the message.
     """
-    return PersistentJobQueue(job_model, logger=logger, config=config, clock=clock, sleep=sleep)
+    return PersistentJobQueue(job_model, logger=logger, config=config, clock=clock, sleep=sleep, middleware=middleware)
 
 
 def _after_fork_in_child() -> None:

@@ -30,8 +30,9 @@ from bson import ObjectId
 from .acks import AckBuffer
 from .clock import after_ms
 from .config import QueueConfig
-from .errors import FailJob, LeaseExpired, WorkerShutdown
+from .errors import FailJob, LeaseExpired, MalformedJob, WorkerShutdown
 from .handlers import Handler, HandlerRegistry
+from .middleware import MiddlewareChain
 from .model import BaseJob
 from .store import ClaimedJob, ErrorRecord, JobStore, LeaseOwnerInfo
 from .validation import check_value, stored_job_problems
@@ -106,11 +107,13 @@ class Worker:
         config: QueueConfig,
         *,
         logger: Optional[logging.Logger] = None,
+        hooks: Optional[MiddlewareChain] = None,
     ) -> None:
         self.store = store
         self.registry = registry
         self.config = config
         self.log = logger or log
+        self.hooks = hooks if hooks is not None else MiddlewareChain(None)
         self._reset_runtime_state()
 
     def _reset_runtime_state(self) -> None:
@@ -179,6 +182,7 @@ class Worker:
                 self._acker.start()
             for thread in self._threads:
                 thread.start()
+        self.hooks.emit("on_worker_start")
         self.log.info(
             "worker %s started: concurrency=%d queues=%s types=%s",
             self.owner.worker_id,
@@ -245,6 +249,7 @@ class Worker:
             # later records its outcome directly.
             acker, self._acker = self._acker, None
             acker.close(max(1.0, deadline - time.monotonic()))
+        self.hooks.emit("on_worker_stop")
         if finished:
             self.log.info("worker %s stopped: all jobs finished", self.owner.worker_id)
         elif requeue_running:
@@ -418,6 +423,7 @@ class Worker:
                     entry.claimed.doc,
                     "lease lost while running; this worker will not record its outcome",
                 )
+                self.hooks.emit("on_lease_lost", entry.claimed.doc)
 
     def recover_orphans(self) -> tuple[int, int]:
         """Return expired leases to the queue; fail jobs that used up their attempts.
@@ -444,6 +450,7 @@ class Worker:
             )
             if not self.store.recover(doc, record, give_up):
                 continue  # renewed or recovered by someone else in the meantime
+            self.hooks.emit("on_orphan_recovered", doc, failed=give_up)
             if give_up:
                 failed += 1
                 self._log_job(logging.ERROR, doc, "failed: lease expired and no attempts left")
@@ -459,19 +466,26 @@ class Worker:
         claimed = self.store.claim_job(job_id, self.owner)
         if claimed is None:
             return False
+        self.hooks.emit("after_claim", claimed.doc)
         self.process(claimed)
         return True
 
     def claim_some(self, free: int, abort: Optional[threading.Event] = None) -> list[ClaimedJob]:
         """Claim up to ``free`` due jobs: one batch with ``batch_claims``, else one job."""
         if self.config.batch_claims and free > 1:
-            return self.store.claim_batch(self.registry.types(), self.config.queues, self.owner, free, abort=abort)
+            batch = self.store.claim_batch(self.registry.types(), self.config.queues, self.owner, free, abort=abort)
+            for claimed in batch:
+                self.hooks.emit("after_claim", claimed.doc)
+            return batch
         one = self.claim_one(abort=abort)
         return [one] if one is not None else []
 
     def claim_one(self, abort: Optional[threading.Event] = None) -> ClaimedJob | None:
         """Claim one due job of the registered types; ``abort`` cuts retry sleeps short."""
-        return self.store.claim(self.registry.types(), self.config.queues, self.owner, abort=abort)
+        claimed = self.store.claim(self.registry.types(), self.config.queues, self.owner, abort=abort)
+        if claimed is not None:
+            self.hooks.emit("after_claim", claimed.doc)
+        return claimed
 
     def process(self, claimed: ClaimedJob, *, ack_async: bool = False) -> None:
         """Run the handler of a claimed job and record its outcome (fenced).
@@ -494,18 +508,25 @@ class Worker:
             self._fail_malformed(doc, problems, token=claimed.token)
             return
         self._log_job(logging.INFO, doc, "processing")
+        self.hooks.emit("before_process", job)
+        started = time.monotonic()
         try:
             result = handler.fn(job)
         except BaseException as exc:  # noqa: BLE001 - SystemExit in a handler is a failed attempt too
-            self._record_failure(claimed, handler, exc)
+            outcome = self._record_failure(claimed, handler, exc)
+            self.hooks.emit("after_process", job, outcome=outcome, exc=exc, duration_s=time.monotonic() - started)
             return
+        duration = time.monotonic() - started
         result = self._storable_result(result, doc)
-        if ack_async and self._submit_ack(claimed, result):
-            return
-        if self.store.complete(claimed, result):
-            self._log_job(logging.INFO, doc, "completed")
-        else:
-            self._log_job(logging.WARNING, doc, "completion not recorded: the lease was lost to another worker")
+        outcome = "completed"
+        if not (ack_async and self._submit_ack(claimed, result)):
+            if self.store.complete(claimed, result):
+                self._log_job(logging.INFO, doc, "completed")
+            else:
+                outcome = "lease_lost"
+                self._log_job(logging.WARNING, doc, "completion not recorded: the lease was lost to another worker")
+                self.hooks.emit("on_lease_lost", doc)
+        self.hooks.emit("after_process", job, outcome=outcome, exc=None, duration_s=duration)
 
     def _submit_ack(self, claimed: ClaimedJob, result: Any) -> bool:
         with self._lock:
@@ -526,6 +547,7 @@ class Worker:
             self._log_job(logging.INFO, claimed.doc, "completed")
         elif outcome is False:
             self._log_job(logging.WARNING, claimed.doc, "completion not recorded: the lease was lost to another worker")
+            self.hooks.emit("on_lease_lost", claimed.doc)
         with self._lock:
             self._acking.pop(claimed.id, None)
             self._lock.notify_all()
@@ -534,6 +556,7 @@ class Worker:
         status = str(doc.get("status"))
         if self.store.quarantine(doc["_id"], problems, from_status=status, token=token):
             self._log_job(logging.ERROR, doc, "failed: malformed job document: %s", "; ".join(problems))
+            self.hooks.emit("on_failed", doc, exc=MalformedJob("; ".join(problems)))
 
     def fail_malformed_jobs(self) -> int:
         """Fail stored jobs that no claim or sweep could handle; return how many."""
@@ -555,7 +578,8 @@ class Worker:
             return None
         return result
 
-    def _record_failure(self, claimed: ClaimedJob, handler: Handler | None, exc: BaseException) -> None:
+    def _record_failure(self, claimed: ClaimedJob, handler: Handler | None, exc: BaseException) -> str:
+        """Write a failed attempt back (retry or failed, fenced); return the outcome."""
         doc = claimed.doc
         now = self.store.now()
         attempts = int(doc["attempts"])
@@ -585,10 +609,15 @@ class Worker:
                     record.message,
                     decision.delay_ms,
                 )
+                self.hooks.emit("on_retry_scheduled", doc, delay_ms=decision.delay_ms, exc=exc)
+                return "retry"
         else:
             written = self.store.fail(claimed, record)
             if written:
                 reason = decision.reason if decision else "no handler"
                 self._log_job(logging.ERROR, doc, "failed for good (%s: %s): %s", record.type, record.message, reason)
-        if not written:
-            self._log_job(logging.WARNING, doc, "failure not recorded: the lease was lost to another worker")
+                self.hooks.emit("on_failed", doc, exc=exc)
+                return "failed"
+        self._log_job(logging.WARNING, doc, "failure not recorded: the lease was lost to another worker")
+        self.hooks.emit("on_lease_lost", doc)
+        return "lease_lost"

@@ -1,0 +1,97 @@
+"""The lifecycle seam: no-op hooks that metrics, tracing and apps plug into.
+
+Subclass :class:`Middleware`, override the hooks you need and pass instances
+to ``create_job_queue(middleware=[...])`` or :meth:`add_middleware`. The core
+queue never imports Prometheus or OpenTelemetry; ``contrib`` modules are
+middleware like any other. A hook that raises is logged and ignored: an
+audit or metrics failure must not lose or block a job.
+
+Hooks receive raw job documents (``dict``) where the queue has no model
+instance at hand (claim, retry, rescue), and the app's job instance where it
+does (around the handler). ``before_enqueue`` may add fields to the document
+it receives, e.g. a trace context; they are validated and stored with it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any, Optional
+
+__all__ = ["Middleware", "MiddlewareChain", "Outcome"]
+
+log = logging.getLogger(__name__)
+
+#: What became of one run of a handler.
+Outcome = str  # "completed" | "retry" | "failed" | "lease_lost"
+
+
+class Middleware:
+    """Base class with a no-op method per lifecycle point."""
+
+    def before_enqueue(self, queue: Any, doc: dict[str, Any]) -> None:
+        """A job document is about to be inserted (mutable: add fields here)."""
+
+    def after_enqueue(self, queue: Any, doc: dict[str, Any]) -> None:
+        """A job document was inserted."""
+
+    def after_claim(self, queue: Any, doc: dict[str, Any]) -> None:
+        """This worker leased a job; ``doc`` is its claimed state."""
+
+    def before_process(self, queue: Any, job: Any) -> None:
+        """The handler is about to run (same thread as the handler)."""
+
+    def after_process(
+        self, queue: Any, job: Any, *, outcome: Outcome, exc: Optional[BaseException], duration_s: float
+    ) -> None:
+        """The handler returned or raised and the outcome was decided (same thread as the handler)."""
+
+    def on_retry_scheduled(self, queue: Any, doc: dict[str, Any], *, delay_ms: int, exc: BaseException) -> None:
+        """A failed attempt was written back as ``pending``, due in ``delay_ms``."""
+
+    def on_failed(self, queue: Any, doc: dict[str, Any], *, exc: BaseException) -> None:
+        """A job ended ``failed`` for good."""
+
+    def on_lease_lost(self, queue: Any, doc: dict[str, Any]) -> None:
+        """This worker found it no longer holds a job's lease; its outcome will not be recorded."""
+
+    def on_orphan_recovered(self, queue: Any, doc: dict[str, Any], *, failed: bool) -> None:
+        """A job whose lease expired was returned to the queue (or failed, attempts spent)."""
+
+    def on_cancelled(self, queue: Any, job_id: Any) -> None:
+        """A pending job was cancelled."""
+
+    def on_worker_start(self, queue: Any) -> None:
+        """The worker pool of this process started."""
+
+    def on_worker_stop(self, queue: Any) -> None:
+        """The worker pool of this process stopped."""
+
+
+class MiddlewareChain:
+    """Calls a hook on every middleware in order, logging and swallowing their errors."""
+
+    def __init__(self, queue: Any, middleware: Optional[Iterable[Middleware]] = None) -> None:
+        self.queue = queue
+        self._items: list[Middleware] = []
+        for item in middleware or ():
+            self.add(item)
+
+    def add(self, item: Middleware) -> None:
+        if not isinstance(item, Middleware):
+            raise TypeError(f"middleware must be a mongo_job_queue.Middleware, got {type(item).__name__}")
+        self._items.append(item)
+
+    @property
+    def items(self) -> Sequence[Middleware]:
+        return tuple(self._items)
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    def emit(self, hook: str, *args: Any, **kwargs: Any) -> None:
+        for item in self._items:
+            try:
+                getattr(item, hook)(self.queue, *args, **kwargs)
+            except Exception:  # a hook must never lose or block a job
+                log.exception("middleware %s.%s failed", type(item).__name__, hook)
