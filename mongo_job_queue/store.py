@@ -1,7 +1,9 @@
 """The one class that talks to MongoDB.
 
-Every query the queue makes lives here, on raw pymongo documents: the worker
-never touches ``Job.objects``. Two rules hold for every method:
+Every query the queue makes lives in :class:`JobStore`, on raw pymongo
+documents: the worker never touches ``Job.objects``. The claim, lease and
+outcome paths are in this module; administrative and hygiene queries are in
+its mixin :mod:`.store_admin`. Two rules hold for every write about a job:
 
 * Writes about a claimed job are *fenced*: filtered by ``_id``, the claim's
   ``lease_token`` and ``status == processing``. A worker that lost its lease
@@ -16,17 +18,14 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import mongoengine.connection
-import pymongo
 from bson import ObjectId
 from pymongo import ReturnDocument, UpdateOne
 from pymongo.collection import Collection
@@ -54,6 +53,8 @@ from .clock import Clock, after_ms, to_naive_utc, utcnow
 from .config import QueueConfig
 from .errors import InvalidJobError
 from .model import BaseJob, JobStatus
+from .records import ClaimedJob, ErrorRecord, LeaseOwnerInfo
+from .store_admin import AdminQueries
 from .validation import stored_job_problems
 
 __all__ = ["ClaimedJob", "ErrorRecord", "JobStore", "LeaseOwnerInfo", "is_transient"]
@@ -85,57 +86,7 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, OperationFailure) and exc.code in _TRANSIENT_CODES
 
 
-@dataclass(frozen=True)
-class LeaseOwnerInfo:
-    """Identity written into ``lease_owner`` when this process claims a job."""
-
-    host: str
-    pid: int
-    worker_id: str
-
-    @classmethod
-    def current(cls, worker_id: str | None = None) -> LeaseOwnerInfo:
-        return cls(socket.gethostname(), os.getpid(), worker_id or uuid.uuid4().hex[:12])
-
-    def as_doc(self) -> dict[str, Any]:
-        return {"host": self.host, "pid": self.pid, "worker_id": self.worker_id}
-
-
-@dataclass(frozen=True)
-class ErrorRecord:
-    """A failed attempt, already truncated, ready to be pushed into ``errors``."""
-
-    type: str
-    message: str
-    traceback: str
-    attempt: int
-    at: datetime
-    lease_token: str | None
-
-    def as_doc(self) -> dict[str, Any]:
-        return {
-            "type": self.type,
-            "message": self.message,
-            "traceback": self.traceback,
-            "attempt": self.attempt,
-            "at": self.at,
-            "lease_token": self.lease_token,
-        }
-
-
-@dataclass
-class ClaimedJob:
-    """A raw job document together with the lease that fences writes about it."""
-
-    doc: dict[str, Any]
-    token: str
-
-    @property
-    def id(self) -> ObjectId:
-        return self.doc["_id"]  # type: ignore[no-any-return]
-
-
-class JobStore:
+class JobStore(AdminQueries):
     """All MongoDB access of one queue, on the collection of the injected job model.
 
     Args:
@@ -235,31 +186,6 @@ class JobStore:
             self.log.debug("clock sync skipped: %r", exc)
         finally:
             self._sync_lock.release()
-
-    def write_concern_problem(self) -> str | None:
-        """Why the jobs collection's write concern risks double runs, or None.
-
-        On a replica set, a claim or a completion acknowledged by the primary
-        alone (``w`` 0 or 1) can be rolled back by a failover: the job then
-        runs again although it was claimed or finished. ``majority`` is safe.
-        """
-        hello = self._retry(lambda: self.collection.database.command("hello"), "hello")
-        if not hello.get("setName") and hello.get("msg") != "isdbgrid":
-            return None  # a standalone server has no failover to roll writes back
-        w = self.collection.write_concern.document.get("w")
-        if w is None:  # not set by the client: the cluster-wide default applies
-            try:
-                defaults = self.collection.database.client.admin.command("getDefaultRWConcern")
-            except PyMongoError:
-                return None  # cannot tell; MongoDB 5.0+ defaults to majority
-            w = (defaults.get("defaultWriteConcern") or {}).get("w")
-        if w in (0, 1):
-            return (
-                f"the jobs collection of {self.model.__name__} is written with w={w} on a replica set: "
-                "a failover can roll back claims and completions and run jobs twice. "
-                "Connect with w='majority' (the server default since MongoDB 5.0)."
-            )
-        return None
 
     # -- retry machinery ----------------------------------------------------
 
@@ -518,50 +444,6 @@ class JobStore:
         self.log.error("claim failed on a malformed job %s (%s); failing it", head["_id"], exc)
         return self.quarantine(head["_id"], problems, from_status=PENDING)
 
-    def quarantine(self, job_id: Any, problems: Sequence[str], *, from_status: str, token: str | None = None) -> bool:
-        """Fail a malformed job document with the reasons, touching only fields that cannot be ill-typed.
-
-        ``$set`` alone, no ``$push``/``$inc``: those would fail on the very
-        fields that are broken.
-        """
-        now = self.now()
-        fence: dict[str, Any] = {"_id": job_id, "status": from_status}
-        if token is not None:
-            fence["lease_token"] = token
-        record = {
-            "type": "mongo_job_queue.errors.MalformedJob",
-            "message": "; ".join(problems),
-            "traceback": "",
-            "attempt": None,
-            "at": now,
-            "lease_token": token,
-        }
-        update = {
-            "$set": {"status": FAILED, "finished_at": now, "updated_at": now, "last_error": record},
-            "$unset": {"lease_expires_at": ""},
-        }
-        return self._retry(lambda: self.collection.update_one(fence, update).matched_count == 1, "quarantine")
-
-    def malformed_jobs(self, limit: int = 100) -> list[dict[str, Any]]:
-        """Jobs no claim or sweep can handle: unknown status, or pending with ill-typed fields."""
-        statuses = [s.value for s in JobStatus]
-        ill_typed = [
-            {"run_at": {"$not": {"$type": "date"}}},
-            {"type": {"$not": {"$type": "string"}}},
-            {"queue": {"$not": {"$type": "string"}}},
-            {"max_retries": {"$not": {"$type": "number"}}},
-            {"attempts": {"$exists": True, "$not": {"$type": "number"}}},
-            {"data": {"$exists": True, "$not": {"$type": "object"}}},
-        ]
-
-        def call() -> list[dict[str, Any]]:
-            found = list(self.collection.find({"status": {"$nin": statuses}}, limit=limit))
-            # $or is fine here: this runs every hygiene_interval_ms, never on the claim path.
-            found += self.collection.find({"status": PENDING, "$or": ill_typed}, limit=limit)
-            return found
-
-        return self._retry(call, "malformed_jobs")
-
     def watch_new_jobs(
         self, types: Sequence[str], queues: Sequence[str], *, resume_after: Mapping[str, Any] | None, max_await_ms: int
     ) -> Any:
@@ -741,121 +623,6 @@ class JobStore:
         }
         update["$set"]["finished_at" if give_up else "run_at"] = now
         return self._retry(lambda: self.collection.update_one(fence, update).matched_count == 1, "recover")
-
-    # -- administration (CLI, admin tools) -----------------------------------
-
-    def retry_job(self, job_id: ObjectId) -> bool:
-        """Queue a failed or cancelled job again, due now, with a fresh attempt budget."""
-        now = self.now()
-        update = {
-            "$set": {"status": PENDING, "run_at": now, "attempts": 0, "updated_at": now},
-            "$unset": {"finished_at": "", "lease_expires_at": ""},
-        }
-        filt = {"_id": job_id, "status": {"$in": [FAILED, CANCELLED]}}
-        return self._retry(lambda: self.collection.update_one(filt, update).matched_count == 1, "retry_job")
-
-    def cancel_job(self, job_id: ObjectId) -> bool:
-        """Cancel a job that has not started: only a ``pending`` job matches."""
-        now = self.now()
-        update = {"$set": {"status": CANCELLED, "finished_at": now, "updated_at": now}}
-        filt = {"_id": job_id, "status": PENDING}
-        return self._retry(lambda: self.collection.update_one(filt, update).matched_count == 1, "cancel_job")
-
-    def purge(self, finished_before: datetime, statuses: Sequence[str] = (COMPLETED, FAILED, CANCELLED)) -> int:
-        """Delete finished jobs whose ``finished_at`` is older than ``finished_before``."""
-        unknown = set(statuses) - {COMPLETED, FAILED, CANCELLED}
-        if unknown:
-            raise ValueError(f"only finished jobs can be purged, not {sorted(unknown)}")
-        filt = {"status": {"$in": list(statuses)}, "finished_at": {"$lt": finished_before}}
-        return self._retry(lambda: self.collection.delete_many(filt).deleted_count, "purge")
-
-    def queue_stats(self) -> dict[str, dict[str, Any]]:
-        """Per queue: job counts by status, and the age of the oldest due pending job.
-
-        Index-backed: distinct queues per status and counts per (status,
-        queue) use the claim index's prefix; the oldest due job is a $min over
-        that queue's pending jobs only, never over finished ones.
-        """
-
-        def call() -> dict[str, dict[str, Any]]:
-            now = self.now()
-            stats: dict[str, dict[str, Any]] = {}
-            for status in JobStatus:
-                for queue in self.collection.distinct("queue", {"status": status.value}):
-                    entry = stats.setdefault(str(queue), {"counts": {s.value: 0 for s in JobStatus}})
-                    entry["counts"][status.value] = self.collection.count_documents(
-                        {"status": status.value, "queue": queue}
-                    )
-            for queue, entry in stats.items():
-                oldest = None
-                if entry["counts"][PENDING]:
-                    rows = list(
-                        self.collection.aggregate(
-                            [
-                                {"$match": {"status": PENDING, "queue": queue, "run_at": {"$lte": now}}},
-                                {"$group": {"_id": None, "oldest": {"$min": "$run_at"}}},
-                            ]
-                        )
-                    )
-                    oldest = rows[0]["oldest"] if rows else None
-                entry["oldest_due_age_s"] = (now - oldest).total_seconds() if oldest else None
-            return stats
-
-        return self._retry(call, "queue_stats")
-
-    def ping(self, timeout_s: float = 5.0) -> None:
-        """Reach the server within ``timeout_s`` or raise, so a CLI fails fast with a clear exit code.
-
-        No retries: the point is a quick answer, not riding out a failover.
-        Raises pymongo's ``ConnectionFailure`` (unreachable) or another
-        ``PyMongoError`` (refused, e.g. authentication).
-        """
-        with pymongo.timeout(timeout_s):
-            self.collection.database.command("ping")
-
-    def has_due(self, types: Iterable[str], queues: Iterable[str]) -> bool:
-        """Whether a pending job of these types is due in these queues (a burst worker's exit test).
-
-        The claim's own filter, limited to one document: served by the claim index.
-        """
-        types, queues = list(types), list(queues)
-        if not types or not queues:
-            return False
-
-        def call() -> bool:
-            query = {
-                "status": PENDING,
-                "queue": {"$in": queues},
-                "type": {"$in": types},
-                "run_at": {"$lte": self.now()},
-            }
-            return self.collection.find_one(query, {"_id": 1}) is not None
-
-        return self._retry(call, "has_due")
-
-    def running_count(self, worker_id: str) -> int:
-        """Jobs held (``processing``) by the worker named ``worker_id``; the lease index narrows to processing."""
-        query = {"status": PROCESSING, "lease_owner.worker_id": worker_id}
-        return self._retry(lambda: self.collection.count_documents(query), "running_count")
-
-    def find_jobs(self, query: Mapping[str, Any], limit: int = 1000) -> list[dict[str, Any]]:
-        """Raw job documents matching ``query``, oldest first (test assertions, admin tools)."""
-        return self._retry(lambda: list(self.collection.find(dict(query), sort=[("_id", 1)], limit=limit)), "find_jobs")
-
-    # -- reads --------------------------------------------------------------
-
-    def get(self, job_id: ObjectId) -> dict[str, Any] | None:
-        return self._retry(lambda: self.collection.find_one({"_id": job_id}), "get")
-
-    def count_by_status(self, queue: str | None = None) -> dict[str, int]:
-        """Jobs per status, one index-backed count each."""
-        counts: dict[str, int] = {}
-        for status in JobStatus:
-            query: dict[str, Any] = {"status": status.value}
-            if queue is not None:
-                query["queue"] = queue
-            counts[status.value] = self._retry(lambda q=query: self.collection.count_documents(q), "count")  # type: ignore[misc]
-        return counts
 
 
 def _is_id_duplicate(exc: DuplicateKeyError) -> bool:

@@ -1,0 +1,233 @@
+"""The store's administrative and hygiene queries, split from :mod:`.store` for size.
+
+:class:`AdminQueries` is a mixin of :class:`~mongo_job_queue.store.JobStore`,
+so every query still lives behind the one store object; this module only
+keeps the claim/lease hot path in ``store.py`` short enough to read. Nothing
+here runs on the claim or acknowledgement path.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pymongo
+from bson import ObjectId
+from pymongo.errors import PyMongoError
+
+from .model import JobStatus
+
+if TYPE_CHECKING:
+    from pymongo.collection import Collection
+
+    from .config import QueueConfig
+    from .model import BaseJob
+
+__all__ = ["AdminQueries"]
+
+T = TypeVar("T")
+
+PENDING = JobStatus.PENDING.value
+PROCESSING = JobStatus.PROCESSING.value
+COMPLETED = JobStatus.COMPLETED.value
+FAILED = JobStatus.FAILED.value
+CANCELLED = JobStatus.CANCELLED.value
+
+
+class AdminQueries:
+    """Queries for operators and the hygiene sweep; mixed into JobStore."""
+
+    if TYPE_CHECKING:
+        model: type[BaseJob]
+        config: QueueConfig
+        log: logging.Logger
+
+        @property
+        def collection(self) -> Collection[dict[str, Any]]: ...
+
+        def now(self) -> datetime: ...
+
+        def _retry(self, fn: Callable[[], T], op: str, abort: threading.Event | None = None) -> T: ...
+
+    def write_concern_problem(self) -> str | None:
+        """Why the jobs collection's write concern risks double runs, or None.
+
+        On a replica set, a claim or a completion acknowledged by the primary
+        alone (``w`` 0 or 1) can be rolled back by a failover: the job then
+        runs again although it was claimed or finished. ``majority`` is safe.
+        """
+        hello = self._retry(lambda: self.collection.database.command("hello"), "hello")
+        if not hello.get("setName") and hello.get("msg") != "isdbgrid":
+            return None  # a standalone server has no failover to roll writes back
+        w = self.collection.write_concern.document.get("w")
+        if w is None:  # not set by the client: the cluster-wide default applies
+            try:
+                defaults = self.collection.database.client.admin.command("getDefaultRWConcern")
+            except PyMongoError:
+                return None  # cannot tell; MongoDB 5.0+ defaults to majority
+            w = (defaults.get("defaultWriteConcern") or {}).get("w")
+        if w in (0, 1):
+            return (
+                f"the jobs collection of {self.model.__name__} is written with w={w} on a replica set: "
+                "a failover can roll back claims and completions and run jobs twice. "
+                "Connect with w='majority' (the server default since MongoDB 5.0)."
+            )
+        return None
+
+    def quarantine(self, job_id: Any, problems: Sequence[str], *, from_status: str, token: str | None = None) -> bool:
+        """Fail a malformed job document with the reasons, touching only fields that cannot be ill-typed.
+
+        ``$set`` alone, no ``$push``/``$inc``: those would fail on the very
+        fields that are broken.
+        """
+        now = self.now()
+        fence: dict[str, Any] = {"_id": job_id, "status": from_status}
+        if token is not None:
+            fence["lease_token"] = token
+        record = {
+            "type": "mongo_job_queue.errors.MalformedJob",
+            "message": "; ".join(problems),
+            "traceback": "",
+            "attempt": None,
+            "at": now,
+            "lease_token": token,
+        }
+        update = {
+            "$set": {"status": FAILED, "finished_at": now, "updated_at": now, "last_error": record},
+            "$unset": {"lease_expires_at": ""},
+        }
+        return self._retry(lambda: self.collection.update_one(fence, update).matched_count == 1, "quarantine")
+
+    def malformed_jobs(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Jobs no claim or sweep can handle: unknown status, or pending with ill-typed fields."""
+        statuses = [s.value for s in JobStatus]
+        ill_typed = [
+            {"run_at": {"$not": {"$type": "date"}}},
+            {"type": {"$not": {"$type": "string"}}},
+            {"queue": {"$not": {"$type": "string"}}},
+            {"max_retries": {"$not": {"$type": "number"}}},
+            {"attempts": {"$exists": True, "$not": {"$type": "number"}}},
+            {"data": {"$exists": True, "$not": {"$type": "object"}}},
+        ]
+
+        def call() -> list[dict[str, Any]]:
+            found = list(self.collection.find({"status": {"$nin": statuses}}, limit=limit))
+            # $or is fine here: this runs every hygiene_interval_ms, never on the claim path.
+            found += self.collection.find({"status": PENDING, "$or": ill_typed}, limit=limit)
+            return found
+
+        return self._retry(call, "malformed_jobs")
+
+    def retry_job(self, job_id: ObjectId) -> bool:
+        """Queue a failed or cancelled job again, due now, with a fresh attempt budget."""
+        now = self.now()
+        update = {
+            "$set": {"status": PENDING, "run_at": now, "attempts": 0, "updated_at": now},
+            "$unset": {"finished_at": "", "lease_expires_at": ""},
+        }
+        filt = {"_id": job_id, "status": {"$in": [FAILED, CANCELLED]}}
+        return self._retry(lambda: self.collection.update_one(filt, update).matched_count == 1, "retry_job")
+
+    def cancel_job(self, job_id: ObjectId) -> bool:
+        """Cancel a job that has not started: only a ``pending`` job matches."""
+        now = self.now()
+        update = {"$set": {"status": CANCELLED, "finished_at": now, "updated_at": now}}
+        filt = {"_id": job_id, "status": PENDING}
+        return self._retry(lambda: self.collection.update_one(filt, update).matched_count == 1, "cancel_job")
+
+    def purge(self, finished_before: datetime, statuses: Sequence[str] = (COMPLETED, FAILED, CANCELLED)) -> int:
+        """Delete finished jobs whose ``finished_at`` is older than ``finished_before``."""
+        unknown = set(statuses) - {COMPLETED, FAILED, CANCELLED}
+        if unknown:
+            raise ValueError(f"only finished jobs can be purged, not {sorted(unknown)}")
+        filt = {"status": {"$in": list(statuses)}, "finished_at": {"$lt": finished_before}}
+        return self._retry(lambda: self.collection.delete_many(filt).deleted_count, "purge")
+
+    def queue_stats(self) -> dict[str, dict[str, Any]]:
+        """Per queue: job counts by status, and the age of the oldest due pending job.
+
+        Index-backed: distinct queues per status and counts per (status,
+        queue) use the claim index's prefix; the oldest due job is a $min over
+        that queue's pending jobs only, never over finished ones.
+        """
+
+        def call() -> dict[str, dict[str, Any]]:
+            now = self.now()
+            stats: dict[str, dict[str, Any]] = {}
+            for status in JobStatus:
+                for queue in self.collection.distinct("queue", {"status": status.value}):
+                    entry = stats.setdefault(str(queue), {"counts": {s.value: 0 for s in JobStatus}})
+                    entry["counts"][status.value] = self.collection.count_documents(
+                        {"status": status.value, "queue": queue}
+                    )
+            for queue, entry in stats.items():
+                oldest = None
+                if entry["counts"][PENDING]:
+                    rows = list(
+                        self.collection.aggregate(
+                            [
+                                {"$match": {"status": PENDING, "queue": queue, "run_at": {"$lte": now}}},
+                                {"$group": {"_id": None, "oldest": {"$min": "$run_at"}}},
+                            ]
+                        )
+                    )
+                    oldest = rows[0]["oldest"] if rows else None
+                entry["oldest_due_age_s"] = (now - oldest).total_seconds() if oldest else None
+            return stats
+
+        return self._retry(call, "queue_stats")
+
+    def ping(self, timeout_s: float = 5.0) -> None:
+        """Reach the server within ``timeout_s`` or raise, so a CLI fails fast with a clear exit code.
+
+        No retries: the point is a quick answer, not riding out a failover.
+        Raises pymongo's ``ConnectionFailure`` (unreachable) or another
+        ``PyMongoError`` (refused, e.g. authentication).
+        """
+        with pymongo.timeout(timeout_s):
+            self.collection.database.command("ping")
+
+    def has_due(self, types: Iterable[str], queues: Iterable[str]) -> bool:
+        """Whether a pending job of these types is due in these queues (a burst worker's exit test).
+
+        The claim's own filter, limited to one document: served by the claim index.
+        """
+        types, queues = list(types), list(queues)
+        if not types or not queues:
+            return False
+
+        def call() -> bool:
+            query = {
+                "status": PENDING,
+                "queue": {"$in": queues},
+                "type": {"$in": types},
+                "run_at": {"$lte": self.now()},
+            }
+            return self.collection.find_one(query, {"_id": 1}) is not None
+
+        return self._retry(call, "has_due")
+
+    def running_count(self, worker_id: str) -> int:
+        """Jobs held (``processing``) by the worker named ``worker_id``; the lease index narrows to processing."""
+        query = {"status": PROCESSING, "lease_owner.worker_id": worker_id}
+        return self._retry(lambda: self.collection.count_documents(query), "running_count")
+
+    def find_jobs(self, query: Mapping[str, Any], limit: int = 1000) -> list[dict[str, Any]]:
+        """Raw job documents matching ``query``, oldest first (test assertions, admin tools)."""
+        return self._retry(lambda: list(self.collection.find(dict(query), sort=[("_id", 1)], limit=limit)), "find_jobs")
+
+    def get(self, job_id: ObjectId) -> dict[str, Any] | None:
+        return self._retry(lambda: self.collection.find_one({"_id": job_id}), "get")
+
+    def count_by_status(self, queue: str | None = None) -> dict[str, int]:
+        """Jobs per status, one index-backed count each."""
+        counts: dict[str, int] = {}
+        for status in JobStatus:
+            query: dict[str, Any] = {"status": status.value}
+            if queue is not None:
+                query["queue"] = queue
+            counts[status.value] = self._retry(lambda q=query: self.collection.count_documents(q), "count")  # type: ignore[misc]
+        return counts
