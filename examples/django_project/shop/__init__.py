@@ -1,0 +1,1 @@
+"""The shop app: its job handlers live in ``shop/jobs.py``."""

@@ -1,0 +1,38 @@
+"""The extension and the handlers: registered at import, applied to every app at init_app."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import current_app
+from tenacity import retry_if_exception_type
+
+from mongo_job_queue.contrib.flask import MongoJobQueue
+
+from .models import Job
+
+log = logging.getLogger(__name__)
+
+jobs = MongoJobQueue(job_model=Job)
+
+
+@jobs.handler("send_welcome_email", retry=retry_if_exception_type(ConnectionError), max_retries=5)
+def send_welcome_email(job: Job) -> dict[str, Any]:
+    # A real app would talk to its mail service here; handlers run in the app context.
+    sender = current_app.config["MAIL_SENDER"]
+    log.info("welcome email from %s to %s (%s)", sender, job.data["email"], job.organization)
+    return {"sent_to": job.data["email"], "from": sender}
+
+
+@jobs.handler("resize_image")
+def resize_image(job: Job) -> dict[str, Any]:
+    return {"thumbnail": f"{job.data['image']}.thumb.jpg"}
+
+
+@jobs.handler("generate_report", max_retries=2)
+def generate_report(job: Job) -> dict[str, Any]:
+    if job.attempts == 1:
+        # The first attempt meets a busy warehouse: the queue retries it after a backoff.
+        raise ConnectionError("data warehouse busy, try again")
+    return {"organization": job.organization, "rows": 42, "attempts": job.attempts}

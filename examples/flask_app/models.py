@@ -1,0 +1,14 @@
+"""The app's job model: the queue's fields plus the organization that owns the job."""
+
+from __future__ import annotations
+
+from mongoengine import StringField
+
+from mongo_job_queue import BaseJob
+
+ALIAS = "flask_example"
+
+
+class Job(BaseJob):
+    organization = StringField(required=True, max_length=100)
+    meta = {"collection": "example_jobs", "db_alias": ALIAS, "indexes": ["organization"]}

@@ -1,0 +1,257 @@
+"""Django integration: an app for ``INSTALLED_APPS``, a handler registry and ``run_job_worker``.
+
+::
+
+    INSTALLED_APPS = [..., "mongo_job_queue.contrib.django"]
+
+    MONGO_JOB_QUEUE = {
+        "MODEL": "shop.jobs_model:Job",          # required
+        "MONGODB_URI": "mongodb://localhost/shop",  # optional: else connect MongoEngine yourself
+        "MONGODB_DB": None,                      # the database, if the URI names none
+        "CONFIG": {"concurrency": 4},            # QueueConfig keys
+        "AUTOSTART": False,                      # run a worker in serving processes
+        "STOP_TIMEOUT": 30,
+        "REGISTRY_MODULES": ["billing.jobs"],    # plain modules with handlers
+        "AUTODISCOVER": True,                    # import <app>.jobs of every app
+    }
+
+Handlers live next to the code they serve, in a ``jobs`` module of any
+installed app, found like ``admin.autodiscover`` finds ``admin`` modules::
+
+    # shop/jobs.py
+    from mongo_job_queue.contrib.django import handler
+
+    @handler("send_receipt")
+    def send_receipt(job):
+        ...
+
+Code outside Django apps registers in a module listed in
+``REGISTRY_MODULES``. Everything enqueues through :func:`get_queue` (or
+:func:`enqueue`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from importlib import import_module
+from typing import Any, Optional
+
+from ...errors import MongoJobQueueError
+from ...handlers import HandlerFn
+from ...queue import PersistentJobQueue
+from .._boot import Start, StartDecision, WorkerStarter, build_queue, prefork_server
+
+__all__ = [
+    "SETTING",
+    "autodiscover",
+    "decide_start",
+    "enqueue",
+    "get_queue",
+    "handler",
+    "register_handler",
+    "settings_dict",
+    "start_worker",
+]
+
+log = logging.getLogger(__name__)
+
+#: The name of the settings dict.
+SETTING = "MONGO_JOB_QUEUE"
+_KEYS = frozenset(
+    {"MODEL", "MONGODB_URI", "MONGODB_DB", "CONFIG", "AUTOSTART", "STOP_TIMEOUT", "REGISTRY_MODULES", "AUTODISCOVER"}
+)
+_SERVING_COMMANDS = frozenset({"runserver"})
+
+_lock = threading.RLock()
+_queue: Optional[PersistentJobQueue[Any]] = None
+_starter: Optional[WorkerStarter] = None
+
+
+def settings_dict() -> dict[str, Any]:
+    """``settings.MONGO_JOB_QUEUE``, checked: unknown keys fail instead of being ignored.
+
+    Raises:
+        ImproperlyConfigured: the dict is missing, not a dict, or has unknown keys.
+    """
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+
+    value = getattr(settings, SETTING, None)
+    if not isinstance(value, Mapping):
+        raise ImproperlyConfigured(f"settings.{SETTING} must be a dict with at least 'MODEL', got {value!r}")
+    unknown = sorted(set(value) - _KEYS)
+    if unknown:
+        raise ImproperlyConfigured(f"settings.{SETTING} has unknown key(s) {unknown}; known: {sorted(_KEYS)}")
+    if "MODEL" not in value:
+        raise ImproperlyConfigured(f"settings.{SETTING}['MODEL'] is required, e.g. 'shop.jobs_model:Job'")
+    return dict(value)
+
+
+def get_queue() -> PersistentJobQueue[Any]:
+    """The project's queue, built from the settings at first use; no database access."""
+    global _queue, _starter
+    if _queue is not None:
+        return _queue
+    from django.core.exceptions import ImproperlyConfigured
+
+    with _lock:
+        if _queue is None:
+            conf = settings_dict()
+            stop_timeout = conf.get("STOP_TIMEOUT", 30)
+            if isinstance(stop_timeout, bool) or not isinstance(stop_timeout, (int, float)) or stop_timeout < 0:
+                raise ImproperlyConfigured(f"{SETTING}['STOP_TIMEOUT'] must be a number >= 0, got {stop_timeout!r}")
+            try:
+                queue = build_queue(
+                    conf["MODEL"],
+                    config=conf.get("CONFIG"),
+                    mongodb_uri=conf.get("MONGODB_URI"),
+                    mongodb_db=conf.get("MONGODB_DB"),
+                )
+            except MongoJobQueueError as exc:
+                raise ImproperlyConfigured(f"settings.{SETTING}: {exc}") from exc
+            _starter = WorkerStarter(queue, stop_timeout=float(stop_timeout), name="Django")
+            _queue = queue
+    return _queue
+
+
+def register_handler(job_type: str, fn: HandlerFn, **options: Any) -> HandlerFn:
+    """Register ``fn`` for ``job_type`` on the project's queue (options as ``PersistentJobQueue.register_handler``).
+
+    The handler closes stale Django database connections before and after
+    each job, as Django does around a request.
+    """
+    get_queue().register_handler(job_type, _with_django_connections(fn), **options)
+    return fn
+
+
+def handler(job_type: str, **options: Any) -> Callable[[HandlerFn], HandlerFn]:
+    """Decorator form of :func:`register_handler`, for ``<app>/jobs.py`` and registry modules."""
+
+    def decorate(fn: HandlerFn) -> HandlerFn:
+        return register_handler(job_type, fn, **options)
+
+    return decorate
+
+
+def enqueue(job_type: str, data: Optional[Mapping[str, Any]] = None, **kwargs: Any) -> Any:
+    """:meth:`~mongo_job_queue.PersistentJobQueue.enqueue` on the project's queue."""
+    return get_queue().enqueue(job_type, data, **kwargs)
+
+
+def autodiscover() -> None:
+    """Import the ``REGISTRY_MODULES`` and, unless ``AUTODISCOVER`` is False, every installed app's ``jobs``.
+
+    Idempotent: a module already imported is not run again.
+    """
+    from django.utils.module_loading import autodiscover_modules
+
+    conf = settings_dict()
+    modules = conf.get("REGISTRY_MODULES", [])
+    if isinstance(modules, str) or not isinstance(modules, Sequence):
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured(f"{SETTING}['REGISTRY_MODULES'] must be a list of module paths, got {modules!r}")
+    for name in modules:
+        import_module(name)
+    if conf.get("AUTODISCOVER", True):
+        autodiscover_modules("jobs")
+
+
+def start_worker() -> bool:
+    """Start the worker in this process now (e.g. from gunicorn's ``post_fork``); True if it started here."""
+    get_queue()
+    assert _starter is not None
+    return _starter.start("start_worker() called")
+
+
+def _on_ready() -> None:
+    # Called by the AppConfig's ready(): registry, autodiscovery and the autostart decision, no database access.
+    queue = get_queue()
+    autodiscover()
+    assert _starter is not None
+    conf = settings_dict()
+    decision = decide_start(bool(conf.get("AUTOSTART", False)))
+    if decision.when is Start.LAZY:
+        from django.core.signals import request_started
+
+        request_started.connect(_on_request, dispatch_uid="mongo_job_queue_lazy_start")
+    if decision.when is Start.NOW:
+        # Started from a thread: ready() must not touch the database, and start_polling() does.
+        log.info("Django: starting the job worker in process %d (%s)", os.getpid(), decision.reason)
+        _starter.start_in_background(decision.reason)
+    else:
+        _starter.apply(decision)
+    log.debug("Django: job types registered: %s", ", ".join(queue.registry.types()) or "none")
+
+
+def _on_request(sender: Any, **kwargs: Any) -> None:
+    if _starter is not None:
+        _starter.on_request()
+
+
+def _with_django_connections(fn: HandlerFn) -> HandlerFn:
+    @functools.wraps(fn)
+    def run(job: Any) -> Any:
+        from django.db import close_old_connections
+
+        close_old_connections()
+        try:
+            return fn(job)
+        finally:
+            close_old_connections()
+
+    return run
+
+
+def management_command(argv: Sequence[str]) -> Optional[str]:
+    """The ``manage.py``/``django-admin`` subcommand this process runs, or None for a server process."""
+    if not argv:
+        return None
+    program = os.path.basename(argv[0])
+    launched = program in ("manage.py", "django-admin", "django-admin.py") or argv[0].endswith(
+        os.path.join("django", "__main__.py")
+    )
+    if not launched:
+        return None
+    return next((arg for arg in argv[1:] if not arg.startswith("-")), "help")
+
+
+def decide_start(
+    autostart: bool,
+    argv: Optional[Sequence[str]] = None,
+    environ: Optional[Mapping[str, str]] = None,
+    under_pytest: Optional[bool] = None,
+) -> StartDecision:
+    """Whether this process runs the worker: now, at its first request, or never.
+
+    Only ``AUTOSTART`` turns it on; the process can only hold it back.
+    """
+    argv = sys.argv if argv is None else argv
+    environ = os.environ if environ is None else environ
+    under_pytest = "pytest" in sys.modules if under_pytest is None else under_pytest
+    if not autostart:
+        return StartDecision(Start.NEVER, f"{SETTING}['AUTOSTART'] is not set")
+    command = management_command(argv)
+    if under_pytest or command == "test":
+        return StartDecision(Start.NEVER, "running tests: they run jobs with mongo_job_queue.testing")
+    if command is not None:
+        if command not in _SERVING_COMMANDS:
+            return StartDecision(Start.NEVER, f"'manage.py {command}' is not a server")
+        if environ.get("RUN_MAIN") == "true":
+            return StartDecision(Start.NOW, "runserver's serving process")
+        if "--noreload" in argv:
+            return StartDecision(Start.NOW, "runserver --noreload")
+        return StartDecision(
+            Start.NEVER, "this is runserver's autoreloader watcher process; the serving process it spawns starts it"
+        )
+    server = prefork_server()
+    if server:
+        return StartDecision(Start.LAZY, f"under {server}, a master that preloads the app forks its workers later")
+    return StartDecision(
+        Start.LAZY, "not started by 'manage.py runserver': this process may still fork before it serves"
+    )

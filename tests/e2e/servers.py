@@ -1,0 +1,158 @@
+"""Start the example apps as real servers on loopback, talk HTTP to them, and always clean up.
+
+Each server runs in its own session (process group), so stopping it also
+stops what it spawned: the debug reloader's serving child, gunicorn's
+workers. Output goes to a file, read by the tests for the boot log lines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+from helpers import wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """One server process (and its children) on ``127.0.0.1:port``."""
+
+    def __init__(self, argv: Sequence[str], *, port: int, cwd: Path, env: dict[str, str], log_path: Path) -> None:
+        self.port = port
+        self.log_path = log_path
+        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            list(argv), cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def request(self, method: str, path: str, body: Optional[dict[str, Any]] = None) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"}
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            text = exc.read()
+            try:
+                return exc.code, json.loads(text)
+            except ValueError:
+                return exc.code, text.decode(errors="replace")
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                return self.request("GET", "/health")[0] == 200
+            except OSError:
+                return False
+
+        wait_until(up, timeout=timeout, interval=0.1, what=f"the server on port {self.port}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+            except ProcessLookupError:
+                pass
+        # Children left behind by a crashed parent share the process group.
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self._log.close()
+
+
+@pytest.fixture
+def serve(mongodb_uri: str, db_name: str, raw_db: Any, tmp_path: Path) -> Iterator[Any]:
+    """``serve(argv_with_{port}, cwd=..., env=...)`` starts a server on the test database and waits for it."""
+    raw_db.example_jobs.drop()
+    servers: list[Server] = []
+
+    def start(argv: Sequence[str], *, cwd: Path = REPO, env: Optional[dict[str, str]] = None) -> Server:
+        port = free_port()
+        full_env = {
+            **os.environ,
+            "MONGODB_URI": mongodb_uri,
+            "MONGODB_DB": db_name,
+            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        for name in ("WERKZEUG_RUN_MAIN", "RUN_MAIN", "SERVER_SOFTWARE", "FLASK_DEBUG"):
+            if name not in (env or {}):
+                full_env.pop(name, None)
+        server = Server(
+            [a.format(port=port) for a in argv],
+            port=port,
+            cwd=cwd,
+            env=full_env,
+            log_path=tmp_path / f"server{len(servers)}.log",
+        )
+        servers.append(server)
+        server.wait_ready()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def enqueue_examples(server: Server, organization: str = "acme") -> dict[str, str]:
+    """Enqueue one job of each example type over HTTP; return their ids by type."""
+    ids = {}
+    for job_type, data in (
+        ("send_welcome_email", {"email": "ada@example.com"}),
+        ("resize_image", {"image": "cat.png"}),
+        ("generate_report", {"month": "2026-01"}),
+    ):
+        status, body = server.request("POST", f"/organizations/{organization}/jobs", {"type": job_type, "data": data})
+        assert status == 202, body
+        ids[job_type] = body["id"]
+    return ids
+
+
+def wait_finished(server: Server, ids: dict[str, str], timeout: float = 60.0) -> dict[str, dict[str, Any]]:
+    """Poll the status endpoint until every job completed; return their last status documents."""
+    seen: dict[str, dict[str, Any]] = {}
+
+    def done() -> bool:
+        for job_type, job_id in ids.items():
+            status, body = server.request("GET", f"/jobs/{job_id}")
+            assert status == 200, body
+            seen[job_type] = body
+        return all(body["status"] == "completed" for body in seen.values())
+
+    try:
+        wait_until(done, timeout=timeout, interval=0.1, what="the example jobs to complete")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\njobs: {seen}\nserver log:\n{server.log()}") from None
+    return seen

@@ -1,0 +1,79 @@
+"""examples/django_project served for real: runserver (plain and with its autoreloader) and run_job_worker.
+
+Each test sends real HTTP requests and watches a worker finish the jobs
+against the session's wire server: the one the project started at boot, or
+a dedicated ``manage.py run_job_worker``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from .servers import REPO, enqueue_examples, serve, wait_finished
+from .test_flask_example import check_results, started_pids
+
+__all__ = ["serve"]
+
+pytestmark = pytest.mark.integration
+
+PROJECT = REPO / "examples" / "django_project"
+RUNSERVER = [sys.executable, "manage.py", "runserver", "127.0.0.1:{port}"]
+
+
+def manage(*argv: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "manage.py", *argv],
+        cwd=PROJECT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_runserver_starts_the_worker_at_boot(serve) -> None:
+    server = serve([*RUNSERVER, "--noreload"], cwd=PROJECT)
+    log = server.log()
+    assert "starting the job worker in process" in log and "(runserver --noreload)" in log
+    jobs = wait_finished(server, enqueue_examples(server))
+    check_results(jobs)  # handlers from shop/jobs.py (autodiscovered) and the registry module
+    assert {job["worker_pid"] for job in jobs.values()} == {server.pid}
+    assert started_pids(server.log()) == [server.pid]
+    status, body = server.request("POST", "/organizations/acme/jobs", {"type": "mine_bitcoin"})
+    assert status == 400 and "unknown job type" in body["error"]
+
+
+def test_autoreloader_runs_the_worker_in_the_serving_process_only(serve) -> None:
+    server = serve(RUNSERVER, cwd=PROJECT)
+    jobs = wait_finished(server, enqueue_examples(server))
+    check_results(jobs)
+    log = server.log()
+    [child] = started_pids(log)
+    assert child != server.pid
+    assert {job["worker_pid"] for job in jobs.values()} == {child}
+    assert f"not starting the job worker in process {server.pid}: this is runserver's autoreloader watcher" in log
+
+
+def test_dedicated_run_job_worker_and_no_worker_in_migrate(serve, mongodb_uri, db_name) -> None:
+    env = {"MONGODB_URI": mongodb_uri, "MONGODB_DB": db_name}
+    server = serve([*RUNSERVER, "--noreload"], cwd=PROJECT, env={"MONGO_JOB_QUEUE_AUTOSTART": "0"})
+    ids = enqueue_examples(server)
+    assert "MONGO_JOB_QUEUE['AUTOSTART'] is not set" in server.log()
+    migrate = manage("migrate", env={**env, "MONGO_JOB_QUEUE_AUTOSTART": "1"})
+    assert migrate.returncode == 0, migrate.stderr
+    assert "'manage.py migrate' is not a server" in migrate.stderr
+    assert "job worker started" not in migrate.stderr
+    assert {server.request("GET", f"/jobs/{i}")[1]["status"] for i in ids.values()} == {"pending"}
+    worker = manage("run_job_worker", "--burst", "--concurrency", "2", env={**env, "MONGO_JOB_QUEUE_AUTOSTART": "1"})
+    assert worker.returncode == 0, worker.stderr
+    assert "'manage.py run_job_worker' is not a server" in worker.stderr  # its own worker, not the autostarted one
+    report = server.request("GET", f"/jobs/{ids['generate_report']}")[1]
+    assert report["status"] == "pending" and report["attempts"] == 1  # burst does not wait for a delayed retry
+    worker = manage("run_job_worker", "--max-jobs", "1", "--job-types", "generate_report", env=env)
+    assert worker.returncode == 0, worker.stderr
+    assert "the --max-jobs limit; stopping" in worker.stderr
+    check_results(wait_finished(server, ids, timeout=10))

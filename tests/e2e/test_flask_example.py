@@ -1,0 +1,67 @@
+"""examples/flask_app served for real: werkzeug (plain and with the debug reloader) and gunicorn --preload.
+
+Each test sends real HTTP requests and watches the worker that the app
+started itself finish the jobs against the session's wire server.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import pytest
+
+from .servers import enqueue_examples, serve, wait_finished
+
+__all__ = ["serve"]
+
+pytestmark = pytest.mark.integration
+
+FLASK = [sys.executable, "-m", "flask", "--app", "examples.flask_app.app:create_app"]
+
+
+def started_pids(log: str) -> list[int]:
+    return [int(pid) for pid in re.findall(r"job worker started in process (\d+)", log)]
+
+
+def check_results(jobs: dict) -> None:
+    assert jobs["send_welcome_email"]["result"] == {"sent_to": "ada@example.com", "from": "noreply@example.com"}
+    assert jobs["resize_image"]["result"] == {"thumbnail": "cat.png.thumb.jpg"}
+    report = jobs["generate_report"]
+    assert report["attempts"] == 2 and report["last_error"] == "data warehouse busy, try again"
+    assert report["result"] == {"organization": "acme", "rows": 42, "attempts": 2}
+
+
+def test_flask_run_starts_the_worker_at_boot(serve) -> None:
+    server = serve([*FLASK, "run", "--host", "127.0.0.1", "--port", "{port}"])
+    assert started_pids(server.log()) == [server.pid]  # at boot, before any job was enqueued
+    ids = enqueue_examples(server)
+    jobs = wait_finished(server, ids)
+    check_results(jobs)
+    assert {job["worker_pid"] for job in jobs.values()} == {server.pid}
+    status, body = server.request("POST", "/organizations/acme/jobs", {"type": "mine_bitcoin"})
+    assert status == 400 and "unknown job type" in body["error"]
+    assert server.request("GET", "/jobs/0123456789ab0123456789ab")[0] == 404
+
+
+def test_debug_reloader_runs_the_worker_in_the_serving_process_only(serve) -> None:
+    server = serve([*FLASK, "--debug", "run", "--host", "127.0.0.1", "--port", "{port}"])
+    jobs = wait_finished(server, enqueue_examples(server))
+    check_results(jobs)
+    log = server.log()
+    [child] = started_pids(log)  # one worker, in the reloader's child
+    assert child != server.pid
+    assert {job["worker_pid"] for job in jobs.values()} == {child}
+    assert f"not starting the job worker in process {server.pid}: this is the debug reloader's watcher" in log
+
+
+def test_gunicorn_preload_never_starts_the_worker_in_the_master(serve) -> None:
+    gunicorn = [sys.executable, "-m", "gunicorn", "--preload", "-w", "2", "-b", "127.0.0.1:{port}"]
+    server = serve([*gunicorn, "examples.flask_app.wsgi:app"])
+    jobs = wait_finished(server, enqueue_examples(server))
+    check_results(jobs)
+    log = server.log()
+    assert f"not starting the job worker in process {server.pid} at boot (under gunicorn" in log
+    workers = started_pids(log)
+    assert workers and server.pid not in workers  # started in forked workers, at their first request
+    assert {job["worker_pid"] for job in jobs.values()} <= set(workers)

@@ -1,0 +1,1 @@
+"""A Django app whose ``jobs`` module autodiscovery must find."""

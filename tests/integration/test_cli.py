@@ -1,0 +1,162 @@
+"""The ``mongo-job-queue`` command line over the wire: admin commands, the worker, exit codes."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from helpers import wait_until
+
+from mongo_job_queue import cli
+
+pytestmark = pytest.mark.integration
+
+TESTS_DIR = Path(__file__).resolve().parents[1]
+APP = "integration.cli_app:make_queue"
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main(list(argv), out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def spawn(mongodb_uri, db_name):
+    """Start ``python -m mongo_job_queue ARGS`` on the test database; killed at teardown if still running."""
+    procs: list[subprocess.Popen[str]] = []
+    env = {
+        **os.environ,
+        "MONGODB_URI": mongodb_uri,
+        "MJQ_TEST_DB": db_name,
+        "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]),
+    }
+
+    def start(*argv: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mongo_job_queue", *argv],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
+
+
+def test_enqueue_stats_cancel_retry_purge(job_model) -> None:
+    code, out, err = run("enqueue", "ok", "--app", APP, "--data", '{"n": 7}', "--fields", '{"organization": "acme"}')
+    assert code == 0, err
+    job = job_model.objects.get(id=out.strip())
+    assert job.type == "ok" and job.data == {"n": 7} and job.organization == "acme" and job.status == "pending"
+    code, out, _ = run("enqueue", "ok", "--app", APP, "--queue", "mail", "--delay", "1h", "--priority", "3")
+    delayed = out.strip()
+    assert code == 0 and job_model.objects.get(id=delayed).run_at > job.run_at + timedelta(minutes=59)
+
+    code, out, _ = run("stats", "--app", APP)
+    assert code == 0
+    header, *rows = out.splitlines()
+    assert header.split() == ["queue", "pending", "processing", "completed", "failed", "cancelled", "oldest", "due"]
+    assert rows[0].split()[:2] == ["default", "1"] and rows[1].split()[:2] == ["mail", "1"]
+    assert rows[1].split()[-1] == "-"  # the delayed job is not due: no age
+    code, out, _ = run("stats", "--app", APP, "--json")
+    assert json.loads(out)["mail"]["counts"]["pending"] == 1
+
+    assert run("cancel", "--app", APP, delayed)[:2] == (0, f"cancelled {delayed}\n")
+    code, _, err = run("cancel", "--app", APP, delayed)
+    assert code == cli.EXIT_REFUSED and "it is cancelled, not pending" in err
+    assert run("retry", "--app", APP, delayed)[0] == 0
+    assert job_model.objects.get(id=delayed).status == "pending"
+    code, _, err = run("retry", "--app", APP, "0123456789ab0123456789ab")
+    assert code == cli.EXIT_REFUSED and "no such job" in err
+
+    job_model.objects(id=job.id).update(set__status="completed", set__finished_at=job.run_at - timedelta(days=9))
+    code, out, _ = run("purge", "--app", APP, "--older-than", "7d")
+    assert code == 0 and out == "purged 1 job(s) finished before 7d ago\n"
+    assert job_model.objects.count() == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["enqueue", "ok", "--app", APP, "--data", "[1]"], 2, "expected a JSON object"),
+        (["enqueue", "ok", "--app", APP, "--fields", '{"status": "completed"}'], 2, "managed by the queue"),
+        (["purge", "--app", APP, "--older-than", "soon"], 2, "expected a duration"),
+        (["retry", "--app", APP, "not-an-id"], 2, "not a job id"),
+        (["worker", "--app", APP, "--concurrency", "0"], 2, "must be >= 1"),
+        (["worker", "--app", APP, "--job-types", "nope"], 2, "no handler registered for job type(s) nope"),
+        (["stats"], 2, "--app is required"),
+        (["stats", "--app", "integration.missing:queue"], 3, "cannot import 'integration.missing'"),
+        (["stats", "--app", "integration.cli_app:nothing"], 3, "has no attribute 'nothing'"),
+        (["stats", "--app", "integration.cli_app:not_a_queue"], 3, "is a int, not a PersistentJobQueue"),
+        (["worker", "--app", "integration.cli_app:no_handlers"], 3, "no handler registered"),
+        (["stats", "--app", "integration.cli_down:queue", "--db-timeout", "0.5"], 4, "database unreachable"),
+        (["worker", "--app", "integration.cli_down:queue", "--db-timeout", "0.5"], 4, "database unreachable"),
+    ],
+)
+def test_errors_are_one_line_with_a_distinct_exit_code(job_model, capsys, argv, code, message) -> None:
+    got, _, err = run(*argv)
+    err += capsys.readouterr().err  # argparse writes its own errors to sys.stderr
+    assert got == code, err
+    lines = err.strip().splitlines()  # argparse's own errors come after its usage lines
+    assert message in lines[-1] and "error:" in lines[-1]
+    assert "Traceback" not in err and sum("error:" in line for line in lines) == 1
+
+
+def test_burst_worker_runs_what_is_due_and_exits_0(job_model, spawn) -> None:
+    queue = cli.load_queue(APP)
+    for n in range(6):
+        queue.enqueue("ok", {"n": n})
+    queue.enqueue("fail", {}, max_retries=0)
+    later = queue.enqueue("ok", {"n": 99}, delay_ms=600_000)
+    other = queue.enqueue("ok", {"n": 100}, queue="elsewhere")
+    proc = spawn("worker", "--app", APP, "--burst", "--concurrency", "3", "--log-level", "INFO")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert job_model.objects(status="completed").count() == 6
+    assert job_model.objects(status="failed").count() == 1
+    assert {job_model.objects.get(id=j.id).status for j in (later, other)} == {"pending"}
+    assert "no job due and none running (burst)" in out
+
+
+def test_max_jobs_and_job_types_limit_the_worker(job_model, spawn) -> None:
+    queue = cli.load_queue(APP)
+    for n in range(5):
+        queue.enqueue("ok", {"n": n})
+    skipped = queue.enqueue("sleep", {"ms": 1})
+    proc = spawn("worker", "--app", APP, "--max-jobs", "3", "-c", "1", "--job-types", "ok", "-Q", "default,x")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert job_model.objects(status="completed").count() == 3
+    assert job_model.objects.get(id=skipped.id).status == "pending"
+    assert "queues=default,x types=ok" in out
+
+
+def test_sigterm_is_graceful_and_a_second_signal_forces(job_model, spawn) -> None:
+    queue = cli.load_queue(APP)
+    job = queue.enqueue("sleep", {"ms": 60_000})
+    proc = spawn("worker", "--app", APP, "--stop-timeout", "60")
+    wait_until(lambda: job_model.objects.get(id=job.id).status == "processing", timeout=30)
+    proc.send_signal(signal.SIGTERM)
+    wait_until(lambda: proc.stdout is not None, timeout=5)
+    with pytest.raises(subprocess.TimeoutExpired):
+        proc.wait(timeout=1)  # waiting for the running job, as the first signal asks
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == cli.EXIT_FORCED, out
+    back = job_model.objects.get(id=job.id)
+    assert back.status == "pending" and back.last_error.type.endswith("WorkerShutdown")
+    assert "SIGTERM" in out and "again: stopping now" in out

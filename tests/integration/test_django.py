@@ -1,0 +1,100 @@
+"""The Django app in-process: ready(), autodiscovery, the registry module, boot decisions, run_job_worker.
+
+The job model's alias points at a server that does not exist, so any
+database access in ``ready()`` would take seconds and fail: setup must be
+instant. The e2e tests run a real project against the wire server.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+django = pytest.importorskip("django")
+
+from django.conf import settings  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def django_setup():
+    if not settings.configured:
+        settings.configure(
+            INSTALLED_APPS=["integration.django_app", "mongo_job_queue.contrib.django"],
+            MONGO_JOB_QUEUE={
+                "MODEL": "integration.cli_down:DownJob",
+                "AUTOSTART": True,  # declined: this is a test run
+                "REGISTRY_MODULES": ["integration.django_registry"],
+                "CONFIG": {"concurrency": 2},
+            },
+        )
+    started = time.monotonic()
+    django.setup()
+    return time.monotonic() - started
+
+
+def test_ready_registers_handlers_without_touching_the_database(django_setup, caplog) -> None:
+    from django.apps import apps
+
+    from mongo_job_queue.contrib.django import get_queue
+
+    assert django_setup < 5  # an unreachable server would have cost a server selection timeout
+    queue = get_queue()
+    assert queue.registry.types() == ["dj_app_job", "dj_plain_job"]
+    assert not queue.running
+    apps.get_app_config("mongo_job_queue").ready()  # idempotent: no duplicate registration error
+    from integration.django_app import jobs
+
+    assert jobs.IMPORTS == [1]
+    assert queue.config.concurrency == 2
+
+
+def test_boot_decisions() -> None:
+    from mongo_job_queue.contrib._boot import Start
+    from mongo_job_queue.contrib.django import decide_start
+
+    def when(argv, environ=None, autostart=True, pytest_=False):
+        return decide_start(autostart, argv, environ or {}, under_pytest=pytest_).when
+
+    assert when(["manage.py", "runserver"], autostart=False) is Start.NEVER
+    assert when(["manage.py", "runserver"], pytest_=True) is Start.NEVER
+    assert when(["manage.py", "test"]) is Start.NEVER
+    assert when(["manage.py", "migrate"]) is Start.NEVER
+    assert when(["manage.py", "shell"]) is Start.NEVER
+    assert when(["manage.py", "run_job_worker"]) is Start.NEVER  # it runs its own worker
+    assert when(["manage.py", "runserver"]) is Start.NEVER  # the autoreloader's watcher
+    assert when(["manage.py", "runserver"], {"RUN_MAIN": "true"}) is Start.NOW
+    assert when(["manage.py", "runserver", "--noreload", "127.0.0.1:8000"]) is Start.NOW
+    assert when(["/venv/bin/gunicorn", "project.wsgi"]) is Start.LAZY
+    reason = decide_start(True, ["manage.py", "migrate"], {}, under_pytest=False).reason
+    assert reason == "'manage.py migrate' is not a server"
+
+
+def test_run_job_worker_exit_codes(django_setup, capsys) -> None:
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(SystemExit) as exc:
+        call_command("run_job_worker", "--db-timeout", "0.5")
+    assert exc.value.code == 4
+    assert "database unreachable" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        call_command("run_job_worker", "--job-types", "nope")
+    assert exc.value.code == 2
+    with pytest.raises(CommandError, match="must be >= 1"):
+        call_command("run_job_worker", "--concurrency", "0")
+
+
+def test_settings_are_checked(django_setup) -> None:
+    from django.core.exceptions import ImproperlyConfigured
+    from django.test import override_settings
+
+    from mongo_job_queue.contrib.django import settings_dict
+
+    unknown = override_settings(MONGO_JOB_QUEUE={"MODEL": "x:Y", "AUTOSTARTS": True})
+    with unknown, pytest.raises(ImproperlyConfigured, match=r"unknown key.*AUTOSTARTS"):
+        settings_dict()
+    no_model = override_settings(MONGO_JOB_QUEUE={"AUTOSTART": True})
+    with no_model, pytest.raises(ImproperlyConfigured, match=r"\['MODEL'\] is required"):
+        settings_dict()

@@ -1,0 +1,150 @@
+"""The Flask extension in-process, over the wire: init_app, handlers, boot decisions, the flask CLI."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+import pytest
+from flask import Flask, current_app
+
+from integration.models import IntegrationJob
+from mongo_job_queue import ConfigError, QueueStateError
+from mongo_job_queue.contrib._boot import Start
+from mongo_job_queue.contrib.flask import EXTENSION_KEY, MongoJobQueue, decide_start
+from mongo_job_queue.testing import eager
+
+pytestmark = pytest.mark.integration
+
+FAST = {"poll_interval_base_ms": 20, "poll_interval_max_ms": 200, "lease_ms": 3_000, "heartbeat_interval_ms": 500}
+
+
+@pytest.fixture
+def make_app(job_model, monkeypatch):
+    """Flask apps on the test model; their workers are stopped at teardown."""
+    monkeypatch.delenv("WERKZEUG_RUN_MAIN", raising=False)
+    monkeypatch.delenv("SERVER_SOFTWARE", raising=False)
+    apps: list[Flask] = []
+
+    def make(**settings) -> Flask:
+        app = Flask(f"app{len(apps)}")
+        app.config.update({"MONGO_JOB_QUEUE_MODEL": IntegrationJob, "MONGO_JOB_QUEUE_CONFIG": FAST, **settings})
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        state = app.extensions.get(EXTENSION_KEY)
+        if state is not None:
+            state.queue.stop(timeout=10)
+
+
+def test_extension_pattern_and_handlers_in_app_context(make_app, job_model) -> None:
+    jobs = MongoJobQueue()
+
+    @jobs.handler("greet")
+    def greet(job) -> str:
+        return f"{current_app.config['GREETING']}, {job.data['name']}"
+
+    app = make_app(GREETING="Hello")
+    jobs.init_app(app)
+    jobs.register_handler("late", lambda job: current_app.name)  # after init_app: reaches the app too
+    assert isinstance(app.extensions[EXTENSION_KEY].queue.registry.types(), list)
+    with app.app_context():
+        job = jobs.enqueue("greet", {"name": "Ada"}, organization="acme")
+        jobs.enqueue("late", {})
+        assert jobs.queue.drain() == 2
+        assert jobs.queue.get_job(job.id).result == "Hello, Ada"
+        assert job_model.objects.get(type="late").result == app.name
+        with eager(jobs.queue):
+            assert jobs.enqueue("greet", {"name": "Bob"}).result == "Hello, Bob"
+    with pytest.raises(QueueStateError, match="already initialised"):
+        jobs.init_app(app)
+    with pytest.raises(QueueStateError, match="no Flask application context"):
+        jobs.enqueue("greet", {})
+
+
+def test_settings_are_checked(make_app) -> None:
+    with pytest.raises(ConfigError, match=r"unknown setting.*MONGO_JOB_QUEUE_CONCURENCY"):
+        MongoJobQueue(make_app(MONGO_JOB_QUEUE_CONCURENCY=3))
+    with pytest.raises(ConfigError, match="must be True or False"):
+        MongoJobQueue(make_app(MONGO_JOB_QUEUE_START_WORKER="yes"))
+    with pytest.raises(ConfigError, match="concurrency"):
+        MongoJobQueue(make_app(MONGO_JOB_QUEUE_CONFIG={"concurrency": 0}))
+    with pytest.raises(ConfigError, match="cannot be imported"):
+        MongoJobQueue(make_app(MONGO_JOB_QUEUE_MODEL="integration.models:Nope"))
+    app = Flask("bare")
+    with pytest.raises(ConfigError, match="MONGO_JOB_QUEUE_MODEL"):
+        MongoJobQueue(app)
+    ext = MongoJobQueue(make_app(MONGO_JOB_QUEUE_MODEL="integration.models:IntegrationJob"))
+    assert ext.job_model is None
+
+
+def test_boot_decisions(make_app, monkeypatch) -> None:
+    app = make_app()
+    assert decide_start(app, False).when is Start.NEVER
+    app.testing = True
+    assert "TESTING" in decide_start(app, True).reason
+    app.testing = False
+    assert decide_start(app, True).when is Start.LAZY  # no 'flask run': may still fork
+    app.debug = True
+    assert "reloader" in decide_start(app, True).reason
+    app.debug = False
+    run = click.Command("run", params=[click.Option(["--reload/--no-reload"], default=None)])
+    with click.Context(run) as ctx:
+        ctx.params["reload"] = None
+        assert decide_start(app, True).when is Start.NOW  # flask run, no debug: no reloader
+        ctx.params["reload"] = True
+        assert "watcher" in decide_start(app, True).reason and decide_start(app, True).when is Start.NEVER
+        monkeypatch.setenv("WERKZEUG_RUN_MAIN", "true")
+        assert decide_start(app, True).when is Start.NOW  # the reloader's serving child
+        monkeypatch.delenv("WERKZEUG_RUN_MAIN")
+    with click.Context(click.Group("flask")):
+        assert decide_start(app, True).when is Start.NEVER  # flask shell, flask mongo-job-queue, ...
+    monkeypatch.setenv("SERVER_SOFTWARE", "gunicorn/23.0.0")
+    decision = decide_start(app, True)
+    assert decision.when is Start.LAZY and "gunicorn" in decision.reason
+
+
+def test_lazy_start_at_the_first_request_and_a_log_line(make_app, job_model, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="mongo_job_queue.contrib")
+    jobs = MongoJobQueue()
+    jobs.register_handler("t", lambda job: "done")
+    app = make_app(MONGO_JOB_QUEUE_START_WORKER=True)
+
+    @app.post("/enqueue")
+    def enqueue_view() -> dict:
+        return {"id": str(jobs.enqueue("t", {}).id)}
+
+    jobs.init_app(app)
+    queue = jobs.get_queue(app)
+    assert not queue.running
+    assert "not starting the job worker in process" in caplog.text and "first request" in caplog.text
+    job_id = app.test_client().post("/enqueue").get_json()["id"]
+    assert queue.running
+    from helpers import wait_until
+
+    wait_until(lambda: job_model.objects.get(id=job_id).status == "completed", timeout=30)
+    assert "job worker started in process" in caplog.text
+    assert jobs.start_worker(app) is False  # already running here
+
+
+def test_flask_cli_group_mirrors_the_standalone_cli(make_app, job_model) -> None:
+    jobs = MongoJobQueue()
+    jobs.register_handler("t", lambda job: current_app.name)
+    app = make_app(MONGO_JOB_QUEUE_START_WORKER=True)
+    jobs.init_app(app)
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["mongo-job-queue", "enqueue", "t", "--fields", '{"organization": "acme"}'])
+    assert result.exit_code == 0, result.output
+    job_id = result.output.strip()
+    result = runner.invoke(args=["mongo-job-queue", "worker", "--burst", "--log-level", "WARNING"])
+    assert result.exit_code == 0, result.output
+    assert job_model.objects.get(id=job_id).result == app.name  # ran in the app's context
+    result = runner.invoke(args=["mongo-job-queue", "stats"])
+    assert result.exit_code == 0 and "default" in result.output
+    result = runner.invoke(args=["mongo-job-queue", "retry", "nonsense"])
+    assert result.exit_code == 2 and "not a job id" in result.output
+    result = runner.invoke(args=["mongo-job-queue", "--help"])
+    assert result.exit_code == 0 and "worker" in result.output and "exit codes" in result.output
+    assert "MODULE:QUEUE" not in result.output  # the app already knows its queue

@@ -1,0 +1,26 @@
+"""The library never imports a web framework unless the app imports its integration."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+CODE = """
+import sys
+import mongo_job_queue, mongo_job_queue.cli, mongo_job_queue.testing, mongo_job_queue.contrib
+frameworks = sorted(m for m in sys.modules if m.split(".")[0] in ("flask", "django", "click", "werkzeug"))
+print(",".join(frameworks))
+"""
+
+
+def test_import_mongo_job_queue_imports_no_framework() -> None:
+    out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_python_m_mongo_job_queue_lists_the_commands() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "mongo_job_queue", "--help"], capture_output=True, text=True, timeout=60, check=True
+    )
+    for command in ("worker", "stats", "enqueue", "retry", "cancel", "purge", "demo", "exit codes"):
+        assert command in out.stdout
