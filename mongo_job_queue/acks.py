@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Optional
 
+from .records import job_log_extra
 from .store import ClaimedJob, JobStore
 
 __all__ = ["AckBuffer"]
@@ -97,9 +98,11 @@ class AckBuffer:
                 try:
                     outcome = self.store.complete(claimed, result)
                 except Exception:  # the lease expires and the job runs again
-                    self.log.exception("could not record the completion of job %s", claimed.id)
+                    self.log.exception(
+                        "could not record the completion of job %s", claimed.id, extra=job_log_extra(claimed.doc)
+                    )
                     outcome = None
             try:
                 self.on_acked(claimed, outcome)
             except Exception:  # a logging callback must not stop the flusher
-                self.log.exception("ack callback failed for job %s", claimed.id)
+                self.log.exception("ack callback failed for job %s", claimed.id, extra=job_log_extra(claimed.doc))

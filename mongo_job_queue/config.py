@@ -10,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 from .errors import ConfigError
 
 __all__ = ["ConfigInput", "QueueConfig", "load_config"]
+
+_DAY_MS = 24 * 3600 * 1000
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,16 @@ class QueueConfig:
             the server; bounds an idle worker's command rate.
         hygiene_interval_ms: How often malformed job documents (unknown
             status, ill-typed fields, edited by hand) are looked for and failed.
+        retention_completed_ms: How long a ``completed`` job is kept after it
+            finished, by a TTL index; ``None`` keeps it forever.
+        retention_failed_ms: The same for ``failed`` jobs.
+        retention_cancelled_ms: The same for ``cancelled`` jobs.
+        progress_min_interval_ms: Least time between two progress writes of
+            one job; reports in between are kept and carried by the heartbeat.
+        max_result_bytes: Largest handler result stored (BSON size); a larger
+            or unencodable one is dropped and the reason stored in ``result_error``.
+        pause_refresh_ms: How often a worker reads which queues and job types
+            are paused (at most once per interval, only when about to claim).
         worker_id: Name of this worker in lease records; random when omitted.
     """
 
@@ -78,6 +90,12 @@ class QueueConfig:
     change_stream_max_await_ms: int = 20_000
     clock_sync_interval_ms: int = 60_000
     hygiene_interval_ms: int = 600_000
+    retention_completed_ms: Optional[int] = 7 * _DAY_MS
+    retention_failed_ms: Optional[int] = 30 * _DAY_MS
+    retention_cancelled_ms: Optional[int] = 30 * _DAY_MS
+    pause_refresh_ms: int = 1_000
+    progress_min_interval_ms: int = 1_000
+    max_result_bytes: int = 1_048_576
     worker_id: str | None = field(default=None)
 
     def __post_init__(self) -> None:
@@ -93,6 +111,8 @@ class QueueConfig:
             elif f.name == "worker_id":
                 if value is not None and (not isinstance(value, str) or not value):
                     raise ConfigError(f"config key 'worker_id' must be a non-empty str or None, got {value!r}")
+            elif f.name in _OPTIONAL_INT_KEYS and value is None:
+                pass
             else:
                 _check_int(f.name, value, minimum=_MINIMUM.get(f.name, 1))
         if self.poll_interval_max_ms < self.poll_interval_base_ms:
@@ -112,8 +132,20 @@ class QueueConfig:
         return self.max_retries + 1
 
 
+#: Keys that also accept ``None``, meaning "off" (keep forever, no bound).
+_OPTIONAL_INT_KEYS = frozenset({"retention_completed_ms", "retention_failed_ms", "retention_cancelled_ms"})
 _BOOL_KEYS = frozenset({"sync_clock", "batch_claims", "batch_acks", "change_stream_wakeups"})
-_MINIMUM = {"max_retries": 0, "retry_delay_ms": 0, "retry_max_delay_ms": 0, "max_error_history": 1}
+_MINIMUM = {
+    # A TTL index counts whole seconds.
+    "retention_completed_ms": 1_000,
+    "retention_failed_ms": 1_000,
+    "retention_cancelled_ms": 1_000,
+    "progress_min_interval_ms": 0,
+    "max_retries": 0,
+    "retry_delay_ms": 0,
+    "retry_max_delay_ms": 0,
+    "max_error_history": 1,
+}
 
 ConfigInput = Union[QueueConfig, Mapping[str, Any], None]
 

@@ -59,6 +59,17 @@ class EmbeddedServerError(MongoJobQueueError, RuntimeError):
     """The embedded test and demo server could not be started."""
 
 
+class JobCancelled(MongoJobQueueError):
+    """Raised into a handler whose job's cancellation was requested (or by the handler itself).
+
+    The worker then ends the job ``cancelled``, never retried.
+    """
+
+
+class JobTimeout(MongoJobQueueError, TimeoutError):
+    """:meth:`~mongo_job_queue.PersistentJobQueue.wait` ran out of time before the job finished."""
+
+
 class RetryJob(MongoJobQueueError):
     """Raised by a handler to retry the job after ``delay_ms`` instead of the policy's wait."""
 

@@ -15,15 +15,17 @@ it receives, e.g. a trace context; they are validated and stored with it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Optional
+
+from .records import job_log_extra
 
 __all__ = ["Middleware", "MiddlewareChain", "Outcome"]
 
 log = logging.getLogger(__name__)
 
 #: What became of one run of a handler.
-Outcome = str  # "completed" | "retry" | "failed" | "lease_lost"
+Outcome = str  # "completed" | "retry" | "failed" | "cancelled" | "lease_lost" | "error"
 
 
 class Middleware:
@@ -35,6 +37,13 @@ class Middleware:
     def after_enqueue(self, queue: Any, doc: dict[str, Any]) -> None:
         """A job document was inserted."""
 
+    def on_enqueue_aborted(self, queue: Any, doc: dict[str, Any], *, exc: Optional[BaseException]) -> None:
+        """A document announced by before_enqueue was not inserted.
+
+        ``exc`` is the error (invalid after the hooks, or the insert failed),
+        or None when a job with the same ``unique_key`` was already queued.
+        """
+
     def after_claim(self, queue: Any, doc: dict[str, Any]) -> None:
         """This worker leased a job; ``doc`` is its claimed state."""
 
@@ -44,7 +53,14 @@ class Middleware:
     def after_process(
         self, queue: Any, job: Any, *, outcome: Outcome, exc: Optional[BaseException], duration_s: float
     ) -> None:
-        """The handler returned or raised and the outcome was decided (same thread as the handler)."""
+        """The handler returned or raised and the outcome was decided (same thread as the handler).
+
+        Always called after before_process. ``outcome`` is "completed",
+        "retry", "failed", "cancelled", "lease_lost", or "error" when the
+        outcome could not be recorded (the database stayed unreachable). With
+        ``batch_acks`` "completed" is the handler's result; if the buffered
+        write then finds the lease gone, on_lease_lost follows.
+        """
 
     def on_retry_scheduled(self, queue: Any, doc: dict[str, Any], *, delay_ms: int, exc: BaseException) -> None:
         """A failed attempt was written back as ``pending``, due in ``delay_ms``."""
@@ -59,13 +75,22 @@ class Middleware:
         """A job whose lease expired was returned to the queue (or failed, attempts spent)."""
 
     def on_cancelled(self, queue: Any, job_id: Any) -> None:
-        """A pending job was cancelled."""
+        """A job ended ``cancelled``: a pending one by request, or a running one that honoured a request."""
 
     def on_worker_start(self, queue: Any) -> None:
         """The worker pool of this process started."""
 
     def on_worker_stop(self, queue: Any) -> None:
         """The worker pool of this process stopped."""
+
+
+def _job_extra(args: tuple[Any, ...]) -> dict[str, Any]:
+    # The first argument of most hooks is the job: a raw document or the app's instance.
+    subject = args[0] if args else None
+    if isinstance(subject, Mapping):
+        return job_log_extra(subject)
+    to_mongo = getattr(subject, "to_mongo", None)
+    return job_log_extra(to_mongo()) if callable(to_mongo) else {}
 
 
 class MiddlewareChain:
@@ -94,4 +119,4 @@ class MiddlewareChain:
             try:
                 getattr(item, hook)(self.queue, *args, **kwargs)
             except Exception:  # a hook must never lose or block a job
-                log.exception("middleware %s.%s failed", type(item).__name__, hook)
+                log.exception("middleware %s.%s failed", type(item).__name__, hook, extra=_job_extra(args))

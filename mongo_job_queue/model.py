@@ -8,9 +8,10 @@ injected into :func:`~mongo_job_queue.create_job_queue`.
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, Optional
 
 from mongoengine import (
+    BooleanField,
     DateTimeField,
     DictField,
     Document,
@@ -21,6 +22,8 @@ from mongoengine import (
     IntField,
     StringField,
 )
+
+from .errors import QueueStateError
 
 __all__ = ["LIBRARY_FIELDS", "BaseJob", "JobError", "JobStatus", "LeaseOwner"]
 
@@ -91,6 +94,17 @@ class BaseJob(Document):
     result = DynamicField()
     #: Metadata that middleware carries with a job, e.g. a trace context.
     headers = DictField()
+    #: Set by ``enqueue(unique_key=...)``; held (in the unique index) until a
+    #: later enqueue of the same key finds this job finished and releases it.
+    unique_key = StringField()
+    #: With ``unique_for_ms``: the key stays reserved until then, finished or not.
+    unique_until = DateTimeField()
+    #: Set by ``cancel_job`` on a running job; its worker learns it at the next heartbeat.
+    cancel_requested = BooleanField()
+    #: The latest :meth:`report_progress`: ``percent``, ``message`` and ``at``.
+    progress = DictField()
+    #: Why the handler's return value was not stored (unencodable, too large).
+    result_error = StringField()
 
     meta: dict[str, Any] = {
         "abstract": True,
@@ -104,8 +118,46 @@ class BaseJob(Document):
                 "name": "mjq_lease",
                 "fields": ["status", "lease_expires_at"],
             },
+            {
+                # At most one job per unique key; jobs without a key are not
+                # indexed. Sparse rather than partial: the same meaning as
+                # {unique_key: {$exists: true}}, on every server and on mongomock.
+                "name": "mjq_unique",
+                "fields": ["unique_key"],
+                "unique": True,
+                "sparse": True,
+            },
         ],
     }
+
+    def is_cancel_requested(self) -> bool:
+        """Whether this job's cancellation was requested; a long handler checks it between steps.
+
+        Inside a handler this reads no database: the worker's heartbeat (and
+        :meth:`report_progress`) keep it up to date.
+        """
+        context = getattr(self, "_mjq_context", None)
+        if context is not None:
+            return bool(context.cancel_requested())
+        return bool(self.cancel_requested)
+
+    def report_progress(self, percent: float, message: Optional[str] = None) -> None:
+        """Record how far the handler got (0 to 100), visible to other processes.
+
+        Written under the lease (a worker that lost it cannot overwrite the
+        new owner's progress), at most every ``progress_min_interval_ms``;
+        reports in between are carried by the next heartbeat.
+
+        Raises:
+            JobCancelled: the job's cancellation was requested; let it
+                propagate and the job ends ``cancelled``.
+            LeaseExpired: the lease was lost; another worker may run the job.
+            QueueStateError: called outside a handler run by the queue.
+        """
+        context = getattr(self, "_mjq_context", None)
+        if context is None:
+            raise QueueStateError("report_progress() works only inside a handler run by the queue")
+        context.report_progress(percent, message)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.pk} {self.type} {self.status} attempt={self.attempts}>"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
@@ -15,13 +16,14 @@ from mongoengine.errors import FieldDoesNotExist, ValidationError
 
 from .clock import Clock, after_ms, to_naive_utc, utcnow
 from .config import ConfigInput, QueueConfig, load_config
-from .errors import ConfigError, EagerJobFailed, InvalidJobError, JobModelError, QueueStateError
+from .errors import ConfigError, EagerJobFailed, InvalidJobError, JobModelError, JobTimeout, QueueStateError
 from .handlers import HandlerFn, HandlerRegistry
 from .middleware import Middleware, MiddlewareChain
 from .model import LIBRARY_FIELDS, BaseJob, JobStatus
 from .retry import RetryStrategy, StopStrategy, WaitStrategy
 from .runner import run_worker
 from .store import JobStore
+from .store_control import PauseState
 from .validation import check_document, check_payload
 from .worker import Worker
 
@@ -133,6 +135,8 @@ class PersistentJobQueue(Generic[J]):
         priority: int = 0,
         queue: str = "default",
         max_retries: Optional[int] = None,
+        unique_key: Optional[str] = None,
+        unique_for_ms: Optional[int] = None,
         **extra_fields: Any,
     ) -> J:
         """Validate and insert one job; return the saved instance of the app's model.
@@ -145,6 +149,12 @@ class PersistentJobQueue(Generic[J]):
             priority: Higher runs first among due jobs.
             queue: Queue name; workers claim from the queues in their config.
             max_retries: Overrides the handler's and the config's default.
+            unique_key: At most one unfinished job per key: if one exists,
+                nothing is inserted and that job is returned instead, so
+                concurrent enqueues of the same key produce one job.
+            unique_for_ms: With ``unique_key``, keep the key reserved for this
+                long after enqueue even once the job finished (the finished
+                job is returned meanwhile).
             **extra_fields: Values for the app's own fields, validated by its Document.
 
         Raises:
@@ -159,10 +169,24 @@ class PersistentJobQueue(Generic[J]):
                 "priority": priority,
                 "queue": queue,
                 "max_retries": max_retries,
+                "unique_key": unique_key,
+                "unique_for_ms": unique_for_ms,
             },
             extra_fields,
         )
-        self.store.insert(doc)
+        self._announce([doc])
+        existing: Optional[dict[str, Any]] = None
+        try:
+            if "unique_key" in doc:
+                existing = self.store.insert_unique(doc)
+            else:
+                self.store.insert(doc)
+        except BaseException as exc:
+            self._aborted([doc], exc)
+            raise
+        if existing is not None:
+            self._aborted([doc], None)  # a job with this unique key is already queued: that one is returned
+            return self._instance(existing)
         self.hooks.emit("after_enqueue", doc)
         if self.eager:
             return self._run_eagerly([doc])[0]
@@ -182,6 +206,8 @@ class PersistentJobQueue(Generic[J]):
                 raise InvalidJobError(f"jobs[{index}] must be a mapping, got {type(spec).__name__}")
             if "job_type" not in spec:
                 raise InvalidJobError(f"jobs[{index}] has no 'job_type'")
+            if "unique_key" in spec or "unique_for_ms" in spec:
+                raise InvalidJobError(f"jobs[{index}]: unique_key is supported by enqueue() only")
             known = {k: v for k, v in spec.items() if k in _ENQUEUE_KEYS}
             extra = {k: v for k, v in spec.items() if k not in _ENQUEUE_KEYS}
             known.setdefault("priority", 0)
@@ -190,7 +216,12 @@ class PersistentJobQueue(Generic[J]):
                 docs.append(self._build(known, extra))
             except InvalidJobError as exc:
                 raise InvalidJobError(f"jobs[{index}]: {exc}") from exc
-        self.store.insert_many(docs)
+        self._announce(docs)
+        try:
+            self.store.insert_many(docs)
+        except BaseException as exc:
+            self._aborted(docs, exc)
+            raise
         for doc in docs:
             self.hooks.emit("after_enqueue", doc)
         if self.eager:
@@ -198,6 +229,24 @@ class PersistentJobQueue(Generic[J]):
         for doc in docs:
             self._wake_if_local(doc)
         return [self._instance(doc) for doc in docs]
+
+    def _announce(self, docs: list[dict[str, Any]]) -> None:
+        """Run before_enqueue on every document, then re-check what the hooks added."""
+        if not self.hooks:
+            return
+        for doc in docs:
+            self.hooks.emit("before_enqueue", doc)
+        try:
+            for doc in docs:
+                check_document(doc)
+        except InvalidJobError as exc:
+            self._aborted(docs, exc)
+            raise
+
+    def _aborted(self, docs: list[dict[str, Any]], exc: Optional[BaseException]) -> None:
+        # Every before_enqueue gets an after_enqueue or this, so a producer span always ends.
+        for doc in docs:
+            self.hooks.emit("on_enqueue_aborted", doc, exc=exc)
 
     def _run_eagerly(self, docs: list[dict[str, Any]]) -> list[J]:
         # App tests want the side effects of enqueue at once, without threads.
@@ -240,6 +289,7 @@ class PersistentJobQueue(Generic[J]):
             max_retries = self.config.max_retries
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise InvalidJobError(f"max_retries must be an int >= 0, got {max_retries!r}")
+        unique = self._unique(spec.get("unique_key"), spec.get("unique_for_ms"))
         now = self.store.now()
         run_at = self._run_at(spec.get("run_at"), spec.get("delay_ms"), now)
         forbidden = sorted(set(extra) & LIBRARY_FIELDS)
@@ -259,6 +309,10 @@ class PersistentJobQueue(Generic[J]):
             "created_at": now,
             "updated_at": now,
         }
+        if unique is not None:
+            fields["unique_key"] = unique[0]
+            if unique[1] is not None:
+                fields["unique_until"] = after_ms(now, unique[1])
         try:
             job = self.job_model(**fields, **extra)
             job.validate()
@@ -266,9 +320,20 @@ class PersistentJobQueue(Generic[J]):
             raise InvalidJobError(f"{self.job_model.__name__} rejected the job: {exc}") from exc
         doc: dict[str, Any] = job.to_mongo().to_dict()
         doc["_id"] = ObjectId()
-        self.hooks.emit("before_enqueue", doc)  # e.g. a trace context into doc["headers"]
         check_document(doc)
         return doc
+
+    @staticmethod
+    def _unique(key: Any, for_ms: Any) -> Optional[tuple[str, Optional[int]]]:
+        if key is None:
+            if for_ms is not None:
+                raise InvalidJobError("unique_for_ms needs a unique_key")
+            return None
+        if not isinstance(key, str) or not key or len(key) > 1000:
+            raise InvalidJobError(f"unique_key must be a non-empty str of at most 1000 characters, got {key!r:.80}")
+        if for_ms is not None and (isinstance(for_ms, bool) or not isinstance(for_ms, int) or for_ms < 1):
+            raise InvalidJobError(f"unique_for_ms must be an int >= 1, got {for_ms!r}")
+        return key, for_ms
 
     @staticmethod
     def _run_at(run_at: Any, delay_ms: Any, now: datetime) -> datetime:
@@ -360,7 +425,8 @@ class PersistentJobQueue(Generic[J]):
 
         Args:
             job_types: Claim only these registered types in this process; the
-                others stay registered for enqueue defaults.
+                others stay registered for enqueue defaults. With ``wrap``,
+                a snapshot: handlers registered afterwards are not claimed.
             wrap: Applied to each handler function the worker calls, e.g. to
                 count finished jobs.
             **config: :class:`~mongo_job_queue.QueueConfig` keys to replace.
@@ -417,6 +483,30 @@ class PersistentJobQueue(Generic[J]):
         doc = self.store.get(ObjectId(job_id))
         return self._instance(doc) if doc is not None else None
 
+    def wait(self, job_id: ObjectId | str, timeout: float = 30.0) -> Optional[J]:
+        """Wait until the job is finished (completed, failed or cancelled) and return it; None if there is no such job.
+
+        Polls by ``_id`` with backoff from 50 ms to 1 s, so a waiting caller
+        costs at most about one indexed read per second.
+
+        Raises:
+            JobTimeout: the job did not finish within ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        interval = 0.05
+        finished = {JobStatus.COMPLETED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value}
+        while True:
+            doc = self.store.get(ObjectId(job_id))
+            if doc is None:
+                return None
+            if doc.get("status") in finished:
+                return self._instance(doc)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise JobTimeout(f"job {job_id} still {doc.get('status')} after {timeout} s")
+            time.sleep(min(interval, left))
+            interval = min(interval * 2, 1.0)
+
     def counts(self, queue: Optional[str] = None) -> dict[str, int]:
         """Number of jobs per status, optionally for one queue."""
         return self.store.count_by_status(queue)
@@ -428,11 +518,47 @@ class PersistentJobQueue(Generic[J]):
         return self.store.retry_job(ObjectId(job_id))
 
     def cancel_job(self, job_id: ObjectId | str) -> bool:
-        """Cancel a ``pending`` job; False if it is not pending (running jobs are not interrupted)."""
-        cancelled = self.store.cancel_job(ObjectId(job_id))
-        if cancelled:
+        """Cancel a ``pending`` job at once, or request the cancellation of a running one.
+
+        A running job's worker learns of the request at its next heartbeat
+        (or the handler's next :meth:`~mongo_job_queue.BaseJob.report_progress`);
+        the handler sees :meth:`~mongo_job_queue.BaseJob.is_cancel_requested`
+        or gets :class:`~mongo_job_queue.errors.JobCancelled`, and the job
+        ends ``cancelled`` unless the handler completes first.
+
+        Returns:
+            True if the job was cancelled or its cancellation requested;
+            False if it is finished or does not exist.
+        """
+        outcome = self.store.request_cancel(ObjectId(job_id))
+        if outcome == "cancelled":
             self.hooks.emit("on_cancelled", ObjectId(job_id))
-        return cancelled
+        return outcome is not None
+
+    def cancel_jobs(
+        self, *, job_type: Optional[str] = None, queue: Optional[str] = None, running: bool = False
+    ) -> dict[str, int]:
+        """Cancel every pending job of a type and/or queue; with ``running``, request it for running ones too.
+
+        Returns:
+            ``{"cancelled": n, "requested": m}``.
+
+        Raises:
+            InvalidJobError: neither ``job_type`` nor ``queue`` was given (cancelling
+                everything takes ``queue=...`` per queue, on purpose).
+        """
+        filt: dict[str, Any] = {}
+        for key, value in (("type", job_type), ("queue", queue)):
+            if value is not None:
+                if not isinstance(value, str) or not value:
+                    raise InvalidJobError(
+                        f"{'job_type' if key == 'type' else key} must be a non-empty str, got {value!r}"
+                    )
+                filt[key] = value
+        if not filt:
+            raise InvalidJobError("cancel_jobs() needs job_type or queue")
+        cancelled, requested = self.store.cancel_jobs(filt, running=running)
+        return {"cancelled": cancelled, "requested": requested}
 
     def purge(self, older_than_ms: int, statuses: Iterable[str] = ("completed", "failed", "cancelled")) -> int:
         """Delete finished jobs that finished more than ``older_than_ms`` ago; return how many."""
@@ -444,13 +570,59 @@ class PersistentJobQueue(Generic[J]):
             raise InvalidJobError(str(exc)) from exc
 
     def stats(self) -> dict[str, dict[str, Any]]:
-        """Per queue name: ``counts`` by status and ``oldest_due_age_s`` of its pending jobs."""
-        return self.store.queue_stats()
+        """Per queue name: ``counts`` by status, ``oldest_due_age_s`` of its pending jobs, ``paused``.
+
+        A paused queue is listed even when it holds no job.
+        """
+        stats = self.store.queue_stats()
+        paused = self.store.pause_state()
+        for name in paused.queues - set(stats):
+            stats[name] = {"counts": {s.value: 0 for s in JobStatus}, "oldest_due_age_s": None}
+        for name, entry in stats.items():
+            entry["paused"] = name in paused.queues
+        return stats
+
+    # -- pause and resume ---------------------------------------------------
+
+    def pause(self, *, queues: Iterable[str] = (), job_types: Iterable[str] = ()) -> dict[str, list[str]]:
+        """Stop every worker, in every process, from claiming these queues and job types; return what is paused.
+
+        Running jobs finish as usual. Workers read the state at most every
+        ``pause_refresh_ms``, so a pause takes effect within about that long
+        (at once in this process).
+        """
+        state = self.store.set_paused(True, queues=_names(queues, "queues"), types=_names(job_types, "job_types"))
+        self.worker.forget_pause_state()
+        return _pause_dict(state)
+
+    def resume(self, *, queues: Iterable[str] = (), job_types: Iterable[str] = ()) -> dict[str, list[str]]:
+        """Undo :meth:`pause` for these queues and job types; return what is still paused."""
+        state = self.store.set_paused(False, queues=_names(queues, "queues"), types=_names(job_types, "job_types"))
+        self.worker.forget_pause_state()
+        return _pause_dict(state)
+
+    def paused(self) -> dict[str, list[str]]:
+        """The paused ``queues`` and ``job_types``, as stored in the database."""
+        return _pause_dict(self.store.pause_state())
 
     def _after_fork_in_child(self) -> None:
         # The parent's threads do not exist here and its leases are its own.
         self.worker._reset_runtime_state()
         self._indexes_ensured = False
+
+
+def _names(names: Iterable[str], what: str) -> list[str]:
+    if isinstance(names, str):
+        raise InvalidJobError(f"{what} must be a list of names, not the str {names!r}")
+    names = list(names)
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise InvalidJobError(f"{what} holds an invalid name: {name!r}")
+    return names
+
+
+def _pause_dict(state: PauseState) -> dict[str, list[str]]:
+    return {"queues": sorted(state.queues), "job_types": sorted(state.types)}
 
 
 def _check_model(job_model: Any) -> None:

@@ -53,11 +53,12 @@ from .clock import Clock, after_ms, to_naive_utc, utcnow
 from .config import QueueConfig
 from .errors import InvalidJobError
 from .model import BaseJob, JobStatus
-from .records import ClaimedJob, ErrorRecord, LeaseOwnerInfo
+from .records import ClaimedJob, ErrorRecord, LeaseOwnerInfo, completion_fields
 from .store_admin import AdminQueries
+from .store_control import ControlQueries, Heartbeat
 from .validation import stored_job_problems
 
-__all__ = ["ClaimedJob", "ErrorRecord", "JobStore", "LeaseOwnerInfo", "is_transient"]
+__all__ = ["ClaimedJob", "ErrorRecord", "Heartbeat", "JobStore", "LeaseOwnerInfo", "is_transient"]
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +82,18 @@ def is_transient(exc: BaseException) -> bool:
     """True for errors after which the same call may succeed (and may already have)."""
     if isinstance(exc, (AutoReconnect, ConnectionFailure, WriteConcernError)):
         return True
+    if isinstance(exc, BulkWriteError):
+        # A bulk write whose only errors are write-concern errors applied its
+        # writes; the reply just could not confirm replication. Retryable (and
+        # the callers' retries are idempotent), unlike a rejected write.
+        details = exc.details or {}
+        return not details.get("writeErrors") and bool(details.get("writeConcernErrors"))
     if isinstance(exc, PyMongoError) and exc.has_error_label("RetryableWriteError"):
         return True
     return isinstance(exc, OperationFailure) and exc.code in _TRANSIENT_CODES
 
 
-class JobStore(AdminQueries):
+class JobStore(AdminQueries, ControlQueries):
     """All MongoDB access of one queue, on the collection of the injected job model.
 
     Args:
@@ -140,8 +147,9 @@ class JobStore(AdminQueries):
         self._pid = os.getpid()
 
     def ensure_indexes(self) -> None:
-        """Create the model's indexes (the claim index above all); idempotent."""
+        """Create the model's indexes (the claim index above all) and the retention TTL indexes; idempotent."""
         self._retry(lambda: self.model.ensure_indexes(), "ensure_indexes")
+        self.ensure_retention_indexes()
 
     def now(self) -> datetime:
         """The current time on the server's clock, as far as this process can tell.
@@ -468,32 +476,7 @@ class JobStore(AdminQueries):
 
     def renew_leases(self, leases: Mapping[ObjectId, str]) -> set[ObjectId]:
         """Extend the lease of every job in ``leases``; return the ids whose lease is gone."""
-        if not leases:
-            return set()
-
-        def call() -> set[ObjectId]:
-            now = self.now()
-            expires = after_ms(now, self.config.lease_ms)
-            ops = [
-                UpdateOne(
-                    {"_id": job_id, "lease_token": token, "status": PROCESSING},
-                    {"$set": {"lease_expires_at": expires, "updated_at": now}},
-                )
-                for job_id, token in leases.items()
-            ]
-            result = self.collection.bulk_write(ops, ordered=False)
-            if result.matched_count == len(ops):
-                return set()
-            held = {
-                d["_id"]
-                for d in self.collection.find(
-                    {"_id": {"$in": list(leases)}, "lease_token": {"$in": list(leases.values())}, "status": PROCESSING},
-                    {"_id": 1},
-                )
-            }
-            return set(leases) - held
-
-        return self._retry(call, "renew_leases")
+        return self.heartbeat(leases).lost
 
     # -- outcomes (all fenced) ---------------------------------------------
 
@@ -504,8 +487,7 @@ class JobStore(AdminQueries):
             "$set": {"status": COMPLETED, "finished_at": now, "updated_at": now},
             "$unset": {"lease_expires_at": ""},
         }
-        if result is not None:
-            update["$set"]["result"] = result
+        update["$set"].update(completion_fields(result))
         return self._fenced(job, update, COMPLETED, "complete")
 
     def complete_many(self, jobs: Sequence[tuple[ClaimedJob, Any]]) -> set[ObjectId]:
@@ -525,8 +507,7 @@ class JobStore(AdminQueries):
                 "$set": {"status": COMPLETED, "finished_at": now, "updated_at": now},
                 "$unset": {"lease_expires_at": ""},
             }
-            if result is not None:
-                update["$set"]["result"] = result
+            update["$set"].update(completion_fields(result))
             ops.append(UpdateOne({"_id": job.id, "lease_token": job.token, "status": PROCESSING}, update))
         tokens = {job.id: job.token for job, _ in jobs}
 
@@ -545,13 +526,13 @@ class JobStore(AdminQueries):
         return self._retry(call, "complete_many")
 
     def reschedule(self, job: ClaimedJob, run_at: datetime, error: ErrorRecord) -> bool:
-        """Return a failed attempt to ``pending`` at ``run_at``; False if the lease was lost."""
+        """Return a failed attempt to ``pending`` at ``run_at``; False if the lease is lost or a cancel requested."""
         update = {
             "$set": {"status": PENDING, "run_at": run_at, "updated_at": self.now(), "last_error": error.as_doc()},
             "$unset": {"lease_expires_at": ""},
             "$push": {"errors": {"$each": [error.as_doc()], "$slice": -self.config.max_error_history}},
         }
-        return self._fenced(job, update, PENDING, "reschedule")
+        return self._fenced(job, update, PENDING, "reschedule", uncancelled=True)
 
     def fail(self, job: ClaimedJob, error: ErrorRecord) -> bool:
         """Fail a claimed job for good; False if the lease was lost."""
@@ -570,10 +551,14 @@ class JobStore(AdminQueries):
             "$inc": {"attempts": -1},
             "$unset": {"lease_expires_at": ""},
         }
-        return self._fenced(job, update, PENDING, "release")
+        return self._fenced(job, update, PENDING, "release", uncancelled=True)
 
-    def _fenced(self, job: ClaimedJob, update: Mapping[str, Any], target: str, op: str) -> bool:
-        fence = {"_id": job.id, "lease_token": job.token, "status": PROCESSING}
+    def _fenced(
+        self, job: ClaimedJob, update: Mapping[str, Any], target: str, op: str, *, uncancelled: bool = False
+    ) -> bool:
+        fence: dict[str, Any] = {"_id": job.id, "lease_token": job.token, "status": PROCESSING}
+        if uncancelled:  # back to pending only if no cancel was requested; the caller then cancels
+            fence["cancel_requested"] = {"$ne": True}
 
         def call() -> bool:
             if self.collection.update_one(fence, update).matched_count:
@@ -603,16 +588,21 @@ class JobStore(AdminQueries):
         """Requeue (or fail, when attempts are spent) one job whose lease expired.
 
         Fenced on the token *and* on the lease still being expired, so a
-        heartbeat that lands first wins and a live job is never taken.
+        heartbeat that lands first wins and a live job is never taken. A job
+        whose cancellation was requested ends ``cancelled``; the fence makes
+        sure a request that arrives after the sweep's read is not lost.
         """
         now = self.now()
+        cancel = bool(doc.get("cancel_requested"))
         fence = {
             "_id": doc["_id"],
             "lease_token": doc.get("lease_token"),
             "status": PROCESSING,
             "lease_expires_at": {"$lt": now},
+            "cancel_requested": True if cancel else {"$ne": True},
         }
-        status = FAILED if give_up else PENDING
+        status = CANCELLED if cancel else FAILED if give_up else PENDING
+        give_up = give_up or cancel
         # Unlike the owner's own writes, a rescue removes the token: the old
         # owner's late writes then match nothing *and* fail the "was it my
         # earlier try?" check in _fenced, so they are reported as lost.

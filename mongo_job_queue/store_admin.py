@@ -126,7 +126,7 @@ class AdminQueries:
         now = self.now()
         update = {
             "$set": {"status": PENDING, "run_at": now, "attempts": 0, "updated_at": now},
-            "$unset": {"finished_at": "", "lease_expires_at": ""},
+            "$unset": {"finished_at": "", "lease_expires_at": "", "cancel_requested": ""},
         }
         filt = {"_id": job_id, "status": {"$in": [FAILED, CANCELLED]}}
         return self._retry(lambda: self.collection.update_one(filt, update).matched_count == 1, "retry_job")

@@ -17,40 +17,35 @@ worker that lost a lease can only log the fact, never clobber the new owner.
 from __future__ import annotations
 
 import logging
+import math
 import queue as queue_mod
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Optional
 
+import bson
 from bson import ObjectId
 
 from .acks import AckBuffer
 from .clock import after_ms
 from .config import QueueConfig
-from .errors import FailJob, LeaseExpired, MalformedJob, WorkerShutdown
+from .context import JobContext
+from .context import RunState as _InFlight
+from .errors import FailJob, JobCancelled, LeaseExpired, MalformedJob, WorkerShutdown
 from .handlers import Handler, HandlerRegistry
 from .middleware import MiddlewareChain
 from .model import BaseJob
+from .records import UnstorableResult, job_log_extra
 from .store import ClaimedJob, ErrorRecord, JobStore, LeaseOwnerInfo
+from .store_control import PauseState
 from .validation import check_value, stored_job_problems
 from .wakeup import ChangeStreamWaker
 
 __all__ = ["Worker", "error_record", "job_log_extra"]
 
 log = logging.getLogger(__name__)
-
-
-def job_log_extra(doc: dict[str, Any]) -> dict[str, Any]:
-    """The ``extra`` of every log line about a job, for structured log formatters."""
-    return {
-        "job_id": str(doc.get("_id")),
-        "job_type": doc.get("type"),
-        "queue": doc.get("queue"),
-        "attempt": doc.get("attempts"),
-    }
 
 
 def _safe_str(value: BaseException) -> str:
@@ -90,13 +85,6 @@ def error_record(
     )
 
 
-@dataclass
-class _InFlight:
-    claimed: ClaimedJob
-    started: bool = False
-    lease_lost: threading.Event = field(default_factory=threading.Event)
-
-
 class Worker:
     """Claims and runs jobs for one queue; owned by :class:`~mongo_job_queue.PersistentJobQueue`."""
 
@@ -132,6 +120,8 @@ class Worker:
         self._work: queue_mod.SimpleQueue[Optional[ClaimedJob]] = queue_mod.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._running = False
+        self._paused = PauseState()
+        self._pause_read_at = -math.inf
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -278,7 +268,7 @@ class Worker:
                 if attempts >= int(doc["max_retries"]) + 1:
                     written = self.store.fail(claimed, record)
                 else:
-                    written = self.store.reschedule(claimed, self.store.now(), record)
+                    written = self.store.reschedule(claimed, self.store.now(), record) or self._cancel(claimed)
             except Exception:  # noqa: BLE001 - lease expiry recovers it if this write fails
                 self._log_job(logging.ERROR, doc, "could not return to the queue on shutdown", exc_info=True)
                 continue
@@ -360,35 +350,48 @@ class Worker:
     def _hand_back(self, claimed: ClaimedJob) -> None:
         if self.store.release(claimed):
             self._log_job(logging.INFO, claimed.doc, "handed back unstarted job on stop")
+        elif self._cancel(claimed):
+            pass  # its cancellation had been requested: cancelled, not handed back
         else:
             self._log_job(logging.WARNING, claimed.doc, "could not hand back job: lease already lost")
 
     def _lease_loop(self, stopping: threading.Event) -> None:
+        # Three clocks: heartbeat, orphan sweep and hygiene sweep. The thread
+        # wakes for whichever is due first, so a sweep interval shorter than
+        # the heartbeat is honoured (recovery promises lease + sweep interval).
         beat = self.config.heartbeat_interval_ms / 1000
         sweep_every = self.config.sweep_interval_ms / 1000
-        next_sweep = next_hygiene = time.monotonic()  # at start: what a crash before this restart left
+        hygiene_every = self.config.hygiene_interval_ms / 1000
+        next_beat = next_sweep = next_hygiene = time.monotonic()  # at start: what a crash before this restart left
         while True:
             with self._lock:
                 if stopping.is_set() and not self._inflight and not self._acking:
                     return
-            if not stopping.is_set() and time.monotonic() >= next_sweep:
-                next_sweep = time.monotonic() + sweep_every
+            now = time.monotonic()
+            if not stopping.is_set() and now >= next_sweep:
+                next_sweep = now + sweep_every
                 try:
                     self.recover_orphans()
                 except Exception:
                     self.log.exception("lease recovery sweep failed")
-            if not stopping.is_set() and time.monotonic() >= next_hygiene:
-                next_hygiene = time.monotonic() + self.config.hygiene_interval_ms / 1000
+            if not stopping.is_set() and now >= next_hygiene:
+                next_hygiene = now + hygiene_every
                 try:
                     self.fail_malformed_jobs()
                 except Exception:
                     self.log.exception("malformed-job sweep failed")
-            try:
-                self.renew_leases()
-            except Exception:
-                self.log.exception("lease renewal failed; retrying at the next heartbeat")
+            if now >= next_beat:
+                next_beat = now + beat
+                try:
+                    self.renew_leases()
+                except Exception:
+                    self.log.exception("lease renewal failed; retrying at the next heartbeat")
+            wake_at = next_beat if stopping.is_set() else min(next_beat, next_sweep, next_hygiene)
             with self._lock:
-                self._lock.wait_for(lambda: stopping.is_set() and not self._inflight and not self._acking, timeout=beat)
+                self._lock.wait_for(
+                    lambda: stopping.is_set() and not self._inflight and not self._acking,
+                    timeout=max(0.0, wake_at - time.monotonic()),
+                )
 
     def _log_job(self, level: int, doc: dict[str, Any], msg: str, *args: Any, exc_info: bool = False) -> None:
         # The job's identity goes both into the text, for plain formatters,
@@ -411,9 +414,18 @@ class Worker:
     def renew_leases(self) -> None:
         """Extend the leases of running jobs; flag the ones that were lost."""
         with self._lock:
-            leases = {job_id: f.claimed.token for job_id, f in self._inflight.items() if not f.lease_lost.is_set()}
+            live = {job_id: f for job_id, f in self._inflight.items() if not f.lease_lost.is_set()}
+            leases = {job_id: f.claimed.token for job_id, f in live.items()}
             leases.update((job_id, claimed.token) for job_id, claimed in self._acking.items())
-        for job_id in self.store.renew_leases(leases):
+        progress = {job_id: p for job_id, f in live.items() if (p := f.take_progress()) is not None}
+        beat = self.store.heartbeat(leases, progress)
+        for job_id in beat.cancel_requested:
+            with self._lock:
+                entry = self._inflight.get(job_id)
+            if entry is not None and not entry.cancel_requested.is_set():
+                entry.cancel_requested.set()
+                self._log_job(logging.INFO, entry.claimed.doc, "cancellation requested; telling the handler")
+        for job_id in beat.lost:
             with self._lock:
                 entry = self._inflight.get(job_id)
             if entry is not None and not entry.lease_lost.is_set():
@@ -450,6 +462,11 @@ class Worker:
             )
             if not self.store.recover(doc, record, give_up):
                 continue  # renewed or recovered by someone else in the meantime
+            if doc.get("cancel_requested"):
+                failed += 1
+                self._log_job(logging.WARNING, doc, "cancelled: lease expired after its cancellation was requested")
+                self.hooks.emit("on_cancelled", doc["_id"])
+                continue
             self.hooks.emit("on_orphan_recovered", doc, failed=give_up)
             if give_up:
                 failed += 1
@@ -472,17 +489,41 @@ class Worker:
 
     def claim_some(self, free: int, abort: Optional[threading.Event] = None) -> list[ClaimedJob]:
         """Claim up to ``free`` due jobs: one batch with ``batch_claims``, else one job."""
+        types, queues = self.claim_scope()
         if self.config.batch_claims and free > 1:
-            batch = self.store.claim_batch(self.registry.types(), self.config.queues, self.owner, free, abort=abort)
+            batch = self.store.claim_batch(types, queues, self.owner, free, abort=abort)
             for claimed in batch:
                 self.hooks.emit("after_claim", claimed.doc)
             return batch
         one = self.claim_one(abort=abort)
         return [one] if one is not None else []
 
+    def claim_scope(self) -> tuple[list[str], list[str]]:
+        """The job types and queues to claim from: registered and configured, less the paused ones.
+
+        The pause state is read at most every ``pause_refresh_ms``, not per
+        claim, and only narrows the claim's ``$in`` lists, so the claim index
+        serves the claim exactly as before.
+        """
+        if time.monotonic() >= self._pause_read_at + self.config.pause_refresh_ms / 1000:
+            try:
+                self._paused = self.store.pause_state()
+                self._pause_read_at = time.monotonic()
+            except Exception:  # keep the last known state; the claim reports a lasting outage
+                self.log.warning("could not read the pause state; using the last one", exc_info=True)
+        paused = self._paused
+        types = [t for t in self.registry.types() if t not in paused.types]
+        queues = [q for q in self.config.queues if q not in paused.queues]
+        return types, queues
+
+    def forget_pause_state(self) -> None:
+        """Read the pause state again before the next claim (after a change made in this process)."""
+        self._pause_read_at = -math.inf
+
     def claim_one(self, abort: Optional[threading.Event] = None) -> ClaimedJob | None:
         """Claim one due job of the registered types; ``abort`` cuts retry sleeps short."""
-        claimed = self.store.claim(self.registry.types(), self.config.queues, self.owner, abort=abort)
+        types, queues = self.claim_scope()
+        claimed = self.store.claim(types, queues, self.owner, abort=abort)
         if claimed is not None:
             self.hooks.emit("after_claim", claimed.doc)
         return claimed
@@ -507,26 +548,49 @@ class Worker:
         if problems:
             self._fail_malformed(doc, problems, token=claimed.token)
             return
+        with self._lock:
+            state = self._inflight.get(claimed.id) or _InFlight(claimed)
+        job._mjq_context = JobContext(self.store, state)
         self._log_job(logging.INFO, doc, "processing")
         self.hooks.emit("before_process", job)
+        started = time.monotonic()
+        outcome: str = "error"
+        error: Optional[BaseException] = None
+        duration: Optional[float] = None
+        try:
+            outcome, error, duration = self._run_handler(claimed, handler, job, state, ack_async)
+        finally:
+            # Paired with before_process even when recording the outcome raised
+            # (the database stayed down past the retries), so spans and
+            # in-progress gauges always close; "error" means nothing was recorded.
+            elapsed = duration if duration is not None else time.monotonic() - started
+            self.hooks.emit("after_process", job, outcome=outcome, exc=error, duration_s=elapsed)
+
+    def _run_handler(
+        self, claimed: ClaimedJob, handler: Handler, job: BaseJob, state: _InFlight, ack_async: bool
+    ) -> tuple[str, Optional[BaseException], float]:
+        """Call the handler and record what happened; return (outcome, exception, handler seconds)."""
+        doc = claimed.doc
         started = time.monotonic()
         try:
             result = handler.fn(job)
         except BaseException as exc:  # noqa: BLE001 - SystemExit in a handler is a failed attempt too
-            outcome = self._record_failure(claimed, handler, exc)
-            self.hooks.emit("after_process", job, outcome=outcome, exc=exc, duration_s=time.monotonic() - started)
-            return
+            duration = time.monotonic() - started
+            if isinstance(exc, JobCancelled) or state.cancel_requested.is_set():
+                return ("cancelled" if self._cancel(claimed) else "lease_lost"), exc, duration
+            return self._record_failure(claimed, handler, exc), exc, duration
         duration = time.monotonic() - started
         result = self._storable_result(result, doc)
-        outcome = "completed"
-        if not (ack_async and self._submit_ack(claimed, result)):
-            if self.store.complete(claimed, result):
-                self._log_job(logging.INFO, doc, "completed")
-            else:
-                outcome = "lease_lost"
-                self._log_job(logging.WARNING, doc, "completion not recorded: the lease was lost to another worker")
-                self.hooks.emit("on_lease_lost", doc)
-        self.hooks.emit("after_process", job, outcome=outcome, exc=None, duration_s=duration)
+        if ack_async and self._submit_ack(claimed, result):
+            # Buffered: "completed" is the handler's outcome; should the write
+            # then find the lease gone, on_lease_lost follows.
+            return "completed", None, duration
+        if self.store.complete(claimed, result):
+            self._log_job(logging.INFO, doc, "completed")
+            return "completed", None, duration
+        self._log_job(logging.WARNING, doc, "completion not recorded: the lease was lost to another worker")
+        self.hooks.emit("on_lease_lost", doc)
+        return "lease_lost", None, duration
 
     def _submit_ack(self, claimed: ClaimedJob, result: Any) -> bool:
         with self._lock:
@@ -552,6 +616,14 @@ class Worker:
             self._acking.pop(claimed.id, None)
             self._lock.notify_all()
 
+    def _cancel(self, claimed: ClaimedJob) -> bool:
+        """End a claimed job ``cancelled`` (fenced); False if the lease was lost."""
+        if not self.store.cancel_claimed(claimed):
+            return False
+        self._log_job(logging.INFO, claimed.doc, "cancelled on request")
+        self.hooks.emit("on_cancelled", claimed.id)
+        return True
+
     def _fail_malformed(self, doc: dict[str, Any], problems: list[str], *, token: str | None = None) -> None:
         status = str(doc.get("status"))
         if self.store.quarantine(doc["_id"], problems, from_status=status, token=token):
@@ -573,10 +645,15 @@ class Worker:
             return None
         try:
             check_value(result, what="result")
-        except Exception as exc:  # noqa: BLE001
-            self._log_job(logging.WARNING, doc, "handler result not stored: %s", exc)
-            return None
-        return result
+            size = len(bson.encode({"result": result}))
+        except Exception as exc:  # noqa: BLE001 - whatever the encoder refuses
+            reason = f"not stored: {_safe_str(exc)}"
+        else:
+            if size <= self.config.max_result_bytes:
+                return result
+            reason = f"not stored: {size} bytes encoded, over max_result_bytes={self.config.max_result_bytes}"
+        self._log_job(logging.WARNING, doc, "handler result %s", reason)
+        return UnstorableResult(_truncate(reason, self.config.max_error_chars))
 
     def _record_failure(self, claimed: ClaimedJob, handler: Handler | None, exc: BaseException) -> str:
         """Write a failed attempt back (retry or failed, fenced); return the outcome."""
@@ -600,6 +677,8 @@ class Worker:
         if decision is not None and decision.retry:
             run_at = after_ms(now, decision.delay_ms)
             written = self.store.reschedule(claimed, run_at, record)
+            if not written and self._cancel(claimed):
+                return "cancelled"  # a cancel was requested: no retry
             if written:
                 self._log_job(
                     logging.WARNING,

@@ -76,6 +76,8 @@ def raw_db(mongodb_uri: str, db_name: str) -> Iterator[Any]:
 @pytest.fixture
 def job_model(db_name: str) -> type[IntegrationJob]:
     IntegrationJob.drop_collection()
+    # The queue's control collection (pause and schedule state) beside it.
+    IntegrationJob._get_db().drop_collection(f"{IntegrationJob._get_collection_name()}_control")
     IntegrationJob.ensure_indexes()
     return IntegrationJob
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from helpers import wait_until
 
-from mongo_job_queue import FailJob, Middleware
+from mongo_job_queue import FailJob, InvalidJobError, Middleware
 from mongo_job_queue.clock import utcnow
 from mongo_job_queue.store import LeaseOwnerInfo
 
@@ -148,3 +148,60 @@ def test_middleware_must_be_a_middleware(make_queue) -> None:
     queue = make_queue()
     with pytest.raises(TypeError, match="Middleware"):
         queue.add_middleware(object())  # type: ignore[arg-type]
+
+
+class Pairing(Middleware):
+    """Checks that every before_* gets its closing hook."""
+
+    def __init__(self) -> None:
+        self.open_enqueues = 0
+        self.aborted: list[Any] = []
+        self.outcomes: list[str] = []
+
+    def before_enqueue(self, queue, doc) -> None:
+        self.open_enqueues += 1
+
+    def after_enqueue(self, queue, doc) -> None:
+        self.open_enqueues -= 1
+
+    def on_enqueue_aborted(self, queue, doc, *, exc) -> None:
+        self.open_enqueues -= 1
+        self.aborted.append(type(exc).__name__ if exc else None)
+
+    def after_process(self, queue, job, *, outcome, exc, duration_s) -> None:
+        self.outcomes.append(outcome)
+
+
+class Bloat(Middleware):
+    def before_enqueue(self, queue, doc) -> None:
+        doc["headers"] = {"blob": "x" * (16 * 1024 * 1024)}
+
+
+def test_every_announced_enqueue_is_closed(make_queue, job_model) -> None:
+    pairing = Pairing()
+    queue = make_queue()
+    queue.add_middleware(pairing)
+    queue.enqueue("T", {}, unique_key="k1")
+    queue.enqueue("T", {}, unique_key="k1")  # the existing job is returned: aborted, no error
+    queue.add_middleware(Bloat())
+    with pytest.raises(InvalidJobError, match=r"the limit is"):
+        queue.enqueue_many([{"job_type": "T"}, {"job_type": "T"}])
+    assert pairing.open_enqueues == 0
+    assert pairing.aborted == [None, "InvalidJobError", "InvalidJobError"]
+    assert job_model.objects.count() == 1
+
+
+def test_after_process_is_emitted_when_the_outcome_cannot_be_written(make_queue, job_model, monkeypatch) -> None:
+    pairing = Pairing()
+    queue = make_queue()
+    queue.add_middleware(pairing)
+    queue.register_handler("T", lambda job: "ok")
+    queue.enqueue("T", {})
+
+    def down(*args: Any, **kwargs: Any) -> bool:
+        raise ConnectionError("database unreachable")
+
+    monkeypatch.setattr(queue.store, "complete", down)
+    with pytest.raises(ConnectionError):
+        queue.run_once()
+    assert pairing.outcomes == ["error"]

@@ -20,6 +20,7 @@ from mongoengine import IntField, StringField
 from mongo_job_queue import BaseJob, PersistentJobQueue, create_job_queue
 
 ALIAS = "mjq_unit"
+NO_RETENTION = {"retention_completed_ms": None, "retention_failed_ms": None, "retention_cancelled_ms": None}
 START = datetime(2024, 1, 1, 12, 0, 0)
 
 
@@ -111,7 +112,9 @@ def make_queue(clock: FakeClock, sleeps: list[float]) -> Callable[..., Persisten
 
     def make(model: type[BaseJob] = OrgJob, **config: Any) -> PersistentJobQueue[Any]:
         # The fake clock is the truth here; no correction towards the server's.
-        config = {"sync_clock": False, **config}
+        # mongomock emulates TTL indexes on every read by the real clock, so
+        # retention would delete jobs finished at the fake clock's 2024 date.
+        config = {"sync_clock": False, **NO_RETENTION, **config}
         return create_job_queue(job_model=model, config=config, clock=clock, sleep=sleeps.append)
 
     return make

@@ -12,7 +12,12 @@ from mongo_job_queue import ConfigError, QueueConfig, create_job_queue
 from mongo_job_queue.config import load_config
 
 BOOL_KEYS = ["sync_clock", "batch_claims", "batch_acks", "change_stream_wakeups"]
-INT_KEYS = [f.name for f in dataclasses.fields(QueueConfig) if f.name not in ("queues", "worker_id", *BOOL_KEYS)]
+OPTIONAL_INT_KEYS = [f.name for f in dataclasses.fields(QueueConfig) if f.name.startswith("retention_")]
+INT_KEYS = [
+    f.name
+    for f in dataclasses.fields(QueueConfig)
+    if f.name not in ("queues", "worker_id", *BOOL_KEYS, *OPTIONAL_INT_KEYS)
+]
 
 
 def test_defaults() -> None:

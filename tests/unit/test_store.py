@@ -534,3 +534,16 @@ def test_non_transient_errors(exc: BaseException) -> None:
 def test_retryable_write_label_is_transient() -> None:
     exc = OperationFailure("x", code=2, details={"errorLabels": ["RetryableWriteError"]})
     assert is_transient(exc) is True
+
+
+def test_bulk_write_error_is_transient_only_for_write_concern_errors() -> None:
+    from pymongo.errors import BulkWriteError
+
+    from mongo_job_queue.store import is_transient
+
+    wce = {"writeErrors": [], "writeConcernErrors": [{"code": 64, "errmsg": "timed out"}], "nMatched": 4}
+    assert is_transient(BulkWriteError(wce))
+    rejected = {"writeErrors": [{"index": 0, "code": 11000, "errmsg": "dup"}], "writeConcernErrors": []}
+    assert not is_transient(BulkWriteError(rejected))
+    both = {"writeErrors": [{"index": 0, "code": 2, "errmsg": "bad"}], "writeConcernErrors": [{"code": 64}]}
+    assert not is_transient(BulkWriteError(both))

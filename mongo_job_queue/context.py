@@ -1,0 +1,98 @@
+"""What a running handler's job instance knows about its run: cancel requests and progress.
+
+The worker attaches a :class:`JobContext` to the job instance it passes to the
+handler, so that :meth:`BaseJob.is_cancel_requested` and
+:meth:`BaseJob.report_progress` reach the store under the claim's lease
+token without the handler seeing either.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Optional
+
+from .errors import InvalidJobError, JobCancelled, LeaseExpired
+
+if TYPE_CHECKING:
+    from .records import ClaimedJob
+    from .store import JobStore
+
+__all__ = ["JobContext", "RunState"]
+
+#: Longest progress message kept; longer ones are cut.
+MAX_PROGRESS_MESSAGE_CHARS = 1_000
+
+
+@dataclass
+class RunState:
+    """Flags one run shares between its handler thread and the lease keeper."""
+
+    claimed: ClaimedJob
+    started: bool = False
+    lease_lost: threading.Event = field(default_factory=threading.Event)
+    cancel_requested: threading.Event = field(default_factory=threading.Event)
+    #: Progress not yet written (throttled); the next heartbeat carries it.
+    progress: Optional[dict[str, Any]] = None
+    progress_written_at: float = -math.inf
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def take_progress(self) -> Optional[dict[str, Any]]:
+        with self.lock:
+            progress, self.progress = self.progress, None
+            return progress
+
+
+class JobContext:
+    """Attached to the handler's job instance as ``_mjq_context`` by the worker."""
+
+    def __init__(self, store: JobStore, state: RunState) -> None:
+        self.store = store
+        self.state = state
+
+    def cancel_requested(self) -> bool:
+        return self.state.cancel_requested.is_set()
+
+    def report_progress(self, percent: float, message: Optional[str]) -> None:
+        """Store progress under the lease; raise JobCancelled if a cancel was requested.
+
+        Written at once unless the previous write is less than
+        ``progress_min_interval_ms`` old; then it is kept and the next
+        heartbeat (or report) writes it, so a tight loop costs no round trips.
+        """
+        progress: Optional[dict[str, Any]] = _progress_doc(percent, message, self.store.now())
+        state = self.state
+        if state.lease_lost.is_set():
+            raise LeaseExpired(f"job {state.claimed.id}: lease lost; another worker may run it")
+        interval = self.store.config.progress_min_interval_ms / 1000
+        with state.lock:
+            if time.monotonic() - state.progress_written_at < interval:
+                state.progress = progress
+                progress = None
+            else:
+                state.progress = None
+                state.progress_written_at = time.monotonic()
+        if progress is not None:
+            outcome = self.store.write_progress(state.claimed, progress)
+            if outcome is None:
+                state.lease_lost.set()
+                raise LeaseExpired(f"job {state.claimed.id}: lease lost; another worker may run it")
+            if outcome:
+                state.cancel_requested.set()
+        if state.cancel_requested.is_set():
+            raise JobCancelled(f"job {state.claimed.id}: cancellation requested")
+
+
+def _progress_doc(percent: Any, message: Any, now: Any) -> dict[str, Any]:
+    if isinstance(percent, bool) or not isinstance(percent, (int, float)) or not 0 <= percent <= 100:
+        raise InvalidJobError(f"progress percent must be a number from 0 to 100, got {percent!r}")
+    if math.isnan(percent):
+        raise InvalidJobError("progress percent must not be NaN")
+    if message is not None and not isinstance(message, str):
+        raise InvalidJobError(f"progress message must be a str or None, got {type(message).__name__}")
+    doc: dict[str, Any] = {"percent": percent, "at": now}
+    if message is not None:
+        doc["message"] = message[:MAX_PROGRESS_MESSAGE_CHARS]
+    return doc
