@@ -1,0 +1,365 @@
+"""Prometheus: a real registry scraped over HTTP while jobs run on the wire server."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import wait_until
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from mongo_job_queue import FailJob
+from mongo_job_queue.clock import utcnow
+from mongo_job_queue.contrib.prometheus import (
+    PrometheusMiddleware,
+    QueueStatsCollector,
+    instrument,
+    make_wsgi_app,
+    start_http_server,
+)
+from mongo_job_queue.store import LeaseOwnerInfo
+
+TESTS_DIR = Path(__file__).resolve().parents[1]
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def fetch(url: str) -> Samples:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        assert response.status == 200
+        text = response.read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` whose labels include ``labels``; 0 when there are none."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()  # the test's own: never the global REGISTRY
+
+
+@pytest.fixture
+def scrape(registry: CollectorRegistry) -> Iterator[Callable[[], Samples]]:
+    """Serve ``registry`` on a free loopback port; scrape it over HTTP."""
+    server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+    url = f"http://127.0.0.1:{server.server_port}/metrics"
+    yield lambda: fetch(url)
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+@pytest.mark.integration
+def test_scraped_figures_match_a_run(make_queue, registry, scrape) -> None:
+    queue = make_queue(concurrency=2, max_retries=1)
+    instrument(queue, registry, cache_seconds=0.2)
+    queue.register_handler("ok", lambda job: None)
+
+    @queue.handler("flaky")
+    def flaky(job) -> None:
+        if job.attempts == 1:
+            raise ConnectionError("down")
+
+    @queue.handler("bad")
+    def bad(job) -> None:
+        raise FailJob("no")
+
+    for n in range(5):
+        queue.enqueue("ok", {"n": n})
+    queue.enqueue("flaky", {})
+    queue.enqueue("flaky", {})
+    queue.enqueue("bad", {})
+    queue.enqueue("ok", {}, delay_ms=3_600_000)
+    queue.enqueue("ok", {}, delay_ms=3_600_000)
+    assert queue.cancel_job(queue.enqueue("ok", {}, delay_ms=3_600_000).id)
+    queue.enqueue("ok", {}, queue="mail")  # no worker claims from "mail": it waits
+    queue.start_polling()
+
+    def settled() -> Samples | None:
+        samples = scrape()
+        done = value(samples, "mongo_job_queue_jobs_finished_total") == 10
+        stored = value(samples, "mongo_job_queue_jobs", status="completed") == 7
+        return samples if done and stored and value(samples, "mongo_job_queue_jobs_in_progress") == 0 else None
+
+    samples = wait_until(settled, timeout=60, interval=0.1, what="10 handler runs scraped")
+    assert value(samples, "mongo_job_queue_jobs_enqueued_total") == 12
+    assert value(samples, "mongo_job_queue_jobs_enqueued_total", queue="default", job_type="ok") == 8
+    assert value(samples, "mongo_job_queue_jobs_enqueued_total", queue="mail", job_type="ok") == 1
+    assert value(samples, "mongo_job_queue_jobs_finished_total", job_type="ok", outcome="completed") == 5
+    assert value(samples, "mongo_job_queue_jobs_finished_total", job_type="flaky", outcome="retry") == 2
+    assert value(samples, "mongo_job_queue_jobs_finished_total", job_type="flaky", outcome="completed") == 2
+    assert value(samples, "mongo_job_queue_jobs_finished_total", job_type="bad", outcome="failed") == 1
+    assert value(samples, "mongo_job_queue_job_retries_total") == 2
+    assert value(samples, "mongo_job_queue_job_retries_total", job_type="flaky") == 2
+    assert value(samples, "mongo_job_queue_lease_losses_total") == 0
+    assert value(samples, "mongo_job_queue_orphans_recovered_total") == 0
+    # One duration and one wait per attempt; buckets are cumulative up to +Inf.
+    assert value(samples, "mongo_job_queue_job_duration_seconds_count") == 10
+    assert value(samples, "mongo_job_queue_job_duration_seconds_count", job_type="flaky") == 4
+    assert value(samples, "mongo_job_queue_job_duration_seconds_bucket", job_type="ok", le="+Inf") == 5
+    assert value(samples, "mongo_job_queue_job_wait_seconds_count") == 10
+    assert value(samples, "mongo_job_queue_job_wait_seconds_sum") >= 0
+    # Depth, read from the database at scrape time.
+    default = {s: value(samples, "mongo_job_queue_jobs", queue="default", status=s) for s in ("pending", "processing")}
+    assert default == {"pending": 2, "processing": 0}
+    assert value(samples, "mongo_job_queue_jobs", queue="default", status="failed") == 1
+    assert value(samples, "mongo_job_queue_jobs", queue="default", status="cancelled") == 1
+    assert value(samples, "mongo_job_queue_jobs", queue="mail", status="pending") == 1
+    assert value(samples, "mongo_job_queue_oldest_due_job_age_seconds", queue="default") == 0  # none due
+    assert value(samples, "mongo_job_queue_oldest_due_job_age_seconds", queue="mail") > 0
+    assert value(samples, "mongo_job_queue_stats_up") == 1
+    assert value(samples, "mongo_job_queue_queue_paused", queue="mail") == 0
+
+    queue.pause(queues=["mail"])
+    wait_until(
+        lambda: value(scrape(), "mongo_job_queue_queue_paused", queue="mail") == 1, timeout=30, what="mail paused"
+    )
+
+
+@pytest.mark.integration
+def test_lease_losses_and_orphans(make_queue, registry, scrape) -> None:
+    queue = make_queue()
+    instrument(queue, registry)
+    queue.register_handler("ok", lambda job: None)
+    # Two jobs whose worker died, one with an attempt left and one without.
+    dead = LeaseOwnerInfo.current("dead")
+    queue.enqueue("ok", {"n": 1})
+    first = queue.store.claim(["ok"], ["default"], dead)
+    queue.enqueue("ok", {"n": 2}, max_retries=0)
+    second = queue.store.claim(["ok"], ["default"], dead)
+    assert first is not None and second is not None
+
+    sweeper = make_queue(clock=lambda: utcnow() + timedelta(minutes=5), sync_clock=False)
+    sweeper.add_middleware(PrometheusMiddleware(registry))  # a second queue object, the same metrics
+    assert sweeper.recover_orphans() == (1, 1)
+    # The dead worker comes back: its fenced write fails; the lease keeper's notice of the same claim counts once.
+    queue.worker.process(first)
+    queue.hooks.emit("on_lease_lost", first.doc)
+
+    samples = scrape()
+    assert value(samples, "mongo_job_queue_orphans_recovered_total", outcome="requeued") == 1
+    assert value(samples, "mongo_job_queue_orphans_recovered_total", outcome="failed") == 1
+    assert value(samples, "mongo_job_queue_jobs_finished_total", outcome="lease_lost") == 1
+    assert value(samples, "mongo_job_queue_lease_losses_total", queue="default", job_type="ok") == 1
+    assert value(samples, "mongo_job_queue_jobs_in_progress") == 0
+    assert value(samples, "mongo_job_queue_jobs", status="pending") == 1
+    assert value(samples, "mongo_job_queue_jobs", status="failed") == 1
+
+
+@pytest.mark.integration
+def test_a_scrape_storm_reads_the_database_once(make_queue, registry, scrape, monkeypatch, caplog) -> None:
+    queue = make_queue()
+    queue.enqueue("ok", {})
+    calls: list[int] = []
+    real_stats = queue.stats
+
+    def counted() -> dict[str, Any]:
+        calls.append(1)
+        return real_stats()
+
+    monkeypatch.setattr(queue, "stats", counted)
+    collector = QueueStatsCollector(queue, cache_seconds=60)
+    assert calls == []  # registering reads nothing
+    registry.register(collector)
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: scrape(), range(16)))
+    assert len(calls) == 1
+    assert all(value(s, "mongo_job_queue_jobs", queue="default", status="pending") == 1 for s in results)
+
+    # A failed read: up is 0, the depth series are absent rather than stale, and the failure is cached too.
+    def down() -> dict[str, Any]:
+        calls.append(1)
+        raise ConnectionError("database down")
+
+    monkeypatch.setattr(queue, "stats", down)
+    registry.unregister(collector)
+    registry.register(QueueStatsCollector(queue, cache_seconds=60))
+    calls.clear()
+    with caplog.at_level("WARNING", logger="mongo_job_queue.contrib.prometheus"):
+        for _ in range(5):
+            samples = scrape()
+    assert len(calls) == 1
+    assert value(samples, "mongo_job_queue_stats_up") == 0
+    assert not [key for key in samples if key[0] == "mongo_job_queue_jobs"]
+    assert "queue stats for Prometheus failed" in caplog.text
+
+
+@pytest.mark.integration
+def test_instrument_is_idempotent_and_one_depth_collector_per_registry(make_queue, registry) -> None:
+    queue = make_queue()
+    middleware = instrument(queue, registry)
+    assert instrument(queue, registry) is middleware
+    assert sum(isinstance(m, PrometheusMiddleware) for m in queue.hooks.items) == 1
+    with pytest.raises(ValueError, match="another queue"):
+        instrument(make_queue(), registry)
+    with pytest.raises(ValueError, match="buckets"):
+        PrometheusMiddleware(registry, buckets=(1.0, float("inf")))
+
+
+_MULTIPROCESS_RUN = """
+import os, sys
+import mongoengine
+from mongo_job_queue import create_job_queue
+from mongo_job_queue.contrib.prometheus import PrometheusMiddleware, make_wsgi_app
+from integration.models import ALIAS, IntegrationJob
+
+mongoengine.connect(db=os.environ["MJQ_TEST_DB"], host=os.environ["MONGODB_URI"], alias=ALIAS)
+queue = create_job_queue(job_model=IntegrationJob, middleware=[PrometheusMiddleware()])
+queue.register_handler("ok", lambda job: None)
+if sys.argv[1] == "work":
+    assert queue.run_once().status == "completed"
+else:  # serve: one process aggregates every process's files, plus the depth read from the database
+    app = make_wsgi_app(queue=queue)
+    body = b"".join(app({"REQUEST_METHOD": "GET", "PATH_INFO": "/metrics"}, lambda status, headers: None))
+    sys.stdout.write(body.decode())
+"""
+
+
+@pytest.mark.integration
+def test_multiprocess_mode_aggregates_worker_processes(make_queue, mongodb_uri, db_name, tmp_path) -> None:
+    queue = make_queue()
+    queue.enqueue("ok", {})
+    queue.enqueue("ok", {})
+    env = {
+        **os.environ,
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+        "MONGODB_URI": mongodb_uri,
+        "MJQ_TEST_DB": db_name,
+        "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]),
+    }
+
+    def run(mode: str) -> str:
+        proc = subprocess.run(
+            [sys.executable, "-c", _MULTIPROCESS_RUN, mode], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    run("work")
+    run("work")  # a second process: its own files in the same directory
+    samples = {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(run("serve"))
+        for sample in family.samples
+    }
+    assert value(samples, "mongo_job_queue_jobs_finished_total", outcome="completed") == 2
+    assert value(samples, "mongo_job_queue_job_duration_seconds_count") == 2
+    assert value(samples, "mongo_job_queue_jobs", queue="default", status="completed") == 2
+    assert value(samples, "mongo_job_queue_stats_up") == 1
+
+
+@pytest.fixture
+def spawn_worker(mongodb_uri, db_name) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    procs: list[subprocess.Popen[str]] = []
+    env = {
+        **os.environ,
+        "MONGODB_URI": mongodb_uri,
+        "MJQ_TEST_DB": db_name,
+        "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]),
+    }
+
+    def start(*argv: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mongo_job_queue", "worker", *argv],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.integration
+def test_cli_worker_metrics_port(job_model, make_queue, spawn_worker) -> None:
+    queue = make_queue()
+    for n in range(3):
+        queue.enqueue("ok", {"n": n})
+    queue.enqueue("fail", {})
+    proc = spawn_worker("--app", "integration.cli_app:make_queue", "--metrics-port", "0", "--metrics-addr", "127.0.0.1")
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+
+    def metrics_url() -> str | None:
+        for line in list(lines):
+            match = re.search(r"Prometheus metrics at (http://127\.0\.0\.1:\d+/metrics)", line)
+            if match:
+                return match.group(1)
+        assert proc.poll() is None, "".join(lines)
+        return None
+
+    url = wait_until(metrics_url, timeout=60, what="the worker's metrics URL in its log")
+
+    def settled() -> Samples | None:
+        samples = fetch(url)
+        return samples if value(samples, "mongo_job_queue_jobs_finished_total") == 4 else None
+
+    samples = wait_until(settled, timeout=60, interval=0.1, what="4 handler runs scraped from the worker")
+    assert value(samples, "mongo_job_queue_jobs_finished_total", job_type="ok", outcome="completed") == 3
+    assert value(samples, "mongo_job_queue_jobs_finished_total", job_type="fail", outcome="failed") == 1
+    wait_until(lambda: value(fetch(url), "mongo_job_queue_jobs", status="completed") == 3, timeout=30)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0, "".join(lines)
+
+
+def test_cli_metrics_port_is_validated() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "mongo_job_queue", "worker", "--app", "x:y", "--metrics-port", "70000"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "must be 0 to 65535" in proc.stderr
+
+
+def test_import_without_the_extra() -> None:
+    code = (
+        "import sys\n"
+        "import mongo_job_queue, mongo_job_queue.cli, mongo_job_queue.contrib\n"
+        "leaked = sorted(m for m in sys.modules if m.split('.')[0] in ('opentelemetry', 'prometheus_client'))\n"
+        "assert not leaked, leaked\n"
+        "sys.modules['prometheus_client'] = None\n"
+        "try:\n"
+        "    import mongo_job_queue.contrib.prometheus\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+        "else:\n"
+        "    raise SystemExit('imported without prometheus_client')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "pip install 'mongo-job-queue[prometheus]'" in proc.stdout
+
+
+def test_wsgi_app_serves_the_given_registry(registry) -> None:
+    registry_app = make_wsgi_app(registry)
+    PrometheusMiddleware(registry)
+    body = b"".join(registry_app({"REQUEST_METHOD": "GET", "PATH_INFO": "/metrics"}, lambda status, headers: None))
+    assert b"# TYPE mongo_job_queue_jobs_finished_total counter" in body
