@@ -21,8 +21,6 @@ import math
 import queue as queue_mod
 import threading
 import time
-import traceback
-from datetime import datetime
 from typing import Any, Optional
 
 import bson
@@ -33,12 +31,14 @@ from .clock import after_ms
 from .config import QueueConfig
 from .context import JobContext
 from .context import RunState as _InFlight
-from .errors import FailJob, JobCancelled, LeaseExpired, MalformedJob, WorkerShutdown
+from .errors import FailJob, JobCancelled, WorkerShutdown
+from .failures import error_record, safe_str, truncate
 from .handlers import Handler, HandlerRegistry
+from .lease_keeper import LeaseKeeper
 from .middleware import MiddlewareChain
 from .model import BaseJob
 from .records import UnstorableResult, job_log_extra
-from .store import ClaimedJob, ErrorRecord, JobStore, LeaseOwnerInfo
+from .store import ClaimedJob, JobStore, LeaseOwnerInfo
 from .store_control import PauseState
 from .validation import check_value, stored_job_problems
 from .wakeup import ChangeStreamWaker
@@ -48,44 +48,7 @@ __all__ = ["Worker", "error_record", "job_log_extra"]
 log = logging.getLogger(__name__)
 
 
-def _safe_str(value: BaseException) -> str:
-    # A handler's exception may have a __str__ that raises; the worker must not.
-    try:
-        return str(value)
-    except BaseException:  # noqa: BLE001
-        return f"<unprintable {type(value).__name__}>"
-
-
-def _truncate(text: str, limit: int, *, keep_tail: bool = False) -> str:
-    """Cut ``text`` to at most ``limit`` characters, marking the cut when there is room."""
-    if len(text) <= limit:
-        return text
-    marker = f"...[{len(text) - limit} chars truncated]..."
-    if limit <= len(marker):
-        return text[-limit:] if keep_tail else text[:limit]
-    keep = limit - len(marker)
-    return marker + text[len(text) - keep :] if keep_tail else text[:keep] + marker
-
-
-def error_record(
-    exc: BaseException, *, attempt: int, at: datetime, token: str | None, config: QueueConfig
-) -> ErrorRecord:
-    """Turn an exception into a bounded, reference-free record (no frames kept alive)."""
-    try:
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    except BaseException:  # noqa: BLE001 - str() of the exception may raise inside
-        tb = "".join(traceback.format_tb(exc.__traceback__)) + f"{type(exc).__name__}: <unprintable>"
-    return ErrorRecord(
-        type=f"{type(exc).__module__}.{type(exc).__qualname__}",
-        message=_truncate(_safe_str(exc), config.max_error_chars),
-        traceback=_truncate(tb, config.max_traceback_chars, keep_tail=True),
-        attempt=attempt,
-        at=at,
-        lease_token=token,
-    )
-
-
-class Worker:
+class Worker(LeaseKeeper):
     """Claims and runs jobs for one queue; owned by :class:`~mongo_job_queue.PersistentJobQueue`."""
 
     def __init__(
@@ -355,44 +318,6 @@ class Worker:
         else:
             self._log_job(logging.WARNING, claimed.doc, "could not hand back job: lease already lost")
 
-    def _lease_loop(self, stopping: threading.Event) -> None:
-        # Three clocks: heartbeat, orphan sweep and hygiene sweep. The thread
-        # wakes for whichever is due first, so a sweep interval shorter than
-        # the heartbeat is honoured (recovery promises lease + sweep interval).
-        beat = self.config.heartbeat_interval_ms / 1000
-        sweep_every = self.config.sweep_interval_ms / 1000
-        hygiene_every = self.config.hygiene_interval_ms / 1000
-        next_beat = next_sweep = next_hygiene = time.monotonic()  # at start: what a crash before this restart left
-        while True:
-            with self._lock:
-                if stopping.is_set() and not self._inflight and not self._acking:
-                    return
-            now = time.monotonic()
-            if not stopping.is_set() and now >= next_sweep:
-                next_sweep = now + sweep_every
-                try:
-                    self.recover_orphans()
-                except Exception:
-                    self.log.exception("lease recovery sweep failed")
-            if not stopping.is_set() and now >= next_hygiene:
-                next_hygiene = now + hygiene_every
-                try:
-                    self.fail_malformed_jobs()
-                except Exception:
-                    self.log.exception("malformed-job sweep failed")
-            if now >= next_beat:
-                next_beat = now + beat
-                try:
-                    self.renew_leases()
-                except Exception:
-                    self.log.exception("lease renewal failed; retrying at the next heartbeat")
-            wake_at = next_beat if stopping.is_set() else min(next_beat, next_sweep, next_hygiene)
-            with self._lock:
-                self._lock.wait_for(
-                    lambda: stopping.is_set() and not self._inflight and not self._acking,
-                    timeout=max(0.0, wake_at - time.monotonic()),
-                )
-
     def _log_job(self, level: int, doc: dict[str, Any], msg: str, *args: Any, exc_info: bool = False) -> None:
         # The job's identity goes both into the text, for plain formatters,
         # and into ``extra``, for JSON formatters.
@@ -408,73 +333,6 @@ class Worker:
                 extra=job_log_extra(doc),
                 exc_info=exc_info,
             )
-
-    # -- leases -------------------------------------------------------------
-
-    def renew_leases(self) -> None:
-        """Extend the leases of running jobs; flag the ones that were lost."""
-        with self._lock:
-            live = {job_id: f for job_id, f in self._inflight.items() if not f.lease_lost.is_set()}
-            leases = {job_id: f.claimed.token for job_id, f in live.items()}
-            leases.update((job_id, claimed.token) for job_id, claimed in self._acking.items())
-        progress = {job_id: p for job_id, f in live.items() if (p := f.take_progress()) is not None}
-        beat = self.store.heartbeat(leases, progress)
-        for job_id in beat.cancel_requested:
-            with self._lock:
-                entry = self._inflight.get(job_id)
-            if entry is not None and not entry.cancel_requested.is_set():
-                entry.cancel_requested.set()
-                self._log_job(logging.INFO, entry.claimed.doc, "cancellation requested; telling the handler")
-        for job_id in beat.lost:
-            with self._lock:
-                entry = self._inflight.get(job_id)
-            if entry is not None and not entry.lease_lost.is_set():
-                entry.lease_lost.set()
-                self._log_job(
-                    logging.WARNING,
-                    entry.claimed.doc,
-                    "lease lost while running; this worker will not record its outcome",
-                )
-                self.hooks.emit("on_lease_lost", entry.claimed.doc)
-
-    def recover_orphans(self) -> tuple[int, int]:
-        """Return expired leases to the queue; fail jobs that used up their attempts.
-
-        Returns:
-            ``(requeued, failed)`` counts.
-        """
-        requeued = failed = 0
-        for doc in self.store.expired_leases():
-            problems = stored_job_problems(doc)
-            if problems:  # e.g. 'errors' edited into a non-array: the rescue's $push would fail every time
-                self._fail_malformed(doc, problems)
-                failed += 1
-                continue
-            attempts = int(doc["attempts"])
-            give_up = attempts >= int(doc["max_retries"]) + 1
-            owner = doc.get("lease_owner") or {}
-            exc = LeaseExpired(
-                f"lease expired on attempt {attempts}: worker {owner.get('worker_id')} "
-                f"(host {owner.get('host')}, pid {owner.get('pid')}) stopped renewing it"
-            )
-            record = error_record(
-                exc, attempt=attempts, at=self.store.now(), token=doc.get("lease_token"), config=self.config
-            )
-            if not self.store.recover(doc, record, give_up):
-                continue  # renewed or recovered by someone else in the meantime
-            if doc.get("cancel_requested"):
-                failed += 1
-                self._log_job(logging.WARNING, doc, "cancelled: lease expired after its cancellation was requested")
-                self.hooks.emit("on_cancelled", doc["_id"])
-                continue
-            self.hooks.emit("on_orphan_recovered", doc, failed=give_up)
-            if give_up:
-                failed += 1
-                self._log_job(logging.ERROR, doc, "failed: lease expired and no attempts left")
-            else:
-                requeued += 1
-                self._log_job(logging.WARNING, doc, "recovered from an expired lease")
-        return requeued, failed
 
     # -- running one job ----------------------------------------------------
 
@@ -544,7 +402,7 @@ class Worker:
         try:
             job: BaseJob = self.store.model._from_son(doc)
         except Exception as exc:  # noqa: BLE001 - whatever the model cannot load
-            problems.append(f"cannot be loaded as {self.store.model.__name__}: {_safe_str(exc)}")
+            problems.append(f"cannot be loaded as {self.store.model.__name__}: {safe_str(exc)}")
         if problems:
             self._fail_malformed(doc, problems, token=claimed.token)
             return
@@ -624,22 +482,6 @@ class Worker:
         self.hooks.emit("on_cancelled", claimed.id)
         return True
 
-    def _fail_malformed(self, doc: dict[str, Any], problems: list[str], *, token: str | None = None) -> None:
-        status = str(doc.get("status"))
-        if self.store.quarantine(doc["_id"], problems, from_status=status, token=token):
-            self._log_job(logging.ERROR, doc, "failed: malformed job document: %s", "; ".join(problems))
-            self.hooks.emit("on_failed", doc, exc=MalformedJob("; ".join(problems)))
-
-    def fail_malformed_jobs(self) -> int:
-        """Fail stored jobs that no claim or sweep could handle; return how many."""
-        failed = 0
-        for doc in self.store.malformed_jobs():
-            problems = stored_job_problems(doc)
-            if problems:
-                self._fail_malformed(doc, problems)
-                failed += 1
-        return failed
-
     def _storable_result(self, result: Any, doc: dict[str, Any]) -> Any:
         if result is None:
             return None
@@ -647,13 +489,13 @@ class Worker:
             check_value(result, what="result")
             size = len(bson.encode({"result": result}))
         except Exception as exc:  # noqa: BLE001 - whatever the encoder refuses
-            reason = f"not stored: {_safe_str(exc)}"
+            reason = f"not stored: {safe_str(exc)}"
         else:
             if size <= self.config.max_result_bytes:
                 return result
             reason = f"not stored: {size} bytes encoded, over max_result_bytes={self.config.max_result_bytes}"
         self._log_job(logging.WARNING, doc, "handler result %s", reason)
-        return UnstorableResult(_truncate(reason, self.config.max_error_chars))
+        return UnstorableResult(truncate(reason, self.config.max_error_chars))
 
     def _record_failure(self, claimed: ClaimedJob, handler: Handler | None, exc: BaseException) -> str:
         """Write a failed attempt back (retry or failed, fenced); return the outcome."""
