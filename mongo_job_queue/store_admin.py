@@ -8,9 +8,7 @@ here runs on the claim or acknowledgement path.
 
 from __future__ import annotations
 
-import logging
-import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -19,12 +17,10 @@ from bson import ObjectId
 from pymongo.errors import PyMongoError
 
 from .model import JobStatus
+from .store_base import StoreBase
 
 if TYPE_CHECKING:
-    from pymongo.collection import Collection
-
-    from .config import QueueConfig
-    from .model import BaseJob
+    pass
 
 __all__ = ["AdminQueries"]
 
@@ -37,20 +33,8 @@ FAILED = JobStatus.FAILED.value
 CANCELLED = JobStatus.CANCELLED.value
 
 
-class AdminQueries:
+class AdminQueries(StoreBase):
     """Queries for operators and the hygiene sweep; mixed into JobStore."""
-
-    if TYPE_CHECKING:
-        model: type[BaseJob]
-        config: QueueConfig
-        log: logging.Logger
-
-        @property
-        def collection(self) -> Collection[dict[str, Any]]: ...
-
-        def now(self) -> datetime: ...
-
-        def _retry(self, fn: Callable[[], T], op: str, abort: threading.Event | None = None) -> T: ...
 
     def write_concern_problem(self) -> str | None:
         """Why the jobs collection's write concern risks double runs, or None.

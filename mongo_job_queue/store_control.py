@@ -8,11 +8,8 @@ object. Pause state and schedule state live in a small second collection,
 
 from __future__ import annotations
 
-import logging
-import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
 from bson import ObjectId
@@ -22,12 +19,11 @@ from pymongo.errors import DuplicateKeyError, OperationFailure
 from .clock import after_ms
 from .errors import InvalidJobError
 from .model import JobStatus
+from .store_base import StoreBase
 
 if TYPE_CHECKING:
     from pymongo.collection import Collection
 
-    from .config import QueueConfig
-    from .model import BaseJob
     from .records import ClaimedJob
 
 __all__ = ["FINISHED", "ControlQueries", "Heartbeat", "PauseState", "retention_index_name"]
@@ -65,20 +61,10 @@ class Heartbeat:
     cancel_requested: set[ObjectId]
 
 
-class ControlQueries:
+class ControlQueries(StoreBase):
     """Job-control queries; mixed into JobStore."""
 
     if TYPE_CHECKING:
-        model: type[BaseJob]
-        config: QueueConfig
-        log: logging.Logger
-
-        @property
-        def collection(self) -> Collection[dict[str, Any]]: ...
-
-        def now(self) -> datetime: ...
-
-        def _retry(self, fn: Callable[[], T], op: str, abort: threading.Event | None = None) -> T: ...
 
         def _fenced(
             self, job: ClaimedJob, update: Mapping[str, Any], target: str, op: str, *, uncancelled: bool = False
