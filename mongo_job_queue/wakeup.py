@@ -44,6 +44,7 @@ class ChangeStreamWaker:
         stopping: threading.Event,
         *,
         max_await_ms: int,
+        idle: Optional[threading.Event] = None,
         logger: Optional[logging.Logger] = None,
     ) -> None:
         self.store = store
@@ -52,6 +53,7 @@ class ChangeStreamWaker:
         self.wake = wake
         self.stopping = stopping
         self.max_await_ms = max_await_ms
+        self.idle = idle
         self.log = logger or log
         self.supported: Optional[bool] = None
         #: Set while a change stream is open and delivering events.
@@ -71,6 +73,11 @@ class ChangeStreamWaker:
                     self.listening.set()
                     backoff = 0.5
                     while not self.stopping.is_set() and stream.alive:
+                        if self.idle is not None and not self.idle.is_set():
+                            # The poller is busy and will find new work itself: read
+                            # nothing now; the open cursor keeps our place.
+                            self.idle.wait(0.5)
+                            continue
                         change = stream.try_next()
                         resume = stream.resume_token
                         if change is not None:

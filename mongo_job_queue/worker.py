@@ -80,6 +80,9 @@ class Worker(LeaseKeeper):
         self._waker: Optional[ChangeStreamWaker] = None
         self._stopping = threading.Event()
         self._wake = threading.Event()
+        # Set while the poller waits with nothing to claim: only then does the
+        # change stream read, so a busy worker pays no getMore per job.
+        self._idle = threading.Event()
         self._work: queue_mod.SimpleQueue[Optional[ClaimedJob]] = queue_mod.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._running = False
@@ -125,6 +128,7 @@ class Worker(LeaseKeeper):
                     self.notify,
                     stopping,
                     max_await_ms=self.config.change_stream_max_await_ms,
+                    idle=self._idle,
                     logger=self.log if self.log is not log else None,
                 )
                 self._waker = waker
@@ -270,10 +274,12 @@ class Worker(LeaseKeeper):
                 self.log.exception("claim failed; backing off %.1fs", interval)
                 claimed = []
             if claimed:
+                self._idle.clear()
                 interval = base  # work appeared: snap back to the base interval
                 for job in claimed:
                     self._dispatch(job, work, stopping)
                 continue
+            self._idle.set()
             self._wake.wait(interval)
             interval = min(interval * 2, self.config.poll_interval_max_ms / 1000)
 
