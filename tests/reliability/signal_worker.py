@@ -2,7 +2,10 @@
 
 ``python -m reliability.signal_worker URI DB CONCURRENCY STOP_TIMEOUT_S``
 with ``tests/`` on ``PYTHONPATH``. Jobs of type ``SLEEP`` work for
-``data.sleep_ms`` milliseconds. It exits with ``run_worker``'s exit code.
+``data.sleep_ms`` milliseconds; each records its start in the ``started``
+collection first, so a test can tell a running handler from a job that was
+only claimed (a claimed, unstarted job is handed back on stop, by design).
+It exits with ``run_worker``'s exit code.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import threading
 
 import mongoengine
 from integration.models import ALIAS, IntegrationJob
+from pymongo import MongoClient
 
 from mongo_job_queue import create_job_queue
 
@@ -25,8 +29,11 @@ def main(uri: str, db: str, concurrency: int, stop_timeout: float) -> int:
         config={"concurrency": concurrency, "poll_interval_base_ms": 20, "poll_interval_max_ms": 100},
     )
 
+    started = MongoClient(uri)[db]["started"]
+
     @queue.handler("SLEEP")
     def sleep(job: IntegrationJob) -> str:
+        started.insert_one({"job_id": job.id})
         threading.Event().wait(job.data["sleep_ms"] / 1000)
         return "finished"
 

@@ -34,6 +34,14 @@ def _start_worker(uri: str, db: str, concurrency: int, stop_timeout: float) -> s
 
 
 @pytest.fixture
+def started(raw_db):
+    """Handlers that have begun running (claimed-but-unstarted jobs are handed back on stop)."""
+    raw_db.started.drop()
+    yield lambda: raw_db.started.count_documents({})
+    raw_db.started.drop()
+
+
+@pytest.fixture
 def worker_process(mongodb_uri, db_name):
     procs: list[subprocess.Popen[str]] = []
 
@@ -56,10 +64,10 @@ def _fill_the_pool(make_queue, job_model):
     return queue, short, long
 
 
-def test_sigterm_finishes_short_jobs_and_requeues_long_ones(make_queue, job_model, worker_process) -> None:
+def test_sigterm_finishes_short_jobs_and_requeues_long_ones(make_queue, job_model, worker_process, started) -> None:
     queue, short, long = _fill_the_pool(make_queue, job_model)
     proc = worker_process(concurrency=4, stop_timeout=4.0)
-    wait_until(lambda: job_model.objects(status="processing").count() == 4, timeout=30)
+    wait_until(lambda: started() == 4, timeout=30)
     waiting = [queue.enqueue("SLEEP", {"sleep_ms": 10}) for _ in range(3)]
     signalled = time.monotonic()
     proc.send_signal(signal.SIGTERM)
@@ -81,10 +89,10 @@ def test_sigterm_finishes_short_jobs_and_requeues_long_ones(make_queue, job_mode
     assert "SIGTERM" in out and "returned to the queue on shutdown" in out
 
 
-def test_second_signal_forces_the_exit(make_queue, job_model, worker_process) -> None:
+def test_second_signal_forces_the_exit(make_queue, job_model, worker_process, started) -> None:
     _, _, long = _fill_the_pool(make_queue, job_model)
     proc = worker_process(concurrency=4, stop_timeout=60.0)
-    wait_until(lambda: job_model.objects(status="processing").count() == 4, timeout=30)
+    wait_until(lambda: started() == 4, timeout=30)
     proc.send_signal(signal.SIGTERM)
     try:
         wait_until(lambda: job_model.objects(status="completed").count() == 2, timeout=60)
@@ -102,11 +110,11 @@ def test_second_signal_forces_the_exit(make_queue, job_model, worker_process) ->
     assert "again: stopping now" in out
 
 
-def test_last_attempt_interrupted_by_shutdown_ends_failed(make_queue, job_model, worker_process) -> None:
+def test_last_attempt_interrupted_by_shutdown_ends_failed(make_queue, job_model, worker_process, started) -> None:
     queue = make_queue()
     job = queue.enqueue("SLEEP", {"sleep_ms": 60_000}, max_retries=0)
     proc = worker_process(concurrency=1, stop_timeout=0.5)
-    wait_until(lambda: job_model.objects.get(id=job.id).status == "processing", timeout=30)
+    wait_until(lambda: started() == 1, timeout=30)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=30)
     assert proc.returncode == 0
