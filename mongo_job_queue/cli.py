@@ -334,9 +334,19 @@ def build_parser(prog: str = "mongo-job-queue", *, with_app: bool = True) -> arg
         "--delay", type=parse_duration_ms, metavar="DURATION", help="run no earlier than this from now"
     )
     enqueue.add_argument("--max-retries", type=int, metavar="N", help="retries after the first attempt")
-    for name, verb in (("retry", "queue failed or cancelled jobs again"), ("cancel", "cancel pending jobs")):
+    for name, verb in (
+        ("retry", "queue failed or cancelled jobs again"),
+        ("cancel", "cancel pending jobs; ask running ones to stop"),
+    ):
         p = command(name, verb)
         p.add_argument("job_ids", nargs="+", metavar="JOB_ID")
+    for name, verb in (
+        ("pause", "stop every worker from claiming these queues or job types"),
+        ("resume", "let workers claim these queues or job types again"),
+    ):
+        p = command(name, verb)
+        p.add_argument("--queue", dest="queues", action="append", default=[], metavar="NAME", help="repeatable")
+        p.add_argument("--type", dest="job_types", action="append", default=[], metavar="TYPE", help="repeatable")
     purge = command("purge", "delete finished jobs older than a duration")
     purge.add_argument(
         "--older-than", type=parse_duration_ms, required=True, metavar="DURATION", help="e.g. 7d, 12h, 30m"
@@ -575,7 +585,11 @@ def _retry_or_cancel(queue: PersistentJobQueue[Any], args: argparse.Namespace, o
     code = EXIT_OK
     for job_id in [_object_id(v) for v in args.job_ids]:
         if action(job_id):
-            print(f"{'retried' if retry else 'cancelled'} {job_id}", file=out)
+            job = None if retry else queue.get_job(job_id)
+            if job is not None and job.status == "processing":
+                print(f"cancellation requested for {job_id} (running)", file=out)
+            else:
+                print(f"{'retried' if retry else 'cancelled'} {job_id}", file=out)
             continue
         job = queue.get_job(job_id)
         allowed = "failed or cancelled" if retry else "pending"
@@ -583,6 +597,18 @@ def _retry_or_cancel(queue: PersistentJobQueue[Any], args: argparse.Namespace, o
         print(f"{'retry' if retry else 'cancel'} {job_id} refused: {why}", file=err)
         code = EXIT_REFUSED
     return code
+
+
+def _pause_or_resume(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if not args.queues and not args.job_types:
+        print(f"error: {args.command} needs --queue or --type", file=err)
+        return EXIT_USAGE
+    action = queue.pause if args.command == "pause" else queue.resume
+    state = action(queues=args.queues, job_types=args.job_types)
+    paused_queues = ", ".join(state["queues"]) or "none"
+    paused_types = ", ".join(state["job_types"]) or "none"
+    print(f"paused queues: {paused_queues}; paused job types: {paused_types}", file=out)
+    return EXIT_OK
 
 
 def _purge(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -605,4 +631,6 @@ _ADMIN: dict[str, Callable[[PersistentJobQueue[Any], argparse.Namespace, TextIO,
     "retry": _retry_or_cancel,
     "cancel": _retry_or_cancel,
     "purge": _purge,
+    "pause": _pause_or_resume,
+    "resume": _pause_or_resume,
 }

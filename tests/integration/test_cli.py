@@ -160,3 +160,21 @@ def test_sigterm_is_graceful_and_a_second_signal_forces(job_model, spawn) -> Non
     back = job_model.objects.get(id=job.id)
     assert back.status == "pending" and back.last_error.type.endswith("WorkerShutdown")
     assert "SIGTERM" in out and "again: stopping now" in out
+
+
+def test_pause_resume_and_cancel_of_a_running_job(job_model) -> None:
+    code, out, err = run("pause", "--app", APP, "--queue", "mail", "--type", "ok")
+    assert code == 0, err
+    assert out == "paused queues: mail; paused job types: ok\n"
+    code, out, _ = run("resume", "--app", APP, "--type", "ok")
+    assert code == 0 and out == "paused queues: mail; paused job types: none\n"
+    code, _, err = run("pause", "--app", APP)
+    assert code == cli.EXIT_USAGE and "needs --queue or --type" in err
+    run("resume", "--app", APP, "--queue", "mail")
+
+    code, out, _ = run("enqueue", "ok", "--app", APP)
+    running = out.strip()
+    job_model.objects(id=running).update(set__status="processing", set__lease_token="t")
+    code, out, _ = run("cancel", "--app", APP, running)
+    assert code == 0 and out == f"cancellation requested for {running} (running)\n"
+    assert job_model.objects.get(id=running).cancel_requested is True
