@@ -15,7 +15,9 @@ import argparse
 import json
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from typing import Any, Optional
@@ -124,8 +126,19 @@ def build_contenders(ctx: Context, args: argparse.Namespace, plan: Plan) -> list
     return contenders
 
 
+def _collect_versions(meta: dict[str, Any], contenders: list[Contender]) -> None:
+    for c in contenders:
+        meta["versions"].update(c.versions)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the cleanup: workers stopped, database dropped
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     plan = make_plan(args)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     started = datetime.now(timezone.utc)
@@ -158,20 +171,24 @@ def main(argv: Optional[list[str]] = None) -> int:
             "memory": lambda: run_memory(uri, db_name, first, plan, results),
         }
         meta["phase_seconds"] = {}
+        meta["complete"] = False
         try:
             for phase, run in phases.items():
                 if phase not in skip:
                     t = time.monotonic()
                     run()
                     meta["phase_seconds"][phase] = round(time.monotonic() - t, 1)
+                    if args.json:  # a run killed later keeps what it measured so far
+                        _collect_versions(meta, contenders)
+                        results.write(args.json)
+            meta["complete"] = True
         finally:
             for c in contenders:
                 try:
                     c.close()
                 except Exception as exc:  # noqa: BLE001 - closing must not hide the results
                     print(f"closing {c.name}: {exc!r}", file=sys.stderr)
-                if c.versions:
-                    meta["versions"].update(c.versions)
+            _collect_versions(meta, contenders)
             disconnect()
             control.drop_database(db_name)
             control.close()

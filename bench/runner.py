@@ -24,7 +24,7 @@ from typing import Any, Optional, TypeVar
 
 from pymongo import MongoClient, uri_parser
 
-from .contenders import REPO_ROOT, Batch, Contender, Unavailable
+from .contenders import REPO_ROOT, Batch, Contender, Unavailable, die_with_parent
 from .contenders.mjq import MjqContender
 from .metrics import per_job
 from .plan import Plan
@@ -278,7 +278,18 @@ def run_memory(ctx_uri: str, db_name: str, contender: Optional[MjqContender], pl
         "--timeout",
         str(plan.timeout_s),
     ]
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO_ROOT, timeout=plan.timeout_s * 4)
+    try:
+        proc = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            cwd=REPO_ROOT,
+            timeout=plan.timeout_s * 4,
+            preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
+        )
+    except subprocess.TimeoutExpired:
+        results.skip("worker_rss", contender.name, {"jobs": last}, f"failed: not done in {plan.timeout_s * 4:.0f} s")
+        return
     points = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     rss = {p["jobs"]: p["rss_mb"] for p in points}
     if proc.returncode != 0 or first not in rss or last not in rss:

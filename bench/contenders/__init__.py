@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +28,16 @@ from typing import Any, Optional
 
 from pymongo import MongoClient, uri_parser
 
-__all__ = ["Batch", "Contender", "Context", "LineProcess", "Unavailable", "wait_until", "with_database"]
+__all__ = [
+    "Batch",
+    "Contender",
+    "Context",
+    "LineProcess",
+    "Unavailable",
+    "die_with_parent",
+    "wait_until",
+    "with_database",
+]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -120,6 +130,20 @@ def with_database(uri: str, db_name: str) -> str:
     return f"{head.rstrip('/')}/{db_name}{sep}{query}"
 
 
+def die_with_parent() -> None:
+    """``preexec_fn``: the child gets SIGKILL when the bench dies, even while paused (Linux only).
+
+    A worker paused with SIGSTOP would otherwise outlive a bench killed by a
+    timeout, stopped, forever.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class LineProcess:
     """A worker subprocess whose stdout lines are read by a thread; can be paused (SIGSTOP) and resumed.
 
@@ -137,6 +161,7 @@ class LineProcess:
             text=True,
             cwd=str(cwd or REPO_ROOT),
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
         )
         self.lines: Queue[str] = Queue()
         self.stderr_tail: list[str] = []

@@ -58,6 +58,8 @@ class PymongoLoop(Contender):
         self.lock = threading.Lock()
         self.started = 0
         self.steady: Optional[SteadyWindow] = None
+        self.stopping = threading.Event()
+        self.threads: list[threading.Thread] = []
 
     @property
     def coll(self) -> Any:
@@ -82,7 +84,7 @@ class PymongoLoop(Contender):
 
     def _work(self, done: list[int]) -> None:
         coll, ran = self.coll, 0
-        while True:
+        while not self.stopping.is_set():
             now = _now()
             token = uuid.uuid4().hex
             due = {
@@ -125,7 +127,9 @@ class PymongoLoop(Contender):
 
     def drain(self, jobs: int) -> Batch:
         done: list[int] = []
-        threads = [threading.Thread(target=self._work, args=(done,)) for _ in range(self.concurrency)]
+        self.threads = threads = [
+            threading.Thread(target=self._work, args=(done,), daemon=True) for _ in range(self.concurrency)
+        ]
         self.started, self.steady = 0, SteadyWindow(self.counter, jobs)
         self.counter.reset()
         cpu0, t0 = time.process_time(), time.perf_counter()
@@ -153,6 +157,9 @@ class PymongoLoop(Contender):
         return time.perf_counter() - t0
 
     def close(self) -> None:
+        self.stopping.set()  # e.g. SIGTERM during a drain: let the loops finish their round trip first
+        for t in self.threads:
+            t.join(30)
         if self.client is not None:
             self.client.close()
             self.client = None
