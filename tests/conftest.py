@@ -13,8 +13,11 @@ folder's own conftest would register them twice and start two.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import mongoengine
@@ -98,3 +101,32 @@ def make_queue(job_model: type[IntegrationJob]) -> Iterator[Callable[..., Persis
     yield make
     for queue in made:
         queue.stop(timeout=10)
+
+
+@pytest.fixture
+def spawn(mongodb_uri, db_name):
+    """Start ``python -m mongo_job_queue ARGS`` on the test database; killed at teardown if still running."""
+    procs: list[subprocess.Popen[str]] = []
+    env = {
+        **os.environ,
+        "MONGODB_URI": mongodb_uri,
+        "MJQ_TEST_DB": db_name,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH", "")]),
+    }
+
+    def start(*argv: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mongo_job_queue", *argv],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)

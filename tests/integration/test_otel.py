@@ -190,22 +190,3 @@ def test_a_job_enqueued_without_tracing_gets_a_root_span(make_queue, provider, e
         assert queue.run_once().status == "completed"
     [process] = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.CONSUMER]
     assert process.parent is None and process.attributes["messaging.message.id"] == str(job.id)
-
-
-def test_import_without_the_extra() -> None:
-    code = (
-        "import sys\n"
-        "import mongo_job_queue, mongo_job_queue.cli, mongo_job_queue.contrib\n"
-        "leaked = sorted(m for m in sys.modules if m.split('.')[0] in ('opentelemetry', 'prometheus_client'))\n"
-        "assert not leaked, leaked\n"
-        "sys.modules['opentelemetry'] = None\n"
-        "try:\n"
-        "    import mongo_job_queue.contrib.otel\n"
-        "except ImportError as exc:\n"
-        "    print(exc)\n"
-        "else:\n"
-        "    raise SystemExit('imported without opentelemetry')\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert "pip install 'mongo-job-queue[otel]'" in proc.stdout

@@ -268,41 +268,15 @@ def test_multiprocess_mode_aggregates_worker_processes(make_queue, mongodb_uri, 
     assert value(samples, "mongo_job_queue_stats_up") == 1
 
 
-@pytest.fixture
-def spawn_worker(mongodb_uri, db_name) -> Iterator[Callable[..., subprocess.Popen[str]]]:
-    procs: list[subprocess.Popen[str]] = []
-    env = {
-        **os.environ,
-        "MONGODB_URI": mongodb_uri,
-        "MJQ_TEST_DB": db_name,
-        "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]),
-    }
-
-    def start(*argv: str) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mongo_job_queue", "worker", *argv],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
-
-
 @pytest.mark.integration
-def test_cli_worker_metrics_port(job_model, make_queue, spawn_worker) -> None:
+def test_cli_worker_metrics_port(job_model, make_queue, spawn) -> None:
     queue = make_queue()
     for n in range(3):
         queue.enqueue("ok", {"n": n})
     queue.enqueue("fail", {})
-    proc = spawn_worker("--app", "integration.cli_app:make_queue", "--metrics-port", "0", "--metrics-addr", "127.0.0.1")
+    proc = spawn(
+        "worker", "--app", "integration.cli_app:make_queue", "--metrics-port", "0", "--metrics-addr", "127.0.0.1"
+    )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
@@ -337,25 +311,6 @@ def test_cli_metrics_port_is_validated() -> None:
         timeout=60,
     )
     assert proc.returncode == 2 and "must be 0 to 65535" in proc.stderr
-
-
-def test_import_without_the_extra() -> None:
-    code = (
-        "import sys\n"
-        "import mongo_job_queue, mongo_job_queue.cli, mongo_job_queue.contrib\n"
-        "leaked = sorted(m for m in sys.modules if m.split('.')[0] in ('opentelemetry', 'prometheus_client'))\n"
-        "assert not leaked, leaked\n"
-        "sys.modules['prometheus_client'] = None\n"
-        "try:\n"
-        "    import mongo_job_queue.contrib.prometheus\n"
-        "except ImportError as exc:\n"
-        "    print(exc)\n"
-        "else:\n"
-        "    raise SystemExit('imported without prometheus_client')\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert "pip install 'mongo-job-queue[prometheus]'" in proc.stdout
 
 
 def test_wsgi_app_serves_the_given_registry(registry) -> None:
