@@ -24,20 +24,26 @@ from .errors import (
     MongoJobQueueError,
     QueueStateError,
     RetryJob,
+    ScheduleError,
     WorkerShutdown,
 )
 from .middleware import Middleware
 from .model import BaseJob, JobError, JobStatus, LeaseOwner
 from .queue import PersistentJobQueue, create_job_queue
+from .queue_schedule import ScheduleInfo
+from .schedule import CatchUp, Schedule
+from .scheduler import Fire
 
 __version__ = "1.0.0"
 
 __all__ = [
     "BaseJob",
+    "CatchUp",
     "ConfigError",
     "EagerJobFailed",
     "EmbeddedServerError",
     "FailJob",
+    "Fire",
     "HandlerError",
     "InvalidJobError",
     "JobCancelled",
@@ -54,6 +60,9 @@ __all__ = [
     "QueueConfig",
     "QueueStateError",
     "RetryJob",
+    "Schedule",
+    "ScheduleError",
+    "ScheduleInfo",
     "WorkerShutdown",
     "__version__",
     "create_job_queue",

@@ -63,6 +63,9 @@ class QueueConfig:
             one job; reports in between are kept and carried by the heartbeat.
         max_result_bytes: Largest handler result stored (BSON size); a larger
             or unencodable one is dropped and the reason stored in ``result_error``.
+        run_schedules: Fire the schedules registered on this queue while its
+            worker runs (see :meth:`~mongo_job_queue.PersistentJobQueue.schedule`);
+            False leaves firing to other processes.
         pause_refresh_ms: How often a worker reads which queues and job types
             are paused (at most once per interval, only when about to claim).
         worker_id: Name of this worker in lease records; random when omitted.
@@ -94,6 +97,7 @@ class QueueConfig:
     retention_failed_ms: Optional[int] = 30 * _DAY_MS
     retention_cancelled_ms: Optional[int] = 30 * _DAY_MS
     pause_refresh_ms: int = 1_000
+    run_schedules: bool = True
     progress_min_interval_ms: int = 1_000
     max_result_bytes: int = 1_048_576
     worker_id: str | None = field(default=None)
@@ -134,7 +138,7 @@ class QueueConfig:
 
 #: Keys that also accept ``None``, meaning "off" (keep forever, no bound).
 _OPTIONAL_INT_KEYS = frozenset({"retention_completed_ms", "retention_failed_ms", "retention_cancelled_ms"})
-_BOOL_KEYS = frozenset({"sync_clock", "batch_claims", "batch_acks", "change_stream_wakeups"})
+_BOOL_KEYS = frozenset({"sync_clock", "batch_claims", "batch_acks", "change_stream_wakeups", "run_schedules"})
 _MINIMUM = {
     # A TTL index counts whole seconds.
     "retention_completed_ms": 1_000,

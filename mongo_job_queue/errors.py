@@ -28,6 +28,10 @@ class InvalidJobError(MongoJobQueueError, ValueError):
     """A job to enqueue was rejected before anything was written to the database."""
 
 
+class ScheduleError(MongoJobQueueError, ValueError):
+    """A schedule definition is invalid (name, cron expression, interval, timezone, catch-up policy)."""
+
+
 class QueueStateError(MongoJobQueueError, RuntimeError):
     """The queue was asked to do something its current state does not allow."""
 

@@ -105,6 +105,10 @@ class BaseJob(Document):
     progress = DictField()
     #: Why the handler's return value was not stored (unencodable, too large).
     result_error = StringField()
+    #: Name of the schedule that enqueued this job, if any.
+    schedule = StringField()
+    #: The schedule's fire time this job is for (naive UTC); with ``schedule``, unique.
+    fire_time = DateTimeField()
 
     meta: dict[str, Any] = {
         "abstract": True,
@@ -124,6 +128,15 @@ class BaseJob(Document):
                 # {unique_key: {$exists: true}}, on every server and on mongomock.
                 "name": "mjq_unique",
                 "fields": ["unique_key"],
+                "unique": True,
+                "sparse": True,
+            },
+            {
+                # One job per (schedule, fire time), whichever process fires
+                # it first; jobs that no schedule enqueued are not indexed.
+                # It also serves "the latest job of this schedule".
+                "name": "mjq_schedule",
+                "fields": ["schedule", "fire_time"],
                 "unique": True,
                 "sparse": True,
             },

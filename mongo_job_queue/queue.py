@@ -20,6 +20,7 @@ from .handlers import HandlerFn, HandlerRegistry
 from .middleware import Middleware, MiddlewareChain
 from .model import LIBRARY_FIELDS, BaseJob, JobStatus
 from .queue_admin import QueueAdmin
+from .queue_schedule import ScheduleMixin
 from .retry import RetryStrategy, StopStrategy, WaitStrategy
 from .runner import run_worker
 from .store import JobStore
@@ -35,7 +36,7 @@ _ENQUEUE_KEYS = frozenset({"job_type", "data", "run_at", "delay_ms", "priority",
 _live_queues: weakref.WeakSet[PersistentJobQueue[Any]] = weakref.WeakSet()
 
 
-class PersistentJobQueue(QueueAdmin[J]):
+class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
     """A MongoDB-backed job queue over the app's own job model.
 
     Build it with :func:`create_job_queue`. The same object enqueues (from
@@ -265,7 +266,9 @@ class PersistentJobQueue(QueueAdmin[J]):
             jobs.append(self._instance(doc))
         return jobs
 
-    def _build(self, spec: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    def _build(
+        self, spec: Mapping[str, Any], extra: Mapping[str, Any], now: Optional[datetime] = None
+    ) -> dict[str, Any]:
         job_type = spec["job_type"]
         if not isinstance(job_type, str) or not job_type:
             raise InvalidJobError(f"job_type must be a non-empty str, got {job_type!r}")
@@ -289,7 +292,7 @@ class PersistentJobQueue(QueueAdmin[J]):
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise InvalidJobError(f"max_retries must be an int >= 0, got {max_retries!r}")
         unique = self._unique(spec.get("unique_key"), spec.get("unique_for_ms"))
-        now = self.store.now()
+        now = self.store.now() if now is None else now
         run_at = self._run_at(spec.get("run_at"), spec.get("delay_ms"), now)
         forbidden = sorted(set(extra) & LIBRARY_FIELDS)
         if forbidden:
@@ -478,6 +481,8 @@ class PersistentJobQueue(QueueAdmin[J]):
     def _after_fork_in_child(self) -> None:
         # The parent's threads do not exist here and its leases are its own.
         self.worker._reset_runtime_state()
+        if self.worker.scheduler is not None:
+            self.worker.scheduler._after_fork_in_child()
         self._indexes_ensured = False
 
 

@@ -56,6 +56,7 @@ from .model import BaseJob, JobStatus
 from .records import ClaimedJob, ErrorRecord, LeaseOwnerInfo, completion_fields
 from .store_admin import AdminQueries
 from .store_control import ControlQueries, Heartbeat
+from .store_schedule import ScheduleQueries
 from .validation import stored_job_problems
 
 __all__ = ["ClaimedJob", "ErrorRecord", "Heartbeat", "JobStore", "LeaseOwnerInfo", "is_transient"]
@@ -93,7 +94,7 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, OperationFailure) and exc.code in _TRANSIENT_CODES
 
 
-class JobStore(AdminQueries, ControlQueries):
+class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
     """All MongoDB access of one queue, on the collection of the injected job model.
 
     Args:

@@ -8,7 +8,9 @@ Three kinds of daemon thread cooperate:
 * ``concurrency`` **handler threads** run jobs and write their outcome;
 * the **lease keeper** renews the lease of every running job well before it
   expires and periodically returns expired leases of crashed workers to the
-  queue.
+  queue;
+* the **scheduler**, when the queue has one, enqueues the jobs of due fire
+  times (see :mod:`.scheduler`).
 
 Every outcome write is fenced by the lease token (see :mod:`.store`), so a
 worker that lost a lease can only log the fact, never clobber the new owner.
@@ -38,6 +40,7 @@ from .lease_keeper import LeaseKeeper
 from .middleware import MiddlewareChain
 from .model import BaseJob
 from .records import UnstorableResult, job_log_extra
+from .scheduler import Scheduler
 from .store import ClaimedJob, JobStore, LeaseOwnerInfo
 from .store_control import PauseState
 from .validation import check_value, stored_job_problems
@@ -65,6 +68,8 @@ class Worker(LeaseKeeper):
         self.config = config
         self.log = logger or log
         self.hooks = hooks if hooks is not None else MiddlewareChain(None)
+        #: Fires the queue's schedules while this worker runs (``run_schedules``).
+        self.scheduler: Optional[Scheduler] = None
         self._reset_runtime_state()
 
     def _reset_runtime_state(self) -> None:
@@ -85,6 +90,7 @@ class Worker(LeaseKeeper):
         self._idle = threading.Event()
         self._work: queue_mod.SimpleQueue[Optional[ClaimedJob]] = queue_mod.SimpleQueue()
         self._threads: list[threading.Thread] = []
+        self._scheduler_thread: Optional[threading.Thread] = None
         self._running = False
         self._paused = PauseState()
         self._pause_read_at = -math.inf
@@ -134,6 +140,12 @@ class Worker(LeaseKeeper):
                 self._waker = waker
                 # Not joined on stop: it leaves within one max_await after the stop event.
                 self._threads.append(threading.Thread(target=waker.run, name=f"mjq-{name}-wakeup", daemon=True))
+            self._scheduler_thread = None
+            if self.scheduler is not None and self.config.run_schedules:
+                self._scheduler_thread = threading.Thread(
+                    target=self.scheduler.run, args=(stopping,), name=f"mjq-{name}-scheduler", daemon=True
+                )
+                self._threads.append(self._scheduler_thread)
             if self.config.batch_acks:
                 self._acker = AckBuffer(self.store, self._on_acked, logger=self.log if self.log is not log else None)
                 self._acker.start()
@@ -175,6 +187,8 @@ class Worker(LeaseKeeper):
                 return True
             self._stopping.set()
             self._wake.set()
+        if self.scheduler is not None:
+            self.scheduler.wake()
         self.log.info("worker %s stopping: no new claims", self.owner.worker_id)
         # The poller may be inside a claim; it hands back whatever that claim
         # returns (see _dispatch), so waiting for it shares the one deadline.
@@ -206,6 +220,9 @@ class Worker(LeaseKeeper):
             # later records its outcome directly.
             acker, self._acker = self._acker, None
             acker.close(max(1.0, deadline - time.monotonic()))
+        if self._scheduler_thread is not None:
+            # No fire is enqueued after stop() returns; an interrupted tick leaves its fire time due.
+            self._scheduler_thread.join(max(1.0, deadline - time.monotonic()))
         self.hooks.emit("on_worker_stop")
         if finished:
             self.log.info("worker %s stopped: all jobs finished", self.owner.worker_id)

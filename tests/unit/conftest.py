@@ -86,13 +86,18 @@ def _connection() -> Iterator[None]:
     mongoengine.disconnect(alias=ALIAS)
 
 
+def _drop_all() -> None:
+    for model in MODELS:
+        model.drop_collection()
+        # The control collection beside it: pause and schedule state.
+        model._get_db().drop_collection(f"{model._get_collection_name()}_control")
+
+
 @pytest.fixture(autouse=True)
 def _clean_collections() -> Iterator[None]:
-    for model in MODELS:
-        model.drop_collection()
+    _drop_all()
     yield
-    for model in MODELS:
-        model.drop_collection()
+    _drop_all()
 
 
 @pytest.fixture

@@ -36,11 +36,12 @@ def test_claim_and_lease_indexes_are_inherited_and_merged() -> None:
     assert specs["mjq_claim"] == [("status", 1), ("queue", 1), ("type", 1), ("priority", -1), ("run_at", 1)]
     assert specs["mjq_lease"] == [("status", 1), ("lease_expires_at", 1)]
     assert specs["app_org"] == [("organization", 1), ("created_at", -1)]
-    assert len(specs) == 4
+    assert specs["mjq_schedule"] == [("schedule", 1), ("fire_time", 1)]
+    assert len(specs) == 5
 
 
 def test_subclass_without_indexes_still_gets_the_library_ones() -> None:
-    assert set(_specs_by_name(OtherJob)) == {"mjq_claim", "mjq_lease", "mjq_unique"}
+    assert set(_specs_by_name(OtherJob)) == {"mjq_claim", "mjq_lease", "mjq_unique", "mjq_schedule"}
 
 
 def test_ensure_indexes_creates_them_in_the_collection(queue: Any) -> None:

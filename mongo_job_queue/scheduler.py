@@ -1,0 +1,199 @@
+"""Turning due fire times into jobs, in every process that runs a worker.
+
+Every process with a running worker runs the same schedules (every gunicorn
+worker of every host, every dedicated worker process). There is no leader:
+at each fire time they all try, and the unique index on ``(schedule,
+fire_time)`` lets one insert through (see :mod:`.store_schedule`). So a
+schedule keeps firing as long as any one process is up, and fires once
+however many are.
+
+Between fire times the scheduler thread only sleeps: it reads the database
+when a fire time has come, not on a polling interval, so idle workers pay
+nothing for it. :meth:`Scheduler.tick` is the deterministic single step that
+tests and scripts call with a chosen ``now``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Optional
+
+from bson import ObjectId
+
+from .errors import ScheduleError
+from .schedule import Schedule
+
+if TYPE_CHECKING:
+    from .store import JobStore
+
+__all__ = ["Fire", "Scheduler"]
+
+log = logging.getLogger(__name__)
+
+#: Longest sleep between two looks at the clock; waking costs no database read.
+_MAX_SLEEP_S = 60.0
+_MAX_BACKOFF_S = 60.0
+
+#: ``enqueue_fire(schedule, fire_time)``: the job's id if this call inserted it, None if it existed.
+EnqueueFire = Callable[[Schedule, datetime], Optional[ObjectId]]
+
+
+@dataclass(frozen=True)
+class Fire:
+    """One fire time handled by a tick."""
+
+    schedule: str
+    fire_time: datetime
+    #: The new job's id, or None if another process (or an earlier tick) had enqueued it.
+    job_id: Optional[ObjectId]
+
+    @property
+    def enqueued(self) -> bool:
+        """Whether this tick inserted the job."""
+        return self.job_id is not None
+
+
+class Scheduler:
+    """The schedules registered in this process, and the loop that fires them."""
+
+    def __init__(self, store: JobStore, enqueue_fire: EnqueueFire, *, logger: Optional[logging.Logger] = None) -> None:
+        self.store = store
+        self.enqueue_fire = enqueue_fire
+        self.log = logger or log
+        self._schedules: dict[str, Schedule] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        #: Counters since start, for tests and diagnostics: fires enqueued here, and found enqueued.
+        self.enqueued = 0
+        self.duplicates = 0
+
+    # -- registry -----------------------------------------------------------
+
+    def add(self, schedule: Schedule) -> None:
+        """Register a schedule; a running loop picks it up at once.
+
+        Raises:
+            ScheduleError: a schedule of that name is already registered.
+        """
+        with self._lock:
+            if schedule.name in self._schedules:
+                raise ScheduleError(f"a schedule named {schedule.name!r} is already registered")
+            self._schedules[schedule.name] = schedule
+        self._wake.set()
+
+    def remove(self, name: str) -> bool:
+        """Stop firing ``name`` in this process; False if it was not registered."""
+        with self._lock:
+            removed = self._schedules.pop(name, None) is not None
+        self._wake.set()
+        return removed
+
+    def get(self, name: str) -> Optional[Schedule]:
+        with self._lock:
+            return self._schedules.get(name)
+
+    def all(self) -> list[Schedule]:
+        """The registered schedules, by name."""
+        with self._lock:
+            return [self._schedules[n] for n in sorted(self._schedules)]
+
+    def __len__(self) -> int:
+        return len(self._schedules)
+
+    # -- firing -------------------------------------------------------------
+
+    def tick(self, now: Optional[datetime] = None, *, names: Optional[Iterable[str]] = None) -> list[Fire]:
+        """Enqueue the jobs of every fire time due at ``now`` (naive UTC; default: the store's clock).
+
+        One read of the schedules' state, then for each schedule with due fire
+        times, one insert per fire time and one state update. A definition
+        seen for the first time starts from its latest fire time without
+        enqueueing it: a new schedule first fires at its next fire time.
+        """
+        schedules = self.all() if names is None else [s for n in names if (s := self.get(n)) is not None]
+        if not schedules:
+            return []
+        now = self.store.now() if now is None else now
+        states = self.store.schedule_states([s.name for s in schedules])
+        fires: list[Fire] = []
+        for schedule in schedules:
+            fingerprint = schedule.fingerprint
+            state = states.get(schedule.name)
+            handled = state.handled.get(fingerprint) if state is not None else None
+            if handled is None:
+                baseline = schedule.latest_fire(now) or now
+                handled = self.store.start_schedule(schedule.name, fingerprint, baseline, schedule.spec)
+                self.log.info(
+                    "schedule %s (%s) starts: next fire at %s UTC",
+                    schedule.name,
+                    schedule.when,
+                    schedule.next_fire(max(handled, now)),
+                    extra={"schedule": schedule.name},
+                )
+            due = schedule.due(handled, now)
+            if due.handled is None:
+                continue
+            if not due.fires:
+                self.log.info(
+                    "schedule %s: skipped the fire time %s UTC, older than misfire_grace_ms (catch_up=skip)",
+                    schedule.name,
+                    due.handled,
+                    extra={"schedule": schedule.name},
+                )
+            for fire_time in due.fires:
+                job_id = self.enqueue_fire(schedule, fire_time)
+                fires.append(Fire(schedule.name, fire_time, job_id))
+                if job_id is None:
+                    self.duplicates += 1
+                    self.log.debug("schedule %s: fire time %s already enqueued", schedule.name, fire_time)
+                else:
+                    self.enqueued += 1
+                    self.log.info(
+                        "schedule %s fired for %s UTC: job %s",
+                        schedule.name,
+                        fire_time,
+                        job_id,
+                        extra={"schedule": schedule.name, "job_id": str(job_id), "job_type": schedule.job_type},
+                    )
+            # After the inserts: a crash in between leaves the fire time due for the next tick.
+            self.store.advance_schedule(schedule.name, fingerprint, due.handled, schedule.spec)
+        return fires
+
+    def next_due(self, now: datetime) -> Optional[datetime]:
+        """The earliest next fire time of the registered schedules, or None."""
+        times = [t for s in self.all() if (t := s.next_fire(now)) is not None]
+        return min(times) if times else None
+
+    def wake(self) -> None:
+        """Make a running loop look again at once (schedules changed, or stopping)."""
+        self._wake.set()
+
+    def run(self, stopping: threading.Event) -> None:
+        """Fire schedules until ``stopping`` is set; the body of the scheduler thread."""
+        due_at: Optional[datetime] = None  # None: tick now (start, or schedules changed)
+        failures = 0
+        while not stopping.is_set():
+            if self._wake.is_set():
+                self._wake.clear()
+                due_at = None
+            now = self.store.now()
+            if due_at is None or now >= due_at:
+                try:
+                    self.tick(now)
+                    failures = 0
+                    due_at = self.next_due(now) or datetime.max
+                except Exception:
+                    failures += 1
+                    backoff = min(_MAX_BACKOFF_S, 2.0**failures)
+                    self.log.exception("scheduler tick failed; retrying in %.0fs (missed fires catch up)", backoff)
+                    due_at = now + timedelta(seconds=backoff)
+            # Wall-clock target, monotonic sleep: capped so a clock jump is noticed within a minute.
+            self._wake.wait(min(_MAX_SLEEP_S, max(0.0, (due_at - now).total_seconds())))
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
