@@ -23,10 +23,18 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Optional, TextIO
 
-from bson import ObjectId
-from bson.errors import InvalidId
 from pymongo.errors import PyMongoError
 
+from .cli_commands import (
+    ADMIN_COMMANDS,
+    EXIT_CODES_HELP,
+    EXIT_DATABASE,
+    EXIT_IMPORT,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    UNIT_MS,
+    CommandError,
+)
 from .errors import MongoJobQueueError, QueueStateError
 from .handlers import HandlerFn
 from .queue import PersistentJobQueue
@@ -53,39 +61,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Bad arguments or input (argparse's own code).
-EXIT_USAGE = 2
-#: ``--app`` could not be imported, is not a queue, or registers no handler.
-EXIT_IMPORT = 3
-#: The database could not be reached (or refused the connection).
-EXIT_DATABASE = 4
-#: The command was understood but not carried out: no such job, or not in a state that allows it.
-EXIT_REFUSED = 5
-
-EXIT_CODES_HELP = """\
-exit codes:
-  0  ok (a worker stopped gracefully, a command did what was asked)
-  1  a worker was forced to stop by a second signal, or an unexpected error
-  2  bad arguments or input
-  3  --app could not be imported, is not a queue, or registers no handler
-  4  the database is unreachable
-  5  refused: no such job, or not in a state that allows it
-"""
-
 APP_ENV = "MONGO_JOB_QUEUE_APP"
 _CHECK_INTERVAL_S = 0.05
 _COUNTER_HOLD_S = 5.0
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d|w)?$")
-_UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
-
-
-class CommandError(Exception):
-    """A command failed in a way the user can fix: printed as one line, exits with ``code``."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
-
 
 # -- finding the queue ------------------------------------------------------
 
@@ -175,7 +154,7 @@ def parse_duration_ms(value: str) -> int:
     match = _DURATION.match(value.strip())
     if not match:
         raise argparse.ArgumentTypeError(f"expected a duration like 7d, 12h, 30m, 45s or 500ms, got {value!r}")
-    return int(match.group(1)) * _UNIT_MS[match.group(2) or "ms"]
+    return int(match.group(1)) * UNIT_MS[match.group(2) or "ms"]
 
 
 def _json_object(value: str) -> dict[str, Any]:
@@ -222,6 +201,11 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-jobs", type=_positive_int, metavar="N", help="stop claiming after N jobs ran, then exit 0"
+    )
+    parser.add_argument(
+        "--no-schedules",
+        action="store_true",
+        help="do not fire the app's schedules from this worker (others still do)",
     )
     parser.add_argument(
         "--stop-timeout",
@@ -322,6 +306,8 @@ def build_parser(prog: str = "mongo-job-queue", *, with_app: bool = True) -> arg
     add_worker_arguments(command("worker", "run a worker in the foreground until SIGTERM/SIGINT"))
     stats = command("stats", "job counts by queue and status, and the age of the oldest due job")
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    schedules = command("schedules", "schedules with their next and last fire times (times in UTC)")
+    schedules.add_argument("--json", action="store_true", help="print JSON instead of text")
     enqueue = command("enqueue", "enqueue one job and print its id")
     enqueue.add_argument("job_type", metavar="TYPE")
     enqueue.add_argument("--data", type=_json_object, default={}, metavar="JSON", help="the payload, a JSON object")
@@ -416,7 +402,7 @@ def _dispatch(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: Tex
     _configure_logging(args.log_level or logging.WARNING, args.log_level is not None)
     check_database(queue, args.db_timeout)
     try:
-        return _ADMIN[args.command](queue, args, out, err)
+        return ADMIN_COMMANDS[args.command](queue, args, out, err)
     except MongoJobQueueError as exc:
         raise CommandError(str(exc), EXIT_USAGE) from exc
     except PyMongoError as exc:
@@ -473,6 +459,8 @@ def run_worker_command(queue: PersistentJobQueue[Any], args: argparse.Namespace)
         overrides["concurrency"] = args.concurrency
     if args.queues:
         overrides["queues"] = tuple(dict.fromkeys(args.queues))
+    if getattr(args, "no_schedules", False):
+        overrides["run_schedules"] = False
     if not len(queue.registry):
         raise CommandError("the queue has no handler registered: does the app module register them?", EXIT_IMPORT)
     counter = _JobCounter(args.max_jobs)
@@ -534,103 +522,3 @@ def _until(
         return True
 
     return done
-
-
-# -- administration -----------------------------------------------------------
-
-
-def _object_id(value: str) -> ObjectId:
-    try:
-        return ObjectId(value)
-    except (InvalidId, TypeError):
-        raise CommandError(f"not a job id: {value!r}", EXIT_USAGE) from None
-
-
-def _stats(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    stats = queue.stats()
-    if args.json:
-        print(json.dumps(stats, indent=2, sort_keys=True), file=out)
-        return EXIT_OK
-    statuses = ["pending", "processing", "completed", "failed", "cancelled"]
-    width = max([len("queue"), *(len(q) for q in stats)])
-    print(f"{'queue':<{width}}" + "".join(f"{s:>12}" for s in statuses) + f"{'oldest due':>14}", file=out)
-    for name in sorted(stats):
-        entry = stats[name]
-        age = entry.get("oldest_due_age_s")
-        age_text = "-" if age is None else f"{age:.1f}s"
-        counts = "".join(f"{entry['counts'].get(s, 0):>12}" for s in statuses)
-        print(f"{name:<{width}}{counts}{age_text:>14}", file=out)
-    if not stats:
-        print("(no jobs)", file=out)
-    return EXIT_OK
-
-
-def _enqueue(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    job = queue.enqueue(
-        args.job_type,
-        args.data,
-        queue=args.queue,
-        priority=args.priority,
-        delay_ms=args.delay,
-        max_retries=args.max_retries,
-        **args.fields,
-    )
-    print(job.id, file=out)
-    return EXIT_OK
-
-
-def _retry_or_cancel(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    retry = args.command == "retry"
-    action = queue.retry_job if retry else queue.cancel_job
-    code = EXIT_OK
-    for job_id in [_object_id(v) for v in args.job_ids]:
-        if action(job_id):
-            job = None if retry else queue.get_job(job_id)
-            if job is not None and job.status == "processing":
-                print(f"cancellation requested for {job_id} (running)", file=out)
-            else:
-                print(f"{'retried' if retry else 'cancelled'} {job_id}", file=out)
-            continue
-        job = queue.get_job(job_id)
-        allowed = "failed or cancelled" if retry else "pending"
-        why = "no such job" if job is None else f"it is {job.status}, not {allowed}"
-        print(f"{'retry' if retry else 'cancel'} {job_id} refused: {why}", file=err)
-        code = EXIT_REFUSED
-    return code
-
-
-def _pause_or_resume(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    if not args.queues and not args.job_types:
-        print(f"error: {args.command} needs --queue or --type", file=err)
-        return EXIT_USAGE
-    action = queue.pause if args.command == "pause" else queue.resume
-    state = action(queues=args.queues, job_types=args.job_types)
-    paused_queues = ", ".join(state["queues"]) or "none"
-    paused_types = ", ".join(state["job_types"]) or "none"
-    print(f"paused queues: {paused_queues}; paused job types: {paused_types}", file=out)
-    return EXIT_OK
-
-
-def _purge(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    statuses = tuple(dict.fromkeys(args.status)) if args.status else ("completed", "failed", "cancelled")
-    deleted = queue.purge(args.older_than, statuses)
-    print(f"purged {deleted} job(s) finished before {_ago(args.older_than)}", file=out)
-    return EXIT_OK
-
-
-def _ago(ms: int) -> str:
-    for unit in ("d", "h", "m", "s"):
-        if ms and ms % _UNIT_MS[unit] == 0:
-            return f"{ms // _UNIT_MS[unit]}{unit} ago"
-    return f"{ms}ms ago"
-
-
-_ADMIN: dict[str, Callable[[PersistentJobQueue[Any], argparse.Namespace, TextIO, TextIO], int]] = {
-    "stats": _stats,
-    "enqueue": _enqueue,
-    "retry": _retry_or_cancel,
-    "cancel": _retry_or_cancel,
-    "purge": _purge,
-    "pause": _pause_or_resume,
-    "resume": _pause_or_resume,
-}

@@ -29,6 +29,7 @@ from .schedule import Schedule
 
 if TYPE_CHECKING:
     from .store import JobStore
+    from .store_schedule import ScheduleState
 
 __all__ = ["Fire", "Scheduler"]
 
@@ -120,47 +121,62 @@ class Scheduler:
         now = self.store.now() if now is None else now
         states = self.store.schedule_states([s.name for s in schedules])
         fires: list[Fire] = []
+        errors: list[Exception] = []
         for schedule in schedules:
-            fingerprint = schedule.fingerprint
-            state = states.get(schedule.name)
-            handled = state.handled.get(fingerprint) if state is not None else None
-            if handled is None:
-                baseline = schedule.latest_fire(now) or now
-                handled = self.store.start_schedule(schedule.name, fingerprint, baseline, schedule.spec)
-                self.log.info(
-                    "schedule %s (%s) starts: next fire at %s UTC",
-                    schedule.name,
-                    schedule.when,
-                    schedule.next_fire(max(handled, now)),
-                    extra={"schedule": schedule.name},
+            # One schedule that cannot insert (a rejected job, a fault) must
+            # not hold back the others; its fire times stay due.
+            try:
+                fires.extend(self._fire(schedule, states.get(schedule.name), now))
+            except Exception as exc:
+                errors.append(exc)
+                self.log.exception(
+                    "schedule %s failed; its due fire times stay due", schedule.name, extra={"schedule": schedule.name}
                 )
-            due = schedule.due(handled, now)
-            if due.handled is None:
-                continue
-            if not due.fires:
+        if errors:
+            raise errors[0]
+        return fires
+
+    def _fire(self, schedule: Schedule, state: Optional[ScheduleState], now: datetime) -> list[Fire]:
+        fingerprint = schedule.fingerprint
+        handled = state.handled.get(fingerprint) if state is not None else None
+        if handled is None:
+            baseline = schedule.latest_fire(now) or now
+            handled = self.store.start_schedule(schedule.name, fingerprint, baseline, schedule.spec)
+            self.log.info(
+                "schedule %s (%s) starts: next fire at %s UTC",
+                schedule.name,
+                schedule.when,
+                schedule.next_fire(max(handled, now)),
+                extra={"schedule": schedule.name},
+            )
+        due = schedule.due(handled, now)
+        if due.handled is None:
+            return []
+        if not due.fires:
+            self.log.info(
+                "schedule %s: skipped the fire time %s UTC, older than misfire_grace_ms (catch_up=skip)",
+                schedule.name,
+                due.handled,
+                extra={"schedule": schedule.name},
+            )
+        fires = []
+        for fire_time in due.fires:
+            job_id = self.enqueue_fire(schedule, fire_time)
+            fires.append(Fire(schedule.name, fire_time, job_id))
+            if job_id is None:
+                self.duplicates += 1
+                self.log.debug("schedule %s: fire time %s already enqueued", schedule.name, fire_time)
+            else:
+                self.enqueued += 1
                 self.log.info(
-                    "schedule %s: skipped the fire time %s UTC, older than misfire_grace_ms (catch_up=skip)",
+                    "schedule %s fired for %s UTC: job %s",
                     schedule.name,
-                    due.handled,
-                    extra={"schedule": schedule.name},
+                    fire_time,
+                    job_id,
+                    extra={"schedule": schedule.name, "job_id": str(job_id), "job_type": schedule.job_type},
                 )
-            for fire_time in due.fires:
-                job_id = self.enqueue_fire(schedule, fire_time)
-                fires.append(Fire(schedule.name, fire_time, job_id))
-                if job_id is None:
-                    self.duplicates += 1
-                    self.log.debug("schedule %s: fire time %s already enqueued", schedule.name, fire_time)
-                else:
-                    self.enqueued += 1
-                    self.log.info(
-                        "schedule %s fired for %s UTC: job %s",
-                        schedule.name,
-                        fire_time,
-                        job_id,
-                        extra={"schedule": schedule.name, "job_id": str(job_id), "job_type": schedule.job_type},
-                    )
-            # After the inserts: a crash in between leaves the fire time due for the next tick.
-            self.store.advance_schedule(schedule.name, fingerprint, due.handled, schedule.spec)
+        # After the inserts: a crash in between leaves the fire time due for the next tick.
+        self.store.advance_schedule(schedule.name, fingerprint, due.handled, schedule.spec)
         return fires
 
     def next_due(self, now: datetime) -> Optional[datetime]:
@@ -186,13 +202,23 @@ class Scheduler:
                     self.tick(now)
                     failures = 0
                     due_at = self.next_due(now) or datetime.max
-                except Exception:
+                except Exception as exc:  # noqa: BLE001 - the thread must outlive any failure
+                    # tick() logged a failing schedule with its traceback; the
+                    # others keep their fire times while this one backs off.
                     failures += 1
                     backoff = min(_MAX_BACKOFF_S, 2.0**failures)
-                    self.log.exception("scheduler tick failed; retrying in %.0fs (missed fires catch up)", backoff)
-                    due_at = now + timedelta(seconds=backoff)
+                    self.log.warning(
+                        "scheduler tick failed (%s: %s); trying again in %.0fs", type(exc).__name__, exc, backoff
+                    )
+                    due_at = min(now + timedelta(seconds=backoff), self._upcoming(now))
             # Wall-clock target, monotonic sleep: capped so a clock jump is noticed within a minute.
             self._wake.wait(min(_MAX_SLEEP_S, max(0.0, (due_at - now).total_seconds())))
+
+    def _upcoming(self, now: datetime) -> datetime:
+        try:
+            return self.next_due(now) or datetime.max
+        except Exception:  # noqa: BLE001 - fall back to the backoff alone
+            return datetime.max
 
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()

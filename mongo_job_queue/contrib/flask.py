@@ -94,6 +94,7 @@ class MongoJobQueue:
         self.job_model = job_model
         self.logger = logger
         self._handlers: list[tuple[str, HandlerFn, dict[str, Any]]] = []
+        self._schedules: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
         self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
         if app is not None:
             self.init_app(app)
@@ -128,6 +129,8 @@ class MongoJobQueue:
         )
         for job_type, fn, options in self._handlers:
             queue.register_handler(job_type, _in_app_context(app, fn), **options)
+        for args, options in self._schedules:
+            queue.schedule(*args, **options)
         starter = WorkerStarter(queue, stop_timeout=float(stop_timeout), name=f"Flask app {app.name!r}")
         app.extensions[EXTENSION_KEY] = _AppState(queue, starter)
         self._apps.add(app)
@@ -153,6 +156,55 @@ class MongoJobQueue:
 
         def decorate(fn: HandlerFn) -> HandlerFn:
             return self.register_handler(job_type, fn, **options)
+
+        return decorate
+
+    def schedule(
+        self,
+        name: str,
+        cron_expression: Optional[str] = None,
+        job_type: Optional[str] = None,
+        data: Optional[Mapping[str, Any]] = None,
+        **options: Any,
+    ) -> None:
+        """:meth:`~mongo_job_queue.PersistentJobQueue.schedule` on every app's queue, now and at later ``init_app``.
+
+        Each app's worker fires it; a definition that the queue rejects
+        raises here for apps already initialised, else at ``init_app``.
+        """
+        args = (name, cron_expression, job_type, data)
+        for app in list(self._apps):
+            app.extensions[EXTENSION_KEY].queue.schedule(*args, **options)
+        self._schedules.append((args, options))
+
+    def unschedule(self, name: str) -> bool:
+        """Remove the schedule ``name`` from every app's queue and from later ``init_app`` calls."""
+        removed = [app.extensions[EXTENSION_KEY].queue.unschedule(name) for app in list(self._apps)]
+        before = len(self._schedules)
+        self._schedules = [(args, options) for args, options in self._schedules if args[0] != name]
+        return any(removed) or len(self._schedules) < before
+
+    def periodic(
+        self, name: str, cron_expression: Optional[str] = None, *, job_type: Optional[str] = None, **options: Any
+    ) -> Callable[[HandlerFn], HandlerFn]:
+        """Decorator: register the handler of ``job_type`` (default: ``name``) and schedule it.
+
+        ``options`` are those of :meth:`~mongo_job_queue.PersistentJobQueue.periodic`;
+        the handler runs inside the app's application context.
+        """
+        handler_options = {k: options.pop(k) for k in _HANDLER_OPTIONS if k in options}
+
+        def decorate(fn: HandlerFn) -> HandlerFn:
+            jt = name if job_type is None else job_type
+            if "max_retries" in handler_options:
+                options["max_retries"] = handler_options["max_retries"]
+            self.schedule(name, cron_expression, jt, **options)
+            try:
+                self.register_handler(jt, fn, **handler_options)
+            except BaseException:
+                self.unschedule(name)  # all or nothing, as PersistentJobQueue.periodic
+                raise
+            return fn
 
         return decorate
 
@@ -183,6 +235,9 @@ class MongoJobQueue:
         """Start the worker in this process now, e.g. from gunicorn's ``post_fork``; True if it started here."""
         app = app or _current_app()
         return bool(app.extensions[EXTENSION_KEY].starter.start("start_worker() called"))
+
+
+_HANDLER_OPTIONS = ("stop", "wait", "retry", "max_retries")
 
 
 def _current_app() -> Flask:

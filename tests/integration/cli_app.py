@@ -53,3 +53,11 @@ def no_handlers() -> PersistentJobQueue[IntegrationJob]:
 
 
 not_a_queue = 42
+
+
+def with_schedules() -> PersistentJobQueue[IntegrationJob]:
+    """The same queue with two schedules, for ``schedules`` and ``worker --no-schedules``."""
+    queue = make_queue()
+    queue.schedule("often", job_type="ok", every_ms=200, data={"n": 1})
+    queue.schedule("nightly", "0 3 * * *", "ok", timezone="Europe/Paris")
+    return queue

@@ -147,3 +147,37 @@ def test_pause_resume_and_cancel_of_a_running_job(job_model) -> None:
     code, out, _ = run("cancel", "--app", APP, running)
     assert code == 0 and out == f"cancellation requested for {running} (running)\n"
     assert job_model.objects.get(id=running).cancel_requested is True
+
+
+SCHEDULED_APP = "integration.cli_app:with_schedules"
+
+
+def test_schedules_lists_next_and_last_fire_times(job_model) -> None:
+    assert run("schedules", "--app", APP) == (0, "(no schedules)\n", "")
+    queue = cli.load_queue(SCHEDULED_APP)
+    queue.fire_schedules()
+    wait_until(lambda: [f for f in queue.fire_schedules() if f.enqueued], timeout=10, what="a fire of 'often'")
+    code, out, err = run("schedules", "--app", SCHEDULED_APP)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "nightly: ok cron '0 3 * * *' in Europe/Paris"
+    assert lines[1].startswith("  next fire  20") and lines[1].endswith(":00:00Z")
+    assert lines[2] == "  last fire  -"
+    assert lines[3] == "often: ok every 200 ms"
+    assert "(pending, job " in lines[5]
+    # From an app that does not register them, they are listed as known from the database.
+    code, out, _ = run("schedules", "--app", APP, "--json")
+    rows = {row["name"]: row for row in json.loads(out)}
+    assert rows["often"]["registered"] is False and rows["often"]["next_fire"] is None
+    assert rows["often"]["last_fire"].endswith("Z") and rows["often"]["last_status"] == "pending"
+    assert rows["often"]["when"] == "every 200 ms" and rows["often"]["job_type"] == "ok"
+
+
+@pytest.mark.parametrize("flag", [["--no-schedules"], []])
+def test_a_worker_with_no_schedules_does_not_fire_them(job_model, flag) -> None:
+    # A 1.5 s job keeps the burst worker up for about seven fire times of 'often'.
+    assert run("enqueue", "sleep", "--app", APP, "--data", '{"ms": 1500}')[0] == 0
+    code = cli.main(["worker", "--app", SCHEDULED_APP, "--burst", *flag], err=io.StringIO())
+    assert code == 0
+    fired = job_model.objects(schedule="often").count()
+    assert (fired == 0) if flag else (fired >= 2), fired

@@ -42,7 +42,9 @@ def test_ready_registers_handlers_without_touching_the_database(django_setup, ca
 
     assert django_setup < 5  # an unreachable server would have cost a server selection timeout
     queue = get_queue()
-    assert queue.registry.types() == ["dj_app_job", "dj_plain_job"]
+    assert queue.registry.types() == ["dj_app_job", "dj_nightly", "dj_plain_job"]
+    assert [s.name for s in queue.scheduler.all()] == ["dj_nightly", "dj_sync"]
+    assert queue.scheduler.get("dj_nightly").when == "cron '0 3 * * *' in Europe/Paris"
     assert not queue.running
     apps.get_app_config("mongo_job_queue").ready()  # idempotent: no duplicate registration error
     from integration.django_app import jobs

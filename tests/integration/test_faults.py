@@ -10,36 +10,11 @@ the fault clears.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from helpers import holds_for, wait_until
-from pymongo.errors import OperationFailure
-
-from .models import APP_NAME
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def failpoint(raw_db) -> Iterator[Any]:
-    admin = raw_db.client.admin
-
-    def arm(commands: list[str], times: int, **data: Any) -> None:
-        admin.command(
-            "configureFailPoint",
-            "failCommand",
-            mode={"times": times},
-            data={"failCommands": commands, "appName": APP_NAME, **data},
-        )
-
-    try:
-        admin.command("configureFailPoint", "failCommand", mode="off")
-    except OperationFailure as exc:  # a mongod without enableTestCommands
-        pytest.skip(f"server has no failCommand failpoint: {exc}")
-    yield arm
-    admin.command("configureFailPoint", "failCommand", mode="off")
 
 
 def _runs(queue, job_type: str) -> list[int]:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
 import click
 import pytest
 from flask import Flask, current_app
 
 from integration.models import IntegrationJob
-from mongo_job_queue import ConfigError, QueueStateError
+from mongo_job_queue import ConfigError, QueueStateError, ScheduleError
 from mongo_job_queue.contrib._boot import Start
 from mongo_job_queue.contrib.flask import EXTENSION_KEY, MongoJobQueue, decide_start
 from mongo_job_queue.testing import eager
@@ -62,6 +63,29 @@ def test_extension_pattern_and_handlers_in_app_context(make_app, job_model) -> N
         jobs.init_app(app)
     with pytest.raises(QueueStateError, match="no Flask application context"):
         jobs.enqueue("greet", {})
+
+
+def test_schedules_reach_every_app_and_fire_in_the_app_context(make_app, job_model) -> None:
+    jobs = MongoJobQueue()
+
+    @jobs.periodic("hourly-greeting", "0 * * * *", data={"name": "Ada"})
+    def greet(job) -> str:
+        return f"{current_app.config['GREETING']}, {job.data.get('name')}"
+
+    app = make_app(GREETING="Hello")
+    jobs.init_app(app)  # the schedule defined before init_app reaches the app's queue
+    jobs.schedule("half-hourly", "*/30 * * * *", "hourly-greeting")  # and one defined after
+    queue = app.extensions[EXTENSION_KEY].queue
+    assert [s.name for s in queue.scheduler.all()] == ["half-hourly", "hourly-greeting"]
+    queue.fire_schedules(datetime(2026, 1, 1, 9, 45))
+    fires = queue.fire_schedules(datetime(2026, 1, 1, 10, 0, 1))
+    assert sorted(f.schedule for f in fires if f.enqueued) == ["half-hourly", "hourly-greeting"]
+    assert queue.drain() == 2
+    assert {j.result for j in job_model.objects(schedule__exists=True)} == {"Hello, Ada", "Hello, None"}
+    assert jobs.unschedule("half-hourly") is True and [s.name for s in queue.scheduler.all()] == ["hourly-greeting"]
+    with pytest.raises(ScheduleError, match="already registered"):
+        jobs.periodic("hourly-greeting", "0 * * * *", job_type="other")(lambda job: None)
+    assert "other" not in queue.registry  # all or nothing
 
 
 def test_settings_are_checked(make_app) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from conftest import START, OrgJob, TenantJob, raw_docs
+from conftest import START, OrgJob, RefJob, TenantJob, raw_docs
 
 from mongo_job_queue import CatchUp, InvalidJobError, Middleware, ScheduleError
 from mongo_job_queue.schedule import Schedule
@@ -335,3 +335,16 @@ def test_in_eager_mode_a_fired_job_runs_at_once(queue: Any) -> None:
     queue.fire_schedules(utc(2026, 1, 1, 10, 30))
     queue.fire_schedules(utc(2026, 1, 1, 11))
     assert ran == [utc(2026, 1, 1, 11)] and raw_docs()[0]["status"] == "completed"
+
+
+def test_a_schedule_that_cannot_insert_does_not_stop_the_others_and_stays_due(make_queue: Any) -> None:
+    queue = make_queue(RefJob)
+    blocker = queue.enqueue("T", {}, ref="shared")
+    queue.schedule("a", "0 * * * *", "T", ref="shared")  # the app's unique index rejects its jobs
+    queue.schedule("b", "0 * * * *", "T")
+    queue.fire_schedules(utc(2026, 1, 1, 9, 30))
+    with pytest.raises(InvalidJobError, match="unique index"):
+        queue.fire_schedules(utc(2026, 1, 1, 10, 0, 1))
+    assert [d.get("schedule") for d in raw_docs(RefJob)] == [None, "b"]  # "a" failed first; "b" still fired
+    RefJob._get_collection().delete_one({"_id": blocker.id})  # the conflict is resolved
+    assert [(f.schedule, f.enqueued) for f in queue.fire_schedules(utc(2026, 1, 1, 10, 0, 2))] == [("a", True)]

@@ -44,6 +44,7 @@ from typing import Any, Optional
 from ...errors import MongoJobQueueError
 from ...handlers import HandlerFn
 from ...queue import PersistentJobQueue
+from ...schedule import Schedule
 from .._boot import Start, StartDecision, WorkerStarter, build_queue, prefork_server
 
 __all__ = [
@@ -53,7 +54,9 @@ __all__ = [
     "enqueue",
     "get_queue",
     "handler",
+    "periodic",
     "register_handler",
+    "schedule",
     "settings_dict",
     "start_worker",
 ]
@@ -134,6 +137,30 @@ def handler(job_type: str, **options: Any) -> Callable[[HandlerFn], HandlerFn]:
 
     def decorate(fn: HandlerFn) -> HandlerFn:
         return register_handler(job_type, fn, **options)
+
+    return decorate
+
+
+def schedule(
+    name: str,
+    cron_expression: Optional[str] = None,
+    job_type: Optional[str] = None,
+    data: Optional[Mapping[str, Any]] = None,
+    **options: Any,
+) -> Schedule:
+    """:meth:`~mongo_job_queue.PersistentJobQueue.schedule` on the project's queue, for ``<app>/jobs.py``."""
+    return get_queue().schedule(name, cron_expression, job_type, data, **options)
+
+
+def periodic(name: str, cron_expression: Optional[str] = None, **options: Any) -> Callable[[HandlerFn], HandlerFn]:
+    """:meth:`~mongo_job_queue.PersistentJobQueue.periodic` on the project's queue.
+
+    The handler closes stale Django database connections, as with :func:`register_handler`.
+    """
+
+    def decorate(fn: HandlerFn) -> HandlerFn:
+        get_queue().periodic(name, cron_expression, **options)(_with_django_connections(fn))
+        return fn
 
     return decorate
 

@@ -1,0 +1,192 @@
+"""The administration commands of the ``mongo-job-queue`` command line, and what every command shares.
+
+Split from :mod:`.cli` (parsing, dispatch and the worker command) for size.
+Each command takes the queue, the parsed arguments and the two output
+streams, and returns an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Optional, TextIO
+
+from bson import ObjectId
+from bson.errors import InvalidId
+
+from .runner import EXIT_OK
+
+if TYPE_CHECKING:
+    from .queue import PersistentJobQueue
+
+__all__ = [
+    "ADMIN_COMMANDS",
+    "EXIT_CODES_HELP",
+    "EXIT_DATABASE",
+    "EXIT_IMPORT",
+    "EXIT_REFUSED",
+    "EXIT_USAGE",
+    "UNIT_MS",
+    "CommandError",
+]
+
+#: Bad arguments or input (argparse's own code).
+EXIT_USAGE = 2
+#: ``--app`` could not be imported, is not a queue, or registers no handler.
+EXIT_IMPORT = 3
+#: The database could not be reached (or refused the connection).
+EXIT_DATABASE = 4
+#: The command was understood but not carried out: no such job, or not in a state that allows it.
+EXIT_REFUSED = 5
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0  ok (a worker stopped gracefully, a command did what was asked)
+  1  a worker was forced to stop by a second signal, or an unexpected error
+  2  bad arguments or input
+  3  --app could not be imported, is not a queue, or registers no handler
+  4  the database is unreachable
+  5  refused: no such job, or not in a state that allows it
+"""
+
+UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+
+
+class CommandError(Exception):
+    """A command failed in a way the user can fix: printed as one line, exits with ``code``."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _object_id(value: str) -> ObjectId:
+    try:
+        return ObjectId(value)
+    except (InvalidId, TypeError):
+        raise CommandError(f"not a job id: {value!r}", EXIT_USAGE) from None
+
+
+def _stats(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    stats = queue.stats()
+    if args.json:
+        print(json.dumps(stats, indent=2, sort_keys=True), file=out)
+        return EXIT_OK
+    statuses = ["pending", "processing", "completed", "failed", "cancelled"]
+    width = max([len("queue"), *(len(q) for q in stats)])
+    print(f"{'queue':<{width}}" + "".join(f"{s:>12}" for s in statuses) + f"{'oldest due':>14}", file=out)
+    for name in sorted(stats):
+        entry = stats[name]
+        age = entry.get("oldest_due_age_s")
+        age_text = "-" if age is None else f"{age:.1f}s"
+        counts = "".join(f"{entry['counts'].get(s, 0):>12}" for s in statuses)
+        print(f"{name:<{width}}{counts}{age_text:>14}", file=out)
+    if not stats:
+        print("(no jobs)", file=out)
+    return EXIT_OK
+
+
+def _enqueue(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    job = queue.enqueue(
+        args.job_type,
+        args.data,
+        queue=args.queue,
+        priority=args.priority,
+        delay_ms=args.delay,
+        max_retries=args.max_retries,
+        **args.fields,
+    )
+    print(job.id, file=out)
+    return EXIT_OK
+
+
+def _retry_or_cancel(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    retry = args.command == "retry"
+    action = queue.retry_job if retry else queue.cancel_job
+    code = EXIT_OK
+    for job_id in [_object_id(v) for v in args.job_ids]:
+        if action(job_id):
+            job = None if retry else queue.get_job(job_id)
+            if job is not None and job.status == "processing":
+                print(f"cancellation requested for {job_id} (running)", file=out)
+            else:
+                print(f"{'retried' if retry else 'cancelled'} {job_id}", file=out)
+            continue
+        job = queue.get_job(job_id)
+        allowed = "failed or cancelled" if retry else "pending"
+        why = "no such job" if job is None else f"it is {job.status}, not {allowed}"
+        print(f"{'retry' if retry else 'cancel'} {job_id} refused: {why}", file=err)
+        code = EXIT_REFUSED
+    return code
+
+
+def _pause_or_resume(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if not args.queues and not args.job_types:
+        print(f"error: {args.command} needs --queue or --type", file=err)
+        return EXIT_USAGE
+    action = queue.pause if args.command == "pause" else queue.resume
+    state = action(queues=args.queues, job_types=args.job_types)
+    paused_queues = ", ".join(state["queues"]) or "none"
+    paused_types = ", ".join(state["job_types"]) or "none"
+    print(f"paused queues: {paused_queues}; paused job types: {paused_types}", file=out)
+    return EXIT_OK
+
+
+def _purge(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    statuses = tuple(dict.fromkeys(args.status)) if args.status else ("completed", "failed", "cancelled")
+    deleted = queue.purge(args.older_than, statuses)
+    print(f"purged {deleted} job(s) finished before {_ago(args.older_than)}", file=out)
+    return EXIT_OK
+
+
+def _ago(ms: int) -> str:
+    for unit in ("d", "h", "m", "s"):
+        if ms and ms % UNIT_MS[unit] == 0:
+            return f"{ms // UNIT_MS[unit]}{unit} ago"
+    return f"{ms}ms ago"
+
+
+def _schedules(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    infos = queue.schedules()
+    if args.json:
+        rows = [
+            {
+                **dataclasses.asdict(info),
+                "next_fire": _iso(info.next_fire),
+                "last_fire": _iso(info.last_fire),
+                "last_job_id": None if info.last_job_id is None else str(info.last_job_id),
+            }
+            for info in infos
+        ]
+        print(json.dumps(rows, indent=2), file=out)
+        return EXIT_OK
+    if not infos:
+        print("(no schedules)", file=out)
+        return EXIT_OK
+    for info in infos:
+        here = "" if info.registered else "  [not registered by --app: does not fire from its workers]"
+        print(f"{info.name}: {info.job_type} {info.when}{here}", file=out)
+        if info.registered:
+            print(f"  next fire  {_iso(info.next_fire) or '-'}", file=out)
+        last = "-" if info.last_fire is None else f"{_iso(info.last_fire)} ({info.last_status}, job {info.last_job_id})"
+        print(f"  last fire  {last}", file=out)
+    return EXIT_OK
+
+
+def _iso(moment: Optional[datetime]) -> Optional[str]:
+    return None if moment is None else moment.isoformat(timespec="seconds") + "Z"
+
+
+ADMIN_COMMANDS: dict[str, Callable[[PersistentJobQueue[Any], argparse.Namespace, TextIO, TextIO], int]] = {
+    "stats": _stats,
+    "enqueue": _enqueue,
+    "retry": _retry_or_cancel,
+    "cancel": _retry_or_cancel,
+    "purge": _purge,
+    "pause": _pause_or_resume,
+    "resume": _pause_or_resume,
+    "schedules": _schedules,
+}

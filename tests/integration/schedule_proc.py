@@ -1,0 +1,45 @@
+"""A process running the same schedules as its siblings, for the multi-process schedule test.
+
+Run as ``python -m integration.schedule_proc URI DB UNTIL`` with ``tests/`` on
+``PYTHONPATH``. It registers two schedules (every 400 ms, and a six-field cron
+firing every second), runs a worker until the Unix time UNTIL, stops, and
+prints one JSON line: its pid and how many fire times it enqueued and found
+already enqueued. Every sibling runs the same code, as every gunicorn worker
+of an app would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+
+import mongoengine
+
+from mongo_job_queue import create_job_queue
+
+from .models import ALIAS, IntegrationJob
+
+
+def main(uri: str, db: str, until: float) -> int:
+    mongoengine.connect(db=db, host=uri, alias=ALIAS, uuidRepresentation="standard")
+    queue = create_job_queue(
+        job_model=IntegrationJob,
+        config={"concurrency": 2, "poll_interval_base_ms": 20, "poll_interval_max_ms": 200},
+    )
+    queue.register_handler("TICK", lambda job: os.getpid())
+    queue.schedule("fast", job_type="TICK", every_ms=400, data={"kind": "interval"})
+    queue.schedule("seconds", "* * * * * *", "TICK", {"kind": "cron"})
+    queue.start_polling()
+    print("ready", flush=True)
+    threading.Event().wait(max(0.0, until - time.time()))  # run for the agreed window
+    stopped = queue.stop(timeout=30)
+    stats = {"pid": os.getpid(), "enqueued": queue.scheduler.enqueued, "duplicates": queue.scheduler.duplicates}
+    print(json.dumps(stats), flush=True)
+    return 0 if stopped else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2], float(sys.argv[3])))

@@ -1,0 +1,197 @@
+"""Schedules over the wire: one job per fire time across processes and threads, firing by the worker.
+
+The fire-time arithmetic and the catch-up policies are unit-tested on
+mongomock (tests/unit/test_schedule.py); here the server's unique index and
+``$max`` decide between real concurrent processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import holds_for, wait_until
+
+from mongo_job_queue.store_schedule import schedule_state_id
+
+pytestmark = pytest.mark.integration
+
+TESTS = Path(__file__).resolve().parents[1]
+PROCESSES = 3
+WINDOW_S = 6.0
+
+
+def fire_times(raw_db: Any, schedule: str) -> list[datetime]:
+    return [d["fire_time"] for d in raw_db.jobs.find({"schedule": schedule}, {"fire_time": 1}).sort("fire_time", 1)]
+
+
+def assert_one_job_per_fire_time(times: list[datetime], step: timedelta, at_least: int) -> None:
+    assert len(times) >= at_least, times
+    assert len(set(times)) == len(times), "a fire time produced more than one job"
+    expected = [times[0] + i * step for i in range(len(times))]
+    assert times == expected, "a fire time in the window produced no job"
+
+
+def test_processes_running_the_same_schedules_enqueue_one_job_per_fire_time(mongodb_uri, db_name, raw_db, job_model):
+    """Three processes fire two schedules for a few seconds; one is killed halfway; no fire time is doubled or lost."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    until = time.time() + WINDOW_S
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "integration.schedule_proc", mongodb_uri, db_name, str(until)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(PROCESSES)
+    ]
+    try:
+        # Mid-window, one process dies without a word (kill -9): the others carry on alone.
+        wait_until(lambda: raw_db.jobs.count_documents({"schedule": "fast"}) >= 4, timeout=60, what="first fires")
+        procs[0].kill()
+        procs[0].wait(30)
+        killed_at = raw_db.client.admin.command("hello")["localTime"].replace(tzinfo=None)
+        outputs = [proc.communicate(timeout=120) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    assert procs[0].returncode == -9
+    for proc, (_out, err) in zip(procs[1:], outputs[1:], strict=True):
+        assert proc.returncode == 0, err[-3000:]
+    stats = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs[1:]]
+
+    # Start-up takes part of the window; a few fire times of each are enough to judge.
+    assert_one_job_per_fire_time(fire_times(raw_db, "fast"), timedelta(milliseconds=400), at_least=5)
+    assert_one_job_per_fire_time(fire_times(raw_db, "seconds"), timedelta(seconds=1), at_least=2)
+    late = raw_db.jobs.count_documents({"schedule": {"$exists": True}, "created_at": {"$gt": killed_at}})
+    assert sum(s["enqueued"] for s in stats) >= late > 0, stats  # the survivors fired after the kill
+    assert all(s["enqueued"] + s["duplicates"] > 0 for s in stats), f"every survivor fired: {stats}"
+
+
+def test_concurrent_ticks_that_all_saw_the_fire_time_due_insert_one_job(make_queue, job_model, raw_db) -> None:
+    # Force the worst interleaving: every tick reads the state before any of
+    # them inserts, so all of them try to insert every fire time.
+    threads = 8
+    queues = [make_queue() for _ in range(threads)]
+    barrier = threading.Barrier(threads, timeout=30)
+    for queue in queues:
+        queue.schedule("hourly", "0 * * * *", "T", {"n": 1})
+        read = queue.store.schedule_states
+
+        def read_then_wait(names: Any = None, read: Any = read) -> Any:
+            states = read(names)
+            barrier.wait()
+            return states
+
+        queue.store.schedule_states = read_then_wait
+    start = datetime(2026, 1, 1, 9, 30)
+    results: dict[datetime, list[Any]] = {}
+
+    def tick_all(now: datetime) -> None:
+        fires: list[Any] = []
+        workers = [threading.Thread(target=lambda q=q: fires.extend(q.fire_schedules(now))) for q in queues]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(60)
+        results[now] = fires
+
+    tick_all(start)  # first sight of the schedule: nothing due
+    for hour in (10, 11, 12):
+        tick_all(start.replace(hour=hour, minute=0, second=1))
+    assert results[start] == []
+    for hour in (10, 11, 12):
+        fires = results[start.replace(hour=hour, minute=0, second=1)]
+        assert len(fires) == threads, fires  # every tick tried
+        assert sum(f.enqueued for f in fires) == 1, fires
+    assert fire_times(raw_db, "hourly") == [datetime(2026, 1, 1, h) for h in (10, 11, 12)]
+
+
+def test_a_running_worker_fires_by_itself_and_stops_firing_when_stopped(make_queue, raw_db) -> None:
+    queue = make_queue()
+    ran: list[datetime] = []
+    queue.register_handler("T", lambda job: ran.append(job.fire_time))
+    queue.schedule("often", job_type="T", every_ms=200)
+    queue.start_polling()
+    wait_until(lambda: len(ran) >= 3, timeout=30, what="three fires run")
+    assert queue.stop(timeout=10)
+    count = raw_db.jobs.count_documents({"schedule": "often"})
+    holds_for(lambda: raw_db.jobs.count_documents({"schedule": "often"}) == count, 0.6, what="no fire after stop")
+    assert_one_job_per_fire_time(fire_times(raw_db, "often"), timedelta(milliseconds=200), at_least=3)
+
+
+def test_a_worker_catches_up_once_after_downtime_and_a_process_can_opt_out(make_queue, raw_db, job_model) -> None:
+    opted_out = make_queue(run_schedules=False)
+    opted_out.register_handler("T", lambda job: None)
+    opted_out.schedule("hourly", "0 * * * *", "T")
+    opted_out.start_polling()
+    # As left by workers that last handled a fire time three hours ago.
+    fingerprint = opted_out.scheduler.get("hourly").fingerprint
+    now = opted_out.store.now()
+    raw_db.jobs_control.insert_one(
+        {
+            "_id": schedule_state_id("hourly"),
+            "kind": "schedule",
+            "name": "hourly",
+            "handled": {fingerprint: now - timedelta(hours=3)},
+            "spec": {},
+        }
+    )
+    holds_for(lambda: raw_db.jobs.count_documents({"schedule": "hourly"}) == 0, 0.5, what="run_schedules=False")
+    worker = make_queue()
+    worker.register_handler("T", lambda job: None)
+    worker.schedule("hourly", "0 * * * *", "T")
+    worker.start_polling()
+    wait_until(lambda: raw_db.jobs.count_documents({"schedule": "hourly", "status": "completed"}) == 1, timeout=30)
+    latest = now.replace(minute=0, second=0, microsecond=0)
+    assert fire_times(raw_db, "hourly") == [latest]  # once: the latest missed fire time only
+    handled = raw_db.jobs_control.find_one({"_id": schedule_state_id("hourly")})["handled"][fingerprint]
+    assert handled == latest
+
+
+def test_the_schedule_index_is_unique_and_leaves_other_jobs_out(make_queue, raw_db) -> None:
+    make_queue().ensure_indexes()
+    index = raw_db.jobs.index_information()["mjq_schedule"]
+    assert index["key"] == [("schedule", 1), ("fire_time", 1)]
+    assert index["unique"] is True and index["sparse"] is True
+
+
+def test_an_insert_whose_reply_was_lost_is_recognised_as_this_ticks_own(make_queue, raw_db, failpoint) -> None:
+    queue = make_queue()
+    queue.schedule("hourly", "0 * * * *", "T")
+    queue.fire_schedules(datetime(2026, 1, 1, 9, 30))
+    # The insert applies, then its reply reports a write-concern failure: the retry meets its own job.
+    failpoint(["insert"], 1, writeConcernError={"code": 64, "errmsg": "waiting for replication timed out"})
+    fires = queue.fire_schedules(datetime(2026, 1, 1, 10, 0, 1))
+    assert [(f.fire_time, f.enqueued) for f in fires] == [(datetime(2026, 1, 1, 10), True)]
+    assert fire_times(raw_db, "hourly") == [datetime(2026, 1, 1, 10)]
+
+
+def test_the_scheduler_survives_a_database_outage_and_fires_again(make_queue, raw_db, failpoint, caplog) -> None:
+    queue = make_queue(db_retry_attempts=2, db_retry_max_delay_ms=50)
+    queue.register_handler("T", lambda job: None)
+    queue.schedule("often", job_type="T", every_ms=200)
+    queue.start_polling()
+    wait_until(lambda: raw_db.jobs.count_documents({"schedule": "often"}) >= 1, timeout=30, what="a first fire")
+    # Every read of the schedule state fails for a while: each tick gives up after its retries.
+    failpoint(["find"], 20, errorCode=91, errorLabels=["RetryableWriteError"])
+    with caplog.at_level("WARNING", logger="mongo_job_queue"):
+        wait_until(lambda: "scheduler tick failed" in caplog.text, timeout=30, what="a failed tick")
+        after_outage = raw_db.jobs.count_documents({"schedule": "often"})
+        wait_until(
+            lambda: raw_db.jobs.count_documents({"schedule": "often"}) >= after_outage + 3,
+            timeout=30,
+            what="fires after the outage",
+        )
+    times = fire_times(raw_db, "often")
+    assert len(set(times)) == len(times)
