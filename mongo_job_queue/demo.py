@@ -3,8 +3,9 @@
 It starts the embedded wire server (unless ``MONGODB_URI`` is set), defines a
 job model with an extra field, registers handlers (one succeeding, one failing
 transiently and succeeding on retry, one always failing), enqueues a few
-hundred jobs with priorities and delays, runs a worker pool with a live
-progress line and prints a table by status and attempts with the throughput.
+hundred jobs with priorities and delays, fires a schedule every second in a
+queue of its own, runs a worker pool with a live progress line and prints a
+table by status and attempts with the throughput.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def _run(uri: str, jobs: int, concurrency: int, out: TextIO, timeout: float) -> 
     mongoengine.connect(host=uri, db=DEMO_DB, alias=DEMO_ALIAS, uuidRepresentation="standard")
     try:
         DemoJob.drop_collection()
+        DemoJob._get_db().drop_collection("demo_jobs_control")  # schedule state of an earlier run
         queue = create_job_queue(
             job_model=DemoJob,
             config={
@@ -74,6 +76,7 @@ def _run(uri: str, jobs: int, concurrency: int, out: TextIO, timeout: float) -> 
                 "poll_interval_max_ms": 500,
                 "lease_ms": 10_000,
                 "heartbeat_interval_ms": 2_000,
+                "queues": ["default", "maintenance"],
             },
         )
         rng = random.Random(7)
@@ -92,6 +95,11 @@ def _run(uri: str, jobs: int, concurrency: int, out: TextIO, timeout: float) -> 
         @queue.handler("charge_card", max_retries=2)
         def charge_card(job: DemoJob) -> None:
             raise ValueError(f"card {job.data['card']} declined")
+
+        # Every process running this code would fire it; each second still gets one job.
+        @queue.periodic("cleanup", every_ms=1_000, queue="maintenance", tenant="ops")
+        def cleanup(job: DemoJob) -> str:
+            return f"cleaned up for {job.fire_time:%H:%M:%S}"
 
         specs: list[dict[str, Any]] = []
         for n in range(jobs):
@@ -135,7 +143,7 @@ def _watch(queue: Any, total: int, out: TextIO, timeout: float) -> dict[str, int
     deadline = time.monotonic() + timeout
     last_print = 0.0
     while True:
-        counts = queue.counts()
+        counts = queue.counts("default")  # the enqueued jobs; the schedule's run in "maintenance"
         done = counts["completed"] + counts["failed"] + counts["cancelled"]
         line = (
             f"{done:>5}/{total} done | pending {counts['pending']:>4} | processing {counts['processing']:>3} | "
@@ -162,6 +170,12 @@ def _report(total: int, elapsed: float, out: TextIO) -> None:
     for (kind, status, attempts), n in sorted(table.items()):
         print(f"{kind:<14}{status:<12}{attempts:>9}{n:>7}", file=out)
     print(f"\n{total} jobs in {elapsed:.1f} s: {total / elapsed:.0f} jobs/s (incl. delays and retry backoff)", file=out)
+    fire_times = [doc["fire_time"] for doc in DemoJob.objects(schedule="cleanup").only("fire_time").as_pymongo()]
+    print(
+        f"schedule 'cleanup' (every 1000 ms): {len(fire_times)} fire time(s), "
+        f"{len(set(fire_times))} distinct, one job each",
+        file=out,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

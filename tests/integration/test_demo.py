@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 
@@ -20,3 +21,5 @@ def test_demo_runs_all_jobs_to_their_expected_state(mongodb_uri, monkeypatch) ->
     assert "charge_card   failed              3      3" in text
     assert "send_email    completed           2" in text
     assert "60 jobs in" in text
+    fired = re.search(r"schedule 'cleanup' \(every 1000 ms\): (\d+) fire time\(s\), (\d+) distinct", text)
+    assert fired is not None and fired.group(1) == fired.group(2), text
