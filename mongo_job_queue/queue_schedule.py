@@ -145,6 +145,7 @@ class ScheduleMixin(Generic[J]):
             {"queue": queue, "priority": priority, "max_retries": max_retries}, extra_fields,
         )  # fmt: skip
         self.scheduler.add(built)
+        self.worker.start_scheduler()  # a worker started before its first schedule
         return built
 
     def periodic(
@@ -183,6 +184,7 @@ class ScheduleMixin(Generic[J]):
                 raise ScheduleError(f"a schedule named {built.name!r} is already registered")
             self.register_handler(jt, fn, stop=stop, wait=wait, retry=retry, max_retries=max_retries)
             self.scheduler.add(built)
+            self.worker.start_scheduler()
             return fn
 
         return decorate

@@ -142,10 +142,7 @@ class Worker(LeaseKeeper):
                 self._threads.append(threading.Thread(target=waker.run, name=f"mjq-{name}-wakeup", daemon=True))
             self._scheduler_thread = None
             if self.scheduler is not None and self.config.run_schedules:
-                self._scheduler_thread = threading.Thread(
-                    target=self.scheduler.run, args=(stopping,), name=f"mjq-{name}-scheduler", daemon=True
-                )
-                self._threads.append(self._scheduler_thread)
+                self._threads.append(self._new_scheduler_thread(self.scheduler, stopping))
             if self.config.batch_acks:
                 self._acker = AckBuffer(self.store, self._on_acked, logger=self.log if self.log is not log else None)
                 self._acker.start()
@@ -258,6 +255,24 @@ class Worker(LeaseKeeper):
                 continue
             if written:
                 self._log_job(logging.WARNING, doc, "returned to the queue on shutdown (attempt counted)")
+
+    def _new_scheduler_thread(self, scheduler: Scheduler, stopping: threading.Event) -> threading.Thread:
+        thread = threading.Thread(
+            target=scheduler.run, args=(stopping,), name=f"mjq-{self.owner.worker_id}-scheduler", daemon=True
+        )
+        self._scheduler_thread = thread
+        return thread
+
+    def start_scheduler(self) -> None:
+        """Start firing schedules in a running worker that had none when it started; no-op otherwise."""
+        with self._lock:
+            if not self._running or self._scheduler_thread is not None or not self.config.run_schedules:
+                return
+            if self.scheduler is None:
+                return
+            thread = self._new_scheduler_thread(self.scheduler, self._stopping)
+            self._threads.append(thread)
+            thread.start()
 
     @property
     def listening_for_jobs(self) -> bool:

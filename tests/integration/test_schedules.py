@@ -130,6 +130,14 @@ def test_a_running_worker_fires_by_itself_and_stops_firing_when_stopped(make_que
     assert_one_job_per_fire_time(fire_times(raw_db, "often"), timedelta(milliseconds=200), at_least=3)
 
 
+def test_a_schedule_added_to_a_running_worker_fires(make_queue, raw_db) -> None:
+    queue = make_queue()
+    queue.register_handler("T", lambda job: None)
+    queue.start_polling()  # no schedule yet: no scheduler thread
+    queue.schedule("late", job_type="T", every_ms=200)
+    wait_until(lambda: raw_db.jobs.count_documents({"schedule": "late", "status": "completed"}) >= 2, timeout=30)
+
+
 def test_a_worker_catches_up_once_after_downtime_and_a_process_can_opt_out(make_queue, raw_db, job_model) -> None:
     opted_out = make_queue(run_schedules=False)
     opted_out.register_handler("T", lambda job: None)
