@@ -8,6 +8,7 @@ guarantees (one job per fire time across processes, catch-up) come from
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
@@ -122,7 +123,7 @@ class ScheduleMixin(Generic[J]):
                 first; needs the ``cron`` extra. Exclusive with ``every_ms``.
             job_type: The job to enqueue; its handler may live in any process.
             data: The job's payload, the same at every fire time.
-            every_ms: Fire every this many ms, counted from the Unix epoch.
+            every_ms: Fire every this many ms (at least 100), counted from the Unix epoch.
             timezone: IANA name (or ZoneInfo) the cron expression is read in;
                 DST is handled as Debian cron does.
             catch_up: Fire times missed while no worker ran: ``"once"``
@@ -203,7 +204,8 @@ class ScheduleMixin(Generic[J]):
         options: dict[str, Any],
         extra_fields: Mapping[str, Any],
     ) -> Schedule:
-        job = {"data": {} if data is None else data, **options}
+        # A copy: the caller changing its dict later must not change future fires.
+        job = {"data": {} if data is None else copy.deepcopy(data), **options}
         built = Schedule.create(
             name,
             cron_expression,

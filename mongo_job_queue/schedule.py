@@ -30,6 +30,8 @@ __all__ = ["CatchUp", "Due", "FireTimes", "Schedule", "describe"]
 
 _EPOCH = datetime(1970, 1, 1)
 _MS = timedelta(milliseconds=1)
+#: Shortest interval: each fire costs every firing process a few round trips.
+MIN_EVERY_MS = 100
 #: Guard on iterator steps that DST folds can make non-monotonic; a handful suffice.
 _EXTRA_STEPS = 100
 
@@ -211,7 +213,7 @@ class Schedule:
             cron = " ".join(cron.split())
             times = CronTimes(cron, zone)
         else:
-            _positive_int(name, "every_ms", every_ms)
+            _positive_int(name, "every_ms", every_ms, minimum=MIN_EVERY_MS)
             if zone_name != "UTC":
                 raise ScheduleError(f"schedule {name!r}: timezone applies to cron expressions, not to every_ms")
             times = IntervalTimes(every_ms)
@@ -303,9 +305,9 @@ def _zone(name: str, tz: Any) -> tuple[tzinfo, str]:
     )
 
 
-def _positive_int(name: str, key: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ScheduleError(f"schedule {name!r}: {key} must be an int >= 1, got {value!r}")
+def _positive_int(name: str, key: str, value: Any, *, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ScheduleError(f"schedule {name!r}: {key} must be an int >= {minimum}, got {value!r}")
 
 
 def _naive_utc(moment: datetime) -> datetime:

@@ -138,8 +138,8 @@ def test_bad_definitions_are_rejected_and_register_nothing(queue: Any, kwargs: d
 def test_an_interval_takes_no_timezone(queue: Any) -> None:
     with pytest.raises(ScheduleError, match="timezone applies to cron expressions"):
         queue.schedule("sync", job_type="T", every_ms=60_000, timezone="Europe/Paris")
-    with pytest.raises(ScheduleError, match="every_ms must be an int >= 1"):
-        queue.schedule("sync", job_type="T", every_ms=0)
+    with pytest.raises(ScheduleError, match="every_ms must be an int >= 100, got 99"):
+        queue.schedule("sync", job_type="T", every_ms=99)
 
 
 @pytest.mark.parametrize(
@@ -286,6 +286,15 @@ def test_a_job_inserted_early_by_a_fast_clock_still_runs_at_its_fire_time(queue:
     assert queue.run_once() is None
     clock.now = START + timedelta(minutes=1)
     assert queue.run_once().status == "completed"
+
+
+def test_the_payload_is_copied_when_the_schedule_is_defined(queue: Any) -> None:
+    data = {"items": [1]}
+    queue.schedule("hourly", "0 * * * *", "T", data)
+    data["items"].append(2)
+    queue.fire_schedules(utc(2026, 1, 1, 9, 30))
+    queue.fire_schedules(utc(2026, 1, 1, 10))
+    assert raw_docs()[0]["data"] == {"items": [1]}
 
 
 def test_the_decorator_registers_the_handler_and_the_schedule(queue: Any) -> None:
