@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from flask import current_app
@@ -36,3 +37,14 @@ def generate_report(job: Job) -> dict[str, Any]:
         # The first attempt meets a busy warehouse: the queue retries it after a backoff.
         raise ConnectionError("data warehouse busy, try again")
     return {"organization": job.organization, "rows": 42, "attempts": job.attempts}
+
+
+# Every serving process fires this schedule (each gunicorn worker runs a
+# worker); the unique (schedule, fire_time) index still makes one job per hour.
+@jobs.periodic(
+    "refresh_exchange_rates",
+    every_ms=int(os.environ.get("EXCHANGE_RATES_EVERY_MS", "3600000")),
+    organization="system",
+)
+def refresh_exchange_rates(job: Job) -> dict[str, Any]:
+    return {"rates_as_of": job.fire_time.isoformat()}

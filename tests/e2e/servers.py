@@ -95,6 +95,7 @@ class Server:
 def serve(mongodb_uri: str, db_name: str, raw_db: Any, tmp_path: Path) -> Iterator[Any]:
     """``serve(argv_with_{port}, cwd=..., env=...)`` starts a server on the test database and waits for it."""
     raw_db.example_jobs.drop()
+    raw_db.example_jobs_control.drop()  # schedule state of an earlier test's server
     servers: list[Server] = []
 
     def start(argv: Sequence[str], *, cwd: Path = REPO, env: Optional[dict[str, str]] = None) -> Server:

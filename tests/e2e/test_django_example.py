@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import wait_until
 
 from .servers import REPO, enqueue_examples, serve, wait_finished
 from .test_flask_example import check_results, started_pids
@@ -43,6 +44,8 @@ def test_runserver_starts_the_worker_at_boot(serve) -> None:
     check_results(jobs)  # handlers from shop/jobs.py (autodiscovered) and the registry module
     assert {job["worker_pid"] for job in jobs.values()} == {server.pid}
     assert started_pids(server.log()) == [server.pid]
+    # shop/jobs.py's cron schedule is fired by the same worker.
+    wait_until(lambda: "schedule daily_digest (cron '0 7 * * *' in Europe/Paris) starts" in server.log(), timeout=30)
     status, body = server.request("POST", "/organizations/acme/jobs", {"type": "mine_bitcoin"})
     assert status == 400 and "unknown job type" in body["error"]
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import re
 import sys
+from datetime import timedelta
 
 import pytest
+from helpers import wait_until
 
 from .servers import enqueue_examples, serve, wait_finished
 
@@ -55,9 +57,9 @@ def test_debug_reloader_runs_the_worker_in_the_serving_process_only(serve) -> No
     assert f"not starting the job worker in process {server.pid}: this is the debug reloader's watcher" in log
 
 
-def test_gunicorn_preload_never_starts_the_worker_in_the_master(serve) -> None:
+def test_gunicorn_preload_never_starts_the_worker_in_the_master(serve, raw_db) -> None:
     gunicorn = [sys.executable, "-m", "gunicorn", "--preload", "-w", "2", "-b", "127.0.0.1:{port}"]
-    server = serve([*gunicorn, "examples.flask_app.wsgi:app"])
+    server = serve([*gunicorn, "examples.flask_app.wsgi:app"], env={"EXCHANGE_RATES_EVERY_MS": "300"})
     jobs = wait_finished(server, enqueue_examples(server))
     check_results(jobs)
     log = server.log()
@@ -65,3 +67,9 @@ def test_gunicorn_preload_never_starts_the_worker_in_the_master(serve) -> None:
     workers = started_pids(log)
     assert workers and server.pid not in workers  # started in forked workers, at their first request
     assert {job["worker_pid"] for job in jobs.values()} <= set(workers)
+    # The example's schedule fires from the gunicorn workers, one job per fire time.
+    wait_until(lambda: raw_db.example_jobs.count_documents({"schedule": {"$exists": True}, "status": "completed"}) >= 3)
+    fired = list(raw_db.example_jobs.find({"schedule": "refresh_exchange_rates"}).sort("fire_time", 1))
+    times = [doc["fire_time"] for doc in fired]
+    assert times == [times[0] + timedelta(milliseconds=300 * i) for i in range(len(times))]
+    assert {doc["lease_owner"]["pid"] for doc in fired if doc.get("lease_owner")} <= set(started_pids(server.log()))

@@ -1,4 +1,7 @@
-"""Handlers of the shop app, found by autodiscovery like an ``admin`` module."""
+"""Handlers and schedules of the shop app, found by autodiscovery like an ``admin`` module.
+
+The cron schedule needs the ``cron`` extra: ``pip install "mongo-job-queue[django,cron]"``.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from typing import Any
 
 from tenacity import retry_if_exception_type
 
-from mongo_job_queue.contrib.django import handler
+from mongo_job_queue.contrib.django import handler, periodic
 
 from .documents import Job
 
@@ -24,3 +27,9 @@ def send_welcome_email(job: Job) -> dict[str, Any]:
 @handler("resize_image")
 def resize_image(job: Job) -> dict[str, Any]:
     return {"thumbnail": f"{job.data['image']}.thumb.jpg"}
+
+
+# Every process running a worker fires it; each morning still gets one job.
+@periodic("daily_digest", "0 7 * * *", timezone="Europe/Paris", organization="shop")
+def daily_digest(job: Job) -> dict[str, Any]:
+    return {"digest_for": job.fire_time.isoformat()}
