@@ -320,12 +320,15 @@ def build_parser(prog: str = "mongo-job-queue", *, with_app: bool = True) -> arg
         "--delay", type=parse_duration_ms, metavar="DURATION", help="run no earlier than this from now"
     )
     enqueue.add_argument("--max-retries", type=int, metavar="N", help="retries after the first attempt")
-    for name, verb in (
-        ("retry", "queue failed or cancelled jobs again"),
-        ("cancel", "cancel pending jobs; ask running ones to stop"),
-    ):
-        p = command(name, verb)
-        p.add_argument("job_ids", nargs="+", metavar="JOB_ID")
+    retry = command("retry", "queue failed or cancelled jobs again")
+    retry.add_argument("job_ids", nargs="+", metavar="JOB_ID")
+    cancel = command("cancel", "cancel pending jobs; ask running ones to stop")
+    cancel.add_argument("job_ids", nargs="*", metavar="JOB_ID")
+    cancel.add_argument(
+        "--type", dest="job_type", metavar="TYPE", help="instead of ids: every pending job of this type"
+    )
+    cancel.add_argument("--queue", metavar="NAME", help="instead of ids: every pending job in this queue")
+    cancel.add_argument("--running", action="store_true", help="with --type/--queue: also ask the running ones to stop")
     for name, verb in (
         ("pause", "stop every worker from claiming these queues or job types"),
         ("resume", "let workers claim these queues or job types again"),

@@ -104,6 +104,16 @@ def _enqueue(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: Text
 
 
 def _retry_or_cancel(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if args.command == "cancel":
+        by_filter = args.job_type is not None or args.queue is not None
+        if by_filter == bool(args.job_ids) or (args.running and not by_filter):
+            print("error: cancel takes job ids, or --type and/or --queue (with --running)", file=err)
+            return EXIT_USAGE
+        if by_filter:
+            done = queue.cancel_jobs(job_type=args.job_type, queue=args.queue, running=args.running)
+            requested = f", cancellation requested for {done['requested']} running" if args.running else ""
+            print(f"cancelled {done['cancelled']} pending job(s){requested}", file=out)
+            return EXIT_OK
     retry = args.command == "retry"
     action = queue.retry_job if retry else queue.cancel_job
     code = EXIT_OK

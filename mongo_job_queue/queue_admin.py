@@ -154,6 +154,7 @@ class QueueAdmin(Generic[J]):
         """Undo :meth:`pause` for these queues and job types; return what is still paused."""
         state = self.store.set_paused(False, queues=_names(queues, "queues"), types=_names(job_types, "job_types"))
         self.worker.forget_pause_state()
+        self.worker.notify()  # an idle worker here claims the resumed jobs now, not at its next poll
         return _pause_dict(state)
 
     def paused(self) -> dict[str, list[str]]:

@@ -181,3 +181,17 @@ def test_a_worker_with_no_schedules_does_not_fire_them(job_model, flag) -> None:
     assert code == 0
     fired = job_model.objects(schedule="often").count()
     assert (fired == 0) if flag else (fired >= 2), fired
+
+
+def test_cancel_by_type_and_queue(job_model) -> None:
+    for job_type, queue in (("ok", "mail"), ("ok", "mail"), ("ok", "default"), ("sleep", "mail")):
+        assert run("enqueue", job_type, "--app", APP, "--queue", queue, "--data", '{"ms": 1}')[0] == 0
+    assert run("cancel", "--app", APP, "--type", "ok", "--queue", "mail") == (0, "cancelled 2 pending job(s)\n", "")
+    code, out, _ = run("cancel", "--app", APP, "--queue", "mail", "--running")
+    assert code == 0 and out == "cancelled 1 pending job(s), cancellation requested for 0 running\n"
+    assert job_model.objects(status="cancelled").count() == 3
+    assert job_model.objects.get(status="pending").queue == "default"
+    for bad in (["--type", "ok", "0123456789ab0123456789ab"], [], ["--running", "0123456789ab0123456789ab"]):
+        code, _, err = run("cancel", "--app", APP, *bad)
+        assert code == cli.EXIT_USAGE and "cancel takes job ids, or --type" in err
+    assert job_model.objects(status="pending").count() == 1

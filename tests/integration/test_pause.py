@@ -62,3 +62,15 @@ def test_bad_names_are_rejected_and_change_nothing(make_queue) -> None:
     with pytest.raises(InvalidJobError, match="invalid name"):
         queue.pause(job_types=["ok", ""])
     assert queue.paused() == {"queues": [], "job_types": []}
+
+
+def test_resume_wakes_an_idle_worker_of_this_process_at_once(make_queue, job_model) -> None:
+    # A long idle interval: without the wake-up the job would wait for the next poll, 10 s away.
+    queue = make_queue(poll_interval_base_ms=10_000, poll_interval_max_ms=30_000, change_stream_wakeups=False)
+    queue.register_handler("T", lambda job: None)
+    queue.pause(queues=["default"])
+    queue.start_polling()
+    job = queue.enqueue("T", {})
+    holds_for(lambda: queue.get_job(job.id).status == "pending", 0.3, what="paused")
+    queue.resume(queues=["default"])
+    wait_until(lambda: queue.get_job(job.id).status == "completed", timeout=5, what="the resumed job runs")
