@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Optional
@@ -107,7 +107,7 @@ class Scheduler:
 
     # -- firing -------------------------------------------------------------
 
-    def tick(self, now: Optional[datetime] = None, *, names: Optional[Iterable[str]] = None) -> list[Fire]:
+    def tick(self, now: Optional[datetime] = None) -> list[Fire]:
         """Enqueue the jobs of every fire time due at ``now`` (naive UTC; default: the store's clock).
 
         One read of the schedules' state, then for each schedule with due fire
@@ -115,7 +115,7 @@ class Scheduler:
         seen for the first time starts from its latest fire time without
         enqueueing it: a new schedule first fires at its next fire time.
         """
-        schedules = self.all() if names is None else [s for n in names if (s := self.get(n)) is not None]
+        schedules = self.all()
         if not schedules:
             return []
         now = self.store.now() if now is None else now
@@ -192,10 +192,16 @@ class Scheduler:
         """Fire schedules until ``stopping`` is set; the body of the scheduler thread."""
         due_at: Optional[datetime] = None  # None: tick now (start, or schedules changed)
         failures = 0
+        announced: list[str] = []
         while not stopping.is_set():
             if self._wake.is_set():
                 self._wake.clear()
                 due_at = None
+            names = [s.name for s in self.all()]
+            if names != announced:
+                announced = names
+                described = ", ".join(f"{s.name} ({s.when})" for s in self.all()) or "none"
+                self.log.info("firing schedules from this process: %s", described)
             now = self.store.now()
             if due_at is None or now >= due_at:
                 try:

@@ -117,13 +117,15 @@ def test_concurrent_ticks_that_all_saw_the_fire_time_due_insert_one_job(make_que
     assert fire_times(raw_db, "hourly") == [datetime(2026, 1, 1, h) for h in (10, 11, 12)]
 
 
-def test_a_running_worker_fires_by_itself_and_stops_firing_when_stopped(make_queue, raw_db) -> None:
+def test_a_running_worker_fires_by_itself_and_stops_firing_when_stopped(make_queue, raw_db, caplog) -> None:
     queue = make_queue()
     ran: list[datetime] = []
     queue.register_handler("T", lambda job: ran.append(job.fire_time))
     queue.schedule("often", job_type="T", every_ms=200)
-    queue.start_polling()
-    wait_until(lambda: len(ran) >= 3, timeout=30, what="three fires run")
+    with caplog.at_level("INFO", logger="mongo_job_queue"):
+        queue.start_polling()
+        wait_until(lambda: len(ran) >= 3, timeout=30, what="three fires run")
+    assert "firing schedules from this process: often (every 200 ms)" in caplog.text
     assert queue.stop(timeout=10)
     count = raw_db.jobs.count_documents({"schedule": "often"})
     holds_for(lambda: raw_db.jobs.count_documents({"schedule": "often"}) == count, 0.6, what="no fire after stop")
