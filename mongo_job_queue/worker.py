@@ -218,7 +218,7 @@ class Worker(LeaseKeeper):
             acker, self._acker = self._acker, None
             acker.close(max(1.0, deadline - time.monotonic()))
         if self._scheduler_thread is not None:
-            # No fire is enqueued after stop() returns; an interrupted tick leaves its fire time due.
+            # A tick in progress gets the same deadline; one cut short leaves its fire times due.
             self._scheduler_thread.join(max(1.0, deadline - time.monotonic()))
         self.hooks.emit("on_worker_stop")
         if finished:
@@ -266,9 +266,8 @@ class Worker(LeaseKeeper):
     def start_scheduler(self) -> None:
         """Start firing schedules in a running worker that had none when it started; no-op otherwise."""
         with self._lock:
-            if not self._running or self._scheduler_thread is not None or not self.config.run_schedules:
-                return
-            if self.scheduler is None:
+            idle = self._running and self._scheduler_thread is None and self.config.run_schedules
+            if not idle or self.scheduler is None:
                 return
             thread = self._new_scheduler_thread(self.scheduler, self._stopping)
             self._threads.append(thread)

@@ -192,13 +192,13 @@ class MongoJobQueue:
         ``options`` are those of :meth:`~mongo_job_queue.PersistentJobQueue.periodic`;
         the handler runs inside the app's application context.
         """
-        handler_options = {k: options.pop(k) for k in _HANDLER_OPTIONS if k in options}
+        # max_retries serves both: the handler's default and the scheduled jobs'.
+        handler_options = {k: v for k, v in options.items() if k in _HANDLER_OPTIONS}
+        schedule_options = {k: v for k, v in options.items() if k not in _HANDLER_OPTIONS or k == "max_retries"}
 
         def decorate(fn: HandlerFn) -> HandlerFn:
             jt = name if job_type is None else job_type
-            if "max_retries" in handler_options:
-                options["max_retries"] = handler_options["max_retries"]
-            self.schedule(name, cron_expression, jt, **options)
+            self.schedule(name, cron_expression, jt, **schedule_options)
             try:
                 self.register_handler(jt, fn, **handler_options)
             except BaseException:

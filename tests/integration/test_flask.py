@@ -68,7 +68,7 @@ def test_extension_pattern_and_handlers_in_app_context(make_app, job_model) -> N
 def test_schedules_reach_every_app_and_fire_in_the_app_context(make_app, job_model) -> None:
     jobs = MongoJobQueue()
 
-    @jobs.periodic("hourly-greeting", "0 * * * *", data={"name": "Ada"})
+    @jobs.periodic("hourly-greeting", "0 * * * *", data={"name": "Ada"}, max_retries=1)
     def greet(job) -> str:
         return f"{current_app.config['GREETING']}, {job.data.get('name')}"
 
@@ -82,6 +82,8 @@ def test_schedules_reach_every_app_and_fire_in_the_app_context(make_app, job_mod
     assert sorted(f.schedule for f in fires if f.enqueued) == ["half-hourly", "hourly-greeting"]
     assert queue.drain() == 2
     assert {j.result for j in job_model.objects(schedule__exists=True)} == {"Hello, Ada", "Hello, None"}
+    assert job_model.objects.get(schedule="hourly-greeting").max_retries == 1  # the job's and the handler's
+    assert queue.registry.get("hourly-greeting").max_retries == 1
     assert jobs.unschedule("half-hourly") is True and [s.name for s in queue.scheduler.all()] == ["hourly-greeting"]
     with pytest.raises(ScheduleError, match="already registered"):
         jobs.periodic("hourly-greeting", "0 * * * *", job_type="other")(lambda job: None)
