@@ -1,7 +1,8 @@
 """The lifecycle seam: no-op hooks that metrics, tracing and apps plug into.
 
 Subclass :class:`Middleware`, override the hooks you need and pass instances
-to ``create_job_queue(middleware=[...])`` or :meth:`add_middleware`. The core
+to ``create_job_queue(middleware=[...])`` or
+:meth:`~mongo_job_queue.PersistentJobQueue.add_middleware`. The core
 queue never imports Prometheus or OpenTelemetry; ``contrib`` modules are
 middleware like any other. A hook that raises is logged and ignored: an
 audit or metrics failure must not lose or block a job.
