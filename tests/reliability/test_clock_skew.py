@@ -80,3 +80,22 @@ def test_offset_is_measured_against_the_server(make_queue) -> None:
     measured = queue.store.clock_offset
     assert abs(measured + timedelta(minutes=7)) < timedelta(seconds=2)
     assert abs(queue.store.now() - utcnow()) < timedelta(seconds=2)
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["synced", "unsynced"])
+def test_a_scheduler_ahead_fires_by_the_server_clock_and_its_jobs_never_run_early(make_queue, raw_db, sync) -> None:
+    ahead = make_queue(clock=skewed(timedelta(minutes=10)), sync_clock=sync)
+    ahead.schedule("minutely", "* * * * *", "T")
+    ahead.fire_schedules()  # first sight: its latest fire time, by its clock, is marked handled
+    server_now = raw_db.client.admin.command("hello")["localTime"].replace(tzinfo=None)
+    handled = max(raw_db.jobs_control.find_one({"_id": "schedule:minutely"})["handled"].values())
+    if sync:
+        assert handled <= server_now
+        return
+    assert handled > server_now + timedelta(minutes=9)  # the bug the clock sync prevents
+    # Even so, the job of a fire time ten minutes ahead waits for that time on a synced worker.
+    [fire] = ahead.fire_schedules(handled + timedelta(minutes=1))
+    assert fire.enqueued
+    worker = make_queue()
+    worker.register_handler("T", lambda job: None)
+    assert worker.run_once() is None
