@@ -9,6 +9,7 @@ guarantees (one job per fire time across processes, catch-up) come from
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from .worker import Worker
 
 __all__ = ["ScheduleInfo", "ScheduleMixin"]
+
+log = logging.getLogger(__name__)
 
 J = TypeVar("J", bound=BaseJob)
 F = TypeVar("F", bound=HandlerFn)
@@ -106,6 +109,7 @@ class ScheduleMixin(Generic[J]):
         catch_up: Union[CatchUp, str] = CatchUp.ONCE,
         catch_up_limit: int = 100,
         misfire_grace_ms: int = 60_000,
+        overlap: bool = True,
         queue: str = "default",
         priority: int = 0,
         max_retries: Optional[int] = None,
@@ -131,6 +135,9 @@ class ScheduleMixin(Generic[J]):
                 ``misfire_grace_ms``, ``"all"`` each, up to ``catch_up_limit``.
             catch_up_limit: With ``"all"``, the most missed fire times enqueued at once.
             misfire_grace_ms: With ``"skip"``, how late a fire time may still be enqueued.
+            overlap: False skips a fire time while the schedule's previous
+                job is still pending or running (through ``unique_key``), so
+                runs never overlap.
             queue: Queue of the jobs.
             priority: Priority of the jobs.
             max_retries: Overrides the handler's and the config's default.
@@ -143,7 +150,7 @@ class ScheduleMixin(Generic[J]):
         """
         built = self._define(
             name, cron_expression, job_type, data, every_ms, timezone, catch_up, catch_up_limit, misfire_grace_ms,
-            {"queue": queue, "priority": priority, "max_retries": max_retries}, extra_fields,
+            overlap, {"queue": queue, "priority": priority, "max_retries": max_retries}, extra_fields,
         )  # fmt: skip
         self.scheduler.add(built)
         self.worker.start_scheduler()  # a worker started before its first schedule
@@ -161,6 +168,7 @@ class ScheduleMixin(Generic[J]):
         catch_up: Union[CatchUp, str] = CatchUp.ONCE,
         catch_up_limit: int = 100,
         misfire_grace_ms: int = 60_000,
+        overlap: bool = True,
         queue: str = "default",
         priority: int = 0,
         max_retries: Optional[int] = None,
@@ -179,7 +187,7 @@ class ScheduleMixin(Generic[J]):
             jt = name if job_type is None else job_type
             built = self._define(
                 name, cron_expression, jt, data, every_ms, timezone, catch_up, catch_up_limit, misfire_grace_ms,
-                {"queue": queue, "priority": priority, "max_retries": max_retries}, extra_fields,
+                overlap, {"queue": queue, "priority": priority, "max_retries": max_retries}, extra_fields,
             )  # fmt: skip
             if self.scheduler.get(built.name) is not None:
                 raise ScheduleError(f"a schedule named {built.name!r} is already registered")
@@ -201,6 +209,7 @@ class ScheduleMixin(Generic[J]):
         catch_up: Any,
         catch_up_limit: Any,
         misfire_grace_ms: Any,
+        overlap: Any,
         options: dict[str, Any],
         extra_fields: Mapping[str, Any],
     ) -> Schedule:
@@ -215,6 +224,7 @@ class ScheduleMixin(Generic[J]):
             catch_up=catch_up,
             catch_up_limit=catch_up_limit,
             misfire_grace_ms=misfire_grace_ms,
+            overlap=overlap,
             job=job,
             extra_fields=extra_fields,
         )
@@ -277,14 +287,31 @@ class ScheduleMixin(Generic[J]):
         doc = self._build({**schedule.job, "job_type": schedule.job_type, "run_at": fire_time}, schedule.extra_fields)
         doc["schedule"] = schedule.name
         doc["fire_time"] = fire_time
+        if schedule.overlap_key is not None:
+            doc["unique_key"] = schedule.overlap_key
         self._announce([doc])
+        holder: Optional[dict[str, Any]] = None
         try:
-            inserted = self.store.insert_fire(doc)
+            if "unique_key" in doc:
+                holder = self.store.insert_unique(doc)
+                inserted = holder is None
+            else:
+                inserted = self.store.insert_fire(doc)
         except BaseException as exc:
             self._aborted([doc], exc)
             raise
         if not inserted:
-            self._aborted([doc], None)  # another process enqueued this fire time
+            self._aborted([doc], None)  # another process enqueued this fire time, or the previous run is unfinished
+            if holder is not None and holder.get("fire_time") != fire_time:
+                log.info(
+                    "schedule %s: fire time %s UTC skipped, its job %s of %s is still %s (overlap=False)",
+                    schedule.name,
+                    fire_time,
+                    holder["_id"],
+                    holder.get("fire_time"),
+                    holder.get("status"),
+                    extra={"schedule": schedule.name},
+                )
             return None
         self.hooks.emit("after_enqueue", doc)
         if self.eager:

@@ -177,6 +177,8 @@ class Schedule:
     catch_up: CatchUp
     catch_up_limit: int
     misfire_grace_ms: int
+    #: False: a fire time is skipped while the schedule's previous job is unfinished.
+    overlap: bool
     #: ``enqueue`` arguments: data, queue, priority, max_retries.
     job: Mapping[str, Any] = field(repr=False)
     #: The app's own fields for each job (tenant, organization).
@@ -197,6 +199,7 @@ class Schedule:
         misfire_grace_ms: Any,
         job: Mapping[str, Any],
         extra_fields: Mapping[str, Any],
+        overlap: Any = True,
     ) -> Schedule:
         """Validate a definition; raise :class:`~mongo_job_queue.ScheduleError` naming what is wrong."""
         if not isinstance(name, str) or not name or len(name) > 200:
@@ -224,6 +227,8 @@ class Schedule:
             raise ScheduleError(f"schedule {name!r}: catch_up must be one of {choices}, got {catch_up!r}") from None
         _positive_int(name, "catch_up_limit", catch_up_limit)
         _positive_int(name, "misfire_grace_ms", misfire_grace_ms)
+        if not isinstance(overlap, bool):
+            raise ScheduleError(f"schedule {name!r}: overlap must be True or False, got {overlap!r}")
         return cls(
             name=name,
             job_type=job_type,
@@ -233,6 +238,7 @@ class Schedule:
             catch_up=policy,
             catch_up_limit=catch_up_limit,
             misfire_grace_ms=misfire_grace_ms,
+            overlap=overlap,
             job=dict(job),
             extra_fields=dict(extra_fields),
             times=times,
@@ -253,7 +259,13 @@ class Schedule:
             "every_ms": self.every_ms,
             "timezone": self.timezone,
             "catch_up": self.catch_up.value,
+            "overlap": self.overlap,
         }
+
+    @property
+    def overlap_key(self) -> Optional[str]:
+        """The ``unique_key`` of this schedule's jobs when they must not overlap, else None."""
+        return None if self.overlap else f"mjq-schedule:{self.name}"
 
     @property
     def when(self) -> str:

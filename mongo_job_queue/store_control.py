@@ -182,6 +182,11 @@ class ControlQueries(StoreBase):
                     if dup_field == "_id" and tries > 1:
                         return None  # an earlier try that raised had inserted it
                     rejected = InvalidJobError(f"job violates a unique index of {self.model.__name__}: {exc}")
+                    if dup_field == "schedule" or (dup_field == "?" and "schedule" in doc):
+                        # A scheduled job (overlap=False): this fire time may already have its job.
+                        fired = self.collection.find_one({"schedule": doc["schedule"], "fire_time": doc["fire_time"]})
+                        if fired is not None:
+                            return None if fired["_id"] == doc["_id"] else fired
                     if dup_field not in ("unique_key", "?"):
                         raise rejected from exc
                 holder = self.collection.find_one({"unique_key": key})

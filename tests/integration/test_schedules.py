@@ -78,14 +78,15 @@ def test_processes_running_the_same_schedules_enqueue_one_job_per_fire_time(mong
     assert all(s["enqueued"] + s["duplicates"] > 0 for s in stats), f"every survivor fired: {stats}"
 
 
-def test_concurrent_ticks_that_all_saw_the_fire_time_due_insert_one_job(make_queue, job_model, raw_db) -> None:
+@pytest.mark.parametrize("overlap", [True, False], ids=["overlap", "no-overlap"])
+def test_concurrent_ticks_that_all_saw_the_fire_time_due_insert_one_job(make_queue, raw_db, overlap) -> None:
     # Force the worst interleaving: every tick reads the state before any of
     # them inserts, so all of them try to insert every fire time.
     threads = 8
     queues = [make_queue() for _ in range(threads)]
     barrier = threading.Barrier(threads, timeout=30)
     for queue in queues:
-        queue.schedule("hourly", "0 * * * *", "T", {"n": 1})
+        queue.schedule("hourly", "0 * * * *", "T", {"n": 1}, overlap=overlap)
         read = queue.store.schedule_states
 
         def read_then_wait(names: Any = None, read: Any = read) -> Any:
@@ -94,27 +95,27 @@ def test_concurrent_ticks_that_all_saw_the_fire_time_due_insert_one_job(make_que
             return states
 
         queue.store.schedule_states = read_then_wait
-    start = datetime(2026, 1, 1, 9, 30)
-    results: dict[datetime, list[Any]] = {}
 
-    def tick_all(now: datetime) -> None:
+    def tick_all(hour: int, minute: int = 0) -> list[Any]:
+        now = datetime(2026, 1, 1, hour, minute, 1)
         fires: list[Any] = []
         workers = [threading.Thread(target=lambda q=q: fires.extend(q.fire_schedules(now))) for q in queues]
         for worker in workers:
             worker.start()
         for worker in workers:
             worker.join(60)
-        results[now] = fires
+        return fires
 
-    tick_all(start)  # first sight of the schedule: nothing due
+    assert tick_all(9, 30) == []  # first sight of the schedule: nothing due
     for hour in (10, 11, 12):
-        tick_all(start.replace(hour=hour, minute=0, second=1))
-    assert results[start] == []
-    for hour in (10, 11, 12):
-        fires = results[start.replace(hour=hour, minute=0, second=1)]
+        fires = tick_all(hour)
         assert len(fires) == threads, fires  # every tick tried
-        assert sum(f.enqueued for f in fires) == 1, fires
-    assert fire_times(raw_db, "hourly") == [datetime(2026, 1, 1, h) for h in (10, 11, 12)]
+        # Without overlap, 11:00 and 12:00 are skipped: the job of 10:00 has not run yet.
+        assert sum(f.enqueued for f in fires) == (1 if overlap or hour == 10 else 0), fires
+    raw_db.jobs.update_many({}, {"$set": {"status": "completed", "finished_at": datetime(2026, 1, 1, 12, 30)}})
+    assert sum(f.enqueued for f in tick_all(13)) == 1
+    expected = (10, 11, 12, 13) if overlap else (10, 13)
+    assert fire_times(raw_db, "hourly") == [datetime(2026, 1, 1, h) for h in expected]
 
 
 def test_a_running_worker_fires_by_itself_and_stops_firing_when_stopped(make_queue, raw_db, caplog) -> None:

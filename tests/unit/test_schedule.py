@@ -126,6 +126,7 @@ def test_skip_still_fires_a_fire_time_within_the_grace() -> None:
         ({"catch_up_limit": 0}, "catch_up_limit must be an int >= 1"),
         ({"misfire_grace_ms": True}, "misfire_grace_ms must be an int >= 1"),
         ({"job_type": ""}, "job_type must be a non-empty str"),
+        ({"overlap": "no"}, "overlap must be True or False, got 'no'"),
     ],
 )
 def test_bad_definitions_are_rejected_and_register_nothing(queue: Any, kwargs: dict[str, Any], message: str) -> None:
@@ -286,6 +287,18 @@ def test_a_job_inserted_early_by_a_fast_clock_still_runs_at_its_fire_time(queue:
     assert queue.run_once() is None
     clock.now = START + timedelta(minutes=1)
     assert queue.run_once().status == "completed"
+
+
+def test_without_overlap_a_fire_is_skipped_while_the_previous_job_is_unfinished(queue: Any, clock: Any) -> None:
+    queue.register_handler("T", lambda job: None)
+    queue.schedule("slow", "0 * * * *", "T", overlap=False)
+    queue.fire_schedules(START - timedelta(minutes=30))
+    assert fired(queue, START) == [START]
+    assert fired(queue, START + timedelta(hours=1)) == []  # 12:00's job has not run: 13:00 is skipped
+    clock.now = START + timedelta(hours=1, minutes=30)
+    assert queue.drain() == 1
+    assert fired(queue, START + timedelta(hours=2)) == [START + timedelta(hours=2)]  # 13:00 is not caught up
+    assert [d["fire_time"] for d in raw_docs()] == [START, START + timedelta(hours=2)]
 
 
 def test_the_payload_is_copied_when_the_schedule_is_defined(queue: Any) -> None:
