@@ -200,3 +200,35 @@ def test_hello_reports_the_server_clock(raw_db) -> None:
     assert isinstance(local_time, datetime)
     # Same host here; on a real cluster NTP keeps this within seconds.
     assert before - timedelta(seconds=5) <= local_time.replace(tzinfo=None) <= after + timedelta(seconds=5)
+
+
+# -- what schedules rely on ---------------------------------------------------
+
+
+def test_sparse_compound_unique_index_names_its_key_and_ignores_documents_without_it(coll) -> None:
+    coll.create_index([("schedule", ASCENDING), ("fire_time", ASCENDING)], unique=True, sparse=True, name="sched")
+    fire = datetime(2026, 1, 1, 10)
+    coll.insert_many([{"n": 1}, {"n": 2}])  # no schedule fields: not indexed, no conflict
+    coll.insert_one({"schedule": "s", "fire_time": fire})
+    coll.insert_one({"schedule": "s", "fire_time": fire + timedelta(hours=1)})
+    with pytest.raises(DuplicateKeyError) as info:
+        coll.insert_one({"schedule": "s", "fire_time": fire})
+    assert list((info.value.details or {}).get("keyPattern") or {})[:1] == ["schedule"]
+
+
+def test_max_on_a_nested_date_only_moves_forward_and_upserts(coll) -> None:
+    early, late = datetime(2026, 1, 1, 10), datetime(2026, 1, 1, 11)
+    coll.update_one({"_id": "schedule:s"}, {"$max": {"handled.abc": late}}, upsert=True)
+    coll.update_one({"_id": "schedule:s"}, {"$max": {"handled.abc": early}}, upsert=True)
+    assert coll.find_one({"_id": "schedule:s"})["handled"] == {"abc": late}
+
+
+def test_an_upsert_whose_filter_misses_an_existing_id_raises_duplicate_key(coll) -> None:
+    # start_schedule relies on it: the first process's baseline stands.
+    first, second = datetime(2026, 1, 1, 10), datetime(2026, 1, 1, 11)
+    path = "handled.abc"
+    coll.update_one({"_id": "schedule:s", path: {"$exists": False}}, {"$set": {path: first}}, upsert=True)
+    with pytest.raises(DuplicateKeyError):
+        coll.update_one({"_id": "schedule:s", path: {"$exists": False}}, {"$set": {path: second}}, upsert=True)
+    coll.update_one({"_id": "schedule:s", "handled.xyz": {"$exists": False}}, {"$set": {"handled.xyz": second}})
+    assert coll.find_one({"_id": "schedule:s"})["handled"] == {"abc": first, "xyz": second}
