@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from .errors import LeaseExpired, MalformedJob
@@ -57,6 +58,13 @@ class LeaseKeeper:
                 if stopping.is_set() and not self._inflight and not self._acking:
                     return
             now = time.monotonic()
+            # The beat first: a slow sweep must not delay the renewal of live leases.
+            if now >= next_beat:
+                next_beat = now + beat
+                try:
+                    self.renew_leases()
+                except Exception:
+                    self.log.exception("lease renewal failed; retrying at the next heartbeat")
             if not stopping.is_set() and now >= next_sweep:
                 next_sweep = now + sweep_every
                 try:
@@ -69,18 +77,36 @@ class LeaseKeeper:
                     self.fail_malformed_jobs()
                 except Exception:
                     self.log.exception("malformed-job sweep failed")
-            if now >= next_beat:
-                next_beat = now + beat
-                try:
-                    self.renew_leases()
-                except Exception:
-                    self.log.exception("lease renewal failed; retrying at the next heartbeat")
             wake_at = next_beat if stopping.is_set() else min(next_beat, next_sweep, next_hygiene)
             with self._lock:
                 self._lock.wait_for(
                     lambda: stopping.is_set() and not self._inflight and not self._acking,
                     timeout=max(0.0, wake_at - time.monotonic()),
                 )
+
+    def confirm_slow_claims(self, claimed: list[ClaimedJob]) -> list[ClaimedJob]:
+        """Renew at once the leases of a claim that took longer than a heartbeat interval; drop lapsed ones.
+
+        A lease's expiry is computed before the claim is sent, so on a busy
+        server the round trip can use up much of a short lease before the
+        job would start. Those leases are renewed before their jobs start,
+        and a job whose lease already lapsed (another worker may have taken
+        it by now) is not started here: it must not run twice at once.
+        """
+        margin = timedelta(milliseconds=self.config.lease_ms - self.config.heartbeat_interval_ms)
+        now = self.store.now()
+        slow = {c.id: c.token for c in claimed if c.doc["lease_expires_at"] - now < margin}
+        if not slow:
+            return claimed
+        try:
+            lost = self.store.heartbeat(slow).lost
+        except Exception:  # the regular heartbeat and the fenced writes take over
+            self.log.warning("could not renew the leases of a slow claim at once", exc_info=True)
+            return claimed
+        for c in claimed:
+            if c.id in lost:
+                self._log_job(logging.WARNING, c.doc, "lease lapsed while the claim was in flight; not started here")
+        return [c for c in claimed if c.id not in lost]
 
     def renew_leases(self) -> None:
         """Extend the leases of running jobs; flag the ones that were lost."""

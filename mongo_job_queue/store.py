@@ -364,11 +364,14 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
                 if claimed:
                     return claimed
             now = self.now()
-            expires = after_ms(now, self.config.lease_ms)
             due = {**query, "run_at": {"$lte": now}}
             candidates = list(self.collection.find(due, sort=[("priority", -1), ("run_at", 1)], limit=limit))
             if not candidates:
                 return []
+            # The lease starts when it is written, not when the read began: on a
+            # busy server the read alone can take a good part of a short lease.
+            now = self.now()
+            expires = after_ms(now, self.config.lease_ms)
             lease = {
                 "status": PROCESSING,
                 "lease_token": token,

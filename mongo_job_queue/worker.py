@@ -307,7 +307,7 @@ class Worker(LeaseKeeper):
             if claimed:
                 self._idle.clear()
                 interval = base  # work appeared: snap back to the base interval
-                for job in claimed:
+                for job in self.confirm_slow_claims(claimed):
                     self._dispatch(job, work, stopping)
                 continue
             self._idle.set()

@@ -18,11 +18,22 @@ pytestmark = pytest.mark.integration
 JOBS = scaled(300, minimum=30)
 WORKERS = 3
 THREADS = 4
+LEASE_MS = 15_000
 
 
 def test_every_job_runs_exactly_once_across_processes(fleet, raw_db, job_model, make_queue) -> None:
     # Workers start before the jobs exist, so all of them race for each claim.
-    workers = fleet.spawn_many(WORKERS, concurrency=THREADS, poll_base_ms=10, poll_max_ms=100, until_done=JOBS)
+    # A lease long enough that a busy CI machine's slow replies cannot expire one: this scenario
+    # proves the claim is atomic; re-runs after a lapsed lease are the kill and freeze scenarios' subject.
+    workers = fleet.spawn_many(
+        WORKERS,
+        concurrency=THREADS,
+        poll_base_ms=10,
+        poll_max_ms=100,
+        until_done=JOBS,
+        lease_ms=LEASE_MS,
+        heartbeat_ms=LEASE_MS // 5,
+    )
     producer = make_queue()
     delayed = JOBS // 10
     producer.enqueue_many(

@@ -199,6 +199,43 @@ def test_worker_flags_a_lost_lease_of_a_running_job(queue: Any) -> None:
     assert not queue.worker._inflight[kept.id].lease_lost.is_set()
 
 
+def test_a_batch_lease_starts_when_it_is_written_not_when_the_read_began(queue: Any, clock: Any) -> None:
+    queue.enqueue("t")
+    queue.enqueue("t")
+    ticks = iter([clock.now + timedelta(seconds=s) for s in (0, 3, 6)])
+    queue.store.clock = lambda: next(ticks)  # the read takes 3 s on a busy server
+    claimed = queue.store.claim_batch(["t"], ["default"], queue.worker.owner, 2)
+    assert len(claimed) == 2
+    leased_at = clock.now + timedelta(seconds=3)
+    for c in claimed:
+        assert (c.doc["started_at"], c.doc["lease_expires_at"]) == (
+            leased_at,
+            leased_at + timedelta(milliseconds=LEASE_MS),
+        )
+
+
+@pytest.mark.usefixtures("mongomock_bulk_write")
+def test_a_slow_claim_is_renewed_before_its_jobs_start_and_a_lapsed_one_is_not_started(
+    queue: Any, clock: Any, caplog: Any
+) -> None:
+    queue.enqueue("t")
+    queue.enqueue("t")
+    fast = _claim(queue)
+    assert queue.worker.confirm_slow_claims([fast]) == [fast]  # a fresh lease: no extra round trip
+    assert raw_docs()[0]["lease_expires_at"] == fast.doc["lease_expires_at"]
+    slow = _claim(queue)
+    clock.advance(ms=LEASE_MS // 2 + 1)  # the claim's reply took more than a heartbeat interval
+    assert queue.worker.confirm_slow_claims([slow]) == [slow]
+    assert {d["_id"]: d for d in raw_docs()}[slow.id]["lease_expires_at"] == clock.now + timedelta(
+        milliseconds=LEASE_MS
+    )
+    clock.advance(ms=LEASE_MS + 1)  # now both lapse, and a sweeper returns them to the queue
+    assert queue.recover_orphans() == (2, 0)
+    with caplog.at_level("WARNING"):
+        assert queue.worker.confirm_slow_claims([fast, slow]) == []
+    assert caplog.text.count("lease lapsed while the claim was in flight; not started here") == 2
+
+
 def test_recover_orphans_requeues_and_fails_expired_leases(queue: Any, clock: Any) -> None:
     requeue = queue.enqueue("t", priority=2, max_retries=3)
     give_up = queue.enqueue("t", priority=1, max_retries=0)
