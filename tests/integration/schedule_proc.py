@@ -1,11 +1,11 @@
 """A process running the same schedules as its siblings, for the multi-process schedule test.
 
-Run as ``python -m integration.schedule_proc URI DB UNTIL`` with ``tests/`` on
+Run as ``python -m integration.schedule_proc URI DB`` with ``tests/`` on
 ``PYTHONPATH``. It registers two schedules (every 400 ms, and a six-field cron
-firing every second), runs a worker until the Unix time UNTIL, stops, and
-prints one JSON line: its pid and how many fire times it enqueued and found
-already enqueued. Every sibling runs the same code, as every gunicorn worker
-of an app would.
+firing every second), runs a worker until a line arrives on stdin (the test
+decides when, by what it sees in the database), stops, and prints one JSON
+line: its pid and how many fire times it enqueued and found already enqueued.
+Every sibling runs the same code, as every gunicorn worker of an app would.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
-import time
 
 import mongoengine
 
@@ -23,7 +21,7 @@ from mongo_job_queue import create_job_queue
 from .models import ALIAS, IntegrationJob
 
 
-def main(uri: str, db: str, until: float) -> int:
+def main(uri: str, db: str) -> int:
     mongoengine.connect(db=db, host=uri, alias=ALIAS, uuidRepresentation="standard")
     queue = create_job_queue(
         job_model=IntegrationJob,
@@ -34,7 +32,7 @@ def main(uri: str, db: str, until: float) -> int:
     queue.schedule("seconds", "* * * * * *", "TICK", {"kind": "cron"})
     queue.start_polling()
     print("ready", flush=True)
-    threading.Event().wait(max(0.0, until - time.time()))  # run for the agreed window
+    sys.stdin.readline()  # run until the test says stop
     stopped = queue.stop(timeout=30)
     stats = {"pid": os.getpid(), "enqueued": queue.scheduler.enqueued, "duplicates": queue.scheduler.duplicates}
     print(json.dumps(stats), flush=True)
@@ -42,4 +40,4 @@ def main(uri: str, db: str, until: float) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], sys.argv[2], float(sys.argv[3])))
+    sys.exit(main(sys.argv[1], sys.argv[2]))

@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ pytestmark = pytest.mark.integration
 
 TESTS = Path(__file__).resolve().parents[1]
 PROCESSES = 3
-WINDOW_S = 6.0
 
 
 def fire_times(raw_db: Any, schedule: str) -> list[datetime]:
@@ -41,39 +39,50 @@ def assert_one_job_per_fire_time(times: list[datetime], step: timedelta, at_leas
 
 
 def test_processes_running_the_same_schedules_enqueue_one_job_per_fire_time(mongodb_uri, db_name, raw_db, job_model):
-    """Three processes fire two schedules for a few seconds; one is killed halfway; no fire time is doubled or lost."""
+    """Three processes fire two schedules; one is killed halfway; no fire time is doubled or lost."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    until = time.time() + WINDOW_S
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "integration.schedule_proc", mongodb_uri, db_name, str(until)],
+            [sys.executable, "-m", "integration.schedule_proc", mongodb_uri, db_name],
             env=env,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         for _ in range(PROCESSES)
     ]
+
+    def count(**extra: Any) -> int:
+        return raw_db.jobs.count_documents({"schedule": {"$exists": True}, **extra})
+
     try:
-        # Mid-window, one process dies without a word (kill -9): the others carry on alone.
-        wait_until(lambda: raw_db.jobs.count_documents({"schedule": "fast"}) >= 4, timeout=60, what="first fires")
+        # Once firing is under way, one process dies without a word (kill -9): the others carry on alone.
+        wait_until(lambda: count(schedule="fast") >= 4, timeout=60, what="first fires")
         procs[0].kill()
         procs[0].wait(30)
         killed_at = raw_db.client.admin.command("hello")["localTime"].replace(tzinfo=None)
-        outputs = [proc.communicate(timeout=120) for proc in procs]
+        wait_until(
+            lambda: (
+                count(schedule="fast", created_at={"$gt": killed_at}) >= 5
+                and count(schedule="seconds", created_at={"$gt": killed_at}) >= 2
+            ),
+            timeout=60,
+            what="fires after the kill",
+        )
+        outputs = [proc.communicate("stop\n", timeout=120) for proc in procs[1:]]
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
     assert procs[0].returncode == -9
-    for proc, (_out, err) in zip(procs[1:], outputs[1:], strict=True):
+    for proc, (_out, err) in zip(procs[1:], outputs, strict=True):
         assert proc.returncode == 0, err[-3000:]
-    stats = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs[1:]]
+    stats = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
 
-    # Start-up takes part of the window; a few fire times of each are enough to judge.
-    assert_one_job_per_fire_time(fire_times(raw_db, "fast"), timedelta(milliseconds=400), at_least=5)
+    assert_one_job_per_fire_time(fire_times(raw_db, "fast"), timedelta(milliseconds=400), at_least=9)
     assert_one_job_per_fire_time(fire_times(raw_db, "seconds"), timedelta(seconds=1), at_least=2)
-    late = raw_db.jobs.count_documents({"schedule": {"$exists": True}, "created_at": {"$gt": killed_at}})
+    late = count(created_at={"$gt": killed_at})
     assert sum(s["enqueued"] for s in stats) >= late > 0, stats  # the survivors fired after the kill
     assert all(s["enqueued"] + s["duplicates"] > 0 for s in stats), f"every survivor fired: {stats}"
 
