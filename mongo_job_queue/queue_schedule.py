@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Generic, Optional, TypeVar, Union
 from bson import ObjectId
 
 from .clock import to_naive_utc, utcnow
-from .errors import ScheduleError
 from .handlers import HandlerFn
 from .model import BaseJob
 from .retry import RetryStrategy, StopStrategy, WaitStrategy
@@ -148,10 +147,30 @@ class ScheduleMixin(Generic[J]):
                 or a schedule of that name already registered.
             InvalidJobError: the job itself would be rejected by ``enqueue``.
         """
-        built = self._define(
-            name, cron_expression, job_type, data, every_ms, timezone, catch_up, catch_up_limit, misfire_grace_ms,
-            overlap, {"queue": queue, "priority": priority, "max_retries": max_retries}, extra_fields,
-        )  # fmt: skip
+        # A copy: the caller changing its dict later must not change future fires.
+        job = {
+            "data": {} if data is None else copy.deepcopy(data),
+            "queue": queue,
+            "priority": priority,
+            "max_retries": max_retries,
+        }
+        built = Schedule.create(
+            name,
+            cron_expression,
+            job_type,
+            every_ms=every_ms,
+            tz=timezone,
+            catch_up=catch_up,
+            catch_up_limit=catch_up_limit,
+            misfire_grace_ms=misfire_grace_ms,
+            overlap=overlap,
+            job=job,
+            extra_fields=extra_fields,
+        )
+        # The job is built once now, as enqueue would, so a bad payload or
+        # field fails here and not in a background thread at the first fire.
+        # The local clock: defining a schedule must not touch the database.
+        self._build({**job, "job_type": job_type}, extra_fields, now=utcnow())
         self.scheduler.add(built)
         self.worker.start_scheduler()  # a worker started before its first schedule
         return built
@@ -185,54 +204,19 @@ class ScheduleMixin(Generic[J]):
 
         def decorate(fn: F) -> F:
             jt = name if job_type is None else job_type
-            built = self._define(
-                name, cron_expression, jt, data, every_ms, timezone, catch_up, catch_up_limit, misfire_grace_ms,
-                overlap, {"queue": queue, "priority": priority, "max_retries": max_retries}, extra_fields,
+            self.schedule(
+                name, cron_expression, jt, data, every_ms=every_ms, timezone=timezone, catch_up=catch_up,
+                catch_up_limit=catch_up_limit, misfire_grace_ms=misfire_grace_ms, overlap=overlap, queue=queue,
+                priority=priority, max_retries=max_retries, **extra_fields,
             )  # fmt: skip
-            if self.scheduler.get(built.name) is not None:
-                raise ScheduleError(f"a schedule named {built.name!r} is already registered")
-            self.register_handler(jt, fn, stop=stop, wait=wait, retry=retry, max_retries=max_retries)
-            self.scheduler.add(built)
-            self.worker.start_scheduler()
+            try:
+                self.register_handler(jt, fn, stop=stop, wait=wait, retry=retry, max_retries=max_retries)
+            except BaseException:
+                self.unschedule(name)  # all or nothing
+                raise
             return fn
 
         return decorate
-
-    def _define(
-        self,
-        name: Any,
-        cron_expression: Any,
-        job_type: Any,
-        data: Any,
-        every_ms: Any,
-        tz: Any,
-        catch_up: Any,
-        catch_up_limit: Any,
-        misfire_grace_ms: Any,
-        overlap: Any,
-        options: dict[str, Any],
-        extra_fields: Mapping[str, Any],
-    ) -> Schedule:
-        # A copy: the caller changing its dict later must not change future fires.
-        job = {"data": {} if data is None else copy.deepcopy(data), **options}
-        built = Schedule.create(
-            name,
-            cron_expression,
-            job_type,
-            every_ms=every_ms,
-            tz=tz,
-            catch_up=catch_up,
-            catch_up_limit=catch_up_limit,
-            misfire_grace_ms=misfire_grace_ms,
-            overlap=overlap,
-            job=job,
-            extra_fields=extra_fields,
-        )
-        # The job is built once now, as enqueue would, so a bad payload or
-        # field fails here and not in a background thread at the first fire.
-        # The local clock: defining a schedule must not touch the database.
-        self._build({**job, "job_type": job_type}, extra_fields, now=utcnow())
-        return built
 
     def unschedule(self, name: str) -> bool:
         """Stop firing ``name`` from this process; False if it was not registered here.

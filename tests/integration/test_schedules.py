@@ -1,7 +1,7 @@
 """Schedules over the wire: one job per fire time across processes and threads, firing by the worker.
 
-The fire-time arithmetic and the catch-up policies are unit-tested on
-mongomock (tests/unit/test_schedule.py); here the server's unique index and
+The fire-time arithmetic and the catch-up policies are unit-tested in
+tests/unit/test_schedule.py; here the server's unique index and
 ``$max`` decide between real concurrent processes.
 """
 

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from conftest import START, OrgJob, RefJob, TenantJob, raw_docs
 
-from mongo_job_queue import CatchUp, InvalidJobError, Middleware, ScheduleError
+from mongo_job_queue import CatchUp, HandlerError, InvalidJobError, Middleware, ScheduleError
 from mongo_job_queue.schedule import Schedule
 
 NY = ZoneInfo("America/New_York")
@@ -178,6 +178,10 @@ def test_a_duplicate_name_is_rejected(queue: Any) -> None:
     with pytest.raises(ScheduleError, match="already registered"):
         queue.periodic("nightly", "0 4 * * *")(lambda job: None)
     assert "nightly" not in queue.registry  # the decorator registered no handler either
+    queue.register_handler("cleanup", lambda job: None)
+    with pytest.raises(HandlerError, match="already registered"):
+        queue.periodic("cleanup", every_ms=60_000)(lambda job: None)
+    assert queue.scheduler.get("cleanup") is None  # nor a schedule when the handler is refused
 
 
 def test_without_the_cron_extra_the_error_says_what_to_install() -> None:
