@@ -274,19 +274,14 @@ class ScheduleMixin(Generic[J]):
         if schedule.overlap_key is not None:
             doc["unique_key"] = schedule.overlap_key
         self._announce([doc])
-        holder: Optional[dict[str, Any]] = None
         try:
-            if "unique_key" in doc:
-                holder = self.store.insert_unique(doc)
-                inserted = holder is None
-            else:
-                inserted = self.store.insert_fire(doc)
+            holder = self.store.insert_fire(doc)
         except BaseException as exc:
             self._aborted([doc], exc)
             raise
-        if not inserted:
+        if holder is not None:
             self._aborted([doc], None)  # another process enqueued this fire time, or the previous run is unfinished
-            if holder is not None and holder.get("fire_time") != fire_time:
+            if holder.get("fire_time") != fire_time:
                 log.info(
                     "schedule %s: fire time %s UTC skipped, its job %s of %s is still %s (overlap=False)",
                     schedule.name,

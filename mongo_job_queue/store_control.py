@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from .records import ClaimedJob
 
-__all__ = ["FINISHED", "ControlQueries", "Heartbeat", "PauseState", "retention_index_name"]
+__all__ = ["FINISHED", "ControlQueries", "Heartbeat", "PauseState", "duplicate_field", "retention_index_name"]
 
 T = TypeVar("T")
 
@@ -69,6 +69,8 @@ class ControlQueries(StoreBase):
         def _fenced(
             self, job: ClaimedJob, update: Mapping[str, Any], target: str, op: str, *, uncancelled: bool = False
         ) -> bool: ...
+
+        def fire_holder(self, doc: Mapping[str, Any]) -> Optional[dict[str, Any]]: ...
 
     @property
     def control(self) -> Collection[dict[str, Any]]:
@@ -178,13 +180,13 @@ class ControlQueries(StoreBase):
                     self.collection.insert_one(doc)
                     return None
                 except DuplicateKeyError as exc:
-                    dup_field = _duplicate_field(exc)
+                    dup_field = duplicate_field(exc)
                     if dup_field == "_id" and tries > 1:
                         return None  # an earlier try that raised had inserted it
                     rejected = InvalidJobError(f"job violates a unique index of {self.model.__name__}: {exc}")
-                    if dup_field == "schedule" or (dup_field == "?" and "schedule" in doc):
+                    if "schedule" in doc and dup_field in ("schedule", "?"):
                         # A scheduled job (overlap=False): this fire time may already have its job.
-                        fired = self.collection.find_one({"schedule": doc["schedule"], "fire_time": doc["fire_time"]})
+                        fired = self.fire_holder(doc)
                         if fired is not None:
                             return None if fired["_id"] == doc["_id"] else fired
                     if dup_field not in ("unique_key", "?"):
@@ -347,10 +349,14 @@ def _pause_state(doc: Optional[Mapping[str, Any]]) -> PauseState:
 _MAX_RELEASES = 10
 
 
-def _duplicate_field(exc: DuplicateKeyError) -> str:
+def duplicate_field(exc: DuplicateKeyError) -> str:
+    """The first field of the unique index a duplicate-key error names, or ``\"?\"``."""
     details = exc.details or {}
     key = list(details.get("keyPattern") or {})
     if key:
         return str(key[0])
     message = str(details.get("errmsg", exc))
-    return "unique_key" if "mjq_unique" in message else "_id" if "_id_" in message else "?"
+    for index, field_name in (("mjq_unique", "unique_key"), ("mjq_schedule", "schedule"), ("_id_", "_id")):
+        if index in message:
+            return field_name
+    return "?"

@@ -26,6 +26,7 @@ from pymongo.errors import DuplicateKeyError
 
 from .errors import InvalidJobError
 from .store_base import StoreBase
+from .store_control import duplicate_field
 
 if TYPE_CHECKING:
     from pymongo.collection import Collection
@@ -58,6 +59,8 @@ class ScheduleQueries(StoreBase):
 
         @property
         def control(self) -> Collection[dict[str, Any]]: ...
+
+        def insert_unique(self, doc: dict[str, Any]) -> Optional[dict[str, Any]]: ...
 
     def schedule_states(self, names: Optional[Iterable[str]] = None) -> dict[str, ScheduleState]:
         """The stored state of the named schedules (of all that ever ran when ``names`` is None); one read."""
@@ -114,30 +117,35 @@ class ScheduleQueries(StoreBase):
             "advance_schedule",
         )
 
-    def insert_fire(self, doc: dict[str, Any]) -> bool:
-        """Insert the job of one fire time; False if that fire time already has its job.
+    def fire_holder(self, doc: Mapping[str, Any]) -> Optional[dict[str, Any]]:
+        """The stored job of ``doc``'s schedule and fire time, if any."""
+        return self.collection.find_one({"schedule": doc["schedule"], "fire_time": doc["fire_time"]})
+
+    def insert_fire(self, doc: dict[str, Any]) -> Optional[dict[str, Any]]:
+        """Insert the job of one fire time; None if inserted, else the job that holds the fire time (or the key).
 
         The unique index on ``(schedule, fire_time)`` decides between the
-        processes firing the same schedule at the same moment.
+        processes firing the same schedule at the same moment. A job with a
+        ``unique_key`` (``overlap=False``) goes through :meth:`insert_unique`,
+        which also returns the schedule's unfinished job holding the key.
         """
+        if "unique_key" in doc:
+            return self.insert_unique(doc)
         tries = 0
 
-        def call() -> bool:
+        def call() -> Optional[dict[str, Any]]:
             nonlocal tries
             tries += 1
             try:
                 self.collection.insert_one(doc)
-                return True
+                return None
             except DuplicateKeyError as exc:
-                key = list((exc.details or {}).get("keyPattern") or {})
-                if tries > 1 or not key or key[0] == "schedule":
+                if tries > 1 or duplicate_field(exc) in ("schedule", "?"):
                     # The holder may be this very document, inserted by an
                     # earlier try whose reply was lost.
-                    holder = self.collection.find_one(
-                        {"schedule": doc["schedule"], "fire_time": doc["fire_time"]}, {"_id": 1}
-                    )
+                    holder = self.fire_holder(doc)
                     if holder is not None:
-                        return bool(holder["_id"] == doc["_id"])
+                        return None if holder["_id"] == doc["_id"] else holder
                 raise InvalidJobError(f"job violates a unique index of {self.model.__name__}: {exc}") from exc
 
         return self._retry(call, "insert_fire")
