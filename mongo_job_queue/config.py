@@ -17,15 +17,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
+from .clock import MAX_DURATION_MS
 from .errors import ConfigError
 
 __all__ = ["BSON_MAX_BYTES", "MAX_DURATION_MS", "ConfigInput", "Derived", "QueueConfig", "load_config"]
 
 _DAY_MS = 24 * 3600 * 1000
-#: Longest duration any setting (and any delay) may have: 100 years. Later
-#: code adds durations to datetimes and waits on them, both of which overflow
-#: somewhere past that (``datetime.max``, ``threading.TIMEOUT_MAX``).
-MAX_DURATION_MS = 100 * 365 * _DAY_MS
 #: MongoDB's TTL indexes take ``expireAfterSeconds`` as a 32-bit int.
 _MAX_TTL_MS = (2**31 - 1) * 1000
 #: Counts are stored in (or compared with) 32-bit fields of job documents.

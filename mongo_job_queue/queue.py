@@ -13,7 +13,7 @@ from typing import Any, Optional, TypeVar
 from bson import ObjectId
 from mongoengine.errors import FieldDoesNotExist, ValidationError
 
-from .clock import Clock, after_ms, to_naive_utc, utcnow
+from .clock import MAX_DURATION_MS, Clock, after_ms, to_naive_utc, utcnow
 from .config import ConfigInput, QueueConfig, load_config
 from .errors import ConfigError, EagerJobFailed, InvalidJobError, JobModelError, QueueStateError
 from .handlers import HandlerFn, HandlerRegistry
@@ -333,8 +333,12 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
             return None
         if not isinstance(key, str) or not key or len(key) > 1000:
             raise InvalidJobError(f"unique_key must be a non-empty str of at most 1000 characters, got {key!r:.80}")
-        if for_ms is not None and (isinstance(for_ms, bool) or not isinstance(for_ms, int) or for_ms < 1):
-            raise InvalidJobError(f"unique_for_ms must be an int >= 1, got {for_ms!r}")
+        if for_ms is not None and (
+            isinstance(for_ms, bool) or not isinstance(for_ms, int) or not 1 <= for_ms <= MAX_DURATION_MS
+        ):
+            raise InvalidJobError(
+                f"unique_for_ms must be an int from 1 to {MAX_DURATION_MS} (100 years), got {for_ms!r:.80}"
+            )
         return key, for_ms
 
     @staticmethod
@@ -342,8 +346,10 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
         if run_at is not None and delay_ms is not None:
             raise InvalidJobError("pass run_at or delay_ms, not both")
         if delay_ms is not None:
-            if isinstance(delay_ms, bool) or not isinstance(delay_ms, int) or delay_ms < 0:
-                raise InvalidJobError(f"delay_ms must be an int >= 0, got {delay_ms!r}")
+            if isinstance(delay_ms, bool) or not isinstance(delay_ms, int) or not 0 <= delay_ms <= MAX_DURATION_MS:
+                raise InvalidJobError(
+                    f"delay_ms must be an int from 0 to {MAX_DURATION_MS} (100 years), got {delay_ms!r:.80}"
+                )
             return after_ms(now, delay_ms)
         if run_at is not None:
             if not isinstance(run_at, datetime):
