@@ -238,7 +238,7 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
             self.hooks.emit("before_enqueue", doc)
         try:
             for doc in docs:
-                check_document(doc)
+                check_document(doc, limit=self.config.max_job_bytes)
         except InvalidJobError as exc:
             self._aborted(docs, exc)
             raise
@@ -322,7 +322,7 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
             raise InvalidJobError(f"{self.job_model.__name__} rejected the job: {exc}") from exc
         doc: dict[str, Any] = job.to_mongo().to_dict()
         doc["_id"] = ObjectId()
-        check_document(doc)
+        check_document(doc, limit=self.config.max_job_bytes)
         return doc
 
     @staticmethod

@@ -33,6 +33,7 @@ from pymongo.errors import (
     AutoReconnect,
     BulkWriteError,
     ConnectionFailure,
+    DocumentTooLarge,
     DuplicateKeyError,
     OperationFailure,
     PyMongoError,
@@ -53,7 +54,7 @@ from .clock import Clock, after_ms, to_naive_utc, utcnow
 from .config import QueueConfig
 from .errors import InvalidJobError
 from .model import BaseJob, JobStatus
-from .records import ClaimedJob, ErrorRecord, LeaseOwnerInfo, completion_fields
+from .records import ClaimedJob, ErrorRecord, LeaseOwnerInfo, UnstorableResult, completion_fields
 from .store_admin import AdminQueries
 from .store_control import ControlQueries, Heartbeat
 from .store_schedule import ScheduleQueries
@@ -487,12 +488,41 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
     def complete(self, job: ClaimedJob, result: Any = None) -> bool:
         """Mark a claimed job completed; False if the lease was lost first."""
         now = self.now()
-        update: dict[str, Any] = {
-            "$set": {"status": COMPLETED, "finished_at": now, "updated_at": now},
-            "$unset": {"lease_expires_at": ""},
-        }
-        update["$set"].update(completion_fields(result))
-        return self._fenced(job, update, COMPLETED, "complete")
+
+        def write(result: Any) -> bool:
+            update: dict[str, Any] = {
+                "$set": {"status": COMPLETED, "finished_at": now, "updated_at": now},
+                "$unset": {"lease_expires_at": ""},
+            }
+            update["$set"].update(completion_fields(result))
+            return self._fenced(job, update, COMPLETED, "complete")
+
+        return self._complete_dropping_result_if_too_large(job, result, write)
+
+    def _complete_dropping_result_if_too_large(
+        self, job: ClaimedJob, result: Any, write: Callable[[Any], bool]
+    ) -> bool:
+        """``write(result)``; if the document would grow past 16 MiB, ``write`` again without the result.
+
+        The handler did finish: a result too large for what is left of its
+        document (a big payload enqueued under other limits) is recorded as
+        dropped, in ``result_error``, and the job completes. Without this the
+        refused write would leave the job ``processing`` and run it again.
+        """
+        try:
+            return write(result)
+        except (DocumentTooLarge, OperationFailure) as exc:
+            if result is None or isinstance(result, UnstorableResult) or not is_too_large(exc):
+                raise
+            message = _short_error(exc)
+            self.log.warning(
+                "completion of job %s refused as too large (%s); completing it without its result",
+                job.id,
+                message,
+                extra={"job_id": str(job.id), "job_type": job.doc.get("type"), "queue": job.doc.get("queue")},
+            )
+            reason = f"not stored: the job document with it would exceed MongoDB's 16 MiB limit ({message})"
+            return write(UnstorableResult(reason[: self.config.max_error_chars]))
 
     def complete_many(self, jobs: Sequence[tuple[ClaimedJob, Any]]) -> set[ObjectId]:
         """Mark many claimed jobs completed in one bulk write; return the ids whose write landed.
@@ -617,6 +647,27 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
         }
         update["$set"]["finished_at" if give_up else "run_at"] = now
         return self._retry(lambda: self.collection.update_one(fence, update).matched_count == 1, "recover")
+
+
+#: Server codes for "the document would be too large": BSONObjectTooLarge, and
+#: the update's "Resulting document after update is larger than 16 MiB".
+_TOO_LARGE_CODES = frozenset({10334, 17419})
+
+
+def is_too_large(exc: BaseException) -> bool:
+    """True for a write that the driver or the server refused because a document would exceed 16 MiB."""
+    if isinstance(exc, DocumentTooLarge):
+        return True
+    if isinstance(exc, OperationFailure):
+        details = exc.details or {}
+        return exc.code in _TOO_LARGE_CODES or details.get("codeName") == "BSONObjectTooLarge"
+    return False
+
+
+def _short_error(exc: BaseException) -> str:
+    # str() of a WriteError carries the full reply, the refused update included.
+    details = getattr(exc, "details", None) or {}
+    return str(details.get("errmsg") or exc)[:500]
 
 
 def _is_id_duplicate(exc: DuplicateKeyError) -> bool:
