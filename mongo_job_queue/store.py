@@ -76,6 +76,10 @@ CANCELLED = JobStatus.CANCELLED.value
 # changes, shutdown, network). pymongo maps most to AutoReconnect/NotPrimaryError,
 # but a failCommand or an old server can surface them as OperationFailure.
 _MAX_QUARANTINES_PER_CLAIM = 10
+#: ``hello`` round trips per clock measurement; the fastest one is used.
+_CLOCK_SAMPLES = 3
+#: A measurement whose fastest round trip took longer is not trusted (error up to half of it).
+_MAX_CLOCK_ROUND_TRIP_S = 0.5
 
 _TRANSIENT_CODES = frozenset({6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
 
@@ -124,7 +128,9 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
         self._pid = os.getpid()
         self._offset = timedelta(0)
         self._next_sync = 0.0
+        self._synced = False  # no time-based decision before the first measurement
         self._sync_lock = threading.Lock()
+        self._monotonic: Callable[[], float] = time.monotonic  # measures round trips; tests inject one
 
     # -- connection ---------------------------------------------------------
 
@@ -159,10 +165,17 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
         Every time the queue writes or compares (``run_at``, lease expiry) comes
         from here. With ``sync_clock`` the local clock is corrected by its
         offset from the server's, so all workers judge leases and due times
-        by one clock, whatever their hosts' clocks say.
+        by one clock, whatever their hosts' clocks say. Until the first
+        measurement has completed every caller waits for it (and sees its
+        error), so no decision is ever taken by the uncorrected clock.
         """
-        if self.config.sync_clock and time.monotonic() >= self._next_sync:
-            self.sync_clock()
+        if self.config.sync_clock:
+            if not self._synced:
+                with self._sync_lock:
+                    if not self._synced:
+                        self._measure_offset()
+            elif self._monotonic() >= self._next_sync:
+                self.sync_clock()
         return self.clock() + self._offset
 
     @property
@@ -171,31 +184,66 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
         return self._offset
 
     def sync_clock(self) -> None:
-        """Measure the offset of the local clock from the server's ``hello.localTime``."""
+        """Measure the offset of the local clock from the server's ``hello.localTime`` again.
+
+        Other threads keep using the current offset meanwhile; on failure it is
+        kept too, and measured again at the next interval.
+        """
         if not self._sync_lock.acquire(blocking=False):
-            return  # another thread is measuring; use the current offset
+            return  # another thread is measuring
         try:
-            self._next_sync = time.monotonic() + self.config.clock_sync_interval_ms / 1000
-            before = self.clock()
-            reply = self.collection.database.command("hello")
-            after = self.clock()
-            server = reply.get("localTime")
-            if not isinstance(server, datetime):
-                return
-            # The server read its clock somewhere during the round trip; the
-            # midpoint bounds the error by half the round trip.
-            offset = to_naive_utc(server) - (before + (after - before) / 2)
-            if abs(offset - self._offset) > timedelta(seconds=1):
-                self.log.warning(
-                    "this host's clock is %.1f s %s the database server's; correcting queue times by it",
-                    abs(offset.total_seconds()),
-                    "behind" if offset > timedelta(0) else "ahead of",
-                )
-            self._offset = offset
+            self._measure_offset()
         except Exception as exc:  # noqa: BLE001 - keep the last offset; retry at the next interval
             self.log.debug("clock sync skipped: %r", exc)
         finally:
             self._sync_lock.release()
+
+    def _hello(self) -> Mapping[str, Any]:
+        return self.collection.database.command("hello")
+
+    def _measure_offset(self) -> None:
+        """Take the best of a few ``hello`` samples (shortest round trip), rejecting slow ones; caller holds the lock.
+
+        The server reads its clock somewhere during the round trip, so the
+        midpoint's error is at most half of it: the fastest sample is the
+        most accurate. Raises when no sample could be taken.
+        """
+        self._next_sync = self._monotonic() + self.config.clock_sync_interval_ms / 1000
+        samples: list[tuple[float, timedelta]] = []
+        for _ in range(_CLOCK_SAMPLES):
+            try:
+                started = self._monotonic()
+                before = self.clock()
+                reply = self._hello()
+                after = self.clock()
+                round_trip = self._monotonic() - started
+            except Exception:
+                if samples:
+                    break  # use what was measured
+                raise
+            server = reply.get("localTime")
+            if not isinstance(server, datetime):
+                self._synced = True  # the server does not tell its time: nothing to correct by
+                return
+            samples.append((round_trip, to_naive_utc(server) - (before + (after - before) / 2)))
+        round_trip, offset = min(samples, key=lambda sample: sample[0])
+        if round_trip > _MAX_CLOCK_ROUND_TRIP_S:
+            if self._synced:
+                self.log.debug("clock sync skipped: fastest of %d round trips took %.3f s", len(samples), round_trip)
+                return
+            self.log.warning(
+                "clock offset measured over a slow round trip (%.3f s): queue times may be off by up to %.3f s",
+                round_trip,
+                round_trip / 2,
+            )
+        if abs(offset - self._offset) > timedelta(seconds=1):
+            self.log.warning(
+                "this host's clock is %.1f s %s the database server's; correcting queue times by it",
+                abs(offset.total_seconds()),
+                "behind" if offset > timedelta(0) else "ahead of",
+            )
+        self._offset = offset
+        self._synced = True
 
     # -- retry machinery ----------------------------------------------------
 
