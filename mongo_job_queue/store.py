@@ -21,6 +21,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -84,6 +85,24 @@ _MAX_CLOCK_ROUND_TRIP_S = 0.5
 _TRANSIENT_CODES = frozenset({6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
 
 
+#: What each process has dropped of the client inherited across fork(), by
+#: ("alias", name) and ("model", class), with the pid that dropped it.
+_forgotten_in: dict[tuple[str, Any], int] = {}
+_fork_lock = threading.Lock()
+_live_stores: weakref.WeakSet[JobStore] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    global _fork_lock
+    _fork_lock = threading.Lock()
+    for store in list(_live_stores):
+        store._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
 def is_transient(exc: BaseException) -> bool:
     """True for errors after which the same call may succeed (and may already have)."""
     if isinstance(exc, (AutoReconnect, ConnectionFailure, WriteConcernError)):
@@ -131,6 +150,7 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
         self._synced = False  # no time-based decision before the first measurement
         self._sync_lock = threading.Lock()
         self._monotonic: Callable[[], float] = time.monotonic  # measures round trips; tests inject one
+        _live_stores.add(self)
 
     # -- connection ---------------------------------------------------------
 
@@ -148,11 +168,27 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
         return self.model._get_collection()  # type: ignore[no-any-return]
 
     def _forget_inherited_client(self) -> None:
+        """Drop what the parent's client left behind, once per alias and per model in each process.
+
+        Several stores (queues, models) share one alias: the second store in
+        a child must not drop the client the first has just created there,
+        which would leak it and its monitor threads.
+        """
         alias = self.model._meta.get("db_alias") or mongoengine.DEFAULT_CONNECTION_NAME
-        mongoengine.connection._connections.pop(alias, None)
-        mongoengine.connection._dbs.pop(alias, None)
-        self.model._collection = None
-        self._pid = os.getpid()
+        pid = os.getpid()
+        with _fork_lock:
+            if _forgotten_in.get(("alias", alias)) != pid:
+                mongoengine.connection._connections.pop(alias, None)
+                mongoengine.connection._dbs.pop(alias, None)
+                _forgotten_in[("alias", alias)] = pid
+            if _forgotten_in.get(("model", self.model)) != pid:
+                self.model._collection = None  # holds the parent's client
+                _forgotten_in[("model", self.model)] = pid
+            self._pid = pid
+
+    def _after_fork_in_child(self) -> None:
+        # A lock held by a parent thread at fork() stays held forever in the child.
+        self._sync_lock = threading.Lock()
 
     def ensure_indexes(self) -> None:
         """Create the model's indexes (the claim index above all) and the retention TTL indexes; idempotent."""
