@@ -282,7 +282,8 @@ def _check_int(name: str, value: Any, *, minimum: int, maximum: int) -> None:
     if value < minimum:
         raise ConfigError(f"config key {name!r} must be >= {minimum}, got {value}")
     if value > maximum:
-        raise ConfigError(f"config key {name!r} must be <= {maximum}, got {value}")
+        shown = value if value.bit_length() <= 64 else f"an int of {value.bit_length()} bits"
+        raise ConfigError(f"config key {name!r} must be <= {maximum}, got {shown}")
 
 
 def _check_queues(value: Any) -> None:

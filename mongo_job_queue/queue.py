@@ -337,7 +337,7 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
             isinstance(for_ms, bool) or not isinstance(for_ms, int) or not 1 <= for_ms <= MAX_DURATION_MS
         ):
             raise InvalidJobError(
-                f"unique_for_ms must be an int from 1 to {MAX_DURATION_MS} (100 years), got {for_ms!r:.80}"
+                f"unique_for_ms must be an int from 1 to {MAX_DURATION_MS} (100 years), got {_short_repr(for_ms)}"
             )
         return key, for_ms
 
@@ -348,7 +348,7 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
         if delay_ms is not None:
             if isinstance(delay_ms, bool) or not isinstance(delay_ms, int) or not 0 <= delay_ms <= MAX_DURATION_MS:
                 raise InvalidJobError(
-                    f"delay_ms must be an int from 0 to {MAX_DURATION_MS} (100 years), got {delay_ms!r:.80}"
+                    f"delay_ms must be an int from 0 to {MAX_DURATION_MS} (100 years), got {_short_repr(delay_ms)}"
                 )
             return after_ms(now, delay_ms)
         if run_at is not None:
@@ -490,6 +490,13 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
         if self.worker.scheduler is not None:
             self.worker.scheduler._after_fork_in_child()
         self._indexes_ensured = False
+
+
+def _short_repr(value: Any) -> str:
+    # repr() of an int of more than 4300 digits raises ValueError.
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an int of {value.bit_length()} bits"
+    return f"{value!r:.80}"
 
 
 def _check_model(job_model: Any) -> None:

@@ -87,6 +87,7 @@ def test_a_broken_wait_strategy_falls_back_to_the_default_backoff(make_queue, jo
     [
         {"delay_ms": 10**15},
         {"delay_ms": 10**400},
+        {"delay_ms": 10**5000},
         {"unique_key": "k", "unique_for_ms": 10**15},
     ],
 )

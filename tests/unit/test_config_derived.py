@@ -91,6 +91,7 @@ def test_derived_config_equals_and_pickles_as_plain_values() -> None:
     ("key", "value"),
     [
         ("lease_ms", 10**16),
+        pytest.param("lease_ms", 10**5000, id="lease_ms-10**5000"),
         ("retry_delay_ms", 10**15),
         ("retry_max_delay_ms", 10**15),
         ("heartbeat_interval_ms", MAX_DURATION_MS + 1),
