@@ -253,10 +253,15 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
                 reply = self._hello()
                 after = self.clock()
                 round_trip = self._monotonic() - started
-            except Exception:
+            except Exception as exc:
                 if samples:
                     break  # use what was measured
-                raise
+                if is_transient(exc) or getattr(exc, "timeout", False):
+                    raise  # the server may answer soon: measure before deciding anything
+                # Refused for good (a mock without hello, no permission): it never will.
+                self.log.warning("cannot measure the clock offset (%r); queue times are this host's clock", exc)
+                self._synced = True
+                return
             server = reply.get("localTime")
             if not isinstance(server, datetime):
                 self._synced = True  # the server does not tell its time: nothing to correct by

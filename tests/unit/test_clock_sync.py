@@ -115,3 +115,11 @@ def test_without_sync_clock_nothing_is_measured() -> None:
     server = FakeServer(store)
     assert store.now() == SERVER + AHEAD
     assert server.calls == 0
+
+
+def test_a_server_that_cannot_answer_hello_leaves_the_clock_uncorrected(caplog: pytest.LogCaptureFixture) -> None:
+    # mongomock raises NotImplementedError for hello; the app's own tests run on it with the default config.
+    store = make_store()
+    assert store.now() == SERVER + AHEAD
+    assert "cannot measure the clock offset" in caplog.text
+    assert store.now() == SERVER + AHEAD
