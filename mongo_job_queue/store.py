@@ -85,7 +85,13 @@ _MAX_CLOCK_ROUND_TRIP_S = 0.5
 _TRANSIENT_CODES = frozenset({6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
 
 
-#: What each process has dropped of the client inherited across fork(), by
+#: The clients that came across fork() into this process (MongoEngine's, and
+#: those the live stores' models cached), by identity, recorded by the
+#: after-fork hook; kept referenced so they are never finalised here.
+_inherited_clients: list[Any] = []
+#: The pid in which that hook last ran.
+_hooked_pid: int | None = None
+#: Without the hook (a fork from C code): what each process has dropped, by
 #: ("alias", name) and ("model", class), with the pid that dropped it.
 _forgotten_in: dict[tuple[str, Any], int] = {}
 _fork_lock = threading.Lock()
@@ -93,10 +99,19 @@ _live_stores: weakref.WeakSet[JobStore] = weakref.WeakSet()
 
 
 def _reset_after_fork() -> None:
-    global _fork_lock
+    global _fork_lock, _hooked_pid
     _fork_lock = threading.Lock()
+    _hooked_pid = os.getpid()
+    _inherited_clients.extend(mongoengine.connection._connections.values())
     for store in list(_live_stores):
+        cached = store.model._collection
+        if cached is not None:
+            _inherited_clients.append(cached.database.client)
         store._after_fork_in_child()
+
+
+def _is_inherited(client: Any) -> bool:
+    return any(client is inherited for inherited in _inherited_clients)
 
 
 if hasattr(os, "register_at_fork"):
@@ -144,7 +159,8 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
         self.clock = clock
         self.log = logger or log
         self._sleep = sleep
-        self._pid = os.getpid()
+        # In a forked child even a new store must check what it would inherit.
+        self._pid: int | None = None if _hooked_pid == os.getpid() else os.getpid()
         self._offset = timedelta(0)
         self._next_sync = 0.0
         self._synced = False  # no time-based decision before the first measurement
@@ -168,22 +184,33 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
         return self.model._get_collection()  # type: ignore[no-any-return]
 
     def _forget_inherited_client(self) -> None:
-        """Drop what the parent's client left behind, once per alias and per model in each process.
+        """Drop what the parent's client left behind in this process, and only that.
 
         Several stores (queues, models) share one alias: the second store in
         a child must not drop the client the first has just created there,
-        which would leak it and its monitor threads.
+        which would leak it and its monitor threads. So what is dropped is
+        the very client that came across fork(); where the after-fork hook
+        did not run (a fork from C code), each alias and model is reset once
+        per process instead.
         """
         alias = self.model._meta.get("db_alias") or mongoengine.DEFAULT_CONNECTION_NAME
         pid = os.getpid()
         with _fork_lock:
-            if _forgotten_in.get(("alias", alias)) != pid:
-                mongoengine.connection._connections.pop(alias, None)
-                mongoengine.connection._dbs.pop(alias, None)
-                _forgotten_in[("alias", alias)] = pid
-            if _forgotten_in.get(("model", self.model)) != pid:
-                self.model._collection = None  # holds the parent's client
-                _forgotten_in[("model", self.model)] = pid
+            if _hooked_pid == pid:
+                if _is_inherited(mongoengine.connection._connections.get(alias)):
+                    mongoengine.connection._connections.pop(alias, None)
+                    mongoengine.connection._dbs.pop(alias, None)
+                cached = self.model._collection
+                if cached is not None and _is_inherited(cached.database.client):
+                    self.model._collection = None
+            else:
+                if _forgotten_in.get(("alias", alias)) != pid:
+                    mongoengine.connection._connections.pop(alias, None)
+                    mongoengine.connection._dbs.pop(alias, None)
+                    _forgotten_in[("alias", alias)] = pid
+                if _forgotten_in.get(("model", self.model)) != pid:
+                    self.model._collection = None  # holds the parent's client
+                    _forgotten_in[("model", self.model)] = pid
             self._pid = pid
 
     def _after_fork_in_child(self) -> None:

@@ -13,6 +13,7 @@ from mongoengine import StringField
 
 from integration.models import ALIAS, IntegrationJob
 from mongo_job_queue import BaseJob, create_job_queue
+from mongo_job_queue import store as store_module
 
 pytestmark = [
     pytest.mark.integration,
@@ -57,7 +58,8 @@ def _fork(body: Any) -> str:
             proc.kill()
 
 
-def test_second_queue_on_an_alias_keeps_the_client_the_child_created(job_model) -> None:
+@pytest.mark.parametrize("hooks", [True, False], ids=["at-fork-hooks", "fork-from-c-without-hooks"])
+def test_second_queue_on_an_alias_keeps_the_client_the_child_created(job_model, hooks: bool) -> None:
     SecondJob.drop_collection()
     first = create_job_queue(job_model=job_model)
     same_model = create_job_queue(job_model=job_model)
@@ -67,6 +69,8 @@ def test_second_queue_on_an_alias_keeps_the_client_the_child_created(job_model) 
     parent_client = mongoengine.connection.get_connection(ALIAS)
 
     def body() -> None:
+        if not hooks:  # as after a fork by C code, which runs no os.register_at_fork hook
+            store_module._hooked_pid = None
         first.enqueue("CHILD", {})
         client = mongoengine.connection.get_connection(ALIAS)
         assert client is not parent_client, "the child must not use the parent's client"
@@ -80,6 +84,24 @@ def test_second_queue_on_an_alias_keeps_the_client_the_child_created(job_model) 
 
     assert _fork(body) == "ok"
     assert mongoengine.connection.get_connection(ALIAS) is parent_client
+    assert job_model.objects(type="CHILD").count() == 2
+
+
+def test_a_queue_created_in_the_child_does_not_use_the_parents_client(job_model) -> None:
+    # An app factory run after fork(), with mongoengine.connect() done in the parent at import.
+    create_job_queue(job_model=job_model).enqueue("PARENT", {})
+    parent_client = mongoengine.connection.get_connection(ALIAS)
+
+    def body() -> None:
+        queue = create_job_queue(job_model=job_model)
+        queue.enqueue("CHILD", {})
+        client = mongoengine.connection.get_connection(ALIAS)
+        assert client is not parent_client, "a queue created in the child used the parent's client"
+        assert queue.store.collection.database.client is client
+        create_job_queue(job_model=job_model).enqueue("CHILD", {})
+        assert mongoengine.connection.get_connection(ALIAS) is client
+
+    assert _fork(body) == "ok"
     assert job_model.objects(type="CHILD").count() == 2
 
 
