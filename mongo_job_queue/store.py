@@ -55,7 +55,7 @@ from .clock import Clock, after_ms, to_naive_utc, utcnow
 from .config import QueueConfig
 from .errors import InvalidJobError
 from .model import BaseJob, JobStatus
-from .records import ClaimedJob, ErrorRecord, LeaseOwnerInfo, UnstorableResult, completion_fields
+from .records import ClaimedJob, ErrorRecord, LeaseOwnerInfo, UnstorableResult, completion_fields, job_log_extra
 from .store_admin import AdminQueries
 from .store_control import ControlQueries, Heartbeat
 from .store_schedule import ScheduleQueries
@@ -635,7 +635,7 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
                 "completion of job %s refused as too large (%s); completing it without its result",
                 job.id,
                 message,
-                extra={"job_id": str(job.id), "job_type": job.doc.get("type"), "queue": job.doc.get("queue")},
+                extra=job_log_extra(job.doc),
             )
             reason = f"not stored: the job document with it would exceed MongoDB's 16 MiB limit ({message})"
             return write(UnstorableResult(reason[: self.config.max_error_chars]))
