@@ -13,7 +13,7 @@ from typing import Any, Optional, TypeVar
 from bson import ObjectId
 from mongoengine.errors import FieldDoesNotExist, ValidationError
 
-from .clock import Clock, after_ms, to_naive_utc, utcnow
+from .clock import MAX_DURATION_MS, Clock, after_ms, to_naive_utc, utcnow
 from .config import ConfigInput, QueueConfig, load_config
 from .errors import ConfigError, EagerJobFailed, InvalidJobError, JobModelError, QueueStateError
 from .handlers import HandlerFn, HandlerRegistry
@@ -238,7 +238,7 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
             self.hooks.emit("before_enqueue", doc)
         try:
             for doc in docs:
-                check_document(doc)
+                check_document(doc, limit=self.config.max_job_bytes)
         except InvalidJobError as exc:
             self._aborted(docs, exc)
             raise
@@ -322,7 +322,7 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
             raise InvalidJobError(f"{self.job_model.__name__} rejected the job: {exc}") from exc
         doc: dict[str, Any] = job.to_mongo().to_dict()
         doc["_id"] = ObjectId()
-        check_document(doc)
+        check_document(doc, limit=self.config.max_job_bytes)
         return doc
 
     @staticmethod
@@ -333,8 +333,12 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
             return None
         if not isinstance(key, str) or not key or len(key) > 1000:
             raise InvalidJobError(f"unique_key must be a non-empty str of at most 1000 characters, got {key!r:.80}")
-        if for_ms is not None and (isinstance(for_ms, bool) or not isinstance(for_ms, int) or for_ms < 1):
-            raise InvalidJobError(f"unique_for_ms must be an int >= 1, got {for_ms!r}")
+        if for_ms is not None and (
+            isinstance(for_ms, bool) or not isinstance(for_ms, int) or not 1 <= for_ms <= MAX_DURATION_MS
+        ):
+            raise InvalidJobError(
+                f"unique_for_ms must be an int from 1 to {MAX_DURATION_MS} (100 years), got {_short_repr(for_ms)}"
+            )
         return key, for_ms
 
     @staticmethod
@@ -342,8 +346,10 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
         if run_at is not None and delay_ms is not None:
             raise InvalidJobError("pass run_at or delay_ms, not both")
         if delay_ms is not None:
-            if isinstance(delay_ms, bool) or not isinstance(delay_ms, int) or delay_ms < 0:
-                raise InvalidJobError(f"delay_ms must be an int >= 0, got {delay_ms!r}")
+            if isinstance(delay_ms, bool) or not isinstance(delay_ms, int) or not 0 <= delay_ms <= MAX_DURATION_MS:
+                raise InvalidJobError(
+                    f"delay_ms must be an int from 0 to {MAX_DURATION_MS} (100 years), got {_short_repr(delay_ms)}"
+                )
             return after_ms(now, delay_ms)
         if run_at is not None:
             if not isinstance(run_at, datetime):
@@ -484,6 +490,13 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
         if self.worker.scheduler is not None:
             self.worker.scheduler._after_fork_in_child()
         self._indexes_ensured = False
+
+
+def _short_repr(value: Any) -> str:
+    # repr() of an int of more than 4300 digits raises ValueError.
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an int of {value.bit_length()} bits"
+    return f"{value!r:.80}"
 
 
 def _check_model(job_model: Any) -> None:
