@@ -74,7 +74,7 @@ CANCELLED = JobStatus.CANCELLED.value
 _MAX_QUARANTINES_PER_CLAIM = 10
 # What a new claim clears: the progress an earlier attempt reported.
 _FRESH_RUN = {"progress": ""}
-# Bound on the reads a failed claim makes to find the documents that broke it.
+# Bound on every read of the claim path (the claim's own search included).
 _CLAIM_READ_MAX_TIME_MS = 5_000
 
 # Server error codes that mean "try again, maybe elsewhere" (replica-set state
@@ -375,7 +375,13 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
         raced = False
 
         def mine() -> list[dict[str, Any]]:
-            return list(self.collection.find({"status": PROCESSING, "lease_expires_at": expires, "lease_token": token}))
+            return list(
+                self.collection.find(
+                    {"status": PROCESSING, "lease_expires_at": expires, "lease_token": token},
+                    limit=limit,
+                    max_time_ms=_CLAIM_READ_MAX_TIME_MS,
+                )
+            )
 
         def call() -> list[dict[str, Any]]:
             nonlocal tries, expires, raced
@@ -386,7 +392,11 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
                     return claimed
             now = self.now()
             due = {**query, "run_at": {"$lte": now}}
-            candidates = list(self.collection.find(due, sort=[("priority", -1), ("run_at", 1)], limit=limit))
+            candidates = list(
+                self.collection.find(
+                    due, sort=[("priority", -1), ("run_at", 1)], limit=limit, max_time_ms=_CLAIM_READ_MAX_TIME_MS
+                )
+            )
             if not candidates:
                 return []
             # The lease starts when it is written, not when the read began: on a
@@ -457,7 +467,8 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
                 # The earlier try may have claimed a job before its reply was
                 # lost; find it by our token (index: status, lease_expires_at).
                 mine = self.collection.find_one(
-                    {"status": PROCESSING, "lease_expires_at": expires, "lease_token": token}
+                    {"status": PROCESSING, "lease_expires_at": expires, "lease_token": token},
+                    max_time_ms=_CLAIM_READ_MAX_TIME_MS,
                 )
                 if mine is not None:
                     return mine
@@ -479,6 +490,7 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
                 },
                 sort=[("priority", -1), ("run_at", 1)],
                 return_document=ReturnDocument.AFTER,
+                maxTimeMS=_CLAIM_READ_MAX_TIME_MS,
             )
 
         doc = self._retry(call, "claim", abort)
@@ -632,7 +644,13 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
         now = self.now()
         # Whole documents: there are few (only stranded jobs), and the sweep checks them for damage.
         return self._retry(
-            lambda: list(self.collection.find({"status": PROCESSING, "lease_expires_at": {"$lt": now}}, limit=limit)),
+            lambda: list(
+                self.collection.find(
+                    {"status": PROCESSING, "lease_expires_at": {"$lt": now}},
+                    limit=limit,
+                    max_time_ms=_CLAIM_READ_MAX_TIME_MS,
+                )
+            ),
             "expired_leases",
         )
 

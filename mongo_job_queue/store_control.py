@@ -38,6 +38,8 @@ CANCELLED = JobStatus.CANCELLED.value
 FINISHED = (COMPLETED, FAILED, CANCELLED)
 
 _PAUSE_ID = "pause"
+# Bound on the heartbeat's follow-up read (by _id, at most one document per running job).
+_HEARTBEAT_READ_MAX_TIME_MS = 5_000
 
 
 def retention_index_name(status: str) -> str:
@@ -265,7 +267,9 @@ class ControlQueries(StoreBase):
             if renew(leases, skip_cancelled=True) == len(leases):
                 return Heartbeat(set(), set())
             docs = self.collection.find(
-                {"_id": {"$in": list(leases)}}, {"status": 1, "lease_token": 1, "cancel_requested": 1}
+                {"_id": {"$in": list(leases)}},
+                {"status": 1, "lease_token": 1, "cancel_requested": 1},
+                max_time_ms=_HEARTBEAT_READ_MAX_TIME_MS,
             )
             ours = {d["_id"]: d for d in docs if d.get("lease_token") == leases[d["_id"]]}
             held = {job_id for job_id, d in ours.items() if d.get("status") == PROCESSING}
