@@ -21,16 +21,13 @@ so a worker that lost a lease can only log the fact, never clobber the new owner
 
 from __future__ import annotations
 
-import atexit
 import logging
 import threading
-import weakref
 from typing import Optional
 
 from bson import ObjectId
 
 from ..config import QueueConfig
-from ..context import RunState
 from ..failures import error_record
 from ..handlers import HandlerRegistry
 from ..middleware import MiddlewareChain
@@ -43,6 +40,7 @@ from .inflight import InflightTable
 from .leases import LeaseKeeper
 from .maintenance import Hygiene, MaintenanceLoop, Quarantiner, Rescuer, Service
 from .poller import Poller
+from .shutdown import ShutdownRequeue
 from .timeouts import deadline_after, join, remaining
 from .wakeup import ChangeStreamWaker
 
@@ -94,7 +92,6 @@ class Worker:
         self._waker_thread: Optional[threading.Thread] = None
         self._waker: Optional[ChangeStreamWaker] = None
         self._completer: Optional[Completer] = None
-        self._abandoned: list[RunState] = []
         self._running = False
         keeper = getattr(self, "keeper", None)
         if keeper is not None:
@@ -122,6 +119,7 @@ class Worker:
             logger=self._logger,
         )
         self.rescuer = Rescuer(self.store, self.config, self.hooks, self.quarantiner, self._logger)
+        self.shutdown = ShutdownRequeue(self.executor, self.table, self.owner.worker_id)
         self.hygiene = Hygiene(self.store, self.quarantiner)
 
     @property
@@ -287,7 +285,12 @@ class Worker:
         if finished:
             self.log.info("worker %s stopped: all jobs finished", self.owner.worker_id)
         elif requeue_running:
-            self._abandon(running)
+            self.log.warning(
+                "worker %s stopped with %d job(s) still running; they return to the queue when this process exits",
+                self.owner.worker_id,
+                len(running),
+            )
+            self.shutdown.abandon(running)
         else:
             self.log.warning(
                 "worker %s stopped with %d job(s) still running; their leases are kept while this "
@@ -326,21 +329,9 @@ class Worker:
         ]
         return [t for t in threads if t is not None and t.is_alive()]
 
-    def _abandon(self, running: list[RunState]) -> None:
-        self.log.warning(
-            "worker %s stopped with %d job(s) still running; they return to the queue when this process exits",
-            self.owner.worker_id,
-            len(running),
-        )
-        self._abandoned.extend(running)
-        _ABANDONING.add(self)
-
     def requeue_abandoned(self) -> None:
-        """Return runs given up by ``stop(requeue_running=True)`` that are still running; called at exit."""
-        abandoned, self._abandoned = self._abandoned, []
-        for state in abandoned:
-            if self.table.get((state.claimed.id, state.claimed.token)) is not None:
-                self.executor.requeue_on_shutdown(state, self.owner.worker_id)
+        """Return runs given up by ``stop(requeue_running=True)`` that still run; done at process exit."""
+        self.shutdown.requeue()
 
     def _new_scheduler_thread(self, scheduler: Scheduler, stopping: threading.Event) -> threading.Thread:
         thread = threading.Thread(
@@ -407,16 +398,3 @@ class Worker:
     def fail_malformed_jobs(self) -> int:
         """One hygiene scan now; how many jobs were failed."""
         return self.hygiene.run_once(self.store.now())
-
-
-#: Workers with runs given up by ``stop(requeue_running=True)``, requeued when the process exits.
-_ABANDONING: weakref.WeakSet[Worker] = weakref.WeakSet()
-
-
-@atexit.register
-def _requeue_abandoned_at_exit() -> None:
-    for worker in list(_ABANDONING):
-        try:
-            worker.requeue_abandoned()
-        except Exception:
-            log.exception("could not return abandoned jobs to the queue at exit")
