@@ -170,7 +170,7 @@ class Worker:
         self._work = work = WorkQueue()
         name = f"mjq-{self.owner.worker_id}"
         self._completer = completer = (
-            GroupCompleter(self.store, self.table, self.executor.report_completion, logger=self._logger)
+            GroupCompleter(self.store, self.table, self.executor.report_completion, logger=self._logger, name=name)
             if self.config.batch_acks
             else self.executor.inline
         )

@@ -40,7 +40,9 @@ OnAcked = Callable[[ClaimedJob, Optional[bool]], None]
 class AckBuffer:
     """Group-commit buffer of completions, flushed by one background thread."""
 
-    def __init__(self, store: JobStore, on_acked: OnAcked, *, logger: Optional[logging.Logger] = None) -> None:
+    def __init__(
+        self, store: JobStore, on_acked: OnAcked, *, logger: Optional[logging.Logger] = None, name: str = "mjq"
+    ) -> None:
         self.store = store
         self.on_acked = on_acked
         self.log = logger or log
@@ -48,7 +50,7 @@ class AckBuffer:
         self._pending: list[tuple[ClaimedJob, Any]] = []
         self._in_flight = 0
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="mjq-acks", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"{name}-acks", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -137,12 +139,18 @@ class GroupCompleter:
     """
 
     def __init__(
-        self, store: JobStore, table: InflightTable, on_acked: OnAcked, *, logger: Optional[logging.Logger] = None
+        self,
+        store: JobStore,
+        table: InflightTable,
+        on_acked: OnAcked,
+        *,
+        logger: Optional[logging.Logger] = None,
+        name: str = "mjq",
     ) -> None:
         self.store = store
         self.table = table
         self._report = on_acked
-        self._buffer = AckBuffer(store, self._acked, logger=logger)
+        self._buffer = AckBuffer(store, self._acked, logger=logger, name=name)
         self._buffer.start()
 
     def complete(self, claimed: ClaimedJob, result: Any) -> Optional[bool]:

@@ -92,7 +92,7 @@ class LeaseKeeper:
             try:
                 self.renew_leases()
                 failures = 0
-            except Exception:
+            except BaseException:  # any error, SystemExit from a hook included: the thread lives on
                 failures += 1
                 delay = min(interval, 0.1 * 2**failures, _MAX_FAILURE_BACKOFF_S)
                 self.log.exception("lease renewal failed; retrying in %.1fs", delay)

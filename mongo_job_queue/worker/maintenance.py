@@ -151,7 +151,7 @@ class MaintenanceLoop:
                     service.step(self.now())
                     failures[i] = 0
                     due[i] = time.monotonic() + service.interval_s
-                except Exception:
+                except BaseException:  # any error, SystemExit from a hook included: the thread lives on
                     failures[i] += 1
                     backoff = min(service.interval_s * 2 ** min(failures[i] - 1, 6), 600.0)
                     due[i] = time.monotonic() + max(service.interval_s, backoff)

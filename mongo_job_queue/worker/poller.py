@@ -113,7 +113,7 @@ class Poller:
         while not stopping.is_set():
             try:
                 found = self.step(work, stopping, wake)
-            except Exception:
+            except BaseException:  # any error, SystemExit from a hook included: the thread lives on
                 failures += 1
                 delay = min(base * 2**failures, top)
                 self.log.exception("poller step failed; backing off %.1fs", delay)

@@ -179,8 +179,8 @@ def test_start_polling_is_idempotent_and_needs_handlers(make_queue) -> None:
     queue.start_polling()
     queue.start_polling()
     prefix = f"mjq-{queue.worker.owner.worker_id}-"
-    # handlers, poller, heartbeat, maintenance, change-stream waker
-    assert len([t for t in threading.enumerate() if t.name.startswith(prefix)]) == 3 + 4
+    # handlers, poller, heartbeat, maintenance, change-stream waker, completion flusher
+    assert len([t for t in threading.enumerate() if t.name.startswith(prefix)]) == 3 + 5
     assert queue.stop(timeout=10)
     assert not queue.running
 

@@ -173,3 +173,12 @@ def test_run_worker_with_an_infinite_stop_timeout(make_queue, job_model) -> None
     )
     assert code == EXIT_OK
     assert job_model.objects.get(id=job.id).status == "completed"
+
+
+def test_running_tells_the_truth_when_the_poller_thread_is_gone(make_queue) -> None:
+    queue = make_queue(concurrency=1)
+    queue.register_handler("X", lambda job: None)
+    # A poller that ends at once, as one killed by an error would.
+    queue.worker.poller.run = lambda *args: None  # type: ignore[method-assign]
+    queue.start_polling()
+    wait_until(lambda: not queue.running, timeout=5, what="running turns False")
