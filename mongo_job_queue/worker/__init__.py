@@ -148,7 +148,10 @@ class Worker:
         return all(t is not None and t.is_alive() for t in threads)
 
     def start(self) -> None:
-        """Start the services; no-op if already running."""
+        """Start the services; no-op if already running (a start whose threads died is restarted)."""
+        if self._running and not self.running:
+            self.log.error("worker %s: a worker thread died; restarting the worker", self.owner.worker_id)
+            self.stop(0)
         with self._lock:
             if self._running:
                 return
@@ -249,6 +252,7 @@ class Worker:
                 return True
             with self.table.cond:
                 self._stopping.set()
+                self.table.cond.notify_all()  # a poller waiting for a free slot sees it at once
             self._wake.set()
             self._running = False
         if self._waker is not None:

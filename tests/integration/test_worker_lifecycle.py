@@ -182,3 +182,9 @@ def test_running_tells_the_truth_when_the_poller_thread_is_gone(make_queue) -> N
     queue.worker.poller.run = lambda *args: None  # type: ignore[method-assign]
     queue.start_polling()
     wait_until(lambda: not queue.running, timeout=5, what="running turns False")
+    # start_polling() then restarts it, instead of believing it runs.
+    del queue.worker.poller.run
+    queue.start_polling()
+    assert queue.running
+    job = queue.enqueue("X", {})
+    wait_until(lambda: queue.get_job(job.id).status == "completed", timeout=10)
