@@ -12,7 +12,7 @@ import logging
 import queue as queue_mod
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import bson
 
@@ -31,9 +31,12 @@ from .completer import Completer, InlineCompleter
 from .inflight import InflightTable, log_job, run_key
 from .maintenance import Quarantiner
 
-__all__ = ["Executor", "WorkQueue"]
+__all__ = ["Executor", "Outcome", "WorkQueue"]
 
 log = logging.getLogger(__name__)
+
+#: What ``after_process`` reports: the outcome recorded, or "error" when recording it raised.
+Outcome = Literal["completed", "retry", "failed", "cancelled", "lease_lost", "error"]
 
 #: Claimed jobs waiting for a handler thread; None tells a thread to exit.
 WorkQueue = queue_mod.SimpleQueue[Optional[ClaimedJob]]
@@ -118,7 +121,7 @@ class Executor:
         log_job(self.log, logging.INFO, doc, "processing")
         self.hooks.emit("before_process", job)
         started = time.monotonic()
-        outcome: str = "error"
+        outcome: Outcome = "error"
         error: Optional[BaseException] = None
         duration: Optional[float] = None
         try:
@@ -132,7 +135,7 @@ class Executor:
 
     def _run_handler(
         self, claimed: ClaimedJob, handler: Handler, job: BaseJob, state: RunState, completer: Completer
-    ) -> tuple[str, Optional[BaseException], float]:
+    ) -> tuple[Outcome, Optional[BaseException], float]:
         """Call the handler and record what happened; return (outcome, exception, handler seconds)."""
         doc = claimed.doc
         started = time.monotonic()
@@ -185,7 +188,7 @@ class Executor:
         log_job(self.log, logging.WARNING, doc, "handler result %s", reason)
         return UnstorableResult(truncate(reason, self.config.max_error_chars))
 
-    def _record_failure(self, claimed: ClaimedJob, handler: Handler | None, exc: BaseException) -> str:
+    def _record_failure(self, claimed: ClaimedJob, handler: Handler | None, exc: BaseException) -> Outcome:
         """Write a failed attempt back (retry or failed, fenced); return the outcome.
 
         Both writes are fenced on the cancel request as well: a job whose
