@@ -142,14 +142,14 @@ class Worker:
     @property
     def running(self) -> bool:
         """Started, not stopped, and its poller and handler threads alive."""
-        if not self._running:
+        if not self._running or self._stopping.is_set():
             return False
         threads = [self._poller_thread, *self._handler_threads]
         return all(t is not None and t.is_alive() for t in threads)
 
     def start(self) -> None:
         """Start the services; no-op if already running (a start whose threads died is restarted)."""
-        if self._running and not self.running:
+        if self._running and not self._stopping.is_set() and not self.running:
             self.log.error("worker %s: a worker thread died; restarting the worker", self.owner.worker_id)
             self.stop(0)
         with self._lock:
@@ -254,7 +254,8 @@ class Worker:
                 self._stopping.set()
                 self.table.cond.notify_all()  # a poller waiting for a free slot sees it at once
             self._wake.set()
-            self._running = False
+        # _running stays True until the end, so a start() meanwhile is a no-op
+        # rather than a second set of services this stop would then tear down.
         if self._waker is not None:
             self._waker.close()  # ends a change-stream read that would wait on the server
         if self.scheduler is not None:
@@ -302,6 +303,8 @@ class Worker:
                 self.owner.worker_id,
                 len(running),
             )
+        with self._lock:
+            self._running = False
         return finished and not self._alive_threads()
 
     def _join_services(self, deadline: float, finished: bool) -> None:
