@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
@@ -390,19 +391,31 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
             logging.getLogger(__name__).warning("unsafe write concern: %s", problem)
         self.worker.start()
 
-    def stop(self, timeout: float = 30.0) -> bool:
-        """Stop gracefully; True if every running job finished within ``timeout`` seconds.
+    def stop(
+        self,
+        timeout: Optional[float] = 30.0,
+        *,
+        requeue_running: bool = False,
+        force: Optional[threading.Event] = None,
+    ) -> bool:
+        """Stop gracefully; True if every running job (and every worker thread) finished within ``timeout``.
 
-        Meant for an app stopping its in-process worker: jobs still running
-        at the timeout keep their lease while the process lives. A dedicated
-        worker process should use :meth:`run_worker` instead.
+        Args:
+            timeout: Seconds running jobs get to finish; ``None`` or
+                ``math.inf`` waits until they do.
+            requeue_running: False (an app stopping its in-process worker):
+                jobs still running at the timeout keep their lease while the
+                process lives. True (a process about to exit): they go back to
+                the queue, attempt counted, when the process exits, never
+                while their handler still runs in it.
+            force: Stop waiting as soon as this event is set (a second signal).
         """
-        return self.worker.stop(timeout)
+        return self.worker.stop(timeout, requeue_running=requeue_running, force=force)
 
     def run_worker(
         self,
         *,
-        stop_timeout: float = 30.0,
+        stop_timeout: Optional[float] = 30.0,
         install_signal_handlers: bool = True,
         until: Optional[Callable[[], bool]] = None,
     ) -> int:
@@ -416,7 +429,7 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
 
     @property
     def running(self) -> bool:
-        """Whether the background worker is running in this process."""
+        """Whether the background worker is running in this process (started, and its threads alive)."""
         return self.worker.running
 
     def configure_worker(
@@ -451,8 +464,10 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
                 new_config = dataclasses.replace(self.config, **config)
             except TypeError as exc:
                 raise ConfigError(f"unknown config key in {sorted(config)}: {exc}") from exc
-            self.config = self.store.config = self.worker.config = new_config
-            self.worker._reset_runtime_state()  # the lease owner may name a new worker_id
+            self.config = self.store.config = new_config
+            # The lease owner may name a new worker_id; runs still finishing
+            # after a timed-out stop keep their heartbeat.
+            self.worker.reconfigure(new_config)
         if job_types is not None or wrap is not None:
             self.worker.registry = self.registry.subset(job_types, wrap=wrap)
 

@@ -73,15 +73,20 @@ COMPLETED = JobStatus.COMPLETED.value
 FAILED = JobStatus.FAILED.value
 CANCELLED = JobStatus.CANCELLED.value
 
-# Server error codes that mean "try again, maybe elsewhere" (replica-set state
-# changes, shutdown, network). pymongo maps most to AutoReconnect/NotPrimaryError,
-# but a failCommand or an old server can surface them as OperationFailure.
 _MAX_QUARANTINES_PER_CLAIM = 10
+# What a new claim clears: the progress an earlier attempt reported.
+_FRESH_RUN = {"progress": ""}
+# Bound on every read of the claim path (the claim's own search included).
+_CLAIM_READ_MAX_TIME_MS = 5_000
+
 #: ``hello`` round trips per clock measurement; the fastest one is used.
 _CLOCK_SAMPLES = 3
 #: A measurement whose fastest round trip took longer is not trusted (error up to half of it).
 _MAX_CLOCK_ROUND_TRIP_S = 0.5
 
+# Server error codes that mean "try again, maybe elsewhere" (replica-set state
+# changes, shutdown, network). pymongo maps most to AutoReconnect/NotPrimaryError,
+# but a failCommand or an old server can surface them as OperationFailure.
 _TRANSIENT_CODES = frozenset({6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
 
 
@@ -457,24 +462,47 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
         query = {"status": PENDING, "queue": {"$in": queues}, "type": {"$in": types}}
         for _ in range(_MAX_QUARANTINES_PER_CLAIM):
             try:
-                return self._claim_batch(query, owner, limit, abort)
+                batch, raced = self._claim_batch(query, owner, limit, abort)
             except OperationFailure as exc:
-                if is_transient(exc) or not self._quarantine_head(query, exc):
+                if is_transient(exc) or not self._quarantine_head(query, exc, limit):
                     raise
+                continue
+            if batch or not raced:
+                return batch
+            # Other workers took every job we read: that is not an empty queue.
+            # One atomic claim either takes the next due job or proves none is left.
+            one = self._claim(query, owner, abort)
+            return [one] if one is not None else []
         return []
 
     def _claim_batch(
         self, query: dict[str, Any], owner: LeaseOwnerInfo, limit: int, abort: threading.Event | None
-    ) -> list[ClaimedJob]:
+    ) -> tuple[list[ClaimedJob], bool]:
+        """Claim up to ``limit`` jobs; also whether jobs were read but all taken by others (a lost race).
+
+        ``update_many`` is not atomic: an error partway (a document edited
+        into a shape the update cannot apply to, or transient errors that
+        outlast the retries) can leave some documents leased under our token.
+        Whatever the error, those are read back and returned, so none is
+        stranded holding a lease nobody renews; the error is raised only when
+        nothing was claimed.
+        """
         token = uuid.uuid4().hex
         tries = 0
         expires: datetime | None = None
+        raced = False
 
         def mine() -> list[dict[str, Any]]:
-            return list(self.collection.find({"status": PROCESSING, "lease_expires_at": expires, "lease_token": token}))
+            return list(
+                self.collection.find(
+                    {"status": PROCESSING, "lease_expires_at": expires, "lease_token": token},
+                    limit=limit,
+                    max_time_ms=_CLAIM_READ_MAX_TIME_MS,
+                )
+            )
 
         def call() -> list[dict[str, Any]]:
-            nonlocal tries, expires
+            nonlocal tries, expires, raced
             tries += 1
             if tries > 1 and expires is not None:
                 claimed = mine()  # an earlier try may have applied before its reply was lost
@@ -482,7 +510,11 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
                     return claimed
             now = self.now()
             due = {**query, "run_at": {"$lte": now}}
-            candidates = list(self.collection.find(due, sort=[("priority", -1), ("run_at", 1)], limit=limit))
+            candidates = list(
+                self.collection.find(
+                    due, sort=[("priority", -1), ("run_at", 1)], limit=limit, max_time_ms=_CLAIM_READ_MAX_TIME_MS
+                )
+            )
             if not candidates:
                 return []
             # The lease starts when it is written, not when the read began: on a
@@ -504,15 +536,31 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
                 {"_id": d["_id"], "lease_token": d.get("lease_token"), "attempts": d.get("attempts")}
                 for d in candidates
             ]
-            result = self.collection.update_many({**due, "$or": unchanged}, {"$set": lease, "$inc": {"attempts": 1}})
+            result = self.collection.update_many(
+                {**due, "$or": unchanged}, {"$set": lease, "$inc": {"attempts": 1}, "$unset": _FRESH_RUN}
+            )
             if result.modified_count == len(candidates):
                 for doc in candidates:
                     doc.update(lease)
                     doc["attempts"] = int(doc.get("attempts") or 0) + 1
+                    doc.pop("progress", None)
                 return candidates
+            raced = not result.modified_count
             return mine() if result.modified_count else []
 
-        return [ClaimedJob(doc, token) for doc in self._retry(call, "claim_batch", abort)]
+        try:
+            docs = self._retry(call, "claim_batch", abort)
+        except Exception as exc:
+            if expires is None:
+                raise
+            try:
+                docs = self._retry(mine, "claim_batch_read_back")
+            except Exception:  # noqa: BLE001 - report the claim's own error; lease expiry recovers the rest
+                raise exc from None
+            if not docs:
+                raise
+            self.log.warning("claim of %d job(s) partly applied before %r; running those", len(docs), exc)
+        return [ClaimedJob(doc, token) for doc in docs], raced
 
     def claim_job(self, job_id: ObjectId, owner: LeaseOwnerInfo) -> ClaimedJob | None:
         """Claim one specific pending job, due or not (inline/eager runs, admin "run now")."""
@@ -537,7 +585,8 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
                 # The earlier try may have claimed a job before its reply was
                 # lost; find it by our token (index: status, lease_expires_at).
                 mine = self.collection.find_one(
-                    {"status": PROCESSING, "lease_expires_at": expires, "lease_token": token}
+                    {"status": PROCESSING, "lease_expires_at": expires, "lease_token": token},
+                    max_time_ms=_CLAIM_READ_MAX_TIME_MS,
                 )
                 if mine is not None:
                     return mine
@@ -555,23 +604,33 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
                         "updated_at": now,
                     },
                     "$inc": {"attempts": 1},
+                    "$unset": _FRESH_RUN,
                 },
                 sort=[("priority", -1), ("run_at", 1)],
                 return_document=ReturnDocument.AFTER,
+                maxTimeMS=_CLAIM_READ_MAX_TIME_MS,
             )
 
         doc = self._retry(call, "claim", abort)
         return ClaimedJob(doc, token) if doc is not None else None
 
-    def _quarantine_head(self, query: dict[str, Any], exc: OperationFailure) -> bool:
-        head = self.collection.find_one(
-            {**query, "run_at": {"$lte": self.now()}}, sort=[("priority", -1), ("run_at", 1)]
+    def _quarantine_head(self, query: dict[str, Any], exc: OperationFailure, limit: int = 1) -> bool:
+        """Fail the malformed documents among the ``limit`` most urgent due jobs; True if any was."""
+        head = list(
+            self.collection.find(
+                {**query, "run_at": {"$lte": self.now()}},
+                sort=[("priority", -1), ("run_at", 1)],
+                limit=max(1, limit),
+                max_time_ms=_CLAIM_READ_MAX_TIME_MS,
+            )
         )
-        problems = stored_job_problems(head) if head is not None else []
-        if head is None or not problems:
-            return False
-        self.log.error("claim failed on a malformed job %s (%s); failing it", head["_id"], exc)
-        return self.quarantine(head["_id"], problems, from_status=PENDING)
+        failed = False
+        for doc in head:
+            problems = stored_job_problems(doc)
+            if problems:
+                self.log.error("claim failed on a malformed job %s (%s); failing it", doc["_id"], exc)
+                failed = self.quarantine(doc["_id"], problems, from_status=PENDING) or failed
+        return failed
 
     def watch_new_jobs(
         self, types: Sequence[str], queues: Sequence[str], *, resume_after: Mapping[str, Any] | None, max_await_ms: int
@@ -685,14 +744,16 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
         return self._fenced(job, update, PENDING, "reschedule", uncancelled=True)
 
     def fail(self, job: ClaimedJob, error: ErrorRecord) -> bool:
-        """Fail a claimed job for good; False if the lease was lost."""
+        """Fail a claimed job for good; False if the lease was lost or a cancel requested."""
         now = self.now()
         update = {
             "$set": {"status": FAILED, "finished_at": now, "updated_at": now, "last_error": error.as_doc()},
             "$unset": {"lease_expires_at": ""},
             "$push": {"errors": {"$each": [error.as_doc()], "$slice": -self.config.max_error_history}},
         }
-        return self._fenced(job, update, FAILED, "fail")
+        # Fenced on the cancel request too, like reschedule: a job whose
+        # cancellation was requested ends cancelled (the caller cancels it).
+        return self._fenced(job, update, FAILED, "fail", uncancelled=True)
 
     def release(self, job: ClaimedJob) -> bool:
         """Hand back a claimed job that never started: ``pending`` again, attempt not counted."""
@@ -730,7 +791,13 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
         now = self.now()
         # Whole documents: there are few (only stranded jobs), and the sweep checks them for damage.
         return self._retry(
-            lambda: list(self.collection.find({"status": PROCESSING, "lease_expires_at": {"$lt": now}}, limit=limit)),
+            lambda: list(
+                self.collection.find(
+                    {"status": PROCESSING, "lease_expires_at": {"$lt": now}},
+                    limit=limit,
+                    max_time_ms=_CLAIM_READ_MAX_TIME_MS,
+                )
+            ),
             "expired_leases",
         )
 
