@@ -32,6 +32,9 @@ _EPOCH = datetime(1970, 1, 1)
 _MS = timedelta(milliseconds=1)
 #: Shortest interval: each fire costs every firing process a few round trips.
 MIN_EVERY_MS = 100
+#: Longest interval, 366 days: fire times must stay far inside the dates
+#: datetime can hold; cron expressions say "yearly" better anyway.
+MAX_EVERY_MS = 366 * 24 * 3600 * 1000
 #: Guard on iterator steps that DST folds can make non-monotonic; a handful suffice.
 _EXTRA_STEPS = 100
 
@@ -217,6 +220,11 @@ class Schedule:
             times = CronTimes(cron, zone)
         else:
             _positive_int(name, "every_ms", every_ms, minimum=MIN_EVERY_MS)
+            if every_ms > MAX_EVERY_MS:
+                raise ScheduleError(
+                    f"schedule {name!r}: every_ms must be at most {MAX_EVERY_MS} (366 days), got {every_ms!r}; "
+                    "use a cron expression for longer periods"
+                )
             if zone_name != "UTC":
                 raise ScheduleError(f"schedule {name!r}: timezone applies to cron expressions, not to every_ms")
             times = IntervalTimes(every_ms)

@@ -7,6 +7,8 @@ tests/integration/test_schedules.py.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -141,6 +143,16 @@ def test_an_interval_takes_no_timezone(queue: Any) -> None:
         queue.schedule("sync", job_type="T", every_ms=60_000, timezone="Europe/Paris")
     with pytest.raises(ScheduleError, match="every_ms must be an int >= 100, got 99"):
         queue.schedule("sync", job_type="T", every_ms=99)
+
+
+def test_an_interval_too_long_to_compute_is_rejected_when_scheduling(queue: Any) -> None:
+    # 3e14 ms is about 9500 years: its next fire time is past the dates datetime can hold.
+    with pytest.raises(ScheduleError, match=r"every_ms must be at most 31622400000 \(366 days\), got 300000000000000"):
+        queue.schedule("huge", job_type="T", every_ms=3 * 10**14)
+    assert queue.schedules() == []
+    queue.schedule("yearly", job_type="T", every_ms=366 * 24 * 3600 * 1000)  # the longest
+    assert queue.fire_schedules(utc(2026, 1, 1)) == []
+    assert queue.scheduler.next_due(utc(2026, 1, 1)) is not None
 
 
 @pytest.mark.parametrize(
@@ -374,3 +386,36 @@ def test_a_schedule_that_cannot_insert_does_not_stop_the_others_and_stays_due(ma
     assert [d.get("schedule") for d in raw_docs(RefJob)] == [None, "b"]  # "a" failed first; "b" still fired
     RefJob._get_collection().delete_one({"_id": blocker.id})  # the conflict is resolved
     assert [(f.schedule, f.enqueued) for f in queue.fire_schedules(utc(2026, 1, 1, 10, 0, 2))] == [("a", True)]
+
+
+class Unreadable:
+    """Fire times that cannot be computed, as an interval past the dates datetime holds once could not."""
+
+    def after(self, moment: datetime) -> datetime:
+        raise OverflowError("date value out of range")
+
+    def newest(self, after: Any, until: datetime, limit: int) -> list[datetime]:
+        raise OverflowError("date value out of range")
+
+
+def test_a_schedule_whose_fire_times_cannot_be_computed_backs_off_alone(
+    queue: Any, clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = queue.schedule("broken", job_type="T", every_ms=60_000)
+    queue.unschedule("broken")
+    queue.scheduler.add(dataclasses.replace(broken, times=Unreadable()))
+    queue.schedule("minutely", job_type="T", every_ms=60_000)
+    queue.ensure_indexes()
+    due_at = None
+    with caplog.at_level(logging.WARNING, logger="mongo_job_queue"):
+        for _ in range(10 * 60):  # ten minutes in steps of a second, as the scheduler thread would wake
+            if due_at is None or clock.now >= due_at:
+                due_at = queue.scheduler.step(clock.now)
+            clock.advance(seconds=1)
+    docs = raw_docs()
+    assert [d["fire_time"] for d in docs] == [START + timedelta(minutes=m) for m in range(1, 10)]
+    assert all(d["created_at"] == d["fire_time"] for d in docs)  # on time, not after a backoff
+    retries = [r.getMessage() for r in caplog.records if "trying it again" in r.getMessage()]
+    expected = "schedule broken failed {} time(s) in a row; trying it again in {}s, the others on time"
+    assert retries[:7] == [expected.format(n, min(60, 2**n)) for n in range(1, 8)]
+    assert len(retries) == 14  # 2 + 4 + ... + 32 s, then every 60 s: not at each of the 600 wake-ups
