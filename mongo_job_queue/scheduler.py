@@ -58,6 +58,20 @@ class Fire:
         return self.job_id is not None
 
 
+def _superseded(schedule: Schedule, handled: datetime, state: ScheduleState) -> bool:
+    """Whether another definition fired after this one's first unhandled fire time had come.
+
+    That never happens while processes with this definition run (they handle
+    each fire time when it comes, or it is one both definitions have), so
+    this definition stopped and is coming back: its handled time is stale.
+    """
+    others = [t for f, t in state.handled.items() if f != schedule.fingerprint and isinstance(t, datetime)]
+    if not others:
+        return False
+    missed = schedule.next_fire(handled)
+    return missed is not None and missed <= max(others)
+
+
 def _backoff(failures: int) -> float:
     return min(_MAX_BACKOFF_S, 2.0**failures)
 
@@ -154,6 +168,21 @@ class Scheduler:
     def _fire(self, schedule: Schedule, state: Optional[ScheduleState], now: datetime) -> list[Fire]:
         fingerprint = schedule.fingerprint
         handled = state.handled.get(fingerprint) if state is not None else None
+        if handled is not None and state is not None and _superseded(schedule, handled, state):
+            # A definition coming back (a rollback): the fire times another
+            # definition covered meanwhile are not replayed.
+            baseline = max(handled, schedule.latest_fire(now) or now)
+            self.store.advance_schedule(schedule.name, fingerprint, baseline, schedule.spec)
+            self.log.info(
+                "schedule %s (%s) starts afresh: another definition fired since its last fire time %s UTC; "
+                "next fire at %s UTC",
+                schedule.name,
+                schedule.when,
+                handled,
+                schedule.next_fire(max(baseline, now)),
+                extra={"schedule": schedule.name},
+            )
+            return []
         if handled is None:
             baseline = schedule.latest_fire(now) or now
             handled = self.store.start_schedule(schedule.name, fingerprint, baseline, schedule.spec)

@@ -263,6 +263,46 @@ def test_a_changed_definition_starts_afresh_and_the_old_one_stops(make_queue: An
     assert fired(new, utc(2026, 1, 1, 11)) == [utc(2026, 1, 1, 11)]
 
 
+def test_going_back_to_an_earlier_definition_starts_it_afresh_without_replaying(make_queue: Any) -> None:
+    # Billing at 03:00 (catch_up="all"), moved to 04:00 for five days, then rolled back.
+    a = make_queue()
+    a.schedule("billing", "0 3 * * *", "T", catch_up="all")
+    a.fire_schedules(utc(2026, 1, 1, 2))
+    assert fired(a, utc(2026, 1, 1, 3)) == [utc(2026, 1, 1, 3)]
+    b = make_queue()  # the deploy of B; A's processes stop
+    b.schedule("billing", "0 4 * * *", "T", catch_up="all")
+    b.fire_schedules(utc(2026, 1, 1, 12))
+    for day in range(2, 7):
+        assert fired(b, utc(2026, 1, day, 4)) == [utc(2026, 1, day, 4)]
+    back = make_queue()  # the rollback to A, on day 6 at 10:00
+    back.schedule("billing", "0 3 * * *", "T", catch_up="all")
+    assert fired(back, utc(2026, 1, 6, 10)) == []  # not days 2 to 6 at 03:00, which B covered
+    assert fired(back, utc(2026, 1, 7, 3)) == [utc(2026, 1, 7, 3)]
+    assert len(raw_docs()) == 1 + 5 + 1
+
+
+def test_during_a_rolling_deploy_both_definitions_fire_by_their_own_times(make_queue: Any) -> None:
+    old, new = make_queue(), make_queue()
+    old.schedule("report", "0 */2 * * *", "T")
+    old.fire_schedules(utc(2026, 1, 1, 0, 30))
+    new.schedule("report", "0 */3 * * *", "T")
+    new.fire_schedules(utc(2026, 1, 1, 0, 40))
+    enqueued = []
+    for hour in range(1, 13):  # both keep running; each fires at its own fire times
+        for process in (old, new):
+            enqueued += fired(process, utc(2026, 1, 1, hour))
+    assert enqueued == [utc(2026, 1, 1, h) for h in (2, 3, 4, 6, 8, 9, 10, 12)]  # 06:00 and 12:00 once
+
+
+def test_a_definition_back_after_an_outage_with_no_other_catches_up(queue: Any, make_queue: Any) -> None:
+    queue.schedule("hourly", "0 * * * *", "T")
+    queue.fire_schedules(utc(2026, 1, 1, 10, 30))
+    queue.unschedule("hourly")  # removed from the code, or every worker down
+    back = make_queue()
+    back.schedule("hourly", "0 * * * *", "T")
+    assert fired(back, utc(2026, 1, 1, 14, 30)) == [utc(2026, 1, 1, 14)]  # catch_up="once"
+
+
 def test_unschedule_stops_firing_from_this_process(queue: Any) -> None:
     queue.schedule("hourly", "0 * * * *", "T")
     queue.fire_schedules(utc(2026, 1, 1, 10, 30))
