@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import LeaseExpired, MalformedJob
 from .failures import error_record
+from .retry_limit import max_retries_of
 from .validation import stored_job_problems
 
 if TYPE_CHECKING:
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
     from .config import QueueConfig
     from .context import RunState
+    from .handlers import HandlerRegistry
     from .middleware import MiddlewareChain
     from .records import ClaimedJob
     from .store import JobStore
@@ -37,6 +39,7 @@ class LeaseKeeper:
     if TYPE_CHECKING:
         store: JobStore
         config: QueueConfig
+        registry: HandlerRegistry
         hooks: MiddlewareChain
         log: logging.Logger
         _lock: threading.Condition
@@ -148,7 +151,7 @@ class LeaseKeeper:
                 failed += 1
                 continue
             attempts = int(doc["attempts"])
-            give_up = attempts >= int(doc["max_retries"]) + 1
+            give_up = attempts >= max_retries_of(doc, self.registry.get(str(doc.get("type")))) + 1
             owner = doc.get("lease_owner") or {}
             exc = LeaseExpired(
                 f"lease expired on attempt {attempts}: worker {owner.get('worker_id')} "

@@ -40,6 +40,7 @@ from .lease_keeper import LeaseKeeper
 from .middleware import MiddlewareChain
 from .model import BaseJob
 from .records import UnstorableResult, job_log_extra
+from .retry_limit import exhausted, max_retries_of
 from .scheduler import Scheduler
 from .store import ClaimedJob, JobStore, LeaseOwnerInfo
 from .store_control import PauseState
@@ -246,7 +247,7 @@ class Worker(LeaseKeeper):
             exc = WorkerShutdown(f"worker {self.owner.worker_id} shut down during attempt {attempts}")
             record = error_record(exc, attempt=attempts, at=self.store.now(), token=claimed.token, config=self.config)
             try:
-                if attempts >= int(doc["max_retries"]) + 1:
+                if attempts >= max_retries_of(doc, self.registry.get(doc["type"])) + 1:
                     written = self.store.fail(claimed, record)
                 else:
                     written = self.store.reschedule(claimed, self.store.now(), record) or self._cancel(claimed)
@@ -443,6 +444,10 @@ class Worker(LeaseKeeper):
         if problems:
             self._fail_malformed(doc, problems, token=claimed.token)
             return
+        if exhausted(doc, handler):  # requeued by a lease rescuer that did not know the handler's bound
+            bound = f"max_retries={max_retries_of(doc, handler)}"
+            self._record_failure(claimed, handler, FailJob(f"{bound} of the handler exhausted before this attempt"))
+            return
         with self._lock:
             state = self._inflight.get(claimed.id) or _InFlight(claimed)
         job._mjq_context = JobContext(self.store, state)
@@ -545,7 +550,7 @@ class Worker(LeaseKeeper):
             policy.decide(
                 exc,
                 attempts=attempts,
-                max_retries=int(doc["max_retries"]),
+                max_retries=max_retries_of(doc, handler),
                 enqueued_at=doc.get("created_at"),
                 now=now,
                 config=self.config,
