@@ -141,6 +141,8 @@ class Scheduler:
             Exception: the first schedule's failure, after every other
                 schedule was fired; the failed ones' fire times stay due.
         """
+        if not len(self):
+            return []
         fires, failed = self._tick(self.store.now() if now is None else now)
         if failed:
             raise next(iter(failed.values()))
