@@ -147,3 +147,18 @@ def test_catching_up_all_after_an_outage_across_the_transition_enqueues_each_fir
     start, back = change - timedelta(hours=4), change + timedelta(hours=3, minutes=50)
     run_scheduler(queue, clock, start, start)  # first sight; then nothing runs until ``back``
     assert run_scheduler(queue, clock, back, back) == oracle("45 * * * *", zone, start, back)
+
+
+FALL_AND_SPRING = [t for t in TRANSITIONS if t[0] in ("Europe/Paris", "Australia/Lord_Howe")]
+
+
+@pytest.mark.parametrize(("zone", "change"), FALL_AND_SPRING)
+def test_fire_schedules_called_every_minute_agrees_with_the_oracle(
+    make_queue: Any, clock: Any, zone: str, change: datetime
+) -> None:
+    queue = make_queue()
+    queue.schedule("s", "*/15 * * * *", "T", timezone=zone)
+    start = change - timedelta(hours=2)
+    for minute in range(4 * 60 + 1):
+        queue.fire_schedules(start + minute * MINUTE)
+    assert [d["fire_time"] for d in raw_docs()] == oracle("*/15 * * * *", zone, start, start + 4 * 60 * MINUTE)
