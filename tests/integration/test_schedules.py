@@ -240,3 +240,21 @@ def test_a_schedule_whose_fire_times_cannot_be_computed_does_not_delay_the_other
     wait_until(lambda: raw_db.jobs.count_documents({"schedule": "often"}) >= 10, timeout=15, what="ten fires")
     assert queue.stop(timeout=10)
     assert raw_db.jobs.count_documents({"schedule": "broken"}) == 0
+
+
+def test_a_rollback_to_an_earlier_definition_replays_nothing(make_queue, raw_db) -> None:
+    a = make_queue()
+    a.schedule("billing", "0 3 * * *", "T", catch_up="all")
+    a.fire_schedules(datetime(2026, 1, 1, 2))
+    a.fire_schedules(datetime(2026, 1, 1, 3))
+    b = make_queue()
+    b.schedule("billing", "0 4 * * *", "T", catch_up="all")
+    b.fire_schedules(datetime(2026, 1, 1, 12))
+    for day in range(2, 7):
+        b.fire_schedules(datetime(2026, 1, day, 4))
+    rollback = make_queue()
+    rollback.schedule("billing", "0 3 * * *", "T", catch_up="all")
+    assert [f for f in rollback.fire_schedules(datetime(2026, 1, 6, 10)) if f.enqueued] == []
+    assert [f.fire_time for f in rollback.fire_schedules(datetime(2026, 1, 7, 3))] == [datetime(2026, 1, 7, 3)]
+    hours = [t.hour for t in fire_times(raw_db, "billing")]
+    assert hours == [3, 4, 4, 4, 4, 4, 3]
