@@ -285,6 +285,7 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
         if not -(2**31) <= priority < 2**31:
             raise InvalidJobError(f"priority must fit in 32 bits, got {priority}")
         max_retries = spec.get("max_retries")
+        default_retries = max_retries is None  # then the handler's, where the job runs, decides (retry_limit)
         if max_retries is None:
             registered = self.registry.get(job_type)
             max_retries = registered.max_retries if registered and registered.max_retries is not None else None
@@ -312,6 +313,8 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
             "created_at": now,
             "updated_at": now,
         }
+        if default_retries:
+            fields["max_retries_default"] = True
         if unique is not None:
             fields["unique_key"] = unique[0]
             if unique[1] is not None:

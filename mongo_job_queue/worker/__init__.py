@@ -118,7 +118,7 @@ class Worker:
             self.owner,
             logger=self._logger,
         )
-        self.rescuer = Rescuer(self.store, self.config, self.hooks, self.quarantiner, self._logger)
+        self.rescuer = Rescuer(self.store, self.config, self.registry, self.hooks, self.quarantiner, self._logger)
         self.shutdown = ShutdownRequeue(self.executor, self.table, self.owner.worker_id)
         self.hygiene = Hygiene(self.store, self.quarantiner)
 

@@ -25,6 +25,7 @@ from ..handlers import Handler, HandlerRegistry
 from ..middleware import MiddlewareChain
 from ..model import BaseJob
 from ..records import ClaimedJob, UnstorableResult
+from ..retry_limit import exhausted, max_retries_of
 from ..store import JobStore
 from ..validation import check_value, stored_job_problems
 from .completer import Completer, InlineCompleter
@@ -116,6 +117,10 @@ class Executor:
         if problems:
             self.quarantiner.fail_malformed(doc, problems, token=claimed.token)
             return
+        if exhausted(doc, handler):  # requeued by a lease rescuer that did not know the handler's bound
+            bound = f"max_retries={max_retries_of(doc, handler)}"
+            self._record_failure(claimed, handler, FailJob(f"{bound} of the handler exhausted before this attempt"))
+            return
         state = self.table.get(run_key(claimed)) or RunState(claimed)
         job._mjq_context = JobContext(self.store, state)
         log_job(self.log, logging.INFO, doc, "processing")
@@ -203,7 +208,7 @@ class Executor:
             policy.decide(
                 exc,
                 attempts=attempts,
-                max_retries=int(doc["max_retries"]),
+                max_retries=max_retries_of(doc, handler),
                 enqueued_at=doc.get("created_at"),
                 now=now,
                 config=self.config,
@@ -245,7 +250,7 @@ class Executor:
         now = self.store.now()
         record = error_record(exc, attempt=attempts, at=now, token=claimed.token, config=self.config)
         try:
-            if attempts >= int(doc["max_retries"]) + 1:
+            if attempts >= max_retries_of(doc, self.registry.get(doc["type"])) + 1:
                 written = self.store.fail(claimed, record)
             else:
                 written = self.store.reschedule(claimed, now, record)

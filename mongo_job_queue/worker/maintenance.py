@@ -20,7 +20,9 @@ from typing import Any, Optional
 from ..config import QueueConfig
 from ..errors import LeaseExpired, MalformedJob
 from ..failures import error_record
+from ..handlers import HandlerRegistry
 from ..middleware import MiddlewareChain
+from ..retry_limit import max_retries_of
 from ..store import JobStore
 from ..validation import stored_job_problems
 from .inflight import log_job
@@ -54,12 +56,14 @@ class Rescuer:
         self,
         store: JobStore,
         config: QueueConfig,
+        registry: HandlerRegistry,
         hooks: MiddlewareChain,
         quarantiner: Quarantiner,
         logger: Optional[logging.Logger] = None,
     ) -> None:
         self.store = store
         self.config = config
+        self.registry = registry
         self.hooks = hooks
         self.quarantiner = quarantiner
         self.log = logger or log
@@ -74,7 +78,7 @@ class Rescuer:
                 failed += 1
                 continue
             attempts = int(doc["attempts"])
-            give_up = attempts >= int(doc["max_retries"]) + 1
+            give_up = attempts >= max_retries_of(doc, self.registry.get(str(doc.get("type")))) + 1
             owner = doc.get("lease_owner") or {}
             exc = LeaseExpired(
                 f"lease expired on attempt {attempts}: worker {owner.get('worker_id')} "
