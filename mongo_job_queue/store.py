@@ -55,6 +55,7 @@ from .errors import InvalidJobError
 from .model import BaseJob, JobStatus
 from .records import ClaimedJob, ErrorRecord, LeaseOwnerInfo, completion_fields
 from .store_admin import AdminQueries
+from .store_collection import prepared_collection
 from .store_control import ControlQueries, Heartbeat
 from .store_schedule import ScheduleQueries
 from .validation import stored_job_problems
@@ -138,7 +139,7 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
         """
         if os.getpid() != self._pid:
             self._forget_inherited_client()
-        return self.model._get_collection()  # type: ignore[no-any-return]
+        return prepared_collection(self.model)
 
     def _forget_inherited_client(self) -> None:
         alias = self.model._meta.get("db_alias") or mongoengine.DEFAULT_CONNECTION_NAME
@@ -148,8 +149,13 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
         self._pid = os.getpid()
 
     def ensure_indexes(self) -> None:
-        """Create the model's indexes (the claim index above all) and the retention TTL indexes; idempotent."""
-        self._retry(lambda: self.model.ensure_indexes(), "ensure_indexes")
+        """Create and check the model's indexes now, and the retention TTL indexes; idempotent.
+
+        The model's indexes are created anyway before the store's first use
+        of the collection (see :mod:`.store_collection`); this does it again,
+        e.g. after someone dropped an index by hand.
+        """
+        self._retry(lambda: prepared_collection(self.model, force=True), "ensure_indexes")
         self.ensure_retention_indexes()
 
     def now(self) -> datetime:

@@ -81,7 +81,7 @@ def job_model(db_name: str) -> type[IntegrationJob]:
     IntegrationJob.drop_collection()
     # The queue's control collection (pause and schedule state) beside it.
     IntegrationJob._get_db().drop_collection(f"{IntegrationJob._get_collection_name()}_control")
-    IntegrationJob.ensure_indexes()
+    # No ensure_indexes(): a fresh collection, as a new app's first enqueue meets it.
     return IntegrationJob
 
 

@@ -1,0 +1,51 @@
+"""A fresh collection, as a new app meets it: the queue's first use creates and checks its indexes."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from mongo_job_queue import IndexSetupError
+
+pytestmark = pytest.mark.integration
+
+
+def test_concurrent_first_enqueues_of_one_key_on_a_fresh_collection_make_one_job(make_queue, job_model) -> None:
+    queue = make_queue()  # default config: nothing about indexes is set or called
+    start = threading.Barrier(16)
+    ids: list[object] = []
+    errors: list[BaseException] = []
+
+    def enqueue(i: int) -> None:
+        try:
+            start.wait(timeout=30)
+            ids.append(queue.enqueue("report", {"n": i}, unique_key="report:acme").id)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=enqueue, args=(i,), daemon=True) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not [t for t in threads if t.is_alive()], "enqueues hung (the server livelocked)"
+    assert not errors
+    assert job_model.objects(type="report").count() == 1
+    assert len(set(ids)) == 1
+
+
+def test_the_first_enqueue_creates_the_unique_indexes(make_queue, raw_db, job_model) -> None:
+    make_queue().enqueue("T", {})
+    info = raw_db[job_model._get_collection_name()].index_information()
+    assert info["mjq_unique"]["unique"] and info["mjq_schedule"]["unique"]
+    assert "mjq_claim" in info and "mjq_lease" in info
+
+
+def test_a_unique_index_that_cannot_be_created_fails_loudly(make_queue, raw_db, job_model) -> None:
+    # Someone created an index of that name by hand, without uniqueness: unique_key would mean nothing.
+    raw_db[job_model._get_collection_name()].create_index([("unique_key", 1)], name="mjq_unique")
+    queue = make_queue()
+    with pytest.raises(IndexSetupError, match="mjq_unique"):
+        queue.enqueue("T", {}, unique_key="k")
+    assert raw_db[job_model._get_collection_name()].count_documents({}) == 0
