@@ -76,7 +76,8 @@ class ControlQueries(StoreBase):
     def control(self) -> Collection[dict[str, Any]]:
         """The control collection (pause and schedule state), beside the jobs collection."""
         jobs = self.collection
-        return jobs.database[f"{jobs.name}_control"]
+        # With the jobs view's codec options: read back as naive UTC like every job (store_collection.py).
+        return jobs.database.get_collection(f"{jobs.name}_control", codec_options=jobs.codec_options)
 
     # -- retention ----------------------------------------------------------
 
