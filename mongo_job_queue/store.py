@@ -55,6 +55,7 @@ from .errors import InvalidJobError
 from .model import BaseJob, JobStatus
 from .records import ClaimedJob, ErrorRecord, LeaseOwnerInfo, completion_fields
 from .store_admin import AdminQueries
+from .store_base import as_stored
 from .store_collection import prepared_collection
 from .store_control import ControlQueries, Heartbeat
 from .store_schedule import ScheduleQueries
@@ -265,6 +266,10 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
             try:
                 self.collection.insert_many(todo, ordered=True)
             except BulkWriteError as exc:
+                if is_transient(exc):
+                    # Only write-concern errors: the jobs are in, the reply could not
+                    # confirm replication. Retry; the retry inserts only missing _ids.
+                    raise
                 raise self._undo_partial_insert(docs, exc) from exc
 
         self._retry(call, "insert_many")
@@ -622,7 +627,19 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
             "$push": {"errors": {"$each": [error.as_doc()], "$slice": -self.config.max_error_history}},
         }
         update["$set"]["finished_at" if give_up else "run_at"] = now
-        return self._retry(lambda: self.collection.update_one(fence, update).matched_count == 1, "recover")
+        record = error.as_doc()
+        record["at"] = as_stored(error.at)
+
+        def call() -> bool:
+            if self.collection.update_one(fence, update).matched_count:
+                return True
+            # Nothing matched: renewed or recovered by someone else, or an earlier
+            # try of ours applied and only its reply was lost. Ours pushed this
+            # very record (the old token, our time) into the job's errors.
+            found = self.collection.find_one({"_id": doc["_id"]}, {"errors": 1})
+            return found is not None and any(e == record for e in found.get("errors") or [])
+
+        return self._retry(call, "recover")
 
 
 def _is_id_duplicate(exc: DuplicateKeyError) -> bool:

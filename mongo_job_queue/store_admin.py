@@ -17,7 +17,7 @@ from bson import ObjectId
 from pymongo.errors import PyMongoError
 
 from .model import JobStatus
-from .store_base import StoreBase
+from .store_base import StoreBase, as_stored
 
 if TYPE_CHECKING:
     pass
@@ -107,20 +107,23 @@ class AdminQueries(StoreBase):
 
     def retry_job(self, job_id: ObjectId) -> bool:
         """Queue a failed or cancelled job again, due now, with a fresh attempt budget."""
-        now = self.now()
+        now = as_stored(self.now())
         update = {
             "$set": {"status": PENDING, "run_at": now, "attempts": 0, "updated_at": now},
             "$unset": {"finished_at": "", "lease_expires_at": "", "cancel_requested": ""},
         }
         filt = {"_id": job_id, "status": {"$in": [FAILED, CANCELLED]}}
-        return self._retry(lambda: self.collection.update_one(filt, update).matched_count == 1, "retry_job")
 
-    def cancel_job(self, job_id: ObjectId) -> bool:
-        """Cancel a job that has not started: only a ``pending`` job matches."""
-        now = self.now()
-        update = {"$set": {"status": CANCELLED, "finished_at": now, "updated_at": now}}
-        filt = {"_id": job_id, "status": PENDING}
-        return self._retry(lambda: self.collection.update_one(filt, update).matched_count == 1, "cancel_job")
+        def call() -> bool:
+            if self.collection.update_one(filt, update).matched_count:
+                return True
+            # An earlier try may have applied before its reply was lost (a worker
+            # may even have claimed the job since). A finished job's run_at lies
+            # in its past; only our retry set it to this very millisecond.
+            doc = self.collection.find_one({"_id": job_id}, {"run_at": 1})
+            return doc is not None and doc.get("run_at") == now
+
+        return self._retry(call, "retry_job")
 
     def purge(self, finished_before: datetime, statuses: Sequence[str] = (COMPLETED, FAILED, CANCELLED)) -> int:
         """Delete finished jobs whose ``finished_at`` is older than ``finished_before``."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
 from bson import ObjectId
@@ -19,7 +20,7 @@ from pymongo.errors import DuplicateKeyError, OperationFailure
 from .clock import after_ms
 from .errors import InvalidJobError
 from .model import JobStatus
-from .store_base import StoreBase
+from .store_base import StoreBase, as_stored
 
 if TYPE_CHECKING:
     from pymongo.collection import Collection
@@ -277,25 +278,27 @@ class ControlQueries(StoreBase):
     # -- cancellation -------------------------------------------------------
 
     def request_cancel(self, job_id: ObjectId) -> Optional[str]:
-        """Cancel a pending job, or flag a running one; return ``"cancelled"``, ``"requested"`` or None."""
-        now = self.now()
+        """Cancel a pending job, or flag a running one; return ``"cancelled"``, ``"requested"`` or None.
+
+        One atomic decision: a single update chooses by the job's status as
+        it is when the update applies, so a job that moves between pending
+        and processing meanwhile (a retry rescheduled, a lease recovered, a
+        claim) is still cancelled or flagged, never neither.
+        """
+        now = as_stored(self.now())
+        filt = {"_id": job_id, "status": {"$in": [PENDING, PROCESSING]}}
 
         def call() -> Optional[str]:
-            cancelled = self.collection.update_one(
-                {"_id": job_id, "status": PENDING},
-                {"$set": {"status": CANCELLED, "finished_at": now, "updated_at": now}},
+            before = self.collection.find_one_and_update(
+                filt, _cancel_pipeline(now), projection={"status": 1}, return_document=ReturnDocument.BEFORE
             )
-            if cancelled.matched_count:
+            if before is not None:
+                return "cancelled" if before.get("status") == PENDING else "requested"
+            # Finished or missing, or an earlier try of ours cancelled it and
+            # only the reply was lost: then it is cancelled at our very time.
+            doc = self.collection.find_one({"_id": job_id}, {"status": 1, "finished_at": 1})
+            if doc is not None and doc.get("status") == CANCELLED and doc.get("finished_at") == now:
                 return "cancelled"
-            requested = self.collection.update_one(
-                {"_id": job_id, "status": PROCESSING}, {"$set": {"cancel_requested": True, "updated_at": now}}
-            )
-            if requested.matched_count:
-                return "requested"
-            doc = self.collection.find_one({"_id": job_id}, {"status": 1, "cancel_requested": 1})
-            # A retried call whose first try applied: report what it did.
-            if doc is not None and doc.get("status") == PROCESSING and doc.get("cancel_requested"):
-                return "requested"
             return None
 
         return self._retry(call, "request_cancel")
@@ -303,22 +306,26 @@ class ControlQueries(StoreBase):
     def cancel_jobs(self, filt: Mapping[str, Any], *, running: bool) -> tuple[int, int]:
         """Cancel the pending jobs matching ``filt`` (and flag the running ones); ``(cancelled, requested)``.
 
+        One update, atomic per job like :meth:`request_cancel`: a job that
+        moves between pending and processing meanwhile is cancelled or
+        flagged, whichever state it is in when the update reaches it.
         ``filt`` holds equality on ``queue`` and ``type`` at most, so with the
-        status the claim index's prefix serves both updates.
+        status the claim index's prefix serves it. The cancelled ones are
+        counted by the time this call wrote, so a retry after a lost reply
+        still reports what the earlier try cancelled.
         """
-        now = self.now()
+        now = as_stored(self.now())
+        flaggable = {"status": PROCESSING, "cancel_requested": {"$ne": True}}
+        match = {**filt, "$or": [{"status": PENDING}, flaggable]} if running else {**filt, "status": PENDING}
+        ours = {**filt, "status": CANCELLED, "finished_at": now, "updated_at": now}
+        counted = {"cancelled": 0, "requested": 0}
 
         def call() -> tuple[int, int]:
-            cancelled = self.collection.update_many(
-                {**filt, "status": PENDING}, {"$set": {"status": CANCELLED, "finished_at": now, "updated_at": now}}
-            ).modified_count
-            requested = 0
-            if running:
-                requested = self.collection.update_many(
-                    {**filt, "status": PROCESSING, "cancel_requested": {"$ne": True}},
-                    {"$set": {"cancel_requested": True, "updated_at": now}},
-                ).modified_count
-            return cancelled, requested
+            modified = self.collection.update_many(match, _cancel_pipeline(now)).modified_count
+            cancelled = self.collection.count_documents(ours)
+            counted["requested"] += max(0, modified - (cancelled - counted["cancelled"]))
+            counted["cancelled"] = cancelled
+            return cancelled, counted["requested"]
 
         return self._retry(call, "cancel_jobs")
 
@@ -340,6 +347,21 @@ class ControlQueries(StoreBase):
             "$unset": {"lease_expires_at": ""},
         }
         return self._fenced(job, update, CANCELLED, "cancel_claimed")
+
+
+def _cancel_pipeline(now: datetime) -> list[dict[str, Any]]:
+    """An update that cancels a pending job and flags a processing one, by the status it finds."""
+    pending = {"$eq": ["$status", PENDING]}
+    return [
+        {
+            "$set": {
+                "status": {"$cond": [pending, CANCELLED, "$status"]},
+                "finished_at": {"$cond": [pending, now, "$finished_at"]},
+                "cancel_requested": {"$cond": [{"$eq": ["$status", PROCESSING]}, True, "$cancel_requested"]},
+                "updated_at": now,
+            }
+        }
+    ]
 
 
 def _pause_state(doc: Optional[Mapping[str, Any]]) -> PauseState:
