@@ -31,6 +31,8 @@ PROCESSING = JobStatus.PROCESSING.value
 COMPLETED = JobStatus.COMPLETED.value
 FAILED = JobStatus.FAILED.value
 CANCELLED = JobStatus.CANCELLED.value
+#: The claim index (see :class:`~mongo_job_queue.BaseJob`): status, queue, type, -priority, run_at.
+CLAIM_INDEX = "mjq_claim"
 
 
 class AdminQueries(StoreBase):
@@ -85,22 +87,31 @@ class AdminQueries(StoreBase):
         }
         return self._retry(lambda: self.collection.update_one(fence, update).matched_count == 1, "quarantine")
 
-    def malformed_jobs(self, limit: int = 100) -> list[dict[str, Any]]:
-        """Jobs no claim or sweep can handle: unknown status, or pending with ill-typed fields."""
+    def malformed_jobs(self, limit: int = 100, max_time_ms: int = 5_000) -> list[dict[str, Any]]:
+        """Stored jobs that no claim can ever take: unknown status, or pending with an ill-typed claim key.
+
+        Only what the claim cannot see: a ``pending`` job whose ``queue`` or
+        ``type`` is not a string, or whose ``run_at`` is not a date, never
+        matches a claim's filter and would wait forever. Every other damage
+        (``attempts``, ``max_retries``, ``priority``, ``data``) is found when
+        the job is claimed, by the same :func:`~.validation.stored_job_problems`
+        that judges these. All of these fields are keys of the claim index, so
+        both queries are answered from it (hinted), with a limit and
+        ``maxTimeMS``: never a read of the backlog's documents.
+        """
         statuses = [s.value for s in JobStatus]
-        ill_typed = [
-            {"run_at": {"$not": {"$type": "date"}}},
-            {"type": {"$not": {"$type": "string"}}},
+        invisible = [
             {"queue": {"$not": {"$type": "string"}}},
-            {"max_retries": {"$not": {"$type": "number"}}},
-            {"attempts": {"$exists": True, "$not": {"$type": "number"}}},
-            {"data": {"$exists": True, "$not": {"$type": "object"}}},
+            {"type": {"$not": {"$type": "string"}}},
+            {"run_at": {"$not": {"$type": "date"}}},
         ]
+        queries = ({"status": {"$nin": statuses}}, {"status": PENDING, "$or": invisible})
 
         def call() -> list[dict[str, Any]]:
-            found = list(self.collection.find({"status": {"$nin": statuses}}, limit=limit))
-            # $or is fine here: this runs every hygiene_interval_ms, never on the claim path.
-            found += self.collection.find({"status": PENDING, "$or": ill_typed}, limit=limit)
+            found: list[dict[str, Any]] = []
+            for query in queries:
+                cursor = self.collection.find(query, limit=limit, hint=CLAIM_INDEX, max_time_ms=max_time_ms)
+                found += cursor
             return found
 
         return self._retry(call, "malformed_jobs")

@@ -91,7 +91,17 @@ def check_document(son: Mapping[str, Any]) -> int:
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """An integral BSON number: int32, int64, or a double holding a whole value.
+
+    mongosh writes ``priority: 10`` as the double 10.0; it means 10. A
+    Decimal128 is refused: Python's ``int()`` does not take it, so every
+    later step would fail on it.
+    """
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    return isinstance(value, float) and value.is_integer()
 
 
 def stored_job_problems(doc: Mapping[str, Any]) -> list[str]:
