@@ -20,6 +20,7 @@ from .errors import InvalidJobError
 __all__ = [
     "MAX_DOCUMENT_BYTES",
     "MAX_NESTING_DEPTH",
+    "ODM_RESERVED_KEYS",
     "check_document",
     "check_payload",
     "check_value",
@@ -32,6 +33,9 @@ _STATUSES = frozenset({"pending", "processing", "completed", "failed", "cancelle
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
 #: Headroom kept for fields the queue adds later (error history, lease, result).
 DOCUMENT_HEADROOM_BYTES = 512 * 1024
+#: Keys that MongoEngine interprets inside a stored dict (at any depth) instead of
+#: returning them: a job holding one could never be loaded for its handler.
+ODM_RESERVED_KEYS = {"_cls": "document class name", "_ref": "document reference"}
 #: MongoDB refuses documents nested deeper than 100 levels.
 MAX_NESTING_DEPTH = 100
 
@@ -62,6 +66,11 @@ def _walk(value: Any, path: str, depth: int) -> None:
                 raise InvalidJobError(f"{path} has key {key!r} containing '.', which MongoDB reads as a path")
             if "\x00" in key:
                 raise InvalidJobError(f"{path} has a key containing a NUL character")
+            if key in ODM_RESERVED_KEYS:
+                raise InvalidJobError(
+                    f"{path} has key {key!r}, which MongoEngine reads as a "
+                    f"{ODM_RESERVED_KEYS[key]} when it loads the job: rename it"
+                )
             _walk(item, f"{path}.{key}", depth + 1)
     elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
