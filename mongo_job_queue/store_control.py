@@ -39,6 +39,19 @@ CANCELLED = JobStatus.CANCELLED.value
 FINISHED = (COMPLETED, FAILED, CANCELLED)
 
 _PAUSE_ID = "pause"
+_INDEX_NOT_FOUND = 27
+#: How often ensure_retention_indexes reads, changes and checks before it gives up on a moving target.
+_RETENTION_ROUNDS = 3
+
+
+def _ttl_index_is(index: Optional[Mapping[str, Any]], status: str, seconds: Optional[int]) -> bool:
+    """Whether ``index`` has the shape of the TTL index of ``status``, and expires after ``seconds`` (None: any)."""
+    if index is None:
+        return False
+    same_shape = dict(index.get("key", {})) == {"finished_at": 1} and dict(
+        index.get("partialFilterExpression") or {}
+    ) == {"status": status}
+    return same_shape and (seconds is None or index.get("expireAfterSeconds") == seconds)
 
 
 def retention_index_name(status: str) -> str:
@@ -98,46 +111,75 @@ class ControlQueries(StoreBase):
         status, so unfinished jobs (which the filter never matches) are never
         removed. A changed setting is applied with ``collMod`` (or a drop and
         create where the server refuses it); a setting of None drops the index.
+
+        Peers starting at the same moment make the same changes: an index a
+        peer dropped first, or created first, is this call's work done, and
+        the result is checked by reading the indexes again (a few rounds, so
+        a peer's change in between is seen).
         """
         wanted = self.retention_seconds()
 
-        def call() -> None:
+        def call() -> list[str]:
             existing = {ix["name"]: ix for ix in self.collection.list_indexes()}
             for status, seconds in wanted.items():
-                name = retention_index_name(status)
-                index = existing.get(name)
-                if seconds is None:
-                    if index is not None:
-                        self.collection.drop_index(name)
-                        self.log.info("retention of %s jobs off: dropped TTL index %s", status, name)
-                    continue
-                if index is None:
-                    self._create_ttl_index(status, seconds)
-                    continue
-                same_shape = dict(index.get("key", {})) == {"finished_at": 1} and dict(
-                    index.get("partialFilterExpression") or {}
-                ) == {"status": status}
-                if same_shape and index.get("expireAfterSeconds") == seconds:
-                    continue
-                self.log.info(
-                    "retention of %s jobs changed from %s s to %s s: updating TTL index %s",
-                    status,
-                    index.get("expireAfterSeconds"),
-                    seconds,
-                    name,
-                )
-                if same_shape and "expireAfterSeconds" in index:
-                    try:
-                        self.collection.database.command(
-                            {"collMod": self.collection.name, "index": {"name": name, "expireAfterSeconds": seconds}}
-                        )
-                        continue
-                    except (OperationFailure, TypeError, NotImplementedError) as exc:
-                        self.log.debug("collMod refused (%r); recreating %s", exc, name)
-                self.collection.drop_index(name)
-                self._create_ttl_index(status, seconds)
+                self._apply_retention(status, seconds, existing.get(retention_index_name(status)))
+            existing = {ix["name"]: ix for ix in self.collection.list_indexes()}
+            differ = []
+            for status, seconds in wanted.items():
+                index = existing.get(retention_index_name(status))
+                if (index is not None) if seconds is None else not _ttl_index_is(index, status, seconds):
+                    differ.append(status)
+            return differ
 
-        self._retry(call, "ensure_retention_indexes")
+        for _ in range(_RETENTION_ROUNDS):
+            differ = self._retry(call, "ensure_retention_indexes")
+            if not differ:
+                return
+        self.log.warning(
+            "TTL indexes for %s jobs differ from this process's retention settings: another process "
+            "with other settings changed them meanwhile (the last to start decides)",
+            ", ".join(differ),
+        )
+
+    def _apply_retention(self, status: str, seconds: Optional[int], index: Optional[Mapping[str, Any]]) -> None:
+        name = retention_index_name(status)
+        if seconds is None:
+            if index is not None:
+                self._drop_index(name)
+                self.log.info("retention of %s jobs off: dropped TTL index %s", status, name)
+            return
+        if index is None:
+            self._create_ttl_index(status, seconds)
+            return
+        if _ttl_index_is(index, status, seconds):
+            return
+        self.log.info(
+            "retention of %s jobs changed from %s s to %s s: updating TTL index %s",
+            status,
+            index.get("expireAfterSeconds"),
+            seconds,
+            name,
+        )
+        if _ttl_index_is(index, status, None) and "expireAfterSeconds" in index:
+            try:
+                self.collection.database.command(
+                    {"collMod": self.collection.name, "index": {"name": name, "expireAfterSeconds": seconds}}
+                )
+                return
+            except (OperationFailure, TypeError, NotImplementedError) as exc:
+                if isinstance(exc, OperationFailure) and exc.code == _INDEX_NOT_FOUND:
+                    pass  # a peer dropped it to recreate it: create ours (or find theirs)
+                else:
+                    self.log.debug("collMod refused (%r); recreating %s", exc, name)
+        self._drop_index(name)
+        self._create_ttl_index(status, seconds)
+
+    def _drop_index(self, name: str) -> None:
+        try:
+            self.collection.drop_index(name)
+        except OperationFailure as exc:
+            if exc.code != _INDEX_NOT_FOUND:
+                raise  # else a peer dropped it first: the same outcome
 
     def _create_ttl_index(self, status: str, seconds: int) -> None:
         try:
@@ -148,9 +190,9 @@ class ControlQueries(StoreBase):
                 partialFilterExpression={"status": status},
             )
         except OperationFailure as exc:
-            # Another process created it at the same moment, perhaps with its
-            # own setting: the last process to start decides, as documented.
-            if exc.code not in (85, 86):  # IndexOptionsConflict, IndexKeySpecsConflict
+            # A peer created it first (IndexOptionsConflict, IndexKeySpecsConflict):
+            # the caller reads the indexes again and checks what holds.
+            if exc.code not in (85, 86):
                 raise
 
     def retention_indexes(self) -> dict[str, dict[str, Any]]:
