@@ -20,7 +20,7 @@ from .model import JobStatus
 from .store_base import StoreBase, as_stored
 
 if TYPE_CHECKING:
-    pass
+    from .store_control import PauseState
 
 __all__ = ["AdminQueries"]
 
@@ -37,6 +37,10 @@ CLAIM_INDEX = "mjq_claim"
 
 class AdminQueries(StoreBase):
     """Queries for operators and the hygiene sweep; mixed into JobStore."""
+
+    if TYPE_CHECKING:
+
+        def pause_state(self) -> PauseState: ...
 
     def write_concern_problem(self) -> str | None:
         """Why the jobs collection's write concern risks double runs, or None.
@@ -189,19 +193,27 @@ class AdminQueries(StoreBase):
             self.collection.database.command("ping")
 
     def has_due(self, types: Iterable[str], queues: Iterable[str]) -> bool:
-        """Whether a pending job of these types is due in these queues (a burst worker's exit test).
+        """Whether a job of these types is due in these queues and claimable (a burst worker's exit test).
 
-        The claim's own filter, limited to one document: served by the claim index.
+        The claim's own filter, limited to one document, served by the claim
+        index; paused queues and types are left out, as the claim leaves
+        them out, with the pause state read fresh. A worker that waited
+        for a paused job would wait until someone resumes it.
         """
         types, queues = list(types), list(queues)
         if not types or not queues:
             return False
 
         def call() -> bool:
+            paused = self.pause_state()
+            claimable_types = [t for t in types if t not in paused.types]
+            claimable_queues = [q for q in queues if q not in paused.queues]
+            if not claimable_types or not claimable_queues:
+                return False
             query = {
                 "status": PENDING,
-                "queue": {"$in": queues},
-                "type": {"$in": types},
+                "queue": {"$in": claimable_queues},
+                "type": {"$in": claimable_types},
                 "run_at": {"$lte": self.now()},
             }
             return self.collection.find_one(query, {"_id": 1}) is not None
