@@ -50,16 +50,18 @@ def test_the_connection_really_is_tz_aware(tz_model) -> None:
     assert tz_model._get_collection().find_one({"at": {"$exists": True}})["at"].tzinfo is not None
 
 
-def test_a_worker_runs_jobs_and_renews_leases_longer_than_one_lease(make_tz_queue) -> None:
-    queue = make_tz_queue(lease_ms=1_500, heartbeat_interval_ms=200, sweep_interval_ms=200)
+@pytest.mark.parametrize("concurrency", [1, 4])  # one claim at a time returns the server's document
+def test_a_worker_runs_jobs_and_renews_leases_longer_than_one_lease(make_tz_queue, concurrency) -> None:
+    queue = make_tz_queue(concurrency=concurrency, lease_ms=1_500, heartbeat_interval_ms=200, sweep_interval_ms=200)
     release = threading.Event()
     queue.register_handler("quick", lambda job: "ok")
     queue.register_handler("slow", lambda job: release.wait(10) and "slow ok")
-    slow = queue.enqueue("slow", {})
+    slow = queue.enqueue("slow", {}, priority=-1)  # after the quick ones, which one worker thread runs first
     quick = [queue.enqueue("quick", {"n": i}) for i in range(5)]
     queue.start_polling()
     for job in quick:
         assert queue.wait(job.id, timeout=30).status == "completed"
+    wait_until(lambda: queue.get_job(slow.id).status == "processing", timeout=30)
     time.sleep(3)  # two leases long: only heartbeats keep the slow job's lease
     assert queue.running
     assert queue.get_job(slow.id).status == "processing"
