@@ -55,7 +55,7 @@ from .errors import InvalidJobError
 from .model import BaseJob, JobStatus
 from .records import ClaimedJob, ErrorRecord, LeaseOwnerInfo, completion_fields
 from .store_admin import AdminQueries
-from .store_base import as_stored
+from .store_base import MAINTENANCE_MAX_TIME_MS, as_stored
 from .store_collection import prepared_collection
 from .store_control import ControlQueries, Heartbeat
 from .store_schedule import ScheduleQueries
@@ -593,9 +593,13 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
     def expired_leases(self, limit: int = 100) -> list[dict[str, Any]]:
         """Processing jobs whose lease ran out (their worker crashed or froze)."""
         now = self.now()
+        query = {"status": PROCESSING, "lease_expires_at": {"$lt": now}}
         # Whole documents: there are few (only stranded jobs), and the sweep checks them for damage.
+        # The lease index answers it; the limit and maxTimeMS bound it, so a sweep never stalls its thread.
         return self._retry(
-            lambda: list(self.collection.find({"status": PROCESSING, "lease_expires_at": {"$lt": now}}, limit=limit)),
+            lambda: list(
+                self.collection.find(query, limit=limit, max_time_ms=MAINTENANCE_MAX_TIME_MS).hint("mjq_lease")
+            ),
             "expired_leases",
         )
 

@@ -17,7 +17,7 @@ from bson import ObjectId
 from pymongo.errors import PyMongoError
 
 from .model import JobStatus
-from .store_base import StoreBase, as_stored
+from .store_base import MAINTENANCE_MAX_TIME_MS, StoreBase, as_stored
 
 if TYPE_CHECKING:
     from .store_control import PauseState
@@ -91,7 +91,7 @@ class AdminQueries(StoreBase):
         }
         return self._retry(lambda: self.collection.update_one(fence, update).matched_count == 1, "quarantine")
 
-    def malformed_jobs(self, limit: int = 100, max_time_ms: int = 5_000) -> list[dict[str, Any]]:
+    def malformed_jobs(self, limit: int = 100, max_time_ms: int = MAINTENANCE_MAX_TIME_MS) -> list[dict[str, Any]]:
         """Stored jobs that no claim can ever take: unknown status, or pending with an ill-typed claim key.
 
         Only what the claim cannot see: a ``pending`` job whose ``queue`` or
@@ -114,8 +114,7 @@ class AdminQueries(StoreBase):
         def call() -> list[dict[str, Any]]:
             found: list[dict[str, Any]] = []
             for query in queries:
-                cursor = self.collection.find(query, limit=limit, hint=CLAIM_INDEX, max_time_ms=max_time_ms)
-                found += cursor
+                found += self.collection.find(query, limit=limit, max_time_ms=max_time_ms).hint(CLAIM_INDEX)
             return found
 
         return self._retry(call, "malformed_jobs")

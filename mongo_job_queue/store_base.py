@@ -18,7 +18,10 @@ if TYPE_CHECKING:
     from .config import QueueConfig
     from .model import BaseJob
 
-__all__ = ["StoreBase", "as_stored"]
+__all__ = ["MAINTENANCE_MAX_TIME_MS", "StoreBase", "as_stored"]
+
+#: The server-side bound of each maintenance read (sweep, hygiene): a slow one gives up, the next round tries again.
+MAINTENANCE_MAX_TIME_MS = 5_000
 
 T = TypeVar("T")
 

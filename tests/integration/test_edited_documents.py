@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from bson import ObjectId
 from pymongo.collection import Collection
+from pymongo.cursor import Cursor
 
 from mongo_job_queue.validation import stored_job_problems
 
@@ -30,6 +31,24 @@ def _doc(now: Any, **fields: Any) -> dict[str, Any]:
     }
     doc.update(fields)
     return doc
+
+
+def _record_finds(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Record each find's keyword arguments, and the index its cursor is hinted to (as ``hint``)."""
+    calls: list[dict[str, Any]] = []
+    find, hint = Collection.find, Cursor.hint
+
+    def recorded_find(self: Collection[Any], *args: Any, **kwargs: Any) -> Any:
+        calls.append(dict(kwargs))
+        return find(self, *args, **kwargs)
+
+    def recorded_hint(self: Cursor[Any], index: Any) -> Any:
+        calls[-1]["hint"] = index
+        return hint(self, index)
+
+    monkeypatch.setattr(Collection, "find", recorded_find)
+    monkeypatch.setattr(Cursor, "hint", recorded_hint)
+    return calls
 
 
 def test_a_job_whose_numbers_mongosh_wrote_as_doubles_runs(make_queue, raw_db) -> None:
@@ -69,14 +88,17 @@ def test_the_hygiene_scan_finds_what_no_claim_can_see_from_the_claim_index_bound
     invisible = [_doc(now, queue=7), _doc(now, type=None), _doc(now, run_at="tomorrow"), _doc(now, status="odd")]
     healthy = [_doc(now, priority=float(n)) for n in range(20)]
     raw_db.jobs.insert_many(invisible + healthy)
-    calls: list[dict[str, Any]] = []
-    original = Collection.find
-
-    def find(self: Collection[Any], *args: Any, **kwargs: Any) -> Any:
-        calls.append(kwargs)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Collection, "find", find)
+    calls = _record_finds(monkeypatch)
     found = queue.store.malformed_jobs(limit=10)
     assert sorted(d["_id"] for d in found) == sorted(d["_id"] for d in invisible)
     assert calls and all(c.get("hint") == "mjq_claim" and c.get("limit") and c.get("max_time_ms") for c in calls)
+
+
+def test_the_lease_sweep_reads_from_the_lease_index_bounded(make_queue, monkeypatch) -> None:
+    queue = make_queue()
+    queue.register_handler("WORK", lambda job: None)
+    queue.enqueue("WORK", {})
+    assert queue.worker.claim_one() is not None
+    calls = _record_finds(monkeypatch)
+    assert queue.store.expired_leases() == []
+    assert calls and all(c.get("hint") == "mjq_lease" and c.get("limit") and c.get("max_time_ms") for c in calls)
