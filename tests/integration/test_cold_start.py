@@ -49,3 +49,10 @@ def test_a_unique_index_that_cannot_be_created_fails_loudly(make_queue, raw_db, 
     with pytest.raises(IndexSetupError, match="mjq_unique"):
         queue.enqueue("T", {}, unique_key="k")
     assert raw_db[job_model._get_collection_name()].count_documents({}) == 0
+
+
+def test_duplicates_stored_before_the_unique_index_fail_loudly(make_queue, raw_db, job_model) -> None:
+    # Jobs written by an earlier version that raced its index build: uniqueness cannot be had until cleaned up.
+    raw_db[job_model._get_collection_name()].insert_many([{"unique_key": "k"}, {"unique_key": "k"}])
+    with pytest.raises(IndexSetupError, match="duplicate"):
+        make_queue().enqueue("T", {}, unique_key="other")
