@@ -64,9 +64,12 @@ def prepared_collection(model: type[BaseJob], *, force: bool = False) -> Collect
         IndexSetupError: an index could not be created, or a unique one is missing.
         PyMongoError: the server could not be reached; the next call tries again.
     """
-    raw: Collection[dict[str, Any]] = model._get_collection()
-    if force or _prepared.get(model) is not raw:
+    cached: Collection[dict[str, Any]] | None = getattr(model, "_collection", None)
+    if not force and cached is not None and _prepared.get(model) is cached:
+        raw = cached
+    else:
         with _lock:  # every other thread's first use waits here until the indexes exist
+            # Under the lock: a model whose meta turns auto_create_index back on builds them here, not unlocked.
             raw = model._get_collection()
             if force or _prepared.get(model) is not raw:
                 _create_indexes(model)

@@ -56,3 +56,31 @@ def test_duplicates_stored_before_the_unique_index_fail_loudly(make_queue, raw_d
     raw_db[job_model._get_collection_name()].insert_many([{"unique_key": "k"}, {"unique_key": "k"}])
     with pytest.raises(IndexSetupError, match="duplicate"):
         make_queue().enqueue("T", {}, unique_key="other")
+
+
+def test_indexes_are_created_once_per_process_and_model(make_queue, job_model, monkeypatch) -> None:
+    created: list[type] = []
+    original = job_model.ensure_indexes.__func__
+
+    def counted(cls: type) -> None:
+        created.append(cls)
+        original(cls)
+
+    monkeypatch.setattr(job_model, "ensure_indexes", classmethod(counted))
+    queues = [make_queue() for _ in range(4)]
+    start = threading.Barrier(8)
+
+    def enqueue(i: int) -> None:
+        start.wait(timeout=30)
+        queues[i % 4].enqueue("T", {"n": i})
+
+    threads = [threading.Thread(target=enqueue, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert job_model.objects.count() == 8
+    assert created == [job_model]
+    job_model.drop_collection()  # a dropped collection gets its indexes again at the next use
+    queues[0].enqueue("T", {})
+    assert created == [job_model, job_model]
