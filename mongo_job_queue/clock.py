@@ -10,9 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
-__all__ = ["Clock", "after_ms", "to_naive_utc", "utcnow"]
+__all__ = ["MAX_DURATION_MS", "Clock", "after_ms", "to_naive_utc", "utcnow"]
 
 Clock = Callable[[], datetime]
+
+#: Longest duration the queue adds to a time or waits for: 100 years. Every
+#: delay and setting is bounded by it, well inside ``datetime.max`` and
+#: ``threading.TIMEOUT_MAX``, so no arithmetic on times can overflow.
+MAX_DURATION_MS = 100 * 365 * 24 * 3600 * 1000
+_LATEST = datetime.max.replace(microsecond=999_000)
 
 
 def utcnow() -> datetime:
@@ -29,5 +35,14 @@ def to_naive_utc(value: datetime) -> datetime:
 
 
 def after_ms(start: datetime, ms: int) -> datetime:
-    """``start`` plus ``ms`` milliseconds."""
-    return start + timedelta(milliseconds=ms)
+    """``start`` plus ``ms`` milliseconds, the duration clamped to :data:`MAX_DURATION_MS` either way.
+
+    Inputs are validated where they enter (enqueue, config); the clamp is
+    the last line of defence for computed ones, so that a job being written
+    back never fails on an ``OverflowError`` and stays in limbo.
+    """
+    ms = max(-MAX_DURATION_MS, min(MAX_DURATION_MS, ms))
+    try:
+        return start + timedelta(milliseconds=ms)
+    except OverflowError:
+        return _LATEST if ms > 0 else datetime.min

@@ -3,6 +3,11 @@
 Keys are snake_case with the unit in the name (``_ms``) so that a mapping read
 from a settings file is unambiguous. Validation happens once, at construction:
 a typo in a key must fail the deploy, not silently fall back to a default.
+
+Settings that must agree with another one (the heartbeat with the lease, the
+poll maximum with its base, the retry cap with the first delay) default to a
+value derived from the one the user set, so that changing one setting alone
+is never refused; only two values the user set that contradict each other are.
 """
 
 from __future__ import annotations
@@ -12,11 +17,39 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
+from .clock import MAX_DURATION_MS
 from .errors import ConfigError
 
-__all__ = ["ConfigInput", "QueueConfig", "load_config"]
+__all__ = ["BSON_MAX_BYTES", "MAX_DURATION_MS", "ConfigInput", "Derived", "QueueConfig", "load_config"]
 
 _DAY_MS = 24 * 3600 * 1000
+#: MongoDB's TTL indexes take ``expireAfterSeconds`` as a 32-bit int.
+_MAX_TTL_MS = (2**31 - 1) * 1000
+#: Counts are stored in (or compared with) 32-bit fields of job documents.
+_MAX_COUNT = 2**31 - 1
+
+#: MongoDB's document size limit.
+BSON_MAX_BYTES = 16 * 1024 * 1024
+#: One error record beyond its message and traceback: keys, exception type, attempt, time, lease token.
+_ERROR_RECORD_OVERHEAD_BYTES = 1024
+#: The fields a job document gains besides results and errors: lease, owner, timestamps, progress, cancel flags.
+_FIXED_OVERHEAD_BYTES = 64 * 1024
+#: The least room the limits must leave for the enqueued job document itself.
+_MIN_JOB_BYTES = 64 * 1024
+
+
+class Derived(int):
+    """An int setting derived from another setting rather than set by the user.
+
+    It compares, hashes and computes as the plain int it is. It exists so that
+    :func:`dataclasses.replace` (which passes every field on) still knows the
+    value was not chosen, and derives it again from the changed settings.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return int.__repr__(self)
 
 
 @dataclass(frozen=True)
@@ -27,14 +60,21 @@ class QueueConfig:
         max_retries: Retries after the first attempt; a job runs at most
             ``max_retries + 1`` times, lease-expiry rescues included.
         retry_delay_ms: First retry delay; later ones grow exponentially with jitter.
-        retry_max_delay_ms: Upper bound of a single retry delay.
+            When only ``retry_max_delay_ms`` is set: the smaller of 1 s and it.
+        retry_max_delay_ms: Upper bound of a single retry delay; when not set,
+            the larger of 1 hour and ``retry_delay_ms``.
         poll_interval_base_ms: Idle poll interval right after work was seen.
-        poll_interval_max_ms: Idle poll interval reached by doubling while idle.
+            When only ``poll_interval_max_ms`` is set: the smaller of 1 s and it.
+        poll_interval_max_ms: Idle poll interval reached by doubling while idle;
+            when not set, the larger of 30 s and ``poll_interval_base_ms``.
         concurrency: Handler threads; the worker never claims more jobs than this.
-        lease_ms: How long a claim stays valid without a heartbeat.
+        lease_ms: How long a claim stays valid without a heartbeat. When only
+            ``heartbeat_interval_ms`` is set: the larger of 60 s and 4 heartbeats.
         heartbeat_interval_ms: How often leases of running jobs are renewed;
             at most half of ``lease_ms`` so one missed beat never loses a lease.
-        sweep_interval_ms: How often expired leases are recovered.
+            When not set, a quarter of ``lease_ms``.
+        sweep_interval_ms: How often expired leases are recovered; when not
+            set, twice ``heartbeat_interval_ms``.
         queues: Queue names this worker claims from.
         max_error_history: Error records kept per job (oldest dropped first).
         max_error_chars: Truncation limit of a stored error message.
@@ -63,6 +103,8 @@ class QueueConfig:
             one job; reports in between are kept and carried by the heartbeat.
         max_result_bytes: Largest handler result stored (BSON size); a larger
             or unencodable one is dropped and the reason stored in ``result_error``.
+            With the error history it bounds what a job document can grow
+            by, so it also bounds the enqueued document (:attr:`max_job_bytes`).
         run_schedules: Fire the schedules registered on this queue while its
             worker runs (see :meth:`~mongo_job_queue.PersistentJobQueue.schedule`);
             False leaves firing to other processes.
@@ -72,14 +114,14 @@ class QueueConfig:
     """
 
     max_retries: int = 3
-    retry_delay_ms: int = 1_000
-    retry_max_delay_ms: int = 3_600_000
-    poll_interval_base_ms: int = 1_000
-    poll_interval_max_ms: int = 30_000
+    retry_delay_ms: int = Derived(1_000)
+    retry_max_delay_ms: int = Derived(3_600_000)
+    poll_interval_base_ms: int = Derived(1_000)
+    poll_interval_max_ms: int = Derived(30_000)
     concurrency: int = 8
-    lease_ms: int = 60_000
-    heartbeat_interval_ms: int = 15_000
-    sweep_interval_ms: int = 30_000
+    lease_ms: int = Derived(60_000)
+    heartbeat_interval_ms: int = Derived(15_000)
+    sweep_interval_ms: int = Derived(30_000)
     queues: tuple[str, ...] = ("default",)
     max_error_history: int = 10
     max_error_chars: int = 2_000
@@ -118,17 +160,84 @@ class QueueConfig:
             elif f.name in _OPTIONAL_INT_KEYS and value is None:
                 pass
             else:
-                _check_int(f.name, value, minimum=_MINIMUM.get(f.name, 1))
+                _check_int(f.name, value, minimum=_MINIMUM.get(f.name, 1), maximum=_maximum(f.name))
+        self._derive()
         if self.poll_interval_max_ms < self.poll_interval_base_ms:
-            raise ConfigError("config key 'poll_interval_max_ms' must be >= 'poll_interval_base_ms'")
+            raise ConfigError(
+                "config key 'poll_interval_max_ms' must be >= 'poll_interval_base_ms' "
+                f"({self.poll_interval_max_ms} < {self.poll_interval_base_ms})"
+            )
         if self.retry_max_delay_ms < self.retry_delay_ms:
-            raise ConfigError("config key 'retry_max_delay_ms' must be >= 'retry_delay_ms'")
+            raise ConfigError(
+                f"config key 'retry_max_delay_ms' must be >= 'retry_delay_ms' "
+                f"({self.retry_max_delay_ms} < {self.retry_delay_ms})"
+            )
         if self.heartbeat_interval_ms * 2 > self.lease_ms:
             raise ConfigError(
                 "config key 'heartbeat_interval_ms' must be at most half of 'lease_ms' "
                 f"({self.heartbeat_interval_ms} > {self.lease_ms} / 2), or a single late "
                 "heartbeat would let a running job be taken by another worker"
             )
+        if self.max_job_bytes < _MIN_JOB_BYTES:
+            raise ConfigError(
+                "config keys 'max_result_bytes', 'max_error_history', 'max_error_chars' and "
+                f"'max_traceback_chars' reserve {self.reserved_bytes} bytes of a job document, leaving "
+                f"{self.max_job_bytes} of MongoDB's {BSON_MAX_BYTES} for the job itself; at least "
+                f"{_MIN_JOB_BYTES} must remain"
+            )
+
+    def _derive(self) -> None:
+        """Fill the settings the user left unset from the ones they set."""
+
+        def given(name: str) -> bool:
+            return type(getattr(self, name)) is not Derived
+
+        def put(name: str, value: int) -> None:
+            object.__setattr__(self, name, Derived(min(value, MAX_DURATION_MS)))
+
+        if given("lease_ms") and not given("heartbeat_interval_ms"):
+            put("heartbeat_interval_ms", max(1, self.lease_ms // 4))
+        elif given("heartbeat_interval_ms") and not given("lease_ms"):
+            put("lease_ms", max(60_000, 4 * self.heartbeat_interval_ms))
+        elif not given("lease_ms"):
+            put("lease_ms", 60_000)
+            put("heartbeat_interval_ms", 15_000)
+        if not given("sweep_interval_ms"):
+            put("sweep_interval_ms", 2 * self.heartbeat_interval_ms)
+        for low, high, low_default, high_default in (
+            ("poll_interval_base_ms", "poll_interval_max_ms", 1_000, 30_000),
+            ("retry_delay_ms", "retry_max_delay_ms", 1_000, 3_600_000),
+        ):
+            if given(low) and not given(high):
+                put(high, max(high_default, getattr(self, low)))
+            elif given(high) and not given(low):
+                put(low, min(low_default, getattr(self, high)))
+            elif not given(low):
+                put(low, low_default)
+                put(high, high_default)
+
+    @property
+    def reserved_bytes(self) -> int:
+        """Bytes a job document may grow by after enqueue: result, error history, lease and progress.
+
+        ``max_result_bytes``, plus ``result_error`` (``max_error_chars``),
+        plus ``max_error_history + 1`` error records (the history and
+        ``last_error``) of ``max_error_chars + max_traceback_chars``
+        characters, each up to 4 bytes in UTF-8, plus 1 KiB per record
+        and 64 KiB for the lease, owner, timestamps and progress.
+        """
+        record = 4 * (self.max_error_chars + self.max_traceback_chars) + _ERROR_RECORD_OVERHEAD_BYTES
+        return (
+            self.max_result_bytes
+            + 4 * self.max_error_chars
+            + (self.max_error_history + 1) * record
+            + _FIXED_OVERHEAD_BYTES
+        )
+
+    @property
+    def max_job_bytes(self) -> int:
+        """Largest job document ``enqueue`` accepts, so that it can still grow by :attr:`reserved_bytes`."""
+        return BSON_MAX_BYTES - self.reserved_bytes
 
     @property
     def max_attempts(self) -> int:
@@ -149,17 +258,32 @@ _MINIMUM = {
     "retry_delay_ms": 0,
     "retry_max_delay_ms": 0,
     "max_error_history": 1,
+    # A heartbeat of at most half the lease needs a lease of 2 ms or more.
+    "lease_ms": 2,
 }
 
 ConfigInput = Union[QueueConfig, Mapping[str, Any], None]
 
 
-def _check_int(name: str, value: Any, *, minimum: int) -> None:
+def _maximum(name: str) -> int:
+    if name.startswith("retention_"):
+        return _MAX_TTL_MS
+    if name.endswith("_ms"):
+        return MAX_DURATION_MS
+    if name in ("max_result_bytes", "max_error_chars", "max_traceback_chars"):
+        return BSON_MAX_BYTES
+    return _MAX_COUNT
+
+
+def _check_int(name: str, value: Any, *, minimum: int, maximum: int) -> None:
     # bool is an int subclass; "concurrency": True is a mistake, not 1.
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"config key {name!r} must be an int, got {type(value).__name__} {value!r}")
     if value < minimum:
         raise ConfigError(f"config key {name!r} must be >= {minimum}, got {value}")
+    if value > maximum:
+        shown = value if value.bit_length() <= 64 else f"an int of {value.bit_length()} bits"
+        raise ConfigError(f"config key {name!r} must be <= {maximum}, got {shown}")
 
 
 def _check_queues(value: Any) -> None:

@@ -28,10 +28,9 @@ MAX_PROGRESS_MESSAGE_CHARS = 1_000
 
 @dataclass
 class RunState:
-    """Flags one run shares between its handler thread and the lease keeper."""
+    """Flags one run (one claim, one lease token) shares between its handler thread and the heartbeat."""
 
     claimed: ClaimedJob
-    started: bool = False
     lease_lost: threading.Event = field(default_factory=threading.Event)
     cancel_requested: threading.Event = field(default_factory=threading.Event)
     #: Progress not yet written (throttled); the next heartbeat carries it.
@@ -43,6 +42,12 @@ class RunState:
         with self.lock:
             progress, self.progress = self.progress, None
             return progress
+
+    def restore_progress(self, progress: dict[str, Any]) -> None:
+        """Put back a report that a failed heartbeat took, unless a newer one arrived meanwhile."""
+        with self.lock:
+            if self.progress is None:
+                self.progress = progress
 
 
 class JobContext:

@@ -32,6 +32,10 @@ class InvalidJobError(MongoJobQueueError, ValueError):
     """A job to enqueue was rejected before anything was written to the database."""
 
 
+class InvalidJobIdError(MongoJobQueueError, ValueError):
+    """A job id is neither an ObjectId nor the 24 hexadecimal digits of one."""
+
+
 class ScheduleError(MongoJobQueueError, ValueError):
     """A schedule definition is invalid (name, cron expression, interval, timezone, catch-up policy)."""
 

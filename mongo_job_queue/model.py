@@ -80,6 +80,9 @@ class BaseJob(Document):
     run_at = DateTimeField(required=True)
     attempts = IntField(required=True, default=0, min_value=0)
     max_retries = IntField(required=True, min_value=0)
+    #: True when no max_retries was given at enqueue: the stored one is a
+    #: default, and the handler's, where the job runs, decides (see retry_limit).
+    max_retries_default = BooleanField()
 
     lease_owner = EmbeddedDocumentField(LeaseOwner)
     lease_token = StringField()

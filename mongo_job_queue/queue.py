@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
@@ -13,7 +14,7 @@ from typing import Any, Optional, TypeVar
 from bson import ObjectId
 from mongoengine.errors import FieldDoesNotExist, ValidationError
 
-from .clock import Clock, after_ms, to_naive_utc, utcnow
+from .clock import MAX_DURATION_MS, Clock, after_ms, to_naive_utc, utcnow
 from .config import ConfigInput, QueueConfig, load_config
 from .errors import ConfigError, EagerJobFailed, InvalidJobError, JobModelError, QueueStateError
 from .handlers import HandlerFn, HandlerRegistry
@@ -238,7 +239,7 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
             self.hooks.emit("before_enqueue", doc)
         try:
             for doc in docs:
-                check_document(doc)
+                check_document(doc, limit=self.config.max_job_bytes)
         except InvalidJobError as exc:
             self._aborted(docs, exc)
             raise
@@ -284,6 +285,7 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
         if not -(2**31) <= priority < 2**31:
             raise InvalidJobError(f"priority must fit in 32 bits, got {priority}")
         max_retries = spec.get("max_retries")
+        default_retries = max_retries is None  # then the handler's, where the job runs, decides (retry_limit)
         if max_retries is None:
             registered = self.registry.get(job_type)
             max_retries = registered.max_retries if registered and registered.max_retries is not None else None
@@ -311,6 +313,8 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
             "created_at": now,
             "updated_at": now,
         }
+        if default_retries:
+            fields["max_retries_default"] = True
         if unique is not None:
             fields["unique_key"] = unique[0]
             if unique[1] is not None:
@@ -322,7 +326,7 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
             raise InvalidJobError(f"{self.job_model.__name__} rejected the job: {exc}") from exc
         doc: dict[str, Any] = job.to_mongo().to_dict()
         doc["_id"] = ObjectId()
-        check_document(doc)
+        check_document(doc, limit=self.config.max_job_bytes)
         return doc
 
     @staticmethod
@@ -333,8 +337,12 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
             return None
         if not isinstance(key, str) or not key or len(key) > 1000:
             raise InvalidJobError(f"unique_key must be a non-empty str of at most 1000 characters, got {key!r:.80}")
-        if for_ms is not None and (isinstance(for_ms, bool) or not isinstance(for_ms, int) or for_ms < 1):
-            raise InvalidJobError(f"unique_for_ms must be an int >= 1, got {for_ms!r}")
+        if for_ms is not None and (
+            isinstance(for_ms, bool) or not isinstance(for_ms, int) or not 1 <= for_ms <= MAX_DURATION_MS
+        ):
+            raise InvalidJobError(
+                f"unique_for_ms must be an int from 1 to {MAX_DURATION_MS} (100 years), got {_short_repr(for_ms)}"
+            )
         return key, for_ms
 
     @staticmethod
@@ -342,8 +350,10 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
         if run_at is not None and delay_ms is not None:
             raise InvalidJobError("pass run_at or delay_ms, not both")
         if delay_ms is not None:
-            if isinstance(delay_ms, bool) or not isinstance(delay_ms, int) or delay_ms < 0:
-                raise InvalidJobError(f"delay_ms must be an int >= 0, got {delay_ms!r}")
+            if isinstance(delay_ms, bool) or not isinstance(delay_ms, int) or not 0 <= delay_ms <= MAX_DURATION_MS:
+                raise InvalidJobError(
+                    f"delay_ms must be an int from 0 to {MAX_DURATION_MS} (100 years), got {_short_repr(delay_ms)}"
+                )
             return after_ms(now, delay_ms)
         if run_at is not None:
             if not isinstance(run_at, datetime):
@@ -393,19 +403,31 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
             logging.getLogger(__name__).warning("unsafe write concern: %s", problem)
         self.worker.start()
 
-    def stop(self, timeout: float = 30.0) -> bool:
-        """Stop gracefully; True if every running job finished within ``timeout`` seconds.
+    def stop(
+        self,
+        timeout: Optional[float] = 30.0,
+        *,
+        requeue_running: bool = False,
+        force: Optional[threading.Event] = None,
+    ) -> bool:
+        """Stop gracefully; True if every running job (and every worker thread) finished within ``timeout``.
 
-        Meant for an app stopping its in-process worker: jobs still running
-        at the timeout keep their lease while the process lives. A dedicated
-        worker process should use :meth:`run_worker` instead.
+        Args:
+            timeout: Seconds running jobs get to finish; ``None`` or
+                ``math.inf`` waits until they do.
+            requeue_running: False (an app stopping its in-process worker):
+                jobs still running at the timeout keep their lease while the
+                process lives. True (a process about to exit): they go back to
+                the queue, attempt counted, when the process exits, never
+                while their handler still runs in it.
+            force: Stop waiting as soon as this event is set (a second signal).
         """
-        return self.worker.stop(timeout)
+        return self.worker.stop(timeout, requeue_running=requeue_running, force=force)
 
     def run_worker(
         self,
         *,
-        stop_timeout: float = 30.0,
+        stop_timeout: Optional[float] = 30.0,
         install_signal_handlers: bool = True,
         until: Optional[Callable[[], bool]] = None,
     ) -> int:
@@ -419,7 +441,7 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
 
     @property
     def running(self) -> bool:
-        """Whether the background worker is running in this process."""
+        """Whether the background worker is running in this process (started, and its threads alive)."""
         return self.worker.running
 
     def configure_worker(
@@ -454,8 +476,10 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
                 new_config = dataclasses.replace(self.config, **config)
             except TypeError as exc:
                 raise ConfigError(f"unknown config key in {sorted(config)}: {exc}") from exc
-            self.config = self.store.config = self.worker.config = new_config
-            self.worker._reset_runtime_state()  # the lease owner may name a new worker_id
+            self.config = self.store.config = new_config
+            # The lease owner may name a new worker_id; runs still finishing
+            # after a timed-out stop keep their heartbeat.
+            self.worker.reconfigure(new_config)
         if job_types is not None or wrap is not None:
             self.worker.registry = self.registry.subset(job_types, wrap=wrap)
 
@@ -493,6 +517,13 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
         if self.worker.scheduler is not None:
             self.worker.scheduler._after_fork_in_child()
         self._indexes_ensured = False
+
+
+def _short_repr(value: Any) -> str:
+    # repr() of an int of more than 4300 digits raises ValueError.
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an int of {value.bit_length()} bits"
+    return f"{value!r:.80}"
 
 
 def _check_model(job_model: Any) -> None:

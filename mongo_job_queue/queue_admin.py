@@ -6,6 +6,7 @@ A mixin of :class:`~mongo_job_queue.PersistentJobQueue`, split from
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Generic, Optional, TypeVar
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, Optional, TypeVar
 from bson import ObjectId
 
 from .clock import after_ms
-from .errors import InvalidJobError, JobTimeout
+from .errors import InvalidJobError, InvalidJobIdError, JobTimeout
 from .model import BaseJob, JobStatus
 
 if TYPE_CHECKING:
@@ -38,24 +39,36 @@ class QueueAdmin(Generic[J]):
         def _instance(self, doc: dict[str, Any]) -> J: ...
 
     def get_job(self, job_id: ObjectId | str) -> Optional[J]:
-        """The job with this id, freshly read, or None."""
-        doc = self.store.get(ObjectId(job_id))
+        """The job with this id, freshly read, or None.
+
+        Raises:
+            InvalidJobIdError: ``job_id`` is not an ObjectId or its 24-hex-digit string.
+        """
+        doc = self.store.get(job_object_id(job_id))
         return self._instance(doc) if doc is not None else None
 
-    def wait(self, job_id: ObjectId | str, timeout: float = 30.0) -> Optional[J]:
+    def wait(self, job_id: ObjectId | str, timeout: Optional[float] = 30.0) -> Optional[J]:
         """Wait until the job is finished (completed, failed or cancelled) and return it; None if there is no such job.
 
         Polls by ``_id`` with backoff from 50 ms to 1 s, so a waiting caller
-        costs at most about one indexed read per second.
+        costs at most about one indexed read per second. ``timeout`` is in
+        seconds; None (or ``math.inf``) waits as long as it takes.
 
         Raises:
             JobTimeout: the job did not finish within ``timeout`` seconds.
+            InvalidJobIdError: ``job_id`` is not an ObjectId or its 24-hex-digit string.
+            ValueError: ``timeout`` is not None or a number >= 0.
         """
-        deadline = time.monotonic() + timeout
+        oid = job_object_id(job_id)
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0
+        ):
+            raise ValueError(f"timeout must be None (no limit) or a number of seconds >= 0, got {timeout!r}")
+        deadline = math.inf if timeout is None else time.monotonic() + timeout
         interval = 0.05
         finished = {JobStatus.COMPLETED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value}
         while True:
-            doc = self.store.get(ObjectId(job_id))
+            doc = self.store.get(oid)
             if doc is None:
                 return None
             if doc.get("status") in finished:
@@ -160,6 +173,19 @@ class QueueAdmin(Generic[J]):
     def paused(self) -> dict[str, list[str]]:
         """The paused ``queues`` and ``job_types``, as stored in the database."""
         return _pause_dict(self.store.pause_state())
+
+
+def job_object_id(job_id: Any) -> ObjectId:
+    """``job_id`` as an ObjectId.
+
+    Raises:
+        InvalidJobIdError: it is not an ObjectId or its 24-hex-digit string.
+    """
+    if isinstance(job_id, ObjectId):
+        return job_id
+    if isinstance(job_id, str) and ObjectId.is_valid(job_id):
+        return ObjectId(job_id)
+    raise InvalidJobIdError(f"job id must be an ObjectId or a 24-hex-digit str, got {job_id!r:.80}")
 
 
 def _names(names: Iterable[str], what: str) -> list[str]:

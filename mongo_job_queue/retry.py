@@ -9,6 +9,8 @@ feed them a :class:`tenacity.RetryCallState` rebuilt from the job document.
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,10 +20,13 @@ from typing import Optional
 import tenacity
 from tenacity import RetryCallState, stop_after_attempt, wait_exponential, wait_random
 
+from .clock import MAX_DURATION_MS
 from .config import QueueConfig
 from .errors import FailJob, HandlerError, RetryJob
 
-__all__ = ["RetryDecision", "RetryPolicy", "retry_any_exception"]
+__all__ = ["RetryDecision", "RetryPolicy", "clamp_delay_ms", "retry_any_exception"]
+
+log = logging.getLogger(__name__)
 
 StopStrategy = Callable[[RetryCallState], bool]
 WaitStrategy = Callable[[RetryCallState], float]
@@ -85,24 +90,50 @@ class RetryPolicy:
         now: datetime,
         config: QueueConfig,
     ) -> RetryDecision:
-        """Decide what to do after attempt number ``attempts`` raised ``exc``."""
+        """Decide what to do after attempt number ``attempts`` raised ``exc``.
+
+        Never raises: the worker writes the decision back while it holds the
+        job, and a decision that failed would leave the job ``processing``. A
+        strategy that raises is logged and the default policy decides instead;
+        every delay is clamped to ``[0, MAX_DURATION_MS]``.
+        """
         if isinstance(exc, FailJob):
             return RetryDecision(False, reason="handler raised FailJob")
         state = _call_state(exc, attempts=attempts, enqueued_at=enqueued_at, now=now)
         if stop_after_attempt(max_retries + 1)(state):
             return RetryDecision(False, reason=f"max_retries={max_retries} exhausted")
+        try:
+            return self._decide(exc, state, config)
+        except Exception:
+            log.exception("retry strategy raised; retrying %s with the default backoff", type(exc).__name__)
+            return RetryPolicy().decide(
+                exc, attempts=attempts, max_retries=max_retries, enqueued_at=enqueued_at, now=now, config=config
+            )
+
+    def _decide(self, exc: BaseException, state: RetryCallState, config: QueueConfig) -> RetryDecision:
         # RetryJob is an explicit request: the retry= predicate does not filter it.
         if not isinstance(exc, RetryJob) and not (self.retry or retry_any_exception)(state):
             return RetryDecision(False, reason="retry policy declined this exception")
         if self.stop is not None and self.stop(state):
             return RetryDecision(False, reason="stop policy reached")
         if isinstance(exc, RetryJob):
-            return RetryDecision(True, exc.delay_ms, reason="handler raised RetryJob")
+            return RetryDecision(True, clamp_delay_ms(exc.delay_ms), reason="handler raised RetryJob")
         wait = self.wait or self.default_wait(config)
-        seconds = max(0.0, float(wait(state)))
+        seconds = float(wait(state))
+        if math.isnan(seconds):
+            raise ValueError(f"wait strategy {wait!r} returned NaN")
         if self.wait is None:
             seconds = min(seconds, config.retry_max_delay_ms / 1000)
-        return RetryDecision(True, int(seconds * 1000), reason="retry policy")
+        return RetryDecision(True, clamp_delay_ms(seconds * 1000), reason="retry policy")
+
+
+def clamp_delay_ms(ms: float) -> int:
+    """A computed delay as whole milliseconds in ``[0, MAX_DURATION_MS]``; ``inf`` becomes the maximum."""
+    if isinstance(ms, int):  # exact, and an int too large for a float must not raise
+        return max(0, min(MAX_DURATION_MS, ms))
+    if math.isnan(ms):
+        raise ValueError("delay is NaN")
+    return int(max(0.0, min(float(MAX_DURATION_MS), ms)))
 
 
 def _call_state(exc: BaseException, *, attempts: int, enqueued_at: datetime | None, now: datetime) -> RetryCallState:

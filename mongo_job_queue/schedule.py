@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import itertools
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any, Optional, Protocol
@@ -32,8 +33,16 @@ _EPOCH = datetime(1970, 1, 1)
 _MS = timedelta(milliseconds=1)
 #: Shortest interval: each fire costs every firing process a few round trips.
 MIN_EVERY_MS = 100
+#: Longest interval, 366 days: fire times must stay far inside the dates
+#: datetime can hold; cron expressions say "yearly" better anyway.
+MAX_EVERY_MS = 366 * 24 * 3600 * 1000
 #: Guard on iterator steps that DST folds can make non-monotonic; a handful suffice.
 _EXTRA_STEPS = 100
+_SECOND = timedelta(seconds=1)
+#: UTC offset changes of a timezone are assumed at least this far apart.
+_PROBE = timedelta(days=7)
+#: Stretches of constant UTC offset one search may cross (two a year in most zones).
+_MAX_SEGMENTS = 200
 
 
 class CatchUp(str, enum.Enum):
@@ -74,6 +83,11 @@ class CronTimes:
         self._cronsim = CronSim
         self.expression = expression
         self.tz = tz
+        # cronsim's Debian rule: a 5-field expression with a fixed minute and
+        # hour is iterated in naive wall-clock time (so a fixed local time
+        # fires once on DST days); any other in real time, through UTC.
+        fields = expression.split()
+        self._wall_clock = len(fields) == 5 and not fields[0].startswith("*") and not fields[1].startswith("*")
         try:
             first = next(CronSim(expression, datetime.now(tz)))
         except CronSimError as exc:
@@ -86,34 +100,25 @@ class CronTimes:
     def _local(self, moment: datetime) -> datetime:
         return moment.replace(tzinfo=timezone.utc).astimezone(self.tz)
 
+    def _offset(self, moment: datetime) -> Optional[timedelta]:
+        return self._local(moment).utcoffset()
+
     def after(self, moment: datetime) -> Optional[datetime]:
-        # cronsim starts one second past the start, truncated to the second,
-        # so every candidate is after ``moment``; the check below only skips
-        # wall times that DST folds map to before it.
-        it = self._cronsim(self.expression, self._local(moment))
-        for _ in range(_EXTRA_STEPS):
-            try:
-                fire = _naive_utc(next(it))
-            except StopIteration:
-                return None
-            if fire > moment:
+        base = moment.replace(microsecond=0) + _SECOND  # fire times are whole seconds
+        for fire in itertools.islice(self._fires(base, forward=True), _EXTRA_STEPS):
+            if fire >= base:
                 return fire
         return None
 
     def newest(self, after: Optional[datetime], until: datetime, limit: int) -> list[datetime]:
         # Backwards from ``until``: one step finds the latest fire time
-        # however long ago ``after`` was. One second is added because cronsim
-        # first steps back a second from its start.
-        it = self._cronsim(self.expression, self._local(until) + timedelta(seconds=1), reverse=True)
+        # however long ago ``after`` was.
+        base = until.replace(microsecond=0)
         fires: list[datetime] = []
-        for _ in range(limit + _EXTRA_STEPS):
+        for fire in itertools.islice(self._fires(base, forward=False), limit + _EXTRA_STEPS):
             if len(fires) >= limit:
                 break
-            try:
-                fire = _naive_utc(next(it))
-            except StopIteration:
-                break
-            if fire > until:
+            if fire > base:
                 continue
             if after is not None and fire <= after:
                 break
@@ -121,6 +126,77 @@ class CronTimes:
                 fires.append(fire)
         fires.reverse()
         return fires
+
+    def _fires(self, base: datetime, *, forward: bool) -> Iterator[datetime]:
+        """Fire times from ``base`` (included) onwards or backwards, as naive UTC.
+
+        The wall-clock iteration may also yield a few beyond ``base`` in the
+        other direction (DST folds); the callers skip them.
+        """
+        if not self._wall_clock:
+            yield from self._real_time(base, forward)
+            return
+        if forward:
+            it = self._cronsim(self.expression, self._local(base - _SECOND))
+        else:
+            # One second later because cronsim first steps back a second
+            # from its start. Added in UTC: local-time arithmetic resets
+            # ``fold``, which in the repeated hour of autumn would start the
+            # search at the first pass, an hour early.
+            start = self._local(base + _SECOND)
+            if start.fold:
+                # Wall-clock iteration drops the fold: start from the same
+                # wall time one shift later, past the end of the first pass,
+                # whose fire times are all before ``base``.
+                start += start.replace(fold=0).utcoffset() - start.utcoffset()  # type: ignore[operator]
+            it = self._cronsim(self.expression, start, reverse=True)
+        for local in it:
+            yield _naive_utc(local)
+
+    def _real_time(self, base: datetime, forward: bool) -> Iterator[datetime]:
+        # cronsim steps minutes and hours in wall-clock units applied in UTC,
+        # exact only while the UTC offset stays the same: across a 30-minute
+        # shift (Australia/Lord_Howe) it steps over fire times. So each
+        # stretch of constant offset is searched with that fixed offset.
+        step = _SECOND if forward else -_SECOND
+        for _ in range(_MAX_SEGMENTS):
+            offset = self._offset(base)
+            start = (base - step).replace(tzinfo=timezone.utc).astimezone(timezone(offset or timedelta(0)))
+            near = base
+            for local in self._cronsim(self.expression, start, reverse=not forward):
+                fire = _naive_utc(local)
+                edge = self._edge(near, fire, offset)
+                if edge is not None:
+                    base = edge  # ``fire`` lies past an offset change: search on from it
+                    break
+                near = fire
+                yield fire
+            else:
+                return
+
+    def _edge(self, near: datetime, far: datetime, offset: Optional[timedelta]) -> Optional[datetime]:
+        """None if the UTC offset stays ``offset`` from ``near`` to ``far``; else the first second where it changes.
+
+        zoneinfo lists no transitions, so they are found by probing (weekly:
+        offset changes are further apart) and bisecting to the second.
+        """
+        direction = 1 if far >= near else -1
+        while True:
+            probe = far if abs(far - near) <= _PROBE else near + direction * _PROBE
+            if self._offset(probe) != offset:
+                break
+            if probe == far:
+                return None
+            near = probe
+        span = int((probe - near).total_seconds())
+        while abs(span) > 1:
+            middle = near + timedelta(seconds=span // 2)
+            if self._offset(middle) == offset:
+                near = middle
+            else:
+                probe = middle
+            span = int((probe - near).total_seconds())
+        return probe
 
 
 class IntervalTimes:
@@ -217,6 +293,11 @@ class Schedule:
             times = CronTimes(cron, zone)
         else:
             _positive_int(name, "every_ms", every_ms, minimum=MIN_EVERY_MS)
+            if every_ms > MAX_EVERY_MS:
+                raise ScheduleError(
+                    f"schedule {name!r}: every_ms must be at most {MAX_EVERY_MS} (366 days), got {every_ms!r}; "
+                    "use a cron expression for longer periods"
+                )
             if zone_name != "UTC":
                 raise ScheduleError(f"schedule {name!r}: timezone applies to cron expressions, not to every_ms")
             times = IntervalTimes(every_ms)

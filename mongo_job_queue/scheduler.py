@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Optional
@@ -58,6 +58,24 @@ class Fire:
         return self.job_id is not None
 
 
+def _superseded(schedule: Schedule, handled: datetime, state: ScheduleState) -> bool:
+    """Whether another definition fired after this one's first unhandled fire time had come.
+
+    That never happens while processes with this definition run (they handle
+    each fire time when it comes, or it is one both definitions have), so
+    this definition stopped and is coming back: its handled time is stale.
+    """
+    others = [t for f, t in state.handled.items() if f != schedule.fingerprint and isinstance(t, datetime)]
+    if not others:
+        return False
+    missed = schedule.next_fire(handled)
+    return missed is not None and missed <= max(others)
+
+
+def _backoff(failures: int) -> float:
+    return min(_MAX_BACKOFF_S, 2.0**failures)
+
+
 class Scheduler:
     """The schedules registered in this process, and the loop that fires them."""
 
@@ -71,6 +89,10 @@ class Scheduler:
         #: Counters since start, for tests and diagnostics: fires enqueued here, and found enqueued.
         self.enqueued = 0
         self.duplicates = 0
+        # The loop's backoff: failures of the whole tick in a row, and of each schedule.
+        self._failures = 0
+        self._held: dict[str, int] = {}
+        self._retry_at: dict[str, datetime] = {}
 
     # -- registry -----------------------------------------------------------
 
@@ -114,31 +136,55 @@ class Scheduler:
         times, one insert per fire time and one state update. A definition
         seen for the first time starts from its latest fire time without
         enqueueing it: a new schedule first fires at its next fire time.
+
+        Raises:
+            Exception: the first schedule's failure, after every other
+                schedule was fired; the failed ones' fire times stay due.
         """
-        schedules = self.all()
-        if not schedules:
+        if not len(self):
             return []
-        now = self.store.now() if now is None else now
+        fires, failed = self._tick(self.store.now() if now is None else now)
+        if failed:
+            raise next(iter(failed.values()))
+        return fires
+
+    def _tick(self, now: datetime, skip: Collection[str] = ()) -> tuple[list[Fire], dict[str, Exception]]:
+        schedules = [s for s in self.all() if s.name not in skip]
+        if not schedules:
+            return [], {}
         states = self.store.schedule_states([s.name for s in schedules])
         fires: list[Fire] = []
-        errors: list[Exception] = []
+        failed: dict[str, Exception] = {}
         for schedule in schedules:
             # One schedule that cannot insert (a rejected job, a fault) must
             # not hold back the others; its fire times stay due.
             try:
                 fires.extend(self._fire(schedule, states.get(schedule.name), now))
             except Exception as exc:
-                errors.append(exc)
+                failed[schedule.name] = exc
                 self.log.exception(
                     "schedule %s failed; its due fire times stay due", schedule.name, extra={"schedule": schedule.name}
                 )
-        if errors:
-            raise errors[0]
-        return fires
+        return fires, failed
 
     def _fire(self, schedule: Schedule, state: Optional[ScheduleState], now: datetime) -> list[Fire]:
         fingerprint = schedule.fingerprint
         handled = state.handled.get(fingerprint) if state is not None else None
+        if handled is not None and state is not None and _superseded(schedule, handled, state):
+            # A definition coming back (a rollback): the fire times another
+            # definition covered meanwhile are not replayed.
+            baseline = max(handled, schedule.latest_fire(now) or now)
+            self.store.advance_schedule(schedule.name, fingerprint, baseline, schedule.spec)
+            self.log.info(
+                "schedule %s (%s) starts afresh: another definition fired since its last fire time %s UTC; "
+                "next fire at %s UTC",
+                schedule.name,
+                schedule.when,
+                handled,
+                schedule.next_fire(max(baseline, now)),
+                extra={"schedule": schedule.name},
+            )
+            return []
         if handled is None:
             baseline = schedule.latest_fire(now) or now
             handled = self.store.start_schedule(schedule.name, fingerprint, baseline, schedule.spec)
@@ -180,9 +226,32 @@ class Scheduler:
         return fires
 
     def next_due(self, now: datetime) -> Optional[datetime]:
-        """The earliest next fire time of the registered schedules, or None."""
-        times = [t for s in self.all() if (t := s.next_fire(now)) is not None]
-        return min(times) if times else None
+        """The earliest next fire time of the registered schedules, or None.
+
+        A schedule whose next fire time cannot be computed is logged and left out.
+        """
+        return min(self._next_fires(now)[0].values(), default=None)
+
+    def _next_fires(self, now: datetime, skip: Collection[str] = ()) -> tuple[dict[str, datetime], set[str]]:
+        """Each schedule's next fire time, and the schedules whose next fire time cannot be computed."""
+        times: dict[str, datetime] = {}
+        failed: set[str] = set()
+        for schedule in self.all():
+            if schedule.name in skip:
+                continue
+            try:
+                fire = schedule.next_fire(now)
+            except Exception:
+                failed.add(schedule.name)
+                self.log.exception(
+                    "schedule %s: its next fire time cannot be computed",
+                    schedule.name,
+                    extra={"schedule": schedule.name},
+                )
+                continue
+            if fire is not None:
+                times[schedule.name] = fire
+        return times, failed
 
     def wake(self) -> None:
         """Make a running loop look again at once (schedules changed, or stopping)."""
@@ -191,7 +260,6 @@ class Scheduler:
     def run(self, stopping: threading.Event) -> None:
         """Fire schedules until ``stopping`` is set; the body of the scheduler thread."""
         due_at: Optional[datetime] = None  # None: tick now (start, or schedules changed)
-        failures = 0
         announced: list[str] = []
         while not stopping.is_set():
             if self._wake.is_set():
@@ -204,27 +272,49 @@ class Scheduler:
                 self.log.info("firing schedules from this process: %s", described)
             now = self.store.now()
             if due_at is None or now >= due_at:
-                try:
-                    self.tick(now)
-                    failures = 0
-                    due_at = self.next_due(now) or datetime.max
-                except Exception as exc:  # noqa: BLE001 - the thread must outlive any failure
-                    # tick() logged a failing schedule with its traceback; the
-                    # others keep their fire times while this one backs off.
-                    failures += 1
-                    backoff = min(_MAX_BACKOFF_S, 2.0**failures)
-                    self.log.warning(
-                        "scheduler tick failed (%s: %s); trying again in %.0fs", type(exc).__name__, exc, backoff
-                    )
-                    due_at = min(now + timedelta(seconds=backoff), self._upcoming(now))
+                due_at = self.step(now)
             # Wall-clock target, monotonic sleep: capped so a clock jump is noticed within a minute.
             self._wake.wait(min(_MAX_SLEEP_S, max(0.0, (due_at - now).total_seconds())))
 
-    def _upcoming(self, now: datetime) -> datetime:
+    def step(self, now: datetime) -> datetime:
+        """One turn of the scheduler thread at ``now``: fire what is due, and say when to look again.
+
+        A schedule that fails (its insert, or computing its fire times) backs
+        off alone, so the others keep their fire times; a failure of the whole
+        tick (reading the state: the database is down) backs off all of them.
+        """
+        names = {s.name for s in self.all()}
+        self._held = {n: c for n, c in self._held.items() if n in names}
+        self._retry_at = {n: at for n, at in self._retry_at.items() if n in names}
+        backing_off = {n for n, at in self._retry_at.items() if at > now}
         try:
-            return self.next_due(now) or datetime.max
-        except Exception:  # noqa: BLE001 - fall back to the backoff alone
-            return datetime.max
+            _, failed = self._tick(now, skip=backing_off)
+        except Exception as exc:  # noqa: BLE001 - the thread must outlive any failure
+            self._failures += 1
+            backoff = _backoff(self._failures)
+            self.log.warning("scheduler tick failed (%s: %s); trying again in %.0fs", type(exc).__name__, exc, backoff)
+            upcoming = self._next_fires(now, skip=backing_off)[0].values()
+            return min([now + timedelta(seconds=backoff), *upcoming])
+        self._failures = 0
+        times, unknown = self._next_fires(now, skip=backing_off)
+        for name in sorted(names):
+            if name in backing_off:
+                times[name] = self._retry_at[name]
+            elif name in failed or name in unknown:
+                failures = self._held[name] = self._held.get(name, 0) + 1
+                backoff = _backoff(failures)
+                times[name] = self._retry_at[name] = now + timedelta(seconds=backoff)
+                self.log.warning(
+                    "schedule %s failed %d time(s) in a row; trying it again in %.0fs, the others on time",
+                    name,
+                    failures,
+                    backoff,
+                    extra={"schedule": name},
+                )
+            else:
+                self._held.pop(name, None)
+                self._retry_at.pop(name, None)
+        return min(times.values(), default=datetime.max)
 
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()

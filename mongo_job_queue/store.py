@@ -21,6 +21,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -33,6 +34,7 @@ from pymongo.errors import (
     AutoReconnect,
     BulkWriteError,
     ConnectionFailure,
+    DocumentTooLarge,
     DuplicateKeyError,
     OperationFailure,
     PyMongoError,
@@ -53,7 +55,7 @@ from .clock import Clock, after_ms, to_naive_utc, utcnow
 from .config import QueueConfig
 from .errors import InvalidJobError
 from .model import BaseJob, JobStatus
-from .records import ClaimedJob, ErrorRecord, LeaseOwnerInfo, completion_fields
+from .records import ClaimedJob, ErrorRecord, LeaseOwnerInfo, UnstorableResult, completion_fields, job_log_extra
 from .store_admin import AdminQueries
 from .store_base import MAINTENANCE_MAX_TIME_MS, as_stored
 from .store_collection import prepared_collection
@@ -73,12 +75,54 @@ COMPLETED = JobStatus.COMPLETED.value
 FAILED = JobStatus.FAILED.value
 CANCELLED = JobStatus.CANCELLED.value
 
+_MAX_QUARANTINES_PER_CLAIM = 10
+# What a new claim clears: the progress an earlier attempt reported.
+_FRESH_RUN = {"progress": ""}
+# Bound on every read of the claim path (the claim's own search included).
+_CLAIM_READ_MAX_TIME_MS = 5_000
+
+#: ``hello`` round trips per clock measurement; the fastest one is used.
+_CLOCK_SAMPLES = 3
+#: A measurement whose fastest round trip took longer is not trusted (error up to half of it).
+_MAX_CLOCK_ROUND_TRIP_S = 0.5
+
 # Server error codes that mean "try again, maybe elsewhere" (replica-set state
 # changes, shutdown, network). pymongo maps most to AutoReconnect/NotPrimaryError,
 # but a failCommand or an old server can surface them as OperationFailure.
-_MAX_QUARANTINES_PER_CLAIM = 10
-
 _TRANSIENT_CODES = frozenset({6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
+
+
+#: The clients that came across fork() into this process (MongoEngine's, and
+#: those the live stores' models cached), by identity, recorded by the
+#: after-fork hook; kept referenced so they are never finalised here.
+_inherited_clients: list[Any] = []
+#: The pid in which that hook last ran.
+_hooked_pid: int | None = None
+#: Without the hook (a fork from C code): what each process has dropped, by
+#: ("alias", name) and ("model", class), with the pid that dropped it.
+_forgotten_in: dict[tuple[str, Any], int] = {}
+_fork_lock = threading.Lock()
+_live_stores: weakref.WeakSet[JobStore] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    global _fork_lock, _hooked_pid
+    _fork_lock = threading.Lock()
+    _hooked_pid = os.getpid()
+    _inherited_clients.extend(mongoengine.connection._connections.values())
+    for store in list(_live_stores):
+        cached = store.model._collection
+        if cached is not None:
+            _inherited_clients.append(cached.database.client)
+        store._after_fork_in_child()
+
+
+def _is_inherited(client: Any) -> bool:
+    return any(client is inherited for inherited in _inherited_clients)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -122,10 +166,14 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
         self.clock = clock
         self.log = logger or log
         self._sleep = sleep
-        self._pid = os.getpid()
+        # In a forked child even a new store must check what it would inherit.
+        self._pid: int | None = None if _hooked_pid == os.getpid() else os.getpid()
         self._offset = timedelta(0)
         self._next_sync = 0.0
+        self._synced = False  # no time-based decision before the first measurement
         self._sync_lock = threading.Lock()
+        self._monotonic: Callable[[], float] = time.monotonic  # measures round trips; tests inject one
+        _live_stores.add(self)
 
     # -- connection ---------------------------------------------------------
 
@@ -143,11 +191,38 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
         return prepared_collection(self.model)
 
     def _forget_inherited_client(self) -> None:
+        """Drop what the parent's client left behind in this process, and only that.
+
+        Several stores (queues, models) share one alias: the second store in
+        a child must not drop the client the first has just created there,
+        which would leak it and its monitor threads. So what is dropped is
+        the very client that came across fork(); where the after-fork hook
+        did not run (a fork from C code), each alias and model is reset once
+        per process instead.
+        """
         alias = self.model._meta.get("db_alias") or mongoengine.DEFAULT_CONNECTION_NAME
-        mongoengine.connection._connections.pop(alias, None)
-        mongoengine.connection._dbs.pop(alias, None)
-        self.model._collection = None
-        self._pid = os.getpid()
+        pid = os.getpid()
+        with _fork_lock:
+            if _hooked_pid == pid:
+                if _is_inherited(mongoengine.connection._connections.get(alias)):
+                    mongoengine.connection._connections.pop(alias, None)
+                    mongoengine.connection._dbs.pop(alias, None)
+                cached = self.model._collection
+                if cached is not None and _is_inherited(cached.database.client):
+                    self.model._collection = None
+            else:
+                if _forgotten_in.get(("alias", alias)) != pid:
+                    mongoengine.connection._connections.pop(alias, None)
+                    mongoengine.connection._dbs.pop(alias, None)
+                    _forgotten_in[("alias", alias)] = pid
+                if _forgotten_in.get(("model", self.model)) != pid:
+                    self.model._collection = None  # holds the parent's client
+                    _forgotten_in[("model", self.model)] = pid
+            self._pid = pid
+
+    def _after_fork_in_child(self) -> None:
+        # A lock held by a parent thread at fork() stays held forever in the child.
+        self._sync_lock = threading.Lock()
 
     def ensure_indexes(self) -> None:
         """Create and check the model's indexes now, and the retention TTL indexes; idempotent.
@@ -165,10 +240,17 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
         Every time the queue writes or compares (``run_at``, lease expiry) comes
         from here. With ``sync_clock`` the local clock is corrected by its
         offset from the server's, so all workers judge leases and due times
-        by one clock, whatever their hosts' clocks say.
+        by one clock, whatever their hosts' clocks say. Until the first
+        measurement has completed every caller waits for it (and sees its
+        error), so no decision is ever taken by the uncorrected clock.
         """
-        if self.config.sync_clock and time.monotonic() >= self._next_sync:
-            self.sync_clock()
+        if self.config.sync_clock:
+            if not self._synced:
+                with self._sync_lock:
+                    if not self._synced:
+                        self._measure_offset()
+            elif self._monotonic() >= self._next_sync:
+                self.sync_clock()
         return self.clock() + self._offset
 
     @property
@@ -177,31 +259,71 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
         return self._offset
 
     def sync_clock(self) -> None:
-        """Measure the offset of the local clock from the server's ``hello.localTime``."""
+        """Measure the offset of the local clock from the server's ``hello.localTime`` again.
+
+        Other threads keep using the current offset meanwhile; on failure it is
+        kept too, and measured again at the next interval.
+        """
         if not self._sync_lock.acquire(blocking=False):
-            return  # another thread is measuring; use the current offset
+            return  # another thread is measuring
         try:
-            self._next_sync = time.monotonic() + self.config.clock_sync_interval_ms / 1000
-            before = self.clock()
-            reply = self.collection.database.command("hello")
-            after = self.clock()
-            server = reply.get("localTime")
-            if not isinstance(server, datetime):
-                return
-            # The server read its clock somewhere during the round trip; the
-            # midpoint bounds the error by half the round trip.
-            offset = to_naive_utc(server) - (before + (after - before) / 2)
-            if abs(offset - self._offset) > timedelta(seconds=1):
-                self.log.warning(
-                    "this host's clock is %.1f s %s the database server's; correcting queue times by it",
-                    abs(offset.total_seconds()),
-                    "behind" if offset > timedelta(0) else "ahead of",
-                )
-            self._offset = offset
+            self._measure_offset()
         except Exception as exc:  # noqa: BLE001 - keep the last offset; retry at the next interval
             self.log.debug("clock sync skipped: %r", exc)
         finally:
             self._sync_lock.release()
+
+    def _hello(self) -> Mapping[str, Any]:
+        return self.collection.database.command("hello")
+
+    def _measure_offset(self) -> None:
+        """Take the best of a few ``hello`` samples (shortest round trip), rejecting slow ones; caller holds the lock.
+
+        The server reads its clock somewhere during the round trip, so the
+        midpoint's error is at most half of it: the fastest sample is the
+        most accurate. Raises when no sample could be taken.
+        """
+        self._next_sync = self._monotonic() + self.config.clock_sync_interval_ms / 1000
+        samples: list[tuple[float, timedelta]] = []
+        for _ in range(_CLOCK_SAMPLES):
+            try:
+                started = self._monotonic()
+                before = self.clock()
+                reply = self._hello()
+                after = self.clock()
+                round_trip = self._monotonic() - started
+            except Exception as exc:
+                if samples:
+                    break  # use what was measured
+                if is_transient(exc) or getattr(exc, "timeout", False):
+                    raise  # the server may answer soon: measure before deciding anything
+                # Refused for good (a mock without hello, no permission): it never will.
+                self.log.warning("cannot measure the clock offset (%r); queue times are this host's clock", exc)
+                self._synced = True
+                return
+            server = reply.get("localTime")
+            if not isinstance(server, datetime):
+                self._synced = True  # the server does not tell its time: nothing to correct by
+                return
+            samples.append((round_trip, to_naive_utc(server) - (before + (after - before) / 2)))
+        round_trip, offset = min(samples, key=lambda sample: sample[0])
+        if round_trip > _MAX_CLOCK_ROUND_TRIP_S:
+            if self._synced:
+                self.log.debug("clock sync skipped: fastest of %d round trips took %.3f s", len(samples), round_trip)
+                return
+            self.log.warning(
+                "clock offset measured over a slow round trip (%.3f s): queue times may be off by up to %.3f s",
+                round_trip,
+                round_trip / 2,
+            )
+        if abs(offset - self._offset) > timedelta(seconds=1):
+            self.log.warning(
+                "this host's clock is %.1f s %s the database server's; correcting queue times by it",
+                abs(offset.total_seconds()),
+                "behind" if offset > timedelta(0) else "ahead of",
+            )
+        self._offset = offset
+        self._synced = True
 
     # -- retry machinery ----------------------------------------------------
 
@@ -351,24 +473,47 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
         query = {"status": PENDING, "queue": {"$in": queues}, "type": {"$in": types}}
         for _ in range(_MAX_QUARANTINES_PER_CLAIM):
             try:
-                return self._claim_batch(query, owner, limit, abort)
+                batch, raced = self._claim_batch(query, owner, limit, abort)
             except OperationFailure as exc:
-                if is_transient(exc) or not self._quarantine_head(query, exc):
+                if is_transient(exc) or not self._quarantine_head(query, exc, limit):
                     raise
+                continue
+            if batch or not raced:
+                return batch
+            # Other workers took every job we read: that is not an empty queue.
+            # One atomic claim either takes the next due job or proves none is left.
+            one = self._claim(query, owner, abort)
+            return [one] if one is not None else []
         return []
 
     def _claim_batch(
         self, query: dict[str, Any], owner: LeaseOwnerInfo, limit: int, abort: threading.Event | None
-    ) -> list[ClaimedJob]:
+    ) -> tuple[list[ClaimedJob], bool]:
+        """Claim up to ``limit`` jobs; also whether jobs were read but all taken by others (a lost race).
+
+        ``update_many`` is not atomic: an error partway (a document edited
+        into a shape the update cannot apply to, or transient errors that
+        outlast the retries) can leave some documents leased under our token.
+        Whatever the error, those are read back and returned, so none is
+        stranded holding a lease nobody renews; the error is raised only when
+        nothing was claimed.
+        """
         token = uuid.uuid4().hex
         tries = 0
         expires: datetime | None = None
+        raced = False
 
         def mine() -> list[dict[str, Any]]:
-            return list(self.collection.find({"status": PROCESSING, "lease_expires_at": expires, "lease_token": token}))
+            return list(
+                self.collection.find(
+                    {"status": PROCESSING, "lease_expires_at": expires, "lease_token": token},
+                    limit=limit,
+                    max_time_ms=_CLAIM_READ_MAX_TIME_MS,
+                )
+            )
 
         def call() -> list[dict[str, Any]]:
-            nonlocal tries, expires
+            nonlocal tries, expires, raced
             tries += 1
             if tries > 1 and expires is not None:
                 claimed = mine()  # an earlier try may have applied before its reply was lost
@@ -376,7 +521,11 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
                     return claimed
             now = self.now()
             due = {**query, "run_at": {"$lte": now}}
-            candidates = list(self.collection.find(due, sort=[("priority", -1), ("run_at", 1)], limit=limit))
+            candidates = list(
+                self.collection.find(
+                    due, sort=[("priority", -1), ("run_at", 1)], limit=limit, max_time_ms=_CLAIM_READ_MAX_TIME_MS
+                )
+            )
             if not candidates:
                 return []
             # The lease starts when it is written, not when the read began: on a
@@ -398,15 +547,31 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
                 {"_id": d["_id"], "lease_token": d.get("lease_token"), "attempts": d.get("attempts")}
                 for d in candidates
             ]
-            result = self.collection.update_many({**due, "$or": unchanged}, {"$set": lease, "$inc": {"attempts": 1}})
+            result = self.collection.update_many(
+                {**due, "$or": unchanged}, {"$set": lease, "$inc": {"attempts": 1}, "$unset": _FRESH_RUN}
+            )
             if result.modified_count == len(candidates):
                 for doc in candidates:
                     doc.update(lease)
                     doc["attempts"] = int(doc.get("attempts") or 0) + 1
+                    doc.pop("progress", None)
                 return candidates
+            raced = not result.modified_count
             return mine() if result.modified_count else []
 
-        return [ClaimedJob(doc, token) for doc in self._retry(call, "claim_batch", abort)]
+        try:
+            docs = self._retry(call, "claim_batch", abort)
+        except Exception as exc:
+            if expires is None:
+                raise
+            try:
+                docs = self._retry(mine, "claim_batch_read_back")
+            except Exception:  # noqa: BLE001 - report the claim's own error; lease expiry recovers the rest
+                raise exc from None
+            if not docs:
+                raise
+            self.log.warning("claim of %d job(s) partly applied before %r; running those", len(docs), exc)
+        return [ClaimedJob(doc, token) for doc in docs], raced
 
     def claim_job(self, job_id: ObjectId, owner: LeaseOwnerInfo) -> ClaimedJob | None:
         """Claim one specific pending job, due or not (inline/eager runs, admin "run now")."""
@@ -431,7 +596,8 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
                 # The earlier try may have claimed a job before its reply was
                 # lost; find it by our token (index: status, lease_expires_at).
                 mine = self.collection.find_one(
-                    {"status": PROCESSING, "lease_expires_at": expires, "lease_token": token}
+                    {"status": PROCESSING, "lease_expires_at": expires, "lease_token": token},
+                    max_time_ms=_CLAIM_READ_MAX_TIME_MS,
                 )
                 if mine is not None:
                     return mine
@@ -449,23 +615,33 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
                         "updated_at": now,
                     },
                     "$inc": {"attempts": 1},
+                    "$unset": _FRESH_RUN,
                 },
                 sort=[("priority", -1), ("run_at", 1)],
                 return_document=ReturnDocument.AFTER,
+                maxTimeMS=_CLAIM_READ_MAX_TIME_MS,
             )
 
         doc = self._retry(call, "claim", abort)
         return ClaimedJob(doc, token) if doc is not None else None
 
-    def _quarantine_head(self, query: dict[str, Any], exc: OperationFailure) -> bool:
-        head = self.collection.find_one(
-            {**query, "run_at": {"$lte": self.now()}}, sort=[("priority", -1), ("run_at", 1)]
+    def _quarantine_head(self, query: dict[str, Any], exc: OperationFailure, limit: int = 1) -> bool:
+        """Fail the malformed documents among the ``limit`` most urgent due jobs; True if any was."""
+        head = list(
+            self.collection.find(
+                {**query, "run_at": {"$lte": self.now()}},
+                sort=[("priority", -1), ("run_at", 1)],
+                limit=max(1, limit),
+                max_time_ms=_CLAIM_READ_MAX_TIME_MS,
+            )
         )
-        problems = stored_job_problems(head) if head is not None else []
-        if head is None or not problems:
-            return False
-        self.log.error("claim failed on a malformed job %s (%s); failing it", head["_id"], exc)
-        return self.quarantine(head["_id"], problems, from_status=PENDING)
+        failed = False
+        for doc in head:
+            problems = stored_job_problems(doc)
+            if problems:
+                self.log.error("claim failed on a malformed job %s (%s); failing it", doc["_id"], exc)
+                failed = self.quarantine(doc["_id"], problems, from_status=PENDING) or failed
+        return failed
 
     def watch_new_jobs(
         self, types: Sequence[str], queues: Sequence[str], *, resume_after: Mapping[str, Any] | None, max_await_ms: int
@@ -498,12 +674,41 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
     def complete(self, job: ClaimedJob, result: Any = None) -> bool:
         """Mark a claimed job completed; False if the lease was lost first."""
         now = self.now()
-        update: dict[str, Any] = {
-            "$set": {"status": COMPLETED, "finished_at": now, "updated_at": now},
-            "$unset": {"lease_expires_at": ""},
-        }
-        update["$set"].update(completion_fields(result))
-        return self._fenced(job, update, COMPLETED, "complete")
+
+        def write(result: Any) -> bool:
+            update: dict[str, Any] = {
+                "$set": {"status": COMPLETED, "finished_at": now, "updated_at": now},
+                "$unset": {"lease_expires_at": ""},
+            }
+            update["$set"].update(completion_fields(result))
+            return self._fenced(job, update, COMPLETED, "complete")
+
+        return self._complete_dropping_result_if_too_large(job, result, write)
+
+    def _complete_dropping_result_if_too_large(
+        self, job: ClaimedJob, result: Any, write: Callable[[Any], bool]
+    ) -> bool:
+        """``write(result)``; if the document would grow past 16 MiB, ``write`` again without the result.
+
+        The handler did finish: a result too large for what is left of its
+        document (a big payload enqueued under other limits) is recorded as
+        dropped, in ``result_error``, and the job completes. Without this the
+        refused write would leave the job ``processing`` and run it again.
+        """
+        try:
+            return write(result)
+        except (DocumentTooLarge, OperationFailure) as exc:
+            if result is None or isinstance(result, UnstorableResult) or not is_too_large(exc):
+                raise
+            message = _short_error(exc)
+            self.log.warning(
+                "completion of job %s refused as too large (%s); completing it without its result",
+                job.id,
+                message,
+                extra=job_log_extra(job.doc),
+            )
+            reason = f"not stored: the job document with it would exceed MongoDB's 16 MiB limit ({message})"
+            return write(UnstorableResult(reason[: self.config.max_error_chars]))
 
     def complete_many(self, jobs: Sequence[tuple[ClaimedJob, Any]]) -> set[ObjectId]:
         """Mark many claimed jobs completed in one bulk write; return the ids whose write landed.
@@ -550,14 +755,16 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
         return self._fenced(job, update, PENDING, "reschedule", uncancelled=True)
 
     def fail(self, job: ClaimedJob, error: ErrorRecord) -> bool:
-        """Fail a claimed job for good; False if the lease was lost."""
+        """Fail a claimed job for good; False if the lease was lost or a cancel requested."""
         now = self.now()
         update = {
             "$set": {"status": FAILED, "finished_at": now, "updated_at": now, "last_error": error.as_doc()},
             "$unset": {"lease_expires_at": ""},
             "$push": {"errors": {"$each": [error.as_doc()], "$slice": -self.config.max_error_history}},
         }
-        return self._fenced(job, update, FAILED, "fail")
+        # Fenced on the cancel request too, like reschedule: a job whose
+        # cancellation was requested ends cancelled (the caller cancels it).
+        return self._fenced(job, update, FAILED, "fail", uncancelled=True)
 
     def release(self, job: ClaimedJob) -> bool:
         """Hand back a claimed job that never started: ``pending`` again, attempt not counted."""
@@ -644,6 +851,27 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
             return found is not None and any(e == record for e in found.get("errors") or [])
 
         return self._retry(call, "recover")
+
+
+#: Server codes for "the document would be too large": BSONObjectTooLarge, and
+#: the update's "Resulting document after update is larger than 16 MiB".
+_TOO_LARGE_CODES = frozenset({10334, 17419})
+
+
+def is_too_large(exc: BaseException) -> bool:
+    """True for a write that the driver or the server refused because a document would exceed 16 MiB."""
+    if isinstance(exc, DocumentTooLarge):
+        return True
+    if isinstance(exc, OperationFailure):
+        details = exc.details or {}
+        return exc.code in _TOO_LARGE_CODES or details.get("codeName") == "BSONObjectTooLarge"
+    return False
+
+
+def _short_error(exc: BaseException) -> str:
+    # str() of a WriteError carries the full reply, the refused update included.
+    details = getattr(exc, "details", None) or {}
+    return str(details.get("errmsg") or exc)[:500]
 
 
 def _is_id_duplicate(exc: DuplicateKeyError) -> bool:

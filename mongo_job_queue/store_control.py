@@ -40,6 +40,8 @@ CANCELLED = JobStatus.CANCELLED.value
 FINISHED = (COMPLETED, FAILED, CANCELLED)
 
 _PAUSE_ID = "pause"
+# Bound on the heartbeat's follow-up read (by _id, at most one document per running job).
+_HEARTBEAT_READ_MAX_TIME_MS = 5_000
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ class Heartbeat:
 
     lost: set[ObjectId]
     cancel_requested: set[ObjectId]
+    #: Ended by this worker's own outcome write while the beat was in flight: not lost.
+    finished: set[ObjectId] = field(default_factory=set)
 
 
 class ControlQueries(RetentionQueries):
@@ -180,13 +184,20 @@ class ControlQueries(RetentionQueries):
             if renew(leases, skip_cancelled=True) == len(leases):
                 return Heartbeat(set(), set())
             docs = self.collection.find(
-                {"_id": {"$in": list(leases)}, "status": PROCESSING}, {"lease_token": 1, "cancel_requested": 1}
+                {"_id": {"$in": list(leases)}},
+                {"status": 1, "lease_token": 1, "cancel_requested": 1},
+                max_time_ms=_HEARTBEAT_READ_MAX_TIME_MS,
             )
-            held = {d["_id"]: d for d in docs if d.get("lease_token") == leases[d["_id"]]}
-            cancel = {job_id for job_id, d in held.items() if d.get("cancel_requested")}
+            ours = {d["_id"]: d for d in docs if d.get("lease_token") == leases[d["_id"]]}
+            held = {job_id for job_id, d in ours.items() if d.get("status") == PROCESSING}
+            cancel = {job_id for job_id in held if ours[job_id].get("cancel_requested")}
             if cancel:
                 renew(cancel, skip_cancelled=False)
-            return Heartbeat(set(leases) - set(held), cancel)
+            # A job that still carries our token but left "processing" was
+            # ended by this worker's own outcome write, racing this beat: it
+            # is finished, not lost (a claim or a rescue replaces the token).
+            finished = set(ours) - held
+            return Heartbeat(set(leases) - set(ours), cancel, finished)
 
         return self._retry(call, "renew_leases")
 

@@ -15,6 +15,7 @@ from typing import Any
 import bson
 from bson.errors import BSONError, InvalidDocument
 
+from .config import BSON_MAX_BYTES, QueueConfig
 from .errors import InvalidJobError
 
 __all__ = [
@@ -30,9 +31,10 @@ __all__ = [
 _STATUSES = frozenset({"pending", "processing", "completed", "failed", "cancelled"})
 
 #: MongoDB's document size limit.
-MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
-#: Headroom kept for fields the queue adds later (error history, lease, result).
-DOCUMENT_HEADROOM_BYTES = 512 * 1024
+MAX_DOCUMENT_BYTES = BSON_MAX_BYTES
+#: Headroom kept by default for fields the queue adds later (result, error
+#: history, lease): :attr:`QueueConfig.reserved_bytes` of the default config.
+DOCUMENT_HEADROOM_BYTES = QueueConfig().reserved_bytes
 #: Keys that MongoEngine interprets inside a stored dict (at any depth) instead of
 #: returning them: a job holding one could never be loaded for its handler.
 ODM_RESERVED_KEYS = {"_cls": "document class name", "_ref": "document reference"}
@@ -80,21 +82,27 @@ def _walk(value: Any, path: str, depth: int) -> None:
         raise InvalidJobError(f"{path} is a {type(value).__name__}, which BSON cannot store: use a list")
 
 
-def check_document(son: Mapping[str, Any]) -> int:
+def check_document(son: Mapping[str, Any], *, limit: int | None = None) -> int:
     """Encode the whole job document once; return its size in bytes.
+
+    Args:
+        limit: Largest size accepted, :attr:`QueueConfig.max_job_bytes` of the
+            queue's config (by default that of the default config), so that
+            the job can still take its result and error history.
 
     Raises:
         InvalidJobError: the document is not BSON-encodable or is too large.
     """
+    limit = MAX_DOCUMENT_BYTES - DOCUMENT_HEADROOM_BYTES if limit is None else limit
     try:
         size = len(bson.encode(son))
     except (InvalidDocument, BSONError, TypeError, ValueError, OverflowError) as exc:
         raise InvalidJobError(f"job is not BSON-encodable: {exc}") from exc
-    if size > MAX_DOCUMENT_BYTES - DOCUMENT_HEADROOM_BYTES:
+    if size > limit:
         raise InvalidJobError(
-            f"job document is {size} bytes; the limit is {MAX_DOCUMENT_BYTES - DOCUMENT_HEADROOM_BYTES} "
-            f"(MongoDB's 16 MiB less {DOCUMENT_HEADROOM_BYTES} bytes kept for error history). "
-            "Store large payloads elsewhere and enqueue a reference."
+            f"job document is {size} bytes; the limit is {limit} "
+            f"(MongoDB's 16 MiB less {MAX_DOCUMENT_BYTES - limit} bytes kept for the result and error history, "
+            "see max_result_bytes). Store large payloads elsewhere and enqueue a reference."
         )
     return size
 

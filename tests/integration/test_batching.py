@@ -176,13 +176,13 @@ def test_change_stream_wakes_an_idle_worker(counted, make_queue, job_model) -> N
     idle = _queue(poll_interval_base_ms=5_000, poll_interval_max_ms=5_000)
     idle.register_handler("T", lambda job: None)
     polls: list[float] = []
-    real = idle.worker.claim_some
+    real = idle.worker.poller.claim_some
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         polls.append(time.monotonic())
         return real(*args, **kwargs)
 
-    idle.worker.claim_some = counting  # type: ignore[method-assign]
+    idle.worker.poller.claim_some = counting  # type: ignore[method-assign]
     idle.start_polling()
     try:
         wait_until(lambda: polls)  # the first, empty poll: now it waits 5 s

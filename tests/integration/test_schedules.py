@@ -7,6 +7,7 @@ tests/unit/test_schedule.py; here the server's unique index and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -215,3 +216,45 @@ def test_the_scheduler_survives_a_database_outage_and_fires_again(make_queue, ra
         )
     times = fire_times(raw_db, "often")
     assert len(set(times)) == len(times)
+
+
+class _Unreadable:
+    """Fire times that cannot be computed (as ``every_ms=3e14`` once was: past the dates datetime holds)."""
+
+    def after(self, moment: datetime) -> datetime:
+        raise OverflowError("date value out of range")
+
+    def newest(self, after: Any, until: datetime, limit: int) -> list[datetime]:
+        raise OverflowError("date value out of range")
+
+
+def test_a_schedule_whose_fire_times_cannot_be_computed_does_not_delay_the_others(make_queue, raw_db) -> None:
+    queue = make_queue()
+    queue.register_handler("T", lambda job: None)
+    broken = queue.schedule("broken", job_type="T", every_ms=60_000)
+    queue.unschedule("broken")
+    queue.scheduler.add(dataclasses.replace(broken, times=_Unreadable()))
+    queue.schedule("often", job_type="T", every_ms=200)
+    queue.start_polling()
+    # Before, the loop backed off every schedule for 2, 4, 8... s: about 4 fires in 15 s.
+    wait_until(lambda: raw_db.jobs.count_documents({"schedule": "often"}) >= 10, timeout=15, what="ten fires")
+    assert queue.stop(timeout=10)
+    assert raw_db.jobs.count_documents({"schedule": "broken"}) == 0
+
+
+def test_a_rollback_to_an_earlier_definition_replays_nothing(make_queue, raw_db) -> None:
+    a = make_queue()
+    a.schedule("billing", "0 3 * * *", "T", catch_up="all")
+    a.fire_schedules(datetime(2026, 1, 1, 2))
+    a.fire_schedules(datetime(2026, 1, 1, 3))
+    b = make_queue()
+    b.schedule("billing", "0 4 * * *", "T", catch_up="all")
+    b.fire_schedules(datetime(2026, 1, 1, 12))
+    for day in range(2, 7):
+        b.fire_schedules(datetime(2026, 1, day, 4))
+    rollback = make_queue()
+    rollback.schedule("billing", "0 3 * * *", "T", catch_up="all")
+    assert [f for f in rollback.fire_schedules(datetime(2026, 1, 6, 10)) if f.enqueued] == []
+    assert [f.fire_time for f in rollback.fire_schedules(datetime(2026, 1, 7, 3))] == [datetime(2026, 1, 7, 3)]
+    hours = [t.hour for t in fire_times(raw_db, "billing")]
+    assert hours == [3, 4, 4, 4, 4, 4, 3]

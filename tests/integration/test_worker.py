@@ -179,8 +179,8 @@ def test_start_polling_is_idempotent_and_needs_handlers(make_queue) -> None:
     queue.start_polling()
     queue.start_polling()
     prefix = f"mjq-{queue.worker.owner.worker_id}-"
-    # handlers, poller, lease keeper, change-stream waker
-    assert len([t for t in threading.enumerate() if t.name.startswith(prefix)]) == 3 + 3
+    # handlers, poller, heartbeat, maintenance, change-stream waker, completion flusher
+    assert len([t for t in threading.enumerate() if t.name.startswith(prefix)]) == 3 + 5
     assert queue.stop(timeout=10)
     assert not queue.running
 
@@ -264,14 +264,14 @@ def test_idle_polling_backs_off_and_snaps_back_when_work_appears(make_queue, job
     queue = make_queue(poll_interval_base_ms=20, poll_interval_max_ms=320)
     queue.register_handler("IDLE", lambda job: None)
     claims: list[tuple[float, bool]] = []
-    real_claim = queue.worker.claim_some
+    real_claim = queue.worker.poller.claim_some
 
     def counting_claim(*args, **kwargs):
         result = real_claim(*args, **kwargs)
         claims.append((time.monotonic(), bool(result)))
         return result
 
-    queue.worker.claim_some = counting_claim  # type: ignore[method-assign]
+    queue.worker.poller.claim_some = counting_claim  # type: ignore[method-assign]
     queue.start_polling()
     # Intervals 20, 40, 80, 160, 320, 320 ms...: about 11 claims in 2 s, not 100.
     wait_until(lambda: claims and claims[-1][0] - claims[0][0] >= 2.0, timeout=10)

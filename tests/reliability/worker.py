@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                     {
                         "pid": os.getpid(),
                         "handler_threads": handler_threads(args.worker_id),
-                        "inflight": len(getattr(queue.worker, "_inflight", ())),
+                        "inflight": len(queue.worker.table),
                         "running": queue.running,
                         "at": utcnow(),
                     },

@@ -7,6 +7,8 @@ tests/integration/test_schedules.py.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -143,6 +145,16 @@ def test_an_interval_takes_no_timezone(queue: Any) -> None:
         queue.schedule("sync", job_type="T", every_ms=99)
 
 
+def test_an_interval_too_long_to_compute_is_rejected_when_scheduling(queue: Any) -> None:
+    # 3e14 ms is about 9500 years: its next fire time is past the dates datetime can hold.
+    with pytest.raises(ScheduleError, match=r"every_ms must be at most 31622400000 \(366 days\), got 300000000000000"):
+        queue.schedule("huge", job_type="T", every_ms=3 * 10**14)
+    assert queue.schedules() == []
+    queue.schedule("yearly", job_type="T", every_ms=366 * 24 * 3600 * 1000)  # the longest
+    assert queue.fire_schedules(utc(2026, 1, 1)) == []
+    assert queue.scheduler.next_due(utc(2026, 1, 1)) is not None
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -249,6 +261,46 @@ def test_a_changed_definition_starts_afresh_and_the_old_one_stops(make_queue: An
     new.schedule("report", "0 * * * *", "T")
     assert fired(new, utc(2026, 1, 1, 10, 30)) == []  # no catch-up of hours the old definition never had
     assert fired(new, utc(2026, 1, 1, 11)) == [utc(2026, 1, 1, 11)]
+
+
+def test_going_back_to_an_earlier_definition_starts_it_afresh_without_replaying(make_queue: Any) -> None:
+    # Billing at 03:00 (catch_up="all"), moved to 04:00 for five days, then rolled back.
+    a = make_queue()
+    a.schedule("billing", "0 3 * * *", "T", catch_up="all")
+    a.fire_schedules(utc(2026, 1, 1, 2))
+    assert fired(a, utc(2026, 1, 1, 3)) == [utc(2026, 1, 1, 3)]
+    b = make_queue()  # the deploy of B; A's processes stop
+    b.schedule("billing", "0 4 * * *", "T", catch_up="all")
+    b.fire_schedules(utc(2026, 1, 1, 12))
+    for day in range(2, 7):
+        assert fired(b, utc(2026, 1, day, 4)) == [utc(2026, 1, day, 4)]
+    back = make_queue()  # the rollback to A, on day 6 at 10:00
+    back.schedule("billing", "0 3 * * *", "T", catch_up="all")
+    assert fired(back, utc(2026, 1, 6, 10)) == []  # not days 2 to 6 at 03:00, which B covered
+    assert fired(back, utc(2026, 1, 7, 3)) == [utc(2026, 1, 7, 3)]
+    assert len(raw_docs()) == 1 + 5 + 1
+
+
+def test_during_a_rolling_deploy_both_definitions_fire_by_their_own_times(make_queue: Any) -> None:
+    old, new = make_queue(), make_queue()
+    old.schedule("report", "0 */2 * * *", "T")
+    old.fire_schedules(utc(2026, 1, 1, 0, 30))
+    new.schedule("report", "0 */3 * * *", "T")
+    new.fire_schedules(utc(2026, 1, 1, 0, 40))
+    enqueued = []
+    for hour in range(1, 13):  # both keep running; each fires at its own fire times
+        for process in (old, new):
+            enqueued += fired(process, utc(2026, 1, 1, hour))
+    assert enqueued == [utc(2026, 1, 1, h) for h in (2, 3, 4, 6, 8, 9, 10, 12)]  # 06:00 and 12:00 once
+
+
+def test_a_definition_back_after_an_outage_with_no_other_catches_up(queue: Any, make_queue: Any) -> None:
+    queue.schedule("hourly", "0 * * * *", "T")
+    queue.fire_schedules(utc(2026, 1, 1, 10, 30))
+    queue.unschedule("hourly")  # removed from the code, or every worker down
+    back = make_queue()
+    back.schedule("hourly", "0 * * * *", "T")
+    assert fired(back, utc(2026, 1, 1, 14, 30)) == [utc(2026, 1, 1, 14)]  # catch_up="once"
 
 
 def test_unschedule_stops_firing_from_this_process(queue: Any) -> None:
@@ -374,3 +426,36 @@ def test_a_schedule_that_cannot_insert_does_not_stop_the_others_and_stays_due(ma
     assert [d.get("schedule") for d in raw_docs(RefJob)] == [None, "b"]  # "a" failed first; "b" still fired
     RefJob._get_collection().delete_one({"_id": blocker.id})  # the conflict is resolved
     assert [(f.schedule, f.enqueued) for f in queue.fire_schedules(utc(2026, 1, 1, 10, 0, 2))] == [("a", True)]
+
+
+class Unreadable:
+    """Fire times that cannot be computed, as an interval past the dates datetime holds once could not."""
+
+    def after(self, moment: datetime) -> datetime:
+        raise OverflowError("date value out of range")
+
+    def newest(self, after: Any, until: datetime, limit: int) -> list[datetime]:
+        raise OverflowError("date value out of range")
+
+
+def test_a_schedule_whose_fire_times_cannot_be_computed_backs_off_alone(
+    queue: Any, clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = queue.schedule("broken", job_type="T", every_ms=60_000)
+    queue.unschedule("broken")
+    queue.scheduler.add(dataclasses.replace(broken, times=Unreadable()))
+    queue.schedule("minutely", job_type="T", every_ms=60_000)
+    queue.ensure_indexes()
+    due_at = None
+    with caplog.at_level(logging.WARNING, logger="mongo_job_queue"):
+        for _ in range(10 * 60):  # ten minutes in steps of a second, as the scheduler thread would wake
+            if due_at is None or clock.now >= due_at:
+                due_at = queue.scheduler.step(clock.now)
+            clock.advance(seconds=1)
+    docs = raw_docs()
+    assert [d["fire_time"] for d in docs] == [START + timedelta(minutes=m) for m in range(1, 10)]
+    assert all(d["created_at"] == d["fire_time"] for d in docs)  # on time, not after a backoff
+    retries = [r.getMessage() for r in caplog.records if "trying it again" in r.getMessage()]
+    expected = "schedule broken failed {} time(s) in a row; trying it again in {}s, the others on time"
+    assert retries[:7] == [expected.format(n, min(60, 2**n)) for n in range(1, 8)]
+    assert len(retries) == 14  # 2 + 4 + ... + 32 s, then every 60 s: not at each of the 600 wake-ups

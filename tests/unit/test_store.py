@@ -22,7 +22,7 @@ from pymongo.errors import (
 
 from mongo_job_queue import InvalidJobError
 from mongo_job_queue.store import ClaimedJob, is_transient
-from mongo_job_queue.worker import _InFlight, error_record
+from mongo_job_queue.worker import error_record
 
 LEASE_MS = 10_000
 
@@ -191,12 +191,12 @@ def test_worker_flags_a_lost_lease_of_a_running_job(queue: Any) -> None:
     queue.enqueue("t")
     queue.enqueue("t")
     kept, lost = _claim(queue), _claim(queue)
-    queue.worker._inflight[kept.id] = _InFlight(kept)
-    queue.worker._inflight[lost.id] = _InFlight(lost)
-    OrgJob._get_collection().update_one({"_id": lost.id}, {"$set": {"status": "pending"}})
+    kept_run = queue.worker.table.add(kept)
+    lost_run = queue.worker.table.add(lost)
+    OrgJob._get_collection().update_one({"_id": lost.id}, {"$set": {"status": "pending", "lease_token": "other"}})
     queue.worker.renew_leases()
-    assert queue.worker._inflight[lost.id].lease_lost.is_set()
-    assert not queue.worker._inflight[kept.id].lease_lost.is_set()
+    assert lost_run.lease_lost.is_set()
+    assert not kept_run.lease_lost.is_set()
 
 
 def test_a_batch_lease_starts_when_it_is_written_not_when_the_read_began(queue: Any, clock: Any) -> None:

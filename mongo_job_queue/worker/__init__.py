@@ -1,0 +1,407 @@
+"""The worker: starts and stops its services, nothing else.
+
+The services, each in its own module and given its collaborators:
+
+* the **poller** (:mod:`.poller`) claims one job per free handler thread and
+  backs off while the queue is empty;
+* ``concurrency`` **handler threads** run jobs through the **executor**
+  (:mod:`.executor`), which writes outcomes, completions through a
+  **completer** (:mod:`.completer`, inline or group commit);
+* the **heartbeat** (:mod:`.leases`) renews the leases of the runs in the
+  **in-flight table** (:mod:`.inflight`, keyed by job id and lease token);
+* **maintenance** (:mod:`.maintenance`) returns expired leases of crashed
+  workers to the queue and fails damaged documents, on a thread of its own;
+* the **change-stream waker** (:mod:`.wakeup`) wakes an idle poller;
+* the **scheduler**, when the queue has one, enqueues the jobs of due fire
+  times (see :mod:`mongo_job_queue.scheduler`).
+
+Every outcome write is fenced by the lease token (see :mod:`mongo_job_queue.store`),
+so a worker that lost a lease can only log the fact, never clobber the new owner.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Optional
+
+from bson import ObjectId
+
+from ..config import QueueConfig
+from ..failures import error_record
+from ..handlers import HandlerRegistry
+from ..middleware import MiddlewareChain
+from ..records import ClaimedJob, LeaseOwnerInfo, job_log_extra
+from ..scheduler import Scheduler
+from ..store import JobStore
+from .completer import Completer, GroupCompleter
+from .executor import Executor, WorkQueue
+from .inflight import InflightTable
+from .leases import LeaseKeeper
+from .maintenance import Hygiene, MaintenanceLoop, Quarantiner, Rescuer, Service
+from .poller import Poller
+from .shutdown import ShutdownRequeue
+from .timeouts import deadline_after, join, remaining
+from .wakeup import ChangeStreamWaker
+
+__all__ = ["Worker", "error_record", "job_log_extra"]
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    """Claims and runs jobs for one queue; owned by :class:`~mongo_job_queue.PersistentJobQueue`."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        registry: HandlerRegistry,
+        config: QueueConfig,
+        *,
+        logger: Optional[logging.Logger] = None,
+        hooks: Optional[MiddlewareChain] = None,
+    ) -> None:
+        self.store = store
+        self._registry = registry
+        self.config = config
+        self._logger = logger
+        self.log = logger or log
+        self.hooks = hooks if hooks is not None else MiddlewareChain(None)
+        #: Fires the queue's schedules while this worker runs (``run_schedules``).
+        self.scheduler: Optional[Scheduler] = None
+        self.table = InflightTable()
+        self._lock = threading.Lock()
+        self._running = False
+        self._reset_runtime_state()
+
+    def _reset_runtime_state(self) -> None:
+        """Start afresh: at construction, and in a forked child (the parent's threads and runs are not its own)."""
+        self.owner = LeaseOwnerInfo.current(self.config.worker_id)
+        self.table.clear()
+        self._stopping = threading.Event()
+        self._stopping.set()
+        self._wake = threading.Event()
+        # Set while the poller waits with nothing to claim: only then does the
+        # change stream read, so a busy worker pays no getMore per job.
+        self._idle = threading.Event()
+        self._work: WorkQueue = WorkQueue()
+        self._poller_thread: Optional[threading.Thread] = None
+        self._handler_threads: list[threading.Thread] = []
+        self._maintenance_thread: Optional[threading.Thread] = None
+        self._scheduler_thread: Optional[threading.Thread] = None
+        self._waker_thread: Optional[threading.Thread] = None
+        self._waker: Optional[ChangeStreamWaker] = None
+        self._completer: Optional[Completer] = None
+        self._running = False
+        keeper = getattr(self, "keeper", None)
+        if keeper is not None:
+            keeper.forget()
+        self.keeper = LeaseKeeper(self.store, self.table, self.config, self.hooks, logger=self._logger)
+        self._build()
+
+    def _build(self) -> None:
+        """(Re)build the services from the current config, registry and owner."""
+        self.keeper.config = self.config
+        self.keeper.name = f"mjq-{self.owner.worker_id}"
+        self.quarantiner = Quarantiner(self.store, self.hooks, self._logger)
+        self.executor = Executor(
+            self.store, self.registry, self.config, self.hooks, self.table, self.quarantiner, logger=self._logger
+        )
+        self.poller = Poller(
+            self.store,
+            self.registry,
+            self.config,
+            self.hooks,
+            self.table,
+            self.keeper,
+            self.executor,
+            self.owner,
+            logger=self._logger,
+        )
+        self.rescuer = Rescuer(self.store, self.config, self.registry, self.hooks, self.quarantiner, self._logger)
+        self.shutdown = ShutdownRequeue(self.executor, self.table, self.owner.worker_id)
+        self.hygiene = Hygiene(self.store, self.quarantiner)
+
+    @property
+    def registry(self) -> HandlerRegistry:
+        return self._registry
+
+    @registry.setter
+    def registry(self, registry: HandlerRegistry) -> None:
+        self._registry = registry
+        self._build()
+
+    def reconfigure(self, config: QueueConfig) -> None:
+        """Take a new config before the next start; runs still finishing keep their heartbeat."""
+        self.config = config
+        self.owner = LeaseOwnerInfo.current(config.worker_id)
+        self._build()
+
+    # -- lifecycle ----------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """Started, not stopped, and its poller and handler threads alive."""
+        if not self._running or self._stopping.is_set():
+            return False
+        threads = [self._poller_thread, *self._handler_threads]
+        return all(t is not None and t.is_alive() for t in threads)
+
+    def start(self) -> None:
+        """Start the services; no-op if already running (a start whose threads died is restarted)."""
+        if self._running and not self._stopping.is_set() and not self.running:
+            self.log.error("worker %s: a worker thread died; restarting the worker", self.owner.worker_id)
+            self.stop(0)
+        with self._lock:
+            if self._running:
+                return
+            self._start_services()
+        self.hooks.emit("on_worker_start")
+        self.log.info(
+            "worker %s started: concurrency=%d queues=%s types=%s",
+            self.owner.worker_id,
+            self.config.concurrency,
+            ",".join(self.config.queues),
+            ",".join(self.registry.types()) or "(none)",
+        )
+
+    def _start_services(self) -> None:
+        # Each start gets its own stop event and work queue, handed to its
+        # threads: threads of an earlier run that are still finishing a job
+        # must neither consume this run's work nor outlive its stop.
+        self._stopping = stopping = threading.Event()
+        self._work = work = WorkQueue()
+        name = f"mjq-{self.owner.worker_id}"
+        self._completer = completer = (
+            GroupCompleter(self.store, self.table, self.executor.report_completion, logger=self._logger, name=name)
+            if self.config.batch_acks
+            else self.executor.inline
+        )
+        self._handler_threads = [
+            threading.Thread(
+                target=self.executor.handler_loop,
+                args=(work, stopping, completer),
+                name=f"{name}-handler-{i}",
+                daemon=True,
+            )
+            for i in range(self.config.concurrency)
+        ]
+        self._poller_thread = threading.Thread(
+            target=self.poller.run, args=(work, stopping, self._wake, self._idle), name=f"{name}-poller", daemon=True
+        )
+        services = [
+            Service("lease recovery sweep", self.config.sweep_interval_ms / 1000, self.rescuer.run_once),
+            Service("malformed-job sweep", self.config.hygiene_interval_ms / 1000, self.hygiene.run_once),
+        ]
+        loop = MaintenanceLoop(services, self.store.now, self._logger)
+        self._maintenance_thread = threading.Thread(
+            target=loop.run, args=(stopping,), name=f"{name}-maintenance", daemon=True
+        )
+        threads = [*self._handler_threads, self._poller_thread, self._maintenance_thread]
+        self._waker = None
+        self._waker_thread = None
+        if self.config.change_stream_wakeups:
+            self._waker = ChangeStreamWaker(
+                self.store,
+                self.registry.types(),
+                self.config.queues,
+                self.notify,
+                stopping,
+                max_await_ms=self.config.change_stream_max_await_ms,
+                idle=self._idle,
+                logger=self._logger,
+            )
+            self._waker_thread = threading.Thread(target=self._waker.run, name=f"{name}-wakeup", daemon=True)
+            threads.append(self._waker_thread)
+        self._scheduler_thread = None
+        if self.scheduler is not None and self.config.run_schedules:
+            threads.append(self._new_scheduler_thread(self.scheduler, stopping))
+        self._running = True
+        self.keeper.start()
+        for thread in threads:
+            thread.start()
+
+    def stop(
+        self,
+        timeout: Optional[float] = 30.0,
+        *,
+        requeue_running: bool = False,
+        force: Optional[threading.Event] = None,
+    ) -> bool:
+        """Stop claiming now, wait up to ``timeout`` s (None or inf: forever) for running jobs; True if all finished.
+
+        Jobs claimed but not yet started are handed back to ``pending``
+        without counting the attempt. Every thread this start began has ended
+        when this returns True; when it returns False, the log names the
+        threads still running. What happens to jobs still running at the
+        timeout (or as soon as ``force`` is set) depends on the caller:
+
+        * ``requeue_running=False`` (an app stopping its in-process worker):
+          they keep their lease while this process lives, so no other worker
+          runs them twice, and are recovered by lease expiry after it exits.
+        * ``requeue_running=True`` (a worker process about to exit): they
+          keep their lease while their handlers run in this process, and go
+          back to ``pending`` when the process exits (the attempt recorded
+          with a :class:`~mongo_job_queue.WorkerShutdown` error, or
+          ``failed`` if it was their last attempt), never while their handler
+          still runs here. A handler that finishes first records its outcome.
+        """
+        deadline = deadline_after(timeout)
+        with self._lock:
+            if not self._running:
+                return True
+            with self.table.cond:
+                self._stopping.set()
+                self.table.cond.notify_all()  # a poller waiting for a free slot sees it at once
+            self._wake.set()
+        # _running stays True until the end, so a start() meanwhile is a no-op
+        # rather than a second set of services this stop would then tear down.
+        if self._waker is not None:
+            self._waker.close()  # ends a change-stream read that would wait on the server
+        if self.scheduler is not None:
+            self.scheduler.wake()
+        self.log.info("worker %s stopping: no new claims", self.owner.worker_id)
+        # The poller may be inside a claim; it hands back whatever that claim
+        # returns, so waiting for it shares the one deadline (and the force).
+        if self._poller_thread is not None:
+            join(self._poller_thread, deadline, force)
+        if self.table.busy():
+            self.log.info(
+                "worker %s waiting %s for %d running job(s)",
+                self.owner.worker_id,
+                "without a time limit" if deadline == float("inf") else f"up to {remaining(deadline):.1f}s",
+                len(self.table),
+            )
+        finished = not self.table.busy()
+        while not finished and remaining(deadline) > 0 and not (force and force.is_set()):
+            # Short waits, so that a forcing signal is noticed promptly.
+            finished = self.table.wait_idle(min(0.1, remaining(deadline)))
+        for _ in self._handler_threads:
+            self._work.put(None)  # handler threads exit after their current job
+        if self._completer is not None:
+            # Whatever is still buffered is written now; a handler finishing
+            # later records its outcome directly.
+            completer, self._completer = self._completer, None
+            completer.close(max(1.0, remaining(deadline)))
+        self.keeper.release()
+        self._join_services(deadline, finished)
+        self.hooks.emit("on_worker_stop")
+        running = self.table.running()
+        if finished:
+            self.log.info("worker %s stopped: all jobs finished", self.owner.worker_id)
+        elif requeue_running:
+            self.log.warning(
+                "worker %s stopped with %d job(s) still running; they return to the queue when this process exits",
+                self.owner.worker_id,
+                len(running),
+            )
+            self.shutdown.abandon(running)
+        else:
+            self.log.warning(
+                "worker %s stopped with %d job(s) still running; their leases are kept while this "
+                "process lives and recovered by lease expiry after it exits",
+                self.owner.worker_id,
+                len(running),
+            )
+        with self._lock:
+            self._running = False
+        return finished and not self._alive_threads()
+
+    def _join_services(self, deadline: float, finished: bool) -> None:
+        grace = deadline_after(max(1.0, remaining(deadline)) if finished else 0.5)
+        for thread in (self._maintenance_thread, self._waker_thread, self._scheduler_thread):
+            if thread is not None:
+                join(thread, grace)
+        if finished:
+            for thread in self._handler_threads:
+                join(thread, grace)
+            if self.keeper.thread is not None:
+                join(self.keeper.thread, grace)
+        alive = self._alive_threads()
+        if alive:
+            self.log.warning(
+                "worker %s: thread(s) still running after stop: %s",
+                self.owner.worker_id,
+                ", ".join(t.name for t in alive),
+            )
+
+    def _alive_threads(self) -> list[threading.Thread]:
+        threads = [
+            self._poller_thread,
+            self._maintenance_thread,
+            self._waker_thread,
+            self._scheduler_thread,
+            self.keeper.thread,
+            *self._handler_threads,
+        ]
+        return [t for t in threads if t is not None and t.is_alive()]
+
+    def requeue_abandoned(self) -> None:
+        """Return runs given up by ``stop(requeue_running=True)`` that still run; done at process exit."""
+        self.shutdown.requeue()
+
+    def _new_scheduler_thread(self, scheduler: Scheduler, stopping: threading.Event) -> threading.Thread:
+        thread = threading.Thread(
+            target=scheduler.run, args=(stopping,), name=f"mjq-{self.owner.worker_id}-scheduler", daemon=True
+        )
+        self._scheduler_thread = thread
+        return thread
+
+    def start_scheduler(self) -> None:
+        """Start firing schedules in a running worker that had none when it started; no-op otherwise."""
+        with self._lock:
+            idle = self._running and self._scheduler_thread is None and self.config.run_schedules
+            if not idle or self.scheduler is None:
+                return
+            self._new_scheduler_thread(self.scheduler, self._stopping).start()
+
+    @property
+    def listening_for_jobs(self) -> bool:
+        """Whether a change stream currently wakes this worker when jobs arrive."""
+        waker = self._waker
+        return waker is not None and self._running and waker.listening.is_set()
+
+    def notify(self) -> None:
+        """Wake an idle poller, e.g. after a local enqueue of a due job."""
+        self._wake.set()
+
+    # -- single steps (run_once, eager runs, admin calls) --------------------
+
+    def run_job_now(self, job_id: ObjectId) -> bool:
+        """Claim a specific pending job and run it in the calling thread; False if it was not pending."""
+        claimed = self.store.claim_job(job_id, self.owner)
+        if claimed is None:
+            return False
+        self.hooks.emit("after_claim", claimed.doc)
+        self.process(claimed)
+        return True
+
+    def process(self, claimed: ClaimedJob) -> None:
+        """Run the handler of a claimed job in the calling thread and write its outcome."""
+        self.executor.process(claimed)
+
+    def claim_one(self, abort: Optional[threading.Event] = None) -> ClaimedJob | None:
+        return self.poller.claim_one(abort)
+
+    def claim_some(self, free: int, abort: Optional[threading.Event] = None) -> list[ClaimedJob]:
+        return self.poller.claim_some(free, abort)
+
+    def claim_scope(self) -> tuple[list[str], list[str]]:
+        return self.poller.claim_scope()
+
+    def forget_pause_state(self) -> None:
+        self.poller.forget_pause_state()
+
+    def confirm_slow_claims(self, claimed: list[ClaimedJob]) -> list[ClaimedJob]:
+        return self.keeper.confirm_slow_claims(claimed)
+
+    def renew_leases(self) -> None:
+        self.keeper.renew_leases()
+
+    def recover_orphans(self) -> tuple[int, int]:
+        """One lease-recovery sweep now; ``(requeued, failed)``."""
+        return self.rescuer.run_once(self.store.now())
+
+    def fail_malformed_jobs(self) -> int:
+        """One hygiene scan now; how many jobs were failed."""
+        return self.hygiene.run_once(self.store.now())

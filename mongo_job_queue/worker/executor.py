@@ -1,0 +1,263 @@
+"""The executor: runs a claimed job's handler and records its outcome (fenced).
+
+The handler threads of a running worker and the single-step paths
+(``run_once``, eager runs, ``run_job_now``) all run a job through
+:meth:`Executor.process`. Completions go through a completer
+(:mod:`.completer`); failures, retries and cancellations are written here.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue as queue_mod
+import threading
+import time
+from typing import Any, Literal, Optional
+
+import bson
+
+from ..clock import after_ms
+from ..config import QueueConfig
+from ..context import JobContext, RunState
+from ..errors import FailJob, JobCancelled, WorkerShutdown
+from ..failures import error_record, safe_str, truncate
+from ..handlers import Handler, HandlerRegistry
+from ..middleware import MiddlewareChain
+from ..model import BaseJob
+from ..records import ClaimedJob, UnstorableResult
+from ..retry_limit import exhausted, max_retries_of
+from ..store import JobStore
+from ..validation import check_value, stored_job_problems
+from .completer import Completer, InlineCompleter
+from .inflight import InflightTable, log_job, run_key
+from .maintenance import Quarantiner
+
+__all__ = ["Executor", "Outcome", "WorkQueue"]
+
+log = logging.getLogger(__name__)
+
+#: What ``after_process`` reports: the outcome recorded, or "error" when recording it raised.
+Outcome = Literal["completed", "retry", "failed", "cancelled", "lease_lost", "error"]
+
+#: Claimed jobs waiting for a handler thread; None tells a thread to exit.
+WorkQueue = queue_mod.SimpleQueue[Optional[ClaimedJob]]
+
+
+class Executor:
+    """Runs handlers and writes outcomes for one worker."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        registry: HandlerRegistry,
+        config: QueueConfig,
+        hooks: MiddlewareChain,
+        table: InflightTable,
+        quarantiner: Quarantiner,
+        *,
+        logger: Optional[logging.Logger] = None,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.config = config
+        self.hooks = hooks
+        self.table = table
+        self.quarantiner = quarantiner
+        self.log = logger or log
+        self.inline = InlineCompleter(store)
+
+    # -- handler threads ----------------------------------------------------
+
+    def handler_loop(self, work: WorkQueue, stopping: threading.Event, completer: Completer) -> None:
+        """One handler thread: run queued jobs until told to exit; survives anything a job does."""
+        while True:
+            claimed = work.get()
+            if claimed is None:
+                return
+            try:
+                if stopping.is_set():
+                    self.hand_back(claimed)
+                else:
+                    self.process(claimed, completer)
+            except BaseException:  # noqa: BLE001 - the pool keeps its size, whatever happens
+                log_job(self.log, logging.ERROR, claimed.doc, "unexpected error in handler thread", exc_info=True)
+            finally:
+                self.table.remove(run_key(claimed))
+
+    def hand_back(self, claimed: ClaimedJob) -> None:
+        """Return a claimed job that never started to ``pending``, attempt not counted (fenced)."""
+        try:
+            if self.store.release(claimed):
+                log_job(self.log, logging.INFO, claimed.doc, "handed back unstarted job")
+            elif self.cancel(claimed):
+                pass  # its cancellation had been requested: cancelled, not handed back
+            else:
+                log_job(self.log, logging.WARNING, claimed.doc, "could not hand back job: lease already lost")
+        except Exception:  # noqa: BLE001 - lease expiry returns it if this write fails
+            log_job(self.log, logging.ERROR, claimed.doc, "could not hand back job; lease expiry will", exc_info=True)
+
+    # -- running one job ----------------------------------------------------
+
+    def process(self, claimed: ClaimedJob, completer: Optional[Completer] = None) -> None:
+        """Run the handler of a claimed job and record its outcome (fenced).
+
+        The completion goes through ``completer`` (the group-commit buffer of
+        a running pool), or is written before returning by default.
+        """
+        doc = claimed.doc
+        handler = self.registry.get(doc["type"])
+        if handler is None:  # unregistered between claim and run
+            self._record_failure(claimed, None, FailJob(f"no handler registered for job type {doc['type']!r}"))
+            return
+        problems = stored_job_problems(doc)
+        try:
+            job: BaseJob = self.store.model._from_son(doc)
+        except Exception as exc:  # noqa: BLE001 - whatever the model cannot load
+            problems.append(f"cannot be loaded as {self.store.model.__name__}: {safe_str(exc)}")
+        if problems:
+            self.quarantiner.fail_malformed(doc, problems, token=claimed.token)
+            return
+        if exhausted(doc, handler):  # requeued by a lease rescuer that did not know the handler's bound
+            bound = f"max_retries={max_retries_of(doc, handler)}"
+            self._record_failure(claimed, handler, FailJob(f"{bound} of the handler exhausted before this attempt"))
+            return
+        state = self.table.get(run_key(claimed)) or RunState(claimed)
+        job._mjq_context = JobContext(self.store, state)
+        log_job(self.log, logging.INFO, doc, "processing")
+        self.hooks.emit("before_process", job)
+        started = time.monotonic()
+        outcome: Outcome = "error"
+        error: Optional[BaseException] = None
+        duration: Optional[float] = None
+        try:
+            outcome, error, duration = self._run_handler(claimed, handler, job, state, completer or self.inline)
+        finally:
+            # Paired with before_process even when recording the outcome raised
+            # (the database stayed down past the retries), so spans and
+            # in-progress gauges always close; "error" means nothing was recorded.
+            elapsed = duration if duration is not None else time.monotonic() - started
+            self.hooks.emit("after_process", job, outcome=outcome, exc=error, duration_s=elapsed)
+
+    def _run_handler(
+        self, claimed: ClaimedJob, handler: Handler, job: BaseJob, state: RunState, completer: Completer
+    ) -> tuple[Outcome, Optional[BaseException], float]:
+        """Call the handler and record what happened; return (outcome, exception, handler seconds)."""
+        doc = claimed.doc
+        started = time.monotonic()
+        try:
+            result = handler.fn(job)
+        except BaseException as exc:  # noqa: BLE001 - SystemExit in a handler is a failed attempt too
+            duration = time.monotonic() - started
+            if isinstance(exc, JobCancelled) or state.cancel_requested.is_set():
+                return ("cancelled" if self.cancel(claimed) else "lease_lost"), exc, duration
+            return self._record_failure(claimed, handler, exc), exc, duration
+        duration = time.monotonic() - started
+        written = completer.complete(claimed, self._storable_result(result, doc))
+        if written is None:
+            # Buffered: "completed" is the handler's outcome; should the write
+            # then find the lease gone, on_lease_lost follows.
+            return "completed", None, duration
+        self.report_completion(claimed, written)
+        return ("completed" if written else "lease_lost"), None, duration
+
+    def report_completion(self, claimed: ClaimedJob, written: Optional[bool]) -> None:
+        """Log a completion write's outcome: True recorded, False lease lost, None write failed."""
+        if written:
+            log_job(self.log, logging.INFO, claimed.doc, "completed")
+        elif written is False:
+            log_job(
+                self.log, logging.WARNING, claimed.doc, "completion not recorded: the lease was lost to another worker"
+            )
+            self.hooks.emit("on_lease_lost", claimed.doc)
+
+    def cancel(self, claimed: ClaimedJob) -> bool:
+        """End a claimed job ``cancelled`` (fenced); False if the lease was lost."""
+        if not self.store.cancel_claimed(claimed):
+            return False
+        log_job(self.log, logging.INFO, claimed.doc, "cancelled on request")
+        self.hooks.emit("on_cancelled", claimed.id)
+        return True
+
+    def _storable_result(self, result: Any, doc: dict[str, Any]) -> Any:
+        if result is None:
+            return None
+        try:
+            check_value(result, what="result")
+            size = len(bson.encode({"result": result}))
+        except Exception as exc:  # noqa: BLE001 - whatever the encoder refuses
+            reason = f"not stored: {safe_str(exc)}"
+        else:
+            if size <= self.config.max_result_bytes:
+                return result
+            reason = f"not stored: {size} bytes encoded, over max_result_bytes={self.config.max_result_bytes}"
+        log_job(self.log, logging.WARNING, doc, "handler result %s", reason)
+        return UnstorableResult(truncate(reason, self.config.max_error_chars))
+
+    def _record_failure(self, claimed: ClaimedJob, handler: Handler | None, exc: BaseException) -> Outcome:
+        """Write a failed attempt back (retry or failed, fenced); return the outcome.
+
+        Both writes are fenced on the cancel request as well: a job whose
+        cancellation was requested ends ``cancelled``, whatever attempt this was.
+        """
+        doc = claimed.doc
+        now = self.store.now()
+        attempts = int(doc["attempts"])
+        record = error_record(exc, attempt=attempts, at=now, token=claimed.token, config=self.config)
+        policy = handler.policy if handler is not None else None
+        decision = (
+            policy.decide(
+                exc,
+                attempts=attempts,
+                max_retries=max_retries_of(doc, handler),
+                enqueued_at=doc.get("created_at"),
+                now=now,
+                config=self.config,
+            )
+            if policy is not None
+            else None
+        )
+        if decision is not None and decision.retry:
+            if self.store.reschedule(claimed, after_ms(now, decision.delay_ms), record):
+                log_job(
+                    self.log,
+                    logging.WARNING,
+                    doc,
+                    "attempt failed (%s: %s); retry in %d ms",
+                    record.type,
+                    record.message,
+                    decision.delay_ms,
+                )
+                self.hooks.emit("on_retry_scheduled", doc, delay_ms=decision.delay_ms, exc=exc)
+                return "retry"
+        elif self.store.fail(claimed, record):
+            reason = decision.reason if decision else "no handler"
+            log_job(self.log, logging.ERROR, doc, "failed for good (%s: %s): %s", record.type, record.message, reason)
+            self.hooks.emit("on_failed", doc, exc=exc)
+            return "failed"
+        if self.cancel(claimed):
+            return "cancelled"  # a cancel was requested: it ends cancelled, not retried or failed
+        log_job(self.log, logging.WARNING, doc, "failure not recorded: the lease was lost to another worker")
+        self.hooks.emit("on_lease_lost", doc)
+        return "lease_lost"
+
+    def requeue_on_shutdown(self, state: RunState, worker_id: str) -> None:
+        """Return a run abandoned by a stopping process to the queue, attempt counted (fenced)."""
+        claimed = state.claimed
+        doc = claimed.doc
+        state.lease_lost.set()  # given up on purpose: stop renewing it
+        attempts = int(doc["attempts"])
+        exc = WorkerShutdown(f"worker {worker_id} shut down during attempt {attempts}")
+        now = self.store.now()
+        record = error_record(exc, attempt=attempts, at=now, token=claimed.token, config=self.config)
+        try:
+            if attempts >= max_retries_of(doc, self.registry.get(doc["type"])) + 1:
+                written = self.store.fail(claimed, record)
+            else:
+                written = self.store.reschedule(claimed, now, record)
+            if not written and self.cancel(claimed):
+                return
+        except Exception:  # noqa: BLE001 - lease expiry recovers it if this write fails
+            log_job(self.log, logging.ERROR, doc, "could not return to the queue on shutdown", exc_info=True)
+            return
+        if written:
+            log_job(self.log, logging.WARNING, doc, "returned to the queue on shutdown (attempt counted)")

@@ -1,0 +1,126 @@
+"""The in-flight table: this worker's claimed runs, keyed by run (job id and lease token).
+
+One job can have two runs in one worker: a run that lost its lease (its
+handler still running) and a newer claim of the same job after a sweep
+requeued it. Every piece of per-run state is therefore keyed by
+``(job id, lease token)``, never by the job id alone, so the end of the old
+run cannot remove the new run's entry nor lend its stale token to the
+heartbeat.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Optional
+
+from bson import ObjectId
+
+from ..context import RunState
+from ..records import ClaimedJob, job_log_extra
+
+__all__ = ["InflightTable", "RunKey", "log_job", "run_key"]
+
+#: Identifies one run of one job: the job id and the lease token of its claim.
+RunKey = tuple[ObjectId, str]
+
+
+def run_key(claimed: ClaimedJob) -> RunKey:
+    """The key of the run that ``claimed`` started."""
+    return (claimed.id, claimed.token)
+
+
+class InflightTable:
+    """Runs claimed by this worker that are running, queued for a handler, or awaiting their completion write.
+
+    ``cond`` guards the table and is notified whenever a run leaves it, so
+    that ``stop()`` and the heartbeat thread can wait for it to empty.
+    """
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self._runs: dict[RunKey, RunState] = {}
+        # Finished runs whose completion is buffered in the group-commit
+        # buffer: their leases are renewed until the write lands.
+        self._acking: dict[RunKey, ClaimedJob] = {}
+
+    def add(self, claimed: ClaimedJob) -> RunState:
+        """Enter a new run; an older run of the same job has lost its lease by definition."""
+        with self.cond:
+            for (job_id, _), state in self._runs.items():
+                if job_id == claimed.id:
+                    state.lease_lost.set()  # the document now carries the new claim's token
+            state = RunState(claimed)
+            self._runs[run_key(claimed)] = state
+            return state
+
+    def get(self, key: RunKey) -> Optional[RunState]:
+        with self.cond:
+            return self._runs.get(key)
+
+    def remove(self, key: RunKey) -> None:
+        with self.cond:
+            self._runs.pop(key, None)
+            self.cond.notify_all()
+
+    def begin_ack(self, claimed: ClaimedJob) -> None:
+        with self.cond:
+            self._acking[run_key(claimed)] = claimed
+
+    def end_ack(self, key: RunKey) -> None:
+        with self.cond:
+            self._acking.pop(key, None)
+            self.cond.notify_all()
+
+    def running(self) -> list[RunState]:
+        with self.cond:
+            return list(self._runs.values())
+
+    def __len__(self) -> int:
+        """Runs holding a handler slot (queued or running); buffered completions do not."""
+        with self.cond:
+            return len(self._runs)
+
+    def busy(self) -> bool:
+        """Whether any run is still in flight, its completion write included."""
+        with self.cond:
+            return bool(self._runs or self._acking)
+
+    def leases(self) -> dict[ObjectId, str]:
+        """The token to renew per job: the newest live run's (buffered completions too)."""
+        with self.cond:
+            leases = {job_id: token for job_id, token in self._acking}
+            for (job_id, token), state in self._runs.items():  # insertion order: newer runs win
+                if not state.lease_lost.is_set():
+                    leases[job_id] = token
+            return leases
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the table to empty; True if it did."""
+        with self.cond:
+            return self.cond.wait_for(lambda: not self._runs and not self._acking, timeout=timeout)
+
+    def clear(self) -> None:
+        """Forget every run (in a forked child, whose parent's runs are not its own)."""
+        with self.cond:
+            self._runs.clear()
+            self._acking.clear()
+            self.cond.notify_all()
+
+
+def log_job(
+    logger: logging.Logger, level: int, doc: dict[str, Any], msg: str, *args: Any, exc_info: bool = False
+) -> None:
+    """Log a line about a job: its identity in the text, for plain formatters, and in ``extra``, for JSON ones."""
+    if logger.isEnabledFor(level):
+        logger.log(
+            level,
+            f"job %s (%s, queue %s, attempt %s): {msg}",  # noqa: G004 - literal templates; args stay lazy
+            doc.get("_id"),
+            doc.get("type"),
+            doc.get("queue"),
+            doc.get("attempts"),
+            *args,
+            extra=job_log_extra(doc),
+            exc_info=exc_info,
+        )

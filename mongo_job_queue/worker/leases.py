@@ -1,0 +1,164 @@
+"""The heartbeat: one thread that renews the leases of this worker's runs, and nothing else.
+
+It never waits on maintenance (the orphan sweep and the hygiene scan run on
+their own thread, see :mod:`.maintenance`), so a slow maintenance query
+cannot let a live lease expire. It is one per worker for the worker's whole
+life, not one per start: a run still going after a timed-out ``stop()`` keeps
+its heartbeat, and a restart reuses the thread instead of adding a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import timedelta
+from typing import Any, Optional
+
+from ..config import QueueConfig
+from ..middleware import MiddlewareChain
+from ..records import ClaimedJob
+from ..store import JobStore
+from .inflight import InflightTable, log_job
+
+__all__ = ["LeaseKeeper"]
+
+log = logging.getLogger(__name__)
+
+#: Longest pause after a failed heartbeat before the next one (it keeps the regular interval if shorter).
+_MAX_FAILURE_BACKOFF_S = 5.0
+
+
+class LeaseKeeper:
+    """Renews leases of the runs in ``table``; reports lost leases and cancel requests to their runs."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        table: InflightTable,
+        config: QueueConfig,
+        hooks: MiddlewareChain,
+        *,
+        logger: Optional[logging.Logger] = None,
+        name: str = "mjq",
+    ) -> None:
+        self.store = store
+        self.table = table
+        self.config = config
+        self.hooks = hooks
+        self.log = logger or log
+        self.name = name
+        self._wanted = False
+        self._thread: Optional[threading.Thread] = None
+
+    # -- the thread ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Keep beating (start the thread, or keep the one still renewing an earlier start's runs)."""
+        with self.table.cond:
+            self._wanted = True
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name=f"{self.name}-leases", daemon=True)
+                self._thread.start()
+            self.table.cond.notify_all()
+
+    def release(self) -> None:
+        """Let the thread end once no run is left to renew."""
+        with self.table.cond:
+            self._wanted = False
+            self.table.cond.notify_all()
+
+    @property
+    def thread(self) -> Optional[threading.Thread]:
+        return self._thread
+
+    def forget(self) -> None:
+        """In a forked child: the parent's thread does not exist here."""
+        self._thread = None
+        self._wanted = False
+
+    def _done(self) -> bool:
+        return not self._wanted and not self.table.busy()
+
+    def _run(self) -> None:
+        interval = self.config.heartbeat_interval_ms / 1000
+        failures = 0
+        while True:
+            with self.table.cond:
+                if self._done():
+                    self._thread = None
+                    return
+            delay = interval
+            try:
+                self.renew_leases()
+                failures = 0
+            except BaseException:  # any error, SystemExit from a hook included: the thread lives on
+                failures += 1
+                delay = min(interval, 0.1 * 2**failures, _MAX_FAILURE_BACKOFF_S)
+                self.log.exception("lease renewal failed; retrying in %.1fs", delay)
+            with self.table.cond:
+                self.table.cond.wait_for(self._done, timeout=delay)
+
+    # -- one beat -----------------------------------------------------------
+
+    def renew_leases(self) -> None:
+        """Extend the leases of this worker's runs; flag the ones that were lost or asked to cancel."""
+        leases = self.table.leases()
+        if not leases:
+            return
+        taken: list[tuple[Any, dict[str, Any]]] = []
+        progress: dict[Any, dict[str, Any]] = {}
+        for state in self.table.running():
+            if leases.get(state.claimed.id) == state.claimed.token and (p := state.take_progress()) is not None:
+                progress[state.claimed.id] = p
+                taken.append((state, p))
+        try:
+            beat = self.store.heartbeat(leases, progress)
+        except BaseException:
+            for state, p in taken:  # written by the next beat instead
+                state.restore_progress(p)
+            raise
+        for job_id in beat.cancel_requested:
+            entry = self.table.get((job_id, leases[job_id]))
+            if entry is not None and not entry.cancel_requested.is_set():
+                entry.cancel_requested.set()
+                log_job(self.log, logging.INFO, entry.claimed.doc, "cancellation requested; telling the handler")
+        for job_id in beat.lost:
+            entry = self.table.get((job_id, leases[job_id]))
+            if entry is not None and not entry.lease_lost.is_set():
+                entry.lease_lost.set()
+                log_job(
+                    self.log,
+                    logging.WARNING,
+                    entry.claimed.doc,
+                    "lease lost while running; this worker will not record its outcome",
+                )
+                self.hooks.emit("on_lease_lost", entry.claimed.doc)
+
+    def confirm_slow_claims(self, claimed: list[ClaimedJob]) -> list[ClaimedJob]:
+        """Renew at once the leases of a claim that took longer than a heartbeat interval; drop lapsed ones.
+
+        A lease's expiry is computed before the claim is sent, so on a busy
+        server the round trip can use up much of a short lease before the
+        job would start. Those leases are renewed before their jobs start,
+        and a job whose lease already lapsed (another worker may have taken
+        it by now) is not started here: it must not run twice at once.
+        """
+        margin = timedelta(milliseconds=self.config.lease_ms - self.config.heartbeat_interval_ms)
+        now = self.store.now()
+        slow = {c.id: c.token for c in claimed if c.doc["lease_expires_at"] - now < margin}
+        if not slow:
+            return claimed
+        started = time.monotonic()
+        try:
+            lost = self.store.heartbeat(slow).lost
+        except Exception:  # the regular heartbeat and the fenced writes take over
+            self.log.warning("could not renew the leases of a slow claim at once", exc_info=True)
+            return claimed
+        self.log.debug("renewed %d slow claim(s) in %.3fs", len(slow), time.monotonic() - started)
+        for c in claimed:
+            if c.id in lost:
+                log_job(
+                    self.log, logging.WARNING, c.doc, "lease lapsed while the claim was in flight; not started here"
+                )
+        return [c for c in claimed if c.id not in lost]

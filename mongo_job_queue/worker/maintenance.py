@@ -1,0 +1,163 @@
+"""Maintenance services: the orphan rescuer and the hygiene scan, each one step at a time.
+
+Each service has ``run_once(now)``, a single step a test (or a caller such as
+``queue.recover_orphans()``) can drive deterministically. The worker runs
+them on a thread of their own, :class:`MaintenanceLoop`, apart from the
+heartbeat: a slow maintenance query delays only the next maintenance step,
+never a lease renewal.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Optional
+
+from ..config import QueueConfig
+from ..errors import LeaseExpired, MalformedJob
+from ..failures import error_record
+from ..handlers import HandlerRegistry
+from ..middleware import MiddlewareChain
+from ..retry_limit import max_retries_of
+from ..store import JobStore
+from ..validation import stored_job_problems
+from .inflight import log_job
+
+__all__ = ["Hygiene", "MaintenanceLoop", "Quarantiner", "Rescuer", "Service"]
+
+log = logging.getLogger(__name__)
+
+
+class Quarantiner:
+    """Fails a job document damaged by hand, with the reasons, and reports it."""
+
+    def __init__(self, store: JobStore, hooks: MiddlewareChain, logger: Optional[logging.Logger] = None) -> None:
+        self.store = store
+        self.hooks = hooks
+        self.log = logger or log
+
+    def fail_malformed(self, doc: dict[str, Any], problems: list[str], *, token: Optional[str] = None) -> bool:
+        status = str(doc.get("status"))
+        if not self.store.quarantine(doc["_id"], problems, from_status=status, token=token):
+            return False
+        log_job(self.log, logging.ERROR, doc, "failed: malformed job document: %s", "; ".join(problems))
+        self.hooks.emit("on_failed", doc, exc=MalformedJob("; ".join(problems)))
+        return True
+
+
+class Rescuer:
+    """Returns expired leases (crashed or frozen workers) to the queue; fails jobs out of attempts."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        config: QueueConfig,
+        registry: HandlerRegistry,
+        hooks: MiddlewareChain,
+        quarantiner: Quarantiner,
+        logger: Optional[logging.Logger] = None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.registry = registry
+        self.hooks = hooks
+        self.quarantiner = quarantiner
+        self.log = logger or log
+
+    def run_once(self, now: Optional[datetime] = None) -> tuple[int, int]:
+        """One sweep (at most one bounded batch); ``(requeued, failed)``."""
+        requeued = failed = 0
+        for doc in self.store.expired_leases():
+            problems = stored_job_problems(doc)
+            if problems:  # e.g. 'errors' edited into a non-array: the rescue's $push would fail every time
+                self.quarantiner.fail_malformed(doc, problems)
+                failed += 1
+                continue
+            attempts = int(doc["attempts"])
+            give_up = attempts >= max_retries_of(doc, self.registry.get(str(doc.get("type")))) + 1
+            owner = doc.get("lease_owner") or {}
+            exc = LeaseExpired(
+                f"lease expired on attempt {attempts}: worker {owner.get('worker_id')} "
+                f"(host {owner.get('host')}, pid {owner.get('pid')}) stopped renewing it"
+            )
+            at = now if now is not None else self.store.now()
+            record = error_record(exc, attempt=attempts, at=at, token=doc.get("lease_token"), config=self.config)
+            if not self.store.recover(doc, record, give_up):
+                continue  # renewed or recovered by someone else in the meantime
+            if doc.get("cancel_requested"):
+                failed += 1
+                log_job(self.log, logging.WARNING, doc, "cancelled: lease expired after its cancellation was requested")
+                self.hooks.emit("on_cancelled", doc["_id"])
+                continue
+            self.hooks.emit("on_orphan_recovered", doc, failed=give_up)
+            if give_up:
+                failed += 1
+                log_job(self.log, logging.ERROR, doc, "failed: lease expired and no attempts left")
+            else:
+                requeued += 1
+                log_job(self.log, logging.WARNING, doc, "recovered from an expired lease")
+        return requeued, failed
+
+
+class Hygiene:
+    """Fails stored jobs that no claim or sweep could handle (edited by hand into a bad shape)."""
+
+    def __init__(self, store: JobStore, quarantiner: Quarantiner) -> None:
+        self.store = store
+        self.quarantiner = quarantiner
+
+    def run_once(self, now: Optional[datetime] = None) -> int:
+        """One scan (the store bounds it); how many jobs were failed."""
+        failed = 0
+        for doc in self.store.malformed_jobs():
+            problems = stored_job_problems(doc)
+            if problems and self.quarantiner.fail_malformed(doc, problems):
+                failed += 1
+        return failed
+
+
+@dataclass
+class Service:
+    """A maintenance step and how often to run it."""
+
+    name: str
+    interval_s: float
+    step: Callable[[datetime], object]
+
+
+class MaintenanceLoop:
+    """Runs each service's step when due, on one thread, until ``stopping`` is set.
+
+    A failing step is logged and retried at its next interval (with backoff
+    while it keeps failing); it never ends the thread.
+    """
+
+    def __init__(
+        self, services: Sequence[Service], now: Callable[[], datetime], logger: Optional[logging.Logger] = None
+    ) -> None:
+        self.services = list(services)
+        self.now = now
+        self.log = logger or log
+
+    def run(self, stopping: threading.Event) -> None:
+        start = time.monotonic()
+        due = [start for _ in self.services]  # at start: what a crash before this restart left
+        failures = [0 for _ in self.services]
+        while not stopping.is_set():
+            for i, service in enumerate(self.services):
+                if stopping.is_set() or time.monotonic() < due[i]:
+                    continue
+                try:
+                    service.step(self.now())
+                    failures[i] = 0
+                    due[i] = time.monotonic() + service.interval_s
+                except BaseException:  # any error, SystemExit from a hook included: the thread lives on
+                    failures[i] += 1
+                    backoff = min(service.interval_s * 2 ** min(failures[i] - 1, 6), 600.0)
+                    due[i] = time.monotonic() + max(service.interval_s, backoff)
+                    self.log.exception("%s failed; next try in %.1fs", service.name, due[i] - time.monotonic())
+            stopping.wait(max(0.0, min(due) - time.monotonic()) if due else 1.0)

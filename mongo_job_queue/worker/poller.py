@@ -1,0 +1,180 @@
+"""The poller: claims one job per free handler slot and hands it to the handler threads.
+
+No prefetch: it never holds more claims than free handler threads, so a
+crash strands at most ``concurrency`` jobs. While the queue is empty it backs
+off exponentially (a change stream, see :mod:`.wakeup`, wakes it early). It
+survives any exception: the error is logged, the jobs of a claim that were
+not handed to a handler go back to the queue, and polling resumes after a
+backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from typing import Optional
+
+from ..config import QueueConfig
+from ..handlers import HandlerRegistry
+from ..middleware import MiddlewareChain
+from ..records import ClaimedJob, LeaseOwnerInfo
+from ..store import JobStore
+from ..store_control import PauseState
+from .executor import Executor, WorkQueue
+from .inflight import InflightTable, log_job
+from .leases import LeaseKeeper
+
+__all__ = ["Poller"]
+
+log = logging.getLogger(__name__)
+
+
+class Poller:
+    """Claims work for one worker; ``run`` is the poller thread's body."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        registry: HandlerRegistry,
+        config: QueueConfig,
+        hooks: MiddlewareChain,
+        table: InflightTable,
+        keeper: LeaseKeeper,
+        executor: Executor,
+        owner: LeaseOwnerInfo,
+        *,
+        logger: Optional[logging.Logger] = None,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.config = config
+        self.hooks = hooks
+        self.table = table
+        self.keeper = keeper
+        self.executor = executor
+        self.owner = owner
+        self.log = logger or log
+        self._paused = PauseState()
+        self._pause_read_at = -math.inf
+
+    # -- claiming -----------------------------------------------------------
+
+    def claim_scope(self) -> tuple[list[str], list[str]]:
+        """The job types and queues to claim from: registered and configured, less the paused ones.
+
+        The pause state is read at most every ``pause_refresh_ms``, not per
+        claim, and only narrows the claim's ``$in`` lists, so the claim index
+        serves the claim exactly as before.
+        """
+        if time.monotonic() >= self._pause_read_at + self.config.pause_refresh_ms / 1000:
+            try:
+                self._paused = self.store.pause_state()
+                self._pause_read_at = time.monotonic()
+            except Exception:  # keep the last known state; the claim reports a lasting outage
+                self.log.warning("could not read the pause state; using the last one", exc_info=True)
+        paused = self._paused
+        types = [t for t in self.registry.types() if t not in paused.types]
+        queues = [q for q in self.config.queues if q not in paused.queues]
+        return types, queues
+
+    def forget_pause_state(self) -> None:
+        """Read the pause state again before the next claim (after a change made in this process)."""
+        self._pause_read_at = -math.inf
+
+    def claim_one(self, abort: Optional[threading.Event] = None) -> ClaimedJob | None:
+        """Claim one due job of the registered types; ``abort`` cuts retry sleeps short."""
+        types, queues = self.claim_scope()
+        claimed = self.store.claim(types, queues, self.owner, abort=abort)
+        if claimed is not None:
+            self.hooks.emit("after_claim", claimed.doc)
+        return claimed
+
+    def claim_some(self, free: int, abort: Optional[threading.Event] = None) -> list[ClaimedJob]:
+        """Claim up to ``free`` due jobs: one batch with ``batch_claims``, else one job."""
+        types, queues = self.claim_scope()
+        if self.config.batch_claims and free > 1:
+            batch = self.store.claim_batch(types, queues, self.owner, free, abort=abort)
+            for claimed in batch:
+                self.hooks.emit("after_claim", claimed.doc)
+            return batch
+        one = self.claim_one(abort=abort)
+        return [one] if one is not None else []
+
+    # -- the thread ---------------------------------------------------------
+
+    def run(self, work: WorkQueue, stopping: threading.Event, wake: threading.Event, idle: threading.Event) -> None:
+        """Claim and dispatch until ``stopping``; an error backs off, it never ends the thread."""
+        base = self.config.poll_interval_base_ms / 1000
+        top = self.config.poll_interval_max_ms / 1000
+        interval = base
+        failures = 0
+        while not stopping.is_set():
+            try:
+                found = self.step(work, stopping, wake)
+            except BaseException:  # any error, SystemExit from a hook included: the thread lives on
+                failures += 1
+                delay = min(base * 2**failures, top)
+                self.log.exception("poller step failed; backing off %.1fs", delay)
+                stopping.wait(delay)
+                continue
+            failures = 0
+            if found is None:
+                continue  # no free slot, or stopping
+            if found:
+                idle.clear()
+                interval = base  # work appeared: snap back to the base interval
+                continue
+            idle.set()
+            wake.wait(interval)
+            interval = min(interval * 2, top)
+
+    def step(self, work: WorkQueue, stopping: threading.Event, wake: threading.Event) -> Optional[bool]:
+        """Wait for a free slot, claim and dispatch once; whether a job was found (None: no claim made)."""
+        base = self.config.poll_interval_base_ms / 1000
+        with self.table.cond:
+            self.table.cond.wait_for(
+                lambda: len(self.table) < self.config.concurrency or stopping.is_set(), timeout=base
+            )
+        free = self.config.concurrency - len(self.table)
+        if stopping.is_set() or free <= 0:
+            return None
+        # Cleared before the claim, so a notify() that arrives while the
+        # claim is running is not lost: the wait after it returns at once.
+        wake.clear()
+        try:
+            claimed = self.claim_some(free, abort=stopping)
+        except Exception:
+            self.log.exception("claim failed")
+            return False
+        if claimed:
+            self._dispatch_all(claimed, work, stopping)
+        return bool(claimed)
+
+    def _dispatch_all(self, claimed: list[ClaimedJob], work: WorkQueue, stopping: threading.Event) -> None:
+        # Whatever happens below, no claimed job is left holding this worker's
+        # lease without a run: what was not dispatched is handed back.
+        todo = list(claimed)
+        try:
+            ready = {id(c) for c in self.keeper.confirm_slow_claims(claimed)}
+            while todo:
+                job = todo[0]
+                if id(job) in ready:
+                    self._dispatch(job, work, stopping)
+                todo.pop(0)
+        finally:
+            for job in todo:
+                self.executor.hand_back(job)
+
+    def _dispatch(self, claimed: ClaimedJob, work: WorkQueue, stopping: threading.Event) -> None:
+        # Checked under the lock that stop() sets the flag with: either the job
+        # is in flight (stop() waits for it and it is queued before the exit
+        # sentinels) or stop() began first and the poller hands it back here.
+        with self.table.cond:
+            if not stopping.is_set():
+                self.table.add(claimed)
+                work.put(claimed)
+                log_job(self.log, logging.DEBUG, claimed.doc, "claimed")
+                return
+        self.executor.hand_back(claimed)

@@ -1,0 +1,84 @@
+"""The size limits agree: the largest job enqueue accepts can take an allowed result and a full error history.
+
+A completion the server still refuses as too large (a job enqueued under
+other limits) completes the job without its result, with ``result_error``,
+instead of being handled as a lost lease and run again.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from helpers import wait_until
+
+from mongo_job_queue import InvalidJobError
+
+pytestmark = pytest.mark.integration
+
+MIB = 1024 * 1024
+
+
+def largest_accepted_blob(queue: Any) -> str:
+    """A payload exactly as large as enqueue accepts, read from its own refusal."""
+    with pytest.raises(InvalidJobError) as info:
+        queue.enqueue("BIG", {"blob": "x" * (16 * MIB)})
+    match = re.search(r"is (\d+) bytes; the limit is (\d+)", str(info.value))
+    assert match, str(info.value)
+    size, limit = int(match.group(1)), int(match.group(2))
+    return "x" * (16 * MIB - (size - limit))
+
+
+def _final(job_model: Any, job_id: Any) -> Any:
+    doc = job_model.objects.get(id=job_id)
+    return doc if doc.status in ("completed", "failed") else None
+
+
+@pytest.mark.parametrize("batch_acks", [True, False])
+def test_largest_job_takes_a_full_error_history_and_an_allowed_result(make_queue, job_model, batch_acks) -> None:
+    queue = make_queue(batch_acks=batch_acks)
+    config = queue.config
+    runs = []
+    # Four-byte characters: the worst case of the error-history bound.
+    message = "\U0001f600" * (2 * config.max_error_chars)
+
+    def handler(job: Any) -> str:
+        runs.append(job.attempts)
+        if job.attempts <= config.max_retries:
+            raise RuntimeError(message)
+        return "r" * (config.max_result_bytes - 64)  # within max_result_bytes once encoded
+
+    queue.register_handler("BIG", handler)
+    blob = largest_accepted_blob(queue)
+    job = queue.enqueue("BIG", {"blob": blob})
+    queue.start_polling()
+    done = wait_until(lambda: _final(job_model, job.id), timeout=60)
+    assert queue.stop(timeout=10)
+    assert done.status == "completed", (done.status, done.last_error and done.last_error.message[:200])
+    assert runs == list(range(1, config.max_retries + 2))
+    assert done.result_error is None
+    assert len(done.result) == config.max_result_bytes - 64
+    assert len(done.errors) == config.max_retries
+
+
+@pytest.mark.parametrize("batch_acks", [True, False])
+def test_a_completion_refused_as_too_large_completes_without_the_result(make_queue, job_model, batch_acks) -> None:
+    web = make_queue()  # enqueues under the default limits
+    worker = make_queue(batch_acks=batch_acks, max_result_bytes=4 * MIB)  # allows results too big for that job
+    runs = []
+
+    def handler(job: Any) -> str:
+        runs.append(job.attempts)
+        return "r" * (3 * MIB)
+
+    worker.register_handler("BIG", handler)
+    job = web.enqueue("BIG", {"blob": largest_accepted_blob(web)})
+    worker.start_polling()
+    done = wait_until(lambda: _final(job_model, job.id), timeout=60)
+    assert worker.stop(timeout=10)
+    assert done.status == "completed"
+    assert runs == [1]
+    assert done.result is None
+    assert "16 MiB" in done.result_error
+    assert len(done.result_error) <= worker.config.max_error_chars

@@ -1,0 +1,190 @@
+"""Start and stop: every thread ends, and the corners after a timed-out stop keep their leases."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from typing import Any
+
+import pytest
+from helpers import holds_for, wait_until
+
+from mongo_job_queue.runner import EXIT_OK, run_worker
+
+
+def _threads(queue: Any, suffix: str = "") -> list[threading.Thread]:
+    prefix = f"mjq-{queue.worker.owner.worker_id}-"
+    return [t for t in threading.enumerate() if t.name.startswith(prefix) and t.name.endswith(suffix)]
+
+
+def _blocked_handler(queue: Any) -> tuple[threading.Event, threading.Event]:
+    started, release = threading.Event(), threading.Event()
+
+    @queue.handler("HELD")
+    def held(job: Any) -> str:
+        started.set()
+        assert release.wait(30)
+        return "late"
+
+    return started, release
+
+
+def test_stop_ends_every_thread_it_started_even_a_waiting_change_stream_read(make_queue) -> None:
+    # Default change_stream_max_await_ms: an idle worker's read waits 20 s on the server.
+    queue = make_queue(concurrency=2, change_stream_max_await_ms=20_000)
+    queue.register_handler("X", lambda job: None)
+    before = threading.active_count()
+    queue.start_polling()
+    wait_until(lambda: queue.worker.listening_for_jobs, timeout=10)
+    time.sleep(0.5)  # the poller found nothing: the stream's read is now waiting on the server
+    began = time.monotonic()
+    assert queue.stop(timeout=10)
+    assert time.monotonic() - began < 5
+    assert _threads(queue) == []
+    assert threading.active_count() <= before
+
+
+def test_a_restart_after_a_timed_out_stop_keeps_one_heartbeat_thread(make_queue, job_model) -> None:
+    queue = make_queue(concurrency=1)
+    started, release = _blocked_handler(queue)
+    job = queue.enqueue("HELD", {})
+    queue.start_polling()
+    assert started.wait(10)
+    assert queue.stop(timeout=0.2) is False
+    queue.start_polling()
+    try:
+        assert len(_threads(queue, "-leases")) == 1
+    finally:
+        release.set()
+    wait_until(lambda: job_model.objects.get(id=job.id).status == "completed")
+
+
+def test_configure_worker_after_a_timed_out_stop_keeps_renewing_running_jobs(make_queue, job_model) -> None:
+    lease = {"lease_ms": 1_000, "heartbeat_interval_ms": 200}
+    queue = make_queue(concurrency=1, **lease)
+    sweeper = make_queue(**lease)
+    started, release = _blocked_handler(queue)
+    job = queue.enqueue("HELD", {})
+    queue.start_polling()
+    assert started.wait(10)
+    assert queue.stop(timeout=0.2) is False
+    queue.configure_worker(concurrency=2)
+    try:
+        holds_for(
+            lambda: sweeper.recover_orphans() == (0, 0) and job_model.objects.get(id=job.id).status == "processing",
+            duration=2.5,
+            what="the running job keeps its heartbeat after configure_worker",
+        )
+    finally:
+        release.set()
+    wait_until(lambda: job_model.objects.get(id=job.id).status == "completed")
+    assert job_model.objects.get(id=job.id).result == "late"
+
+
+def test_force_cuts_short_the_wait_for_a_poller_inside_a_claim(make_queue) -> None:
+    queue = make_queue(concurrency=2)
+    queue.register_handler("X", lambda job: None)
+    in_claim, release = threading.Event(), threading.Event()
+    real = queue.store.claim_batch
+
+    def slow_claim(*args: Any, **kwargs: Any) -> Any:
+        in_claim.set()
+        release.wait(30)
+        return real(*args, **kwargs)
+
+    queue.store.claim_batch = slow_claim  # type: ignore[method-assign]
+    queue.start_polling()
+    assert in_claim.wait(10)
+    force = threading.Event()
+    result: dict[str, Any] = {}
+
+    def stop() -> None:
+        began = time.monotonic()
+        result["finished"] = queue.stop(30, force=force)
+        result["took"] = time.monotonic() - began
+
+    stopper = threading.Thread(target=stop)
+    stopper.start()
+    time.sleep(0.3)
+    force.set()  # the second signal
+    stopper.join(10)
+    release.set()
+    assert result["took"] < 5, result
+    assert result["finished"] is False  # the poller was still inside its claim: said so
+
+
+def test_requeue_running_does_not_make_a_job_due_while_its_handler_still_runs(make_queue, job_model) -> None:
+    lease = {"lease_ms": 1_000, "heartbeat_interval_ms": 200}
+    queue = make_queue(concurrency=1, **lease)
+    sweeper = make_queue(**lease)
+    started, release = _blocked_handler(queue)
+    job = queue.enqueue("HELD", {})
+    queue.start_polling()
+    assert started.wait(10)
+    assert queue.stop(timeout=0.2, requeue_running=True) is False
+    try:
+        holds_for(
+            lambda: sweeper.recover_orphans() == (0, 0) and job_model.objects.get(id=job.id).status == "processing",
+            duration=2.0,
+            what="not due while its handler runs in this process",
+        )
+        # At process exit it goes back to the queue, the attempt counted.
+        queue.worker.requeue_abandoned()
+        doc = job_model.objects.get(id=job.id)
+        assert doc.status == "pending"
+        assert doc.last_error.type.endswith("WorkerShutdown")
+    finally:
+        release.set()
+
+
+def test_a_handler_finishing_after_a_requeue_running_stop_records_its_outcome(make_queue, job_model) -> None:
+    queue = make_queue(concurrency=1)
+    started, release = _blocked_handler(queue)
+    job = queue.enqueue("HELD", {})
+    queue.start_polling()
+    assert started.wait(10)
+    assert queue.stop(timeout=0.2, requeue_running=True) is False
+    release.set()
+    wait_until(lambda: job_model.objects.get(id=job.id).status == "completed")
+    queue.worker.requeue_abandoned()  # what the exit hook does: nothing left to requeue
+    assert job_model.objects.get(id=job.id).status == "completed"
+
+
+@pytest.mark.parametrize("timeout", [math.inf, None, 1e10])
+def test_stop_can_wait_forever(make_queue, job_model, timeout: Any) -> None:
+    queue = make_queue(concurrency=1)
+    started, release = _blocked_handler(queue)
+    job = queue.enqueue("HELD", {})
+    queue.start_polling()
+    assert started.wait(10)
+    threading.Timer(0.5, release.set).start()
+    assert queue.stop(timeout, requeue_running=True) is True
+    assert job_model.objects.get(id=job.id).status == "completed"
+
+
+def test_run_worker_with_an_infinite_stop_timeout(make_queue, job_model) -> None:
+    queue = make_queue(concurrency=1)
+    started, release = _blocked_handler(queue)
+    job = queue.enqueue("HELD", {})
+    threading.Timer(0.5, release.set).start()
+    code = run_worker(
+        queue, stop_timeout=math.inf, install_signal_handlers=False, until=started.is_set, check_interval=0.05
+    )
+    assert code == EXIT_OK
+    assert job_model.objects.get(id=job.id).status == "completed"
+
+
+def test_running_tells_the_truth_when_the_poller_thread_is_gone(make_queue) -> None:
+    queue = make_queue(concurrency=1)
+    queue.register_handler("X", lambda job: None)
+    # A poller that ends at once, as one killed by an error would.
+    queue.worker.poller.run = lambda *args: None  # type: ignore[method-assign]
+    queue.start_polling()
+    wait_until(lambda: not queue.running, timeout=5, what="running turns False")
+    # start_polling() then restarts it, instead of believing it runs.
+    del queue.worker.poller.run
+    queue.start_polling()
+    assert queue.running
+    job = queue.enqueue("X", {})
+    wait_until(lambda: queue.get_job(job.id).status == "completed", timeout=10)
