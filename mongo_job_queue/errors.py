@@ -20,6 +20,10 @@ class JobModelError(MongoJobQueueError, TypeError):
     """The injected job model is not a concrete subclass of BaseJob."""
 
 
+class IndexSetupError(MongoJobQueueError, RuntimeError):
+    """The jobs collection lacks an index the queue's guarantees rest on, and it could not be created."""
+
+
 class HandlerError(MongoJobQueueError, ValueError):
     """A handler registration is invalid (duplicate type, not callable, bad policy)."""
 

@@ -24,6 +24,7 @@ from mongoengine import (
 )
 
 from .errors import QueueStateError
+from .store_collection import forget_prepared
 
 __all__ = ["LIBRARY_FIELDS", "BaseJob", "JobError", "JobStatus", "LeaseOwner"]
 
@@ -115,6 +116,10 @@ class BaseJob(Document):
 
     meta: dict[str, Any] = {
         "abstract": True,
+        # The queue creates the indexes itself, under a lock, before its first
+        # use of the collection (store_collection.py). MongoEngine's lazy
+        # creation would let other threads insert while they are being built.
+        "auto_create_index": False,
         "indexes": [
             {
                 "name": "mjq_claim",
@@ -145,6 +150,12 @@ class BaseJob(Document):
             },
         ],
     }
+
+    @classmethod
+    def drop_collection(cls) -> None:
+        """Drop the jobs collection; the queue creates its indexes again before it next uses it."""
+        super().drop_collection()
+        forget_prepared(cls)
 
     def is_cancel_requested(self) -> bool:
         """Whether this job's cancellation was requested; a long handler checks it between steps.

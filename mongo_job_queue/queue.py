@@ -373,7 +373,16 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
     # -- worker -------------------------------------------------------------
 
     def ensure_indexes(self) -> None:
-        """Create the job model's indexes; done once by :meth:`start_polling` and :meth:`run_once`."""
+        """Create and check the job model's indexes and the retention TTL indexes now.
+
+        Never needed: the queue creates the model's indexes before its first
+        use of the collection, in every process, and :meth:`start_polling`
+        and :meth:`run_once` bring the TTL indexes up to date. Call it after
+        changing indexes by hand, or to fail early at deploy time.
+
+        Raises:
+            IndexSetupError: a unique index the queue relies on cannot be created.
+        """
         self.store.ensure_indexes()
         self._indexes_ensured = True
 

@@ -57,6 +57,8 @@ from .errors import InvalidJobError
 from .model import BaseJob, JobStatus
 from .records import ClaimedJob, ErrorRecord, LeaseOwnerInfo, UnstorableResult, completion_fields, job_log_extra
 from .store_admin import AdminQueries
+from .store_base import MAINTENANCE_MAX_TIME_MS, as_stored
+from .store_collection import prepared_collection
 from .store_control import ControlQueries, Heartbeat
 from .store_schedule import ScheduleQueries
 from .validation import stored_job_problems
@@ -186,7 +188,7 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
         """
         if os.getpid() != self._pid:
             self._forget_inherited_client()
-        return self.model._get_collection()  # type: ignore[no-any-return]
+        return prepared_collection(self.model)
 
     def _forget_inherited_client(self) -> None:
         """Drop what the parent's client left behind in this process, and only that.
@@ -223,8 +225,13 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
         self._sync_lock = threading.Lock()
 
     def ensure_indexes(self) -> None:
-        """Create the model's indexes (the claim index above all) and the retention TTL indexes; idempotent."""
-        self._retry(lambda: self.model.ensure_indexes(), "ensure_indexes")
+        """Create and check the model's indexes now, and the retention TTL indexes; idempotent.
+
+        The model's indexes are created anyway before the store's first use
+        of the collection (see :mod:`.store_collection`); this does it again,
+        e.g. after someone dropped an index by hand.
+        """
+        self._retry(lambda: prepared_collection(self.model, force=True), "ensure_indexes")
         self.ensure_retention_indexes()
 
     def now(self) -> datetime:
@@ -381,6 +388,10 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
             try:
                 self.collection.insert_many(todo, ordered=True)
             except BulkWriteError as exc:
+                if is_transient(exc):
+                    # Only write-concern errors: the jobs are in, the reply could not
+                    # confirm replication. Retry; the retry inserts only missing _ids.
+                    raise
                 raise self._undo_partial_insert(docs, exc) from exc
 
         self._retry(call, "insert_many")
@@ -789,14 +800,12 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
     def expired_leases(self, limit: int = 100) -> list[dict[str, Any]]:
         """Processing jobs whose lease ran out (their worker crashed or froze)."""
         now = self.now()
+        query = {"status": PROCESSING, "lease_expires_at": {"$lt": now}}
         # Whole documents: there are few (only stranded jobs), and the sweep checks them for damage.
+        # The lease index answers it; the limit and maxTimeMS bound it, so a sweep never stalls its thread.
         return self._retry(
             lambda: list(
-                self.collection.find(
-                    {"status": PROCESSING, "lease_expires_at": {"$lt": now}},
-                    limit=limit,
-                    max_time_ms=_CLAIM_READ_MAX_TIME_MS,
-                )
+                self.collection.find(query, limit=limit, max_time_ms=MAINTENANCE_MAX_TIME_MS).hint("mjq_lease")
             ),
             "expired_leases",
         )
@@ -829,7 +838,19 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
             "$push": {"errors": {"$each": [error.as_doc()], "$slice": -self.config.max_error_history}},
         }
         update["$set"]["finished_at" if give_up else "run_at"] = now
-        return self._retry(lambda: self.collection.update_one(fence, update).matched_count == 1, "recover")
+        record = error.as_doc()
+        record["at"] = as_stored(error.at)
+
+        def call() -> bool:
+            if self.collection.update_one(fence, update).matched_count:
+                return True
+            # Nothing matched: renewed or recovered by someone else, or an earlier
+            # try of ours applied and only its reply was lost. Ours pushed this
+            # very record (the old token, our time) into the job's errors.
+            found = self.collection.find_one({"_id": doc["_id"]}, {"errors": 1})
+            return found is not None and any(e == record for e in found.get("errors") or [])
+
+        return self._retry(call, "recover")
 
 
 #: Server codes for "the document would be too large": BSONObjectTooLarge, and

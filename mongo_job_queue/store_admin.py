@@ -17,10 +17,10 @@ from bson import ObjectId
 from pymongo.errors import PyMongoError
 
 from .model import JobStatus
-from .store_base import StoreBase
+from .store_base import MAINTENANCE_MAX_TIME_MS, StoreBase, as_stored
 
 if TYPE_CHECKING:
-    pass
+    from .store_control import PauseState
 
 __all__ = ["AdminQueries"]
 
@@ -31,10 +31,16 @@ PROCESSING = JobStatus.PROCESSING.value
 COMPLETED = JobStatus.COMPLETED.value
 FAILED = JobStatus.FAILED.value
 CANCELLED = JobStatus.CANCELLED.value
+#: The claim index (see :class:`~mongo_job_queue.BaseJob`): status, queue, type, -priority, run_at.
+CLAIM_INDEX = "mjq_claim"
 
 
 class AdminQueries(StoreBase):
     """Queries for operators and the hygiene sweep; mixed into JobStore."""
+
+    if TYPE_CHECKING:
+
+        def pause_state(self) -> PauseState: ...
 
     def write_concern_problem(self) -> str | None:
         """Why the jobs collection's write concern risks double runs, or None.
@@ -85,42 +91,53 @@ class AdminQueries(StoreBase):
         }
         return self._retry(lambda: self.collection.update_one(fence, update).matched_count == 1, "quarantine")
 
-    def malformed_jobs(self, limit: int = 100) -> list[dict[str, Any]]:
-        """Jobs no claim or sweep can handle: unknown status, or pending with ill-typed fields."""
+    def malformed_jobs(self, limit: int = 100, max_time_ms: int = MAINTENANCE_MAX_TIME_MS) -> list[dict[str, Any]]:
+        """Stored jobs that no claim can ever take: unknown status, or pending with an ill-typed claim key.
+
+        Only what the claim cannot see: a ``pending`` job whose ``queue`` or
+        ``type`` is not a string, or whose ``run_at`` is not a date, never
+        matches a claim's filter and would wait forever. Every other damage
+        (``attempts``, ``max_retries``, ``priority``, ``data``) is found when
+        the job is claimed, by the same :func:`~.validation.stored_job_problems`
+        that judges these. All of these fields are keys of the claim index, so
+        both queries are answered from it (hinted), with a limit and
+        ``maxTimeMS``: never a read of the backlog's documents.
+        """
         statuses = [s.value for s in JobStatus]
-        ill_typed = [
-            {"run_at": {"$not": {"$type": "date"}}},
-            {"type": {"$not": {"$type": "string"}}},
+        invisible = [
             {"queue": {"$not": {"$type": "string"}}},
-            {"max_retries": {"$not": {"$type": "number"}}},
-            {"attempts": {"$exists": True, "$not": {"$type": "number"}}},
-            {"data": {"$exists": True, "$not": {"$type": "object"}}},
+            {"type": {"$not": {"$type": "string"}}},
+            {"run_at": {"$not": {"$type": "date"}}},
         ]
+        queries = ({"status": {"$nin": statuses}}, {"status": PENDING, "$or": invisible})
 
         def call() -> list[dict[str, Any]]:
-            found = list(self.collection.find({"status": {"$nin": statuses}}, limit=limit))
-            # $or is fine here: this runs every hygiene_interval_ms, never on the claim path.
-            found += self.collection.find({"status": PENDING, "$or": ill_typed}, limit=limit)
+            found: list[dict[str, Any]] = []
+            for query in queries:
+                found += self.collection.find(query, limit=limit, max_time_ms=max_time_ms).hint(CLAIM_INDEX)
             return found
 
         return self._retry(call, "malformed_jobs")
 
     def retry_job(self, job_id: ObjectId) -> bool:
         """Queue a failed or cancelled job again, due now, with a fresh attempt budget."""
-        now = self.now()
+        now = as_stored(self.now())
         update = {
             "$set": {"status": PENDING, "run_at": now, "attempts": 0, "updated_at": now},
             "$unset": {"finished_at": "", "lease_expires_at": "", "cancel_requested": ""},
         }
         filt = {"_id": job_id, "status": {"$in": [FAILED, CANCELLED]}}
-        return self._retry(lambda: self.collection.update_one(filt, update).matched_count == 1, "retry_job")
 
-    def cancel_job(self, job_id: ObjectId) -> bool:
-        """Cancel a job that has not started: only a ``pending`` job matches."""
-        now = self.now()
-        update = {"$set": {"status": CANCELLED, "finished_at": now, "updated_at": now}}
-        filt = {"_id": job_id, "status": PENDING}
-        return self._retry(lambda: self.collection.update_one(filt, update).matched_count == 1, "cancel_job")
+        def call() -> bool:
+            if self.collection.update_one(filt, update).matched_count:
+                return True
+            # An earlier try may have applied before its reply was lost (a worker
+            # may even have claimed the job since). A finished job's run_at lies
+            # in its past; only our retry set it to this very millisecond.
+            doc = self.collection.find_one({"_id": job_id}, {"run_at": 1})
+            return doc is not None and doc.get("run_at") == now
+
+        return self._retry(call, "retry_job")
 
     def purge(self, finished_before: datetime, statuses: Sequence[str] = (COMPLETED, FAILED, CANCELLED)) -> int:
         """Delete finished jobs whose ``finished_at`` is older than ``finished_before``."""
@@ -175,19 +192,27 @@ class AdminQueries(StoreBase):
             self.collection.database.command("ping")
 
     def has_due(self, types: Iterable[str], queues: Iterable[str]) -> bool:
-        """Whether a pending job of these types is due in these queues (a burst worker's exit test).
+        """Whether a job of these types is due in these queues and claimable (a burst worker's exit test).
 
-        The claim's own filter, limited to one document: served by the claim index.
+        The claim's own filter, limited to one document, served by the claim
+        index; paused queues and types are left out, as the claim leaves
+        them out, with the pause state read fresh. A worker that waited
+        for a paused job would wait until someone resumes it.
         """
         types, queues = list(types), list(queues)
         if not types or not queues:
             return False
 
         def call() -> bool:
+            paused = self.pause_state()
+            claimable_types = [t for t in types if t not in paused.types]
+            claimable_queues = [q for q in queues if q not in paused.queues]
+            if not claimable_types or not claimable_queues:
+                return False
             query = {
                 "status": PENDING,
-                "queue": {"$in": queues},
-                "type": {"$in": types},
+                "queue": {"$in": claimable_queues},
+                "type": {"$in": claimable_types},
                 "run_at": {"$lte": self.now()},
             }
             return self.collection.find_one(query, {"_id": 1}) is not None

@@ -18,9 +18,21 @@ if TYPE_CHECKING:
     from .config import QueueConfig
     from .model import BaseJob
 
-__all__ = ["StoreBase"]
+__all__ = ["MAINTENANCE_MAX_TIME_MS", "StoreBase", "as_stored"]
+
+#: The server-side bound of each maintenance read (sweep, hygiene): a slow one gives up, the next round tries again.
+MAINTENANCE_MAX_TIME_MS = 5_000
 
 T = TypeVar("T")
+
+
+def as_stored(value: datetime) -> datetime:
+    """``value`` as the server stores and returns it: BSON dates hold whole milliseconds.
+
+    A retried write that checks "did my earlier try apply?" by a time it wrote
+    compares with this, not with the microseconds it computed.
+    """
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
 
 
 class StoreBase:

@@ -1,4 +1,4 @@
-"""The store's job-control queries: retention indexes, unique keys, pause state, cancellation, progress.
+"""The store's job-control queries: unique keys, pause state, cancellation, progress (retention: a base class).
 
 :class:`ControlQueries` is a mixin of :class:`~mongo_job_queue.store.JobStore`
 like :mod:`.store_admin`, so every query still lives behind the one store
@@ -10,16 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
 from bson import ObjectId
 from pymongo import ReturnDocument, UpdateOne
-from pymongo.errors import DuplicateKeyError, OperationFailure
+from pymongo.errors import DuplicateKeyError
 
 from .clock import after_ms
 from .errors import InvalidJobError
 from .model import JobStatus
-from .store_base import StoreBase
+from .store_base import as_stored
+from .store_retention import RetentionQueries, retention_index_name
 
 if TYPE_CHECKING:
     from pymongo.collection import Collection
@@ -42,11 +44,6 @@ _PAUSE_ID = "pause"
 _HEARTBEAT_READ_MAX_TIME_MS = 5_000
 
 
-def retention_index_name(status: str) -> str:
-    """The name of the TTL index that removes finished jobs of ``status``."""
-    return f"mjq_ttl_{status}"
-
-
 @dataclass(frozen=True)
 class PauseState:
     """Queues and job types that no worker claims from, as stored in the control collection."""
@@ -65,7 +62,7 @@ class Heartbeat:
     finished: set[ObjectId] = field(default_factory=set)
 
 
-class ControlQueries(StoreBase):
+class ControlQueries(RetentionQueries):
     """Job-control queries; mixed into JobStore."""
 
     if TYPE_CHECKING:
@@ -80,88 +77,8 @@ class ControlQueries(StoreBase):
     def control(self) -> Collection[dict[str, Any]]:
         """The control collection (pause and schedule state), beside the jobs collection."""
         jobs = self.collection
-        return jobs.database[f"{jobs.name}_control"]
-
-    # -- retention ----------------------------------------------------------
-
-    def retention_seconds(self) -> dict[str, Optional[int]]:
-        """The TTL per finished status, in whole seconds (rounded up), or None to keep forever."""
-        settings = {
-            COMPLETED: self.config.retention_completed_ms,
-            FAILED: self.config.retention_failed_ms,
-            CANCELLED: self.config.retention_cancelled_ms,
-        }
-        return {status: None if ms is None else -(-ms // 1000) for status, ms in settings.items()}
-
-    def ensure_retention_indexes(self) -> None:
-        """Make the per-status TTL indexes match the retention settings.
-
-        One partial TTL index per finished status on ``finished_at``, named by
-        status, so unfinished jobs (which the filter never matches) are never
-        removed. A changed setting is applied with ``collMod`` (or a drop and
-        create where the server refuses it); a setting of None drops the index.
-        """
-        wanted = self.retention_seconds()
-
-        def call() -> None:
-            existing = {ix["name"]: ix for ix in self.collection.list_indexes()}
-            for status, seconds in wanted.items():
-                name = retention_index_name(status)
-                index = existing.get(name)
-                if seconds is None:
-                    if index is not None:
-                        self.collection.drop_index(name)
-                        self.log.info("retention of %s jobs off: dropped TTL index %s", status, name)
-                    continue
-                if index is None:
-                    self._create_ttl_index(status, seconds)
-                    continue
-                same_shape = dict(index.get("key", {})) == {"finished_at": 1} and dict(
-                    index.get("partialFilterExpression") or {}
-                ) == {"status": status}
-                if same_shape and index.get("expireAfterSeconds") == seconds:
-                    continue
-                self.log.info(
-                    "retention of %s jobs changed from %s s to %s s: updating TTL index %s",
-                    status,
-                    index.get("expireAfterSeconds"),
-                    seconds,
-                    name,
-                )
-                if same_shape and "expireAfterSeconds" in index:
-                    try:
-                        self.collection.database.command(
-                            {"collMod": self.collection.name, "index": {"name": name, "expireAfterSeconds": seconds}}
-                        )
-                        continue
-                    except (OperationFailure, TypeError, NotImplementedError) as exc:
-                        self.log.debug("collMod refused (%r); recreating %s", exc, name)
-                self.collection.drop_index(name)
-                self._create_ttl_index(status, seconds)
-
-        self._retry(call, "ensure_retention_indexes")
-
-    def _create_ttl_index(self, status: str, seconds: int) -> None:
-        try:
-            self.collection.create_index(
-                [("finished_at", 1)],
-                name=retention_index_name(status),
-                expireAfterSeconds=seconds,
-                partialFilterExpression={"status": status},
-            )
-        except OperationFailure as exc:
-            # Another process created it at the same moment, perhaps with its
-            # own setting: the last process to start decides, as documented.
-            if exc.code not in (85, 86):  # IndexOptionsConflict, IndexKeySpecsConflict
-                raise
-
-    def retention_indexes(self) -> dict[str, dict[str, Any]]:
-        """The TTL indexes on the jobs collection by name, as the server reports them."""
-        return {
-            ix["name"]: dict(ix)
-            for ix in self._retry(lambda: list(self.collection.list_indexes()), "list_indexes")
-            if "expireAfterSeconds" in ix
-        }
+        # With the jobs view's codec options: read back as naive UTC like every job (store_collection.py).
+        return jobs.database.get_collection(f"{jobs.name}_control", codec_options=jobs.codec_options)
 
     # -- unique jobs --------------------------------------------------------
 
@@ -287,25 +204,27 @@ class ControlQueries(StoreBase):
     # -- cancellation -------------------------------------------------------
 
     def request_cancel(self, job_id: ObjectId) -> Optional[str]:
-        """Cancel a pending job, or flag a running one; return ``"cancelled"``, ``"requested"`` or None."""
-        now = self.now()
+        """Cancel a pending job, or flag a running one; return ``"cancelled"``, ``"requested"`` or None.
+
+        One atomic decision: a single update chooses by the job's status as
+        it is when the update applies, so a job that moves between pending
+        and processing meanwhile (a retry rescheduled, a lease recovered, a
+        claim) is still cancelled or flagged, never neither.
+        """
+        now = as_stored(self.now())
+        filt = {"_id": job_id, "status": {"$in": [PENDING, PROCESSING]}}
 
         def call() -> Optional[str]:
-            cancelled = self.collection.update_one(
-                {"_id": job_id, "status": PENDING},
-                {"$set": {"status": CANCELLED, "finished_at": now, "updated_at": now}},
+            before = self.collection.find_one_and_update(
+                filt, _cancel_pipeline(now), projection={"status": 1}, return_document=ReturnDocument.BEFORE
             )
-            if cancelled.matched_count:
+            if before is not None:
+                return "cancelled" if before.get("status") == PENDING else "requested"
+            # Finished or missing, or an earlier try of ours cancelled it and
+            # only the reply was lost: then it is cancelled at our very time.
+            doc = self.collection.find_one({"_id": job_id}, {"status": 1, "finished_at": 1})
+            if doc is not None and doc.get("status") == CANCELLED and doc.get("finished_at") == now:
                 return "cancelled"
-            requested = self.collection.update_one(
-                {"_id": job_id, "status": PROCESSING}, {"$set": {"cancel_requested": True, "updated_at": now}}
-            )
-            if requested.matched_count:
-                return "requested"
-            doc = self.collection.find_one({"_id": job_id}, {"status": 1, "cancel_requested": 1})
-            # A retried call whose first try applied: report what it did.
-            if doc is not None and doc.get("status") == PROCESSING and doc.get("cancel_requested"):
-                return "requested"
             return None
 
         return self._retry(call, "request_cancel")
@@ -313,22 +232,26 @@ class ControlQueries(StoreBase):
     def cancel_jobs(self, filt: Mapping[str, Any], *, running: bool) -> tuple[int, int]:
         """Cancel the pending jobs matching ``filt`` (and flag the running ones); ``(cancelled, requested)``.
 
+        One update, atomic per job like :meth:`request_cancel`: a job that
+        moves between pending and processing meanwhile is cancelled or
+        flagged, whichever state it is in when the update reaches it.
         ``filt`` holds equality on ``queue`` and ``type`` at most, so with the
-        status the claim index's prefix serves both updates.
+        status the claim index's prefix serves it. The cancelled ones are
+        counted by the time this call wrote, so a retry after a lost reply
+        still reports what the earlier try cancelled.
         """
-        now = self.now()
+        now = as_stored(self.now())
+        flaggable = {"status": PROCESSING, "cancel_requested": {"$ne": True}}
+        match = {**filt, "$or": [{"status": PENDING}, flaggable]} if running else {**filt, "status": PENDING}
+        ours = {**filt, "status": CANCELLED, "finished_at": now, "updated_at": now}
+        counted = {"cancelled": 0, "requested": 0}
 
         def call() -> tuple[int, int]:
-            cancelled = self.collection.update_many(
-                {**filt, "status": PENDING}, {"$set": {"status": CANCELLED, "finished_at": now, "updated_at": now}}
-            ).modified_count
-            requested = 0
-            if running:
-                requested = self.collection.update_many(
-                    {**filt, "status": PROCESSING, "cancel_requested": {"$ne": True}},
-                    {"$set": {"cancel_requested": True, "updated_at": now}},
-                ).modified_count
-            return cancelled, requested
+            modified = self.collection.update_many(match, _cancel_pipeline(now)).modified_count
+            cancelled = self.collection.count_documents(ours)
+            counted["requested"] += max(0, modified - (cancelled - counted["cancelled"]))
+            counted["cancelled"] = cancelled
+            return cancelled, counted["requested"]
 
         return self._retry(call, "cancel_jobs")
 
@@ -350,6 +273,21 @@ class ControlQueries(StoreBase):
             "$unset": {"lease_expires_at": ""},
         }
         return self._fenced(job, update, CANCELLED, "cancel_claimed")
+
+
+def _cancel_pipeline(now: datetime) -> list[dict[str, Any]]:
+    """An update that cancels a pending job and flags a processing one, by the status it finds."""
+    pending = {"$eq": ["$status", PENDING]}
+    return [
+        {
+            "$set": {
+                "status": {"$cond": [pending, CANCELLED, "$status"]},
+                "finished_at": {"$cond": [pending, now, "$finished_at"]},
+                "cancel_requested": {"$cond": [{"$eq": ["$status", PROCESSING]}, True, "$cancel_requested"]},
+                "updated_at": now,
+            }
+        }
+    ]
 
 
 def _pause_state(doc: Optional[Mapping[str, Any]]) -> PauseState:

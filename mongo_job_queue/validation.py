@@ -21,6 +21,7 @@ from .errors import InvalidJobError
 __all__ = [
     "MAX_DOCUMENT_BYTES",
     "MAX_NESTING_DEPTH",
+    "ODM_RESERVED_KEYS",
     "check_document",
     "check_payload",
     "check_value",
@@ -34,6 +35,9 @@ MAX_DOCUMENT_BYTES = BSON_MAX_BYTES
 #: Headroom kept by default for fields the queue adds later (result, error
 #: history, lease): :attr:`QueueConfig.reserved_bytes` of the default config.
 DOCUMENT_HEADROOM_BYTES = QueueConfig().reserved_bytes
+#: Keys that MongoEngine interprets inside a stored dict (at any depth) instead of
+#: returning them: a job holding one could never be loaded for its handler.
+ODM_RESERVED_KEYS = {"_cls": "document class name", "_ref": "document reference"}
 #: MongoDB refuses documents nested deeper than 100 levels.
 MAX_NESTING_DEPTH = 100
 
@@ -64,6 +68,11 @@ def _walk(value: Any, path: str, depth: int) -> None:
                 raise InvalidJobError(f"{path} has key {key!r} containing '.', which MongoDB reads as a path")
             if "\x00" in key:
                 raise InvalidJobError(f"{path} has a key containing a NUL character")
+            if key in ODM_RESERVED_KEYS:
+                raise InvalidJobError(
+                    f"{path} has key {key!r}, which MongoEngine reads as a "
+                    f"{ODM_RESERVED_KEYS[key]} when it loads the job: rename it"
+                )
             _walk(item, f"{path}.{key}", depth + 1)
     elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
@@ -99,7 +108,17 @@ def check_document(son: Mapping[str, Any], *, limit: int | None = None) -> int:
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """An integral BSON number: int32, int64, or a double holding a whole value.
+
+    mongosh writes ``priority: 10`` as the double 10.0; it means 10. A
+    Decimal128 is refused: Python's ``int()`` does not take it, so every
+    later step would fail on it.
+    """
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    return isinstance(value, float) and value.is_integer()
 
 
 def stored_job_problems(doc: Mapping[str, Any]) -> list[str]:

@@ -28,6 +28,44 @@ from pymongo import MongoClient
 from mongo_job_queue import PersistentJobQueue, create_job_queue
 from mongo_job_queue.embedded import EmbeddedMongo
 
+#: ``--tz-aware`` (or ``MJQ_TZ_AWARE=1``): the queue's connection is made with
+#: ``tz_aware=True``, as many apps make it; tox runs the integration suite a
+#: second time so.
+TZ_AWARE_ENV = "MJQ_TZ_AWARE"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--tz-aware",
+        action="store_true",
+        default=False,
+        help=f"connect the queue's test connection with tz_aware=True (also: {TZ_AWARE_ENV}=1)",
+    )
+
+
+def tz_aware(config: pytest.Config) -> bool:
+    return bool(config.getoption("--tz-aware")) or os.environ.get(TZ_AWARE_ENV, "") not in ("", "0")
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    return "queue connection: tz_aware=True" if tz_aware(config) else None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not tz_aware(config):
+        return
+    skip = pytest.mark.skip(reason="runs the worker in a child process, whose connection is not tz_aware")
+    for item in items:
+        if "spawn" in getattr(item, "fixturenames", ()):
+            item.add_marker(skip)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # The tz-aware rerun takes the first run's arguments: "-m 'not integration'" leaves it nothing to run.
+    if tz_aware(session.config) and exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+        session.exitstatus = pytest.ExitCode.OK
+
+
 FAST = {
     "poll_interval_base_ms": 20,
     "poll_interval_max_ms": 200,
@@ -50,7 +88,7 @@ def mongodb_uri() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def db_name(mongodb_uri: str) -> Iterator[str]:
+def db_name(mongodb_uri: str, pytestconfig: pytest.Config) -> Iterator[str]:
     name = f"mjq_test_{uuid.uuid4().hex[:10]}"
     # heartbeatFrequencyMS: after a (simulated) stepdown the driver waits for
     # its monitor to rediscover the primary; pymongo's 10 s default would make
@@ -62,6 +100,7 @@ def db_name(mongodb_uri: str) -> Iterator[str]:
         uuidRepresentation="standard",
         appname=APP_NAME,
         heartbeatFrequencyMS=500,
+        tz_aware=tz_aware(pytestconfig),
     )
     yield name
     mongoengine.disconnect(alias=ALIAS)
@@ -81,7 +120,7 @@ def job_model(db_name: str) -> type[IntegrationJob]:
     IntegrationJob.drop_collection()
     # The queue's control collection (pause and schedule state) beside it.
     IntegrationJob._get_db().drop_collection(f"{IntegrationJob._get_collection_name()}_control")
-    IntegrationJob.ensure_indexes()
+    # No ensure_indexes(): a fresh collection, as a new app's first enqueue meets it.
     return IntegrationJob
 
 

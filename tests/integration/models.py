@@ -14,3 +14,11 @@ APP_NAME = "mjq-integration"
 class IntegrationJob(BaseJob):
     organization = StringField()
     meta = {"collection": "jobs", "db_alias": ALIAS}
+
+
+#: A second connection, made with ``tz_aware=True`` as many apps make it.
+TZ_ALIAS = "mjq_tz_aware"
+
+
+class TzAwareJob(BaseJob):
+    meta = {"collection": "tz_jobs", "db_alias": TZ_ALIAS}

@@ -64,8 +64,7 @@ def test_bad_job_in_a_batch_writes_nothing(make_queue, job_model) -> None:
 
 
 def test_server_rejection_in_a_batch_removes_the_jobs_inserted_before_it(db_name) -> None:
-    UniqueRefJob.drop_collection()
-    UniqueRefJob.ensure_indexes()
+    UniqueRefJob.drop_collection()  # fresh, no ensure_indexes(): the queue creates the app's unique index too
     queue = create_job_queue(job_model=UniqueRefJob)
     queue.enqueue("T", {}, ref="taken")
     with pytest.raises(InvalidJobError, match=r"jobs\[2\].*2 job\(s\) of the batch removed again"):

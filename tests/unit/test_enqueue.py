@@ -293,8 +293,7 @@ def test_enqueue_many_non_mapping_item(unchanged: Any, queue: Any, item: Any) ->
 
 
 def test_unique_index_violation_on_enqueue_writes_nothing(make_queue: Any) -> None:
-    queue = make_queue(RefJob)
-    queue.ensure_indexes()
+    queue = make_queue(RefJob)  # no ensure_indexes(): the first enqueue creates the app's unique index
     queue.enqueue("t", ref="r1")
     with pytest.raises(InvalidJobError, match="unique index of RefJob"):
         queue.enqueue("t", ref="r1")
@@ -302,8 +301,7 @@ def test_unique_index_violation_on_enqueue_writes_nothing(make_queue: Any) -> No
 
 
 def test_enqueue_many_rejected_by_the_server_leaves_nothing_behind(make_queue: Any) -> None:
-    queue = make_queue(RefJob)
-    queue.ensure_indexes()
+    queue = make_queue(RefJob)  # no ensure_indexes(): the first enqueue creates the app's unique index
     queue.enqueue("t", ref="taken")
     jobs = [{"job_type": "t", "ref": ref} for ref in ("a", "b", "taken", "c")]
     with pytest.raises(InvalidJobError) as info:

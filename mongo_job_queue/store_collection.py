@@ -1,0 +1,121 @@
+"""The store's boundary to the jobs collection: indexes before the first use, naive UTC on every read.
+
+Two things must hold for every query the store makes, so they are done in
+the one place every query goes through, :func:`prepared_collection`:
+
+* **The indexes exist before the first write.** The unique indexes are what
+  make ``unique_key`` and a schedule's fire time single; a job inserted
+  before they exist can never be made unique again (a unique index build
+  fails on the duplicates). MongoEngine's ``auto_create_index`` creates them
+  lazily, on the first thread to touch the collection, while other threads
+  already write. So :class:`~mongo_job_queue.BaseJob` turns it off and the
+  queue creates them itself, once per process and collection, under a lock
+  that every other thread waits on, and checks that the unique ones exist.
+* **Datetimes read back are naive UTC**, the form every comparison in the
+  library uses, whether or not the app connected with ``tz_aware=True``.
+  The collection is read through a view with ``tz_aware=False``; writes are
+  unaffected (pymongo stores naive datetimes as UTC).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+from pymongo.errors import OperationFailure
+
+from .errors import IndexSetupError
+
+if TYPE_CHECKING:
+    from pymongo.collection import Collection
+
+    from .model import BaseJob
+
+__all__ = [
+    "UNIQUE_INDEXES",
+    "forget_prepared",
+    "forget_prepared_collections",
+    "prepared_collection",
+    "verify_unique_indexes",
+]
+
+#: The unique indexes the queue's guarantees rest on: name -> key.
+UNIQUE_INDEXES: dict[str, list[tuple[str, int]]] = {
+    "mjq_unique": [("unique_key", 1)],
+    "mjq_schedule": [("schedule", 1), ("fire_time", 1)],
+}
+
+_lock = threading.Lock()
+#: Per job model, the collection object whose indexes this process created.
+#: :meth:`BaseJob.drop_collection` forgets it, and MongoEngine makes a new
+#: object in a forked child; either means "create them again".
+_prepared: dict[type[BaseJob], Collection[dict[str, Any]]] = {}
+
+
+def prepared_collection(model: type[BaseJob], *, force: bool = False) -> Collection[dict[str, Any]]:
+    """The model's collection, its indexes created and checked first, read as naive UTC.
+
+    Args:
+        model: The app's job model.
+        force: Create and check the indexes even if this process did already.
+
+    Raises:
+        IndexSetupError: an index could not be created, or a unique one is missing.
+        PyMongoError: the server could not be reached; the next call tries again.
+    """
+    cached: Collection[dict[str, Any]] | None = getattr(model, "_collection", None)
+    if not force and cached is not None and _prepared.get(model) is cached:
+        raw = cached
+    else:
+        with _lock:  # every other thread's first use waits here until the indexes exist
+            # Under the lock: a model whose meta turns auto_create_index back on builds them here, not unlocked.
+            raw = model._get_collection()
+            if force or _prepared.get(model) is not raw:
+                _create_indexes(model)
+                verify_unique_indexes(model, raw)
+                _prepared[model] = raw
+    if raw.codec_options.tz_aware:
+        return raw.with_options(codec_options=raw.codec_options.with_options(tz_aware=False, tzinfo=None))
+    return raw
+
+
+def _create_indexes(model: type[BaseJob]) -> None:
+    try:
+        model.ensure_indexes()
+    except OperationFailure as exc:
+        if exc.code in (11000, 85, 86):  # duplicates in the way, or an index of that name with other options
+            raise IndexSetupError(
+                f"cannot create the indexes of {model.__name__} on collection "
+                f"{model._get_collection_name()!r}: {exc}. The queue refuses to write without them: "
+                "remove the duplicate unique_key/schedule values or the conflicting index by hand."
+            ) from exc
+        raise
+
+
+def verify_unique_indexes(model: type[BaseJob], collection: Collection[dict[str, Any]]) -> None:
+    """Raise :class:`IndexSetupError` unless the unique indexes exist, unique, on their keys."""
+    info = collection.index_information()
+    for name, key in UNIQUE_INDEXES.items():
+        found = info.get(name)
+        if found is None or not found.get("unique") or [tuple(k) for k in found.get("key", ())] != key:
+            raise IndexSetupError(
+                f"collection {collection.name!r} of {model.__name__} has no unique index {name} on "
+                f"{[k for k, _ in key]} (found {found!r}): unique jobs and schedule fires would not be single"
+            )
+
+
+def forget_prepared(model: type[BaseJob]) -> None:
+    """The model's collection was dropped: create its indexes again before its next use."""
+    _prepared.pop(model, None)
+
+
+def forget_prepared_collections() -> None:
+    """Start afresh in a forked child: its collections are new, and the lock may be held by a parent thread."""
+    global _lock
+    _lock = threading.Lock()
+    _prepared.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=forget_prepared_collections)

@@ -1,0 +1,86 @@
+"""A fresh collection, as a new app meets it: the queue's first use creates and checks its indexes."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from mongo_job_queue import IndexSetupError
+
+pytestmark = pytest.mark.integration
+
+
+def test_concurrent_first_enqueues_of_one_key_on_a_fresh_collection_make_one_job(make_queue, job_model) -> None:
+    queue = make_queue()  # default config: nothing about indexes is set or called
+    start = threading.Barrier(16)
+    ids: list[object] = []
+    errors: list[BaseException] = []
+
+    def enqueue(i: int) -> None:
+        try:
+            start.wait(timeout=30)
+            ids.append(queue.enqueue("report", {"n": i}, unique_key="report:acme").id)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=enqueue, args=(i,), daemon=True) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not [t for t in threads if t.is_alive()], "enqueues hung (the server livelocked)"
+    assert not errors
+    assert job_model.objects(type="report").count() == 1
+    assert len(set(ids)) == 1
+
+
+def test_the_first_enqueue_creates_the_unique_indexes(make_queue, raw_db, job_model) -> None:
+    make_queue().enqueue("T", {})
+    info = raw_db[job_model._get_collection_name()].index_information()
+    assert info["mjq_unique"]["unique"] and info["mjq_schedule"]["unique"]
+    assert "mjq_claim" in info and "mjq_lease" in info
+
+
+def test_a_unique_index_that_cannot_be_created_fails_loudly(make_queue, raw_db, job_model) -> None:
+    # Someone created an index of that name by hand, without uniqueness: unique_key would mean nothing.
+    raw_db[job_model._get_collection_name()].create_index([("unique_key", 1)], name="mjq_unique")
+    queue = make_queue()
+    with pytest.raises(IndexSetupError, match="mjq_unique"):
+        queue.enqueue("T", {}, unique_key="k")
+    assert raw_db[job_model._get_collection_name()].count_documents({}) == 0
+
+
+def test_duplicates_stored_before_the_unique_index_fail_loudly(make_queue, raw_db, job_model) -> None:
+    # Jobs written by an earlier version that raced its index build: uniqueness cannot be had until cleaned up.
+    raw_db[job_model._get_collection_name()].insert_many([{"unique_key": "k"}, {"unique_key": "k"}])
+    with pytest.raises(IndexSetupError, match="duplicate"):
+        make_queue().enqueue("T", {}, unique_key="other")
+
+
+def test_indexes_are_created_once_per_process_and_model(make_queue, job_model, monkeypatch) -> None:
+    created: list[type] = []
+    original = job_model.ensure_indexes.__func__
+
+    def counted(cls: type) -> None:
+        created.append(cls)
+        original(cls)
+
+    monkeypatch.setattr(job_model, "ensure_indexes", classmethod(counted))
+    queues = [make_queue() for _ in range(4)]
+    start = threading.Barrier(8)
+
+    def enqueue(i: int) -> None:
+        start.wait(timeout=30)
+        queues[i % 4].enqueue("T", {"n": i})
+
+    threads = [threading.Thread(target=enqueue, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert job_model.objects.count() == 8
+    assert created == [job_model]
+    job_model.drop_collection()  # a dropped collection gets its indexes again at the next use
+    queues[0].enqueue("T", {})
+    assert created == [job_model, job_model]
