@@ -231,10 +231,21 @@ class MongoJobQueue:
         """:meth:`~mongo_job_queue.PersistentJobQueue.enqueue_many` on the current app's queue."""
         return self.queue.enqueue_many(jobs)
 
-    def start_worker(self, app: Optional[Flask] = None) -> bool:
-        """Start the worker in this process now, e.g. from gunicorn's ``post_fork``; True if it started here."""
+    def start_worker(self, app: Optional[Flask] = None, *, wait: bool = True) -> bool:
+        """Start the worker in this process, e.g. from gunicorn's ``post_fork``; True if this call started it.
+
+        ``wait=True`` starts it now and raises if it cannot (no handler, no
+        database). ``wait=False`` returns at once (False) and leaves the
+        start to a background thread that retries it with backoff: what a
+        ``post_fork`` hook wants, since a worker that fails to boot halts
+        gunicorn. ``queue.running`` tells when it runs.
+        """
         app = app or _current_app()
-        return bool(app.extensions[EXTENSION_KEY].starter.start("start_worker() called"))
+        starter: WorkerStarter = app.extensions[EXTENSION_KEY].starter
+        if not wait:
+            starter.start_in_background("start_worker(wait=False) called")
+            return False
+        return starter.start("start_worker() called")
 
 
 _HANDLER_OPTIONS = ("stop", "wait", "retry", "max_retries")
