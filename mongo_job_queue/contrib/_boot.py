@@ -22,6 +22,7 @@ import atexit
 import enum
 import importlib
 import logging
+import math
 import os
 import random
 import sys
@@ -37,7 +38,15 @@ from ..errors import ConfigError
 from ..model import BaseJob
 from ..queue import PersistentJobQueue, create_job_queue
 
-__all__ = ["Start", "StartDecision", "WorkerStarter", "build_queue", "import_object", "prefork_server"]
+__all__ = [
+    "Start",
+    "StartDecision",
+    "WorkerStarter",
+    "build_queue",
+    "import_object",
+    "prefork_server",
+    "stop_timeout_setting",
+]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +87,19 @@ def import_object(spec: Any, what: str) -> Any:
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"{what} {spec!r} cannot be imported: {exc}") from exc
     return obj
+
+
+def stop_timeout_setting(value: Any, name: str) -> float:
+    """A ``STOP_TIMEOUT`` setting as seconds: a number >= 0, ``math.inf`` or None (wait as long as jobs take).
+
+    Raises:
+        ConfigError: anything else, NaN included.
+    """
+    if value is None:
+        return math.inf
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
+        raise ConfigError(f"{name} must be a number >= 0, math.inf or None (no limit), got {value!r}")
+    return float(value)
 
 
 def build_queue(

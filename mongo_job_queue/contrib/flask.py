@@ -30,7 +30,8 @@ unknown ones are an error, so a typo fails at boot:
 ``MONGO_JOB_QUEUE_START_WORKER``
     ``True`` to run a worker in each serving process (default ``False``).
 ``MONGO_JOB_QUEUE_STOP_TIMEOUT``
-    Seconds running jobs get when the process exits (default 30).
+    Seconds running jobs get when the process exits (default 30;
+    ``math.inf`` or None: as long as they take).
 
 Starting the worker is never inferred: only ``START_WORKER`` asks for it.
 It then starts once per serving process, and the log says where it declines:
@@ -60,7 +61,7 @@ from .. import cli
 from ..errors import ConfigError, QueueStateError
 from ..handlers import HandlerFn
 from ..queue import PersistentJobQueue
-from ._boot import Start, StartDecision, WorkerStarter, build_queue, prefork_server
+from ._boot import Start, StartDecision, WorkerStarter, build_queue, prefork_server, stop_timeout_setting
 
 __all__ = ["EXTENSION_KEY", "MongoJobQueue", "decide_start"]
 
@@ -114,9 +115,7 @@ class MongoJobQueue:
         model = self.job_model if self.job_model is not None else settings.get("MODEL")
         if model is None:
             raise ConfigError("set MONGO_JOB_QUEUE_MODEL or pass job_model= to MongoJobQueue()")
-        stop_timeout = settings.get("STOP_TIMEOUT", 30.0)
-        if isinstance(stop_timeout, bool) or not isinstance(stop_timeout, (int, float)) or stop_timeout < 0:
-            raise ConfigError(f"MONGO_JOB_QUEUE_STOP_TIMEOUT must be a number >= 0, got {stop_timeout!r}")
+        stop_timeout = stop_timeout_setting(settings.get("STOP_TIMEOUT", 30.0), "MONGO_JOB_QUEUE_STOP_TIMEOUT")
         start_worker = settings.get("START_WORKER", False)
         if not isinstance(start_worker, bool):
             raise ConfigError(f"MONGO_JOB_QUEUE_START_WORKER must be True or False, got {start_worker!r}")
@@ -131,7 +130,7 @@ class MongoJobQueue:
             queue.register_handler(job_type, _in_app_context(app, fn), **options)
         for args, options in self._schedules:
             queue.schedule(*args, **options)
-        starter = WorkerStarter(queue, stop_timeout=float(stop_timeout), name=f"Flask app {app.name!r}")
+        starter = WorkerStarter(queue, stop_timeout=stop_timeout, name=f"Flask app {app.name!r}")
         app.extensions[EXTENSION_KEY] = _AppState(queue, starter)
         self._apps.add(app)
         app.cli.add_command(_command)

@@ -130,3 +130,27 @@ def test_a_lazy_start_that_fails_never_fails_a_request(django_setup, monkeypatch
         request_started.disconnect(dispatch_uid="mongo_job_queue_lazy_start")
         starter._lazy = False
         starter.stop_retrying()
+
+
+def test_stop_timeout_accepts_inf_and_none_and_refuses_nan(django_setup, monkeypatch) -> None:
+    import math
+
+    from django.core.exceptions import ImproperlyConfigured
+    from django.test import override_settings
+
+    from mongo_job_queue.contrib import django as mjq_django
+
+    def built(stop_timeout):
+        monkeypatch.setattr(mjq_django, "_queue", None)
+        monkeypatch.setattr(mjq_django, "_starter", None)
+        conf = {"MODEL": "integration.cli_down:DownJob", "STOP_TIMEOUT": stop_timeout}
+        with override_settings(MONGO_JOB_QUEUE=conf):
+            mjq_django.get_queue()
+        return mjq_django._starter.stop_timeout
+
+    assert built(math.inf) == math.inf
+    assert built(None) == math.inf
+    assert built(12) == 12.0
+    for bad in (float("nan"), -1, "30"):
+        with pytest.raises(ImproperlyConfigured, match=r"STOP_TIMEOUT'\] must be a number >= 0"):
+            built(bad)

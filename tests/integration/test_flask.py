@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from datetime import datetime
@@ -142,6 +143,19 @@ def test_settings_are_checked(make_app) -> None:
         MongoJobQueue(app)
     ext = MongoJobQueue(make_app(MONGO_JOB_QUEUE_MODEL="integration.models:IntegrationJob"))
     assert ext.job_model is None
+
+
+@pytest.mark.parametrize("value", [float("nan"), -1, "30", True])
+def test_stop_timeout_must_be_a_number_of_seconds(make_app, value) -> None:
+    with pytest.raises(ConfigError, match="MONGO_JOB_QUEUE_STOP_TIMEOUT must be a number >= 0"):
+        MongoJobQueue(make_app(MONGO_JOB_QUEUE_STOP_TIMEOUT=value))
+
+
+@pytest.mark.parametrize(("value", "expected"), [(math.inf, math.inf), (None, math.inf), (0, 0.0), (1e10, 1e10)])
+def test_stop_timeout_inf_or_none_waits_as_long_as_jobs_take(make_app, value, expected) -> None:
+    app = make_app(MONGO_JOB_QUEUE_STOP_TIMEOUT=value)
+    MongoJobQueue(app)
+    assert app.extensions[EXTENSION_KEY].starter.stop_timeout == expected  # passed on to Worker.stop at exit
 
 
 def test_boot_decisions(make_app, monkeypatch) -> None:

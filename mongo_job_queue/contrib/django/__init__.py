@@ -10,7 +10,7 @@
         "MONGODB_DB": None,                      # the database, if the URI names none
         "CONFIG": {"concurrency": 4},            # QueueConfig keys
         "AUTOSTART": False,                      # run a worker in serving processes
-        "STOP_TIMEOUT": 30,
+        "STOP_TIMEOUT": 30,                      # seconds; math.inf or None: as long as jobs take
         "REGISTRY_MODULES": ["billing.jobs"],    # plain modules with handlers
         "AUTODISCOVER": True,                    # import <app>.jobs of every app
     }
@@ -45,7 +45,7 @@ from ...errors import MongoJobQueueError
 from ...handlers import HandlerFn
 from ...queue import PersistentJobQueue
 from ...schedule import Schedule
-from .._boot import Start, StartDecision, WorkerStarter, build_queue, prefork_server
+from .._boot import Start, StartDecision, WorkerStarter, build_queue, prefork_server, stop_timeout_setting
 
 __all__ = [
     "SETTING",
@@ -105,10 +105,8 @@ def get_queue() -> PersistentJobQueue[Any]:
     with _lock:
         if _queue is None:
             conf = settings_dict()
-            stop_timeout = conf.get("STOP_TIMEOUT", 30)
-            if isinstance(stop_timeout, bool) or not isinstance(stop_timeout, (int, float)) or stop_timeout < 0:
-                raise ImproperlyConfigured(f"{SETTING}['STOP_TIMEOUT'] must be a number >= 0, got {stop_timeout!r}")
             try:
+                stop_timeout = stop_timeout_setting(conf.get("STOP_TIMEOUT", 30), f"{SETTING}['STOP_TIMEOUT']")
                 queue = build_queue(
                     conf["MODEL"],
                     config=conf.get("CONFIG"),
@@ -117,7 +115,7 @@ def get_queue() -> PersistentJobQueue[Any]:
                 )
             except MongoJobQueueError as exc:
                 raise ImproperlyConfigured(f"settings.{SETTING}: {exc}") from exc
-            _starter = WorkerStarter(queue, stop_timeout=float(stop_timeout), name="Django")
+            _starter = WorkerStarter(queue, stop_timeout=stop_timeout, name="Django")
             _queue = queue
     return _queue
 
