@@ -35,7 +35,8 @@ unknown ones are an error, so a typo fails at boot:
 
 Starting the worker is never inferred: only ``START_WORKER`` asks for it.
 It then starts once per serving process, and the log says where it declines:
-not under ``TESTING``, not in other ``flask`` commands, not in the debug
+not under ``TESTING``, not in other ``flask`` CLI commands (other click
+programs, such as uvicorn, are servers like any other), not in the debug
 reloader's watcher process, and, under gunicorn or uWSGI, whose master may
 import the app before it forks (``--preload``), only at each worker's first
 request. Call :meth:`MongoJobQueue.start_worker` from gunicorn's
@@ -55,7 +56,7 @@ from typing import Any, Optional
 
 import click
 from flask import Flask, current_app, has_app_context
-from flask.cli import with_appcontext
+from flask.cli import ScriptInfo, with_appcontext
 
 from .. import cli
 from ..errors import ConfigError, QueueStateError
@@ -286,7 +287,10 @@ def decide_start(app: Flask, start_worker: bool) -> StartDecision:
         return StartDecision(Start.NEVER, "TESTING is set: tests run jobs with mongo_job_queue.testing")
     reloader_child = os.environ.get("WERKZEUG_RUN_MAIN") == "true"
     ctx = click.get_current_context(silent=True)
-    if ctx is not None and not reloader_child:
+    # The flask CLI (FlaskGroup) keeps a ScriptInfo in its context; other click
+    # programs that load the app (uvicorn, custom launchers) have none and
+    # serve like any other server.
+    if ctx is not None and ctx.find_object(ScriptInfo) is not None and not reloader_child:
         command = ctx.command.name if ctx.command is not None else None
         if command != "run":
             # Commands of app.cli load the app in the group's context, before their own.

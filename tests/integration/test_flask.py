@@ -12,6 +12,7 @@ import click
 import mongoengine
 import pytest
 from flask import Flask, current_app
+from flask.cli import FlaskGroup, ScriptInfo, run_command
 from helpers import wait_until
 from pymongo.uri_parser import parse_uri
 
@@ -168,8 +169,8 @@ def test_boot_decisions(make_app, monkeypatch) -> None:
     app.debug = True
     assert "reloader" in decide_start(app, True).reason
     app.debug = False
-    run = click.Command("run", params=[click.Option(["--reload/--no-reload"], default=None)])
-    with click.Context(run) as ctx:
+    flask_cli = click.Context(FlaskGroup(name="flask"), obj=ScriptInfo())
+    with click.Context(run_command, parent=flask_cli) as ctx:
         ctx.params["reload"] = None
         assert decide_start(app, True).when is Start.NOW  # flask run, no debug: no reloader
         ctx.params["reload"] = True
@@ -177,8 +178,11 @@ def test_boot_decisions(make_app, monkeypatch) -> None:
         monkeypatch.setenv("WERKZEUG_RUN_MAIN", "true")
         assert decide_start(app, True).when is Start.NOW  # the reloader's serving child
         monkeypatch.delenv("WERKZEUG_RUN_MAIN")
-    with click.Context(click.Group("flask")):
+    with click.Context(FlaskGroup(name="flask"), obj=ScriptInfo()):
         assert decide_start(app, True).when is Start.NEVER  # flask shell, flask mongo-job-queue, ...
+    with click.Context(click.Command("main")):  # another click program: uvicorn, a launcher
+        decision = decide_start(app, True)
+        assert decision.when is Start.LAZY and "flask CLI" not in decision.reason
     monkeypatch.setenv("SERVER_SOFTWARE", "gunicorn/23.0.0")
     decision = decide_start(app, True)
     assert decision.when is Start.LAZY and "gunicorn" in decision.reason
@@ -297,3 +301,29 @@ def test_start_worker_without_waiting_returns_at_once_and_retries(gated_uri, mak
     wait_until(lambda: starter.last_error is not None, timeout=30, what="a failed background start")
     gated_uri.gate.open()
     wait_until(lambda: jobs.get_queue(app).running, timeout=60, what="the worker started in the background")
+
+
+def test_an_app_loaded_by_another_click_program_starts_its_worker(make_app, job_model) -> None:
+    """uvicorn (one process) or a custom launcher is click-based too: it is no flask CLI command."""
+    from click.testing import CliRunner
+
+    jobs = MongoJobQueue()
+    jobs.register_handler("t", lambda job: "done")
+    apps = []
+
+    @click.command("main")
+    def launcher() -> None:
+        app = make_app(MONGO_JOB_QUEUE_START_WORKER=True)
+        jobs.init_app(app)  # inside the launcher's click context, as uvicorn imports the app
+        apps.append(app)
+
+    result = CliRunner().invoke(launcher, [])
+    assert result.exit_code == 0, result.output
+    [app] = apps
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"ok": True}
+
+    assert app.test_client().get("/health").status_code == 200
+    wait_until(lambda: jobs.get_queue(app).running, timeout=30, what="the worker started at the first request")
