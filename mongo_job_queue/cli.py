@@ -16,6 +16,7 @@ import argparse
 import importlib
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -139,13 +140,29 @@ def _positive_int(value: str) -> int:
     return number
 
 
-def _seconds(value: str) -> float:
+def _number(value: str) -> float:
     try:
         number = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
+    if math.isnan(number):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}")
+    return number
+
+
+def _grace_seconds(value: str) -> float:
+    """Seconds >= 0, or ``inf``: wait as long as it takes (passed on as ``math.inf``)."""
+    number = _number(value)
     if number < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+        raise argparse.ArgumentTypeError(f"must be >= 0 (or inf), got {value}")
+    return number
+
+
+def _timeout_seconds(value: str) -> float:
+    """A finite number of seconds > 0: a timeout that gives up, as its exit code says."""
+    number = _number(value)
+    if not 0 < number < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {value}")
     return number
 
 
@@ -209,10 +226,10 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--stop-timeout",
-        type=_seconds,
+        type=_grace_seconds,
         default=30.0,
         metavar="SECONDS",
-        help="on the first SIGTERM/SIGINT, time running jobs get to finish (default 30)",
+        help="on the first SIGTERM/SIGINT, time running jobs get to finish (default 30; inf: as long as they take)",
     )
     parser.add_argument(
         "--metrics-port",
@@ -272,7 +289,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--db-timeout",
-        type=_seconds,
+        type=_timeout_seconds,
         default=5.0,
         metavar="SECONDS",
         help="give up reaching the database after this long, exit 4 (default 5)",

@@ -10,6 +10,10 @@ that forks the serving processes afterwards (a gunicorn ``--preload`` master,
 uWSGI without ``lazy-apps``), nor in a reloader's watcher process that never
 serves. When a process cannot tell, the worker starts lazily, at the first
 request: pre-fork masters and reloader watchers never handle one.
+
+An automatic start never fails or delays boot or a request: one background
+thread per process makes it, and retries it with backoff while MongoDB is
+unreachable or the process has no handler yet.
 """
 
 from __future__ import annotations
@@ -18,9 +22,12 @@ import atexit
 import enum
 import importlib
 import logging
+import math
 import os
+import random
 import sys
 import threading
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -31,7 +38,15 @@ from ..errors import ConfigError
 from ..model import BaseJob
 from ..queue import PersistentJobQueue, create_job_queue
 
-__all__ = ["Start", "StartDecision", "WorkerStarter", "build_queue", "import_object", "prefork_server"]
+__all__ = [
+    "Start",
+    "StartDecision",
+    "WorkerStarter",
+    "build_queue",
+    "import_object",
+    "prefork_server",
+    "stop_timeout_setting",
+]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +87,19 @@ def import_object(spec: Any, what: str) -> Any:
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"{what} {spec!r} cannot be imported: {exc}") from exc
     return obj
+
+
+def stop_timeout_setting(value: Any, name: str) -> float:
+    """A ``STOP_TIMEOUT`` setting as seconds: a number >= 0, ``math.inf`` or None (wait as long as jobs take).
+
+    Raises:
+        ConfigError: anything else, NaN included.
+    """
+    if value is None:
+        return math.inf
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
+        raise ConfigError(f"{name} must be a number >= 0, math.inf or None (no limit), got {value!r}")
+    return float(value)
 
 
 def build_queue(
@@ -116,25 +144,56 @@ def prefork_server() -> Optional[str]:
 class WorkerStarter:
     """Starts one queue's worker at most once per process, and stops it at exit.
 
+    The automatic starts (at boot, at the first request) never raise and
+    never block: they hand the start to one background thread per process,
+    which retries it with backoff until it succeeds. A web app must keep
+    answering while MongoDB is unreachable or the process has no handler,
+    and a request must not wait out server selection. ``queue.running`` is
+    False until the worker has really started; :attr:`last_error` says why not.
+
     Args:
         queue: The queue whose worker to run.
-        stop_timeout: Seconds running jobs get when the process exits; the
-            ones still running then go back to the queue (attempt counted).
+        stop_timeout: Seconds running jobs get when the process exits (``math.inf``:
+            as long as they take); the ones still running then go back to the queue.
         name: How the log names the integration (``"Flask app 'shop'"``).
+        retry_min_s: First delay between two failed background starts; it doubles each time.
+        retry_max_s: Longest delay between two failed background starts.
     """
 
-    def __init__(self, queue: PersistentJobQueue[Any], *, stop_timeout: float, name: str) -> None:
+    def __init__(
+        self,
+        queue: PersistentJobQueue[Any],
+        *,
+        stop_timeout: float,
+        name: str,
+        retry_min_s: float = 1.0,
+        retry_max_s: float = 60.0,
+    ) -> None:
         self.queue = queue
         self.stop_timeout = stop_timeout
         self.name = name
-        self._lock = threading.Lock()
+        self.retry_min_s = retry_min_s
+        self.retry_max_s = retry_max_s
+        #: The error of the latest failed background start, None once it started.
+        self.last_error: Optional[BaseException] = None
         self._started_pid: Optional[int] = None
+        self._retrying_pid: Optional[int] = None
         self._lazy = False
+        self._exit_registered = False
+        self._new_locks()
+        _starters.add(self)
+
+    def _new_locks(self) -> None:
+        # Fresh in a forked child: a lock held by a parent thread at fork() time would never be released there.
+        self._start_lock = threading.Lock()  # held while start_polling() runs, by one starter at a time
+        self._arm_lock = threading.Lock()  # held only to decide whether to spawn the retry thread
+        self._closed = threading.Event()
 
     def apply(self, decision: StartDecision) -> None:
-        """Start now, arm the lazy start, or only log why not."""
+        """Start now (in the background), arm the lazy start, or only log why not."""
         if decision.when is Start.NOW:
-            self.start(decision.reason)
+            log.info("%s: starting the job worker in process %d (%s)", self.name, os.getpid(), decision.reason)
+            self.start_in_background(decision.reason)
         elif decision.when is Start.LAZY:
             self._lazy = True
             log.info(
@@ -147,34 +206,107 @@ class WorkerStarter:
             log.info("%s: not starting the job worker in process %d: %s", self.name, os.getpid(), decision.reason)
 
     def start(self, reason: str = "started explicitly") -> bool:
-        """Start the worker in this process unless it already runs here; True if this call started it."""
-        with self._lock:
+        """Start the worker in this process now unless it already runs here; True if this call started it.
+
+        Blocks while the queue reaches the database, and raises what
+        :meth:`~mongo_job_queue.PersistentJobQueue.start_polling` raises.
+        """
+        with self._start_lock:
             if self._started_pid == os.getpid() and self.queue.running:
                 return False
             self.queue.start_polling()
-            if self._started_pid is None:
+            if not self._exit_registered:
                 atexit.register(self._stop_at_exit)
+                self._exit_registered = True
             self._started_pid = os.getpid()
+            self.last_error = None
         log.info("%s: job worker started in process %d (%s)", self.name, os.getpid(), reason)
         return True
 
     def start_in_background(self, reason: str) -> None:
-        """Start from a short-lived thread, for hooks that must not touch the database (Django's ``ready()``)."""
+        """Start from this process's one retry thread, with backoff until it runs; returns at once, never raises."""
+        pid = os.getpid()
+        if self._started_pid == pid and self.queue.running:
+            return
+        with self._arm_lock:
+            if self._retrying_pid == pid:
+                return  # already trying
+            self._retrying_pid = pid
+        try:
+            threading.Thread(
+                target=self._retry_until_started, args=(reason, pid), name="mjq-autostart", daemon=True
+            ).start()
+        except Exception:  # e.g. "can't start new thread": the next request tries again
+            self._retrying_pid = None
+            log.exception("%s: could not start the job worker's starter thread in process %d", self.name, pid)
 
-        def run() -> None:
-            try:
-                self.start(reason)
-            except Exception:
-                log.exception("%s: the job worker could not start in process %d", self.name, os.getpid())
+    def stop_retrying(self) -> None:
+        """End this process's background start attempts (at exit, in tests); a running worker is untouched."""
+        self._closed.set()
 
-        threading.Thread(target=run, name="mjq-autostart", daemon=True).start()
+    @property
+    def retrying(self) -> bool:
+        """Whether a background start is under way in this process."""
+        return self._retrying_pid == os.getpid()
 
     def on_request(self) -> None:
-        """The lazy start: called before each request, cheap once the worker runs here."""
-        if self._lazy and self._started_pid != os.getpid():
-            self.start("first request of this process")
+        """The lazy start: called before each request; it never waits, fails or touches the database."""
+        if self._lazy and self._started_pid != os.getpid() and self._retrying_pid != os.getpid():
+            self.start_in_background("first request of this process")
+
+    def _retry_until_started(self, reason: str, pid: int) -> None:
+        delay = self.retry_min_s
+        failures = 0
+        try:
+            while not self._closed.is_set():
+                try:
+                    self.start(reason)
+                    if failures:
+                        log.info("%s: the job worker started after %d failed attempt(s)", self.name, failures)
+                    return
+                except Exception as exc:  # logged and retried: a web app must keep serving
+                    failures += 1
+                    self.last_error = exc
+                    wait = random.uniform(delay / 2, delay)
+                    if failures == 1:
+                        log.exception(
+                            "%s: the job worker could not start in process %d; retrying in the background, "
+                            "requests are served meanwhile",
+                            self.name,
+                            pid,
+                        )
+                    else:
+                        log.warning(
+                            "%s: the job worker could not start in process %d (attempt %d): %r; next try in %.1fs",
+                            self.name,
+                            pid,
+                            failures,
+                            exc,
+                            wait,
+                        )
+                if self._closed.wait(wait):
+                    return
+                delay = min(delay * 2, self.retry_max_s)
+        finally:
+            with self._arm_lock:
+                if self._retrying_pid == pid:
+                    self._retrying_pid = None
 
     def _stop_at_exit(self) -> None:
+        self._closed.set()
         if self._started_pid == os.getpid() and self.queue.running:
             # The process is exiting: running jobs that do not finish in time go back to the queue.
             self.queue.worker.stop(self.stop_timeout, requeue_running=True)
+
+
+_starters: weakref.WeakSet[WorkerStarter] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for starter in list(_starters):
+        starter._new_locks()
+        starter._retrying_pid = None  # the parent's retry thread did not survive the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

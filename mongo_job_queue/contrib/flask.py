@@ -30,11 +30,13 @@ unknown ones are an error, so a typo fails at boot:
 ``MONGO_JOB_QUEUE_START_WORKER``
     ``True`` to run a worker in each serving process (default ``False``).
 ``MONGO_JOB_QUEUE_STOP_TIMEOUT``
-    Seconds running jobs get when the process exits (default 30).
+    Seconds running jobs get when the process exits (default 30;
+    ``math.inf`` or None: as long as they take).
 
 Starting the worker is never inferred: only ``START_WORKER`` asks for it.
 It then starts once per serving process, and the log says where it declines:
-not under ``TESTING``, not in other ``flask`` commands, not in the debug
+not under ``TESTING``, not in other ``flask`` CLI commands (other click
+programs, such as uvicorn, are servers like any other), not in the debug
 reloader's watcher process, and, under gunicorn or uWSGI, whose master may
 import the app before it forks (``--preload``), only at each worker's first
 request. Call :meth:`MongoJobQueue.start_worker` from gunicorn's
@@ -54,13 +56,13 @@ from typing import Any, Optional
 
 import click
 from flask import Flask, current_app, has_app_context
-from flask.cli import with_appcontext
+from flask.cli import ScriptInfo, with_appcontext
 
 from .. import cli
 from ..errors import ConfigError, QueueStateError
 from ..handlers import HandlerFn
 from ..queue import PersistentJobQueue
-from ._boot import Start, StartDecision, WorkerStarter, build_queue, prefork_server
+from ._boot import Start, StartDecision, WorkerStarter, build_queue, prefork_server, stop_timeout_setting
 
 __all__ = ["EXTENSION_KEY", "MongoJobQueue", "decide_start"]
 
@@ -114,9 +116,7 @@ class MongoJobQueue:
         model = self.job_model if self.job_model is not None else settings.get("MODEL")
         if model is None:
             raise ConfigError("set MONGO_JOB_QUEUE_MODEL or pass job_model= to MongoJobQueue()")
-        stop_timeout = settings.get("STOP_TIMEOUT", 30.0)
-        if isinstance(stop_timeout, bool) or not isinstance(stop_timeout, (int, float)) or stop_timeout < 0:
-            raise ConfigError(f"MONGO_JOB_QUEUE_STOP_TIMEOUT must be a number >= 0, got {stop_timeout!r}")
+        stop_timeout = stop_timeout_setting(settings.get("STOP_TIMEOUT", 30.0), "MONGO_JOB_QUEUE_STOP_TIMEOUT")
         start_worker = settings.get("START_WORKER", False)
         if not isinstance(start_worker, bool):
             raise ConfigError(f"MONGO_JOB_QUEUE_START_WORKER must be True or False, got {start_worker!r}")
@@ -131,7 +131,7 @@ class MongoJobQueue:
             queue.register_handler(job_type, _in_app_context(app, fn), **options)
         for args, options in self._schedules:
             queue.schedule(*args, **options)
-        starter = WorkerStarter(queue, stop_timeout=float(stop_timeout), name=f"Flask app {app.name!r}")
+        starter = WorkerStarter(queue, stop_timeout=stop_timeout, name=f"Flask app {app.name!r}")
         app.extensions[EXTENSION_KEY] = _AppState(queue, starter)
         self._apps.add(app)
         app.cli.add_command(_command)
@@ -231,10 +231,21 @@ class MongoJobQueue:
         """:meth:`~mongo_job_queue.PersistentJobQueue.enqueue_many` on the current app's queue."""
         return self.queue.enqueue_many(jobs)
 
-    def start_worker(self, app: Optional[Flask] = None) -> bool:
-        """Start the worker in this process now, e.g. from gunicorn's ``post_fork``; True if it started here."""
+    def start_worker(self, app: Optional[Flask] = None, *, wait: bool = True) -> bool:
+        """Start the worker in this process, e.g. from gunicorn's ``post_fork``; True if this call started it.
+
+        ``wait=True`` starts it now and raises if it cannot (no handler, no
+        database). ``wait=False`` returns at once (False) and leaves the
+        start to a background thread that retries it with backoff: what a
+        ``post_fork`` hook wants, since a worker that fails to boot halts
+        gunicorn. ``queue.running`` tells when it runs.
+        """
         app = app or _current_app()
-        return bool(app.extensions[EXTENSION_KEY].starter.start("start_worker() called"))
+        starter: WorkerStarter = app.extensions[EXTENSION_KEY].starter
+        if not wait:
+            starter.start_in_background("start_worker(wait=False) called")
+            return False
+        return starter.start("start_worker() called")
 
 
 _HANDLER_OPTIONS = ("stop", "wait", "retry", "max_retries")
@@ -276,7 +287,10 @@ def decide_start(app: Flask, start_worker: bool) -> StartDecision:
         return StartDecision(Start.NEVER, "TESTING is set: tests run jobs with mongo_job_queue.testing")
     reloader_child = os.environ.get("WERKZEUG_RUN_MAIN") == "true"
     ctx = click.get_current_context(silent=True)
-    if ctx is not None and not reloader_child:
+    # The flask CLI (FlaskGroup) keeps a ScriptInfo in its context; other click
+    # programs that load the app (uvicorn, custom launchers) have none and
+    # serve like any other server.
+    if ctx is not None and ctx.find_object(ScriptInfo) is not None and not reloader_child:
         command = ctx.command.name if ctx.command is not None else None
         if command != "run":
             # Commands of app.cli load the app in the group's context, before their own.

@@ -20,7 +20,8 @@ Span model:
 * ``process <queue>`` (kind CONSUMER) around each handler run, extracted
   from ``job.headers``, and current while the handler runs, so the
   handler's own spans (HTTP calls, queries) nest under it. A failed attempt
-  records the exception and sets status ERROR; each retry is another
+  records the exception and sets status ERROR (a cancelled run does not: it
+  gets a ``cancelled`` event and keeps status UNSET); each retry is another
   ``process`` span with the same producer, so the attempts of one job read
   as siblings in one trace.
 
@@ -240,7 +241,10 @@ class OpenTelemetryMiddleware(Middleware):
                 del self._running[entry.job_id]
         span = entry.span
         span.set_attribute("mongo_job_queue.job.outcome", outcome)
-        if exc is not None:
+        if outcome == "cancelled":
+            # Someone asked for it (JobCancelled, or whatever the handler raised once asked): not an error.
+            span.add_event("cancelled", {"exception.type": _error_type(exc)} if exc is not None else {})
+        elif exc is not None:
             span.record_exception(exc)
             span.set_attribute("error.type", _error_type(exc))
             span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {_safe_str(exc)}"))

@@ -11,14 +11,18 @@ Two sources, because they answer different questions. The middleware counts
 what *this process* did (enqueues, handler runs by outcome, retries, lease
 losses, rescues, durations, waits, jobs in progress); Prometheus sums it over
 processes. The :class:`QueueStatsCollector` reads how many jobs *the
-database* holds per queue and status when Prometheus scrapes, with the
-queue's index-backed :meth:`~mongo_job_queue.PersistentJobQueue.stats` and a
-short cache, so the figure is right however many workers run and a scrape
-storm costs MongoDB one query round per ``cache_seconds``.
+database* holds per queue and status when Prometheus scrapes: one
+aggregation over the claim index and one read of the pause state, however
+many queues there are, bounded by ``maxTimeMS`` and cached, so the figure is
+right however many workers run and a scrape storm costs MongoDB one round
+per ``cache_seconds``.
 
 Every metric is named ``mongo_job_queue_*`` in base units (seconds), counters
 end in ``_total``, and labels are low-cardinality only: ``queue``,
-``job_type`` and an ``outcome`` or ``status`` from a fixed set. Never a job id.
+``job_type`` and an ``outcome`` or ``status`` from a fixed set. Never a job
+id. Queue names and job types are free-form, so each label keeps at most
+``max_label_values`` (default :data:`MAX_LABEL_VALUES`) distinct values; the
+others are counted under :data:`OTHER`.
 
 Pass a :class:`prometheus_client.CollectorRegistry` to isolate (tests, apps
 with several registries); the default is ``prometheus_client.REGISTRY``.
@@ -61,12 +65,16 @@ from ..model import JobStatus
 
 __all__ = [
     "DEFAULT_BUCKETS",
+    "MAX_LABEL_VALUES",
+    "OTHER",
     "PREFIX",
     "PrometheusMiddleware",
     "QueueStatsCollector",
+    "depth_pipeline",
     "instrument",
     "make_wsgi_app",
     "multiprocess_dir",
+    "read_depth",
     "start_http_server",
 ]
 
@@ -96,8 +104,47 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
     float("inf"),
 )
 
+#: Distinct values a ``queue`` or ``job_type`` label takes at most, by default (per registry and process).
+MAX_LABEL_VALUES = 100
+#: The label value of the queues and job types beyond the cap.
+OTHER = "__other__"
+
 _JOB_LABELS = ("queue", "job_type")
 _LEASE_MEMORY = 4096  # claims remembered to count each lost lease once
+_STATUSES = [s.value for s in JobStatus]
+_PENDING = JobStatus.PENDING.value
+_PROCESSING = JobStatus.PROCESSING.value
+#: Rows of the depth aggregation's first reply: one per queue, so the read is one round trip.
+_DEPTH_BATCH = 10_000
+
+
+class _LabelValues:
+    """Caps the distinct values of the ``queue`` and ``job_type`` labels; the later ones become :data:`OTHER`.
+
+    Queue names come from the callers of ``enqueue``: without a cap, every
+    new name would add series to this process for good.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"max_label_values must be >= 1, got {limit}")
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._seen: tuple[set[str], set[str]] = (set(), set())
+
+    def __call__(self, item: Any) -> tuple[str, str]:
+        queue, job_type = _labels(item)
+        return self._cap(self._seen[0], queue), self._cap(self._seen[1], job_type)
+
+    def _cap(self, seen: set[str], value: str) -> str:
+        if value in seen:
+            return value
+        with self._lock:
+            if value not in seen:
+                if len(seen) >= self.limit:
+                    return OTHER
+                seen.add(value)
+        return value
 
 
 @dataclass(frozen=True)
@@ -105,6 +152,7 @@ class _Metrics:
     """The metric objects of one registry, shared by every middleware that records into it."""
 
     buckets: tuple[float, ...]
+    labels: _LabelValues
     enqueued: Counter
     finished: Counter
     retries: Counter
@@ -119,7 +167,7 @@ _metrics_lock = threading.Lock()
 _metrics_by_registry: weakref.WeakKeyDictionary[CollectorRegistry, _Metrics] = weakref.WeakKeyDictionary()
 
 
-def _metrics_for(registry: CollectorRegistry, buckets: Sequence[float]) -> _Metrics:
+def _metrics_for(registry: CollectorRegistry, buckets: Sequence[float], max_label_values: int) -> _Metrics:
     # Metric names are unique per registry, so two queues (or two middleware
     # objects) recording into one registry must share the metric objects.
     wanted = tuple(float(b) for b in buckets)
@@ -129,6 +177,10 @@ def _metrics_for(registry: CollectorRegistry, buckets: Sequence[float]) -> _Metr
             if found.buckets != wanted:
                 raise ValueError(
                     f"the {PREFIX} metrics of this registry already use buckets {found.buckets}, not {wanted}"
+                )
+            if found.labels.limit != max_label_values:
+                raise ValueError(
+                    f"the {PREFIX} metrics of this registry already use max_label_values={found.labels.limit}"
                 )
             return found
 
@@ -140,11 +192,12 @@ def _metrics_for(registry: CollectorRegistry, buckets: Sequence[float]) -> _Metr
 
         metrics = _Metrics(
             buckets=wanted,
+            labels=_LabelValues(max_label_values),
             enqueued=job_counter("jobs_enqueued_total", "Jobs inserted by this process."),
             finished=job_counter(
                 "jobs_finished_total",
                 "Handler runs that ended, by outcome: completed, retry (attempt failed, retry scheduled), "
-                "failed (failed for good) or lease_lost (outcome not recorded).",
+                "failed (failed for good), cancelled, lease_lost or error (outcome not recorded).",
                 "outcome",
             ),
             retries=job_counter("job_retries_total", "Failed attempts written back as pending with a retry delay."),
@@ -188,11 +241,20 @@ class PrometheusMiddleware(Middleware):
         registry: Where the metrics are registered (default ``prometheus_client.REGISTRY``).
             Several middleware objects on one registry share its metrics.
         buckets: Histogram buckets in seconds for durations and waits.
+        max_label_values: Distinct ``queue`` (and ``job_type``) label values
+            this process records; the later ones are counted under :data:`OTHER`.
     """
 
-    def __init__(self, registry: Optional[CollectorRegistry] = None, *, buckets: Sequence[float] = DEFAULT_BUCKETS):
+    def __init__(
+        self,
+        registry: Optional[CollectorRegistry] = None,
+        *,
+        buckets: Sequence[float] = DEFAULT_BUCKETS,
+        max_label_values: int = MAX_LABEL_VALUES,
+    ):
         self.registry = registry if registry is not None else REGISTRY
-        self.metrics = _metrics_for(self.registry, buckets)
+        self.metrics = _metrics_for(self.registry, buckets, max_label_values)
+        self._labels = self.metrics.labels
         self._lock = threading.Lock()
         self._lost: OrderedDict[tuple[Any, Any], None] = OrderedDict()
         # Labels of the handlers running in each thread, innermost last: a
@@ -200,17 +262,17 @@ class PrometheusMiddleware(Middleware):
         self._local = threading.local()
 
     def after_enqueue(self, queue: Any, doc: dict[str, Any]) -> None:
-        self.metrics.enqueued.labels(*_labels(doc)).inc()
+        self.metrics.enqueued.labels(*self._labels(doc)).inc()
 
     def after_claim(self, queue: Any, doc: dict[str, Any]) -> None:
         run_at, started_at = doc.get("run_at"), doc.get("started_at")
         if isinstance(run_at, datetime) and isinstance(started_at, datetime):
             # An inline run of a job not yet due would be negative: it did not wait.
             wait = max(0.0, (started_at - run_at).total_seconds())
-            self.metrics.wait.labels(*_labels(doc)).observe(wait)
+            self.metrics.wait.labels(*self._labels(doc)).observe(wait)
 
     def before_process(self, queue: Any, job: Any) -> None:
-        labels = _labels(job)
+        labels = self._labels(job)
         stack = self._stack()
         if len(stack) >= 16:
             # after_process never came for these (an outcome write raised):
@@ -224,7 +286,7 @@ class PrometheusMiddleware(Middleware):
     def after_process(
         self, queue: Any, job: Any, *, outcome: Outcome, exc: Optional[BaseException], duration_s: float
     ) -> None:
-        labels = _labels(job)
+        labels = self._labels(job)
         stack = self._stack()
         if labels in stack:
             stack.reverse()
@@ -235,7 +297,7 @@ class PrometheusMiddleware(Middleware):
         self.metrics.duration.labels(*labels).observe(max(0.0, duration_s))
 
     def on_retry_scheduled(self, queue: Any, doc: dict[str, Any], *, delay_ms: int, exc: BaseException) -> None:
-        self.metrics.retries.labels(*_labels(doc)).inc()
+        self.metrics.retries.labels(*self._labels(doc)).inc()
 
     def on_lease_lost(self, queue: Any, doc: dict[str, Any]) -> None:
         # The lease keeper and the handler's fenced write may both notice one
@@ -247,10 +309,10 @@ class PrometheusMiddleware(Middleware):
             self._lost[key] = None
             if len(self._lost) > _LEASE_MEMORY:
                 self._lost.popitem(last=False)
-        self.metrics.lease_losses.labels(*_labels(doc)).inc()
+        self.metrics.lease_losses.labels(*self._labels(doc)).inc()
 
     def on_orphan_recovered(self, queue: Any, doc: dict[str, Any], *, failed: bool) -> None:
-        self.metrics.orphans.labels(*_labels(doc), "failed" if failed else "requeued").inc()
+        self.metrics.orphans.labels(*self._labels(doc), "failed" if failed else "requeued").inc()
 
     def _stack(self) -> list[tuple[str, str]]:
         stack: Optional[list[tuple[str, str]]] = getattr(self._local, "stack", None)
@@ -259,26 +321,117 @@ class PrometheusMiddleware(Middleware):
         return stack
 
 
+def depth_pipeline(now: datetime) -> list[dict[str, Any]]:
+    """The depth aggregation: per queue, counts by status and the oldest due pending ``run_at``.
+
+    One pass over the claim index (``status, queue, ..., run_at``): the
+    ``$match`` on its first field selects it, and every field read is in it.
+    """
+    due = {"$and": [{"$eq": ["$status", _PENDING]}, {"$lte": ["$run_at", now]}]}
+    return [
+        {"$match": {"status": {"$in": _STATUSES}}},
+        {
+            "$group": {
+                "_id": {"queue": "$queue", "status": "$status"},
+                "n": {"$sum": 1},
+                "oldest": {"$min": {"$cond": [due, "$run_at", None]}},
+            }
+        },
+        {
+            "$group": {
+                "_id": "$_id.queue",
+                "counts": {"$push": {"status": "$_id.status", "n": "$n"}},
+                "oldest": {"$min": "$oldest"},
+            }
+        },
+    ]
+
+
+def read_depth(queue: Any, *, max_queues: int = MAX_LABEL_VALUES, max_time_ms: int = 5_000) -> dict[str, Any]:
+    """Per queue: ``counts`` by status, ``oldest_due_age_s``, ``paused``; at most ``max_queues`` queues plus OTHER.
+
+    Two commands whatever the number of queues: the :func:`depth_pipeline`
+    aggregation (``maxTimeMS`` bounds it) and the pause state's one document.
+    The queues this process serves come first, then paused ones, then the
+    busiest (pending and processing); the rest add up under :data:`OTHER`.
+    """
+    store = queue.store
+
+    def aggregate() -> tuple[datetime, list[dict[str, Any]]]:
+        now = store.now()
+        rows = store.collection.aggregate(depth_pipeline(now), maxTimeMS=max_time_ms, batchSize=_DEPTH_BATCH)
+        return now, list(rows)
+
+    now, rows = store._retry(aggregate, "prometheus_depth")
+    paused: frozenset[str] = frozenset(store.pause_state().queues)
+    stats: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        counts = dict.fromkeys(_STATUSES, 0)
+        for item in row.get("counts") or ():
+            if item.get("status") in counts:
+                counts[item["status"]] += int(item.get("n") or 0)
+        oldest = row.get("oldest")
+        age = max(0.0, (now - oldest).total_seconds()) if isinstance(oldest, datetime) else None
+        stats[str(row["_id"])] = {"counts": counts, "oldest_due_age_s": age}
+    for name in paused - set(stats):
+        stats[name] = {"counts": dict.fromkeys(_STATUSES, 0), "oldest_due_age_s": None}
+    for name, entry in stats.items():
+        entry["paused"] = name in paused
+    return _cap_queues(stats, frozenset(queue.config.queues), max_queues)
+
+
+def _cap_queues(stats: dict[str, dict[str, Any]], served: frozenset[str], limit: int) -> dict[str, dict[str, Any]]:
+    if len(stats) <= limit:
+        return stats
+
+    def rank(item: tuple[str, dict[str, Any]]) -> tuple[bool, bool, int, int, str]:
+        name, entry = item
+        counts = entry["counts"]
+        active = counts[_PENDING] + counts[_PROCESSING]
+        return (name not in served, not entry["paused"], -active, -sum(counts.values()), name)
+
+    ranked = sorted(stats.items(), key=rank)
+    kept = dict(ranked[:limit])
+    other: dict[str, Any] = {"counts": dict.fromkeys(_STATUSES, 0), "oldest_due_age_s": None}
+    for _, entry in ranked[limit:]:
+        for status, n in entry["counts"].items():
+            other["counts"][status] += n
+        age = entry["oldest_due_age_s"]
+        if age is not None and (other["oldest_due_age_s"] is None or age > other["oldest_due_age_s"]):
+            other["oldest_due_age_s"] = age
+    kept[OTHER] = other  # no paused series: a mix of queues is neither
+    return kept
+
+
 class QueueStatsCollector:
     """Queue depth by status, read from MongoDB at scrape time, cached for ``cache_seconds``.
 
     Exposes ``mongo_job_queue_jobs{queue,status}``,
     ``mongo_job_queue_oldest_due_job_age_seconds{queue}``,
     ``mongo_job_queue_queue_paused{queue}`` and ``mongo_job_queue_stats_up`` (0 when the last read failed; the depth
-    series are then absent rather than stale). One refresh runs at a time;
-    concurrent scrapes wait for it and share its result, and a failed read is
-    cached too, so a scrape storm during an outage does not pile onto the server.
+    series are then absent rather than stale). A read is :func:`read_depth`:
+    two commands whatever the number of queues, at most ``max_queues`` queue
+    labels. One refresh runs at a time; concurrent scrapes wait for it and
+    share its result, and a failed read is cached too, so a scrape storm
+    during an outage does not pile onto the server.
 
     Args:
         queue: The :class:`~mongo_job_queue.PersistentJobQueue` to read.
         cache_seconds: How long one read serves scrapes.
-        timeout_s: Budget of one read (pymongo client-side timeout), below Prometheus's scrape timeout.
+        timeout_s: Budget of one read (pymongo client-side timeout and the
+            aggregation's ``maxTimeMS``), below Prometheus's scrape timeout.
+        max_queues: Queues with their own ``queue`` label; the others add up under :data:`OTHER`.
     """
 
-    def __init__(self, queue: Any, *, cache_seconds: float = 5.0, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, queue: Any, *, cache_seconds: float = 5.0, timeout_s: float = 5.0, max_queues: int = MAX_LABEL_VALUES
+    ) -> None:
+        if max_queues < 1:
+            raise ValueError(f"max_queues must be >= 1, got {max_queues}")
         self.queue = queue
         self.cache_seconds = cache_seconds
         self.timeout_s = timeout_s
+        self.max_queues = max_queues
         self._lock = threading.Lock()
         self._read_at: Optional[float] = None
         self._stats: Optional[dict[str, dict[str, Any]]] = None
@@ -297,7 +450,9 @@ class QueueStatsCollector:
             if self._read_at is None or now - self._read_at >= self.cache_seconds:
                 try:
                     with pymongo.timeout(self.timeout_s):
-                        self._stats = self.queue.stats()
+                        self._stats = read_depth(
+                            self.queue, max_queues=self.max_queues, max_time_ms=max(1, int(self.timeout_s * 1000))
+                        )
                 except Exception as exc:  # noqa: BLE001 - a scrape reports the failure, it must not raise
                     log.warning("queue stats for Prometheus failed: %r", exc)
                     self._stats = None
@@ -337,7 +492,9 @@ _collectors_lock = threading.Lock()
 _collectors: weakref.WeakKeyDictionary[CollectorRegistry, QueueStatsCollector] = weakref.WeakKeyDictionary()
 
 
-def _register_depth(queue: Any, registry: CollectorRegistry, cache_seconds: float) -> QueueStatsCollector:
+def _register_depth(
+    queue: Any, registry: CollectorRegistry, cache_seconds: float, max_queues: int = MAX_LABEL_VALUES
+) -> QueueStatsCollector:
     with _collectors_lock:
         found = _collectors.get(registry)
         if found is not None:
@@ -347,7 +504,7 @@ def _register_depth(queue: Any, registry: CollectorRegistry, cache_seconds: floa
                     "use one registry per job model"
                 )
             return found
-        collector = QueueStatsCollector(queue, cache_seconds=cache_seconds)
+        collector = QueueStatsCollector(queue, cache_seconds=cache_seconds, max_queues=max_queues)
         registry.register(collector)
         _collectors[registry] = collector
         return collector
@@ -359,6 +516,7 @@ def instrument(
     *,
     depth: bool = True,
     cache_seconds: float = 5.0,
+    max_label_values: int = MAX_LABEL_VALUES,
 ) -> PrometheusMiddleware:
     """Add a :class:`PrometheusMiddleware` to ``queue`` and register its depth collector; idempotent.
 
@@ -368,6 +526,8 @@ def instrument(
         depth: Register the :class:`QueueStatsCollector`. Pass False in
             processes that do not serve ``/metrics`` under multiprocess mode.
         cache_seconds: How long one database read serves scrapes.
+        max_label_values: Distinct ``queue`` and ``job_type`` label values
+            (and queues of the depth gauges); the others add up under :data:`OTHER`.
 
     Returns:
         The middleware (the one already on the queue, if any, for this registry).
@@ -377,10 +537,10 @@ def instrument(
         (m for m in queue.hooks.items if isinstance(m, PrometheusMiddleware) and m.registry is registry), None
     )
     if middleware is None:
-        middleware = PrometheusMiddleware(registry)
+        middleware = PrometheusMiddleware(registry, max_label_values=max_label_values)
         queue.add_middleware(middleware)
     if depth:
-        _register_depth(queue, registry, cache_seconds)
+        _register_depth(queue, registry, cache_seconds, max_label_values)
     return middleware
 
 
@@ -390,7 +550,11 @@ def multiprocess_dir() -> Optional[str]:
 
 
 def make_wsgi_app(
-    registry: Optional[CollectorRegistry] = None, *, queue: Any = None, cache_seconds: float = 5.0
+    registry: Optional[CollectorRegistry] = None,
+    *,
+    queue: Any = None,
+    cache_seconds: float = 5.0,
+    max_queues: int = MAX_LABEL_VALUES,
 ) -> Callable[..., Any]:
     """A WSGI app serving the metrics, to mount at ``/metrics`` in Flask, Django or gunicorn.
 
@@ -406,7 +570,7 @@ def make_wsgi_app(
         else:
             registry = REGISTRY
     if queue is not None:
-        _register_depth(queue, registry, cache_seconds)
+        _register_depth(queue, registry, cache_seconds, max_queues)
     app: Callable[..., Any] = prometheus_client.make_wsgi_app(registry)
     return app
 

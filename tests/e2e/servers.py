@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -20,6 +21,8 @@ from typing import Any, Optional
 
 import pytest
 from helpers import wait_until
+from integration.tcp_gate import TcpGate
+from pymongo.uri_parser import parse_uri
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,6 +64,14 @@ class Server:
                 return exc.code, json.loads(text)
             except ValueError:
                 return exc.code, text.decode(errors="replace")
+
+    def get_within(self, path: str, seconds: float) -> int:
+        """The status of ``GET path``, which must answer within ``seconds``."""
+        started = time.monotonic()
+        status, _ = self.request("GET", path)
+        took = time.monotonic() - started
+        assert took < seconds, f"GET {path} took {took:.1f}s"
+        return status
 
     def wait_ready(self, timeout: float = 90.0) -> None:
         def up() -> bool:
@@ -125,6 +136,16 @@ def serve(mongodb_uri: str, db_name: str, raw_db: Any, tmp_path: Path) -> Iterat
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def gated_uri(mongodb_uri: str, db_name: str) -> Iterator[Any]:
+    """The test database through a :class:`TcpGate`, closed at first: ``.uri`` and ``.gate.open()``."""
+    host, port = parse_uri(mongodb_uri)["nodelist"][0]
+    gate = TcpGate((host, port))
+    options = "directConnection=true&serverSelectionTimeoutMS=300&connectTimeoutMS=300&heartbeatFrequencyMS=500"
+    yield type("Gated", (), {"uri": f"mongodb://127.0.0.1:{gate.port}/{db_name}?{options}", "gate": gate})
+    gate.stop()
 
 
 def enqueue_examples(server: Server, organization: str = "acme") -> dict[str, str]:

@@ -14,10 +14,10 @@ import sys
 import pytest
 from helpers import wait_until
 
-from .servers import REPO, enqueue_examples, serve, wait_finished
+from .servers import REPO, enqueue_examples, gated_uri, serve, wait_finished
 from .test_flask_example import check_results, started_pids
 
-__all__ = ["serve"]
+__all__ = ["gated_uri", "serve"]
 
 pytestmark = pytest.mark.integration
 
@@ -80,3 +80,16 @@ def test_dedicated_run_job_worker_and_no_worker_in_migrate(serve, mongodb_uri, d
     assert worker.returncode == 0, worker.stderr
     assert "the --max-jobs limit; stopping" in worker.stderr
     check_results(wait_finished(server, ids, timeout=10))
+
+
+def test_gunicorn_serves_while_mongodb_is_unreachable_and_the_worker_starts_later(gated_uri, serve) -> None:
+    gunicorn = [sys.executable, "-m", "gunicorn", "-w", "1", "-b", "127.0.0.1:{port}", "project.wsgi"]
+    server = serve(gunicorn, cwd=PROJECT, env={"MONGODB_URI": gated_uri.uri})
+    assert [server.get_within("/health", 5) for _ in range(10)] == [200] * 10
+    wait_until(lambda: "could not start in process" in server.log(), timeout=30)
+    assert server.get_within("/health", 5) == 200
+    assert not started_pids(server.log())
+    gated_uri.gate.open()
+    jobs = wait_finished(server, enqueue_examples(server))
+    check_results(jobs)
+    assert {job["worker_pid"] for job in jobs.values()} <= set(started_pids(server.log()))

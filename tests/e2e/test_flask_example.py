@@ -13,9 +13,9 @@ from datetime import timedelta
 import pytest
 from helpers import wait_until
 
-from .servers import enqueue_examples, serve, wait_finished
+from .servers import enqueue_examples, gated_uri, serve, wait_finished
 
-__all__ = ["serve"]
+__all__ = ["gated_uri", "serve"]
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,8 @@ def check_results(jobs: dict) -> None:
 
 def test_flask_run_starts_the_worker_at_boot(serve) -> None:
     server = serve([*FLASK, "run", "--host", "127.0.0.1", "--port", "{port}"])
-    assert started_pids(server.log()) == [server.pid]  # at boot, before any job was enqueued
+    # At boot, before any job was enqueued (from a background thread: boot does not wait for MongoDB).
+    wait_until(lambda: started_pids(server.log()) == [server.pid], timeout=30)
     ids = enqueue_examples(server)
     jobs = wait_finished(server, ids)
     check_results(jobs)
@@ -73,3 +74,17 @@ def test_gunicorn_preload_never_starts_the_worker_in_the_master(serve, raw_db) -
     times = [doc["fire_time"] for doc in fired]
     assert times == [times[0] + timedelta(milliseconds=300 * i) for i in range(len(times))]
     assert {doc["lease_owner"]["pid"] for doc in fired if doc.get("lease_owner")} <= set(started_pids(server.log()))
+
+
+def test_gunicorn_serves_while_mongodb_is_unreachable_and_the_workers_start_later(gated_uri, serve) -> None:
+    gunicorn = [sys.executable, "-m", "gunicorn", "-w", "2", "-b", "127.0.0.1:{port}"]
+    server = serve([*gunicorn, "examples.flask_app.wsgi:app"], env={"MONGODB_URI": gated_uri.uri})
+    # The first requests of each gunicorn worker start its job worker: it fails, and the requests do not.
+    assert [server.get_within("/health", 5) for _ in range(10)] == [200] * 10
+    wait_until(lambda: "could not start in process" in server.log(), timeout=30)
+    assert [server.get_within("/health", 5) for _ in range(5)] == [200] * 5
+    assert not started_pids(server.log())
+    gated_uri.gate.open()
+    jobs = wait_finished(server, enqueue_examples(server))
+    check_results(jobs)
+    assert {job["worker_pid"] for job in jobs.values()} <= set(started_pids(server.log()))

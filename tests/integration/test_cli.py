@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import signal
 import subprocess
 from datetime import timedelta
@@ -74,6 +75,12 @@ def test_enqueue_stats_cancel_retry_purge(job_model) -> None:
         (["worker", "--app", "integration.cli_app:no_handlers"], 3, "no handler registered"),
         (["stats", "--app", "integration.cli_down:queue", "--db-timeout", "0.5"], 4, "database unreachable"),
         (["worker", "--app", "integration.cli_down:queue", "--db-timeout", "0.5"], 4, "database unreachable"),
+        # Not a duration: bad usage (2), before any attempt to reach the database (4).
+        (["stats", "--app", "integration.cli_down:queue", "--db-timeout", "nan"], 2, "expected a number of seconds"),
+        (["stats", "--app", APP, "--db-timeout", "inf"], 2, "must be a finite number > 0"),
+        (["stats", "--app", APP, "--db-timeout", "0"], 2, "must be a finite number > 0"),
+        (["worker", "--app", APP, "--stop-timeout", "nan"], 2, "expected a number of seconds"),
+        (["worker", "--app", APP, "--stop-timeout", "-1"], 2, "must be >= 0"),
     ],
 )
 def test_errors_are_one_line_with_a_distinct_exit_code(job_model, capsys, argv, code, message) -> None:
@@ -195,3 +202,17 @@ def test_cancel_by_type_and_queue(job_model) -> None:
         code, _, err = run("cancel", "--app", APP, *bad)
         assert code == cli.EXIT_USAGE and "cancel takes job ids, or --type" in err
     assert job_model.objects(status="pending").count() == 1
+
+
+@pytest.mark.parametrize(("value", "expected"), [("inf", math.inf), ("1e10", 1e10), ("0", 0.0)])
+def test_stop_timeout_inf_means_wait_forever_and_is_passed_on(job_model, monkeypatch, value, expected) -> None:
+    seen = {}
+
+    def run_worker(queue, *, stop_timeout, **kwargs):
+        seen["stop_timeout"] = stop_timeout
+        return 0
+
+    monkeypatch.setattr(cli, "run_worker", run_worker)
+    code, _, err = run("worker", "--app", APP, "--burst", "--stop-timeout", value)
+    assert code == 0, err
+    assert seen["stop_timeout"] == expected

@@ -100,3 +100,57 @@ def test_settings_are_checked(django_setup) -> None:
     no_model = override_settings(MONGO_JOB_QUEUE={"AUTOSTART": True})
     with no_model, pytest.raises(ImproperlyConfigured, match=r"\['MODEL'\] is required"):
         settings_dict()
+
+
+def test_a_lazy_start_that_fails_never_fails_a_request(django_setup, monkeypatch) -> None:
+    """Django sends request_started with send(), not send_robust(): a raising receiver fails the request."""
+    import threading
+
+    from django.core.signals import request_started
+    from django.test import Client, override_settings
+
+    from mongo_job_queue.contrib import django as mjq_django
+    from mongo_job_queue.contrib._boot import Start, StartDecision
+
+    # As under gunicorn: the worker starts at the first request; its database (port 1) is unreachable.
+    monkeypatch.setattr(mjq_django, "decide_start", lambda autostart: StartDecision(Start.LAZY, "as under gunicorn"))
+    mjq_django._on_ready()
+    starter = mjq_django._starter
+    assert starter is not None
+    try:
+        with override_settings(ROOT_URLCONF="integration.django_urls", ALLOWED_HOSTS=["testserver"]):
+            client = Client()
+            for _ in range(5):
+                started = time.monotonic()
+                assert client.get("/health").status_code == 200
+                assert time.monotonic() - started < 1.0  # not a server selection timeout
+        assert starter.retrying and not mjq_django.get_queue().running
+        assert len([t for t in threading.enumerate() if t.name == "mjq-autostart"]) == 1  # one, not one per request
+    finally:
+        request_started.disconnect(dispatch_uid="mongo_job_queue_lazy_start")
+        starter._lazy = False
+        starter.stop_retrying()
+
+
+def test_stop_timeout_accepts_inf_and_none_and_refuses_nan(django_setup, monkeypatch) -> None:
+    import math
+
+    from django.core.exceptions import ImproperlyConfigured
+    from django.test import override_settings
+
+    from mongo_job_queue.contrib import django as mjq_django
+
+    def built(stop_timeout):
+        monkeypatch.setattr(mjq_django, "_queue", None)
+        monkeypatch.setattr(mjq_django, "_starter", None)
+        conf = {"MODEL": "integration.cli_down:DownJob", "STOP_TIMEOUT": stop_timeout}
+        with override_settings(MONGO_JOB_QUEUE=conf):
+            mjq_django.get_queue()
+        return mjq_django._starter.stop_timeout
+
+    assert built(math.inf) == math.inf
+    assert built(None) == math.inf
+    assert built(12) == 12.0
+    for bad in (float("nan"), -1, "30"):
+        with pytest.raises(ImproperlyConfigured, match=r"STOP_TIMEOUT'\] must be a number >= 0"):
+            built(bad)

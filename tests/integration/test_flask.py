@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import logging
+import math
+import threading
+import time
 from datetime import datetime
 
 import click
+import mongoengine
 import pytest
 from flask import Flask, current_app
+from flask.cli import FlaskGroup, ScriptInfo, run_command
+from helpers import wait_until
+from pymongo.uri_parser import parse_uri
 
 from integration.models import IntegrationJob
-from mongo_job_queue import ConfigError, QueueStateError, ScheduleError
+from integration.tcp_gate import TcpGate
+from mongo_job_queue import BaseJob, ConfigError, QueueStateError, ScheduleError
 from mongo_job_queue.contrib._boot import Start
 from mongo_job_queue.contrib.flask import EXTENSION_KEY, MongoJobQueue, decide_start
 from mongo_job_queue.testing import eager
@@ -37,7 +45,39 @@ def make_app(job_model, monkeypatch):
     for app in apps:
         state = app.extensions.get(EXTENSION_KEY)
         if state is not None:
+            state.starter.stop_retrying()
             state.queue.stop(timeout=10)
+
+
+class GatedJob(BaseJob):
+    """Jobs on a connection that goes through a :class:`TcpGate`: the test decides when MongoDB is reachable."""
+
+    meta = {"collection": "gated_jobs", "db_alias": "mjq_gated"}
+
+
+@pytest.fixture
+def gated_uri(mongodb_uri, db_name):
+    """A URI to the test database through a gate, closed at first; ``gated_uri.gate.open()`` lets it through.
+
+    Request it before ``make_app``, so the apps' workers stop before the connection goes.
+    """
+    host, port = parse_uri(mongodb_uri)["nodelist"][0]
+    gate = TcpGate((host, port))
+    options = "directConnection=true&serverSelectionTimeoutMS=300&connectTimeoutMS=300&heartbeatFrequencyMS=500"
+    uri = f"mongodb://127.0.0.1:{gate.port}/{db_name}?{options}"
+    yield type("Gated", (), {"uri": uri, "gate": gate})
+    gate.stop()
+    mongoengine.disconnect(alias="mjq_gated")
+
+
+def autostart_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "mjq-autostart"]
+
+
+def timed_get(client, path: str) -> tuple[int, float]:
+    started = time.monotonic()
+    status = client.get(path).status_code
+    return status, time.monotonic() - started
 
 
 def test_extension_pattern_and_handlers_in_app_context(make_app, job_model) -> None:
@@ -106,6 +146,19 @@ def test_settings_are_checked(make_app) -> None:
     assert ext.job_model is None
 
 
+@pytest.mark.parametrize("value", [float("nan"), -1, "30", True])
+def test_stop_timeout_must_be_a_number_of_seconds(make_app, value) -> None:
+    with pytest.raises(ConfigError, match="MONGO_JOB_QUEUE_STOP_TIMEOUT must be a number >= 0"):
+        MongoJobQueue(make_app(MONGO_JOB_QUEUE_STOP_TIMEOUT=value))
+
+
+@pytest.mark.parametrize(("value", "expected"), [(math.inf, math.inf), (None, math.inf), (0, 0.0), (1e10, 1e10)])
+def test_stop_timeout_inf_or_none_waits_as_long_as_jobs_take(make_app, value, expected) -> None:
+    app = make_app(MONGO_JOB_QUEUE_STOP_TIMEOUT=value)
+    MongoJobQueue(app)
+    assert app.extensions[EXTENSION_KEY].starter.stop_timeout == expected  # passed on to Worker.stop at exit
+
+
 def test_boot_decisions(make_app, monkeypatch) -> None:
     app = make_app()
     assert decide_start(app, False).when is Start.NEVER
@@ -116,8 +169,8 @@ def test_boot_decisions(make_app, monkeypatch) -> None:
     app.debug = True
     assert "reloader" in decide_start(app, True).reason
     app.debug = False
-    run = click.Command("run", params=[click.Option(["--reload/--no-reload"], default=None)])
-    with click.Context(run) as ctx:
+    flask_cli = click.Context(FlaskGroup(name="flask"), obj=ScriptInfo())
+    with click.Context(run_command, parent=flask_cli) as ctx:
         ctx.params["reload"] = None
         assert decide_start(app, True).when is Start.NOW  # flask run, no debug: no reloader
         ctx.params["reload"] = True
@@ -125,8 +178,11 @@ def test_boot_decisions(make_app, monkeypatch) -> None:
         monkeypatch.setenv("WERKZEUG_RUN_MAIN", "true")
         assert decide_start(app, True).when is Start.NOW  # the reloader's serving child
         monkeypatch.delenv("WERKZEUG_RUN_MAIN")
-    with click.Context(click.Group("flask")):
+    with click.Context(FlaskGroup(name="flask"), obj=ScriptInfo()):
         assert decide_start(app, True).when is Start.NEVER  # flask shell, flask mongo-job-queue, ...
+    with click.Context(click.Command("main")):  # another click program: uvicorn, a launcher
+        decision = decide_start(app, True)
+        assert decision.when is Start.LAZY and "flask CLI" not in decision.reason
     monkeypatch.setenv("SERVER_SOFTWARE", "gunicorn/23.0.0")
     decision = decide_start(app, True)
     assert decision.when is Start.LAZY and "gunicorn" in decision.reason
@@ -147,9 +203,7 @@ def test_lazy_start_at_the_first_request_and_a_log_line(make_app, job_model, cap
     assert not queue.running
     assert "not starting the job worker in process" in caplog.text and "first request" in caplog.text
     job_id = app.test_client().post("/enqueue").get_json()["id"]
-    assert queue.running
-    from helpers import wait_until
-
+    wait_until(lambda: queue.running, timeout=30, what="the worker started in the background")
     wait_until(lambda: job_model.objects.get(id=job_id).status == "completed", timeout=30)
     assert "job worker started in process" in caplog.text
     assert jobs.start_worker(app) is False  # already running here
@@ -174,3 +228,102 @@ def test_flask_cli_group_mirrors_the_standalone_cli(make_app, job_model) -> None
     result = runner.invoke(args=["mongo-job-queue", "--help"])
     assert result.exit_code == 0 and "worker" in result.output and "exit codes" in result.output
     assert "MODULE:QUEUE" not in result.output  # the app already knows its queue
+
+
+def test_requests_are_served_while_the_database_is_unreachable_and_the_worker_starts_later(
+    gated_uri, make_app, caplog
+) -> None:
+    caplog.set_level(logging.INFO, logger="mongo_job_queue.contrib")
+    jobs = MongoJobQueue(job_model=GatedJob)
+    jobs.register_handler("t", lambda job: "done")
+    app = make_app(MONGO_JOB_QUEUE_MONGODB_URI=gated_uri.uri, MONGO_JOB_QUEUE_START_WORKER=True)
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"ok": True}  # touches no database
+
+    @app.post("/enqueue")
+    def enqueue_view() -> dict:
+        return {"id": str(jobs.enqueue("t", {}).id)}
+
+    jobs.init_app(app)
+    starter = app.extensions[EXTENSION_KEY].starter
+    starter.retry_min_s, starter.retry_max_s = 0.05, 0.3
+    queue = jobs.get_queue(app)
+    client = app.test_client()
+    for _ in range(5):  # each request would have retried the start and waited out server selection
+        status, took = timed_get(client, "/health")
+        assert status == 200 and took < 1.0
+    wait_until(lambda: starter.last_error is not None, timeout=30, what="a failed background start")
+    status, took = timed_get(client, "/health")  # while the starter thread waits on the server
+    assert status == 200 and took < 1.0
+    assert not queue.running
+    assert len(autostart_threads()) == 1  # one retrying thread, not one per request
+    assert "could not start in process" in caplog.text
+
+    gated_uri.gate.open()
+    wait_until(lambda: queue.running, timeout=60, what="the worker started once MongoDB was reachable")
+    wait_until(lambda: not autostart_threads(), timeout=10, what="the starter thread to end")
+    assert starter.last_error is None
+    job_id = client.post("/enqueue").get_json()["id"]
+    wait_until(lambda: GatedJob.objects.get(id=job_id).status == "completed", timeout=30)
+
+
+def test_a_web_process_without_handlers_serves_and_starts_once_one_is_registered(make_app, job_model) -> None:
+    jobs = MongoJobQueue()
+    app = make_app(MONGO_JOB_QUEUE_START_WORKER=True)
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"ok": True}
+
+    jobs.init_app(app)
+    starter = app.extensions[EXTENSION_KEY].starter
+    starter.retry_min_s, starter.retry_max_s = 0.05, 0.2
+    client = app.test_client()
+    assert [client.get("/health").status_code for _ in range(3)] == [200, 200, 200]
+    wait_until(lambda: isinstance(starter.last_error, QueueStateError), timeout=30, what="the refused start")
+    assert not jobs.get_queue(app).running
+    jobs.register_handler("t", lambda job: "done")
+    wait_until(lambda: jobs.get_queue(app).running, timeout=30, what="the worker started by the retry")
+
+
+def test_start_worker_without_waiting_returns_at_once_and_retries(gated_uri, make_app) -> None:
+    jobs = MongoJobQueue(job_model=GatedJob)
+    jobs.register_handler("t", lambda job: "done")
+    app = make_app(MONGO_JOB_QUEUE_MONGODB_URI=gated_uri.uri)
+    jobs.init_app(app)
+    starter = app.extensions[EXTENSION_KEY].starter
+    starter.retry_min_s, starter.retry_max_s = 0.05, 0.3
+    started = time.monotonic()
+    assert jobs.start_worker(app, wait=False) is False
+    assert time.monotonic() - started < 1.0
+    wait_until(lambda: starter.last_error is not None, timeout=30, what="a failed background start")
+    gated_uri.gate.open()
+    wait_until(lambda: jobs.get_queue(app).running, timeout=60, what="the worker started in the background")
+
+
+def test_an_app_loaded_by_another_click_program_starts_its_worker(make_app, job_model) -> None:
+    """uvicorn (one process) or a custom launcher is click-based too: it is no flask CLI command."""
+    from click.testing import CliRunner
+
+    jobs = MongoJobQueue()
+    jobs.register_handler("t", lambda job: "done")
+    apps = []
+
+    @click.command("main")
+    def launcher() -> None:
+        app = make_app(MONGO_JOB_QUEUE_START_WORKER=True)
+        jobs.init_app(app)  # inside the launcher's click context, as uvicorn imports the app
+        apps.append(app)
+
+    result = CliRunner().invoke(launcher, [])
+    assert result.exit_code == 0, result.output
+    [app] = apps
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"ok": True}
+
+    assert app.test_client().get("/health").status_code == 200
+    wait_until(lambda: jobs.get_queue(app).running, timeout=30, what="the worker started at the first request")

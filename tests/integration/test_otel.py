@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from mongo_job_queue import JobCancelled
 from mongo_job_queue.contrib.otel import OpenTelemetryMiddleware
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
@@ -190,3 +191,22 @@ def test_a_job_enqueued_without_tracing_gets_a_root_span(make_queue, provider, e
         assert queue.run_once().status == "completed"
     [process] = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.CONSUMER]
     assert process.parent is None and process.attributes["messaging.message.id"] == str(job.id)
+
+
+@pytest.mark.integration
+def test_a_cancelled_run_is_not_an_error(make_queue, provider, exporter) -> None:
+    queue = make_queue()
+    queue.add_middleware(OpenTelemetryMiddleware(provider))
+
+    @queue.handler("stoppable")
+    def stoppable(job) -> None:
+        raise JobCancelled("stopped on request")
+
+    job = queue.enqueue("stoppable", {})
+    assert queue.run_once() is not None
+    assert queue.get_job(job.id).status == "cancelled"
+    [span] = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.CONSUMER]
+    assert span.attributes["mongo_job_queue.job.outcome"] == "cancelled"
+    assert span.status.status_code is StatusCode.UNSET
+    assert "error.type" not in span.attributes
+    assert [event.name for event in span.events] == ["cancelled"]

@@ -15,16 +15,20 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import mongoengine
 import pytest
 from helpers import wait_until
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
+from pymongo import monitoring
 
-from mongo_job_queue import FailJob
+from mongo_job_queue import BaseJob, FailJob, create_job_queue
 from mongo_job_queue.clock import utcnow
+from mongo_job_queue.contrib import prometheus
 from mongo_job_queue.contrib.prometheus import (
     PrometheusMiddleware,
     QueueStatsCollector,
+    depth_pipeline,
     instrument,
     make_wsgi_app,
     start_http_server,
@@ -166,35 +170,152 @@ def test_lease_losses_and_orphans(make_queue, registry, scrape) -> None:
     assert value(samples, "mongo_job_queue_jobs", status="failed") == 1
 
 
+class CommandLog(monitoring.CommandListener):
+    """The commands a client sent, by name, with their bodies."""
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[str, dict[str, Any]]] = []
+        self._lock = threading.Lock()
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name not in ("hello", "isMaster", "ismaster", "endSessions"):
+            with self._lock:
+                self.commands.append((event.command_name, dict(event.command)))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return [name for name, _ in self.commands]
+
+    def clear(self) -> None:
+        with self._lock:
+            self.commands.clear()
+
+
+class CountedJob(BaseJob):
+    """A job model on its own client, whose commands a :class:`CommandLog` records."""
+
+    meta = {"collection": "prometheus_jobs", "db_alias": "mjq_counted"}
+
+
+@pytest.fixture
+def counted(mongodb_uri, db_name) -> Iterator[tuple[Any, CommandLog]]:
+    """``(queue, log)``: a queue on a fresh collection whose client logs every command it sends."""
+    commands = CommandLog()
+    mongoengine.register_connection(
+        "mjq_counted", host=mongodb_uri, db=db_name, uuidRepresentation="standard", event_listeners=[commands]
+    )
+    CountedJob.drop_collection()
+    CountedJob._get_db().drop_collection("prometheus_jobs_control")
+    CountedJob.ensure_indexes()
+    queue = create_job_queue(job_model=CountedJob, config={"queues": ["default", "mail"]})
+    yield queue, commands
+    queue.stop(timeout=10)
+    mongoengine.disconnect(alias="mjq_counted")
+
+
+def seed(queue: Any, *, queues: int, finished_per_queue: int) -> None:
+    """``queues`` queues ("q000"...), each with 1 due and 1 future pending job and many retained finished ones."""
+    now = queue.store.now()
+    docs = []
+    for q in range(queues):
+        name = f"q{q:03d}"
+        base = {"type": "ok", "queue": name, "priority": 0, "attempts": 0, "max_retries": 3, "created_at": now}
+        docs.append({**base, "status": "pending", "run_at": now - timedelta(seconds=q + 1), "updated_at": now})
+        docs.append({**base, "status": "pending", "run_at": now + timedelta(hours=1), "updated_at": now})
+        for n in range(finished_per_queue):
+            status = "failed" if n % 4 == 0 else "completed"
+            docs.append({**base, "status": status, "run_at": now, "updated_at": now, "finished_at": now})
+    queue.store.collection.insert_many(docs)
+
+
 @pytest.mark.integration
-def test_a_scrape_storm_reads_the_database_once(make_queue, registry, scrape, monkeypatch, caplog) -> None:
+def test_a_scrape_costs_two_commands_whatever_the_number_of_queues(counted, registry, scrape, raw_db) -> None:
+    queue, commands = counted
+    seed(queue, queues=100, finished_per_queue=4)  # 600 jobs, two thirds of them finished and retained
+    queue.pause(queues=["q050", "idle"])  # a paused queue with no job is listed too
+    queue.enqueue("ok", {}, queue="mail", delay_ms=60_000)  # the quietest queue, but one this process serves
+    registry.register(QueueStatsCollector(queue, cache_seconds=0, max_queues=20))
+    commands.clear()
+    samples = scrape()
+    assert sorted(commands.names()) == ["aggregate", "find"]  # was 2 to 6 per queue: 206 for 100 queues
+    [(_, aggregate)] = [c for c in commands.commands if c[0] == "aggregate"]
+    assert 0 < aggregate["maxTimeMS"] <= 5_000
+    assert aggregate["cursor"]["batchSize"] >= 101  # every queue in the first reply: no getMore
+
+    # Labels: 20 queues (the served, then the paused ones first), the other 82 add up under one label.
+    queues = {dict(labels)["queue"] for name, labels in samples if name == "mongo_job_queue_jobs"}
+    assert len(queues) == 21 and {"__other__", "mail", "q050", "idle"} <= queues
+    assert value(samples, "mongo_job_queue_jobs", status="pending") == 201
+    assert value(samples, "mongo_job_queue_jobs", queue="__other__", status="pending") == 2 * 82
+    assert value(samples, "mongo_job_queue_jobs", status="completed") == 300
+    assert value(samples, "mongo_job_queue_jobs", status="failed") == 100
+    assert value(samples, "mongo_job_queue_jobs", queue="q050", status="pending") == 2
+    assert value(samples, "mongo_job_queue_queue_paused", queue="q050") == 1
+    assert value(samples, "mongo_job_queue_queue_paused", queue="idle") == 1
+    assert value(samples, "mongo_job_queue_queue_paused", queue="__other__") == 0  # no series for a mix
+    # The oldest due job is q099's (100 s old), counted under "other": the maximum over its queues.
+    assert 99 <= value(samples, "mongo_job_queue_oldest_due_job_age_seconds", queue="__other__") < 200
+    assert value(samples, "mongo_job_queue_oldest_due_job_age_seconds", queue="mail") == 0  # not due yet
+
+    # The same two commands for 10 times fewer queues.
+    queue.store.collection.delete_many({"queue": {"$gte": "q010", "$lt": "r"}})
+    commands.clear()
+    samples = scrape()
+    assert sorted(commands.names()) == ["aggregate", "find"]
+    assert value(samples, "mongo_job_queue_jobs", status="pending") == 21
+    assert 10 <= value(samples, "mongo_job_queue_oldest_due_job_age_seconds", queue="q009") < 60
+
+    # The aggregation reads the claim index, not the collection.
+    plan = raw_db.command(
+        "explain", {"aggregate": "prometheus_jobs", "pipeline": depth_pipeline(utcnow()), "cursor": {}}
+    )
+    assert "IXSCAN" in str(plan) and "COLLSCAN" not in str(plan)
+
+
+@pytest.mark.integration
+def test_the_middleware_caps_queue_and_job_type_label_values(make_queue, registry, scrape) -> None:
     queue = make_queue()
+    queue.add_middleware(PrometheusMiddleware(registry, max_label_values=3))
+    for n in range(5):
+        queue.enqueue(f"type{n}", {}, queue=f"tenant-{n}")  # free-form names, e.g. one queue per customer
+    samples = scrape()
+    series = [dict(labels) for name, labels in samples if name == "mongo_job_queue_jobs_enqueued_total"]
+    assert len(series) == 4
+    assert value(samples, "mongo_job_queue_jobs_enqueued_total", queue="__other__", job_type="__other__") == 2
+    assert value(samples, "mongo_job_queue_jobs_enqueued_total") == 5
+    with pytest.raises(ValueError, match="max_label_values"):
+        PrometheusMiddleware(registry)  # one cap per registry, as one set of buckets
+
+
+@pytest.mark.integration
+def test_a_scrape_storm_reads_the_database_once(counted, registry, scrape, monkeypatch, caplog) -> None:
+    queue, commands = counted
     queue.enqueue("ok", {})
-    calls: list[int] = []
-    real_stats = queue.stats
-
-    def counted() -> dict[str, Any]:
-        calls.append(1)
-        return real_stats()
-
-    monkeypatch.setattr(queue, "stats", counted)
     collector = QueueStatsCollector(queue, cache_seconds=60)
-    assert calls == []  # registering reads nothing
+    commands.clear()
     registry.register(collector)
+    assert commands.names() == []  # registering reads nothing
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda _: scrape(), range(16)))
-    assert len(calls) == 1
+    assert sorted(commands.names()) == ["aggregate", "find"]  # one round for 16 scrapes
     assert all(value(s, "mongo_job_queue_jobs", queue="default", status="pending") == 1 for s in results)
 
     # A failed read: up is 0, the depth series are absent rather than stale, and the failure is cached too.
-    def down() -> dict[str, Any]:
+    calls: list[int] = []
+
+    def down(*args: Any, **kwargs: Any) -> dict[str, Any]:
         calls.append(1)
         raise ConnectionError("database down")
 
-    monkeypatch.setattr(queue, "stats", down)
+    monkeypatch.setattr(prometheus, "read_depth", down)
     registry.unregister(collector)
     registry.register(QueueStatsCollector(queue, cache_seconds=60))
-    calls.clear()
     with caplog.at_level("WARNING", logger="mongo_job_queue.contrib.prometheus"):
         for _ in range(5):
             samples = scrape()

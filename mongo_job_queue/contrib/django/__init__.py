@@ -10,7 +10,7 @@
         "MONGODB_DB": None,                      # the database, if the URI names none
         "CONFIG": {"concurrency": 4},            # QueueConfig keys
         "AUTOSTART": False,                      # run a worker in serving processes
-        "STOP_TIMEOUT": 30,
+        "STOP_TIMEOUT": 30,                      # seconds; math.inf or None: as long as jobs take
         "REGISTRY_MODULES": ["billing.jobs"],    # plain modules with handlers
         "AUTODISCOVER": True,                    # import <app>.jobs of every app
     }
@@ -45,7 +45,7 @@ from ...errors import MongoJobQueueError
 from ...handlers import HandlerFn
 from ...queue import PersistentJobQueue
 from ...schedule import Schedule
-from .._boot import Start, StartDecision, WorkerStarter, build_queue, prefork_server
+from .._boot import Start, StartDecision, WorkerStarter, build_queue, prefork_server, stop_timeout_setting
 
 __all__ = [
     "SETTING",
@@ -105,10 +105,8 @@ def get_queue() -> PersistentJobQueue[Any]:
     with _lock:
         if _queue is None:
             conf = settings_dict()
-            stop_timeout = conf.get("STOP_TIMEOUT", 30)
-            if isinstance(stop_timeout, bool) or not isinstance(stop_timeout, (int, float)) or stop_timeout < 0:
-                raise ImproperlyConfigured(f"{SETTING}['STOP_TIMEOUT'] must be a number >= 0, got {stop_timeout!r}")
             try:
+                stop_timeout = stop_timeout_setting(conf.get("STOP_TIMEOUT", 30), f"{SETTING}['STOP_TIMEOUT']")
                 queue = build_queue(
                     conf["MODEL"],
                     config=conf.get("CONFIG"),
@@ -117,7 +115,7 @@ def get_queue() -> PersistentJobQueue[Any]:
                 )
             except MongoJobQueueError as exc:
                 raise ImproperlyConfigured(f"settings.{SETTING}: {exc}") from exc
-            _starter = WorkerStarter(queue, stop_timeout=float(stop_timeout), name="Django")
+            _starter = WorkerStarter(queue, stop_timeout=stop_timeout, name="Django")
             _queue = queue
     return _queue
 
@@ -189,10 +187,18 @@ def autodiscover() -> None:
         autodiscover_modules("jobs")
 
 
-def start_worker() -> bool:
-    """Start the worker in this process now (e.g. from gunicorn's ``post_fork``); True if it started here."""
+def start_worker(*, wait: bool = True) -> bool:
+    """Start the worker in this process (e.g. from gunicorn's ``post_fork``); True if this call started it.
+
+    ``wait=True`` starts it now and raises if it cannot. ``wait=False``
+    returns at once (False) and leaves the start to a background thread
+    that retries it with backoff; ``get_queue().running`` tells when it runs.
+    """
     get_queue()
     assert _starter is not None
+    if not wait:
+        _starter.start_in_background("start_worker(wait=False) called")
+        return False
     return _starter.start("start_worker() called")
 
 
@@ -207,18 +213,18 @@ def _on_ready() -> None:
         from django.core.signals import request_started
 
         request_started.connect(_on_request, dispatch_uid="mongo_job_queue_lazy_start")
-    if decision.when is Start.NOW:
-        # Started from a thread: ready() must not touch the database, and start_polling() does.
-        log.info("Django: starting the job worker in process %d (%s)", os.getpid(), decision.reason)
-        _starter.start_in_background(decision.reason)
-    else:
-        _starter.apply(decision)
+    # A start "now" runs in a background thread: ready() must not touch the database.
+    _starter.apply(decision)
     log.debug("Django: job types registered: %s", ", ".join(queue.registry.types()) or "none")
 
 
 def _on_request(sender: Any, **kwargs: Any) -> None:
+    # request_started is sent with send(), not send_robust(): an exception here would fail the request.
     if _starter is not None:
-        _starter.on_request()
+        try:
+            _starter.on_request()
+        except Exception:  # the request must be served whatever the worker does
+            log.exception("Django: the lazy start of the job worker failed")
 
 
 def _with_django_connections(fn: HandlerFn) -> HandlerFn:
