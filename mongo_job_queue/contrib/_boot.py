@@ -296,7 +296,7 @@ class WorkerStarter:
         self._closed.set()
         if self._started_pid == os.getpid() and self.queue.running:
             # The process is exiting: running jobs that do not finish in time go back to the queue.
-            self.queue.worker.stop(self.stop_timeout, requeue_running=True)
+            self.queue.stop(self.stop_timeout, requeue_running=True)
 
 
 _starters: weakref.WeakSet[WorkerStarter] = weakref.WeakSet()
