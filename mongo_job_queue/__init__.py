@@ -36,7 +36,7 @@ from .queue_schedule import ScheduleInfo
 from .schedule import CatchUp, Schedule
 from .scheduler import Fire
 
-__version__ = "1.0.0"
+__version__ = "1.1.0"
 
 __all__ = [
     "BaseJob",

@@ -387,7 +387,7 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
         self._indexes_ensured = True
 
     def start_polling(self) -> None:
-        """Start the background worker (poller, handler pool, lease keeper); idempotent.
+        """Start the background worker (poller, handler pool, heartbeat, maintenance); idempotent.
 
         Raises:
             QueueStateError: no handler is registered, so the worker could claim nothing.

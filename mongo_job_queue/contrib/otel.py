@@ -218,7 +218,7 @@ class OpenTelemetryMiddleware(Middleware):
         self._event(doc, "retry_scheduled", {"mongo_job_queue.retry.delay_ms": delay_ms})
 
     def on_lease_lost(self, queue: Any, doc: dict[str, Any]) -> None:
-        # Often from the lease keeper thread, while the handler still runs.
+        # Often from the heartbeat thread, while the handler still runs.
         self._event(doc, "lease_lost", {})
 
     # -- internals ----------------------------------------------------------

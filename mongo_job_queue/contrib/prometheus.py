@@ -300,7 +300,7 @@ class PrometheusMiddleware(Middleware):
         self.metrics.retries.labels(*self._labels(doc)).inc()
 
     def on_lease_lost(self, queue: Any, doc: dict[str, Any]) -> None:
-        # The lease keeper and the handler's fenced write may both notice one
+        # The heartbeat and the handler's fenced write may both notice one
         # loss; the claim (id, token) counts once.
         key = (doc.get("_id"), doc.get("lease_token"))
         with self._lock:
