@@ -46,7 +46,11 @@ UNIQUE_INDEXES: dict[str, list[tuple[str, int]]] = {
     "mjq_schedule": [("schedule", 1), ("fire_time", 1)],
 }
 
+#: Guards :data:`_locks`; held only to look a model's lock up, never during I/O.
 _lock = threading.Lock()
+#: One lock per job model, so that a model whose database is unreachable holds
+#: up only its own first use, never another model's.
+_locks: dict[type[BaseJob], threading.Lock] = {}
 #: Per job model, the collection object whose indexes this process created.
 #: :meth:`BaseJob.drop_collection` forgets it, and MongoEngine makes a new
 #: object in a forked child; either means "create them again".
@@ -68,7 +72,7 @@ def prepared_collection(model: type[BaseJob], *, force: bool = False) -> Collect
     if not force and cached is not None and _prepared.get(model) is cached:
         raw = cached
     else:
-        with _lock:  # every other thread's first use waits here until the indexes exist
+        with _model_lock(model):  # every other thread's first use of this model waits here until the indexes exist
             # Under the lock: a model whose meta turns auto_create_index back on builds them here, not unlocked.
             raw = model._get_collection()
             if force or _prepared.get(model) is not raw:
@@ -78,6 +82,11 @@ def prepared_collection(model: type[BaseJob], *, force: bool = False) -> Collect
     if raw.codec_options.tz_aware:
         return raw.with_options(codec_options=raw.codec_options.with_options(tz_aware=False, tzinfo=None))
     return raw
+
+
+def _model_lock(model: type[BaseJob]) -> threading.Lock:
+    with _lock:
+        return _locks.setdefault(model, threading.Lock())
 
 
 def _create_indexes(model: type[BaseJob]) -> None:
@@ -114,6 +123,7 @@ def forget_prepared_collections() -> None:
     """Start afresh in a forked child: its collections are new, and the lock may be held by a parent thread."""
     global _lock
     _lock = threading.Lock()
+    _locks.clear()
     _prepared.clear()
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+import time
+from typing import Any
 
 import pytest
 
@@ -84,3 +86,39 @@ def test_indexes_are_created_once_per_process_and_model(make_queue, job_model, m
     job_model.drop_collection()  # a dropped collection gets its indexes again at the next use
     queues[0].enqueue("T", {})
     assert created == [job_model, job_model]
+
+
+def test_a_model_whose_database_is_down_does_not_hold_up_another_models_first_use(make_queue, job_model) -> None:
+    """Index preparation waits per model: one unreachable database must not stall every other queue."""
+    import mongoengine
+
+    from mongo_job_queue import BaseJob, create_job_queue
+
+    mongoengine.register_connection(
+        "mjq_cold_down",
+        host="mongodb://127.0.0.1:1/down",
+        uuidRepresentation="standard",
+        serverSelectionTimeoutMS=20_000,
+        connect=False,
+    )
+
+    class ColdDownJob(BaseJob):
+        meta = {"collection": "jobs", "db_alias": "mjq_cold_down"}
+
+    down = create_job_queue(job_model=ColdDownJob, config={"sync_clock": False})
+    blocked = threading.Thread(target=lambda: _swallow(lambda: down.enqueue("T", {})), daemon=True)
+    blocked.start()
+    blocked.join(timeout=1.0)  # long enough for it to be inside its 20 s server selection
+    assert blocked.is_alive()
+    healthy = make_queue()
+    started = time.monotonic()
+    healthy.enqueue("T", {})  # a fresh collection: its first use prepares its indexes
+    assert time.monotonic() - started < 10, "the healthy model waited for the unreachable one"
+    mongoengine.disconnect(alias="mjq_cold_down")
+
+
+def _swallow(fn: Any) -> None:
+    try:
+        fn()
+    except Exception:
+        pass
