@@ -16,6 +16,7 @@ its mixin :mod:`.store_admin`. Two rules hold for every write about a job:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -26,6 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import mongoengine.connection
+import pymongo
 from bson import ObjectId
 from pymongo import ReturnDocument, UpdateOne
 from pymongo.collection import Collection
@@ -49,6 +51,7 @@ from tenacity import (
     wait_random,
 )
 
+from .bounded import BoundedChangeStream
 from .clock import Clock, after_ms, to_naive_utc, utcnow
 from .config import QueueConfig
 from .errors import InvalidJobError
@@ -76,12 +79,20 @@ CANCELLED = JobStatus.CANCELLED.value
 # but a failCommand or an old server can surface them as OperationFailure.
 _MAX_QUARANTINES_PER_CLAIM = 10
 
+#: Extra time bound of index creation, on top of db_timeout_ms.
+_INDEX_BUILD_MS = 300_000
+
 _TRANSIENT_CODES = frozenset({6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
 
 
 def is_transient(exc: BaseException) -> bool:
     """True for errors after which the same call may succeed (and may already have)."""
     if isinstance(exc, (AutoReconnect, ConnectionFailure, WriteConcernError)):
+        return True
+    if isinstance(exc, PyMongoError) and exc.timeout:
+        # db_timeout_ms ran out (NetworkTimeout on a dead connection, maxTimeMS,
+        # server selection, a bulk write's last error): that says nothing about
+        # the lease. The call may have applied, so it is retried like a failover.
         return True
     if isinstance(exc, BulkWriteError):
         # A bulk write whose only errors are write-concern errors applied its
@@ -149,7 +160,8 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
 
     def ensure_indexes(self) -> None:
         """Create the model's indexes (the claim index above all) and the retention TTL indexes; idempotent."""
-        self._retry(lambda: self.model.ensure_indexes(), "ensure_indexes")
+        # An index build on a large existing collection takes longer than a query.
+        self._retry(lambda: self.model.ensure_indexes(), "ensure_indexes", extra_ms=_INDEX_BUILD_MS)
         self.ensure_retention_indexes()
 
     def now(self) -> datetime:
@@ -176,7 +188,8 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
         try:
             self._next_sync = time.monotonic() + self.config.clock_sync_interval_ms / 1000
             before = self.clock()
-            reply = self.collection.database.command("hello")
+            with self.bounded():
+                reply = self.collection.database.command("hello")
             after = self.clock()
             server = reply.get("localTime")
             if not isinstance(server, datetime):
@@ -198,7 +211,24 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
 
     # -- retry machinery ----------------------------------------------------
 
-    def _retry(self, fn: Callable[[], T], op: str, abort: threading.Event | None = None) -> T:
+    def bounded(self, extra_ms: int = 0) -> contextlib.AbstractContextManager[None]:
+        """A time bound for the database calls in a ``with`` block: ``db_timeout_ms`` (plus ``extra_ms``).
+
+        pymongo's client-side operation timeout: it bounds server selection,
+        connection checkout and the wait for a reply, and sends the remaining
+        time as ``maxTimeMS``. Without it pymongo waits for a reply forever,
+        so one call on a connection that a network partition silently cut
+        would block a heartbeat well past its lease.
+        """
+        return pymongo.timeout(self.config.db_timeout_s + extra_ms / 1000)
+
+    def _retry(self, fn: Callable[[], T], op: str, abort: threading.Event | None = None, *, extra_ms: int = 0) -> T:
+        """Run ``fn`` with each try time-bounded (:meth:`bounded`); retry transient errors and timeouts."""
+
+        def bounded_try() -> T:
+            with self.bounded(extra_ms):
+                return fn()
+
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             self.log.warning(
@@ -219,7 +249,7 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
             before_sleep=before_sleep,
             reraise=True,
         )
-        return retrying(fn)
+        return retrying(bounded_try)
 
     # -- enqueue ------------------------------------------------------------
 
@@ -447,8 +477,11 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
         return ClaimedJob(doc, token) if doc is not None else None
 
     def _quarantine_head(self, query: dict[str, Any], exc: OperationFailure) -> bool:
-        head = self.collection.find_one(
-            {**query, "run_at": {"$lte": self.now()}}, sort=[("priority", -1), ("run_at", 1)]
+        head = self._retry(
+            lambda: self.collection.find_one(
+                {**query, "run_at": {"$lte": self.now()}}, sort=[("priority", -1), ("run_at", 1)]
+            ),
+            "claim_head",
         )
         problems = stored_job_problems(head) if head is not None else []
         if head is None or not problems:
@@ -458,7 +491,7 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
 
     def watch_new_jobs(
         self, types: Sequence[str], queues: Sequence[str], *, resume_after: Mapping[str, Any] | None, max_await_ms: int
-    ) -> Any:
+    ) -> BoundedChangeStream:
         """A change stream of jobs becoming claimable: inserted pending, or set back to pending.
 
         Filtered on the server to this worker's queues and types (for
@@ -476,7 +509,12 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
                 {"operationType": "update", "updateDescription.updatedFields.status": PENDING},
             ]
         }
-        return self.collection.watch([{"$match": match}], resume_after=resume_after, max_await_time_ms=max_await_ms)
+        with self.bounded():
+            stream = self.collection.watch(
+                [{"$match": match}], resume_after=resume_after, max_await_time_ms=max_await_ms
+            )
+        # Each read waits up to max_await_ms on the server, plus the usual bound.
+        return BoundedChangeStream(stream, self.bounded, max_await_ms)
 
     def renew_leases(self, leases: Mapping[ObjectId, str]) -> set[ObjectId]:
         """Extend the lease of every job in ``leases``; return the ids whose lease is gone."""

@@ -6,6 +6,7 @@ JobStore provides all of it at runtime; the mixins (:mod:`.store_admin`,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -36,4 +37,8 @@ class StoreBase:
 
         def now(self) -> datetime: ...
 
-        def _retry(self, fn: Callable[[], T], op: str, abort: threading.Event | None = None) -> T: ...
+        def bounded(self, extra_ms: int = 0) -> contextlib.AbstractContextManager[None]: ...
+
+        def _retry(
+            self, fn: Callable[[], T], op: str, abort: threading.Event | None = None, *, extra_ms: int = 0
+        ) -> T: ...

@@ -38,6 +38,8 @@ CANCELLED = JobStatus.CANCELLED.value
 FINISHED = (COMPLETED, FAILED, CANCELLED)
 
 _PAUSE_ID = "pause"
+#: Extra time bound of a TTL index build on a large collection, on top of db_timeout_ms.
+_INDEX_BUILD_MS = 300_000
 
 
 def retention_index_name(status: str) -> str:
@@ -135,7 +137,7 @@ class ControlQueries(StoreBase):
                 self.collection.drop_index(name)
                 self._create_ttl_index(status, seconds)
 
-        self._retry(call, "ensure_retention_indexes")
+        self._retry(call, "ensure_retention_indexes", extra_ms=_INDEX_BUILD_MS)
 
     def _create_ttl_index(self, status: str, seconds: int) -> None:
         try:
