@@ -218,9 +218,19 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
         connection checkout and the wait for a reply, and sends the remaining
         time as ``maxTimeMS``. Without it pymongo waits for a reply forever,
         so one call on a connection that a network partition silently cut
-        would block a heartbeat well past its lease.
+        would block a heartbeat well past its lease. Inside such a block
+        pymongo ignores the client's own ``socketTimeoutMS`` and ``timeoutMS``,
+        so a shorter one the app connected with is kept as the bound.
         """
-        return pymongo.timeout(self.config.db_timeout_s + extra_ms / 1000)
+        bound = self.config.db_timeout_s
+        try:
+            options = self.collection.database.client.options
+            for own in (options.timeout, options.pool_options.socket_timeout):
+                if own:
+                    bound = min(bound, own)
+        except Exception:  # noqa: BLE001 - no client yet: the config's bound, and the call says why
+            pass
+        return pymongo.timeout(bound + extra_ms / 1000)
 
     def _retry(self, fn: Callable[[], T], op: str, abort: threading.Event | None = None, *, extra_ms: int = 0) -> T:
         """Run ``fn`` with each try time-bounded (:meth:`bounded`); retry transient errors and timeouts."""

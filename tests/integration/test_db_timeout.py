@@ -14,7 +14,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import mongoengine
 import pytest
+
+from integration.models import APP_NAME
+from mongo_job_queue import BaseJob, create_job_queue
 
 pytestmark = pytest.mark.integration
 
@@ -97,3 +101,31 @@ def test_a_change_stream_read_on_a_stalled_connection_is_bounded(make_queue, fai
         assert _timed(stream.try_next, limit=6.0)[0] is None
     finally:
         stream.close()
+
+
+class ShortTimeoutJob(BaseJob):
+    meta = {"collection": "jobs", "db_alias": "mjq_short_socket_timeout"}
+
+
+def test_a_shorter_socket_timeout_of_the_app_is_kept(mongodb_uri, db_name, job_model, failpoint) -> None:
+    """Inside pymongo.timeout the client's socketTimeoutMS is ignored; the queue keeps it as the bound."""
+    mongoengine.connect(
+        db=db_name,
+        host=mongodb_uri,
+        alias="mjq_short_socket_timeout",
+        uuidRepresentation="standard",
+        appname=APP_NAME,
+        socketTimeoutMS=300,
+    )
+    try:
+        queue = create_job_queue(job_model=ShortTimeoutJob, config={"lease_ms": 30_000})
+        assert queue.config.db_timeout_s == 5.0
+        queue.register_handler("JOB", lambda job: None)
+        queue.enqueue("JOB", {})
+        queue.store.now()
+        failpoint(["findAndModify"], 1, **STALL)
+        claimed, elapsed = _timed(queue.worker.claim_one, limit=6.0)
+        assert claimed is not None
+        assert elapsed < 2.5, f"the claim waited {elapsed:.1f}s: the app's 0.3 s socket timeout was not kept"
+    finally:
+        mongoengine.disconnect(alias="mjq_short_socket_timeout")
