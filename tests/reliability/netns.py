@@ -27,6 +27,8 @@ from pathlib import Path
 
 __all__ = ["Partition", "unavailable_reason"]
 
+_PREFIX = "mjq-part-"
+
 INSTALLER = Path(__file__).resolve().parents[2] / ".ci" / "netns-tools.sh"
 
 
@@ -68,14 +70,27 @@ def unavailable_reason() -> str | None:
     return None
 
 
+def _remove_orphans() -> None:
+    """Delete the namespaces (and so their veth pairs) of test runs that were killed before cleaning up."""
+    listed = _run(_tool("ip") or "ip", "netns", "list").stdout.split()
+    for name in listed:
+        if not name.startswith(_PREFIX) or not name[len(_PREFIX) :].isdigit():
+            continue
+        pid = int(name[len(_PREFIX) :])
+        if not Path(f"/proc/{pid}").exists():
+            tag = pid % 100_000
+            _run(_tool("ip") or "ip", "link", "del", f"mjq{tag}h")
+            _run(_tool("ip") or "ip", "netns", "del", name)
+
+
 class Partition:
     """One namespace joined to the root namespace by a veth pair; :meth:`cut` and :meth:`heal` the link."""
 
     def __init__(self) -> None:
         self.ip = _tool("ip") or "ip"
         self.iptables = _tool("iptables") or "iptables"
-        tag = os.getpid() % 100_000
-        self.ns = f"mjq-part-{tag}"
+        tag = os.getpid() % 100_000  # interface names have 15 characters at most
+        self.ns = f"{_PREFIX}{os.getpid()}"
         self.host_if, self.ns_if = f"mjq{tag}h", f"mjq{tag}n"
         link = self._free_link()
         self.host_addr, self.ns_addr = str(link[1]), str(link[2])
@@ -108,7 +123,7 @@ class Partition:
             raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
 
     def open(self) -> Partition:
-        self.close()  # a namespace left by a killed earlier run of this pid
+        _remove_orphans()
         self._created = True
         self._sh(self.ip, "netns", "add", self.ns)
         self._sh(self.ip, "link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if)
