@@ -9,7 +9,8 @@ held run with its handler completing, failing, reporting progress or being
 cancelled; ``run_once``; cancel; a real start and stop of one worker's
 threads; and ``failCommand`` failpoints on the claim (``findAndModify``,
 ``update``), the heartbeat and completion (``update``) and reads
-(``find``). After every step it checks:
+(``find``), answering a transient error, a hard rejection, or a
+write-concern error on a write that applied (``insert`` too). After every step it checks:
 
 * no two runs believe they hold a live lease on one job (a run believes so
   until the expiry its last successful claim or heartbeat wrote, unless it
@@ -85,6 +86,7 @@ FINAL = ("completed", "failed", "cancelled")
 TRANSIENT_CODES = (89, 9001, 262)
 #: A rejection no retry can help (BadValue): the step that meets it fails, and nothing may be lost by it.
 HARD_CODE = 2
+WRITE_CONCERN_ERROR = {"code": 64, "codeName": "WriteConcernFailed", "errmsg": "waiting for replication timed out"}
 BEHAVIOURS = ("complete", "fail", "progress", "cancel_self")
 #: What the examples exercised, printed at the end (``pytest -s``): a test that checks nothing passes too.
 STATS: Counter[str] = Counter()
@@ -428,6 +430,13 @@ class QueueMachine(RuleBasedStateMachine):
     def fault(self, commands: list[str], times: int, code: int) -> None:
         self._failpoint({"times": times}, failCommands=commands, errorCode=code)
         STATS["faults armed"] += 1
+
+    @precondition(lambda self: self.steps % 3 == 1)
+    @rule(commands=st.sampled_from([["insert"], ["update"], ["findAndModify"]]), times=st.integers(1, 3))
+    def write_concern_fault(self, commands: list[str], times: int) -> None:
+        """The write applies, but its reply carries a writeConcernError: ambiguous, so retried, never a rejection."""
+        self._failpoint({"times": times}, failCommands=commands, writeConcernError=WRITE_CONCERN_ERROR)
+        STATS["write-concern faults armed"] += 1
 
     # -- invariants -------------------------------------------------------------
 
