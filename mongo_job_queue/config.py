@@ -81,6 +81,11 @@ class QueueConfig:
         max_traceback_chars: Truncation limit of a stored traceback.
         db_retry_attempts: Tries of one database call on transient errors.
         db_retry_max_delay_ms: Upper bound of the wait between those tries.
+        db_timeout_ms: Time bound of one try of one database call (pymongo's
+            client-side operation timeout, which also sets ``maxTimeMS``), so
+            a call on a dead connection fails and is retried instead of
+            blocking a heartbeat or a claim. ``0`` (the default) means
+            ``min(5000, lease_ms // 2)``. Must be shorter than ``lease_ms``.
         sync_clock: Correct this process's clock by its offset from the
             server's (measured with ``hello`` every ``clock_sync_interval_ms``),
             so a skewed host neither runs delayed jobs early nor steals leases.
@@ -128,6 +133,7 @@ class QueueConfig:
     max_traceback_chars: int = 8_000
     db_retry_attempts: int = 5
     db_retry_max_delay_ms: int = 2_000
+    db_timeout_ms: int = 0
     sync_clock: bool = True
     batch_claims: bool = True
     batch_acks: bool = True
@@ -185,6 +191,7 @@ class QueueConfig:
                 f"{self.max_job_bytes} of MongoDB's {BSON_MAX_BYTES} for the job itself; at least "
                 f"{_MIN_JOB_BYTES} must remain"
             )
+        _check_db_timeout(self)
 
     def _derive(self) -> None:
         """Fill the settings the user left unset from the ones they set."""
@@ -240,6 +247,12 @@ class QueueConfig:
         return BSON_MAX_BYTES - self.reserved_bytes
 
     @property
+    def db_timeout_s(self) -> float:
+        """The bound of one database call in seconds: ``db_timeout_ms``, or derived from the lease."""
+        ms = self.db_timeout_ms or min(_DB_TIMEOUT_MS, self.lease_ms // 2)
+        return max(1, ms) / 1000
+
+    @property
     def max_attempts(self) -> int:
         """The default bound on runs of one job, ``max_retries + 1``."""
         return self.max_retries + 1
@@ -260,7 +273,25 @@ _MINIMUM = {
     "max_error_history": 1,
     # A heartbeat of at most half the lease needs a lease of 2 ms or more.
     "lease_ms": 2,
+    "db_timeout_ms": 0,
 }
+
+# -- db_timeout_ms: the time bound of every database call ----------------------
+
+#: The derived default's cap; a lease shorter than twice this gets half the lease.
+_DB_TIMEOUT_MS = 5_000
+
+
+def _check_db_timeout(config: QueueConfig) -> None:
+    # 0 is derived from the lease when used (db_timeout_s), so that
+    # dataclasses.replace(config, lease_ms=...) derives it again.
+    timeout = config.db_timeout_ms
+    if timeout >= config.lease_ms:
+        raise ConfigError(
+            f"config key 'db_timeout_ms' must be shorter than 'lease_ms' ({timeout} >= {config.lease_ms}): "
+            "a heartbeat that may wait that long on a dead connection loses its lease before it is retried"
+        )
+
 
 ConfigInput = Union[QueueConfig, Mapping[str, Any], None]
 

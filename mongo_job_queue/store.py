@@ -16,6 +16,7 @@ its mixin :mod:`.store_admin`. Two rules hold for every write about a job:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -27,6 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import mongoengine.connection
+import pymongo
 from bson import ObjectId
 from pymongo import ReturnDocument, UpdateOne
 from pymongo.collection import Collection
@@ -51,14 +53,15 @@ from tenacity import (
     wait_random,
 )
 
+from .bounded import BoundedChangeStream
 from .clock import Clock, after_ms, to_naive_utc, utcnow
 from .config import QueueConfig
 from .errors import InvalidJobError
 from .model import BaseJob, JobStatus
 from .records import ClaimedJob, ErrorRecord, LeaseOwnerInfo, UnstorableResult, completion_fields, job_log_extra
 from .store_admin import AdminQueries
-from .store_base import MAINTENANCE_MAX_TIME_MS, as_stored
-from .store_collection import prepared_collection
+from .store_base import INDEX_BUILD_MS, MAINTENANCE_MAX_TIME_MS, as_stored
+from .store_collection import is_prepared, prepared_collection
 from .store_control import ControlQueries, Heartbeat
 from .store_schedule import ScheduleQueries
 from .validation import stored_job_problems
@@ -128,6 +131,11 @@ if hasattr(os, "register_at_fork"):
 def is_transient(exc: BaseException) -> bool:
     """True for errors after which the same call may succeed (and may already have)."""
     if isinstance(exc, (AutoReconnect, ConnectionFailure, WriteConcernError)):
+        return True
+    if isinstance(exc, PyMongoError) and exc.timeout:
+        # db_timeout_ms ran out (NetworkTimeout on a dead connection, maxTimeMS,
+        # server selection, a bulk write's last error): that says nothing about
+        # the lease. The call may have applied, so it is retried like a failover.
         return True
     if isinstance(exc, BulkWriteError):
         # A bulk write whose only errors are write-concern errors applied its
@@ -229,9 +237,10 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
 
         The model's indexes are created anyway before the store's first use
         of the collection (see :mod:`.store_collection`); this does it again,
-        e.g. after someone dropped an index by hand.
+        e.g. after someone dropped an index by hand. An index build on a large
+        existing collection takes longer than a query, hence the extra bound.
         """
-        self._retry(lambda: prepared_collection(self.model, force=True), "ensure_indexes")
+        self._retry(lambda: prepared_collection(self.model, force=True), "ensure_indexes", extra_ms=INDEX_BUILD_MS)
         self.ensure_retention_indexes()
 
     def now(self) -> datetime:
@@ -274,7 +283,8 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
             self._sync_lock.release()
 
     def _hello(self) -> Mapping[str, Any]:
-        return self.collection.database.command("hello")
+        with self.bounded():
+            return self.collection.database.command("hello")
 
     def _measure_offset(self) -> None:
         """Take the best of a few ``hello`` samples (shortest round trip), rejecting slow ones; caller holds the lock.
@@ -327,7 +337,39 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
 
     # -- retry machinery ----------------------------------------------------
 
-    def _retry(self, fn: Callable[[], T], op: str, abort: threading.Event | None = None) -> T:
+    def bounded(self, extra_ms: int = 0) -> contextlib.AbstractContextManager[None]:
+        """A time bound for the database calls in a ``with`` block: ``db_timeout_ms`` (plus ``extra_ms``).
+
+        pymongo's client-side operation timeout: it bounds server selection,
+        connection checkout and the wait for a reply, and sends the remaining
+        time as ``maxTimeMS``. Without it pymongo waits for a reply forever,
+        so one call on a connection that a network partition silently cut
+        would block a heartbeat well past its lease. Inside such a block
+        pymongo ignores the client's own ``socketTimeoutMS`` and ``timeoutMS``,
+        so a shorter one the app connected with is kept as the bound.
+        """
+        bound = self.config.db_timeout_s
+        try:
+            options = self.collection.database.client.options
+            for own in (options.timeout, options.pool_options.socket_timeout):
+                if own:
+                    bound = min(bound, own)
+        except Exception:  # noqa: BLE001 - no client yet: the config's bound, and the call says why
+            pass
+        return pymongo.timeout(bound + extra_ms / 1000)
+
+    def _retry(self, fn: Callable[[], T], op: str, abort: threading.Event | None = None, *, extra_ms: int = 0) -> T:
+        """Run ``fn`` with each try time-bounded (:meth:`bounded`); retry transient errors and timeouts."""
+
+        def bounded_try() -> T:
+            if not is_prepared(self.model):
+                # The first use in this process builds the indexes, which on a
+                # large existing collection takes longer than any query.
+                with self.bounded(INDEX_BUILD_MS):
+                    self.collection  # noqa: B018 - the property prepares the collection
+            with self.bounded(extra_ms):
+                return fn()
+
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             self.log.warning(
@@ -348,7 +390,7 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
             before_sleep=before_sleep,
             reraise=True,
         )
-        return retrying(fn)
+        return retrying(bounded_try)
 
     # -- enqueue ------------------------------------------------------------
 
@@ -627,13 +669,16 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
 
     def _quarantine_head(self, query: dict[str, Any], exc: OperationFailure, limit: int = 1) -> bool:
         """Fail the malformed documents among the ``limit`` most urgent due jobs; True if any was."""
-        head = list(
-            self.collection.find(
-                {**query, "run_at": {"$lte": self.now()}},
-                sort=[("priority", -1), ("run_at", 1)],
-                limit=max(1, limit),
-                max_time_ms=_CLAIM_READ_MAX_TIME_MS,
-            )
+        head = self._retry(
+            lambda: list(
+                self.collection.find(
+                    {**query, "run_at": {"$lte": self.now()}},
+                    sort=[("priority", -1), ("run_at", 1)],
+                    limit=max(1, limit),
+                    max_time_ms=_CLAIM_READ_MAX_TIME_MS,
+                )
+            ),
+            "claim_head",
         )
         failed = False
         for doc in head:
@@ -645,7 +690,7 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
 
     def watch_new_jobs(
         self, types: Sequence[str], queues: Sequence[str], *, resume_after: Mapping[str, Any] | None, max_await_ms: int
-    ) -> Any:
+    ) -> BoundedChangeStream:
         """A change stream of jobs becoming claimable: inserted pending, or set back to pending.
 
         Filtered on the server to this worker's queues and types (for
@@ -663,7 +708,12 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
                 {"operationType": "update", "updateDescription.updatedFields.status": PENDING},
             ]
         }
-        return self.collection.watch([{"$match": match}], resume_after=resume_after, max_await_time_ms=max_await_ms)
+        with self.bounded():
+            stream = self.collection.watch(
+                [{"$match": match}], resume_after=resume_after, max_await_time_ms=max_await_ms
+            )
+        # Each read waits up to max_await_ms on the server, plus the usual bound.
+        return BoundedChangeStream(stream, self.bounded, max_await_ms)
 
     def renew_leases(self, leases: Mapping[ObjectId, str]) -> set[ObjectId]:
         """Extend the lease of every job in ``leases``; return the ids whose lease is gone."""

@@ -55,7 +55,8 @@ class AdminQueries(StoreBase):
         w = self.collection.write_concern.document.get("w")
         if w is None:  # not set by the client: the cluster-wide default applies
             try:
-                defaults = self.collection.database.client.admin.command("getDefaultRWConcern")
+                with self.bounded():
+                    defaults = self.collection.database.client.admin.command("getDefaultRWConcern")
             except PyMongoError:
                 return None  # cannot tell; MongoDB 5.0+ defaults to majority
             w = (defaults.get("defaultWriteConcern") or {}).get("w")

@@ -6,6 +6,7 @@ JobStore provides all of it at runtime; the mixins (:mod:`.store_admin`,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -18,10 +19,12 @@ if TYPE_CHECKING:
     from .config import QueueConfig
     from .model import BaseJob
 
-__all__ = ["MAINTENANCE_MAX_TIME_MS", "StoreBase", "as_stored"]
+__all__ = ["INDEX_BUILD_MS", "MAINTENANCE_MAX_TIME_MS", "StoreBase", "as_stored"]
 
 #: The server-side bound of each maintenance read (sweep, hygiene): a slow one gives up, the next round tries again.
 MAINTENANCE_MAX_TIME_MS = 5_000
+#: Extra time bound of an index build on a large existing collection, on top of ``db_timeout_ms``.
+INDEX_BUILD_MS = 300_000
 
 T = TypeVar("T")
 
@@ -48,4 +51,8 @@ class StoreBase:
 
         def now(self) -> datetime: ...
 
-        def _retry(self, fn: Callable[[], T], op: str, abort: threading.Event | None = None) -> T: ...
+        def bounded(self, extra_ms: int = 0) -> contextlib.AbstractContextManager[None]: ...
+
+        def _retry(
+            self, fn: Callable[[], T], op: str, abort: threading.Event | None = None, *, extra_ms: int = 0
+        ) -> T: ...

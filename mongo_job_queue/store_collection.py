@@ -36,6 +36,7 @@ __all__ = [
     "UNIQUE_INDEXES",
     "forget_prepared",
     "forget_prepared_collections",
+    "is_prepared",
     "prepared_collection",
     "verify_unique_indexes",
 ]
@@ -69,7 +70,8 @@ def prepared_collection(model: type[BaseJob], *, force: bool = False) -> Collect
         PyMongoError: the server could not be reached; the next call tries again.
     """
     cached: Collection[dict[str, Any]] | None = getattr(model, "_collection", None)
-    if not force and cached is not None and _prepared.get(model) is cached:
+    if not force and is_prepared(model):
+        assert cached is not None
         raw = cached
     else:
         with _model_lock(model):  # every other thread's first use of this model waits here until the indexes exist
@@ -82,6 +84,12 @@ def prepared_collection(model: type[BaseJob], *, force: bool = False) -> Collect
     if raw.codec_options.tz_aware:
         return raw.with_options(codec_options=raw.codec_options.with_options(tz_aware=False, tzinfo=None))
     return raw
+
+
+def is_prepared(model: type[BaseJob]) -> bool:
+    """Whether this process already created and checked the model's indexes (the next use is a plain query)."""
+    cached = getattr(model, "_collection", None)
+    return cached is not None and _prepared.get(model) is cached
 
 
 def _model_lock(model: type[BaseJob]) -> threading.Lock:

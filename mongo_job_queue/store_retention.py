@@ -12,7 +12,7 @@ from typing import Any, Optional
 from pymongo.errors import OperationFailure
 
 from .model import JobStatus
-from .store_base import StoreBase
+from .store_base import INDEX_BUILD_MS, StoreBase
 
 __all__ = ["RetentionQueries", "retention_index_name"]
 
@@ -80,7 +80,7 @@ class RetentionQueries(StoreBase):
             return differ
 
         for _ in range(_RETENTION_ROUNDS):
-            differ = self._retry(call, "ensure_retention_indexes")
+            differ = self._retry(call, "ensure_retention_indexes", extra_ms=INDEX_BUILD_MS)
             if not differ:
                 return
         self.log.warning(

@@ -11,12 +11,14 @@ and uses ``$$NOW`` only in pipeline updates, both checked below.
 from __future__ import annotations
 
 import threading
+import time
 from datetime import datetime, timedelta
 
+import pymongo
 import pytest
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument, UpdateOne
-from pymongo.errors import BulkWriteError, DuplicateKeyError, NotPrimaryError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, ExecutionTimeout, NotPrimaryError, PyMongoError
 
 pytestmark = pytest.mark.integration
 
@@ -232,3 +234,69 @@ def test_an_upsert_whose_filter_misses_an_existing_id_raises_duplicate_key(coll)
         coll.update_one({"_id": "schedule:s", path: {"$exists": False}}, {"$set": {path: second}}, upsert=True)
     coll.update_one({"_id": "schedule:s", "handled.xyz": {"$exists": False}}, {"$set": {"handled.xyz": second}})
     assert coll.find_one({"_id": "schedule:s"})["handled"] == {"abc": first, "xyz": second}
+
+
+# -- what the time bound of every call (db_timeout_ms) relies on ----------------
+
+
+def test_commands_under_a_client_side_timeout_carry_max_time_ms_and_succeed(coll) -> None:
+    """pymongo.timeout sends the remaining time as maxTimeMS on every command the queue sends."""
+    with pymongo.timeout(5):
+        coll.insert_one({"_id": 1, "status": "pending", "n": 0})
+        coll.insert_many([{"_id": 2, "status": "pending"}])
+        assert coll.find_one_and_update({"_id": 1}, {"$inc": {"n": 1}}, return_document=ReturnDocument.AFTER)["n"] == 1
+        assert coll.update_one({"_id": 1}, {"$set": {"status": "processing"}}).matched_count == 1
+        assert coll.bulk_write([UpdateOne({"_id": 2}, {"$set": {"x": 1}})]).matched_count == 1
+        assert len(list(coll.find({"status": {"$in": ["pending", "processing"]}}))) == 2
+        assert coll.count_documents({"status": "pending"}) == 1
+        assert next(iter(coll.aggregate([{"$match": {"_id": 1}}])))["n"] == 1
+        assert coll.database.command("hello")["ok"] == 1.0
+
+
+def test_max_time_ms_is_enforced_on_a_long_command(coll) -> None:
+    coll.insert_many([{"n": n, "pad": "x" * 100} for n in range(3000)])
+    with pytest.raises(ExecutionTimeout) as info:
+        # $where-free slow scan: a tiny budget on a collection scan with a regex on every document.
+        list(coll.find({"pad": {"$regex": "^(x+x+)+y$"}}).max_time_ms(1))
+    assert info.value.timeout
+
+
+def test_a_client_side_timeout_cuts_a_stalled_command_and_the_next_call_succeeds(raw_db, mongodb_uri) -> None:
+    """A connection the server holds (as a partition would) fails within the bound; a fresh one works."""
+    admin = raw_db.client.admin
+    admin.command(
+        "configureFailPoint",
+        "failCommand",
+        mode={"times": 1},
+        data={"failCommands": ["find"], "blockConnection": True, "blockTimeMS": 5_000, "appName": "conformance-block"},
+    )
+    try:
+        with MongoClient(mongodb_uri, appname="conformance-block") as client:
+            coll = client[raw_db.name]["conformance"]
+            started = time.monotonic()
+            with pytest.raises(PyMongoError) as info, pymongo.timeout(0.5):
+                coll.find_one({})
+            assert info.value.timeout
+            assert time.monotonic() - started < 3.0
+            with pymongo.timeout(5):
+                coll.find_one({})
+    finally:
+        admin.command("configureFailPoint", "failCommand", mode="off")
+
+
+def test_a_change_stream_read_waits_max_await_time_ms_within_a_longer_timeout(coll) -> None:
+    """The wake-up thread's long poll: the getMore returns empty after maxAwaitTimeMS, not a timeout."""
+    with pymongo.timeout(5):
+        stream = coll.watch(max_await_time_ms=500)
+    try:
+        started = time.monotonic()
+        with pymongo.timeout(0.5 + 5):
+            assert stream.try_next() is None
+        assert 0.3 <= time.monotonic() - started < 5.0
+        with pymongo.timeout(5):
+            coll.insert_one({"n": 1})
+        with pymongo.timeout(0.5 + 5):
+            change = stream.try_next() or stream.try_next()
+        assert change is not None and change["operationType"] == "insert"
+    finally:
+        stream.close()

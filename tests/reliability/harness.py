@@ -101,6 +101,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -112,6 +113,7 @@ from helpers import wait_until
 from pymongo import MongoClient
 from pymongo.collection import Collection
 from pymongo.database import Database
+from pymongo.errors import ConnectionFailure, DuplicateKeyError
 
 from mongo_job_queue import FailJob
 from mongo_job_queue.clock import to_naive_utc, utcnow
@@ -174,35 +176,58 @@ def measure_server_clock(client: MongoClient[Any], samples: int = 5) -> Callable
 class Recorder:
     """Writes one ``executions`` document per handler run, on a client of its own."""
 
-    def __init__(self, uri: str, db: str, *, collection: str = "executions", clock: Callable[[], datetime] = utcnow):
-        self._client: MongoClient[dict[str, Any]] = MongoClient(uri, appname="mjq-reliability-recorder")
+    def __init__(
+        self,
+        uri: str,
+        db: str,
+        *,
+        collection: str = "executions",
+        clock: Callable[[], datetime] = utcnow,
+        timeout_ms: int | None = None,
+    ):
+        # timeout_ms: bound each write and retry it until it lands (the network
+        # partition scenario cuts the recorder's connections too; an unbounded
+        # write would hang the handler on a dead connection for minutes).
+        self.timeout_ms = timeout_ms
+        bounds = {"socketTimeoutMS": timeout_ms, "connectTimeoutMS": timeout_ms} if timeout_ms else {}
+        self._client: MongoClient[dict[str, Any]] = MongoClient(uri, appname="mjq-reliability-recorder", **bounds)
         self.coll = self._client[db][collection]
         self.clock = clock
 
+    def _write(self, write: Callable[[], Any]) -> None:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                write()
+                return
+            except DuplicateKeyError:
+                return  # an earlier try of this insert landed
+            except ConnectionFailure:
+                if not self.timeout_ms or time.monotonic() > deadline:
+                    raise
+
     def started(self, job: Any, worker_id: str) -> ObjectId:
         exec_id = ObjectId()
-        self.coll.insert_one(
-            {
-                "_id": exec_id,
-                "job_id": job.pk,
-                "type": job.type,
-                "attempt": job.attempts,
-                "token": job.lease_token,
-                "worker_id": worker_id,
-                "pid": os.getpid(),
-                "thread": threading.current_thread().name,
-                "run_at": job.run_at,
-                "start": self.clock(),
-                "end": None,
-                "outcome": None,
-            }
-        )
+        doc = {
+            "_id": exec_id,
+            "job_id": job.pk,
+            "type": job.type,
+            "attempt": job.attempts,
+            "token": job.lease_token,
+            "worker_id": worker_id,
+            "pid": os.getpid(),
+            "thread": threading.current_thread().name,
+            "run_at": job.run_at,
+            "start": self.clock(),
+            "end": None,
+            "outcome": None,
+        }
+        self._write(lambda: self.coll.insert_one(doc))
         return exec_id
 
     def finished(self, exec_id: ObjectId, outcome: str, *, result: Any = None, error: str | None = None) -> None:
-        self.coll.update_one(
-            {"_id": exec_id}, {"$set": {"end": self.clock(), "outcome": outcome, "result": result, "error": error}}
-        )
+        fields = {"end": self.clock(), "outcome": outcome, "result": result, "error": error}
+        self._write(lambda: self.coll.update_one({"_id": exec_id}, {"$set": fields}))
 
     def close(self) -> None:
         self._client.close()

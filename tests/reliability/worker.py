@@ -69,6 +69,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sync-clock", type=int, choices=[0, 1], default=1, help="the queue's sync_clock setting")
     p.add_argument("--appname", default="mjq-reliability-worker")
     p.add_argument("--socket-timeout-ms", type=int, default=0, help="driver socketTimeoutMS (0: none)")
+    p.add_argument(
+        "--harness-timeout-ms",
+        type=int,
+        default=0,
+        help="socketTimeoutMS of the recorder's and the status writer's clients, not the queue's (0: none)",
+    )
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--status-interval-ms", type=int, default=250)
     p.add_argument("--stop-timeout", type=float, default=30.0)
@@ -88,8 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.socket_timeout_ms:
         connect["socketTimeoutMS"] = args.socket_timeout_ms
     mongoengine.connect(db=args.db, host=args.uri, alias=ALIAS, uuidRepresentation="standard", **connect)
-    recorder = Recorder(args.uri, args.db)
-    db = MongoClient(args.uri, appname="mjq-reliability-monitor")[args.db]
+    recorder = Recorder(args.uri, args.db, timeout_ms=args.harness_timeout_ms or None)
+    bounds = {"socketTimeoutMS": args.harness_timeout_ms, "connectTimeoutMS": args.harness_timeout_ms}
+    db = MongoClient(args.uri, appname="mjq-reliability-monitor", **(bounds if args.harness_timeout_ms else {}))[
+        args.db
+    ]
 
     offset = timedelta(milliseconds=args.clock_offset_ms)
     queue = create_job_queue(
