@@ -12,6 +12,7 @@ from mongo_job_queue import (
     ConfigError,
     HandlerError,
     InvalidJobError,
+    InvalidJobIdError,
     JobModelError,
     create_job_queue,
 )
@@ -90,3 +91,13 @@ def test_configuration_and_registration_errors_are_clear(job_model) -> None:
     with pytest.raises(HandlerError, match="callable"):
         queue.register_handler("U", "not a function")  # type: ignore[arg-type]
     assert job_model.objects.count() == 0
+
+
+@pytest.mark.parametrize("bad_id", [None, "not-an-id", "0" * 23, 12, b"abcdefghijkl"])
+@pytest.mark.parametrize("action", ["retry_job", "cancel_job", "get_job"])
+def test_job_actions_refuse_a_bad_job_id_and_touch_nothing(make_queue, job_model, action, bad_id) -> None:
+    queue = make_queue()
+    job = queue.enqueue("T", {}, delay_ms=60_000)
+    with pytest.raises(InvalidJobIdError):
+        getattr(queue, action)(bad_id)
+    assert job_model.objects.get(id=job.id).status == "pending"
