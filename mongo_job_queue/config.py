@@ -299,6 +299,9 @@ ConfigInput = Union[QueueConfig, Mapping[str, Any], None]
 
 
 def _maximum(name: str) -> int:
+    if name == "heartbeat_interval_ms":
+        # Half the longest lease: set alone, its derived lease (four beats, capped) still holds two of it.
+        return MAX_DURATION_MS // 2
     if name.startswith("retention_"):
         return _MAX_TTL_MS
     if name.endswith("_ms"):
