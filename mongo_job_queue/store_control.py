@@ -21,6 +21,7 @@ from .clock import after_ms
 from .errors import InvalidJobError
 from .model import JobStatus
 from .store_base import as_stored, new_mark, pushed_mark
+from .store_collection import unique_insert_protected
 from .store_retention import RetentionQueries, retention_index_name
 
 if TYPE_CHECKING:
@@ -99,11 +100,15 @@ class ControlQueries(RetentionQueries):
                 tries += 1
                 try:
                     self.collection.insert_one(doc)
-                    return None
+                    if unique_insert_protected(self.model, self.collection, doc["_id"]):
+                        return None
+                    continue  # a duplicate in a collection re-created without the index: insert it again, checked
                 except DuplicateKeyError as exc:
                     dup_field = duplicate_field(exc)
-                    if dup_field == "_id" and tries > 1:
-                        return None  # an earlier try that raised had inserted it
+                    if dup_field == "_id" and tries > 1:  # an earlier try that raised had inserted it
+                        if unique_insert_protected(self.model, self.collection, doc["_id"]):
+                            return None
+                        continue
                     rejected = InvalidJobError(f"job violates a unique index of {self.model.__name__}: {exc}")
                     if "schedule" in doc and dup_field in ("schedule", "?"):
                         # A scheduled job (overlap=False): this fire time may already have its job.
