@@ -248,11 +248,13 @@ class ControlQueries(RetentionQueries):
         One update, atomic per job like :meth:`request_cancel`: a job that
         moves between pending and processing meanwhile is cancelled or
         flagged, whichever state it is in when the update reaches it.
-        Each job records what this call did to it under the call's mark, and
-        the counts are read back by mark, so a retry after a lost reply still
-        reports what the earlier try did, whatever the jobs did since. ``filt``
-        holds equality on ``queue`` and ``type`` at most; with a status (every
-        status, for the read-back) the claim index's prefix serves it.
+        Each job records what this call did to it under the call's mark. The
+        first try counts from its own reply (the cancelled ones by mark among
+        the cancelled jobs, the rest of what it modified was flagged); a
+        retry, whose earlier try's reply was lost, reads both counts back by
+        mark from jobs of every status, whatever they did since. ``filt``
+        holds equality on ``queue`` and ``type`` at most; with the status
+        the claim index's prefix serves every query.
         """
         now = as_stored(self.now())
         mark = new_mark()
@@ -260,12 +262,19 @@ class ControlQueries(RetentionQueries):
         match = {**filt, "$or": [{"status": PENDING}, flaggable]} if running else {**filt, "status": PENDING}
         cancelled_mark, requested_mark = _did(mark, "cancelled"), _did(mark, "requested")
         any_status = {**filt, "status": {"$in": [s.value for s in JobStatus]}}
+        # A job flagged by one try and cancelled by a later one (its worker let it go) counts once.
+        flagged_only = {"$all": [requested_mark], "$ne": cancelled_mark}
+        ours_cancelled = {**filt, "status": CANCELLED, "admin_marks": cancelled_mark}
+        tries = 0
 
         def call() -> tuple[int, int]:
-            self.collection.update_many(match, _cancel_pipeline(now, mark))
+            nonlocal tries
+            tries += 1
+            modified = self.collection.update_many(match, _cancel_pipeline(now, mark)).modified_count
+            if tries == 1:
+                cancelled = self.collection.count_documents(ours_cancelled)
+                return cancelled, max(0, modified - cancelled)
             cancelled = self.collection.count_documents({**any_status, "admin_marks": cancelled_mark})
-            # A job flagged by one try and cancelled by a later one (its worker let it go) counts once.
-            flagged_only = {"$all": [requested_mark], "$ne": cancelled_mark}
             requested = self.collection.count_documents({**any_status, "admin_marks": flagged_only}) if running else 0
             return cancelled, requested
 

@@ -161,6 +161,13 @@ def test_cancel_jobs_whose_first_try_flagged_running_jobs_counts_them(make_queue
     assert all(running)
     for _ in range(2):
         queue.enqueue("T", {}, delay_ms=60_000)
+
+    def workers_finish_two() -> None:  # before the retry: one handler completes, one honours the flag
+        assert queue.store.complete(running[0])
+        assert queue.store.cancel_claimed(running[1])
+
+    done = _between_tries(queue, workers_finish_two)
     failpoint(["update"], 1, **WCE)
     assert queue.cancel_jobs(job_type="T", running=True) == {"cancelled": 2, "requested": 3}
+    assert done, "the failpoint did not make the call retry"
     assert job_model.objects(type="T", cancel_requested=True).count() == 3
