@@ -15,8 +15,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Optional, TextIO
 
 from bson import ObjectId
-from bson.errors import InvalidId
 
+from .errors import InvalidJobIdError
+from .queue_admin import job_object_id
 from .runner import EXIT_OK
 
 if TYPE_CHECKING:
@@ -65,8 +66,8 @@ class CommandError(Exception):
 
 def _object_id(value: str) -> ObjectId:
     try:
-        return ObjectId(value)
-    except (InvalidId, TypeError):
+        return job_object_id(value)
+    except InvalidJobIdError:
         raise CommandError(f"not a job id: {value!r}", EXIT_USAGE) from None
 
 

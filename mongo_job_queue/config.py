@@ -20,13 +20,15 @@ from typing import Any, Optional, Union
 from .clock import MAX_DURATION_MS
 from .errors import ConfigError
 
-__all__ = ["BSON_MAX_BYTES", "MAX_DURATION_MS", "ConfigInput", "Derived", "QueueConfig", "load_config"]
+__all__ = ["BSON_MAX_BYTES", "MAX_DURATION_MS", "MAX_RETRIES", "ConfigInput", "Derived", "QueueConfig", "load_config"]
 
 _DAY_MS = 24 * 3600 * 1000
 #: MongoDB's TTL indexes take ``expireAfterSeconds`` as a 32-bit int.
 _MAX_TTL_MS = (2**31 - 1) * 1000
 #: Counts are stored in (or compared with) 32-bit fields of job documents.
 _MAX_COUNT = 2**31 - 1
+#: The largest ``max_retries`` anywhere (config, handler, enqueue): it is stored beside ``attempts``.
+MAX_RETRIES = _MAX_COUNT
 
 #: MongoDB's document size limit.
 BSON_MAX_BYTES = 16 * 1024 * 1024
@@ -297,6 +299,9 @@ ConfigInput = Union[QueueConfig, Mapping[str, Any], None]
 
 
 def _maximum(name: str) -> int:
+    if name == "heartbeat_interval_ms":
+        # Half the longest lease: set alone, its derived lease (four beats, capped) still holds two of it.
+        return MAX_DURATION_MS // 2
     if name.startswith("retention_"):
         return _MAX_TTL_MS
     if name.endswith("_ms"):

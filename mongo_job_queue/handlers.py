@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
+from .config import MAX_RETRIES
 from .errors import HandlerError
 from .retry import RetryPolicy, RetryStrategy, StopStrategy, WaitStrategy
 
@@ -59,9 +60,11 @@ class HandlerRegistry:
         if not callable(fn):
             raise HandlerError(f"handler for {job_type!r} must be callable, got {type(fn).__name__} {fn!r}")
         if max_retries is not None and (
-            isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0
+            isinstance(max_retries, bool) or not isinstance(max_retries, int) or not 0 <= max_retries <= MAX_RETRIES
         ):
-            raise HandlerError(f"max_retries for {job_type!r} must be an int >= 0, got {max_retries!r}")
+            raise HandlerError(
+                f"max_retries for {job_type!r} must be an int from 0 to {MAX_RETRIES}, got {max_retries!r:.80}"
+            )
         handler = Handler(job_type, fn, RetryPolicy(stop=stop, wait=wait, retry=retry), max_retries)
         with self._lock:
             existing = self._handlers.get(job_type)

@@ -20,6 +20,7 @@ from mongoengine import (
     EmbeddedDocumentField,
     EmbeddedDocumentListField,
     IntField,
+    ListField,
     StringField,
 )
 
@@ -105,6 +106,10 @@ class BaseJob(Document):
     unique_until = DateTimeField()
     #: Set by ``cancel_job`` on a running job; its worker learns it at the next heartbeat.
     cancel_requested = BooleanField()
+    #: Markers of the latest administrative writes (``retry_job``, ``cancel_job``,
+    #: ``cancel_jobs``), a few at most: a call retried after a lost reply finds
+    #: its own earlier write by its marker, whatever the job went through since.
+    admin_marks = ListField(StringField())
     #: The latest :meth:`report_progress`: ``percent``, ``message`` and ``at``.
     progress = DictField()
     #: Why the handler's return value was not stored (unencodable, too large).

@@ -15,7 +15,7 @@ from bson import ObjectId
 from mongoengine.errors import FieldDoesNotExist, ValidationError
 
 from .clock import MAX_DURATION_MS, Clock, after_ms, to_naive_utc, utcnow
-from .config import ConfigInput, QueueConfig, load_config
+from .config import MAX_RETRIES, ConfigInput, QueueConfig, load_config
 from .errors import ConfigError, EagerJobFailed, InvalidJobError, JobModelError, QueueStateError
 from .handlers import HandlerFn, HandlerRegistry
 from .middleware import Middleware, MiddlewareChain
@@ -291,8 +291,8 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
             max_retries = registered.max_retries if registered and registered.max_retries is not None else None
         if max_retries is None:
             max_retries = self.config.max_retries
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise InvalidJobError(f"max_retries must be an int >= 0, got {max_retries!r}")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or not 0 <= max_retries <= MAX_RETRIES:
+            raise InvalidJobError(f"max_retries must be an int from 0 to {MAX_RETRIES}, got {_short_repr(max_retries)}")
         unique = self._unique(spec.get("unique_key"), spec.get("unique_for_ms"))
         now = self.store.now() if now is None else now
         run_at = self._run_at(spec.get("run_at"), spec.get("delay_ms"), now)
@@ -358,7 +358,10 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
         if run_at is not None:
             if not isinstance(run_at, datetime):
                 raise InvalidJobError(f"run_at must be a datetime, got {type(run_at).__name__}")
-            return to_naive_utc(run_at)
+            try:
+                return to_naive_utc(run_at)
+            except (OverflowError, ValueError) as exc:  # UTC of an aware time near datetime.min/max
+                raise InvalidJobError(f"run_at {_short_repr(run_at)} is out of range in UTC: {exc}") from exc
         return now
 
     def _instance(self, doc: dict[str, Any]) -> J:

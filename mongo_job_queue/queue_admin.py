@@ -84,8 +84,12 @@ class QueueAdmin(Generic[J]):
         return self.store.count_by_status(queue)
 
     def retry_job(self, job_id: ObjectId | str) -> bool:
-        """Queue a ``failed`` or ``cancelled`` job again with a fresh attempt budget; False if it is neither."""
-        return self.store.retry_job(ObjectId(job_id))
+        """Queue a ``failed`` or ``cancelled`` job again with a fresh attempt budget; False if it is neither.
+
+        Raises:
+            InvalidJobIdError: ``job_id`` is not an ObjectId or its 24-hex-digit string.
+        """
+        return self.store.retry_job(job_object_id(job_id))
 
     def cancel_job(self, job_id: ObjectId | str) -> bool:
         """Cancel a ``pending`` job at once, or request the cancellation of a running one.
@@ -99,10 +103,14 @@ class QueueAdmin(Generic[J]):
         Returns:
             True if the job was cancelled or its cancellation requested;
             False if it is finished or does not exist.
+
+        Raises:
+            InvalidJobIdError: ``job_id`` is not an ObjectId or its 24-hex-digit string.
         """
-        outcome = self.store.request_cancel(ObjectId(job_id))
+        oid = job_object_id(job_id)
+        outcome = self.store.request_cancel(oid)
         if outcome == "cancelled":
-            self.hooks.emit("on_cancelled", ObjectId(job_id))
+            self.hooks.emit("on_cancelled", oid)
         return outcome is not None
 
     def cancel_jobs(

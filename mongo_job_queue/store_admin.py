@@ -17,7 +17,7 @@ from bson import ObjectId
 from pymongo.errors import PyMongoError
 
 from .model import JobStatus
-from .store_base import MAINTENANCE_MAX_TIME_MS, StoreBase, as_stored
+from .store_base import KEPT_MARKS, MAINTENANCE_MAX_TIME_MS, StoreBase, as_stored, new_mark
 
 if TYPE_CHECKING:
     from .store_control import PauseState
@@ -121,22 +121,29 @@ class AdminQueries(StoreBase):
         return self._retry(call, "malformed_jobs")
 
     def retry_job(self, job_id: ObjectId) -> bool:
-        """Queue a failed or cancelled job again, due now, with a fresh attempt budget."""
+        """Queue a failed or cancelled job again, due now, with a fresh attempt budget.
+
+        Each try stamps the job with this call's mark, and a retried try first
+        looks for it: an earlier try whose reply was lost has applied, and the
+        job may since have been claimed, run and failed again (then the update
+        would match once more and run it twice), or rescheduled.
+        """
         now = as_stored(self.now())
+        mark = new_mark()
         update = {
             "$set": {"status": PENDING, "run_at": now, "attempts": 0, "updated_at": now},
             "$unset": {"finished_at": "", "lease_expires_at": "", "cancel_requested": ""},
+            "$push": {"admin_marks": {"$each": [mark], "$slice": -KEPT_MARKS}},
         }
         filt = {"_id": job_id, "status": {"$in": [FAILED, CANCELLED]}}
+        tries = 0
 
         def call() -> bool:
-            if self.collection.update_one(filt, update).matched_count:
+            nonlocal tries
+            tries += 1
+            if tries > 1 and self.collection.find_one({"_id": job_id, "admin_marks": mark}, {"_id": 1}) is not None:
                 return True
-            # An earlier try may have applied before its reply was lost (a worker
-            # may even have claimed the job since). A finished job's run_at lies
-            # in its past; only our retry set it to this very millisecond.
-            doc = self.collection.find_one({"_id": job_id}, {"run_at": 1})
-            return doc is not None and doc.get("run_at") == now
+            return bool(self.collection.update_one(filt, update).matched_count)
 
         return self._retry(call, "retry_job")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -19,7 +20,15 @@ if TYPE_CHECKING:
     from .config import QueueConfig
     from .model import BaseJob
 
-__all__ = ["INDEX_BUILD_MS", "MAINTENANCE_MAX_TIME_MS", "StoreBase", "as_stored"]
+__all__ = [
+    "INDEX_BUILD_MS",
+    "KEPT_MARKS",
+    "MAINTENANCE_MAX_TIME_MS",
+    "StoreBase",
+    "as_stored",
+    "new_mark",
+    "pushed_mark",
+]
 
 #: The server-side bound of each maintenance read (sweep, hygiene): a slow one gives up, the next round tries again.
 MAINTENANCE_MAX_TIME_MS = 5_000
@@ -36,6 +45,26 @@ def as_stored(value: datetime) -> datetime:
     compares with this, not with the microseconds it computed.
     """
     return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+#: How many administrative marks a job keeps (``admin_marks``, see :class:`~mongo_job_queue.BaseJob`).
+KEPT_MARKS = 8
+
+
+def new_mark() -> str:
+    """A marker unique to one administrative call, written by each of its tries.
+
+    A retried call recognises its own earlier write by it: not by a time (a
+    frozen clock gives two calls the same one) nor by a field a worker
+    changes meanwhile (a claim rewrites ``run_at``, a cancel ends the job).
+    """
+    return uuid.uuid4().hex
+
+
+def pushed_mark(mark: Any) -> dict[str, Any]:
+    """An aggregation expression: ``admin_marks`` with ``mark`` appended, the last :data:`KEPT_MARKS` kept."""
+    marks = {"$concatArrays": [{"$ifNull": ["$admin_marks", []]}, [mark]]}
+    return {"$slice": [marks, -KEPT_MARKS]}
 
 
 class StoreBase:

@@ -19,6 +19,7 @@ the one place every query goes through, :func:`prepared_collection`:
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from typing import TYPE_CHECKING, Any
@@ -38,8 +39,11 @@ __all__ = [
     "forget_prepared_collections",
     "is_prepared",
     "prepared_collection",
+    "unique_insert_protected",
     "verify_unique_indexes",
 ]
+
+log = logging.getLogger(__name__)
 
 #: The unique indexes the queue's guarantees rest on: name -> key.
 UNIQUE_INDEXES: dict[str, list[tuple[str, int]]] = {
@@ -115,11 +119,49 @@ def verify_unique_indexes(model: type[BaseJob], collection: Collection[dict[str,
     info = collection.index_information()
     for name, key in UNIQUE_INDEXES.items():
         found = info.get(name)
-        if found is None or not found.get("unique") or [tuple(k) for k in found.get("key", ())] != key:
+        if not _is_unique_index(found, key):
             raise IndexSetupError(
                 f"collection {collection.name!r} of {model.__name__} has no unique index {name} on "
                 f"{[k for k, _ in key]} (found {found!r}): unique jobs and schedule fires would not be single"
             )
+
+
+def unique_insert_protected(model: type[BaseJob], collection: Collection[dict[str, Any]], doc_id: Any) -> bool:
+    """After inserting a job the unique indexes must keep single: whether they do; False if it was taken out again.
+
+    This process created the indexes once, but the collection may have been
+    dropped since by someone else (mongosh, another process); the insert
+    then created it again without them, silently. One ``listIndexes`` after
+    each unique insert (never after an ordinary one) finds that: an index
+    present now either checked the insert or was built over the stored job,
+    which a build refuses if the job is a duplicate. If they are missing,
+    they are created again; if that fails on duplicates, the inserted job is
+    deleted, they are created without it, and False tells the caller to
+    insert it again, under the index.
+
+    Raises:
+        IndexSetupError: the indexes cannot be created even without this job.
+    """
+    info = collection.index_information()
+    if all(_is_unique_index(info.get(name), key) for name, key in UNIQUE_INDEXES.items()):
+        return True
+    log.warning(
+        "collection %r of %s has lost its unique indexes (dropped outside this process?): creating them again",
+        collection.name,
+        model.__name__,
+    )
+    forget_prepared(model)
+    try:
+        prepared_collection(model, force=True)
+        return True
+    except IndexSetupError:
+        collection.delete_one({"_id": doc_id})
+        prepared_collection(model, force=True)
+        return False
+
+
+def _is_unique_index(found: Any, key: list[tuple[str, int]]) -> bool:
+    return found is not None and bool(found.get("unique")) and [tuple(k) for k in found.get("key", ())] == key
 
 
 def forget_prepared(model: type[BaseJob]) -> None:

@@ -20,7 +20,8 @@ from pymongo.errors import DuplicateKeyError
 from .clock import after_ms
 from .errors import InvalidJobError
 from .model import JobStatus
-from .store_base import as_stored
+from .store_base import as_stored, new_mark, pushed_mark
+from .store_collection import unique_insert_protected
 from .store_retention import RetentionQueries, retention_index_name
 
 if TYPE_CHECKING:
@@ -99,11 +100,15 @@ class ControlQueries(RetentionQueries):
                 tries += 1
                 try:
                     self.collection.insert_one(doc)
-                    return None
+                    if unique_insert_protected(self.model, self.collection, doc["_id"]):
+                        return None
+                    continue  # a duplicate in a collection re-created without the index: insert it again, checked
                 except DuplicateKeyError as exc:
                     dup_field = duplicate_field(exc)
-                    if dup_field == "_id" and tries > 1:
-                        return None  # an earlier try that raised had inserted it
+                    if dup_field == "_id" and tries > 1:  # an earlier try that raised had inserted it
+                        if unique_insert_protected(self.model, self.collection, doc["_id"]):
+                            return None
+                        continue
                     rejected = InvalidJobError(f"job violates a unique index of {self.model.__name__}: {exc}")
                     if "schedule" in doc and dup_field in ("schedule", "?"):
                         # A scheduled job (overlap=False): this fire time may already have its job.
@@ -209,23 +214,31 @@ class ControlQueries(RetentionQueries):
         One atomic decision: a single update chooses by the job's status as
         it is when the update applies, so a job that moves between pending
         and processing meanwhile (a retry rescheduled, a lease recovered, a
-        claim) is still cancelled or flagged, never neither.
+        claim) is still cancelled or flagged, never neither. The update also
+        records what it did under this call's mark; a retried try reads that
+        first, since after a lost reply the job may have moved on (a flagged
+        job ended ``cancelled`` by its worker, a cancelled one queued again).
         """
         now = as_stored(self.now())
+        mark = new_mark()
         filt = {"_id": job_id, "status": {"$in": [PENDING, PROCESSING]}}
+        outcomes = {_did(mark, "cancelled"): "cancelled", _did(mark, "requested"): "requested"}
+        tries = 0
 
         def call() -> Optional[str]:
+            nonlocal tries
+            tries += 1
+            if tries > 1:
+                ours = {"_id": job_id, "admin_marks": {"$in": list(outcomes)}}
+                doc = self.collection.find_one(ours, {"admin_marks": 1})
+                if doc is not None:
+                    return next(outcomes[m] for m in doc["admin_marks"] if m in outcomes)
             before = self.collection.find_one_and_update(
-                filt, _cancel_pipeline(now), projection={"status": 1}, return_document=ReturnDocument.BEFORE
+                filt, _cancel_pipeline(now, mark), projection={"status": 1}, return_document=ReturnDocument.BEFORE
             )
-            if before is not None:
-                return "cancelled" if before.get("status") == PENDING else "requested"
-            # Finished or missing, or an earlier try of ours cancelled it and
-            # only the reply was lost: then it is cancelled at our very time.
-            doc = self.collection.find_one({"_id": job_id}, {"status": 1, "finished_at": 1})
-            if doc is not None and doc.get("status") == CANCELLED and doc.get("finished_at") == now:
-                return "cancelled"
-            return None
+            if before is None:
+                return None  # finished or missing
+            return "cancelled" if before.get("status") == PENDING else "requested"
 
         return self._retry(call, "request_cancel")
 
@@ -235,23 +248,35 @@ class ControlQueries(RetentionQueries):
         One update, atomic per job like :meth:`request_cancel`: a job that
         moves between pending and processing meanwhile is cancelled or
         flagged, whichever state it is in when the update reaches it.
-        ``filt`` holds equality on ``queue`` and ``type`` at most, so with the
-        status the claim index's prefix serves it. The cancelled ones are
-        counted by the time this call wrote, so a retry after a lost reply
-        still reports what the earlier try cancelled.
+        Each job records what this call did to it under the call's mark. The
+        first try counts from its own reply (the cancelled ones by mark among
+        the cancelled jobs, the rest of what it modified was flagged); a
+        retry, whose earlier try's reply was lost, reads both counts back by
+        mark from jobs of every status, whatever they did since. ``filt``
+        holds equality on ``queue`` and ``type`` at most; with the status
+        the claim index's prefix serves every query.
         """
         now = as_stored(self.now())
+        mark = new_mark()
         flaggable = {"status": PROCESSING, "cancel_requested": {"$ne": True}}
         match = {**filt, "$or": [{"status": PENDING}, flaggable]} if running else {**filt, "status": PENDING}
-        ours = {**filt, "status": CANCELLED, "finished_at": now, "updated_at": now}
-        counted = {"cancelled": 0, "requested": 0}
+        cancelled_mark, requested_mark = _did(mark, "cancelled"), _did(mark, "requested")
+        any_status = {**filt, "status": {"$in": [s.value for s in JobStatus]}}
+        # A job flagged by one try and cancelled by a later one (its worker let it go) counts once.
+        flagged_only = {"$all": [requested_mark], "$ne": cancelled_mark}
+        ours_cancelled = {**filt, "status": CANCELLED, "admin_marks": cancelled_mark}
+        tries = 0
 
         def call() -> tuple[int, int]:
-            modified = self.collection.update_many(match, _cancel_pipeline(now)).modified_count
-            cancelled = self.collection.count_documents(ours)
-            counted["requested"] += max(0, modified - (cancelled - counted["cancelled"]))
-            counted["cancelled"] = cancelled
-            return cancelled, counted["requested"]
+            nonlocal tries
+            tries += 1
+            modified = self.collection.update_many(match, _cancel_pipeline(now, mark)).modified_count
+            if tries == 1:
+                cancelled = self.collection.count_documents(ours_cancelled)
+                return cancelled, max(0, modified - cancelled)
+            cancelled = self.collection.count_documents({**any_status, "admin_marks": cancelled_mark})
+            requested = self.collection.count_documents({**any_status, "admin_marks": flagged_only}) if running else 0
+            return cancelled, requested
 
         return self._retry(call, "cancel_jobs")
 
@@ -275,9 +300,15 @@ class ControlQueries(RetentionQueries):
         return self._fenced(job, update, CANCELLED, "cancel_claimed")
 
 
-def _cancel_pipeline(now: datetime) -> list[dict[str, Any]]:
-    """An update that cancels a pending job and flags a processing one, by the status it finds."""
+def _did(mark: str, outcome: str) -> str:
+    """The mark a cancel writes into ``admin_marks``: this call's mark and what it did to the job."""
+    return f"{mark}:{outcome}"
+
+
+def _cancel_pipeline(now: datetime, mark: str) -> list[dict[str, Any]]:
+    """An update that cancels a pending job and flags a processing one, by the status it finds, under ``mark``."""
     pending = {"$eq": ["$status", PENDING]}
+    did = {"$cond": [pending, _did(mark, "cancelled"), _did(mark, "requested")]}
     return [
         {
             "$set": {
@@ -285,6 +316,7 @@ def _cancel_pipeline(now: datetime) -> list[dict[str, Any]]:
                 "finished_at": {"$cond": [pending, now, "$finished_at"]},
                 "cancel_requested": {"$cond": [{"$eq": ["$status", PROCESSING]}, True, "$cancel_requested"]},
                 "updated_at": now,
+                "admin_marks": pushed_mark(did),
             }
         }
     ]

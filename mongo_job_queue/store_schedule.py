@@ -26,6 +26,7 @@ from pymongo.errors import DuplicateKeyError
 
 from .errors import InvalidJobError
 from .store_base import StoreBase
+from .store_collection import unique_insert_protected
 from .store_control import duplicate_field
 
 if TYPE_CHECKING:
@@ -137,6 +138,10 @@ class ScheduleQueries(StoreBase):
             nonlocal tries
             tries += 1
             try:
+                self.collection.insert_one(doc)
+                if unique_insert_protected(self.model, self.collection, doc["_id"]):
+                    return None
+                # A duplicate fire in a collection re-created without the index: insert it again, checked.
                 self.collection.insert_one(doc)
                 return None
             except DuplicateKeyError as exc:

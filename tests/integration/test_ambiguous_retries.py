@@ -8,7 +8,7 @@ as someone else's, nor undo it.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -76,3 +76,98 @@ def test_recover_whose_first_try_applied_counts_the_job_and_fires_the_hook(make_
     assert queue.recover_orphans() == (1, 0)
     assert hooks.recovered == [job.id]
     assert job_model.objects.get(id=job.id).status == "pending"
+
+
+def _between_tries(queue: Any, action: Any) -> list[int]:
+    """Run ``action`` once, in the backoff between the first try of the next retried call and its retry."""
+    done: list[int] = []
+
+    def sleep(_seconds: float) -> None:
+        if not done:
+            done.append(1)
+            action()
+
+    queue.store._sleep = sleep
+    return done
+
+
+def test_retry_job_whose_job_ran_and_failed_again_before_the_retry_does_not_queue_it_twice(
+    make_queue, job_model, failpoint
+) -> None:
+    queue = make_queue()
+    runs: list[int] = []
+
+    @queue.handler("T", max_retries=0)
+    def handler(job: Any) -> None:
+        runs.append(1)
+        raise RuntimeError("boom")
+
+    job = queue.enqueue("T", {})
+    assert queue.run_once().status == "failed"
+    done = _between_tries(queue, lambda: queue.run_once())  # a worker takes the re-queued job and fails it
+    failpoint(["update"], 1, **WCE)
+    assert queue.retry_job(job.id) is True
+    assert done, "the failpoint did not make the call retry"
+    assert len(runs) == 2, "one retry_job queued the job more than once"
+    assert job_model.objects.get(id=job.id).status == "failed"
+
+
+def test_retry_job_whose_job_was_rescheduled_before_the_retry_reports_success(make_queue, job_model, failpoint) -> None:
+    queue = make_queue(retry_delay_ms=60_000)
+
+    @queue.handler("T", max_retries=3)
+    def handler(job: Any) -> None:
+        raise RuntimeError("boom")
+
+    job = queue.enqueue("T", {}, delay_ms=60_000)
+    assert queue.cancel_job(job.id)
+    done = _between_tries(queue, lambda: queue.run_once())  # it runs, fails and is rescheduled (new run_at)
+    failpoint(["update"], 1, **WCE)
+    assert queue.retry_job(job.id) is True
+    assert done, "the failpoint did not make the call retry"
+    stored = job_model.objects.get(id=job.id)
+    assert stored.status == "pending" and stored.attempts == 1
+
+
+def test_cancel_job_whose_flagged_job_ended_cancelled_before_the_retry_reports_it(
+    make_queue, job_model, failpoint
+) -> None:
+    queue = make_queue()
+    queue.register_handler("T", lambda job: None)
+    job = queue.enqueue("T", {})
+    claimed = queue.worker.claim_one()
+    assert claimed is not None
+    done = _between_tries(queue, lambda: queue.store.cancel_claimed(claimed))  # its worker honours the flag
+    failpoint(["findAndModify"], 1, **WCE)
+    assert queue.cancel_job(job.id) is True
+    assert done, "the failpoint did not make the call retry"
+    assert job_model.objects.get(id=job.id).status == "cancelled"
+
+
+def test_cancel_job_of_a_cancelled_job_is_false_even_at_the_same_instant(make_queue, job_model) -> None:
+    frozen = datetime(2030, 1, 1, 12, 0, 0)
+    queue = make_queue(clock=lambda: frozen)
+    job = queue.enqueue("T", {}, delay_ms=60_000)
+    assert queue.cancel_job(job.id) is True
+    assert queue.cancel_job(job.id) is False, "a second cancel took the first one's write for its own"
+
+
+def test_cancel_jobs_whose_first_try_flagged_running_jobs_counts_them(make_queue, job_model, failpoint) -> None:
+    queue = make_queue()
+    queue.register_handler("T", lambda job: None)
+    for _ in range(3):
+        queue.enqueue("T", {})
+    running = [queue.worker.claim_one() for _ in range(3)]
+    assert all(running)
+    for _ in range(2):
+        queue.enqueue("T", {}, delay_ms=60_000)
+
+    def workers_finish_two() -> None:  # before the retry: one handler completes, one honours the flag
+        assert queue.store.complete(running[0])
+        assert queue.store.cancel_claimed(running[1])
+
+    done = _between_tries(queue, workers_finish_two)
+    failpoint(["update"], 1, **WCE)
+    assert queue.cancel_jobs(job_type="T", running=True) == {"cancelled": 2, "requested": 3}
+    assert done, "the failpoint did not make the call retry"
+    assert job_model.objects(type="T", cancel_requested=True).count() == 3

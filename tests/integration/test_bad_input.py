@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from mongoengine import StringField
@@ -12,6 +12,7 @@ from mongo_job_queue import (
     ConfigError,
     HandlerError,
     InvalidJobError,
+    InvalidJobIdError,
     JobModelError,
     create_job_queue,
 )
@@ -42,6 +43,16 @@ BAD_ENQUEUES = {
     "unknown field": (("T", {}), {"colour": "red"}),
     "library field": (("T", {}), {"attempts": 5}),
     "wrong type for app field": (("T", {}), {"organization": 12}),
+    "max_retries over 32 bits": (("T", {}), {"max_retries": 2**31}),
+    "max_retries over 64 bits": (("T", {}), {"max_retries": 2**63}),
+    "aware run_at before datetime.min in UTC": (
+        ("T", {}),
+        {"run_at": datetime.min.replace(tzinfo=timezone(timedelta(hours=1)))},
+    ),
+    "aware run_at after datetime.max in UTC": (
+        ("T", {}),
+        {"run_at": datetime.max.replace(tzinfo=timezone(timedelta(hours=-1)))},
+    ),
 }
 
 
@@ -90,3 +101,23 @@ def test_configuration_and_registration_errors_are_clear(job_model) -> None:
     with pytest.raises(HandlerError, match="callable"):
         queue.register_handler("U", "not a function")  # type: ignore[arg-type]
     assert job_model.objects.count() == 0
+
+
+@pytest.mark.parametrize("bad_id", [None, "not-an-id", "0" * 23, 12, b"abcdefghijkl"])
+@pytest.mark.parametrize("action", ["retry_job", "cancel_job", "get_job"])
+def test_job_actions_refuse_a_bad_job_id_and_touch_nothing(make_queue, job_model, action, bad_id) -> None:
+    queue = make_queue()
+    job = queue.enqueue("T", {}, delay_ms=60_000)
+    with pytest.raises(InvalidJobIdError):
+        getattr(queue, action)(bad_id)
+    assert job_model.objects.get(id=job.id).status == "pending"
+
+
+@pytest.mark.parametrize("max_retries", [2**31, 2**63, -1, 1.0, True])
+def test_handler_max_retries_out_of_range_is_refused_at_registration(make_queue, job_model, max_retries) -> None:
+    queue = make_queue()
+    with pytest.raises(HandlerError, match="max_retries for 'T' must be an int from 0 to 2147483647"):
+        queue.register_handler("T", lambda job: None, max_retries=max_retries)
+    assert "T" not in queue.registry
+    queue.register_handler("T", lambda job: None, max_retries=2**31 - 1)  # the largest is usable
+    assert queue.enqueue("T", {}).max_retries == 2**31 - 1

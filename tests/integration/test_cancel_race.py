@@ -92,10 +92,31 @@ def test_server_applies_a_pipeline_update_choosing_by_status(raw_db) -> None:
 
     coll = raw_db.cancel_conformance
     coll.drop()
-    coll.insert_many([{"_id": 1, "status": "pending"}, {"_id": 2, "status": "processing"}, {"_id": 3, "status": "x"}])
+    coll.insert_many(
+        [
+            {"_id": 1, "status": "pending"},
+            {"_id": 2, "status": "processing", "admin_marks": [f"m{n}" for n in range(8)]},
+            {"_id": 3, "status": "x"},
+        ]
+    )
     now = raw_db.command("hello")["localTime"].replace(tzinfo=None, microsecond=0)
-    assert coll.update_many({"status": {"$in": ["pending", "processing"]}}, _cancel_pipeline(now)).modified_count == 2
+    update = _cancel_pipeline(now, "M")
+    assert coll.update_many({"status": {"$in": ["pending", "processing"]}}, update).modified_count == 2
     docs = {d["_id"]: d for d in coll.find()}
-    assert docs[1] == {"_id": 1, "status": "cancelled", "finished_at": now, "updated_at": now}
-    assert docs[2] == {"_id": 2, "status": "processing", "cancel_requested": True, "updated_at": now}
+    assert docs[1] == {
+        "_id": 1,
+        "status": "cancelled",
+        "finished_at": now,
+        "updated_at": now,
+        "admin_marks": ["M:cancelled"],
+    }
+    # The marks are appended and only the latest eight kept.
+    marks = [*(f"m{n}" for n in range(1, 8)), "M:requested"]
+    assert docs[2] == {
+        "_id": 2,
+        "status": "processing",
+        "cancel_requested": True,
+        "updated_at": now,
+        "admin_marks": marks,
+    }
     assert docs[3] == {"_id": 3, "status": "x"}

@@ -81,3 +81,44 @@ def test_enqueue_many_refuses_unique_keys(make_queue, job_model) -> None:
     with pytest.raises(InvalidJobError, match=r"jobs\[1\]: unique_key"):
         make_queue().enqueue_many([{"job_type": "T"}, {"job_type": "T", "unique_key": "k"}])
     assert job_model.objects.count() == 0
+
+
+def test_a_collection_dropped_outside_the_process_gets_its_unique_index_back(make_queue, job_model, raw_db) -> None:
+    queue = make_queue()
+    queue.enqueue("T", {}, unique_key="k")
+    raw_db.drop_collection(job_model._get_collection_name())  # mongosh, or another process
+    first = queue.enqueue("T", {}, unique_key="k")
+    assert queue.enqueue("T", {}, unique_key="k").id == first.id
+    assert job_model.objects(unique_key="k").count() == 1
+    assert {"mjq_unique", "mjq_schedule"} <= set(raw_db[job_model._get_collection_name()].index_information())
+
+
+def test_a_duplicate_written_into_a_re_created_bare_collection_is_found_not_doubled(
+    make_queue, job_model, raw_db
+) -> None:
+    queue = make_queue()
+    held = queue.enqueue("T", {}, unique_key="k")
+    stored = raw_db[job_model._get_collection_name()].find_one({"_id": held.id})
+    raw_db.drop_collection(job_model._get_collection_name())
+    raw_db[job_model._get_collection_name()].insert_one(stored)  # another process, before any index exists
+    assert queue.enqueue("T", {}, unique_key="k").id == held.id
+    assert [j.id for j in job_model.objects(unique_key="k")] == [held.id]
+
+
+def test_a_schedule_fire_after_an_outside_drop_is_still_single(make_queue, job_model, raw_db) -> None:
+    from datetime import datetime
+
+    queue = make_queue()
+    queue.enqueue("warm-up", {})
+
+    def fire() -> dict:
+        doc = queue._build({"job_type": "T", "data": {}, "queue": "default", "priority": 0}, {})
+        doc.update(schedule="nightly", fire_time=datetime(2030, 1, 1))
+        return doc
+
+    raw_db.drop_collection(job_model._get_collection_name())
+    first = fire()
+    assert queue.store.insert_fire(first) is None
+    holder = queue.store.insert_fire(fire())
+    assert holder is not None and holder["_id"] == first["_id"]
+    assert job_model.objects(schedule="nightly").count() == 1

@@ -34,6 +34,36 @@ def test_a_long_heartbeat_alone_derives_the_lease(config: QueueConfig) -> None:
     assert config.sweep_interval_ms == 80_000
 
 
+@pytest.mark.parametrize("heartbeat", [MAX_DURATION_MS // 2, MAX_DURATION_MS // 4 + 1, 45 * 365 * 86_400_000])
+def test_the_longest_heartbeat_alone_derives_a_lease_and_sweep_in_bounds(heartbeat: int) -> None:
+    for config in both_ways(heartbeat_interval_ms=heartbeat):
+        assert config.heartbeat_interval_ms == heartbeat
+        assert 2 * heartbeat <= config.lease_ms <= MAX_DURATION_MS
+        assert config.sweep_interval_ms == 2 * heartbeat <= MAX_DURATION_MS
+
+
+def test_a_heartbeat_over_half_the_longest_lease_is_refused_by_its_own_name() -> None:
+    with pytest.raises(ConfigError, match=rf"'heartbeat_interval_ms' must be <= {MAX_DURATION_MS // 2}") as info:
+        load_config({"heartbeat_interval_ms": MAX_DURATION_MS // 2 + 1})
+    assert "lease_ms" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"lease_ms": MAX_DURATION_MS},
+        {"poll_interval_base_ms": MAX_DURATION_MS},
+        {"poll_interval_max_ms": 1},
+        {"retry_delay_ms": MAX_DURATION_MS},
+        {"retry_max_delay_ms": 0},
+        {"sweep_interval_ms": MAX_DURATION_MS},
+    ],
+)
+def test_every_setting_alone_at_its_bound_is_accepted(settings: dict[str, int]) -> None:
+    for config in both_ways(**settings):
+        assert config.heartbeat_interval_ms * 2 <= config.lease_ms
+
+
 @pytest.mark.parametrize("config", both_ways(poll_interval_base_ms=60_000))
 def test_a_slow_poll_base_alone_raises_the_poll_maximum(config: QueueConfig) -> None:
     assert config.poll_interval_max_ms == 60_000
