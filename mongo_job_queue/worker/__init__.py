@@ -243,8 +243,10 @@ class Worker:
           keep their lease while their handlers run in this process, and go
           back to ``pending`` when the process exits (the attempt recorded
           with a :class:`~mongo_job_queue.WorkerShutdown` error, or
-          ``failed`` if it was their last attempt), never while their handler
-          still runs here. A handler that finishes first records its outcome.
+          ``failed`` if it was their last attempt), due again only after a
+          grace that outlasts the process's exit (see
+          :mod:`.shutdown`), so never while their handler still runs here.
+          A handler that finishes first records its outcome.
         """
         deadline = deadline_after(timeout)
         with self._lock:

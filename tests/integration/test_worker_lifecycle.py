@@ -138,6 +138,33 @@ def test_requeue_running_does_not_make_a_job_due_while_its_handler_still_runs(ma
         release.set()
 
 
+def test_a_shutdown_requeue_is_not_due_until_the_exiting_process_can_no_longer_run_it(make_queue, job_model) -> None:
+    # The requeue is written by an exit hook, and the handler thread keeps
+    # running until the interpreter is gone: another worker must not be able
+    # to claim the job at once, only after a grace (here 2 s, the minimum).
+    queue = make_queue(concurrency=1, lease_ms=30_000, heartbeat_interval_ms=1_000)
+    other = make_queue()
+    other.register_handler("HELD", lambda job: None)
+    started, release = _blocked_handler(queue)
+    job = queue.enqueue("HELD", {})
+    queue.start_polling()
+    assert started.wait(10)
+    try:
+        assert queue.stop(timeout=0.2, requeue_running=True) is False
+        queue.worker.requeue_abandoned()  # what the exit hook does
+        requeued_at = queue.store.now()
+        doc = job_model.objects.get(id=job.id)
+        assert doc.status == "pending" and doc.attempts == 1
+        assert doc.last_error.type.endswith("WorkerShutdown")
+        assert (doc.run_at - requeued_at).total_seconds() > 1.5, doc.run_at
+        assert other.worker.claim_one() is None  # not due while the exiting process may still run it
+    finally:
+        release.set()
+    # After the grace it is an ordinary due job.
+    claimed = wait_until(other.worker.claim_one, timeout=10)
+    assert claimed.id == job.id and claimed.doc["attempts"] == 2
+
+
 def test_a_handler_finishing_after_a_requeue_running_stop_records_its_outcome(make_queue, job_model) -> None:
     queue = make_queue(concurrency=1)
     started, release = _blocked_handler(queue)
