@@ -101,7 +101,7 @@ class Worker:
 
     def _build(self) -> None:
         """(Re)build the services from the current config, registry and owner."""
-        self.keeper.config = self.config
+        self.keeper.set_config(self.config)
         self.keeper.name = f"mjq-{self.owner.worker_id}"
         self.quarantiner = Quarantiner(self.store, self.hooks, self._logger)
         self.executor = Executor(

@@ -114,6 +114,43 @@ def test_force_cuts_short_the_wait_for_a_poller_inside_a_claim(make_queue) -> No
     assert result["finished"] is False  # the poller was still inside its claim: said so
 
 
+def test_shrinking_the_lease_after_a_timed_out_stop_keeps_every_lease_alive(make_queue, job_model) -> None:
+    # The heartbeat thread outlives the stop (a run is still going) and the
+    # restart; after configure_worker() every renewal grants the new, short
+    # lease, so the thread must beat at the new interval, for the old run and
+    # for a run claimed after the restart alike.
+    queue = make_queue(concurrency=2, lease_ms=4_000, heartbeat_interval_ms=2_000)
+    entered: list[Any] = []
+    release = threading.Event()
+
+    @queue.handler("HELD")
+    def held(job: Any) -> None:
+        entered.append(job.id)
+        assert release.wait(30)
+
+    first = queue.enqueue("HELD", {})
+    queue.start_polling()
+    wait_until(lambda: entered == [first.id])
+    try:
+        assert queue.stop(timeout=0.2) is False
+        queue.configure_worker(lease_ms=1_000, heartbeat_interval_ms=200)
+        second = queue.enqueue("HELD", {})
+        queue.start_polling()
+        wait_until(lambda: len(entered) == 2)
+
+        def leased() -> bool:
+            now = queue.store.now()
+            docs = [job_model.objects.get(id=j.id) for j in (first, second)]
+            return all(d.status == "processing" and d.lease_expires_at > now for d in docs)
+
+        holds_for(leased, duration=4.5, what="both leases renewed before they lapse")
+        assert entered == [first.id, second.id]  # neither ran twice
+    finally:
+        release.set()
+    wait_until(lambda: {job_model.objects.get(id=j.id).status for j in (first, second)} == {"completed"})
+    assert queue.stop(10)
+
+
 def test_requeue_running_does_not_make_a_job_due_while_its_handler_still_runs(make_queue, job_model) -> None:
     lease = {"lease_ms": 1_000, "heartbeat_interval_ms": 200}
     queue = make_queue(concurrency=1, **lease)
