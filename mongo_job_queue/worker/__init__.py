@@ -374,7 +374,7 @@ class Worker:
         claimed = self.store.claim_job(job_id, self.owner)
         if claimed is None:
             return False
-        self.hooks.emit("after_claim", claimed.doc)
+        self.poller.announce([claimed])
         self.process(claimed)
         return True
 

@@ -127,7 +127,11 @@ class Executor:
         state = self.table.get(run_key(claimed)) or RunState(claimed)
         job._mjq_context = JobContext(self.store, state)
         log_job(self.log, logging.INFO, doc, "processing")
-        self.hooks.emit("before_process", job)
+        try:
+            self.hooks.emit("before_process", job)
+        except BaseException:  # only a main-thread KeyboardInterrupt gets through: the run never started
+            self.hand_back(claimed)
+            raise
         started = time.monotonic()
         outcome: Outcome = "error"
         error: Optional[BaseException] = None
