@@ -194,3 +194,42 @@ def test_change_stream_wakes_an_idle_worker(counted, make_queue, job_model) -> N
         assert time.monotonic() - started < 2.5  # well under the 5 s poll interval
     finally:
         idle.stop(timeout=10)
+
+
+def test_a_raising_ack_callback_leaves_no_completion_of_its_flush_unwritten(make_queue, job_model) -> None:
+    # One flush carries B and C; the bulk write fails, so each is written on
+    # its own, and reporting each raises SystemExit: every one is still
+    # written and leaves the in-flight set, so stop() ends cleanly.
+    queue = make_queue(concurrency=3, batch_acks=True)
+    flushing = threading.Event()
+    calls: list[int] = []
+    worker = queue.worker
+
+    def failing_complete_many(jobs: Any) -> Any:
+        calls.append(len(jobs))
+        if len(calls) == 1:  # hold the first flush until B and C are buffered behind it
+            flushing.set()
+            wait_until(lambda: len(worker.table) == 0, timeout=10)
+        raise ConnectionError("simulated failed bulk write")
+
+    def exiting_report(claimed: Any, written: Any) -> None:
+        raise SystemExit("a reporting callback exits")
+
+    queue.store.complete_many = failing_complete_many  # type: ignore[method-assign]
+    worker.executor.report_completion = exiting_report  # type: ignore[method-assign]
+
+    @queue.handler("ACK")
+    def ack(job: Any) -> None:
+        if job.data["n"] != "A":
+            assert flushing.wait(10)
+
+    jobs = [queue.enqueue("ACK", {"n": n}) for n in "ABC"]
+    queue.start_polling()
+    wait_until(lambda: len(calls) >= 2, timeout=10)
+    wait_until(
+        lambda: all(job_model.objects.get(id=j.id).status == "completed" for j in jobs),
+        timeout=10,
+        what="every completion written",
+    )
+    assert calls[1] == 2  # B and C shared the second flush
+    assert queue.stop(10) is True
