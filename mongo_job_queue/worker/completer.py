@@ -24,11 +24,9 @@ import threading
 from collections.abc import Callable
 from typing import Any, Optional
 
-from bson import ObjectId
-
 from ..records import job_log_extra
 from ..store import ClaimedJob, JobStore
-from .inflight import InflightTable, run_key
+from .inflight import InflightTable, RunKey, run_key
 from .timeouts import deadline_after, join
 
 __all__ = ["AckBuffer", "Completer", "GroupCompleter", "InlineCompleter", "OnAcked"]
@@ -102,7 +100,7 @@ class AckBuffer:
         the rest of the flush unwritten nor leave a job in the in-flight
         acknowledgement set, whose lease would then be renewed forever.
         """
-        written: set[ObjectId] = set()
+        written: set[RunKey] = set()
         try:
             written = self.store.complete_many(batch)
         except BaseException:  # fall back to one write per job below
@@ -114,7 +112,7 @@ class AckBuffer:
             try:
                 # Not in ``written``: lost lease, or a write the server
                 # rejected; the single write tells which (and raises for the latter).
-                outcome = True if claimed.id in written else self.store.complete(claimed, result)
+                outcome = True if run_key(claimed) in written else self.store.complete(claimed, result)
             except BaseException:  # the lease expires and the job runs again
                 self.log.exception(
                     "could not record the completion of job %s", claimed.id, extra=job_log_extra(claimed.doc)
