@@ -92,6 +92,10 @@ class Worker:
         self._waker_thread: Optional[threading.Thread] = None
         self._waker: Optional[ChangeStreamWaker] = None
         self._completer: Optional[Completer] = None
+        # Every thread any start began, until it has ended: a poller still
+        # inside a claim after a timed-out stop outlives its start, and a
+        # later stop must still wait for it and report it.
+        self._started: list[threading.Thread] = []
         self._running = False
         keeper = getattr(self, "keeper", None)
         if keeper is not None:
@@ -218,8 +222,13 @@ class Worker:
             threads.append(self._new_scheduler_thread(self.scheduler, stopping))
         self._running = True
         self.keeper.start()
+        self._track(threads)
         for thread in threads:
             thread.start()
+
+    def _track(self, threads: list[threading.Thread]) -> None:
+        """Remember threads about to start; forget the ones that have ended."""
+        self._started = [t for t in self._started if t.is_alive()] + threads
 
     def stop(
         self,
@@ -286,7 +295,7 @@ class Worker:
             completer, self._completer = self._completer, None
             completer.close(max(1.0, remaining(deadline)))
         self.keeper.release()
-        self._join_services(deadline, finished)
+        self._join_services(deadline, finished, force)
         self.hooks.emit("on_worker_stop")
         running = self.table.running()
         if finished:
@@ -309,11 +318,18 @@ class Worker:
             self._running = False
         return finished and not self._alive_threads()
 
-    def _join_services(self, deadline: float, finished: bool) -> None:
+    def _join_services(self, deadline: float, finished: bool, force: Optional[threading.Event]) -> None:
         grace = deadline_after(max(1.0, remaining(deadline)) if finished else 0.5)
         for thread in (self._maintenance_thread, self._waker_thread, self._scheduler_thread):
             if thread is not None:
                 join(thread, grace)
+        # Any thread of an earlier start (e.g. its poller, still inside a claim
+        # when that start's stop timed out): waited for like this start's
+        # poller, the force included.
+        current = {*self._handler_threads, self._poller_thread}
+        for thread in self._started:
+            if thread not in current:
+                join(thread, grace, force)
         if finished:
             for thread in self._handler_threads:
                 join(thread, grace)
@@ -328,14 +344,8 @@ class Worker:
             )
 
     def _alive_threads(self) -> list[threading.Thread]:
-        threads = [
-            self._poller_thread,
-            self._maintenance_thread,
-            self._waker_thread,
-            self._scheduler_thread,
-            self.keeper.thread,
-            *self._handler_threads,
-        ]
+        """Threads of this worker still running: of any start so far, and the heartbeat."""
+        threads = [*self._started, self.keeper.thread]
         return [t for t in threads if t is not None and t.is_alive()]
 
     def requeue_abandoned(self) -> None:
@@ -355,7 +365,9 @@ class Worker:
             idle = self._running and self._scheduler_thread is None and self.config.run_schedules
             if not idle or self.scheduler is None:
                 return
-            self._new_scheduler_thread(self.scheduler, self._stopping).start()
+            thread = self._new_scheduler_thread(self.scheduler, self._stopping)
+            self._track([thread])
+            thread.start()
 
     @property
     def listening_for_jobs(self) -> bool:

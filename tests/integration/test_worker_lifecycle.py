@@ -151,6 +151,33 @@ def test_shrinking_the_lease_after_a_timed_out_stop_keeps_every_lease_alive(make
     assert queue.stop(10)
 
 
+def test_a_stop_after_a_restart_still_waits_for_and_reports_the_earlier_start_s_poller(make_queue) -> None:
+    # The first stop times out while the poller is inside a claim; the
+    # restart's stop must not forget that poller and claim all is done.
+    queue = make_queue(concurrency=2, change_stream_wakeups=False)
+    queue.register_handler("X", lambda job: None)
+    entered, release = threading.Event(), threading.Event()
+    real_claim = queue.store.claim_batch
+
+    def slow_first_claim(*args: Any, **kwargs: Any) -> Any:
+        if not entered.is_set():
+            entered.set()
+            assert release.wait(30)  # a claim held up on the server, deaf to the stop
+        return real_claim(*args, **kwargs)
+
+    queue.store.claim_batch = slow_first_claim  # type: ignore[method-assign]
+    queue.start_polling()
+    assert entered.wait(10)
+    try:
+        assert queue.stop(timeout=0.3) is False
+        queue.start_polling()
+        wait_until(lambda: queue.running)
+        assert queue.stop(timeout=1.0) is False  # the first start's poller is still inside its claim
+    finally:
+        release.set()
+    wait_until(lambda: _threads(queue, "-poller") == [], timeout=10, what="the earlier poller to end")
+
+
 def test_requeue_running_does_not_make_a_job_due_while_its_handler_still_runs(make_queue, job_model) -> None:
     lease = {"lease_ms": 1_000, "heartbeat_interval_ms": 200}
     queue = make_queue(concurrency=1, **lease)
