@@ -28,6 +28,7 @@ from typing import Optional
 from bson import ObjectId
 
 from ..config import QueueConfig
+from ..errors import QueueStateError
 from ..failures import error_record
 from ..handlers import HandlerRegistry
 from ..middleware import MiddlewareChain
@@ -71,6 +72,8 @@ class Worker:
         self.scheduler: Optional[Scheduler] = None
         self.table = InflightTable()
         self._lock = threading.Lock()
+        # Notified (under _lock) when a stop() ends: a start() meanwhile waits for it.
+        self._stopped = threading.Condition(self._lock)
         self._running = False
         self._reset_runtime_state()
 
@@ -96,6 +99,8 @@ class Worker:
         # inside a claim after a timed-out stop outlives its start, and a
         # later stop must still wait for it and report it.
         self._started: list[threading.Thread] = []
+        #: The thread inside stop(), if any.
+        self._stopper: Optional[threading.Thread] = None
         self._running = False
         keeper = getattr(self, "keeper", None)
         if keeper is not None:
@@ -152,11 +157,25 @@ class Worker:
         return all(t is not None and t.is_alive() for t in threads)
 
     def start(self) -> None:
-        """Start the services; no-op if already running (a start whose threads died is restarted)."""
+        """Start the services; no-op if already running (a start whose threads died is restarted).
+
+        During another thread's ``stop()`` it waits for that stop to end,
+        then starts. Called from a thread that stop is waiting for (the
+        stopping thread itself, e.g. an ``on_worker_stop`` hook, or one of this
+        worker's own threads, e.g. a handler) it raises
+        :class:`~mongo_job_queue.errors.QueueStateError` instead of deadlocking.
+        """
         if self._running and not self._stopping.is_set() and not self.running:
             self.log.error("worker %s: a worker thread died; restarting the worker", self.owner.worker_id)
             self.stop(0)
         with self._lock:
+            while self._stopper is not None:
+                me = threading.current_thread()
+                if me is self._stopper or me in self._started:
+                    raise QueueStateError(
+                        "start_polling() during stop() from a thread the stop waits for: start after stop() returns"
+                    )
+                self._stopped.wait()
             if self._running:
                 return
             self._start_services()
@@ -261,61 +280,66 @@ class Worker:
         with self._lock:
             if not self._running:
                 return True
+            self._stopper = threading.current_thread()
             with self.table.cond:
                 self._stopping.set()
                 self.table.cond.notify_all()  # a poller waiting for a free slot sees it at once
             self._wake.set()
-        # _running stays True until the end, so a start() meanwhile is a no-op
-        # rather than a second set of services this stop would then tear down.
-        if self._waker is not None:
-            self._waker.close()  # ends a change-stream read that would wait on the server
-        if self.scheduler is not None:
-            self.scheduler.wake()
-        self.log.info("worker %s stopping: no new claims", self.owner.worker_id)
-        # The poller may be inside a claim; it hands back whatever that claim
-        # returns, so waiting for it shares the one deadline (and the force).
-        if self._poller_thread is not None:
-            join(self._poller_thread, deadline, force)
-        if self.table.busy():
-            self.log.info(
-                "worker %s waiting %s for %d running job(s)",
-                self.owner.worker_id,
-                "without a time limit" if deadline == float("inf") else f"up to {remaining(deadline):.1f}s",
-                len(self.table),
-            )
-        finished = not self.table.busy()
-        while not finished and remaining(deadline) > 0 and not (force and force.is_set()):
-            # Short waits, so that a forcing signal is noticed promptly.
-            finished = self.table.wait_idle(min(0.1, remaining(deadline)))
-        for _ in self._handler_threads:
-            self._work.put(None)  # handler threads exit after their current job
-        if self._completer is not None:
-            # Whatever is still buffered is written now; a handler finishing
-            # later records its outcome directly.
-            completer, self._completer = self._completer, None
-            completer.close(max(1.0, remaining(deadline)))
-        self.keeper.release()
-        self._join_services(deadline, finished, force)
-        self.hooks.emit("on_worker_stop")
-        running = self.table.running()
-        if finished:
-            self.log.info("worker %s stopped: all jobs finished", self.owner.worker_id)
-        elif requeue_running:
-            self.log.warning(
-                "worker %s stopped with %d job(s) still running; they return to the queue when this process exits",
-                self.owner.worker_id,
-                len(running),
-            )
-            self.shutdown.abandon(running)
-        else:
-            self.log.warning(
-                "worker %s stopped with %d job(s) still running; their leases are kept while this "
-                "process lives and recovered by lease expiry after it exits",
-                self.owner.worker_id,
-                len(running),
-            )
-        with self._lock:
-            self._running = False
+        try:
+            # _running stays True until the end, and a start() meanwhile waits for
+            # the end, rather than adding services this stop would then tear down.
+            if self._waker is not None:
+                self._waker.close()  # ends a change-stream read that would wait on the server
+            if self.scheduler is not None:
+                self.scheduler.wake()
+            self.log.info("worker %s stopping: no new claims", self.owner.worker_id)
+            # The poller may be inside a claim; it hands back whatever that claim
+            # returns, so waiting for it shares the one deadline (and the force).
+            if self._poller_thread is not None:
+                join(self._poller_thread, deadline, force)
+            if self.table.busy():
+                self.log.info(
+                    "worker %s waiting %s for %d running job(s)",
+                    self.owner.worker_id,
+                    "without a time limit" if deadline == float("inf") else f"up to {remaining(deadline):.1f}s",
+                    len(self.table),
+                )
+            finished = not self.table.busy()
+            while not finished and remaining(deadline) > 0 and not (force and force.is_set()):
+                # Short waits, so that a forcing signal is noticed promptly.
+                finished = self.table.wait_idle(min(0.1, remaining(deadline)))
+            for _ in self._handler_threads:
+                self._work.put(None)  # handler threads exit after their current job
+            if self._completer is not None:
+                # Whatever is still buffered is written now; a handler finishing
+                # later records its outcome directly.
+                completer, self._completer = self._completer, None
+                completer.close(max(1.0, remaining(deadline)))
+            self.keeper.release()
+            self._join_services(deadline, finished, force)
+            self.hooks.emit("on_worker_stop")
+            running = self.table.running()
+            if finished:
+                self.log.info("worker %s stopped: all jobs finished", self.owner.worker_id)
+            elif requeue_running:
+                self.log.warning(
+                    "worker %s stopped with %d job(s) still running; they return to the queue when this process exits",
+                    self.owner.worker_id,
+                    len(running),
+                )
+                self.shutdown.abandon(running)
+            else:
+                self.log.warning(
+                    "worker %s stopped with %d job(s) still running; their leases are kept while this "
+                    "process lives and recovered by lease expiry after it exits",
+                    self.owner.worker_id,
+                    len(running),
+                )
+        finally:
+            with self._lock:
+                self._running = False
+                self._stopper = None
+                self._stopped.notify_all()
         return finished and not self._alive_threads()
 
     def _join_services(self, deadline: float, finished: bool, force: Optional[threading.Event]) -> None:

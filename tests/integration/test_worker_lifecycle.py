@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from helpers import holds_for, wait_until
 
+from mongo_job_queue.errors import QueueStateError
 from mongo_job_queue.runner import EXIT_OK, run_worker
 
 
@@ -176,6 +177,51 @@ def test_a_stop_after_a_restart_still_waits_for_and_reports_the_earlier_start_s_
     finally:
         release.set()
     wait_until(lambda: _threads(queue, "-poller") == [], timeout=10, what="the earlier poller to end")
+
+
+def test_start_polling_during_another_thread_s_stop_starts_once_that_stop_ends(make_queue, job_model) -> None:
+    queue = make_queue(concurrency=1)
+    started, release = _blocked_handler(queue)
+    queue.register_handler("QUICK", lambda job: "done")
+    queue.enqueue("HELD", {})
+    queue.start_polling()
+    assert started.wait(10)
+    stopper = threading.Thread(target=queue.stop, args=(30,))
+    stopper.start()
+    wait_until(lambda: not queue.running)  # the stop has begun and waits for the held job
+    starter = threading.Thread(target=queue.start_polling)
+    starter.start()
+    holds_for(starter.is_alive, duration=0.3, what="start_polling() waits for the stop")
+    release.set()
+    stopper.join(20)
+    starter.join(20)
+    assert not stopper.is_alive() and not starter.is_alive()
+    assert queue.running  # started after the stop, not silently dropped
+    job = queue.enqueue("QUICK", {})
+    wait_until(lambda: job_model.objects.get(id=job.id).status == "completed", timeout=10)
+
+
+def test_start_polling_from_a_thread_the_stop_waits_for_raises(make_queue, job_model) -> None:
+    queue = make_queue(concurrency=1)
+    entered, stopping, errors = threading.Event(), threading.Event(), []
+
+    @queue.handler("RESTART")
+    def restart(job: Any) -> None:
+        entered.set()
+        assert stopping.wait(10)
+        wait_until(lambda: not queue.running)
+        try:
+            queue.start_polling()  # the stop waits for this very handler: waiting would deadlock
+        except QueueStateError as exc:
+            errors.append(exc)
+
+    job = queue.enqueue("RESTART", {})
+    queue.start_polling()
+    assert entered.wait(10)
+    stopping.set()
+    assert queue.stop(20) is True
+    assert len(errors) == 1 and "during stop()" in str(errors[0])
+    assert job_model.objects.get(id=job.id).status == "completed"
 
 
 def test_requeue_running_does_not_make_a_job_due_while_its_handler_still_runs(make_queue, job_model) -> None:
