@@ -5,7 +5,12 @@ to ``create_job_queue(middleware=[...])`` or
 :meth:`~mongo_job_queue.PersistentJobQueue.add_middleware`. The core
 queue never imports Prometheus or OpenTelemetry; ``contrib`` modules are
 middleware like any other. A hook that raises is logged and ignored: an
-audit or metrics failure must not lose or block a job.
+audit or metrics failure must not lose or block a job. That holds for any
+exception, ``SystemExit`` and ``KeyboardInterrupt`` from the hook included
+(a hook cannot end a worker thread or strand the jobs it holds), with one
+exception: a ``KeyboardInterrupt`` in the main thread propagates, since it
+may be the user's Ctrl-C arriving while the hook ran (``run_once``, an
+enqueue); the queue then hands back any job it claimed.
 
 Hooks receive raw job documents (``dict``) where the queue has no model
 instance at hand (claim, retry, rescue), and the app's job instance where it
@@ -16,6 +21,7 @@ it receives, e.g. a trace context; they are validated and stored with it.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Optional
 
@@ -116,8 +122,11 @@ class MiddlewareChain:
         return bool(self._items)
 
     def emit(self, hook: str, *args: Any, **kwargs: Any) -> None:
+        """Call ``hook`` on every middleware; whatever one raises is logged, never passed on (see the module doc)."""
         for item in self._items:
             try:
                 getattr(item, hook)(self.queue, *args, **kwargs)
-            except Exception:  # a hook must never lose or block a job
+            except BaseException as exc:  # a hook must never lose or block a job, nor end a worker thread
+                if isinstance(exc, KeyboardInterrupt) and threading.current_thread() is threading.main_thread():
+                    raise  # perhaps the user's Ctrl-C, not the hook's doing
                 log.exception("middleware %s.%s failed", type(item).__name__, hook, extra=_job_extra(args))

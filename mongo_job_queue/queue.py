@@ -392,8 +392,12 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
     def start_polling(self) -> None:
         """Start the background worker (poller, handler pool, heartbeat, maintenance); idempotent.
 
+        During another thread's :meth:`stop` it waits for that stop to end, then starts.
+
         Raises:
-            QueueStateError: no handler is registered, so the worker could claim nothing.
+            QueueStateError: no handler is registered, so the worker could claim nothing;
+                or called during a stop from a thread that stop waits for (a
+                handler, an ``on_worker_stop`` hook), where waiting would deadlock.
         """
         if self.worker.running:
             return

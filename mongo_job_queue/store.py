@@ -760,13 +760,15 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
             reason = f"not stored: the job document with it would exceed MongoDB's 16 MiB limit ({message})"
             return write(UnstorableResult(reason[: self.config.max_error_chars]))
 
-    def complete_many(self, jobs: Sequence[tuple[ClaimedJob, Any]]) -> set[ObjectId]:
-        """Mark many claimed jobs completed in one bulk write; return the ids whose write landed.
+    def complete_many(self, jobs: Sequence[tuple[ClaimedJob, Any]]) -> set[tuple[ObjectId, str]]:
+        """Mark many claimed jobs completed in one bulk write; return the runs ``(id, token)`` whose write landed.
 
         Each update carries its own fence (``_id``, token, ``processing``), so
         a lost lease fails only its own job. When fewer matched than sent, the
-        jobs that are completed under our token (by this try or an earlier one
-        whose reply was lost) count as written; the others lost their lease.
+        runs whose job is completed under their token (by this try or an
+        earlier one whose reply was lost) count as written; the others lost
+        their lease. Runs, not job ids: two runs of one job (a stale one and
+        a newer claim) can share a batch, and only the newer one's write lands.
         """
         if not jobs:
             return set()
@@ -779,19 +781,20 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
             }
             update["$set"].update(completion_fields(result))
             ops.append(UpdateOne({"_id": job.id, "lease_token": job.token, "status": PROCESSING}, update))
-        tokens = {job.id: job.token for job, _ in jobs}
+        runs = {(job.id, job.token) for job, _ in jobs}
 
-        def call() -> set[ObjectId]:
+        def call() -> set[tuple[ObjectId, str]]:
             try:
                 if self.collection.bulk_write(ops, ordered=False).matched_count == len(ops):
-                    return set(tokens)
+                    return set(runs)
             except BulkWriteError:
                 pass  # some writes were rejected; find out which below
+            ids = list({job_id for job_id, _ in runs})
             return {
-                d["_id"]
-                for d in self.collection.find({"_id": {"$in": list(tokens)}}, {"status": 1, "lease_token": 1})
-                if d.get("status") == COMPLETED and d.get("lease_token") == tokens[d["_id"]]
-            }
+                (d["_id"], str(d.get("lease_token")))
+                for d in self.collection.find({"_id": {"$in": ids}}, {"status": 1, "lease_token": 1})
+                if d.get("status") == COMPLETED
+            } & runs
 
         return self._retry(call, "complete_many")
 

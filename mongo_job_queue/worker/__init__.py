@@ -28,6 +28,7 @@ from typing import Optional
 from bson import ObjectId
 
 from ..config import QueueConfig
+from ..errors import QueueStateError
 from ..failures import error_record
 from ..handlers import HandlerRegistry
 from ..middleware import MiddlewareChain
@@ -71,6 +72,8 @@ class Worker:
         self.scheduler: Optional[Scheduler] = None
         self.table = InflightTable()
         self._lock = threading.Lock()
+        # Notified (under _lock) when a stop() ends: a start() meanwhile waits for it.
+        self._stopped = threading.Condition(self._lock)
         self._running = False
         self._reset_runtime_state()
 
@@ -92,6 +95,12 @@ class Worker:
         self._waker_thread: Optional[threading.Thread] = None
         self._waker: Optional[ChangeStreamWaker] = None
         self._completer: Optional[Completer] = None
+        # Every thread any start began, until it has ended: a poller still
+        # inside a claim after a timed-out stop outlives its start, and a
+        # later stop must still wait for it and report it.
+        self._started: list[threading.Thread] = []
+        #: The thread inside stop(), if any.
+        self._stopper: Optional[threading.Thread] = None
         self._running = False
         keeper = getattr(self, "keeper", None)
         if keeper is not None:
@@ -101,7 +110,7 @@ class Worker:
 
     def _build(self) -> None:
         """(Re)build the services from the current config, registry and owner."""
-        self.keeper.config = self.config
+        self.keeper.set_config(self.config)
         self.keeper.name = f"mjq-{self.owner.worker_id}"
         self.quarantiner = Quarantiner(self.store, self.hooks, self._logger)
         self.executor = Executor(
@@ -148,11 +157,25 @@ class Worker:
         return all(t is not None and t.is_alive() for t in threads)
 
     def start(self) -> None:
-        """Start the services; no-op if already running (a start whose threads died is restarted)."""
+        """Start the services; no-op if already running (a start whose threads died is restarted).
+
+        During another thread's ``stop()`` it waits for that stop to end,
+        then starts. Called from a thread that stop is waiting for (the
+        stopping thread itself, e.g. an ``on_worker_stop`` hook, or one of this
+        worker's own threads, e.g. a handler) it raises
+        :class:`~mongo_job_queue.errors.QueueStateError` instead of deadlocking.
+        """
         if self._running and not self._stopping.is_set() and not self.running:
             self.log.error("worker %s: a worker thread died; restarting the worker", self.owner.worker_id)
             self.stop(0)
         with self._lock:
+            while self._stopper is not None:
+                me = threading.current_thread()
+                if me is self._stopper or me in self._started:
+                    raise QueueStateError(
+                        "start_polling() during stop() from a thread the stop waits for: start after stop() returns"
+                    )
+                self._stopped.wait()
             if self._running:
                 return
             self._start_services()
@@ -218,8 +241,13 @@ class Worker:
             threads.append(self._new_scheduler_thread(self.scheduler, stopping))
         self._running = True
         self.keeper.start()
+        self._track(threads)
         for thread in threads:
             thread.start()
+
+    def _track(self, threads: list[threading.Thread]) -> None:
+        """Remember threads about to start; forget the ones that have ended."""
+        self._started = [t for t in self._started if t.is_alive()] + threads
 
     def stop(
         self,
@@ -243,75 +271,89 @@ class Worker:
           keep their lease while their handlers run in this process, and go
           back to ``pending`` when the process exits (the attempt recorded
           with a :class:`~mongo_job_queue.WorkerShutdown` error, or
-          ``failed`` if it was their last attempt), never while their handler
-          still runs here. A handler that finishes first records its outcome.
+          ``failed`` if it was their last attempt), due again only after a
+          grace that outlasts the process's exit (see
+          :mod:`.shutdown`), so never while their handler still runs here.
+          A handler that finishes first records its outcome.
         """
         deadline = deadline_after(timeout)
         with self._lock:
             if not self._running:
                 return True
+            self._stopper = threading.current_thread()
             with self.table.cond:
                 self._stopping.set()
                 self.table.cond.notify_all()  # a poller waiting for a free slot sees it at once
             self._wake.set()
-        # _running stays True until the end, so a start() meanwhile is a no-op
-        # rather than a second set of services this stop would then tear down.
-        if self._waker is not None:
-            self._waker.close()  # ends a change-stream read that would wait on the server
-        if self.scheduler is not None:
-            self.scheduler.wake()
-        self.log.info("worker %s stopping: no new claims", self.owner.worker_id)
-        # The poller may be inside a claim; it hands back whatever that claim
-        # returns, so waiting for it shares the one deadline (and the force).
-        if self._poller_thread is not None:
-            join(self._poller_thread, deadline, force)
-        if self.table.busy():
-            self.log.info(
-                "worker %s waiting %s for %d running job(s)",
-                self.owner.worker_id,
-                "without a time limit" if deadline == float("inf") else f"up to {remaining(deadline):.1f}s",
-                len(self.table),
-            )
-        finished = not self.table.busy()
-        while not finished and remaining(deadline) > 0 and not (force and force.is_set()):
-            # Short waits, so that a forcing signal is noticed promptly.
-            finished = self.table.wait_idle(min(0.1, remaining(deadline)))
-        for _ in self._handler_threads:
-            self._work.put(None)  # handler threads exit after their current job
-        if self._completer is not None:
-            # Whatever is still buffered is written now; a handler finishing
-            # later records its outcome directly.
-            completer, self._completer = self._completer, None
-            completer.close(max(1.0, remaining(deadline)))
-        self.keeper.release()
-        self._join_services(deadline, finished)
-        self.hooks.emit("on_worker_stop")
-        running = self.table.running()
-        if finished:
-            self.log.info("worker %s stopped: all jobs finished", self.owner.worker_id)
-        elif requeue_running:
-            self.log.warning(
-                "worker %s stopped with %d job(s) still running; they return to the queue when this process exits",
-                self.owner.worker_id,
-                len(running),
-            )
-            self.shutdown.abandon(running)
-        else:
-            self.log.warning(
-                "worker %s stopped with %d job(s) still running; their leases are kept while this "
-                "process lives and recovered by lease expiry after it exits",
-                self.owner.worker_id,
-                len(running),
-            )
-        with self._lock:
-            self._running = False
+        try:
+            # _running stays True until the end, and a start() meanwhile waits for
+            # the end, rather than adding services this stop would then tear down.
+            if self._waker is not None:
+                self._waker.close()  # ends a change-stream read that would wait on the server
+            if self.scheduler is not None:
+                self.scheduler.wake()
+            self.log.info("worker %s stopping: no new claims", self.owner.worker_id)
+            # The poller may be inside a claim; it hands back whatever that claim
+            # returns, so waiting for it shares the one deadline (and the force).
+            if self._poller_thread is not None:
+                join(self._poller_thread, deadline, force)
+            if self.table.busy():
+                self.log.info(
+                    "worker %s waiting %s for %d running job(s)",
+                    self.owner.worker_id,
+                    "without a time limit" if deadline == float("inf") else f"up to {remaining(deadline):.1f}s",
+                    len(self.table),
+                )
+            finished = not self.table.busy()
+            while not finished and remaining(deadline) > 0 and not (force and force.is_set()):
+                # Short waits, so that a forcing signal is noticed promptly.
+                finished = self.table.wait_idle(min(0.1, remaining(deadline)))
+            for _ in self._handler_threads:
+                self._work.put(None)  # handler threads exit after their current job
+            if self._completer is not None:
+                # Whatever is still buffered is written now; a handler finishing
+                # later records its outcome directly.
+                completer, self._completer = self._completer, None
+                completer.close(max(1.0, remaining(deadline)))
+            self.keeper.release()
+            self._join_services(deadline, finished, force)
+            self.hooks.emit("on_worker_stop")
+            running = self.table.running()
+            if finished:
+                self.log.info("worker %s stopped: all jobs finished", self.owner.worker_id)
+            elif requeue_running:
+                self.log.warning(
+                    "worker %s stopped with %d job(s) still running; they return to the queue when this process exits",
+                    self.owner.worker_id,
+                    len(running),
+                )
+                self.shutdown.abandon(running)
+            else:
+                self.log.warning(
+                    "worker %s stopped with %d job(s) still running; their leases are kept while this "
+                    "process lives and recovered by lease expiry after it exits",
+                    self.owner.worker_id,
+                    len(running),
+                )
+        finally:
+            with self._lock:
+                self._running = False
+                self._stopper = None
+                self._stopped.notify_all()
         return finished and not self._alive_threads()
 
-    def _join_services(self, deadline: float, finished: bool) -> None:
+    def _join_services(self, deadline: float, finished: bool, force: Optional[threading.Event]) -> None:
         grace = deadline_after(max(1.0, remaining(deadline)) if finished else 0.5)
         for thread in (self._maintenance_thread, self._waker_thread, self._scheduler_thread):
             if thread is not None:
                 join(thread, grace)
+        # Any thread of an earlier start (e.g. its poller, still inside a claim
+        # when that start's stop timed out): waited for like this start's
+        # poller, the force included.
+        current = {*self._handler_threads, self._poller_thread}
+        for thread in self._started:
+            if thread not in current:
+                join(thread, grace, force)
         if finished:
             for thread in self._handler_threads:
                 join(thread, grace)
@@ -326,14 +368,8 @@ class Worker:
             )
 
     def _alive_threads(self) -> list[threading.Thread]:
-        threads = [
-            self._poller_thread,
-            self._maintenance_thread,
-            self._waker_thread,
-            self._scheduler_thread,
-            self.keeper.thread,
-            *self._handler_threads,
-        ]
+        """Threads of this worker still running: of any start so far, and the heartbeat."""
+        threads = [*self._started, self.keeper.thread]
         return [t for t in threads if t is not None and t.is_alive()]
 
     def requeue_abandoned(self) -> None:
@@ -353,7 +389,9 @@ class Worker:
             idle = self._running and self._scheduler_thread is None and self.config.run_schedules
             if not idle or self.scheduler is None:
                 return
-            self._new_scheduler_thread(self.scheduler, self._stopping).start()
+            thread = self._new_scheduler_thread(self.scheduler, self._stopping)
+            self._track([thread])
+            thread.start()
 
     @property
     def listening_for_jobs(self) -> bool:
@@ -372,7 +410,7 @@ class Worker:
         claimed = self.store.claim_job(job_id, self.owner)
         if claimed is None:
             return False
-        self.hooks.emit("after_claim", claimed.doc)
+        self.poller.announce([claimed])
         self.process(claimed)
         return True
 

@@ -26,7 +26,7 @@ from typing import Any, Optional
 
 from ..records import job_log_extra
 from ..store import ClaimedJob, JobStore
-from .inflight import InflightTable, run_key
+from .inflight import InflightTable, RunKey, run_key
 from .timeouts import deadline_after, join
 
 __all__ = ["AckBuffer", "Completer", "GroupCompleter", "InlineCompleter", "OnAcked"]
@@ -92,28 +92,34 @@ class AckBuffer:
                     self._cond.notify_all()
 
     def _flush(self, batch: list[tuple[ClaimedJob, Any]]) -> None:
+        """Write and report every completion of ``batch``, whatever a write or a callback raises.
+
+        Each job is written (in the bulk write, or on its own after it) and
+        reported exactly once: an exception of any kind, ``SystemExit`` from
+        a callback included, is contained per job, so it can neither leave
+        the rest of the flush unwritten nor leave a job in the in-flight
+        acknowledgement set, whose lease would then be renewed forever.
+        """
+        written: set[RunKey] = set()
         try:
             written = self.store.complete_many(batch)
-        except Exception:  # fall back to one write per job below
+        except BaseException:  # fall back to one write per job below
             self.log.warning(
                 "batched completion of %d job(s) failed; writing them one by one", len(batch), exc_info=True
             )
-            written = set()
         for claimed, result in batch:
-            outcome: Optional[bool] = True
-            if claimed.id not in written:
-                # Lost lease, or a write the server rejected: the single write
-                # tells which (and raises for the latter).
-                try:
-                    outcome = self.store.complete(claimed, result)
-                except Exception:  # the lease expires and the job runs again
-                    self.log.exception(
-                        "could not record the completion of job %s", claimed.id, extra=job_log_extra(claimed.doc)
-                    )
-                    outcome = None
+            outcome: Optional[bool] = None
+            try:
+                # Not in ``written``: lost lease, or a write the server
+                # rejected; the single write tells which (and raises for the latter).
+                outcome = True if run_key(claimed) in written else self.store.complete(claimed, result)
+            except BaseException:  # the lease expires and the job runs again
+                self.log.exception(
+                    "could not record the completion of job %s", claimed.id, extra=job_log_extra(claimed.doc)
+                )
             try:
                 self.on_acked(claimed, outcome)
-            except Exception:  # a logging callback must not stop the flusher
+            except BaseException:  # a reporting callback must not stop the flush
                 self.log.exception("ack callback failed for job %s", claimed.id, extra=job_log_extra(claimed.doc))
 
 

@@ -32,12 +32,15 @@ from .completer import Completer, InlineCompleter
 from .inflight import InflightTable, log_job, run_key
 from .maintenance import Quarantiner
 
-__all__ = ["Executor", "Outcome", "WorkQueue"]
+__all__ = ["SHUTDOWN_GRACE_MIN_MS", "Executor", "Outcome", "WorkQueue"]
 
 log = logging.getLogger(__name__)
 
 #: What ``after_process`` reports: the outcome recorded, or "error" when recording it raised.
 Outcome = Literal["completed", "retry", "failed", "cancelled", "lease_lost", "error"]
+
+#: The shortest delay before a job requeued at process exit is due again (see ``Executor.shutdown_grace_ms``).
+SHUTDOWN_GRACE_MIN_MS = 2_000
 
 #: Claimed jobs waiting for a handler thread; None tells a thread to exit.
 WorkQueue = queue_mod.SimpleQueue[Optional[ClaimedJob]]
@@ -124,7 +127,11 @@ class Executor:
         state = self.table.get(run_key(claimed)) or RunState(claimed)
         job._mjq_context = JobContext(self.store, state)
         log_job(self.log, logging.INFO, doc, "processing")
-        self.hooks.emit("before_process", job)
+        try:
+            self.hooks.emit("before_process", job)
+        except BaseException:  # only a main-thread KeyboardInterrupt gets through: the run never started
+            self.hand_back(claimed)
+            raise
         started = time.monotonic()
         outcome: Outcome = "error"
         error: Optional[BaseException] = None
@@ -240,8 +247,22 @@ class Executor:
         self.hooks.emit("on_lease_lost", doc)
         return "lease_lost"
 
+    def shutdown_grace_ms(self) -> int:
+        """How long a shutdown requeue keeps a job from being due: longer than a dying process can still run it.
+
+        The requeue is written by an exit hook, and the handler thread (a
+        daemon) keeps running through the remaining exit hooks and the
+        interpreter's finalisation. Making the job due only after this grace
+        means no other worker starts it while this process can still run it;
+        it never exceeds the lease, which would have recovered the job anyway.
+        """
+        return min(self.config.lease_ms, max(SHUTDOWN_GRACE_MIN_MS, self.config.heartbeat_interval_ms))
+
     def requeue_on_shutdown(self, state: RunState, worker_id: str) -> None:
-        """Return a run abandoned by a stopping process to the queue, attempt counted (fenced)."""
+        """Return a run abandoned by a stopping process to the queue, attempt counted (fenced).
+
+        The job is due again after :meth:`shutdown_grace_ms`, not at once.
+        """
         claimed = state.claimed
         doc = claimed.doc
         state.lease_lost.set()  # given up on purpose: stop renewing it
@@ -253,7 +274,7 @@ class Executor:
             if attempts >= max_retries_of(doc, self.registry.get(doc["type"])) + 1:
                 written = self.store.fail(claimed, record)
             else:
-                written = self.store.reschedule(claimed, now, record)
+                written = self.store.reschedule(claimed, after_ms(now, self.shutdown_grace_ms()), record)
             if not written and self.cancel(claimed):
                 return
         except Exception:  # noqa: BLE001 - lease expiry recovers it if this write fails

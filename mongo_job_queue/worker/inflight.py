@@ -10,6 +10,7 @@ heartbeat.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from typing import Any, Optional
@@ -43,6 +44,10 @@ class InflightTable:
         # Finished runs whose completion is buffered in the group-commit
         # buffer: their leases are renewed until the write lands.
         self._acking: dict[RunKey, ClaimedJob] = {}
+        # Claim order of every run in either map: the newest run of a job is
+        # the one whose token the document carries, whichever map it is in.
+        self._order: dict[RunKey, int] = {}
+        self._claims = itertools.count()
 
     def add(self, claimed: ClaimedJob) -> RunState:
         """Enter a new run; an older run of the same job has lost its lease by definition."""
@@ -51,8 +56,14 @@ class InflightTable:
                 if job_id == claimed.id:
                     state.lease_lost.set()  # the document now carries the new claim's token
             state = RunState(claimed)
-            self._runs[run_key(claimed)] = state
+            key = run_key(claimed)
+            self._runs[key] = state
+            self._order[key] = next(self._claims)
             return state
+
+    def _forget(self, key: RunKey) -> None:
+        if key not in self._runs and key not in self._acking:
+            self._order.pop(key, None)
 
     def get(self, key: RunKey) -> Optional[RunState]:
         with self.cond:
@@ -61,15 +72,19 @@ class InflightTable:
     def remove(self, key: RunKey) -> None:
         with self.cond:
             self._runs.pop(key, None)
+            self._forget(key)
             self.cond.notify_all()
 
     def begin_ack(self, claimed: ClaimedJob) -> None:
         with self.cond:
-            self._acking[run_key(claimed)] = claimed
+            key = run_key(claimed)
+            self._acking[key] = claimed
+            self._order.setdefault(key, next(self._claims))  # a run that was never in the table is newest
 
     def end_ack(self, key: RunKey) -> None:
         with self.cond:
             self._acking.pop(key, None)
+            self._forget(key)
             self.cond.notify_all()
 
     def running(self) -> list[RunState]:
@@ -87,13 +102,20 @@ class InflightTable:
             return bool(self._runs or self._acking)
 
     def leases(self) -> dict[ObjectId, str]:
-        """The token to renew per job: the newest live run's (buffered completions too)."""
+        """The token to renew per job: its newest run's, by claim order (a buffered completion's too).
+
+        A job's older runs have lost their lease by definition, whether they
+        are still running or awaiting their completion write, so their stale
+        tokens are never renewed in place of the newest one.
+        """
         with self.cond:
-            leases = {job_id: token for job_id, token in self._acking}
-            for (job_id, token), state in self._runs.items():  # insertion order: newer runs win
-                if not state.lease_lost.is_set():
-                    leases[job_id] = token
-            return leases
+            live = [key for key, state in self._runs.items() if not state.lease_lost.is_set()]
+            newest: dict[ObjectId, RunKey] = {}
+            for key in [*self._acking, *live]:
+                held = newest.get(key[0])
+                if held is None or self._order.get(key, -1) > self._order.get(held, -1):
+                    newest[key[0]] = key
+            return {job_id: token for job_id, (_, token) in newest.items()}
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for the table to empty; True if it did."""
@@ -105,6 +127,7 @@ class InflightTable:
         with self.cond:
             self._runs.clear()
             self._acking.clear()
+            self._order.clear()
             self.cond.notify_all()
 
 

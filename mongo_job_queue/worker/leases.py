@@ -80,24 +80,44 @@ class LeaseKeeper:
     def _done(self) -> bool:
         return not self._wanted and not self.table.busy()
 
+    def set_config(self, config: QueueConfig) -> None:
+        """Beat at the new config's interval from now on (it also sets the lease each renewal grants)."""
+        with self.table.cond:
+            self.config = config
+            self.table.cond.notify_all()  # a beat due sooner under the new interval is not slept through
+
+    def _interval(self) -> float:
+        return self.config.heartbeat_interval_ms / 1000
+
     def _run(self) -> None:
-        interval = self.config.heartbeat_interval_ms / 1000
+        # The interval is read afresh for every wait, never kept: the thread
+        # outlives starts and configure_worker(), and the store grants each
+        # renewal the lease of the current config, so beating at an old,
+        # longer interval would let the new, shorter leases lapse.
         failures = 0
         while True:
             with self.table.cond:
                 if self._done():
                     self._thread = None
                     return
-            delay = interval
+            beat = time.monotonic()
             try:
                 self.renew_leases()
                 failures = 0
             except BaseException:  # any error, SystemExit from a hook included: the thread lives on
                 failures += 1
-                delay = min(interval, 0.1 * 2**failures, _MAX_FAILURE_BACKOFF_S)
-                self.log.exception("lease renewal failed; retrying in %.1fs", delay)
+                self.log.exception("lease renewal failed; retrying in %.1fs", self._delay(failures))
             with self.table.cond:
-                self.table.cond.wait_for(self._done, timeout=delay)
+                while not self._done():
+                    left = beat + self._delay(failures) - time.monotonic()
+                    if left <= 0:
+                        break
+                    self.table.cond.wait(left)
+
+    def _delay(self, failures: int) -> float:
+        """Seconds from one beat to the next: the interval, shorter while renewals fail."""
+        interval = self._interval()
+        return min(interval, 0.1 * 2**failures, _MAX_FAILURE_BACKOFF_S) if failures else interval
 
     # -- one beat -----------------------------------------------------------
 

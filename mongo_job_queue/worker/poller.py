@@ -88,7 +88,7 @@ class Poller:
         types, queues = self.claim_scope()
         claimed = self.store.claim(types, queues, self.owner, abort=abort)
         if claimed is not None:
-            self.hooks.emit("after_claim", claimed.doc)
+            self.announce([claimed])
         return claimed
 
     def claim_some(self, free: int, abort: Optional[threading.Event] = None) -> list[ClaimedJob]:
@@ -96,11 +96,26 @@ class Poller:
         types, queues = self.claim_scope()
         if self.config.batch_claims and free > 1:
             batch = self.store.claim_batch(types, queues, self.owner, free, abort=abort)
-            for claimed in batch:
-                self.hooks.emit("after_claim", claimed.doc)
+            self.announce(batch)
             return batch
         one = self.claim_one(abort=abort)
         return [one] if one is not None else []
+
+    def announce(self, claimed: list[ClaimedJob]) -> None:
+        """Emit ``after_claim`` for jobs just claimed; should anything escape, hand them all back first.
+
+        The hooks contain their own errors, but a ``KeyboardInterrupt`` in the
+        main thread passes through (see :mod:`mongo_job_queue.middleware`):
+        from the moment the claim returns, no claimed job may be left holding
+        this worker's lease without a run.
+        """
+        try:
+            for job in claimed:
+                self.hooks.emit("after_claim", job.doc)
+        except BaseException:
+            for job in claimed:
+                self.executor.hand_back(job)
+            raise
 
     # -- the thread ---------------------------------------------------------
 

@@ -6,6 +6,12 @@ once would make it due while the handler still runs here, so another worker
 could run it concurrently. Instead the run keeps its lease (the heartbeat
 goes on) and is requeued, fenced, by an exit hook; a handler that finishes
 before that records its own outcome.
+
+The exit hook is not the end of the process: daemon threads, the handler's
+included, keep running through the remaining exit hooks and the
+interpreter's finalisation. So the requeue does not make the job due at
+once but after a grace (``Executor.shutdown_grace_ms``: at least 2 s or a
+heartbeat interval, at most the lease), by which time this process is gone.
 """
 
 from __future__ import annotations

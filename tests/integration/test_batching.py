@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from datetime import timedelta
 from typing import Any
 
 import mongoengine
@@ -14,6 +15,8 @@ from pymongo import monitoring
 
 from mongo_job_queue import BaseJob, create_job_queue
 from mongo_job_queue.store import LeaseOwnerInfo
+from mongo_job_queue.worker.completer import AckBuffer
+from mongo_job_queue.worker.inflight import run_key
 
 pytestmark = pytest.mark.integration
 
@@ -127,7 +130,7 @@ def test_complete_many_fences_each_job_by_its_token(counted) -> None:
     CountedJob.objects(id=lost.id).update(set__lease_token="someone-else")
     counted.counts.clear()
     written = queue.store.complete_many([(c, {"i": i}) for i, c in enumerate(claimed)])
-    assert written == {claimed[0].id, claimed[2].id}
+    assert written == {(claimed[0].id, claimed[0].token), (claimed[2].id, claimed[2].token)}
     assert counted.counts["update"] == 1  # one bulk write for all three
     assert CountedJob.objects.get(id=lost.id).status == "processing"
     assert CountedJob.objects.get(id=claimed[2].id).result == {"i": 2}
@@ -194,3 +197,86 @@ def test_change_stream_wakes_an_idle_worker(counted, make_queue, job_model) -> N
         assert time.monotonic() - started < 2.5  # well under the 5 s poll interval
     finally:
         idle.stop(timeout=10)
+
+
+def test_a_raising_ack_callback_leaves_no_completion_of_its_flush_unwritten(make_queue, job_model) -> None:
+    # One flush carries B and C; the bulk write fails, so each is written on
+    # its own, and reporting each raises SystemExit: every one is still
+    # written and leaves the in-flight set, so stop() ends cleanly.
+    queue = make_queue(concurrency=3, batch_acks=True)
+    flushing = threading.Event()
+    calls: list[int] = []
+    worker = queue.worker
+
+    def failing_complete_many(jobs: Any) -> Any:
+        calls.append(len(jobs))
+        if len(calls) == 1:  # hold the first flush until B and C are buffered behind it
+            flushing.set()
+            wait_until(lambda: len(worker.table) == 0, timeout=10)
+        raise ConnectionError("simulated failed bulk write")
+
+    def exiting_report(claimed: Any, written: Any) -> None:
+        raise SystemExit("a reporting callback exits")
+
+    queue.store.complete_many = failing_complete_many  # type: ignore[method-assign]
+    worker.executor.report_completion = exiting_report  # type: ignore[method-assign]
+
+    @queue.handler("ACK")
+    def ack(job: Any) -> None:
+        if job.data["n"] != "A":
+            assert flushing.wait(10)
+
+    jobs = [queue.enqueue("ACK", {"n": n}) for n in "ABC"]
+    queue.start_polling()
+    wait_until(lambda: len(calls) >= 2, timeout=10)
+    wait_until(
+        lambda: all(job_model.objects.get(id=j.id).status == "completed" for j in jobs),
+        timeout=10,
+        what="every completion written",
+    )
+    assert calls[1] == 2  # B and C shared the second flush
+    assert queue.stop(10) is True
+
+
+def _two_runs_of_one_job(queue: Any, job_model: Any) -> tuple[Any, Any]:
+    """Claim a job (run 1), return it to the queue as a lease rescue would, and claim it again (run 2)."""
+    job = queue.enqueue("T", {})
+    first = queue.worker.claim_one()
+    job_model.objects(id=job.id).update(set__status="pending")
+    second = queue.worker.claim_one()
+    assert first.id == second.id == job.id and first.token != second.token
+    return first, second
+
+
+def test_complete_many_reports_per_run_when_two_runs_of_one_job_share_a_flush(make_queue, job_model) -> None:
+    queue = make_queue()
+    queue.register_handler("T", lambda job: None)
+    stale, live = _two_runs_of_one_job(queue, job_model)
+    reports: list[tuple[str, Any]] = []
+    buffer = AckBuffer(queue.store, lambda claimed, outcome: reports.append((claimed.token, outcome)))
+    buffer._flush([(stale, "stale"), (live, "live")])
+    doc = job_model.objects.get(id=live.id)
+    assert (doc.status, doc.result) == ("completed", "live")
+    assert sorted(reports) == sorted([(stale.token, False), (live.token, True)])  # the stale run lost its lease
+    assert queue.store.complete_many([(stale, "stale")]) == set()
+
+
+def test_the_heartbeat_renews_the_newest_run_when_two_runs_of_one_job_await_their_ack(make_queue, job_model) -> None:
+    queue = make_queue(lease_ms=30_000, heartbeat_interval_ms=10_000)
+    queue.register_handler("T", lambda job: None)
+    stale, live = _two_runs_of_one_job(queue, job_model)
+    table = queue.worker.table
+    table.add(stale)
+    table.add(live)
+    # The newer run finished first; the stale run's completion is buffered after it.
+    for run in (live, stale):
+        table.begin_ack(run)
+        table.remove(run_key(run))
+    try:
+        before = job_model.objects.get(id=live.id).lease_expires_at
+        claimed_by = queue.store.now()
+        wait_until(lambda: queue.store.now() > claimed_by + timedelta(milliseconds=5))  # a renewal now extends it
+        queue.worker.renew_leases()
+        assert job_model.objects.get(id=live.id).lease_expires_at > before
+    finally:
+        table.clear()

@@ -205,3 +205,66 @@ def test_after_process_is_emitted_when_the_outcome_cannot_be_written(make_queue,
     with pytest.raises(ConnectionError):
         queue.run_once()
     assert pairing.outcomes == ["error"]
+
+
+class Exits(Middleware):
+    """Raises ``exc`` from every call of one hook."""
+
+    def __init__(self, hook: str, exc: type[BaseException]) -> None:
+        self.calls = 0
+        self.lock = threading.Lock()
+
+        def raising(*args: Any, **kwargs: Any) -> None:
+            with self.lock:
+                self.calls += 1
+            raise exc(f"{hook} gives up")
+
+        setattr(self, hook, raising)
+
+
+@pytest.mark.parametrize("exc", [SystemExit, KeyboardInterrupt])
+@pytest.mark.parametrize("hook", ["after_claim", "before_process", "after_process", "on_retry_scheduled"])
+def test_a_hook_raising_a_base_exception_strands_no_job_and_kills_no_thread(
+    make_queue, job_model, hook: str, exc: type[BaseException]
+) -> None:
+    # Worker threads run the hooks: whatever a hook raises is contained, so
+    # a whole claimed batch is neither stranded nor left unstarted.
+    exits = Exits(hook, exc)
+    queue = make_queue(concurrency=4, retry_delay_ms=10)
+    queue.add_middleware(exits)
+    runs: list[Any] = []
+    lock = threading.Lock()
+
+    @queue.handler("FLAKY", max_retries=1)
+    def flaky(job: Any) -> None:
+        with lock:
+            runs.append(job.id)
+        if job.attempts == 1:
+            raise RuntimeError("first attempt fails")
+
+    jobs = [queue.enqueue("FLAKY", {}) for _ in range(4)]
+    queue.start_polling()
+    wait_until(
+        lambda: all(job_model.objects.get(id=j.id).status == "completed" for j in jobs),
+        timeout=20,
+        what="every job to complete",
+    )
+    assert sorted(map(str, runs)) == sorted(str(j.id) for j in jobs for _ in range(2))  # each ran twice, no more
+    assert all(job_model.objects.get(id=j.id).attempts == 2 for j in jobs)
+    assert exits.calls >= 4
+    assert queue.running
+
+
+@pytest.mark.parametrize("hook", ["after_claim", "before_process"])
+def test_ctrl_c_in_a_main_thread_hook_propagates_and_hands_the_claimed_job_back(make_queue, job_model, hook) -> None:
+    # In the main thread a KeyboardInterrupt may be the user's Ctrl-C: it is
+    # not swallowed, and the job claimed by run_once() goes back unstarted.
+    queue = make_queue()
+    queue.add_middleware(Exits(hook, KeyboardInterrupt))
+    ran: list[Any] = []
+    queue.register_handler("X", ran.append)
+    job = queue.enqueue("X", {})
+    with pytest.raises(KeyboardInterrupt):
+        queue.run_once()
+    doc = job_model.objects.get(id=job.id)
+    assert (doc.status, doc.attempts, ran) == ("pending", 0, [])

@@ -121,3 +121,30 @@ def test_last_attempt_interrupted_by_shutdown_ends_failed(make_queue, job_model,
     failed = job_model.objects.get(id=job.id)
     assert failed.status == "failed" and failed.attempts == 1
     assert failed.last_error.type.endswith("WorkerShutdown")
+
+
+def test_a_job_requeued_at_exit_is_not_started_elsewhere_while_the_exiting_process_still_runs_it(
+    make_queue, job_model, worker_process, started, tmp_path
+) -> None:
+    # The handler thread of the exiting worker runs through the exit hooks
+    # and the interpreter's finalisation; the shutdown requeue must not let
+    # another worker start the job before that process is gone.
+    ticks = tmp_path / "ticks"
+    queue = make_queue(concurrency=1, poll_interval_base_ms=5, poll_interval_max_ms=10)
+    starts: list[float] = []
+    queue.register_handler("SPIN", lambda job: starts.append(time.time()))
+    job = queue.enqueue("SPIN", {"file": str(ticks)})
+    proc = worker_process(concurrency=1, stop_timeout=0.3)
+    wait_until(lambda: started() == 1, timeout=30)
+    queue.start_polling()
+    try:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+        assert "returned to the queue on shutdown" in out, out
+        wait_until(lambda: starts, timeout=30, what="the requeued job to run here")
+    finally:
+        queue.stop(10)
+    last_tick = max(float(line) for line in ticks.read_text().split())
+    assert last_tick < starts[0], f"the exiting process ran the job {last_tick - starts[0]:.3f}s after it started here"
+    assert job_model.objects.get(id=job.id).attempts == 2

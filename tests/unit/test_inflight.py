@@ -38,3 +38,19 @@ def test_a_buffered_completion_keeps_its_lease_until_acknowledged() -> None:
     table.end_ack(run_key(claimed))
     assert not table.busy()
     assert table.wait_idle(0)
+
+
+def test_the_newest_run_s_token_is_renewed_whichever_run_s_completion_was_buffered_first() -> None:
+    table = InflightTable()
+    job_id = ObjectId()
+    old, new = _claim(job_id, "old"), _claim(job_id, "new")
+    table.add(old)
+    table.add(new)
+    for run in (new, old):  # the newer run finished first; the stale one's completion follows it
+        table.begin_ack(run)
+        table.remove(run_key(run))
+    assert table.leases() == {job_id: "new"}
+    table.end_ack(run_key(new))
+    assert table.leases() == {job_id: "old"}  # only the stale run is left: its renewal reports it lost
+    table.end_ack(run_key(old))
+    assert table.leases() == {} and not table.busy()
