@@ -36,6 +36,10 @@ MIN_EVERY_MS = 100
 #: Longest interval, 366 days: fire times must stay far inside the dates
 #: datetime can hold; cron expressions say "yearly" better anyway.
 MAX_EVERY_MS = 366 * 24 * 3600 * 1000
+#: Longest misfire grace, 366 days: it must fit a timedelta ("once" catches up without one).
+MAX_MISFIRE_GRACE_MS = MAX_EVERY_MS
+#: Most missed fire times one tick enqueues with "all": each is an insert.
+MAX_CATCH_UP_LIMIT = 10_000
 #: Guard on iterator steps that DST folds can make non-monotonic; a handful suffice.
 _EXTRA_STEPS = 100
 _SECOND = timedelta(seconds=1)
@@ -292,12 +296,8 @@ class Schedule:
             cron = " ".join(cron.split())
             times = CronTimes(cron, zone)
         else:
-            _positive_int(name, "every_ms", every_ms, minimum=MIN_EVERY_MS)
-            if every_ms > MAX_EVERY_MS:
-                raise ScheduleError(
-                    f"schedule {name!r}: every_ms must be at most {MAX_EVERY_MS} (366 days), got {every_ms!r}; "
-                    "use a cron expression for longer periods"
-                )
+            longer = "use a cron expression for longer periods"
+            _bounded_int(name, "every_ms", every_ms, MIN_EVERY_MS, MAX_EVERY_MS, longer)
             if zone_name != "UTC":
                 raise ScheduleError(f"schedule {name!r}: timezone applies to cron expressions, not to every_ms")
             times = IntervalTimes(every_ms)
@@ -306,8 +306,9 @@ class Schedule:
         except ValueError:
             choices = ", ".join(repr(c.value) for c in CatchUp)
             raise ScheduleError(f"schedule {name!r}: catch_up must be one of {choices}, got {catch_up!r}") from None
-        _positive_int(name, "catch_up_limit", catch_up_limit)
-        _positive_int(name, "misfire_grace_ms", misfire_grace_ms)
+        _bounded_int(name, "catch_up_limit", catch_up_limit, 1, MAX_CATCH_UP_LIMIT, "older fire times are skipped")
+        grace_hint = 'catch_up="once" enqueues the latest missed fire time however late'
+        _bounded_int(name, "misfire_grace_ms", misfire_grace_ms, 1, MAX_MISFIRE_GRACE_MS, grace_hint)
         if not isinstance(overlap, bool):
             raise ScheduleError(f"schedule {name!r}: overlap must be True or False, got {overlap!r}")
         return cls(
@@ -398,9 +399,12 @@ def _zone(name: str, tz: Any) -> tuple[tzinfo, str]:
     )
 
 
-def _positive_int(name: str, key: str, value: Any, *, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ScheduleError(f"schedule {name!r}: {key} must be an int >= {minimum}, got {value!r}")
+def _bounded_int(name: str, key: str, value: Any, minimum: int, maximum: int, hint: str) -> None:
+    """Reject at definition what would fail every tick later (a timedelta overflow, a huge loop)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise ScheduleError(
+            f"schedule {name!r}: {key} must be an int from {minimum} to {maximum}, got {value!r:.40}; {hint}"
+        )
 
 
 def _naive_utc(moment: datetime) -> datetime:

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from helpers import holds_for, wait_until
 
+from mongo_job_queue import ScheduleError
 from mongo_job_queue.store_schedule import schedule_state_id
 
 pytestmark = pytest.mark.integration
@@ -258,3 +259,21 @@ def test_a_rollback_to_an_earlier_definition_replays_nothing(make_queue, raw_db)
     assert [f.fire_time for f in rollback.fire_schedules(datetime(2026, 1, 7, 3))] == [datetime(2026, 1, 7, 3)]
     hours = [t.hour for t in fire_times(raw_db, "billing")]
     assert hours == [3, 4, 4, 4, 4, 4, 3]
+
+
+@pytest.mark.parametrize(
+    ("key", "longest"),
+    [("misfire_grace_ms", 366 * 24 * 3600 * 1000), ("catch_up_limit", 10_000)],
+)
+def test_numeric_schedule_parameters_are_bounded_at_definition(make_queue, raw_db, key: str, longest: int) -> None:
+    # Past the bound, misfire_grace_ms overflowed a timedelta at every tick: the schedule never fired.
+    queue = make_queue()
+    for too_big in (longest + 1, 10**17, 10**20):
+        with pytest.raises(ScheduleError, match=f"{key} must be an int from 1 to {longest}"):
+            queue.schedule("s", "*/5 * * * *", "t", {}, catch_up="skip", **{key: too_big})
+    assert queue.schedules() == []
+    queue.schedule("s", "*/5 * * * *", "t", {}, catch_up="skip", **{key: longest})  # the boundary is accepted
+    queue.fire_schedules(datetime(2026, 1, 1, 0, 0))
+    for minute in (5, 10, 15):
+        assert [f.enqueued for f in queue.fire_schedules(datetime(2026, 1, 1, 0, minute))] == [True]
+    assert raw_db.jobs.count_documents({"schedule": "s"}) == 3
