@@ -132,8 +132,8 @@ class ScheduleMixin(Generic[J]):
             catch_up: Fire times missed while no worker ran: ``"once"``
                 enqueues the latest, ``"skip"`` none older than
                 ``misfire_grace_ms``, ``"all"`` each, up to ``catch_up_limit``.
-            catch_up_limit: With ``"all"``, the most missed fire times enqueued at once.
-            misfire_grace_ms: With ``"skip"``, how late a fire time may still be enqueued.
+            catch_up_limit: With ``"all"``, the most missed fire times enqueued at once (at most 10,000).
+            misfire_grace_ms: With ``"skip"``, how late a fire time may still be enqueued (at most 366 days).
             overlap: False skips a fire time while the schedule's previous
                 job is still pending or running (through ``unique_key``), so
                 runs never overlap.

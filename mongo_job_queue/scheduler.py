@@ -58,18 +58,30 @@ class Fire:
         return self.job_id is not None
 
 
-def _superseded(schedule: Schedule, handled: datetime, state: ScheduleState) -> bool:
-    """Whether another definition fired after this one's first unhandled fire time had come.
+#: Shortest absence that makes a definition "coming back": covers late ticks of a fast schedule.
+MIN_ABSENCE = timedelta(minutes=10)
 
-    That never happens while processes with this definition run (they handle
-    each fire time when it comes, or it is one both definitions have), so
-    this definition stopped and is coming back: its handled time is stale.
+
+def _superseded(schedule: Schedule, handled: datetime, state: ScheduleState) -> bool:
+    """Whether this definition was really absent while another one fired: it comes back, its handled time stale.
+
+    Another definition firing after this one's first unhandled fire time
+    (``missed``) happens in a rolling deploy too, when this one's processes
+    tick late (a pause, an outage both lived through). So the definition also
+    has to have been unseen, when the other one fired, for longer than twice
+    its own period (at least :data:`MIN_ABSENCE`): processes running it write
+    ``seen`` at each of its fire times, so a live one is never that stale.
     """
-    others = [t for f, t in state.handled.items() if f != schedule.fingerprint and isinstance(t, datetime)]
+    fingerprint = schedule.fingerprint
+    others = [t for f, t in state.handled.items() if f != fingerprint and isinstance(t, datetime)]
     if not others:
         return False
     missed = schedule.next_fire(handled)
-    return missed is not None and missed <= max(others)
+    if missed is None or missed > max(others):
+        return False
+    seen = state.seen.get(fingerprint)
+    last_seen = max(handled, seen) if isinstance(seen, datetime) else handled
+    return max(others) - last_seen > max(MIN_ABSENCE, 2 * (missed - handled))
 
 
 def _backoff(failures: int) -> float:
@@ -174,9 +186,9 @@ class Scheduler:
             # A definition coming back (a rollback): the fire times another
             # definition covered meanwhile are not replayed.
             baseline = max(handled, schedule.latest_fire(now) or now)
-            self.store.advance_schedule(schedule.name, fingerprint, baseline, schedule.spec)
+            self.store.advance_schedule(schedule.name, fingerprint, baseline, schedule.spec, now)
             self.log.info(
-                "schedule %s (%s) starts afresh: another definition fired since its last fire time %s UTC; "
+                "schedule %s (%s) starts afresh: another definition fired while it was absent since %s UTC; "
                 "next fire at %s UTC",
                 schedule.name,
                 schedule.when,
@@ -187,7 +199,7 @@ class Scheduler:
             return []
         if handled is None:
             baseline = schedule.latest_fire(now) or now
-            handled = self.store.start_schedule(schedule.name, fingerprint, baseline, schedule.spec)
+            handled = self.store.start_schedule(schedule.name, fingerprint, baseline, schedule.spec, now)
             self.log.info(
                 "schedule %s (%s) starts: next fire at %s UTC",
                 schedule.name,
@@ -222,7 +234,7 @@ class Scheduler:
                     extra={"schedule": schedule.name, "job_id": str(job_id), "job_type": schedule.job_type},
                 )
         # After the inserts: a crash in between leaves the fire time due for the next tick.
-        self.store.advance_schedule(schedule.name, fingerprint, due.handled, schedule.spec)
+        self.store.advance_schedule(schedule.name, fingerprint, due.handled, schedule.spec, now)
         return fires
 
     def next_due(self, now: datetime) -> Optional[datetime]:

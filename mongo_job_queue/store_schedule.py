@@ -18,7 +18,7 @@ again (a no-op) and moves the state.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -51,6 +51,8 @@ class ScheduleState:
     handled: Mapping[str, datetime]
     #: The definition most recently written by a process (job_type, cron, every_ms, timezone, catch_up).
     spec: Mapping[str, Any]
+    #: When a process running each definition last handled it (naive UTC, its tick's ``now``), per fingerprint.
+    seen: Mapping[str, datetime] = field(default_factory=dict)
 
 
 class ScheduleQueries(StoreBase):
@@ -70,12 +72,16 @@ class ScheduleQueries(StoreBase):
             filt["_id"] = {"$in": [schedule_state_id(n) for n in names]}
         docs = self._retry(lambda: list(self.control.find(filt)), "schedule_states")
         return {
-            doc["name"]: ScheduleState(doc["name"], dict(doc.get("handled") or {}), dict(doc.get("spec") or {}))
+            doc["name"]: ScheduleState(
+                doc["name"], dict(doc.get("handled") or {}), dict(doc.get("spec") or {}), dict(doc.get("seen") or {})
+            )
             for doc in docs
             if isinstance(doc.get("name"), str)
         }
 
-    def start_schedule(self, name: str, fingerprint: str, baseline: datetime, spec: Mapping[str, Any]) -> datetime:
+    def start_schedule(
+        self, name: str, fingerprint: str, baseline: datetime, spec: Mapping[str, Any], seen: Optional[datetime] = None
+    ) -> datetime:
         """Record a definition seen for the first time as handled up to ``baseline``; return what is stored.
 
         The filter matches only while the fingerprint has no entry, so of two
@@ -101,16 +107,23 @@ class ScheduleQueries(StoreBase):
                 )
             except DuplicateKeyError:
                 pass  # another process recorded this definition first
+            if seen is not None:
+                self.control.update_one({"_id": schedule_state_id(name)}, {"$max": {f"seen.{fingerprint}": seen}})
             doc = self.control.find_one({"_id": schedule_state_id(name)}, {path: 1})
             stored = ((doc or {}).get("handled") or {}).get(fingerprint)
             return stored if isinstance(stored, datetime) else baseline
 
         return self._retry(call, "start_schedule")
 
-    def advance_schedule(self, name: str, fingerprint: str, handled: datetime, spec: Mapping[str, Any]) -> None:
-        """Move a definition's last handled fire time forward to ``handled``; never backward."""
+    def advance_schedule(
+        self, name: str, fingerprint: str, handled: datetime, spec: Mapping[str, Any], seen: Optional[datetime] = None
+    ) -> None:
+        """Move a definition's last handled fire time forward to ``handled``, and its ``seen`` time; never backward."""
+        moved: dict[str, Any] = {f"handled.{fingerprint}": handled}
+        if seen is not None:
+            moved[f"seen.{fingerprint}"] = seen
         update = {
-            "$max": {f"handled.{fingerprint}": handled},
+            "$max": moved,
             "$set": {"kind": _KIND, "name": name, "spec": dict(spec), "updated_at": self.now()},
         }
         self._retry(

@@ -263,6 +263,10 @@ class WorkerStarter:
                     self.start(reason)
                     if failures:
                         log.info("%s: the job worker started after %d failed attempt(s)", self.name, failures)
+                    if self._closed.is_set():
+                        # Shut down while start_polling ran: the exit handler found no worker to stop.
+                        log.info("%s: process %d shut down during the start; stopping the worker", self.name, pid)
+                        self.queue.stop(self.stop_timeout, requeue_running=True)
                     return
                 except Exception as exc:  # logged and retried: a web app must keep serving
                     failures += 1

@@ -12,8 +12,9 @@ what *this process* did (enqueues, handler runs by outcome, retries, lease
 losses, rescues, durations, waits, jobs in progress); Prometheus sums it over
 processes. The :class:`QueueStatsCollector` reads how many jobs *the
 database* holds per queue and status when Prometheus scrapes: one
-aggregation over the claim index and one read of the pause state, however
-many queues there are, bounded by ``maxTimeMS`` and cached, so the figure is
+aggregation over the unfinished jobs' claim index keys, one read of the pause
+state and a best-effort count of the retained finished jobs, however many
+queues there are, each bounded by ``maxTimeMS`` and cached, so the figure is
 right however many workers run and a scrape storm costs MongoDB one round
 per ``cache_seconds``.
 
@@ -71,6 +72,7 @@ __all__ = [
     "PrometheusMiddleware",
     "QueueStatsCollector",
     "depth_pipeline",
+    "finished_pipeline",
     "instrument",
     "make_wsgi_app",
     "multiprocess_dir",
@@ -114,6 +116,8 @@ _LEASE_MEMORY = 4096  # claims remembered to count each lost lease once
 _STATUSES = [s.value for s in JobStatus]
 _PENDING = JobStatus.PENDING.value
 _PROCESSING = JobStatus.PROCESSING.value
+_UNFINISHED = [_PENDING, _PROCESSING]
+_FINISHED = [s for s in _STATUSES if s not in _UNFINISHED]
 #: Rows of the depth aggregation's first reply: one per queue, so the read is one round trip.
 _DEPTH_BATCH = 10_000
 
@@ -322,14 +326,17 @@ class PrometheusMiddleware(Middleware):
 
 
 def depth_pipeline(now: datetime) -> list[dict[str, Any]]:
-    """The depth aggregation: per queue, counts by status and the oldest due pending ``run_at``.
+    """The depth aggregation: per queue, unfinished jobs by status and the oldest due pending ``run_at``.
 
-    One pass over the claim index (``status, queue, ..., run_at``): the
-    ``$match`` on its first field selects it, and every field read is in it.
+    Over the claim index (``status, queue, type, priority, run_at``) and
+    unfinished jobs only: the ``$match`` on its first field bounds the scan
+    to pending and processing keys, and the ``$project`` keeps only indexed
+    fields, so its cost does not grow with retained finished jobs.
     """
     due = {"$and": [{"$eq": ["$status", _PENDING]}, {"$lte": ["$run_at", now]}]}
     return [
-        {"$match": {"status": {"$in": _STATUSES}}},
+        {"$match": {"status": {"$in": _UNFINISHED}}},
+        {"$project": {"_id": 0, "status": 1, "queue": 1, "run_at": 1}},
         {
             "$group": {
                 "_id": {"queue": "$queue", "status": "$status"},
@@ -347,13 +354,33 @@ def depth_pipeline(now: datetime) -> list[dict[str, Any]]:
     ]
 
 
-def read_depth(queue: Any, *, max_queues: int = MAX_LABEL_VALUES, max_time_ms: int = 5_000) -> dict[str, Any]:
+def finished_pipeline() -> list[dict[str, Any]]:
+    """Retained finished jobs per queue and status: index keys only, but as many as retention keeps."""
+    return [
+        {"$match": {"status": {"$in": _FINISHED}}},
+        {"$project": {"_id": 0, "status": 1, "queue": 1}},
+        {"$group": {"_id": {"queue": "$queue", "status": "$status"}, "n": {"$sum": 1}}},
+    ]
+
+
+def read_depth(
+    queue: Any,
+    *,
+    max_queues: int = MAX_LABEL_VALUES,
+    max_time_ms: int = 5_000,
+    finished_time_ms: Optional[int] = None,
+) -> dict[str, Any]:
     """Per queue: ``counts`` by status, ``oldest_due_age_s``, ``paused``; at most ``max_queues`` queues plus OTHER.
 
-    Two commands whatever the number of queues: the :func:`depth_pipeline`
-    aggregation (``maxTimeMS`` bounds it) and the pause state's one document.
-    The queues this process serves come first, then paused ones, then the
-    busiest (pending and processing); the rest add up under :data:`OTHER`.
+    Three commands whatever the number of queues: the :func:`depth_pipeline`
+    aggregation over unfinished jobs (``maxTimeMS`` bounds it), the pause
+    state's one document, and the :func:`finished_pipeline` count of retained
+    finished jobs with its own ``finished_time_ms`` budget (default: a fifth
+    of ``max_time_ms``). The finished count is best effort: when it fails or
+    times out, ``counts`` lacks the finished statuses (no series) and the
+    rest stands. The queues this process serves come first, then paused
+    ones, then the busiest (pending and processing); the rest add up under
+    :data:`OTHER`.
     """
     store = queue.store
 
@@ -364,20 +391,45 @@ def read_depth(queue: Any, *, max_queues: int = MAX_LABEL_VALUES, max_time_ms: i
 
     now, rows = store._retry(aggregate, "prometheus_depth")
     paused: frozenset[str] = frozenset(store.pause_state().queues)
+    finished = _read_finished(store, finished_time_ms or max(1, max_time_ms // 5))
+    known = _STATUSES if finished is not None else _UNFINISHED
     stats: dict[str, dict[str, Any]] = {}
+
+    def entry(name: str) -> dict[str, Any]:
+        if name not in stats:
+            stats[name] = {"counts": dict.fromkeys(known, 0), "oldest_due_age_s": None}
+        return stats[name]
+
     for row in rows:
-        counts = dict.fromkeys(_STATUSES, 0)
+        counts = entry(str(row["_id"]))["counts"]
         for item in row.get("counts") or ():
-            if item.get("status") in counts:
+            if item.get("status") in _UNFINISHED:
                 counts[item["status"]] += int(item.get("n") or 0)
         oldest = row.get("oldest")
-        age = max(0.0, (now - oldest).total_seconds()) if isinstance(oldest, datetime) else None
-        stats[str(row["_id"])] = {"counts": counts, "oldest_due_age_s": age}
-    for name in paused - set(stats):
-        stats[name] = {"counts": dict.fromkeys(_STATUSES, 0), "oldest_due_age_s": None}
-    for name, entry in stats.items():
-        entry["paused"] = name in paused
+        if isinstance(oldest, datetime):
+            stats[str(row["_id"])]["oldest_due_age_s"] = max(0.0, (now - oldest).total_seconds())
+    for (name, status), n in (finished or {}).items():
+        entry(name)["counts"][status] += n
+    for name in paused:
+        entry(name)
+    for name, item in stats.items():
+        item["paused"] = name in paused
     return _cap_queues(stats, frozenset(queue.config.queues), max_queues)
+
+
+def _read_finished(store: Any, max_time_ms: int) -> Optional[dict[tuple[str, str], int]]:
+    """Finished jobs by (queue, status), or None (unknown) when the bounded count fails: it must not fail the rest."""
+    try:
+        rows = store.collection.aggregate(finished_pipeline(), maxTimeMS=max_time_ms, batchSize=_DEPTH_BATCH)
+        found: dict[tuple[str, str], int] = {}
+        for row in rows:
+            key = row.get("_id") or {}
+            if key.get("status") in _FINISHED:
+                found[(str(key.get("queue")), key["status"])] = int(row.get("n") or 0)
+        return found
+    except Exception as exc:  # noqa: BLE001 - a timeout (retention too large for the budget) or an outage
+        log.warning("finished job counts for Prometheus unknown: %r", exc)
+        return None
 
 
 def _cap_queues(stats: dict[str, dict[str, Any]], served: frozenset[str], limit: int) -> dict[str, dict[str, Any]]:
@@ -392,7 +444,7 @@ def _cap_queues(stats: dict[str, dict[str, Any]], served: frozenset[str], limit:
 
     ranked = sorted(stats.items(), key=rank)
     kept = dict(ranked[:limit])
-    other: dict[str, Any] = {"counts": dict.fromkeys(_STATUSES, 0), "oldest_due_age_s": None}
+    other: dict[str, Any] = {"counts": dict.fromkeys(ranked[0][1]["counts"], 0), "oldest_due_age_s": None}
     for _, entry in ranked[limit:]:
         for status, n in entry["counts"].items():
             other["counts"][status] += n
@@ -410,7 +462,7 @@ class QueueStatsCollector:
     ``mongo_job_queue_oldest_due_job_age_seconds{queue}``,
     ``mongo_job_queue_queue_paused{queue}`` and ``mongo_job_queue_stats_up`` (0 when the last read failed; the depth
     series are then absent rather than stale). A read is :func:`read_depth`:
-    two commands whatever the number of queues, at most ``max_queues`` queue
+    three commands whatever the number of queues, at most ``max_queues`` queue
     labels. One refresh runs at a time; concurrent scrapes wait for it and
     share its result, and a failed read is cached too, so a scrape storm
     during an outage does not pile onto the server.
@@ -480,7 +532,8 @@ class QueueStatsCollector:
         for name, entry in sorted((stats or {}).items()):
             counts = entry.get("counts") or {}
             for status in JobStatus:
-                jobs.add_metric([name, status.value], float(counts.get(status.value, 0)))
+                if status.value in counts:  # finished statuses are absent when their bounded count failed
+                    jobs.add_metric([name, status.value], float(counts[status.value]))
             oldest.add_metric([name], float(entry.get("oldest_due_age_s") or 0.0))
             if "paused" in entry:
                 paused.add_metric([name], 1.0 if entry["paused"] else 0.0)

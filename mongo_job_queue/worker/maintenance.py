@@ -22,7 +22,7 @@ from ..errors import LeaseExpired, MalformedJob
 from ..failures import error_record
 from ..handlers import HandlerRegistry
 from ..middleware import MiddlewareChain
-from ..retry_limit import max_retries_of
+from ..retry_limit import rescue_gives_up
 from ..store import JobStore
 from ..validation import stored_job_problems
 from .inflight import log_job
@@ -78,7 +78,7 @@ class Rescuer:
                 failed += 1
                 continue
             attempts = int(doc["attempts"])
-            give_up = attempts >= max_retries_of(doc, self.registry.get(str(doc.get("type")))) + 1
+            give_up = rescue_gives_up(doc, self.registry.get(str(doc.get("type"))))
             owner = doc.get("lease_owner") or {}
             exc = LeaseExpired(
                 f"lease expired on attempt {attempts}: worker {owner.get('worker_id')} "

@@ -327,3 +327,29 @@ def test_an_app_loaded_by_another_click_program_starts_its_worker(make_app, job_
 
     assert app.test_client().get("/health").status_code == 200
     wait_until(lambda: jobs.get_queue(app).running, timeout=30, what="the worker started at the first request")
+
+
+def test_a_shutdown_during_a_background_start_stops_the_worker_it_started(make_app, job_model) -> None:
+    # The exit handler ran while start_polling was under way: it saw no worker to stop, and the worker
+    # then ran on after shutdown, with no stop of its own.
+    jobs = MongoJobQueue()
+    jobs.register_handler("t", lambda job: None)
+    app = make_app(MONGO_JOB_QUEUE_START_WORKER=True)
+    jobs.init_app(app)
+    state = app.extensions[EXTENSION_KEY]
+    queue, starter = state.queue, state.starter
+    entered, release = threading.Event(), threading.Event()
+    start_polling = queue.start_polling
+
+    def gated_start(*args, **kwargs):
+        entered.set()
+        assert release.wait(30)
+        return start_polling(*args, **kwargs)
+
+    queue.start_polling = gated_start
+    app.test_client().get("/")  # the lazy start, in the background
+    assert entered.wait(30)
+    starter._stop_at_exit()  # the process exits meanwhile
+    release.set()
+    wait_until(lambda: not starter.retrying, timeout=30, what="the background start finished")
+    assert not queue.running

@@ -112,6 +112,7 @@ def test_job_that_keeps_killing_workers_ends_failed(make_queue, job_model) -> No
         return utcnow() + offset
 
     queue = make_queue(lease_ms=1_000, heartbeat_interval_ms=200, max_retries=1, clock=clock, sync_clock=False)
+    queue.register_handler("POISON", lambda j: None)  # the rescuer knows the bound (one without it requeues)
     job = queue.enqueue("POISON", {})
     for expected in [(1, 0), (0, 1)]:
         claimed = queue.store.claim(["POISON"], ["default"], LeaseOwnerInfo.current("doomed"))

@@ -70,3 +70,21 @@ def test_a_rescuer_with_the_handler_applies_its_bound(make_queue, raw_db) -> Non
     raw_db.jobs.update_one({"_id": job.id}, {"$set": {"lease_expires_at": past}})
     assert worker.recover_orphans() == (0, 1)
     assert raw_db.jobs.find_one({"_id": job.id})["status"] == "failed"
+
+
+def test_a_rescuer_without_the_handler_does_not_give_up_early(make_queue, raw_db) -> None:
+    web = make_queue()  # no handler: stores the config default (3 retries), marked
+    job = web.enqueue("report", {"n": 1})
+    worker = make_queue()
+    worker.register_handler("report", lambda j: None, max_retries=10)
+    worker.ensure_indexes()
+    rescuer = make_queue()  # serves other types only
+    rescuer.register_handler("email", lambda j: None)
+    for _ in range(6):  # past the stored default, within the handler's bound
+        assert worker.worker.claim_one() is not None  # the attempt starts, then its worker dies
+        past = web.store.now() - timedelta(minutes=5)
+        raw_db.jobs.update_one({"_id": job.id}, {"$set": {"lease_expires_at": past}})
+        assert rescuer.recover_orphans() == (1, 0)
+    doc = raw_db.jobs.find_one({"_id": job.id})
+    assert (doc["status"], doc["attempts"]) == ("pending", 6)
+    assert worker.run_once().status == "completed"  # attempt 7 of the handler's 11 runs

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from helpers import holds_for, wait_until
 
+from mongo_job_queue import ScheduleError
 from mongo_job_queue.store_schedule import schedule_state_id
 
 pytestmark = pytest.mark.integration
@@ -258,3 +259,69 @@ def test_a_rollback_to_an_earlier_definition_replays_nothing(make_queue, raw_db)
     assert [f.fire_time for f in rollback.fire_schedules(datetime(2026, 1, 7, 3))] == [datetime(2026, 1, 7, 3)]
     hours = [t.hour for t in fire_times(raw_db, "billing")]
     assert hours == [3, 4, 4, 4, 4, 4, 3]
+
+
+def test_a_live_old_definition_catches_up_after_an_outage_in_a_rolling_deploy(make_queue, raw_db) -> None:
+    # Old processes fire 'report' at :00 (A), new ones at :05 (B); both run. The database is down
+    # 10:58-11:10 for everyone and B's process ticks first when it returns: A's 11:00 was dropped
+    # as if A were a definition coming back.
+    old, new = make_queue(), make_queue()
+    old.schedule("report", "0 * * * *", "report", {}, catch_up="once")
+    new.schedule("report", "5 * * * *", "report", {}, catch_up="once")
+    for q in (old, new):
+        q.fire_schedules(datetime(2026, 1, 1, 9, 59))
+    for t in (datetime(2026, 1, 1, 10, 0), datetime(2026, 1, 1, 10, 5)):
+        old.fire_schedules(t)
+        new.fire_schedules(t)
+    new.fire_schedules(datetime(2026, 1, 1, 11, 10))
+    old.fire_schedules(datetime(2026, 1, 1, 11, 10, 1))
+    assert [t.strftime("%H:%M") for t in fire_times(raw_db, "report")] == ["10:00", "10:05", "11:00", "11:05"]
+
+
+def test_a_live_old_definition_ticking_late_in_a_rolling_deploy_keeps_its_fire_time(make_queue, raw_db) -> None:
+    # A = '0 * * * *' (old), B = 30 s past the hour (new, 6 fields); A's process ticks 40 s late once.
+    old, new = make_queue(), make_queue()
+    old.schedule("report", "0 * * * *", "report", {}, catch_up="once")
+    new.schedule("report", "30 0 * * * *", "report", {}, catch_up="once")
+    old.fire_schedules(datetime(2026, 1, 1, 9, 59))
+    new.fire_schedules(datetime(2026, 1, 1, 9, 59))
+    old.fire_schedules(datetime(2026, 1, 1, 10, 0))
+    new.fire_schedules(datetime(2026, 1, 1, 10, 0, 30))
+    new.fire_schedules(datetime(2026, 1, 1, 11, 0, 30))
+    assert [f.fire_time for f in old.fire_schedules(datetime(2026, 1, 1, 11, 0, 40))] == [datetime(2026, 1, 1, 11)]
+    assert raw_db.jobs.count_documents({"fire_time": datetime(2026, 1, 1, 11)}) == 1
+
+
+@pytest.mark.parametrize(("b_until", "a_catches_up"), [(11, True), (13, False)])
+def test_a_definition_counts_as_coming_back_after_twice_its_period_unseen(
+    make_queue, raw_db, b_until: int, a_catches_up: bool
+) -> None:
+    old, new = make_queue(), make_queue()
+    old.schedule("report", "0 * * * *", "report", {}, catch_up="once")
+    new.schedule("report", "5 * * * *", "report", {}, catch_up="once")
+    for q in (old, new):
+        q.fire_schedules(datetime(2026, 1, 1, 9, 59))
+    old.fire_schedules(datetime(2026, 1, 1, 10, 0))  # A last seen at 10:00; then only B runs
+    for hour in range(10, b_until + 1):
+        new.fire_schedules(datetime(2026, 1, 1, hour, 5))
+    back = old.fire_schedules(datetime(2026, 1, 1, b_until, 10))
+    # B fired 1 h 5 min after A was last seen (an outage: catch up), or 3 h 5 min (A was gone: afresh).
+    assert [f.fire_time for f in back] == ([datetime(2026, 1, 1, b_until)] if a_catches_up else [])
+
+
+@pytest.mark.parametrize(
+    ("key", "longest"),
+    [("misfire_grace_ms", 366 * 24 * 3600 * 1000), ("catch_up_limit", 10_000)],
+)
+def test_numeric_schedule_parameters_are_bounded_at_definition(make_queue, raw_db, key: str, longest: int) -> None:
+    # Past the bound, misfire_grace_ms overflowed a timedelta at every tick: the schedule never fired.
+    queue = make_queue()
+    for too_big in (longest + 1, 10**17, 10**20):
+        with pytest.raises(ScheduleError, match=f"{key} must be an int from 1 to {longest}"):
+            queue.schedule("s", "*/5 * * * *", "t", {}, catch_up="skip", **{key: too_big})
+    assert queue.schedules() == []
+    queue.schedule("s", "*/5 * * * *", "t", {}, catch_up="skip", **{key: longest})  # the boundary is accepted
+    queue.fire_schedules(datetime(2026, 1, 1, 0, 0))
+    for minute in (5, 10, 15):
+        assert [f.enqueued for f in queue.fire_schedules(datetime(2026, 1, 1, 0, minute))] == [True]
+    assert raw_db.jobs.count_documents({"schedule": "s"}) == 3

@@ -125,8 +125,8 @@ def test_skip_still_fires_a_fire_time_within_the_grace() -> None:
         ({"timezone": "Mars/Olympus"}, "unknown timezone 'Mars/Olympus'"),
         ({"timezone": 5}, "timezone must be an IANA name"),
         ({"catch_up": "twice"}, "catch_up must be one of 'once', 'skip', 'all', got 'twice'"),
-        ({"catch_up_limit": 0}, "catch_up_limit must be an int >= 1"),
-        ({"misfire_grace_ms": True}, "misfire_grace_ms must be an int >= 1"),
+        ({"catch_up_limit": 0}, "catch_up_limit must be an int from 1 to 10000"),
+        ({"misfire_grace_ms": True}, "misfire_grace_ms must be an int from 1 to 31622400000"),
         ({"job_type": ""}, "job_type must be a non-empty str"),
         ({"overlap": "no"}, "overlap must be True or False, got 'no'"),
     ],
@@ -141,13 +141,13 @@ def test_bad_definitions_are_rejected_and_register_nothing(queue: Any, kwargs: d
 def test_an_interval_takes_no_timezone(queue: Any) -> None:
     with pytest.raises(ScheduleError, match="timezone applies to cron expressions"):
         queue.schedule("sync", job_type="T", every_ms=60_000, timezone="Europe/Paris")
-    with pytest.raises(ScheduleError, match="every_ms must be an int >= 100, got 99"):
+    with pytest.raises(ScheduleError, match="every_ms must be an int from 100 to 31622400000, got 99"):
         queue.schedule("sync", job_type="T", every_ms=99)
 
 
 def test_an_interval_too_long_to_compute_is_rejected_when_scheduling(queue: Any) -> None:
     # 3e14 ms is about 9500 years: its next fire time is past the dates datetime can hold.
-    with pytest.raises(ScheduleError, match=r"every_ms must be at most 31622400000 \(366 days\), got 300000000000000"):
+    with pytest.raises(ScheduleError, match="every_ms must be an int from 100 to 31622400000, got 300000000000000"):
         queue.schedule("huge", job_type="T", every_ms=3 * 10**14)
     assert queue.schedules() == []
     queue.schedule("yearly", job_type="T", every_ms=366 * 24 * 3600 * 1000)  # the longest

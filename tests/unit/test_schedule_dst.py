@@ -4,7 +4,7 @@ The injected clock steps minute by minute through each transition; wherever
 the thread would wake (the time its last :meth:`Scheduler.step` returned), the
 test runs that step, and every job stored is collected. The expected fire
 times come from an oracle independent of cronsim: an expression with a
-wildcard or step in its minute or hour field fires at every real instant
+wildcard or step (``*/30``, ``0-59/30``) in its minute or hour field fires at every real instant
 whose local wall time matches it, so both times through the hour repeated in
 autumn and never in the hour skipped in spring. Zones: whole-hour shifts in
 both hemispheres, Dublin's negative DST, and Lord_Howe's 30-minute shift.
@@ -34,7 +34,19 @@ TRANSITIONS = [
     ("Australia/Lord_Howe", datetime(2026, 4, 4, 15)),  # 02:00 +11:00 back to 01:30 +10:30
     ("Australia/Lord_Howe", datetime(2026, 10, 3, 15, 30)),  # 02:00 +10:30 on to 02:30 +11:00
 ]
-REAL_TIME = ["*/30 * * * *", "0 * * * *", "15,45 * * * *", "0 */2 * * *", "*/20 1-3 * * *"]
+REAL_TIME = [
+    "*/30 * * * *",
+    "0 * * * *",
+    "15,45 * * * *",
+    "0 */2 * * *",
+    "*/20 1-3 * * *",
+    # Steps written over a range are steps too (they were iterated as fixed local times).
+    "0-59/30 1 * * *",
+    "0 0-23/1 * * *",
+    "0 0-23/2 * * *",
+    "0-30/15 1-3 * * *",
+    "0,30 0-23/3 * * *",
+]
 
 
 def local(moment: datetime, zone: str) -> datetime:
@@ -109,6 +121,31 @@ def test_the_second_pass_through_the_repeated_hour_fires(make_queue: Any, clock:
         ("Europe/Paris", "30 2 * * *", datetime(2026, 10, 25), ["2026-10-25T02:30:00+02:00"]),
         ("Australia/Lord_Howe", "45 1 * * *", datetime(2026, 4, 4), ["2026-04-05T01:45:00+11:00"]),
         ("Australia/Lord_Howe", "15 2 * * *", datetime(2026, 10, 3), ["2026-10-04T02:30:00+11:00"]),
+        # Ranges and lists without a step name fixed local times: each once, Debian's rule.
+        (
+            "America/New_York",
+            "0 1-3 * * *",
+            datetime(2026, 11, 1),
+            ["2026-11-01T01:00:00-04:00", "2026-11-01T02:00:00-05:00", "2026-11-01T03:00:00-05:00"],
+        ),
+        (
+            "America/New_York",
+            "0 1-3 * * *",
+            datetime(2026, 3, 8),
+            ["2026-03-08T01:00:00-05:00", "2026-03-08T03:00:00-04:00"],
+        ),
+        (
+            "America/New_York",
+            "0,30 1 * * *",
+            datetime(2026, 11, 1),
+            ["2026-11-01T01:00:00-04:00", "2026-11-01T01:30:00-04:00"],
+        ),
+        (
+            "Europe/Paris",
+            "15 1,2 * * *",
+            datetime(2026, 3, 29),
+            ["2026-03-29T01:15:00+01:00", "2026-03-29T03:00:00+02:00", "2026-03-30T01:15:00+02:00"],
+        ),
     ],
 )
 def test_a_fixed_local_time_fires_once_on_transition_days(
