@@ -407,17 +407,27 @@ class QueueMachine(RuleBasedStateMachine):
         # Background threads would consume an armed failpoint in no fixed order, and the
         # example would not replay: the threaded worker runs fault-free.
         self._failpoint("off")
+        # The threads this start began are the ones its stop answers for: a queue
+        # thread of anything else in the process (an earlier test, an earlier
+        # example's teardown) is not this worker's, and waiting on it is no check.
+        before = set(threading.enumerate())
         queue.start_polling()
         due = {"status": "pending", "run_at": {"$lte": self.clock.now}}
         wait_until(lambda: self.coll.count_documents(due) == 0, timeout=15, what="the started worker to run due jobs")
         assert queue.stop(timeout=15), "stop() timed out with no job left running"
         STATS["started and stopped"] += 1
         assert not queue.running
-        wait_until(
-            lambda: not [t for t in threading.enumerate() if t.name.startswith("mjq-") and t.is_alive()],
-            timeout=10,
-            what=f"the threads of stopped worker w{worker} to end",
-        )
+
+        def left() -> list[str]:
+            # Every queue thread begun since, and the worker's heartbeat even if an earlier start began it.
+            mine = [t for t in threading.enumerate() if t not in before and t.name.startswith("mjq-")]
+            keeper = queue.worker.keeper.thread
+            return [t.name for t in {*mine, *([keeper] if keeper is not None else [])} if t.is_alive()]
+
+        try:
+            wait_until(lambda: not left(), timeout=10, what=f"the threads of stopped worker w{worker} to end")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {left()}") from None
 
     # -- faults -----------------------------------------------------------------
 
