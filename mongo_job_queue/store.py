@@ -213,8 +213,15 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
         remaining time, not ``serverSelectionTimeoutMS``: under the index
         build's minutes a server that is down would hold every try of the
         call that long, so a start would neither fail nor retry in time.
+        A shorter ``serverSelectionTimeoutMS`` the app connected with is
+        kept, as :meth:`bounded` keeps a shorter socket timeout.
         """
-        with self.bounded():
+        bound = self.config.db_timeout_s
+        try:
+            bound = min(bound, self._database().client.options.server_selection_timeout)
+        except Exception:  # noqa: BLE001 - no client yet: the config's bound, and the ping says why
+            pass
+        with self.bounded(), pymongo.timeout(bound):
             self._database().command("ping")
 
     def _forget_inherited_client(self) -> None:

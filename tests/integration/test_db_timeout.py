@@ -161,3 +161,24 @@ def test_a_first_use_of_an_unreachable_server_fails_within_the_bound(call: str) 
         assert not queue.running
     finally:
         mongoengine.disconnect(alias="mjq_unreachable")
+
+
+def test_a_shorter_server_selection_timeout_of_the_app_is_kept_at_the_first_use() -> None:
+    """Inside pymongo.timeout serverSelectionTimeoutMS is ignored; the first use's reach keeps the app's shorter one."""
+    mongoengine.register_connection(
+        "mjq_unreachable",
+        host="mongodb://127.0.0.1:1/down?serverSelectionTimeoutMS=300",
+        uuidRepresentation="standard",
+        connect=False,
+    )
+    try:
+        queue = create_job_queue(job_model=UnreachableJob, config={"db_retry_attempts": 2})
+        assert queue.config.db_timeout_s == 5.0
+        queue.register_handler("JOB", lambda job: None)
+        started = time.monotonic()
+        with pytest.raises(ServerSelectionTimeoutError):
+            _timed(queue.start_polling, limit=15.0)
+        elapsed = time.monotonic() - started
+        assert elapsed < 4.0, f"the start took {elapsed:.1f}s: two tries of the 5 s bound, not of the app's 0.3 s"
+    finally:
+        mongoengine.disconnect(alias="mjq_unreachable")
