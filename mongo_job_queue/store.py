@@ -32,6 +32,7 @@ import pymongo
 from bson import ObjectId
 from pymongo import ReturnDocument, UpdateOne
 from pymongo.collection import Collection
+from pymongo.database import Database
 from pymongo.errors import (
     AutoReconnect,
     BulkWriteError,
@@ -198,6 +199,31 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
             self._forget_inherited_client()
         return prepared_collection(self.model)
 
+    def _database(self) -> Database[dict[str, Any]]:
+        """The model's database, reconnected in a forked child; unlike :attr:`collection` it builds no index."""
+        if os.getpid() != self._pid:
+            self._forget_inherited_client()
+        db: Database[dict[str, Any]] = self.model._get_db()
+        return db
+
+    def _reach_server(self) -> None:
+        """Select the server within ``db_timeout_ms``, before a step under a longer bound (an index build).
+
+        Inside ``pymongo.timeout`` server selection waits for the whole
+        remaining time, not ``serverSelectionTimeoutMS``: under the index
+        build's minutes a server that is down would hold every try of the
+        call that long, so a start would neither fail nor retry in time.
+        A shorter ``serverSelectionTimeoutMS`` the app connected with is
+        kept, as :meth:`bounded` keeps a shorter socket timeout.
+        """
+        bound = self.config.db_timeout_s
+        try:
+            bound = min(bound, self._database().client.options.server_selection_timeout)
+        except Exception:  # noqa: BLE001 - no client yet: the config's bound, and the ping says why
+            pass
+        with self.bounded(), pymongo.timeout(bound):
+            self._database().command("ping")
+
     def _forget_inherited_client(self) -> None:
         """Drop what the parent's client left behind in this process, and only that.
 
@@ -283,8 +309,8 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
             self._sync_lock.release()
 
     def _hello(self) -> Mapping[str, Any]:
-        with self.bounded():
-            return self.collection.database.command("hello")
+        with self.bounded():  # the clock needs no collection: no index build under a query's bound
+            return self._database().command("hello")
 
     def _measure_offset(self) -> None:
         """Take the best of a few ``hello`` samples (shortest round trip), rejecting slow ones; caller holds the lock.
@@ -350,7 +376,7 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
         """
         bound = self.config.db_timeout_s
         try:
-            options = self.collection.database.client.options
+            options = self._database().client.options  # no I/O: the collection would build indexes, unbounded
             for own in (options.timeout, options.pool_options.socket_timeout):
                 if own:
                     bound = min(bound, own)
@@ -362,6 +388,8 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
         """Run ``fn`` with each try time-bounded (:meth:`bounded`); retry transient errors and timeouts."""
 
         def bounded_try() -> T:
+            if extra_ms or not is_prepared(self.model):
+                self._reach_server()  # a long bound is for the work, never for server selection
             if not is_prepared(self.model):
                 # The first use in this process builds the indexes, which on a
                 # large existing collection takes longer than any query.

@@ -108,13 +108,49 @@ def test_a_model_whose_database_is_down_does_not_hold_up_another_models_first_us
     down = create_job_queue(job_model=ColdDownJob, config={"sync_clock": False})
     blocked = threading.Thread(target=lambda: _swallow(lambda: down.enqueue("T", {})), daemon=True)
     blocked.start()
-    blocked.join(timeout=1.0)  # long enough for it to be inside its 20 s server selection
+    blocked.join(timeout=1.0)  # it retries its server selection (db_timeout_ms each) for much longer
     assert blocked.is_alive()
     healthy = make_queue()
     started = time.monotonic()
     healthy.enqueue("T", {})  # a fresh collection: its first use prepares its indexes
     assert time.monotonic() - started < 10, "the healthy model waited for the unreachable one"
     mongoengine.disconnect(alias="mjq_cold_down")
+
+
+def test_a_model_whose_index_build_stalls_does_not_hold_up_another_models_first_use(
+    mongodb_uri, db_name, make_queue, job_model, failpoint
+) -> None:
+    """The first use holds its model's lock for the whole index build; another model's first use goes on."""
+    import mongoengine
+
+    from mongo_job_queue import BaseJob, create_job_queue
+    from mongo_job_queue.store_collection import _model_lock
+
+    mongoengine.register_connection(
+        "mjq_cold_stalled", host=mongodb_uri, db=db_name, uuidRepresentation="standard", appname="mjq-stalled"
+    )
+
+    class StalledJob(BaseJob):
+        meta = {"collection": "stalled_jobs", "db_alias": "mjq_cold_stalled"}
+
+    failpoint(["createIndexes"], 1, appName="mjq-stalled", blockConnection=True, blockTimeMS=6_000)
+    stalled = create_job_queue(job_model=StalledJob, config={"sync_clock": False})
+    building = threading.Thread(target=lambda: _swallow(lambda: stalled.enqueue("T", {})), daemon=True)
+    building.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not _model_lock(StalledJob).locked():  # inside its index build, the server holding createIndexes
+            assert time.monotonic() < deadline, "the stalled model never started its index build"
+            time.sleep(0.01)
+        healthy = make_queue()
+        started = time.monotonic()
+        healthy.enqueue("T", {})  # a fresh collection: its first use prepares its indexes
+        assert time.monotonic() - started < 3, "the healthy model waited for the stalled one's index build"
+        assert building.is_alive()
+    finally:
+        building.join(timeout=30)
+        StalledJob.drop_collection()
+        mongoengine.disconnect(alias="mjq_cold_stalled")
 
 
 def _swallow(fn: Any) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import mongoengine
 import pytest
+from pymongo.errors import ServerSelectionTimeoutError
 
 from integration.models import APP_NAME
 from mongo_job_queue import BaseJob, create_job_queue
@@ -129,3 +130,55 @@ def test_a_shorter_socket_timeout_of_the_app_is_kept(mongodb_uri, db_name, job_m
         assert elapsed < 2.5, f"the claim waited {elapsed:.1f}s: the app's 0.3 s socket timeout was not kept"
     finally:
         mongoengine.disconnect(alias="mjq_short_socket_timeout")
+
+
+class UnreachableJob(BaseJob):
+    meta = {"collection": "jobs", "db_alias": "mjq_unreachable"}
+
+
+@pytest.mark.parametrize("call", ["start_polling", "ensure_indexes", "enqueue"])
+def test_a_first_use_of_an_unreachable_server_fails_within_the_bound(call: str) -> None:
+    """The first use builds indexes under a long bound; server selection must not get it too.
+
+    Inside ``pymongo.timeout`` server selection waits for the remaining time,
+    not ``serverSelectionTimeoutMS``: under the index build's minutes a start
+    against a server that is down would hang that long on every try, and a
+    web app's background start would neither report the failure nor retry.
+    """
+    mongoengine.register_connection(
+        "mjq_unreachable", host="mongodb://127.0.0.1:1/down", uuidRepresentation="standard", connect=False
+    )
+    try:
+        queue = create_job_queue(job_model=UnreachableJob, config={"db_timeout_ms": 300, "db_retry_attempts": 2})
+        queue.register_handler("JOB", lambda job: None)
+        run = {
+            "start_polling": queue.start_polling,
+            "ensure_indexes": queue.ensure_indexes,
+            "enqueue": lambda: queue.enqueue("JOB", {}),
+        }[call]
+        with pytest.raises(ServerSelectionTimeoutError):
+            _timed(run, limit=15.0)
+        assert not queue.running
+    finally:
+        mongoengine.disconnect(alias="mjq_unreachable")
+
+
+def test_a_shorter_server_selection_timeout_of_the_app_is_kept_at_the_first_use() -> None:
+    """Inside pymongo.timeout serverSelectionTimeoutMS is ignored; the first use's reach keeps the app's shorter one."""
+    mongoengine.register_connection(
+        "mjq_unreachable",
+        host="mongodb://127.0.0.1:1/down?serverSelectionTimeoutMS=300",
+        uuidRepresentation="standard",
+        connect=False,
+    )
+    try:
+        queue = create_job_queue(job_model=UnreachableJob, config={"db_retry_attempts": 2})
+        assert queue.config.db_timeout_s == 5.0
+        queue.register_handler("JOB", lambda job: None)
+        started = time.monotonic()
+        with pytest.raises(ServerSelectionTimeoutError):
+            _timed(queue.start_polling, limit=15.0)
+        elapsed = time.monotonic() - started
+        assert elapsed < 4.0, f"the start took {elapsed:.1f}s: two tries of the 5 s bound, not of the app's 0.3 s"
+    finally:
+        mongoengine.disconnect(alias="mjq_unreachable")
