@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from bson import ObjectId
 
 T = TypeVar("T")
 
@@ -28,3 +31,26 @@ def holds_for(predicate: Callable[[], object], duration: float, interval: float 
         assert predicate(), f"invariant broken: {what or predicate}"
         time.sleep(interval)
     assert predicate(), f"invariant broken: {what or predicate}"
+
+
+#: A field value for :func:`stored_job` that leaves the field out.
+MISSING: Any = object()
+
+
+def stored_job(now: datetime, **fields: Any) -> dict[str, Any]:
+    """A due pending job document as the queue stores it, for tests that write one by hand (as mongosh would)."""
+    doc: dict[str, Any] = {
+        "_id": ObjectId(),
+        "type": "WORK",
+        "status": "pending",
+        "data": {},
+        "queue": "default",
+        "priority": 0,
+        "run_at": now - timedelta(seconds=1),
+        "attempts": 0,
+        "max_retries": 2,
+        "created_at": now,
+        "updated_at": now,
+    }
+    doc.update(fields)
+    return {k: v for k, v in doc.items() if v is not MISSING}

@@ -2,35 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import pytest
-from bson import ObjectId
+from helpers import stored_job
 from pymongo.collection import Collection
 from pymongo.cursor import Cursor
 
 from mongo_job_queue.validation import stored_job_problems
 
 pytestmark = pytest.mark.integration
-
-
-def _doc(now: Any, **fields: Any) -> dict[str, Any]:
-    doc = {
-        "_id": ObjectId(),
-        "type": "WORK",
-        "status": "pending",
-        "data": {},
-        "queue": "default",
-        "priority": 0,
-        "run_at": now - timedelta(seconds=1),
-        "attempts": 0,
-        "max_retries": 2,
-        "created_at": now,
-        "updated_at": now,
-    }
-    doc.update(fields)
-    return doc
 
 
 def _record_finds(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
@@ -55,7 +37,7 @@ def test_a_job_whose_numbers_mongosh_wrote_as_doubles_runs(make_queue, raw_db) -
     queue = make_queue()
     ran: list[Any] = []
     queue.register_handler("WORK", lambda job: ran.append((job.priority, job.max_retries)) or "ok")
-    doc = _doc(queue.store.now(), priority=10.0, attempts=0.0, max_retries=2.0)
+    doc = stored_job(queue.store.now(), priority=10.0, attempts=0.0, max_retries=2.0)
     raw_db.jobs.insert_one(doc)
     assert queue.store.malformed_jobs() == []
     done = queue.run_once()
@@ -66,7 +48,7 @@ def test_a_job_whose_numbers_mongosh_wrote_as_doubles_runs(make_queue, raw_db) -
 def test_a_fractional_priority_is_refused_at_claim(make_queue, raw_db) -> None:
     queue = make_queue()
     queue.register_handler("WORK", lambda job: "ok")
-    doc = _doc(queue.store.now(), priority=1.5)
+    doc = stored_job(queue.store.now(), priority=1.5)
     raw_db.jobs.insert_one(doc)
     queue.run_once()
     stored = raw_db.jobs.find_one({"_id": doc["_id"]})
@@ -75,7 +57,7 @@ def test_a_fractional_priority_is_refused_at_claim(make_queue, raw_db) -> None:
 
 @pytest.mark.parametrize("value", [3, 3.0, -2.0])
 def test_integral_numbers_are_accepted_wherever_an_integer_is_expected(value: Any) -> None:
-    doc = _doc(datetime(2024, 1, 1))
+    doc = stored_job(datetime(2024, 1, 1))
     doc.update(priority=value, attempts=abs(value), max_retries=abs(value))
     assert stored_job_problems(doc) == []
 
@@ -85,8 +67,13 @@ def test_the_hygiene_scan_finds_what_no_claim_can_see_from_the_claim_index_bound
 ) -> None:
     queue = make_queue()
     now = queue.store.now()
-    invisible = [_doc(now, queue=7), _doc(now, type=None), _doc(now, run_at="tomorrow"), _doc(now, status="odd")]
-    healthy = [_doc(now, priority=float(n)) for n in range(20)]
+    invisible = [
+        stored_job(now, queue=7),
+        stored_job(now, type=None),
+        stored_job(now, run_at="tomorrow"),
+        stored_job(now, status="odd"),
+    ]
+    healthy = [stored_job(now, priority=float(n)) for n in range(20)]
     raw_db.jobs.insert_many(invisible + healthy)
     calls = _record_finds(monkeypatch)
     found = queue.store.malformed_jobs(limit=10)

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 import pytest
 from bson import ObjectId
-from helpers import wait_until
+from helpers import MISSING, stored_job, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -22,32 +22,17 @@ NOW = datetime.utcnow() - timedelta(seconds=5)
 
 
 def _base(**fields):
-    doc = {
-        "_id": ObjectId(),
-        "type": "WORK",
-        "status": "pending",
-        "data": {},
-        "queue": "default",
-        "priority": 100,  # at the head of the queue, in front of the healthy jobs
-        "run_at": NOW,
-        "attempts": 0,
-        "max_retries": 2,
-        "created_at": NOW,
-        "updated_at": NOW,
-    }
-    doc.update(fields)
-    return {k: v for k, v in doc.items() if v is not _MISSING}
+    # At the head of the queue, in front of the healthy jobs.
+    return stored_job(NOW, **{"priority": 100, "run_at": NOW, **fields})
 
-
-_MISSING = object()
 
 CASES = {
     "attempts is a string": (_base(attempts="three"), "'attempts' must be an integer"),
     "data is not a document": (_base(data="not a document"), "'data' must be a document"),
-    "max_retries missing": (_base(max_retries=_MISSING), "'max_retries' must be an integer"),
+    "max_retries missing": (_base(max_retries=MISSING), "'max_retries' must be an integer"),
     "unknown status": (_base(status="paused-by-ops"), "unknown status 'paused-by-ops'"),
     "run_at is a string": (_base(run_at="tomorrow"), "'run_at' must be a date"),
-    "type missing": (_base(type=_MISSING), "'type' must be a non-empty string"),
+    "type missing": (_base(type=MISSING), "'type' must be a non-empty string"),
     "errors not an array, lease expired": (
         _base(
             status="processing",
