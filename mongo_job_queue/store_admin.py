@@ -158,33 +158,41 @@ class AdminQueries(StoreBase):
     def queue_stats(self) -> dict[str, dict[str, Any]]:
         """Per queue: job counts by status, and the age of the oldest due pending job.
 
-        Index-backed: distinct queues per status and counts per (status,
-        queue) use the claim index's prefix; the oldest due job is a $min over
-        that queue's pending jobs only, never over finished ones.
+        The counts are one aggregation, so a job that finishes while they are
+        read is counted once, not as both processing and completed. It is a
+        covered scan of the claim index (status, queue), reading no document;
+        the oldest due job is a second one over due pending jobs only.
         """
 
         def call() -> dict[str, dict[str, Any]]:
             now = self.now()
+            statuses = [s.value for s in JobStatus]
+            counted = self.collection.aggregate(
+                [
+                    {"$match": {"status": {"$in": statuses}}},
+                    {"$project": {"_id": 0, "status": 1, "queue": 1}},
+                    {"$group": {"_id": {"status": "$status", "queue": "$queue"}, "n": {"$sum": 1}}},
+                ],
+                hint=CLAIM_INDEX,
+            )
             stats: dict[str, dict[str, Any]] = {}
-            for status in JobStatus:
-                for queue in self.collection.distinct("queue", {"status": status.value}):
-                    entry = stats.setdefault(str(queue), {"counts": {s.value: 0 for s in JobStatus}})
-                    entry["counts"][status.value] = self.collection.count_documents(
-                        {"status": status.value, "queue": queue}
-                    )
+            for row in counted:
+                entry = stats.setdefault(str(row["_id"]["queue"]), {"counts": dict.fromkeys(statuses, 0)})
+                entry["counts"][row["_id"]["status"]] = row["n"]
+            oldest = {
+                str(row["_id"]): row["oldest"]
+                for row in self.collection.aggregate(
+                    [
+                        {"$match": {"status": PENDING, "run_at": {"$lte": now}}},
+                        {"$project": {"_id": 0, "queue": 1, "run_at": 1}},
+                        {"$group": {"_id": "$queue", "oldest": {"$min": "$run_at"}}},
+                    ],
+                    hint=CLAIM_INDEX,
+                )
+            }
             for queue, entry in stats.items():
-                oldest = None
-                if entry["counts"][PENDING]:
-                    rows = list(
-                        self.collection.aggregate(
-                            [
-                                {"$match": {"status": PENDING, "queue": queue, "run_at": {"$lte": now}}},
-                                {"$group": {"_id": None, "oldest": {"$min": "$run_at"}}},
-                            ]
-                        )
-                    )
-                    oldest = rows[0]["oldest"] if rows else None
-                entry["oldest_due_age_s"] = (now - oldest).total_seconds() if oldest else None
+                first = oldest.get(queue)
+                entry["oldest_due_age_s"] = (now - first).total_seconds() if first else None
             return stats
 
         return self._retry(call, "queue_stats")

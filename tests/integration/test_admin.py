@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -78,3 +79,44 @@ def test_stats_counts_by_queue_and_status_with_oldest_due_age(make_queue, job_mo
     assert stats["reports"]["counts"]["pending"] == 1
     assert 0 <= stats["reports"]["oldest_due_age_s"] < 60
     assert queue.get_job(done.id).status == "completed"
+
+
+def test_stats_counts_are_one_snapshot_while_jobs_move(make_queue, job_model, monkeypatch) -> None:
+    """A job that finishes while the counts are read is counted once: never both processing and completed.
+
+    The counts were one command per (status, queue): a scrape could read
+    ``processing`` before an ack and ``completed`` after it, and report a job
+    twice (Prometheus showed 2 processing beside all 7 completed).
+    """
+    from pymongo.collection import Collection
+
+    queue = make_queue()
+    queue.register_handler("T", lambda job: None)
+    moving = queue.enqueue("T", {})
+    job_model.objects(id=moving.id).update(set__status="processing")
+    moved: list[bool] = []
+
+    def counted_processing(name: str, args: tuple[Any, ...], result: Any) -> bool:
+        if name == "count_documents":
+            return args[0].get("status") == "processing" and result == 1
+        return any(isinstance(row.get("_id"), dict) and row["_id"].get("status") == "processing" for row in result)
+
+    def moving_after(name: str) -> Any:
+        original = getattr(Collection, name)
+
+        def read(self: Collection, *args: Any, **kwargs: Any) -> Any:
+            result = original(self, *args, **kwargs)
+            if name == "aggregate":
+                result = list(result)
+            if self.name == job_model._get_collection_name() and not moved and counted_processing(name, args, result):
+                moved.append(True)  # the job finishes right after a read counted it as processing
+                job_model.objects(id=moving.id).update(set__status="completed")
+            return iter(result) if name == "aggregate" else result
+
+        return read
+
+    for name in ("aggregate", "count_documents"):
+        monkeypatch.setattr(Collection, name, moving_after(name))
+    counts = queue.stats()["default"]["counts"]
+    assert moved
+    assert counts["processing"] + counts["completed"] == 1, counts
