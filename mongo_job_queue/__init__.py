@@ -30,11 +30,12 @@ from .errors import (
     WorkerShutdown,
 )
 from .middleware import Middleware
-from .model import BaseJob, JobError, JobStatus, LeaseOwner
+from .model import BaseJob, JobError, LeaseOwner
 from .queue import PersistentJobQueue, create_job_queue
 from .queue_schedule import ScheduleInfo
 from .schedule import CatchUp, Schedule
 from .scheduler import Fire
+from .status import JobStatus
 
 __version__ = "1.1.0"
 

@@ -19,6 +19,7 @@ from bson import ObjectId
 from .errors import InvalidJobIdError
 from .queue_admin import job_object_id
 from .runner import EXIT_OK
+from .status import FINISHED
 
 if TYPE_CHECKING:
     from .queue import PersistentJobQueue
@@ -147,7 +148,7 @@ def _pause_or_resume(queue: PersistentJobQueue[Any], args: argparse.Namespace, o
 
 
 def _purge(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    statuses = tuple(dict.fromkeys(args.status)) if args.status else ("completed", "failed", "cancelled")
+    statuses = tuple(dict.fromkeys(args.status)) if args.status else FINISHED
     deleted = queue.purge(args.older_than, statuses)
     print(f"purged {deleted} job(s) finished before {_ago(args.older_than)}", file=out)
     return EXIT_OK

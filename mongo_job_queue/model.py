@@ -7,7 +7,6 @@ injected into :func:`~mongo_job_queue.create_job_queue`.
 
 from __future__ import annotations
 
-import enum
 from typing import Any, Optional
 
 from mongoengine import (
@@ -25,22 +24,10 @@ from mongoengine import (
 )
 
 from .errors import QueueStateError
+from .status import ALL_STATUSES, PENDING, JobStatus  # JobStatus: its old import path
 from .store_collection import forget_prepared
 
 __all__ = ["LIBRARY_FIELDS", "BaseJob", "JobError", "JobStatus", "LeaseOwner"]
-
-
-class JobStatus(str, enum.Enum):
-    """Lifecycle states. A delayed or retrying job is ``PENDING`` with a future ``run_at``."""
-
-    PENDING = "pending"
-    PROCESSING = "processing"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 class LeaseOwner(EmbeddedDocument):
@@ -74,7 +61,7 @@ class BaseJob(Document):
     """
 
     type = StringField(required=True, max_length=200)
-    status = StringField(required=True, default=JobStatus.PENDING.value, choices=[s.value for s in JobStatus])
+    status = StringField(required=True, default=PENDING, choices=ALL_STATUSES)
     data = DictField()
     queue = StringField(required=True, default="default", max_length=200)
     priority = IntField(required=True, default=0)

@@ -19,11 +19,12 @@ from .config import MAX_RETRIES, ConfigInput, QueueConfig, load_config
 from .errors import ConfigError, EagerJobFailed, InvalidJobError, JobModelError, QueueStateError
 from .handlers import HandlerFn, HandlerRegistry
 from .middleware import Middleware, MiddlewareChain
-from .model import LIBRARY_FIELDS, BaseJob, JobStatus
+from .model import LIBRARY_FIELDS, BaseJob
 from .queue_admin import QueueAdmin
 from .queue_schedule import ScheduleMixin
 from .retry import RetryStrategy, StopStrategy, WaitStrategy
 from .runner import run_worker
+from .status import COMPLETED, PENDING
 from .store import JobStore
 from .validation import check_document, check_payload
 from .worker import Worker
@@ -257,7 +258,7 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
                 self.worker.run_job_now(doc["_id"])
                 fresh = self.store.get(doc["_id"])
                 doc = fresh if fresh is not None else doc
-                if self.eager_propagate and doc.get("status") != JobStatus.COMPLETED.value:
+                if self.eager_propagate and doc.get("status") != COMPLETED:
                     error = doc.get("last_error") or {}
                     raise EagerJobFailed(
                         f"job {doc['_id']} ({doc['type']}) ended {doc.get('status')}: "
@@ -303,7 +304,7 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
             )
         fields = {
             "type": job_type,
-            "status": JobStatus.PENDING.value,
+            "status": PENDING,
             "data": dict(data),
             "queue": queue,
             "priority": priority,

@@ -15,7 +15,8 @@ from bson import ObjectId
 
 from .clock import after_ms
 from .errors import InvalidJobError, InvalidJobIdError, JobTimeout
-from .model import BaseJob, JobStatus
+from .model import BaseJob
+from .status import ALL_STATUSES, FINISHED
 
 if TYPE_CHECKING:
     from .middleware import MiddlewareChain
@@ -66,7 +67,7 @@ class QueueAdmin(Generic[J]):
             raise ValueError(f"timeout must be None (no limit) or a number of seconds >= 0, got {timeout!r}")
         deadline = math.inf if timeout is None else time.monotonic() + timeout
         interval = 0.05
-        finished = {JobStatus.COMPLETED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value}
+        finished = set(FINISHED)
         while True:
             doc = self.store.get(oid)
             if doc is None:
@@ -138,7 +139,7 @@ class QueueAdmin(Generic[J]):
         cancelled, requested = self.store.cancel_jobs(filt, running=running)
         return {"cancelled": cancelled, "requested": requested}
 
-    def purge(self, older_than_ms: int, statuses: Iterable[str] = ("completed", "failed", "cancelled")) -> int:
+    def purge(self, older_than_ms: int, statuses: Iterable[str] = FINISHED) -> int:
         """Delete finished jobs that finished more than ``older_than_ms`` ago; return how many."""
         if isinstance(older_than_ms, bool) or not isinstance(older_than_ms, int) or older_than_ms < 0:
             raise InvalidJobError(f"older_than_ms must be an int >= 0, got {older_than_ms!r}")
@@ -155,7 +156,7 @@ class QueueAdmin(Generic[J]):
         stats = self.store.queue_stats()
         paused = self.store.pause_state()
         for name in paused.queues - set(stats):
-            stats[name] = {"counts": {s.value: 0 for s in JobStatus}, "oldest_due_age_s": None}
+            stats[name] = {"counts": dict.fromkeys(ALL_STATUSES, 0), "oldest_due_age_s": None}
         for name, entry in stats.items():
             entry["paused"] = name in paused.queues
         return stats

@@ -58,8 +58,9 @@ from .bounded import BoundedChangeStream
 from .clock import Clock, after_ms, to_naive_utc, utcnow
 from .config import QueueConfig
 from .errors import InvalidJobError
-from .model import BaseJob, JobStatus
+from .model import BaseJob
 from .records import ClaimedJob, ErrorRecord, LeaseOwnerInfo, UnstorableResult, completion_fields, job_log_extra
+from .status import CANCELLED, COMPLETED, FAILED, PENDING, PROCESSING
 from .store_admin import AdminQueries
 from .store_base import INDEX_BUILD_MS, MAINTENANCE_MAX_TIME_MS, as_stored
 from .store_collection import is_prepared, prepared_collection
@@ -73,11 +74,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-PENDING = JobStatus.PENDING.value
-PROCESSING = JobStatus.PROCESSING.value
-COMPLETED = JobStatus.COMPLETED.value
-FAILED = JobStatus.FAILED.value
-CANCELLED = JobStatus.CANCELLED.value
 
 _MAX_QUARANTINES_PER_CLAIM = 10
 # What a new claim clears: the progress an earlier attempt reported.

@@ -16,7 +16,7 @@ import pymongo
 from bson import ObjectId
 from pymongo.errors import PyMongoError
 
-from .model import JobStatus
+from .status import ALL_STATUSES, CANCELLED, FAILED, FINISHED, PENDING, PROCESSING
 from .store_base import KEPT_MARKS, MAINTENANCE_MAX_TIME_MS, StoreBase, as_stored, new_mark
 
 if TYPE_CHECKING:
@@ -26,11 +26,6 @@ __all__ = ["AdminQueries"]
 
 T = TypeVar("T")
 
-PENDING = JobStatus.PENDING.value
-PROCESSING = JobStatus.PROCESSING.value
-COMPLETED = JobStatus.COMPLETED.value
-FAILED = JobStatus.FAILED.value
-CANCELLED = JobStatus.CANCELLED.value
 #: The claim index (see :class:`~mongo_job_queue.BaseJob`): status, queue, type, -priority, run_at.
 CLAIM_INDEX = "mjq_claim"
 
@@ -104,7 +99,7 @@ class AdminQueries(StoreBase):
         both queries are answered from it (hinted), with a limit and
         ``maxTimeMS``: never a read of the backlog's documents.
         """
-        statuses = [s.value for s in JobStatus]
+        statuses = list(ALL_STATUSES)
         invisible = [
             {"queue": {"$not": {"$type": "string"}}},
             {"type": {"$not": {"$type": "string"}}},
@@ -147,9 +142,9 @@ class AdminQueries(StoreBase):
 
         return self._retry(call, "retry_job")
 
-    def purge(self, finished_before: datetime, statuses: Sequence[str] = (COMPLETED, FAILED, CANCELLED)) -> int:
+    def purge(self, finished_before: datetime, statuses: Sequence[str] = FINISHED) -> int:
         """Delete finished jobs whose ``finished_at`` is older than ``finished_before``."""
-        unknown = set(statuses) - {COMPLETED, FAILED, CANCELLED}
+        unknown = set(statuses) - set(FINISHED)
         if unknown:
             raise ValueError(f"only finished jobs can be purged, not {sorted(unknown)}")
         filt = {"status": {"$in": list(statuses)}, "finished_at": {"$lt": finished_before}}
@@ -166,7 +161,7 @@ class AdminQueries(StoreBase):
 
         def call() -> dict[str, dict[str, Any]]:
             now = self.now()
-            statuses = [s.value for s in JobStatus]
+            statuses = list(ALL_STATUSES)
             counted = self.collection.aggregate(
                 [
                     {"$match": {"status": {"$in": statuses}}},
@@ -248,11 +243,20 @@ class AdminQueries(StoreBase):
         return self._retry(lambda: self.collection.find_one({"_id": job_id}), "get")
 
     def count_by_status(self, queue: str | None = None) -> dict[str, int]:
-        """Jobs per status, one index-backed count each."""
-        counts: dict[str, int] = {}
-        for status in JobStatus:
-            query: dict[str, Any] = {"status": status.value}
-            if queue is not None:
-                query["queue"] = queue
-            counts[status.value] = self._retry(lambda q=query: self.collection.count_documents(q), "count")  # type: ignore[misc]
-        return counts
+        """Jobs per status (of one queue, or all): one covered aggregation, so the counts are one reading."""
+        match: dict[str, Any] = {"status": {"$in": list(ALL_STATUSES)}}
+        if queue is not None:
+            match["queue"] = queue
+        pipeline = [
+            {"$match": match},
+            {"$project": {"_id": 0, "status": 1}},
+            {"$group": {"_id": "$status", "n": {"$sum": 1}}},
+        ]
+
+        def call() -> dict[str, int]:
+            counts = dict.fromkeys(ALL_STATUSES, 0)
+            for row in self.collection.aggregate(pipeline, hint=CLAIM_INDEX):
+                counts[row["_id"]] = row["n"]
+            return counts
+
+        return self._retry(call, "count")

@@ -19,7 +19,7 @@ from pymongo.errors import DuplicateKeyError
 
 from .clock import after_ms
 from .errors import InvalidJobError
-from .model import JobStatus
+from .status import ALL_STATUSES, CANCELLED, FINISHED, PENDING, PROCESSING
 from .store_base import as_stored, new_mark, pushed_mark
 from .store_collection import unique_insert_protected
 from .store_retention import RetentionQueries, retention_index_name
@@ -33,12 +33,6 @@ __all__ = ["FINISHED", "ControlQueries", "Heartbeat", "PauseState", "duplicate_f
 
 T = TypeVar("T")
 
-PENDING = JobStatus.PENDING.value
-PROCESSING = JobStatus.PROCESSING.value
-COMPLETED = JobStatus.COMPLETED.value
-FAILED = JobStatus.FAILED.value
-CANCELLED = JobStatus.CANCELLED.value
-FINISHED = (COMPLETED, FAILED, CANCELLED)
 
 _PAUSE_ID = "pause"
 # Bound on the heartbeat's follow-up read (by _id, at most one document per running job).
@@ -261,7 +255,7 @@ class ControlQueries(RetentionQueries):
         flaggable = {"status": PROCESSING, "cancel_requested": {"$ne": True}}
         match = {**filt, "$or": [{"status": PENDING}, flaggable]} if running else {**filt, "status": PENDING}
         cancelled_mark, requested_mark = _did(mark, "cancelled"), _did(mark, "requested")
-        any_status = {**filt, "status": {"$in": [s.value for s in JobStatus]}}
+        any_status = {**filt, "status": {"$in": list(ALL_STATUSES)}}
         # A job flagged by one try and cancelled by a later one (its worker let it go) counts once.
         flagged_only = {"$all": [requested_mark], "$ne": cancelled_mark}
         ours_cancelled = {**filt, "status": CANCELLED, "admin_marks": cancelled_mark}

@@ -11,14 +11,11 @@ from typing import Any, Optional
 
 from pymongo.errors import OperationFailure
 
-from .model import JobStatus
+from .status import CANCELLED, COMPLETED, FAILED
 from .store_base import INDEX_BUILD_MS, StoreBase
 
 __all__ = ["RetentionQueries", "retention_index_name"]
 
-COMPLETED = JobStatus.COMPLETED.value
-FAILED = JobStatus.FAILED.value
-CANCELLED = JobStatus.CANCELLED.value
 
 _INDEX_NOT_FOUND = 27
 #: How often ensure_retention_indexes reads, changes and checks before it gives up on a moving target.

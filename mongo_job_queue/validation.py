@@ -17,6 +17,7 @@ from bson.errors import BSONError, InvalidDocument
 
 from .config import BSON_MAX_BYTES, QueueConfig
 from .errors import InvalidJobError
+from .status import ALL_STATUSES
 
 __all__ = [
     "MAX_DOCUMENT_BYTES",
@@ -28,7 +29,7 @@ __all__ = [
     "stored_job_problems",
 ]
 
-_STATUSES = frozenset({"pending", "processing", "completed", "failed", "cancelled"})
+_STATUSES = frozenset(ALL_STATUSES)
 
 #: MongoDB's document size limit.
 MAX_DOCUMENT_BYTES = BSON_MAX_BYTES

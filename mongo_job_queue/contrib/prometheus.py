@@ -62,7 +62,7 @@ from typing import Any, Optional
 import pymongo
 
 from ..middleware import Middleware, Outcome
-from ..model import JobStatus
+from ..status import ALL_STATUSES, FINISHED, PENDING, PROCESSING, UNFINISHED
 
 __all__ = [
     "DEFAULT_BUCKETS",
@@ -113,11 +113,9 @@ OTHER = "__other__"
 
 _JOB_LABELS = ("queue", "job_type")
 _LEASE_MEMORY = 4096  # claims remembered to count each lost lease once
-_STATUSES = [s.value for s in JobStatus]
-_PENDING = JobStatus.PENDING.value
-_PROCESSING = JobStatus.PROCESSING.value
-_UNFINISHED = [_PENDING, _PROCESSING]
-_FINISHED = [s for s in _STATUSES if s not in _UNFINISHED]
+_STATUSES = list(ALL_STATUSES)
+_UNFINISHED = list(UNFINISHED)
+_FINISHED = list(FINISHED)
 #: Rows of the depth aggregation's first reply: one per queue, so the read is one round trip.
 _DEPTH_BATCH = 10_000
 
@@ -333,7 +331,7 @@ def depth_pipeline(now: datetime) -> list[dict[str, Any]]:
     to pending and processing keys, and the ``$project`` keeps only indexed
     fields, so its cost does not grow with retained finished jobs.
     """
-    due = {"$and": [{"$eq": ["$status", _PENDING]}, {"$lte": ["$run_at", now]}]}
+    due = {"$and": [{"$eq": ["$status", PENDING]}, {"$lte": ["$run_at", now]}]}
     return [
         {"$match": {"status": {"$in": _UNFINISHED}}},
         {"$project": {"_id": 0, "status": 1, "queue": 1, "run_at": 1}},
@@ -439,7 +437,7 @@ def _cap_queues(stats: dict[str, dict[str, Any]], served: frozenset[str], limit:
     def rank(item: tuple[str, dict[str, Any]]) -> tuple[bool, bool, int, int, str]:
         name, entry = item
         counts = entry["counts"]
-        active = counts[_PENDING] + counts[_PROCESSING]
+        active = counts[PENDING] + counts[PROCESSING]
         return (name not in served, not entry["paused"], -active, -sum(counts.values()), name)
 
     ranked = sorted(stats.items(), key=rank)
@@ -531,9 +529,9 @@ class QueueStatsCollector:
         up = GaugeMetricFamily(f"{PREFIX}_stats_up", "1 if the last read of the queue stats succeeded, else 0.")
         for name, entry in sorted((stats or {}).items()):
             counts = entry.get("counts") or {}
-            for status in JobStatus:
-                if status.value in counts:  # finished statuses are absent when their bounded count failed
-                    jobs.add_metric([name, status.value], float(counts[status.value]))
+            for status in ALL_STATUSES:
+                if status in counts:  # finished statuses are absent when their bounded count failed
+                    jobs.add_metric([name, status], float(counts[status]))
             oldest.add_metric([name], float(entry.get("oldest_due_age_s") or 0.0))
             if "paused" in entry:
                 paused.add_metric([name], 1.0 if entry["paused"] else 0.0)
