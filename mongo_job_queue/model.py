@@ -7,6 +7,11 @@ injected into :func:`~mongo_job_queue.create_job_queue`.
 
 from __future__ import annotations
 
+import os
+import socket
+import traceback
+import uuid
+from datetime import datetime
 from typing import Any, Optional
 
 from mongoengine import (
@@ -23,11 +28,12 @@ from mongoengine import (
     StringField,
 )
 
+from .config import QueueConfig
 from .errors import QueueStateError
 from .status import ALL_STATUSES, PENDING, JobStatus  # JobStatus: its old import path
 from .store_collection import forget_prepared
 
-__all__ = ["LIBRARY_FIELDS", "BaseJob", "JobError", "JobStatus", "LeaseOwner"]
+__all__ = ["LIBRARY_FIELDS", "BaseJob", "JobError", "JobStatus", "LeaseOwner", "safe_str", "truncate"]
 
 
 class LeaseOwner(EmbeddedDocument):
@@ -36,6 +42,15 @@ class LeaseOwner(EmbeddedDocument):
     host = StringField()
     pid = IntField()
     worker_id = StringField()
+
+    @classmethod
+    def current(cls, worker_id: Optional[str] = None) -> LeaseOwner:
+        """This process as a lease owner; a worker builds it once and writes it into every claim."""
+        return cls(host=socket.gethostname(), pid=os.getpid(), worker_id=worker_id or uuid.uuid4().hex[:12])
+
+    def as_doc(self) -> dict[str, Any]:
+        """The stored form, built without MongoEngine's per-write conversion (claims are the hot path)."""
+        return {"host": self.host, "pid": self.pid, "worker_id": self.worker_id}
 
 
 class JobError(EmbeddedDocument):
@@ -47,6 +62,54 @@ class JobError(EmbeddedDocument):
     attempt = IntField()
     at = DateTimeField()
     lease_token = StringField()
+
+    @classmethod
+    def from_exception(
+        cls, exc: BaseException, *, attempt: Optional[int], at: datetime, token: Optional[str], config: QueueConfig
+    ) -> JobError:
+        """A bounded record of ``exc`` holding strings only, so no traceback frame is kept alive."""
+        try:
+            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        except BaseException:  # noqa: BLE001 - str() of the exception may raise inside
+            tb = "".join(traceback.format_tb(exc.__traceback__)) + f"{type(exc).__name__}: <unprintable>"
+        return cls(
+            type=f"{type(exc).__module__}.{type(exc).__qualname__}",
+            message=truncate(safe_str(exc), config.max_error_chars),
+            traceback=truncate(tb, config.max_traceback_chars, keep_tail=True),
+            attempt=attempt,
+            at=at,
+            lease_token=token,
+        )
+
+    def as_doc(self) -> dict[str, Any]:
+        """The stored form, pushed into ``errors`` and set as ``last_error``."""
+        return {
+            "type": self.type,
+            "message": self.message,
+            "traceback": self.traceback,
+            "attempt": self.attempt,
+            "at": self.at,
+            "lease_token": self.lease_token,
+        }
+
+
+def safe_str(value: BaseException) -> str:
+    """``str(value)``, or a placeholder: a handler's exception may have a ``__str__`` that raises."""
+    try:
+        return str(value)
+    except BaseException:  # noqa: BLE001
+        return f"<unprintable {type(value).__name__}>"
+
+
+def truncate(text: str, limit: int, *, keep_tail: bool = False) -> str:
+    """Cut ``text`` to at most ``limit`` characters, marking the cut when there is room."""
+    if len(text) <= limit:
+        return text
+    marker = f"...[{len(text) - limit} chars truncated]..."
+    if limit <= len(marker):
+        return text[-limit:] if keep_tail else text[:limit]
+    keep = limit - len(marker)
+    return marker + text[len(text) - keep :] if keep_tail else text[:keep] + marker
 
 
 class BaseJob(Document):

@@ -58,8 +58,8 @@ from .bounded import BoundedChangeStream
 from .clock import Clock, after_ms, to_naive_utc, utcnow
 from .config import QueueConfig
 from .errors import InvalidJobError
-from .model import BaseJob
-from .records import ClaimedJob, ErrorRecord, LeaseOwnerInfo, UnstorableResult, completion_fields, job_log_extra
+from .model import BaseJob, JobError, LeaseOwner
+from .records import ClaimedJob, UnstorableResult, completion_fields, job_log_extra
 from .status import CANCELLED, COMPLETED, FAILED, PENDING, PROCESSING
 from .store_admin import AdminQueries
 from .store_base import INDEX_BUILD_MS, MAINTENANCE_MAX_TIME_MS, as_stored
@@ -68,7 +68,7 @@ from .store_control import ControlQueries, Heartbeat
 from .store_schedule import ScheduleQueries
 from .validation import stored_job_problems
 
-__all__ = ["ClaimedJob", "ErrorRecord", "Heartbeat", "JobStore", "LeaseOwnerInfo", "is_transient"]
+__all__ = ["ClaimedJob", "Heartbeat", "JobStore", "is_transient"]
 
 log = logging.getLogger(__name__)
 
@@ -485,7 +485,7 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
         self,
         types: Iterable[str],
         queues: Iterable[str],
-        owner: LeaseOwnerInfo,
+        owner: LeaseOwner,
         *,
         abort: threading.Event | None = None,
     ) -> ClaimedJob | None:
@@ -515,7 +515,7 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
         self,
         types: Iterable[str],
         queues: Iterable[str],
-        owner: LeaseOwnerInfo,
+        owner: LeaseOwner,
         limit: int,
         *,
         abort: threading.Event | None = None,
@@ -553,7 +553,7 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
         return []
 
     def _claim_batch(
-        self, query: dict[str, Any], owner: LeaseOwnerInfo, limit: int, abort: threading.Event | None
+        self, query: dict[str, Any], owner: LeaseOwner, limit: int, abort: threading.Event | None
     ) -> tuple[list[ClaimedJob], bool]:
         """Claim up to ``limit`` jobs; also whether jobs were read but all taken by others (a lost race).
 
@@ -639,14 +639,14 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
             self.log.warning("claim of %d job(s) partly applied before %r; running those", len(docs), exc)
         return [ClaimedJob(doc, token) for doc in docs], raced
 
-    def claim_job(self, job_id: ObjectId, owner: LeaseOwnerInfo) -> ClaimedJob | None:
+    def claim_job(self, job_id: ObjectId, owner: LeaseOwner) -> ClaimedJob | None:
         """Claim one specific pending job, due or not (inline/eager runs, admin "run now")."""
         return self._claim({"_id": job_id, "status": PENDING}, owner, None, due_only=False)
 
     def _claim(
         self,
         query: dict[str, Any],
-        owner: LeaseOwnerInfo,
+        owner: LeaseOwner,
         abort: threading.Event | None,
         *,
         due_only: bool = True,
@@ -822,7 +822,7 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
 
         return self._retry(call, "complete_many")
 
-    def reschedule(self, job: ClaimedJob, run_at: datetime, error: ErrorRecord) -> bool:
+    def reschedule(self, job: ClaimedJob, run_at: datetime, error: JobError) -> bool:
         """Return a failed attempt to ``pending`` at ``run_at``; False if the lease is lost or a cancel requested."""
         update = {
             "$set": {"status": PENDING, "run_at": run_at, "updated_at": self.now(), "last_error": error.as_doc()},
@@ -831,7 +831,7 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
         }
         return self._fenced(job, update, PENDING, "reschedule", uncancelled=True)
 
-    def fail(self, job: ClaimedJob, error: ErrorRecord) -> bool:
+    def fail(self, job: ClaimedJob, error: JobError) -> bool:
         """Fail a claimed job for good; False if the lease was lost or a cancel requested."""
         now = self.now()
         update = {
@@ -887,7 +887,7 @@ class JobStore(AdminQueries, ControlQueries, ScheduleQueries):
             "expired_leases",
         )
 
-    def recover(self, doc: Mapping[str, Any], error: ErrorRecord, give_up: bool) -> bool:
+    def recover(self, doc: Mapping[str, Any], error: JobError, give_up: bool) -> bool:
         """Requeue (or fail, when attempts are spent) one job whose lease expired.
 
         Fenced on the token *and* on the lease still being expired, so a

@@ -63,6 +63,7 @@ from typing import Any, Optional
 
 from .. import __version__
 from ..middleware import Middleware, Outcome
+from ..model import safe_str
 
 __all__ = ["SYSTEM", "OpenTelemetryMiddleware"]
 
@@ -247,7 +248,7 @@ class OpenTelemetryMiddleware(Middleware):
         elif exc is not None:
             span.record_exception(exc)
             span.set_attribute("error.type", _error_type(exc))
-            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {_safe_str(exc)}"))
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {safe_str(exc)}"))
         elif outcome == "lease_lost":
             span.set_attribute("error.type", "lease_lost")
             span.set_status(Status(StatusCode.ERROR, "lease lost: the outcome was not recorded"))
@@ -255,10 +256,3 @@ class OpenTelemetryMiddleware(Middleware):
             span.set_attribute("error.type", "outcome_unknown")
             span.set_status(Status(StatusCode.ERROR, "the worker reported no outcome for this run"))
         span.end()
-
-
-def _safe_str(exc: BaseException) -> str:
-    try:
-        return str(exc)
-    except Exception:  # noqa: BLE001 - an exception's __str__ may itself raise
-        return "<unprintable>"

@@ -29,10 +29,10 @@ from bson import ObjectId
 
 from ..config import QueueConfig
 from ..errors import QueueStateError
-from ..failures import error_record
 from ..handlers import HandlerRegistry
 from ..middleware import MiddlewareChain
-from ..records import ClaimedJob, LeaseOwnerInfo, job_log_extra
+from ..model import LeaseOwner
+from ..records import ClaimedJob, job_log_extra
 from ..scheduler import Scheduler
 from ..store import JobStore
 from .completer import Completer, GroupCompleter
@@ -45,7 +45,7 @@ from .shutdown import ShutdownRequeue
 from .timeouts import deadline_after, join, remaining
 from .wakeup import ChangeStreamWaker
 
-__all__ = ["Worker", "error_record", "job_log_extra"]
+__all__ = ["Worker", "job_log_extra"]
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class Worker:
 
     def _reset_runtime_state(self) -> None:
         """Start afresh: at construction, and in a forked child (the parent's threads and runs are not its own)."""
-        self.owner = LeaseOwnerInfo.current(self.config.worker_id)
+        self.owner = LeaseOwner.current(self.config.worker_id)
         self.table.clear()
         self._stopping = threading.Event()
         self._stopping.set()
@@ -143,7 +143,7 @@ class Worker:
     def reconfigure(self, config: QueueConfig) -> None:
         """Take a new config before the next start; runs still finishing keep their heartbeat."""
         self.config = config
-        self.owner = LeaseOwnerInfo.current(config.worker_id)
+        self.owner = LeaseOwner.current(config.worker_id)
         self._build()
 
     # -- lifecycle ----------------------------------------------------------

@@ -20,10 +20,9 @@ from ..clock import after_ms
 from ..config import QueueConfig
 from ..context import JobContext, RunState
 from ..errors import FailJob, JobCancelled, WorkerShutdown
-from ..failures import error_record, safe_str, truncate
 from ..handlers import Handler, HandlerRegistry
 from ..middleware import MiddlewareChain
-from ..model import BaseJob
+from ..model import BaseJob, JobError, safe_str, truncate
 from ..records import ClaimedJob, UnstorableResult
 from ..retry_limit import exhausted, max_retries_of
 from ..store import JobStore
@@ -209,7 +208,7 @@ class Executor:
         doc = claimed.doc
         now = self.store.now()
         attempts = int(doc["attempts"])
-        record = error_record(exc, attempt=attempts, at=now, token=claimed.token, config=self.config)
+        record = JobError.from_exception(exc, attempt=attempts, at=now, token=claimed.token, config=self.config)
         policy = handler.policy if handler is not None else None
         decision = (
             policy.decide(
@@ -269,7 +268,7 @@ class Executor:
         attempts = int(doc["attempts"])
         exc = WorkerShutdown(f"worker {worker_id} shut down during attempt {attempts}")
         now = self.store.now()
-        record = error_record(exc, attempt=attempts, at=now, token=claimed.token, config=self.config)
+        record = JobError.from_exception(exc, attempt=attempts, at=now, token=claimed.token, config=self.config)
         try:
             if attempts >= max_retries_of(doc, self.registry.get(doc["type"])) + 1:
                 written = self.store.fail(claimed, record)

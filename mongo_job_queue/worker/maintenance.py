@@ -19,9 +19,9 @@ from typing import Any, Optional
 
 from ..config import QueueConfig
 from ..errors import LeaseExpired, MalformedJob
-from ..failures import error_record
 from ..handlers import HandlerRegistry
 from ..middleware import MiddlewareChain
+from ..model import JobError
 from ..retry_limit import rescue_gives_up
 from ..store import JobStore
 from ..validation import stored_job_problems
@@ -85,7 +85,9 @@ class Rescuer:
                 f"(host {owner.get('host')}, pid {owner.get('pid')}) stopped renewing it"
             )
             at = now if now is not None else self.store.now()
-            record = error_record(exc, attempt=attempts, at=at, token=doc.get("lease_token"), config=self.config)
+            record = JobError.from_exception(
+                exc, attempt=attempts, at=at, token=doc.get("lease_token"), config=self.config
+            )
             if not self.store.recover(doc, record, give_up):
                 continue  # renewed or recovered by someone else in the meantime
             if doc.get("cancel_requested"):

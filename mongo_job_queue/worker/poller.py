@@ -19,7 +19,8 @@ from typing import Optional
 from ..config import QueueConfig
 from ..handlers import HandlerRegistry
 from ..middleware import MiddlewareChain
-from ..records import ClaimedJob, LeaseOwnerInfo
+from ..model import LeaseOwner
+from ..records import ClaimedJob
 from ..store import JobStore
 from ..store_control import PauseState
 from .executor import Executor, WorkQueue
@@ -43,7 +44,7 @@ class Poller:
         table: InflightTable,
         keeper: LeaseKeeper,
         executor: Executor,
-        owner: LeaseOwnerInfo,
+        owner: LeaseOwner,
         *,
         logger: Optional[logging.Logger] = None,
     ) -> None:

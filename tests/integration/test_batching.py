@@ -13,8 +13,7 @@ import pytest
 from helpers import wait_until
 from pymongo import monitoring
 
-from mongo_job_queue import BaseJob, create_job_queue
-from mongo_job_queue.store import LeaseOwnerInfo
+from mongo_job_queue import BaseJob, LeaseOwner, create_job_queue
 from mongo_job_queue.worker.completer import AckBuffer
 from mongo_job_queue.worker.inflight import run_key
 
@@ -71,7 +70,7 @@ def test_claim_batch_takes_k_jobs_in_two_round_trips(counted) -> None:
     queue = _queue()
     queue.enqueue_many([{"job_type": "T", "data": {"n": n}, "priority": n % 3} for n in range(20)])
     counted.counts.clear()
-    claimed = queue.store.claim_batch(["T"], ["default"], LeaseOwnerInfo.current("w"), 8)
+    claimed = queue.store.claim_batch(["T"], ["default"], LeaseOwner.current("w"), 8)
     assert counted.total() == 2, counted.counts
     assert len(claimed) == 8
     assert [c.doc["priority"] for c in claimed] == [2] * 6 + [1] * 2
@@ -107,10 +106,10 @@ def test_claim_batch_under_contention_keeps_only_what_it_won(counted, monkeypatc
 
     def compete() -> None:
         if not stolen:  # the rival takes the most urgent job first
-            stolen.append(rival.store.claim(["T"], ["default"], LeaseOwnerInfo.current("rival")))
+            stolen.append(rival.store.claim(["T"], ["default"], LeaseOwner.current("rival")))
 
     monkeypatch.setattr(type(queue.store), "collection", property(lambda self: _RaceCollection(real, compete)))
-    claimed = queue.store.claim_batch(["T"], ["default"], LeaseOwnerInfo.current("w"), 4)
+    claimed = queue.store.claim_batch(["T"], ["default"], LeaseOwner.current("w"), 4)
     monkeypatch.undo()
     won = stolen[0]
     assert won is not None and won.doc["data"]["n"] == 0
@@ -125,7 +124,7 @@ def test_claim_batch_under_contention_keeps_only_what_it_won(counted, monkeypatc
 def test_complete_many_fences_each_job_by_its_token(counted) -> None:
     queue = _queue()
     queue.enqueue_many([{"job_type": "T"} for _ in range(3)])
-    claimed = queue.store.claim_batch(["T"], ["default"], LeaseOwnerInfo.current("w"), 3)
+    claimed = queue.store.claim_batch(["T"], ["default"], LeaseOwner.current("w"), 3)
     lost = claimed[1]
     CountedJob.objects(id=lost.id).update(set__lease_token="someone-else")
     counted.counts.clear()

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from pymongo.collection import Collection
 
-from mongo_job_queue.records import ErrorRecord
+from mongo_job_queue import JobError
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +51,7 @@ def _running_job(queue: Any) -> Any:
 def _attempt_fails(queue: Any, claimed: Any) -> Callable[[], None]:
     def reschedule() -> None:
         now = queue.store.now()
-        error = ErrorRecord("ValueError", "boom", "", 1, now, claimed.token)
+        error = JobError(type="ValueError", message="boom", traceback="", attempt=1, at=now, lease_token=claimed.token)
         queue.store.reschedule(claimed, now + timedelta(seconds=60), error)
 
     return reschedule

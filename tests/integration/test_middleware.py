@@ -9,9 +9,8 @@ from typing import Any
 import pytest
 from helpers import wait_until
 
-from mongo_job_queue import FailJob, InvalidJobError, Middleware
+from mongo_job_queue import FailJob, InvalidJobError, LeaseOwner, Middleware
 from mongo_job_queue.clock import utcnow
-from mongo_job_queue.store import LeaseOwnerInfo
 
 pytestmark = pytest.mark.integration
 
@@ -121,7 +120,7 @@ def test_pool_hooks_lease_loss_and_orphans(make_queue, job_model) -> None:
 
     # A job whose worker died: recovered by a sweeper whose clock is past the lease.
     orphan = queue.enqueue("OK", {"n": 2})
-    claimed = queue.store.claim(["OK"], ["default"], LeaseOwnerInfo.current("dead"))
+    claimed = queue.store.claim(["OK"], ["default"], LeaseOwner.current("dead"))
     assert claimed is not None and claimed.id == orphan.id
     sweeper = make_queue(clock=lambda: utcnow() + timedelta(minutes=5), sync_clock=False)
     sweeper.add_middleware(recorder)

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from pymongo import monitoring
 
-from mongo_job_queue import BaseJob, FailJob, create_job_queue
+from mongo_job_queue import BaseJob, FailJob, LeaseOwner, create_job_queue
 from mongo_job_queue.clock import utcnow
 from mongo_job_queue.contrib import prometheus
 from mongo_job_queue.contrib.prometheus import (
@@ -34,7 +34,6 @@ from mongo_job_queue.contrib.prometheus import (
     make_wsgi_app,
     start_http_server,
 )
-from mongo_job_queue.store import LeaseOwnerInfo
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
 
@@ -147,7 +146,7 @@ def test_lease_losses_and_orphans(make_queue, registry, scrape) -> None:
     instrument(queue, registry)
     queue.register_handler("ok", lambda job: None)
     # Two jobs whose worker died, one with an attempt left and one without.
-    dead = LeaseOwnerInfo.current("dead")
+    dead = LeaseOwner.current("dead")
     queue.enqueue("ok", {"n": 1})
     first = queue.store.claim(["ok"], ["default"], dead)
     queue.enqueue("ok", {"n": 2}, max_retries=0)

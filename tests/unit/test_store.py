@@ -20,9 +20,8 @@ from pymongo.errors import (
     WriteConcernError,
 )
 
-from mongo_job_queue import InvalidJobError
+from mongo_job_queue import InvalidJobError, JobError
 from mongo_job_queue.store import ClaimedJob, is_transient
-from mongo_job_queue.worker import error_record
 
 LEASE_MS = 10_000
 
@@ -41,7 +40,7 @@ def _claim(queue: Any) -> ClaimedJob:
 
 
 def _record(queue: Any, claimed: ClaimedJob, message: str = "x") -> Any:
-    return error_record(
+    return JobError.from_exception(
         ValueError(message), attempt=claimed.doc["attempts"], at=queue.clock(), token=claimed.token, config=queue.config
     )
 
