@@ -8,6 +8,8 @@ import sys
 
 # autodoc imports the package from this checkout, installed or not.
 sys.path.insert(0, os.path.abspath(".."))
+# Local extensions: config_reference renders QueueConfig's docstring as the config table.
+sys.path.insert(0, os.path.abspath("_ext"))
 
 import mongo_job_queue  # noqa: E402
 
@@ -21,6 +23,7 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "sphinx.ext.viewcode",
+    "config_reference",
 ]
 
 napoleon_google_docstring = True

@@ -58,66 +58,101 @@ class Derived(int):
 class QueueConfig:
     """Settings of one :class:`~mongo_job_queue.PersistentJobQueue`.
 
+    The ``Attributes`` below are the configuration reference:
+    docs/configuration.rst renders them, with each field's default, into its
+    table of keys, so a setting is described here and nowhere else.
+    Durations are in milliseconds. "When not set" describes a default derived
+    from the other setting of a pair that must agree.
+
     Attributes:
-        max_retries: Retries after the first attempt; a job runs at most
-            ``max_retries + 1`` times, lease-expiry rescues included.
-        retry_delay_ms: First retry delay; later ones grow exponentially with jitter.
-            When only ``retry_max_delay_ms`` is set: the smaller of 1 s and it.
-        retry_max_delay_ms: Upper bound of a single retry delay; when not set,
-            the larger of 1 hour and ``retry_delay_ms``.
+        max_retries: Retries after the first attempt: a job runs at most
+            ``max_retries + 1`` times, lease-expiry rescues included. The
+            default of jobs enqueued without ``max_retries`` whose handler
+            sets none. May be ``0``.
+        retry_delay_ms: First retry delay of the default backoff; later
+            delays double, plus a random jitter of up to this value. May be
+            ``0``. When only ``retry_max_delay_ms`` is set, the smaller of 1 s
+            and that cap.
+        retry_max_delay_ms: Cap of one default retry delay, at least
+            ``retry_delay_ms``. When not set, the larger of 1 hour and
+            ``retry_delay_ms``.
         poll_interval_base_ms: Idle poll interval right after work was seen.
-            When only ``poll_interval_max_ms`` is set: the smaller of 1 s and it.
-        poll_interval_max_ms: Idle poll interval reached by doubling while idle;
-            when not set, the larger of 30 s and ``poll_interval_base_ms``.
-        concurrency: Handler threads; the worker never claims more jobs than this.
-        lease_ms: How long a claim stays valid without a heartbeat. When only
-            ``heartbeat_interval_ms`` is set: the larger of 60 s and 4 heartbeats.
-        heartbeat_interval_ms: How often leases of running jobs are renewed;
-            at most half of ``lease_ms`` so one missed beat never loses a lease.
-            When not set, a quarter of ``lease_ms``.
-        sweep_interval_ms: How often expired leases are recovered; when not
-            set, twice ``heartbeat_interval_ms``.
-        queues: Queue names this worker claims from.
-        max_error_history: Error records kept per job (oldest dropped first).
+            When only ``poll_interval_max_ms`` is set, the smaller of 1 s and
+            that maximum.
+        poll_interval_max_ms: Idle poll interval reached by doubling while the
+            queue stays empty, at least ``poll_interval_base_ms``; it bounds
+            the pickup latency of jobs enqueued by other processes when no
+            change stream wakes the worker. When not set, the larger of 30 s
+            and ``poll_interval_base_ms``.
+        concurrency: Handler threads; the worker never holds more claimed
+            jobs than this (no prefetch).
+        lease_ms: How long a claim stays valid without a heartbeat: a crashed
+            worker's jobs are recovered between ``lease_ms`` and ``lease_ms +
+            sweep_interval_ms`` after its last heartbeat. When only
+            ``heartbeat_interval_ms`` is set, the larger of 60 s and four
+            heartbeats.
+        heartbeat_interval_ms: How often the leases of running jobs are
+            renewed; at most half of ``lease_ms``, so one late heartbeat never
+            loses a lease. When not set, a quarter of ``lease_ms``.
+        sweep_interval_ms: How often this worker looks for expired leases
+            (of crashed or frozen workers) and returns their jobs to the
+            queue. When not set, twice ``heartbeat_interval_ms``.
+        queues: Queue names this worker claims from: a non-empty list or
+            tuple of non-empty strings.
+        max_error_history: Error records kept per job in ``errors``; the
+            oldest are dropped.
         max_error_chars: Truncation limit of a stored error message.
-        max_traceback_chars: Truncation limit of a stored traceback.
-        db_retry_attempts: Tries of one database call on transient errors.
-        db_retry_max_delay_ms: Upper bound of the wait between those tries.
+        max_traceback_chars: Truncation limit of a stored traceback (its end
+            is kept).
+        db_retry_attempts: Tries of one database call on transient errors
+            (failover, network, timeout).
+        db_retry_max_delay_ms: Cap of the wait between those tries.
         db_timeout_ms: Time bound of one try of one database call (pymongo's
             client-side operation timeout, which also sets ``maxTimeMS``), so
             a call on a dead connection fails and is retried instead of
             blocking a heartbeat or a claim. ``0`` (the default) means
             ``min(5000, lease_ms // 2)``. Must be shorter than ``lease_ms``.
         sync_clock: Correct this process's clock by its offset from the
-            server's (measured with ``hello`` every ``clock_sync_interval_ms``),
-            so a skewed host neither runs delayed jobs early nor steals leases.
-        clock_sync_interval_ms: How often that offset is measured again.
-        batch_claims: Claim up to the number of free threads in one go (two
+            database server's (``hello.localTime``), so every worker judges
+            due times and leases by one clock and a skewed host neither runs
+            delayed jobs early nor steals leases. Turn it off only with an
+            injected clock (tests).
+        batch_claims: Claim up to the number of free threads at once (two
             round trips for k jobs) instead of one job per round trip.
         batch_acks: Write completions by group commit: one bulk write for
-            every completion that arrived while the previous one was in flight.
+            every completion that arrived while the previous one was in
+            flight. No timer, so a quiet queue adds no delay.
         change_stream_wakeups: On a replica set, watch for new jobs and wake
-            an idle poller at once; polling remains the fallback.
+            an idle poller at once; polling stays as the fallback, and is all
+            a standalone server gets.
         change_stream_max_await_ms: How long one change-stream read waits on
             the server; bounds an idle worker's command rate.
-        hygiene_interval_ms: How often malformed job documents (unknown
-            status, ill-typed fields, edited by hand) are looked for and failed.
+        clock_sync_interval_ms: How often the clock offset of ``sync_clock``
+            is measured again.
+        hygiene_interval_ms: How often this worker looks for job documents
+            damaged by hand edits (unknown status, ill-typed fields) and fails
+            them with the reason.
         retention_completed_ms: How long a ``completed`` job is kept after it
-            finished, by a TTL index; ``None`` keeps it forever.
-        retention_failed_ms: The same for ``failed`` jobs.
-        retention_cancelled_ms: The same for ``cancelled`` jobs.
-        progress_min_interval_ms: Least time between two progress writes of
-            one job; reports in between are kept and carried by the heartbeat.
-        max_result_bytes: Largest handler result stored (BSON size); a larger
-            or unencodable one is dropped and the reason stored in ``result_error``.
-            With the error history it bounds what a job document can grow
-            by, so it also bounds the enqueued document (:attr:`max_job_bytes`).
-        run_schedules: Fire the schedules registered on this queue while its
-            worker runs (see :meth:`~mongo_job_queue.PersistentJobQueue.schedule`);
-            False leaves firing to other processes.
+            finished (7 days), by a TTL index; ``None`` keeps it forever. A
+            change is applied at the next start; unfinished jobs are never
+            removed.
+        retention_failed_ms: The same for ``failed`` jobs (30 days).
+        retention_cancelled_ms: The same for ``cancelled`` jobs (30 days).
         pause_refresh_ms: How often a worker reads which queues and job types
             are paused (at most once per interval, only when about to claim).
-        worker_id: Name of this worker in lease records; random when omitted.
+        run_schedules: Fire the schedules registered on this queue while its
+            worker runs (see :meth:`~mongo_job_queue.PersistentJobQueue.schedule`);
+            ``False`` leaves firing to other processes.
+        progress_min_interval_ms: Least time between two progress writes of
+            one job; reports in between are kept and written by the next
+            heartbeat. May be ``0``.
+        max_result_bytes: Largest handler result stored (its encoded BSON
+            size); a larger or unencodable one is dropped and the reason
+            stored in ``result_error``. With the error history it bounds what
+            a job document can grow by, so it also bounds the enqueued
+            document (:attr:`max_job_bytes`).
+        worker_id: Name of this worker in ``lease_owner``; random when
+            omitted.
     """
 
     max_retries: int = 3

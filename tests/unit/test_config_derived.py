@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
-import re
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mongo_job_queue import ConfigError, QueueConfig
 from mongo_job_queue.config import BSON_MAX_BYTES, MAX_DURATION_MS, load_config
-
-README = Path(__file__).resolve().parents[2] / "README.rst"
 
 
 def both_ways(**settings: Any) -> list[QueueConfig]:
@@ -147,18 +143,6 @@ def test_limits_leave_room_for_the_job_and_sum_under_the_bson_limit() -> None:
     assert bigger.max_job_bytes < config.max_job_bytes
     with pytest.raises(ConfigError, match="max_result_bytes"):
         QueueConfig(max_result_bytes=BSON_MAX_BYTES - 1024)
-
-
-def test_readme_config_table_lists_every_key_with_its_default() -> None:
-    text = README.read_text()
-    table = text[text.index(".. begin-config") : text.index(".. end-config")]
-    rows = re.findall(r"^   \* - ``(\w+)``\n     - (.+)$", table, flags=re.M)
-    documented = dict(rows)
-    fields = {f.name: f.default for f in dataclasses.fields(QueueConfig)}
-    assert sorted(documented) == sorted(fields)
-    for name, default in fields.items():
-        shown = documented[name]
-        assert f"``{default!r}``" in shown or (default == ("default",) and "default" in shown), (name, shown)
 
 
 def test_create_job_queue_accepts_one_changed_setting() -> None:

@@ -1,0 +1,100 @@
+"""The docs say what the code does: the configuration reference is QueueConfig's own, README's commands are CI's."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import re
+from pathlib import Path
+from types import ModuleType
+from typing import Optional
+
+import pytest
+
+from mongo_job_queue import QueueConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs"
+
+
+def config_reference() -> ModuleType:
+    """docs/_ext/config_reference.py, the Sphinx extension that renders the table (its table part needs no Sphinx)."""
+    spec = importlib.util.spec_from_file_location("config_reference", DOCS / "_ext" / "config_reference.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_config_field_is_described_once_in_field_order_with_its_default() -> None:
+    rows = config_reference().rows(QueueConfig)
+    fields = dataclasses.fields(QueueConfig)
+    assert [name for name, _, _ in rows] == [f.name for f in fields]
+    for (name, default, meaning), f in zip(rows, fields, strict=True):
+        assert default.startswith(f"``{f.default!r}``"), (name, default)
+        assert len(meaning) > 20, (name, meaning)
+
+
+def test_derived_defaults_are_marked_and_units_are_exact() -> None:
+    shown = {name: default for name, default, _ in config_reference().rows(QueueConfig)}
+    assert shown["lease_ms"] == "``60000`` (1 min), derived"
+    assert shown["heartbeat_interval_ms"] == "``15000`` (15 s), derived"
+    assert shown["retention_completed_ms"] == "``604800000`` (7 d)"
+    assert shown["max_result_bytes"] == "``1048576`` (1 MiB)"
+    assert shown["db_timeout_ms"] == "``0``"
+    assert shown["worker_id"] == "``None``"
+    assert shown["sync_clock"] == "``True``"
+
+
+def test_a_description_continued_over_lines_is_one_entry() -> None:
+    meaning = dict((name, text) for name, _, text in config_reference().rows(QueueConfig))["db_timeout_ms"]
+    assert "maxTimeMS" in meaning and meaning.endswith("Must be shorter than ``lease_ms``.")
+    assert "\n" not in meaning and "  " not in meaning
+
+
+@dataclasses.dataclass
+class _Undescribed:
+    """A config with a field its docstring forgot.
+
+    Attributes:
+        one: Described.
+    """
+
+    one: int = 1
+    two: int = 2
+
+
+@dataclasses.dataclass
+class _Overdescribed:
+    """A config whose docstring describes a field it no longer has.
+
+    Attributes:
+        one: Described.
+        gone: Removed from the fields, not from here.
+    """
+
+    one: Optional[int] = None
+
+
+@pytest.mark.parametrize(("cls", "name"), [(_Undescribed, "two"), (_Overdescribed, "gone")])
+def test_a_docstring_out_of_step_with_the_fields_fails_the_docs_build(cls: type, name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        config_reference().rows(cls)
+
+
+def test_the_configuration_page_renders_the_generated_table_and_no_page_copies_it() -> None:
+    assert ".. queue-config-table::" in (DOCS / "configuration.rst").read_text()
+    assert "config_reference" in (DOCS / "conf.py").read_text()
+    # A hand-written row of the table (``* - ``lease_ms``) anywhere else would be a second copy to drift.
+    for page in [ROOT / "README.rst", *DOCS.glob("*.rst")]:
+        assert not re.search(r"^\s*\* - ``lease_ms``", page.read_text(), flags=re.M), page
+
+
+def test_the_readme_quick_start_is_the_command_ci_runs() -> None:
+    """.ci/run runs README's Quick start test command as written; both must keep saying the same thing."""
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
+    readme = (ROOT / "README.rst").read_text()
+    quick_start = readme[readme.index("Quick start\n") : readme.index("Installation\n")]
+    commands = [line.strip() for line in quick_start.splitlines() if line.startswith("    ")]
+    assert commands == ["python -m pip install tox && tox -e demo", "python -m pip install tox && tox"]
+    assert ci[-1] == commands[1]
