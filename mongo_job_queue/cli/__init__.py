@@ -89,7 +89,7 @@ def main(
     out = out or sys.stdout
     err = err or sys.stderr
     if queue is None and args_list[:1] == ["demo"]:
-        from ..demo import main as demo_main
+        from ..dev.demo import main as demo_main
 
         return demo_main(args_list[1:])
     parser = build_parser(prog, with_app=queue is None)
