@@ -42,7 +42,7 @@ def database(uri: Optional[str]) -> Iterator[tuple[str, str]]:
     if uri:
         yield uri, "external server (--uri / MONGODB_URI)"
         return
-    from mongo_job_queue.embedded import EmbeddedMongo
+    from mongo_job_queue.dev.embedded import EmbeddedMongo
 
     with EmbeddedMongo() as server:
         assert server.uri is not None

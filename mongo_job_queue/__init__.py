@@ -8,11 +8,11 @@ a thread pool and retries failures with tenacity-driven backoff.
 
 from __future__ import annotations
 
+from ._deprecation import moved as _moved
 from .config import QueueConfig
 from .errors import (
     ConfigError,
     EagerJobFailed,
-    EmbeddedServerError,
     FailJob,
     HandlerError,
     IndexSetupError,
@@ -44,7 +44,6 @@ __all__ = [
     "CatchUp",
     "ConfigError",
     "EagerJobFailed",
-    "EmbeddedServerError",
     "FailJob",
     "Fire",
     "HandlerError",
@@ -72,3 +71,6 @@ __all__ = [
     "__version__",
     "create_job_queue",
 ]
+
+# A development tool's error, no longer exported here: mongo_job_queue.dev.embedded has it.
+__getattr__ = _moved(__name__, "mongo_job_queue.dev.embedded", ["EmbeddedServerError"])

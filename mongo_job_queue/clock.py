@@ -2,7 +2,9 @@
 
 All times are naive UTC datetimes, the form pymongo returns by default and
 MongoEngine stores. The clock is injectable so tests can move time without
-sleeping and so a later version can correct for a worker's skewed clock.
+sleeping. A skewed host clock is corrected by the store, not here: with
+``sync_clock`` it measures this clock's offset from the server's and adds it
+to every reading (``JobStore.now``).
 """
 
 from __future__ import annotations

@@ -45,10 +45,7 @@ class QueueStateError(MongoJobQueueError, RuntimeError):
 
 
 class EagerJobFailed(MongoJobQueueError, AssertionError):
-    """A job run eagerly at enqueue (testing mode with ``propagate``) did not complete.
-
-    An ``AssertionError`` too, so a test framework reports it as a failed test.
-    """
+    """A job run eagerly at enqueue (testing mode with ``propagate``) did not complete: a failed test."""
 
     def __init__(self, message: str, *, job_id: object = None) -> None:
         super().__init__(message)
@@ -68,14 +65,11 @@ class WorkerShutdown(MongoJobQueueError):
 
 
 class EmbeddedServerError(MongoJobQueueError, RuntimeError):
-    """The embedded test and demo server could not be started."""
+    """The embedded test and demo server (:mod:`mongo_job_queue.dev.embedded`) could not be started."""
 
 
 class JobCancelled(MongoJobQueueError):
-    """Raised into a handler whose job's cancellation was requested (or by the handler itself).
-
-    The worker then ends the job ``cancelled``, never retried.
-    """
+    """Raised into a handler whose job's cancellation was requested (or by itself): the job ends ``cancelled``."""
 
 
 class JobTimeout(MongoJobQueueError, TimeoutError):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from .records import job_log_extra
 
@@ -31,8 +31,9 @@ __all__ = ["Middleware", "MiddlewareChain", "Outcome"]
 
 log = logging.getLogger(__name__)
 
-#: What became of one run of a handler.
-Outcome = str  # "completed" | "retry" | "failed" | "cancelled" | "lease_lost" | "error"
+#: What became of one run of a handler, as ``after_process`` reports it: the outcome recorded, or
+#: "error" when recording it raised (the database stayed unreachable).
+Outcome = Literal["completed", "retry", "failed", "cancelled", "lease_lost", "error"]
 
 
 class Middleware:

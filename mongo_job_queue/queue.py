@@ -23,11 +23,11 @@ from .model import LIBRARY_FIELDS, BaseJob
 from .queue_admin import QueueAdmin
 from .queue_schedule import ScheduleMixin
 from .retry import RetryStrategy, StopStrategy, WaitStrategy
-from .runner import run_worker
 from .status import COMPLETED, PENDING
 from .store import JobStore
 from .validation import check_document, check_payload
 from .worker import Worker
+from .worker.runner import run_worker
 
 __all__ = ["PersistentJobQueue", "create_job_queue"]
 
@@ -441,7 +441,7 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
     ) -> int:
         """Run the worker in the foreground until SIGTERM/SIGINT; return an exit code.
 
-        See :func:`mongo_job_queue.runner.run_worker`: a first signal stops
+        See :func:`mongo_job_queue.worker.runner.run_worker`: a first signal stops
         gracefully within ``stop_timeout``, then returns jobs still running to
         the queue (attempt counted); a second signal skips the wait.
         """

@@ -26,7 +26,7 @@ from integration.models import ALIAS, APP_NAME, IntegrationJob
 from pymongo import MongoClient
 
 from mongo_job_queue import PersistentJobQueue, create_job_queue
-from mongo_job_queue.embedded import EmbeddedMongo
+from mongo_job_queue.dev.embedded import EmbeddedMongo
 
 #: ``--tz-aware`` (or ``MJQ_TZ_AWARE=1``): the queue's connection is made with
 #: ``tz_aware=True``, as many apps make it; tox runs the integration suite a

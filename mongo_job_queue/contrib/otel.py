@@ -59,7 +59,7 @@ import contextvars
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from .. import __version__
 from ..middleware import Middleware, Outcome
@@ -75,6 +75,9 @@ SYSTEM = "mongo_job_queue"
 # builds documents through the hooks without inserting them.
 _MAX_SENDING = 1_000
 _MAX_DEPTH = 16  # consumer spans per thread: inline runs nest; more means after_process never came
+
+#: A span's ``mongo_job_queue.job.outcome``: the worker's, or "unknown" for a run whose after_process never came.
+_SpanOutcome = Outcome | Literal["unknown"]
 
 
 @dataclass
@@ -236,7 +239,7 @@ class OpenTelemetryMiddleware(Middleware):
         if span is not None:
             span.add_event(name, attributes)
 
-    def _finish(self, entry: _Active, outcome: str, exc: Optional[BaseException]) -> None:
+    def _finish(self, entry: _Active, outcome: _SpanOutcome, exc: Optional[BaseException]) -> None:
         with self._lock:
             if self._running.get(entry.job_id) is entry.span:
                 del self._running[entry.job_id]

@@ -1,19 +1,32 @@
 """The worker: starts and stops its services, nothing else.
 
-The services, each in its own module and given its collaborators:
+Each service lives in its own module and is given its collaborators. A
+started worker runs ``concurrency`` + 3 threads, and up to three more
+depending on the config:
 
-* the **poller** (:mod:`.poller`) claims one job per free handler thread and
-  backs off while the queue is empty;
-* ``concurrency`` **handler threads** run jobs through the **executor**
-  (:mod:`.executor`), which writes outcomes, completions through a
-  **completer** (:mod:`.completer`, inline or group commit);
-* the **heartbeat** (:mod:`.leases`) renews the leases of the runs in the
-  **in-flight table** (:mod:`.inflight`, keyed by job id and lease token);
-* **maintenance** (:mod:`.maintenance`) returns expired leases of crashed
-  workers to the queue and fails damaged documents, on a thread of its own;
-* the **change-stream waker** (:mod:`.wakeup`) wakes an idle poller;
-* the **scheduler**, when the queue has one, enqueues the jobs of due fire
-  times (see :mod:`mongo_job_queue.scheduler`).
+* ``concurrency`` **handler threads** (``mjq-<worker id>-handler-<n>``) run
+  jobs through the **executor** (:mod:`.executor`), which writes their
+  outcomes, completions through a **completer** (:mod:`.completer`);
+* the **poller** (``-poller``, :mod:`.poller`) claims one job per free
+  handler thread and backs off while the queue is empty;
+* the **heartbeat** (``-leases``, :mod:`.leases`) renews the leases of the
+  runs in the **in-flight table** (:mod:`.inflight`, keyed by job id and
+  lease token); one per worker, it outlives a stop that timed out while a
+  run still goes on;
+* **maintenance** (``-maintenance``, :mod:`.maintenance`) returns expired
+  leases of crashed workers to the queue and fails damaged documents;
+* with ``batch_acks``, the **group-commit flusher** (``-acks``) writes the
+  completions the handler threads buffered; otherwise they write their own;
+* with ``change_stream_wakeups``, the **change-stream listener**
+  (``-wakeup``, :mod:`.wakeup`) wakes an idle poller when a job arrives; it
+  ends on a server without change streams, where polling alone serves;
+* with a schedule registered and ``run_schedules``, the **scheduler**
+  (``-scheduler``, :mod:`mongo_job_queue.scheduler`) enqueues the jobs of
+  due fire times.
+
+:mod:`.runner` runs a worker in the foreground of a worker process, with
+signals; :mod:`.shutdown` returns the runs such a process gave up to the
+queue when it exits.
 
 Every outcome write is fenced by the lease token (see :mod:`mongo_job_queue.store`),
 so a worker that lost a lease can only log the fact, never clobber the new owner.
@@ -439,7 +452,3 @@ class Worker:
     def recover_orphans(self) -> tuple[int, int]:
         """One lease-recovery sweep now; ``(requeued, failed)``."""
         return self.rescuer.run_once(self.store.now())
-
-    def fail_malformed_jobs(self) -> int:
-        """One hygiene scan now; how many jobs were failed."""
-        return self.hygiene.run_once(self.store.now())

@@ -70,10 +70,6 @@ class AckBuffer:
             self._cond.notify_all()
         return join(self._thread, deadline_after(timeout))
 
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
     def _run(self) -> None:
         while True:
             with self._cond:
@@ -172,10 +168,6 @@ class GroupCompleter:
     def close(self, timeout: float) -> bool:
         """Write what is buffered and stop the flusher; True if it finished in time."""
         return self._buffer.close(timeout)
-
-    @property
-    def alive(self) -> bool:
-        return self._buffer.alive
 
     def _acked(self, claimed: ClaimedJob, outcome: Optional[bool]) -> None:
         try:

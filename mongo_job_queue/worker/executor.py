@@ -12,7 +12,7 @@ import logging
 import queue as queue_mod
 import threading
 import time
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
 import bson
 
@@ -21,7 +21,7 @@ from ..config import QueueConfig
 from ..context import JobContext, RunState
 from ..errors import FailJob, JobCancelled, WorkerShutdown
 from ..handlers import Handler, HandlerRegistry
-from ..middleware import MiddlewareChain
+from ..middleware import MiddlewareChain, Outcome
 from ..model import BaseJob, JobError, safe_str, truncate
 from ..records import ClaimedJob, UnstorableResult
 from ..retry_limit import exhausted, max_retries_of
@@ -31,12 +31,9 @@ from .completer import Completer, InlineCompleter
 from .inflight import InflightTable, log_job, run_key
 from .maintenance import Quarantiner
 
-__all__ = ["SHUTDOWN_GRACE_MIN_MS", "Executor", "Outcome", "WorkQueue"]
+__all__ = ["SHUTDOWN_GRACE_MIN_MS", "Executor", "WorkQueue"]
 
 log = logging.getLogger(__name__)
-
-#: What ``after_process`` reports: the outcome recorded, or "error" when recording it raised.
-Outcome = Literal["completed", "retry", "failed", "cancelled", "lease_lost", "error"]
 
 #: The shortest delay before a job requeued at process exit is due again (see ``Executor.shutdown_grace_ms``).
 SHUTDOWN_GRACE_MIN_MS = 2_000

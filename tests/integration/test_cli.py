@@ -212,7 +212,7 @@ def test_stop_timeout_inf_means_wait_forever_and_is_passed_on(job_model, monkeyp
         seen["stop_timeout"] = stop_timeout
         return 0
 
-    monkeypatch.setattr(cli, "run_worker", run_worker)
+    monkeypatch.setattr(cli.worker, "run_worker", run_worker)  # where the worker command calls it
     code, _, err = run("worker", "--app", APP, "--burst", "--stop-timeout", value)
     assert code == 0, err
     assert seen["stop_timeout"] == expected

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from mongo_job_queue.demo import run_demo
+from mongo_job_queue.dev.demo import run_demo
 
 pytestmark = pytest.mark.integration
 

@@ -313,7 +313,7 @@ def test_a_scrape_storm_reads_the_database_once(counted, registry, scrape, monke
         calls.append(1)
         raise ConnectionError("database down")
 
-    monkeypatch.setattr(prometheus, "read_depth", down)
+    monkeypatch.setattr(prometheus.depth, "read_depth", down)
     registry.unregister(collector)
     registry.register(QueueStatsCollector(queue, cache_seconds=60))
     with caplog.at_level("WARNING", logger="mongo_job_queue.contrib.prometheus"):
@@ -471,7 +471,8 @@ def test_the_depth_read_costs_the_unfinished_jobs_not_the_retained_ones(
 
     # The finished count is best effort: when it fails (a timeout on a huge retention), its series are
     # absent, and the depth series and stats_up stand.
-    monkeypatch.setattr(prometheus, "finished_pipeline", lambda: [{"$match": {"status": "completed"}}, {"$nope": 1}])
+    broken = [{"$match": {"status": "completed"}}, {"$nope": 1}]
+    monkeypatch.setattr(prometheus.depth, "finished_pipeline", lambda: broken)
     samples = scrape()
     assert value(samples, "mongo_job_queue_stats_up") == 1
     assert value(samples, "mongo_job_queue_jobs", status="pending") == 4

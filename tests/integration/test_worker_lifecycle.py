@@ -11,7 +11,7 @@ import pytest
 from helpers import holds_for, wait_until
 
 from mongo_job_queue.errors import QueueStateError
-from mongo_job_queue.runner import EXIT_OK, run_worker
+from mongo_job_queue.worker.runner import EXIT_OK, run_worker
 
 
 def _threads(queue: Any, suffix: str = "") -> list[threading.Thread]:

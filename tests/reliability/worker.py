@@ -14,7 +14,7 @@ every job type of ``--types`` (default ``WORK``), so a job's ``data`` picks
 what its handler does, records every execution in ``executions``, starts
 polling and prints ``ready``. Logs go to stderr.
 
-It runs the library's :func:`~mongo_job_queue.runner.run_worker` loop until
+It runs the library's :func:`~mongo_job_queue.worker.runner.run_worker` loop until
 it is killed, until ``--until-done N`` jobs of the collection are completed
 or failed (a graceful stop, exit 0), or until SIGTERM/SIGINT (run_worker's
 warm shutdown, exit 0; a second signal forces it, exit 1). It exits on
@@ -41,7 +41,7 @@ from pymongo import MongoClient
 
 from mongo_job_queue import create_job_queue
 from mongo_job_queue.clock import utcnow
-from mongo_job_queue.runner import run_worker
+from mongo_job_queue.worker.runner import run_worker
 
 from .harness import FINAL, Recorder, behaviour_handler, handler_threads
 

@@ -52,3 +52,30 @@ def test_an_integration_without_its_extra_says_which_to_install(module: str, pac
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert f"pip install 'mongo-job-queue[{extra}]'" in proc.stdout
+
+
+def test_moved_names_keep_their_old_path_with_a_deprecation_warning() -> None:
+    import mongo_job_queue
+    from mongo_job_queue import embedded, errors
+    from mongo_job_queue.dev import embedded as dev_embedded
+
+    assert "EmbeddedServerError" not in mongo_job_queue.__all__
+    with pytest.warns(DeprecationWarning, match=r"mongo_job_queue\.dev\.embedded"):
+        from mongo_job_queue import EmbeddedServerError
+    assert EmbeddedServerError is errors.EmbeddedServerError
+    with pytest.warns(DeprecationWarning, match=r"mongo_job_queue\.embedded\.EmbeddedMongo is deprecated"):
+        assert embedded.EmbeddedMongo is dev_embedded.EmbeddedMongo
+    with pytest.raises(AttributeError):
+        _ = mongo_job_queue.NoSuchName  # type: ignore[attr-defined]
+
+
+def test_the_library_never_imports_a_deprecated_path_itself() -> None:
+    # An error when attributed to one of the library's modules: the warning of an old path it imports.
+    code = (
+        "import warnings\n"
+        "warnings.filterwarnings('error', category=DeprecationWarning, module=r'mongo_job_queue(\\.|$)')\n"
+        "import mongo_job_queue, mongo_job_queue.cli, mongo_job_queue.testing, mongo_job_queue.dev.demo\n"
+        "import mongo_job_queue.contrib.prometheus, mongo_job_queue.contrib.otel, mongo_job_queue.contrib.flask\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr

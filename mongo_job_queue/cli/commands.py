@@ -1,8 +1,7 @@
-"""The administration commands of the ``mongo-job-queue`` command line, and what every command shares.
+"""The administration commands: stats, enqueue, retry, cancel, pause, resume, purge and schedules.
 
-Split from :mod:`.cli` (parsing, dispatch and the worker command) for size.
-Each command takes the queue, the parsed arguments and the two output
-streams, and returns an exit code.
+Each takes the queue, the parsed arguments and the two output streams, and
+returns an exit code; :data:`ADMIN_COMMANDS` maps a command's name to it.
 """
 
 from __future__ import annotations
@@ -12,57 +11,18 @@ import dataclasses
 import json
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Optional, TextIO
+from typing import Any, Optional, TextIO
 
 from bson import ObjectId
 
-from .errors import InvalidJobIdError
-from .queue_admin import job_object_id
-from .runner import EXIT_OK
-from .status import FINISHED
+from ..errors import InvalidJobIdError
+from ..queue import PersistentJobQueue
+from ..queue_admin import job_object_id
+from ..status import FINISHED
+from .common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, CommandError
+from .values import UNIT_MS
 
-if TYPE_CHECKING:
-    from .queue import PersistentJobQueue
-
-__all__ = [
-    "ADMIN_COMMANDS",
-    "EXIT_CODES_HELP",
-    "EXIT_DATABASE",
-    "EXIT_IMPORT",
-    "EXIT_REFUSED",
-    "EXIT_USAGE",
-    "UNIT_MS",
-    "CommandError",
-]
-
-#: Bad arguments or input (argparse's own code).
-EXIT_USAGE = 2
-#: ``--app`` could not be imported, is not a queue, or registers no handler.
-EXIT_IMPORT = 3
-#: The database could not be reached (or refused the connection).
-EXIT_DATABASE = 4
-#: The command was understood but not carried out: no such job, or not in a state that allows it.
-EXIT_REFUSED = 5
-
-EXIT_CODES_HELP = """\
-exit codes:
-  0  ok (a worker stopped gracefully, a command did what was asked)
-  1  a worker was forced to stop by a second signal, or an unexpected error
-  2  bad arguments or input
-  3  --app could not be imported, is not a queue, or registers no handler
-  4  the database is unreachable
-  5  refused: no such job, or not in a state that allows it
-"""
-
-UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
-
-
-class CommandError(Exception):
-    """A command failed in a way the user can fix: printed as one line, exits with ``code``."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
+__all__ = ["ADMIN_COMMANDS"]
 
 
 def _object_id(value: str) -> ObjectId:

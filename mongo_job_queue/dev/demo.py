@@ -24,7 +24,7 @@ from typing import Any, TextIO
 import mongoengine
 from mongoengine import StringField
 
-from . import BaseJob, create_job_queue
+from .. import BaseJob, create_job_queue
 from .embedded import EmbeddedMongo, EmbeddedServerError
 
 DEMO_ALIAS = "mongo_job_queue_demo"

@@ -1,5 +1,0 @@
-"""Moved to :mod:`mongo_job_queue.worker.completer`; this path keeps working."""
-
-from .worker.completer import AckBuffer
-
-__all__ = ["AckBuffer"]

@@ -1,0 +1,55 @@
+"""What every command of the command line shares: exit codes, the error that carries one, logging.
+
+Errors are one line on stderr and a distinct exit code, never a traceback:
+an operator or a supervisor (systemd, Kubernetes) must tell a typo in the
+command from a database that is down.
+"""
+
+from __future__ import annotations
+
+import logging
+
+# The worker runner's two codes (0, 1), beside the command line's own.
+from ..worker.runner import EXIT_FORCED as EXIT_FORCED
+from ..worker.runner import EXIT_OK as EXIT_OK
+
+#: Bad arguments or input (argparse's own code).
+EXIT_USAGE = 2
+#: ``--app`` could not be imported, is not a queue, or registers no handler.
+EXIT_IMPORT = 3
+#: The database could not be reached (or refused the connection).
+EXIT_DATABASE = 4
+#: The command was understood but not carried out: no such job, or not in a state that allows it.
+EXIT_REFUSED = 5
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0  ok (a worker stopped gracefully, a command did what was asked)
+  1  a worker was forced to stop by a second signal, or an unexpected error
+  2  bad arguments or input
+  3  --app could not be imported, is not a queue, or registers no handler
+  4  the database is unreachable
+  5  refused: no such job, or not in a state that allows it
+"""
+
+
+class CommandError(Exception):
+    """A command failed in a way the user can fix: printed as one line, exits with ``code``."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def first_line(exc: BaseException) -> str:
+    """``Type: first line of the message``: an error as one line of a supervisor's log."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def configure_logging(level: int, explicit: bool) -> None:
+    """Log to stderr at ``level``; an app that configured logging keeps its setup unless ``explicit``."""
+    # Flask and Django apps configure logging themselves: basicConfig is then a no-op.
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if explicit:
+        logging.getLogger().setLevel(level)

@@ -1,0 +1,176 @@
+"""The command line's arguments: one argparse definition for every front end.
+
+The standalone command (which finds the queue with ``--app``), ``flask
+mongo-job-queue`` and Django's ``run_job_worker`` (which already know it)
+all build their options here, so the options, their help and the exit codes
+are the same everywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from .app import APP_ENV
+from .common import EXIT_CODES_HELP
+from .values import (
+    csv_names,
+    grace_seconds,
+    json_object,
+    log_level,
+    parse_duration_ms,
+    port,
+    positive_int,
+    timeout_seconds,
+)
+
+__all__ = ["add_common_arguments", "add_worker_arguments", "build_parser"]
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    """The worker's options, shared by the CLI, ``flask mongo-job-queue worker`` and ``run_job_worker``."""
+    add_common_arguments(parser)
+    parser.add_argument("-c", "--concurrency", type=positive_int, help="handler threads (default: the queue's config)")
+    parser.add_argument(
+        "-Q",
+        "--queues",
+        type=csv_names,
+        action="extend",
+        metavar="NAME[,NAME]",
+        help="queue names to claim from, comma-separated or repeated (default: the queue's config)",
+    )
+    parser.add_argument(
+        "-t",
+        "--job-types",
+        type=csv_names,
+        action="extend",
+        metavar="TYPE[,TYPE]",
+        help="claim only these registered job types (default: every registered type)",
+    )
+    parser.add_argument(
+        "--burst",
+        action="store_true",
+        help="exit 0 once no job of its types is due in its queues and none is running here",
+    )
+    parser.add_argument(
+        "--max-jobs", type=positive_int, metavar="N", help="stop claiming after N jobs ran, then exit 0"
+    )
+    parser.add_argument(
+        "--no-schedules",
+        action="store_true",
+        help="do not fire the app's schedules from this worker (others still do)",
+    )
+    parser.add_argument(
+        "--stop-timeout",
+        type=grace_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="on the first SIGTERM/SIGINT, time running jobs get to finish (default 30; inf: as long as they take)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=port,
+        metavar="PORT",
+        help="serve Prometheus metrics at http://ADDR:PORT/metrics (0: any free port, logged); "
+        "needs the prometheus extra",
+    )
+    parser.add_argument(
+        "--metrics-addr", default="0.0.0.0", metavar="ADDR", help="address for --metrics-port (default 0.0.0.0)"
+    )
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--log-level`` and ``--db-timeout``, which every command takes."""
+    parser.add_argument(
+        "--log-level", type=log_level, metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR (worker default INFO)"
+    )
+    parser.add_argument(
+        "--db-timeout",
+        type=timeout_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="give up reaching the database after this long, exit 4 (default 5)",
+    )
+
+
+def _add_app(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-A",
+        "--app",
+        default=os.environ.get(APP_ENV),
+        metavar="MODULE:QUEUE",
+        help=f"the app's queue, as package.module:attribute (default: ${APP_ENV})",
+    )
+
+
+def build_parser(prog: str = "mongo-job-queue", *, with_app: bool = True) -> argparse.ArgumentParser:
+    """The whole command line; ``with_app=False`` when a framework already knows the queue."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Run and administer a mongo-job-queue queue.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=EXIT_CODES_HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        if with_app:
+            _add_app(p)
+        if name != "worker":
+            add_common_arguments(p)
+        return p
+
+    add_worker_arguments(command("worker", "run a worker in the foreground until SIGTERM/SIGINT"))
+    stats = command("stats", "job counts by queue and status, and the age of the oldest due job")
+    stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    schedules = command("schedules", "schedules with their next and last fire times (times in UTC)")
+    schedules.add_argument("--json", action="store_true", help="print JSON instead of text")
+    enqueue = command("enqueue", "enqueue one job and print its id")
+    enqueue.add_argument("job_type", metavar="TYPE")
+    enqueue.add_argument("--data", type=json_object, default={}, metavar="JSON", help="the payload, a JSON object")
+    enqueue.add_argument(
+        "--fields", type=json_object, default={}, metavar="JSON", help="your model's own fields, a JSON object"
+    )
+    enqueue.add_argument("--queue", default="default", help="queue name (default: default)")
+    enqueue.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
+    enqueue.add_argument(
+        "--delay", type=parse_duration_ms, metavar="DURATION", help="run no earlier than this from now"
+    )
+    enqueue.add_argument("--max-retries", type=int, metavar="N", help="retries after the first attempt")
+    retry = command("retry", "queue failed or cancelled jobs again")
+    retry.add_argument("job_ids", nargs="+", metavar="JOB_ID")
+    cancel = command("cancel", "cancel pending jobs; ask running ones to stop")
+    cancel.add_argument("job_ids", nargs="*", metavar="JOB_ID")
+    cancel.add_argument(
+        "--type", dest="job_type", metavar="TYPE", help="instead of ids: every pending job of this type"
+    )
+    cancel.add_argument("--queue", metavar="NAME", help="instead of ids: every pending job in this queue")
+    cancel.add_argument("--running", action="store_true", help="with --type/--queue: also ask the running ones to stop")
+    for name, verb in (
+        ("pause", "stop every worker from claiming these queues or job types"),
+        ("resume", "let workers claim these queues or job types again"),
+    ):
+        p = command(name, verb)
+        p.add_argument("--queue", dest="queues", action="append", default=[], metavar="NAME", help="repeatable")
+        p.add_argument("--type", dest="job_types", action="append", default=[], metavar="TYPE", help="repeatable")
+    purge = command("purge", "delete finished jobs older than a duration")
+    purge.add_argument(
+        "--older-than", type=parse_duration_ms, required=True, metavar="DURATION", help="e.g. 7d, 12h, 30m"
+    )
+    purge.add_argument(
+        "--status",
+        choices=["completed", "failed", "cancelled"],
+        action="append",
+        help="only jobs in this status (repeatable; default: all three)",
+    )
+    if with_app:
+        # Parsed by the demo itself; listed here for --help.
+        sub.add_parser("demo", help="run the end-to-end demo on the embedded server (see demo --help)", add_help=False)
+    return parser
