@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from bson import ObjectId
 
-__all__ = ["ClaimedJob", "UnstorableResult", "completion_fields", "job_log_extra"]
-
-
-def job_log_extra(doc: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``extra`` of every log line about a job, for structured (JSON) log formatters."""
-    return {
-        "job_id": str(doc.get("_id")),
-        "job_type": doc.get("type"),
-        "queue": doc.get("queue"),
-        "attempt": doc.get("attempts"),
-    }
+__all__ = ["ClaimedJob", "UnstorableResult", "completion_fields"]
 
 
 @dataclass(frozen=True)

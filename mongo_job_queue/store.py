@@ -58,8 +58,8 @@ from .bounded import BoundedChangeStream
 from .clock import Clock, after_ms, to_naive_utc, utcnow
 from .config import QueueConfig
 from .errors import InvalidJobError
-from .model import BaseJob, JobError, LeaseOwner
-from .records import ClaimedJob, UnstorableResult, completion_fields, job_log_extra
+from .model import BaseJob, JobError, LeaseOwner, job_log_extra
+from .records import ClaimedJob, UnstorableResult, completion_fields
 from .status import CANCELLED, COMPLETED, FAILED, PENDING, PROCESSING
 from .store_admin import AdminQueries
 from .store_base import INDEX_BUILD_MS, MAINTENANCE_MAX_TIME_MS, as_stored

@@ -31,8 +31,8 @@ from ..config import QueueConfig
 from ..errors import QueueStateError
 from ..handlers import HandlerRegistry
 from ..middleware import MiddlewareChain
-from ..model import LeaseOwner
-from ..records import ClaimedJob, job_log_extra
+from ..model import LeaseOwner, job_log_extra
+from ..records import ClaimedJob
 from ..scheduler import Scheduler
 from ..store import JobStore
 from .completer import Completer, GroupCompleter

@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Optional
 
-from ..records import job_log_extra
+from ..model import job_log_extra
 from ..store import ClaimedJob, JobStore
 from .inflight import InflightTable, RunKey, run_key
 from .timeouts import deadline_after, join
