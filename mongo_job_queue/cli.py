@@ -108,7 +108,7 @@ def load_queue(spec: str) -> PersistentJobQueue[Any]:
 def check_database(queue: PersistentJobQueue[Any], timeout_s: float) -> None:
     """Fail fast with :data:`EXIT_DATABASE` when the server cannot be reached."""
     try:
-        queue.store.ping(timeout_s)
+        queue.store.admin.ping(timeout_s)
     except PyMongoError as exc:
         raise CommandError(f"database unreachable within {timeout_s:g}s: {_first_line(exc)}", EXIT_DATABASE) from exc
     except Exception as exc:  # e.g. MongoEngine's "no connection defined for alias"
@@ -531,9 +531,9 @@ def _until(
             return False
         try:
             # Ours first, then due: a job of ours rescheduled due-now in between is seen by the second read.
-            if queue.store.running_count(worker_id):
+            if queue.store.admin.running_count(worker_id):
                 return False
-            if queue.store.has_due(queue.worker.registry.types(), queue.config.queues):
+            if queue.store.admin.has_due(queue.worker.registry.types(), queue.config.queues):
                 return False
         except PyMongoError as exc:
             log.warning("burst check failed, trying again: %s", _first_line(exc))

@@ -32,7 +32,6 @@ from mongoengine import (
 from .config import QueueConfig
 from .errors import QueueStateError
 from .status import ALL_STATUSES, PENDING, JobStatus  # JobStatus: its old import path
-from .store_collection import forget_prepared
 
 __all__ = ["LIBRARY_FIELDS", "BaseJob", "JobError", "JobStatus", "LeaseOwner", "job_log_extra", "safe_str", "truncate"]
 
@@ -183,7 +182,7 @@ class BaseJob(Document):
     meta: dict[str, Any] = {
         "abstract": True,
         # The queue creates the indexes itself, under a lock, before its first
-        # use of the collection (store_collection.py). MongoEngine's lazy
+        # use of the collection (store/indexes.py). MongoEngine's lazy
         # creation would let other threads insert while they are being built.
         "auto_create_index": False,
         "indexes": [
@@ -220,6 +219,8 @@ class BaseJob(Document):
     @classmethod
     def drop_collection(cls) -> None:
         """Drop the jobs collection; the queue creates its indexes again before it next uses it."""
+        from .store.indexes import forget_prepared  # the store imports this module: imported at use
+
         super().drop_collection()
         forget_prepared(cls)
 

@@ -32,9 +32,8 @@ from ..errors import QueueStateError
 from ..handlers import HandlerRegistry
 from ..middleware import MiddlewareChain
 from ..model import LeaseOwner, job_log_extra
-from ..records import ClaimedJob
 from ..scheduler import Scheduler
-from ..store import JobStore
+from ..store import ClaimedJob, JobStore
 from .completer import Completer, GroupCompleter
 from .executor import Executor, WorkQueue
 from .inflight import InflightTable
@@ -407,7 +406,7 @@ class Worker:
 
     def run_job_now(self, job_id: ObjectId) -> bool:
         """Claim a specific pending job and run it in the calling thread; False if it was not pending."""
-        claimed = self.store.claim_job(job_id, self.owner)
+        claimed = self.store.jobs.claim_job(job_id, self.owner)
         if claimed is None:
             return False
         self.poller.announce([claimed])

@@ -19,7 +19,7 @@ from bson import ObjectId
 
 from ..context import RunState
 from ..model import job_log_extra
-from ..records import ClaimedJob
+from ..store import ClaimedJob
 
 __all__ = ["InflightTable", "RunKey", "log_job", "run_key"]
 
