@@ -180,7 +180,7 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
         existing: Optional[dict[str, Any]] = None
         try:
             if "unique_key" in doc:
-                existing = self.store.jobs.insert_unique(doc)
+                existing = self.store.jobs.insert(doc)
             else:
                 self.store.jobs.insert(doc)
         except BaseException as exc:

@@ -275,7 +275,7 @@ class ScheduleMixin(Generic[J]):
             doc["unique_key"] = schedule.overlap_key
         self._announce([doc])
         try:
-            holder = self.store.jobs.insert_fire(doc)
+            holder = self.store.jobs.insert(doc)
         except BaseException as exc:
             self._aborted([doc], exc)
             raise

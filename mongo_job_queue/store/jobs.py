@@ -59,26 +59,93 @@ class Jobs:
 
     # -- enqueue ------------------------------------------------------------
 
-    def insert(self, doc: dict[str, Any]) -> None:
-        """Insert one job document whose ``_id`` is already set; idempotent under retry."""
+    def insert(self, doc: dict[str, Any]) -> Optional[dict[str, Any]]:
+        """Insert one job whose ``_id`` is set; None once it is stored, else the job that holds its place.
+
+        The one insert path of every single job, plain, unique or fired by a
+        schedule, idempotent under retry: a try whose reply was lost may
+        have inserted the job, and the next try recognises it by its ``_id``.
+
+        A job with a ``unique_key``, or a schedule's job with its
+        ``(schedule, fire_time)``, is guarded by a unique index, which
+        decides between concurrent enqueues and between the processes
+        firing one schedule. The job holding the key (unfinished, or
+        finished within its ``unique_until``) or the fire time is returned
+        and nothing is inserted. A key held by a finished job whose window
+        is over is released here, lazily, by the enqueue that needs it: no
+        sweeper, and no extra write on the completion path.
+
+        Raises:
+            InvalidJobError: another unique index (an app's) refused the job,
+                or its key stayed contended.
+        """
         store = self._store
+        guarded = "unique_key" in doc or "schedule" in doc
         tries = 0
 
-        def call() -> None:
+        def call() -> Optional[dict[str, Any]]:
             nonlocal tries
-            tries += 1
-            try:
-                store.collection.insert_one(doc)
-            except DuplicateKeyError as exc:
-                # An earlier try that raised may have inserted it: same _id, ours.
-                if tries > 1 and duplicate_field(exc) == "_id":
-                    return
-                raise InvalidJobError(f"job violates a unique index of {store.model.__name__}: {exc}") from exc
+            for _ in range(_MAX_RELEASES):
+                tries += 1
+                try:
+                    store.collection.insert_one(doc)
+                except DuplicateKeyError as exc:
+                    dup_field = duplicate_field(exc)
+                    if dup_field != "_id" or tries == 1:  # else an earlier try that raised had inserted it
+                        holder = self._holder(doc, dup_field, exc, retried=tries > 1)
+                        if holder is None:
+                            continue  # the key was released: insert again
+                        return None if holder["_id"] == doc["_id"] else holder
+                if not guarded or self._indexes.protect_unique_insert(doc["_id"]):
+                    return None
+                # A duplicate in a collection re-created without the index was taken out: insert again, checked.
+            if "unique_key" in doc:
+                raise InvalidJobError(f"unique_key {doc['unique_key']!r} is contended; try again")
+            raise InvalidJobError(f"the fire time of schedule {doc.get('schedule')!r} is contended; try again")
 
-        store.retry(call, "insert")
+        return store.retry(call, "insert")
+
+    def _holder(
+        self, doc: Mapping[str, Any], dup_field: str, exc: DuplicateKeyError, *, retried: bool
+    ) -> Optional[dict[str, Any]]:
+        """The job holding ``doc``'s fire time or unique key after ``exc``; None if the key is free to take now.
+
+        Raises:
+            InvalidJobError: the index that refused ``doc`` is not one of the queue's.
+        """
+        store = self._store
+        rejected = InvalidJobError(f"job violates a unique index of {store.model.__name__}: {exc}")
+        if "schedule" in doc and (retried or dup_field in ("schedule", "?")):
+            # This fire time may already have its job: another process's, or this
+            # very one, inserted by an earlier try whose reply was lost.
+            fired = store.collection.find_one({"schedule": doc["schedule"], "fire_time": doc["fire_time"]})
+            if fired is not None:
+                return fired
+        if "unique_key" not in doc or dup_field not in ("unique_key", "?"):
+            raise rejected from exc
+        key = doc["unique_key"]
+        holder = store.collection.find_one({"unique_key": key})
+        if holder is None:
+            if dup_field == "?":  # the server did not say which index; not ours
+                raise rejected from exc
+            return None  # released in the meantime
+        until = holder.get("unique_until")
+        finished = holder.get("status") in FINISHED and (until is None or until <= store.now())
+        if holder["_id"] == doc["_id"] or not finished:
+            return holder
+        store.collection.update_one(
+            {"_id": holder["_id"], "unique_key": key, "status": holder["status"]},
+            {"$unset": {"unique_key": ""}},
+        )
+        return None
 
     def insert_many(self, docs: Sequence[dict[str, Any]]) -> None:
-        """Insert job documents with preset ``_id`` values; a retry inserts only the missing ones."""
+        """Insert job documents with preset ``_id`` values in one bulk write; a retry inserts only the missing ones.
+
+        The bulk path of plain jobs (``enqueue_many`` takes no unique key):
+        an ordered insert, so a job the server rejects leaves the batch's
+        earlier jobs in, and those are removed again.
+        """
         if not docs:
             return
         store = self._store
@@ -122,94 +189,3 @@ class Jobs:
         if kept:
             message += f", {kept} already claimed by a worker and left in place"
         return InvalidJobError(message)
-
-    def insert_unique(self, doc: dict[str, Any]) -> Optional[dict[str, Any]]:
-        """Insert a job that has a ``unique_key``; return None if inserted, else the job holding the key.
-
-        The unique index decides between concurrent enqueues. A key held by a
-        finished job whose window (``unique_until``) is over is released here,
-        lazily, by the enqueue that needs it: no sweeper, and no extra write
-        on the completion path.
-        """
-        store = self._store
-        key = doc["unique_key"]
-        tries = 0
-
-        def call() -> Optional[dict[str, Any]]:
-            nonlocal tries
-            for _ in range(_MAX_RELEASES):
-                tries += 1
-                try:
-                    store.collection.insert_one(doc)
-                    if self._indexes.protect_unique_insert(doc["_id"]):
-                        return None
-                    continue  # a duplicate in a collection re-created without the index: insert it again, checked
-                except DuplicateKeyError as exc:
-                    dup_field = duplicate_field(exc)
-                    if dup_field == "_id" and tries > 1:  # an earlier try that raised had inserted it
-                        if self._indexes.protect_unique_insert(doc["_id"]):
-                            return None
-                        continue
-                    rejected = InvalidJobError(f"job violates a unique index of {store.model.__name__}: {exc}")
-                    if "schedule" in doc and dup_field in ("schedule", "?"):
-                        # A scheduled job (overlap=False): this fire time may already have its job.
-                        fired = self.fire_holder(doc)
-                        if fired is not None:
-                            return None if fired["_id"] == doc["_id"] else fired
-                    if dup_field not in ("unique_key", "?"):
-                        raise rejected from exc
-                holder = store.collection.find_one({"unique_key": key})
-                if holder is None:
-                    if dup_field == "?":  # the server did not say which index; not ours
-                        raise rejected
-                    continue  # released in the meantime
-                if holder["_id"] == doc["_id"]:
-                    return None
-                until = holder.get("unique_until")
-                if holder.get("status") not in FINISHED or (until is not None and until > store.now()):
-                    return holder
-                store.collection.update_one(
-                    {"_id": holder["_id"], "unique_key": key, "status": holder["status"]},
-                    {"$unset": {"unique_key": ""}},
-                )
-            raise InvalidJobError(f"unique_key {key!r} is contended; try again")
-
-        return store.retry(call, "insert_unique")
-
-    def fire_holder(self, doc: Mapping[str, Any]) -> Optional[dict[str, Any]]:
-        """The stored job of ``doc``'s schedule and fire time, if any."""
-        return self._store.collection.find_one({"schedule": doc["schedule"], "fire_time": doc["fire_time"]})
-
-    def insert_fire(self, doc: dict[str, Any]) -> Optional[dict[str, Any]]:
-        """Insert the job of one fire time; None if inserted, else the job that holds the fire time (or the key).
-
-        The unique index on ``(schedule, fire_time)`` decides between the
-        processes firing the same schedule at the same moment. A job with a
-        ``unique_key`` (``overlap=False``) goes through :meth:`insert_unique`,
-        which also returns the schedule's unfinished job holding the key.
-        """
-        if "unique_key" in doc:
-            return self.insert_unique(doc)
-        store = self._store
-        tries = 0
-
-        def call() -> Optional[dict[str, Any]]:
-            nonlocal tries
-            tries += 1
-            try:
-                store.collection.insert_one(doc)
-                if self._indexes.protect_unique_insert(doc["_id"]):
-                    return None
-                # A duplicate fire in a collection re-created without the index: insert it again, checked.
-                store.collection.insert_one(doc)
-                return None
-            except DuplicateKeyError as exc:
-                if tries > 1 or duplicate_field(exc) in ("schedule", "?"):
-                    # The holder may be this very document, inserted by an
-                    # earlier try whose reply was lost.
-                    holder = self.fire_holder(doc)
-                    if holder is not None:
-                        return None if holder["_id"] == doc["_id"] else holder
-                raise InvalidJobError(f"job violates a unique index of {store.model.__name__}: {exc}") from exc
-
-        return store.retry(call, "insert_fire")

@@ -490,6 +490,30 @@ def test_insert_duplicate_on_first_try_is_invalid_job(queue: Any, monkeypatch: p
         queue.enqueue("t")
 
 
+def test_a_retried_insert_refused_by_an_app_index_named_like_id_is_not_taken_for_its_own(
+    queue: Any, monkeypatch: pytest.MonkeyPatch, sleeps: list[float]
+) -> None:
+    # An older server names the index only in its message. "order_id_1" holds
+    # "_id_", but it is the app's index refusing the job, not the job's own
+    # _id inserted by the first try: the enqueue must fail, not report success.
+    collection = OrgJob._get_collection()
+    calls: list[Any] = []
+
+    def insert_one(doc: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(doc["_id"])
+        if len(calls) == 1:
+            raise AutoReconnect("no reply, nothing inserted")
+        raise DuplicateKeyError(
+            "E11000 duplicate key error collection: db.jobs index: order_id_1 dup key: { x: 1 }", 11000
+        )
+
+    monkeypatch.setattr(collection, "insert_one", insert_one)
+    with pytest.raises(InvalidJobError, match="unique index of OrgJob"):
+        queue.enqueue("t")
+    assert len(calls) == 2
+    assert raw_docs() == []
+
+
 def test_insert_many_retry_inserts_only_the_missing_jobs(
     queue: Any, monkeypatch: pytest.MonkeyPatch, sleeps: list[float]
 ) -> None:
