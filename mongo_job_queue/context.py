@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from .errors import InvalidJobError, JobCancelled, LeaseExpired
 
 if TYPE_CHECKING:
-    from .records import ClaimedJob
-    from .store import JobStore
+    from .store import ClaimedJob, JobStore
 
 __all__ = ["JobContext", "RunState"]
 
@@ -80,7 +79,7 @@ class JobContext:
                 state.progress = None
                 state.progress_written_at = time.monotonic()
         if progress is not None:
-            outcome = self.store.write_progress(state.claimed, progress)
+            outcome = self.store.jobs.write_progress(state.claimed, progress)
             if outcome is None:
                 state.lease_lost.set()
                 raise LeaseExpired(f"job {state.claimed.id}: lease lost; another worker may run it")

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, Optional
 
-from .records import job_log_extra
+from .model import job_log_extra
 
 __all__ = ["Middleware", "MiddlewareChain", "Outcome"]
 

@@ -11,6 +11,7 @@ import os
 import socket
 import traceback
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Optional
 
@@ -31,9 +32,8 @@ from mongoengine import (
 from .config import QueueConfig
 from .errors import QueueStateError
 from .status import ALL_STATUSES, PENDING, JobStatus  # JobStatus: its old import path
-from .store_collection import forget_prepared
 
-__all__ = ["LIBRARY_FIELDS", "BaseJob", "JobError", "JobStatus", "LeaseOwner", "safe_str", "truncate"]
+__all__ = ["LIBRARY_FIELDS", "BaseJob", "JobError", "JobStatus", "LeaseOwner", "job_log_extra", "safe_str", "truncate"]
 
 
 class LeaseOwner(EmbeddedDocument):
@@ -99,6 +99,16 @@ def safe_str(value: BaseException) -> str:
         return str(value)
     except BaseException:  # noqa: BLE001
         return f"<unprintable {type(value).__name__}>"
+
+
+def job_log_extra(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``extra`` of every log line about a job, for structured (JSON) log formatters."""
+    return {
+        "job_id": str(doc.get("_id")),
+        "job_type": doc.get("type"),
+        "queue": doc.get("queue"),
+        "attempt": doc.get("attempts"),
+    }
 
 
 def truncate(text: str, limit: int, *, keep_tail: bool = False) -> str:
@@ -172,7 +182,7 @@ class BaseJob(Document):
     meta: dict[str, Any] = {
         "abstract": True,
         # The queue creates the indexes itself, under a lock, before its first
-        # use of the collection (store_collection.py). MongoEngine's lazy
+        # use of the collection (store/indexes.py). MongoEngine's lazy
         # creation would let other threads insert while they are being built.
         "auto_create_index": False,
         "indexes": [
@@ -209,6 +219,8 @@ class BaseJob(Document):
     @classmethod
     def drop_collection(cls) -> None:
         """Drop the jobs collection; the queue creates its indexes again before it next uses it."""
+        from .store.indexes import forget_prepared  # the store imports this module: imported at use
+
         super().drop_collection()
         forget_prepared(cls)
 

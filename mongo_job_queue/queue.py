@@ -180,9 +180,9 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
         existing: Optional[dict[str, Any]] = None
         try:
             if "unique_key" in doc:
-                existing = self.store.insert_unique(doc)
+                existing = self.store.jobs.insert(doc)
             else:
-                self.store.insert(doc)
+                self.store.jobs.insert(doc)
         except BaseException as exc:
             self._aborted([doc], exc)
             raise
@@ -220,7 +220,7 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
                 raise InvalidJobError(f"jobs[{index}]: {exc}") from exc
         self._announce(docs)
         try:
-            self.store.insert_many(docs)
+            self.store.jobs.insert_many(docs)
         except BaseException as exc:
             self._aborted(docs, exc)
             raise
@@ -256,7 +256,7 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
         for doc in docs:
             if doc["type"] in self.registry:
                 self.worker.run_job_now(doc["_id"])
-                fresh = self.store.get(doc["_id"])
+                fresh = self.store.admin.get(doc["_id"])
                 doc = fresh if fresh is not None else doc
                 if self.eager_propagate and doc.get("status") != COMPLETED:
                     error = doc.get("last_error") or {}
@@ -406,7 +406,7 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
             raise QueueStateError("start_polling() with no handler registered: register handlers first")
         if not self._indexes_ensured:
             self.ensure_indexes()
-        problem = self.store.write_concern_problem()
+        problem = self.store.admin.write_concern_problem()
         if problem:
             logging.getLogger(__name__).warning("unsafe write concern: %s", problem)
         self.worker.start()
@@ -503,7 +503,7 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
         if claimed is None:
             return None
         self.worker.process(claimed)
-        doc = self.store.get(claimed.id)
+        doc = self.store.admin.get(claimed.id)
         return self._instance(doc) if doc is not None else None
 
     def drain(self, max_jobs: Optional[int] = None) -> int:

@@ -20,8 +20,7 @@ from .status import ALL_STATUSES, FINISHED
 
 if TYPE_CHECKING:
     from .middleware import MiddlewareChain
-    from .store import JobStore
-    from .store_control import PauseState
+    from .store import JobStore, PauseState
     from .worker import Worker
 
 __all__ = ["QueueAdmin"]
@@ -45,7 +44,7 @@ class QueueAdmin(Generic[J]):
         Raises:
             InvalidJobIdError: ``job_id`` is not an ObjectId or its 24-hex-digit string.
         """
-        doc = self.store.get(job_object_id(job_id))
+        doc = self.store.admin.get(job_object_id(job_id))
         return self._instance(doc) if doc is not None else None
 
     def wait(self, job_id: ObjectId | str, timeout: Optional[float] = 30.0) -> Optional[J]:
@@ -69,7 +68,7 @@ class QueueAdmin(Generic[J]):
         interval = 0.05
         finished = set(FINISHED)
         while True:
-            doc = self.store.get(oid)
+            doc = self.store.admin.get(oid)
             if doc is None:
                 return None
             if doc.get("status") in finished:
@@ -82,7 +81,7 @@ class QueueAdmin(Generic[J]):
 
     def counts(self, queue: Optional[str] = None) -> dict[str, int]:
         """Number of jobs per status, optionally for one queue."""
-        return self.store.count_by_status(queue)
+        return self.store.admin.count_by_status(queue)
 
     def retry_job(self, job_id: ObjectId | str) -> bool:
         """Queue a ``failed`` or ``cancelled`` job again with a fresh attempt budget; False if it is neither.
@@ -90,7 +89,7 @@ class QueueAdmin(Generic[J]):
         Raises:
             InvalidJobIdError: ``job_id`` is not an ObjectId or its 24-hex-digit string.
         """
-        return self.store.retry_job(job_object_id(job_id))
+        return self.store.admin.retry_job(job_object_id(job_id))
 
     def cancel_job(self, job_id: ObjectId | str) -> bool:
         """Cancel a ``pending`` job at once, or request the cancellation of a running one.
@@ -109,7 +108,7 @@ class QueueAdmin(Generic[J]):
             InvalidJobIdError: ``job_id`` is not an ObjectId or its 24-hex-digit string.
         """
         oid = job_object_id(job_id)
-        outcome = self.store.request_cancel(oid)
+        outcome = self.store.control.request_cancel(oid)
         if outcome == "cancelled":
             self.hooks.emit("on_cancelled", oid)
         return outcome is not None
@@ -136,7 +135,7 @@ class QueueAdmin(Generic[J]):
                 filt[key] = value
         if not filt:
             raise InvalidJobError("cancel_jobs() needs job_type or queue")
-        cancelled, requested = self.store.cancel_jobs(filt, running=running)
+        cancelled, requested = self.store.control.cancel_jobs(filt, running=running)
         return {"cancelled": cancelled, "requested": requested}
 
     def purge(self, older_than_ms: int, statuses: Iterable[str] = FINISHED) -> int:
@@ -144,7 +143,7 @@ class QueueAdmin(Generic[J]):
         if isinstance(older_than_ms, bool) or not isinstance(older_than_ms, int) or older_than_ms < 0:
             raise InvalidJobError(f"older_than_ms must be an int >= 0, got {older_than_ms!r}")
         try:
-            return self.store.purge(after_ms(self.store.now(), -older_than_ms), tuple(statuses))
+            return self.store.admin.purge(after_ms(self.store.now(), -older_than_ms), tuple(statuses))
         except ValueError as exc:
             raise InvalidJobError(str(exc)) from exc
 
@@ -153,8 +152,8 @@ class QueueAdmin(Generic[J]):
 
         A paused queue is listed even when it holds no job.
         """
-        stats = self.store.queue_stats()
-        paused = self.store.pause_state()
+        stats = self.store.admin.queue_stats()
+        paused = self.store.control.pause_state()
         for name in paused.queues - set(stats):
             stats[name] = {"counts": dict.fromkeys(ALL_STATUSES, 0), "oldest_due_age_s": None}
         for name, entry in stats.items():
@@ -168,20 +167,24 @@ class QueueAdmin(Generic[J]):
         ``pause_refresh_ms``, so a pause takes effect within about that long
         (at once in this process).
         """
-        state = self.store.set_paused(True, queues=_names(queues, "queues"), types=_names(job_types, "job_types"))
+        state = self.store.control.set_paused(
+            True, queues=_names(queues, "queues"), types=_names(job_types, "job_types")
+        )
         self.worker.forget_pause_state()
         return _pause_dict(state)
 
     def resume(self, *, queues: Iterable[str] = (), job_types: Iterable[str] = ()) -> dict[str, list[str]]:
         """Undo :meth:`pause` for these queues and job types; return what is still paused."""
-        state = self.store.set_paused(False, queues=_names(queues, "queues"), types=_names(job_types, "job_types"))
+        state = self.store.control.set_paused(
+            False, queues=_names(queues, "queues"), types=_names(job_types, "job_types")
+        )
         self.worker.forget_pause_state()
         self.worker.notify()  # an idle worker here claims the resumed jobs now, not at its next poll
         return _pause_dict(state)
 
     def paused(self) -> dict[str, list[str]]:
         """The paused ``queues`` and ``job_types``, as stored in the database."""
-        return _pause_dict(self.store.pause_state())
+        return _pause_dict(self.store.control.pause_state())
 
 
 def job_object_id(job_id: Any) -> ObjectId:

@@ -3,7 +3,7 @@
 A mixin of :class:`~mongo_job_queue.PersistentJobQueue`, split from
 :mod:`.queue` for size; the methods are documented there as its own. The
 guarantees (one job per fire time across processes, catch-up) come from
-:mod:`.scheduler` and :mod:`.store_schedule`.
+:mod:`.scheduler` and :mod:`.store.control`.
 """
 
 from __future__ import annotations
@@ -229,9 +229,9 @@ class ScheduleMixin(Generic[J]):
     def schedules(self) -> list[ScheduleInfo]:
         """The schedules registered here and those known from the database, with next and last fire times."""
         registered = {s.name: s for s in self.scheduler.all()}
-        states = self.store.schedule_states()
+        states = self.store.control.schedule_states()
         names = sorted(set(registered) | set(states))
-        last = self.store.last_fired_jobs(names)
+        last = self.store.control.last_fired_jobs(names)
         now = self.store.now()
         infos = []
         for name in names:
@@ -275,7 +275,7 @@ class ScheduleMixin(Generic[J]):
             doc["unique_key"] = schedule.overlap_key
         self._announce([doc])
         try:
-            holder = self.store.insert_fire(doc)
+            holder = self.store.jobs.insert(doc)
         except BaseException as exc:
             self._aborted([doc], exc)
             raise

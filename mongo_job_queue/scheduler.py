@@ -3,7 +3,7 @@
 Every process with a running worker runs the same schedules (every gunicorn
 worker of every host, every dedicated worker process). There is no leader:
 at each fire time they all try, and the unique index on ``(schedule,
-fire_time)`` lets one insert through (see :mod:`.store_schedule`). So a
+fire_time)`` lets one insert through (see :mod:`.store.control`). So a
 schedule keeps firing as long as any one process is up, and fires once
 however many are.
 
@@ -28,8 +28,7 @@ from .errors import ScheduleError
 from .schedule import Schedule
 
 if TYPE_CHECKING:
-    from .store import JobStore
-    from .store_schedule import ScheduleState
+    from .store import JobStore, ScheduleState
 
 __all__ = ["Fire", "Scheduler"]
 
@@ -164,7 +163,7 @@ class Scheduler:
         schedules = [s for s in self.all() if s.name not in skip]
         if not schedules:
             return [], {}
-        states = self.store.schedule_states([s.name for s in schedules])
+        states = self.store.control.schedule_states([s.name for s in schedules])
         fires: list[Fire] = []
         failed: dict[str, Exception] = {}
         for schedule in schedules:
@@ -186,7 +185,7 @@ class Scheduler:
             # A definition coming back (a rollback): the fire times another
             # definition covered meanwhile are not replayed.
             baseline = max(handled, schedule.latest_fire(now) or now)
-            self.store.advance_schedule(schedule.name, fingerprint, baseline, schedule.spec, now)
+            self.store.control.advance_schedule(schedule.name, fingerprint, baseline, schedule.spec, now)
             self.log.info(
                 "schedule %s (%s) starts afresh: another definition fired while it was absent since %s UTC; "
                 "next fire at %s UTC",
@@ -199,7 +198,7 @@ class Scheduler:
             return []
         if handled is None:
             baseline = schedule.latest_fire(now) or now
-            handled = self.store.start_schedule(schedule.name, fingerprint, baseline, schedule.spec, now)
+            handled = self.store.control.start_schedule(schedule.name, fingerprint, baseline, schedule.spec, now)
             self.log.info(
                 "schedule %s (%s) starts: next fire at %s UTC",
                 schedule.name,
@@ -234,7 +233,7 @@ class Scheduler:
                     extra={"schedule": schedule.name, "job_id": str(job_id), "job_type": schedule.job_type},
                 )
         # After the inserts: a crash in between leaves the fire time due for the next tick.
-        self.store.advance_schedule(schedule.name, fingerprint, due.handled, schedule.spec, now)
+        self.store.control.advance_schedule(schedule.name, fingerprint, due.handled, schedule.spec, now)
         return fires
 
     def next_due(self, now: datetime) -> Optional[datetime]:

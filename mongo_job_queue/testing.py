@@ -87,7 +87,7 @@ def enqueued_jobs(queue: PersistentJobQueue[J], job_type: Optional[str] = None, 
             query[field.db_field] = field.to_mongo(value)
         else:
             raise TypeError(f"{model.__name__} has no field {key!r} to match")
-    return [model._from_son(doc) for doc in queue.store.find_jobs(query)]
+    return [model._from_son(doc) for doc in queue.store.admin.find_jobs(query)]
 
 
 def assert_enqueued(

@@ -56,7 +56,7 @@ def load_queue(spec: str) -> PersistentJobQueue[Any]:
 def check_database(queue: PersistentJobQueue[Any], timeout_s: float) -> None:
     """Fail fast with :data:`EXIT_DATABASE` when the server cannot be reached."""
     try:
-        queue.store.ping(timeout_s)
+        queue.store.admin.ping(timeout_s)
     except PyMongoError as exc:
         raise CommandError(f"database unreachable within {timeout_s:g}s: {first_line(exc)}", EXIT_DATABASE) from exc
     except Exception as exc:  # e.g. MongoEngine's "no connection defined for alias"

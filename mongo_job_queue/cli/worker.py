@@ -142,9 +142,9 @@ def _until(
             return False
         try:
             # Ours first, then due: a job of ours rescheduled due-now in between is seen by the second read.
-            if queue.store.running_count(worker_id):
+            if queue.store.admin.running_count(worker_id):
                 return False
-            if queue.store.has_due(queue.worker.registry.types(), queue.config.queues):
+            if queue.store.admin.has_due(queue.worker.registry.types(), queue.config.queues):
                 return False
         except PyMongoError as exc:
             log.warning("burst check failed, trying again: %s", first_line(exc))

@@ -44,10 +44,9 @@ from ..config import QueueConfig
 from ..errors import QueueStateError
 from ..handlers import HandlerRegistry
 from ..middleware import MiddlewareChain
-from ..model import LeaseOwner
-from ..records import ClaimedJob, job_log_extra
+from ..model import LeaseOwner, job_log_extra
 from ..scheduler import Scheduler
-from ..store import JobStore
+from ..store import ClaimedJob, JobStore
 from .completer import Completer, GroupCompleter
 from .executor import Executor, WorkQueue
 from .inflight import InflightTable
@@ -420,7 +419,7 @@ class Worker:
 
     def run_job_now(self, job_id: ObjectId) -> bool:
         """Claim a specific pending job and run it in the calling thread; False if it was not pending."""
-        claimed = self.store.claim_job(job_id, self.owner)
+        claimed = self.store.jobs.claim_job(job_id, self.owner)
         if claimed is None:
             return False
         self.poller.announce([claimed])

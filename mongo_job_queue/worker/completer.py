@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Optional
 
-from ..records import job_log_extra
+from ..model import job_log_extra
 from ..store import ClaimedJob, JobStore
 from .inflight import InflightTable, RunKey, run_key
 from .timeouts import deadline_after, join
@@ -98,7 +98,7 @@ class AckBuffer:
         """
         written: set[RunKey] = set()
         try:
-            written = self.store.complete_many(batch)
+            written = self.store.jobs.complete_many(batch)
         except BaseException:  # fall back to one write per job below
             self.log.warning(
                 "batched completion of %d job(s) failed; writing them one by one", len(batch), exc_info=True
@@ -108,7 +108,7 @@ class AckBuffer:
             try:
                 # Not in ``written``: lost lease, or a write the server
                 # rejected; the single write tells which (and raises for the latter).
-                outcome = True if run_key(claimed) in written else self.store.complete(claimed, result)
+                outcome = True if run_key(claimed) in written else self.store.jobs.complete(claimed, result)
             except BaseException:  # the lease expires and the job runs again
                 self.log.exception(
                     "could not record the completion of job %s", claimed.id, extra=job_log_extra(claimed.doc)
@@ -127,7 +127,7 @@ class InlineCompleter:
 
     def complete(self, claimed: ClaimedJob, result: Any) -> Optional[bool]:
         """True if recorded, False if the lease was lost; never None (nothing is deferred)."""
-        return self.store.complete(claimed, result)
+        return self.store.jobs.complete(claimed, result)
 
     def close(self, timeout: float) -> bool:
         return True
@@ -162,7 +162,7 @@ class GroupCompleter:
             self._buffer.submit(claimed, result)
         except RuntimeError:  # closed by stop() meanwhile: write it directly
             self.table.end_ack(run_key(claimed))
-            return self.store.complete(claimed, result)
+            return self.store.jobs.complete(claimed, result)
         return None
 
     def close(self, timeout: float) -> bool:

@@ -23,9 +23,8 @@ from ..errors import FailJob, JobCancelled, WorkerShutdown
 from ..handlers import Handler, HandlerRegistry
 from ..middleware import MiddlewareChain, Outcome
 from ..model import BaseJob, JobError, safe_str, truncate
-from ..records import ClaimedJob, UnstorableResult
 from ..retry_limit import exhausted, max_retries_of
-from ..store import JobStore
+from ..store import ClaimedJob, JobStore, UnstorableResult
 from ..validation import check_value, stored_job_problems
 from .completer import Completer, InlineCompleter
 from .inflight import InflightTable, log_job, run_key
@@ -86,7 +85,7 @@ class Executor:
     def hand_back(self, claimed: ClaimedJob) -> None:
         """Return a claimed job that never started to ``pending``, attempt not counted (fenced)."""
         try:
-            if self.store.release(claimed):
+            if self.store.jobs.release(claimed):
                 log_job(self.log, logging.INFO, claimed.doc, "handed back unstarted job")
             elif self.cancel(claimed):
                 pass  # its cancellation had been requested: cancelled, not handed back
@@ -175,7 +174,7 @@ class Executor:
 
     def cancel(self, claimed: ClaimedJob) -> bool:
         """End a claimed job ``cancelled`` (fenced); False if the lease was lost."""
-        if not self.store.cancel_claimed(claimed):
+        if not self.store.jobs.cancel_claimed(claimed):
             return False
         log_job(self.log, logging.INFO, claimed.doc, "cancelled on request")
         self.hooks.emit("on_cancelled", claimed.id)
@@ -220,7 +219,7 @@ class Executor:
             else None
         )
         if decision is not None and decision.retry:
-            if self.store.reschedule(claimed, after_ms(now, decision.delay_ms), record):
+            if self.store.jobs.reschedule(claimed, after_ms(now, decision.delay_ms), record):
                 log_job(
                     self.log,
                     logging.WARNING,
@@ -232,7 +231,7 @@ class Executor:
                 )
                 self.hooks.emit("on_retry_scheduled", doc, delay_ms=decision.delay_ms, exc=exc)
                 return "retry"
-        elif self.store.fail(claimed, record):
+        elif self.store.jobs.fail(claimed, record):
             reason = decision.reason if decision else "no handler"
             log_job(self.log, logging.ERROR, doc, "failed for good (%s: %s): %s", record.type, record.message, reason)
             self.hooks.emit("on_failed", doc, exc=exc)
@@ -268,9 +267,9 @@ class Executor:
         record = JobError.from_exception(exc, attempt=attempts, at=now, token=claimed.token, config=self.config)
         try:
             if attempts >= max_retries_of(doc, self.registry.get(doc["type"])) + 1:
-                written = self.store.fail(claimed, record)
+                written = self.store.jobs.fail(claimed, record)
             else:
-                written = self.store.reschedule(claimed, after_ms(now, self.shutdown_grace_ms()), record)
+                written = self.store.jobs.reschedule(claimed, after_ms(now, self.shutdown_grace_ms()), record)
             if not written and self.cancel(claimed):
                 return
         except Exception:  # noqa: BLE001 - lease expiry recovers it if this write fails

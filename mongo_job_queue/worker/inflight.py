@@ -18,7 +18,8 @@ from typing import Any, Optional
 from bson import ObjectId
 
 from ..context import RunState
-from ..records import ClaimedJob, job_log_extra
+from ..model import job_log_extra
+from ..store import ClaimedJob
 
 __all__ = ["InflightTable", "RunKey", "log_job", "run_key"]
 

@@ -17,8 +17,7 @@ from typing import Any, Optional
 
 from ..config import QueueConfig
 from ..middleware import MiddlewareChain
-from ..records import ClaimedJob
-from ..store import JobStore
+from ..store import ClaimedJob, JobStore
 from .inflight import InflightTable, log_job
 
 __all__ = ["LeaseKeeper"]
@@ -133,7 +132,7 @@ class LeaseKeeper:
                 progress[state.claimed.id] = p
                 taken.append((state, p))
         try:
-            beat = self.store.heartbeat(leases, progress)
+            beat = self.store.jobs.heartbeat(leases, progress)
         except BaseException:
             for state, p in taken:  # written by the next beat instead
                 state.restore_progress(p)
@@ -171,7 +170,7 @@ class LeaseKeeper:
             return claimed
         started = time.monotonic()
         try:
-            lost = self.store.heartbeat(slow).lost
+            lost = self.store.jobs.heartbeat(slow).lost
         except Exception:  # the regular heartbeat and the fenced writes take over
             self.log.warning("could not renew the leases of a slow claim at once", exc_info=True)
             return claimed

@@ -42,7 +42,7 @@ class Quarantiner:
 
     def fail_malformed(self, doc: dict[str, Any], problems: list[str], *, token: Optional[str] = None) -> bool:
         status = str(doc.get("status"))
-        if not self.store.quarantine(doc["_id"], problems, from_status=status, token=token):
+        if not self.store.jobs.quarantine(doc["_id"], problems, from_status=status, token=token):
             return False
         log_job(self.log, logging.ERROR, doc, "failed: malformed job document: %s", "; ".join(problems))
         self.hooks.emit("on_failed", doc, exc=MalformedJob("; ".join(problems)))
@@ -71,7 +71,7 @@ class Rescuer:
     def run_once(self, now: Optional[datetime] = None) -> tuple[int, int]:
         """One sweep (at most one bounded batch); ``(requeued, failed)``."""
         requeued = failed = 0
-        for doc in self.store.expired_leases():
+        for doc in self.store.jobs.expired_leases():
             problems = stored_job_problems(doc)
             if problems:  # e.g. 'errors' edited into a non-array: the rescue's $push would fail every time
                 self.quarantiner.fail_malformed(doc, problems)
@@ -88,7 +88,7 @@ class Rescuer:
             record = JobError.from_exception(
                 exc, attempt=attempts, at=at, token=doc.get("lease_token"), config=self.config
             )
-            if not self.store.recover(doc, record, give_up):
+            if not self.store.jobs.recover(doc, record, give_up):
                 continue  # renewed or recovered by someone else in the meantime
             if doc.get("cancel_requested"):
                 failed += 1
@@ -115,7 +115,7 @@ class Hygiene:
     def run_once(self, now: Optional[datetime] = None) -> int:
         """One scan (the store bounds it); how many jobs were failed."""
         failed = 0
-        for doc in self.store.malformed_jobs():
+        for doc in self.store.admin.malformed_jobs():
             problems = stored_job_problems(doc)
             if problems and self.quarantiner.fail_malformed(doc, problems):
                 failed += 1

@@ -20,9 +20,7 @@ from ..config import QueueConfig
 from ..handlers import HandlerRegistry
 from ..middleware import MiddlewareChain
 from ..model import LeaseOwner
-from ..records import ClaimedJob
-from ..store import JobStore
-from ..store_control import PauseState
+from ..store import ClaimedJob, JobStore, PauseState
 from .executor import Executor, WorkQueue
 from .inflight import InflightTable, log_job
 from .leases import LeaseKeeper
@@ -71,7 +69,7 @@ class Poller:
         """
         if time.monotonic() >= self._pause_read_at + self.config.pause_refresh_ms / 1000:
             try:
-                self._paused = self.store.pause_state()
+                self._paused = self.store.control.pause_state()
                 self._pause_read_at = time.monotonic()
             except Exception:  # keep the last known state; the claim reports a lasting outage
                 self.log.warning("could not read the pause state; using the last one", exc_info=True)
@@ -87,7 +85,7 @@ class Poller:
     def claim_one(self, abort: Optional[threading.Event] = None) -> ClaimedJob | None:
         """Claim one due job of the registered types; ``abort`` cuts retry sleeps short."""
         types, queues = self.claim_scope()
-        claimed = self.store.claim(types, queues, self.owner, abort=abort)
+        claimed = self.store.jobs.claim(types, queues, self.owner, abort=abort)
         if claimed is not None:
             self.announce([claimed])
         return claimed
@@ -96,7 +94,7 @@ class Poller:
         """Claim up to ``free`` due jobs: one batch with ``batch_claims``, else one job."""
         types, queues = self.claim_scope()
         if self.config.batch_claims and free > 1:
-            batch = self.store.claim_batch(types, queues, self.owner, free, abort=abort)
+            batch = self.store.jobs.claim_batch(types, queues, self.owner, free, abort=abort)
             self.announce(batch)
             return batch
         one = self.claim_one(abort=abort)

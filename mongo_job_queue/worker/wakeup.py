@@ -80,7 +80,7 @@ class ChangeStreamWaker:
         backoff = 0.5
         while not self.stopping.is_set():
             try:
-                with self.store.watch_new_jobs(
+                with self.store.jobs.watch_new_jobs(
                     self.types, self.queues, resume_after=resume, max_await_ms=self.max_await_ms
                 ) as stream:
                     with self._lock:

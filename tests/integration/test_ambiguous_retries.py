@@ -137,7 +137,7 @@ def test_cancel_job_whose_flagged_job_ended_cancelled_before_the_retry_reports_i
     job = queue.enqueue("T", {})
     claimed = queue.worker.claim_one()
     assert claimed is not None
-    done = _between_tries(queue, lambda: queue.store.cancel_claimed(claimed))  # its worker honours the flag
+    done = _between_tries(queue, lambda: queue.store.jobs.cancel_claimed(claimed))  # its worker honours the flag
     failpoint(["findAndModify"], 1, **WCE)
     assert queue.cancel_job(job.id) is True
     assert done, "the failpoint did not make the call retry"
@@ -163,8 +163,8 @@ def test_cancel_jobs_whose_first_try_flagged_running_jobs_counts_them(make_queue
         queue.enqueue("T", {}, delay_ms=60_000)
 
     def workers_finish_two() -> None:  # before the retry: one handler completes, one honours the flag
-        assert queue.store.complete(running[0])
-        assert queue.store.cancel_claimed(running[1])
+        assert queue.store.jobs.complete(running[0])
+        assert queue.store.jobs.cancel_claimed(running[1])
 
     done = _between_tries(queue, workers_finish_two)
     failpoint(["update"], 1, **WCE)

@@ -70,7 +70,7 @@ def test_claim_batch_takes_k_jobs_in_two_round_trips(counted) -> None:
     queue = _queue()
     queue.enqueue_many([{"job_type": "T", "data": {"n": n}, "priority": n % 3} for n in range(20)])
     counted.counts.clear()
-    claimed = queue.store.claim_batch(["T"], ["default"], LeaseOwner.current("w"), 8)
+    claimed = queue.store.jobs.claim_batch(["T"], ["default"], LeaseOwner.current("w"), 8)
     assert counted.total() == 2, counted.counts
     assert len(claimed) == 8
     assert [c.doc["priority"] for c in claimed] == [2] * 6 + [1] * 2
@@ -106,10 +106,10 @@ def test_claim_batch_under_contention_keeps_only_what_it_won(counted, monkeypatc
 
     def compete() -> None:
         if not stolen:  # the rival takes the most urgent job first
-            stolen.append(rival.store.claim(["T"], ["default"], LeaseOwner.current("rival")))
+            stolen.append(rival.store.jobs.claim(["T"], ["default"], LeaseOwner.current("rival")))
 
     monkeypatch.setattr(type(queue.store), "collection", property(lambda self: _RaceCollection(real, compete)))
-    claimed = queue.store.claim_batch(["T"], ["default"], LeaseOwner.current("w"), 4)
+    claimed = queue.store.jobs.claim_batch(["T"], ["default"], LeaseOwner.current("w"), 4)
     monkeypatch.undo()
     won = stolen[0]
     assert won is not None and won.doc["data"]["n"] == 0
@@ -124,11 +124,11 @@ def test_claim_batch_under_contention_keeps_only_what_it_won(counted, monkeypatc
 def test_complete_many_fences_each_job_by_its_token(counted) -> None:
     queue = _queue()
     queue.enqueue_many([{"job_type": "T"} for _ in range(3)])
-    claimed = queue.store.claim_batch(["T"], ["default"], LeaseOwner.current("w"), 3)
+    claimed = queue.store.jobs.claim_batch(["T"], ["default"], LeaseOwner.current("w"), 3)
     lost = claimed[1]
     CountedJob.objects(id=lost.id).update(set__lease_token="someone-else")
     counted.counts.clear()
-    written = queue.store.complete_many([(c, {"i": i}) for i, c in enumerate(claimed)])
+    written = queue.store.jobs.complete_many([(c, {"i": i}) for i, c in enumerate(claimed)])
     assert written == {(claimed[0].id, claimed[0].token), (claimed[2].id, claimed[2].token)}
     assert counted.counts["update"] == 1  # one bulk write for all three
     assert CountedJob.objects.get(id=lost.id).status == "processing"
@@ -217,7 +217,7 @@ def test_a_raising_ack_callback_leaves_no_completion_of_its_flush_unwritten(make
     def exiting_report(claimed: Any, written: Any) -> None:
         raise SystemExit("a reporting callback exits")
 
-    queue.store.complete_many = failing_complete_many  # type: ignore[method-assign]
+    queue.store.jobs.complete_many = failing_complete_many  # type: ignore[method-assign]
     worker.executor.report_completion = exiting_report  # type: ignore[method-assign]
 
     @queue.handler("ACK")
@@ -257,7 +257,7 @@ def test_complete_many_reports_per_run_when_two_runs_of_one_job_share_a_flush(ma
     doc = job_model.objects.get(id=live.id)
     assert (doc.status, doc.result) == ("completed", "live")
     assert sorted(reports) == sorted([(stale.token, False), (live.token, True)])  # the stale run lost its lease
-    assert queue.store.complete_many([(stale, "stale")]) == set()
+    assert queue.store.jobs.complete_many([(stale, "stale")]) == set()
 
 
 def test_the_heartbeat_renews_the_newest_run_when_two_runs_of_one_job_await_their_ack(make_queue, job_model) -> None:

@@ -52,7 +52,7 @@ def _attempt_fails(queue: Any, claimed: Any) -> Callable[[], None]:
     def reschedule() -> None:
         now = queue.store.now()
         error = JobError(type="ValueError", message="boom", traceback="", attempt=1, at=now, lease_token=claimed.token)
-        queue.store.reschedule(claimed, now + timedelta(seconds=60), error)
+        queue.store.jobs.reschedule(claimed, now + timedelta(seconds=60), error)
 
     return reschedule
 
@@ -88,7 +88,7 @@ def test_cancel_jobs_counts_both_kinds(make_queue, job_model) -> None:
 
 def test_server_applies_a_pipeline_update_choosing_by_status(raw_db) -> None:
     """Conformance: the aggregation-pipeline update that cancellation relies on."""
-    from mongo_job_queue.store_control import _cancel_pipeline
+    from mongo_job_queue.store.control import _cancel_pipeline
 
     coll = raw_db.cancel_conformance
     coll.drop()

@@ -124,7 +124,7 @@ def test_a_model_whose_index_build_stalls_does_not_hold_up_another_models_first_
     import mongoengine
 
     from mongo_job_queue import BaseJob, create_job_queue
-    from mongo_job_queue.store_collection import _model_lock
+    from mongo_job_queue.store.indexes import _model_lock
 
     mongoengine.register_connection(
         "mjq_cold_stalled", host=mongodb_uri, db=db_name, uuidRepresentation="standard", appname="mjq-stalled"

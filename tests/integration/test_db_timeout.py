@@ -65,16 +65,16 @@ def test_a_claim_on_a_stalled_connection_is_bounded_and_retried(make_queue, fail
     claimed, elapsed = _timed(queue.worker.claim_one, limit=6.0)
     assert claimed is not None and claimed.id == job.id
     assert elapsed < 6.0
-    assert queue.store.get(job.id)["attempts"] == 1
+    assert queue.store.admin.get(job.id)["attempts"] == 1
 
 
 def test_a_heartbeat_on_a_stalled_connection_keeps_the_lease(make_queue, failpoint) -> None:
     queue = make_queue()
     claimed = _claimed(queue)
     failpoint(["update"], 1, **STALL)
-    beat, _ = _timed(lambda: queue.store.heartbeat({claimed.id: claimed.token}), limit=6.0)
+    beat, _ = _timed(lambda: queue.store.jobs.heartbeat({claimed.id: claimed.token}), limit=6.0)
     assert beat.lost == set(), "a timed-out heartbeat was reported as a lost lease"
-    doc = queue.store.get(claimed.id)
+    doc = queue.store.admin.get(claimed.id)
     assert doc["status"] == "processing" and doc["lease_token"] == claimed.token
 
 
@@ -82,15 +82,15 @@ def test_a_completion_on_a_stalled_connection_is_recorded(make_queue, failpoint)
     queue = make_queue()
     claimed = _claimed(queue)
     failpoint(["update"], 1, **STALL)
-    written, _ = _timed(lambda: queue.store.complete(claimed, {"ok": 1}), limit=6.0)
+    written, _ = _timed(lambda: queue.store.jobs.complete(claimed, {"ok": 1}), limit=6.0)
     assert written is True, "a timed-out completion was reported as a lost lease"
-    assert queue.store.get(claimed.id)["status"] == "completed"
+    assert queue.store.admin.get(claimed.id)["status"] == "completed"
 
 
 def test_a_change_stream_read_on_a_stalled_connection_is_bounded(make_queue, failpoint) -> None:
     queue = make_queue()
     queue.store.now()
-    stream = queue.store.watch_new_jobs(["JOB"], ["default"], resume_after=None, max_await_ms=300)
+    stream = queue.store.jobs.watch_new_jobs(["JOB"], ["default"], resume_after=None, max_await_ms=300)
     try:
         failpoint(["getMore"], 1, **STALL)
         started = time.monotonic()

@@ -39,7 +39,7 @@ def test_a_job_whose_numbers_mongosh_wrote_as_doubles_runs(make_queue, raw_db) -
     queue.register_handler("WORK", lambda job: ran.append((job.priority, job.max_retries)) or "ok")
     doc = stored_job(queue.store.now(), priority=10.0, attempts=0.0, max_retries=2.0)
     raw_db.jobs.insert_one(doc)
-    assert queue.store.malformed_jobs() == []
+    assert queue.store.admin.malformed_jobs() == []
     done = queue.run_once()
     assert done is not None and (done.id, done.status, done.result) == (doc["_id"], "completed", "ok")
     assert ran == [(10, 2)]
@@ -76,7 +76,7 @@ def test_the_hygiene_scan_finds_what_no_claim_can_see_from_the_claim_index_bound
     healthy = [stored_job(now, priority=float(n)) for n in range(20)]
     raw_db.jobs.insert_many(invisible + healthy)
     calls = _record_finds(monkeypatch)
-    found = queue.store.malformed_jobs(limit=10)
+    found = queue.store.admin.malformed_jobs(limit=10)
     assert sorted(d["_id"] for d in found) == sorted(d["_id"] for d in invisible)
     assert calls and all(c.get("hint") == "mjq_claim" and c.get("limit") and c.get("max_time_ms") for c in calls)
 
@@ -87,5 +87,5 @@ def test_the_lease_sweep_reads_from_the_lease_index_bounded(make_queue, monkeypa
     queue.enqueue("WORK", {})
     assert queue.worker.claim_one() is not None
     calls = _record_finds(monkeypatch)
-    assert queue.store.expired_leases() == []
+    assert queue.store.jobs.expired_leases() == []
     assert calls and all(c.get("hint") == "mjq_lease" and c.get("limit") and c.get("max_time_ms") for c in calls)

@@ -13,7 +13,7 @@ from mongoengine import StringField
 
 from integration.models import ALIAS, IntegrationJob
 from mongo_job_queue import BaseJob, create_job_queue
-from mongo_job_queue import store as store_module
+from mongo_job_queue.store import fork as fork_module
 
 pytestmark = [
     pytest.mark.integration,
@@ -70,7 +70,7 @@ def test_second_queue_on_an_alias_keeps_the_client_the_child_created(job_model, 
 
     def body() -> None:
         if not hooks:  # as after a fork by C code, which runs no os.register_at_fork hook
-            store_module._hooked_pid = None
+            fork_module._hooked_pid = None
         first.enqueue("CHILD", {})
         client = mongoengine.connection.get_connection(ALIAS)
         assert client is not parent_client, "the child must not use the parent's client"

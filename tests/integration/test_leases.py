@@ -47,7 +47,7 @@ def test_late_completion_after_lost_lease_is_fenced(make_queue, job_model, caplo
 
     queue_a = make_queue(lease_ms=1_000, heartbeat_interval_ms=200)
     job = queue_a.enqueue("PAY", {"amount": 10})
-    claimed_a = queue_a.store.claim(["PAY"], ["default"], LeaseOwner.current("worker-a"))
+    claimed_a = queue_a.store.jobs.claim(["PAY"], ["default"], LeaseOwner.current("worker-a"))
     assert claimed_a is not None
     assert claimed_a.id == job.id
     # Worker A freezes. Worker B's clock is past A's lease: it recovers and completes the job.
@@ -61,8 +61,8 @@ def test_late_completion_after_lost_lease_is_fenced(make_queue, job_model, caplo
     assert done.status == "completed"
     assert done.attempts == 2
     # A wakes up and reports its outcomes: none of its writes land.
-    assert queue_a.store.complete(claimed_a, {"paid_by": "A"}) is False
-    assert queue_a.store.renew_leases({claimed_a.id: claimed_a.token}) == {claimed_a.id}
+    assert queue_a.store.jobs.complete(claimed_a, {"paid_by": "A"}) is False
+    assert queue_a.store.jobs.renew_leases({claimed_a.id: claimed_a.token}) == {claimed_a.id}
     final = job_model.objects.get(id=job.id)
     assert final.status == "completed"
     assert final.result == {"paid_by": "B"}
@@ -91,7 +91,7 @@ def test_late_completion_through_the_worker_is_logged(make_queue, job_model, cap
 def test_orphan_of_a_crashed_worker_is_recovered_and_rerun(make_queue, job_model) -> None:
     crashed = make_queue(lease_ms=400, heartbeat_interval_ms=100)
     job = crashed.enqueue("WORK", {})
-    assert crashed.store.claim(["WORK"], ["default"], LeaseOwner.current("crashed")) is not None
+    assert crashed.store.jobs.claim(["WORK"], ["default"], LeaseOwner.current("crashed")) is not None
     # The crashed worker never heartbeats again. A live worker sweeps every 100 ms.
     live = make_queue(lease_ms=400, heartbeat_interval_ms=100, sweep_interval_ms=100)
     live.register_handler("WORK", lambda j: j.attempts)
@@ -115,7 +115,7 @@ def test_job_that_keeps_killing_workers_ends_failed(make_queue, job_model) -> No
     queue.register_handler("POISON", lambda j: None)  # the rescuer knows the bound (one without it requeues)
     job = queue.enqueue("POISON", {})
     for expected in [(1, 0), (0, 1)]:
-        claimed = queue.store.claim(["POISON"], ["default"], LeaseOwner.current("doomed"))
+        claimed = queue.store.jobs.claim(["POISON"], ["default"], LeaseOwner.current("doomed"))
         assert claimed is not None
         offset += timedelta(seconds=2)  # the worker died; its lease runs out
         assert queue.recover_orphans() == expected
@@ -123,4 +123,4 @@ def test_job_that_keeps_killing_workers_ends_failed(make_queue, job_model) -> No
     assert final.status == "failed"
     assert final.attempts == 2
     assert len(final.errors) == 2
-    assert queue.store.claim(["POISON"], ["default"], LeaseOwner.current("next")) is None
+    assert queue.store.jobs.claim(["POISON"], ["default"], LeaseOwner.current("next")) is None

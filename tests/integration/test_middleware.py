@@ -120,7 +120,7 @@ def test_pool_hooks_lease_loss_and_orphans(make_queue, job_model) -> None:
 
     # A job whose worker died: recovered by a sweeper whose clock is past the lease.
     orphan = queue.enqueue("OK", {"n": 2})
-    claimed = queue.store.claim(["OK"], ["default"], LeaseOwner.current("dead"))
+    claimed = queue.store.jobs.claim(["OK"], ["default"], LeaseOwner.current("dead"))
     assert claimed is not None and claimed.id == orphan.id
     sweeper = make_queue(clock=lambda: utcnow() + timedelta(minutes=5), sync_clock=False)
     sweeper.add_middleware(recorder)
@@ -200,7 +200,7 @@ def test_after_process_is_emitted_when_the_outcome_cannot_be_written(make_queue,
     def down(*args: Any, **kwargs: Any) -> bool:
         raise ConnectionError("database unreachable")
 
-    monkeypatch.setattr(queue.store, "complete", down)
+    monkeypatch.setattr(queue.store.jobs, "complete", down)
     with pytest.raises(ConnectionError):
         queue.run_once()
     assert pairing.outcomes == ["error"]

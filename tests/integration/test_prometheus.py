@@ -148,9 +148,9 @@ def test_lease_losses_and_orphans(make_queue, registry, scrape) -> None:
     # Two jobs whose worker died, one with an attempt left and one without.
     dead = LeaseOwner.current("dead")
     queue.enqueue("ok", {"n": 1})
-    first = queue.store.claim(["ok"], ["default"], dead)
+    first = queue.store.jobs.claim(["ok"], ["default"], dead)
     queue.enqueue("ok", {"n": 2}, max_retries=0)
-    second = queue.store.claim(["ok"], ["default"], dead)
+    second = queue.store.jobs.claim(["ok"], ["default"], dead)
     assert first is not None and second is not None
 
     sweeper = make_queue(clock=lambda: utcnow() + timedelta(minutes=5), sync_clock=False)

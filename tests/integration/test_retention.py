@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mongo_job_queue import ConfigError
-from mongo_job_queue.store_control import retention_index_name
+from mongo_job_queue.store import retention_index_name
 
 pytestmark = pytest.mark.integration
 

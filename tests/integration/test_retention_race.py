@@ -66,7 +66,7 @@ def test_peers_applying_a_changed_retention_at_once_all_succeed(make_queue, all_
     peers = [make_queue(retention_completed_ms=120_000, retention_failed_ms=None) for _ in range(PEERS)]
     all_read_first()
     assert _race(peers, lambda q: q.ensure_indexes()) == []
-    indexes = peers[0].store.retention_indexes()
+    indexes = peers[0].store.indexes.retention_indexes()
     assert indexes["mjq_ttl_completed"]["expireAfterSeconds"] == 120
     assert "mjq_ttl_failed" not in indexes
 
@@ -79,7 +79,7 @@ def test_peers_starting_their_workers_at_once_after_a_change_all_start(make_queu
     all_read_first()
     assert _race(peers, lambda q: q.start_polling()) == []
     assert all(q.running for q in peers)
-    assert peers[0].store.retention_indexes()["mjq_ttl_completed"]["expireAfterSeconds"] == 30
+    assert peers[0].store.indexes.retention_indexes()["mjq_ttl_completed"]["expireAfterSeconds"] == 30
 
 
 def test_peers_replacing_an_index_of_another_shape_at_once_all_succeed(make_queue, raw_db, all_read_first) -> None:
@@ -90,5 +90,5 @@ def test_peers_replacing_an_index_of_another_shape_at_once_all_succeed(make_queu
     peers = [make_queue(retention_completed_ms=120_000) for _ in range(PEERS)]
     all_read_first()
     assert _race(peers, lambda q: q.ensure_indexes()) == []
-    index = peers[0].store.retention_indexes()["mjq_ttl_completed"]
+    index = peers[0].store.indexes.retention_indexes()["mjq_ttl_completed"]
     assert (index["expireAfterSeconds"], dict(index["partialFilterExpression"])) == (120, {"status": "completed"})

@@ -21,7 +21,7 @@ import pytest
 from helpers import holds_for, wait_until
 
 from mongo_job_queue import ScheduleError
-from mongo_job_queue.store_schedule import schedule_state_id
+from mongo_job_queue.store import schedule_state_id
 
 pytestmark = pytest.mark.integration
 
@@ -98,14 +98,14 @@ def test_concurrent_ticks_that_all_saw_the_fire_time_due_insert_one_job(make_que
     barrier = threading.Barrier(threads, timeout=30)
     for queue in queues:
         queue.schedule("hourly", "0 * * * *", "T", {"n": 1}, overlap=overlap)
-        read = queue.store.schedule_states
+        read = queue.store.control.schedule_states
 
         def read_then_wait(names: Any = None, read: Any = read) -> Any:
             states = read(names)
             barrier.wait()
             return states
 
-        queue.store.schedule_states = read_then_wait
+        queue.store.control.schedule_states = read_then_wait
 
     def tick_all(hour: int, minute: int = 0) -> list[Any]:
         now = datetime(2026, 1, 1, hour, minute, 1)

@@ -118,7 +118,7 @@ def test_a_schedule_fire_after_an_outside_drop_is_still_single(make_queue, job_m
 
     raw_db.drop_collection(job_model._get_collection_name())
     first = fire()
-    assert queue.store.insert_fire(first) is None
-    holder = queue.store.insert_fire(fire())
+    assert queue.store.jobs.insert(first) is None
+    holder = queue.store.jobs.insert(fire())
     assert holder is not None and holder["_id"] == first["_id"]
     assert job_model.objects(schedule="nightly").count() == 1

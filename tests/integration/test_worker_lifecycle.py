@@ -87,14 +87,14 @@ def test_force_cuts_short_the_wait_for_a_poller_inside_a_claim(make_queue) -> No
     queue = make_queue(concurrency=2)
     queue.register_handler("X", lambda job: None)
     in_claim, release = threading.Event(), threading.Event()
-    real = queue.store.claim_batch
+    real = queue.store.jobs.claim_batch
 
     def slow_claim(*args: Any, **kwargs: Any) -> Any:
         in_claim.set()
         release.wait(30)
         return real(*args, **kwargs)
 
-    queue.store.claim_batch = slow_claim  # type: ignore[method-assign]
+    queue.store.jobs.claim_batch = slow_claim  # type: ignore[method-assign]
     queue.start_polling()
     assert in_claim.wait(10)
     force = threading.Event()
@@ -158,7 +158,7 @@ def test_a_stop_after_a_restart_still_waits_for_and_reports_the_earlier_start_s_
     queue = make_queue(concurrency=2, change_stream_wakeups=False)
     queue.register_handler("X", lambda job: None)
     entered, release = threading.Event(), threading.Event()
-    real_claim = queue.store.claim_batch
+    real_claim = queue.store.jobs.claim_batch
 
     def slow_first_claim(*args: Any, **kwargs: Any) -> Any:
         if not entered.is_set():
@@ -166,7 +166,7 @@ def test_a_stop_after_a_restart_still_waits_for_and_reports_the_earlier_start_s_
             assert release.wait(30)  # a claim held up on the server, deaf to the stop
         return real_claim(*args, **kwargs)
 
-    queue.store.claim_batch = slow_first_claim  # type: ignore[method-assign]
+    queue.store.jobs.claim_batch = slow_first_claim  # type: ignore[method-assign]
     queue.start_polling()
     assert entered.wait(10)
     try:

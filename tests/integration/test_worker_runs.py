@@ -19,14 +19,14 @@ def test_a_blocked_maintenance_step_does_not_delay_heartbeats(make_queue, job_mo
     b = make_queue(**lease)
     gate = threading.Event()
     sweeping = threading.Event()
-    real_expired = a.store.expired_leases
+    real_expired = a.store.jobs.expired_leases
 
     def blocked_sweep(*args: Any, **kwargs: Any) -> Any:
         sweeping.set()
         assert gate.wait(30)
         return real_expired(*args, **kwargs)
 
-    a.store.expired_leases = blocked_sweep  # type: ignore[method-assign]
+    a.store.jobs.expired_leases = blocked_sweep  # type: ignore[method-assign]
     started = threading.Event()
     release = threading.Event()
 
@@ -240,7 +240,7 @@ def test_a_failed_heartbeat_keeps_the_progress_report_it_carried(make_queue, job
     reported, release = threading.Event(), threading.Event()
     hold = threading.Event()
     failed_once = threading.Event()
-    real = queue.store.heartbeat
+    real = queue.store.jobs.heartbeat
 
     def heartbeat(leases: Any, progress: Any = None) -> Any:
         while hold.is_set():
@@ -250,7 +250,7 @@ def test_a_failed_heartbeat_keeps_the_progress_report_it_carried(make_queue, job
             raise RuntimeError("heartbeat failed")
         return real(leases, progress)
 
-    queue.store.heartbeat = heartbeat  # type: ignore[method-assign]
+    queue.store.jobs.heartbeat = heartbeat  # type: ignore[method-assign]
 
     @queue.handler("P")
     def p(job: Any) -> None:
@@ -278,17 +278,17 @@ def test_a_failed_heartbeat_keeps_the_progress_report_it_carried(make_queue, job
 def test_a_heartbeat_racing_the_completion_does_not_report_a_lost_lease(make_queue, job_model) -> None:
     queue = make_queue(concurrency=1, heartbeat_interval_ms=200)
     claimed_job = queue.enqueue("Q", {})
-    claimed = queue.store.claim(["Q"], ["default"], queue.worker.owner)
+    claimed = queue.store.jobs.claim(["Q"], ["default"], queue.worker.owner)
     assert claimed is not None and claimed.id == claimed_job.id
-    assert queue.store.complete(claimed, None)
-    beat = queue.store.heartbeat({claimed.id: claimed.token})  # read its leases before the completion landed
+    assert queue.store.jobs.complete(claimed, None)
+    beat = queue.store.jobs.heartbeat({claimed.id: claimed.token})  # read its leases before the completion landed
     assert beat.lost == set()
 
     outcomes = Outcomes()
     queue.add_middleware(outcomes)
     job = queue.enqueue("R", {})
     done = threading.Event()
-    real = queue.store.heartbeat
+    real = queue.store.jobs.heartbeat
 
     def late_heartbeat(leases: Any, progress: Any = None) -> Any:
         if job.id in leases and not done.is_set():
@@ -301,7 +301,7 @@ def test_a_heartbeat_racing_the_completion_does_not_report_a_lost_lease(make_que
             done.wait(5)  # keeps the run in the table while the racing beat's answer arrives
 
     queue.add_middleware(HoldAfterProcess())
-    queue.store.heartbeat = late_heartbeat  # type: ignore[method-assign]
+    queue.store.jobs.heartbeat = late_heartbeat  # type: ignore[method-assign]
     queue.register_handler("R", lambda j: time.sleep(0.5))
     queue.start_polling()
     wait_until(done.is_set, timeout=20)

@@ -45,7 +45,7 @@ def test_worker_ahead_does_not_run_a_delayed_job_early(make_queue, job_model, sy
 def test_skewed_sweeper_does_not_steal_a_live_lease(make_queue, job_model, skew, sync) -> None:
     owner = make_queue(lease_ms=30_000, heartbeat_interval_ms=5_000)
     job = owner.enqueue("WORK", {})
-    assert owner.store.claim(["WORK"], ["default"], LeaseOwner.current("owner")) is not None
+    assert owner.store.jobs.claim(["WORK"], ["default"], LeaseOwner.current("owner")) is not None
     sweeper = make_queue(lease_ms=30_000, heartbeat_interval_ms=5_000, clock=skewed(skew), sync_clock=sync)
     recovered = sweeper.recover_orphans()
     if sync or skew < timedelta(0):
@@ -62,9 +62,9 @@ def test_owner_behind_keeps_its_lease_alive(make_queue, job_model, sync) -> None
         lease_ms=30_000, heartbeat_interval_ms=5_000, clock=skewed(-timedelta(minutes=10)), sync_clock=sync
     )
     job = owner.enqueue("WORK", {})
-    claimed = owner.store.claim(["WORK"], ["default"], LeaseOwner.current("slow-owner"))
+    claimed = owner.store.jobs.claim(["WORK"], ["default"], LeaseOwner.current("slow-owner"))
     assert claimed is not None
-    assert owner.store.renew_leases({claimed.id: claimed.token}) == set()
+    assert owner.store.jobs.renew_leases({claimed.id: claimed.token}) == set()
     sweeper = make_queue(lease_ms=30_000, heartbeat_interval_ms=5_000)
     recovered = sweeper.recover_orphans()
     if sync:

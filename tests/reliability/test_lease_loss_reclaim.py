@@ -60,14 +60,14 @@ def test_the_same_worker_reclaiming_a_lost_job_keeps_the_new_runs_lease(make_que
 
     # Heartbeats can be held back, so the first run's lease expires by the clock.
     hold = threading.Event()
-    real_heartbeat = worker.store.heartbeat
+    real_heartbeat = worker.store.jobs.heartbeat
 
     def heartbeat(*args: Any, **kwargs: Any) -> Any:
         while hold.is_set():
             time.sleep(0.01)
         return real_heartbeat(*args, **kwargs)
 
-    worker.store.heartbeat = heartbeat  # type: ignore[method-assign]
+    worker.store.jobs.heartbeat = heartbeat  # type: ignore[method-assign]
     job = worker.enqueue("LONG", {})
     worker.start_polling()
     assert started[1].wait(20)

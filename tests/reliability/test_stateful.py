@@ -57,7 +57,7 @@ from tenacity import wait_fixed
 
 from mongo_job_queue import create_job_queue
 from mongo_job_queue.clock import utcnow
-from mongo_job_queue.records import ClaimedJob
+from mongo_job_queue.store import ClaimedJob
 
 pytestmark = pytest.mark.integration
 
@@ -305,7 +305,7 @@ class QueueMachine(RuleBasedStateMachine):
         if run is None:
             return
         store = self.queues[run.worker].store
-        beat = self._lib(lambda: store.heartbeat({run.claimed.id: run.claimed.token}))
+        beat = self._lib(lambda: store.jobs.heartbeat({run.claimed.id: run.claimed.token}))
         if beat is None:
             return
         doc = self._doc(run.claimed.id)
@@ -377,7 +377,7 @@ class QueueMachine(RuleBasedStateMachine):
             return
         store = self.queues[run.worker].store
         progress = {"percent": percent, "message": None, "at": self.clock.now}
-        outcome = self._lib(lambda: ("written", store.write_progress(run.claimed, progress)))
+        outcome = self._lib(lambda: ("written", store.jobs.write_progress(run.claimed, progress)))
         if outcome is None:
             return
         outcome = outcome[1]

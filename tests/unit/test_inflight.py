@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bson import ObjectId
 
-from mongo_job_queue.records import ClaimedJob
+from mongo_job_queue.store import ClaimedJob
 from mongo_job_queue.worker.inflight import InflightTable, run_key
 
 

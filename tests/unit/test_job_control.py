@@ -53,7 +53,7 @@ def test_cancel_pending_and_request_for_running(queue: Any) -> None:
     assert claimed is not None and claimed.id == running.id
     assert queue.cancel_job(waiting.id) and queue.get_job(waiting.id).status == "cancelled"
     assert queue.cancel_job(running.id) and queue.get_job(running.id).cancel_requested is True
-    assert queue.store.release(claimed) is False  # not handed back to pending once a cancel was requested
-    assert queue.store.cancel_claimed(claimed) is True
+    assert queue.store.jobs.release(claimed) is False  # not handed back to pending once a cancel was requested
+    assert queue.store.jobs.cancel_claimed(claimed) is True
     assert queue.get_job(running.id).status == "cancelled"
     assert queue.retry_job(running.id) and queue.get_job(running.id).cancel_requested is None

@@ -397,7 +397,7 @@ def test_fired_jobs_go_through_the_middleware_once(make_queue: Any) -> None:
         q.fire_schedules(utc(2026, 1, 1, 10, 30))
     first.fire_schedules(utc(2026, 1, 1, 11))
     # The second process read the state before the first recorded 11:00 handled.
-    second.store.advance_schedule = lambda *a: None  # type: ignore[method-assign]
+    second.store.control.advance_schedule = lambda *a: None  # type: ignore[method-assign]
     control = OrgJob._get_db()[f"{OrgJob._get_collection_name()}_control"]
     fingerprint = second.scheduler.get("hourly").fingerprint
     control.update_one({"_id": "schedule:hourly"}, {"$set": {f"handled.{fingerprint}": utc(2026, 1, 1, 10)}})

@@ -34,7 +34,7 @@ def queue(make_queue: Any) -> Any:
 
 
 def _claim(queue: Any) -> ClaimedJob:
-    claimed = queue.store.claim(["t"], ["default"], queue.worker.owner)
+    claimed = queue.store.jobs.claim(["t"], ["default"], queue.worker.owner)
     assert claimed is not None
     return claimed
 
@@ -88,13 +88,13 @@ def test_claim_leases_the_job(queue: Any, clock: Any) -> None:
 def test_claim_returns_none_without_types_queues_or_due_jobs(queue: Any) -> None:
     queue.enqueue("t")
     owner = queue.worker.owner
-    assert queue.store.claim([], ["default"], owner) is None
-    assert queue.store.claim(["t"], [], owner) is None
-    assert queue.store.claim(["other"], ["default"], owner) is None
-    assert queue.store.claim(["t"], ["other"], owner) is None
+    assert queue.store.jobs.claim([], ["default"], owner) is None
+    assert queue.store.jobs.claim(["t"], [], owner) is None
+    assert queue.store.jobs.claim(["other"], ["default"], owner) is None
+    assert queue.store.jobs.claim(["t"], ["other"], owner) is None
     assert raw_doc()["status"] == "pending"
     _claim(queue)
-    assert queue.store.claim(["t"], ["default"], owner) is None  # the only job is taken
+    assert queue.store.jobs.claim(["t"], ["default"], owner) is None  # the only job is taken
 
 
 def test_each_claim_gets_a_new_token(queue: Any) -> None:
@@ -114,10 +114,10 @@ def test_wrong_token_changes_nothing(queue: Any, clock: Any, op: str) -> None:
     impostor = ClaimedJob(claimed.doc, "not-the-token")
     clock.advance(seconds=1)
     calls: dict[str, Callable[[], bool]] = {
-        "complete": lambda: queue.store.complete(impostor, {"r": 1}),
-        "fail": lambda: queue.store.fail(impostor, _record(queue, impostor)),
-        "reschedule": lambda: queue.store.reschedule(impostor, clock.now, _record(queue, impostor)),
-        "release": lambda: queue.store.release(impostor),
+        "complete": lambda: queue.store.jobs.complete(impostor, {"r": 1}),
+        "fail": lambda: queue.store.jobs.fail(impostor, _record(queue, impostor)),
+        "reschedule": lambda: queue.store.jobs.reschedule(impostor, clock.now, _record(queue, impostor)),
+        "release": lambda: queue.store.jobs.release(impostor),
     }
     assert calls[op]() is False
     assert raw_docs() == before
@@ -127,10 +127,10 @@ def test_complete_fail_reschedule_with_the_right_token(queue: Any, clock: Any) -
     for _ in range(3):
         queue.enqueue("t")
     first, second, third = _claim(queue), _claim(queue), _claim(queue)
-    assert queue.store.complete(first, {"ok": True}) is True
-    assert queue.store.fail(second, _record(queue, second, "fatal")) is True
+    assert queue.store.jobs.complete(first, {"ok": True}) is True
+    assert queue.store.jobs.fail(second, _record(queue, second, "fatal")) is True
     later = clock.now + timedelta(minutes=5)
-    assert queue.store.reschedule(third, later, _record(queue, third, "again")) is True
+    assert queue.store.jobs.reschedule(third, later, _record(queue, third, "again")) is True
     docs = {d["_id"]: d for d in raw_docs()}
     assert docs[first.id]["status"] == "completed"
     assert docs[first.id]["result"] == {"ok": True}
@@ -142,20 +142,20 @@ def test_complete_fail_reschedule_with_the_right_token(queue: Any, clock: Any) -
     for doc in docs.values():
         assert "lease_expires_at" not in doc
     # A second outcome for the same claim is refused: the job is no longer processing.
-    assert queue.store.complete(second, None) is False
-    assert queue.store.fail(first, _record(queue, first)) is False
+    assert queue.store.jobs.complete(second, None) is False
+    assert queue.store.jobs.fail(first, _record(queue, first)) is False
 
 
 def test_release_returns_the_job_uncounted(queue: Any) -> None:
     queue.enqueue("t")
     claimed = _claim(queue)
     assert raw_doc()["attempts"] == 1
-    assert queue.store.release(claimed) is True
+    assert queue.store.jobs.release(claimed) is True
     doc = raw_doc()
     assert doc["status"] == "pending"
     assert doc["attempts"] == 0
     assert "lease_expires_at" not in doc
-    queue.store.release(claimed)  # a repeated release must not hand back (or uncount) anything twice
+    queue.store.jobs.release(claimed)  # a repeated release must not hand back (or uncount) anything twice
     doc = raw_doc()
     assert doc["attempts"] == 0
     assert doc["status"] == "pending"
@@ -169,16 +169,16 @@ def test_renew_leases_extends_and_reports_lost(queue: Any, clock: Any) -> None:
     queue.enqueue("t")
     queue.enqueue("t")
     a, b = _claim(queue), _claim(queue)
-    assert queue.store.renew_leases({}) == set()
+    assert queue.store.jobs.renew_leases({}) == set()
     clock.advance(seconds=4)
-    assert queue.store.renew_leases({a.id: a.token, b.id: b.token}) == set()
+    assert queue.store.jobs.renew_leases({a.id: a.token, b.id: b.token}) == set()
     expected = clock.now + timedelta(milliseconds=LEASE_MS)
     assert [d["lease_expires_at"] for d in raw_docs()] == [expected, expected]
 
     # Another worker took b over (new token): b is reported lost and left alone.
     OrgJob._get_collection().update_one({"_id": b.id}, {"$set": {"lease_token": "someone-else"}})
     clock.advance(seconds=4)
-    assert queue.store.renew_leases({a.id: a.token, b.id: b.token}) == {b.id}
+    assert queue.store.jobs.renew_leases({a.id: a.token, b.id: b.token}) == {b.id}
     docs = {d["_id"]: d for d in raw_docs()}
     assert docs[a.id]["lease_expires_at"] == clock.now + timedelta(milliseconds=LEASE_MS)
     assert docs[b.id]["lease_expires_at"] == expected
@@ -203,7 +203,7 @@ def test_a_batch_lease_starts_when_it_is_written_not_when_the_read_began(queue: 
     queue.enqueue("t")
     ticks = iter([clock.now + timedelta(seconds=s) for s in (0, 3, 6)])
     queue.store.clock = lambda: next(ticks)  # the read takes 3 s on a busy server
-    claimed = queue.store.claim_batch(["t"], ["default"], queue.worker.owner, 2)
+    claimed = queue.store.jobs.claim_batch(["t"], ["default"], queue.worker.owner, 2)
     assert len(claimed) == 2
     leased_at = clock.now + timedelta(seconds=3)
     for c in claimed:
@@ -277,7 +277,7 @@ def test_recover_orphans_requeues_and_fails_expired_leases(queue: Any, clock: An
 
     # The frozen worker wakes up: its late outcome is refused and overwrites nothing.
     before = raw_docs()
-    assert queue.store.complete(old, {"late": True}) is False
+    assert queue.store.jobs.complete(old, {"late": True}) is False
     assert raw_docs() == before
     assert queue.recover_orphans() == (0, 0)
 
@@ -299,9 +299,9 @@ def test_late_outcome_after_recovery_reports_the_lost_lease(queue: Any, clock: A
     before = raw_docs()
     record = _record(queue, old, "late handler error")
     calls: dict[str, Callable[[], bool]] = {
-        "reschedule": lambda: queue.store.reschedule(old, clock.now + timedelta(hours=1), record),
-        "release": lambda: queue.store.release(old),
-        "fail": lambda: queue.store.fail(old, record),
+        "reschedule": lambda: queue.store.jobs.reschedule(old, clock.now + timedelta(hours=1), record),
+        "release": lambda: queue.store.jobs.release(old),
+        "fail": lambda: queue.store.jobs.fail(old, record),
     }
     assert raw_docs() == before
     assert calls[op]() is False
@@ -327,12 +327,12 @@ def test_recover_loses_to_a_heartbeat_that_lands_first(queue: Any, clock: Any) -
     queue.enqueue("t")
     claimed = _claim(queue)
     clock.advance(ms=LEASE_MS + 1)
-    [expired] = queue.store.expired_leases()
+    [expired] = queue.store.jobs.expired_leases()
     assert expired["_id"] == claimed.id
-    assert queue.store.renew_leases({claimed.id: claimed.token}) == set()
-    assert queue.store.recover(expired, _record(queue, claimed), False) is False
+    assert queue.store.jobs.renew_leases({claimed.id: claimed.token}) == set()
+    assert queue.store.jobs.recover(expired, _record(queue, claimed), False) is False
     assert raw_doc()["status"] == "processing"
-    assert queue.store.complete(claimed) is True
+    assert queue.store.jobs.complete(claimed) is True
 
 
 # -- transient errors ---------------------------------------------------------------------
@@ -344,7 +344,7 @@ def test_complete_is_retried_after_a_transient_error(
     queue.enqueue("t")
     claimed = _claim(queue)
     calls = _flaky(monkeypatch, "update_one", [AutoReconnect("primary stepped down")])
-    assert queue.store.complete(claimed, "r") is True
+    assert queue.store.jobs.complete(claimed, "r") is True
     assert len(calls) == 2
     assert len(sleeps) == 1
     assert 0 <= sleeps[0] <= 2
@@ -358,7 +358,7 @@ def test_retried_complete_whose_first_try_applied_returns_true(
     queue.enqueue("t")
     claimed = _claim(queue)
     calls = _flaky(monkeypatch, "update_one", [AutoReconnect("reply lost")], apply_first=True)
-    assert queue.store.complete(claimed, "r") is True
+    assert queue.store.jobs.complete(claimed, "r") is True
     assert len(calls) == 2
     assert len(sleeps) == 1
     doc = raw_doc()
@@ -391,9 +391,9 @@ def test_retried_write_after_a_lease_recovery_reports_the_lost_lease(
 
     monkeypatch.setattr(collection, "update_one", update_one)
     if target == "reschedule":
-        written = queue.store.reschedule(claimed, clock.now + timedelta(hours=1), record)
+        written = queue.store.jobs.reschedule(claimed, clock.now + timedelta(hours=1), record)
     else:
-        written = queue.store.fail(claimed, record)
+        written = queue.store.jobs.fail(claimed, record)
     doc = raw_doc()
     assert [e["message"] for e in doc["errors"]] == [doc["last_error"]["message"]]
     assert "lease expired" in doc["last_error"]["message"]  # the handler's error was not recorded
@@ -406,7 +406,7 @@ def test_non_transient_error_is_not_retried(queue: Any, monkeypatch: pytest.Monk
     before = raw_docs()
     calls = _flaky(monkeypatch, "update_one", [OperationFailure("bad value", code=2)])
     with pytest.raises(OperationFailure):
-        queue.store.complete(claimed)
+        queue.store.jobs.complete(claimed)
     assert len(calls) == 1
     assert sleeps == []
     assert raw_docs() == before
@@ -418,7 +418,7 @@ def test_retries_stop_after_db_retry_attempts(queue: Any, monkeypatch: pytest.Mo
     before = raw_docs()
     calls = _flaky(monkeypatch, "update_one", [AutoReconnect(f"down {i}") for i in range(10)])
     with pytest.raises(AutoReconnect, match="down 2"):
-        queue.store.complete(claimed)
+        queue.store.jobs.complete(claimed)
     assert len(calls) == 3  # db_retry_attempts
     assert len(sleeps) == 2
     assert all(0 <= s <= 2 for s in sleeps)
@@ -488,6 +488,30 @@ def test_insert_duplicate_on_first_try_is_invalid_job(queue: Any, monkeypatch: p
     monkeypatch.setattr(collection, "insert_one", insert_one)
     with pytest.raises(InvalidJobError, match="unique index of OrgJob"):
         queue.enqueue("t")
+
+
+def test_a_retried_insert_refused_by_an_app_index_named_like_id_is_not_taken_for_its_own(
+    queue: Any, monkeypatch: pytest.MonkeyPatch, sleeps: list[float]
+) -> None:
+    # An older server names the index only in its message. "order_id_1" holds
+    # "_id_", but it is the app's index refusing the job, not the job's own
+    # _id inserted by the first try: the enqueue must fail, not report success.
+    collection = OrgJob._get_collection()
+    calls: list[Any] = []
+
+    def insert_one(doc: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(doc["_id"])
+        if len(calls) == 1:
+            raise AutoReconnect("no reply, nothing inserted")
+        raise DuplicateKeyError(
+            "E11000 duplicate key error collection: db.jobs index: order_id_1 dup key: { x: 1 }", 11000
+        )
+
+    monkeypatch.setattr(collection, "insert_one", insert_one)
+    with pytest.raises(InvalidJobError, match="unique index of OrgJob"):
+        queue.enqueue("t")
+    assert len(calls) == 2
+    assert raw_docs() == []
 
 
 def test_insert_many_retry_inserts_only_the_missing_jobs(

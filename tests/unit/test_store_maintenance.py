@@ -11,7 +11,7 @@ def test_hygiene_and_lease_sweep_reads_run_on_mongomock(queue: Any) -> None:
     queue.register_handler("t", lambda job: None)
     job = queue.enqueue("t", {})
     OrgJob._get_collection().insert_one({"type": 5, "status": "pending", "queue": "default", "run_at": "soon"})
-    found = queue.store.malformed_jobs()
+    found = queue.store.admin.malformed_jobs()
     assert [d["type"] for d in found] == [5]
-    assert queue.store.expired_leases() == []
+    assert queue.store.jobs.expired_leases() == []
     assert queue.get_job(job.id).status == "pending"

@@ -100,8 +100,8 @@ def read_depth(
         rows = store.collection.aggregate(depth_pipeline(now), maxTimeMS=max_time_ms, batchSize=_DEPTH_BATCH)
         return now, list(rows)
 
-    now, rows = store._retry(aggregate, "prometheus_depth")
-    paused: frozenset[str] = frozenset(store.pause_state().queues)
+    now, rows = store.retry(aggregate, "prometheus_depth")
+    paused: frozenset[str] = frozenset(store.control.pause_state().queues)
     finished = _read_finished(store, finished_time_ms or max(1, max_time_ms // 5))
     known = _STATUSES if finished is not None else _UNFINISHED
     stats: dict[str, dict[str, Any]] = {}

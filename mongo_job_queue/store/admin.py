@@ -1,41 +1,36 @@
-"""The store's administrative and hygiene queries, split from :mod:`.store` for size.
+"""``store.admin``: queries for operators and the hygiene sweep: stats, purge, retry, find, malformed documents.
 
-:class:`AdminQueries` is a mixin of :class:`~mongo_job_queue.store.JobStore`,
-so every query still lives behind the one store object; this module only
-keeps the claim/lease hot path in ``store.py`` short enough to read. Nothing
-here runs on the claim or acknowledgement path.
+Nothing here runs on the claim or acknowledgement path (the claim path's
+quarantine of a malformed document is an outcome, in :mod:`.outcomes`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import pymongo
 from bson import ObjectId
 from pymongo.errors import PyMongoError
 
-from .status import ALL_STATUSES, CANCELLED, FAILED, FINISHED, PENDING, PROCESSING
-from .store_base import KEPT_MARKS, MAINTENANCE_MAX_TIME_MS, StoreBase, as_stored, new_mark
+from ..status import ALL_STATUSES, CANCELLED, FAILED, FINISHED, PENDING, PROCESSING
+from .control import Control
+from .handle import MAINTENANCE_MAX_TIME_MS, JobStore
+from .marks import KEPT_MARKS, as_stored, new_mark
 
-if TYPE_CHECKING:
-    from .store_control import PauseState
-
-__all__ = ["AdminQueries"]
-
-T = TypeVar("T")
+__all__ = ["Admin"]
 
 #: The claim index (see :class:`~mongo_job_queue.BaseJob`): status, queue, type, -priority, run_at.
 CLAIM_INDEX = "mjq_claim"
 
 
-class AdminQueries(StoreBase):
-    """Queries for operators and the hygiene sweep; mixed into JobStore."""
+class Admin:
+    """Queries for operators and the hygiene sweep; ``has_due`` reads the pause state through ``control``."""
 
-    if TYPE_CHECKING:
-
-        def pause_state(self) -> PauseState: ...
+    def __init__(self, store: JobStore, control: Control) -> None:
+        self._store = store
+        self._control = control
 
     def write_concern_problem(self) -> str | None:
         """Why the jobs collection's write concern risks double runs, or None.
@@ -44,48 +39,24 @@ class AdminQueries(StoreBase):
         alone (``w`` 0 or 1) can be rolled back by a failover: the job then
         runs again although it was claimed or finished. ``majority`` is safe.
         """
-        hello = self._retry(lambda: self.collection.database.command("hello"), "hello")
+        hello = self._store.retry(lambda: self._store.collection.database.command("hello"), "hello")
         if not hello.get("setName") and hello.get("msg") != "isdbgrid":
             return None  # a standalone server has no failover to roll writes back
-        w = self.collection.write_concern.document.get("w")
+        w = self._store.collection.write_concern.document.get("w")
         if w is None:  # not set by the client: the cluster-wide default applies
             try:
-                with self.bounded():
-                    defaults = self.collection.database.client.admin.command("getDefaultRWConcern")
+                with self._store.bounded():
+                    defaults = self._store.collection.database.client.admin.command("getDefaultRWConcern")
             except PyMongoError:
                 return None  # cannot tell; MongoDB 5.0+ defaults to majority
             w = (defaults.get("defaultWriteConcern") or {}).get("w")
         if w in (0, 1):
             return (
-                f"the jobs collection of {self.model.__name__} is written with w={w} on a replica set: "
+                f"the jobs collection of {self._store.model.__name__} is written with w={w} on a replica set: "
                 "a failover can roll back claims and completions and run jobs twice. "
                 "Connect with w='majority' (the server default since MongoDB 5.0)."
             )
         return None
-
-    def quarantine(self, job_id: Any, problems: Sequence[str], *, from_status: str, token: str | None = None) -> bool:
-        """Fail a malformed job document with the reasons, touching only fields that cannot be ill-typed.
-
-        ``$set`` alone, no ``$push``/``$inc``: those would fail on the very
-        fields that are broken.
-        """
-        now = self.now()
-        fence: dict[str, Any] = {"_id": job_id, "status": from_status}
-        if token is not None:
-            fence["lease_token"] = token
-        record = {
-            "type": "mongo_job_queue.errors.MalformedJob",
-            "message": "; ".join(problems),
-            "traceback": "",
-            "attempt": None,
-            "at": now,
-            "lease_token": token,
-        }
-        update = {
-            "$set": {"status": FAILED, "finished_at": now, "updated_at": now, "last_error": record},
-            "$unset": {"lease_expires_at": ""},
-        }
-        return self._retry(lambda: self.collection.update_one(fence, update).matched_count == 1, "quarantine")
 
     def malformed_jobs(self, limit: int = 100, max_time_ms: int = MAINTENANCE_MAX_TIME_MS) -> list[dict[str, Any]]:
         """Stored jobs that no claim can ever take: unknown status, or pending with an ill-typed claim key.
@@ -110,10 +81,10 @@ class AdminQueries(StoreBase):
         def call() -> list[dict[str, Any]]:
             found: list[dict[str, Any]] = []
             for query in queries:
-                found += self.collection.find(query, limit=limit, max_time_ms=max_time_ms).hint(CLAIM_INDEX)
+                found += self._store.collection.find(query, limit=limit, max_time_ms=max_time_ms).hint(CLAIM_INDEX)
             return found
 
-        return self._retry(call, "malformed_jobs")
+        return self._store.retry(call, "malformed_jobs")
 
     def retry_job(self, job_id: ObjectId) -> bool:
         """Queue a failed or cancelled job again, due now, with a fresh attempt budget.
@@ -123,7 +94,7 @@ class AdminQueries(StoreBase):
         job may since have been claimed, run and failed again (then the update
         would match once more and run it twice), or rescheduled.
         """
-        now = as_stored(self.now())
+        now = as_stored(self._store.now())
         mark = new_mark()
         update = {
             "$set": {"status": PENDING, "run_at": now, "attempts": 0, "updated_at": now},
@@ -136,11 +107,12 @@ class AdminQueries(StoreBase):
         def call() -> bool:
             nonlocal tries
             tries += 1
-            if tries > 1 and self.collection.find_one({"_id": job_id, "admin_marks": mark}, {"_id": 1}) is not None:
+            jobs = self._store.collection
+            if tries > 1 and jobs.find_one({"_id": job_id, "admin_marks": mark}, {"_id": 1}) is not None:
                 return True
-            return bool(self.collection.update_one(filt, update).matched_count)
+            return bool(jobs.update_one(filt, update).matched_count)
 
-        return self._retry(call, "retry_job")
+        return self._store.retry(call, "retry_job")
 
     def purge(self, finished_before: datetime, statuses: Sequence[str] = FINISHED) -> int:
         """Delete finished jobs whose ``finished_at`` is older than ``finished_before``."""
@@ -148,7 +120,7 @@ class AdminQueries(StoreBase):
         if unknown:
             raise ValueError(f"only finished jobs can be purged, not {sorted(unknown)}")
         filt = {"status": {"$in": list(statuses)}, "finished_at": {"$lt": finished_before}}
-        return self._retry(lambda: self.collection.delete_many(filt).deleted_count, "purge")
+        return self._store.retry(lambda: self._store.collection.delete_many(filt).deleted_count, "purge")
 
     def queue_stats(self) -> dict[str, dict[str, Any]]:
         """Per queue: job counts by status, and the age of the oldest due pending job.
@@ -160,9 +132,9 @@ class AdminQueries(StoreBase):
         """
 
         def call() -> dict[str, dict[str, Any]]:
-            now = self.now()
+            now = self._store.now()
             statuses = list(ALL_STATUSES)
-            counted = self.collection.aggregate(
+            counted = self._store.collection.aggregate(
                 [
                     {"$match": {"status": {"$in": statuses}}},
                     {"$project": {"_id": 0, "status": 1, "queue": 1}},
@@ -176,7 +148,7 @@ class AdminQueries(StoreBase):
                 entry["counts"][row["_id"]["status"]] = row["n"]
             oldest = {
                 str(row["_id"]): row["oldest"]
-                for row in self.collection.aggregate(
+                for row in self._store.collection.aggregate(
                     [
                         {"$match": {"status": PENDING, "run_at": {"$lte": now}}},
                         {"$project": {"_id": 0, "queue": 1, "run_at": 1}},
@@ -190,7 +162,7 @@ class AdminQueries(StoreBase):
                 entry["oldest_due_age_s"] = (now - first).total_seconds() if first else None
             return stats
 
-        return self._retry(call, "queue_stats")
+        return self._store.retry(call, "queue_stats")
 
     def ping(self, timeout_s: float = 5.0) -> None:
         """Reach the server within ``timeout_s`` or raise, so a CLI fails fast with a clear exit code.
@@ -200,7 +172,7 @@ class AdminQueries(StoreBase):
         ``PyMongoError`` (refused, e.g. authentication).
         """
         with pymongo.timeout(timeout_s):
-            self.collection.database.command("ping")
+            self._store.collection.database.command("ping")
 
     def has_due(self, types: Iterable[str], queues: Iterable[str]) -> bool:
         """Whether a job of these types is due in these queues and claimable (a burst worker's exit test).
@@ -215,7 +187,7 @@ class AdminQueries(StoreBase):
             return False
 
         def call() -> bool:
-            paused = self.pause_state()
+            paused = self._control.pause_state()
             claimable_types = [t for t in types if t not in paused.types]
             claimable_queues = [q for q in queues if q not in paused.queues]
             if not claimable_types or not claimable_queues:
@@ -224,23 +196,26 @@ class AdminQueries(StoreBase):
                 "status": PENDING,
                 "queue": {"$in": claimable_queues},
                 "type": {"$in": claimable_types},
-                "run_at": {"$lte": self.now()},
+                "run_at": {"$lte": self._store.now()},
             }
-            return self.collection.find_one(query, {"_id": 1}) is not None
+            return self._store.collection.find_one(query, {"_id": 1}) is not None
 
-        return self._retry(call, "has_due")
+        return self._store.retry(call, "has_due")
 
     def running_count(self, worker_id: str) -> int:
         """Jobs held (``processing``) by the worker named ``worker_id``; the lease index narrows to processing."""
         query = {"status": PROCESSING, "lease_owner.worker_id": worker_id}
-        return self._retry(lambda: self.collection.count_documents(query), "running_count")
+        return self._store.retry(lambda: self._store.collection.count_documents(query), "running_count")
 
     def find_jobs(self, query: Mapping[str, Any], limit: int = 1000) -> list[dict[str, Any]]:
         """Raw job documents matching ``query``, oldest first (test assertions, admin tools)."""
-        return self._retry(lambda: list(self.collection.find(dict(query), sort=[("_id", 1)], limit=limit)), "find_jobs")
+        return self._store.retry(
+            lambda: list(self._store.collection.find(dict(query), sort=[("_id", 1)], limit=limit)), "find_jobs"
+        )
 
     def get(self, job_id: ObjectId) -> dict[str, Any] | None:
-        return self._retry(lambda: self.collection.find_one({"_id": job_id}), "get")
+        """One job's raw document, or None if there is no such job."""
+        return self._store.retry(lambda: self._store.collection.find_one({"_id": job_id}), "get")
 
     def count_by_status(self, queue: str | None = None) -> dict[str, int]:
         """Jobs per status (of one queue, or all): one covered aggregation, so the counts are one reading."""
@@ -255,8 +230,8 @@ class AdminQueries(StoreBase):
 
         def call() -> dict[str, int]:
             counts = dict.fromkeys(ALL_STATUSES, 0)
-            for row in self.collection.aggregate(pipeline, hint=CLAIM_INDEX):
+            for row in self._store.collection.aggregate(pipeline, hint=CLAIM_INDEX):
                 counts[row["_id"]] = row["n"]
             return counts
 
-        return self._retry(call, "count")
+        return self._store.retry(call, "count")

@@ -1,0 +1,43 @@
+"""The store: the one handle on a queue's jobs collection (:class:`JobStore`) and its components.
+
+::
+
+    JobStore (handle.py)   model, config, fork-safe collection, server clock, bounded(), retry()
+      .jobs     jobs.py    insert; claims.py claim; leases.py heartbeat; outcomes.py fenced outcomes, recovery
+      .control  control.py pause and schedule state (the control collection), cancel requests
+      .admin    admin.py   stats, purge, retry, find, malformed documents
+      .indexes  indexes.py model indexes (before the first use) and retention TTL indexes
+
+faults.py reads database errors (transient, too large, which unique index);
+marks.py is how a retried write recognises its own earlier try; fork.py
+keeps clients from crossing ``fork()``.
+"""
+
+from __future__ import annotations
+
+from .admin import Admin
+from .control import Control, PauseState, ScheduleState, schedule_state_id
+from .faults import duplicate_field, is_too_large, is_transient
+from .handle import JobStore
+from .indexes import Indexes, retention_index_name
+from .jobs import Jobs
+from .leases import ClaimedJob, Heartbeat
+from .outcomes import UnstorableResult
+
+__all__ = [
+    "Admin",
+    "ClaimedJob",
+    "Control",
+    "Heartbeat",
+    "Indexes",
+    "JobStore",
+    "Jobs",
+    "PauseState",
+    "ScheduleState",
+    "UnstorableResult",
+    "duplicate_field",
+    "is_too_large",
+    "is_transient",
+    "retention_index_name",
+    "schedule_state_id",
+]

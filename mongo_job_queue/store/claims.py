@@ -1,0 +1,303 @@
+"""The claim: atomically lease the most urgent due jobs to a worker, and hear about new ones.
+
+A claim sets the job ``processing`` under a new ``lease_token`` (the
+lease, :func:`_lease`, built in one place for both claim paths). A retried
+claim first looks for the job its earlier try may have leased, by that
+token, so a lost reply never leases two jobs for one claim.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from bson import ObjectId
+from pymongo import ReturnDocument
+from pymongo.errors import OperationFailure
+
+from ..bounded import BoundedChangeStream
+from ..clock import after_ms
+from ..model import LeaseOwner
+from ..status import PENDING, PROCESSING
+from ..validation import stored_job_problems
+from .faults import is_transient
+from .handle import JobStore
+from .leases import ClaimedJob
+from .outcomes import Outcomes
+
+__all__ = ["Claims"]
+
+_MAX_QUARANTINES_PER_CLAIM = 10
+# What a new claim clears: the progress an earlier attempt reported.
+_FRESH_RUN = {"progress": ""}
+# Bound on every read of the claim path (the claim's own search included).
+_CLAIM_READ_MAX_TIME_MS = 5_000
+# The claim order: most urgent first (the claim index serves it).
+_URGENT_FIRST = [("priority", -1), ("run_at", 1)]
+
+
+def _lease(token: str, owner: LeaseOwner, now: datetime, lease_ms: int) -> dict[str, Any]:
+    """The fields a claim sets: the job is ``processing`` under ``token``, leased to ``owner`` until now + lease."""
+    return {
+        "status": PROCESSING,
+        "lease_token": token,
+        "lease_owner": owner.as_doc(),
+        "lease_expires_at": after_ms(now, lease_ms),
+        "started_at": now,
+        "updated_at": now,
+    }
+
+
+def _claim_update(lease: Mapping[str, Any]) -> dict[str, Any]:
+    """The update of a claim with ``lease``: one more attempt, and the earlier attempt's progress cleared."""
+    return {"$set": dict(lease), "$inc": {"attempts": 1}, "$unset": _FRESH_RUN}
+
+
+class Claims:
+    """Claims due jobs, one or a batch, failing (quarantining) a malformed one at the head of the queue."""
+
+    def __init__(self, store: JobStore, outcomes: Outcomes) -> None:
+        self._store = store
+        self._outcomes = outcomes
+
+    def claim(
+        self,
+        types: Iterable[str],
+        queues: Iterable[str],
+        owner: LeaseOwner,
+        *,
+        abort: threading.Event | None = None,
+    ) -> ClaimedJob | None:
+        """Atomically take the most urgent due job and lease it to ``owner``.
+
+        One ``find_one_and_update`` on the claim index: equality on status,
+        ``$in`` on queue and type, sorted by priority then ``run_at``, with
+        ``run_at <= now`` as the range. No ``$or``, so the index serves it.
+        """
+        types, queues = list(types), list(queues)
+        if not types or not queues:
+            return None
+        query = {"status": PENDING, "queue": {"$in": queues}, "type": {"$in": types}}
+        # A document edited by hand (say, a string in 'attempts') makes the
+        # claim's update fail at the head of the queue, every time. Fail that
+        # document with the reason and claim the next one, instead of letting
+        # one bad document stop the queue.
+        for _ in range(_MAX_QUARANTINES_PER_CLAIM):
+            try:
+                return self._claim(query, owner, abort)
+            except OperationFailure as exc:
+                if is_transient(exc) or not self._quarantine_head(query, exc):
+                    raise
+        return None
+
+    def claim_batch(
+        self,
+        types: Iterable[str],
+        queues: Iterable[str],
+        owner: LeaseOwner,
+        limit: int,
+        *,
+        abort: threading.Event | None = None,
+    ) -> list[ClaimedJob]:
+        """Claim up to ``limit`` due jobs in two round trips (three under contention).
+
+        The same guarantees as :meth:`claim`, for k jobs at once: read the k
+        most urgent due jobs, then lease them with one ``update_many`` that
+        matches each only if no one touched it since the read (its
+        ``lease_token`` and ``attempts`` are unchanged, and it is still pending
+        and due). All k share one new token, which with ``_id`` still fences
+        every later write per job. If another worker took some in between,
+        the jobs that are ours are read back by that token.
+        """
+        if limit <= 1:
+            one = self.claim(types, queues, owner, abort=abort)
+            return [one] if one is not None else []
+        types, queues = list(types), list(queues)
+        if not types or not queues:
+            return []
+        query = {"status": PENDING, "queue": {"$in": queues}, "type": {"$in": types}}
+        for _ in range(_MAX_QUARANTINES_PER_CLAIM):
+            try:
+                batch, raced = self._claim_batch(query, owner, limit, abort)
+            except OperationFailure as exc:
+                if is_transient(exc) or not self._quarantine_head(query, exc, limit):
+                    raise
+                continue
+            if batch or not raced:
+                return batch
+            # Other workers took every job we read: that is not an empty queue.
+            # One atomic claim either takes the next due job or proves none is left.
+            one = self._claim(query, owner, abort)
+            return [one] if one is not None else []
+        return []
+
+    def claim_job(self, job_id: ObjectId, owner: LeaseOwner) -> ClaimedJob | None:
+        """Claim one specific pending job, due or not (inline/eager runs, admin "run now")."""
+        return self._claim({"_id": job_id, "status": PENDING}, owner, None, due_only=False)
+
+    def _claim_batch(
+        self, query: dict[str, Any], owner: LeaseOwner, limit: int, abort: threading.Event | None
+    ) -> tuple[list[ClaimedJob], bool]:
+        """Claim up to ``limit`` jobs; also whether jobs were read but all taken by others (a lost race).
+
+        ``update_many`` is not atomic: an error partway (a document edited
+        into a shape the update cannot apply to, or transient errors that
+        outlast the retries) can leave some documents leased under our token.
+        Whatever the error, those are read back and returned, so none is
+        stranded holding a lease nobody renews; the error is raised only when
+        nothing was claimed.
+        """
+        store = self._store
+        token = uuid.uuid4().hex
+        tries = 0
+        expires: datetime | None = None
+        raced = False
+
+        def mine() -> list[dict[str, Any]]:
+            return list(
+                store.collection.find(
+                    {"status": PROCESSING, "lease_expires_at": expires, "lease_token": token},
+                    limit=limit,
+                    max_time_ms=_CLAIM_READ_MAX_TIME_MS,
+                )
+            )
+
+        def call() -> list[dict[str, Any]]:
+            nonlocal tries, expires, raced
+            tries += 1
+            if tries > 1 and expires is not None:
+                claimed = mine()  # an earlier try may have applied before its reply was lost
+                if claimed:
+                    return claimed
+            due = {**query, "run_at": {"$lte": store.now()}}
+            candidates = list(
+                store.collection.find(due, sort=_URGENT_FIRST, limit=limit, max_time_ms=_CLAIM_READ_MAX_TIME_MS)
+            )
+            if not candidates:
+                return []
+            # The lease starts when it is written, not when the read began: on a
+            # busy server the read alone can take a good part of a short lease.
+            lease = _lease(token, owner, store.now(), store.config.lease_ms)
+            expires = lease["lease_expires_at"]
+            # Each claim changes lease_token or attempts, so an unchanged pair
+            # means nobody claimed the job since we read it: the read is still
+            # its state, and patching it locally saves reading it back.
+            unchanged = [
+                {"_id": d["_id"], "lease_token": d.get("lease_token"), "attempts": d.get("attempts")}
+                for d in candidates
+            ]
+            result = store.collection.update_many({**due, "$or": unchanged}, _claim_update(lease))
+            if result.modified_count == len(candidates):
+                for doc in candidates:
+                    doc.update(lease)
+                    doc["attempts"] = int(doc.get("attempts") or 0) + 1
+                    doc.pop("progress", None)
+                return candidates
+            raced = not result.modified_count
+            return mine() if result.modified_count else []
+
+        try:
+            docs = store.retry(call, "claim_batch", abort)
+        except Exception as exc:
+            if expires is None:
+                raise
+            try:
+                docs = store.retry(mine, "claim_batch_read_back")
+            except Exception:  # noqa: BLE001 - report the claim's own error; lease expiry recovers the rest
+                raise exc from None
+            if not docs:
+                raise
+            store.log.warning("claim of %d job(s) partly applied before %r; running those", len(docs), exc)
+        return [ClaimedJob(doc, token) for doc in docs], raced
+
+    def _claim(
+        self,
+        query: dict[str, Any],
+        owner: LeaseOwner,
+        abort: threading.Event | None,
+        *,
+        due_only: bool = True,
+    ) -> ClaimedJob | None:
+        store = self._store
+        token = uuid.uuid4().hex
+        tries = 0
+        expires: datetime | None = None
+
+        def call() -> dict[str, Any] | None:
+            nonlocal tries, expires
+            tries += 1
+            if tries > 1 and expires is not None:
+                # The earlier try may have claimed a job before its reply was
+                # lost; find it by our token (index: status, lease_expires_at).
+                mine = store.collection.find_one(
+                    {"status": PROCESSING, "lease_expires_at": expires, "lease_token": token},
+                    max_time_ms=_CLAIM_READ_MAX_TIME_MS,
+                )
+                if mine is not None:
+                    return mine
+            now = store.now()
+            lease = _lease(token, owner, now, store.config.lease_ms)
+            expires = lease["lease_expires_at"]
+            return store.collection.find_one_and_update(
+                {**query, "run_at": {"$lte": now}} if due_only else query,
+                _claim_update(lease),
+                sort=_URGENT_FIRST,
+                return_document=ReturnDocument.AFTER,
+                maxTimeMS=_CLAIM_READ_MAX_TIME_MS,
+            )
+
+        doc = store.retry(call, "claim", abort)
+        return ClaimedJob(doc, token) if doc is not None else None
+
+    def _quarantine_head(self, query: dict[str, Any], exc: OperationFailure, limit: int = 1) -> bool:
+        """Fail the malformed documents among the ``limit`` most urgent due jobs; True if any was."""
+        store = self._store
+        head = store.retry(
+            lambda: list(
+                store.collection.find(
+                    {**query, "run_at": {"$lte": store.now()}},
+                    sort=_URGENT_FIRST,
+                    limit=max(1, limit),
+                    max_time_ms=_CLAIM_READ_MAX_TIME_MS,
+                )
+            ),
+            "claim_head",
+        )
+        failed = False
+        for doc in head:
+            problems = stored_job_problems(doc)
+            if problems:
+                store.log.error("claim failed on a malformed job %s (%s); failing it", doc["_id"], exc)
+                failed = self._outcomes.quarantine(doc["_id"], problems, from_status=PENDING) or failed
+        return failed
+
+    def watch_new_jobs(
+        self, types: Sequence[str], queues: Sequence[str], *, resume_after: Mapping[str, Any] | None, max_await_ms: int
+    ) -> BoundedChangeStream:
+        """A change stream of jobs becoming claimable: inserted pending, or set back to pending.
+
+        Filtered on the server to this worker's queues and types (for
+        inserts), so an idle worker hears only about work it can do. Needs a
+        replica set or a sharded cluster; a standalone server raises.
+        """
+        match = {
+            "$or": [
+                {
+                    "operationType": "insert",
+                    "fullDocument.status": PENDING,
+                    "fullDocument.queue": {"$in": list(queues)},
+                    "fullDocument.type": {"$in": list(types)},
+                },
+                {"operationType": "update", "updateDescription.updatedFields.status": PENDING},
+            ]
+        }
+        store = self._store
+        with store.bounded():
+            stream = store.collection.watch(
+                [{"$match": match}], resume_after=resume_after, max_await_time_ms=max_await_ms
+            )
+        # Each read waits up to max_await_ms on the server, plus the usual bound.
+        return BoundedChangeStream(stream, store.bounded, max_await_ms)

@@ -1,0 +1,191 @@
+"""``store.jobs``: everything about one job's lifecycle, behind one object.
+
+:class:`Jobs` holds the insert path itself and exposes the claim
+(:mod:`.claims`), the lease heartbeat (:mod:`.leases`) and the outcome
+writes (:mod:`.outcomes`) as its own methods, so a caller writes
+``store.jobs.insert``, ``store.jobs.claim``, ``store.jobs.complete``
+without knowing which module holds each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
+
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+from ..errors import InvalidJobError
+from ..status import FINISHED, PENDING
+from .claims import Claims
+from .faults import duplicate_field, is_transient
+from .handle import JobStore
+from .indexes import Indexes
+from .leases import Leases
+from .outcomes import Outcomes
+
+__all__ = ["Jobs"]
+
+_MAX_RELEASES = 10
+
+
+class Jobs:
+    """Insert, claim, keep the lease of, and end the jobs of one store (see the module docstring)."""
+
+    def __init__(self, store: JobStore, indexes: Indexes) -> None:
+        self._store = store
+        self._indexes = indexes
+        outcomes = Outcomes(store)
+        claims = Claims(store, outcomes)
+        leases = Leases(store)
+        # The claim path (claims.py).
+        self.claim = claims.claim
+        self.claim_batch = claims.claim_batch
+        self.claim_job = claims.claim_job
+        self.watch_new_jobs = claims.watch_new_jobs
+        # The lease (leases.py).
+        self.heartbeat = leases.heartbeat
+        self.renew_leases = leases.renew_leases
+        # The outcomes, all fenced, and lease recovery (outcomes.py).
+        self.complete = outcomes.complete
+        self.complete_many = outcomes.complete_many
+        self.reschedule = outcomes.reschedule
+        self.fail = outcomes.fail
+        self.release = outcomes.release
+        self.cancel_claimed = outcomes.cancel_claimed
+        self.write_progress = outcomes.write_progress
+        self.expired_leases = outcomes.expired_leases
+        self.recover = outcomes.recover
+        self.quarantine = outcomes.quarantine
+
+    # -- enqueue ------------------------------------------------------------
+
+    def insert(self, doc: dict[str, Any]) -> Optional[dict[str, Any]]:
+        """Insert one job whose ``_id`` is set; None once it is stored, else the job that holds its place.
+
+        The one insert path of every single job, plain, unique or fired by a
+        schedule, idempotent under retry: a try whose reply was lost may
+        have inserted the job, and the next try recognises it by its ``_id``.
+
+        A job with a ``unique_key``, or a schedule's job with its
+        ``(schedule, fire_time)``, is guarded by a unique index, which
+        decides between concurrent enqueues and between the processes
+        firing one schedule. The job holding the key (unfinished, or
+        finished within its ``unique_until``) or the fire time is returned
+        and nothing is inserted. A key held by a finished job whose window
+        is over is released here, lazily, by the enqueue that needs it: no
+        sweeper, and no extra write on the completion path.
+
+        Raises:
+            InvalidJobError: another unique index (an app's) refused the job,
+                or its key stayed contended.
+        """
+        store = self._store
+        guarded = "unique_key" in doc or "schedule" in doc
+        tries = 0
+
+        def call() -> Optional[dict[str, Any]]:
+            nonlocal tries
+            for _ in range(_MAX_RELEASES):
+                tries += 1
+                try:
+                    store.collection.insert_one(doc)
+                except DuplicateKeyError as exc:
+                    dup_field = duplicate_field(exc)
+                    if dup_field != "_id" or tries == 1:  # else an earlier try that raised had inserted it
+                        holder = self._holder(doc, dup_field, exc, retried=tries > 1)
+                        if holder is None:
+                            continue  # the key was released: insert again
+                        return None if holder["_id"] == doc["_id"] else holder
+                if not guarded or self._indexes.protect_unique_insert(doc["_id"]):
+                    return None
+                # A duplicate in a collection re-created without the index was taken out: insert again, checked.
+            if "unique_key" in doc:
+                raise InvalidJobError(f"unique_key {doc['unique_key']!r} is contended; try again")
+            raise InvalidJobError(f"the fire time of schedule {doc.get('schedule')!r} is contended; try again")
+
+        return store.retry(call, "insert")
+
+    def _holder(
+        self, doc: Mapping[str, Any], dup_field: str, exc: DuplicateKeyError, *, retried: bool
+    ) -> Optional[dict[str, Any]]:
+        """The job holding ``doc``'s fire time or unique key after ``exc``; None if the key is free to take now.
+
+        Raises:
+            InvalidJobError: the index that refused ``doc`` is not one of the queue's.
+        """
+        store = self._store
+        rejected = InvalidJobError(f"job violates a unique index of {store.model.__name__}: {exc}")
+        if "schedule" in doc and (retried or dup_field in ("schedule", "?")):
+            # This fire time may already have its job: another process's, or this
+            # very one, inserted by an earlier try whose reply was lost.
+            fired = store.collection.find_one({"schedule": doc["schedule"], "fire_time": doc["fire_time"]})
+            if fired is not None:
+                return fired
+        if "unique_key" not in doc or dup_field not in ("unique_key", "?"):
+            raise rejected from exc
+        key = doc["unique_key"]
+        holder = store.collection.find_one({"unique_key": key})
+        if holder is None:
+            if dup_field == "?":  # the server did not say which index; not ours
+                raise rejected from exc
+            return None  # released in the meantime
+        until = holder.get("unique_until")
+        finished = holder.get("status") in FINISHED and (until is None or until <= store.now())
+        if holder["_id"] == doc["_id"] or not finished:
+            return holder
+        store.collection.update_one(
+            {"_id": holder["_id"], "unique_key": key, "status": holder["status"]},
+            {"$unset": {"unique_key": ""}},
+        )
+        return None
+
+    def insert_many(self, docs: Sequence[dict[str, Any]]) -> None:
+        """Insert job documents with preset ``_id`` values in one bulk write; a retry inserts only the missing ones.
+
+        The bulk path of plain jobs (``enqueue_many`` takes no unique key):
+        an ordered insert, so a job the server rejects leaves the batch's
+        earlier jobs in, and those are removed again.
+        """
+        if not docs:
+            return
+        store = self._store
+        tries = 0
+
+        def call() -> None:
+            nonlocal tries
+            tries += 1
+            todo = list(docs)
+            if tries > 1:
+                ids = [d["_id"] for d in docs]
+                present = {d["_id"] for d in store.collection.find({"_id": {"$in": ids}}, {"_id": 1})}
+                todo = [d for d in docs if d["_id"] not in present]
+                if not todo:
+                    return
+            try:
+                store.collection.insert_many(todo, ordered=True)
+            except BulkWriteError as exc:
+                if is_transient(exc):
+                    # Only write-concern errors: the jobs are in, the reply could not
+                    # confirm replication. Retry; the retry inserts only missing _ids.
+                    raise
+                raise self._undo_partial_insert(docs, exc) from exc
+
+        store.retry(call, "insert_many")
+
+    def _undo_partial_insert(self, docs: Sequence[dict[str, Any]], exc: BulkWriteError) -> InvalidJobError:
+        # An ordered insert stops at the first job the server rejects (e.g. an
+        # app's unique index); the ones before it are in. Remove those that no
+        # worker has touched yet, so a rejected batch leaves nothing behind.
+        errors = exc.details.get("writeErrors") or [{}]
+        first = errors[0]
+        bad_id = (first.get("op") or {}).get("_id")
+        position = next((i for i, d in enumerate(docs) if d["_id"] == bad_id), first.get("index", "?"))
+        ids = [d["_id"] for d in docs if d["_id"] != bad_id]
+        collection = self._store.collection
+        removed = collection.delete_many({"_id": {"$in": ids}, "status": PENDING, "attempts": 0}).deleted_count
+        kept = collection.count_documents({"_id": {"$in": ids}})
+        message = f"jobs[{position}] rejected by the server: {first.get('errmsg', exc)}; "
+        message += f"{removed} job(s) of the batch removed again"
+        if kept:
+            message += f", {kept} already claimed by a worker and left in place"
+        return InvalidJobError(message)

@@ -1,0 +1,119 @@
+"""A claim's lease: what fences every write about a claimed job, and the heartbeat that keeps it.
+
+A lease is a job's ``lease_token`` while it is ``processing``. Every write
+of the job's owner is filtered by :func:`fence`, so a worker that lost
+its lease (frozen, partitioned, rescued) can never overwrite the new
+owner's state; the heartbeat moves ``lease_expires_at`` forward under the
+same fence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bson import ObjectId
+from pymongo import UpdateOne
+
+from ..clock import after_ms
+from ..status import PROCESSING
+from .handle import JobStore
+
+__all__ = ["ClaimedJob", "Heartbeat", "Leases", "fence"]
+
+# Bound on the heartbeat's follow-up read (by _id, at most one document per running job).
+_HEARTBEAT_READ_MAX_TIME_MS = 5_000
+
+
+def fence(job_id: Any, token: Any) -> dict[str, Any]:
+    """The filter of every write about a claimed job: this job, under this lease, still running."""
+    return {"_id": job_id, "lease_token": token, "status": PROCESSING}
+
+
+@dataclass
+class ClaimedJob:
+    """A raw job document together with the lease that fences writes about it."""
+
+    doc: dict[str, Any]
+    token: str
+
+    @property
+    def id(self) -> ObjectId:
+        return self.doc["_id"]  # type: ignore[no-any-return]
+
+    @property
+    def fence(self) -> dict[str, Any]:
+        """The filter of every write about this run (see :func:`fence`)."""
+        return fence(self.id, self.token)
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """What one heartbeat found: leases that are gone, and jobs whose cancellation was requested."""
+
+    lost: set[ObjectId]
+    cancel_requested: set[ObjectId]
+    #: Ended by this worker's own outcome write while the beat was in flight: not lost.
+    finished: set[ObjectId] = field(default_factory=set)
+
+
+class Leases:
+    """Renews the leases of running jobs, carrying their buffered progress."""
+
+    def __init__(self, store: JobStore) -> None:
+        self._store = store
+
+    def renew_leases(self, leases: Mapping[ObjectId, str]) -> set[ObjectId]:
+        """Extend the lease of every job in ``leases``; return the ids whose lease is gone."""
+        return self.heartbeat(leases).lost
+
+    def heartbeat(
+        self, leases: Mapping[ObjectId, str], progress: Mapping[ObjectId, Mapping[str, Any]] | None = None
+    ) -> Heartbeat:
+        """Extend the leases in ``leases``, writing buffered ``progress``; report lost leases and cancel requests.
+
+        One bulk write when nothing is unusual. Each update also requires
+        ``cancel_requested`` to be unset, so a job whose cancellation was
+        requested fails to match: only then does the follow-up read run,
+        which tells a lost lease from a cancel request, and the requested
+        jobs' leases are renewed too (their handlers may still be running).
+        """
+        if not leases:
+            return Heartbeat(set(), set())
+        progress = progress or {}
+        store = self._store
+
+        def renew(ids: Iterable[ObjectId], *, skip_cancelled: bool) -> int:
+            now = store.now()
+            ops = []
+            for job_id in ids:
+                filt = fence(job_id, leases[job_id])
+                if skip_cancelled:
+                    filt["cancel_requested"] = {"$ne": True}
+                fields: dict[str, Any] = {"lease_expires_at": after_ms(now, store.config.lease_ms), "updated_at": now}
+                if job_id in progress:
+                    fields["progress"] = dict(progress[job_id])
+                ops.append(UpdateOne(filt, {"$set": fields}))
+            return store.collection.bulk_write(ops, ordered=False).matched_count
+
+        def call() -> Heartbeat:
+            if renew(leases, skip_cancelled=True) == len(leases):
+                return Heartbeat(set(), set())
+            docs = store.collection.find(
+                {"_id": {"$in": list(leases)}},
+                {"status": 1, "lease_token": 1, "cancel_requested": 1},
+                max_time_ms=_HEARTBEAT_READ_MAX_TIME_MS,
+            )
+            ours = {d["_id"]: d for d in docs if d.get("lease_token") == leases[d["_id"]]}
+            held = {job_id for job_id, d in ours.items() if d.get("status") == PROCESSING}
+            cancel = {job_id for job_id in held if ours[job_id].get("cancel_requested")}
+            if cancel:
+                renew(cancel, skip_cancelled=False)
+            # A job that still carries our token but left "processing" was
+            # ended by this worker's own outcome write, racing this beat: it
+            # is finished, not lost (a claim or a rescue replaces the token).
+            finished = set(ours) - held
+            return Heartbeat(set(leases) - set(ours), cancel, finished)
+
+        return store.retry(call, "renew_leases")

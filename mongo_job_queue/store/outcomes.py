@@ -1,0 +1,252 @@
+"""How a claimed job's attempt ends: every outcome write (fenced), lease recovery, and quarantine.
+
+Each write about a claimed job is filtered by its lease (:func:`.leases.fence`).
+A retried write that matches nothing checks whether its own earlier try,
+whose reply was lost, did the work: the token stays on the document until
+the next claim replaces it, so "our token and the target status" means it
+did. A rescue removes the token instead, so the old owner's late writes
+are reported as lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Optional
+
+from bson import ObjectId
+from pymongo import UpdateOne
+from pymongo.errors import BulkWriteError, DocumentTooLarge, OperationFailure
+
+from ..model import JobError, job_log_extra
+from ..status import CANCELLED, COMPLETED, FAILED, PENDING, PROCESSING
+from .faults import is_too_large, short_error
+from .handle import MAINTENANCE_MAX_TIME_MS, JobStore
+from .leases import ClaimedJob, fence
+from .marks import as_stored
+
+__all__ = ["Outcomes", "UnstorableResult", "completion_update"]
+
+
+@dataclass(frozen=True)
+class UnstorableResult:
+    """Stands for a handler result that cannot be stored; the completion records ``reason`` instead."""
+
+    reason: str
+
+
+def _ended(status: str, now: datetime) -> dict[str, Any]:
+    """The update that ends a run for good as ``status``; its lease expiry goes, its token stays (see the module)."""
+    return {"$set": {"status": status, "finished_at": now, "updated_at": now}, "$unset": {"lease_expires_at": ""}}
+
+
+def completion_update(now: datetime, result: Any) -> dict[str, Any]:
+    """The update that completes a run with the handler's ``result`` (None: no result field)."""
+    update = _ended(COMPLETED, now)
+    if isinstance(result, UnstorableResult):
+        update["$set"]["result_error"] = result.reason
+    elif result is not None:
+        update["$set"]["result"] = result
+    return update
+
+
+class Outcomes:
+    """Writes the outcome of each attempt: completed, failed, rescheduled, released, cancelled, recovered."""
+
+    def __init__(self, store: JobStore) -> None:
+        self._store = store
+
+    def complete(self, job: ClaimedJob, result: Any = None) -> bool:
+        """Mark a claimed job completed; False if the lease was lost first."""
+        now = self._store.now()
+        try:
+            return self._fenced(job, completion_update(now, result), COMPLETED, "complete")
+        except (DocumentTooLarge, OperationFailure) as exc:
+            # The handler did finish: a result too large for what is left of its
+            # document (a big payload enqueued under other limits) is recorded as
+            # dropped, in ``result_error``, and the job completes. Without this the
+            # refused write would leave the job ``processing`` and run it again.
+            if result is None or isinstance(result, UnstorableResult) or not is_too_large(exc):
+                raise
+            message = short_error(exc)
+            self._store.log.warning(
+                "completion of job %s refused as too large (%s); completing it without its result",
+                job.id,
+                message,
+                extra=job_log_extra(job.doc),
+            )
+            reason = f"not stored: the job document with it would exceed MongoDB's 16 MiB limit ({message})"
+            dropped = UnstorableResult(reason[: self._store.config.max_error_chars])
+            return self._fenced(job, completion_update(now, dropped), COMPLETED, "complete")
+
+    def complete_many(self, jobs: Sequence[tuple[ClaimedJob, Any]]) -> set[tuple[ObjectId, str]]:
+        """Mark many claimed jobs completed in one bulk write; return the runs ``(id, token)`` whose write landed.
+
+        Each update carries its own fence (``_id``, token, ``processing``), so
+        a lost lease fails only its own job. When fewer matched than sent, the
+        runs whose job is completed under their token (by this try or an
+        earlier one whose reply was lost) count as written; the others lost
+        their lease. Runs, not job ids: two runs of one job (a stale one and
+        a newer claim) can share a batch, and only the newer one's write lands.
+        """
+        if not jobs:
+            return set()
+        now = self._store.now()
+        ops = [UpdateOne(job.fence, completion_update(now, result)) for job, result in jobs]
+        runs = {(job.id, job.token) for job, _ in jobs}
+
+        def call() -> set[tuple[ObjectId, str]]:
+            try:
+                if self._store.collection.bulk_write(ops, ordered=False).matched_count == len(ops):
+                    return set(runs)
+            except BulkWriteError:
+                pass  # some writes were rejected; find out which below
+            ids = list({job_id for job_id, _ in runs})
+            return {
+                (d["_id"], str(d.get("lease_token")))
+                for d in self._store.collection.find({"_id": {"$in": ids}}, {"status": 1, "lease_token": 1})
+                if d.get("status") == COMPLETED
+            } & runs
+
+        return self._store.retry(call, "complete_many")
+
+    def reschedule(self, job: ClaimedJob, run_at: datetime, error: JobError) -> bool:
+        """Return a failed attempt to ``pending`` at ``run_at``; False if the lease is lost or a cancel requested."""
+        update = self._attempt_failed(PENDING, error, {"run_at": run_at, "updated_at": self._store.now()})
+        return self._fenced(job, update, PENDING, "reschedule", uncancelled=True)
+
+    def fail(self, job: ClaimedJob, error: JobError) -> bool:
+        """Fail a claimed job for good; False if the lease was lost or a cancel requested."""
+        now = self._store.now()
+        update = self._attempt_failed(FAILED, error, {"finished_at": now, "updated_at": now})
+        # Fenced on the cancel request too, like reschedule: a job whose
+        # cancellation was requested ends cancelled (the caller cancels it).
+        return self._fenced(job, update, FAILED, "fail", uncancelled=True)
+
+    def release(self, job: ClaimedJob) -> bool:
+        """Hand back a claimed job that never started: ``pending`` again, attempt not counted."""
+        update = {
+            "$set": {"status": PENDING, "updated_at": self._store.now()},
+            "$inc": {"attempts": -1},
+            "$unset": {"lease_expires_at": ""},
+        }
+        return self._fenced(job, update, PENDING, "release", uncancelled=True)
+
+    def cancel_claimed(self, job: ClaimedJob) -> bool:
+        """End a claimed job ``cancelled`` (fenced); False if the lease was lost."""
+        return self._fenced(job, _ended(CANCELLED, self._store.now()), CANCELLED, "cancel_claimed")
+
+    def write_progress(self, job: ClaimedJob, progress: Mapping[str, Any]) -> Optional[bool]:
+        """Store a running job's progress (fenced); None if the lease is gone, else whether a cancel was requested."""
+        update = {"$set": {"progress": dict(progress), "updated_at": self._store.now()}}
+        doc = self._store.retry(
+            lambda: self._store.collection.find_one_and_update(job.fence, update, projection={"cancel_requested": 1}),
+            "write_progress",
+        )
+        return None if doc is None else bool(doc.get("cancel_requested"))
+
+    def _attempt_failed(self, status: str, error: JobError, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """The update that ends an attempt with ``error``: recorded as the last one and in the bounded history."""
+        return {
+            "$set": {"status": status, **fields, "last_error": error.as_doc()},
+            "$unset": {"lease_expires_at": ""},
+            "$push": {"errors": {"$each": [error.as_doc()], "$slice": -self._store.config.max_error_history}},
+        }
+
+    def _fenced(
+        self, job: ClaimedJob, update: Mapping[str, Any], target: str, op: str, *, uncancelled: bool = False
+    ) -> bool:
+        filt = job.fence
+        if uncancelled:  # back to pending only if no cancel was requested; the caller then cancels
+            filt["cancel_requested"] = {"$ne": True}
+
+        def call() -> bool:
+            if self._store.collection.update_one(filt, update).matched_count:
+                return True
+            # Nothing matched: either the lease is gone, or an earlier try (ours
+            # or the driver's own retryable-write retry) applied the write and
+            # only its reply was lost. The token stays on the document until the
+            # next claim replaces it, so "our token and the target status"
+            # means the write was ours.
+            doc = self._store.collection.find_one({"_id": job.id}, {"status": 1, "lease_token": 1})
+            return doc is not None and doc.get("lease_token") == job.token and doc.get("status") == target
+
+        return self._store.retry(call, op)
+
+    # -- lease recovery -----------------------------------------------------
+
+    def expired_leases(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Processing jobs whose lease ran out (their worker crashed or froze)."""
+        query = {"status": PROCESSING, "lease_expires_at": {"$lt": self._store.now()}}
+        # Whole documents: there are few (only stranded jobs), and the sweep checks them for damage.
+        # The lease index answers it; the limit and maxTimeMS bound it, so a sweep never stalls its thread.
+        return self._store.retry(
+            lambda: list(
+                self._store.collection.find(query, limit=limit, max_time_ms=MAINTENANCE_MAX_TIME_MS).hint("mjq_lease")
+            ),
+            "expired_leases",
+        )
+
+    def recover(self, doc: Mapping[str, Any], error: JobError, give_up: bool) -> bool:
+        """Requeue (or fail, when attempts are spent) one job whose lease expired.
+
+        Fenced on the token *and* on the lease still being expired, so a
+        heartbeat that lands first wins and a live job is never taken. A job
+        whose cancellation was requested ends ``cancelled``; the fence makes
+        sure a request that arrives after the sweep's read is not lost.
+        """
+        now = self._store.now()
+        cancel = bool(doc.get("cancel_requested"))
+        filt = {
+            **fence(doc["_id"], doc.get("lease_token")),
+            "lease_expires_at": {"$lt": now},
+            "cancel_requested": True if cancel else {"$ne": True},
+        }
+        status = CANCELLED if cancel else FAILED if give_up else PENDING
+        give_up = give_up or cancel
+        # Unlike the owner's own writes, a rescue removes the token: the old
+        # owner's late writes then match nothing *and* fail the "was it my
+        # earlier try?" check in _fenced, so they are reported as lost.
+        update = self._attempt_failed(status, error, {"updated_at": now, "finished_at" if give_up else "run_at": now})
+        update["$unset"]["lease_token"] = ""
+        record = error.as_doc()
+        record["at"] = as_stored(error.at)
+
+        def call() -> bool:
+            if self._store.collection.update_one(filt, update).matched_count:
+                return True
+            # Nothing matched: renewed or recovered by someone else, or an earlier
+            # try of ours applied and only its reply was lost. Ours pushed this
+            # very record (the old token, our time) into the job's errors.
+            found = self._store.collection.find_one({"_id": doc["_id"]}, {"errors": 1})
+            return found is not None and any(e == record for e in found.get("errors") or [])
+
+        return self._store.retry(call, "recover")
+
+    def quarantine(self, job_id: Any, problems: Sequence[str], *, from_status: str, token: str | None = None) -> bool:
+        """Fail a malformed job document with the reasons, touching only fields that cannot be ill-typed.
+
+        ``$set`` alone, no ``$push``/``$inc``: those would fail on the very
+        fields that are broken. The claim path calls it for a document its
+        update cannot apply to, the hygiene sweep for one no claim can see.
+        """
+        now = self._store.now()
+        filt: dict[str, Any] = {"_id": job_id, "status": from_status}
+        if token is not None:
+            filt["lease_token"] = token
+        record = {
+            "type": "mongo_job_queue.errors.MalformedJob",
+            "message": "; ".join(problems),
+            "traceback": "",
+            "attempt": None,
+            "at": now,
+            "lease_token": token,
+        }
+        update = {
+            "$set": {"status": FAILED, "finished_at": now, "updated_at": now, "last_error": record},
+            "$unset": {"lease_expires_at": ""},
+        }
+        return self._store.retry(
+            lambda: self._store.collection.update_one(filt, update).matched_count == 1, "quarantine"
+        )
