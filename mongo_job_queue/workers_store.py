@@ -12,7 +12,6 @@ decides what to write and when, the admin UI and the CLI read :meth:`WorkerDocs.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,6 +21,7 @@ import pymongo
 from pymongo.collection import Collection
 
 from .config import QueueConfig
+from .index_once import IndexOnce
 
 __all__ = ["REGISTRY_TTL_S", "WorkerDocs", "WorkerInfo"]
 
@@ -34,8 +34,7 @@ _LIST_LIMIT = 500
 #: The TTL index on ``last_seen``, which also serves the listing's sort.
 SEEN_INDEX = "mjq_workers_seen"
 
-_ensured: set[tuple[str, str]] = set()
-_ensured_lock = threading.Lock()
+_indexes = IndexOnce()
 
 
 class StoreLike(Protocol):
@@ -80,18 +79,8 @@ class WorkerDocs:
         jobs = self.store.collection
         return jobs.database.get_collection(f"{jobs.name}_workers", codec_options=jobs.codec_options)
 
-    def ensure_indexes(self) -> None:
-        """The TTL index on ``last_seen``, once per collection and process."""
-        workers = self.collection
-        key = (workers.database.name, workers.name)
-        if key in _ensured:
-            return
-        self.store._retry(
-            lambda: workers.create_index([("last_seen", -1)], name=SEEN_INDEX, expireAfterSeconds=REGISTRY_TTL_S),
-            "workers_index",
-        )
-        with _ensured_lock:
-            _ensured.add(key)
+    def _create_index(self) -> None:
+        self.collection.create_index([("last_seen", -1)], name=SEEN_INDEX, expireAfterSeconds=REGISTRY_TTL_S)
 
     def beat(self, doc_id: str, fields: Mapping[str, Any], started_at: datetime) -> None:
         """Upsert this worker's document: its description, ``last_seen`` now, not stopped.
@@ -99,14 +88,17 @@ class WorkerDocs:
         An upsert by ``_id`` that sets absolute values: a retried try after a
         lost reply writes the same document again.
         """
-        self.ensure_indexes()
         now = self.store.now()
         update = {
             "$set": {**fields, "last_seen": now},
             "$setOnInsert": {"started_at": started_at},
             "$unset": {"stopped_at": ""},
         }
-        self.store._retry(lambda: self.collection.update_one({"_id": doc_id}, update, upsert=True), "worker_beat")
+        def call() -> None:
+            _indexes.ensure(self.collection, self._create_index)
+            self.collection.update_one({"_id": doc_id}, update, upsert=True)
+
+        self.store._retry(call, "worker_beat")
 
     def stopped(self, doc_id: str) -> None:
         """Mark this worker stopped (a clean stop); a crashed one is told apart by its old ``last_seen``."""
@@ -121,16 +113,18 @@ class WorkerDocs:
         three heartbeat intervals, and at least the lease: by then its jobs'
         leases have expired too).
         """
-        self.ensure_indexes()
         config = self.store.config
         bound = stale_after or timedelta(milliseconds=max(3 * config.heartbeat_interval_ms, config.lease_ms))
         limit = max(1, min(int(limit), _LIST_LIMIT))
 
-        def call() -> list[dict[str, Any]]:
+        def query() -> list[dict[str, Any]]:
             cursor = self.collection.find(
                 {}, sort=[("last_seen", pymongo.DESCENDING)], limit=limit, max_time_ms=_MAX_TIME_MS
             ).hint(SEEN_INDEX)
             return list(cursor)
+
+        def call() -> list[dict[str, Any]]:
+            return _indexes.hinted(self.collection, self._create_index, query)
 
         docs = self.store._retry(call, "workers_list")
         now = self.store.now()

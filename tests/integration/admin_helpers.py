@@ -19,10 +19,11 @@ def role_from_header(environ: Any) -> Optional[str]:
 class AdminClient:
     """One browser: its cookie jar, and the token of the last page it read."""
 
-    def __init__(self, app: Any, role: Optional[str], prefix: str = "") -> None:
+    def __init__(self, app: Any, role: Optional[str], prefix: str = "", home: str = "/jobs/jobs") -> None:
         self.client = Client(app)
         self.role = role
         self.prefix = prefix
+        self.home = home
         self.token: Optional[str] = None
 
     def headers(self, **extra: str) -> dict[str, str]:
@@ -42,7 +43,7 @@ class AdminClient:
     ) -> TestResponse:
         if token is True:
             if self.token is None:
-                self.get("/")
+                self.get(self.home)
             token = self.token
         form = list(data.items()) if isinstance(data, dict) else list(data or [])
         if token:

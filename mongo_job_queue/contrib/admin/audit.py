@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any, Optional
 
 from bson import ObjectId
 from pymongo.errors import DuplicateKeyError
+
+from ...index_once import IndexOnce
 
 __all__ = ["AuditLog"]
 
 _MAX_TIME_MS = 5_000
 #: Audit records are removed after this long (a TTL index on ``at``).
 AUDIT_TTL_S = 400 * 24 * 3600
-_ensured: set[tuple[str, str]] = set()
-_lock = threading.Lock()
+_indexes = IndexOnce()
 
 
 class AuditLog:
@@ -28,23 +28,13 @@ class AuditLog:
         jobs = self.store.collection
         return jobs.database.get_collection(f"{jobs.name}_audit", codec_options=jobs.codec_options)
 
-    def _ensure_index(self) -> None:
-        audit = self.collection
-        key = (audit.database.name, audit.name)
-        if key in _ensured:
-            return
-        self.store._retry(
-            lambda: audit.create_index([("at", -1)], name="mjq_audit_at", expireAfterSeconds=AUDIT_TTL_S),
-            "audit_index",
-        )
-        with _lock:
-            _ensured.add(key)
+    def _create_index(self) -> None:
+        self.collection.create_index([("at", -1)], name="mjq_audit_at", expireAfterSeconds=AUDIT_TTL_S)
 
     def record(
         self, *, who: str, role: str, action: str, target: str, count: int, detail: Optional[str] = None
     ) -> ObjectId:
         """Insert one record; a retried try that finds its own ``_id`` already stored is done."""
-        self._ensure_index()
         doc = {
             "_id": ObjectId(),
             "at": self.store.now(),
@@ -58,6 +48,7 @@ class AuditLog:
             doc["detail"] = detail[:2000]
 
         def call() -> None:
+            _indexes.ensure(self.collection, self._create_index)
             try:
                 self.collection.insert_one(dict(doc))
             except DuplicateKeyError:
@@ -68,11 +59,13 @@ class AuditLog:
 
     def page(self, limit: int, before: Optional[ObjectId] = None) -> list[dict[str, Any]]:
         """Newest first, older than ``before``, on the ``_id`` index."""
-        self._ensure_index()
         query: dict[str, Any] = {"_id": {"$lt": before}} if before is not None else {}
 
-        def call() -> list[dict[str, Any]]:
+        def find() -> list[dict[str, Any]]:
             cursor = self.collection.find(query, sort=[("_id", -1)], limit=limit, max_time_ms=_MAX_TIME_MS).hint("_id_")
             return list(cursor)
+
+        def call() -> list[dict[str, Any]]:
+            return _indexes.hinted(self.collection, self._create_index, find)
 
         return list(self.store._retry(call, "audit_page"))

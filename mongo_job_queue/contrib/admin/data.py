@@ -12,7 +12,6 @@ The indexes it needs beyond the model's are declared here
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -21,6 +20,7 @@ from typing import Any, Optional, Union
 from bson import ObjectId
 from pymongo.errors import ExecutionTimeout
 
+from ...index_once import IndexOnce
 from ...status import CANCELLED, COMPLETED, FAILED, PENDING
 from .filters import MAX_BULK, JobFilter
 
@@ -44,8 +44,7 @@ DELETABLE = (PENDING, COMPLETED, FAILED, CANCELLED)
 
 Hint = Union[str, list[tuple[str, int]]]
 
-_ensured: set[tuple[str, str]] = set()
-_lock = threading.Lock()
+_indexes = IndexOnce()
 
 
 class TooSlow(Exception):
@@ -79,40 +78,28 @@ class AdminJobs:
                     f"filter field {name!r} is not the first key of an index of {self.model.__name__}: declare one"
                 )
 
-    def ensure_indexes(self) -> None:
-        """Create :data:`ADMIN_INDEXES` once per collection and process; find the app fields' indexes."""
+    def _create_indexes(self) -> None:
+        """:data:`ADMIN_INDEXES`, and the key of each app filter field's index (hinted by its key)."""
         jobs = self.store.collection
-        key = (jobs.database.name, jobs.name)
-        if key in _ensured and len(self._field_hints) == len(self.app_fields):
-            return
-
-        def call() -> dict[str, Any]:
-            for name, keys in ADMIN_INDEXES.items():
-                jobs.create_index(keys, name=name)
-            return dict(jobs.index_information())
-
-        indexes = self.store._retry(call, "admin_indexes")
+        for name, keys in ADMIN_INDEXES.items():
+            jobs.create_index(keys, name=name)
+        indexes = jobs.index_information()
         for name in self.app_fields:
             found = [ix["key"] for ix in indexes.values() if ix["key"] and ix["key"][0][0] == name]
-            if not found:
-                raise ValueError(f"filter field {name!r} has no index that starts with it: declare one in the model")
-            self._field_hints[name] = [(k, int(d)) for k, d in found[0]]
-        with _lock:
-            _ensured.add(key)
+            if found:
+                self._field_hints[name] = [(k, int(d)) for k, d in found[0]]
 
     def _hint(self, filt: JobFilter) -> Hint:
         if filt.unique_key is not None:
             return "mjq_unique"
-        if filt.fields:
+        if filt.fields and filt.fields[0][0] in self._field_hints:
             return self._field_hints[filt.fields[0][0]]
         return "mjq_admin_list"
 
     def _read(self, fn: Any, op: str) -> Any:
-        self.ensure_indexes()
-
         def call() -> Any:
             try:
-                return fn()
+                return _indexes.hinted(self.store.collection, self._create_indexes, fn)
             except ExecutionTimeout as exc:  # not retried: the same query would run out of time again
                 raise TooSlow(f"{op} took longer than {READ_MAX_TIME_MS} ms: narrow the filter") from exc
 
@@ -132,12 +119,11 @@ class AdminJobs:
             query["_id"] = ids
         direction = 1 if after is not None else -1
         projection = dict.fromkeys(LIST_FIELDS, 1)
-        hint = self._hint(filt)
 
         def call() -> list[dict[str, Any]]:
             cursor = self.store.collection.find(
                 query, projection, sort=[("_id", direction)], limit=limit + 1, max_time_ms=READ_MAX_TIME_MS
-            ).hint(hint)
+            ).hint(self._hint(filt))
             return list(cursor)
 
         docs = self._read(call, "admin_list")
@@ -151,11 +137,11 @@ class AdminJobs:
 
     def count(self, filt: JobFilter, cap: int = MAX_BULK) -> int:
         """Jobs matching ``filt``, counted up to ``cap + 1`` (more than ``cap`` is refused by bulk actions)."""
-        query, hint = filt.query(), self._hint(filt)
+        query = filt.query()
         return int(
             self._read(
                 lambda: self.store.collection.count_documents(
-                    query, hint=hint, limit=cap + 1, maxTimeMS=READ_MAX_TIME_MS
+                    query, hint=self._hint(filt), limit=cap + 1, maxTimeMS=READ_MAX_TIME_MS
                 ),
                 "admin_count",
             )
@@ -163,12 +149,12 @@ class AdminJobs:
 
     def matching_ids(self, filt: JobFilter, cap: int = MAX_BULK) -> list[ObjectId]:
         """The ids of the jobs matching ``filt`` now, newest first, at most ``cap``."""
-        query, hint = filt.query(), self._hint(filt)
+        query = filt.query()
 
         def call() -> list[ObjectId]:
             cursor = self.store.collection.find(
                 query, {"_id": 1}, sort=[("_id", -1)], limit=cap, max_time_ms=READ_MAX_TIME_MS
-            ).hint(hint)
+            ).hint(self._hint(filt))
             return [doc["_id"] for doc in cursor]
 
         return list(self._read(call, "admin_ids"))

@@ -37,11 +37,13 @@ class FilterError(ValueError):
 
 def clamp_int(value: Optional[str], default: int, low: int, high: int) -> int:
     """``value`` as an int within ``[low, high]``; ``default`` when absent or not a number."""
-    try:
-        number = int(value) if value is not None and len(value) <= 12 else default
-    except ValueError:
-        number = default
-    return max(low, min(high, number))
+    text = (value or "").strip()
+    digits = text[1:] if text[:1] in "+-" else text
+    if not digits.isdigit():
+        return default
+    if len(digits) > 12:  # no int() of a huge string: past the bounds either way
+        return low if text.startswith("-") else high
+    return max(low, min(high, int(text)))
 
 
 def _text(args: Mapping[str, str], key: str, limit: int = _MAX_VALUE) -> Optional[str]:
