@@ -123,7 +123,7 @@ def security_headers(nonce: str) -> list[tuple[str, str]]:
     return [
         ("Content-Security-Policy", csp),
         ("X-Frame-Options", "DENY"),
-        ("Referrer-Policy", "no-referrer"),
+        ("Referrer-Policy", "same-origin"),
         ("X-Content-Type-Options", "nosniff"),
         ("Cache-Control", "no-store"),
         ("Cross-Origin-Opener-Policy", "same-origin"),
