@@ -94,6 +94,7 @@ class WorkerDocs:
             "$setOnInsert": {"started_at": started_at},
             "$unset": {"stopped_at": ""},
         }
+
         def call() -> None:
             _indexes.ensure(self.collection, self._create_index)
             self.collection.update_one({"_id": doc_id}, update, upsert=True)

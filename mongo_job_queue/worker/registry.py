@@ -74,5 +74,5 @@ class WorkerPresence:
         self._started_at = None
         try:
             self.docs.stopped(self.doc_id)
-        except Exception:  # noqa: BLE001 - logged; readers see it gone once it stops beating
+        except Exception:
             log.warning("worker %s: could not mark it stopped in the registry", self.owner.worker_id, exc_info=True)

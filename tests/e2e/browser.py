@@ -1,4 +1,4 @@
-"""A headless Chromium from Debian's packages, driven by Playwright's Python package; skipped (with the reason) without one.
+"""A headless Chromium from Debian's packages, driven by Playwright's Python package; skipped (saying why) without.
 
 Nothing here downloads a browser: ``.ci/browser.sh`` installs ``chromium``
 with apt-get (tox runs it first), and Playwright is pointed at it.
@@ -25,7 +25,9 @@ def chromium() -> Iterator[Any]:
     except ImportError:
         pytest.skip("the admin UI browser tests need Playwright's Python package: pip install playwright")
     if not os.path.exists(CHROMIUM):
-        pytest.skip(f"no chromium at {CHROMIUM}: run .ci/browser.sh (apt-get install chromium) to run the browser tests")
+        pytest.skip(
+            f"no chromium at {CHROMIUM}: run .ci/browser.sh (apt-get install chromium) to run the browser tests"
+        )
     args = ["--no-sandbox"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)

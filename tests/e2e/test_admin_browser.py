@@ -74,9 +74,11 @@ def test_a_viewer_sees_the_dashboard_and_cannot_retry(chromium, admin, queue, jo
     assert page.locator("#job-status").inner_text() == "failed"
     assert page.locator("#action-retry").count() == 0
     # Even a hand-made POST with this browser's own token and cookie is refused for a viewer.
-    token = page.locator('input[name="csrf_token"]').first.get_attribute("value") if page.locator(
-        'input[name="csrf_token"]'
-    ).count() else ""
+    token = (
+        page.locator('input[name="csrf_token"]').first.get_attribute("value")
+        if page.locator('input[name="csrf_token"]').count()
+        else ""
+    )
     refused = page.request.post(
         f"{admin.url}/jobs/jobs/{job.id}/retry",
         form={"csrf_token": token or ""},
@@ -122,7 +124,9 @@ def test_a_hostile_payload_renders_inert_under_the_csp(chromium, admin, queue) -
     assert violations == []  # the page's own scripts all run under the nonce
 
 
-def test_a_cross_site_form_post_from_another_loopback_origin_is_refused(chromium, admin, queue, local_server, job_model) -> None:
+def test_a_cross_site_form_post_from_another_loopback_origin_is_refused(
+    chromium, admin, queue, local_server, job_model
+) -> None:
     job = failed_job(queue)
     page = page_as(chromium, "admin")
     page.goto(f"{admin.url}/jobs/jobs/{job.id}")
@@ -146,7 +150,9 @@ def test_a_cross_site_form_post_from_another_loopback_origin_is_refused(chromium
     assert job_model.objects.get(id=job.id).status == "failed"
 
 
-def test_bulk_cancel_of_a_filter_shows_the_count_asks_and_cancels_exactly_those(chromium, admin, queue, job_model) -> None:
+def test_bulk_cancel_of_a_filter_shows_the_count_asks_and_cancels_exactly_those(
+    chromium, admin, queue, job_model
+) -> None:
     queue.enqueue_many([{"job_type": "ok", "queue": "bulk", "delay_ms": 600_000, "data": {"n": n}} for n in range(200)])
     others = [queue.enqueue("ok", {}, queue="other", delay_ms=600_000) for _ in range(5)]
     page = page_as(chromium, "admin")

@@ -49,4 +49,6 @@ class AdminClient:
         if token:
             form.append(("csrf_token", token))
         default = {"Origin": "http://localhost", "Sec-Fetch-Site": "same-origin"}
-        return self.client.post(self.prefix + path, data=MultiDict(form), headers=self.headers(**{**default, **(headers or {})}))
+        return self.client.post(
+            self.prefix + path, data=MultiDict(form), headers=self.headers(**{**default, **(headers or {})})
+        )

@@ -8,8 +8,8 @@ from datetime import timedelta
 
 import pytest
 from helpers import wait_until
-from integration.admin_helpers import AdminClient, role_from_header
 
+from integration.admin_helpers import AdminClient, role_from_header
 from mongo_job_queue import ConfigError, FailJob
 from mongo_job_queue.contrib.admin import ACTIONS, ROLES, allowed, create_admin_app
 from mongo_job_queue.contrib.admin.filters import MAX_BULK
@@ -33,7 +33,9 @@ def queue(make_queue):
 
 @pytest.fixture
 def app(queue):
-    return create_admin_app(queue, authorize=role_from_header, identify=lambda environ: f"user-{environ['HTTP_X_ROLE']}")
+    return create_admin_app(
+        queue, authorize=role_from_header, identify=lambda environ: f"user-{environ['HTTP_X_ROLE']}"
+    )
 
 
 def failed_job(queue, **fields):
@@ -203,7 +205,9 @@ def test_the_dashboard_shows_counts_oldest_age_throughput_workers_and_pauses(app
     queue.pause(job_types=["boom"])
     queue.start_polling()
     client = AdminClient(app, "viewer")
-    page = wait_until(lambda: (html := client.get("/jobs/").get_data(as_text=True)) and 'class="worker live"' in html and html)
+    page = wait_until(
+        lambda: (html := client.get("/jobs/").get_data(as_text=True)) and 'class="worker live"' in html and html
+    )
     default = re.search(r'<tr data-queue="default">(.*?)</tr>', page, re.S).group(1)
     assert re.search(r'data-status="completed"><a [^>]*>(\d+)<', default).group(1) in ("2", "3")
     assert re.search(r'data-status="failed"><a [^>]*>(\d+)<', default).group(1) == "1"
@@ -263,7 +267,8 @@ def test_the_time_range_filters_on_creation_and_is_clamped(app, queue) -> None:
     job = queue.enqueue("ok", {})
     client = AdminClient(app, "viewer")
     created = job.created_at.replace(second=0, microsecond=0)
-    inside = f"created_from={(created - timedelta(minutes=1)).isoformat()}&created_to={(created + timedelta(minutes=2)).isoformat()}"
+    start, end = (created - timedelta(minutes=1)).isoformat(), (created + timedelta(minutes=2)).isoformat()
+    inside = f"created_from={start}&created_to={end}"
     assert ids_on(client.get(f"/jobs/jobs?{inside}").get_data(as_text=True)) == [str(job.id)]
     before = f"created_to={(created - timedelta(minutes=1)).isoformat()}"
     assert ids_on(client.get(f"/jobs/jobs?{before}").get_data(as_text=True)) == []

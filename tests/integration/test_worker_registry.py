@@ -1,4 +1,4 @@
-"""The worker registry over the wire server: live workers are listed, a stopped one is marked, a killed one goes stale."""
+"""The worker registry over the wire server: live workers listed, a stopped one marked, a killed one gone stale."""
 
 from __future__ import annotations
 

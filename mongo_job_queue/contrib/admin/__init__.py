@@ -74,7 +74,8 @@ def create_admin_app(
     elif isinstance(queue_or_queues, (list, tuple)):
         queues = {q.job_model._get_collection_name(): q for q in queue_or_queues}
     else:
-        queues = {queue_or_queues.job_model._get_collection_name(): queue_or_queues}
+        single: Any = queue_or_queues
+        queues = {single.job_model._get_collection_name(): single}
     if not queues:
         raise ConfigError("create_admin_app() needs at least one queue")
     key = secret_key.encode() if isinstance(secret_key, str) else secret_key

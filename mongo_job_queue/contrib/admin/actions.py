@@ -7,7 +7,7 @@ redirects (303) to a page computed here, never to a URL from the request.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from bson import ObjectId
@@ -131,4 +131,9 @@ def fire(app: AdminApp, ctx: Ctx, name: str) -> Response:
     return redirect(app.url(ctx, "schedules", [("done", "fire"), ("job", str(job.id))]), 303)
 
 
-ACTIONS_VIEWS = {"job_action": job_action, "bulk": bulk, "pause": pause, "fire": fire}
+ACTIONS_VIEWS: dict[str, Callable[..., Response]] = {
+    "job_action": job_action,
+    "bulk": bulk,
+    "pause": pause,
+    "fire": fire,
+}

@@ -92,7 +92,9 @@ class AdminApp:
         title: str = "Job queue",
     ) -> None:
         self.handles = {
-            name: QueueHandle(name, q, AdminJobs(q.store, q.job_model, filter_fields), AuditLog(q.store), WorkerDocs(q.store))
+            name: QueueHandle(
+                name, q, AdminJobs(q.store, q.job_model, filter_fields), AuditLog(q.store), WorkerDocs(q.store)
+            )
             for name, q in queues.items()
         }
         self.authorize = authorize
@@ -110,7 +112,7 @@ class AdminApp:
         from . import actions, views  # the views import this module's Ctx
 
         self.views: dict[str, Callable[..., Response]] = {**views.VIEWS, **actions.ACTIONS_VIEWS}
-        self.env.globals.update(age=views.age, statuses=views.ALL_STATUSES)
+        self.env.globals.update(age=views.age)
         self.url_map = Map(
             [
                 Rule("/", endpoint="index"),
@@ -173,6 +175,7 @@ class AdminApp:
                 return self._error(403, f"Refused: {refused}.", nonce)
         elif request.method not in ("GET", "HEAD"):
             return self._error(405, "Method not allowed.", nonce)
+        values = dict(values)
         if "q" in values:
             ctx.handle = self.handles.get(values.pop("q"))
             if ctx.handle is None:
@@ -229,7 +232,7 @@ class AdminApp:
     def static(self, name: str) -> Response:
         if name not in STATIC_FILES:
             raise NotFound()
-        body = resources.files("mongo_job_queue.contrib.admin").joinpath("static", name).read_bytes()
+        body = (resources.files("mongo_job_queue.contrib.admin") / "static" / name).read_bytes()
         kind = mimetypes.guess_type(name)[0] or "text/plain"
         response = Response(body, mimetype=kind)
         response.headers["Cache-Control"] = "private, max-age=3600"

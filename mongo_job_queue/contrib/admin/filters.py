@@ -107,14 +107,8 @@ class JobFilter:
     def query(self) -> dict[str, Any]:
         """The MongoDB filter: a status ``$in`` first (the list index's prefix), then equalities."""
         query: dict[str, Any] = {"status": {"$in": list(self.statuses or ALL_STATUSES)}}
-        for key, value in (
-            ("queue", self.queue),
-            ("type", self.job_type),
-            ("unique_key", self.unique_key),
-            ("last_error.type", self.error_type),
-        ):
-            if value is not None:
-                query[key] = value
+        for _, stored, value in self._equalities():
+            query[stored] = value
         for name, value in self.fields:
             query[name] = value
         ids: dict[str, Any] = {}
@@ -126,21 +120,20 @@ class JobFilter:
             query["_id"] = ids
         return query
 
-    @property
-    def empty(self) -> bool:
-        return self == JobFilter()
+    def _equalities(self) -> list[tuple[str, str, str]]:
+        """``(parameter, stored field, value)`` of each equality filter given."""
+        given = (
+            ("queue", "queue", self.queue),
+            ("type", "type", self.job_type),
+            ("unique_key", "unique_key", self.unique_key),
+            ("error_type", "last_error.type", self.error_type),
+        )
+        return [(param, stored, value) for param, stored, value in given if value is not None]
 
     def params(self) -> list[tuple[str, str]]:
         """The filter as query parameters, for links and the hidden fields of forms."""
         out = [("status", s) for s in self.statuses]
-        for key, value in (
-            ("queue", self.queue),
-            ("type", self.job_type),
-            ("unique_key", self.unique_key),
-            ("error_type", self.error_type),
-        ):
-            if value is not None:
-                out.append((key, value))
+        out += [(param, value) for param, _, value in self._equalities()]
         for key, when in (("created_from", self.created_from), ("created_to", self.created_to)):
             if when is not None:
                 out.append((key, when.isoformat(timespec="minutes")))

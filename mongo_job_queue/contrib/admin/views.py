@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Optional
 
@@ -150,7 +151,7 @@ def age(now: datetime, then: Optional[datetime]) -> str:
     return f"in {amount}" if ahead else f"{amount} ago"
 
 
-VIEWS = {
+VIEWS: dict[str, Callable[..., Response]] = {
     "index": index,
     "static": static,
     "dashboard": dashboard,
