@@ -91,5 +91,6 @@ def mount_admin(app: Flask) -> None:
     def identify(environ: Any) -> str:
         return request.authorization.username if request.authorization else "unknown"
 
-    admin = create_admin_app(jobs.queue, authorize=authorize, identify=identify, filter_fields=["organization"])
+    queue = jobs.get_queue(app)
+    admin = create_admin_app(queue, authorize=authorize, identify=identify, filter_fields=["organization"])
     app.register_blueprint(admin_blueprint(admin), url_prefix="/admin/jobs")

@@ -16,10 +16,6 @@ from integration.admin_helpers import role_from_header
 from mongo_job_queue import FailJob
 from mongo_job_queue.contrib.admin import create_admin_app
 
-from .browser import chromium, local_server
-
-__all__ = ["chromium", "local_server"]
-
 pytestmark = pytest.mark.integration
 
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "_static"

@@ -11,6 +11,7 @@ from helpers import wait_until
 
 from integration.admin_helpers import AdminClient, role_from_header
 from mongo_job_queue import ConfigError, FailJob
+from mongo_job_queue.clock import to_naive_utc
 from mongo_job_queue.contrib.admin import ACTIONS, ROLES, allowed, create_admin_app
 from mongo_job_queue.contrib.admin.filters import MAX_BULK
 
@@ -341,7 +342,7 @@ def test_single_job_actions_follow_the_job_state(app, queue, job_model) -> None:
     assert job_model.objects.get(id=failed.id).status == "pending"
     later = queue.enqueue("ok", {}, delay_ms=600_000)
     assert client.post(f"/jobs/jobs/{later.id}/run_now").status_code == 303
-    assert job_model.objects.get(id=later.id).run_at <= queue.store.now()
+    assert to_naive_utc(job_model.objects.get(id=later.id).run_at) <= queue.store.now()
     assert queue.run_once() is not None
     pending = queue.enqueue("ok", {}, delay_ms=600_000)
     client.post(f"/jobs/jobs/{pending.id}/cancel")

@@ -1,4 +1,4 @@
-"""A headless Chromium from Debian's packages, driven by Playwright's Python package; skipped (saying why) without.
+"""The admin UI browser tests' fixtures: Debian's headless Chromium driven by Playwright, or a skip saying why.
 
 Nothing here downloads a browser: ``.ci/browser.sh`` installs ``chromium``
 with apt-get (tox runs it first), and Playwright is pointed at it.
