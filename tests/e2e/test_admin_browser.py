@@ -162,3 +162,27 @@ def test_bulk_cancel_of_a_filter_shows_the_count_asks_and_cancels_exactly_those(
     assert {job_model.objects.get(id=j.id).status for j in others} == {"pending"}
     page.goto(f"{admin.url}/jobs/audit")
     assert "filter: status=pending, queue=bulk" in page.locator(".audit-record").first.inner_text()
+
+
+def test_the_live_refresh_pauses_while_the_tab_is_hidden(chromium, admin, queue) -> None:
+    page = page_as(chromium, "viewer")
+    page.goto(f"{admin.url}/jobs/")
+    assert page.evaluate("window.mjqRefresh.running()")
+    fragments: list[str] = []
+    page.on("request", lambda request: fragments.append(request.url) if "fragment=live" in request.url else None)
+    page.wait_for_timeout(2500)
+    assert fragments  # refreshed every 2 s while visible
+    page.evaluate(
+        "Object.defineProperty(document, 'visibilityState', {value: 'hidden', configurable: true});"
+        "document.dispatchEvent(new Event('visibilitychange'))"
+    )
+    assert not page.evaluate("window.mjqRefresh.running()")
+    seen = len(fragments)
+    page.wait_for_timeout(2500)
+    assert len(fragments) == seen  # nothing while hidden
+    page.evaluate(
+        "Object.defineProperty(document, 'visibilityState', {value: 'visible', configurable: true});"
+        "document.dispatchEvent(new Event('visibilitychange'))"
+    )
+    page.wait_for_timeout(500)
+    assert page.evaluate("window.mjqRefresh.running()") and len(fragments) > seen
