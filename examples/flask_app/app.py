@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 from typing import Any, Optional
@@ -69,4 +70,27 @@ def create_app(settings: Optional[dict[str, Any]] = None) -> Flask:
             worker_pid=job.lease_owner.pid if job.lease_owner else None,
         )
 
+    mount_admin(app)
     return app
+
+
+def mount_admin(app: Flask) -> None:
+    """The admin UI at /admin/jobs, for HTTP Basic users viewer, operator and admin (when a password is set)."""
+    password = os.environ.get("EXAMPLE_ADMIN_PASSWORD")
+    if not password:
+        return  # deny by default: no password, no admin UI
+    from mongo_job_queue.contrib.admin import create_admin_app
+    from mongo_job_queue.contrib.admin.flask import admin_blueprint
+
+    def authorize(environ: Any) -> Optional[str]:
+        auth = request.authorization  # Flask's request context: the blueprint runs the UI inside it
+        if auth is None or auth.username not in ("viewer", "operator", "admin"):
+            return None
+        return auth.username if hmac.compare_digest(auth.password or "", password) else None
+
+    def identify(environ: Any) -> str:
+        return request.authorization.username if request.authorization else "unknown"
+
+    queue = jobs.get_queue(app)
+    admin = create_admin_app(queue, authorize=authorize, identify=identify, filter_fields=["organization"])
+    app.register_blueprint(admin_blueprint(admin), url_prefix="/admin/jobs")

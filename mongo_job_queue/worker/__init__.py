@@ -53,6 +53,7 @@ from .inflight import InflightTable
 from .leases import LeaseKeeper
 from .maintenance import Hygiene, MaintenanceLoop, Quarantiner, Rescuer, Service
 from .poller import Poller
+from .registry import WorkerPresence
 from .shutdown import ShutdownRequeue
 from .timeouts import deadline_after, join, remaining
 from .wakeup import ChangeStreamWaker
@@ -142,6 +143,7 @@ class Worker:
         self.rescuer = Rescuer(self.store, self.config, self.registry, self.hooks, self.quarantiner, self._logger)
         self.shutdown = ShutdownRequeue(self.executor, self.table, self.owner.worker_id)
         self.hygiene = Hygiene(self.store, self.quarantiner)
+        self.presence = WorkerPresence(self.store, self.config, self.owner, self.table, self.registry)
 
     @property
     def registry(self) -> HandlerRegistry:
@@ -227,6 +229,7 @@ class Worker:
         services = [
             Service("lease recovery sweep", self.config.sweep_interval_ms / 1000, self.rescuer.run_once),
             Service("malformed-job sweep", self.config.hygiene_interval_ms / 1000, self.hygiene.run_once),
+            Service("worker registry", self.presence.interval_s, self.presence.run_once),
         ]
         loop = MaintenanceLoop(services, self.store.now, self._logger)
         self._maintenance_thread = threading.Thread(
@@ -329,6 +332,7 @@ class Worker:
                 completer.close(max(1.0, remaining(deadline)))
             self.keeper.release()
             self._join_services(deadline, finished, force)
+            self.presence.stopped()
             self.hooks.emit("on_worker_stop")
             running = self.table.running()
             if finished:

@@ -10,7 +10,8 @@ import pytest
 CODE = """
 import sys
 import mongo_job_queue, mongo_job_queue.cli, mongo_job_queue.testing, mongo_job_queue.contrib
-frameworks = sorted(m for m in sys.modules if m.split(".")[0] in ("flask", "django", "click", "werkzeug"))
+web = ("flask", "django", "click", "werkzeug", "jinja2", "itsdangerous")
+frameworks = sorted(m for m in sys.modules if m.split(".")[0] in web)
 print(",".join(frameworks))
 """
 
@@ -45,7 +46,12 @@ else:
 
 @pytest.mark.parametrize(
     ("module", "package", "extra"),
-    [("prometheus", "prometheus_client", "prometheus"), ("otel", "opentelemetry", "otel")],
+    [
+        ("prometheus", "prometheus_client", "prometheus"),
+        ("otel", "opentelemetry", "otel"),
+        ("admin", "jinja2", "admin"),
+        ("admin", "werkzeug", "admin"),
+    ],
 )
 def test_an_integration_without_its_extra_says_which_to_install(module: str, package: str, extra: str) -> None:
     code = EXTRA_CODE.format(module=module, package=package)

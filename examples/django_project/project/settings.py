@@ -14,9 +14,37 @@ USE_TZ = True
 INSTALLED_APPS = [
     "shop",  # its jobs.py is found by autodiscovery
     "mongo_job_queue.contrib.django",
+    # Users and sessions, for Django's admin login in front of the jobs admin UI (project/urls.py).
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
 ]
-MIDDLEWARE = ["django.middleware.common.CommonMiddleware"]
-DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+MIDDLEWARE = [
+    "django.middleware.common.CommonMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+# The users' database (SQL); the jobs live in MongoDB. EXAMPLE_SQLITE names a file (migrate it first).
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": os.environ.get("EXAMPLE_SQLITE", ":memory:")}}
+STATIC_URL = "/static/"
+DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 
 MONGO_JOB_QUEUE = {
     "MODEL": "shop.documents:Job",

@@ -1,0 +1,143 @@
+"""The worker registry's documents: one small heartbeat document per running worker, in ``<jobs>_workers``.
+
+A collection of its own rather than the control collection: its documents
+come and go with processes (a TTL index removes the ones long gone), are
+written every heartbeat by every worker, and are listed by ``last_seen``;
+the control collection holds a few documents read on the claim path
+(pause, schedules), which this churn should not share.
+
+The data access only: :class:`~mongo_job_queue.worker.registry.WorkerPresence`
+decides what to write and when, the admin UI and the CLI read :meth:`WorkerDocs.list`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Optional
+
+import pymongo
+from pymongo.collection import Collection
+
+from .handle import JobStore
+from .index_once import IndexOnce
+
+__all__ = ["REGISTRY_TTL_S", "WorkerDocs", "WorkerInfo"]
+
+#: A worker's document is removed this long after it was last seen (stopped or gone).
+REGISTRY_TTL_S = 7 * 24 * 3600
+#: Bound of each registry read or write.
+_MAX_TIME_MS = 5_000
+#: The most workers one listing returns.
+_LIST_LIMIT = 500
+#: The TTL index on ``last_seen``, which also serves the listing's sort.
+SEEN_INDEX = "mjq_workers_seen"
+
+_indexes = IndexOnce()
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """One worker as the registry lists it; ``state`` is ``live``, ``stopped`` or ``gone`` (stopped beating)."""
+
+    id: str
+    host: str
+    pid: int
+    worker_id: str
+    queues: list[str]
+    job_types: list[str]
+    concurrency: int
+    started_at: Optional[datetime]
+    last_seen: Optional[datetime]
+    stopped_at: Optional[datetime]
+    in_flight: int
+    state: str
+
+
+class WorkerDocs:
+    """Reads and writes of ``<jobs collection>_workers``."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+
+    @property
+    def collection(self) -> Collection[dict[str, Any]]:
+        jobs = self.store.collection
+        return jobs.database.get_collection(f"{jobs.name}_workers", codec_options=jobs.codec_options)
+
+    def _create_index(self) -> None:
+        self.collection.create_index([("last_seen", -1)], name=SEEN_INDEX, expireAfterSeconds=REGISTRY_TTL_S)
+
+    def beat(self, doc_id: str, fields: Mapping[str, Any], started_at: datetime) -> None:
+        """Upsert this worker's document: its description, ``last_seen`` now, not stopped.
+
+        An upsert by ``_id`` that sets absolute values: a retried try after a
+        lost reply writes the same document again.
+        """
+        now = self.store.now()
+        update = {
+            "$set": {**fields, "last_seen": now},
+            "$setOnInsert": {"started_at": started_at},
+            "$unset": {"stopped_at": ""},
+        }
+
+        def call() -> None:
+            _indexes.ensure(self.collection, self._create_index)
+            self.collection.update_one({"_id": doc_id}, update, upsert=True)
+
+        self.store.retry(call, "worker_beat")
+
+    def stopped(self, doc_id: str) -> None:
+        """Mark this worker stopped (a clean stop); a crashed one is told apart by its old ``last_seen``."""
+        now = self.store.now()
+        update = {"$set": {"stopped_at": now, "last_seen": now, "in_flight": 0}}
+        self.store.retry(lambda: self.collection.update_one({"_id": doc_id}, update), "worker_stopped")
+
+    def list(self, *, stale_after: Optional[timedelta] = None, limit: int = _LIST_LIMIT) -> list[WorkerInfo]:
+        """The registered workers, most recently seen first, each judged live, stopped or gone.
+
+        A worker is gone when it was not seen for ``stale_after`` (default:
+        three heartbeat intervals, and at least the lease: by then its jobs'
+        leases have expired too).
+        """
+        config = self.store.config
+        bound = stale_after or timedelta(milliseconds=max(3 * config.heartbeat_interval_ms, config.lease_ms))
+        limit = max(1, min(int(limit), _LIST_LIMIT))
+
+        def query() -> list[dict[str, Any]]:
+            cursor = self.collection.find(
+                {}, sort=[("last_seen", pymongo.DESCENDING)], limit=limit, max_time_ms=_MAX_TIME_MS
+            ).hint(SEEN_INDEX)
+            return list(cursor)
+
+        def call() -> list[dict[str, Any]]:
+            return _indexes.hinted(self.collection, self._create_index, query)
+
+        docs = self.store.retry(call, "workers_list")
+        now = self.store.now()
+        return [_info(doc, now, bound) for doc in docs]
+
+
+def _info(doc: Mapping[str, Any], now: datetime, bound: timedelta) -> WorkerInfo:
+    seen = doc.get("last_seen")
+    if doc.get("stopped_at") is not None:
+        state = "stopped"
+    elif isinstance(seen, datetime) and now - seen <= bound:
+        state = "live"
+    else:
+        state = "gone"
+    return WorkerInfo(
+        id=str(doc["_id"]),
+        host=str(doc.get("host", "")),
+        pid=int(doc.get("pid") or 0),
+        worker_id=str(doc.get("worker_id", "")),
+        queues=[str(q) for q in doc.get("queues") or []],
+        job_types=[str(t) for t in doc.get("job_types") or []],
+        concurrency=int(doc.get("concurrency") or 0),
+        started_at=doc.get("started_at"),
+        last_seen=seen if isinstance(seen, datetime) else None,
+        stopped_at=doc.get("stopped_at"),
+        in_flight=int(doc.get("in_flight") or 0),
+        state=state,
+    )
