@@ -39,9 +39,13 @@ def test_enqueue_stats_cancel_retry_purge(job_model) -> None:
     code, out, _ = run("stats", "--app", APP)
     assert code == 0
     header, *rows = out.splitlines()
-    assert header.split() == ["queue", "pending", "processing", "completed", "failed", "cancelled", "oldest", "due"]
+    assert header.split() == [
+        "queue",
+        *("pending", "processing", "completed", "failed", "cancelled"),
+        *("oldest", "due", "paused"),
+    ]
     assert rows[0].split()[:2] == ["default", "1"] and rows[1].split()[:2] == ["mail", "1"]
-    assert rows[1].split()[-1] == "-"  # the delayed job is not due: no age
+    assert rows[1].split()[-2:] == ["-", "no"]  # the delayed job is not due: no age
     code, out, _ = run("stats", "--app", APP, "--json")
     assert json.loads(out)["mail"]["counts"]["pending"] == 1
 
@@ -146,7 +150,13 @@ def test_pause_resume_and_cancel_of_a_running_job(job_model) -> None:
     assert code == 0 and out == "paused queues: mail; paused job types: none\n"
     code, _, err = run("pause", "--app", APP)
     assert code == cli.EXIT_USAGE and "needs --queue or --type" in err
-    run("resume", "--app", APP, "--queue", "mail")
+    run("pause", "--app", APP, "--type", "fail")
+    code, out, _ = run("stats", "--app", APP)
+    assert code == 0
+    _, mail, paused_types = out.splitlines()  # a paused queue is listed even when empty
+    assert mail.split() == ["mail", "0", "0", "0", "0", "0", "-", "yes"]
+    assert paused_types == "paused job types: fail"
+    run("resume", "--app", APP, "--queue", "mail", "--type", "fail")
 
     code, out, _ = run("enqueue", "ok", "--app", APP)
     running = out.strip()
