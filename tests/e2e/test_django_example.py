@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+from bson import ObjectId
 from helpers import wait_until
 
 from .servers import REPO, enqueue_examples, gated_uri, serve, wait_finished
@@ -94,3 +95,29 @@ def test_gunicorn_serves_while_mongodb_is_unreachable_and_the_worker_starts_late
     jobs = wait_finished(server, enqueue_examples(server))
     check_results(jobs)
     assert {job["worker_pid"] for job in jobs.values()} <= set(started_pids(server.log()))
+
+
+def test_manage_py_mongo_job_queue_and_the_standalone_cli_on_the_project(mongodb_uri, db_name, raw_db) -> None:
+    raw_db.example_jobs.drop()
+    env = {"MONGODB_URI": mongodb_uri, "MONGODB_DB": db_name, "MONGO_JOB_QUEUE_AUTOSTART": "0"}
+    data = ["--data", '{"image": "cat.png"}', "--fields", '{"organization": "acme"}']
+    enqueued = manage("mongo_job_queue", "enqueue", "resize_image", *data, env=env)
+    assert enqueued.returncode == 0, enqueued.stderr
+    job_id = ObjectId(enqueued.stdout.strip())
+    stats = manage("mongo_job_queue", "stats", env=env)
+    assert stats.returncode == 0, stats.stderr
+    assert stats.stdout.splitlines()[1].split()[:2] == ["default", "1"]
+    refused = manage("mongo_job_queue", "retry", str(job_id), env=env)
+    assert refused.returncode == 5 and "it is pending, not failed or cancelled" in refused.stderr
+    # The standalone command on the Django integration: --app sets Django up, so the handlers are registered.
+    worker = subprocess.run(
+        [sys.executable, "-m", "mongo_job_queue", "worker", "--burst", "--app", "mongo_job_queue.contrib.django"],
+        cwd=PROJECT,
+        env={**os.environ, **env, "DJANGO_SETTINGS_MODULE": "project.settings"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert worker.returncode == 0, worker.stderr
+    job = raw_db.example_jobs.find_one({"_id": job_id})
+    assert job["status"] == "completed" and job["result"] == {"thumbnail": "cat.png.thumb.jpg"}

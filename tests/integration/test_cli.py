@@ -75,7 +75,7 @@ def test_enqueue_stats_cancel_retry_purge(job_model) -> None:
         (["stats"], 2, "--app is required"),
         (["stats", "--app", "integration.missing:queue"], 3, "cannot import 'integration.missing'"),
         (["stats", "--app", "integration.cli_app:nothing"], 3, "has no attribute 'nothing'"),
-        (["stats", "--app", "integration.cli_app:not_a_queue"], 3, "is a int, not a PersistentJobQueue"),
+        (["stats", "--app", "integration.cli_app:not_a_queue"], 3, "is a int, not a queue: --app takes a"),
         (["worker", "--app", "integration.cli_app:no_handlers"], 3, "no handler registered"),
         (["stats", "--app", "integration.cli_down:queue", "--db-timeout", "0.5"], 4, "database unreachable"),
         (["worker", "--app", "integration.cli_down:queue", "--db-timeout", "0.5"], 4, "database unreachable"),
@@ -226,3 +226,40 @@ def test_stop_timeout_inf_means_wait_forever_and_is_passed_on(job_model, monkeyp
     code, _, err = run("worker", "--app", APP, "--burst", "--stop-timeout", value)
     assert code == 0, err
     assert seen["stop_timeout"] == expected
+
+
+FLASK_APP = "integration.cli_flask_app"
+
+
+@pytest.mark.parametrize("name", [":create_app", ":app", ":single", ":single_app", ""])
+def test_app_takes_a_flask_app_its_factory_or_the_extension(job_model, name) -> None:
+    pytest.importorskip("flask")
+    code, _, err = run("stats", "--app", FLASK_APP + name)
+    assert code == 0, err
+
+
+def test_a_worker_on_a_flask_factory_runs_handlers_in_the_app_context(job_model) -> None:
+    pytest.importorskip("flask")
+    code, out, err = run("enqueue", "ok", "--app", f"{FLASK_APP}:create_app")
+    assert code == 0, err
+    assert run("worker", "--app", f"{FLASK_APP}:create_app", "--burst", "--log-level", "WARNING")[0] == 0
+    assert job_model.objects.get(id=out.strip()).result == {"app": "cli_flask_factory"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (f"{FLASK_APP}:lonely", "not initialised on any app yet (an app factory builds it later): pass the factory"),
+        (f"{FLASK_APP}:twice", "initialised on 2 apps ('cli_flask_a', 'cli_flask_b'): pass the app"),
+        (f"{FLASK_APP}:bare", "not initialised on Flask app 'cli_flask_bare': call init_app"),
+        (f"{FLASK_APP}:jobz", f"has no attribute 'jobz'; try --app {FLASK_APP}:app (a Flask app)"),
+        (f"{FLASK_APP}:CONFIG", "is a dict, not a queue: --app takes a PersistentJobQueue, a Flask app"),
+        ("integration.models", "looks for one of queue, app, application, create_app, make_app in the module"),
+        ("integration.cli_app:make_queue.nope", "has no attribute 'make_queue.nope'; try --app integration.cli_app:"),
+    ],
+)
+def test_app_errors_say_what_to_pass(job_model, spec, message) -> None:
+    pytest.importorskip("flask")
+    code, _, err = run("stats", "--app", spec)
+    assert code == cli.EXIT_IMPORT, err
+    assert message in err and err.count("\n") == 1, err

@@ -120,6 +120,37 @@ def get_queue() -> PersistentJobQueue[Any]:
     return _queue
 
 
+def __mongo_job_queue__() -> PersistentJobQueue[Any]:
+    """What ``mongo-job-queue --app mongo_job_queue.contrib.django`` runs on: the project's queue, Django set up.
+
+    ``django.setup()`` runs this app's ``ready()``, which imports the
+    registry modules and the apps' ``jobs`` modules: without it the queue
+    would have no handler.
+
+    Raises:
+        ImproperlyConfigured: no settings module, or this app is not installed.
+    """
+    import django
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+
+    if not settings.configured and not os.environ.get("DJANGO_SETTINGS_MODULE"):
+        raise ImproperlyConfigured(
+            "DJANGO_SETTINGS_MODULE is not set: set it (e.g. DJANGO_SETTINGS_MODULE=project.settings), "
+            "or run 'python manage.py mongo_job_queue ...'"
+        )
+    django.setup()
+    from django.apps import apps
+
+    if not apps.is_installed(__name__):
+        raise ImproperlyConfigured(f"add {__name__!r} to INSTALLED_APPS: it loads the handlers")
+    return get_queue()
+
+
+# ``--app mongo_job_queue.contrib.django:get_queue`` means the same: a bare get_queue() would skip django.setup().
+get_queue.__mongo_job_queue__ = __mongo_job_queue__  # type: ignore[attr-defined]
+
+
 def register_handler(job_type: str, fn: HandlerFn, **options: Any) -> HandlerFn:
     """Register ``fn`` for ``job_type`` on the project's queue (options as ``PersistentJobQueue.register_handler``).
 
