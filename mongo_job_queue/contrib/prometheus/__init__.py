@@ -80,6 +80,10 @@ def instrument(
 ) -> PrometheusMiddleware:
     """Add a :class:`PrometheusMiddleware` to ``queue`` and register its depth collector; idempotent.
 
+    Idempotent per queue and registry, and per job model for the depth
+    collector: another queue of the same model (each app of an app factory)
+    takes the registry's collector over. A registry reports one model's depth.
+
     Args:
         queue: The :class:`~mongo_job_queue.PersistentJobQueue` to instrument.
         registry: Default ``prometheus_client.REGISTRY``.
@@ -91,6 +95,9 @@ def instrument(
 
     Returns:
         The middleware (the one already on the queue, if any, for this registry).
+
+    Raises:
+        ValueError: ``registry`` already reports another job model's depth.
     """
     registry = registry if registry is not None else REGISTRY
     middleware = next(
