@@ -8,8 +8,9 @@ at exit, and says in the log what it did and why.
 Threads do not survive ``fork()``, so a worker must never start in a process
 that forks the serving processes afterwards (a gunicorn ``--preload`` master,
 uWSGI without ``lazy-apps``), nor in a reloader's watcher process that never
-serves. When a process cannot tell, the worker starts lazily, at the first
-request: pre-fork masters and reloader watchers never handle one.
+serves (:mod:`._servers` tells a gunicorn master from its workers). When a
+process cannot tell, the worker starts lazily, at the first request:
+pre-fork masters and reloader watchers never handle one.
 
 An automatic start never fails or delays boot or a request: one background
 thread per process makes it, and retries it with backoff while MongoDB is
@@ -25,7 +26,6 @@ import logging
 import math
 import os
 import random
-import sys
 import threading
 import weakref
 from collections.abc import Mapping
@@ -44,7 +44,6 @@ __all__ = [
     "WorkerStarter",
     "build_queue",
     "import_object",
-    "prefork_server",
     "stop_timeout_setting",
 ]
 
@@ -61,10 +60,11 @@ class Start(str, enum.Enum):
 
 @dataclass(frozen=True)
 class StartDecision:
-    """A :class:`Start` and the reason, which goes into the log."""
+    """A :class:`Start` and the reason, which go into the log; ``then`` says what happens later (LAZY)."""
 
     when: Start
     reason: str
+    then: str = "it starts at this process's first request"
 
 
 def import_object(spec: Any, what: str) -> Any:
@@ -127,20 +127,6 @@ def build_queue(
     return create_job_queue(job_model=job_model, config=config, logger=logger)
 
 
-def prefork_server() -> Optional[str]:
-    """The pre-forking server this process runs under, if one is recognised.
-
-    Such a server may import the app in its master before forking the
-    workers (gunicorn ``--preload``, uWSGI without ``lazy-apps``), and at
-    import time a worker cannot be told from that master.
-    """
-    if os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn"):
-        return "gunicorn"
-    if "uwsgi" in sys.modules:
-        return "uWSGI"
-    return None
-
-
 class WorkerStarter:
     """Starts one queue's worker at most once per process, and stops it at exit.
 
@@ -197,10 +183,11 @@ class WorkerStarter:
         elif decision.when is Start.LAZY:
             self._lazy = True
             log.info(
-                "%s: not starting the job worker in process %d at boot (%s); it starts at this process's first request",
+                "%s: not starting the job worker in process %d at boot (%s); %s",
                 self.name,
                 os.getpid(),
                 decision.reason,
+                decision.then,
             )
         else:
             log.info("%s: not starting the job worker in process %d: %s", self.name, os.getpid(), decision.reason)

@@ -62,7 +62,8 @@ from .. import cli
 from ..errors import ConfigError, QueueStateError
 from ..handlers import HandlerFn
 from ..queue import PersistentJobQueue
-from ._boot import Start, StartDecision, WorkerStarter, build_queue, prefork_server, stop_timeout_setting
+from ._boot import Start, StartDecision, WorkerStarter, build_queue, stop_timeout_setting
+from ._servers import prefork_decision
 
 __all__ = ["EXTENSION_KEY", "MongoJobQueue", "app_queue", "decide_start"]
 
@@ -335,11 +336,15 @@ def decide_start(app: Flask, start_worker: bool) -> StartDecision:
         return StartDecision(Start.NOW, "flask run")
     if reloader_child:
         return StartDecision(Start.NOW, "the debug reloader's serving process")
-    server = prefork_server()
-    if server:
-        return StartDecision(Start.LAZY, f"under {server}, a master that preloads the app forks its workers later")
+    under_server = prefork_decision()
+    if under_server is not None:
+        return under_server
     if app.debug:
-        return StartDecision(Start.LAZY, "debug mode: this may be the debug reloader's watcher process")
+        return StartDecision(
+            Start.LAZY,
+            "debug mode: this may be the debug reloader's watcher process",
+            then="it starts at this process's first request, if it serves any (the watcher serves none)",
+        )
     return StartDecision(Start.LAZY, "not started by 'flask run': this process may still fork before it serves")
 
 

@@ -45,7 +45,8 @@ from ...errors import MongoJobQueueError
 from ...handlers import HandlerFn
 from ...queue import PersistentJobQueue
 from ...schedule import Schedule
-from .._boot import Start, StartDecision, WorkerStarter, build_queue, prefork_server, stop_timeout_setting
+from .._boot import Start, StartDecision, WorkerStarter, build_queue, stop_timeout_setting
+from .._servers import prefork_decision
 
 __all__ = [
     "SETTING",
@@ -313,9 +314,9 @@ def decide_start(
         return StartDecision(
             Start.NEVER, "this is runserver's autoreloader watcher process; the serving process it spawns starts it"
         )
-    server = prefork_server()
-    if server:
-        return StartDecision(Start.LAZY, f"under {server}, a master that preloads the app forks its workers later")
+    under_server = prefork_decision()
+    if under_server is not None:
+        return under_server
     return StartDecision(
         Start.LAZY, "not started by 'manage.py runserver': this process may still fork before it serves"
     )
