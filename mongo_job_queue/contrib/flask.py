@@ -333,7 +333,7 @@ def decide_start(app: Flask, start_worker: bool) -> StartDecision:
             return StartDecision(
                 Start.NEVER, "this is the debug reloader's watcher process; the serving process it spawns starts it"
             )
-        return StartDecision(Start.NOW, "flask run")
+        return StartDecision(Start.NOW, "flask run", exit_on_sigterm=True)
     if reloader_child:
         return StartDecision(Start.NOW, "the debug reloader's serving process")
     under_server = prefork_decision()

@@ -15,7 +15,7 @@ import pytest
 from bson import ObjectId
 from helpers import wait_until
 
-from .servers import REPO, enqueue_examples, gated_uri, serve, wait_finished
+from .servers import REPO, enqueue_examples, gated_uri, serve, stop_gracefully_on_sigterm, wait_finished
 from .test_flask_example import check_results, started_pids
 
 __all__ = ["gated_uri", "serve"]
@@ -49,6 +49,12 @@ def test_runserver_starts_the_worker_at_boot(serve) -> None:
     wait_until(lambda: "schedule daily_digest (cron '0 7 * * *' in Europe/Paris) starts" in server.log(), timeout=30)
     status, body = server.request("POST", "/organizations/acme/jobs", {"type": "mine_bitcoin"})
     assert status == 400 and "unknown job type" in body["error"]
+
+
+def test_sigterm_to_runserver_noreload_stops_the_worker_as_ctrl_c_does(serve, raw_db) -> None:
+    server = serve([*RUNSERVER, "--noreload"], cwd=PROJECT)
+    wait_until(lambda: started_pids(server.log()) == [server.pid], timeout=30)
+    stop_gracefully_on_sigterm(server, raw_db)
 
 
 def test_autoreloader_runs_the_worker_in_the_serving_process_only(serve) -> None:

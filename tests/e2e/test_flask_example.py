@@ -13,7 +13,7 @@ from datetime import timedelta
 import pytest
 from helpers import wait_until
 
-from .servers import enqueue_examples, gated_uri, serve, wait_finished
+from .servers import enqueue_examples, gated_uri, serve, stop_gracefully_on_sigterm, wait_finished
 
 __all__ = ["gated_uri", "serve"]
 
@@ -45,6 +45,12 @@ def test_flask_run_starts_the_worker_at_boot(serve) -> None:
     status, body = server.request("POST", "/organizations/acme/jobs", {"type": "mine_bitcoin"})
     assert status == 400 and "unknown job type" in body["error"]
     assert server.request("GET", "/jobs/0123456789ab0123456789ab")[0] == 404
+
+
+def test_sigterm_to_flask_run_stops_the_worker_as_ctrl_c_does(serve, raw_db) -> None:
+    server = serve([*FLASK, "run", "--host", "127.0.0.1", "--port", "{port}"])
+    wait_until(lambda: started_pids(server.log()) == [server.pid], timeout=30)
+    stop_gracefully_on_sigterm(server, raw_db)
 
 
 def test_debug_reloader_runs_the_worker_in_the_serving_process_only(serve) -> None:

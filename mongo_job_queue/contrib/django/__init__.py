@@ -310,7 +310,7 @@ def decide_start(
         if environ.get("RUN_MAIN") == "true":
             return StartDecision(Start.NOW, "runserver's serving process")
         if "--noreload" in argv:
-            return StartDecision(Start.NOW, "runserver --noreload")
+            return StartDecision(Start.NOW, "runserver --noreload", exit_on_sigterm=True)
         return StartDecision(
             Start.NEVER, "this is runserver's autoreloader watcher process; the serving process it spawns starts it"
         )
