@@ -171,6 +171,11 @@ def build_parser(prog: str = "mongo-job-queue", *, with_app: bool = True) -> arg
         help="only jobs in this status (repeatable; default: all three)",
     )
     if with_app:
-        # Parsed by the demo itself; listed here for --help.
+        # Parsed by the tools themselves; listed here for --help.
         sub.add_parser("demo", help="run the end-to-end demo on the embedded server (see demo --help)", add_help=False)
+        sub.add_parser(
+            "dev-server",
+            help="serve the embedded MongoDB wire server for development until Ctrl-C (see dev-server --help)",
+            add_help=False,
+        )
     return parser

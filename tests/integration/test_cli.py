@@ -6,12 +6,15 @@ import io
 import json
 import math
 import signal
+import socket
 import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from helpers import wait_until
+from pymongo import MongoClient
 
 from mongo_job_queue import cli
 
@@ -263,3 +266,73 @@ def test_app_errors_say_what_to_pass(job_model, spec, message) -> None:
     code, _, err = run("stats", "--app", spec)
     assert code == cli.EXIT_IMPORT, err
     assert message in err and err.count("\n") == 1, err
+
+
+def start_dev_server(*argv: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """``mongo-job-queue dev-server ARGS`` in a child; its output up to the URI line."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mongo_job_queue", "dev-server", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    for line in proc.stdout:
+        lines.append(line.rstrip("\n"))
+        if line.startswith("MONGODB_URI="):
+            return proc, lines
+    proc.wait(timeout=30)
+    raise AssertionError(f"dev-server exited with {proc.returncode}: {lines}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_dev_server_serves_until_ctrl_c_and_keeps_its_data(tmp_path) -> None:
+    pytest.importorskip("secantus")
+    port, data = free_port(), tmp_path / "data"
+    proc, lines = start_dev_server("--port", str(port), "--data", str(data))
+    try:
+        assert "licensed GPL-2.0" in lines[0] and "for development and tests only" in lines[0]
+        assert lines[1] == f"data in {data}"
+        uri = lines[-1].removeprefix("MONGODB_URI=")
+        assert uri.startswith(f"mongodb://127.0.0.1:{port}")
+        with MongoClient(uri, serverSelectionTimeoutMS=5_000) as client:
+            client.app.jobs.insert_one({"_id": 1, "kept": True})
+        # The same port again: refused in one line, exit 2.
+        busy = subprocess.run(
+            [sys.executable, "-m", "mongo_job_queue", "dev-server", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert busy.returncode == cli.EXIT_USAGE
+        assert f"cannot listen on 127.0.0.1:{port}" in busy.stderr and "pass --port" in busy.stderr
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "stopping" in out
+    proc, lines = start_dev_server("--port", "0", "--data", str(data))  # any free port, the same data
+    try:
+        with MongoClient(lines[-1].removeprefix("MONGODB_URI="), serverSelectionTimeoutMS=5_000) as client:
+            assert client.app.jobs.find_one({"_id": 1}) == {"_id": 1, "kept": True}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
+
+
+def test_dev_server_without_data_removes_its_directory(tmp_path, monkeypatch) -> None:
+    pytest.importorskip("secantus")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    proc, lines = start_dev_server("--port", "0")
+    assert "temporary directory, deleted at exit" in lines[1]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("mjq-dev-server-")]
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("mjq-dev-server-")]
