@@ -98,3 +98,37 @@ def test_the_readme_quick_start_is_the_command_ci_runs() -> None:
     commands = [line.strip() for line in quick_start.splitlines() if line.startswith("    ")]
     assert commands == ["python -m pip install tox && tox -e demo", "python -m pip install tox && tox"]
     assert ci[-1] == commands[1]
+
+
+#: Where users read how to install: the docs, README, the examples and the messages of the integrations and tools.
+INSTALL_TEXTS = [
+    ROOT / "README.rst",
+    *DOCS.glob("*.rst"),
+    *(ROOT / "examples").rglob("*.py"),
+    *(p for part in ("cli", "contrib", "dev") for p in (ROOT / "mongo_job_queue" / part).rglob("*.py")),
+]
+
+
+def declared_extras() -> set[str]:
+    import configparser
+
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    return set(setup["options.extras_require"])
+
+
+def test_install_instructions_agree_the_package_is_installed_from_a_checkout() -> None:
+    """It is not on the package index: no page may say ``pip install mongo-job-queue``."""
+    from_index = re.compile(r"pip install\s+[\"']?mongo-job-queue\b")
+    assert [str(p) for p in INSTALL_TEXTS if from_index.search(p.read_text())] == []
+    readme = (ROOT / "README.rst").read_text()
+    assert 'python -m pip install ".[flask]"' in readme and "not on the package index" in readme
+
+
+def test_every_extra_an_install_line_names_exists() -> None:
+    extras = declared_extras()
+    named = set()
+    for page in INSTALL_TEXTS:
+        for group in re.findall(r"pip install [\"']?(?:\.|/path/to/mongo-job-queue)\[([a-z,]+)\]", page.read_text()):
+            named.update(group.split(","))
+    assert named and named <= extras, named - extras

@@ -1,6 +1,6 @@
 """Handlers and schedules of the shop app, found by autodiscovery like an ``admin`` module.
 
-The cron schedule needs the ``cron`` extra: ``pip install "mongo-job-queue[django,cron]"``.
+The cron schedule needs the ``cron`` extra: ``python -m pip install ".[django,cron]"`` in the checkout.
 """
 
 from __future__ import annotations

@@ -41,7 +41,8 @@ try:
     from prometheus_client.multiprocess import MultiProcessCollector
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
-        "mongo_job_queue.contrib.prometheus needs prometheus_client: pip install 'mongo-job-queue[prometheus]'"
+        "mongo_job_queue.contrib.prometheus needs prometheus_client, the 'prometheus' extra: "
+        "python -m pip install '.[prometheus]' in a checkout of mongo-job-queue, or pip install prometheus_client"
     ) from exc
 
 import os
