@@ -12,7 +12,7 @@ from flask import Flask, abort, jsonify, request, url_for
 
 from mongo_job_queue import InvalidJobError
 
-from .jobs import jobs
+from .tasks import jobs
 
 
 def create_app(settings: Optional[dict[str, Any]] = None) -> Flask:

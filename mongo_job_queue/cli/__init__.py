@@ -104,7 +104,7 @@ def main(
     try:
         if queue is None:
             if not args.app:
-                raise CommandError(f"--app is required (or set ${APP_ENV}), e.g. --app myapp.jobs:queue", EXIT_USAGE)
+                raise CommandError(f"--app is required (or set ${APP_ENV}), e.g. --app myapp.tasks:queue", EXIT_USAGE)
             queue = load_queue(args.app)
         return _dispatch(queue, args, out, err)
     except CommandError as exc:

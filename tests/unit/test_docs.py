@@ -132,3 +132,21 @@ def test_every_extra_an_install_line_names_exists() -> None:
         for group in re.findall(r"pip install [\"']?(?:\.|/path/to/mongo-job-queue)\[([a-z,]+)\]", page.read_text()):
             named.update(group.split(","))
     assert named and named <= extras, named - extras
+
+
+#: ``# pkg/module.py`` at the head of a code block names the file the lines below it belong to.
+_FILE_HEADER = re.compile(r"^\s*# (?:\w+/)*(\w+)\.py\s*$")
+
+
+def test_no_example_module_defines_its_own_name() -> None:
+    """``myapp/jobs.py`` defining ``jobs``, imported in ``__init__``, would hide the submodule (the docs warn)."""
+    trapped = []
+    for page in [ROOT / "README.rst", *DOCS.glob("*.rst")]:
+        module = None
+        for line in page.read_text().splitlines():
+            header = _FILE_HEADER.match(line)
+            if header:
+                module = header.group(1)
+            elif module and re.match(rf"^\s*{module}\s*=", line):
+                trapped.append(f"{page.name}: {module}.py defines {module}")
+    assert trapped == []
