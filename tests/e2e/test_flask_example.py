@@ -44,7 +44,8 @@ def test_flask_run_starts_the_worker_at_boot(serve) -> None:
     assert {job["worker_pid"] for job in jobs.values()} == {server.pid}
     status, body = server.request("POST", "/organizations/acme/jobs", {"type": "mine_bitcoin"})
     assert status == 400 and "unknown job type" in body["error"]
-    assert server.request("GET", "/jobs/0123456789ab0123456789ab")[0] == 404
+    assert server.request("GET", "/jobs/0123456789ab0123456789ab")[0] == 404  # no such job
+    assert server.request("GET", "/jobs/not-a-job-id")[0] == 404  # not even an id: a 404, not a 500
 
 
 def test_sigterm_to_flask_run_stops_the_worker_as_ctrl_c_does(serve, raw_db) -> None:

@@ -51,6 +51,9 @@ def test_ready_registers_handlers_without_touching_the_database(django_setup, ca
 
     assert jobs.IMPORTS == [1]
     assert queue.config.concurrency == 2
+    # The registry module adds the tracing middleware, as docs/django.rst shows: once, however often ready() runs.
+    otel = pytest.importorskip("mongo_job_queue.contrib.otel")
+    assert sum(isinstance(m, otel.OpenTelemetryMiddleware) for m in queue.hooks.items) == 1
 
 
 def test_boot_decisions() -> None:
