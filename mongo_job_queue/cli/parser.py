@@ -99,7 +99,8 @@ def _add_app(parser: argparse.ArgumentParser) -> None:
         "--app",
         default=os.environ.get(APP_ENV),
         metavar="MODULE:QUEUE",
-        help=f"the app's queue, as package.module:attribute (default: ${APP_ENV})",
+        help="package.module:name of the app's queue, Flask app or extension, or a function returning one; "
+        f"mongo_job_queue.contrib.django for a Django project (default: ${APP_ENV})",
     )
 
 
