@@ -7,13 +7,11 @@ import logging
 import os
 from typing import Any, Optional
 
-from bson import ObjectId
-from bson.errors import InvalidId
 from flask import Flask, abort, jsonify, request, url_for
 
-from mongo_job_queue import InvalidJobError
+from mongo_job_queue import InvalidJobError, InvalidJobIdError
 
-from .jobs import jobs
+from .tasks import jobs
 
 
 def create_app(settings: Optional[dict[str, Any]] = None) -> Flask:
@@ -54,10 +52,10 @@ def create_app(settings: Optional[dict[str, Any]] = None) -> Flask:
     @app.get("/jobs/<job_id>")
     def job_status(job_id: str) -> Any:
         try:
-            job = jobs.queue.get_job(ObjectId(job_id))
-        except InvalidId:
+            job = jobs.queue.get_job(job_id)
+        except InvalidJobIdError:  # not a job id at all: no such job either
             abort(404)
-        if job is None:
+        if job is None:  # never enqueued, or removed by retention
             abort(404)
         return jsonify(
             id=str(job.id),

@@ -92,6 +92,10 @@ def main(
         from ..dev.demo import main as demo_main
 
         return demo_main(args_list[1:])
+    if queue is None and args_list[:1] == ["dev-server"]:
+        from ..dev.server import main as dev_server_main
+
+        return dev_server_main(args_list[1:], out=out, err=err)
     parser = build_parser(prog, with_app=queue is None)
     try:
         args = parser.parse_args(args_list)
@@ -100,7 +104,7 @@ def main(
     try:
         if queue is None:
             if not args.app:
-                raise CommandError(f"--app is required (or set ${APP_ENV}), e.g. --app myapp.jobs:queue", EXIT_USAGE)
+                raise CommandError(f"--app is required (or set ${APP_ENV}), e.g. --app myapp.tasks:queue", EXIT_USAGE)
             queue = load_queue(args.app)
         return _dispatch(queue, args, out, err)
     except CommandError as exc:

@@ -39,15 +39,21 @@ def _stats(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO
         return EXIT_OK
     statuses = ["pending", "processing", "completed", "failed", "cancelled"]
     width = max([len("queue"), *(len(q) for q in stats)])
-    print(f"{'queue':<{width}}" + "".join(f"{s:>12}" for s in statuses) + f"{'oldest due':>14}", file=out)
+    header = f"{'queue':<{width}}" + "".join(f"{s:>12}" for s in statuses) + f"{'oldest due':>14}{'paused':>8}"
+    print(header, file=out)
     for name in sorted(stats):
         entry = stats[name]
         age = entry.get("oldest_due_age_s")
         age_text = "-" if age is None else f"{age:.1f}s"
         counts = "".join(f"{entry['counts'].get(s, 0):>12}" for s in statuses)
-        print(f"{name:<{width}}{counts}{age_text:>14}", file=out)
+        paused = "yes" if entry.get("paused") else "no"
+        print(f"{name:<{width}}{counts}{age_text:>14}{paused:>8}", file=out)
     if not stats:
         print("(no jobs)", file=out)
+    paused_types = queue.paused()["job_types"]
+    if paused_types:
+        # A paused job type holds back its jobs in every queue: the table alone would not say why.
+        print(f"paused job types: {', '.join(paused_types)}", file=out)
     return EXIT_OK
 
 

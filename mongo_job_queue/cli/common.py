@@ -47,9 +47,22 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
+#: The logger whose records the command line makes sure someone prints.
+LIBRARY_LOGGER = "mongo_job_queue"
+
+
 def configure_logging(level: int, explicit: bool) -> None:
-    """Log to stderr at ``level``; an app that configured logging keeps its setup unless ``explicit``."""
-    # Flask and Django apps configure logging themselves: basicConfig is then a no-op.
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Log to stderr at ``level``, unless the app configured logging; ``explicit`` levels apply anyway.
+
+    Logging counts as configured when the library's records already reach a
+    handler: one on the root logger (Flask apps, ``basicConfig``) or on
+    ``mongo_job_queue`` or an ancestor (Django's ``LOGGING``). A root handler
+    added then would print every line a second time.
+    """
+    library = logging.getLogger(LIBRARY_LOGGER)
+    if not library.hasHandlers():
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if explicit:
         logging.getLogger().setLevel(level)
+        if library.level != logging.NOTSET:  # a level the app set there would hide what was asked for
+            library.setLevel(level)

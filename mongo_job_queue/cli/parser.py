@@ -99,7 +99,8 @@ def _add_app(parser: argparse.ArgumentParser) -> None:
         "--app",
         default=os.environ.get(APP_ENV),
         metavar="MODULE:QUEUE",
-        help=f"the app's queue, as package.module:attribute (default: ${APP_ENV})",
+        help="package.module:name of the app's queue, Flask app or extension, or a function returning one; "
+        f"mongo_job_queue.contrib.django for a Django project (default: ${APP_ENV})",
     )
 
 
@@ -171,6 +172,11 @@ def build_parser(prog: str = "mongo-job-queue", *, with_app: bool = True) -> arg
         help="only jobs in this status (repeatable; default: all three)",
     )
     if with_app:
-        # Parsed by the demo itself; listed here for --help.
+        # Parsed by the tools themselves; listed here for --help.
         sub.add_parser("demo", help="run the end-to-end demo on the embedded server (see demo --help)", add_help=False)
+        sub.add_parser(
+            "dev-server",
+            help="serve the embedded MongoDB wire server for development until Ctrl-C (see dev-server --help)",
+            add_help=False,
+        )
     return parser

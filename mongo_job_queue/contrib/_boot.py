@@ -8,8 +8,9 @@ at exit, and says in the log what it did and why.
 Threads do not survive ``fork()``, so a worker must never start in a process
 that forks the serving processes afterwards (a gunicorn ``--preload`` master,
 uWSGI without ``lazy-apps``), nor in a reloader's watcher process that never
-serves. When a process cannot tell, the worker starts lazily, at the first
-request: pre-fork masters and reloader watchers never handle one.
+serves (:mod:`._servers` tells a gunicorn master from its workers). When a
+process cannot tell, the worker starts lazily, at the first request:
+pre-fork masters and reloader watchers never handle one.
 
 An automatic start never fails or delays boot or a request: one background
 thread per process makes it, and retries it with backoff while MongoDB is
@@ -25,11 +26,12 @@ import logging
 import math
 import os
 import random
-import sys
+import signal
 import threading
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any, Optional
 
 import mongoengine
@@ -43,8 +45,8 @@ __all__ = [
     "StartDecision",
     "WorkerStarter",
     "build_queue",
+    "exit_on_sigterm",
     "import_object",
-    "prefork_server",
     "stop_timeout_setting",
 ]
 
@@ -61,10 +63,13 @@ class Start(str, enum.Enum):
 
 @dataclass(frozen=True)
 class StartDecision:
-    """A :class:`Start` and the reason, which goes into the log."""
+    """A :class:`Start` and the reason, which go into the log; ``then`` says what happens later (LAZY)."""
 
     when: Start
     reason: str
+    then: str = "it starts at this process's first request"
+    #: A development server that SIGTERM would kill outright: make it exit as on Ctrl-C, so the worker stops.
+    exit_on_sigterm: bool = False
 
 
 def import_object(spec: Any, what: str) -> Any:
@@ -127,20 +132,6 @@ def build_queue(
     return create_job_queue(job_model=job_model, config=config, logger=logger)
 
 
-def prefork_server() -> Optional[str]:
-    """The pre-forking server this process runs under, if one is recognised.
-
-    Such a server may import the app in its master before forking the
-    workers (gunicorn ``--preload``, uWSGI without ``lazy-apps``), and at
-    import time a worker cannot be told from that master.
-    """
-    if os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn"):
-        return "gunicorn"
-    if "uwsgi" in sys.modules:
-        return "uWSGI"
-    return None
-
-
 class WorkerStarter:
     """Starts one queue's worker at most once per process, and stops it at exit.
 
@@ -193,14 +184,17 @@ class WorkerStarter:
         """Start now (in the background), arm the lazy start, or only log why not."""
         if decision.when is Start.NOW:
             log.info("%s: starting the job worker in process %d (%s)", self.name, os.getpid(), decision.reason)
+            if decision.exit_on_sigterm:
+                exit_on_sigterm(self.name)
             self.start_in_background(decision.reason)
         elif decision.when is Start.LAZY:
             self._lazy = True
             log.info(
-                "%s: not starting the job worker in process %d at boot (%s); it starts at this process's first request",
+                "%s: not starting the job worker in process %d at boot (%s); %s",
                 self.name,
                 os.getpid(),
                 decision.reason,
+                decision.then,
             )
         else:
             log.info("%s: not starting the job worker in process %d: %s", self.name, os.getpid(), decision.reason)
@@ -301,6 +295,32 @@ class WorkerStarter:
         if self._started_pid == os.getpid() and self.queue.running:
             # The process is exiting: running jobs that do not finish in time go back to the queue.
             self.queue.stop(self.stop_timeout, requeue_running=True)
+
+
+def exit_on_sigterm(name: str) -> bool:
+    """Make SIGTERM end this process as Ctrl-C does, if it would kill it outright; True if installed.
+
+    A development server (``flask run``, ``runserver --noreload``) leaves
+    SIGTERM at its default, which kills the process without running
+    ``atexit``: the worker's running jobs would wait out their lease. Raising
+    ``KeyboardInterrupt`` in the main thread ends the server as Ctrl-C does,
+    and the exit handler stops the worker gracefully. A second SIGTERM kills
+    at once. A handler someone installed is left alone, as is any thread
+    but the main one (only it may install handlers).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return False
+    signal.signal(signal.SIGTERM, _interrupt)
+    log.debug("%s: SIGTERM now stops process %d as Ctrl-C does", name, os.getpid())
+    return True
+
+
+def _interrupt(signum: int, frame: Optional[FrameType]) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
+    log.warning("SIGTERM: stopping as on Ctrl-C; the job worker stops at exit (send it again to kill)")
+    raise KeyboardInterrupt
 
 
 _starters: weakref.WeakSet[WorkerStarter] = weakref.WeakSet()

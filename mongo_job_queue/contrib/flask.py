@@ -62,9 +62,10 @@ from .. import cli
 from ..errors import ConfigError, QueueStateError
 from ..handlers import HandlerFn
 from ..queue import PersistentJobQueue
-from ._boot import Start, StartDecision, WorkerStarter, build_queue, prefork_server, stop_timeout_setting
+from ._boot import Start, StartDecision, WorkerStarter, build_queue, stop_timeout_setting
+from ._servers import prefork_decision
 
-__all__ = ["EXTENSION_KEY", "MongoJobQueue", "decide_start"]
+__all__ = ["EXTENSION_KEY", "MongoJobQueue", "app_queue", "decide_start"]
 
 log = logging.getLogger(__name__)
 
@@ -212,16 +213,32 @@ class MongoJobQueue:
 
     def get_queue(self, app: Optional[Flask] = None) -> PersistentJobQueue[Any]:
         """The queue of ``app`` (default: the current app)."""
-        app = app or _current_app()
-        state = app.extensions.get(EXTENSION_KEY)
-        if state is None:
-            raise QueueStateError(f"mongo-job-queue is not initialised on Flask app {app.name!r}: call init_app")
-        return state.queue  # type: ignore[no-any-return]
+        return app_queue(app or _current_app())
 
     @property
     def queue(self) -> PersistentJobQueue[Any]:
         """The current app's queue."""
         return self.get_queue()
+
+    def __mongo_job_queue__(self) -> PersistentJobQueue[Any]:
+        """The queue ``mongo-job-queue --app module:extension`` means: that of the one app initialised.
+
+        Raises:
+            QueueStateError: no app or several: the message says what to pass instead.
+        """
+        apps = list(self._apps)
+        if len(apps) == 1:
+            return self.get_queue(apps[0])
+        if not apps:
+            raise QueueStateError(
+                "the MongoJobQueue extension is not initialised on any app yet (an app factory builds it later): "
+                "pass the factory, e.g. --app myapp:create_app, or an app, e.g. --app myapp.wsgi:app"
+            )
+        names = ", ".join(sorted(repr(app.name) for app in apps))
+        raise QueueStateError(
+            f"the MongoJobQueue extension is initialised on {len(apps)} apps ({names}): "
+            "pass the app, e.g. --app myapp.wsgi:app, or its factory"
+        )
 
     def enqueue(self, job_type: str, data: Optional[Mapping[str, Any]] = None, **kwargs: Any) -> Any:
         """:meth:`~mongo_job_queue.PersistentJobQueue.enqueue` on the current app's queue."""
@@ -249,6 +266,18 @@ class MongoJobQueue:
 
 
 _HANDLER_OPTIONS = ("stop", "wait", "retry", "max_retries")
+
+
+def app_queue(app: Flask) -> PersistentJobQueue[Any]:
+    """The queue of ``app``; also what ``mongo-job-queue --app module:app`` runs on.
+
+    Raises:
+        QueueStateError: the extension is not initialised on ``app``.
+    """
+    state = app.extensions.get(EXTENSION_KEY)
+    if state is None:
+        raise QueueStateError(f"mongo-job-queue is not initialised on Flask app {app.name!r}: call init_app")
+    return state.queue  # type: ignore[no-any-return]
 
 
 def _current_app() -> Flask:
@@ -304,14 +333,18 @@ def decide_start(app: Flask, start_worker: bool) -> StartDecision:
             return StartDecision(
                 Start.NEVER, "this is the debug reloader's watcher process; the serving process it spawns starts it"
             )
-        return StartDecision(Start.NOW, "flask run")
+        return StartDecision(Start.NOW, "flask run", exit_on_sigterm=True)
     if reloader_child:
         return StartDecision(Start.NOW, "the debug reloader's serving process")
-    server = prefork_server()
-    if server:
-        return StartDecision(Start.LAZY, f"under {server}, a master that preloads the app forks its workers later")
+    under_server = prefork_decision()
+    if under_server is not None:
+        return under_server
     if app.debug:
-        return StartDecision(Start.LAZY, "debug mode: this may be the debug reloader's watcher process")
+        return StartDecision(
+            Start.LAZY,
+            "debug mode: this may be the debug reloader's watcher process",
+            then="it starts at this process's first request, if it serves any (the watcher serves none)",
+        )
     return StartDecision(Start.LAZY, "not started by 'flask run': this process may still fork before it serves")
 
 

@@ -52,7 +52,8 @@ try:
     from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, TracerProvider
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
-        "mongo_job_queue.contrib.otel needs the OpenTelemetry API: pip install 'mongo-job-queue[otel]'"
+        "mongo_job_queue.contrib.otel needs the OpenTelemetry API, the 'otel' extra: "
+        "python -m pip install '.[otel]' in a checkout of mongo-job-queue, or pip install opentelemetry-api"
     ) from exc
 
 import contextvars

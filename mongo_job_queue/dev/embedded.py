@@ -22,7 +22,10 @@ from ..errors import EmbeddedServerError
 
 __all__ = ["EmbeddedMongo", "EmbeddedServerError"]
 
-INSTALL_HINT = "the embedded server needs the 'SecantusDB' package: pip install 'mongo-job-queue[demo]'"
+INSTALL_HINT = (
+    "the embedded server needs the 'SecantusDB' package, the 'demo' extra: "
+    "python -m pip install '.[demo]' in a checkout of mongo-job-queue"
+)
 
 
 class EmbeddedMongo:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
+from bson import ObjectId
 from helpers import wait_until
 from integration.tcp_gate import TcpGate
 from pymongo.uri_parser import parse_uri
@@ -160,6 +161,24 @@ def enqueue_examples(server: Server, organization: str = "acme") -> dict[str, st
         assert status == 202, body
         ids[job_type] = body["id"]
     return ids
+
+
+def stop_gracefully_on_sigterm(server: Server, raw_db: Any) -> None:
+    """SIGTERM to the server while a job runs: the process exits 0 once the job finished, as on Ctrl-C."""
+    body = {"type": "export_data", "data": {"steps": 20, "step_ms": 100}}  # about 2 s
+    status, created = server.request("POST", "/organizations/acme/jobs", body)
+    assert status == 202, created
+    job_id = ObjectId(created["id"])
+    wait_until(lambda: raw_db.example_jobs.find_one({"_id": job_id})["status"] == "processing", timeout=30)
+    server.proc.send_signal(signal.SIGTERM)  # to the process, as a supervisor or ``docker stop`` sends it
+    try:
+        code = server.proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"still running after SIGTERM:\n{server.log()}") from None
+    assert code == 0, server.log()
+    job = raw_db.example_jobs.find_one({"_id": job_id})
+    assert job["status"] == "completed" and job["result"] == {"exported": 20}, job  # not left to its lease
+    assert "stopped: all jobs finished" in server.log()
 
 
 def wait_finished(server: Server, ids: dict[str, str], timeout: float = 60.0) -> dict[str, dict[str, Any]]:

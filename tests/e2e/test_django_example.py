@@ -12,9 +12,10 @@ import subprocess
 import sys
 
 import pytest
+from bson import ObjectId
 from helpers import wait_until
 
-from .servers import REPO, enqueue_examples, gated_uri, serve, wait_finished
+from .servers import REPO, enqueue_examples, gated_uri, serve, stop_gracefully_on_sigterm, wait_finished
 from .test_flask_example import check_results, started_pids
 
 __all__ = ["gated_uri", "serve"]
@@ -50,6 +51,12 @@ def test_runserver_starts_the_worker_at_boot(serve) -> None:
     assert status == 400 and "unknown job type" in body["error"]
 
 
+def test_sigterm_to_runserver_noreload_stops_the_worker_as_ctrl_c_does(serve, raw_db) -> None:
+    server = serve([*RUNSERVER, "--noreload"], cwd=PROJECT)
+    wait_until(lambda: started_pids(server.log()) == [server.pid], timeout=30)
+    stop_gracefully_on_sigterm(server, raw_db)
+
+
 def test_autoreloader_runs_the_worker_in_the_serving_process_only(serve) -> None:
     server = serve(RUNSERVER, cwd=PROJECT)
     jobs = wait_finished(server, enqueue_examples(server))
@@ -78,7 +85,8 @@ def test_dedicated_run_job_worker_and_no_worker_in_migrate(serve, mongodb_uri, d
     assert report["status"] == "pending" and report["attempts"] == 1  # burst does not wait for a delayed retry
     worker = manage("run_job_worker", "--max-jobs", "1", "--job-types", "generate_report", env=env)
     assert worker.returncode == 0, worker.stderr
-    assert "the --max-jobs limit; stopping" in worker.stderr
+    # settings.LOGGING configures mongo_job_queue: the command adds no root handler, so each line comes once.
+    assert worker.stderr.count("the --max-jobs limit; stopping") == 1, worker.stderr
     check_results(wait_finished(server, ids, timeout=10))
 
 
@@ -93,3 +101,29 @@ def test_gunicorn_serves_while_mongodb_is_unreachable_and_the_worker_starts_late
     jobs = wait_finished(server, enqueue_examples(server))
     check_results(jobs)
     assert {job["worker_pid"] for job in jobs.values()} <= set(started_pids(server.log()))
+
+
+def test_manage_py_mongo_job_queue_and_the_standalone_cli_on_the_project(mongodb_uri, db_name, raw_db) -> None:
+    raw_db.example_jobs.drop()
+    env = {"MONGODB_URI": mongodb_uri, "MONGODB_DB": db_name, "MONGO_JOB_QUEUE_AUTOSTART": "0"}
+    data = ["--data", '{"image": "cat.png"}', "--fields", '{"organization": "acme"}']
+    enqueued = manage("mongo_job_queue", "enqueue", "resize_image", *data, env=env)
+    assert enqueued.returncode == 0, enqueued.stderr
+    job_id = ObjectId(enqueued.stdout.strip())
+    stats = manage("mongo_job_queue", "stats", env=env)
+    assert stats.returncode == 0, stats.stderr
+    assert stats.stdout.splitlines()[1].split()[:2] == ["default", "1"]
+    refused = manage("mongo_job_queue", "retry", str(job_id), env=env)
+    assert refused.returncode == 5 and "it is pending, not failed or cancelled" in refused.stderr
+    # The standalone command on the Django integration: --app sets Django up, so the handlers are registered.
+    worker = subprocess.run(
+        [sys.executable, "-m", "mongo_job_queue", "worker", "--burst", "--app", "mongo_job_queue.contrib.django"],
+        cwd=PROJECT,
+        env={**os.environ, **env, "DJANGO_SETTINGS_MODULE": "project.settings"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert worker.returncode == 0, worker.stderr
+    job = raw_db.example_jobs.find_one({"_id": job_id})
+    assert job["status"] == "completed" and job["result"] == {"thumbnail": "cat.png.thumb.jpg"}

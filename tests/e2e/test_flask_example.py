@@ -13,7 +13,7 @@ from datetime import timedelta
 import pytest
 from helpers import wait_until
 
-from .servers import enqueue_examples, gated_uri, serve, wait_finished
+from .servers import enqueue_examples, gated_uri, serve, stop_gracefully_on_sigterm, wait_finished
 
 __all__ = ["gated_uri", "serve"]
 
@@ -44,7 +44,14 @@ def test_flask_run_starts_the_worker_at_boot(serve) -> None:
     assert {job["worker_pid"] for job in jobs.values()} == {server.pid}
     status, body = server.request("POST", "/organizations/acme/jobs", {"type": "mine_bitcoin"})
     assert status == 400 and "unknown job type" in body["error"]
-    assert server.request("GET", "/jobs/0123456789ab0123456789ab")[0] == 404
+    assert server.request("GET", "/jobs/0123456789ab0123456789ab")[0] == 404  # no such job
+    assert server.request("GET", "/jobs/not-a-job-id")[0] == 404  # not even an id: a 404, not a 500
+
+
+def test_sigterm_to_flask_run_stops_the_worker_as_ctrl_c_does(serve, raw_db) -> None:
+    server = serve([*FLASK, "run", "--host", "127.0.0.1", "--port", "{port}"])
+    wait_until(lambda: started_pids(server.log()) == [server.pid], timeout=30)
+    stop_gracefully_on_sigterm(server, raw_db)
 
 
 def test_debug_reloader_runs_the_worker_in_the_serving_process_only(serve) -> None:
@@ -64,9 +71,12 @@ def test_gunicorn_preload_never_starts_the_worker_in_the_master(serve, raw_db) -
     jobs = wait_finished(server, enqueue_examples(server))
     check_results(jobs)
     log = server.log()
-    assert f"not starting the job worker in process {server.pid} at boot (under gunicorn" in log
+    master = f"not starting the job worker in process {server.pid} at boot (this is gunicorn's master process"
+    assert master in log and "--preload) and serves no request); each worker process it forks starts its own" in log
+    assert "it starts at this process's first request" not in log  # nothing this master would never do
     workers = started_pids(log)
     assert workers and server.pid not in workers  # started in forked workers, at their first request
+    assert set(workers) == {int(pid) for pid in re.findall(r"in process (\d+) \(first request", log)}
     assert {job["worker_pid"] for job in jobs.values()} <= set(workers)
     # The example's schedule fires from the gunicorn workers, one job per fire time.
     wait_until(lambda: raw_db.example_jobs.count_documents({"schedule": {"$exists": True}, "status": "completed"}) >= 3)
@@ -76,10 +86,23 @@ def test_gunicorn_preload_never_starts_the_worker_in_the_master(serve, raw_db) -
     assert {doc["lease_owner"]["pid"] for doc in fired if doc.get("lease_owner")} <= set(started_pids(server.log()))
 
 
+def test_gunicorn_workers_without_preload_start_at_boot_and_say_so(serve) -> None:
+    gunicorn = [sys.executable, "-m", "gunicorn", "-w", "2", "-b", "127.0.0.1:{port}"]
+    server = serve([*gunicorn, "examples.flask_app.wsgi:app"])
+    # Each worker imports the app after its fork: it starts its job worker at boot, whether it serves or not.
+    booted = r"starting the job worker in process (\d+) \(a gunicorn worker process, which imported the app"
+    wait_until(lambda: len(set(re.findall(booted, server.log()))) == 2, timeout=30)
+    wait_until(lambda: len(set(started_pids(server.log()))) == 2, timeout=30)
+    log = server.log()
+    assert server.pid not in started_pids(log)
+    assert "not starting" not in log and "preload" not in log  # no sentence about a master that does not exist
+    check_results(wait_finished(server, enqueue_examples(server)))
+
+
 def test_gunicorn_serves_while_mongodb_is_unreachable_and_the_workers_start_later(gated_uri, serve) -> None:
     gunicorn = [sys.executable, "-m", "gunicorn", "-w", "2", "-b", "127.0.0.1:{port}"]
     server = serve([*gunicorn, "examples.flask_app.wsgi:app"], env={"MONGODB_URI": gated_uri.uri})
-    # The first requests of each gunicorn worker start its job worker: it fails, and the requests do not.
+    # Each gunicorn worker starts its job worker at boot, in the background: it fails, and the requests do not.
     assert [server.get_within("/health", 5) for _ in range(10)] == [200] * 10
     wait_until(lambda: "could not start in process" in server.log(), timeout=30)
     assert [server.get_within("/health", 5) for _ in range(5)] == [200] * 5

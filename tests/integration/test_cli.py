@@ -6,12 +6,15 @@ import io
 import json
 import math
 import signal
+import socket
 import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from helpers import wait_until
+from pymongo import MongoClient
 
 from mongo_job_queue import cli
 
@@ -39,9 +42,13 @@ def test_enqueue_stats_cancel_retry_purge(job_model) -> None:
     code, out, _ = run("stats", "--app", APP)
     assert code == 0
     header, *rows = out.splitlines()
-    assert header.split() == ["queue", "pending", "processing", "completed", "failed", "cancelled", "oldest", "due"]
+    assert header.split() == [
+        "queue",
+        *("pending", "processing", "completed", "failed", "cancelled"),
+        *("oldest", "due", "paused"),
+    ]
     assert rows[0].split()[:2] == ["default", "1"] and rows[1].split()[:2] == ["mail", "1"]
-    assert rows[1].split()[-1] == "-"  # the delayed job is not due: no age
+    assert rows[1].split()[-2:] == ["-", "no"]  # the delayed job is not due: no age
     code, out, _ = run("stats", "--app", APP, "--json")
     assert json.loads(out)["mail"]["counts"]["pending"] == 1
 
@@ -71,7 +78,7 @@ def test_enqueue_stats_cancel_retry_purge(job_model) -> None:
         (["stats"], 2, "--app is required"),
         (["stats", "--app", "integration.missing:queue"], 3, "cannot import 'integration.missing'"),
         (["stats", "--app", "integration.cli_app:nothing"], 3, "has no attribute 'nothing'"),
-        (["stats", "--app", "integration.cli_app:not_a_queue"], 3, "is a int, not a PersistentJobQueue"),
+        (["stats", "--app", "integration.cli_app:not_a_queue"], 3, "is a int, not a queue: --app takes a"),
         (["worker", "--app", "integration.cli_app:no_handlers"], 3, "no handler registered"),
         (["stats", "--app", "integration.cli_down:queue", "--db-timeout", "0.5"], 4, "database unreachable"),
         (["worker", "--app", "integration.cli_down:queue", "--db-timeout", "0.5"], 4, "database unreachable"),
@@ -146,7 +153,13 @@ def test_pause_resume_and_cancel_of_a_running_job(job_model) -> None:
     assert code == 0 and out == "paused queues: mail; paused job types: none\n"
     code, _, err = run("pause", "--app", APP)
     assert code == cli.EXIT_USAGE and "needs --queue or --type" in err
-    run("resume", "--app", APP, "--queue", "mail")
+    run("pause", "--app", APP, "--type", "fail")
+    code, out, _ = run("stats", "--app", APP)
+    assert code == 0
+    _, mail, paused_types = out.splitlines()  # a paused queue is listed even when empty
+    assert mail.split() == ["mail", "0", "0", "0", "0", "0", "-", "yes"]
+    assert paused_types == "paused job types: fail"
+    run("resume", "--app", APP, "--queue", "mail", "--type", "fail")
 
     code, out, _ = run("enqueue", "ok", "--app", APP)
     running = out.strip()
@@ -216,3 +229,110 @@ def test_stop_timeout_inf_means_wait_forever_and_is_passed_on(job_model, monkeyp
     code, _, err = run("worker", "--app", APP, "--burst", "--stop-timeout", value)
     assert code == 0, err
     assert seen["stop_timeout"] == expected
+
+
+FLASK_APP = "integration.cli_flask_app"
+
+
+@pytest.mark.parametrize("name", [":create_app", ":app", ":single", ":single_app", ""])
+def test_app_takes_a_flask_app_its_factory_or_the_extension(job_model, name) -> None:
+    pytest.importorskip("flask")
+    code, _, err = run("stats", "--app", FLASK_APP + name)
+    assert code == 0, err
+
+
+def test_a_worker_on_a_flask_factory_runs_handlers_in_the_app_context(job_model) -> None:
+    pytest.importorskip("flask")
+    code, out, err = run("enqueue", "ok", "--app", f"{FLASK_APP}:create_app")
+    assert code == 0, err
+    assert run("worker", "--app", f"{FLASK_APP}:create_app", "--burst", "--log-level", "WARNING")[0] == 0
+    assert job_model.objects.get(id=out.strip()).result == {"app": "cli_flask_factory"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (f"{FLASK_APP}:lonely", "not initialised on any app yet (an app factory builds it later): pass the factory"),
+        (f"{FLASK_APP}:twice", "initialised on 2 apps ('cli_flask_a', 'cli_flask_b'): pass the app"),
+        (f"{FLASK_APP}:bare", "not initialised on Flask app 'cli_flask_bare': call init_app"),
+        (f"{FLASK_APP}:jobz", f"has no attribute 'jobz'; try --app {FLASK_APP}:app (a Flask app)"),
+        (f"{FLASK_APP}:CONFIG", "is a dict, not a queue: --app takes a PersistentJobQueue, a Flask app"),
+        ("integration.models", "looks for one of queue, app, application, create_app, make_app in the module"),
+        ("integration.cli_app:make_queue.nope", "has no attribute 'make_queue.nope'; try --app integration.cli_app:"),
+    ],
+)
+def test_app_errors_say_what_to_pass(job_model, spec, message) -> None:
+    pytest.importorskip("flask")
+    code, _, err = run("stats", "--app", spec)
+    assert code == cli.EXIT_IMPORT, err
+    assert message in err and err.count("\n") == 1, err
+
+
+def start_dev_server(*argv: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """``mongo-job-queue dev-server ARGS`` in a child; its output up to the URI line."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mongo_job_queue", "dev-server", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    for line in proc.stdout:
+        lines.append(line.rstrip("\n"))
+        if line.startswith("MONGODB_URI="):
+            return proc, lines
+    proc.wait(timeout=30)
+    raise AssertionError(f"dev-server exited with {proc.returncode}: {lines}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_dev_server_serves_until_ctrl_c_and_keeps_its_data(tmp_path) -> None:
+    pytest.importorskip("secantus")
+    port, data = free_port(), tmp_path / "data"
+    proc, lines = start_dev_server("--port", str(port), "--data", str(data))
+    try:
+        assert "licensed GPL-2.0" in lines[0] and "for development and tests only" in lines[0]
+        assert lines[1] == f"data in {data}"
+        uri = lines[-1].removeprefix("MONGODB_URI=")
+        assert uri.startswith(f"mongodb://127.0.0.1:{port}")
+        with MongoClient(uri, serverSelectionTimeoutMS=5_000) as client:
+            client.app.jobs.insert_one({"_id": 1, "kept": True})
+        # The same port again: refused in one line, exit 2.
+        busy = subprocess.run(
+            [sys.executable, "-m", "mongo_job_queue", "dev-server", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert busy.returncode == cli.EXIT_USAGE
+        assert f"cannot listen on 127.0.0.1:{port}" in busy.stderr and "pass --port" in busy.stderr
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "stopping" in out
+    proc, lines = start_dev_server("--port", "0", "--data", str(data))  # any free port, the same data
+    try:
+        with MongoClient(lines[-1].removeprefix("MONGODB_URI="), serverSelectionTimeoutMS=5_000) as client:
+            assert client.app.jobs.find_one({"_id": 1}) == {"_id": 1, "kept": True}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
+
+
+def test_dev_server_without_data_removes_its_directory(tmp_path, monkeypatch) -> None:
+    pytest.importorskip("secantus")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    proc, lines = start_dev_server("--port", "0")
+    assert "temporary directory, deleted at exit" in lines[1]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("mjq-dev-server-")]
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("mjq-dev-server-")]

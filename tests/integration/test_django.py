@@ -51,6 +51,9 @@ def test_ready_registers_handlers_without_touching_the_database(django_setup, ca
 
     assert jobs.IMPORTS == [1]
     assert queue.config.concurrency == 2
+    # The registry module adds the tracing middleware, as docs/django.rst shows: once, however often ready() runs.
+    otel = pytest.importorskip("mongo_job_queue.contrib.otel")
+    assert sum(isinstance(m, otel.OpenTelemetryMiddleware) for m in queue.hooks.items) == 1
 
 
 def test_boot_decisions() -> None:
@@ -86,6 +89,51 @@ def test_run_job_worker_exit_codes(django_setup, capsys) -> None:
     assert exc.value.code == 2
     with pytest.raises(CommandError, match="must be >= 1"):
         call_command("run_job_worker", "--concurrency", "0")
+
+
+def test_manage_py_mongo_job_queue_is_the_whole_cli_on_the_project_queue(django_setup, capsys) -> None:
+    from django.core.management import call_command
+
+    from mongo_job_queue.cli.commands import ADMIN_COMMANDS
+
+    # Every command of the CLI goes through, on the project's queue: here its database is unreachable (exit 4).
+    for command in sorted(ADMIN_COMMANDS):
+        call_command("mongo_job_queue", command, "--help")  # exit 0: no SystemExit
+        shown = capsys.readouterr().out
+        assert f"usage: manage.py mongo_job_queue {command}" in shown and "--app" not in shown.split("exit codes")[0]
+    with pytest.raises(SystemExit) as exc:
+        call_command("mongo_job_queue", "stats", "--db-timeout", "0.5")
+    assert exc.value.code == 4
+    assert "manage.py mongo_job_queue: error: database unreachable" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        call_command("mongo_job_queue", "worker", "--job-types", "nope")
+    assert exc.value.code == 2 and "no handler registered for job type(s) nope" in capsys.readouterr().err
+    # As manage.py runs it: the CLI's parser reads everything after the command's name, --help included.
+    from django.core.management import load_command_class
+
+    load_command_class("mongo_job_queue.contrib.django", "mongo_job_queue").run_from_argv(
+        ["manage.py", "mongo_job_queue", "--help", "--settings", "ignored.settings"]
+    )
+    listed = capsys.readouterr().out
+    assert listed.startswith("usage: manage.py mongo_job_queue [-h] COMMAND")
+    assert all(command in listed for command in [*ADMIN_COMMANDS, "worker"])
+
+
+def test_the_django_command_strips_the_options_manage_py_applied() -> None:
+    from mongo_job_queue.contrib.django.management.commands.mongo_job_queue import _without_django_globals
+
+    argv = ["stats", "--settings", "project.settings", "--json", "--pythonpath=/srv", "--db-timeout", "1"]
+    assert _without_django_globals(argv) == ["stats", "--json", "--db-timeout", "1"]
+
+
+@pytest.mark.parametrize("spec", ["mongo_job_queue.contrib.django", "mongo_job_queue.contrib.django:get_queue"])
+def test_app_takes_the_django_integration(django_setup, spec) -> None:
+    from mongo_job_queue import cli
+    from mongo_job_queue.contrib.django import get_queue
+
+    queue = cli.load_queue(spec)
+    assert queue is get_queue()
+    assert queue.registry.types() == ["dj_app_job", "dj_nightly", "dj_plain_job"]
 
 
 def test_settings_are_checked(django_setup) -> None:

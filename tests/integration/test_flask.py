@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
+import re
+import sys
 import threading
 import time
 from datetime import datetime
+from pathlib import Path
+from typing import Optional
 
 import click
 import mongoengine
@@ -355,3 +360,57 @@ def test_a_shutdown_during_a_background_start_stops_the_worker_it_started(make_a
     release.set()
     wait_until(lambda: not starter.retrying, timeout=30, what="the background start finished")
     assert not queue.running
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+_GUIDE_FILE = re.compile(r"^    # myapp/(\w+)\.py$")
+
+
+def guide_files(section: str) -> dict[str, str]:
+    """The ``# myapp/<name>.py`` parts of a page's literal blocks, dedented, by module name."""
+    files: dict[str, list[str]] = {}
+    current: Optional[list[str]] = None
+    for line in section.splitlines():
+        header = _GUIDE_FILE.match(line)
+        if header:
+            current = files.setdefault(header.group(1), [])
+        elif current is not None and (line.startswith("    ") or not line.strip()):
+            current.append(line[4:])
+        else:
+            current = None  # the literal block ended
+    return {name: "\n".join(lines).strip() + "\n" for name, lines in files.items()}
+
+
+def test_the_guide_s_app_factory_runs_as_written(job_model, tmp_path, monkeypatch) -> None:
+    """docs/flask.rst's Set up: the factory, the views (a 404 for unknown and malformed ids) and wsgi.py."""
+    text = (DOCS / "flask.rst").read_text()
+    files = guide_files(text[text.index("Set up\n------\n") : text.index("\nTracing and metrics\n")])
+    assert set(files) == {"tasks", "views", "__init__", "wsgi"}
+    package = tmp_path / "myapp"
+    package.mkdir()
+    for name, code in files.items():
+        (package / f"{name}.py").write_text(code)
+    (package / "models.py").write_text("from integration.models import IntegrationJob as Job\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("FLASK_MAIL_SENDER", "noreply@example.com")  # read by the guide's from_prefixed_env()
+    try:
+        myapp = importlib.import_module("myapp")
+        sent: list[tuple[str, str]] = []
+        monkeypatch.setattr("myapp.tasks.send_mail", lambda sender, to: sent.append((sender, to)), raising=False)
+        app = myapp.create_app({"TESTING": True})
+        client = app.test_client()
+        assert client.get("/jobs/not-a-job-id").status_code == 404
+        assert client.get("/jobs/0123456789ab0123456789ab").status_code == 404
+        response = client.post("/organizations/acme/welcome", json={"email": "ada@example.com"})
+        assert response.status_code == 202
+        status_url = f"/jobs/{response.get_json()['id']}"
+        assert client.get(status_url).get_json() == {"status": "pending", "result": None}
+        queue = myapp.jobs.get_queue(app)
+        assert queue.drain() == 1
+        assert sent == [("noreply@example.com", "ada@example.com")]
+        assert client.get(status_url).get_json()["status"] == "completed"
+        wsgi = importlib.import_module("myapp.wsgi")  # what gunicorn imports
+        assert wsgi.app.extensions[EXTENSION_KEY].queue is not queue  # its own app, its own queue
+    finally:
+        for name in [m for m in sys.modules if m == "myapp" or m.startswith("myapp.")]:
+            del sys.modules[name]

@@ -210,3 +210,35 @@ def test_a_cancelled_run_is_not_an_error(make_queue, provider, exporter) -> None
     assert span.status.status_code is StatusCode.UNSET
     assert "error.type" not in span.attributes
     assert [event.name for event in span.events] == ["cancelled"]
+
+
+@pytest.mark.integration
+def test_the_flask_factory_adds_the_middleware_to_each_app_queue(job_model, provider, exporter) -> None:
+    """docs/flask.rst's recipe: the middleware added in the factory traces from the request to the run."""
+    flask = pytest.importorskip("flask")
+    from mongo_job_queue.contrib.flask import MongoJobQueue
+
+    jobs = MongoJobQueue(job_model=job_model)
+    jobs.register_handler("greet", lambda job: "hello")
+
+    def create_app() -> Any:
+        app = flask.Flask("traced")
+        app.config["TESTING"] = True
+        jobs.init_app(app)
+        jobs.get_queue(app).add_middleware(OpenTelemetryMiddleware(provider))
+
+        @app.post("/greet")
+        def greet() -> Any:
+            with provider.get_tracer("test").start_as_current_span("POST /greet"):  # the request's span
+                return {"id": str(jobs.enqueue("greet", {}).id)}
+
+        return app
+
+    app = create_app()
+    job_id = app.test_client().post("/greet").get_json()["id"]
+    assert jobs.get_queue(app).drain() == 1
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    request, send, process = spans["POST /greet"], spans["send default"], spans["process default"]
+    assert send.parent.span_id == request.context.span_id
+    assert process.parent.span_id == send.context.span_id
+    assert process.attributes["messaging.message.id"] == job_id

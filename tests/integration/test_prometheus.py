@@ -326,15 +326,53 @@ def test_a_scrape_storm_reads_the_database_once(counted, registry, scrape, monke
 
 
 @pytest.mark.integration
-def test_instrument_is_idempotent_and_one_depth_collector_per_registry(make_queue, registry) -> None:
+def test_instrument_is_idempotent_and_one_depth_collector_per_model_and_registry(make_queue, registry) -> None:
     queue = make_queue()
     middleware = instrument(queue, registry)
     assert instrument(queue, registry) is middleware
     assert sum(isinstance(m, PrometheusMiddleware) for m in queue.hooks.items) == 1
-    with pytest.raises(ValueError, match="another queue"):
-        instrument(make_queue(), registry)
+    later = make_queue()  # the same model: another app of a factory, say
+    assert instrument(later, registry) is not middleware
+    other_model = create_job_queue(job_model=CountedJob)
+    message = (
+        "this registry already has the queue depth collector of job model IntegrationJob (collection 'jobs', "
+        "alias 'mjq_integration'); job model CountedJob (collection 'prometheus_jobs', alias 'mjq_counted') "
+        "needs a registry of its own"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        instrument(other_model, registry)
+    instrument(other_model, CollectorRegistry())  # its own registry
+    instrument(other_model, registry, depth=False)  # or no depth here
     with pytest.raises(ValueError, match="buckets"):
         PrometheusMiddleware(registry, buckets=(1.0, float("inf")))
+
+
+@pytest.mark.integration
+def test_an_app_factory_instruments_every_app_it_builds(job_model, registry, scrape) -> None:
+    """One app per test, as a test suite builds them: each app's queue is instrumented on the same registry."""
+    flask = pytest.importorskip("flask")
+    from mongo_job_queue.contrib.flask import MongoJobQueue
+
+    jobs = MongoJobQueue(job_model=job_model)
+    jobs.register_handler("ok", lambda job: None)
+
+    def create_app(name: str) -> Any:
+        app = flask.Flask(name)
+        jobs.init_app(app)
+        instrument(jobs.get_queue(app), registry, cache_seconds=0)
+        return app
+
+    first = create_app("first")
+    jobs.get_queue(first).enqueue("ok", {})
+    second = create_app("second")
+    queue = jobs.get_queue(second)
+    queue.enqueue("ok", {})
+    assert queue.run_once() is not None
+    samples = scrape()
+    assert value(samples, "mongo_job_queue_jobs", queue="default", status="pending") == 1
+    assert value(samples, "mongo_job_queue_jobs", queue="default", status="completed") == 1
+    assert value(samples, "mongo_job_queue_jobs_enqueued_total") == 2  # both apps count into one registry
+    assert value(samples, "mongo_job_queue_jobs_finished_total", outcome="completed") == 1
 
 
 _MULTIPROCESS_RUN = """

@@ -98,3 +98,106 @@ def test_the_readme_quick_start_is_the_command_ci_runs() -> None:
     commands = [line.strip() for line in quick_start.splitlines() if line.startswith("    ")]
     assert commands == ["python -m pip install tox && tox -e demo", "python -m pip install tox && tox"]
     assert ci[-1] == commands[1]
+
+
+#: Where users read how to install: the docs, README, the examples and the messages of the integrations and tools.
+INSTALL_TEXTS = [
+    ROOT / "README.rst",
+    *DOCS.glob("*.rst"),
+    *(ROOT / "examples").rglob("*.py"),
+    *(p for part in ("cli", "contrib", "dev") for p in (ROOT / "mongo_job_queue" / part).rglob("*.py")),
+]
+
+
+def declared_extras() -> set[str]:
+    import configparser
+
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    return set(setup["options.extras_require"])
+
+
+def test_install_instructions_agree_the_package_is_installed_from_a_checkout() -> None:
+    """It is not on the package index: no page may say ``pip install mongo-job-queue``."""
+    from_index = re.compile(r"pip install\s+[\"']?mongo-job-queue\b")
+    assert [str(p) for p in INSTALL_TEXTS if from_index.search(p.read_text())] == []
+    readme = (ROOT / "README.rst").read_text()
+    assert 'python -m pip install ".[flask]"' in readme and "not on the package index" in readme
+
+
+def test_every_extra_an_install_line_names_exists() -> None:
+    extras = declared_extras()
+    named = set()
+    for page in INSTALL_TEXTS:
+        for group in re.findall(r"pip install [\"']?(?:\.|/path/to/mongo-job-queue)\[([a-z,]+)\]", page.read_text()):
+            named.update(group.split(","))
+    assert named and named <= extras, named - extras
+
+
+#: ``# pkg/module.py`` at the head of a code block names the file the lines below it belong to.
+_FILE_HEADER = re.compile(r"^\s*# (?:\w+/)*(\w+)\.py\s*$")
+
+
+def test_no_example_module_defines_its_own_name() -> None:
+    """``myapp/jobs.py`` defining ``jobs``, imported in ``__init__``, would hide the submodule (the docs warn)."""
+    trapped = []
+    for page in [ROOT / "README.rst", *DOCS.glob("*.rst")]:
+        module = None
+        for line in page.read_text().splitlines():
+            header = _FILE_HEADER.match(line)
+            if header:
+                module = header.group(1)
+            elif module and re.match(rf"^\s*{module}\s*=", line):
+                trapped.append(f"{page.name}: {module}.py defines {module}")
+    assert trapped == []
+
+
+def signup_example() -> str:
+    """The literal block between ``.. begin-signup-example`` and ``.. end-signup-example`` of job-control.rst."""
+    import textwrap
+
+    text = (DOCS / "job-control.rst").read_text()
+    block = text[text.index(".. begin-signup-example") : text.index(".. end-signup-example")]
+    return textwrap.dedent(block[block.index("\n::\n") + len("\n::\n") :])
+
+
+def test_the_signup_example_sends_one_welcome_email_also_after_the_first_completed(queue, clock) -> None:
+    sent = []
+    queue.register_handler("send_welcome", lambda job: sent.append(job.data["to"]))
+    namespace = {"queue": queue}
+    exec(compile(signup_example(), "job-control.rst signup example", "exec"), namespace)
+    first = namespace["signup"]("ada@example.com")
+    assert queue.drain() == 1
+    clock.advance(seconds=7 * 86_400)  # a week later, the form is sent again
+    again = namespace["signup"]("ada@example.com")
+    assert again.id == first.id and again.status == "completed"
+    assert queue.drain() == 0 and sent == ["ada@example.com"]
+
+
+def test_a_unique_key_alone_protects_only_unfinished_jobs(queue) -> None:
+    """What the docs say the signup example needs ``unique_for_ms`` for."""
+    queue.register_handler("send_welcome", lambda job: None)
+    first = queue.enqueue("send_welcome", {}, unique_key="welcome:ada@example.com")
+    assert queue.enqueue("send_welcome", {}, unique_key="welcome:ada@example.com").id == first.id  # pending
+    assert queue.drain() == 1
+    assert queue.enqueue("send_welcome", {}, unique_key="welcome:ada@example.com").id != first.id  # finished
+
+
+def test_a_periodic_job_s_type_is_the_schedule_s_name(queue, clock) -> None:
+    """scheduling.rst's first example, as written: the jobs of @periodic("cleanup") are of type "cleanup"."""
+    import textwrap
+
+    pytest.importorskip("cronsim")
+    text = (DOCS / "scheduling.rst").read_text()
+    lines = text[text.index("process that runs a worker::\n") :].splitlines()[1:]
+    end = next(i for i, line in enumerate(lines) if line.strip() and not line.startswith("    "))
+    block = textwrap.dedent("\n".join(lines[:end]))
+    queue.register_handler("build_report", lambda job: None)
+    queue.register_handler("sync", lambda job: None)
+    exec(compile(block, "scheduling.rst example", "exec"), {"queue": queue})
+    assert "cleanup" in queue.registry and "remove_old_uploads" not in queue.registry
+    clock.now = clock.now.replace(minute=1)
+    queue.fire_schedules(clock.now)  # first sight: no job
+    fired = queue.fire_schedules(clock.now.replace(minute=15))
+    assert {f.schedule for f in fired if f.enqueued} >= {"cleanup"}
+    assert {job.type for job in queue.job_model.objects(schedule="cleanup")} == {"cleanup"}

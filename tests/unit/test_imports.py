@@ -57,7 +57,7 @@ def test_an_integration_without_its_extra_says_which_to_install(module: str, pac
     code = EXTRA_CODE.format(module=module, package=package)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert f"pip install 'mongo-job-queue[{extra}]'" in proc.stdout
+    assert f"the {extra!r} extra: python -m pip install '.[{extra}]' in a checkout of mongo-job-queue" in proc.stdout
 
 
 def test_moved_names_keep_their_old_path_with_a_deprecation_warning() -> None:

@@ -1,6 +1,6 @@
 """An admin web UI for the queue: one WSGI app to mount in Flask or Django, or to serve standalone.
 
-Needs the ``admin`` extra (``pip install 'mongo-job-queue[admin]'``:
+Needs the ``admin`` extra (``python -m pip install '.[admin]'`` in a checkout:
 Jinja2, Werkzeug, itsdangerous). See docs/admin.rst for mounting, the
 roles and the security model::
 
@@ -17,7 +17,8 @@ try:
     import werkzeug  # noqa: F401
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
-        "mongo_job_queue.contrib.admin needs Jinja2, Werkzeug and itsdangerous: pip install 'mongo-job-queue[admin]'"
+        "mongo_job_queue.contrib.admin needs Jinja2, Werkzeug and itsdangerous: "
+        "python -m pip install '.[admin]' in a checkout of mongo-job-queue"
     ) from exc
 
 from collections.abc import Mapping, Sequence

@@ -45,7 +45,8 @@ from ...errors import MongoJobQueueError
 from ...handlers import HandlerFn
 from ...queue import PersistentJobQueue
 from ...schedule import Schedule
-from .._boot import Start, StartDecision, WorkerStarter, build_queue, prefork_server, stop_timeout_setting
+from .._boot import Start, StartDecision, WorkerStarter, build_queue, stop_timeout_setting
+from .._servers import prefork_decision
 
 __all__ = [
     "SETTING",
@@ -118,6 +119,37 @@ def get_queue() -> PersistentJobQueue[Any]:
             _starter = WorkerStarter(queue, stop_timeout=stop_timeout, name="Django")
             _queue = queue
     return _queue
+
+
+def __mongo_job_queue__() -> PersistentJobQueue[Any]:
+    """What ``mongo-job-queue --app mongo_job_queue.contrib.django`` runs on: the project's queue, Django set up.
+
+    ``django.setup()`` runs this app's ``ready()``, which imports the
+    registry modules and the apps' ``jobs`` modules: without it the queue
+    would have no handler.
+
+    Raises:
+        ImproperlyConfigured: no settings module, or this app is not installed.
+    """
+    import django
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+
+    if not settings.configured and not os.environ.get("DJANGO_SETTINGS_MODULE"):
+        raise ImproperlyConfigured(
+            "DJANGO_SETTINGS_MODULE is not set: set it (e.g. DJANGO_SETTINGS_MODULE=project.settings), "
+            "or run 'python manage.py mongo_job_queue ...'"
+        )
+    django.setup()
+    from django.apps import apps
+
+    if not apps.is_installed(__name__):
+        raise ImproperlyConfigured(f"add {__name__!r} to INSTALLED_APPS: it loads the handlers")
+    return get_queue()
+
+
+# ``--app mongo_job_queue.contrib.django:get_queue`` means the same: a bare get_queue() would skip django.setup().
+get_queue.__mongo_job_queue__ = __mongo_job_queue__  # type: ignore[attr-defined]
 
 
 def register_handler(job_type: str, fn: HandlerFn, **options: Any) -> HandlerFn:
@@ -278,13 +310,13 @@ def decide_start(
         if environ.get("RUN_MAIN") == "true":
             return StartDecision(Start.NOW, "runserver's serving process")
         if "--noreload" in argv:
-            return StartDecision(Start.NOW, "runserver --noreload")
+            return StartDecision(Start.NOW, "runserver --noreload", exit_on_sigterm=True)
         return StartDecision(
             Start.NEVER, "this is runserver's autoreloader watcher process; the serving process it spawns starts it"
         )
-    server = prefork_server()
-    if server:
-        return StartDecision(Start.LAZY, f"under {server}, a master that preloads the app forks its workers later")
+    under_server = prefork_decision()
+    if under_server is not None:
+        return under_server
     return StartDecision(
         Start.LAZY, "not started by 'manage.py runserver': this process may still fork before it serves"
     )

@@ -41,7 +41,8 @@ try:
     from prometheus_client.multiprocess import MultiProcessCollector
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
-        "mongo_job_queue.contrib.prometheus needs prometheus_client: pip install 'mongo-job-queue[prometheus]'"
+        "mongo_job_queue.contrib.prometheus needs prometheus_client, the 'prometheus' extra: "
+        "python -m pip install '.[prometheus]' in a checkout of mongo-job-queue, or pip install prometheus_client"
     ) from exc
 
 import os
@@ -80,6 +81,10 @@ def instrument(
 ) -> PrometheusMiddleware:
     """Add a :class:`PrometheusMiddleware` to ``queue`` and register its depth collector; idempotent.
 
+    Idempotent per queue and registry, and per job model for the depth
+    collector: another queue of the same model (each app of an app factory)
+    takes the registry's collector over. A registry reports one model's depth.
+
     Args:
         queue: The :class:`~mongo_job_queue.PersistentJobQueue` to instrument.
         registry: Default ``prometheus_client.REGISTRY``.
@@ -91,6 +96,9 @@ def instrument(
 
     Returns:
         The middleware (the one already on the queue, if any, for this registry).
+
+    Raises:
+        ValueError: ``registry`` already reports another job model's depth.
     """
     registry = registry if registry is not None else REGISTRY
     middleware = next(

@@ -259,16 +259,40 @@ _collectors: weakref.WeakKeyDictionary[CollectorRegistry, QueueStatsCollector] =
 def register_depth(
     queue: Any, registry: CollectorRegistry, cache_seconds: float, max_queues: int = MAX_LABEL_VALUES
 ) -> QueueStatsCollector:
+    """The depth collector of ``queue``'s collection in ``registry``: registered once per job model and registry.
+
+    Another queue of the same model (an app factory builds one per app)
+    takes the collector over, so it reads through the newest queue and does
+    not keep an earlier app alive; the figures are the same collection's.
+
+    Raises:
+        ValueError: the registry already reports another job model's depth
+            (the metric names are the same: one model per registry).
+    """
     with _collectors_lock:
         found = _collectors.get(registry)
         if found is not None:
             if found.queue is not queue:
-                raise ValueError(
-                    "this registry already has a queue depth collector for another queue; "
-                    "use one registry per job model"
-                )
+                if _source(found.queue) != _source(queue):
+                    raise ValueError(
+                        f"this registry already has the queue depth collector of {_describe(found.queue)}; "
+                        f"{_describe(queue)} needs a registry of its own (registry=CollectorRegistry()), "
+                        "or instrument it with depth=False"
+                    )
+                found.queue = queue
             return found
         collector = QueueStatsCollector(queue, cache_seconds=cache_seconds, max_queues=max_queues)
         registry.register(collector)
         _collectors[registry] = collector
         return collector
+
+
+def _source(queue: Any) -> tuple[str, str]:
+    """What a depth collector reads: the job model's connection alias and collection."""
+    model = queue.job_model
+    return (model._meta.get("db_alias") or "default", model._get_collection_name())
+
+
+def _describe(queue: Any) -> str:
+    alias, collection = _source(queue)
+    return f"job model {queue.job_model.__name__} (collection {collection!r}, alias {alias!r})"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
 from flask import current_app
@@ -37,6 +38,18 @@ def generate_report(job: Job) -> dict[str, Any]:
         # The first attempt meets a busy warehouse: the queue retries it after a backoff.
         raise ConnectionError("data warehouse busy, try again")
     return {"organization": job.organization, "rows": 42, "attempts": job.attempts}
+
+
+@jobs.handler("export_data")
+def export_data(job: Job) -> dict[str, Any]:
+    # A long job that reports how far it got; a cancelled one stops between steps.
+    steps = int(job.data.get("steps", 10))
+    for step in range(steps):
+        if job.is_cancel_requested():
+            return {"exported": step, "cancelled": True}
+        time.sleep(job.data.get("step_ms", 100) / 1000)
+        job.report_progress(100 * (step + 1) / steps, f"step {step + 1}/{steps}")
+    return {"exported": steps}
 
 
 # Every serving process fires this schedule (each gunicorn worker runs a
