@@ -17,8 +17,8 @@ try:
     import werkzeug  # noqa: F401
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
-        "mongo_job_queue.contrib.admin needs Jinja2, Werkzeug and itsdangerous: "
-        "python -m pip install '.[admin]' in a checkout of mongo-job-queue"
+        "mongo_job_queue.contrib.admin needs Jinja2, Werkzeug and itsdangerous, "
+        "the 'admin' extra: python -m pip install '.[admin]' in a checkout of mongo-job-queue"
     ) from exc
 
 from collections.abc import Mapping, Sequence
