@@ -13,7 +13,7 @@ The services, each in its own module and given its collaborators:
   workers to the queue and fails damaged documents, on a thread of its own;
 * the **change-stream waker** (:mod:`.wakeup`) wakes an idle poller;
 * the **scheduler**, when the queue has one, enqueues the jobs of due fire
-  times (see :mod:`mongo_job_queue.scheduler`).
+  times (see :mod:`mongo_job_queue.schedules.service`).
 
 Every outcome write is fenced by the lease token (see :mod:`mongo_job_queue.store`),
 so a worker that lost a lease can only log the fact, never clobber the new owner.
@@ -33,7 +33,7 @@ from ..handlers import HandlerRegistry
 from ..middleware import MiddlewareChain
 from ..model import LeaseOwner
 from ..records import ClaimedJob, job_log_extra
-from ..scheduler import Scheduler
+from ..schedules.service import Scheduler
 from ..store import JobStore
 from .completer import Completer, GroupCompleter
 from .executor import Executor, WorkQueue

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Optional, Protocol
 
-from .errors import ScheduleError
+from ..errors import ScheduleError
 
 __all__ = ["CronTimes", "FireTimes", "IntervalTimes"]
 
