@@ -32,9 +32,9 @@ from .errors import (
 from .middleware import Middleware
 from .model import BaseJob, JobError, LeaseOwner
 from .queue import PersistentJobQueue, create_job_queue
-from .queue_schedule import ScheduleInfo
-from .schedule import CatchUp, Schedule
-from .scheduler import Fire
+from .schedules.definition import CatchUp, Schedule
+from .schedules.manager import ScheduleInfo
+from .schedules.service import Fire
 from .status import JobStatus
 
 __version__ = "1.1.0"

@@ -1,4 +1,11 @@
-"""The public facade: :class:`PersistentJobQueue` and :func:`create_job_queue`."""
+"""The public facade: :class:`PersistentJobQueue` and :func:`create_job_queue`.
+
+The queue object only wires components together: each public method
+delegates to one of them, built here with its collaborators. Enqueues go
+through :mod:`.enqueue`, reads and administration through
+:mod:`.queue_admin`, schedules through :mod:`.schedules.manager`, and
+running jobs through :mod:`.worker`.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +15,25 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
-from typing import Any, Optional, TypeVar
+from datetime import datetime, tzinfo
+from typing import Any, Generic, Optional, TypeVar, Union
 
 from bson import ObjectId
-from mongoengine.errors import FieldDoesNotExist, ValidationError
 
-from .clock import MAX_DURATION_MS, Clock, after_ms, to_naive_utc, utcnow
-from .config import MAX_RETRIES, ConfigInput, QueueConfig, load_config
-from .errors import ConfigError, EagerJobFailed, InvalidJobError, JobModelError, QueueStateError
+from .clock import Clock, to_naive_utc, utcnow
+from .config import ConfigInput, QueueConfig, load_config
+from .enqueue import Enqueuer, JobBuilder
+from .errors import ConfigError, JobModelError, QueueStateError
 from .handlers import HandlerFn, HandlerRegistry
 from .middleware import Middleware, MiddlewareChain
-from .model import LIBRARY_FIELDS, BaseJob
+from .model import BaseJob
 from .queue_admin import QueueAdmin
-from .queue_schedule import ScheduleMixin
 from .retry import RetryStrategy, StopStrategy, WaitStrategy
-from .status import COMPLETED, PENDING
+from .schedules.definition import CatchUp, Schedule
+from .schedules.manager import ScheduleInfo, ScheduleManager
+from .schedules.service import Fire, Scheduler
+from .status import FINISHED
 from .store import JobStore
-from .validation import check_document, check_payload
 from .worker import Worker
 from .worker.runner import run_worker
 
@@ -34,11 +42,12 @@ __all__ = ["PersistentJobQueue", "create_job_queue"]
 J = TypeVar("J", bound=BaseJob)
 F = TypeVar("F", bound=HandlerFn)
 
-_ENQUEUE_KEYS = frozenset({"job_type", "data", "run_at", "delay_ms", "priority", "queue", "max_retries"})
+Timezone = Union[str, tzinfo]
+
 _live_queues: weakref.WeakSet[PersistentJobQueue[Any]] = weakref.WeakSet()
 
 
-class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
+class PersistentJobQueue(Generic[J]):
     """A MongoDB-backed job queue over the app's own job model.
 
     Build it with :func:`create_job_queue`. The same object enqueues (from
@@ -65,14 +74,34 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
         self.store = JobStore(job_model, self.config, clock=clock, sleep=sleep, logger=logger)
         self.worker = Worker(self.store, self.registry, self.config, logger=logger, hooks=self.hooks)
         self._indexes_ensured = False
-        #: Testing hook (see :mod:`mongo_job_queue.testing`): when True, :meth:`enqueue`
-        #: and :meth:`enqueue_many` run each new job of a registered type at once,
-        #: in the calling thread, due or not, and return it in its new state.
-        self.eager = False
-        #: With :attr:`eager`: raise :class:`~mongo_job_queue.errors.EagerJobFailed`
-        #: when an eagerly run job did not complete, so a test sees the failure.
-        self.eager_propagate = False
+        self._builder = JobBuilder(job_model, self.config, self.registry)
+        self._enqueuer = Enqueuer(self._builder, self.store, self.worker, self.hooks)
+        self._admin = QueueAdmin(job_model, self.store, self.worker, self.hooks)
+        self._schedules = ScheduleManager(self.store, self.worker, self._enqueuer, prepare=self._prepare)
         _live_queues.add(self)
+
+    @property
+    def eager(self) -> bool:
+        """Testing hook (see :mod:`mongo_job_queue.testing`): when True, :meth:`enqueue`
+        and :meth:`enqueue_many` run each new job of a registered type at once,
+        in the calling thread, due or not, and return it in its new state.
+        """
+        return self._enqueuer.eager
+
+    @eager.setter
+    def eager(self, value: bool) -> None:
+        self._enqueuer.eager = value
+
+    @property
+    def eager_propagate(self) -> bool:
+        """With :attr:`eager`: raise :class:`~mongo_job_queue.errors.EagerJobFailed`
+        when an eagerly run job did not complete, so a test sees the failure.
+        """
+        return self._enqueuer.eager_propagate
+
+    @eager_propagate.setter
+    def eager_propagate(self, value: bool) -> None:
+        self._enqueuer.eager_propagate = value
 
     def add_middleware(self, middleware: Middleware) -> None:
         """Add lifecycle hooks after construction (e.g. by a Flask or Django integration)."""
@@ -162,38 +191,18 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
         Raises:
             InvalidJobError: bad input; nothing was written.
         """
-        doc = self._build(
-            {
-                "job_type": job_type,
-                "data": data,
-                "run_at": run_at,
-                "delay_ms": delay_ms,
-                "priority": priority,
-                "queue": queue,
-                "max_retries": max_retries,
-                "unique_key": unique_key,
-                "unique_for_ms": unique_for_ms,
-            },
-            extra_fields,
-        )
-        self._announce([doc])
-        existing: Optional[dict[str, Any]] = None
-        try:
-            if "unique_key" in doc:
-                existing = self.store.jobs.insert(doc)
-            else:
-                self.store.jobs.insert(doc)
-        except BaseException as exc:
-            self._aborted([doc], exc)
-            raise
-        if existing is not None:
-            self._aborted([doc], None)  # a job with this unique key is already queued: that one is returned
-            return self._instance(existing)
-        self.hooks.emit("after_enqueue", doc)
-        if self.eager:
-            return self._run_eagerly([doc])[0]
-        self._wake_if_local(doc)
-        return self._instance(doc)
+        spec = {
+            "job_type": job_type,
+            "data": data,
+            "run_at": run_at,
+            "delay_ms": delay_ms,
+            "priority": priority,
+            "queue": queue,
+            "max_retries": max_retries,
+            "unique_key": unique_key,
+            "unique_for_ms": unique_for_ms,
+        }
+        return self._enqueuer.enqueue(spec, extra_fields)
 
     def enqueue_many(self, jobs: Iterable[Mapping[str, Any]]) -> list[J]:
         """Validate every job, then insert them all in one bulk write.
@@ -202,177 +211,7 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
         required) plus the app's own fields. If any job is invalid, nothing is
         written and the error names its index.
         """
-        docs = []
-        for index, spec in enumerate(jobs):
-            if not isinstance(spec, Mapping):
-                raise InvalidJobError(f"jobs[{index}] must be a mapping, got {type(spec).__name__}")
-            if "job_type" not in spec:
-                raise InvalidJobError(f"jobs[{index}] has no 'job_type'")
-            if "unique_key" in spec or "unique_for_ms" in spec:
-                raise InvalidJobError(f"jobs[{index}]: unique_key is supported by enqueue() only")
-            known = {k: v for k, v in spec.items() if k in _ENQUEUE_KEYS}
-            extra = {k: v for k, v in spec.items() if k not in _ENQUEUE_KEYS}
-            known.setdefault("priority", 0)
-            known.setdefault("queue", "default")
-            try:
-                docs.append(self._build(known, extra))
-            except InvalidJobError as exc:
-                raise InvalidJobError(f"jobs[{index}]: {exc}") from exc
-        self._announce(docs)
-        try:
-            self.store.jobs.insert_many(docs)
-        except BaseException as exc:
-            self._aborted(docs, exc)
-            raise
-        for doc in docs:
-            self.hooks.emit("after_enqueue", doc)
-        if self.eager:
-            return self._run_eagerly(docs)
-        for doc in docs:
-            self._wake_if_local(doc)
-        return [self._instance(doc) for doc in docs]
-
-    def _announce(self, docs: list[dict[str, Any]]) -> None:
-        """Run before_enqueue on every document, then re-check what the hooks added."""
-        if not self.hooks:
-            return
-        for doc in docs:
-            self.hooks.emit("before_enqueue", doc)
-        try:
-            for doc in docs:
-                check_document(doc, limit=self.config.max_job_bytes)
-        except InvalidJobError as exc:
-            self._aborted(docs, exc)
-            raise
-
-    def _aborted(self, docs: list[dict[str, Any]], exc: Optional[BaseException]) -> None:
-        # Every before_enqueue gets an after_enqueue or this, so a producer span always ends.
-        for doc in docs:
-            self.hooks.emit("on_enqueue_aborted", doc, exc=exc)
-
-    def _run_eagerly(self, docs: list[dict[str, Any]]) -> list[J]:
-        # App tests want the side effects of enqueue at once, without threads.
-        jobs = []
-        for doc in docs:
-            if doc["type"] in self.registry:
-                self.worker.run_job_now(doc["_id"])
-                fresh = self.store.admin.get(doc["_id"])
-                doc = fresh if fresh is not None else doc
-                if self.eager_propagate and doc.get("status") != COMPLETED:
-                    error = doc.get("last_error") or {}
-                    raise EagerJobFailed(
-                        f"job {doc['_id']} ({doc['type']}) ended {doc.get('status')}: "
-                        f"{error.get('type', '?')}: {error.get('message', '')}",
-                        job_id=doc["_id"],
-                    )
-            jobs.append(self._instance(doc))
-        return jobs
-
-    def _build(
-        self, spec: Mapping[str, Any], extra: Mapping[str, Any], now: Optional[datetime] = None
-    ) -> dict[str, Any]:
-        job_type = spec["job_type"]
-        if not isinstance(job_type, str) or not job_type:
-            raise InvalidJobError(f"job_type must be a non-empty str, got {job_type!r}")
-        data = spec.get("data")
-        data = {} if data is None else data
-        check_payload(data)
-        queue = spec.get("queue", "default")
-        if not isinstance(queue, str) or not queue:
-            raise InvalidJobError(f"queue must be a non-empty str, got {queue!r}")
-        priority = spec.get("priority", 0)
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise InvalidJobError(f"priority must be an int, got {priority!r}")
-        if not -(2**31) <= priority < 2**31:
-            raise InvalidJobError(f"priority must fit in 32 bits, got {priority}")
-        max_retries = spec.get("max_retries")
-        default_retries = max_retries is None  # then the handler's, where the job runs, decides (retry_limit)
-        if max_retries is None:
-            registered = self.registry.get(job_type)
-            max_retries = registered.max_retries if registered and registered.max_retries is not None else None
-        if max_retries is None:
-            max_retries = self.config.max_retries
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or not 0 <= max_retries <= MAX_RETRIES:
-            raise InvalidJobError(f"max_retries must be an int from 0 to {MAX_RETRIES}, got {_short_repr(max_retries)}")
-        unique = self._unique(spec.get("unique_key"), spec.get("unique_for_ms"))
-        now = self.store.now() if now is None else now
-        run_at = self._run_at(spec.get("run_at"), spec.get("delay_ms"), now)
-        forbidden = sorted(set(extra) & LIBRARY_FIELDS)
-        if forbidden:
-            raise InvalidJobError(
-                f"field(s) {', '.join(forbidden)} are managed by the queue and cannot be set at enqueue"
-            )
-        fields = {
-            "type": job_type,
-            "status": PENDING,
-            "data": dict(data),
-            "queue": queue,
-            "priority": priority,
-            "run_at": run_at,
-            "attempts": 0,
-            "max_retries": max_retries,
-            "created_at": now,
-            "updated_at": now,
-        }
-        if default_retries:
-            fields["max_retries_default"] = True
-        if unique is not None:
-            fields["unique_key"] = unique[0]
-            if unique[1] is not None:
-                fields["unique_until"] = after_ms(now, unique[1])
-        try:
-            job = self.job_model(**fields, **extra)
-            job.validate()
-        except (FieldDoesNotExist, ValidationError) as exc:
-            raise InvalidJobError(f"{self.job_model.__name__} rejected the job: {exc}") from exc
-        doc: dict[str, Any] = job.to_mongo().to_dict()
-        doc["_id"] = ObjectId()
-        check_document(doc, limit=self.config.max_job_bytes)
-        return doc
-
-    @staticmethod
-    def _unique(key: Any, for_ms: Any) -> Optional[tuple[str, Optional[int]]]:
-        if key is None:
-            if for_ms is not None:
-                raise InvalidJobError("unique_for_ms needs a unique_key")
-            return None
-        if not isinstance(key, str) or not key or len(key) > 1000:
-            raise InvalidJobError(f"unique_key must be a non-empty str of at most 1000 characters, got {key!r:.80}")
-        if for_ms is not None and (
-            isinstance(for_ms, bool) or not isinstance(for_ms, int) or not 1 <= for_ms <= MAX_DURATION_MS
-        ):
-            raise InvalidJobError(
-                f"unique_for_ms must be an int from 1 to {MAX_DURATION_MS} (100 years), got {_short_repr(for_ms)}"
-            )
-        return key, for_ms
-
-    @staticmethod
-    def _run_at(run_at: Any, delay_ms: Any, now: datetime) -> datetime:
-        if run_at is not None and delay_ms is not None:
-            raise InvalidJobError("pass run_at or delay_ms, not both")
-        if delay_ms is not None:
-            if isinstance(delay_ms, bool) or not isinstance(delay_ms, int) or not 0 <= delay_ms <= MAX_DURATION_MS:
-                raise InvalidJobError(
-                    f"delay_ms must be an int from 0 to {MAX_DURATION_MS} (100 years), got {_short_repr(delay_ms)}"
-                )
-            return after_ms(now, delay_ms)
-        if run_at is not None:
-            if not isinstance(run_at, datetime):
-                raise InvalidJobError(f"run_at must be a datetime, got {type(run_at).__name__}")
-            try:
-                return to_naive_utc(run_at)
-            except (OverflowError, ValueError) as exc:  # UTC of an aware time near datetime.min/max
-                raise InvalidJobError(f"run_at {_short_repr(run_at)} is out of range in UTC: {exc}") from exc
-        return now
-
-    def _instance(self, doc: dict[str, Any]) -> J:
-        return self.job_model._from_son(doc)  # type: ignore[no-any-return]
-
-    def _wake_if_local(self, doc: Mapping[str, Any]) -> None:
-        # A job enqueued in the process that runs it need not wait for the next poll.
-        local = self.worker.running and doc["type"] in self.registry and doc["queue"] in self.config.queues
-        if local and doc["run_at"] <= self.store.now():
-            self.worker.notify()
+        return self._enqueuer.enqueue_many(jobs)
 
     # -- worker -------------------------------------------------------------
 
@@ -404,8 +243,7 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
             return
         if not len(self.registry):
             raise QueueStateError("start_polling() with no handler registered: register handlers first")
-        if not self._indexes_ensured:
-            self.ensure_indexes()
+        self._prepare()
         problem = self.store.admin.write_concern_problem()
         if problem:
             logging.getLogger(__name__).warning("unsafe write concern: %s", problem)
@@ -441,7 +279,7 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
     ) -> int:
         """Run the worker in the foreground until SIGTERM/SIGINT; return an exit code.
 
-        See :func:`mongo_job_queue.worker.runner.run_worker`: a first signal stops
+        See :func:`mongo_job_queue.runner.run_worker`: a first signal stops
         gracefully within ``stop_timeout``, then returns jobs still running to
         the queue (attempt counted); a second signal skips the wait.
         """
@@ -484,7 +322,7 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
                 new_config = dataclasses.replace(self.config, **config)
             except TypeError as exc:
                 raise ConfigError(f"unknown config key in {sorted(config)}: {exc}") from exc
-            self.config = self.store.config = new_config
+            self.config = self.store.config = self._builder.config = new_config
             # The lease owner may name a new worker_id; runs still finishing
             # after a timed-out stop keep their heartbeat.
             self.worker.reconfigure(new_config)
@@ -497,14 +335,12 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
         Deterministic single step for tests and scripts (no threads, no heartbeat,
         so keep handlers shorter than ``lease_ms``). Returns None when nothing is due.
         """
-        if not self._indexes_ensured:
-            self.ensure_indexes()
+        self._prepare()
         claimed = self.worker.claim_one()
         if claimed is None:
             return None
         self.worker.process(claimed)
-        doc = self.store.admin.get(claimed.id)
-        return self._instance(doc) if doc is not None else None
+        return self.get_job(claimed.id)
 
     def drain(self, max_jobs: Optional[int] = None) -> int:
         """Run due jobs with :meth:`run_once` until none is due (or ``max_jobs``); return how many ran."""
@@ -519,19 +355,241 @@ class PersistentJobQueue(QueueAdmin[J], ScheduleMixin[J]):
         """Return jobs with expired leases to the queue now; ``(requeued, failed)``."""
         return self.worker.recover_orphans()
 
+    # -- reads and administration ---------------------------------------------
+
+    def get_job(self, job_id: ObjectId | str) -> Optional[J]:
+        """The job with this id, freshly read, or None.
+
+        Raises:
+            InvalidJobIdError: ``job_id`` is not an ObjectId or its 24-hex-digit string.
+        """
+        return self._admin.get_job(job_id)
+
+    def wait(self, job_id: ObjectId | str, timeout: Optional[float] = 30.0) -> Optional[J]:
+        """Wait until the job is finished (completed, failed or cancelled) and return it; None if there is no such job.
+
+        Polls by ``_id`` with backoff from 50 ms to 1 s, so a waiting caller
+        costs at most about one indexed read per second. ``timeout`` is in
+        seconds; None (or ``math.inf``) waits as long as it takes.
+
+        Raises:
+            JobTimeout: the job did not finish within ``timeout`` seconds.
+            InvalidJobIdError: ``job_id`` is not an ObjectId or its 24-hex-digit string.
+            ValueError: ``timeout`` is not None or a number >= 0.
+        """
+        return self._admin.wait(job_id, timeout)
+
+    def counts(self, queue: Optional[str] = None) -> dict[str, int]:
+        """Number of jobs per status, optionally for one queue."""
+        return self._admin.counts(queue)
+
+    def retry_job(self, job_id: ObjectId | str) -> bool:
+        """Queue a ``failed`` or ``cancelled`` job again with a fresh attempt budget; False if it is neither.
+
+        Raises:
+            InvalidJobIdError: ``job_id`` is not an ObjectId or its 24-hex-digit string.
+        """
+        return self._admin.retry_job(job_id)
+
+    def cancel_job(self, job_id: ObjectId | str) -> bool:
+        """Cancel a ``pending`` job at once, or request the cancellation of a running one.
+
+        A running job's worker learns of the request at its next heartbeat
+        (or the handler's next :meth:`~mongo_job_queue.BaseJob.report_progress`);
+        the handler sees :meth:`~mongo_job_queue.BaseJob.is_cancel_requested`
+        or gets :class:`~mongo_job_queue.errors.JobCancelled`, and the job
+        ends ``cancelled`` unless the handler completes first.
+
+        Returns:
+            True if the job was cancelled or its cancellation requested;
+            False if it is finished or does not exist.
+
+        Raises:
+            InvalidJobIdError: ``job_id`` is not an ObjectId or its 24-hex-digit string.
+        """
+        return self._admin.cancel_job(job_id)
+
+    def cancel_jobs(
+        self, *, job_type: Optional[str] = None, queue: Optional[str] = None, running: bool = False
+    ) -> dict[str, int]:
+        """Cancel every pending job of a type and/or queue; with ``running``, request it for running ones too.
+
+        Returns:
+            ``{"cancelled": n, "requested": m}``.
+
+        Raises:
+            InvalidJobError: neither ``job_type`` nor ``queue`` was given (cancelling
+                everything takes ``queue=...`` per queue, on purpose).
+        """
+        return self._admin.cancel_jobs(job_type=job_type, queue=queue, running=running)
+
+    def purge(self, older_than_ms: int, statuses: Iterable[str] = FINISHED) -> int:
+        """Delete finished jobs that finished more than ``older_than_ms`` ago; return how many."""
+        return self._admin.purge(older_than_ms, statuses)
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per queue name: ``counts`` by status, ``oldest_due_age_s`` of its pending jobs, ``paused``.
+
+        A paused queue is listed even when it holds no job.
+        """
+        return self._admin.stats()
+
+    def pause(self, *, queues: Iterable[str] = (), job_types: Iterable[str] = ()) -> dict[str, list[str]]:
+        """Stop every worker, in every process, from claiming these queues and job types; return what is paused.
+
+        Running jobs finish as usual. Workers read the state at most every
+        ``pause_refresh_ms``, so a pause takes effect within about that long
+        (at once in this process).
+        """
+        return self._admin.pause(queues=queues, job_types=job_types)
+
+    def resume(self, *, queues: Iterable[str] = (), job_types: Iterable[str] = ()) -> dict[str, list[str]]:
+        """Undo :meth:`pause` for these queues and job types; return what is still paused."""
+        return self._admin.resume(queues=queues, job_types=job_types)
+
+    def paused(self) -> dict[str, list[str]]:
+        """The paused ``queues`` and ``job_types``, as stored in the database."""
+        return self._admin.paused()
+
+    # -- schedules ------------------------------------------------------------
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """The schedules registered in this process (created on first use)."""
+        return self._schedules.scheduler
+
+    def schedule(
+        self,
+        name: str,
+        cron_expression: Optional[str] = None,
+        job_type: Optional[str] = None,
+        data: Optional[Mapping[str, Any]] = None,
+        *,
+        every_ms: Optional[int] = None,
+        timezone: Timezone = "UTC",
+        catch_up: Union[CatchUp, str] = CatchUp.ONCE,
+        catch_up_limit: int = 100,
+        misfire_grace_ms: int = 60_000,
+        overlap: bool = True,
+        queue: str = "default",
+        priority: int = 0,
+        max_retries: Optional[int] = None,
+        **extra_fields: Any,
+    ) -> Schedule:
+        """Enqueue ``job_type`` with ``data`` at every fire time of a cron expression or interval.
+
+        Each fire time produces exactly one job however many processes run
+        this schedule: every process with a running worker fires it, and the
+        database keeps the first insert. No database access happens here.
+
+        Args:
+            name: Identifies the schedule across processes and deploys.
+            cron_expression: Five fields (minute first), or six with seconds
+                first; needs the ``cron`` extra. Exclusive with ``every_ms``.
+            job_type: The job to enqueue; its handler may live in any process.
+            data: The job's payload, the same at every fire time.
+            every_ms: Fire every this many ms (at least 100), counted from the Unix epoch.
+            timezone: IANA name (or ZoneInfo) the cron expression is read in;
+                DST is handled as Debian cron does.
+            catch_up: Fire times missed while no worker ran: ``"once"``
+                enqueues the latest, ``"skip"`` none older than
+                ``misfire_grace_ms``, ``"all"`` each, up to ``catch_up_limit``.
+            catch_up_limit: With ``"all"``, the most missed fire times enqueued at once (at most 10,000).
+            misfire_grace_ms: With ``"skip"``, how late a fire time may still be enqueued (at most 366 days).
+            overlap: False skips a fire time while the schedule's previous
+                job is still pending or running (through ``unique_key``), so
+                runs never overlap.
+            queue: Queue of the jobs.
+            priority: Priority of the jobs.
+            max_retries: Overrides the handler's and the config's default.
+            **extra_fields: Values for the app's own fields.
+
+        Raises:
+            ScheduleError: bad name, expression, interval, timezone or policy,
+                or a schedule of that name already registered.
+            InvalidJobError: the job itself would be rejected by ``enqueue``.
+        """
+        return self._schedules.add(
+            name, cron_expression, job_type, data, queue=queue, priority=priority, max_retries=max_retries,
+            extra_fields=extra_fields, every_ms=every_ms, tz=timezone, catch_up=catch_up,
+            catch_up_limit=catch_up_limit, misfire_grace_ms=misfire_grace_ms, overlap=overlap,
+        )  # fmt: skip
+
+    def periodic(
+        self,
+        name: str,
+        cron_expression: Optional[str] = None,
+        *,
+        job_type: Optional[str] = None,
+        data: Optional[Mapping[str, Any]] = None,
+        every_ms: Optional[int] = None,
+        timezone: Timezone = "UTC",
+        catch_up: Union[CatchUp, str] = CatchUp.ONCE,
+        catch_up_limit: int = 100,
+        misfire_grace_ms: int = 60_000,
+        overlap: bool = True,
+        queue: str = "default",
+        priority: int = 0,
+        max_retries: Optional[int] = None,
+        stop: Optional[StopStrategy] = None,
+        wait: Optional[WaitStrategy] = None,
+        retry: Optional[RetryStrategy] = None,
+        **extra_fields: Any,
+    ) -> Callable[[F], F]:
+        """Decorator: register the function as the handler of ``job_type`` (default: ``name``) and schedule it.
+
+        Takes :meth:`schedule`'s arguments, plus the retry strategies of
+        :meth:`register_handler`. Nothing is registered if either is invalid.
+        """
+
+        def decorate(fn: F) -> F:
+            jt = name if job_type is None else job_type
+            self.schedule(
+                name, cron_expression, jt, data, every_ms=every_ms, timezone=timezone, catch_up=catch_up,
+                catch_up_limit=catch_up_limit, misfire_grace_ms=misfire_grace_ms, overlap=overlap, queue=queue,
+                priority=priority, max_retries=max_retries, **extra_fields,
+            )  # fmt: skip
+            try:
+                self.register_handler(jt, fn, stop=stop, wait=wait, retry=retry, max_retries=max_retries)
+            except BaseException:
+                self.unschedule(name)  # all or nothing
+                raise
+            return fn
+
+        return decorate
+
+    def unschedule(self, name: str) -> bool:
+        """Stop firing ``name`` from this process; False if it was not registered here.
+
+        Other processes fire it until they unregister it too; removing the
+        schedule from the code and deploying does that everywhere.
+        """
+        return self._schedules.remove(name)
+
+    def schedules(self) -> list[ScheduleInfo]:
+        """The schedules registered here and those known from the database, with next and last fire times."""
+        return self._schedules.infos()
+
+    def fire_schedules(self, now: Optional[datetime] = None) -> list[Fire]:
+        """Enqueue the jobs of every fire time due now; the deterministic single step for tests and scripts.
+
+        ``now`` (aware, or naive UTC) replaces the clock, so a test can walk
+        a schedule through time without waiting. A running worker does the
+        same by itself at each fire time.
+        """
+        return self._schedules.fire(None if now is None else to_naive_utc(now))
+
+    def _prepare(self) -> None:
+        # The model's indexes before this object's first own use of the collection.
+        if not self._indexes_ensured:
+            self.ensure_indexes()
+
     def _after_fork_in_child(self) -> None:
         # The parent's threads do not exist here and its leases are its own.
         self.worker._reset_runtime_state()
         if self.worker.scheduler is not None:
             self.worker.scheduler._after_fork_in_child()
         self._indexes_ensured = False
-
-
-def _short_repr(value: Any) -> str:
-    # repr() of an int of more than 4300 digits raises ValueError.
-    if isinstance(value, int) and value.bit_length() > 64:
-        return f"an int of {value.bit_length()} bits"
-    return f"{value!r:.80}"
 
 
 def _check_model(job_model: Any) -> None:

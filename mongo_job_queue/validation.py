@@ -1,9 +1,14 @@
-"""Checks on a job document before it is written.
+"""What a storable job document is: the rules checked before a write, and after a read.
 
-Everything here runs before the insert, so bad input raises
+Before a write (:func:`check_payload`, :func:`check_document`,
+:func:`check_value`): bad input raises
 :class:`~mongo_job_queue.errors.InvalidJobError` and leaves the database as it
-was. MongoDB would reject some of these itself, but only after part of a bulk
-insert went through, and with a message that does not name the job.
+was. MongoDB would reject some of it itself, but only after part of a bulk
+insert went through, and with a message that does not name the job. The
+enqueue path (:mod:`.enqueue`) runs each of these once per job.
+
+After a read (:func:`stored_job_problems`): a document edited by hand is
+failed with the reasons by the worker, instead of crashing it.
 """
 
 from __future__ import annotations
@@ -50,10 +55,15 @@ def check_payload(data: Any, *, what: str = "data") -> None:
     _walk(data, what, 1)
 
 
-def check_value(value: Any, *, what: str) -> None:
-    """Check any value (e.g. a handler's result) as a field of a job document."""
+def check_value(value: Any, *, what: str) -> int:
+    """Check any value (e.g. a handler's result) as the field ``what`` of a job document; return its encoded size.
+
+    The size is that of ``{what: value}``, from the one encoding that proves
+    the value storable, so a caller bounding it (``max_result_bytes``) need
+    not encode it again.
+    """
     _walk(value, what, 1)
-    check_document({what: value})
+    return check_document({what: value})
 
 
 def _walk(value: Any, path: str, depth: int) -> None:

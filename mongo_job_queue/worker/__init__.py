@@ -21,7 +21,7 @@ depending on the config:
   (``-wakeup``, :mod:`.wakeup`) wakes an idle poller when a job arrives; it
   ends on a server without change streams, where polling alone serves;
 * with a schedule registered and ``run_schedules``, the **scheduler**
-  (``-scheduler``, :mod:`mongo_job_queue.scheduler`) enqueues the jobs of
+  (``-scheduler``, :mod:`mongo_job_queue.schedules.service`) enqueues the jobs of
   due fire times.
 
 :mod:`.runner` runs a worker in the foreground of a worker process, with
@@ -45,7 +45,7 @@ from ..errors import QueueStateError
 from ..handlers import HandlerRegistry
 from ..middleware import MiddlewareChain
 from ..model import LeaseOwner, job_log_extra
-from ..scheduler import Scheduler
+from ..schedules.service import Scheduler
 from ..store import ClaimedJob, JobStore
 from .completer import Completer, GroupCompleter
 from .executor import Executor, WorkQueue

@@ -14,8 +14,6 @@ import threading
 import time
 from typing import Any, Optional
 
-import bson
-
 from ..clock import after_ms
 from ..config import QueueConfig
 from ..context import JobContext, RunState
@@ -184,8 +182,7 @@ class Executor:
         if result is None:
             return None
         try:
-            check_value(result, what="result")
-            size = len(bson.encode({"result": result}))
+            size = check_value(result, what="result")
         except Exception as exc:  # noqa: BLE001 - whatever the encoder refuses
             reason = f"not stored: {safe_str(exc)}"
         else:

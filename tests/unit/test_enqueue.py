@@ -5,13 +5,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
 from typing import Any
 
+import bson
 import pytest
 from bson import ObjectId
 from conftest import START, OrgJob, RefJob, TenantJob, raw_doc, raw_docs
 
-from mongo_job_queue import InvalidJobError
+from mongo_job_queue import InvalidJobError, Middleware, validation
 
 
 def _count(model: type = OrgJob) -> int:
@@ -226,6 +228,52 @@ def test_required_app_field_missing_is_rejected(make_queue: Any) -> None:
     assert _count(TenantJob) == 0
     assert queue.enqueue("t", tenant="t1").tenant == "t1"
     assert _count(TenantJob) == 1
+
+
+# -- one check of what is written ---------------------------------------------
+
+
+class Trace(Middleware):
+    """Adds a header, as a tracing middleware does, and records the aborted enqueues."""
+
+    def __init__(self, header: Any = "t") -> None:
+        self.header = header
+        self.aborted: list[str] = []
+
+    def before_enqueue(self, queue: Any, doc: dict[str, Any]) -> None:
+        doc["headers"] = {"trace": self.header}
+
+    def on_enqueue_aborted(self, queue: Any, doc: dict[str, Any], *, exc: Any) -> None:
+        self.aborted.append(type(exc).__name__)
+
+
+def test_each_job_is_encoded_once_whether_hooks_change_it_or_not(queue: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    encoded: list[str] = []
+    real_encode = bson.encode
+
+    def encode(doc: Any, *args: Any, **kwargs: Any) -> bytes:
+        if isinstance(doc, dict) and "type" in doc:  # a job document, not a query or a result
+            encoded.append(doc["type"])
+        return real_encode(doc, *args, **kwargs)
+
+    # The library's encodings (mongomock encodes each insert once more, as the driver does).
+    monkeypatch.setattr(validation, "bson", SimpleNamespace(encode=encode))
+    queue.enqueue("plain")
+    queue.enqueue_many([{"job_type": "bulk"}, {"job_type": "bulk"}])
+    queue.add_middleware(Trace())
+    queue.enqueue("traced")
+    queue.enqueue_many([{"job_type": "traced-bulk"}])
+    assert encoded == ["plain", "bulk", "bulk", "traced", "traced-bulk"]
+    assert [d.get("headers") for d in raw_docs()][-2:] == [{"trace": "t"}, {"trace": "t"}]  # checked, then stored
+
+
+def test_what_the_hooks_add_is_checked_with_the_job(unchanged: Any, queue: Any) -> None:
+    trace = Trace(header=object())
+    queue.add_middleware(trace)
+    unchanged(queue.enqueue, "t", match="job is not BSON-encodable")
+    message = unchanged(queue.enqueue_many, [{"job_type": "a"}, {"job_type": "b"}])
+    assert message.startswith("jobs[0]: job is not BSON-encodable")
+    assert trace.aborted == ["InvalidJobError"] * 3  # every announced job is closed
 
 
 # -- enqueue_many ------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -19,7 +20,7 @@ import pytest
 from conftest import START, OrgJob, RefJob, TenantJob, raw_docs
 
 from mongo_job_queue import CatchUp, HandlerError, InvalidJobError, Middleware, ScheduleError
-from mongo_job_queue.schedule import Schedule
+from mongo_job_queue.schedules.definition import Schedule
 
 NY = ZoneInfo("America/New_York")
 
@@ -199,7 +200,7 @@ def test_a_duplicate_name_is_rejected(queue: Any) -> None:
 def test_without_the_cron_extra_the_error_says_what_to_install() -> None:
     code = (
         "import sys; sys.modules['cronsim'] = None\n"
-        "from mongo_job_queue.schedule import Schedule\n"
+        "from mongo_job_queue.schedules.definition import Schedule\n"
         "from mongo_job_queue import ScheduleError\n"
         "try:\n"
         "    Schedule.create('s', '* * * * *', 'T', every_ms=None, tz='UTC', catch_up='once',"
@@ -210,7 +211,7 @@ def test_without_the_cron_extra_the_error_says_what_to_install() -> None:
         " catch_up_limit=1, misfire_grace_ms=1, job={}, extra_fields={})\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
-    assert "pip install 'mongo-job-queue[cron]'" in out.stdout
+    assert "python -m pip install '.[cron]' in a checkout of mongo-job-queue" in out.stdout
 
 
 # -- firing through the queue --------------------------------------------------
@@ -459,3 +460,37 @@ def test_a_schedule_whose_fire_times_cannot_be_computed_backs_off_alone(
     expected = "schedule broken failed {} time(s) in a row; trying it again in {}s, the others on time"
     assert retries[:7] == [expected.format(n, min(60, 2**n)) for n in range(1, 8)]
     assert len(retries) == 14  # 2 + 4 + ... + 32 s, then every 60 s: not at each of the 600 wake-ups
+
+
+# -- the old module paths ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("old", "name", "new"),
+    [
+        ("mongo_job_queue.schedule", "Schedule", "mongo_job_queue.schedules.definition"),
+        ("mongo_job_queue.schedule", "CatchUp", "mongo_job_queue.schedules.definition"),
+        ("mongo_job_queue.scheduler", "Fire", "mongo_job_queue.schedules.service"),
+        ("mongo_job_queue.scheduler", "Scheduler", "mongo_job_queue.schedules.service"),
+        ("mongo_job_queue.queue_schedule", "ScheduleInfo", "mongo_job_queue.schedules.manager"),
+    ],
+)
+def test_an_old_module_path_still_works_and_warns(old: str, name: str, new: str) -> None:
+    import importlib
+
+    module = importlib.import_module(old)
+    with pytest.warns(DeprecationWarning, match=re.escape(f"{old}.{name} moved to {new}.{name}")):
+        moved = getattr(module, name)
+    assert moved is getattr(importlib.import_module(new), name)
+    with pytest.raises(AttributeError, match="ScheduleMixin"):
+        importlib.import_module("mongo_job_queue.queue_schedule").ScheduleMixin  # noqa: B018 - gone, not moved
+
+
+def test_the_library_itself_imports_no_deprecated_path() -> None:
+    code = (
+        "import warnings; warnings.simplefilter('error', DeprecationWarning)\n"
+        "import mongo_job_queue, mongo_job_queue.cli, mongo_job_queue.testing, mongo_job_queue.contrib\n"
+        "from mongo_job_queue.schedules import definition, fire_times, manager, service\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr

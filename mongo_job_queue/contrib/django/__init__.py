@@ -44,7 +44,7 @@ from typing import Any, Optional
 from ...errors import MongoJobQueueError
 from ...handlers import HandlerFn
 from ...queue import PersistentJobQueue
-from ...schedule import Schedule
+from ...schedules.definition import Schedule
 from .._boot import Start, StartDecision, WorkerStarter, build_queue, stop_timeout_setting
 from .._servers import prefork_decision
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Optional, Protocol
 
-from .errors import ScheduleError
+from ..errors import ScheduleError
 
 __all__ = ["CronTimes", "FireTimes", "IntervalTimes"]
 
@@ -49,7 +49,8 @@ class CronTimes:
             from cronsim import CronSim, CronSimError
         except ImportError as exc:
             raise ScheduleError(
-                "cron expressions need the cron extra: pip install 'mongo-job-queue[cron]' "
+                "cron expressions need the cron extra: python -m pip install '.[cron]' in a checkout "
+                "of mongo-job-queue "
                 "(fixed intervals with every_ms work without it)"
             ) from exc
         self._cronsim = CronSim

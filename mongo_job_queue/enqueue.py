@@ -1,0 +1,307 @@
+"""The one path from enqueue arguments to a stored job: validate once, encode once, insert.
+
+:meth:`~mongo_job_queue.PersistentJobQueue.enqueue`,
+:meth:`~mongo_job_queue.PersistentJobQueue.enqueue_many` and every schedule
+fire go through here, in three steps:
+
+1. :meth:`JobBuilder.build` checks each argument, then lets the app's model
+   validate and convert its fields (its own ones included);
+2. the ``before_enqueue`` hooks may add fields (a trace context);
+3. :meth:`JobBuilder.seal` encodes the final document once, which proves it
+   storable and measures its size, right before :class:`Enqueuer` inserts it.
+
+So what is checked is exactly what is written, each check runs once, and
+bad input raises :class:`~mongo_job_queue.errors.InvalidJobError` with the
+database as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any, Generic, Literal, Optional, TypeVar
+
+from bson import ObjectId
+from mongoengine.errors import FieldDoesNotExist, ValidationError
+
+from .clock import MAX_DURATION_MS, after_ms, to_naive_utc
+from .config import MAX_RETRIES, QueueConfig
+from .errors import EagerJobFailed, InvalidJobError
+from .handlers import HandlerRegistry
+from .middleware import MiddlewareChain
+from .model import LIBRARY_FIELDS, BaseJob
+from .status import COMPLETED, PENDING
+from .store import JobStore
+from .validation import check_document, check_payload
+from .worker import Worker
+
+__all__ = ["Enqueuer", "JobBuilder"]
+
+J = TypeVar("J", bound=BaseJob)
+
+#: The arguments of ``enqueue`` an ``enqueue_many`` item may hold besides the app's
+#: own fields (``unique_key`` is for ``enqueue`` alone).
+_ENQUEUE_KEYS = frozenset({"job_type", "data", "run_at", "delay_ms", "priority", "queue", "max_retries"})
+
+#: How new documents reach the store: one job, a bulk of them, or the job of a schedule's fire time.
+InsertMode = Literal["one", "many", "fire"]
+
+
+class JobBuilder(Generic[J]):
+    """Turns enqueue arguments into a job document of the app's model, and seals it once final.
+
+    Pure: no database access, so a schedule's job can be checked when the
+    schedule is defined.
+    """
+
+    def __init__(self, job_model: type[J], config: QueueConfig, registry: HandlerRegistry) -> None:
+        self.job_model = job_model
+        self.config = config
+        self.registry = registry
+
+    def build(
+        self,
+        spec: Mapping[str, Any],
+        extra: Mapping[str, Any],
+        now: datetime,
+        *,
+        schedule: Optional[str] = None,
+        fire_time: Optional[datetime] = None,
+    ) -> dict[str, Any]:
+        """The document of ``spec`` (enqueue's arguments) and ``extra`` (the app's fields), each field checked.
+
+        ``schedule`` and ``fire_time`` mark the job of a schedule's fire time.
+        The document is not encoded yet: hooks may still add to it, then
+        :meth:`seal` checks the whole.
+        """
+        job_type = spec["job_type"]
+        if not isinstance(job_type, str) or not job_type:
+            raise InvalidJobError(f"job_type must be a non-empty str, got {job_type!r}")
+        data = spec.get("data")
+        data = {} if data is None else data
+        check_payload(data)
+        queue = spec.get("queue", "default")
+        if not isinstance(queue, str) or not queue:
+            raise InvalidJobError(f"queue must be a non-empty str, got {queue!r}")
+        priority = spec.get("priority", 0)
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise InvalidJobError(f"priority must be an int, got {priority!r}")
+        if not -(2**31) <= priority < 2**31:
+            raise InvalidJobError(f"priority must fit in 32 bits, got {priority}")
+        max_retries = spec.get("max_retries")
+        default_retries = max_retries is None  # then the handler's, where the job runs, decides (retry_limit)
+        if max_retries is None:
+            registered = self.registry.get(job_type)
+            max_retries = registered.max_retries if registered and registered.max_retries is not None else None
+        if max_retries is None:
+            max_retries = self.config.max_retries
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or not 0 <= max_retries <= MAX_RETRIES:
+            raise InvalidJobError(f"max_retries must be an int from 0 to {MAX_RETRIES}, got {_short_repr(max_retries)}")
+        unique = _unique(spec.get("unique_key"), spec.get("unique_for_ms"))
+        run_at = _run_at(spec.get("run_at"), spec.get("delay_ms"), now)
+        forbidden = sorted(set(extra) & LIBRARY_FIELDS)
+        if forbidden:
+            raise InvalidJobError(
+                f"field(s) {', '.join(forbidden)} are managed by the queue and cannot be set at enqueue"
+            )
+        fields = {
+            "type": job_type,
+            "status": PENDING,
+            "data": dict(data),
+            "queue": queue,
+            "priority": priority,
+            "run_at": run_at,
+            "attempts": 0,
+            "max_retries": max_retries,
+            "created_at": now,
+            "updated_at": now,
+        }
+        if default_retries:
+            fields["max_retries_default"] = True
+        if unique is not None:
+            fields["unique_key"] = unique[0]
+            if unique[1] is not None:
+                fields["unique_until"] = after_ms(now, unique[1])
+        if schedule is not None:
+            fields["schedule"] = schedule
+            fields["fire_time"] = fire_time
+        try:
+            job = self.job_model(**fields, **extra)
+            job.validate()
+        except (FieldDoesNotExist, ValidationError) as exc:
+            raise InvalidJobError(f"{self.job_model.__name__} rejected the job: {exc}") from exc
+        doc: dict[str, Any] = job.to_mongo().to_dict()
+        doc["_id"] = ObjectId()
+        return doc
+
+    def seal(self, doc: Mapping[str, Any]) -> int:
+        """Encode the final document, once: its size in bytes, or InvalidJobError if it cannot be stored."""
+        return check_document(doc, limit=self.config.max_job_bytes)
+
+
+class Enqueuer(Generic[J]):
+    """Writes built jobs: hooks around the one insert, then an eager run or a wake-up of the local worker."""
+
+    def __init__(self, builder: JobBuilder[J], store: JobStore, worker: Worker, hooks: MiddlewareChain) -> None:
+        self.builder = builder
+        self.store = store
+        self.worker = worker
+        self.hooks = hooks
+        #: The queue's eager mode (see :mod:`mongo_job_queue.testing`): run each new job at once,
+        #: and with ``eager_propagate`` raise EagerJobFailed if it did not complete.
+        self.eager = self.eager_propagate = False
+
+    def enqueue(self, spec: Mapping[str, Any], extra: Mapping[str, Any]) -> J:
+        """One job; the existing one instead if its unique key is held."""
+        doc = self.builder.build(spec, extra, self.store.now())
+        holder = self._insert([doc], "one")
+        if holder is not None:
+            return self._instance(holder)
+        return self._instance(self._run_or_wake([doc])[0])
+
+    def enqueue_many(self, jobs: Iterable[Mapping[str, Any]]) -> list[J]:
+        """Every job built before any is written, then one bulk insert; errors name the job's index."""
+        docs = []
+        for index, spec in enumerate(jobs):
+            if not isinstance(spec, Mapping):
+                raise InvalidJobError(f"jobs[{index}] must be a mapping, got {type(spec).__name__}")
+            if "job_type" not in spec:
+                raise InvalidJobError(f"jobs[{index}] has no 'job_type'")
+            if "unique_key" in spec or "unique_for_ms" in spec:
+                raise InvalidJobError(f"jobs[{index}]: unique_key is supported by enqueue() only")
+            known = {k: v for k, v in spec.items() if k in _ENQUEUE_KEYS}
+            extra = {k: v for k, v in spec.items() if k not in _ENQUEUE_KEYS}
+            known.setdefault("priority", 0)
+            known.setdefault("queue", "default")
+            try:
+                docs.append(self.builder.build(known, extra, self.store.now()))
+            except InvalidJobError as exc:
+                raise InvalidJobError(f"jobs[{index}]: {exc}") from exc
+        self._insert(docs, "many")
+        return [self._instance(doc) for doc in self._run_or_wake(docs)]
+
+    def enqueue_fire(
+        self, spec: Mapping[str, Any], extra: Mapping[str, Any], *, schedule: str, fire_time: datetime
+    ) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
+        """The job of one fire time: ``(doc, None)`` once inserted, else ``(doc, holder)``, nothing written.
+
+        The holder is the job of the same fire time (enqueued by another
+        process) or the schedule's unfinished job holding its ``unique_key``.
+        """
+        doc = self.builder.build(spec, extra, self.store.now(), schedule=schedule, fire_time=fire_time)
+        holder = self._insert([doc], "fire")
+        if holder is None:
+            self._run_or_wake([doc])
+        return doc, holder
+
+    def _insert(self, docs: list[dict[str, Any]], mode: InsertMode) -> Optional[dict[str, Any]]:
+        """Announce, seal and write ``docs``: the one place where new jobs reach the store.
+
+        Returns None once written, else the stored job holding the unique key
+        or the fire time of ``docs[0]``. Every ``before_enqueue`` gets its
+        ``after_enqueue`` or ``on_enqueue_aborted``, so a producer span always ends.
+        """
+        for doc in docs:
+            self.hooks.emit("before_enqueue", doc)
+        holder: Optional[dict[str, Any]] = None
+        try:
+            for index, doc in enumerate(docs):
+                self._seal(doc, index if mode == "many" else None)
+            if mode == "many":
+                self.store.jobs.insert_many(docs)
+            else:  # one path for plain, unique and fired jobs: the store reads which from the document
+                holder = self.store.jobs.insert(docs[0])
+        except BaseException as exc:
+            self._aborted(docs, exc)
+            raise
+        if holder is not None:
+            self._aborted(docs, None)  # the job already holding the key or the fire time is the answer
+            return holder
+        for doc in docs:
+            self.hooks.emit("after_enqueue", doc)
+        return None
+
+    def _seal(self, doc: dict[str, Any], index: Optional[int]) -> None:
+        try:
+            self.builder.seal(doc)
+        except InvalidJobError as exc:
+            if index is None:
+                raise
+            raise InvalidJobError(f"jobs[{index}]: {exc}") from exc
+
+    def _aborted(self, docs: list[dict[str, Any]], exc: Optional[BaseException]) -> None:
+        for doc in docs:
+            self.hooks.emit("on_enqueue_aborted", doc, exc=exc)
+
+    def _run_or_wake(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Run the new jobs now in eager mode, else wake the local worker; the jobs in their latest state."""
+        if self.eager:
+            return [self._run_eagerly(doc) for doc in docs]
+        for doc in docs:
+            # A job enqueued in the process that runs it need not wait for the next poll.
+            registered = doc["type"] in self.builder.registry
+            local = self.worker.running and registered and doc["queue"] in self.worker.config.queues
+            if local and doc["run_at"] <= self.store.now():
+                self.worker.notify()
+        return docs
+
+    def _run_eagerly(self, doc: dict[str, Any]) -> dict[str, Any]:
+        # App tests want the side effects of enqueue at once, without threads.
+        if doc["type"] not in self.builder.registry:
+            return doc
+        self.worker.run_job_now(doc["_id"])
+        fresh = self.store.admin.get(doc["_id"])
+        doc = fresh if fresh is not None else doc
+        if self.eager_propagate and doc.get("status") != COMPLETED:
+            error = doc.get("last_error") or {}
+            raise EagerJobFailed(
+                f"job {doc['_id']} ({doc['type']}) ended {doc.get('status')}: "
+                f"{error.get('type', '?')}: {error.get('message', '')}",
+                job_id=doc["_id"],
+            )
+        return doc
+
+    def _instance(self, doc: dict[str, Any]) -> J:
+        return self.builder.job_model._from_son(doc)  # type: ignore[no-any-return]
+
+
+def _unique(key: Any, for_ms: Any) -> Optional[tuple[str, Optional[int]]]:
+    if key is None:
+        if for_ms is not None:
+            raise InvalidJobError("unique_for_ms needs a unique_key")
+        return None
+    if not isinstance(key, str) or not key or len(key) > 1000:
+        raise InvalidJobError(f"unique_key must be a non-empty str of at most 1000 characters, got {key!r:.80}")
+    if for_ms is not None and (
+        isinstance(for_ms, bool) or not isinstance(for_ms, int) or not 1 <= for_ms <= MAX_DURATION_MS
+    ):
+        raise InvalidJobError(
+            f"unique_for_ms must be an int from 1 to {MAX_DURATION_MS} (100 years), got {_short_repr(for_ms)}"
+        )
+    return key, for_ms
+
+
+def _run_at(run_at: Any, delay_ms: Any, now: datetime) -> datetime:
+    if run_at is not None and delay_ms is not None:
+        raise InvalidJobError("pass run_at or delay_ms, not both")
+    if delay_ms is not None:
+        if isinstance(delay_ms, bool) or not isinstance(delay_ms, int) or not 0 <= delay_ms <= MAX_DURATION_MS:
+            raise InvalidJobError(
+                f"delay_ms must be an int from 0 to {MAX_DURATION_MS} (100 years), got {_short_repr(delay_ms)}"
+            )
+        return after_ms(now, delay_ms)
+    if run_at is not None:
+        if not isinstance(run_at, datetime):
+            raise InvalidJobError(f"run_at must be a datetime, got {type(run_at).__name__}")
+        try:
+            return to_naive_utc(run_at)
+        except (OverflowError, ValueError) as exc:  # UTC of an aware time near datetime.min/max
+            raise InvalidJobError(f"run_at {_short_repr(run_at)} is out of range in UTC: {exc}") from exc
+    return now
+
+
+def _short_repr(value: Any) -> str:
+    # repr() of an int of more than 4300 digits raises ValueError.
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an int of {value.bit_length()} bits"
+    return f"{value!r:.80}"

@@ -1,0 +1,155 @@
+"""The queue's schedules: defining them, listing them, and firing them one step at a time.
+
+:class:`~mongo_job_queue.PersistentJobQueue` delegates its schedule methods
+here (they are documented there). The guarantees (one job per fire time
+across processes, catch-up) come from :mod:`.service` and the store; the
+jobs themselves are built and inserted by :mod:`mongo_job_queue.enqueue`,
+as every other job is.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Optional
+
+from bson import ObjectId
+
+from ..clock import utcnow
+from ..enqueue import Enqueuer
+from ..store import JobStore
+from ..worker import Worker
+from .definition import Schedule, describe
+from .service import Fire, Scheduler
+
+__all__ = ["ScheduleInfo", "ScheduleManager"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScheduleInfo:
+    """One schedule as :meth:`~mongo_job_queue.PersistentJobQueue.schedules` lists it. Times are naive UTC."""
+
+    name: str
+    job_type: Optional[str]
+    #: When it fires, in words: ``cron '0 3 * * *' in Europe/Paris`` or ``every 60000 ms``.
+    when: str
+    #: Registered in this process; False for a schedule known only from the database
+    #: (removed from the code, or registered by other processes only): it does not fire from here.
+    registered: bool
+    #: The next fire time; None when not registered here.
+    next_fire: Optional[datetime]
+    #: The fire time of the schedule's latest job still stored (retention removes old ones).
+    last_fire: Optional[datetime]
+    last_job_id: Optional[ObjectId]
+    last_status: Optional[str]
+
+
+class ScheduleManager:
+    """The schedules of one queue: its :class:`Scheduler`, and the jobs its fire times enqueue."""
+
+    def __init__(
+        self, store: JobStore, worker: Worker, enqueuer: Enqueuer[Any], *, prepare: Callable[[], None]
+    ) -> None:
+        self.store = store
+        self.worker = worker
+        self.enqueuer = enqueuer
+        #: Called before a fire outside the worker: the queue ensures its indexes once.
+        self.prepare = prepare
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """The service, created on first use and kept by the worker, whose thread runs it."""
+        if self.worker.scheduler is None:
+            self.worker.scheduler = Scheduler(self.store, self._enqueue_fire, logger=None)
+        return self.worker.scheduler
+
+    def add(
+        self,
+        name: str,
+        cron: Optional[str],
+        job_type: Optional[str],
+        data: Optional[Mapping[str, Any]],
+        *,
+        queue: str,
+        priority: int,
+        max_retries: Optional[int],
+        extra_fields: Mapping[str, Any],
+        **when: Any,
+    ) -> Schedule:
+        """Define and register a schedule; ``when`` holds :meth:`Schedule.create`'s timing and catch-up arguments."""
+        # A copy: the caller changing its dict later must not change future fires.
+        job = {
+            "data": {} if data is None else copy.deepcopy(data),
+            "queue": queue,
+            "priority": priority,
+            "max_retries": max_retries,
+        }
+        built = Schedule.create(name, cron, job_type, job=job, extra_fields=extra_fields, **when)
+        # The job is built and sealed now, as enqueue would, so a bad payload or
+        # field fails here and not in a background thread at the first fire.
+        # The local clock: defining a schedule must not touch the database.
+        builder = self.enqueuer.builder
+        builder.seal(builder.build({**job, "job_type": job_type}, extra_fields, utcnow()))
+        self.scheduler.add(built)
+        self.worker.start_scheduler()  # a worker started before its first schedule
+        return built
+
+    def remove(self, name: str) -> bool:
+        return self.scheduler.remove(name)
+
+    def infos(self) -> list[ScheduleInfo]:
+        """Every schedule registered here or known from the database: one read of each collection."""
+        registered = {s.name: s for s in self.scheduler.all()}
+        states = self.store.control.schedule_states()
+        names = sorted(set(registered) | set(states))
+        last = self.store.control.last_fired_jobs(names)
+        now = self.store.now()
+        infos = []
+        for name in names:
+            schedule = registered.get(name)
+            spec = states[name].spec if name in states else {}
+            latest = last.get(name) or {}
+            infos.append(
+                ScheduleInfo(
+                    name=name,
+                    job_type=schedule.job_type if schedule is not None else spec.get("job_type"),
+                    when=schedule.when if schedule is not None else describe(spec),
+                    registered=schedule is not None,
+                    next_fire=schedule.next_fire(now) if schedule is not None else None,
+                    last_fire=latest.get("fire_time"),
+                    last_job_id=latest.get("_id"),
+                    last_status=latest.get("status"),
+                )
+            )
+        return infos
+
+    def fire(self, now: Optional[datetime]) -> list[Fire]:
+        """One tick outside the worker's thread, at ``now`` (naive UTC) or the store's clock."""
+        self.prepare()
+        return self.scheduler.tick(now)
+
+    def _enqueue_fire(self, schedule: Schedule, fire_time: datetime) -> Optional[ObjectId]:
+        # The same path as enqueue (validation, middleware), plus the
+        # (schedule, fire_time) pair whose unique index lets one process win.
+        spec = {**schedule.job, "job_type": schedule.job_type, "run_at": fire_time, "unique_key": schedule.overlap_key}
+        extra = schedule.extra_fields
+        doc, holder = self.enqueuer.enqueue_fire(spec, extra, schedule=schedule.name, fire_time=fire_time)
+        if holder is None:
+            return ObjectId(doc["_id"])
+        # Another process enqueued this fire time, or the previous run is unfinished.
+        if holder.get("fire_time") != fire_time:
+            log.info(
+                "schedule %s: fire time %s UTC skipped, its job %s of %s is still %s (overlap=False)",
+                schedule.name,
+                fire_time,
+                holder["_id"],
+                holder.get("fire_time"),
+                holder.get("status"),
+                extra={"schedule": schedule.name},
+            )
+        return None
