@@ -1,10 +1,12 @@
 """The admin WSGI app: every request is authorized, every response carries the security headers.
 
-The pipeline, in order: ``authorize(environ)`` gives a role or the request
-is refused (403); a POST must come from this origin and carry a valid CSRF
+The pipeline, in order: with ``allowed_hosts``, the ``Host`` must be one
+of them (400); ``authorize(environ)`` gives a role or the request is
+refused (403); a POST must come from this origin and carry a valid CSRF
 token, and its action must be allowed to the role; then the view runs and
 its page is rendered by Jinja2 with autoescape, its scripts (bundled files
-only) carrying the response's CSP nonce.
+only) carrying the response's CSP nonce. Whatever a view raises, the answer
+is a page with every header.
 """
 
 from __future__ import annotations
@@ -20,14 +22,23 @@ from urllib.parse import urlencode
 
 import jinja2
 from werkzeug.exceptions import HTTPException, NotFound
-from werkzeug.routing import Map, Rule
+from werkzeug.routing import Map, RequestRedirect, Rule
 from werkzeug.wrappers import Request, Response
 
 from ...store.workers import WorkerDocs
 from .audit import AuditLog
 from .data import AdminJobs, TooSlow
 from .filters import FilterError, clamp_int
-from .security import CSRF_COOKIE, ROLES, Authorize, CsrfTokens, allowed, origin_problem, security_headers
+from .security import (
+    CSRF_COOKIE,
+    ROLES,
+    Authorize,
+    CsrfTokens,
+    allowed,
+    host_allowed,
+    origin_problem,
+    security_headers,
+)
 
 __all__ = ["AdminApp", "Ctx", "QueueHandle"]
 
@@ -90,6 +101,7 @@ class AdminApp:
         secret_key: Optional[bytes] = None,
         refresh_s: int = DEFAULT_REFRESH_S,
         title: str = "Job queue",
+        allowed_hosts: Optional[Sequence[str]] = None,
     ) -> None:
         self.handles = {
             name: QueueHandle(
@@ -97,6 +109,8 @@ class AdminApp:
             )
             for name, q in queues.items()
         }
+        #: The ``Host`` names this app answers (any port); None leaves the check to the mounting's framework.
+        self.allowed_hosts = None if allowed_hosts is None else tuple(allowed_hosts)
         self.authorize = authorize
         self.identify = identify
         self.filter_fields = list(filter_fields)
@@ -139,14 +153,22 @@ class AdminApp:
         nonce = secrets.token_urlsafe(16)
         try:
             response = self._handle(request, nonce)
+        except RequestRedirect as exc:  # a missing slash, a doubled one: the canonical URL, under the mount
+            response = exc.get_response(environ)
         except HTTPException as exc:
             response = self._error(exc.code or 500, exc.description or exc.name, nonce)
+        except Exception:
+            log.exception("admin %s %s failed", request.method, request.path)
+            response = self._error(500, "The request failed; the server's log says why.", nonce)
         for name, value in security_headers(nonce):
             if name != "Cache-Control" or name not in response.headers:
                 response.headers[name] = value
         return response(environ, start_response)
 
     def _handle(self, request: Request, nonce: str) -> Response:
+        if self.allowed_hosts is not None and not host_allowed(request.environ, self.allowed_hosts):
+            log.warning("admin request for host %r refused (not in allowed_hosts)", request.environ.get("HTTP_HOST"))
+            return self._error(400, "This server does not answer to that host name.", nonce)
         try:
             role = self.authorize(request.environ)
         except Exception:
