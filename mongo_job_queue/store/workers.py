@@ -33,14 +33,13 @@ __all__ = ["REGISTRY_TTL_S", "WorkerDocs", "WorkerInfo", "stale_after_ms"]
 
 #: A worker's document is removed this long after it was last seen (stopped or gone).
 REGISTRY_TTL_S = 7 * 24 * 3600
-#: Bound of each registry read or write.
-_MAX_TIME_MS = 5_000
 #: The most workers one listing returns.
 _LIST_LIMIT = 500
 #: The TTL index on ``last_seen``, which also serves the listing's sort.
 SEEN_INDEX = "mjq_workers_seen"
 
 _indexes = IndexOnce()
+_SUFFIX = "_workers"
 
 
 def stale_after_ms(config: QueueConfig) -> int:
@@ -79,7 +78,7 @@ class WorkerDocs:
     @property
     def collection(self) -> Collection[dict[str, Any]]:
         jobs = self.store.collection
-        return jobs.database.get_collection(f"{jobs.name}_workers", codec_options=jobs.codec_options)
+        return jobs.database.get_collection(f"{jobs.name}{_SUFFIX}", codec_options=jobs.codec_options)
 
     def _create_index(self) -> None:
         self.collection.create_index([("last_seen", -1)], name=SEEN_INDEX, expireAfterSeconds=REGISTRY_TTL_S)
@@ -99,11 +98,8 @@ class WorkerDocs:
             "$unset": {"stopped_at": ""},
         }
 
-        def call() -> None:
-            _indexes.ensure(self.collection, self._create_index)
-            self.collection.update_one({"_id": doc_id}, update, upsert=True)
-
-        self.store.retry(call, "worker_beat")
+        _indexes.ensure(self.store, _SUFFIX, self._create_index)
+        self.store.retry(lambda: self.collection.update_one({"_id": doc_id}, update, upsert=True), "worker_beat")
 
     def stopped(self, doc_id: str) -> None:
         """Mark this worker stopped (a clean stop); a crashed one is told apart by its old ``last_seen``."""
@@ -123,15 +119,10 @@ class WorkerDocs:
         limit = max(1, min(int(limit), _LIST_LIMIT))
 
         def query() -> list[dict[str, Any]]:
-            cursor = self.collection.find(
-                {}, sort=[("last_seen", pymongo.DESCENDING)], limit=limit, max_time_ms=_MAX_TIME_MS
-            ).hint(SEEN_INDEX)
+            cursor = self.collection.find({}, sort=[("last_seen", pymongo.DESCENDING)], limit=limit).hint(SEEN_INDEX)
             return list(cursor)
 
-        def call() -> list[dict[str, Any]]:
-            return _indexes.hinted(self.collection, self._create_index, query)
-
-        docs = self.store.retry(call, "workers_list")
+        docs = _indexes.hinted(self.store, _SUFFIX, self._create_index, lambda: self.store.retry(query, "workers_list"))
         now = self.store.now()
         return [_info(doc, now, stale_after or _own_bound(doc, fallback)) for doc in docs]
 

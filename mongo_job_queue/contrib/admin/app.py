@@ -3,10 +3,10 @@
 The pipeline, in order: with ``allowed_hosts``, the ``Host`` must be one
 of them (400); ``authorize(environ)`` gives a role or the request is
 refused (403); a POST must come from this origin and carry a valid CSRF
-token, and its action must be allowed to the role; then the view runs and
-its page is rendered by Jinja2 with autoescape, its scripts (bundled files
-only) carrying the response's CSP nonce. Whatever a view raises, the answer
-is a page with every header.
+token, and its action must be allowed to the role (a refusal of a known
+user is audited); then the view runs and its page is rendered by Jinja2
+with autoescape, its scripts (bundled files only) carrying the response's
+CSP nonce. Whatever a view raises, the answer is a page with every header.
 """
 
 from __future__ import annotations
@@ -25,10 +25,12 @@ from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.routing import Map, RequestRedirect, Rule
 from werkzeug.wrappers import Request, Response
 
+from ...store.faults import short_error
 from ...store.workers import WorkerDocs
 from .audit import AuditLog
-from .data import AdminJobs, TooSlow
+from .data import ActionFailed, AdminJobs
 from .filters import FilterError, clamp_int
+from .reads import AdminReads, TooSlow, Unavailable
 from .security import (
     CSRF_COOKIE,
     ROLES,
@@ -61,9 +63,17 @@ class QueueHandle:
 
     name: str
     queue: Any
+    reads: AdminReads
     jobs: AdminJobs
     audit: AuditLog
     workers: WorkerDocs
+
+    @classmethod
+    def of(cls, name: str, queue: Any, filter_fields: Sequence[str]) -> QueueHandle:
+        """Reads through a one-try store of the queue's own (:class:`.reads.AdminReads`), writes through the queue's."""
+        reads = AdminReads(queue.store)
+        jobs = AdminJobs(queue.store, reads, filter_fields)
+        return cls(name, queue, reads, jobs, AuditLog(queue.store, reads), WorkerDocs(reads.store))
 
 
 @dataclass
@@ -103,12 +113,7 @@ class AdminApp:
         title: str = "Job queue",
         allowed_hosts: Optional[Sequence[str]] = None,
     ) -> None:
-        self.handles = {
-            name: QueueHandle(
-                name, q, AdminJobs(q.store, q.job_model, filter_fields), AuditLog(q.store), WorkerDocs(q.store)
-            )
-            for name, q in queues.items()
-        }
+        self.handles = {name: QueueHandle.of(name, q, filter_fields) for name, q in queues.items()}
         #: The ``Host`` names this app answers (any port); None leaves the check to the mounting's framework.
         self.allowed_hosts = None if allowed_hosts is None else tuple(allowed_hosts)
         self.authorize = authorize
@@ -139,7 +144,7 @@ class AdminApp:
                 Rule("/<q>/jobs/<job_id>/<action>", endpoint="job_action", methods=["POST"]),
                 Rule("/<q>/bulk", endpoint="bulk", methods=["POST"]),
                 Rule("/<q>/pause", endpoint="pause", methods=["POST"]),
-                Rule("/<q>/schedules/<name>/fire", endpoint="fire", methods=["POST"]),
+                Rule("/<q>/schedules/fire", endpoint="fire", methods=["POST"]),
             ],
             strict_slashes=True,
         )
@@ -188,26 +193,30 @@ class AdminApp:
         )
         adapter = self.url_map.bind_to_environ(request.environ)
         endpoint, values = adapter.match()
+        values = dict(values)
+        if "q" in values:
+            ctx.handle = self.handles.get(values.pop("q"))
+            if ctx.handle is None:
+                raise NotFound("No such queue.")
         if request.method == "POST":
             refused = origin_problem(request.environ)
             if refused is None and not self.tokens.valid(request.form.get("csrf_token"), cookie):
                 refused = "missing or invalid CSRF token (reload the page and try again)"
             if refused is not None:
                 log.warning("admin POST %s refused: %s", request.path, refused)
+                self.audit_refusal(ctx, str(values.get("action", endpoint)), f"POST {request.path}", refused)
                 return self._error(403, f"Refused: {refused}.", nonce)
         elif request.method not in ("GET", "HEAD"):
             return self._error(405, "Method not allowed.", nonce)
-        values = dict(values)
-        if "q" in values:
-            ctx.handle = self.handles.get(values.pop("q"))
-            if ctx.handle is None:
-                raise NotFound("No such queue.")
         try:
             response = self.views[endpoint](self, ctx, **values)
         except FilterError as exc:
             response = self.render(ctx, "error.html", status=400, message=str(exc))
-        except TooSlow as exc:
+        except (TooSlow, Unavailable) as exc:
             response = self.render(ctx, "error.html", status=503, message=str(exc))
+        except ActionFailed as exc:
+            message = f"The action stopped part-way ({short_error(exc.cause)}); the audit trail says how far it got."
+            response = self.render(ctx, "error.html", status=500, message=message)
         if ctx.new_cookie:
             response.set_cookie(
                 CSRF_COOKIE,
@@ -218,6 +227,17 @@ class AdminApp:
                 path=request.script_root or "/",
             )
         return response
+
+    def audit_refusal(self, ctx: Ctx, action: str, target: str, reason: str) -> None:
+        """Record a refused state change of a known user; never raises (the refusal stands either way)."""
+        if ctx.handle is None:
+            return
+        try:
+            ctx.handle.audit.record(
+                who=ctx.who, role=ctx.role, action=action[:100], target=target, count=0, detail=f"refused: {reason}"
+            )
+        except Exception:
+            log.warning("admin: the refusal of %s by %s could not be audited", action, ctx.who, exc_info=True)
 
     # -- rendering ----------------------------------------------------------
 
