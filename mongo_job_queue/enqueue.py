@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any, Generic, Literal, Optional, TypeVar
 
 from bson import ObjectId
-from mongoengine.errors import FieldDoesNotExist, ValidationError
+from mongoengine.errors import FieldDoesNotExist, NotRegistered, ValidationError
 
 from .clock import MAX_DURATION_MS, after_ms, to_naive_utc
 from .config import MAX_RETRIES, QueueConfig
@@ -32,7 +32,7 @@ from .middleware import MiddlewareChain
 from .model import LIBRARY_FIELDS, BaseJob
 from .status import COMPLETED, PENDING
 from .store import JobStore
-from .validation import check_document, check_payload
+from .validation import check_document, check_nested, check_payload, stored_job_problems
 from .worker import Worker
 
 __all__ = ["Enqueuer", "JobBuilder"]
@@ -104,6 +104,8 @@ class JobBuilder(Generic[J]):
             raise InvalidJobError(
                 f"field(s) {', '.join(forbidden)} are managed by the queue and cannot be set at enqueue"
             )
+        for name, value in extra.items():
+            check_nested(value, what=name)  # e.g. a '_cls' key, which would make the job unloadable
         fields = {
             "type": job_type,
             "status": PENDING,
@@ -128,15 +130,39 @@ class JobBuilder(Generic[J]):
         try:
             job = self.job_model(**fields, **extra)
             job.validate()
-        except (FieldDoesNotExist, ValidationError) as exc:
+        except (FieldDoesNotExist, ValidationError, NotRegistered) as exc:
             raise InvalidJobError(f"{self.job_model.__name__} rejected the job: {exc}") from exc
         doc: dict[str, Any] = job.to_mongo().to_dict()
         doc["_id"] = ObjectId()
         return doc
 
-    def seal(self, doc: Mapping[str, Any]) -> int:
-        """Encode the final document, once: its size in bytes, or InvalidJobError if it cannot be stored."""
+    def seal(self, doc: Mapping[str, Any], *, hooked: bool = False) -> int:
+        """Encode the final document, once: its size in bytes, or InvalidJobError if it cannot be stored.
+
+        ``hooked``: ``before_enqueue`` middleware has seen the document and may
+        have changed anything in it, so it is checked again as a whole, as
+        the worker will load it. Without middleware, :meth:`build`'s checks
+        stand and nothing is checked twice.
+        """
+        if hooked:
+            self._recheck(doc)
         return check_document(doc, limit=self.config.max_job_bytes)
+
+    def _recheck(self, doc: Mapping[str, Any]) -> None:
+        problems = stored_job_problems(doc)
+        if doc.get("status") != PENDING or doc.get("attempts") != 0:
+            problems.append("a new job must be pending with 0 attempts")
+        if not problems:
+            try:
+                check_payload(doc["data"])
+                for name, value in doc.items():
+                    if name != "data":
+                        check_nested(value, what=name)
+                self.job_model._from_son(dict(doc)).validate()
+            except (FieldDoesNotExist, ValidationError, NotRegistered, InvalidJobError) as exc:
+                problems.append(str(exc))
+        if problems:
+            raise InvalidJobError(f"a before_enqueue middleware left the job unstorable: {'; '.join(problems)}")
 
 
 class Enqueuer(Generic[J]):
@@ -206,7 +232,7 @@ class Enqueuer(Generic[J]):
         holder: Optional[dict[str, Any]] = None
         try:
             for index, doc in enumerate(docs):
-                self._seal(doc, index if mode == "many" else None)
+                self._seal(doc, index if mode == "many" else None, hooked=bool(self.hooks))
             if mode == "many":
                 self.store.jobs.insert_many(docs)
             else:  # one path for plain, unique and fired jobs: the store reads which from the document
@@ -221,9 +247,9 @@ class Enqueuer(Generic[J]):
             self.hooks.emit("after_enqueue", doc)
         return None
 
-    def _seal(self, doc: dict[str, Any], index: Optional[int]) -> None:
+    def _seal(self, doc: dict[str, Any], index: Optional[int], *, hooked: bool) -> None:
         try:
-            self.builder.seal(doc)
+            self.builder.seal(doc, hooked=hooked)
         except InvalidJobError as exc:
             if index is None:
                 raise

@@ -55,6 +55,11 @@ def check_payload(data: Any, *, what: str = "data") -> None:
     _walk(data, what, 1)
 
 
+def check_nested(value: Any, *, what: str) -> None:
+    """Reject keys MongoDB cannot store (or MongoEngine misreads) anywhere inside ``value``, naming the path."""
+    _walk(value, what, 1)
+
+
 def check_value(value: Any, *, what: str) -> int:
     """Check any value (e.g. a handler's result) as the field ``what`` of a job document; return its encoded size.
 

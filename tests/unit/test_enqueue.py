@@ -276,6 +276,68 @@ def test_what_the_hooks_add_is_checked_with_the_job(unchanged: Any, queue: Any) 
     assert trace.aborted == ["InvalidJobError"] * 3  # every announced job is closed
 
 
+class Corrupt(Middleware):
+    """A before_enqueue hook that changes the job into one the queue cannot run."""
+
+    def __init__(self, change: Callable[[dict[str, Any]], None]) -> None:
+        self.change = change
+        self.aborted: list[str] = []
+
+    def before_enqueue(self, queue: Any, doc: dict[str, Any]) -> None:
+        self.change(doc)
+
+    def on_enqueue_aborted(self, queue: Any, doc: dict[str, Any], *, exc: Any) -> None:
+        self.aborted.append(type(exc).__name__)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda doc: doc.update(status="bogus"),
+        lambda doc: doc.update(priority="high"),
+        lambda doc: doc.update(run_at="tomorrow"),
+        lambda doc: doc.pop("run_at"),
+        lambda doc: doc.update(attempts=-5),
+        lambda doc: doc.update(type=5),
+        lambda doc: doc.update(data=[1, 2]),
+        lambda doc: doc["data"].update({"$bad": 1}),
+        lambda doc: doc["data"].update({"_cls": "Nope"}),
+        lambda doc: doc.update(not_a_field_of_the_model=1),
+        lambda doc: doc.update(organization=["not", "a", "string"]),
+    ],
+    ids=[
+        "status",
+        "priority",
+        "run_at",
+        "no-run_at",
+        "attempts",
+        "type",
+        "data-list",
+        "dollar",
+        "cls",
+        "unknown",
+        "app",
+    ],
+)
+def test_a_hook_cannot_store_a_job_the_worker_could_not_run(unchanged: Any, queue: Any, change: Any) -> None:
+    """What a before_enqueue hook changed is checked as the worker will load it; nothing is written.
+
+    Only the encoding and the size were checked after the hooks: every one of
+    these was stored, and an unknown field raised FieldDoesNotExist after the insert.
+    """
+    corrupt = Corrupt(change)
+    queue.add_middleware(corrupt)
+    unchanged(queue.enqueue, "t", {"n": 1}, organization="acme", match="a before_enqueue middleware left the job")
+    message = unchanged(queue.enqueue_many, [{"job_type": "a"}])
+    assert message.startswith("jobs[0]: a before_enqueue middleware left the job")
+    assert corrupt.aborted == ["InvalidJobError"] * 2
+
+
+def test_an_app_field_holding_an_odm_reserved_key_is_refused(unchanged: Any, queue: Any) -> None:
+    """A ``_cls`` key inside an app's field made a stored job that MongoEngine cannot load (NotRegistered)."""
+    unchanged(queue.enqueue, "t", {}, organization="acme", tags={"_cls": "Nope"}, match="'_cls'")
+
+
 # -- enqueue_many ------------------------------------------------------------
 
 
