@@ -129,7 +129,7 @@ class JobBuilder(Generic[J]):
             job = self.job_model(**fields, **extra)
             job.validate()
         except (FieldDoesNotExist, ValidationError) as exc:
-            raise InvalidJobError(f"{self.job_model.__name__} rejected the job: {exc}") from exc
+            raise InvalidJobError(_rejection(self.job_model, extra, exc)) from exc
         doc: dict[str, Any] = job.to_mongo().to_dict()
         doc["_id"] = ObjectId()
         return doc
@@ -298,6 +298,33 @@ def _run_at(run_at: Any, delay_ms: Any, now: datetime) -> datetime:
         except (OverflowError, ValueError) as exc:  # UTC of an aware time near datetime.min/max
             raise InvalidJobError(f"run_at {_short_repr(run_at)} is out of range in UTC: {exc}") from exc
     return now
+
+
+def _rejection(model: type[BaseJob], extra: Mapping[str, Any], exc: Exception) -> str:
+    """The model's refusal in plain words, naming each field: MongoEngine's own text names it last, in a list."""
+    name = model.__name__
+    if isinstance(exc, FieldDoesNotExist):
+        unknown = [f"{key!r}" for key in extra if key not in model._fields]
+        return f"{name} has no field {', '.join(unknown)}" if unknown else f"{name} refused the job's fields: {exc}"
+    problems: dict[str, str] = {}
+    _flatten(exc.to_dict() if isinstance(exc, ValidationError) else {}, "", problems)
+    missing = [path for path, text in problems.items() if text == "Field is required"]
+    parts = []
+    if missing:
+        fields = ", ".join(f"{path!r}" for path in missing)
+        parts.append(f"job is missing required field{'s' if len(missing) > 1 else ''} {fields} of {name}")
+    parts += [f"field {path!r} of {name} is invalid: {text}" for path, text in problems.items() if path not in missing]
+    return "; ".join(parts) or f"{name} refused the job: {exc}"
+
+
+def _flatten(errors: Mapping[Any, Any], prefix: str, into: dict[str, str]) -> None:
+    # Nested documents and lists report {"field": {"sub": "message"}}: one dotted path per message.
+    for key, value in errors.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            _flatten(value, f"{path}.", into)
+        else:
+            into[path] = str(value)
 
 
 def _short_repr(value: Any) -> str:

@@ -14,8 +14,10 @@ from datetime import datetime
 from typing import Any, Optional, TextIO
 
 from bson import ObjectId
+from mongoengine.errors import FieldDoesNotExist, ValidationError
 
-from ..errors import InvalidJobIdError
+from ..errors import InvalidJobError, InvalidJobIdError
+from ..model import LIBRARY_FIELDS
 from ..queue import PersistentJobQueue
 from ..queue_admin import job_object_id
 from ..status import FINISHED
@@ -58,17 +60,28 @@ def _stats(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO
 
 
 def _enqueue(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    job = queue.enqueue(
-        args.job_type,
-        args.data,
-        queue=args.queue,
-        priority=args.priority,
-        delay_ms=args.delay,
-        max_retries=args.max_retries,
-        **args.fields,
-    )
+    try:
+        job = queue.enqueue(
+            args.job_type,
+            args.data,
+            queue=args.queue,
+            priority=args.priority,
+            delay_ms=args.delay,
+            max_retries=args.max_retries,
+            **args.fields,
+        )
+    except InvalidJobError as exc:
+        raise CommandError(f"{exc}{_fields_hint(exc.__cause__)}", EXIT_USAGE) from exc
     print(job.id, file=out)
     return EXIT_OK
+
+
+def _fields_hint(cause: Optional[BaseException]) -> str:
+    """Where the app's own fields are set, when the model refused one of them."""
+    if isinstance(cause, FieldDoesNotExist):
+        return " (--fields takes only the fields the model declares)"
+    own = [name for name in cause.to_dict() if name not in LIBRARY_FIELDS] if isinstance(cause, ValidationError) else []
+    return f" (set the model's own fields with --fields '{{\"{own[0]}\": ...}}')" if own else ""
 
 
 def _retry_or_cancel(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
