@@ -199,7 +199,8 @@ class Enqueuer(Generic[J]):
 
         Returns None once written, else the stored job holding the unique key
         or the fire time of ``docs[0]``. Every ``before_enqueue`` gets its
-        ``after_enqueue`` or ``on_enqueue_aborted``, so a producer span always ends.
+        ``after_enqueue`` or ``on_enqueue_aborted`` (after ``on_enqueue_duplicate``
+        when a holder is the answer), so a producer span always ends.
         """
         for doc in docs:
             self.hooks.emit("before_enqueue", doc)
@@ -215,7 +216,9 @@ class Enqueuer(Generic[J]):
             self._aborted(docs, exc)
             raise
         if holder is not None:
-            self._aborted(docs, None)  # the job already holding the key or the fire time is the answer
+            # The job already holding the key or the fire time is the answer: the hooks learn which job it is.
+            self.hooks.emit("on_enqueue_duplicate", docs[0], existing=holder)
+            self._aborted(docs, None)
             return holder
         for doc in docs:
             self.hooks.emit("after_enqueue", doc)
