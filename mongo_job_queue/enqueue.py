@@ -131,7 +131,7 @@ class JobBuilder(Generic[J]):
             job = self.job_model(**fields, **extra)
             job.validate()
         except (FieldDoesNotExist, ValidationError, NotRegistered) as exc:
-            raise InvalidJobError(f"{self.job_model.__name__} rejected the job: {exc}") from exc
+            raise InvalidJobError(_rejection(self.job_model, extra, exc)) from exc
         doc: dict[str, Any] = job.to_mongo().to_dict()
         doc["_id"] = ObjectId()
         return doc
@@ -225,7 +225,8 @@ class Enqueuer(Generic[J]):
 
         Returns None once written, else the stored job holding the unique key
         or the fire time of ``docs[0]``. Every ``before_enqueue`` gets its
-        ``after_enqueue`` or ``on_enqueue_aborted``, so a producer span always ends.
+        ``after_enqueue`` or ``on_enqueue_aborted`` (after ``on_enqueue_duplicate``
+        when a holder is the answer), so a producer span always ends.
         """
         for doc in docs:
             self.hooks.emit("before_enqueue", doc)
@@ -241,7 +242,9 @@ class Enqueuer(Generic[J]):
             self._aborted(docs, exc)
             raise
         if holder is not None:
-            self._aborted(docs, None)  # the job already holding the key or the fire time is the answer
+            # The job already holding the key or the fire time is the answer: the hooks learn which job it is.
+            self.hooks.emit("on_enqueue_duplicate", docs[0], existing=holder)
+            self._aborted(docs, None)
             return holder
         for doc in docs:
             self.hooks.emit("after_enqueue", doc)
@@ -324,6 +327,33 @@ def _run_at(run_at: Any, delay_ms: Any, now: datetime) -> datetime:
         except (OverflowError, ValueError) as exc:  # UTC of an aware time near datetime.min/max
             raise InvalidJobError(f"run_at {_short_repr(run_at)} is out of range in UTC: {exc}") from exc
     return now
+
+
+def _rejection(model: type[BaseJob], extra: Mapping[str, Any], exc: Exception) -> str:
+    """The model's refusal in plain words, naming each field: MongoEngine's own text names it last, in a list."""
+    name = model.__name__
+    if isinstance(exc, FieldDoesNotExist):
+        unknown = [f"{key!r}" for key in extra if key not in model._fields]
+        return f"{name} has no field {', '.join(unknown)}" if unknown else f"{name} refused the job's fields: {exc}"
+    problems: dict[str, str] = {}
+    _flatten(exc.to_dict() if isinstance(exc, ValidationError) else {}, "", problems)
+    missing = [path for path, text in problems.items() if text == "Field is required"]
+    parts = []
+    if missing:
+        fields = ", ".join(f"{path!r}" for path in missing)
+        parts.append(f"job is missing required field{'s' if len(missing) > 1 else ''} {fields} of {name}")
+    parts += [f"field {path!r} of {name} is invalid: {text}" for path, text in problems.items() if path not in missing]
+    return "; ".join(parts) or f"{name} refused the job: {exc}"
+
+
+def _flatten(errors: Mapping[Any, Any], prefix: str, into: dict[str, str]) -> None:
+    # Nested documents and lists report {"field": {"sub": "message"}}: one dotted path per message.
+    for key, value in errors.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            _flatten(value, f"{path}.", into)
+        else:
+            into[path] = str(value)
 
 
 def _short_repr(value: Any) -> str:

@@ -49,7 +49,15 @@ class Middleware:
         """A document announced by before_enqueue was not inserted.
 
         ``exc`` is the error (invalid after the hooks, or the insert failed),
-        or None when a job with the same ``unique_key`` was already queued.
+        or None when a job with the same ``unique_key`` was already queued
+        (``on_enqueue_duplicate`` came first and named it).
+        """
+
+    def on_enqueue_duplicate(self, queue: Any, doc: dict[str, Any], *, existing: dict[str, Any]) -> None:
+        """A unique enqueue found its job already stored: ``existing`` is returned, ``doc`` is not inserted.
+
+        ``existing`` is the stored job holding ``doc``'s ``unique_key`` (or
+        its schedule's fire time). ``on_enqueue_aborted`` follows, with ``exc=None``.
         """
 
     def after_claim(self, queue: Any, doc: dict[str, Any]) -> None:

@@ -41,13 +41,20 @@ def _ended(status: str, now: datetime) -> dict[str, Any]:
     return {"$set": {"status": status, "finished_at": now, "updated_at": now}, "$unset": {"lease_expires_at": ""}}
 
 
-def completion_update(now: datetime, result: Any) -> dict[str, Any]:
-    """The update that completes a run with the handler's ``result`` (None: no result field)."""
+def completion_update(now: datetime, result: Any, progress: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """The update that completes a run with the handler's ``result`` (None: no result field).
+
+    ``progress`` is the run's last report (``ClaimedJob.progress``): one
+    still buffered when the handler returned would otherwise be dropped, and
+    the job would keep an earlier one.
+    """
     update = _ended(COMPLETED, now)
     if isinstance(result, UnstorableResult):
         update["$set"]["result_error"] = result.reason
     elif result is not None:
         update["$set"]["result"] = result
+    if progress is not None:
+        update["$set"]["progress"] = dict(progress)
     return update
 
 
@@ -61,7 +68,7 @@ class Outcomes:
         """Mark a claimed job completed; False if the lease was lost first."""
         now = self._store.now()
         try:
-            return self._fenced(job, completion_update(now, result), COMPLETED, "complete")
+            return self._fenced(job, completion_update(now, result, job.progress), COMPLETED, "complete")
         except (DocumentTooLarge, OperationFailure) as exc:
             # The handler did finish: a result too large for what is left of its
             # document (a big payload enqueued under other limits) is recorded as
@@ -78,7 +85,7 @@ class Outcomes:
             )
             reason = f"not stored: the job document with it would exceed MongoDB's 16 MiB limit ({message})"
             dropped = UnstorableResult(reason[: self._store.config.max_error_chars])
-            return self._fenced(job, completion_update(now, dropped), COMPLETED, "complete")
+            return self._fenced(job, completion_update(now, dropped, job.progress), COMPLETED, "complete")
 
     def complete_many(self, jobs: Sequence[tuple[ClaimedJob, Any]]) -> set[tuple[ObjectId, str]]:
         """Mark many claimed jobs completed in one bulk write; return the runs ``(id, token)`` whose write landed.
@@ -93,7 +100,7 @@ class Outcomes:
         if not jobs:
             return set()
         now = self._store.now()
-        ops = [UpdateOne(job.fence, completion_update(now, result)) for job, result in jobs]
+        ops = [UpdateOne(job.fence, completion_update(now, result, job.progress)) for job, result in jobs]
         runs = {(job.id, job.token) for job, _ in jobs}
 
         def call() -> set[tuple[ObjectId, str]]:

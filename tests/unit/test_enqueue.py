@@ -12,6 +12,7 @@ import bson
 import pytest
 from bson import ObjectId
 from conftest import START, OrgJob, RefJob, TenantJob, raw_doc, raw_docs
+from mongoengine.errors import ValidationError
 
 from mongo_job_queue import InvalidJobError, Middleware, validation
 
@@ -228,6 +229,17 @@ def test_required_app_field_missing_is_rejected(make_queue: Any) -> None:
     assert _count(TenantJob) == 0
     assert queue.enqueue("t", tenant="t1").tenant == "t1"
     assert _count(TenantJob) == 1
+
+
+def test_the_model_refusal_names_each_field_in_plain_words(make_queue: Any, unchanged: Any, queue: Any) -> None:
+    tenant_queue = make_queue(TenantJob)
+    with pytest.raises(InvalidJobError) as info:
+        tenant_queue.enqueue("t")
+    assert str(info.value) == "job is missing required field 'tenant' of TenantJob"
+    assert isinstance(info.value.__cause__, ValidationError)  # MongoEngine's error stays reachable
+    message = unchanged(queue.enqueue, "t", organization="x" * 51)
+    assert message == "field 'organization' of OrgJob is invalid: String value is too long"
+    assert unchanged(queue.enqueue, "t", organisation="typo") == "OrgJob has no field 'organisation'"
 
 
 # -- one check of what is written ---------------------------------------------
