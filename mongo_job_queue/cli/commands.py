@@ -16,6 +16,7 @@ from typing import Any, Optional, TextIO
 from bson import ObjectId
 
 from ..errors import InvalidJobIdError
+from ..known_types import KnownTypes
 from ..queue import PersistentJobQueue
 from ..queue_admin import job_object_id
 from ..status import FINISHED
@@ -58,6 +59,11 @@ def _stats(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO
 
 
 def _enqueue(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    # Said here, to the user, rather than logged by the enqueue (which strict_types makes refuse it instead).
+    types = KnownTypes(queue.registry, queue.store)
+    unknown = not queue.config.strict_types and bool(types.unknown([args.job_type]))
+    if unknown:
+        types.mark_warned(args.job_type)
     job = queue.enqueue(
         args.job_type,
         args.data,
@@ -68,6 +74,12 @@ def _enqueue(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: Text
         **args.fields,
     )
     print(job.id, file=out)
+    if unknown:
+        print(
+            f"warning: no handler for job type {args.job_type!r} is registered in the app or by any worker "
+            "in the registry; check its spelling (the job was enqueued)",
+            file=err,
+        )
     return EXIT_OK
 
 
