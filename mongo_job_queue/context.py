@@ -32,6 +32,8 @@ class RunState:
     claimed: ClaimedJob
     lease_lost: threading.Event = field(default_factory=threading.Event)
     cancel_requested: threading.Event = field(default_factory=threading.Event)
+    #: Given up past its time limit and grace (see :mod:`.worker.timelimits`): its thread was replaced.
+    abandoned: threading.Event = field(default_factory=threading.Event)
     #: Progress not yet written (throttled); the next heartbeat carries it.
     progress: Optional[dict[str, Any]] = None
     progress_written_at: float = -math.inf

@@ -28,6 +28,7 @@ from .clock import MAX_DURATION_MS, after_ms, to_naive_utc
 from .config import MAX_RETRIES, QueueConfig
 from .errors import EagerJobFailed, InvalidJobError
 from .handlers import HandlerRegistry
+from .known_types import KnownTypes
 from .middleware import MiddlewareChain
 from .model import LIBRARY_FIELDS, BaseJob
 from .status import COMPLETED, PENDING
@@ -41,7 +42,9 @@ J = TypeVar("J", bound=BaseJob)
 
 #: The arguments of ``enqueue`` an ``enqueue_many`` item may hold besides the app's
 #: own fields (``unique_key`` is for ``enqueue`` alone).
-_ENQUEUE_KEYS = frozenset({"job_type", "data", "run_at", "delay_ms", "priority", "queue", "max_retries"})
+_ENQUEUE_KEYS = frozenset(
+    {"job_type", "data", "run_at", "delay_ms", "priority", "queue", "max_retries", "time_limit_ms"}
+)
 
 #: How new documents reach the store: one job, a bulk of them, or the job of a schedule's fire time.
 InsertMode = Literal["one", "many", "fire"]
@@ -97,6 +100,15 @@ class JobBuilder(Generic[J]):
             max_retries = self.config.max_retries
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or not 0 <= max_retries <= MAX_RETRIES:
             raise InvalidJobError(f"max_retries must be an int from 0 to {MAX_RETRIES}, got {_short_repr(max_retries)}")
+        time_limit_ms = spec.get("time_limit_ms")
+        if time_limit_ms is not None and (
+            isinstance(time_limit_ms, bool)
+            or not isinstance(time_limit_ms, int)
+            or not 0 <= time_limit_ms <= MAX_DURATION_MS
+        ):
+            raise InvalidJobError(
+                f"time_limit_ms must be an int from 0 (no limit) to {MAX_DURATION_MS}, got {_short_repr(time_limit_ms)}"
+            )
         unique = _unique(spec.get("unique_key"), spec.get("unique_for_ms"))
         run_at = _run_at(spec.get("run_at"), spec.get("delay_ms"), now)
         forbidden = sorted(set(extra) & LIBRARY_FIELDS)
@@ -120,6 +132,8 @@ class JobBuilder(Generic[J]):
         }
         if default_retries:
             fields["max_retries_default"] = True
+        if time_limit_ms is not None:  # else the handler's, where the job runs, applies
+            fields["time_limit_ms"] = time_limit_ms
         if unique is not None:
             fields["unique_key"] = unique[0]
             if unique[1] is not None:
@@ -168,11 +182,20 @@ class JobBuilder(Generic[J]):
 class Enqueuer(Generic[J]):
     """Writes built jobs: hooks around the one insert, then an eager run or a wake-up of the local worker."""
 
-    def __init__(self, builder: JobBuilder[J], store: JobStore, worker: Worker, hooks: MiddlewareChain) -> None:
+    def __init__(
+        self,
+        builder: JobBuilder[J],
+        store: JobStore,
+        worker: Worker,
+        hooks: MiddlewareChain,
+        types: Optional[KnownTypes] = None,
+    ) -> None:
         self.builder = builder
         self.store = store
         self.worker = worker
         self.hooks = hooks
+        #: Warns about (or, with ``strict_types``, refuses) job types no handler is known for.
+        self.types = types if types is not None else KnownTypes(builder.registry, store)
         #: The queue's eager mode (see :mod:`mongo_job_queue.testing`): run each new job at once,
         #: and with ``eager_propagate`` raise EagerJobFailed if it did not complete.
         self.eager = self.eager_propagate = False
@@ -180,6 +203,7 @@ class Enqueuer(Generic[J]):
     def enqueue(self, spec: Mapping[str, Any], extra: Mapping[str, Any]) -> J:
         """One job; the existing one instead if its unique key is held."""
         doc = self.builder.build(spec, extra, self.store.now())
+        self.types.check([doc["type"]], strict=self.builder.config.strict_types)
         holder = self._insert([doc], "one")
         if holder is not None:
             return self._instance(holder)
@@ -203,6 +227,7 @@ class Enqueuer(Generic[J]):
                 docs.append(self.builder.build(known, extra, self.store.now()))
             except InvalidJobError as exc:
                 raise InvalidJobError(f"jobs[{index}]: {exc}") from exc
+        self.types.check([doc["type"] for doc in docs], strict=self.builder.config.strict_types)
         self._insert(docs, "many")
         return [self._instance(doc) for doc in self._run_or_wake(docs)]
 

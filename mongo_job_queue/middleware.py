@@ -87,6 +87,12 @@ class Middleware:
     def on_lease_lost(self, queue: Any, doc: dict[str, Any]) -> None:
         """This worker found it no longer holds a job's lease; its outcome will not be recorded."""
 
+    def on_time_limit_exceeded(self, queue: Any, doc: dict[str, Any], *, limit_ms: int) -> None:
+        """A handler ran past its time limit: JobTimeLimitExceeded was raised in its thread (the watchdog's thread)."""
+
+    def on_abandoned(self, queue: Any, doc: dict[str, Any], *, limit_ms: int) -> None:
+        """A handler still ran past its time limit and grace: its attempt is recorded and its thread replaced."""
+
     def on_orphan_recovered(self, queue: Any, doc: dict[str, Any], *, failed: bool) -> None:
         """A job whose lease expired was returned to the queue (or failed, attempts spent)."""
 

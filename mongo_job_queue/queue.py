@@ -34,6 +34,7 @@ from .schedules.manager import ScheduleInfo, ScheduleManager
 from .schedules.service import Fire, Scheduler
 from .status import FINISHED
 from .store import JobStore
+from .tasks import Task
 from .worker import Worker
 from .worker.runner import run_worker
 
@@ -41,6 +42,7 @@ __all__ = ["PersistentJobQueue", "create_job_queue"]
 
 J = TypeVar("J", bound=BaseJob)
 F = TypeVar("F", bound=HandlerFn)
+R = TypeVar("R")
 
 Timezone = Union[str, tzinfo]
 
@@ -118,8 +120,9 @@ class PersistentJobQueue(Generic[J]):
         wait: Optional[WaitStrategy] = None,
         retry: Optional[RetryStrategy] = None,
         max_retries: Optional[int] = None,
+        time_limit_ms: Optional[int] = None,
     ) -> F:
-        """Register ``fn(job)`` for ``job_type``, with optional tenacity retry strategies.
+        """Register ``fn(job)`` for ``job_type``, with optional tenacity retry strategies and a time limit.
 
         Args:
             job_type: The job type this handler runs.
@@ -131,11 +134,19 @@ class PersistentJobQueue(Generic[J]):
             retry: tenacity retry predicate, e.g. ``retry_if_exception_type(IOError)``.
             max_retries: Default ``max_retries`` for jobs of this type enqueued
                 through this queue object.
+            time_limit_ms: How long one run may take; past it the handler
+                gets :class:`~mongo_job_queue.JobTimeLimitExceeded` in its
+                thread, and after ``time_limit_grace_ms`` more it is
+                abandoned (see :ref:`time-limits`). ``0``: none; default: the
+                config's ``default_time_limit_ms``. A job's own
+                ``time_limit_ms`` overrides it.
 
         Raises:
-            HandlerError: duplicate type, non-callable handler or invalid strategy.
+            HandlerError: duplicate type, non-callable handler, invalid strategy or time limit.
         """
-        self.registry.register(job_type, fn, stop=stop, wait=wait, retry=retry, max_retries=max_retries)
+        self.registry.register(
+            job_type, fn, stop=stop, wait=wait, retry=retry, max_retries=max_retries, time_limit_ms=time_limit_ms
+        )
         return fn
 
     def handler(
@@ -146,11 +157,36 @@ class PersistentJobQueue(Generic[J]):
         wait: Optional[WaitStrategy] = None,
         retry: Optional[RetryStrategy] = None,
         max_retries: Optional[int] = None,
+        time_limit_ms: Optional[int] = None,
     ) -> Callable[[F], F]:
         """Decorator form of :meth:`register_handler`."""
 
         def decorate(fn: F) -> F:
-            return self.register_handler(job_type, fn, stop=stop, wait=wait, retry=retry, max_retries=max_retries)
+            return self.register_handler(
+                job_type, fn, stop=stop, wait=wait, retry=retry, max_retries=max_retries, time_limit_ms=time_limit_ms
+            )
+
+        return decorate
+
+    def task(self, job_type: str, **options: Any) -> Callable[[Callable[[J], R]], Task[J, R]]:
+        """Decorator: register the function as :meth:`register_handler` does; return a :class:`~mongo_job_queue.Task`.
+
+        ``send_email = queue.task("send_email", max_retries=5)(fn)``, then
+        ``send_email.enqueue({"to": ...})``: the job type is written once,
+        and calling ``send_email(job)`` runs ``fn`` directly.
+
+        Args:
+            job_type: The job type the function handles and the task enqueues.
+            **options: :meth:`register_handler`'s: ``stop``, ``wait``,
+                ``retry``, ``max_retries``, ``time_limit_ms``.
+
+        Raises:
+            HandlerError: as :meth:`register_handler`; TypeError for an unknown option.
+        """
+
+        def decorate(fn: Callable[[J], R]) -> Task[J, R]:
+            self.register_handler(job_type, fn, **options)
+            return Task(self, job_type, fn)
 
         return decorate
 
@@ -166,6 +202,7 @@ class PersistentJobQueue(Generic[J]):
         priority: int = 0,
         queue: str = "default",
         max_retries: Optional[int] = None,
+        time_limit_ms: Optional[int] = None,
         unique_key: Optional[str] = None,
         unique_for_ms: Optional[int] = None,
         **extra_fields: Any,
@@ -180,6 +217,8 @@ class PersistentJobQueue(Generic[J]):
             priority: Higher runs first among due jobs.
             queue: Queue name; workers claim from the queues in their config.
             max_retries: Overrides the handler's and the config's default.
+            time_limit_ms: This job's time limit, overriding the handler's and
+                the config's default (``0``: none), stored with the job.
             unique_key: At most one unfinished job per key: if one exists,
                 nothing is inserted and that job is returned instead, so
                 concurrent enqueues of the same key produce one job.
@@ -189,7 +228,8 @@ class PersistentJobQueue(Generic[J]):
             **extra_fields: Values for the app's own fields, validated by its Document.
 
         Raises:
-            InvalidJobError: bad input; nothing was written.
+            InvalidJobError: bad input, or with ``strict_types`` a type no
+                handler is known for; nothing was written.
         """
         spec = {
             "job_type": job_type,
@@ -199,6 +239,7 @@ class PersistentJobQueue(Generic[J]):
             "priority": priority,
             "queue": queue,
             "max_retries": max_retries,
+            "time_limit_ms": time_limit_ms,
             "unique_key": unique_key,
             "unique_for_ms": unique_for_ms,
         }

@@ -160,6 +160,7 @@ def stored_job_problems(doc: Mapping[str, Any]) -> list[str]:
     for name, check, expected in (
         ("attempts", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
         ("priority", _is_int, "an integer"),
+        ("time_limit_ms", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
         ("data", lambda v: isinstance(v, Mapping), "a document"),
         ("errors", lambda v: isinstance(v, list), "an array"),
         ("last_error", lambda v: isinstance(v, Mapping), "a document"),

@@ -16,6 +16,7 @@ from typing import Any, Optional, TextIO
 from mongoengine.errors import FieldDoesNotExist, ValidationError
 
 from ..errors import InvalidJobError
+from ..known_types import KnownTypes
 from ..model import LIBRARY_FIELDS
 from ..queue import PersistentJobQueue
 from ..status import FINISHED
@@ -53,6 +54,11 @@ def _stats(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO
 
 
 def _enqueue(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    # Said here, to the user, rather than logged by the enqueue (which strict_types makes refuse it instead).
+    types = KnownTypes(queue.registry, queue.store)
+    unknown = not queue.config.strict_types and bool(types.unknown([args.job_type]))
+    if unknown:
+        types.mark_warned(args.job_type)
     try:
         job = queue.enqueue(
             args.job_type,
@@ -66,6 +72,12 @@ def _enqueue(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: Text
     except InvalidJobError as exc:
         raise CommandError(f"{exc}{_fields_hint(exc.__cause__)}", EXIT_USAGE) from exc
     print(job.id, file=out)
+    if unknown:
+        print(
+            f"warning: no handler for job type {args.job_type!r} is registered in the app or by any worker "
+            "in the registry; check its spelling (the job was enqueued)",
+            file=err,
+        )
     return EXIT_OK
 
 

@@ -52,6 +52,7 @@ class Jobs:
         self.fail = outcomes.fail
         self.release = outcomes.release
         self.cancel_claimed = outcomes.cancel_claimed
+        self.abandon = outcomes.abandon
         self.write_progress = outcomes.write_progress
         self.expired_leases = outcomes.expired_leases
         self.recover = outcomes.recover

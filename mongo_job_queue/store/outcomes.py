@@ -144,6 +144,46 @@ class Outcomes:
         """End a claimed job ``cancelled`` (fenced); False if the lease was lost."""
         return self._fenced(job, _ended(CANCELLED, self._store.now()), CANCELLED, "cancel_claimed")
 
+    def abandon(self, job: ClaimedJob, error: JobError, run_at: Optional[datetime]) -> Optional[str]:
+        """End the attempt of a handler abandoned to its time limit: ``pending`` at ``run_at``, else ``failed``.
+
+        A job whose cancellation was requested ends ``cancelled``. Unlike the
+        owner's other writes, this one removes the lease token, as a rescue
+        does: the abandoned handler may still be running, and its late
+        writes must match nothing and fail the "was it my earlier try?"
+        check, whatever the job went through since. Returns the status
+        written, or None if the lease was lost first.
+        """
+        now = self._store.now()
+        ended = {"finished_at": now, "updated_at": now}
+        target, fields = (FAILED, ended) if run_at is None else (PENDING, {"run_at": run_at, "updated_at": now})
+        writes = []
+        for status, cancel, extra in ((target, {"$ne": True}, fields), (CANCELLED, True, ended)):
+            update = self._attempt_failed(status, error, extra)
+            update["$unset"]["lease_token"] = ""
+            writes.append((status, {**job.fence, "cancel_requested": cancel}, update))
+
+        def call() -> Optional[str]:
+            for status, filt, update in writes:
+                if self._store.collection.update_one(filt, update).matched_count:
+                    return status
+            return self._pushed(job.id, error)
+
+        return self._store.retry(call, "abandon")
+
+    def _pushed(self, job_id: Any, error: JobError) -> Optional[str]:
+        """After a write that matched nothing: the job's status if an earlier try pushed this very ``error``, else None.
+
+        A write that removed the token cannot recognise its earlier try by
+        the token: it does by its record (the old token, its own time).
+        """
+        record = error.as_doc()
+        record["at"] = as_stored(error.at)
+        found = self._store.collection.find_one({"_id": job_id}, {"errors": 1, "status": 1})
+        if found is None or not any(e == record for e in found.get("errors") or []):
+            return None
+        return str(found.get("status"))
+
     def write_progress(self, job: ClaimedJob, progress: Mapping[str, Any]) -> Optional[bool]:
         """Store a running job's progress (fenced); None if the lease is gone, else whether a cancel was requested."""
         update = {"$set": {"progress": dict(progress), "updated_at": self._store.now()}}
@@ -217,17 +257,13 @@ class Outcomes:
         # earlier try?" check in _fenced, so they are reported as lost.
         update = self._attempt_failed(status, error, {"updated_at": now, "finished_at" if give_up else "run_at": now})
         update["$unset"]["lease_token"] = ""
-        record = error.as_doc()
-        record["at"] = as_stored(error.at)
 
         def call() -> bool:
             if self._store.collection.update_one(filt, update).matched_count:
                 return True
             # Nothing matched: renewed or recovered by someone else, or an earlier
-            # try of ours applied and only its reply was lost. Ours pushed this
-            # very record (the old token, our time) into the job's errors.
-            found = self._store.collection.find_one({"_id": doc["_id"]}, {"errors": 1})
-            return found is not None and any(e == record for e in found.get("errors") or [])
+            # try of ours applied and only its reply was lost.
+            return self._pushed(doc["_id"], error) is not None
 
         return self._store.retry(call, "recover")
 

@@ -1,8 +1,8 @@
 """The worker: starts and stops its services, nothing else.
 
 Each service lives in its own module and is given its collaborators. A
-started worker runs ``concurrency`` + 3 threads, and up to three more
-depending on the config:
+started worker runs ``concurrency`` + 3 threads, and up to four more
+depending on the config and its jobs:
 
 * ``concurrency`` **handler threads** (``mjq-<worker id>-handler-<n>``) run
   jobs through the **executor** (:mod:`.executor`), which writes their
@@ -20,6 +20,9 @@ depending on the config:
 * with ``change_stream_wakeups``, the **change-stream listener**
   (``-wakeup``, :mod:`.wakeup`) wakes an idle poller when a job arrives; it
   ends on a server without change streams, where polling alone serves;
+* while a run has a time limit, the **watchdog** (``-timelimits``,
+  :mod:`.timelimits`) interrupts it at the limit and, past the grace,
+  replaces its thread (:mod:`.pool`);
 * with a schedule registered and ``run_schedules``, the **scheduler**
   (``-scheduler``, :mod:`mongo_job_queue.schedules.service`) enqueues the jobs of
   due fire times.
@@ -53,6 +56,7 @@ from .inflight import InflightTable
 from .leases import LeaseKeeper
 from .maintenance import Hygiene, MaintenanceLoop, Quarantiner, Rescuer, Service
 from .poller import Poller
+from .pool import HandlerPool
 from .registry import WorkerPresence
 from .shutdown import ShutdownRequeue
 from .timeouts import deadline_after, join, remaining
@@ -129,6 +133,7 @@ class Worker:
         self.executor = Executor(
             self.store, self.registry, self.config, self.hooks, self.table, self.quarantiner, logger=self._logger
         )
+        self.executor.limits.name = self.keeper.name
         self.poller = Poller(
             self.store,
             self.registry,
@@ -214,15 +219,9 @@ class Worker:
             if self.config.batch_acks
             else self.executor.inline
         )
-        self._handler_threads = [
-            threading.Thread(
-                target=self.executor.handler_loop,
-                args=(work, stopping, completer),
-                name=f"{name}-handler-{i}",
-                daemon=True,
-            )
-            for i in range(self.config.concurrency)
-        ]
+        size = self.config.concurrency
+        pool = HandlerPool(self.executor, (work, stopping, completer), size=size, name=name, on_replace=self._replaced)
+        self._handler_threads = pool.threads
         self._poller_thread = threading.Thread(
             target=self.poller.run, args=(work, stopping, self._wake, self._idle), name=f"{name}-poller", daemon=True
         )
@@ -260,6 +259,11 @@ class Worker:
         for thread in threads:
             thread.start()
 
+    def _replaced(self, old: threading.Thread, new: threading.Thread) -> None:
+        """A handler thread abandoned to a time limit was replaced: a stop waits for the new one, never the old."""
+        with self._lock:
+            self._started = [new if t is old else t for t in self._started]
+
     def _track(self, threads: list[threading.Thread]) -> None:
         """Remember threads about to start; forget the ones that have ended."""
         self._started = [t for t in self._started if t.is_alive()] + threads
@@ -275,7 +279,8 @@ class Worker:
 
         Jobs claimed but not yet started are handed back to ``pending``
         without counting the attempt. Every thread this start began has ended
-        when this returns True; when it returns False, the log names the
+        when this returns True (but a handler thread abandoned to its time
+        limit, never waited for); when it returns False, the log names the
         threads still running. What happens to jobs still running at the
         timeout (or as soon as ``force`` is set) depends on the caller:
 
