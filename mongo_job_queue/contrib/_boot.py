@@ -28,7 +28,6 @@ import os
 import random
 import signal
 import threading
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import FrameType
@@ -36,6 +35,7 @@ from typing import Any, Optional
 
 import mongoengine
 
+from ..after_fork import renew_in_child
 from ..errors import ConfigError
 from ..model import BaseJob
 from ..queue import PersistentJobQueue, create_job_queue
@@ -168,17 +168,18 @@ class WorkerStarter:
         #: The error of the latest failed background start, None once it started.
         self.last_error: Optional[BaseException] = None
         self._started_pid: Optional[int] = None
-        self._retrying_pid: Optional[int] = None
         self._lazy = False
         self._exit_registered = False
-        self._new_locks()
-        _starters.add(self)
+        self._after_fork_in_child()
+        renew_in_child(self)
 
-    def _new_locks(self) -> None:
-        # Fresh in a forked child: a lock held by a parent thread at fork() time would never be released there.
+    def _after_fork_in_child(self) -> None:
+        # Fresh in a forked child: a lock held by a parent thread at fork() time would never be released there,
+        # and the parent's retry thread did not survive the fork.
         self._start_lock = threading.Lock()  # held while start_polling() runs, by one starter at a time
         self._arm_lock = threading.Lock()  # held only to decide whether to spawn the retry thread
         self._closed = threading.Event()
+        self._retrying_pid: Optional[int] = None
 
     def apply(self, decision: StartDecision) -> None:
         """Start now (in the background), arm the lazy start, or only log why not."""
@@ -321,16 +322,3 @@ def _interrupt(signum: int, frame: Optional[FrameType]) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
     log.warning("SIGTERM: stopping as on Ctrl-C; the job worker stops at exit (send it again to kill)")
     raise KeyboardInterrupt
-
-
-_starters: weakref.WeakSet[WorkerStarter] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for starter in list(_starters):
-        starter._new_locks()
-        starter._retrying_pid = None  # the parent's retry thread did not survive the fork
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
