@@ -71,30 +71,16 @@ class PersistentJobQueue(Generic[J]):
         self.hooks = MiddlewareChain(self, middleware)
         self.store = JobStore(job_model, self.config, clock=clock, sleep=sleep, logger=logger)
         self.worker = Worker(self.store, self.registry, self.config, logger=logger, hooks=self.hooks)
+        #: Testing hook: run each new job at once, in the calling thread (see :mod:`mongo_job_queue.testing`).
+        self.eager = False
+        #: With :attr:`eager`: raise :class:`~mongo_job_queue.errors.EagerJobFailed` when a job did not complete.
+        self.eager_propagate = False
         self._indexes_ensured = False
         self._builder = JobBuilder(job_model, self.config, self.registry)
-        self._enqueuer = Enqueuer(self._builder, self.store, self.worker, self.hooks)
+        self._enqueuer = Enqueuer(self._builder, self.store, self.worker, self.hooks, flags=self)
         self._admin = QueueAdmin(job_model, self.store, self.worker, self.hooks)
         self._schedules = ScheduleManager(self.store, self.worker, self._enqueuer, prepare=self._prepare)
         renew_in_child(self)
-
-    @property
-    def eager(self) -> bool:
-        """Testing hook: run each new job at once, in the calling thread (see :mod:`mongo_job_queue.testing`)."""
-        return self._enqueuer.eager
-
-    @eager.setter
-    def eager(self, value: bool) -> None:
-        self._enqueuer.eager = value
-
-    @property
-    def eager_propagate(self) -> bool:
-        """With :attr:`eager`: raise :class:`~mongo_job_queue.errors.EagerJobFailed` when a job did not complete."""
-        return self._enqueuer.eager_propagate
-
-    @eager_propagate.setter
-    def eager_propagate(self, value: bool) -> None:
-        self._enqueuer.eager_propagate = value
 
     def add_middleware(self, middleware: Middleware) -> None:
         """Add lifecycle hooks after construction (e.g. by a Flask or Django integration)."""

@@ -29,7 +29,7 @@ import random
 import signal
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from types import FrameType
 from typing import Any, Optional
 
@@ -132,6 +132,7 @@ def build_queue(
     return create_job_queue(job_model=job_model, config=config, logger=logger)
 
 
+@dataclass(eq=False)
 class WorkerStarter:
     """Starts one queue's worker at most once per process, and stops it at exit.
 
@@ -151,22 +152,16 @@ class WorkerStarter:
         retry_max_s: Longest delay between two failed background starts.
     """
 
-    def __init__(
-        self,
-        queue: PersistentJobQueue[Any],
-        *,
-        stop_timeout: float,
-        name: str,
-        retry_min_s: float = 1.0,
-        retry_max_s: float = 60.0,
-    ) -> None:
-        self.queue = queue
-        self.stop_timeout = stop_timeout
-        self.name = name
-        self.retry_min_s = retry_min_s
-        self.retry_max_s = retry_max_s
-        #: The error of the latest failed background start, None once it started.
-        self.last_error: Optional[BaseException] = None
+    queue: PersistentJobQueue[Any]
+    _: KW_ONLY
+    stop_timeout: float
+    name: str
+    retry_min_s: float = 1.0
+    retry_max_s: float = 60.0
+    #: The error of the latest failed background start, None once it started.
+    last_error: Optional[BaseException] = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
         self._started_pid: Optional[int] = None
         self._lazy = False
         self._exit_registered = False

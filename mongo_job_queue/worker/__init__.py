@@ -234,7 +234,7 @@ class Worker:
 
     def stop(
         self,
-        timeout: Optional[float] = 30.0,
+        timeout: Optional[float],
         *,
         requeue_running: bool = False,
         force: Optional[threading.Event] = None,

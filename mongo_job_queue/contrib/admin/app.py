@@ -93,7 +93,7 @@ class AdminApp:
     ) -> None:
         self.handles = {
             name: QueueHandle(
-                name, q, AdminJobs(q.store, q.job_model, filter_fields), AuditLog(q.store), WorkerDocs(q.store)
+                name, q, AdminJobs(q.store, q.job_model, filter_fields), AuditLog(q.store), q.store.workers
             )
             for name, q in queues.items()
         }
