@@ -33,7 +33,7 @@ from ..middleware import MiddlewareChain
 from ..model import LeaseOwner, job_log_extra
 from ..schedules.service import Scheduler
 from ..store import ClaimedJob, JobStore
-from .build import build_services
+from .build import build_services, log_of
 from .completer import Completer, GroupCompleter
 from .executor import Executor, WorkQueue
 from .inflight import InflightTable
@@ -102,7 +102,9 @@ class Worker:
         keeper = getattr(self, "keeper", None)
         if keeper is not None:
             keeper.forget()
-        self.keeper = LeaseKeeper(self.store, self.table, self.config, self.hooks, logger=self._logger)
+        self.keeper = LeaseKeeper(
+            self.store, self.table, self.config, self.hooks, log=log_of(LeaseKeeper, self._logger)
+        )
         self._build()
 
     def _build(self) -> None:

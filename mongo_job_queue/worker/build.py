@@ -27,7 +27,12 @@ from .poller import Poller
 from .registry import WorkerPresence
 from .shutdown import ShutdownRequeue
 
-__all__ = ["Services", "build_services"]
+__all__ = ["Services", "build_services", "log_of"]
+
+
+def log_of(component: type, logger: Optional[logging.Logger]) -> logging.Logger:
+    """Where a component logs: the app's logger if it gave one, else the component's module logger."""
+    return logger or logging.getLogger(component.__module__)
 
 
 @dataclass(frozen=True)
@@ -67,12 +72,12 @@ def build_services(
     logger: Optional[logging.Logger] = None,
 ) -> Services:
     """Build every service of a worker with its collaborators."""
-    quarantiner = Quarantiner(store, hooks, logger)
+    quarantiner = Quarantiner(store, hooks, log_of(Quarantiner, logger))
     executor = Executor(store, registry, config, hooks, table, quarantiner, logger=logger)
     return Services(
         executor=executor,
-        poller=Poller(store, registry, config, hooks, table, keeper, executor, owner, logger=logger),
-        rescuer=Rescuer(store, config, registry, hooks, quarantiner, logger),
+        poller=Poller(store, registry, config, hooks, table, keeper, executor, owner, log=log_of(Poller, logger)),
+        rescuer=Rescuer(store, registry, hooks, quarantiner, log_of(Rescuer, logger)),
         hygiene=Hygiene(store, quarantiner),
         presence=WorkerPresence(store, config, owner, table, registry),
         shutdown=ShutdownRequeue(executor, table, owner.worker_id),

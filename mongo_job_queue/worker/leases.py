@@ -38,12 +38,11 @@ class LeaseKeeper:
     config: QueueConfig
     hooks: MiddlewareChain
     _: KW_ONLY
-    logger: Optional[logging.Logger] = None
+    log: logging.Logger = log
     #: The thread's name is ``<name>-leases``.
     name: str = "mjq"
 
     def __post_init__(self) -> None:
-        self.log = self.logger or log
         self._wanted = False
         self._thread: Optional[threading.Thread] = None
 

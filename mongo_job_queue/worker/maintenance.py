@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Optional
 
-from ..config import QueueConfig
 from ..errors import LeaseExpired, MalformedJob
 from ..handlers import HandlerRegistry
 from ..middleware import MiddlewareChain
@@ -38,10 +37,7 @@ class Quarantiner:
 
     store: JobStore
     hooks: MiddlewareChain
-    logger: Optional[logging.Logger] = None
-
-    def __post_init__(self) -> None:
-        self.log = self.logger or log
+    log: logging.Logger = log
 
     def fail_malformed(self, doc: dict[str, Any], problems: list[str], *, token: Optional[str] = None) -> bool:
         status = str(doc.get("status"))
@@ -57,14 +53,10 @@ class Rescuer:
     """Returns expired leases (crashed or frozen workers) to the queue; fails jobs out of attempts."""
 
     store: JobStore
-    config: QueueConfig
     registry: HandlerRegistry
     hooks: MiddlewareChain
     quarantiner: Quarantiner
-    logger: Optional[logging.Logger] = None
-
-    def __post_init__(self) -> None:
-        self.log = self.logger or log
+    log: logging.Logger = log
 
     def run_once(self, now: Optional[datetime] = None) -> tuple[int, int]:
         """One sweep (at most one bounded batch); ``(requeued, failed)``."""
@@ -84,7 +76,7 @@ class Rescuer:
             )
             at = now if now is not None else self.store.now()
             record = JobError.from_exception(
-                exc, attempt=attempts, at=at, token=doc.get("lease_token"), config=self.config
+                exc, attempt=attempts, at=at, token=doc.get("lease_token"), config=self.store.config
             )
             if not self.store.jobs.recover(doc, record, give_up):
                 continue  # renewed or recovered by someone else in the meantime

@@ -44,10 +44,9 @@ class Poller:
     executor: Executor
     owner: LeaseOwner
     _: KW_ONLY
-    logger: Optional[logging.Logger] = None
+    log: logging.Logger = log
 
     def __post_init__(self) -> None:
-        self.log = self.logger or log
         self._paused = PauseState()
         self._pause_read_at = -math.inf
 
