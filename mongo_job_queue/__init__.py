@@ -20,6 +20,7 @@ from .errors import (
     InvalidJobIdError,
     JobCancelled,
     JobModelError,
+    JobTimeLimitExceeded,
     JobTimeout,
     LeaseExpired,
     MalformedJob,
@@ -36,6 +37,7 @@ from .schedules.definition import CatchUp, Schedule
 from .schedules.manager import ScheduleInfo
 from .schedules.service import Fire
 from .status import JobStatus
+from .tasks import Task
 
 __version__ = "1.1.0"
 
@@ -54,6 +56,7 @@ __all__ = [
     "JobError",
     "JobModelError",
     "JobStatus",
+    "JobTimeLimitExceeded",
     "JobTimeout",
     "LeaseExpired",
     "LeaseOwner",
@@ -67,6 +70,7 @@ __all__ = [
     "Schedule",
     "ScheduleError",
     "ScheduleInfo",
+    "Task",
     "WorkerShutdown",
     "__version__",
     "create_job_queue",

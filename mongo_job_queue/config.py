@@ -151,6 +151,15 @@ class QueueConfig:
             stored in ``result_error``. With the error history it bounds what
             a job document can grow by, so it also bounds the enqueued
             document (:attr:`max_job_bytes`).
+        default_time_limit_ms: How long one run may take when neither the
+            job nor its handler sets ``time_limit_ms``; past it
+            ``JobTimeLimitExceeded`` is raised in the handler. ``0``: none.
+        time_limit_grace_ms: How long a handler past its time limit may
+            still take to return before it is abandoned (attempt recorded,
+            thread replaced, late outcome fenced out).
+        strict_types: Refuse (``InvalidJobError``) to enqueue a job type
+            that no handler is known for, here or in the worker registry,
+            instead of warning once per type.
         worker_id: Name of this worker in ``lease_owner``; random when
             omitted.
     """
@@ -185,6 +194,9 @@ class QueueConfig:
     run_schedules: bool = True
     progress_min_interval_ms: int = 1_000
     max_result_bytes: int = 1_048_576
+    default_time_limit_ms: int = 0
+    time_limit_grace_ms: int = 10_000
+    strict_types: bool = False
     worker_id: str | None = field(default=None)
 
     def __post_init__(self) -> None:
@@ -297,7 +309,9 @@ class QueueConfig:
 
 #: Keys that also accept ``None``, meaning "off" (keep forever, no bound).
 _OPTIONAL_INT_KEYS = frozenset({"retention_completed_ms", "retention_failed_ms", "retention_cancelled_ms"})
-_BOOL_KEYS = frozenset({"sync_clock", "batch_claims", "batch_acks", "change_stream_wakeups", "run_schedules"})
+_BOOL_KEYS = frozenset(
+    {"sync_clock", "batch_claims", "batch_acks", "change_stream_wakeups", "run_schedules", "strict_types"}
+)
 _MINIMUM = {
     # A TTL index counts whole seconds.
     "retention_completed_ms": 1_000,
@@ -311,6 +325,7 @@ _MINIMUM = {
     # A heartbeat of at most half the lease needs a lease of 2 ms or more.
     "lease_ms": 2,
     "db_timeout_ms": 0,
+    "default_time_limit_ms": 0,
 }
 
 # -- db_timeout_ms: the time bound of every database call ----------------------

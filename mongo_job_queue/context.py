@@ -30,6 +30,8 @@ class RunState:
     claimed: ClaimedJob
     lease_lost: threading.Event = field(default_factory=threading.Event)
     cancel_requested: threading.Event = field(default_factory=threading.Event)
+    #: Given up past its time limit and grace (see :mod:`.worker.timelimits`): its thread was replaced.
+    abandoned: threading.Event = field(default_factory=threading.Event)
     #: Progress not yet written (throttled); the next heartbeat carries it.
     progress: Optional[dict[str, Any]] = None
     progress_written_at: float = -math.inf
@@ -63,6 +65,8 @@ class JobContext:
         Written at once unless the previous write is less than
         ``progress_min_interval_ms`` old; then it is kept and the next
         heartbeat (or report) writes it, so a tight loop costs no round trips.
+        Either way the run's claim keeps it as its latest report, which the
+        completion writes: the last report before the handler returns is never lost.
         """
         progress: Optional[dict[str, Any]] = _progress_doc(percent, message, self.store.now())
         state = self.state
@@ -70,6 +74,7 @@ class JobContext:
             raise LeaseExpired(f"job {state.claimed.id}: lease lost; another worker may run it")
         interval = self.store.config.progress_min_interval_ms / 1000
         with state.lock:
+            state.claimed.progress = progress
             if time.monotonic() - state.progress_written_at < interval:
                 state.progress = progress
                 progress = None

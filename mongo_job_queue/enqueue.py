@@ -18,22 +18,23 @@ database as it was.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, Literal, Optional, Protocol, TypeVar
 
 from bson import ObjectId
-from mongoengine.errors import FieldDoesNotExist, ValidationError
+from mongoengine.errors import FieldDoesNotExist, NotRegistered, ValidationError
 
 from .clock import MAX_DURATION_MS, after_ms, to_naive_utc
 from .config import MAX_RETRIES, QueueConfig
 from .errors import EagerJobFailed, InvalidJobError
 from .handlers import HandlerRegistry
+from .known_types import KnownTypes
 from .middleware import MiddlewareChain
 from .model import LIBRARY_FIELDS, BaseJob
 from .status import COMPLETED, PENDING
 from .store import JobStore
-from .validation import check_document, check_payload
+from .validation import check_document, check_nested, check_payload, stored_job_problems
 from .worker import Worker
 
 __all__ = ["EagerFlags", "Enqueuer", "JobBuilder"]
@@ -42,7 +43,9 @@ J = TypeVar("J", bound=BaseJob)
 
 #: The arguments of ``enqueue`` an ``enqueue_many`` item may hold besides the app's
 #: own fields (``unique_key`` is for ``enqueue`` alone).
-_ENQUEUE_KEYS = frozenset({"job_type", "data", "run_at", "delay_ms", "priority", "queue", "max_retries"})
+_ENQUEUE_KEYS = frozenset(
+    {"job_type", "data", "run_at", "delay_ms", "priority", "queue", "max_retries", "time_limit_ms"}
+)
 
 #: How new documents reach the store: one job, a bulk of them, or the job of a schedule's fire time.
 InsertMode = Literal["one", "many", "fire"]
@@ -98,6 +101,15 @@ class JobBuilder(Generic[J]):
             max_retries = self.config.max_retries
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or not 0 <= max_retries <= MAX_RETRIES:
             raise InvalidJobError(f"max_retries must be an int from 0 to {MAX_RETRIES}, got {_short_repr(max_retries)}")
+        time_limit_ms = spec.get("time_limit_ms")
+        if time_limit_ms is not None and (
+            isinstance(time_limit_ms, bool)
+            or not isinstance(time_limit_ms, int)
+            or not 0 <= time_limit_ms <= MAX_DURATION_MS
+        ):
+            raise InvalidJobError(
+                f"time_limit_ms must be an int from 0 (no limit) to {MAX_DURATION_MS}, got {_short_repr(time_limit_ms)}"
+            )
         unique = _unique(spec.get("unique_key"), spec.get("unique_for_ms"))
         run_at = _run_at(spec.get("run_at"), spec.get("delay_ms"), now)
         forbidden = sorted(set(extra) & LIBRARY_FIELDS)
@@ -105,6 +117,8 @@ class JobBuilder(Generic[J]):
             raise InvalidJobError(
                 f"field(s) {', '.join(forbidden)} are managed by the queue and cannot be set at enqueue"
             )
+        for name, value in extra.items():
+            check_nested(value, what=name)  # e.g. a '_cls' key, which would make the job unloadable
         fields = {
             "type": job_type,
             "status": PENDING,
@@ -119,6 +133,8 @@ class JobBuilder(Generic[J]):
         }
         if default_retries:
             fields["max_retries_default"] = True
+        if time_limit_ms is not None:  # else the handler's, where the job runs, applies
+            fields["time_limit_ms"] = time_limit_ms
         if unique is not None:
             fields["unique_key"] = unique[0]
             if unique[1] is not None:
@@ -129,15 +145,39 @@ class JobBuilder(Generic[J]):
         try:
             job = self.job_model(**fields, **extra)
             job.validate()
-        except (FieldDoesNotExist, ValidationError) as exc:
-            raise InvalidJobError(f"{self.job_model.__name__} rejected the job: {exc}") from exc
+        except (FieldDoesNotExist, ValidationError, NotRegistered) as exc:
+            raise InvalidJobError(_rejection(self.job_model, extra, exc)) from exc
         doc: dict[str, Any] = job.to_mongo().to_dict()
         doc["_id"] = ObjectId()
         return doc
 
-    def seal(self, doc: Mapping[str, Any]) -> int:
-        """Encode the final document, once: its size in bytes, or InvalidJobError if it cannot be stored."""
+    def seal(self, doc: Mapping[str, Any], *, hooked: bool = False) -> int:
+        """Encode the final document, once: its size in bytes, or InvalidJobError if it cannot be stored.
+
+        ``hooked``: ``before_enqueue`` middleware has seen the document and may
+        have changed anything in it, so it is checked again as a whole, as
+        the worker will load it. Without middleware, :meth:`build`'s checks
+        stand and nothing is checked twice.
+        """
+        if hooked:
+            self._recheck(doc)
         return check_document(doc, limit=self.config.max_job_bytes)
+
+    def _recheck(self, doc: Mapping[str, Any]) -> None:
+        problems = stored_job_problems(doc)
+        if doc.get("status") != PENDING or doc.get("attempts") != 0:
+            problems.append("a new job must be pending with 0 attempts")
+        if not problems:
+            try:
+                check_payload(doc["data"])
+                for name, value in doc.items():
+                    if name != "data":
+                        check_nested(value, what=name)
+                self.job_model._from_son(dict(doc)).validate()
+            except (FieldDoesNotExist, ValidationError, NotRegistered, InvalidJobError) as exc:
+                problems.append(str(exc))
+        if problems:
+            raise InvalidJobError(f"a before_enqueue middleware left the job unstorable: {'; '.join(problems)}")
 
 
 class EagerFlags(Protocol):
@@ -158,10 +198,16 @@ class Enqueuer(Generic[J]):
     worker: Worker
     hooks: MiddlewareChain
     flags: EagerFlags
+    #: Warns about (or, with ``strict_types``, refuses) job types no handler is known for.
+    types: KnownTypes = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.types = KnownTypes(self.builder.registry, self.store)
 
     def enqueue(self, spec: Mapping[str, Any], extra: Mapping[str, Any]) -> J:
         """One job; the existing one instead if its unique key is held."""
         doc = self.builder.build(spec, extra, self.store.now())
+        self.types.check([doc["type"]], strict=self.builder.config.strict_types)
         holder = self._insert([doc], "one")
         if holder is not None:
             return self._instance(holder)
@@ -185,6 +231,7 @@ class Enqueuer(Generic[J]):
                 docs.append(self.builder.build(known, extra, self.store.now()))
             except InvalidJobError as exc:
                 raise InvalidJobError(f"jobs[{index}]: {exc}") from exc
+        self.types.check([doc["type"] for doc in docs], strict=self.builder.config.strict_types)
         self._insert(docs, "many")
         return [self._instance(doc) for doc in self._run_or_wake(docs)]
 
@@ -207,14 +254,15 @@ class Enqueuer(Generic[J]):
 
         Returns None once written, else the stored job holding the unique key
         or the fire time of ``docs[0]``. Every ``before_enqueue`` gets its
-        ``after_enqueue`` or ``on_enqueue_aborted``, so a producer span always ends.
+        ``after_enqueue`` or ``on_enqueue_aborted`` (after ``on_enqueue_duplicate``
+        when a holder is the answer), so a producer span always ends.
         """
         for doc in docs:
             self.hooks.emit("before_enqueue", doc)
         holder: Optional[dict[str, Any]] = None
         try:
             for index, doc in enumerate(docs):
-                self._seal(doc, index if mode == "many" else None)
+                self._seal(doc, index if mode == "many" else None, hooked=bool(self.hooks))
             if mode == "many":
                 self.store.jobs.insert_many(docs)
             else:  # one path for plain, unique and fired jobs: the store reads which from the document
@@ -223,15 +271,17 @@ class Enqueuer(Generic[J]):
             self._aborted(docs, exc)
             raise
         if holder is not None:
-            self._aborted(docs, None)  # the job already holding the key or the fire time is the answer
+            # The job already holding the key or the fire time is the answer: the hooks learn which job it is.
+            self.hooks.emit("on_enqueue_duplicate", docs[0], existing=holder)
+            self._aborted(docs, None)
             return holder
         for doc in docs:
             self.hooks.emit("after_enqueue", doc)
         return None
 
-    def _seal(self, doc: dict[str, Any], index: Optional[int]) -> None:
+    def _seal(self, doc: dict[str, Any], index: Optional[int], *, hooked: bool) -> None:
         try:
-            self.builder.seal(doc)
+            self.builder.seal(doc, hooked=hooked)
         except InvalidJobError as exc:
             if index is None:
                 raise
@@ -306,6 +356,33 @@ def _run_at(run_at: Any, delay_ms: Any, now: datetime) -> datetime:
         except (OverflowError, ValueError) as exc:  # UTC of an aware time near datetime.min/max
             raise InvalidJobError(f"run_at {_short_repr(run_at)} is out of range in UTC: {exc}") from exc
     return now
+
+
+def _rejection(model: type[BaseJob], extra: Mapping[str, Any], exc: Exception) -> str:
+    """The model's refusal in plain words, naming each field: MongoEngine's own text names it last, in a list."""
+    name = model.__name__
+    if isinstance(exc, FieldDoesNotExist):
+        unknown = [f"{key!r}" for key in extra if key not in model._fields]
+        return f"{name} has no field {', '.join(unknown)}" if unknown else f"{name} refused the job's fields: {exc}"
+    problems: dict[str, str] = {}
+    _flatten(exc.to_dict() if isinstance(exc, ValidationError) else {}, "", problems)
+    missing = [path for path, text in problems.items() if text == "Field is required"]
+    parts = []
+    if missing:
+        fields = ", ".join(f"{path!r}" for path in missing)
+        parts.append(f"job is missing required field{'s' if len(missing) > 1 else ''} {fields} of {name}")
+    parts += [f"field {path!r} of {name} is invalid: {text}" for path, text in problems.items() if path not in missing]
+    return "; ".join(parts) or f"{name} refused the job: {exc}"
+
+
+def _flatten(errors: Mapping[Any, Any], prefix: str, into: dict[str, str]) -> None:
+    # Nested documents and lists report {"field": {"sub": "message"}}: one dotted path per message.
+    for key, value in errors.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            _flatten(value, f"{path}.", into)
+        else:
+            into[path] = str(value)
 
 
 def _short_repr(value: Any) -> str:

@@ -76,6 +76,10 @@ class JobTimeout(MongoJobQueueError, TimeoutError):
     """:meth:`~mongo_job_queue.PersistentJobQueue.wait` ran out of time before the job finished."""
 
 
+class JobTimeLimitExceeded(MongoJobQueueError):
+    """Raised into a handler that ran past its ``time_limit_ms``, and recorded when one is abandoned after the grace."""
+
+
 class RetryJob(MongoJobQueueError):
     """Raised by a handler to retry the job after ``delay_ms`` instead of the policy's wait."""
 

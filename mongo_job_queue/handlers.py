@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 from .after_fork import renew_in_child
+from .clock import MAX_DURATION_MS
 from .config import MAX_RETRIES
 from .errors import HandlerError
 from .retry import RetryPolicy, RetryStrategy, StopStrategy, WaitStrategy
@@ -24,12 +25,14 @@ HandlerFn = Callable[[Any], Any]
 
 @dataclass(frozen=True)
 class Handler:
-    """A registered handler: the function, its retry policy and retry bound."""
+    """A registered handler: the function, its retry policy, retry bound and time limit."""
 
     job_type: str
     fn: HandlerFn
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     max_retries: Optional[int] = None
+    #: Milliseconds one run may take (0: none); None leaves it to the config's ``default_time_limit_ms``.
+    time_limit_ms: Optional[int] = None
 
 
 class HandlerRegistry:
@@ -53,6 +56,7 @@ class HandlerRegistry:
         wait: Optional[WaitStrategy] = None,
         retry: Optional[RetryStrategy] = None,
         max_retries: Optional[int] = None,
+        time_limit_ms: Optional[int] = None,
     ) -> Handler:
         if not isinstance(job_type, str) or not job_type:
             raise HandlerError(f"job type must be a non-empty str, got {job_type!r}")
@@ -64,7 +68,13 @@ class HandlerRegistry:
             raise HandlerError(
                 f"max_retries for {job_type!r} must be an int from 0 to {MAX_RETRIES}, got {max_retries!r:.80}"
             )
-        handler = Handler(job_type, fn, RetryPolicy(stop=stop, wait=wait, retry=retry), max_retries)
+        if time_limit_ms is not None and not _is_duration(time_limit_ms):
+            raise HandlerError(
+                f"time_limit_ms for {job_type!r} must be an int from 0 (no limit) to {MAX_DURATION_MS}, "
+                f"got {time_limit_ms!r:.80}"
+            )
+        policy = RetryPolicy(stop=stop, wait=wait, retry=retry)
+        handler = Handler(job_type, fn, policy, max_retries, time_limit_ms)
         with self._lock:
             existing = self._handlers.get(job_type)
             if existing is not None:
@@ -89,7 +99,7 @@ class HandlerRegistry:
         """A new registry with only ``job_types`` (all when None), each function optionally wrapped.
 
         For a worker dedicated to some types, or one that counts its jobs;
-        retry policies and ``max_retries`` are kept.
+        retry policies, ``max_retries`` and ``time_limit_ms`` are kept.
 
         Raises:
             HandlerError: a type that has no handler here.
@@ -112,6 +122,10 @@ class HandlerRegistry:
 
     def __len__(self) -> int:
         return len(self._handlers)
+
+
+def _is_duration(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and 0 <= value <= MAX_DURATION_MS
 
 
 def _name(fn: Any) -> str:

@@ -49,7 +49,15 @@ class Middleware:
         """A document announced by before_enqueue was not inserted.
 
         ``exc`` is the error (invalid after the hooks, or the insert failed),
-        or None when a job with the same ``unique_key`` was already queued.
+        or None when a job with the same ``unique_key`` was already queued
+        (``on_enqueue_duplicate`` came first and named it).
+        """
+
+    def on_enqueue_duplicate(self, queue: Any, doc: dict[str, Any], *, existing: dict[str, Any]) -> None:
+        """A unique enqueue found its job already stored: ``existing`` is returned, ``doc`` is not inserted.
+
+        ``existing`` is the stored job holding ``doc``'s ``unique_key`` (or
+        its schedule's fire time). ``on_enqueue_aborted`` follows, with ``exc=None``.
         """
 
     def after_claim(self, queue: Any, doc: dict[str, Any]) -> None:
@@ -78,6 +86,12 @@ class Middleware:
 
     def on_lease_lost(self, queue: Any, doc: dict[str, Any]) -> None:
         """This worker found it no longer holds a job's lease; its outcome will not be recorded."""
+
+    def on_time_limit_exceeded(self, queue: Any, doc: dict[str, Any], *, limit_ms: int) -> None:
+        """A handler ran past its time limit: JobTimeLimitExceeded was raised in its thread (the watchdog's thread)."""
+
+    def on_abandoned(self, queue: Any, doc: dict[str, Any], *, limit_ms: int) -> None:
+        """A handler still ran past its time limit and grace: its attempt is recorded and its thread replaced."""
 
     def on_orphan_recovered(self, queue: Any, doc: dict[str, Any], *, failed: bool) -> None:
         """A job whose lease expired was returned to the queue (or failed, attempts spent)."""

@@ -154,6 +154,8 @@ class BaseJob(Document):
     #: True when no max_retries was given at enqueue: the stored one is a
     #: default, and the handler's, where the job runs, decides (see retry_limit).
     max_retries_default = BooleanField()
+    #: The job's own time limit from enqueue (``0``: none); without it the handler's, or the config's, applies.
+    time_limit_ms = IntField(min_value=0)
 
     lease_owner = EmbeddedDocumentField(LeaseOwner)
     lease_token = StringField()

@@ -32,6 +32,7 @@ from .schedules.manager import ScheduleInfo, ScheduleManager
 from .schedules.service import Fire, Scheduler
 from .status import FINISHED
 from .store import JobStore
+from .tasks import Task
 from .worker import Worker
 from .worker.runner import run_worker
 
@@ -39,6 +40,7 @@ __all__ = ["PersistentJobQueue", "create_job_queue"]
 
 J = TypeVar("J", bound=BaseJob)
 F = TypeVar("F", bound=HandlerFn)
+R = TypeVar("R")
 
 Timezone = Union[str, tzinfo]
 
@@ -97,8 +99,9 @@ class PersistentJobQueue(Generic[J]):
         wait: Optional[WaitStrategy] = None,
         retry: Optional[RetryStrategy] = None,
         max_retries: Optional[int] = None,
+        time_limit_ms: Optional[int] = None,
     ) -> F:
-        """Register ``fn(job)`` for ``job_type``, with optional tenacity retry strategies.
+        """Register ``fn(job)`` for ``job_type``, with optional tenacity retry strategies and a time limit.
 
         Args:
             job_type: The job type this handler runs.
@@ -110,11 +113,15 @@ class PersistentJobQueue(Generic[J]):
             retry: tenacity retry predicate, e.g. ``retry_if_exception_type(IOError)``.
             max_retries: Default ``max_retries`` for jobs of this type enqueued
                 through this queue object.
+            time_limit_ms: How long one run may take (``0``: none; default: the config's
+                ``default_time_limit_ms``; a job's own overrides it), see :ref:`time-limits`.
 
         Raises:
-            HandlerError: duplicate type, non-callable handler or invalid strategy.
+            HandlerError: duplicate type, non-callable handler, invalid strategy or time limit.
         """
-        self.registry.register(job_type, fn, stop=stop, wait=wait, retry=retry, max_retries=max_retries)
+        self.registry.register(
+            job_type, fn, stop=stop, wait=wait, retry=retry, max_retries=max_retries, time_limit_ms=time_limit_ms
+        )
         return fn
 
     def handler(
@@ -125,11 +132,29 @@ class PersistentJobQueue(Generic[J]):
         wait: Optional[WaitStrategy] = None,
         retry: Optional[RetryStrategy] = None,
         max_retries: Optional[int] = None,
+        time_limit_ms: Optional[int] = None,
     ) -> Callable[[F], F]:
         """Decorator form of :meth:`register_handler`."""
 
         def decorate(fn: F) -> F:
-            return self.register_handler(job_type, fn, stop=stop, wait=wait, retry=retry, max_retries=max_retries)
+            return self.register_handler(
+                job_type, fn, stop=stop, wait=wait, retry=retry, max_retries=max_retries, time_limit_ms=time_limit_ms
+            )
+
+        return decorate
+
+    def task(self, job_type: str, **options: Any) -> Callable[[Callable[[J], R]], Task[J, R]]:
+        """Decorator: register the function as :meth:`register_handler` does; return a :class:`~mongo_job_queue.Task`.
+
+        ``options`` are :meth:`register_handler`'s keywords; the task's ``enqueue()`` names the job type once.
+
+        Raises:
+            HandlerError: as :meth:`register_handler`; TypeError for an unknown option.
+        """
+
+        def decorate(fn: Callable[[J], R]) -> Task[J, R]:
+            self.register_handler(job_type, fn, **options)
+            return Task(self, job_type, fn)
 
         return decorate
 
@@ -145,6 +170,7 @@ class PersistentJobQueue(Generic[J]):
         priority: int = 0,
         queue: str = "default",
         max_retries: Optional[int] = None,
+        time_limit_ms: Optional[int] = None,
         unique_key: Optional[str] = None,
         unique_for_ms: Optional[int] = None,
         **extra_fields: Any,
@@ -152,15 +178,17 @@ class PersistentJobQueue(Generic[J]):
         """Validate and insert one job; return the saved instance of the app's model.
 
         ``run_at`` (aware, or naive UTC) and ``delay_ms`` exclude each other; ``extra_fields`` are
-        the app's own fields. An unfinished job holding ``unique_key`` is returned instead of a new
-        one (see :doc:`job-control`).
+        the app's own fields; ``time_limit_ms`` overrides the handler's and the config's default
+        (``0``: none). An unfinished job holding ``unique_key`` is returned instead of a new one
+        (see :doc:`job-control`).
 
         Raises:
-            InvalidJobError: bad input; nothing was written.
+            InvalidJobError: bad input, or with ``strict_types`` a type no
+                handler is known for; nothing was written.
         """
         spec = dict(
             job_type=job_type, data=data, run_at=run_at, delay_ms=delay_ms, priority=priority, queue=queue,
-            max_retries=max_retries, unique_key=unique_key, unique_for_ms=unique_for_ms,
+            max_retries=max_retries, time_limit_ms=time_limit_ms, unique_key=unique_key, unique_for_ms=unique_for_ms,
         )  # fmt: skip
         return self._enqueuer.enqueue(spec, extra_fields)
 

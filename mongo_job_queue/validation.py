@@ -55,6 +55,11 @@ def check_payload(data: Any, *, what: str = "data") -> None:
     _walk(data, what, 1)
 
 
+def check_nested(value: Any, *, what: str) -> None:
+    """Reject keys MongoDB cannot store (or MongoEngine misreads) anywhere inside ``value``, naming the path."""
+    _walk(value, what, 1)
+
+
 def check_value(value: Any, *, what: str) -> int:
     """Check any value (e.g. a handler's result) as the field ``what`` of a job document; return its encoded size.
 
@@ -155,6 +160,7 @@ def stored_job_problems(doc: Mapping[str, Any]) -> list[str]:
     for name, check, expected in (
         ("attempts", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
         ("priority", _is_int, "an integer"),
+        ("time_limit_ms", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
         ("data", lambda v: isinstance(v, Mapping), "a document"),
         ("errors", lambda v: isinstance(v, list), "an array"),
         ("last_error", lambda v: isinstance(v, Mapping), "a document"),

@@ -7,8 +7,10 @@ the options, their help and the exit codes are the same everywhere.
 
 The package, one module per part: :mod:`.parser` (the arguments, typed by
 :mod:`.values`), :mod:`.app` (finding the queue for ``--app``),
-:mod:`.commands` (the administration commands), :mod:`.worker` (the
-``worker`` command) and :mod:`.common` (exit codes and one-line errors).
+:mod:`.commands` (the administration commands), :mod:`.jobs` (inspecting
+jobs and workers, retrying by filter), :mod:`.render` (how they print),
+:mod:`.admin_ui` (the ``admin`` web UI), :mod:`.worker` (the ``worker``
+command) and :mod:`.common` (exit codes and one-line errors).
 :func:`main` here parses one command line and dispatches it.
 
 Errors are one line on stderr and a distinct exit code, never a traceback:
@@ -28,6 +30,7 @@ from pymongo.errors import PyMongoError
 
 from ..errors import MongoJobQueueError
 from ..queue import PersistentJobQueue
+from .admin_ui import run_admin_command
 from .app import APP_ENV, check_database, load_queue
 from .commands import ADMIN_COMMANDS
 from .common import (
@@ -119,9 +122,11 @@ def main(
 def _dispatch(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.command == "worker":
         return run_worker_command(queue, args)
-    configure_logging(args.log_level or logging.WARNING, args.log_level is not None)
-    check_database(queue, args.db_timeout)
     try:
+        if args.command == "admin":
+            return run_admin_command(queue, args)
+        configure_logging(args.log_level or logging.WARNING, args.log_level is not None)
+        check_database(queue, args.db_timeout)
         return ADMIN_COMMANDS[args.command](queue, args, out, err)
     except MongoJobQueueError as exc:
         raise CommandError(str(exc), EXIT_USAGE) from exc

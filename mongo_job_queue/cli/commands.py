@@ -1,7 +1,8 @@
-"""The administration commands: stats, enqueue, retry, cancel, pause, resume, purge and schedules.
+"""The administration commands: stats, enqueue, retry, cancel, pause, resume, purge, schedules, jobs, workers.
 
 Each takes the queue, the parsed arguments and the two output streams, and
 returns an exit code; :data:`ADMIN_COMMANDS` maps a command's name to it.
+Inspecting jobs and workers, and retrying by filter, are in :mod:`.jobs`.
 """
 
 from __future__ import annotations
@@ -10,26 +11,21 @@ import argparse
 import dataclasses
 import json
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any, Optional, TextIO
 
-from bson import ObjectId
+from mongoengine.errors import FieldDoesNotExist, ValidationError
 
-from ..errors import InvalidJobIdError
+from ..errors import InvalidJobError
+from ..known_types import KnownTypes
+from ..model import LIBRARY_FIELDS
 from ..queue import PersistentJobQueue
-from ..queue_admin import job_object_id
 from ..status import FINISHED
-from .common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, CommandError
+from .common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, CommandError, object_id
+from .jobs import has_filter, jobs_command, retry_matching, workers_command
+from .render import iso
 from .values import UNIT_MS
 
 __all__ = ["ADMIN_COMMANDS"]
-
-
-def _object_id(value: str) -> ObjectId:
-    try:
-        return job_object_id(value)
-    except InvalidJobIdError:
-        raise CommandError(f"not a job id: {value!r}", EXIT_USAGE) from None
 
 
 def _stats(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -58,17 +54,39 @@ def _stats(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO
 
 
 def _enqueue(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    job = queue.enqueue(
-        args.job_type,
-        args.data,
-        queue=args.queue,
-        priority=args.priority,
-        delay_ms=args.delay,
-        max_retries=args.max_retries,
-        **args.fields,
-    )
+    # Said here, to the user, rather than logged by the enqueue (which strict_types makes refuse it instead).
+    types = KnownTypes(queue.registry, queue.store)
+    unknown = not queue.config.strict_types and bool(types.unknown([args.job_type]))
+    if unknown:
+        types.mark_warned(args.job_type)
+    try:
+        job = queue.enqueue(
+            args.job_type,
+            args.data,
+            queue=args.queue,
+            priority=args.priority,
+            delay_ms=args.delay,
+            max_retries=args.max_retries,
+            **args.fields,
+        )
+    except InvalidJobError as exc:
+        raise CommandError(f"{exc}{_fields_hint(exc.__cause__)}", EXIT_USAGE) from exc
     print(job.id, file=out)
+    if unknown:
+        print(
+            f"warning: no handler for job type {args.job_type!r} is registered in the app or by any worker "
+            "in the registry; check its spelling (the job was enqueued)",
+            file=err,
+        )
     return EXIT_OK
+
+
+def _fields_hint(cause: Optional[BaseException]) -> str:
+    """Where the app's own fields are set, when the model refused one of them."""
+    if isinstance(cause, FieldDoesNotExist):
+        return " (--fields takes only the fields the model declares)"
+    own = [name for name in cause.to_dict() if name not in LIBRARY_FIELDS] if isinstance(cause, ValidationError) else []
+    return f" (set the model's own fields with --fields '{{\"{own[0]}\": ...}}')" if own else ""
 
 
 def _retry_or_cancel(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -83,9 +101,14 @@ def _retry_or_cancel(queue: PersistentJobQueue[Any], args: argparse.Namespace, o
             print(f"cancelled {done['cancelled']} pending job(s){requested}", file=out)
             return EXIT_OK
     retry = args.command == "retry"
+    if retry and has_filter(args) == bool(args.job_ids):
+        print("error: retry takes job ids, or a filter (--status, --type, --queue, --since, --field)", file=err)
+        return EXIT_USAGE
+    if retry and has_filter(args):
+        return retry_matching(queue, args, out, err)
     action = queue.retry_job if retry else queue.cancel_job
     code = EXIT_OK
-    for job_id in [_object_id(v) for v in args.job_ids]:
+    for job_id in [object_id(v) for v in args.job_ids]:
         if action(job_id):
             job = None if retry else queue.get_job(job_id)
             if job is not None and job.status == "processing":
@@ -133,8 +156,8 @@ def _schedules(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: Te
         rows = [
             {
                 **dataclasses.asdict(info),
-                "next_fire": _iso(info.next_fire),
-                "last_fire": _iso(info.last_fire),
+                "next_fire": iso(info.next_fire),
+                "last_fire": iso(info.last_fire),
                 "last_job_id": None if info.last_job_id is None else str(info.last_job_id),
             }
             for info in infos
@@ -148,14 +171,10 @@ def _schedules(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: Te
         here = "" if info.registered else "  [not registered by --app: does not fire from its workers]"
         print(f"{info.name}: {info.job_type} {info.when}{here}", file=out)
         if info.registered:
-            print(f"  next fire  {_iso(info.next_fire) or '-'}", file=out)
-        last = "-" if info.last_fire is None else f"{_iso(info.last_fire)} ({info.last_status}, job {info.last_job_id})"
+            print(f"  next fire  {iso(info.next_fire) or '-'}", file=out)
+        last = "-" if info.last_fire is None else f"{iso(info.last_fire)} ({info.last_status}, job {info.last_job_id})"
         print(f"  last fire  {last}", file=out)
     return EXIT_OK
-
-
-def _iso(moment: Optional[datetime]) -> Optional[str]:
-    return None if moment is None else moment.isoformat(timespec="seconds") + "Z"
 
 
 ADMIN_COMMANDS: dict[str, Callable[[PersistentJobQueue[Any], argparse.Namespace, TextIO, TextIO], int]] = {
@@ -167,4 +186,6 @@ ADMIN_COMMANDS: dict[str, Callable[[PersistentJobQueue[Any], argparse.Namespace,
     "pause": _pause_or_resume,
     "resume": _pause_or_resume,
     "schedules": _schedules,
+    "jobs": jobs_command,
+    "workers": workers_command,
 }

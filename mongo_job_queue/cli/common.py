@@ -8,6 +8,12 @@ command from a database that is down.
 from __future__ import annotations
 
 import logging
+from typing import Any
+
+from bson import ObjectId
+
+from ..errors import InvalidJobIdError
+from ..queue_admin import job_object_id
 
 # The worker runner's two codes (0, 1), beside the command line's own.
 from ..worker.runner import EXIT_FORCED as EXIT_FORCED
@@ -29,7 +35,7 @@ exit codes:
   2  bad arguments or input
   3  --app could not be imported, is not a queue, or registers no handler
   4  the database is unreachable
-  5  refused: no such job, or not in a state that allows it
+  5  refused: no such job, not in a state that allows it, or not confirmed
 """
 
 
@@ -39,6 +45,14 @@ class CommandError(Exception):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
+
+
+def object_id(value: Any) -> ObjectId:
+    """A job id given on the command line, or a usage error."""
+    try:
+        return job_object_id(value)
+    except InvalidJobIdError:
+        raise CommandError(f"not a job id: {value!r}", EXIT_USAGE) from None
 
 
 def first_line(exc: BaseException) -> str:

@@ -10,17 +10,25 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Sequence
+from typing import Any
 
+from ..status import ALL_STATUSES
+from ..store.listing import MAX_LIST
 from .app import APP_ENV
 from .common import EXIT_CODES_HELP
+from .jobs import RETRYABLE
 from .values import (
     csv_names,
+    field_equals,
     grace_seconds,
     json_object,
     log_level,
     parse_duration_ms,
     port,
     positive_int,
+    since,
+    status_names,
     timeout_seconds,
 )
 
@@ -114,8 +122,8 @@ def build_parser(prog: str = "mongo-job-queue", *, with_app: bool = True) -> arg
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(
+    def command(name: str, help_text: str, within: Any = sub) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = within.add_parser(
             name,
             help=help_text,
             description=help_text,
@@ -145,8 +153,10 @@ def build_parser(prog: str = "mongo-job-queue", *, with_app: bool = True) -> arg
         "--delay", type=parse_duration_ms, metavar="DURATION", help="run no earlier than this from now"
     )
     enqueue.add_argument("--max-retries", type=int, metavar="N", help="retries after the first attempt")
-    retry = command("retry", "queue failed or cancelled jobs again")
-    retry.add_argument("job_ids", nargs="+", metavar="JOB_ID")
+    retry = command("retry", "queue failed or cancelled jobs again: these ids, or every job a filter matches")
+    retry.add_argument("job_ids", nargs="*", metavar="JOB_ID")
+    _add_filter(retry, RETRYABLE, "instead of ids: ")
+    retry.add_argument("-y", "--yes", action="store_true", help="with a filter: retry without asking to confirm")
     cancel = command("cancel", "cancel pending jobs; ask running ones to stop")
     cancel.add_argument("job_ids", nargs="*", metavar="JOB_ID")
     cancel.add_argument(
@@ -171,6 +181,28 @@ def build_parser(prog: str = "mongo-job-queue", *, with_app: bool = True) -> arg
         action="append",
         help="only jobs in this status (repeatable; default: all three)",
     )
+    jobs = sub.add_parser("jobs", help="list jobs by filter, or show one (jobs list, jobs show ID)")
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", metavar="SUBCOMMAND", required=True)
+    listing = command("list", "the newest jobs matching a filter (times in UTC)", jobs_sub)
+    _add_filter(listing, ALL_STATUSES, "")
+    listing.add_argument(
+        "--limit", type=positive_int, default=20, metavar="N", help=f"at most N jobs (default 20, at most {MAX_LIST})"
+    )
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    show = command("show", "one job: fields, data, errors with tracebacks, lease, progress and result", jobs_sub)
+    show.add_argument("job_id", metavar="JOB_ID")
+    show.add_argument("--json", action="store_true", help="print the stored document as JSON")
+    workers = command("workers", "the live workers, from the worker registry (times in UTC)")
+    workers.add_argument("--all", action="store_true", help="also the stopped ones and those gone silent")
+    workers.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    admin = command("admin", "serve the admin web UI with Werkzeug until Ctrl-C (needs the admin extra)")
+    admin.add_argument("--host", default="127.0.0.1", metavar="ADDR", help="address to bind (default 127.0.0.1)")
+    admin.add_argument("--port", type=port, default=8089, metavar="PORT", help="port to bind (default 8089)")
+    admin.add_argument(
+        "--insecure-local",
+        action="store_true",
+        help="let every request from this machine in as admin, without authentication (loopback addresses only)",
+    )
     if with_app:
         # Parsed by the tools themselves; listed here for --help.
         sub.add_parser("demo", help="run the end-to-end demo on the embedded server (see demo --help)", add_help=False)
@@ -180,3 +212,32 @@ def build_parser(prog: str = "mongo-job-queue", *, with_app: bool = True) -> arg
             add_help=False,
         )
     return parser
+
+
+def _add_filter(parser: argparse.ArgumentParser, statuses: Sequence[str], prefix: str) -> None:
+    """The job filter of ``jobs list`` and of a bulk ``retry``: every part given must match."""
+    parser.add_argument(
+        "--status",
+        dest="statuses",
+        type=status_names(statuses),
+        action="extend",
+        metavar="STATUS[,STATUS]",
+        help=f"{prefix}jobs in these statuses, comma-separated or repeated ({', '.join(statuses)})",
+    )
+    parser.add_argument("--type", dest="job_type", metavar="TYPE", help=f"{prefix}jobs of this type")
+    parser.add_argument("--queue", metavar="NAME", help=f"{prefix}jobs in this queue")
+    parser.add_argument(
+        "--since",
+        type=since,
+        metavar="WHEN",
+        help=f"{prefix}jobs created since then: a duration ago (2h, 7d) or a UTC date and time (2026-05-01T10:00)",
+    )
+    parser.add_argument(
+        "--field",
+        dest="fields",
+        type=field_equals,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help=f"{prefix}jobs whose own field NAME (declared by the app's model) equals VALUE; repeatable",
+    )

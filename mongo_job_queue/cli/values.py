@@ -11,18 +11,22 @@ import json
 import logging
 import math
 import re
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Collection
+from datetime import datetime
+from typing import Any, TypeVar, Union
 
 __all__ = [
     "UNIT_MS",
     "csv_names",
+    "field_equals",
     "grace_seconds",
     "json_object",
     "log_level",
     "parse_duration_ms",
     "port",
     "positive_int",
+    "since",
+    "status_names",
     "timeout_seconds",
 ]
 
@@ -106,3 +110,40 @@ def port(value: str) -> int:
     if not 0 <= number <= 65535:
         raise argparse.ArgumentTypeError(f"must be 0 to 65535, got {number}")
     return number
+
+
+def status_names(allowed: Collection[str]) -> Callable[[str], list[str]]:
+    """The type of a ``--status`` taking comma-separated names out of ``allowed``."""
+
+    def parse(value: str) -> list[str]:
+        names = csv_names(value)
+        unknown = [name for name in names if name not in allowed]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown status {unknown[0]!r} (one of {', '.join(allowed)})")
+        return names
+
+    return parse
+
+
+def since(value: str) -> Union[int, datetime]:
+    """``1h`` (that long ago, in milliseconds) or an ISO date and time (UTC unless it says otherwise)."""
+    try:
+        return parse_duration_ms(value)
+    except argparse.ArgumentTypeError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration like 2h or 7d, or a date and time like 2026-05-01T10:00, got {value!r}"
+        ) from None
+    offset = moment.utcoffset()
+    return moment if offset is None else (moment - offset).replace(tzinfo=None)
+
+
+def field_equals(value: str) -> tuple[str, str]:
+    """``NAME=VALUE``: a filter on one of the app's own fields."""
+    name, sep, text = value.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {value!r}")
+    return name.strip(), text

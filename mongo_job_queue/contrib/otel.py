@@ -38,8 +38,9 @@ the worker samples independently.
 Attributes: ``messaging.system`` (``mongo_job_queue``),
 ``messaging.operation.type`` and ``messaging.operation.name`` (``send`` /
 ``process``), ``messaging.destination.name`` (the queue),
-``messaging.message.id`` (the job id), ``messaging.client.id`` (the worker
-id, on process spans), plus ``mongo_job_queue.job.type``,
+``messaging.message.id`` (the job id; for a duplicate unique enqueue, the
+existing job's, with ``mongo_job_queue.enqueue.duplicate``), ``messaging.client.id``
+(the worker id, on process spans), plus ``mongo_job_queue.job.type``,
 ``mongo_job_queue.job.attempt`` and ``mongo_job_queue.job.outcome``.
 """
 
@@ -143,6 +144,14 @@ class OpenTelemetryMiddleware(Middleware):
             span = self._sending.pop(doc.get("_id"), None)
         if span is not None:
             span.end()
+
+    def on_enqueue_duplicate(self, queue: Any, doc: dict[str, Any], *, existing: dict[str, Any]) -> None:
+        # The enqueue returns the existing job: the span names it, not the id that was never inserted.
+        with self._lock:
+            span = self._sending.get(doc.get("_id"))
+        if span is not None:
+            span.set_attribute("messaging.message.id", str(existing.get("_id")))
+            span.set_attribute("mongo_job_queue.enqueue.duplicate", True)
 
     def on_enqueue_aborted(self, queue: Any, doc: dict[str, Any], *, exc: Optional[BaseException]) -> None:
         with self._lock:

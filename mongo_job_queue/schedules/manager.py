@@ -93,8 +93,12 @@ class ScheduleManager:
         # The job is built and sealed now, as enqueue would, so a bad payload or
         # field fails here and not in a background thread at the first fire.
         # The local clock: defining a schedule must not touch the database.
+        # Built as a fire builds it (schedule, fire_time, the overlap key), so
+        # what is measured is what every fire will write.
+        now = utcnow()
         builder = self.enqueuer.builder
-        builder.seal(builder.build({**job, "job_type": job_type}, extra_fields, utcnow()))
+        spec = {**job, "job_type": job_type, "run_at": now, "unique_key": built.overlap_key}
+        builder.seal(builder.build(spec, extra_fields, now, schedule=name, fire_time=now))
         self.scheduler.add(built)
         self.worker.start_scheduler()  # a worker started before its first schedule
         return built

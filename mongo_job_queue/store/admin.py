@@ -1,5 +1,7 @@
 """``store.admin``: queries for operators and the hygiene sweep: stats, purge, retry, find, malformed documents.
 
+The job listings of the command line (by filter, newest first) are in :mod:`.listing`.
+
 Nothing here runs on the claim or acknowledgement path (the claim path's
 quarantine of a malformed document is an outcome, in :mod:`.outcomes`).
 """
@@ -94,13 +96,8 @@ class Admin:
         job may since have been claimed, run and failed again (then the update
         would match once more and run it twice), or rescheduled.
         """
-        now = as_stored(self._store.now())
         mark = new_mark()
-        update = {
-            "$set": {"status": PENDING, "run_at": now, "attempts": 0, "updated_at": now},
-            "$unset": {"finished_at": "", "lease_expires_at": "", "cancel_requested": ""},
-            "$push": {"admin_marks": {"$each": [mark], "$slice": -KEPT_MARKS}},
-        }
+        update = self._retry_update(mark)
         filt = {"_id": job_id, "status": {"$in": [FAILED, CANCELLED]}}
         tries = 0
 
@@ -113,6 +110,37 @@ class Admin:
             return bool(jobs.update_one(filt, update).matched_count)
 
         return self._store.retry(call, "retry_job")
+
+    def retry_jobs(self, job_ids: Sequence[ObjectId]) -> int:
+        """Queue these jobs again as :meth:`retry_job` does each, those still failed or cancelled; how many were.
+
+        Exactly this set, never a filter read again: the caller confirmed it.
+        One ``update_many`` by ``_id``; each job it retries records this
+        call's mark, so a retried try (its reply lost) skips the ones done
+        and counts them by the mark, whatever they went through since.
+        """
+        ids = list(dict.fromkeys(job_ids))
+        if not ids:
+            return 0
+        mark = new_mark()
+        update = self._retry_update(mark)
+        filt = {"_id": {"$in": ids}, "status": {"$in": [FAILED, CANCELLED]}, "admin_marks": {"$ne": mark}}
+
+        def call() -> int:
+            jobs = self._store.collection
+            jobs.update_many(filt, update)
+            return int(jobs.count_documents({"_id": {"$in": ids}, "admin_marks": mark}))
+
+        return self._store.retry(call, "retry_jobs")
+
+    def _retry_update(self, mark: str) -> dict[str, Any]:
+        """A retry's update: due now, a fresh attempt budget, no lease or cancel request, and ``mark`` recorded."""
+        now = as_stored(self._store.now())
+        return {
+            "$set": {"status": PENDING, "run_at": now, "attempts": 0, "updated_at": now},
+            "$unset": {"finished_at": "", "lease_expires_at": "", "cancel_requested": ""},
+            "$push": {"admin_marks": {"$each": [mark], "$slice": -KEPT_MARKS}},
+        }
 
     def purge(self, finished_before: datetime, statuses: Sequence[str] = FINISHED) -> int:
         """Delete finished jobs whose ``finished_at`` is older than ``finished_before``."""

@@ -1,5 +1,10 @@
 """Indexes a component creates itself (beside the model's): once per collection and process, again if dropped.
 
+They are built as the model's are (:meth:`~mongo_job_queue.store.indexes.Indexes.ensure`):
+through the store's retry with the index build's extra bound
+(:data:`~mongo_job_queue.store.handle.INDEX_BUILD_MS`), never inside a
+query's own bound, which a build on a large existing collection outlasts.
+
 A hinted query on a missing index fails at once (``BadValue``); that is
 taken as "the collection was dropped or the index removed by hand": the
 indexes are created again and the query runs once more.
@@ -9,9 +14,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pymongo.errors import OperationFailure
+
+from .handle import INDEX_BUILD_MS, JobStore
 
 __all__ = ["IndexOnce", "missing_index"]
 
@@ -24,29 +31,40 @@ def missing_index(exc: BaseException) -> bool:
 
 
 class IndexOnce:
-    """Remembers which collections got their indexes in this process."""
+    """Remembers which collections got their indexes in this process.
+
+    A collection is named by the store's model and a ``suffix`` to the jobs
+    collection's name (``""`` for the jobs collection itself, ``"_audit"``),
+    so that telling whether it is done needs no database call.
+    """
 
     def __init__(self) -> None:
         self._done: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
-    def ensure(self, collection: Any, create: Callable[[], object]) -> None:
-        key = (collection.database.name, collection.name)
+    @staticmethod
+    def _key(store: JobStore, suffix: str) -> tuple[str, str]:
+        model = store.model
+        return (model._get_db().name, f"{model._get_collection_name()}{suffix}")
+
+    def ensure(self, store: JobStore, suffix: str, create: Callable[[], object]) -> None:
+        """Run ``create`` once per collection and process, retried, under the index build's bound."""
+        key = self._key(store, suffix)
         if key in self._done:
             return
-        create()
+        store.retry(create, f"create_indexes{suffix}", extra_ms=INDEX_BUILD_MS)
         with self._lock:
             self._done.add(key)
 
-    def hinted(self, collection: Any, create: Callable[[], object], query: Callable[[], T]) -> T:
-        """Run ``query`` (which hints these indexes) once they exist; re-create them if it finds one missing."""
-        self.ensure(collection, create)
+    def hinted(self, store: JobStore, suffix: str, create: Callable[[], object], query: Callable[[], T]) -> T:
+        """Run ``query`` (which hints these indexes, under its own bound) once they exist; re-create them if missing."""
+        self.ensure(store, suffix, create)
         try:
             return query()
         except OperationFailure as exc:
             if not missing_index(exc):
                 raise
             with self._lock:
-                self._done.discard((collection.database.name, collection.name))
-            self.ensure(collection, create)
+                self._done.discard(self._key(store, suffix))
+            self.ensure(store, suffix, create)
             return query()

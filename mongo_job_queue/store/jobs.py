@@ -52,6 +52,7 @@ class Jobs:
         self.fail = outcomes.fail
         self.release = outcomes.release
         self.cancel_claimed = outcomes.cancel_claimed
+        self.abandon = outcomes.abandon
         self.write_progress = outcomes.write_progress
         self.expired_leases = outcomes.expired_leases
         self.recover = outcomes.recover
@@ -91,7 +92,10 @@ class Jobs:
                     store.collection.insert_one(doc)
                 except DuplicateKeyError as exc:
                     dup_field = duplicate_field(exc)
-                    if dup_field != "_id" or tries == 1:  # else an earlier try that raised had inserted it
+                    # On a retry, an earlier try whose reply was lost may have inserted
+                    # it; the server may name any of the indexes the copy collides on.
+                    mine = tries > 1 and (dup_field == "_id" or self._stored(doc["_id"]))
+                    if not mine:
                         holder = self._holder(doc, dup_field, exc, retried=tries > 1)
                         if holder is None:
                             continue  # the key was released: insert again
@@ -104,6 +108,9 @@ class Jobs:
             raise InvalidJobError(f"the fire time of schedule {doc.get('schedule')!r} is contended; try again")
 
         return store.retry(call, "insert")
+
+    def _stored(self, job_id: Any) -> bool:
+        return self._store.collection.find_one({"_id": job_id}, {"_id": 1}) is not None
 
     def _holder(
         self, doc: Mapping[str, Any], dup_field: str, exc: DuplicateKeyError, *, retried: bool

@@ -37,6 +37,9 @@ class ClaimedJob:
 
     doc: dict[str, Any]
     token: str
+    #: The latest progress this run reported, written or still buffered: its
+    #: completion writes it too, so a report buffered at the end is not dropped.
+    progress: dict[str, Any] | None = field(default=None, compare=False)
 
     @property
     def id(self) -> ObjectId:

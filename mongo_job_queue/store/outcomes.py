@@ -41,13 +41,20 @@ def _ended(status: str, now: datetime) -> dict[str, Any]:
     return {"$set": {"status": status, "finished_at": now, "updated_at": now}, "$unset": {"lease_expires_at": ""}}
 
 
-def completion_update(now: datetime, result: Any) -> dict[str, Any]:
-    """The update that completes a run with the handler's ``result`` (None: no result field)."""
+def completion_update(now: datetime, result: Any, progress: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """The update that completes a run with the handler's ``result`` (None: no result field).
+
+    ``progress`` is the run's last report (``ClaimedJob.progress``): one
+    still buffered when the handler returned would otherwise be dropped, and
+    the job would keep an earlier one.
+    """
     update = _ended(COMPLETED, now)
     if isinstance(result, UnstorableResult):
         update["$set"]["result_error"] = result.reason
     elif result is not None:
         update["$set"]["result"] = result
+    if progress is not None:
+        update["$set"]["progress"] = dict(progress)
     return update
 
 
@@ -61,7 +68,7 @@ class Outcomes:
         """Mark a claimed job completed; False if the lease was lost first."""
         now = self._store.now()
         try:
-            return self._fenced(job, completion_update(now, result), COMPLETED, "complete")
+            return self._fenced(job, completion_update(now, result, job.progress), COMPLETED, "complete")
         except (DocumentTooLarge, OperationFailure) as exc:
             # The handler did finish: a result too large for what is left of its
             # document (a big payload enqueued under other limits) is recorded as
@@ -78,7 +85,7 @@ class Outcomes:
             )
             reason = f"not stored: the job document with it would exceed MongoDB's 16 MiB limit ({message})"
             dropped = UnstorableResult(reason[: self._store.config.max_error_chars])
-            return self._fenced(job, completion_update(now, dropped), COMPLETED, "complete")
+            return self._fenced(job, completion_update(now, dropped, job.progress), COMPLETED, "complete")
 
     def complete_many(self, jobs: Sequence[tuple[ClaimedJob, Any]]) -> set[tuple[ObjectId, str]]:
         """Mark many claimed jobs completed in one bulk write; return the runs ``(id, token)`` whose write landed.
@@ -93,7 +100,7 @@ class Outcomes:
         if not jobs:
             return set()
         now = self._store.now()
-        ops = [UpdateOne(job.fence, completion_update(now, result)) for job, result in jobs]
+        ops = [UpdateOne(job.fence, completion_update(now, result, job.progress)) for job, result in jobs]
         runs = {(job.id, job.token) for job, _ in jobs}
 
         def call() -> set[tuple[ObjectId, str]]:
@@ -136,6 +143,46 @@ class Outcomes:
     def cancel_claimed(self, job: ClaimedJob) -> bool:
         """End a claimed job ``cancelled`` (fenced); False if the lease was lost."""
         return self._fenced(job, _ended(CANCELLED, self._store.now()), CANCELLED, "cancel_claimed")
+
+    def abandon(self, job: ClaimedJob, error: JobError, run_at: Optional[datetime]) -> Optional[str]:
+        """End the attempt of a handler abandoned to its time limit: ``pending`` at ``run_at``, else ``failed``.
+
+        A job whose cancellation was requested ends ``cancelled``. Unlike the
+        owner's other writes, this one removes the lease token, as a rescue
+        does: the abandoned handler may still be running, and its late
+        writes must match nothing and fail the "was it my earlier try?"
+        check, whatever the job went through since. Returns the status
+        written, or None if the lease was lost first.
+        """
+        now = self._store.now()
+        ended = {"finished_at": now, "updated_at": now}
+        target, fields = (FAILED, ended) if run_at is None else (PENDING, {"run_at": run_at, "updated_at": now})
+        writes = []
+        for status, cancel, extra in ((target, {"$ne": True}, fields), (CANCELLED, True, ended)):
+            update = self._attempt_failed(status, error, extra)
+            update["$unset"]["lease_token"] = ""
+            writes.append((status, {**job.fence, "cancel_requested": cancel}, update))
+
+        def call() -> Optional[str]:
+            for status, filt, update in writes:
+                if self._store.collection.update_one(filt, update).matched_count:
+                    return status
+            return self._pushed(job.id, error)
+
+        return self._store.retry(call, "abandon")
+
+    def _pushed(self, job_id: Any, error: JobError) -> Optional[str]:
+        """After a write that matched nothing: the job's status if an earlier try pushed this very ``error``, else None.
+
+        A write that removed the token cannot recognise its earlier try by
+        the token: it does by its record (the old token, its own time).
+        """
+        record = error.as_doc()
+        record["at"] = as_stored(error.at)
+        found = self._store.collection.find_one({"_id": job_id}, {"errors": 1, "status": 1})
+        if found is None or not any(e == record for e in found.get("errors") or []):
+            return None
+        return str(found.get("status"))
 
     def write_progress(self, job: ClaimedJob, progress: Mapping[str, Any]) -> Optional[bool]:
         """Store a running job's progress (fenced); None if the lease is gone, else whether a cancel was requested."""
@@ -210,17 +257,13 @@ class Outcomes:
         # earlier try?" check in _fenced, so they are reported as lost.
         update = self._attempt_failed(status, error, {"updated_at": now, "finished_at" if give_up else "run_at": now})
         update["$unset"]["lease_token"] = ""
-        record = error.as_doc()
-        record["at"] = as_stored(error.at)
 
         def call() -> bool:
             if self._store.collection.update_one(filt, update).matched_count:
                 return True
             # Nothing matched: renewed or recovered by someone else, or an earlier
-            # try of ours applied and only its reply was lost. Ours pushed this
-            # very record (the old token, our time) into the job's errors.
-            found = self._store.collection.find_one({"_id": doc["_id"]}, {"errors": 1})
-            return found is not None and any(e == record for e in found.get("errors") or [])
+            # try of ours applied and only its reply was lost.
+            return self._pushed(doc["_id"], error) is not None
 
         return self._store.retry(call, "recover")
 

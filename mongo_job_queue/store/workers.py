@@ -6,6 +6,11 @@ written every heartbeat by every worker, and are listed by ``last_seen``;
 the control collection holds a few documents read on the claim path
 (pause, schedules), which this churn should not share.
 
+Each document carries its worker's own staleness bound (``stale_after_ms``,
+from the worker's heartbeat and lease), and is judged by it: a reader
+configured otherwise (the admin UI of another process, the CLI) must not
+call a slowly beating worker gone.
+
 The data access only: :class:`~mongo_job_queue.worker.registry.WorkerPresence`
 decides what to write and when, the admin UI and the CLI read :meth:`WorkerDocs.list`.
 """
@@ -20,21 +25,30 @@ from typing import Any, Optional
 import pymongo
 from pymongo.collection import Collection
 
+from ..config import QueueConfig
 from .handle import JobStore
 from .index_once import IndexOnce
 
-__all__ = ["REGISTRY_TTL_S", "WorkerDocs", "WorkerInfo"]
+__all__ = ["REGISTRY_TTL_S", "WorkerDocs", "WorkerInfo", "stale_after_ms"]
 
 #: A worker's document is removed this long after it was last seen (stopped or gone).
 REGISTRY_TTL_S = 7 * 24 * 3600
-#: Bound of each registry read or write.
-_MAX_TIME_MS = 5_000
 #: The most workers one listing returns.
 _LIST_LIMIT = 500
 #: The TTL index on ``last_seen``, which also serves the listing's sort.
 SEEN_INDEX = "mjq_workers_seen"
 
 _indexes = IndexOnce()
+_SUFFIX = "_workers"
+
+
+def stale_after_ms(config: QueueConfig) -> int:
+    """How long a worker of this config may go unseen before it is judged gone.
+
+    Three heartbeat intervals, and at least the lease: by then the leases
+    of its jobs have expired too.
+    """
+    return max(3 * config.heartbeat_interval_ms, config.lease_ms)
 
 
 @dataclass(frozen=True)
@@ -71,7 +85,9 @@ class WorkerDocs:
     def beat(self, doc_id: str, fields: Mapping[str, Any], started_at: datetime) -> None:
         """Upsert this worker's document: its description, ``last_seen`` now, not stopped.
 
-        An upsert by ``_id`` that sets absolute values: a retried try after a
+        ``fields`` should carry ``stale_after_ms`` (see :func:`stale_after_ms`
+        of the worker's config), by which readers judge this document. An
+        upsert by ``_id`` that sets absolute values: a retried try after a
         lost reply writes the same document again.
         """
         now = self.store.now()
@@ -81,11 +97,8 @@ class WorkerDocs:
             "$unset": {"stopped_at": ""},
         }
 
-        def call() -> None:
-            _indexes.ensure(self.collection, self._create_index)
-            self.collection.update_one({"_id": doc_id}, update, upsert=True)
-
-        self.store.retry(call, "worker_beat")
+        _indexes.ensure(self.store, _SUFFIX, self._create_index)
+        self.store.retry(lambda: self.collection.update_one({"_id": doc_id}, update, upsert=True), "worker_beat")
 
     def stopped(self, doc_id: str) -> None:
         """Mark this worker stopped (a clean stop); a crashed one is told apart by its old ``last_seen``."""
@@ -96,26 +109,29 @@ class WorkerDocs:
     def list(self, *, stale_after: Optional[timedelta] = None, limit: int = _LIST_LIMIT) -> list[WorkerInfo]:
         """The registered workers, most recently seen first, each judged live, stopped or gone.
 
-        A worker is gone when it was not seen for ``stale_after`` (default:
-        three heartbeat intervals, and at least the lease: by then its jobs'
-        leases have expired too).
+        A worker is gone when it was not seen for its own ``stale_after_ms``
+        (written by the worker; a document without one, from an older
+        version, by this store's config), or for ``stale_after`` when given:
+        every document is then judged by that bound instead.
         """
-        config = self.store.config
-        bound = stale_after or timedelta(milliseconds=max(3 * config.heartbeat_interval_ms, config.lease_ms))
+        fallback = timedelta(milliseconds=stale_after_ms(self.store.config))
         limit = max(1, min(int(limit), _LIST_LIMIT))
 
         def query() -> list[dict[str, Any]]:
-            cursor = self.collection.find(
-                {}, sort=[("last_seen", pymongo.DESCENDING)], limit=limit, max_time_ms=_MAX_TIME_MS
-            ).hint(SEEN_INDEX)
+            cursor = self.collection.find({}, sort=[("last_seen", pymongo.DESCENDING)], limit=limit).hint(SEEN_INDEX)
             return list(cursor)
 
-        def call() -> list[dict[str, Any]]:
-            return _indexes.hinted(self.collection, self._create_index, query)
-
-        docs = self.store.retry(call, "workers_list")
+        docs = _indexes.hinted(self.store, _SUFFIX, self._create_index, lambda: self.store.retry(query, "workers_list"))
         now = self.store.now()
-        return [_info(doc, now, bound) for doc in docs]
+        return [_info(doc, now, stale_after or _own_bound(doc, fallback)) for doc in docs]
+
+
+def _own_bound(doc: Mapping[str, Any], fallback: timedelta) -> timedelta:
+    """The staleness bound the worker wrote into its document, or ``fallback``."""
+    own = doc.get("stale_after_ms")
+    if isinstance(own, int) and not isinstance(own, bool) and own > 0:
+        return timedelta(milliseconds=min(own, REGISTRY_TTL_S * 1000))  # gone from the collection by then anyway
+    return fallback
 
 
 def _info(doc: Mapping[str, Any], now: datetime, bound: timedelta) -> WorkerInfo:

@@ -7,8 +7,10 @@ completions through :mod:`.completer`), the ``poller`` (:mod:`.poller`),
 ``maintenance`` (:mod:`.maintenance`: lease recovery, damaged documents, the
 worker registry) and the heartbeat, ``leases`` (:mod:`.leases`), which is one
 per worker and outlives a stop that timed out while a run goes on. Depending
-on the config, the group-commit flusher ``acks`` (``batch_acks``), the
-change-stream listener ``wakeup`` (:mod:`.wakeup`) and the ``scheduler``
+on the config and the jobs, the group-commit flusher ``acks`` (``batch_acks``),
+the change-stream listener ``wakeup`` (:mod:`.wakeup`), the time-limit
+watchdog ``timelimits`` (:mod:`.timelimits`, which replaces an abandoned
+handler thread through :mod:`.pool`) and the ``scheduler``
 (:mod:`mongo_job_queue.schedules.service`) run too.
 
 :mod:`.runner` runs a worker in the foreground of a worker process, with
@@ -33,12 +35,13 @@ from ..middleware import MiddlewareChain
 from ..model import LeaseOwner, job_log_extra
 from ..schedules.service import Scheduler
 from ..store import ClaimedJob, JobStore
-from .build import build_services, log_of
-from .completer import Completer, GroupCompleter
+from .build import build_services, completer_of, log_of, waker_of
+from .completer import Completer
 from .executor import Executor, WorkQueue
 from .inflight import InflightTable
 from .leases import LeaseKeeper
 from .poller import Poller
+from .pool import HandlerPool
 from .timeouts import deadline_after, join, remaining
 from .wakeup import ChangeStreamWaker
 
@@ -184,20 +187,12 @@ class Worker:
         self._stopping = stopping = threading.Event()
         self._work = work = WorkQueue()
         name = f"mjq-{self.owner.worker_id}"
-        self._completer = completer = (
-            GroupCompleter(self.store, self.table, self.executor.report_completion, logger=self._logger, name=name)
-            if self.config.batch_acks
-            else self.executor.inline
+        self._completer = completer = completer_of(
+            self.executor, self.store, self.table, self.config, self._logger, name
         )
-        self._handler_threads = [
-            threading.Thread(
-                target=self.executor.handler_loop,
-                args=(work, stopping, completer),
-                name=f"{name}-handler-{i}",
-                daemon=True,
-            )
-            for i in range(self.config.concurrency)
-        ]
+        size = self.config.concurrency
+        pool = HandlerPool(self.executor, (work, stopping, completer), size=size, name=name, on_replace=self._replaced)
+        self._handler_threads = pool.threads
         self._poller_thread = threading.Thread(
             target=self.poller.run, args=(work, stopping, self._wake, self._idle), name=f"{name}-poller", daemon=True
         )
@@ -206,19 +201,9 @@ class Worker:
             target=loop.run, args=(stopping,), name=f"{name}-maintenance", daemon=True
         )
         threads = [*self._handler_threads, self._poller_thread, self._maintenance_thread]
-        self._waker = None
+        self._waker = waker_of(self.store, self.registry, self.config, self.notify, stopping, self._idle, self._logger)
         self._waker_thread = None
-        if self.config.change_stream_wakeups:
-            self._waker = ChangeStreamWaker(
-                self.store,
-                self.registry.types(),
-                self.config.queues,
-                self.notify,
-                stopping,
-                max_await_ms=self.config.change_stream_max_await_ms,
-                idle=self._idle,
-                logger=self._logger,
-            )
+        if self._waker is not None:
             self._waker_thread = threading.Thread(target=self._waker.run, name=f"{name}-wakeup", daemon=True)
             threads.append(self._waker_thread)
         self._scheduler_thread = None
@@ -229,6 +214,11 @@ class Worker:
         self._track(threads)
         for thread in threads:
             thread.start()
+
+    def _replaced(self, old: threading.Thread, new: threading.Thread) -> None:
+        """A handler thread abandoned to a time limit was replaced: a stop waits for the new one, never the old."""
+        with self._lock:
+            self._started = [new if t is old else t for t in self._started]
 
     def _track(self, threads: list[threading.Thread]) -> None:
         """Remember threads about to start; forget the ones that have ended."""
@@ -243,7 +233,8 @@ class Worker:
     ) -> bool:
         """Stop claiming now, wait up to ``timeout`` s (None or inf: forever) for running jobs; True if all finished.
 
-        True also means every thread this start began has ended. Jobs still
+        True also means every thread this start began has ended (but a handler
+        thread abandoned to its time limit, never waited for). Jobs still
         running at the timeout (or once ``force`` is set) keep their lease
         while this process lives; with ``requeue_running`` they go back to the
         queue when it exits (:mod:`.shutdown`). See docs/reliability.rst,

@@ -9,6 +9,7 @@ still finishing after a timed-out stop keep both.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,6 +20,7 @@ from ..handlers import HandlerRegistry
 from ..middleware import MiddlewareChain
 from ..model import LeaseOwner
 from ..store import JobStore
+from .completer import Completer, GroupCompleter
 from .executor import Executor
 from .inflight import InflightTable
 from .leases import LeaseKeeper
@@ -26,8 +28,9 @@ from .maintenance import Hygiene, MaintenanceLoop, Quarantiner, Rescuer, Service
 from .poller import Poller
 from .registry import WorkerPresence
 from .shutdown import ShutdownRequeue
+from .wakeup import ChangeStreamWaker
 
-__all__ = ["Services", "build_services", "log_of"]
+__all__ = ["Services", "build_services", "completer_of", "log_of", "waker_of"]
 
 
 def log_of(component: type, logger: Optional[logging.Logger]) -> logging.Logger:
@@ -61,6 +64,44 @@ class Services:
         )
 
 
+def completer_of(
+    executor: Executor,
+    store: JobStore,
+    table: InflightTable,
+    config: QueueConfig,
+    logger: Optional[logging.Logger],
+    name: str,
+) -> Completer:
+    """Where one start's handler threads write completions: a group-commit flusher (``batch_acks``), or each its own."""
+    if config.batch_acks:
+        return GroupCompleter(store, table, executor.report_completion, logger=logger, name=name)
+    return executor.inline
+
+
+def waker_of(
+    store: JobStore,
+    registry: HandlerRegistry,
+    config: QueueConfig,
+    notify: Callable[[], None],
+    stopping: threading.Event,
+    idle: threading.Event,
+    logger: Optional[logging.Logger],
+) -> Optional[ChangeStreamWaker]:
+    """One start's change-stream listener, which wakes the idle poller; None without ``change_stream_wakeups``."""
+    if not config.change_stream_wakeups:
+        return None
+    return ChangeStreamWaker(
+        store,
+        registry.types(),
+        config.queues,
+        notify,
+        stopping,
+        max_await_ms=config.change_stream_max_await_ms,
+        idle=idle,
+        logger=logger,
+    )
+
+
 def build_services(
     store: JobStore,
     registry: HandlerRegistry,
@@ -74,6 +115,7 @@ def build_services(
     """Build every service of a worker with its collaborators."""
     quarantiner = Quarantiner(store, hooks, log_of(Quarantiner, logger))
     executor = Executor(store, registry, config, hooks, table, quarantiner, logger=logger)
+    executor.limits.name = keeper.name  # the time-limit watchdog's thread: mjq-<worker id>-timelimits
     return Services(
         executor=executor,
         poller=Poller(store, registry, config, hooks, table, keeper, executor, owner, log=log_of(Poller, logger)),

@@ -2,8 +2,9 @@
 
 The handler threads of a running worker and the single-step paths
 (``run_once``, eager runs, ``run_job_now``) all run a job through
-:meth:`Executor.process`. Completions go through a completer
-(:mod:`.completer`); failures, retries and cancellations are written here.
+:meth:`Executor.process`, under its time limit (:mod:`.timelimits`).
+Completions go through a completer (:mod:`.completer`); failures, retries,
+cancellations and abandoned attempts are written here.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import queue as queue_mod
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Optional
 
 from ..clock import after_ms
@@ -21,12 +23,15 @@ from ..errors import FailJob, JobCancelled, WorkerShutdown
 from ..handlers import Handler, HandlerRegistry
 from ..middleware import MiddlewareChain, Outcome
 from ..model import BaseJob, JobError, safe_str, truncate
+from ..retry import RetryDecision
 from ..retry_limit import exhausted, max_retries_of
+from ..status import CANCELLED
 from ..store import ClaimedJob, JobStore, UnstorableResult
 from ..validation import check_value, stored_job_problems
 from .completer import Completer, InlineCompleter
 from .inflight import InflightTable, log_job, run_key
 from .maintenance import Quarantiner
+from .timelimits import TimeLimits, Watch, time_limit_of
 
 __all__ = ["SHUTDOWN_GRACE_MIN_MS", "Executor", "WorkQueue"]
 
@@ -37,6 +42,8 @@ SHUTDOWN_GRACE_MIN_MS = 2_000
 
 #: Claimed jobs waiting for a handler thread; None tells a thread to exit.
 WorkQueue = queue_mod.SimpleQueue[Optional[ClaimedJob]]
+#: Replaces the thread of a run abandoned to its time limit (:meth:`.pool.HandlerPool.replace`).
+Abandon = Callable[[Watch], None]
 
 
 class Executor:
@@ -52,6 +59,7 @@ class Executor:
         quarantiner: Quarantiner,
         *,
         logger: Optional[logging.Logger] = None,
+        limits: Optional[TimeLimits] = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -61,24 +69,35 @@ class Executor:
         self.quarantiner = quarantiner
         self.log = logger or log
         self.inline = InlineCompleter(store)
+        self.limits = limits if limits is not None else TimeLimits(config, hooks, logger)
 
     # -- handler threads ----------------------------------------------------
 
-    def handler_loop(self, work: WorkQueue, stopping: threading.Event, completer: Completer) -> None:
-        """One handler thread: run queued jobs until told to exit; survives anything a job does."""
+    def handler_loop(
+        self, work: WorkQueue, stopping: threading.Event, completer: Completer, *, abandon: Optional[Abandon] = None
+    ) -> None:
+        """One handler thread: run queued jobs until told to exit; survives anything a job does.
+
+        A thread whose run was abandoned to its time limit (``abandon`` put
+        another in its place) exits once that run ends.
+        """
         while True:
             claimed = work.get()
             if claimed is None:
                 return
+            state = self.table.get(run_key(claimed))
             try:
                 if stopping.is_set():
                     self.hand_back(claimed)
                 else:
-                    self.process(claimed, completer)
+                    self.process(claimed, completer, abandon=abandon)
             except BaseException:  # noqa: BLE001 - the pool keeps its size, whatever happens
                 log_job(self.log, logging.ERROR, claimed.doc, "unexpected error in handler thread", exc_info=True)
             finally:
                 self.table.remove(run_key(claimed))
+            if state is not None and state.abandoned.is_set():
+                log_job(self.log, logging.WARNING, claimed.doc, "abandoned run ended; its thread exits")
+                return
 
     def hand_back(self, claimed: ClaimedJob) -> None:
         """Return a claimed job that never started to ``pending``, attempt not counted (fenced)."""
@@ -94,11 +113,15 @@ class Executor:
 
     # -- running one job ----------------------------------------------------
 
-    def process(self, claimed: ClaimedJob, completer: Optional[Completer] = None) -> None:
+    def process(
+        self, claimed: ClaimedJob, completer: Optional[Completer] = None, *, abandon: Optional[Abandon] = None
+    ) -> None:
         """Run the handler of a claimed job and record its outcome (fenced).
 
         The completion goes through ``completer`` (the group-commit buffer of
-        a running pool), or is written before returning by default.
+        a running pool), or is written before returning by default. Only a
+        pool thread, which ``abandon`` can replace, is ever abandoned to a
+        time limit; the calling thread of a single step only gets the exception.
         """
         doc = claimed.doc
         handler = self.registry.get(doc["type"])
@@ -130,7 +153,9 @@ class Executor:
         error: Optional[BaseException] = None
         duration: Optional[float] = None
         try:
-            outcome, error, duration = self._run_handler(claimed, handler, job, state, completer or self.inline)
+            outcome, error, duration = self._run_handler(
+                claimed, handler, job, state, completer or self.inline, abandon
+            )
         finally:
             # Paired with before_process even when recording the outcome raised
             # (the database stayed down past the retries), so spans and
@@ -139,19 +164,34 @@ class Executor:
             self.hooks.emit("after_process", job, outcome=outcome, exc=error, duration_s=elapsed)
 
     def _run_handler(
-        self, claimed: ClaimedJob, handler: Handler, job: BaseJob, state: RunState, completer: Completer
+        self,
+        claimed: ClaimedJob,
+        handler: Handler,
+        job: BaseJob,
+        state: RunState,
+        completer: Completer,
+        abandon: Optional[Abandon],
     ) -> tuple[Outcome, Optional[BaseException], float]:
-        """Call the handler and record what happened; return (outcome, exception, handler seconds)."""
+        """Call the handler and record what happened; return (outcome, exception, handler seconds).
+
+        An abandoned run's late end takes the same paths: its writes lose to
+        the fence (the abandonment removed its token) and are reported lost.
+        """
         doc = claimed.doc
+        watch = self.limits.watch(state, time_limit_of(doc, handler, self.config), abandon)
         started = time.monotonic()
         try:
-            result = handler.fn(job)
+            result = self.limits.call(handler.fn, job, watch)
         except BaseException as exc:  # noqa: BLE001 - SystemExit in a handler is a failed attempt too
             duration = time.monotonic() - started
+            if watch is not None:
+                watch.explain(exc)
             if isinstance(exc, JobCancelled) or state.cancel_requested.is_set():
                 return ("cancelled" if self.cancel(claimed) else "lease_lost"), exc, duration
             return self._record_failure(claimed, handler, exc), exc, duration
         duration = time.monotonic() - started
+        if watch is not None and watch.raised and not state.abandoned.is_set():
+            log_job(self.log, logging.WARNING, doc, "handler caught JobTimeLimitExceeded and returned: it completes")
         written = completer.complete(claimed, self._storable_result(result, doc))
         if written is None:
             # Buffered: "completed" is the handler's outcome; should the write
@@ -192,52 +232,94 @@ class Executor:
         log_job(self.log, logging.WARNING, doc, "handler result %s", reason)
         return UnstorableResult(truncate(reason, self.config.max_error_chars))
 
-    def _record_failure(self, claimed: ClaimedJob, handler: Handler | None, exc: BaseException) -> Outcome:
+    def _record_failure(
+        self, claimed: ClaimedJob, handler: Handler | None, exc: BaseException, *, abandoned: bool = False
+    ) -> Outcome:
         """Write a failed attempt back (retry or failed, fenced); return the outcome.
 
         Both writes are fenced on the cancel request as well: a job whose
-        cancellation was requested ends ``cancelled``, whatever attempt this was.
+        cancellation was requested ends ``cancelled``, whatever attempt this
+        was. An ``abandoned`` attempt's write also removes the lease token
+        (see :meth:`record_abandoned`).
         """
         doc = claimed.doc
         now = self.store.now()
-        attempts = int(doc["attempts"])
-        record = JobError.from_exception(exc, attempt=attempts, at=now, token=claimed.token, config=self.config)
-        policy = handler.policy if handler is not None else None
-        decision = (
-            policy.decide(
-                exc,
-                attempts=attempts,
-                max_retries=max_retries_of(doc, handler),
-                enqueued_at=doc.get("created_at"),
-                now=now,
-                config=self.config,
-            )
-            if policy is not None
-            else None
+        record = JobError.from_exception(
+            exc, attempt=int(doc["attempts"]), at=now, token=claimed.token, config=self.config
         )
-        if decision is not None and decision.retry:
-            if self.store.jobs.reschedule(claimed, after_ms(now, decision.delay_ms), record):
-                log_job(
-                    self.log,
-                    logging.WARNING,
-                    doc,
-                    "attempt failed (%s: %s); retry in %d ms",
-                    record.type,
-                    record.message,
-                    decision.delay_ms,
-                )
-                self.hooks.emit("on_retry_scheduled", doc, delay_ms=decision.delay_ms, exc=exc)
-                return "retry"
-        elif self.store.jobs.fail(claimed, record):
+        decision = self._decide(doc, handler, exc, now)
+        retry_at = after_ms(now, decision.delay_ms) if decision is not None and decision.retry else None
+        if abandoned:
+            status = self.store.jobs.abandon(claimed, record, retry_at)
+            if status == CANCELLED:
+                log_job(self.log, logging.INFO, doc, "cancelled on request")
+                self.hooks.emit("on_cancelled", claimed.id)
+                return "cancelled"
+            written = status is not None
+        elif retry_at is not None:
+            written = self.store.jobs.reschedule(claimed, retry_at, record)
+        else:
+            written = self.store.jobs.fail(claimed, record)
+        if written and decision is not None and retry_at is not None:
+            log_job(
+                self.log,
+                logging.WARNING,
+                doc,
+                "attempt failed (%s: %s); retry in %d ms",
+                record.type,
+                record.message,
+                decision.delay_ms,
+            )
+            self.hooks.emit("on_retry_scheduled", doc, delay_ms=decision.delay_ms, exc=exc)
+            return "retry"
+        if written:
             reason = decision.reason if decision else "no handler"
             log_job(self.log, logging.ERROR, doc, "failed for good (%s: %s): %s", record.type, record.message, reason)
             self.hooks.emit("on_failed", doc, exc=exc)
             return "failed"
-        if self.cancel(claimed):
+        if not abandoned and self.cancel(claimed):
             return "cancelled"  # a cancel was requested: it ends cancelled, not retried or failed
         log_job(self.log, logging.WARNING, doc, "failure not recorded: the lease was lost to another worker")
         self.hooks.emit("on_lease_lost", doc)
         return "lease_lost"
+
+    def _decide(
+        self, doc: dict[str, Any], handler: Handler | None, exc: BaseException, now: Any
+    ) -> Optional[RetryDecision]:
+        """The retry policy's decision on a failed attempt; None without a handler (it fails)."""
+        if handler is None:
+            return None
+        return handler.policy.decide(
+            exc,
+            attempts=int(doc["attempts"]),
+            max_retries=max_retries_of(doc, handler),
+            enqueued_at=doc.get("created_at"),
+            now=now,
+            config=self.config,
+        )
+
+    def record_abandoned(self, watch: Watch) -> None:
+        """Record the attempt of a run abandoned to its time limit; the thread that replaces it runs this first.
+
+        The attempt fails with :class:`~mongo_job_queue.errors.JobTimeLimitExceeded`
+        and the retry policy decides between a retry and ``failed`` (a
+        requested cancel ends it ``cancelled``). The write removes the lease
+        token, as a rescue does, so whatever the abandoned handler writes
+        later matches nothing. The handler may still be running when the job
+        is retried: at least once, never exactly once.
+        """
+        claimed = watch.state.claimed
+        doc = claimed.doc
+        exc = watch.abandoned_error()
+        thread = watch.thread.name
+        log_job(self.log, logging.ERROR, doc, "%s; thread %s replaced, its late outcome is fenced out", exc, thread)
+        self.hooks.emit("on_abandoned", doc, limit_ms=watch.limit_ms)
+        try:
+            self._record_failure(claimed, self.registry.get(doc["type"]), exc, abandoned=True)
+        except Exception:  # noqa: BLE001 - its lease is no longer renewed: lease expiry recovers the job
+            log_job(self.log, logging.ERROR, doc, "could not record the abandoned attempt", exc_info=True)
+        finally:
+            self.table.remove(run_key(claimed))
 
     def shutdown_grace_ms(self) -> int:
         """How long a shutdown requeue keeps a job from being due: longer than a dying process can still run it.

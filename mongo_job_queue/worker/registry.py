@@ -3,7 +3,8 @@
 A maintenance service (``run_once(now)``), run by the worker's maintenance
 loop at the heartbeat's cadence; the worker marks its document stopped
 when it stops. A worker that crashed simply stops beating, and readers
-judge it gone by its ``last_seen`` (see :meth:`~mongo_job_queue.store.workers.WorkerDocs.list`).
+judge it gone by its ``last_seen`` against the bound it wrote itself,
+from its own heartbeat and lease (see :meth:`~mongo_job_queue.store.workers.WorkerDocs.list`).
 A failed write is logged by the loop and retried at the next beat: the
 registry is information, never on the path of a claim or a lease.
 """
@@ -19,6 +20,7 @@ from ..config import QueueConfig
 from ..handlers import HandlerRegistry
 from ..model import LeaseOwner
 from ..store import JobStore
+from ..store.workers import stale_after_ms
 from .inflight import InflightTable
 
 __all__ = ["WorkerPresence"]
@@ -60,6 +62,7 @@ class WorkerPresence:
             "job_types": list(self.registry.types()),
             "concurrency": self.config.concurrency,
             "in_flight": len(self.table),
+            "stale_after_ms": stale_after_ms(self.config),  # readers judge this document by its writer's cadence
         }
         self.store.workers.beat(self.doc_id, fields, self._started_at)
 

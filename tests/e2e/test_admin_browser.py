@@ -95,7 +95,10 @@ def test_an_operator_retries_a_failed_job_and_a_running_worker_completes_it(chro
     page.click("#action-retry")
     assert "queued again" in page.locator(".notice").inner_text()
     # The live refresh (every 2 s while the tab is visible) shows the worker's outcome.
-    page.wait_for_function("document.getElementById('job-status').textContent === 'completed'", timeout=30_000)
+    # A locator, not wait_for_function: its string predicate is eval'd, which the page's CSP forbids.
+    from playwright.sync_api import expect  # the chromium fixture has checked that Playwright is installed
+
+    expect(page.locator("#job-status")).to_have_text("completed", timeout=30_000)
     assert queue.get_job(job.id).result == {"rows": 42}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 from typing import Any, Optional
 
@@ -9,6 +10,16 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.test import Client, TestResponse
 
 TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
+FORM = re.compile(r'<form method="post" action="([^"]+)"[^>]*>(.*?)</form>', re.S)
+HIDDEN = re.compile(r'<input type="hidden" name="([^"]+)" value="([^"]*)">')
+
+
+def forms_on(page: str) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Each POST form of a page: its action and its hidden fields (the CSRF token left to the client)."""
+    return [
+        (html.unescape(action), [(k, html.unescape(v)) for k, v in HIDDEN.findall(body) if k != "csrf_token"])
+        for action, body in FORM.findall(page)
+    ]
 
 
 def role_from_header(environ: Any) -> Optional[str]:

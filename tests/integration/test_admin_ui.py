@@ -5,17 +5,29 @@ from __future__ import annotations
 import json
 import re
 from datetime import timedelta
+from typing import Any
 
+import mongoengine
 import pytest
+from bson import ObjectId
 from helpers import wait_until
+from pymongo import monitoring
 
-from integration.admin_helpers import AdminClient, role_from_header
-from mongo_job_queue import ConfigError, FailJob
+from integration.admin_helpers import AdminClient, forms_on, role_from_header
+from integration.models import APP_NAME
+from mongo_job_queue import BaseJob, ConfigError, FailJob, create_job_queue
 from mongo_job_queue.clock import to_naive_utc
 from mongo_job_queue.contrib.admin import ACTIONS, ROLES, allowed, create_admin_app
 from mongo_job_queue.contrib.admin.filters import MAX_BULK
 
 pytestmark = pytest.mark.integration
+
+
+class ListenedJob(BaseJob):
+    """A job model on a connection of its own, whose commands a test listens to."""
+
+    meta = {"collection": "listened", "db_alias": "admin_listened"}
+
 
 PAGES = ["/jobs/", "/jobs/jobs", "/jobs/schedules", "/jobs/audit", "/jobs/?fragment=live", "/static/admin.js"]
 
@@ -47,6 +59,11 @@ def failed_job(queue, **fields):
 
 def ids_on(page_html: str) -> list[str]:
     return re.findall(r'name="ids" value="([0-9a-f]{24})"', page_html)
+
+
+def hidden(page_html: str, name: str) -> str:
+    """The value of a form's hidden field, as the browser would post it."""
+    return re.search(rf'type="hidden" name="{name}" value="([^"]*)"', page_html).group(1)
 
 
 # -- access ----------------------------------------------------------------
@@ -188,7 +205,7 @@ def test_a_cross_origin_post_is_refused_even_with_a_valid_token(app, queue, job_
 def test_no_state_change_through_get(app, queue, job_model) -> None:
     job = failed_job(queue)
     client = AdminClient(app, "admin")
-    for path in (f"/jobs/jobs/{job.id}/retry", "/jobs/bulk", "/jobs/pause", "/jobs/schedules/x/fire"):
+    for path in (f"/jobs/jobs/{job.id}/retry", "/jobs/bulk", "/jobs/pause", "/jobs/schedules/fire"):
         assert client.get(path).status_code == 405, path
     assert client.get(f"/jobs/jobs/{job.id}?action=retry&status=pending").status_code == 200
     assert job_model.objects.get(id=job.id).status == "failed"
@@ -389,12 +406,13 @@ def test_bulk_on_a_filter_asks_to_confirm_the_count_then_acts_on_exactly_those(a
     page = asked.get_data(as_text=True)
     assert asked.status_code == 200 and re.search(r'id="confirm-count">5<', page)
     assert {job_model.objects.get(id=j.id).status for j in mail} == {"pending"}  # nothing yet
-    # The count changed meanwhile: confirm again.
+    # The set changed meanwhile: confirm again.
     mail.append(queue.enqueue("ok", {}, queue="mail", delay_ms=600_000))
-    form = [("scope", "filter"), ("action", "cancel"), ("queue", "mail"), ("status", "pending"), ("confirm", "5")]
-    again = client.post("/jobs/bulk", form)
+    form = [("scope", "filter"), ("action", "cancel"), ("queue", "mail"), ("status", "pending")]
+    again = client.post("/jobs/bulk", [*form, ("selection", hidden(page, "selection"))])
     assert again.status_code == 200 and "changed" in again.get_data(as_text=True)
-    done = client.post("/jobs/bulk", [*form[:-1], ("confirm", "6")])
+    assert re.search(r'id="confirm-count">6<', again.get_data(as_text=True))
+    done = client.post("/jobs/bulk", [*form, ("selection", hidden(again.get_data(as_text=True), "selection"))])
     assert done.status_code == 303 and "done=cancel&n=6" in done.headers["Location"]
     assert {job_model.objects.get(id=j.id).status for j in mail} == {"cancelled"}
     assert job_model.objects.get(id=other.id).status == "pending"
@@ -432,10 +450,10 @@ def test_schedules_show_next_and_last_fire_and_fire_now(app, queue, job_model) -
     page = client.get("/jobs/schedules").get_data(as_text=True)
     assert 'data-schedule="tick"' in page and "every 3600000 ms" in page and "Fire now" in page
     before = job_model.objects(type="ok").count()
-    response = client.post("/jobs/schedules/tick/fire")
+    response = client.post("/jobs/schedules/fire", {"name": "tick"})
     assert response.status_code == 303 and "done=fire" in response.headers["Location"]
     assert job_model.objects(type="ok").count() == before + 1
-    assert client.post("/jobs/schedules/unknown/fire").status_code == 404
+    assert client.post("/jobs/schedules/fire", {"name": "unknown"}).status_code == 404
     assert "Fire now" not in AdminClient(app, "viewer").get("/jobs/schedules").get_data(as_text=True)
 
 
@@ -444,11 +462,13 @@ def test_every_action_is_audited_and_shown(app, queue, raw_db) -> None:
     client = AdminClient(app, "operator")
     client.get("/jobs/")
     assert client.post(f"/jobs/jobs/{job.id}/retry").status_code == 303
-    assert client.post(f"/jobs/jobs/{job.id}/delete").status_code == 403  # refused: nothing done, nothing audited
-    records = list(raw_db["jobs_audit"].find())
+    assert client.post(f"/jobs/jobs/{job.id}/delete").status_code == 403  # refused: nothing done, the attempt audited
+    records = list(raw_db["jobs_audit"].find().sort("_id", 1))
     assert [(r["who"], r["role"], r["action"], r["target"], r["count"]) for r in records] == [
-        ("user-operator", "operator", "retry", f"job {job.id}", 1)
+        ("user-operator", "operator", "retry", f"job {job.id}", 1),
+        ("user-operator", "operator", "delete", f"job {job.id}", 0),
     ]
+    assert "detail" not in records[0] and records[1]["detail"] == "refused: Your role (operator) may not delete."
     page = AdminClient(app, "viewer").get("/jobs/audit").get_data(as_text=True)
     assert "user-operator" in page and f"job {job.id}" in page
 
@@ -458,3 +478,196 @@ def test_several_queues_are_listed(queue, make_queue) -> None:
     client = AdminClient(app, "viewer")
     assert "/main/" in client.get("/").get_data(as_text=True)
     assert client.get("/other/jobs").status_code == 200
+
+
+# -- confirmations, audits and counts that hold under concurrent change and failure ---------------------------
+
+
+def test_a_filter_confirmation_is_bound_to_the_set_of_jobs_not_to_its_size(app, queue, job_model) -> None:
+    seen = [queue.enqueue("ok", {"n": n}, queue="mail", delay_ms=600_000) for n in range(5)]
+    client = AdminClient(app, "admin")
+    client.get("/jobs/jobs?queue=mail&status=pending")
+    asked = client.post("/jobs/bulk", [("action_all", "delete"), ("queue", "mail"), ("status", "pending")])
+    assert re.search(r'id="confirm-count">5<', asked.get_data(as_text=True))
+    [(action, fields)] = [f for f in forms_on(asked.get_data(as_text=True)) if f[0].endswith("/bulk")]
+    # Meanwhile one confirmed job leaves the filter and an unseen one joins it: the same count, another set.
+    queue.cancel_job(seen[0].id)
+    intruder = queue.enqueue("ok", {"important": "payroll"}, queue="mail", delay_ms=600_000)
+    again = client.post(action, fields)  # the browser's click on "Yes"
+    assert again.status_code == 200 and "changed" in again.get_data(as_text=True)
+    assert job_model.objects(id=intruder.id).count() == 1 and job_model.objects(queue="mail").count() == 6
+    assert not [r for r in app.handles["jobs"].audit.page(10) if r["action"] == "delete"]
+    # Confirming the set now shown acts on exactly that set.
+    [(action, fields)] = [f for f in forms_on(again.get_data(as_text=True)) if f[0].endswith("/bulk")]
+    done = client.post(action, fields)
+    assert done.status_code == 303 and "done=delete&n=5" in done.headers["Location"]
+    assert [j.id for j in job_model.objects(queue="mail")] == [seen[0].id]  # cancelled: not in the filter
+
+
+def test_a_retried_delete_counts_only_the_jobs_it_deleted(app, queue, job_model, failpoint) -> None:
+    real = failed_job(queue)
+    client = AdminClient(app, "admin")
+    client.get("/jobs/jobs")
+    ids = [str(real.id), str(ObjectId()), str(ObjectId())]  # two ids of no job (never existed, or long deleted)
+    failpoint(["delete"], 1, errorCode=50, errmsg="injected time limit")  # a transient error: the delete is retried
+    response = client.post("/jobs/bulk", [("action", "delete"), *(("ids", i) for i in ids)])
+    assert response.status_code == 303 and "done=delete&n=1" in response.headers["Location"]
+    assert job_model.objects(id=real.id).count() == 0
+    [record] = app.handles["jobs"].audit.page(5)
+    assert (record["action"], record["count"]) == ("delete", 1)
+
+
+def test_an_action_failing_part_way_is_audited_with_what_it_did(app, queue, job_model, raw_db) -> None:
+    jobs = [failed_job(queue) for _ in range(5)]
+    client = AdminClient(app, "operator")
+    client.get("/jobs/jobs")
+    raw_db.client.admin.command(  # the third retry's update fails for good (not a transient error)
+        "configureFailPoint",
+        "failCommand",
+        mode={"skip": 2},
+        data={"failCommands": ["update"], "errorCode": 121, "errmsg": "injected", "appName": APP_NAME},
+    )
+    try:
+        response = client.post("/jobs/bulk", [("action", "retry"), *(("ids", str(j.id)) for j in jobs)])
+    finally:
+        raw_db.client.admin.command("configureFailPoint", "failCommand", mode="off")
+    assert response.status_code == 500 and "part-way" in response.get_data(as_text=True)
+    assert "Content-Security-Policy" in response.headers
+    assert sum(job_model.objects.get(id=j.id).status == "pending" for j in jobs) == 2
+    [record] = app.handles["jobs"].audit.page(5)
+    assert (record["action"], record["target"], record["count"]) == ("retry", "selection of 5 job(s)", 2)
+    assert record["detail"].startswith("failed after 2 job(s):")
+
+
+def test_refused_state_changes_of_known_users_are_audited(app, queue, raw_db) -> None:
+    job = failed_job(queue)
+    viewer = AdminClient(app, "viewer")
+    viewer.get("/jobs/")
+    assert viewer.post(f"/jobs/jobs/{job.id}/retry").status_code == 403
+    assert viewer.post(f"/jobs/jobs/{job.id}/retry", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 403
+    nobody = AdminClient(app, None)  # no role at all: refused, and not audited
+    assert nobody.post(f"/jobs/jobs/{job.id}/retry", token="x").status_code == 403
+    records = list(raw_db["jobs_audit"].find().sort("_id", 1))
+    assert [(r["who"], r["action"], r["count"], r["detail"]) for r in records] == [
+        ("user-viewer", "retry", 0, "refused: Your role (viewer) may not retry."),
+        ("user-viewer", "retry", 0, "refused: cross-site request (Sec-Fetch-Site: cross-site)"),
+    ]
+    assert records[1]["target"] == f"POST /jobs/jobs/{job.id}/retry"
+    assert viewer.post("/jobs/schedules/fire", {"name": "nightly"}).status_code == 403
+    assert raw_db["jobs_audit"].find_one({"action": "fire_schedule"})["detail"] == (
+        "refused: Your role (viewer) may not fire a schedule."
+    )
+    assert "refused: cross-site request" in viewer.get("/jobs/audit").get_data(as_text=True)
+
+
+def test_fire_now_fires_as_the_schedule_does_and_keeps_overlap_false(app, queue, job_model) -> None:
+    schedule = queue.schedule("nightly", job_type="ok", every_ms=3_600_000, overlap=False)
+    queue.scheduler.enqueue_fire(schedule, to_naive_utc(schedule.latest_fire(queue.store.now())))  # its own fire
+    running = queue.worker.claim_one()  # its job now runs
+    assert running is not None and running.doc.get("unique_key") == schedule.overlap_key
+    client = AdminClient(app, "operator")
+    [(action, fields)] = forms_on(client.get("/jobs/schedules").get_data(as_text=True))  # the "Fire now" button
+    held = client.post(action, fields)
+    assert held.status_code == 303 and "done=fire_held" in held.headers["Location"]
+    assert job_model.objects(type="ok").count() == 1 and queue.worker.claim_one() is None  # no overlapping run
+    assert "Not fired" in client.get(held.headers["Location"]).get_data(as_text=True)
+    job_model.objects(id=running.doc["_id"]).update(set__status="completed")
+    fired = client.post(action, fields)
+    assert fired.status_code == 303 and "done=fire&job=" in fired.headers["Location"]
+    job = job_model.objects.get(status="pending")
+    assert (job.schedule, job.unique_key) == ("nightly", schedule.overlap_key) and job.fire_time is not None
+    [info] = queue.schedules()
+    assert (info.last_job_id, info.last_status, info.last_fire) == (job.id, "pending", to_naive_utc(job.fire_time))
+    records = app.handles["jobs"].audit.page(5)
+    assert [(r["action"], r["count"]) for r in records] == [("fire_schedule", 1), ("fire_schedule", 0)]
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", "x?y", "x#y", "sp ace", "pct%2F"])
+def test_fire_now_works_for_any_schedule_name(app, queue, job_model, name) -> None:
+    queue.schedule(name, job_type="ok", every_ms=3_600_000)
+    client = AdminClient(app, "operator")
+    [(action, fields)] = forms_on(client.get("/jobs/schedules").get_data(as_text=True))
+    assert client.post(action, fields).status_code == 303
+    assert job_model.objects(schedule=name).count() == 1
+
+
+# -- malformed parameters, time bounds ---------------------------------------------------------------------------
+
+
+def test_malformed_parameters_are_never_a_server_error(app, queue) -> None:
+    queue.enqueue("ok", {})
+    viewer = AdminClient(app, "viewer")
+    for path in [
+        "/jobs/jobs?limit=%C2%B2",  # '²': str.isdigit() says yes, int() says no
+        "/jobs/?minutes=%C2%B9",
+        "/jobs/audit?limit=%E2%91%A0",
+        "/jobs/jobs?n=%C2%B2&done=retry",
+        "/jobs/jobs?created_from=0001-01-01T00:00%2B01:00",  # before datetime.min in UTC
+        "/jobs/jobs?created_to=9999-12-31T23:59-01:00",  # after datetime.max in UTC
+    ]:
+        assert viewer.get(path).status_code == 200, path
+    admin = AdminClient(app, "admin")
+    asked = admin.post("/jobs/bulk", [("scope", "filter"), ("action", "cancel"), ("confirm", "\u00b2")])
+    assert asked.status_code == 200 and 'id="confirm-count">1<' in asked.get_data(as_text=True)
+
+
+def test_a_page_read_that_times_out_is_tried_once_and_answered_503(app, queue, failpoint) -> None:
+    queue.enqueue("ok", {})
+    client = AdminClient(app, "viewer")
+    assert client.get("/jobs/").status_code == 200
+    # One failure each: a retried read would succeed on its second try and hide it.
+    pages = [("aggregate", "/jobs/"), ("find", "/jobs/"), ("find", "/jobs/schedules"), ("find", "/jobs/jobs")]
+    for command, path in pages:
+        failpoint([command], 1, errorCode=50, errmsg="operation exceeded time limit")
+        response = client.get(path)
+        assert response.status_code == 503, (command, path)
+        assert "took longer than 1500 ms" in response.get_data(as_text=True)
+        assert client.get(path).status_code == 200
+
+
+def test_every_page_query_carries_the_queue_db_timeout_as_max_time_ms(mongodb_uri, db_name, failpoint) -> None:
+    class Commands(monitoring.CommandListener):
+        def __init__(self) -> None:
+            self.sent: list[tuple[str, Any]] = []
+
+        def started(self, event: Any) -> None:
+            self.sent.append((event.command_name, event.command.get("maxTimeMS")))
+
+        def succeeded(self, event: Any) -> None: ...
+        def failed(self, event: Any) -> None: ...
+
+    commands = Commands()
+    mongoengine.connect(
+        db=db_name,
+        host=mongodb_uri,
+        alias="admin_listened",
+        appname=APP_NAME,
+        uuidRepresentation="standard",
+        event_listeners=[commands],
+    )
+    try:
+        ListenedJob.drop_collection()
+        queue = create_job_queue(job_model=ListenedJob, config={"lease_ms": 3_000, "heartbeat_interval_ms": 500})
+        queue.enqueue("ok", {})
+        client = AdminClient(create_admin_app(queue, authorize=role_from_header), "viewer", home="/listened/jobs")
+        assert client.get("/listened/").status_code == 200 and client.get("/listened/jobs").status_code == 200
+        bounds = [ms for name, ms in commands.sent if name in ("aggregate", "find")]
+        bound = queue.config.db_timeout_s * 1000
+        assert bound == 1500 and bounds and all(bound - 100 < ms <= bound for ms in bounds), bounds
+        # The dashboard's counts running out of time: sent once, not once per retry.
+        commands.sent.clear()
+        failpoint(["aggregate"], 100, errorCode=50, errmsg="operation exceeded time limit")
+        assert client.get("/listened/").status_code == 503
+        assert [name for name, _ in commands.sent].count("aggregate") == 1
+    finally:
+        ListenedJob.drop_collection()
+        mongoengine.disconnect(alias="admin_listened")
+
+
+def test_the_ui_indexes_are_built_under_the_index_build_bound(app, queue, failpoint, caplog) -> None:
+    queue.enqueue("ok", {})  # the model's own indexes exist, the UI's not yet (a fresh collection)
+    # Each build takes longer than one call's bound (db_timeout_ms, 1.5 s), as on a large collection.
+    failpoint(["createIndexes"], 5, blockConnection=True, blockTimeMS=2_000)
+    response = AdminClient(app, "viewer").get("/jobs/jobs")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert "transient database error" not in caplog.text  # built once, not timed out and retried

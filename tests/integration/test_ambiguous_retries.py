@@ -12,12 +12,26 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from mongoengine import StringField
 
-from mongo_job_queue import Middleware
+from mongo_job_queue import BaseJob, Middleware, create_job_queue
+
+from .models import ALIAS
 
 pytestmark = pytest.mark.integration
 
 WCE = {"writeConcernError": {"code": 64, "errmsg": "waiting for replication timed out"}}
+
+
+class RefJob(BaseJob):
+    """A model with a unique index of the app's own, beside the queue's."""
+
+    ref = StringField()
+    meta = {
+        "collection": "ref_jobs",
+        "db_alias": ALIAS,
+        "indexes": [{"fields": ["ref"], "unique": True, "sparse": True, "name": "ref_1"}],
+    }
 
 
 class Hooks(Middleware):
@@ -171,3 +185,27 @@ def test_cancel_jobs_whose_first_try_flagged_running_jobs_counts_them(make_queue
     assert queue.cancel_jobs(job_type="T", running=True) == {"cancelled": 2, "requested": 3}
     assert done, "the failpoint did not make the call retry"
     assert job_model.objects(type="T", cancel_requested=True).count() == 3
+
+
+def test_enqueue_whose_first_try_applied_returns_the_job_whichever_index_the_retry_collides_on(
+    job_model, failpoint
+) -> None:
+    """The retried insert of an applied job collides on the app's index too; the job is ours, not a conflict.
+
+    The store recognised its own earlier try only when the server named the
+    ``_id`` index, so a server naming ``ref_1`` made enqueue raise
+    "violates a unique index" for a job it had stored.
+    """
+    RefJob.drop_collection()
+    queue = create_job_queue(job_model=RefJob, config={"db_retry_max_delay_ms": 50})
+    try:
+        queue.enqueue("warm-up", {}, ref="taken")
+        failpoint(["insert"], 1, **WCE)
+        job = queue.enqueue("T", {}, ref="fresh")
+        assert [j.id for j in RefJob.objects(type="T")] == [job.id]
+        with pytest.raises(Exception, match="unique index"):
+            queue.enqueue("T", {}, ref="fresh")  # a real conflict is still refused
+        assert RefJob.objects(type="T").count() == 1
+    finally:
+        queue.stop(timeout=10)
+        RefJob.drop_collection()

@@ -14,9 +14,12 @@ from pathlib import Path
 
 import pytest
 from helpers import wait_until
+from mongoengine import StringField
 from pymongo import MongoClient
 
-from mongo_job_queue import cli
+from mongo_job_queue import BaseJob, cli, create_job_queue
+
+from .models import ALIAS
 
 pytestmark = pytest.mark.integration
 
@@ -66,11 +69,37 @@ def test_enqueue_stats_cancel_retry_purge(job_model) -> None:
     assert job_model.objects.count() == 1
 
 
+class TenantJob(BaseJob):
+    tenant = StringField(required=True)
+    meta = {"collection": "cli_tenant_jobs", "db_alias": ALIAS}
+
+
+def test_a_missing_required_field_is_named_with_where_to_set_it(job_model) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main(["enqueue", "signup"], queue=create_job_queue(job_model=TenantJob), out=out, err=err)
+    assert code == cli.EXIT_USAGE and out.getvalue() == ""
+    assert err.getvalue() == (
+        "mongo-job-queue: error: job is missing required field 'tenant' of TenantJob "
+        """(set the model's own fields with --fields '{"tenant": ...}')\n"""
+    )
+
+
 @pytest.mark.parametrize(
     ("argv", "code", "message"),
     [
         (["enqueue", "ok", "--app", APP, "--data", "[1]"], 2, "expected a JSON object"),
         (["enqueue", "ok", "--app", APP, "--fields", '{"status": "completed"}'], 2, "managed by the queue"),
+        (
+            ["enqueue", "ok", "--app", APP, "--fields", '{"organization": 12}'],
+            2,
+            "field 'organization' of IntegrationJob is invalid: StringField only accepts string values "
+            """(set the model's own fields with --fields '{"organization": ...}')""",
+        ),
+        (
+            ["enqueue", "ok", "--app", APP, "--fields", '{"organisation": "acme"}'],
+            2,
+            "IntegrationJob has no field 'organisation' (--fields takes only the fields the model declares)",
+        ),
         (["purge", "--app", APP, "--older-than", "soon"], 2, "expected a duration"),
         (["retry", "--app", APP, "not-an-id"], 2, "not a job id"),
         (["worker", "--app", APP, "--concurrency", "0"], 2, "must be >= 1"),

@@ -119,6 +119,29 @@ def test_manage_py_mongo_job_queue_is_the_whole_cli_on_the_project_queue(django_
     assert all(command in listed for command in [*ADMIN_COMMANDS, "worker"])
 
 
+def test_manage_py_mongo_job_queue_has_the_inspection_and_admin_commands(django_setup, capsys) -> None:
+    from django.core.management import call_command
+
+    for command in (["jobs", "list"], ["jobs", "show"], ["workers"], ["admin"]):
+        call_command("mongo_job_queue", *command, "--help")
+        shown = capsys.readouterr().out
+        assert f"usage: manage.py mongo_job_queue {' '.join(command)}" in shown
+    # Forwarded and run on the project's queue, whose database is unreachable here (exit 4).
+    for command in (["jobs", "list", "--status", "failed"], ["jobs", "show", "0123456789ab0123456789ab"], ["workers"]):
+        with pytest.raises(SystemExit) as exc:
+            call_command("mongo_job_queue", *command, "--db-timeout", "0.5")
+        assert exc.value.code == 4
+        assert "manage.py mongo_job_queue: error: database unreachable" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        call_command("mongo_job_queue", "retry", "--status", "failed", "--yes", "--db-timeout", "0.5")
+    assert exc.value.code == 4
+    capsys.readouterr()
+    # The admin UI refuses to run open before it needs the database.
+    with pytest.raises(SystemExit) as exc:
+        call_command("mongo_job_queue", "admin")
+    assert exc.value.code == 2 and "needs an authorize callable" in capsys.readouterr().err
+
+
 def test_the_django_command_strips_the_options_manage_py_applied() -> None:
     from mongo_job_queue.contrib.django.management.commands.mongo_job_queue import _without_django_globals
 

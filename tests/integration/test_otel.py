@@ -242,3 +242,19 @@ def test_the_flask_factory_adds_the_middleware_to_each_app_queue(job_model, prov
     assert send.parent.span_id == request.context.span_id
     assert process.parent.span_id == send.context.span_id
     assert process.attributes["messaging.message.id"] == job_id
+
+
+@pytest.mark.integration
+def test_a_duplicate_unique_enqueue_names_the_existing_job(make_queue, job_model, provider, exporter) -> None:
+    """The second send span points at the job the enqueue returned, which exists, and says it was a duplicate."""
+    queue = make_queue()
+    queue.add_middleware(OpenTelemetryMiddleware(provider))
+    first = queue.enqueue("signup", {"user": 1}, unique_key="signup:1")
+    again = queue.enqueue("signup", {"user": 1}, unique_key="signup:1")
+    assert again.id == first.id and job_model.objects.count() == 1
+    sent, duplicate = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.PRODUCER]
+    assert sent.attributes["messaging.message.id"] == str(first.id)
+    assert "mongo_job_queue.enqueue.duplicate" not in sent.attributes
+    assert duplicate.attributes["messaging.message.id"] == str(first.id)
+    assert duplicate.attributes["mongo_job_queue.enqueue.duplicate"] is True
+    assert duplicate.status.status_code is StatusCode.UNSET

@@ -51,6 +51,25 @@ def test_throttled_progress_is_carried_by_the_heartbeat(make_queue, raw_db) -> N
     assert worker.wait(job.id, timeout=30).status == "completed"
 
 
+@pytest.mark.parametrize("batch_acks", [False, True])
+def test_a_completed_job_keeps_the_last_progress_its_handler_reported(make_queue, batch_acks) -> None:
+    # Only the first report is written at once; the last one is still buffered when the handler returns.
+    worker = make_queue(progress_min_interval_ms=600_000, batch_acks=batch_acks)
+
+    @worker.handler("steps")
+    def run(job) -> str:
+        job.report_progress(25, "step 1/4")
+        job.report_progress(75, "step 3/4")
+        return "done"
+
+    worker.start_polling()
+    job = worker.enqueue("steps", {})
+    done = make_queue().wait(job.id, timeout=30)
+    assert done.status == "completed" and done.result == "done"
+    assert (done.progress["percent"], done.progress["message"]) == (75, "step 3/4")
+    assert done.progress["at"] <= done.finished_at
+
+
 def test_bad_progress_is_refused_and_outside_a_handler_too(make_queue) -> None:
     queue = make_queue()
     errors = []

@@ -83,3 +83,27 @@ def test_a_completion_refused_as_too_large_completes_without_the_result(make_que
     assert done.result is None
     assert "16 MiB" in done.result_error
     assert len(done.result_error) <= worker.config.max_error_chars
+
+
+def test_a_schedule_is_measured_as_its_fires_write_their_job(make_queue, job_model) -> None:
+    """schedule() checks the job with its schedule, fire time and overlap key, as every fire will write it.
+
+    It measured the job without them, so a payload near the limit passed
+    schedule() and failed every fire, in the worker's scheduler thread.
+    """
+    from datetime import datetime, timedelta
+
+    queue = make_queue()
+    queue.register_handler("BIG", lambda job: None)
+    blob = largest_accepted_blob(queue)  # fits a plain job exactly; a fired job carries more
+    with pytest.raises(InvalidJobError, match="bytes; the limit is"):
+        queue.schedule(
+            "nightly-with-a-long-name" * 4, every_ms=60_000, job_type="BIG", data={"blob": blob}, overlap=False
+        )
+    assert queue.schedules() == []
+    queue.schedule("nightly", every_ms=60_000, job_type="BIG", data={"blob": blob[:-1024]}, overlap=False)
+    start = datetime(2032, 1, 1)
+    queue.fire_schedules(start)  # the baseline: a new schedule fires from here on
+    fires = queue.fire_schedules(start + timedelta(minutes=1))
+    assert [f.enqueued for f in fires] == [True]
+    assert job_model._get_collection().count_documents({"schedule": "nightly"}) == 1

@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 from helpers import wait_until
 
+from mongo_job_queue.clock import utcnow
 from mongo_job_queue.store.workers import WorkerDocs
 
 pytestmark = pytest.mark.integration
@@ -85,3 +86,19 @@ def test_a_sigkilled_worker_goes_stale(make_queue, spawn) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_each_worker_is_judged_by_its_own_heartbeat_not_the_readers(make_queue, raw_db) -> None:
+    # A valid slow cadence (a beat every 8 s, a 20 s lease) beside a fast one (0.5 s, 3 s).
+    started(make_queue, "reg-slow", lease_ms=20_000, heartbeat_interval_ms=8_000)
+    started(make_queue, "reg-fast")
+    # The reader (another process's UI, with the fast config) looks 10 s after the latest beats.
+    reader = make_queue(sync_clock=False, clock=lambda: utcnow() + timedelta(seconds=10))
+    docs = WorkerDocs(reader.store)
+    wait_until(lambda: {"reg-slow", "reg-fast"} <= set(by_worker(docs)), what="both workers")
+    states = {worker_id: info.state for worker_id, info in by_worker(docs).items()}
+    assert states == {"reg-slow": "live", "reg-fast": "gone"}  # 10 s: within 3 beats of 8 s, past 3 s of lease
+    stored = {doc["worker_id"]: doc["stale_after_ms"] for doc in raw_db["jobs_workers"].find()}
+    assert stored == {"reg-slow": 24_000, "reg-fast": 3_000}
+    # An explicit bound still judges every document alike.
+    assert {info.state for info in docs.list(stale_after=timedelta(seconds=30))} == {"live"}

@@ -15,7 +15,7 @@ from typing import Any
 import mongoengine
 import mongomock
 import pytest
-from mongoengine import IntField, StringField
+from mongoengine import DictField, IntField, StringField
 
 from mongo_job_queue import BaseJob, PersistentJobQueue, create_job_queue
 
@@ -28,6 +28,7 @@ class OrgJob(BaseJob):
     """The main app model: one extra field and an index of its own."""
 
     organization = StringField(max_length=50)
+    tags = DictField()
     meta = {
         "collection": "unit_org_jobs",
         "db_alias": ALIAS,

@@ -11,7 +11,7 @@ from conftest import OrgJob
 from mongo_job_queue import ConfigError, QueueConfig, create_job_queue
 from mongo_job_queue.config import load_config
 
-BOOL_KEYS = ["sync_clock", "batch_claims", "batch_acks", "change_stream_wakeups", "run_schedules"]
+BOOL_KEYS = ["sync_clock", "batch_claims", "batch_acks", "change_stream_wakeups", "run_schedules", "strict_types"]
 OPTIONAL_INT_KEYS = [f.name for f in dataclasses.fields(QueueConfig) if f.name.startswith("retention_")]
 INT_KEYS = [
     f.name

@@ -12,6 +12,7 @@ import bson
 import pytest
 from bson import ObjectId
 from conftest import START, OrgJob, RefJob, TenantJob, raw_doc, raw_docs
+from mongoengine.errors import ValidationError
 
 from mongo_job_queue import InvalidJobError, Middleware, validation
 
@@ -230,6 +231,17 @@ def test_required_app_field_missing_is_rejected(make_queue: Any) -> None:
     assert _count(TenantJob) == 1
 
 
+def test_the_model_refusal_names_each_field_in_plain_words(make_queue: Any, unchanged: Any, queue: Any) -> None:
+    tenant_queue = make_queue(TenantJob)
+    with pytest.raises(InvalidJobError) as info:
+        tenant_queue.enqueue("t")
+    assert str(info.value) == "job is missing required field 'tenant' of TenantJob"
+    assert isinstance(info.value.__cause__, ValidationError)  # MongoEngine's error stays reachable
+    message = unchanged(queue.enqueue, "t", organization="x" * 51)
+    assert message == "field 'organization' of OrgJob is invalid: String value is too long"
+    assert unchanged(queue.enqueue, "t", organisation="typo") == "OrgJob has no field 'organisation'"
+
+
 # -- one check of what is written ---------------------------------------------
 
 
@@ -274,6 +286,68 @@ def test_what_the_hooks_add_is_checked_with_the_job(unchanged: Any, queue: Any) 
     message = unchanged(queue.enqueue_many, [{"job_type": "a"}, {"job_type": "b"}])
     assert message.startswith("jobs[0]: job is not BSON-encodable")
     assert trace.aborted == ["InvalidJobError"] * 3  # every announced job is closed
+
+
+class Corrupt(Middleware):
+    """A before_enqueue hook that changes the job into one the queue cannot run."""
+
+    def __init__(self, change: Callable[[dict[str, Any]], None]) -> None:
+        self.change = change
+        self.aborted: list[str] = []
+
+    def before_enqueue(self, queue: Any, doc: dict[str, Any]) -> None:
+        self.change(doc)
+
+    def on_enqueue_aborted(self, queue: Any, doc: dict[str, Any], *, exc: Any) -> None:
+        self.aborted.append(type(exc).__name__)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda doc: doc.update(status="bogus"),
+        lambda doc: doc.update(priority="high"),
+        lambda doc: doc.update(run_at="tomorrow"),
+        lambda doc: doc.pop("run_at"),
+        lambda doc: doc.update(attempts=-5),
+        lambda doc: doc.update(type=5),
+        lambda doc: doc.update(data=[1, 2]),
+        lambda doc: doc["data"].update({"$bad": 1}),
+        lambda doc: doc["data"].update({"_cls": "Nope"}),
+        lambda doc: doc.update(not_a_field_of_the_model=1),
+        lambda doc: doc.update(organization=["not", "a", "string"]),
+    ],
+    ids=[
+        "status",
+        "priority",
+        "run_at",
+        "no-run_at",
+        "attempts",
+        "type",
+        "data-list",
+        "dollar",
+        "cls",
+        "unknown",
+        "app",
+    ],
+)
+def test_a_hook_cannot_store_a_job_the_worker_could_not_run(unchanged: Any, queue: Any, change: Any) -> None:
+    """What a before_enqueue hook changed is checked as the worker will load it; nothing is written.
+
+    Only the encoding and the size were checked after the hooks: every one of
+    these was stored, and an unknown field raised FieldDoesNotExist after the insert.
+    """
+    corrupt = Corrupt(change)
+    queue.add_middleware(corrupt)
+    unchanged(queue.enqueue, "t", {"n": 1}, organization="acme", match="a before_enqueue middleware left the job")
+    message = unchanged(queue.enqueue_many, [{"job_type": "a"}])
+    assert message.startswith("jobs[0]: a before_enqueue middleware left the job")
+    assert corrupt.aborted == ["InvalidJobError"] * 2
+
+
+def test_an_app_field_holding_an_odm_reserved_key_is_refused(unchanged: Any, queue: Any) -> None:
+    """A ``_cls`` key inside an app's field made a stored job that MongoEngine cannot load (NotRegistered)."""
+    unchanged(queue.enqueue, "t", {}, organization="acme", tags={"_cls": "Nope"}, match="'_cls'")
 
 
 # -- enqueue_many ------------------------------------------------------------

@@ -163,7 +163,7 @@ def test_an_interval_too_long_to_compute_is_rejected_when_scheduling(queue: Any)
         ({"priority": "high"}, "priority must be an int"),
         ({"queue": ""}, "queue must be a non-empty str"),
         ({"status": "completed"}, "managed by the queue"),
-        ({"colour": "red"}, "rejected the job"),
+        ({"colour": "red"}, "OrgJob has no field 'colour'"),
     ],
 )
 def test_a_bad_job_is_rejected_when_scheduling_not_at_the_first_fire(

@@ -40,6 +40,7 @@ def create_admin_app(
     secret_key: Optional[Union[str, bytes]] = None,
     refresh_s: int = 5,
     title: str = "Job queue",
+    allowed_hosts: Optional[Sequence[str]] = None,
 ) -> AdminApp:
     """The admin UI of one queue or several, as a WSGI app.
 
@@ -60,6 +61,11 @@ def create_admin_app(
             give one when several processes serve the UI behind one address.
         refresh_s: Live refresh interval of the dashboard and job pages (2 to 300 s).
         title: Shown in the page header.
+        allowed_hosts: The host names (``Host`` header, any port) the UI
+            answers; any other is refused (400), so a DNS-rebinding page
+            cannot reach it. ``"*"`` for any. None (the default) leaves the
+            check to the mounting: Flask's ``TRUSTED_HOSTS``, Django's
+            ``ALLOWED_HOSTS``; the standalone server passes the loopback names.
 
     Raises:
         ConfigError: no ``authorize``, no queue, or a filter field without an index.
@@ -88,6 +94,7 @@ def create_admin_app(
         secret_key=key,
         refresh_s=refresh_s,
         title=title,
+        allowed_hosts=allowed_hosts,
     )
     for handle in app.handles.values():
         try:

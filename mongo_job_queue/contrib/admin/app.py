@@ -1,10 +1,12 @@
 """The admin WSGI app: every request is authorized, every response carries the security headers.
 
-The pipeline, in order: ``authorize(environ)`` gives a role or the request
-is refused (403); a POST must come from this origin and carry a valid CSRF
-token, and its action must be allowed to the role; then the view runs and
-its page is rendered by Jinja2 with autoescape, its scripts (bundled files
-only) carrying the response's CSP nonce.
+The pipeline, in order: with ``allowed_hosts``, the ``Host`` must be one
+of them (400); ``authorize(environ)`` gives a role or the request is
+refused (403); a POST must come from this origin and carry a valid CSRF
+token, and its action must be allowed to the role (a refusal of a known
+user is audited); then the view runs and its page is rendered by Jinja2
+with autoescape, its scripts (bundled files only) carrying the response's
+CSP nonce. Whatever a view raises, the answer is a page with every header.
 """
 
 from __future__ import annotations
@@ -20,14 +22,25 @@ from urllib.parse import urlencode
 
 import jinja2
 from werkzeug.exceptions import HTTPException, NotFound
-from werkzeug.routing import Map, Rule
+from werkzeug.routing import Map, RequestRedirect, Rule
 from werkzeug.wrappers import Request, Response
 
+from ...store.faults import short_error
 from ...store.workers import WorkerDocs
 from .audit import AuditLog
-from .data import AdminJobs, TooSlow
+from .data import ActionFailed, AdminJobs
 from .filters import FilterError, clamp_int
-from .security import CSRF_COOKIE, ROLES, Authorize, CsrfTokens, allowed, origin_problem, security_headers
+from .reads import AdminReads, TooSlow, Unavailable
+from .security import (
+    CSRF_COOKIE,
+    ROLES,
+    Authorize,
+    CsrfTokens,
+    allowed,
+    host_allowed,
+    origin_problem,
+    security_headers,
+)
 
 __all__ = ["AdminApp", "Ctx", "QueueHandle"]
 
@@ -50,9 +63,17 @@ class QueueHandle:
 
     name: str
     queue: Any
+    reads: AdminReads
     jobs: AdminJobs
     audit: AuditLog
     workers: WorkerDocs
+
+    @classmethod
+    def of(cls, name: str, queue: Any, filter_fields: Sequence[str]) -> QueueHandle:
+        """Reads through a one-try store of the queue's own (:class:`.reads.AdminReads`), writes through the queue's."""
+        reads = AdminReads(queue.store)
+        jobs = AdminJobs(queue.store, reads, filter_fields)
+        return cls(name, queue, reads, jobs, AuditLog(queue.store, reads), reads.store.workers)
 
 
 @dataclass
@@ -90,13 +111,11 @@ class AdminApp:
         secret_key: Optional[bytes] = None,
         refresh_s: int = DEFAULT_REFRESH_S,
         title: str = "Job queue",
+        allowed_hosts: Optional[Sequence[str]] = None,
     ) -> None:
-        self.handles = {
-            name: QueueHandle(
-                name, q, AdminJobs(q.store, q.job_model, filter_fields), AuditLog(q.store), q.store.workers
-            )
-            for name, q in queues.items()
-        }
+        self.handles = {name: QueueHandle.of(name, q, filter_fields) for name, q in queues.items()}
+        #: The ``Host`` names this app answers (any port); None leaves the check to the mounting's framework.
+        self.allowed_hosts = None if allowed_hosts is None else tuple(allowed_hosts)
         self.authorize = authorize
         self.identify = identify
         self.filter_fields = list(filter_fields)
@@ -125,7 +144,7 @@ class AdminApp:
                 Rule("/<q>/jobs/<job_id>/<action>", endpoint="job_action", methods=["POST"]),
                 Rule("/<q>/bulk", endpoint="bulk", methods=["POST"]),
                 Rule("/<q>/pause", endpoint="pause", methods=["POST"]),
-                Rule("/<q>/schedules/<name>/fire", endpoint="fire", methods=["POST"]),
+                Rule("/<q>/schedules/fire", endpoint="fire", methods=["POST"]),
             ],
             strict_slashes=True,
         )
@@ -139,14 +158,22 @@ class AdminApp:
         nonce = secrets.token_urlsafe(16)
         try:
             response = self._handle(request, nonce)
+        except RequestRedirect as exc:  # a missing slash, a doubled one: the canonical URL, under the mount
+            response = exc.get_response(environ)
         except HTTPException as exc:
             response = self._error(exc.code or 500, exc.description or exc.name, nonce)
+        except Exception:
+            log.exception("admin %s %s failed", request.method, request.path)
+            response = self._error(500, "The request failed; the server's log says why.", nonce)
         for name, value in security_headers(nonce):
             if name != "Cache-Control" or name not in response.headers:
                 response.headers[name] = value
         return response(environ, start_response)
 
     def _handle(self, request: Request, nonce: str) -> Response:
+        if self.allowed_hosts is not None and not host_allowed(request.environ, self.allowed_hosts):
+            log.warning("admin request for host %r refused (not in allowed_hosts)", request.environ.get("HTTP_HOST"))
+            return self._error(400, "This server does not answer to that host name.", nonce)
         try:
             role = self.authorize(request.environ)
         except Exception:
@@ -166,26 +193,30 @@ class AdminApp:
         )
         adapter = self.url_map.bind_to_environ(request.environ)
         endpoint, values = adapter.match()
+        values = dict(values)
+        if "q" in values:
+            ctx.handle = self.handles.get(values.pop("q"))
+            if ctx.handle is None:
+                raise NotFound("No such queue.")
         if request.method == "POST":
             refused = origin_problem(request.environ)
             if refused is None and not self.tokens.valid(request.form.get("csrf_token"), cookie):
                 refused = "missing or invalid CSRF token (reload the page and try again)"
             if refused is not None:
                 log.warning("admin POST %s refused: %s", request.path, refused)
+                self.audit_refusal(ctx, str(values.get("action", endpoint)), f"POST {request.path}", refused)
                 return self._error(403, f"Refused: {refused}.", nonce)
         elif request.method not in ("GET", "HEAD"):
             return self._error(405, "Method not allowed.", nonce)
-        values = dict(values)
-        if "q" in values:
-            ctx.handle = self.handles.get(values.pop("q"))
-            if ctx.handle is None:
-                raise NotFound("No such queue.")
         try:
             response = self.views[endpoint](self, ctx, **values)
         except FilterError as exc:
             response = self.render(ctx, "error.html", status=400, message=str(exc))
-        except TooSlow as exc:
+        except (TooSlow, Unavailable) as exc:
             response = self.render(ctx, "error.html", status=503, message=str(exc))
+        except ActionFailed as exc:
+            message = f"The action stopped part-way ({short_error(exc.cause)}); the audit trail says how far it got."
+            response = self.render(ctx, "error.html", status=500, message=message)
         if ctx.new_cookie:
             response.set_cookie(
                 CSRF_COOKIE,
@@ -196,6 +227,17 @@ class AdminApp:
                 path=request.script_root or "/",
             )
         return response
+
+    def audit_refusal(self, ctx: Ctx, action: str, target: str, reason: str) -> None:
+        """Record a refused state change of a known user; never raises (the refusal stands either way)."""
+        if ctx.handle is None:
+            return
+        try:
+            ctx.handle.audit.record(
+                who=ctx.who, role=ctx.role, action=action[:100], target=target, count=0, detail=f"refused: {reason}"
+            )
+        except Exception:
+            log.warning("admin: the refusal of %s by %s could not be audited", action, ctx.who, exc_info=True)
 
     # -- rendering ----------------------------------------------------------
 

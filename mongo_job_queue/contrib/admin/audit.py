@@ -1,4 +1,8 @@
-"""The audit trail: every admin action (who, role, what, on what, how many jobs, when) in ``<jobs>_audit``."""
+"""The audit trail: every admin action (who, role, what, on what, how many jobs, when) in ``<jobs>_audit``.
+
+Refused attempts are recorded too, and actions that failed part-way, with
+what they did: ``detail`` says why.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +11,24 @@ from typing import Any, Optional
 from bson import ObjectId
 from pymongo.errors import DuplicateKeyError
 
+from ...store import JobStore
 from ...store.index_once import IndexOnce
+from .reads import AdminReads
 
 __all__ = ["AuditLog"]
 
-_MAX_TIME_MS = 5_000
 #: Audit records are removed after this long (a TTL index on ``at``).
 AUDIT_TTL_S = 400 * 24 * 3600
 _indexes = IndexOnce()
+_SUFFIX = "_audit"
 
 
 class AuditLog:
-    """Writes and pages through a queue's audit collection, given the queue's store."""
+    """Writes (through the queue's store, retried) and pages (through ``reads``, once) a queue's audit collection."""
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: JobStore, reads: AdminReads) -> None:
         self.store = store
+        self.reads = reads
 
     @property
     def collection(self) -> Any:
@@ -34,7 +41,7 @@ class AuditLog:
         self, *, who: str, role: str, action: str, target: str, count: int, detail: Optional[str] = None
     ) -> ObjectId:
         """Insert one record; a retried try that finds its own ``_id`` already stored is done."""
-        doc = {
+        doc: dict[str, Any] = {
             "_id": ObjectId(),
             "at": self.store.now(),
             "who": who[:200],
@@ -47,12 +54,12 @@ class AuditLog:
             doc["detail"] = detail[:2000]
 
         def call() -> None:
-            _indexes.ensure(self.collection, self._create_index)
             try:
                 self.collection.insert_one(dict(doc))
             except DuplicateKeyError:
                 pass  # an earlier try whose reply was lost
 
+        _indexes.ensure(self.store, _SUFFIX, self._create_index)
         self.store.retry(call, "audit_record")
         return ObjectId(doc["_id"])
 
@@ -61,10 +68,7 @@ class AuditLog:
         query: dict[str, Any] = {"_id": {"$lt": before}} if before is not None else {}
 
         def find() -> list[dict[str, Any]]:
-            cursor = self.collection.find(query, sort=[("_id", -1)], limit=limit, max_time_ms=_MAX_TIME_MS).hint("_id_")
-            return list(cursor)
+            return list(self.collection.find(query, sort=[("_id", -1)], limit=limit).hint("_id_"))
 
-        def call() -> list[dict[str, Any]]:
-            return _indexes.hinted(self.collection, self._create_index, find)
-
-        return list(self.store.retry(call, "audit_page"))
+        # The TTL index is created before the first read, as before the first write.
+        return self.reads.indexed(_indexes, _SUFFIX, self._create_index, find, "audit_page", "Reading the audit trail")

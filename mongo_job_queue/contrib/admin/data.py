@@ -1,33 +1,41 @@
 """The admin UI's own reads and writes of the jobs collection: listing, counting, delete, run now, throughput.
 
-Each query names its index (``hint``) and carries ``maxTimeMS``; a query
-that runs out of time is reported (:class:`TooSlow`), not retried, so a
-filter too broad for a large collection costs one bounded try. Writes are
+Each read names its index (``hint``) and is tried once through
+:class:`~.reads.AdminReads`, under the queue's ``db_timeout_ms`` (sent as
+``maxTimeMS``): a query that runs out of time is reported (:class:`TooSlow`),
+not retried, so a filter too broad for a large collection costs one
+bounded try. Writes go through the queue's store and its retries; they are
 guarded by status so that a running job is never deleted or made due under
-a live lease, and are safe to retry after a lost reply.
+a live lease, are safe to retry after a lost reply, and count only what
+they did. One that fails part-way says how far it got (:class:`ActionFailed`).
 
 The indexes it needs beyond the model's are declared here
-(:data:`ADMIN_INDEXES`) and created once per collection and process.
+(:data:`ADMIN_INDEXES`) and created once per collection and process, under
+the index build's time bound.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Optional, Union
+from typing import Any, Optional, TypeVar, Union
 
 from bson import ObjectId
-from pymongo.errors import ExecutionTimeout
 
 from ...status import CANCELLED, COMPLETED, FAILED, PENDING
+from ...store import JobStore
 from ...store.index_once import IndexOnce
 from .filters import MAX_BULK, JobFilter
+from .reads import NARROW, AdminReads, TooSlow
 
-__all__ = ["ADMIN_INDEXES", "AdminJobs", "Page", "TooSlow"]
+__all__ = ["ADMIN_INDEXES", "ActionFailed", "AdminJobs", "Page", "TooSlow"]
 
-#: The server-side bound of every admin read.
-READ_MAX_TIME_MS = 5_000
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
 #: The most finished jobs the throughput chart counts (a covered index scan).
 THROUGHPUT_LIMIT = 100_000
 #: The job list sorts newest first within a status; the chart reads finished_at, covered.
@@ -47,8 +55,13 @@ Hint = Union[str, list[tuple[str, int]]]
 _indexes = IndexOnce()
 
 
-class TooSlow(Exception):
-    """A read exceeded its ``maxTimeMS``: the filter is too broad for an index; narrow it."""
+class ActionFailed(Exception):
+    """An action stopped by an error part-way: how many jobs it had changed (None: could not be told)."""
+
+    def __init__(self, count: Optional[int], cause: BaseException) -> None:
+        super().__init__(f"failed after {'an unknown number of' if count is None else count} job(s): {cause!r:.300}")
+        self.count = count
+        self.cause = cause
 
 
 @dataclass(frozen=True)
@@ -59,51 +72,48 @@ class Page:
 
 
 class AdminJobs:
-    """Admin queries over a queue's jobs collection, given the queue's store."""
+    """Admin queries over a queue's jobs collection: writes through the queue's store, reads through ``reads``."""
 
-    def __init__(self, store: Any, model: Any, app_fields: Sequence[str] = ()) -> None:
+    def __init__(self, store: JobStore, reads: AdminReads, app_fields: Sequence[str] = ()) -> None:
         self.store = store
-        self.model = model
+        self.reads = reads
+        self.model = store.model
         self.app_fields = list(app_fields)
-        self._field_hints: dict[str, Hint] = {}
 
     def check_fields(self) -> None:
         """Each filter field is a field of the model and the first key of one of its declared indexes."""
-        specs = self.model._meta.get("index_specs") or []
         for name in self.app_fields:
             if name not in self.model._fields:
                 raise ValueError(f"filter field {name!r} is not a field of {self.model.__name__}")
-            if not any(spec.get("fields") and spec["fields"][0][0] == name for spec in specs):
+            if self._declared_index(name) is None:
                 raise ValueError(
                     f"filter field {name!r} is not the first key of an index of {self.model.__name__}: declare one"
                 )
 
+    def _declared_index(self, name: str) -> Optional[list[tuple[str, int]]]:
+        """The key of the model's first declared index that starts with ``name`` (hinted by that key)."""
+        for spec in self.model._meta.get("index_specs") or []:
+            fields = spec.get("fields") or []
+            if fields and fields[0][0] == name:
+                return [(str(key), direction) for key, direction in fields]
+        return None
+
     def _create_indexes(self) -> None:
-        """:data:`ADMIN_INDEXES`, and the key of each app filter field's index (hinted by its key)."""
-        jobs = self.store.collection
+        """:data:`ADMIN_INDEXES` (the model's own indexes, the app's included, are the store's)."""
+        jobs = self.reads.store.collection
         for name, keys in ADMIN_INDEXES.items():
             jobs.create_index(keys, name=name)
-        indexes = jobs.index_information()
-        for name in self.app_fields:
-            found = [ix["key"] for ix in indexes.values() if ix["key"] and ix["key"][0][0] == name]
-            if found:
-                self._field_hints[name] = [(k, int(d)) for k, d in found[0]]
 
     def _hint(self, filt: JobFilter) -> Hint:
         if filt.unique_key is not None:
             return "mjq_unique"
-        if filt.fields and filt.fields[0][0] in self._field_hints:
-            return self._field_hints[filt.fields[0][0]]
+        if filt.fields:
+            return self._declared_index(filt.fields[0][0]) or "mjq_admin_list"
         return "mjq_admin_list"
 
-    def _read(self, fn: Any, op: str) -> Any:
-        def call() -> Any:
-            try:
-                return _indexes.hinted(self.store.collection, self._create_indexes, fn)
-            except ExecutionTimeout as exc:  # not retried: the same query would run out of time again
-                raise TooSlow(f"{op} took longer than {READ_MAX_TIME_MS} ms: narrow the filter") from exc
-
-        return self.store.retry(call, op)
+    def _read(self, fn: Callable[[], T], op: str, what: str = "The job list", advice: str = NARROW) -> T:
+        """One bounded try of ``fn`` on the UI's indexes; a timeout says to narrow the filter."""
+        return self.reads.indexed(_indexes, "", self._create_indexes, fn, op, what, advice)
 
     def page(
         self, filt: JobFilter, limit: int, *, before: Optional[ObjectId] = None, after: Optional[ObjectId] = None
@@ -121,9 +131,8 @@ class AdminJobs:
         projection = dict.fromkeys(LIST_FIELDS, 1)
 
         def call() -> list[dict[str, Any]]:
-            cursor = self.store.collection.find(
-                query, projection, sort=[("_id", direction)], limit=limit + 1, max_time_ms=READ_MAX_TIME_MS
-            ).hint(self._hint(filt))
+            jobs = self.reads.store.collection
+            cursor = jobs.find(query, projection, sort=[("_id", direction)], limit=limit + 1).hint(self._hint(filt))
             return list(cursor)
 
         docs = self._read(call, "admin_list")
@@ -135,49 +144,46 @@ class AdminJobs:
         newer = docs[0]["_id"] if docs and (before is not None or (after is not None and more)) else None
         return Page(docs, older, newer)
 
-    def count(self, filt: JobFilter, cap: int = MAX_BULK) -> int:
-        """Jobs matching ``filt``, counted up to ``cap + 1`` (more than ``cap`` is refused by bulk actions)."""
-        query = filt.query()
-        return int(
-            self._read(
-                lambda: self.store.collection.count_documents(
-                    query, hint=self._hint(filt), limit=cap + 1, maxTimeMS=READ_MAX_TIME_MS
-                ),
-                "admin_count",
-            )
-        )
-
     def matching_ids(self, filt: JobFilter, cap: int = MAX_BULK) -> list[ObjectId]:
         """The ids of the jobs matching ``filt`` now, newest first, at most ``cap``."""
         query = filt.query()
 
         def call() -> list[ObjectId]:
-            cursor = self.store.collection.find(
-                query, {"_id": 1}, sort=[("_id", -1)], limit=cap, max_time_ms=READ_MAX_TIME_MS
-            ).hint(self._hint(filt))
+            jobs = self.reads.store.collection
+            cursor = jobs.find(query, {"_id": 1}, sort=[("_id", -1)], limit=cap).hint(self._hint(filt))
             return [doc["_id"] for doc in cursor]
 
-        return list(self._read(call, "admin_ids"))
+        return list(self._read(call, "admin_ids", "Finding the matching jobs"))
 
     def delete(self, ids: Sequence[ObjectId]) -> int:
-        """Delete these jobs unless running; how many are gone.
+        """Delete these jobs unless running; how many this call deleted.
 
-        One ``delete_many`` guarded by status. A retried try (its earlier
-        reply lost) counts the listed jobs that no longer exist instead.
+        The listed jobs that exist and may be deleted are read first; one
+        ``delete_many`` guarded by status removes those. A retried try (its
+        earlier reply lost) counts those of them now gone, so ids of jobs
+        that never existed, or were deleted before, are never counted.
+
+        Raises:
+            ActionFailed: with how many of them are gone (None if that could not be read).
         """
-        ids = list(ids)[:MAX_BULK]
-        query = {"_id": {"$in": ids}, "status": {"$in": list(DELETABLE)}}
+        deletable = {"_id": {"$in": list(ids)[:MAX_BULK]}, "status": {"$in": list(DELETABLE)}}
+        found = self.store.retry(lambda: list(self.store.collection.find(deletable, {"_id": 1})), "admin_delete_find")
+        present = [doc["_id"] for doc in found]
+        if not present:
+            return 0
+        query = {**deletable, "_id": {"$in": present}}
         tries = 0
+
+        def gone() -> int:
+            return len(present) - int(self.store.collection.count_documents({"_id": {"$in": present}}))
 
         def call() -> int:
             nonlocal tries
             tries += 1
             deleted = self.store.collection.delete_many(query).deleted_count
-            if tries == 1:
-                return int(deleted)
-            return len(ids) - int(self.store.collection.count_documents({"_id": {"$in": ids}}))
+            return int(deleted) if tries == 1 else gone()
 
-        return int(self.store.retry(call, "admin_delete"))
+        return self._counted(call, gone, "admin_delete")
 
     def run_now(self, ids: Sequence[ObjectId]) -> int:
         """Make these pending jobs due now (a delayed or retrying job runs at the next claim); how many.
@@ -185,6 +191,9 @@ class AdminJobs:
         Only ``pending`` jobs match, so a running job's lease is untouched.
         Each updated job records this call's mark, by which a retried try
         counts what the lost one did.
+
+        Raises:
+            ActionFailed: with how many carry the mark (None if that could not be read).
         """
         ids = list(ids)[:MAX_BULK]
         now = self.store.now()
@@ -192,11 +201,26 @@ class AdminJobs:
         update = {"$set": {"run_at": now, "updated_at": now}, "$push": {"admin_marks": {"$each": [mark], "$slice": -8}}}
         query = {"_id": {"$in": ids}, "status": PENDING, "admin_marks": {"$ne": mark}}
 
-        def call() -> int:
-            self.store.collection.update_many(query, update)
+        def marked() -> int:
             return int(self.store.collection.count_documents({"_id": {"$in": ids}, "admin_marks": mark}))
 
-        return int(self.store.retry(call, "admin_run_now"))
+        def call() -> int:
+            self.store.collection.update_many(query, update)
+            return marked()
+
+        return self._counted(call, marked, "admin_run_now")
+
+    def _counted(self, call: Callable[[], int], done: Callable[[], int], op: str) -> int:
+        """``call`` through the store's retries; if it fails for good, :class:`ActionFailed` with ``done()``."""
+        try:
+            return int(self.store.retry(call, op))
+        except Exception as exc:
+            try:
+                count: Optional[int] = self.reads.run(done, f"{op}_count", "Counting what the action did")
+            except Exception:  # the action's own error is the one to report
+                log.warning("admin %s failed, and what it did could not be counted", op, exc_info=True)
+                count = None
+            raise ActionFailed(count, exc) from exc
 
     def throughput(self, minutes: int, now: Optional[datetime] = None) -> dict[str, Any]:
         """Completed and failed jobs per minute over the last ``minutes``, oldest first.
@@ -209,15 +233,11 @@ class AdminJobs:
         query = {"finished_at": {"$gte": start}, "status": {"$in": [COMPLETED, FAILED]}}
 
         def call() -> list[dict[str, Any]]:
-            cursor = self.store.collection.find(
-                query,
-                {"_id": 0, "finished_at": 1, "status": 1},
-                limit=THROUGHPUT_LIMIT,
-                max_time_ms=READ_MAX_TIME_MS,
-            ).hint("mjq_admin_finished")
-            return list(cursor)
+            jobs = self.reads.store.collection
+            covered = {"_id": 0, "finished_at": 1, "status": 1}
+            return list(jobs.find(query, covered, limit=THROUGHPUT_LIMIT).hint("mjq_admin_finished"))
 
-        rows = self._read(call, "admin_throughput")
+        rows = self._read(call, "admin_throughput", "Counting the finished jobs", "shorten the chart's window")
         slots = [start + timedelta(minutes=i) for i in range(minutes)]
         completed, failed = [0] * minutes, [0] * minutes
         for row in rows:

@@ -36,10 +36,13 @@ class FilterError(ValueError):
 
 
 def clamp_int(value: Optional[str], default: int, low: int, high: int) -> int:
-    """``value`` as an int within ``[low, high]``; ``default`` when absent or not a number."""
+    """``value`` as an int within ``[low, high]``; ``default`` when absent or not a number.
+
+    Only ASCII digits count: ``str.isdigit`` also accepts ``'²'`` and ``'①'``, which ``int()`` refuses.
+    """
     text = (value or "").strip()
     digits = text[1:] if text[:1] in "+-" else text
-    if not digits.isdigit():
+    if not (digits.isascii() and digits.isdigit()):
         return default
     if len(digits) > 12:  # no int() of a huge string: past the bounds either way
         return low if text.startswith("-") else high
@@ -63,9 +66,13 @@ def _date(args: Mapping[str, str], key: str, now: datetime) -> Optional[datetime
         parsed = datetime.fromisoformat(value)
     except ValueError as exc:
         raise FilterError(f"{key} is not a date and time (YYYY-MM-DDTHH:MM, UTC)") from exc
+    latest = now + timedelta(days=1)
     if parsed.tzinfo is not None:
-        parsed = (parsed - parsed.utcoffset()).replace(tzinfo=None)  # type: ignore[operator]
-    return max(_EARLIEST, min(parsed, now + timedelta(days=1)))
+        try:
+            parsed = (parsed - parsed.utcoffset()).replace(tzinfo=None)  # type: ignore[operator]
+        except OverflowError:  # before year 1 or after 9999 in UTC: past the bounds either way
+            return _EARLIEST if parsed.year == 1 else latest
+    return max(_EARLIEST, min(parsed, latest))
 
 
 @dataclass(frozen=True)

@@ -3,24 +3,29 @@
 Deny by default: a request whose ``authorize(environ)`` returns no known
 role gets 403 before any view runs. Every state change is a POST that
 carries a signed token bound to an HttpOnly, SameSite=Strict cookie, and
-comes from this origin (``Origin`` and ``Sec-Fetch-Site``).
+comes from this origin (``Origin`` and ``Sec-Fetch-Site``). With
+``allowed_hosts``, a request naming another host (a DNS-rebinding page, whose
+origin is its own name pointed at this server) is refused before anything.
 """
 
 from __future__ import annotations
 
 import hmac
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Optional
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 __all__ = [
     "ACTIONS",
+    "LOOPBACK_HOSTS",
     "ROLES",
     "Authorize",
     "CsrfTokens",
     "allowed",
+    "host_allowed",
+    "host_name",
     "origin_problem",
     "security_headers",
 ]
@@ -81,6 +86,29 @@ class CsrfTokens:
         except BadSignature:
             return False
         return isinstance(bound, str) and hmac.compare_digest(bound, cookie_value)
+
+
+#: The names by which a browser on this machine reaches a server bound to loopback.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
+def host_name(host: str) -> str:
+    """``host`` (a ``Host`` header or a configured name) without its port, lower case, IPv6 in brackets."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[: host.find("]") + 1] if "]" in host else host
+    if host.count(":") > 1:  # a bare IPv6 address, as given to bind
+        return f"[{host}]"
+    return host.partition(":")[0].rstrip(".")
+
+
+def host_allowed(environ: Mapping[str, Any], allowed: Iterable[str]) -> bool:
+    """Whether the request's ``Host`` (any port) is one of ``allowed`` (names, or ``"*"`` for any)."""
+    names = {host_name(name) for name in allowed}
+    if "*" in names:
+        return True
+    host = host_name(str(environ.get("HTTP_HOST") or environ.get("SERVER_NAME") or ""))
+    return bool(host) and host in names
 
 
 def own_origin(environ: Mapping[str, Any]) -> str:

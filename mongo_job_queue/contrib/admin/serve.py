@@ -3,18 +3,24 @@
 It needs an ``authorize`` like any mounting; the only exception is
 ``insecure_local``, which lets every request from this machine in as
 ``admin`` and is refused unless the server binds a loopback address.
+
+It answers only the host names it is reached by: on loopback, the
+loopback names. A page on another name that its owner points at
+127.0.0.1 (DNS rebinding) is same-origin with itself and sent from this
+machine, so neither the origin check nor ``REMOTE_ADDR`` tells it apart:
+its ``Host`` header does.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 from ...errors import ConfigError
 from . import create_admin_app
-from .security import Authorize
+from .security import LOOPBACK_HOSTS, Authorize, host_name
 
 __all__ = ["loopback_only", "serve"]
 
@@ -42,13 +48,22 @@ def serve(
     *,
     insecure_local: bool = False,
     authorize: Optional[Authorize] = None,
+    allowed_hosts: Optional[Sequence[str]] = None,
     **options: Any,
 ) -> None:
     """Serve the admin UI of ``queue`` until interrupted.
 
+    Args:
+        allowed_hosts: The host names clients reach the server by (any
+            port; ``"*"`` for any). By default, on a loopback address,
+            ``localhost``, ``127.0.0.1``, ``[::1]`` and ``host``; on any other
+            address they must be given.
+        options: Passed on to :func:`~mongo_job_queue.contrib.admin.create_admin_app`.
+
     Raises:
-        ConfigError: neither ``authorize`` nor ``insecure_local``, or
-            ``insecure_local`` on an address other than loopback.
+        ConfigError: neither ``authorize`` nor ``insecure_local``;
+            ``insecure_local`` on an address other than loopback, or with a
+            host name that is not loopback; no ``allowed_hosts`` off loopback.
     """
     from werkzeug.serving import run_simple
 
@@ -59,5 +74,13 @@ def serve(
             raise ConfigError(f"--insecure-local serves on a loopback address only, not {host!r}")
         authorize = loopback_only
         log.warning("admin UI without authentication on http://%s:%d/ (--insecure-local)", host, port)
-    app = create_admin_app(queue, authorize=authorize, **options)
+    if allowed_hosts is None:
+        if not _is_loopback(host):
+            raise ConfigError(
+                f"the admin server on {host!r} needs allowed_hosts: the names clients reach it by ('*' for any)"
+            )
+        allowed_hosts = [*LOOPBACK_HOSTS, host]
+    elif insecure_local and not all(_is_loopback(host_name(name)) for name in allowed_hosts):
+        raise ConfigError(f"--insecure-local answers loopback host names only, not {list(allowed_hosts)!r}")
+    app = create_admin_app(queue, authorize=authorize, allowed_hosts=allowed_hosts, **options)
     run_simple(host, port, app, threaded=True, use_reloader=False)

@@ -29,6 +29,7 @@ NOTICES = {
     "pause": "Paused.",
     "resume": "Resumed.",
     "fire": "Schedule fired: job enqueued.",
+    "fire_held": "Not fired: the schedule's previous job is unfinished (overlap=False), or this fire time has its job.",
     "none": "Nothing was done: no job in a state this action applies to.",
 }
 
@@ -63,12 +64,11 @@ def dashboard(app: AdminApp, ctx: Ctx) -> Response:
     handle = ctx.handle
     assert handle is not None
     minutes = clamp_int(ctx.request.args.get("minutes"), CHART_MINUTES, 5, MAX_CHART_MINUTES)
-    stats = handle.queue.stats()
+    reads = handle.reads  # each read tried once: a slow one answers 503 at once, never after retries
     context = {
-        "stats": dict(sorted(stats.items())),
+        **reads.stats(),
         "statuses": ALL_STATUSES,
-        "paused": handle.queue.paused(),
-        "workers": handle.workers.list(),
+        "workers": reads.once(handle.workers.list, "Listing the workers"),
         "throughput": handle.jobs.throughput(minutes),
         "minutes": minutes,
         "now": handle.queue.store.now(),
@@ -102,7 +102,8 @@ def job(app: AdminApp, ctx: Ctx, job_id: str) -> Response:
     handle = ctx.handle
     assert handle is not None
     oid = _object_id(job_id)
-    doc = handle.queue.store.admin.get(oid) if oid is not None else None
+    reads = handle.reads
+    doc = reads.once(lambda: reads.store.admin.get(oid), "Reading the job") if oid is not None else None
     if doc is None:
         raise NotFound("No such job (it may have been deleted or removed by retention).")
     shown = app.redact(dict(doc)) if app.redact is not None else doc
@@ -124,7 +125,8 @@ def job(app: AdminApp, ctx: Ctx, job_id: str) -> Response:
 def schedules(app: AdminApp, ctx: Ctx) -> Response:
     handle = ctx.handle
     assert handle is not None
-    return app.render(ctx, "schedules.html", schedules=handle.queue.schedules(), notice=notice(ctx))
+    schedules = handle.reads.schedules(handle.queue.scheduler)
+    return app.render(ctx, "schedules.html", schedules=schedules, notice=notice(ctx))
 
 
 def audit(app: AdminApp, ctx: Ctx) -> Response:

@@ -1,7 +1,8 @@
 """What this process did: a lifecycle middleware counting into the metric objects of one registry.
 
 Counters and histograms of enqueues, handler runs by outcome, retries, lease
-losses, rescues, durations and waits, and the in-progress gauge; Prometheus
+losses, rescues, time limits, abandoned handlers, durations and waits, and
+the in-progress gauge; Prometheus
 sums them over processes. Every middleware on one registry shares its
 metric objects, since names are unique per registry.
 """
@@ -54,6 +55,8 @@ _HELP = {
     "lease_losses_total": "Claims whose lease this process found lost (counted once per claim).",
     "orphans_recovered_total": "Jobs with an expired lease returned to the queue (outcome=requeued) "
     "or failed (outcome=failed).",
+    "time_limits_exceeded_total": "Handlers that ran past their time limit (JobTimeLimitExceeded raised in them).",
+    "handlers_abandoned_total": "Handlers abandoned past their time limit and grace (their thread replaced).",
     "job_duration_seconds": "Time a handler ran, per attempt.",
     "job_wait_seconds": "Time from a job's run_at (due time) to the claim that started an attempt.",
 }
@@ -100,6 +103,8 @@ class _Metrics:
     retries: Counter
     lease_losses: Counter
     orphans: Counter
+    time_limits: Counter
+    abandoned: Counter
     duration: Histogram
     wait: Histogram
     in_progress: Gauge
@@ -140,6 +145,8 @@ def _metrics_for(registry: CollectorRegistry, buckets: Sequence[float], max_labe
             retries=job_counter("job_retries_total"),
             lease_losses=job_counter("lease_losses_total"),
             orphans=job_counter("orphans_recovered_total", "outcome"),
+            time_limits=job_counter("time_limits_exceeded_total"),
+            abandoned=job_counter("handlers_abandoned_total"),
             duration=job_histogram("job_duration_seconds"),
             wait=job_histogram("job_wait_seconds"),
             in_progress=Gauge(
@@ -242,6 +249,12 @@ class PrometheusMiddleware(Middleware):
 
     def on_orphan_recovered(self, queue: Any, doc: dict[str, Any], *, failed: bool) -> None:
         self.metrics.orphans.labels(*self._labels(doc), "failed" if failed else "requeued").inc()
+
+    def on_time_limit_exceeded(self, queue: Any, doc: dict[str, Any], *, limit_ms: int) -> None:
+        self.metrics.time_limits.labels(*self._labels(doc)).inc()
+
+    def on_abandoned(self, queue: Any, doc: dict[str, Any], *, limit_ms: int) -> None:
+        self.metrics.abandoned.labels(*self._labels(doc)).inc()
 
     def _stack(self) -> list[tuple[str, str]]:
         stack: Optional[list[tuple[str, str]]] = getattr(self._local, "stack", None)

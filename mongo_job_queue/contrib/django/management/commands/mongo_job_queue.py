@@ -2,7 +2,7 @@
 
 Every command of :mod:`mongo_job_queue.cli` (``stats``, ``enqueue``,
 ``retry``, ``cancel``, ``pause``, ``resume``, ``purge``, ``schedules``,
-``worker`` and any added later) with its own options, help and exit codes,
+``jobs``, ``workers``, ``admin``, ``worker`` and any added later) with its own options, help and exit codes,
 minus ``--app``: ``manage.py`` has set Django up, so the handlers of the
 registry modules and the apps' ``jobs`` modules are registered.
 """

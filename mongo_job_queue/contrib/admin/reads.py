@@ -1,0 +1,128 @@
+"""The admin UI's reads: each tried once, under the queue's ``db_timeout_ms`` (which pymongo sends as ``maxTimeMS``).
+
+A page view costs one bounded try per query. The store's retry rides out
+a failover for the worker, and counts a timeout as transient; for a page
+that would hold the request ``db_retry_attempts`` times as long, once per
+live refresh, on a query that ran out of time and would again. So the UI
+reads through a store of its own, on the queue's model and connection,
+configured for one try and reading the queue's clock. A timeout is
+reported as :class:`TooSlow`, an unreachable server as :class:`Unavailable`
+(both 503). Writes (actions, audit records) keep the queue's store and its
+retries: they are idempotent, and a half-done action is worse than a slow one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from pymongo.errors import PyMongoError, ServerSelectionTimeoutError
+
+from ...schedules.definition import describe
+from ...schedules.manager import ScheduleInfo
+from ...schedules.service import Scheduler
+from ...status import ALL_STATUSES
+from ...store import JobStore
+from ...store.faults import is_transient
+from ...store.index_once import IndexOnce
+
+__all__ = ["AdminReads", "TooSlow", "Unavailable"]
+
+T = TypeVar("T")
+
+#: What a timeout of the job list's queries asks of the user.
+NARROW = "narrow the filter (a status, queue or type)"
+#: What a timeout of the dashboard's and the schedules page's reads says.
+SLOW = "the collection is large or the server busy; try again later"
+
+
+class TooSlow(Exception):
+    """A read ran out of its time bound: the filter is too broad for an index, or the server too busy."""
+
+
+class Unavailable(Exception):
+    """The database could not be reached (or failed over) during a read; the next view tries again."""
+
+
+class AdminReads:
+    """One try per read, for the pages of one queue, given the queue's store."""
+
+    def __init__(self, queue_store: JobStore) -> None:
+        config = dataclasses.replace(queue_store.config, db_retry_attempts=1, sync_clock=False)
+        self.store = JobStore(queue_store.model, config, clock=queue_store.now, logger=queue_store.log)
+
+    @property
+    def bound_ms(self) -> int:
+        """The time bound of each read: the queue's ``db_timeout_ms`` (``maxTimeMS`` is what is left of it)."""
+        return round(self.store.config.db_timeout_s * 1000)
+
+    def once(self, fn: Callable[[], T], what: str, advice: str = SLOW) -> T:
+        """Run ``fn`` (whose calls use :attr:`store`, so each is tried once); translate a timeout or an outage."""
+        try:
+            return fn()
+        except PyMongoError as exc:
+            if exc.timeout and not isinstance(exc, ServerSelectionTimeoutError):
+                raise TooSlow(f"{what} took longer than {self.bound_ms} ms: {advice}.") from exc
+            if is_transient(exc):  # no server to select, a failover, a dropped connection
+                raise Unavailable(f"The database did not answer ({what}); try again in a moment.") from exc
+            raise
+
+    def run(self, fn: Callable[[], T], op: str, what: str, advice: str = SLOW) -> T:
+        """:meth:`once` of a query of the UI's own: one bounded try of ``fn``."""
+        return self.once(lambda: self.store.retry(fn, op), what, advice)
+
+    def indexed(
+        self,
+        indexes: IndexOnce,
+        suffix: str,
+        create: Callable[[], object],
+        fn: Callable[[], T],
+        op: str,
+        what: str,
+        advice: str = SLOW,
+    ) -> T:
+        """:meth:`run` of a query that hints an index of the UI's own, created first under the index build's bound."""
+
+        def query() -> T:
+            return self.store.retry(fn, op)
+
+        return self.once(lambda: indexes.hinted(self.store, suffix, create, query), what, advice)
+
+    # -- the dashboard's and the schedules page's reads --------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Per queue the counts and oldest due age, and what is paused: each read once."""
+        counts = self.once(self.store.admin.queue_stats, "Counting the jobs")
+        state = self.once(self.store.control.pause_state, "Reading the pause state")
+        empty = {"counts": dict.fromkeys(ALL_STATUSES, 0), "oldest_due_age_s": None}
+        return {
+            "stats": {name: counts.get(name, empty) for name in sorted(set(counts) | state.queues)},
+            "paused": {"queues": sorted(state.queues), "job_types": sorted(state.types)},
+        }
+
+    def schedules(self, scheduler: Scheduler) -> list[ScheduleInfo]:
+        """The schedules registered in this process and those stored, as ``queue.schedules()`` has them."""
+        registered = {s.name: s for s in scheduler.all()}
+        control = self.store.control
+        stored = self.once(control.schedule_states, "Reading the schedules")
+        names = sorted(set(registered) | set(stored))
+        fired = self.once(lambda: control.last_fired_jobs(names), "Reading the schedules' last jobs")
+        now = self.store.now()
+
+        def info(name: str) -> ScheduleInfo:
+            own = registered.get(name)
+            spec = stored[name].spec if name in stored else {}
+            last = fired.get(name) or {}
+            return ScheduleInfo(
+                name=name,
+                job_type=own.job_type if own is not None else spec.get("job_type"),
+                when=own.when if own is not None else describe(spec),
+                registered=own is not None,
+                next_fire=own.next_fire(now) if own is not None else None,
+                last_fire=last.get("fire_time"),
+                last_job_id=last.get("_id"),
+                last_status=last.get("status"),
+            )
+
+        return [info(name) for name in names]

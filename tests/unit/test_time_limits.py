@@ -1,0 +1,228 @@
+"""Time limits in one thread: where the limit comes from, the stored option, the exception, and the abandon write."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import tenacity
+from conftest import raw_doc
+
+from mongo_job_queue import HandlerError, InvalidJobError, JobTimeLimitExceeded, QueueConfig
+from mongo_job_queue.context import RunState
+from mongo_job_queue.handlers import Handler
+from mongo_job_queue.middleware import MiddlewareChain
+from mongo_job_queue.model import JobError
+from mongo_job_queue.store import ClaimedJob
+from mongo_job_queue.worker import timelimits
+from mongo_job_queue.worker.timelimits import time_limit_of
+
+TIME_LIMIT_ERROR = "mongo_job_queue.errors.JobTimeLimitExceeded"
+
+
+def _loop(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.005)
+
+
+def test_the_job_s_limit_wins_then_the_handler_s_then_the_config_s() -> None:
+    config = QueueConfig(default_time_limit_ms=5_000)
+    limited = Handler("T", print, time_limit_ms=300)
+    unlimited = Handler("T", print)
+    assert time_limit_of({"time_limit_ms": 100}, limited, config) == 100
+    assert time_limit_of({"time_limit_ms": 0}, limited, config) == 0  # the job opts out
+    assert time_limit_of({"time_limit_ms": 7.0}, limited, config) == 7  # mongosh's doubles
+    assert time_limit_of({}, limited, config) == 300
+    assert time_limit_of({}, Handler("T", print, time_limit_ms=0), config) == 0
+    assert time_limit_of({}, unlimited, config) == 5_000
+    assert time_limit_of({}, None, QueueConfig()) == 0  # no limit by default
+
+
+@pytest.mark.parametrize("bad", [-1, True, "10", 1.5, 10**20])
+def test_an_invalid_handler_time_limit_is_refused(queue: Any, bad: Any) -> None:
+    with pytest.raises(HandlerError, match="time_limit_ms"):
+        queue.register_handler("T", print, time_limit_ms=bad)
+    assert "T" not in queue.registry
+
+
+def test_the_handler_s_limit_is_kept_by_a_worker_subset(queue: Any) -> None:
+    queue.register_handler("T", print, time_limit_ms=250)
+    assert queue.registry.subset(["T"]).get("T").time_limit_ms == 250
+
+
+def test_a_job_s_own_limit_is_stored_only_when_given(queue: Any) -> None:
+    queue.enqueue("T", {}, time_limit_ms=1_500)
+    assert raw_doc()["time_limit_ms"] == 1_500
+    queue.store.collection.delete_many({})
+    queue.enqueue("T", {})
+    assert "time_limit_ms" not in raw_doc()
+    queue.enqueue_many([{"job_type": "U", "time_limit_ms": 0}])
+    assert queue.job_model.objects.get(type="U").time_limit_ms == 0
+
+
+@pytest.mark.parametrize("bad", [-1, True, "10", 2.5, 10**20])
+def test_an_invalid_job_time_limit_is_refused_before_any_write(queue: Any, bad: Any) -> None:
+    with pytest.raises(InvalidJobError, match="time_limit_ms"):
+        queue.enqueue("T", {}, time_limit_ms=bad)
+    with pytest.raises(InvalidJobError, match=r"jobs\[0\]: time_limit_ms"):
+        queue.enqueue_many([{"job_type": "T", "time_limit_ms": bad}])
+    assert queue.store.collection.count_documents({}) == 0
+
+
+@pytest.mark.parametrize("key", ["default_time_limit_ms", "time_limit_grace_ms"])
+def test_the_time_limit_settings_are_bounded(key: str) -> None:
+    with pytest.raises(Exception, match=key):
+        QueueConfig(**{key: -1})
+    assert QueueConfig(default_time_limit_ms=0).default_time_limit_ms == 0
+
+
+def test_a_hand_edited_time_limit_is_quarantined_at_claim(queue: Any) -> None:
+    queue.register_handler("T", lambda job: "ran")
+    job = queue.enqueue("T", {})
+    queue.store.collection.update_one({"_id": job.id}, {"$set": {"time_limit_ms": "soon"}})
+    queue.run_once()
+    done = queue.get_job(job.id)
+    assert done.status == "failed" and "time_limit_ms" in done.last_error.message
+
+
+def test_run_once_raises_the_limit_in_the_calling_thread_and_the_policy_retries(queue: Any) -> None:
+    runs: list[int] = []
+
+    @queue.handler("T", time_limit_ms=100, max_retries=1, wait=tenacity.wait_fixed(0))
+    def handler(job: Any) -> str:
+        runs.append(job.attempts)
+        if job.attempts == 1:
+            _loop(30)
+        return "done"
+
+    job = queue.enqueue("T", {})
+    started = time.monotonic()
+    first = queue.run_once()
+    assert time.monotonic() - started < 10
+    assert first.status == "pending" and first.last_error.type == TIME_LIMIT_ERROR
+    assert first.last_error.message == "the handler ran past its time limit of 100 ms"
+    assert "_loop" in first.last_error.traceback
+    assert queue.run_once().status == "completed"
+    assert runs == [1, 2] and queue.get_job(job.id).result == "done"
+
+
+def test_a_retry_policy_that_does_not_match_the_exception_fails_the_job(queue: Any) -> None:
+    queue.register_handler(
+        "T", lambda job: _loop(30), time_limit_ms=100, retry=tenacity.retry_if_exception_type(OSError)
+    )
+    job = queue.enqueue("T", {}, max_retries=5)
+    assert queue.run_once().status == "failed"
+    assert queue.get_job(job.id).last_error.type == TIME_LIMIT_ERROR
+
+
+def test_a_handler_that_catches_the_exception_and_returns_completes(
+    queue: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    def handler(job: Any) -> str:
+        try:
+            _loop(30)
+        except JobTimeLimitExceeded:
+            return "cleaned up"
+        return "never"
+
+    queue.register_handler("T", handler, time_limit_ms=100)
+    queue.enqueue("T", {})
+    with caplog.at_level(logging.WARNING, logger="mongo_job_queue"):
+        done = queue.run_once()
+    assert done.status == "completed" and done.result == "cleaned up"
+    assert "caught JobTimeLimitExceeded and returned" in caplog.text
+
+
+def test_a_stuck_single_step_is_not_abandoned_its_outcome_is_recorded(
+    make_queue: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = make_queue(time_limit_grace_ms=50)
+    queue.register_handler("T", lambda job: time.sleep(0.6), time_limit_ms=50, max_retries=0)
+    job = queue.enqueue("T", {})
+    with caplog.at_level(logging.WARNING, logger="mongo_job_queue"):
+        done = queue.run_once()  # the caller's thread cannot be replaced: it runs to the end of the sleep
+    assert done.status == "failed" and done.last_error.type == TIME_LIMIT_ERROR
+    assert done.lease_token is not None  # an ordinary outcome write, not an abandonment
+    assert "cannot be replaced, so it is not abandoned" in caplog.text
+    assert queue.get_job(job.id).attempts == 1
+
+
+def test_the_exception_arriving_while_leaving_the_call_is_absorbed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # It was scheduled as the handler returned: leaving again, the handler's result stands.
+    calls: list[int] = []
+    real_leave = timelimits.Watch.leave
+
+    def leave(self: timelimits.Watch) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise JobTimeLimitExceeded
+        real_leave(self)
+
+    monkeypatch.setattr(timelimits.Watch, "leave", leave)
+    limits = timelimits.TimeLimits(QueueConfig(), MiddlewareChain(None))
+    watch = limits.watch(_state(), 60_000, None)
+    assert limits.call(lambda job: "result", None, watch) == "result"
+    assert calls == [1, 1] and watch is not None and not watch.inside
+
+
+def _state() -> RunState:
+    return RunState(ClaimedJob({"_id": 1, "type": "T", "attempts": 1}, "token"))
+
+
+# -- the abandon write ----------------------------------------------------------
+
+
+def _claimed(queue: Any, clock: Any, **enqueue: Any) -> Any:
+    if "T" not in queue.registry:
+        queue.register_handler("T", print)
+    queue.enqueue("T", {}, **enqueue)
+    claimed = queue.worker.claim_one()
+    assert claimed is not None
+    return claimed
+
+
+def _record(queue: Any, claimed: Any) -> JobError:
+    exc = JobTimeLimitExceeded("the handler was abandoned")
+    return JobError.from_exception(exc, attempt=1, at=queue.store.now(), token=claimed.token, config=queue.config)
+
+
+def test_abandon_reschedules_and_removes_the_token_so_late_writes_lose(queue: Any, clock: Any) -> None:
+    claimed = _claimed(queue, clock)
+    run_at = clock.now + timedelta(seconds=5)
+    assert queue.store.jobs.abandon(claimed, _record(queue, claimed), run_at) == "pending"
+    doc = raw_doc()
+    assert doc["status"] == "pending" and doc["run_at"] == run_at and "lease_token" not in doc
+    assert doc["last_error"]["type"] == TIME_LIMIT_ERROR and doc["attempts"] == 1
+    # The abandoned handler's own writes, later: none lands, none believes it did.
+    assert queue.store.jobs.complete(claimed, "late") is False
+    assert queue.store.jobs.reschedule(claimed, clock.now, _record(queue, claimed)) is False
+    assert queue.store.jobs.release(claimed) is False
+    assert raw_doc()["status"] == "pending" and "result" not in raw_doc()
+
+
+def test_abandon_fails_the_last_attempt_and_cancels_a_cancel_requested_job(queue: Any, clock: Any) -> None:
+    claimed = _claimed(queue, clock)
+    assert queue.store.jobs.abandon(claimed, _record(queue, claimed), None) == "failed"
+    assert raw_doc()["status"] == "failed" and raw_doc()["finished_at"] == clock.now
+    queue.store.collection.delete_many({})
+    claimed = _claimed(queue, clock)
+    queue.cancel_job(claimed.id)
+    assert queue.store.jobs.abandon(claimed, _record(queue, claimed), clock.now) == "cancelled"
+    assert raw_doc()["status"] == "cancelled" and "lease_token" not in raw_doc()
+
+
+def test_abandon_loses_to_a_newer_claim_and_recognises_its_own_earlier_try(queue: Any, clock: Any) -> None:
+    claimed = _claimed(queue, clock)
+    record = _record(queue, claimed)
+    assert queue.store.jobs.abandon(claimed, record, clock.now) == "pending"
+    # A retried try whose first reply was lost finds its own record and reports the write.
+    assert queue.store.jobs.abandon(claimed, record, clock.now) == "pending"
+    newer = queue.worker.claim_one()
+    assert newer is not None and newer.token != claimed.token
+    clock.advance(ms=1)  # another record than the one the earlier try pushed
+    assert queue.store.jobs.abandon(claimed, _record(queue, claimed), clock.now) is None
+    assert raw_doc()["status"] == "processing" and raw_doc()["lease_token"] == newer.token
