@@ -380,8 +380,8 @@ def _check_queues(value: Any) -> None:
             raise ConfigError(f"config key 'queues' holds an invalid queue name: {name!r}")
 
 
-def load_config(config: ConfigInput) -> QueueConfig:
-    """Build a :class:`QueueConfig` from a mapping, a config object or ``None``.
+def load_config(config: ConfigInput, *, base: Optional[QueueConfig] = None) -> QueueConfig:
+    """Build a :class:`QueueConfig` from a mapping (of changes to ``base``, if given), a config object or ``None``.
 
     Raises:
         ConfigError: naming the offending key and, for unknown keys, the valid ones.
@@ -396,4 +396,4 @@ def load_config(config: ConfigInput) -> QueueConfig:
     unknown = sorted(str(k) for k in config if k not in valid)
     if unknown:
         raise ConfigError(f"unknown config key(s) {', '.join(map(repr, unknown))}; valid keys are: {', '.join(valid)}")
-    return QueueConfig(**config)
+    return QueueConfig(**config) if base is None else dataclasses.replace(base, **config)

@@ -12,12 +12,10 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 from .errors import InvalidJobError, JobCancelled, LeaseExpired
-
-if TYPE_CHECKING:
-    from .store import ClaimedJob, JobStore
+from .store import ClaimedJob, JobStore
 
 __all__ = ["JobContext", "RunState"]
 

@@ -18,8 +18,9 @@ database as it was.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Generic, Literal, Optional, TypeVar
+from typing import Any, Generic, Literal, Optional, Protocol, TypeVar
 
 from bson import ObjectId
 from mongoengine.errors import FieldDoesNotExist, NotRegistered, ValidationError
@@ -36,7 +37,7 @@ from .store import JobStore
 from .validation import check_document, check_nested, check_payload, stored_job_problems
 from .worker import Worker
 
-__all__ = ["Enqueuer", "JobBuilder"]
+__all__ = ["EagerFlags", "Enqueuer", "JobBuilder"]
 
 J = TypeVar("J", bound=BaseJob)
 
@@ -50,6 +51,7 @@ _ENQUEUE_KEYS = frozenset(
 InsertMode = Literal["one", "many", "fire"]
 
 
+@dataclass(eq=False)
 class JobBuilder(Generic[J]):
     """Turns enqueue arguments into a job document of the app's model, and seals it once final.
 
@@ -57,10 +59,9 @@ class JobBuilder(Generic[J]):
     schedule is defined.
     """
 
-    def __init__(self, job_model: type[J], config: QueueConfig, registry: HandlerRegistry) -> None:
-        self.job_model = job_model
-        self.config = config
-        self.registry = registry
+    job_model: type[J]
+    config: QueueConfig
+    registry: HandlerRegistry
 
     def build(
         self,
@@ -179,26 +180,29 @@ class JobBuilder(Generic[J]):
             raise InvalidJobError(f"a before_enqueue middleware left the job unstorable: {'; '.join(problems)}")
 
 
+class EagerFlags(Protocol):
+    """The queue's testing switches (see :mod:`mongo_job_queue.testing`), read at each enqueue."""
+
+    #: Run each new job at once, in the calling thread.
+    eager: bool
+    #: With ``eager``: raise EagerJobFailed when the job did not complete.
+    eager_propagate: bool
+
+
+@dataclass(eq=False)
 class Enqueuer(Generic[J]):
     """Writes built jobs: hooks around the one insert, then an eager run or a wake-up of the local worker."""
 
-    def __init__(
-        self,
-        builder: JobBuilder[J],
-        store: JobStore,
-        worker: Worker,
-        hooks: MiddlewareChain,
-        types: Optional[KnownTypes] = None,
-    ) -> None:
-        self.builder = builder
-        self.store = store
-        self.worker = worker
-        self.hooks = hooks
-        #: Warns about (or, with ``strict_types``, refuses) job types no handler is known for.
-        self.types = types if types is not None else KnownTypes(builder.registry, store)
-        #: The queue's eager mode (see :mod:`mongo_job_queue.testing`): run each new job at once,
-        #: and with ``eager_propagate`` raise EagerJobFailed if it did not complete.
-        self.eager = self.eager_propagate = False
+    builder: JobBuilder[J]
+    store: JobStore
+    worker: Worker
+    hooks: MiddlewareChain
+    flags: EagerFlags
+    #: Warns about (or, with ``strict_types``, refuses) job types no handler is known for.
+    types: KnownTypes = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.types = KnownTypes(self.builder.registry, self.store)
 
     def enqueue(self, spec: Mapping[str, Any], extra: Mapping[str, Any]) -> J:
         """One job; the existing one instead if its unique key is held."""
@@ -289,7 +293,7 @@ class Enqueuer(Generic[J]):
 
     def _run_or_wake(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Run the new jobs now in eager mode, else wake the local worker; the jobs in their latest state."""
-        if self.eager:
+        if self.flags.eager:
             return [self._run_eagerly(doc) for doc in docs]
         for doc in docs:
             # A job enqueued in the process that runs it need not wait for the next poll.
@@ -306,7 +310,7 @@ class Enqueuer(Generic[J]):
         self.worker.run_job_now(doc["_id"])
         fresh = self.store.admin.get(doc["_id"])
         doc = fresh if fresh is not None else doc
-        if self.eager_propagate and doc.get("status") != COMPLETED:
+        if self.flags.eager_propagate and doc.get("status") != COMPLETED:
             error = doc.get("last_error") or {}
             raise EagerJobFailed(
                 f"job {doc['_id']} ({doc['type']}) ended {doc.get('status')}: "

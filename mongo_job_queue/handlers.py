@@ -7,13 +7,12 @@ so a web process that only enqueues never takes jobs it cannot run.
 
 from __future__ import annotations
 
-import os
 import threading
-import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
+from .after_fork import renew_in_child
 from .clock import MAX_DURATION_MS
 from .config import MAX_RETRIES
 from .errors import HandlerError
@@ -42,7 +41,7 @@ class HandlerRegistry:
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
         self._lock = threading.Lock()
-        _live_registries.add(self)
+        renew_in_child(self)
 
     def _after_fork_in_child(self) -> None:
         # A lock held by a parent thread at fork() stays held forever in the child.
@@ -123,18 +122,6 @@ class HandlerRegistry:
 
     def __len__(self) -> int:
         return len(self._handlers)
-
-
-_live_registries: weakref.WeakSet[HandlerRegistry] = weakref.WeakSet()
-
-
-def _reset_after_fork() -> None:
-    for registry in list(_live_registries):
-        registry._after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _is_duration(value: Any) -> bool:

@@ -18,7 +18,6 @@ from collections.abc import Iterable
 from .errors import InvalidJobError
 from .handlers import HandlerRegistry
 from .store import JobStore
-from .store.workers import WorkerDocs
 
 __all__ = ["KnownTypes"]
 
@@ -38,7 +37,7 @@ class KnownTypes:
     def __init__(self, registry: HandlerRegistry, store: JobStore) -> None:
         self.registry = registry
         self.store = store
-        self._workers = WorkerDocs(store)
+        self._workers = store.workers
         self._confirmed: set[str] = set()
         self._registered: frozenset[str] = frozenset()
         self._read_at = -float("inf")

@@ -30,10 +30,20 @@ from mongoengine import (
 )
 
 from .config import QueueConfig
-from .errors import QueueStateError
+from .errors import JobModelError, QueueStateError
 from .status import ALL_STATUSES, PENDING, JobStatus  # JobStatus: its old import path
 
-__all__ = ["LIBRARY_FIELDS", "BaseJob", "JobError", "JobStatus", "LeaseOwner", "job_log_extra", "safe_str", "truncate"]
+__all__ = [
+    "LIBRARY_FIELDS",
+    "BaseJob",
+    "JobError",
+    "JobStatus",
+    "LeaseOwner",
+    "check_job_model",
+    "job_log_extra",
+    "safe_str",
+    "truncate",
+]
 
 
 class LeaseOwner(EmbeddedDocument):
@@ -261,3 +271,11 @@ class BaseJob(Document):
 
 #: Field names the queue owns; ``enqueue(**extra_fields)`` may not set them.
 LIBRARY_FIELDS = frozenset(BaseJob._fields) - {"id"}
+
+
+def check_job_model(job_model: Any) -> None:
+    """Raise :class:`~mongo_job_queue.errors.JobModelError` unless ``job_model`` is a concrete BaseJob subclass."""
+    if not isinstance(job_model, type) or not issubclass(job_model, BaseJob):
+        raise JobModelError(f"job_model must be a subclass of mongo_job_queue.BaseJob, got {job_model!r}")
+    if job_model._meta.get("abstract"):
+        raise JobModelError(f"job_model {job_model.__name__} is abstract: subclass it and give it a collection")

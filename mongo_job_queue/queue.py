@@ -9,24 +9,22 @@ running jobs through :mod:`.worker`.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import os
 import threading
-import weakref
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, tzinfo
 from typing import Any, Generic, Optional, TypeVar, Union
 
 from bson import ObjectId
 
+from .after_fork import renew_in_child
 from .clock import Clock, to_naive_utc, utcnow
 from .config import ConfigInput, QueueConfig, load_config
 from .enqueue import Enqueuer, JobBuilder
-from .errors import ConfigError, JobModelError, QueueStateError
+from .errors import QueueStateError
 from .handlers import HandlerFn, HandlerRegistry
 from .middleware import Middleware, MiddlewareChain
-from .model import BaseJob
+from .model import BaseJob, check_job_model
 from .queue_admin import QueueAdmin
 from .retry import RetryStrategy, StopStrategy, WaitStrategy
 from .schedules.definition import CatchUp, Schedule
@@ -46,15 +44,15 @@ R = TypeVar("R")
 
 Timezone = Union[str, tzinfo]
 
-_live_queues: weakref.WeakSet[PersistentJobQueue[Any]] = weakref.WeakSet()
-
 
 class PersistentJobQueue(Generic[J]):
     """A MongoDB-backed job queue over the app's own job model.
 
-    Build it with :func:`create_job_queue`. The same object enqueues (from
-    request handlers) and, once :meth:`start_polling` is called, runs a worker
-    pool in background threads of this process.
+    Build it with :func:`create_job_queue`. The same object enqueues and, once
+    :meth:`start_polling` is called, runs a worker pool in background threads
+    of this process. Methods taking a ``job_id`` raise
+    :class:`~mongo_job_queue.errors.InvalidJobIdError` for anything but an
+    ObjectId or its 24-hex-digit string.
     """
 
     def __init__(
@@ -67,7 +65,7 @@ class PersistentJobQueue(Generic[J]):
         sleep: Optional[Callable[[float], None]] = None,
         middleware: Optional[Iterable[Middleware]] = None,
     ) -> None:
-        _check_model(job_model)
+        check_job_model(job_model)
         self.job_model = job_model
         self.config: QueueConfig = load_config(config)
         self.clock = clock
@@ -75,35 +73,16 @@ class PersistentJobQueue(Generic[J]):
         self.hooks = MiddlewareChain(self, middleware)
         self.store = JobStore(job_model, self.config, clock=clock, sleep=sleep, logger=logger)
         self.worker = Worker(self.store, self.registry, self.config, logger=logger, hooks=self.hooks)
+        #: Testing hook: run each new job at once, in the calling thread (see :mod:`mongo_job_queue.testing`).
+        self.eager = False
+        #: With :attr:`eager`: raise :class:`~mongo_job_queue.errors.EagerJobFailed` when a job did not complete.
+        self.eager_propagate = False
         self._indexes_ensured = False
         self._builder = JobBuilder(job_model, self.config, self.registry)
-        self._enqueuer = Enqueuer(self._builder, self.store, self.worker, self.hooks)
+        self._enqueuer = Enqueuer(self._builder, self.store, self.worker, self.hooks, flags=self)
         self._admin = QueueAdmin(job_model, self.store, self.worker, self.hooks)
         self._schedules = ScheduleManager(self.store, self.worker, self._enqueuer, prepare=self._prepare)
-        _live_queues.add(self)
-
-    @property
-    def eager(self) -> bool:
-        """Testing hook (see :mod:`mongo_job_queue.testing`): when True, :meth:`enqueue`
-        and :meth:`enqueue_many` run each new job of a registered type at once,
-        in the calling thread, due or not, and return it in its new state.
-        """
-        return self._enqueuer.eager
-
-    @eager.setter
-    def eager(self, value: bool) -> None:
-        self._enqueuer.eager = value
-
-    @property
-    def eager_propagate(self) -> bool:
-        """With :attr:`eager`: raise :class:`~mongo_job_queue.errors.EagerJobFailed`
-        when an eagerly run job did not complete, so a test sees the failure.
-        """
-        return self._enqueuer.eager_propagate
-
-    @eager_propagate.setter
-    def eager_propagate(self, value: bool) -> None:
-        self._enqueuer.eager_propagate = value
+        renew_in_child(self)
 
     def add_middleware(self, middleware: Middleware) -> None:
         """Add lifecycle hooks after construction (e.g. by a Flask or Django integration)."""
@@ -134,12 +113,8 @@ class PersistentJobQueue(Generic[J]):
             retry: tenacity retry predicate, e.g. ``retry_if_exception_type(IOError)``.
             max_retries: Default ``max_retries`` for jobs of this type enqueued
                 through this queue object.
-            time_limit_ms: How long one run may take; past it the handler
-                gets :class:`~mongo_job_queue.JobTimeLimitExceeded` in its
-                thread, and after ``time_limit_grace_ms`` more it is
-                abandoned (see :ref:`time-limits`). ``0``: none; default: the
-                config's ``default_time_limit_ms``. A job's own
-                ``time_limit_ms`` overrides it.
+            time_limit_ms: How long one run may take (``0``: none; default: the config's
+                ``default_time_limit_ms``; a job's own overrides it), see :ref:`time-limits`.
 
         Raises:
             HandlerError: duplicate type, non-callable handler, invalid strategy or time limit.
@@ -171,14 +146,7 @@ class PersistentJobQueue(Generic[J]):
     def task(self, job_type: str, **options: Any) -> Callable[[Callable[[J], R]], Task[J, R]]:
         """Decorator: register the function as :meth:`register_handler` does; return a :class:`~mongo_job_queue.Task`.
 
-        ``send_email = queue.task("send_email", max_retries=5)(fn)``, then
-        ``send_email.enqueue({"to": ...})``: the job type is written once,
-        and calling ``send_email(job)`` runs ``fn`` directly.
-
-        Args:
-            job_type: The job type the function handles and the task enqueues.
-            **options: :meth:`register_handler`'s: ``stop``, ``wait``,
-                ``retry``, ``max_retries``, ``time_limit_ms``.
+        ``options`` are :meth:`register_handler`'s keywords; the task's ``enqueue()`` names the job type once.
 
         Raises:
             HandlerError: as :meth:`register_handler`; TypeError for an unknown option.
@@ -209,60 +177,33 @@ class PersistentJobQueue(Generic[J]):
     ) -> J:
         """Validate and insert one job; return the saved instance of the app's model.
 
-        Args:
-            job_type: Handler key.
-            data: The payload, a BSON-encodable dict.
-            run_at: Earliest start (aware, or naive UTC). Exclusive with ``delay_ms``.
-            delay_ms: Start no earlier than this many ms from now.
-            priority: Higher runs first among due jobs.
-            queue: Queue name; workers claim from the queues in their config.
-            max_retries: Overrides the handler's and the config's default.
-            time_limit_ms: This job's time limit, overriding the handler's and
-                the config's default (``0``: none), stored with the job.
-            unique_key: At most one unfinished job per key: if one exists,
-                nothing is inserted and that job is returned instead, so
-                concurrent enqueues of the same key produce one job.
-            unique_for_ms: With ``unique_key``, keep the key reserved for this
-                long after enqueue even once the job finished (the finished
-                job is returned meanwhile).
-            **extra_fields: Values for the app's own fields, validated by its Document.
+        ``run_at`` (aware, or naive UTC) and ``delay_ms`` exclude each other; ``extra_fields`` are
+        the app's own fields; ``time_limit_ms`` overrides the handler's and the config's default
+        (``0``: none). An unfinished job holding ``unique_key`` is returned instead of a new one
+        (see :doc:`job-control`).
 
         Raises:
             InvalidJobError: bad input, or with ``strict_types`` a type no
                 handler is known for; nothing was written.
         """
-        spec = {
-            "job_type": job_type,
-            "data": data,
-            "run_at": run_at,
-            "delay_ms": delay_ms,
-            "priority": priority,
-            "queue": queue,
-            "max_retries": max_retries,
-            "time_limit_ms": time_limit_ms,
-            "unique_key": unique_key,
-            "unique_for_ms": unique_for_ms,
-        }
+        spec = dict(
+            job_type=job_type, data=data, run_at=run_at, delay_ms=delay_ms, priority=priority, queue=queue,
+            max_retries=max_retries, time_limit_ms=time_limit_ms, unique_key=unique_key, unique_for_ms=unique_for_ms,
+        )  # fmt: skip
         return self._enqueuer.enqueue(spec, extra_fields)
 
     def enqueue_many(self, jobs: Iterable[Mapping[str, Any]]) -> list[J]:
-        """Validate every job, then insert them all in one bulk write.
+        """Validate every job (mappings of :meth:`enqueue`'s arguments), then insert them all in one bulk write.
 
-        Each mapping takes :meth:`enqueue`'s arguments by name (``job_type``
-        required) plus the app's own fields. If any job is invalid, nothing is
-        written and the error names its index.
+        Raises:
+            InvalidJobError: a job is invalid (the message names its index); nothing was written.
         """
         return self._enqueuer.enqueue_many(jobs)
 
     # -- worker -------------------------------------------------------------
 
     def ensure_indexes(self) -> None:
-        """Create and check the job model's indexes and the retention TTL indexes now.
-
-        Never needed: the queue creates the model's indexes before its first
-        use of the collection, in every process, and :meth:`start_polling`
-        and :meth:`run_once` bring the TTL indexes up to date. Call it after
-        changing indexes by hand, or to fail early at deploy time.
+        """Create and check the model's and the retention TTL indexes now; the queue does it by itself before use.
 
         Raises:
             IndexSetupError: a unique index the queue relies on cannot be created.
@@ -271,14 +212,11 @@ class PersistentJobQueue(Generic[J]):
         self._indexes_ensured = True
 
     def start_polling(self) -> None:
-        """Start the background worker (poller, handler pool, heartbeat, maintenance); idempotent.
-
-        During another thread's :meth:`stop` it waits for that stop to end, then starts.
+        """Start the background worker in this process; idempotent, and after a :meth:`stop` in progress.
 
         Raises:
-            QueueStateError: no handler is registered, so the worker could claim nothing;
-                or called during a stop from a thread that stop waits for (a
-                handler, an ``on_worker_stop`` hook), where waiting would deadlock.
+            QueueStateError: no handler is registered, or called from a thread
+                that a stop in progress waits for (see :ref:`graceful-stop`).
         """
         if self.worker.running:
             return
@@ -297,17 +235,10 @@ class PersistentJobQueue(Generic[J]):
         requeue_running: bool = False,
         force: Optional[threading.Event] = None,
     ) -> bool:
-        """Stop gracefully; True if every running job (and every worker thread) finished within ``timeout``.
+        """Stop gracefully; True if every running job and worker thread ended within ``timeout`` (None: no limit).
 
-        Args:
-            timeout: Seconds running jobs get to finish; ``None`` or
-                ``math.inf`` waits until they do.
-            requeue_running: False (an app stopping its in-process worker):
-                jobs still running at the timeout keep their lease while the
-                process lives. True (a process about to exit): they go back to
-                the queue, attempt counted, when the process exits, never
-                while their handler still runs in it.
-            force: Stop waiting as soon as this event is set (a second signal).
+        ``requeue_running`` is for a process about to exit: the jobs still running then go back to
+        the queue when it exits. Setting ``force`` cuts the wait short. See :ref:`graceful-stop`.
         """
         return self.worker.stop(timeout, requeue_running=requeue_running, force=force)
 
@@ -318,12 +249,7 @@ class PersistentJobQueue(Generic[J]):
         install_signal_handlers: bool = True,
         until: Optional[Callable[[], bool]] = None,
     ) -> int:
-        """Run the worker in the foreground until SIGTERM/SIGINT; return an exit code.
-
-        See :func:`mongo_job_queue.runner.run_worker`: a first signal stops
-        gracefully within ``stop_timeout``, then returns jobs still running to
-        the queue (attempt counted); a second signal skips the wait.
-        """
+        """Run the worker in the foreground until SIGTERM/SIGINT; return an exit code (see :ref:`graceful-stop`)."""
         return run_worker(self, stop_timeout=stop_timeout, install_signal_handlers=install_signal_handlers, until=until)
 
     @property
@@ -338,18 +264,11 @@ class PersistentJobQueue(Generic[J]):
         wrap: Optional[Callable[[HandlerFn], HandlerFn]] = None,
         **config: Any,
     ) -> None:
-        """Adjust this process's worker before it starts; used by the CLI and the framework integrations.
+        """Adjust this process's worker before it starts: the CLI's options, the framework integrations.
 
-        A command line option (``--concurrency``, ``--queues``, ``--job-types``)
-        overrides what the app module configured, without a second queue object.
-
-        Args:
-            job_types: Claim only these registered types in this process; the
-                others stay registered for enqueue defaults. With ``wrap``,
-                a snapshot: handlers registered afterwards are not claimed.
-            wrap: Applied to each handler function the worker calls, e.g. to
-                count finished jobs.
-            **config: :class:`~mongo_job_queue.QueueConfig` keys to replace.
+        ``config`` replaces :class:`~mongo_job_queue.QueueConfig` keys. ``job_types`` claims only these
+        registered types here and ``wrap`` wraps each handler the worker calls; with either, handlers
+        registered later are not claimed.
 
         Raises:
             QueueStateError: the worker is running.
@@ -359,10 +278,7 @@ class PersistentJobQueue(Generic[J]):
         if self.worker.running:
             raise QueueStateError("configure_worker() while the worker is running: stop it first")
         if config:
-            try:
-                new_config = dataclasses.replace(self.config, **config)
-            except TypeError as exc:
-                raise ConfigError(f"unknown config key in {sorted(config)}: {exc}") from exc
+            new_config = load_config(config, base=self.config)
             self.config = self.store.config = self._builder.config = new_config
             # The lease owner may name a new worker_id; runs still finishing
             # after a timed-out stop keep their heartbeat.
@@ -371,10 +287,9 @@ class PersistentJobQueue(Generic[J]):
             self.worker.registry = self.registry.subset(job_types, wrap=wrap)
 
     def run_once(self) -> Optional[J]:
-        """Claim one due job and run it in the calling thread; return it in its new state.
+        """Claim one due job, run it in the calling thread and return it in its new state; None if none is due.
 
-        Deterministic single step for tests and scripts (no threads, no heartbeat,
-        so keep handlers shorter than ``lease_ms``). Returns None when nothing is due.
+        No heartbeat renews its lease: keep such handlers shorter than ``lease_ms`` (see :doc:`testing`).
         """
         self._prepare()
         claimed = self.worker.claim_one()
@@ -399,23 +314,14 @@ class PersistentJobQueue(Generic[J]):
     # -- reads and administration ---------------------------------------------
 
     def get_job(self, job_id: ObjectId | str) -> Optional[J]:
-        """The job with this id, freshly read, or None.
-
-        Raises:
-            InvalidJobIdError: ``job_id`` is not an ObjectId or its 24-hex-digit string.
-        """
+        """The job with this id, freshly read, or None."""
         return self._admin.get_job(job_id)
 
     def wait(self, job_id: ObjectId | str, timeout: Optional[float] = 30.0) -> Optional[J]:
-        """Wait until the job is finished (completed, failed or cancelled) and return it; None if there is no such job.
-
-        Polls by ``_id`` with backoff from 50 ms to 1 s, so a waiting caller
-        costs at most about one indexed read per second. ``timeout`` is in
-        seconds; None (or ``math.inf``) waits as long as it takes.
+        """Wait until the job is finished and return it; None if there is no such job (see :ref:`progress`).
 
         Raises:
             JobTimeout: the job did not finish within ``timeout`` seconds.
-            InvalidJobIdError: ``job_id`` is not an ObjectId or its 24-hex-digit string.
             ValueError: ``timeout`` is not None or a number >= 0.
         """
         return self._admin.wait(job_id, timeout)
@@ -425,42 +331,23 @@ class PersistentJobQueue(Generic[J]):
         return self._admin.counts(queue)
 
     def retry_job(self, job_id: ObjectId | str) -> bool:
-        """Queue a ``failed`` or ``cancelled`` job again with a fresh attempt budget; False if it is neither.
-
-        Raises:
-            InvalidJobIdError: ``job_id`` is not an ObjectId or its 24-hex-digit string.
-        """
+        """Queue a ``failed`` or ``cancelled`` job again with a fresh attempt budget; False if it is neither."""
         return self._admin.retry_job(job_id)
 
     def cancel_job(self, job_id: ObjectId | str) -> bool:
-        """Cancel a ``pending`` job at once, or request the cancellation of a running one.
+        """Cancel a ``pending`` job, or ask a running one's handler to stop (see :ref:`cancellation`).
 
-        A running job's worker learns of the request at its next heartbeat
-        (or the handler's next :meth:`~mongo_job_queue.BaseJob.report_progress`);
-        the handler sees :meth:`~mongo_job_queue.BaseJob.is_cancel_requested`
-        or gets :class:`~mongo_job_queue.errors.JobCancelled`, and the job
-        ends ``cancelled`` unless the handler completes first.
-
-        Returns:
-            True if the job was cancelled or its cancellation requested;
-            False if it is finished or does not exist.
-
-        Raises:
-            InvalidJobIdError: ``job_id`` is not an ObjectId or its 24-hex-digit string.
+        Returns False, doing nothing, if the job is finished or does not exist.
         """
         return self._admin.cancel_job(job_id)
 
     def cancel_jobs(
         self, *, job_type: Optional[str] = None, queue: Optional[str] = None, running: bool = False
     ) -> dict[str, int]:
-        """Cancel every pending job of a type and/or queue; with ``running``, request it for running ones too.
-
-        Returns:
-            ``{"cancelled": n, "requested": m}``.
+        """Cancel the pending jobs of a type and/or queue (``running``: ask running ones too); return the counts.
 
         Raises:
-            InvalidJobError: neither ``job_type`` nor ``queue`` was given (cancelling
-                everything takes ``queue=...`` per queue, on purpose).
+            InvalidJobError: neither ``job_type`` nor ``queue`` was given.
         """
         return self._admin.cancel_jobs(job_type=job_type, queue=queue, running=running)
 
@@ -469,19 +356,11 @@ class PersistentJobQueue(Generic[J]):
         return self._admin.purge(older_than_ms, statuses)
 
     def stats(self) -> dict[str, dict[str, Any]]:
-        """Per queue name: ``counts`` by status, ``oldest_due_age_s`` of its pending jobs, ``paused``.
-
-        A paused queue is listed even when it holds no job.
-        """
+        """Per queue name (paused ones included): ``counts`` by status, ``oldest_due_age_s``, ``paused``."""
         return self._admin.stats()
 
     def pause(self, *, queues: Iterable[str] = (), job_types: Iterable[str] = ()) -> dict[str, list[str]]:
-        """Stop every worker, in every process, from claiming these queues and job types; return what is paused.
-
-        Running jobs finish as usual. Workers read the state at most every
-        ``pause_refresh_ms``, so a pause takes effect within about that long
-        (at once in this process).
-        """
+        """Stop every worker, in every process, from claiming these (see :ref:`pause`); return what is paused."""
         return self._admin.pause(queues=queues, job_types=job_types)
 
     def resume(self, *, queues: Iterable[str] = (), job_types: Iterable[str] = ()) -> dict[str, list[str]]:
@@ -517,37 +396,10 @@ class PersistentJobQueue(Generic[J]):
         max_retries: Optional[int] = None,
         **extra_fields: Any,
     ) -> Schedule:
-        """Enqueue ``job_type`` with ``data`` at every fire time of a cron expression or interval.
-
-        Each fire time produces exactly one job however many processes run
-        this schedule: every process with a running worker fires it, and the
-        database keeps the first insert. No database access happens here.
-
-        Args:
-            name: Identifies the schedule across processes and deploys.
-            cron_expression: Five fields (minute first), or six with seconds
-                first; needs the ``cron`` extra. Exclusive with ``every_ms``.
-            job_type: The job to enqueue; its handler may live in any process.
-            data: The job's payload, the same at every fire time.
-            every_ms: Fire every this many ms (at least 100), counted from the Unix epoch.
-            timezone: IANA name (or ZoneInfo) the cron expression is read in;
-                DST is handled as Debian cron does.
-            catch_up: Fire times missed while no worker ran: ``"once"``
-                enqueues the latest, ``"skip"`` none older than
-                ``misfire_grace_ms``, ``"all"`` each, up to ``catch_up_limit``.
-            catch_up_limit: With ``"all"``, the most missed fire times enqueued at once (at most 10,000).
-            misfire_grace_ms: With ``"skip"``, how late a fire time may still be enqueued (at most 366 days).
-            overlap: False skips a fire time while the schedule's previous
-                job is still pending or running (through ``unique_key``), so
-                runs never overlap.
-            queue: Queue of the jobs.
-            priority: Priority of the jobs.
-            max_retries: Overrides the handler's and the config's default.
-            **extra_fields: Values for the app's own fields.
+        """Enqueue ``job_type`` with ``data`` at every fire time of a cron expression or interval (:doc:`scheduling`).
 
         Raises:
-            ScheduleError: bad name, expression, interval, timezone or policy,
-                or a schedule of that name already registered.
+            ScheduleError: an invalid definition, or a schedule of that name already registered.
             InvalidJobError: the job itself would be rejected by ``enqueue``.
         """
         return self._schedules.add(
@@ -577,10 +429,9 @@ class PersistentJobQueue(Generic[J]):
         retry: Optional[RetryStrategy] = None,
         **extra_fields: Any,
     ) -> Callable[[F], F]:
-        """Decorator: register the function as the handler of ``job_type`` (default: ``name``) and schedule it.
+        """Decorator: :meth:`schedule` the job and register the function as its handler, or neither if one is invalid.
 
-        Takes :meth:`schedule`'s arguments, plus the retry strategies of
-        :meth:`register_handler`. Nothing is registered if either is invalid.
+        ``job_type`` defaults to ``name``; ``stop``, ``wait`` and ``retry`` are :meth:`register_handler`'s.
         """
 
         def decorate(fn: F) -> F:
@@ -600,11 +451,7 @@ class PersistentJobQueue(Generic[J]):
         return decorate
 
     def unschedule(self, name: str) -> bool:
-        """Stop firing ``name`` from this process; False if it was not registered here.
-
-        Other processes fire it until they unregister it too; removing the
-        schedule from the code and deploying does that everywhere.
-        """
+        """Stop firing ``name`` from this process (others fire it until they stop too); False if it was not here."""
         return self._schedules.remove(name)
 
     def schedules(self) -> list[ScheduleInfo]:
@@ -612,12 +459,7 @@ class PersistentJobQueue(Generic[J]):
         return self._schedules.infos()
 
     def fire_schedules(self, now: Optional[datetime] = None) -> list[Fire]:
-        """Enqueue the jobs of every fire time due now; the deterministic single step for tests and scripts.
-
-        ``now`` (aware, or naive UTC) replaces the clock, so a test can walk
-        a schedule through time without waiting. A running worker does the
-        same by itself at each fire time.
-        """
+        """Enqueue the jobs of every fire time due at ``now`` (aware, or naive UTC; default: the clock), for tests."""
         return self._schedules.fire(None if now is None else to_naive_utc(now))
 
     def _prepare(self) -> None:
@@ -633,13 +475,6 @@ class PersistentJobQueue(Generic[J]):
         self._indexes_ensured = False
 
 
-def _check_model(job_model: Any) -> None:
-    if not isinstance(job_model, type) or not issubclass(job_model, BaseJob):
-        raise JobModelError(f"job_model must be a subclass of mongo_job_queue.BaseJob, got {job_model!r}")
-    if job_model._meta.get("abstract"):
-        raise JobModelError(f"job_model {job_model.__name__} is abstract: subclass it and give it a collection")
-
-
 def create_job_queue(
     *,
     job_model: type[J],
@@ -649,11 +484,10 @@ def create_job_queue(
     sleep: Optional[Callable[[float], None]] = None,
     middleware: Optional[Iterable[Middleware]] = None,
 ) -> PersistentJobQueue[J]:
-    """Build a :class:`PersistentJobQueue` for the app's job model.
+    """Build a :class:`PersistentJobQueue` for ``job_model``, a concrete :class:`~mongo_job_queue.BaseJob` subclass.
 
     Args:
-        job_model: A concrete subclass of :class:`~mongo_job_queue.BaseJob`.
-        logger: Logger for queue events; defaults to per-module loggers under ``mongo_job_queue``.
+        logger: Logger for queue events; by default, per-module loggers under ``mongo_job_queue``.
         config: A mapping of config keys or a :class:`~mongo_job_queue.QueueConfig`.
         clock: Source of the current naive-UTC time (tests inject a fake one).
         sleep: Sleep used between retries of failed database calls.
@@ -664,12 +498,3 @@ def create_job_queue(
         ConfigError: an unknown key or an invalid value, named in the message.
     """
     return PersistentJobQueue(job_model, logger=logger, config=config, clock=clock, sleep=sleep, middleware=middleware)
-
-
-def _after_fork_in_child() -> None:
-    for q in list(_live_queues):
-        q._after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Generic, Literal, Optional, TypeVar
 
 from bson import ObjectId
@@ -28,14 +29,14 @@ __all__ = ["QueueAdmin", "job_object_id"]
 J = TypeVar("J", bound=BaseJob)
 
 
+@dataclass(eq=False)
 class QueueAdmin(Generic[J]):
     """Reads and administrative operations on one queue's jobs, for any process."""
 
-    def __init__(self, job_model: type[J], store: JobStore, worker: Worker, hooks: MiddlewareChain) -> None:
-        self.job_model = job_model
-        self.store = store
-        self.worker = worker
-        self.hooks = hooks
+    job_model: type[J]
+    store: JobStore
+    worker: Worker
+    hooks: MiddlewareChain
 
     def get_job(self, job_id: ObjectId | str) -> Optional[J]:
         doc = self.store.admin.get(job_object_id(job_id))

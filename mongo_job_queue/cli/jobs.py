@@ -21,7 +21,6 @@ from ..model import LIBRARY_FIELDS
 from ..queue import PersistentJobQueue
 from ..status import CANCELLED, FAILED, PROCESSING
 from ..store.listing import MAX_IDS, MAX_LIST, JobQuery, JobQueryError, Listing
-from ..store.workers import WorkerDocs
 from .common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, CommandError, object_id
 from .render import iso, jsonable, print_json, print_table
 
@@ -213,7 +212,7 @@ def retry_matching(queue: PersistentJobQueue[Any], args: argparse.Namespace, out
 
 
 def workers_command(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    workers = [w for w in WorkerDocs(queue.store).list() if args.all or w.state == "live"]
+    workers = [w for w in queue.store.workers.list() if args.all or w.state == "live"]
     if args.json:
         print_json([dataclasses.asdict(w) for w in workers], out)
         return EXIT_OK

@@ -28,14 +28,14 @@ import os
 import random
 import signal
 import threading
-import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from types import FrameType
 from typing import Any, Optional
 
 import mongoengine
 
+from ..after_fork import renew_in_child
 from ..errors import ConfigError
 from ..model import BaseJob
 from ..queue import PersistentJobQueue, create_job_queue
@@ -132,6 +132,7 @@ def build_queue(
     return create_job_queue(job_model=job_model, config=config, logger=logger)
 
 
+@dataclass(eq=False)
 class WorkerStarter:
     """Starts one queue's worker at most once per process, and stops it at exit.
 
@@ -151,34 +152,29 @@ class WorkerStarter:
         retry_max_s: Longest delay between two failed background starts.
     """
 
-    def __init__(
-        self,
-        queue: PersistentJobQueue[Any],
-        *,
-        stop_timeout: float,
-        name: str,
-        retry_min_s: float = 1.0,
-        retry_max_s: float = 60.0,
-    ) -> None:
-        self.queue = queue
-        self.stop_timeout = stop_timeout
-        self.name = name
-        self.retry_min_s = retry_min_s
-        self.retry_max_s = retry_max_s
-        #: The error of the latest failed background start, None once it started.
-        self.last_error: Optional[BaseException] = None
+    queue: PersistentJobQueue[Any]
+    _: KW_ONLY
+    stop_timeout: float
+    name: str
+    retry_min_s: float = 1.0
+    retry_max_s: float = 60.0
+    #: The error of the latest failed background start, None once it started.
+    last_error: Optional[BaseException] = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
         self._started_pid: Optional[int] = None
-        self._retrying_pid: Optional[int] = None
         self._lazy = False
         self._exit_registered = False
-        self._new_locks()
-        _starters.add(self)
+        self._after_fork_in_child()
+        renew_in_child(self)
 
-    def _new_locks(self) -> None:
-        # Fresh in a forked child: a lock held by a parent thread at fork() time would never be released there.
+    def _after_fork_in_child(self) -> None:
+        # Fresh in a forked child: a lock held by a parent thread at fork() time would never be released there,
+        # and the parent's retry thread did not survive the fork.
         self._start_lock = threading.Lock()  # held while start_polling() runs, by one starter at a time
         self._arm_lock = threading.Lock()  # held only to decide whether to spawn the retry thread
         self._closed = threading.Event()
+        self._retrying_pid: Optional[int] = None
 
     def apply(self, decision: StartDecision) -> None:
         """Start now (in the background), arm the lazy start, or only log why not."""
@@ -321,16 +317,3 @@ def _interrupt(signum: int, frame: Optional[FrameType]) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
     log.warning("SIGTERM: stopping as on Ctrl-C; the job worker stops at exit (send it again to kill)")
     raise KeyboardInterrupt
-
-
-_starters: weakref.WeakSet[WorkerStarter] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for starter in list(_starters):
-        starter._new_locks()
-        starter._retrying_pid = None  # the parent's retry thread did not survive the fork
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

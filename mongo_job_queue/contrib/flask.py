@@ -52,7 +52,7 @@ import sys
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Concatenate, Optional, ParamSpec, TypeVar
 
 import click
 from flask import Flask, current_app, has_app_context
@@ -73,6 +73,24 @@ log = logging.getLogger(__name__)
 EXTENSION_KEY = "mongo_job_queue"
 PREFIX = "MONGO_JOB_QUEUE_"
 _SETTINGS = frozenset({"MODEL", "MONGODB_URI", "MONGODB_DB", "CONFIG", "START_WORKER", "STOP_TIMEOUT"})
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _parameters_of(
+    method: Callable[Concatenate[Any, P], object],
+) -> Callable[[Callable[..., R]], Callable[Concatenate[Any, P], R]]:
+    """Type a method that passes its arguments on to ``method`` as taking exactly ``method``'s parameters.
+
+    mypy refuses a method whose ``self`` is not positional-only, as ``**extra_fields``
+    could then receive a ``self=`` keyword; nobody passes one, hence the ignores.
+    """
+
+    def typed(forwarding: Callable[..., R]) -> Callable[Concatenate[Any, P], R]:
+        return forwarding
+
+    return typed
 
 
 @dataclass
@@ -97,7 +115,7 @@ class MongoJobQueue:
         self.job_model = job_model
         self.logger = logger
         self._handlers: list[tuple[str, HandlerFn, dict[str, Any]]] = []
-        self._schedules: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+        self._schedules: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
         self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
         if app is not None:
             self.init_app(app)
@@ -130,8 +148,8 @@ class MongoJobQueue:
         )
         for job_type, fn, options in self._handlers:
             queue.register_handler(job_type, _in_app_context(app, fn), **options)
-        for args, options in self._schedules:
-            queue.schedule(*args, **options)
+        for name, args, options in self._schedules:
+            queue.schedule(name, *args, **options)
         starter = WorkerStarter(queue, stop_timeout=stop_timeout, name=f"Flask app {app.name!r}")
         app.extensions[EXTENSION_KEY] = _AppState(queue, starter)
         self._apps.add(app)
@@ -160,46 +178,41 @@ class MongoJobQueue:
 
         return decorate
 
-    def schedule(
-        self,
-        name: str,
-        cron_expression: Optional[str] = None,
-        job_type: Optional[str] = None,
-        data: Optional[Mapping[str, Any]] = None,
-        **options: Any,
-    ) -> None:
+    @_parameters_of(PersistentJobQueue.schedule)  # type: ignore[arg-type]  # see _parameters_of
+    def schedule(self, name: str, *args: Any, **options: Any) -> None:
         """:meth:`~mongo_job_queue.PersistentJobQueue.schedule` on every app's queue, now and at later ``init_app``.
 
         Each app's worker fires it; a definition that the queue rejects
         raises here for apps already initialised, else at ``init_app``.
         """
-        args = (name, cron_expression, job_type, data)
+        self._schedule(name, args, options)
+
+    def _schedule(self, name: str, args: tuple[Any, ...], options: dict[str, Any]) -> None:
         for app in list(self._apps):
-            app.extensions[EXTENSION_KEY].queue.schedule(*args, **options)
-        self._schedules.append((args, options))
+            app.extensions[EXTENSION_KEY].queue.schedule(name, *args, **options)
+        self._schedules.append((name, args, options))
 
     def unschedule(self, name: str) -> bool:
         """Remove the schedule ``name`` from every app's queue and from later ``init_app`` calls."""
         removed = [app.extensions[EXTENSION_KEY].queue.unschedule(name) for app in list(self._apps)]
         before = len(self._schedules)
-        self._schedules = [(args, options) for args, options in self._schedules if args[0] != name]
+        self._schedules = [schedule for schedule in self._schedules if schedule[0] != name]
         return any(removed) or len(self._schedules) < before
 
-    def periodic(
-        self, name: str, cron_expression: Optional[str] = None, *, job_type: Optional[str] = None, **options: Any
-    ) -> Callable[[HandlerFn], HandlerFn]:
-        """Decorator: register the handler of ``job_type`` (default: ``name``) and schedule it.
+    @_parameters_of(PersistentJobQueue.periodic)  # type: ignore[arg-type]  # see _parameters_of
+    def periodic(self, name: str, *args: Any, **options: Any) -> Callable[[HandlerFn], HandlerFn]:
+        """:meth:`~mongo_job_queue.PersistentJobQueue.periodic` on every app's queue, now and at later ``init_app``.
 
-        ``options`` are those of :meth:`~mongo_job_queue.PersistentJobQueue.periodic`;
-        the handler runs inside the app's application context.
+        The handler of ``job_type`` (default: ``name``) runs inside the app's application context.
         """
+        job_type = options.pop("job_type", None)
         # max_retries serves both: the handler's default and the scheduled jobs'.
         handler_options = {k: v for k, v in options.items() if k in _HANDLER_OPTIONS}
         schedule_options = {k: v for k, v in options.items() if k not in _HANDLER_OPTIONS or k == "max_retries"}
 
         def decorate(fn: HandlerFn) -> HandlerFn:
             jt = name if job_type is None else job_type
-            self.schedule(name, cron_expression, jt, **schedule_options)
+            self._schedule(name, args, {**schedule_options, "job_type": jt})
             try:
                 self.register_handler(jt, fn, **handler_options)
             except BaseException:

@@ -46,16 +46,15 @@ existing job's, with ``mongo_job_queue.enqueue.duplicate``), ``messaging.client.
 
 from __future__ import annotations
 
+from ..extras import missing_extra
+
 try:
     from opentelemetry import context as otel_context
     from opentelemetry import propagate, trace
     from opentelemetry.context import Context
     from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, TracerProvider
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
-    raise ImportError(
-        "mongo_job_queue.contrib.otel needs the OpenTelemetry API, the 'otel' extra: "
-        "python -m pip install '.[otel]' in a checkout of mongo-job-queue, or pip install opentelemetry-api"
-    ) from exc
+    raise missing_extra(__name__, "the OpenTelemetry API", "otel", "opentelemetry-api") from exc
 
 import contextvars
 import threading

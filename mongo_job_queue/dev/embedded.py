@@ -19,13 +19,11 @@ from types import TracebackType
 from typing import IO, Optional
 
 from ..errors import EmbeddedServerError
+from ..extras import extra_hint
 
 __all__ = ["EmbeddedMongo", "EmbeddedServerError"]
 
-INSTALL_HINT = (
-    "the embedded server needs the 'SecantusDB' package, the 'demo' extra: "
-    "python -m pip install '.[demo]' in a checkout of mongo-job-queue"
-)
+INSTALL_HINT = f"the embedded server needs the 'SecantusDB' package, {extra_hint('demo')}"
 
 
 class EmbeddedMongo:

@@ -145,22 +145,18 @@ class Schedule:
         )
 
     @property
+    def _when(self) -> dict[str, Any]:
+        return {"cron": self.cron, "every_ms": self.every_ms, "timezone": self.timezone}
+
+    @property
     def fingerprint(self) -> str:
         """Identifies *when* the schedule fires; a changed one starts afresh, without catch-up."""
-        when = {"cron": self.cron, "every_ms": self.every_ms, "timezone": self.timezone}
-        return hashlib.sha1(json.dumps(when, sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha1(json.dumps(self._when, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
     def spec(self) -> dict[str, Any]:
         """The definition as stored beside the schedule's state, for listings from any process."""
-        return {
-            "job_type": self.job_type,
-            "cron": self.cron,
-            "every_ms": self.every_ms,
-            "timezone": self.timezone,
-            "catch_up": self.catch_up.value,
-            "overlap": self.overlap,
-        }
+        return {"job_type": self.job_type, **self._when, "catch_up": self.catch_up.value, "overlap": self.overlap}
 
     @property
     def overlap_key(self) -> Optional[str]:

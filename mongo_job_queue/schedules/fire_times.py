@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Optional, Protocol
 
 from ..errors import ScheduleError
+from ..extras import extra_hint
 
 __all__ = ["CronTimes", "FireTimes", "IntervalTimes"]
 
@@ -48,11 +49,8 @@ class CronTimes:
         try:
             from cronsim import CronSim, CronSimError
         except ImportError as exc:
-            raise ScheduleError(
-                "cron expressions need the cron extra: python -m pip install '.[cron]' in a checkout "
-                "of mongo-job-queue "
-                "(fixed intervals with every_ms work without it)"
-            ) from exc
+            hint = f"{extra_hint('cron')} (fixed intervals with every_ms work without it)"
+            raise ScheduleError(f"cron expressions need cronsim, {hint}") from exc
         self._cronsim = CronSim
         self.expression = expression
         self.tz = tz

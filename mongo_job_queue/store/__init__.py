@@ -7,8 +7,8 @@
       .control  control.py pause and schedule state (the control collection), cancel requests
       .admin    admin.py   stats, purge, retry, find, malformed documents
       .indexes  indexes.py model indexes (before the first use) and retention TTL indexes
+      .workers  workers.py the worker registry (``<jobs>_workers``), one heartbeat document per worker
     Listing     listing.py the command line's job listings by filter (built with a handle when needed)
-    WorkerDocs  workers.py the worker registry's heartbeat documents (likewise)
 
 faults.py reads database errors (transient, too large, which unique index);
 marks.py is how a retried write recognises its own earlier try; fork.py

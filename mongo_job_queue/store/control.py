@@ -74,9 +74,7 @@ class Control:
     @property
     def collection(self) -> Collection[dict[str, Any]]:
         """The control collection (pause and schedule state), beside the jobs collection."""
-        jobs = self._store.collection
-        # With the jobs view's codec options: read back as naive UTC like every job (indexes.py).
-        return jobs.database.get_collection(f"{jobs.name}_control", codec_options=jobs.codec_options)
+        return self._store.sibling("control")
 
     # -- pause and resume ---------------------------------------------------
 

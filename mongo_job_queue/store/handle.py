@@ -72,7 +72,9 @@ class JobStore:
     * :attr:`admin` (:class:`~mongo_job_queue.store.admin.Admin`): stats,
       purge, retry, find, malformed documents;
     * :attr:`indexes` (:class:`~mongo_job_queue.store.indexes.Indexes`):
-      the model's indexes and the retention TTL indexes.
+      the model's indexes and the retention TTL indexes;
+    * :attr:`workers` (:class:`~mongo_job_queue.store.workers.WorkerDocs`):
+      the worker registry, one heartbeat document per running worker.
 
     Two rules hold for every write about a job:
 
@@ -108,6 +110,7 @@ class JobStore:
         from .control import Control
         from .indexes import Indexes
         from .jobs import Jobs
+        from .workers import WorkerDocs
 
         self.model = job_model
         self.config = config
@@ -124,6 +127,7 @@ class JobStore:
         self.jobs = Jobs(self, self.indexes)
         self.control = Control(self)
         self.admin = Admin(self, self.control)
+        self.workers = WorkerDocs(self)
 
     # -- connection ---------------------------------------------------------
 
@@ -133,6 +137,11 @@ class JobStore:
         if os.getpid() != self._pid:
             self._pid = fork.forget_inherited_client(self.model)
         return self.indexes.collection()
+
+    def sibling(self, suffix: str) -> Collection[dict[str, Any]]:
+        """``<jobs collection>_<suffix>`` (control, workers, audit), read back as naive UTC like the jobs."""
+        jobs = self.collection
+        return jobs.database.get_collection(f"{jobs.name}_{suffix}", codec_options=jobs.codec_options)
 
     def _database(self) -> Database[dict[str, Any]]:
         """The model's database, reconnected in a forked child; unlike :attr:`collection` it builds no index."""

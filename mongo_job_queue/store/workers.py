@@ -77,8 +77,7 @@ class WorkerDocs:
 
     @property
     def collection(self) -> Collection[dict[str, Any]]:
-        jobs = self.store.collection
-        return jobs.database.get_collection(f"{jobs.name}{_SUFFIX}", codec_options=jobs.codec_options)
+        return self.store.sibling("workers")
 
     def _create_index(self) -> None:
         self.collection.create_index([("last_seen", -1)], name=SEEN_INDEX, expireAfterSeconds=REGISTRY_TTL_S)

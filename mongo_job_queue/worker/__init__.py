@@ -1,38 +1,23 @@
 """The worker: starts and stops its services, nothing else.
 
-Each service lives in its own module and is given its collaborators. A
-started worker runs ``concurrency`` + 3 threads, and up to four more
-depending on the config and its jobs:
-
-* ``concurrency`` **handler threads** (``mjq-<worker id>-handler-<n>``) run
-  jobs through the **executor** (:mod:`.executor`), which writes their
-  outcomes, completions through a **completer** (:mod:`.completer`);
-* the **poller** (``-poller``, :mod:`.poller`) claims one job per free
-  handler thread and backs off while the queue is empty;
-* the **heartbeat** (``-leases``, :mod:`.leases`) renews the leases of the
-  runs in the **in-flight table** (:mod:`.inflight`, keyed by job id and
-  lease token); one per worker, it outlives a stop that timed out while a
-  run still goes on;
-* **maintenance** (``-maintenance``, :mod:`.maintenance`) returns expired
-  leases of crashed workers to the queue and fails damaged documents;
-* with ``batch_acks``, the **group-commit flusher** (``-acks``) writes the
-  completions the handler threads buffered; otherwise they write their own;
-* with ``change_stream_wakeups``, the **change-stream listener**
-  (``-wakeup``, :mod:`.wakeup`) wakes an idle poller when a job arrives; it
-  ends on a server without change streams, where polling alone serves;
-* while a run has a time limit, the **watchdog** (``-timelimits``,
-  :mod:`.timelimits`) interrupts it at the limit and, past the grace,
-  replaces its thread (:mod:`.pool`);
-* with a schedule registered and ``run_schedules``, the **scheduler**
-  (``-scheduler``, :mod:`mongo_job_queue.schedules.service`) enqueues the jobs of
-  due fire times.
+:mod:`.build` builds the services, each with its collaborators. A start runs
+them on threads named ``mjq-<worker id>-<role>`` (docs/architecture.rst says
+what each runs): ``concurrency`` handler threads (:mod:`.executor`, writing
+completions through :mod:`.completer`), the ``poller`` (:mod:`.poller`),
+``maintenance`` (:mod:`.maintenance`: lease recovery, damaged documents, the
+worker registry) and the heartbeat, ``leases`` (:mod:`.leases`), which is one
+per worker and outlives a stop that timed out while a run goes on. Depending
+on the config and the jobs, the group-commit flusher ``acks`` (``batch_acks``),
+the change-stream listener ``wakeup`` (:mod:`.wakeup`), the time-limit
+watchdog ``timelimits`` (:mod:`.timelimits`, which replaces an abandoned
+handler thread through :mod:`.pool`) and the ``scheduler``
+(:mod:`mongo_job_queue.schedules.service`) run too.
 
 :mod:`.runner` runs a worker in the foreground of a worker process, with
 signals; :mod:`.shutdown` returns the runs such a process gave up to the
-queue when it exits.
-
-Every outcome write is fenced by the lease token (see :mod:`mongo_job_queue.store`),
-so a worker that lost a lease can only log the fact, never clobber the new owner.
+queue when it exits. Every outcome write is fenced by the lease token (see
+:mod:`mongo_job_queue.store`), so a worker that lost a lease can only log
+the fact, never clobber the new owner.
 """
 
 from __future__ import annotations
@@ -50,15 +35,13 @@ from ..middleware import MiddlewareChain
 from ..model import LeaseOwner, job_log_extra
 from ..schedules.service import Scheduler
 from ..store import ClaimedJob, JobStore
-from .completer import Completer, GroupCompleter
+from .build import build_services, completer_of, log_of, waker_of
+from .completer import Completer
 from .executor import Executor, WorkQueue
 from .inflight import InflightTable
 from .leases import LeaseKeeper
-from .maintenance import Hygiene, MaintenanceLoop, Quarantiner, Rescuer, Service
 from .poller import Poller
 from .pool import HandlerPool
-from .registry import WorkerPresence
-from .shutdown import ShutdownRequeue
 from .timeouts import deadline_after, join, remaining
 from .wakeup import ChangeStreamWaker
 
@@ -122,33 +105,26 @@ class Worker:
         keeper = getattr(self, "keeper", None)
         if keeper is not None:
             keeper.forget()
-        self.keeper = LeaseKeeper(self.store, self.table, self.config, self.hooks, logger=self._logger)
+        self.keeper = LeaseKeeper(
+            self.store, self.table, self.config, self.hooks, log=log_of(LeaseKeeper, self._logger)
+        )
         self._build()
 
     def _build(self) -> None:
         """(Re)build the services from the current config, registry and owner."""
         self.keeper.set_config(self.config)
         self.keeper.name = f"mjq-{self.owner.worker_id}"
-        self.quarantiner = Quarantiner(self.store, self.hooks, self._logger)
-        self.executor = Executor(
-            self.store, self.registry, self.config, self.hooks, self.table, self.quarantiner, logger=self._logger
+        self.services = build_services(
+            self.store, self.registry, self.config, self.hooks, self.table, self.keeper, self.owner, self._logger
         )
-        self.executor.limits.name = self.keeper.name
-        self.poller = Poller(
-            self.store,
-            self.registry,
-            self.config,
-            self.hooks,
-            self.table,
-            self.keeper,
-            self.executor,
-            self.owner,
-            logger=self._logger,
-        )
-        self.rescuer = Rescuer(self.store, self.config, self.registry, self.hooks, self.quarantiner, self._logger)
-        self.shutdown = ShutdownRequeue(self.executor, self.table, self.owner.worker_id)
-        self.hygiene = Hygiene(self.store, self.quarantiner)
-        self.presence = WorkerPresence(self.store, self.config, self.owner, self.table, self.registry)
+
+    @property
+    def executor(self) -> Executor:
+        return self.services.executor
+
+    @property
+    def poller(self) -> Poller:
+        return self.services.poller
 
     @property
     def registry(self) -> HandlerRegistry:
@@ -178,11 +154,8 @@ class Worker:
     def start(self) -> None:
         """Start the services; no-op if already running (a start whose threads died is restarted).
 
-        During another thread's ``stop()`` it waits for that stop to end,
-        then starts. Called from a thread that stop is waiting for (the
-        stopping thread itself, e.g. an ``on_worker_stop`` hook, or one of this
-        worker's own threads, e.g. a handler) it raises
-        :class:`~mongo_job_queue.errors.QueueStateError` instead of deadlocking.
+        Waits for another thread's ``stop()`` to end; called from a thread that stop
+        waits for, it raises :class:`~mongo_job_queue.errors.QueueStateError` instead.
         """
         if self._running and not self._stopping.is_set() and not self.running:
             self.log.error("worker %s: a worker thread died; restarting the worker", self.owner.worker_id)
@@ -214,10 +187,8 @@ class Worker:
         self._stopping = stopping = threading.Event()
         self._work = work = WorkQueue()
         name = f"mjq-{self.owner.worker_id}"
-        self._completer = completer = (
-            GroupCompleter(self.store, self.table, self.executor.report_completion, logger=self._logger, name=name)
-            if self.config.batch_acks
-            else self.executor.inline
+        self._completer = completer = completer_of(
+            self.executor, self.store, self.table, self.config, self._logger, name
         )
         size = self.config.concurrency
         pool = HandlerPool(self.executor, (work, stopping, completer), size=size, name=name, on_replace=self._replaced)
@@ -225,29 +196,14 @@ class Worker:
         self._poller_thread = threading.Thread(
             target=self.poller.run, args=(work, stopping, self._wake, self._idle), name=f"{name}-poller", daemon=True
         )
-        services = [
-            Service("lease recovery sweep", self.config.sweep_interval_ms / 1000, self.rescuer.run_once),
-            Service("malformed-job sweep", self.config.hygiene_interval_ms / 1000, self.hygiene.run_once),
-            Service("worker registry", self.presence.interval_s, self.presence.run_once),
-        ]
-        loop = MaintenanceLoop(services, self.store.now, self._logger)
+        loop = self.services.maintenance(self.config, self.store.now, self._logger)
         self._maintenance_thread = threading.Thread(
             target=loop.run, args=(stopping,), name=f"{name}-maintenance", daemon=True
         )
         threads = [*self._handler_threads, self._poller_thread, self._maintenance_thread]
-        self._waker = None
+        self._waker = waker_of(self.store, self.registry, self.config, self.notify, stopping, self._idle, self._logger)
         self._waker_thread = None
-        if self.config.change_stream_wakeups:
-            self._waker = ChangeStreamWaker(
-                self.store,
-                self.registry.types(),
-                self.config.queues,
-                self.notify,
-                stopping,
-                max_await_ms=self.config.change_stream_max_await_ms,
-                idle=self._idle,
-                logger=self._logger,
-            )
+        if self._waker is not None:
             self._waker_thread = threading.Thread(target=self._waker.run, name=f"{name}-wakeup", daemon=True)
             threads.append(self._waker_thread)
         self._scheduler_thread = None
@@ -270,31 +226,19 @@ class Worker:
 
     def stop(
         self,
-        timeout: Optional[float] = 30.0,
+        timeout: Optional[float],
         *,
         requeue_running: bool = False,
         force: Optional[threading.Event] = None,
     ) -> bool:
         """Stop claiming now, wait up to ``timeout`` s (None or inf: forever) for running jobs; True if all finished.
 
-        Jobs claimed but not yet started are handed back to ``pending``
-        without counting the attempt. Every thread this start began has ended
-        when this returns True (but a handler thread abandoned to its time
-        limit, never waited for); when it returns False, the log names the
-        threads still running. What happens to jobs still running at the
-        timeout (or as soon as ``force`` is set) depends on the caller:
-
-        * ``requeue_running=False`` (an app stopping its in-process worker):
-          they keep their lease while this process lives, so no other worker
-          runs them twice, and are recovered by lease expiry after it exits.
-        * ``requeue_running=True`` (a worker process about to exit): they
-          keep their lease while their handlers run in this process, and go
-          back to ``pending`` when the process exits (the attempt recorded
-          with a :class:`~mongo_job_queue.WorkerShutdown` error, or
-          ``failed`` if it was their last attempt), due again only after a
-          grace that outlasts the process's exit (see
-          :mod:`.shutdown`), so never while their handler still runs here.
-          A handler that finishes first records its outcome.
+        True also means every thread this start began has ended (but a handler
+        thread abandoned to its time limit, never waited for). Jobs still
+        running at the timeout (or once ``force`` is set) keep their lease
+        while this process lives; with ``requeue_running`` they go back to the
+        queue when it exits (:mod:`.shutdown`). See docs/reliability.rst,
+        "Graceful stop".
         """
         deadline = deadline_after(timeout)
         with self._lock:
@@ -337,7 +281,7 @@ class Worker:
                 completer.close(max(1.0, remaining(deadline)))
             self.keeper.release()
             self._join_services(deadline, finished, force)
-            self.presence.stopped()
+            self.services.presence.stopped()
             self.hooks.emit("on_worker_stop")
             running = self.table.running()
             if finished:
@@ -348,7 +292,7 @@ class Worker:
                     self.owner.worker_id,
                     len(running),
                 )
-                self.shutdown.abandon(running)
+                self.services.shutdown.abandon(running)
             else:
                 self.log.warning(
                     "worker %s stopped with %d job(s) still running; their leases are kept while this "
@@ -395,7 +339,7 @@ class Worker:
 
     def requeue_abandoned(self) -> None:
         """Return runs given up by ``stop(requeue_running=True)`` that still run; done at process exit."""
-        self.shutdown.requeue()
+        self.services.shutdown.requeue()
 
     def _new_scheduler_thread(self, scheduler: Scheduler, stopping: threading.Event) -> threading.Thread:
         thread = threading.Thread(
@@ -459,4 +403,4 @@ class Worker:
 
     def recover_orphans(self) -> tuple[int, int]:
         """One lease-recovery sweep now; ``(requeued, failed)``."""
-        return self.rescuer.run_once(self.store.now())
+        return self.services.rescuer.run_once(self.store.now())

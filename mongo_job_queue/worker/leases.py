@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import KW_ONLY, dataclass
 from datetime import timedelta
 from typing import Any, Optional
 
@@ -28,25 +29,20 @@ log = logging.getLogger(__name__)
 _MAX_FAILURE_BACKOFF_S = 5.0
 
 
+@dataclass(eq=False)
 class LeaseKeeper:
     """Renews leases of the runs in ``table``; reports lost leases and cancel requests to their runs."""
 
-    def __init__(
-        self,
-        store: JobStore,
-        table: InflightTable,
-        config: QueueConfig,
-        hooks: MiddlewareChain,
-        *,
-        logger: Optional[logging.Logger] = None,
-        name: str = "mjq",
-    ) -> None:
-        self.store = store
-        self.table = table
-        self.config = config
-        self.hooks = hooks
-        self.log = logger or log
-        self.name = name
+    store: JobStore
+    table: InflightTable
+    config: QueueConfig
+    hooks: MiddlewareChain
+    _: KW_ONLY
+    log: logging.Logger = log
+    #: The thread's name is ``<name>-leases``.
+    name: str = "mjq"
+
+    def __post_init__(self) -> None:
         self._wanted = False
         self._thread: Optional[threading.Thread] = None
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Optional
 
-from ..config import QueueConfig
 from ..errors import LeaseExpired, MalformedJob
 from ..handlers import HandlerRegistry
 from ..middleware import MiddlewareChain
@@ -32,13 +31,13 @@ __all__ = ["Hygiene", "MaintenanceLoop", "Quarantiner", "Rescuer", "Service"]
 log = logging.getLogger(__name__)
 
 
+@dataclass(eq=False)
 class Quarantiner:
     """Fails a job document damaged by hand, with the reasons, and reports it."""
 
-    def __init__(self, store: JobStore, hooks: MiddlewareChain, logger: Optional[logging.Logger] = None) -> None:
-        self.store = store
-        self.hooks = hooks
-        self.log = logger or log
+    store: JobStore
+    hooks: MiddlewareChain
+    log: logging.Logger = log
 
     def fail_malformed(self, doc: dict[str, Any], problems: list[str], *, token: Optional[str] = None) -> bool:
         status = str(doc.get("status"))
@@ -49,24 +48,15 @@ class Quarantiner:
         return True
 
 
+@dataclass(eq=False)
 class Rescuer:
     """Returns expired leases (crashed or frozen workers) to the queue; fails jobs out of attempts."""
 
-    def __init__(
-        self,
-        store: JobStore,
-        config: QueueConfig,
-        registry: HandlerRegistry,
-        hooks: MiddlewareChain,
-        quarantiner: Quarantiner,
-        logger: Optional[logging.Logger] = None,
-    ) -> None:
-        self.store = store
-        self.config = config
-        self.registry = registry
-        self.hooks = hooks
-        self.quarantiner = quarantiner
-        self.log = logger or log
+    store: JobStore
+    registry: HandlerRegistry
+    hooks: MiddlewareChain
+    quarantiner: Quarantiner
+    log: logging.Logger = log
 
     def run_once(self, now: Optional[datetime] = None) -> tuple[int, int]:
         """One sweep (at most one bounded batch); ``(requeued, failed)``."""
@@ -86,7 +76,7 @@ class Rescuer:
             )
             at = now if now is not None else self.store.now()
             record = JobError.from_exception(
-                exc, attempt=attempts, at=at, token=doc.get("lease_token"), config=self.config
+                exc, attempt=attempts, at=at, token=doc.get("lease_token"), config=self.store.config
             )
             if not self.store.jobs.recover(doc, record, give_up):
                 continue  # renewed or recovered by someone else in the meantime
@@ -105,12 +95,12 @@ class Rescuer:
         return requeued, failed
 
 
+@dataclass(eq=False)
 class Hygiene:
     """Fails stored jobs that no claim or sweep could handle (edited by hand into a bad shape)."""
 
-    def __init__(self, store: JobStore, quarantiner: Quarantiner) -> None:
-        self.store = store
-        self.quarantiner = quarantiner
+    store: JobStore
+    quarantiner: Quarantiner
 
     def run_once(self, now: Optional[datetime] = None) -> int:
         """One scan (the store bounds it); how many jobs were failed."""

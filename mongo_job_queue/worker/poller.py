@@ -14,6 +14,7 @@ import logging
 import math
 import threading
 import time
+from dataclasses import KW_ONLY, dataclass
 from typing import Optional
 
 from ..config import QueueConfig
@@ -30,31 +31,22 @@ __all__ = ["Poller"]
 log = logging.getLogger(__name__)
 
 
+@dataclass(eq=False)
 class Poller:
     """Claims work for one worker; ``run`` is the poller thread's body."""
 
-    def __init__(
-        self,
-        store: JobStore,
-        registry: HandlerRegistry,
-        config: QueueConfig,
-        hooks: MiddlewareChain,
-        table: InflightTable,
-        keeper: LeaseKeeper,
-        executor: Executor,
-        owner: LeaseOwner,
-        *,
-        logger: Optional[logging.Logger] = None,
-    ) -> None:
-        self.store = store
-        self.registry = registry
-        self.config = config
-        self.hooks = hooks
-        self.table = table
-        self.keeper = keeper
-        self.executor = executor
-        self.owner = owner
-        self.log = logger or log
+    store: JobStore
+    registry: HandlerRegistry
+    config: QueueConfig
+    hooks: MiddlewareChain
+    table: InflightTable
+    keeper: LeaseKeeper
+    executor: Executor
+    owner: LeaseOwner
+    _: KW_ONLY
+    log: logging.Logger = log
+
+    def __post_init__(self) -> None:
         self._paused = PauseState()
         self._pause_read_at = -math.inf
 

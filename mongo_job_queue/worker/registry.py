@@ -12,6 +12,7 @@ registry is information, never on the path of a claim or a lease.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Optional
 
@@ -19,7 +20,7 @@ from ..config import QueueConfig
 from ..handlers import HandlerRegistry
 from ..model import LeaseOwner
 from ..store import JobStore
-from ..store.workers import WorkerDocs, stale_after_ms
+from ..store.workers import stale_after_ms
 from .inflight import InflightTable
 
 __all__ = ["WorkerPresence"]
@@ -27,23 +28,17 @@ __all__ = ["WorkerPresence"]
 log = logging.getLogger(__name__)
 
 
+@dataclass(eq=False)
 class WorkerPresence:
     """Writes this worker's registry document: at start, every heartbeat interval, and at stop."""
 
-    def __init__(
-        self,
-        store: JobStore,
-        config: QueueConfig,
-        owner: LeaseOwner,
-        table: InflightTable,
-        registry: HandlerRegistry,
-    ) -> None:
-        self.docs = WorkerDocs(store)
-        self.config = config
-        self.owner = owner
-        self.table = table
-        self.registry = registry
-        self.store = store
+    store: JobStore
+    config: QueueConfig
+    owner: LeaseOwner
+    table: InflightTable
+    registry: HandlerRegistry
+
+    def __post_init__(self) -> None:
         self._started_at: Optional[datetime] = None
 
     @property
@@ -69,12 +64,12 @@ class WorkerPresence:
             "in_flight": len(self.table),
             "stale_after_ms": stale_after_ms(self.config),  # readers judge this document by its writer's cadence
         }
-        self.docs.beat(self.doc_id, fields, self._started_at)
+        self.store.workers.beat(self.doc_id, fields, self._started_at)
 
     def stopped(self) -> None:
         """Mark the document stopped; never raises (a stop must not fail on the registry)."""
         self._started_at = None
         try:
-            self.docs.stopped(self.doc_id)
+            self.store.workers.stopped(self.doc_id)
         except Exception:
             log.warning("worker %s: could not mark it stopped in the registry", self.owner.worker_id, exc_info=True)

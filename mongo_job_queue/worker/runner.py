@@ -17,12 +17,9 @@ import signal
 import threading
 from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional, Protocol
 
-if TYPE_CHECKING:
-    from ..queue import PersistentJobQueue
-
-__all__ = ["EXIT_FORCED", "EXIT_OK", "run_worker"]
+__all__ = ["EXIT_FORCED", "EXIT_OK", "RunnableQueue", "run_worker"]
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +31,16 @@ EXIT_FORCED = 1
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
+class RunnableQueue(Protocol):
+    """What running a worker needs of a :class:`~mongo_job_queue.PersistentJobQueue` (which imports this module)."""
+
+    def start_polling(self) -> None: ...
+
+    def stop(self, timeout: Optional[float], *, requeue_running: bool, force: Optional[threading.Event]) -> bool: ...
+
+
 def run_worker(
-    queue: PersistentJobQueue[Any],
+    queue: RunnableQueue,
     *,
     stop_timeout: Optional[float] = 30.0,
     install_signal_handlers: bool = True,

@@ -11,15 +11,14 @@ roles and the security model::
 
 from __future__ import annotations
 
+from ...extras import missing_extra
+
 try:
     import itsdangerous  # noqa: F401
     import jinja2  # noqa: F401
     import werkzeug  # noqa: F401
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
-    raise ImportError(
-        "mongo_job_queue.contrib.admin needs Jinja2, Werkzeug and itsdangerous, "
-        "the 'admin' extra: python -m pip install '.[admin]' in a checkout of mongo-job-queue"
-    ) from exc
+    raise missing_extra(__name__, "Jinja2, Werkzeug and itsdangerous", "admin") from exc
 
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Union

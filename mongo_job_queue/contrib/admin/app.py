@@ -73,7 +73,7 @@ class QueueHandle:
         """Reads through a one-try store of the queue's own (:class:`.reads.AdminReads`), writes through the queue's."""
         reads = AdminReads(queue.store)
         jobs = AdminJobs(queue.store, reads, filter_fields)
-        return cls(name, queue, reads, jobs, AuditLog(queue.store, reads), WorkerDocs(reads.store))
+        return cls(name, queue, reads, jobs, AuditLog(queue.store, reads), reads.store.workers)
 
 
 @dataclass

@@ -32,8 +32,7 @@ class AuditLog:
 
     @property
     def collection(self) -> Any:
-        jobs = self.store.collection
-        return jobs.database.get_collection(f"{jobs.name}{_SUFFIX}", codec_options=jobs.codec_options)
+        return self.store.sibling("audit")
 
     def _create_index(self) -> None:
         self.collection.create_index([("at", -1)], name="mjq_audit_at", expireAfterSeconds=AUDIT_TTL_S)

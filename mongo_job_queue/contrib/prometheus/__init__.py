@@ -35,15 +35,14 @@ metric, so register it once, in the registry that serves ``/metrics``:
 
 from __future__ import annotations
 
+from ...extras import missing_extra
+
 try:
     import prometheus_client
     from prometheus_client import REGISTRY, CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
-    raise ImportError(
-        "mongo_job_queue.contrib.prometheus needs prometheus_client, the 'prometheus' extra: "
-        "python -m pip install '.[prometheus]' in a checkout of mongo-job-queue, or pip install prometheus_client"
-    ) from exc
+    raise missing_extra(__name__, "prometheus_client", "prometheus", "prometheus_client") from exc
 
 import os
 import threading

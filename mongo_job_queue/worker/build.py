@@ -1,0 +1,126 @@
+"""The worker's wiring: its services, each built with its collaborators from the config, registry and owner.
+
+:class:`~mongo_job_queue.worker.Worker` builds them at construction and again
+when its config or handler registry changes, and runs them on its threads.
+The heartbeat (:mod:`.leases`) and the in-flight table are not rebuilt: runs
+still finishing after a timed-out stop keep both.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Optional
+
+from ..config import QueueConfig
+from ..handlers import HandlerRegistry
+from ..middleware import MiddlewareChain
+from ..model import LeaseOwner
+from ..store import JobStore
+from .completer import Completer, GroupCompleter
+from .executor import Executor
+from .inflight import InflightTable
+from .leases import LeaseKeeper
+from .maintenance import Hygiene, MaintenanceLoop, Quarantiner, Rescuer, Service
+from .poller import Poller
+from .registry import WorkerPresence
+from .shutdown import ShutdownRequeue
+from .wakeup import ChangeStreamWaker
+
+__all__ = ["Services", "build_services", "completer_of", "log_of", "waker_of"]
+
+
+def log_of(component: type, logger: Optional[logging.Logger]) -> logging.Logger:
+    """Where a component logs: the app's logger if it gave one, else the component's module logger."""
+    return logger or logging.getLogger(component.__module__)
+
+
+@dataclass(frozen=True)
+class Services:
+    """One build of a worker's services."""
+
+    executor: Executor
+    poller: Poller
+    rescuer: Rescuer
+    hygiene: Hygiene
+    presence: WorkerPresence
+    shutdown: ShutdownRequeue
+
+    def maintenance(
+        self, config: QueueConfig, now: Callable[[], datetime], logger: Optional[logging.Logger]
+    ) -> MaintenanceLoop:
+        """The maintenance thread's loop: each maintenance service's ``run_once`` at its interval."""
+        return MaintenanceLoop(
+            [
+                Service("lease recovery sweep", config.sweep_interval_ms / 1000, self.rescuer.run_once),
+                Service("malformed-job sweep", config.hygiene_interval_ms / 1000, self.hygiene.run_once),
+                Service("worker registry", self.presence.interval_s, self.presence.run_once),
+            ],
+            now,
+            logger,
+        )
+
+
+def completer_of(
+    executor: Executor,
+    store: JobStore,
+    table: InflightTable,
+    config: QueueConfig,
+    logger: Optional[logging.Logger],
+    name: str,
+) -> Completer:
+    """Where one start's handler threads write completions: a group-commit flusher (``batch_acks``), or each its own."""
+    if config.batch_acks:
+        return GroupCompleter(store, table, executor.report_completion, logger=logger, name=name)
+    return executor.inline
+
+
+def waker_of(
+    store: JobStore,
+    registry: HandlerRegistry,
+    config: QueueConfig,
+    notify: Callable[[], None],
+    stopping: threading.Event,
+    idle: threading.Event,
+    logger: Optional[logging.Logger],
+) -> Optional[ChangeStreamWaker]:
+    """One start's change-stream listener, which wakes the idle poller; None without ``change_stream_wakeups``."""
+    if not config.change_stream_wakeups:
+        return None
+    return ChangeStreamWaker(
+        store,
+        registry.types(),
+        config.queues,
+        notify,
+        stopping,
+        max_await_ms=config.change_stream_max_await_ms,
+        idle=idle,
+        logger=logger,
+    )
+
+
+def build_services(
+    store: JobStore,
+    registry: HandlerRegistry,
+    config: QueueConfig,
+    hooks: MiddlewareChain,
+    table: InflightTable,
+    keeper: LeaseKeeper,
+    owner: LeaseOwner,
+    logger: Optional[logging.Logger] = None,
+) -> Services:
+    """Build every service of a worker with its collaborators."""
+    quarantiner = Quarantiner(store, hooks, log_of(Quarantiner, logger))
+    executor = Executor(store, registry, config, hooks, table, quarantiner, logger=logger)
+    executor.limits.name = keeper.name  # the time-limit watchdog's thread: mjq-<worker id>-timelimits
+    return Services(
+        executor=executor,
+        poller=Poller(store, registry, config, hooks, table, keeper, executor, owner, log=log_of(Poller, logger)),
+        rescuer=Rescuer(store, registry, hooks, quarantiner, log_of(Rescuer, logger)),
+        hygiene=Hygiene(store, quarantiner),
+        presence=WorkerPresence(store, config, owner, table, registry),
+        shutdown=ShutdownRequeue(executor, table, owner.worker_id),
+    )
