@@ -1,11 +1,9 @@
 """The claim: atomically lease the most urgent due jobs to a worker, and hear about new ones.
 
 A claim sets the job ``processing`` under a new ``lease_token`` (the
-lease, :func:`.leases.new_lease`). A claim write whose reply is lost may
-still apply, even after its retry looked: each write registers its token
-with :class:`.lost_claims.LostClaims` until its reply is read, and the
-retry and every later claim take over what such a write leased, so a lost
-reply never strands a job nor burns an attempt without a run.
+lease, :func:`_lease`, built in one place for both claim paths). A retried
+claim first looks for the job its earlier try may have leased, by that
+token, so a lost reply never leases two jobs for one claim.
 """
 
 from __future__ import annotations
@@ -21,13 +19,13 @@ from pymongo import ReturnDocument
 from pymongo.errors import OperationFailure
 
 from ..bounded import BoundedChangeStream
+from ..clock import after_ms
 from ..model import LeaseOwner
 from ..status import PENDING, PROCESSING
 from ..validation import stored_job_problems
 from .faults import is_transient
 from .handle import JobStore
-from .leases import ClaimedJob, new_lease
-from .lost_claims import LostClaims
+from .leases import ClaimedJob
 from .outcomes import Outcomes
 
 __all__ = ["Claims"]
@@ -41,14 +39,21 @@ _CLAIM_READ_MAX_TIME_MS = 5_000
 _URGENT_FIRST = [("priority", -1), ("run_at", 1)]
 
 
+def _lease(token: str, owner: LeaseOwner, now: datetime, lease_ms: int) -> dict[str, Any]:
+    """The fields a claim sets: the job is ``processing`` under ``token``, leased to ``owner`` until now + lease."""
+    return {
+        "status": PROCESSING,
+        "lease_token": token,
+        "lease_owner": owner.as_doc(),
+        "lease_expires_at": after_ms(now, lease_ms),
+        "started_at": now,
+        "updated_at": now,
+    }
+
+
 def _claim_update(lease: Mapping[str, Any]) -> dict[str, Any]:
     """The update of a claim with ``lease``: one more attempt, and the earlier attempt's progress cleared."""
     return {"$set": dict(lease), "$inc": {"attempts": 1}, "$unset": _FRESH_RUN}
-
-
-def _scope(query: Mapping[str, Any]) -> dict[str, Any]:
-    """The jobs a claim with ``query`` may take over from a lost claim write: the same ones, but ``processing``."""
-    return {k: v for k, v in query.items() if k != "status"}
 
 
 class Claims:
@@ -57,7 +62,6 @@ class Claims:
     def __init__(self, store: JobStore, outcomes: Outcomes) -> None:
         self._store = store
         self._outcomes = outcomes
-        self._lost = LostClaims(store)
 
     def claim(
         self,
@@ -77,9 +81,6 @@ class Claims:
         if not types or not queues:
             return None
         query = {"status": PENDING, "queue": {"$in": queues}, "type": {"$in": types}}
-        taken = self._take_over(owner, 1, query, abort)
-        if taken:
-            return taken[0]
         # A document edited by hand (say, a string in 'attempts') makes the
         # claim's update fail at the head of the queue, every time. Fail that
         # document with the reason and claim the next one, instead of letting
@@ -118,9 +119,6 @@ class Claims:
         if not types or not queues:
             return []
         query = {"status": PENDING, "queue": {"$in": queues}, "type": {"$in": types}}
-        taken = self._take_over(owner, limit, query, abort)
-        if taken:
-            return taken
         for _ in range(_MAX_QUARANTINES_PER_CLAIM):
             try:
                 batch, raced = self._claim_batch(query, owner, limit, abort)
@@ -140,45 +138,40 @@ class Claims:
         """Claim one specific pending job, due or not (inline/eager runs, admin "run now")."""
         return self._claim({"_id": job_id, "status": PENDING}, owner, None, due_only=False)
 
-    def _take_over(
-        self, owner: LeaseOwner, limit: int, query: Mapping[str, Any], abort: threading.Event | None
-    ) -> list[ClaimedJob]:
-        """The jobs in the claim's scope that a lost claim write of this process leased (see :mod:`.lost_claims`)."""
-        if not self._lost.pending():
-            return []
-        return self._store.retry(lambda: self._lost.take_over(owner, limit, _scope(query)), "claim_take_over", abort)
-
     def _claim_batch(
         self, query: dict[str, Any], owner: LeaseOwner, limit: int, abort: threading.Event | None
     ) -> tuple[list[ClaimedJob], bool]:
         """Claim up to ``limit`` jobs; also whether jobs were read but all taken by others (a lost race).
 
-        A retry after a lost reply first sends the same write again: the
-        filter matches each job only in the state the first try read, so
-        whichever of the two lands first leases it and the other matches
-        nothing; once the resend's reply is read no late landing is left, and
-        what either leased is taken over (see :mod:`.lost_claims`).
-        ``update_many`` is not atomic either: an error partway (a document
-        edited into a shape the update cannot apply to, or transient errors
-        that outlast the retries) can leave some documents leased. Whatever
-        the error, those are taken over and returned, so none is stranded;
-        the error is raised only when nothing was claimed.
+        ``update_many`` is not atomic: an error partway (a document edited
+        into a shape the update cannot apply to, or transient errors that
+        outlast the retries) can leave some documents leased under our token.
+        Whatever the error, those are read back and returned, so none is
+        stranded holding a lease nobody renews; the error is raised only when
+        nothing was claimed.
         """
-        store, lost = self._store, self._lost
-        unsent: tuple[dict[str, Any], dict[str, Any]] | None = None  # a write whose reply was lost
-        retrying = False
+        store = self._store
+        token = uuid.uuid4().hex
+        tries = 0
+        expires: datetime | None = None
         raced = False
 
-        def call() -> list[ClaimedJob]:
-            nonlocal unsent, retrying, raced
-            if unsent is not None:
-                store.collection.update_many(*unsent)  # decides every job the lost write could still lease
-                unsent = None
-            if retrying:
-                taken = lost.take_over(owner, limit, _scope(query))
-                if taken:
-                    return taken
-            retrying = True
+        def mine() -> list[dict[str, Any]]:
+            return list(
+                store.collection.find(
+                    {"status": PROCESSING, "lease_expires_at": expires, "lease_token": token},
+                    limit=limit,
+                    max_time_ms=_CLAIM_READ_MAX_TIME_MS,
+                )
+            )
+
+        def call() -> list[dict[str, Any]]:
+            nonlocal tries, expires, raced
+            tries += 1
+            if tries > 1 and expires is not None:
+                claimed = mine()  # an earlier try may have applied before its reply was lost
+                if claimed:
+                    return claimed
             due = {**query, "run_at": {"$lte": store.now()}}
             candidates = list(
                 store.collection.find(due, sort=_URGENT_FIRST, limit=limit, max_time_ms=_CLAIM_READ_MAX_TIME_MS)
@@ -187,8 +180,8 @@ class Claims:
                 return []
             # The lease starts when it is written, not when the read began: on a
             # busy server the read alone can take a good part of a short lease.
-            token = uuid.uuid4().hex
-            lease = new_lease(token, owner, store.now(), store.config.lease_ms)
+            lease = _lease(token, owner, store.now(), store.config.lease_ms)
+            expires = lease["lease_expires_at"]
             # Each claim changes lease_token or attempts, so an unchanged pair
             # means nobody claimed the job since we read it: the read is still
             # its state, and patching it locally saves reading it back.
@@ -196,46 +189,29 @@ class Claims:
                 {"_id": d["_id"], "lease_token": d.get("lease_token"), "attempts": d.get("attempts")}
                 for d in candidates
             ]
-            write = ({**due, "$or": unchanged}, _claim_update(lease))
-            lost.sending(token, lease["lease_expires_at"])
-            unsent = write
-            result = store.collection.update_many(*write)
-            unsent = None
+            result = store.collection.update_many({**due, "$or": unchanged}, _claim_update(lease))
             if result.modified_count == len(candidates):
                 for doc in candidates:
                     doc.update(lease)
                     doc["attempts"] = int(doc.get("attempts") or 0) + 1
                     doc.pop("progress", None)
-                docs = candidates
-            else:
-                raced = not result.modified_count
-                docs = self._leased_by(token, lease["lease_expires_at"], limit) if result.modified_count else []
-            lost.answered(token)
-            return [ClaimedJob(doc, token) for doc in docs]
+                return candidates
+            raced = not result.modified_count
+            return mine() if result.modified_count else []
 
         try:
-            return store.retry(call, "claim_batch", abort), raced
+            docs = store.retry(call, "claim_batch", abort)
         except Exception as exc:
-            if not lost.pending():
+            if expires is None:
                 raise
             try:
-                taken = store.retry(lambda: lost.take_over(owner, limit, _scope(query)), "claim_take_over")
-            except Exception:  # noqa: BLE001 - report the claim's own error; later claims take over the rest
+                docs = store.retry(mine, "claim_batch_read_back")
+            except Exception:  # noqa: BLE001 - report the claim's own error; lease expiry recovers the rest
                 raise exc from None
-            if not taken:
+            if not docs:
                 raise
-            store.log.warning("claim of %d job(s) partly applied before %r; running those", len(taken), exc)
-            return taken, raced
-
-    def _leased_by(self, token: str, expires: datetime, limit: int) -> list[dict[str, Any]]:
-        """The jobs a claim write whose reply was read leased (index: status, lease_expires_at)."""
-        return list(
-            self._store.collection.find(
-                {"status": PROCESSING, "lease_expires_at": expires, "lease_token": token},
-                limit=limit,
-                max_time_ms=_CLAIM_READ_MAX_TIME_MS,
-            )
-        )
+            store.log.warning("claim of %d job(s) partly applied before %r; running those", len(docs), exc)
+        return [ClaimedJob(doc, token) for doc in docs], raced
 
     def _claim(
         self,
@@ -245,46 +221,36 @@ class Claims:
         *,
         due_only: bool = True,
     ) -> ClaimedJob | None:
-        """One ``find_one_and_update``; a retry first takes over what a lost try leased (see :mod:`.lost_claims`).
+        store = self._store
+        token = uuid.uuid4().hex
+        tries = 0
+        expires: datetime | None = None
 
-        Each try writes its own token: a try whose reply was lost may lease
-        another job than the retry, whenever it lands, and that job must not
-        share a token with one that is already running.
-        """
-        store, lost = self._store, self._lost
-        retrying = False
-
-        def call() -> ClaimedJob | None:
-            nonlocal retrying
-            if retrying:
-                taken = lost.take_over(owner, 1, _scope(query))
-                if taken:
-                    return taken[0]
-            retrying = True
-            now = store.now()
-            token = uuid.uuid4().hex
-            lease = new_lease(token, owner, now, store.config.lease_ms)
-            lost.sending(token, lease["lease_expires_at"])
-            try:
-                doc = store.collection.find_one_and_update(
-                    {**query, "run_at": {"$lte": now}} if due_only else query,
-                    _claim_update(lease),
-                    sort=_URGENT_FIRST,
-                    return_document=ReturnDocument.AFTER,
-                    maxTimeMS=_CLAIM_READ_MAX_TIME_MS,
+        def call() -> dict[str, Any] | None:
+            nonlocal tries, expires
+            tries += 1
+            if tries > 1 and expires is not None:
+                # The earlier try may have claimed a job before its reply was
+                # lost; find it by our token (index: status, lease_expires_at).
+                mine = store.collection.find_one(
+                    {"status": PROCESSING, "lease_expires_at": expires, "lease_token": token},
+                    max_time_ms=_CLAIM_READ_MAX_TIME_MS,
                 )
-            except Exception as exc:
-                if not is_transient(exc):
-                    lost.answered(token)  # the server refused it: nothing was leased
-                raise
-            lost.answered(token)
-            if doc is not None:
-                return ClaimedJob(doc, token)
-            # Nothing matched: perhaps because a lost try's write landed on it meanwhile.
-            taken = lost.take_over(owner, 1, _scope(query))
-            return taken[0] if taken else None
+                if mine is not None:
+                    return mine
+            now = store.now()
+            lease = _lease(token, owner, now, store.config.lease_ms)
+            expires = lease["lease_expires_at"]
+            return store.collection.find_one_and_update(
+                {**query, "run_at": {"$lte": now}} if due_only else query,
+                _claim_update(lease),
+                sort=_URGENT_FIRST,
+                return_document=ReturnDocument.AFTER,
+                maxTimeMS=_CLAIM_READ_MAX_TIME_MS,
+            )
 
-        return store.retry(call, "claim", abort)
+        doc = store.retry(call, "claim", abort)
+        return ClaimedJob(doc, token) if doc is not None else None
 
     def _quarantine_head(self, query: dict[str, Any], exc: OperationFailure, limit: int = 1) -> bool:
         """Fail the malformed documents among the ``limit`` most urgent due jobs; True if any was."""

@@ -11,18 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from bson import ObjectId
 from pymongo import UpdateOne
 
 from ..clock import after_ms
-from ..model import LeaseOwner
 from ..status import PROCESSING
 from .handle import JobStore
 
-__all__ = ["ClaimedJob", "Heartbeat", "Leases", "fence", "new_lease"]
+__all__ = ["ClaimedJob", "Heartbeat", "Leases", "fence"]
 
 # Bound on the heartbeat's follow-up read (by _id, at most one document per running job).
 _HEARTBEAT_READ_MAX_TIME_MS = 5_000
@@ -31,18 +29,6 @@ _HEARTBEAT_READ_MAX_TIME_MS = 5_000
 def fence(job_id: Any, token: Any) -> dict[str, Any]:
     """The filter of every write about a claimed job: this job, under this lease, still running."""
     return {"_id": job_id, "lease_token": token, "status": PROCESSING}
-
-
-def new_lease(token: str, owner: LeaseOwner, now: datetime, lease_ms: int) -> dict[str, Any]:
-    """The fields a claim sets: the job is ``processing`` under ``token``, leased to ``owner`` until now + lease."""
-    return {
-        "status": PROCESSING,
-        "lease_token": token,
-        "lease_owner": owner.as_doc(),
-        "lease_expires_at": after_ms(now, lease_ms),
-        "started_at": now,
-        "updated_at": now,
-    }
 
 
 @dataclass
