@@ -38,7 +38,10 @@ def _final(job_model: Any, job_id: Any) -> Any:
 
 @pytest.mark.parametrize("batch_acks", [True, False])
 def test_largest_job_takes_a_full_error_history_and_an_allowed_result(make_queue, job_model, batch_acks) -> None:
-    queue = make_queue(batch_acks=batch_acks)
+    # Each claim and write moves a 14 MiB document: a 5 s database bound (lease 10 s), not the fast
+    # tests' 1.5 s, so a slow machine does not time a claim out. What a claim whose reply is lost
+    # does is another matter (a known defect: docs/reliability.rst, "Known limits").
+    queue = make_queue(batch_acks=batch_acks, lease_ms=10_000)
     config = queue.config
     runs = []
     # Four-byte characters: the worst case of the error-history bound.
