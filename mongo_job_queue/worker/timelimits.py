@@ -42,8 +42,6 @@ __all__ = ["TimeLimits", "Watch", "time_limit_of"]
 
 log = logging.getLogger(__name__)
 
-#: The most exceptions one run is sent: at its limit, and again when it is abandoned.
-_RAISES = 2
 #: The longest single wait of the watchdog (a wait of 100 years would overflow).
 _MAX_WAIT_S = 3600.0
 
@@ -78,6 +76,9 @@ class Watch:
         self.thread = threading.current_thread()
         self.lock = threading.Lock()
         self.inside = False
+        #: Set by the handler's thread, as a plain store, first thing once the call is over:
+        #: from then on nothing is scheduled in it and it is never abandoned.
+        self.leaving = False
         self.raised = 0
         self._ident = threading.get_ident()
         self.limit_at = self.abandon_at = 0.0
@@ -98,7 +99,7 @@ class Watch:
     def interrupt(self) -> bool:
         """Schedule JobTimeLimitExceeded in the thread if it is still inside the call; whether it was."""
         with self.lock:
-            if not self.inside:
+            if not self.inside or self.leaving:
                 return False
             _schedule_exception(self._ident, JobTimeLimitExceeded)
             self.raised += 1
@@ -142,18 +143,18 @@ class TimeLimits:
         if watch is None:
             return fn(job)
         watch.enter()
-        self._add(watch, watch.limit_at)
         try:
+            self._add(watch, watch.limit_at)  # only from here can the watchdog raise in this thread
             return fn(job)
         finally:
-            # An exception scheduled just as fn returned may arrive while leaving:
-            # leave again (no more is scheduled once the watch is left).
-            for _ in range(_RAISES + 1):
-                try:
-                    watch.leave()
-                    break
-                except JobTimeLimitExceeded:
-                    continue
+            # A plain store first (no call: nothing can be raised before it), after
+            # which no exception is scheduled. One scheduled just before may still
+            # arrive, during the first leave(); the second cancels nothing more.
+            watch.leaving = True
+            try:
+                watch.leave()
+            except JobTimeLimitExceeded:
+                watch.leave()
 
     def _add(self, watch: Watch, when: float) -> None:
         with self._cond:
@@ -217,7 +218,7 @@ class TimeLimits:
                 )
             return
         with watch.lock:  # under the lock leave() takes: a run that has returned is never abandoned
-            if not watch.inside:
+            if not watch.inside or watch.leaving:
                 return
             watch.state.abandoned.set()
             watch.state.lease_lost.set()  # no longer renewed; its progress reports raise LeaseExpired

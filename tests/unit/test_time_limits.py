@@ -226,3 +226,46 @@ def test_abandon_loses_to_a_newer_claim_and_recognises_its_own_earlier_try(queue
     clock.advance(ms=1)  # another record than the one the earlier try pushed
     assert queue.store.jobs.abandon(claimed, _record(queue, claimed), clock.now) is None
     assert raw_doc()["status"] == "processing" and raw_doc()["lease_token"] == newer.token
+
+
+def test_the_exception_never_lands_outside_the_handler_call_nor_abandons_a_returned_run() -> None:
+    """Many 1 ms limits on handlers that return at once, with thread switches as frequent as Python allows.
+
+    The exception could be raised before the call's ``try`` or in the loop of its
+    ``finally``: it then escaped into the worker's own code, left the watch
+    "inside", and the watchdog abandoned a run whose handler had returned (the
+    review's script saw it in two runs of three).
+    """
+    import sys
+
+    limits = timelimits.TimeLimits(QueueConfig(time_limit_grace_ms=1), MiddlewareChain(None))
+    returned: list[Any] = []
+    problems: list[str] = []
+
+    def abandon(watch: Any) -> None:
+        if watch in returned:
+            problems.append("abandoned after its handler returned")
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for n in range(3000):
+            watch = limits.watch(RunState(ClaimedJob({"_id": n, "type": "t", "attempts": 1}, "tok")), 1, abandon)
+            assert watch is not None
+            try:
+                try:
+                    limits.call(lambda job: "r", None, watch)
+                except JobTimeLimitExceeded:
+                    pass  # raised in the call: the attempt's own failure, as it should be
+                returned.append(watch)
+                if watch.inside:
+                    problems.append("left inside")
+                deadline = time.monotonic() + 0.001
+                while time.monotonic() < deadline:  # the worker's own code after a run
+                    sum(range(50))
+            except JobTimeLimitExceeded:
+                problems.append("landed in the worker's code")
+        time.sleep(0.05)  # the watchdog's last expiries
+    finally:
+        sys.setswitchinterval(interval)
+    assert problems == []
