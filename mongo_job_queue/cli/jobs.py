@@ -192,6 +192,7 @@ def retry_matching(queue: PersistentJobQueue[Any], args: argparse.Namespace, out
     """Retry the failed or cancelled jobs a filter matches, once the count of exactly those is confirmed."""
     query = _query(queue, args, statuses=RETRYABLE)
     what = _describe(query, args)
+    counted_at = queue.store.now()
     ids = Listing(queue.store).ids(query, MAX_IDS + 1)
     more = len(ids) > MAX_IDS
     ids = ids[:MAX_IDS]
@@ -204,9 +205,10 @@ def retry_matching(queue: PersistentJobQueue[Any], args: argparse.Namespace, out
         if sys.stdin.readline().strip().lower() not in ("y", "yes"):
             print("nothing retried (not confirmed; --yes retries without asking)", file=err)
             return EXIT_REFUSED
-    done = queue.store.admin.retry_jobs(ids)
+    # The jobs as counted: one that no longer matches, or changed since, is left alone.
+    done = queue.store.admin.retry_jobs(ids, matching=query.filter(all_statuses=True), unchanged_since=counted_at)
     gone = len(ids) - done
-    left = f"; {gone} of them were no longer failed or cancelled" if gone else ""
+    left = f"; {gone} of them changed since they were counted and were left alone" if gone else ""
     print(f"retried {done} job(s){left}", file=out)
     return EXIT_OK
 

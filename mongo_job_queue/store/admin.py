@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Optional
 
 import pymongo
 from bson import ObjectId
@@ -111,10 +111,20 @@ class Admin:
 
         return self._store.retry(call, "retry_job")
 
-    def retry_jobs(self, job_ids: Sequence[ObjectId]) -> int:
+    def retry_jobs(
+        self,
+        job_ids: Sequence[ObjectId],
+        *,
+        matching: Optional[Mapping[str, Any]] = None,
+        unchanged_since: Optional[datetime] = None,
+    ) -> int:
         """Queue these jobs again as :meth:`retry_job` does each, those still failed or cancelled; how many were.
 
         Exactly this set, never a filter read again: the caller confirmed it.
+        With ``matching`` (the filter they were counted by) and
+        ``unchanged_since`` (when they were counted), a job that no longer
+        matches, or changed since (retried by someone else and failed
+        again), is left alone: the answer was about the jobs as counted.
         One ``update_many`` by ``_id``; each job it retries records this
         call's mark, so a retried try (its reply lost) skips the ones done
         and counts them by the mark, whatever they went through since.
@@ -124,7 +134,12 @@ class Admin:
             return 0
         mark = new_mark()
         update = self._retry_update(mark)
-        filt = {"_id": {"$in": ids}, "status": {"$in": [FAILED, CANCELLED]}, "admin_marks": {"$ne": mark}}
+        filt: dict[str, Any] = {"status": {"$in": [FAILED, CANCELLED]}, **(matching or {})}
+        filt.update({"_id": {"$in": ids}, "admin_marks": {"$ne": mark}})
+        if filt["status"] != {"$in": [FAILED, CANCELLED]}:
+            filt["$and"] = [{"status": {"$in": [FAILED, CANCELLED]}}]  # a caller's filter never widens it
+        if unchanged_since is not None:
+            filt["updated_at"] = {"$lte": unchanged_since}
 
         def call() -> int:
             jobs = self._store.collection

@@ -226,3 +226,31 @@ def test_admin_serves_the_ui_with_insecure_local(job_model, spawn) -> None:
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
     assert "without authentication" in out
+
+
+def test_bulk_retry_leaves_alone_the_counted_jobs_that_changed_before_the_answer(job_model, monkeypatch) -> None:
+    """The answer covers the jobs as counted: one retried and failed again, or edited out of the filter, is left alone.
+
+    The retry filtered only by id and status, so both were retried on an
+    answer given about other facts (found by the review of the CLI).
+    """
+    queue = cli.load_queue(APP)
+    refailed = queue.enqueue("fail", {}, max_retries=0, organization="a")
+    edited = queue.enqueue("fail", {}, max_retries=0, organization="a")
+    kept = queue.enqueue("fail", {}, max_retries=0, organization="a")
+    assert queue.drain() == 3
+
+    class Answer:
+        def readline(self) -> str:
+            other = cli.load_queue(APP)  # another operator, meanwhile
+            assert other.retry_job(refailed.id) and other.drain() == 1  # it ran and failed again
+            job_model.objects(id=edited.id).update(set__organization="b")
+            return "y\n"
+
+    monkeypatch.setattr(sys, "stdin", Answer())
+    code, out, err = run("retry", "--app", APP, "--field", "organization=a")
+    assert code == 0 and "retry 3 " in err, err
+    assert "retried 1 job(s); 2 of them changed since they were counted" in out, out
+    assert job_model.objects.get(id=kept.id).status == "pending"
+    assert job_model.objects.get(id=refailed.id).status == "failed"
+    assert job_model.objects.get(id=edited.id).status == "failed"
