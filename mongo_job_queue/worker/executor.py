@@ -192,6 +192,10 @@ class Executor:
         duration = time.monotonic() - started
         if watch is not None and watch.raised and not state.abandoned.is_set():
             log_job(self.log, logging.WARNING, doc, "handler caught JobTimeLimitExceeded and returned: it completes")
+        if state.abandoned.is_set():
+            # Its write must lose to the fence; buffered, its pending ack would give the
+            # heartbeat this dead run's token in place of the live retry's until it landed.
+            completer = self.inline
         written = completer.complete(claimed, self._storable_result(result, doc))
         if written is None:
             # Buffered: "completed" is the handler's outcome; should the write

@@ -199,6 +199,52 @@ def test_an_abandoned_handler_s_late_result_is_fenced_out(make_queue, job_model)
     assert not threads[0].is_alive()  # the abandoned thread exited after its run
 
 
+def test_an_abandoned_run_s_late_completion_is_not_buffered_with_the_live_runs_acks(make_queue, job_model) -> None:
+    """Under ``batch_acks`` the abandoned run's late completion is written at once, not queued with the group commit.
+
+    Buffered, its pending ack gave the heartbeat the dead run's token, newest
+    by claim order, in place of the live retry's until the write landed (found
+    by the review of the time limits).
+    """
+    queue = make_queue(concurrency=1, max_retries=1, time_limit_grace_ms=300, batch_acks=True)
+    release, late_returned = threading.Event(), threading.Event()
+    retry_running, finish_retry = threading.Event(), threading.Event()
+
+    @queue.handler("T", time_limit_ms=200)
+    def handler(job) -> str:
+        if job.attempts > 1:
+            retry_running.set()
+            finish_retry.wait(20)
+            return "retried"
+        try:
+            release.wait(60)  # blocked in a C lock: the exception gets in only once released
+        except JobTimeLimitExceeded:
+            pass
+        late_returned.set()
+        return "late"
+
+    job = queue.enqueue("T", {})
+    queue.start_polling()
+    assert retry_running.wait(20)  # the first run was abandoned; its retry runs on the replacement thread
+    buffered: list[int] = []
+    group = queue.worker._completer
+    assert group is not None
+    real_complete = group.complete
+
+    def complete(claimed, result):  # type: ignore[no-untyped-def]
+        buffered.append(claimed.doc["attempts"])
+        return real_complete(claimed, result)
+
+    group.complete = complete  # type: ignore[method-assign]
+    release.set()
+    assert late_returned.wait(20)
+    finish_retry.set()
+    wait_until(lambda: queue.get_job(job.id).status == "completed", timeout=20, what="the retry to complete")
+    final = queue.get_job(job.id)
+    assert final.result == "retried" and final.attempts == 2
+    assert 1 not in buffered, buffered  # the abandoned attempt's completion never joined the group commit
+
+
 def test_abandoning_a_job_whose_cancel_was_requested_cancels_it(make_queue, job_model) -> None:
     queue = make_queue(concurrency=1, max_retries=3, time_limit_grace_ms=300)
     stuck = Stuck()  # ignores both the cancel request and, being in C, the exception
