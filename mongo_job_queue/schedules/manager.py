@@ -25,7 +25,7 @@ from ..worker import Worker
 from .definition import Schedule, describe
 from .service import Fire, Scheduler
 
-__all__ = ["ScheduleInfo", "ScheduleManager"]
+__all__ = ["ScheduleInfo", "ScheduleManager", "schedule_infos"]
 
 log = logging.getLogger(__name__)
 
@@ -111,26 +111,8 @@ class ScheduleManager:
         registered = {s.name: s for s in self.scheduler.all()}
         states = self.store.control.schedule_states()
         names = sorted(set(registered) | set(states))
-        last = self.store.control.last_fired_jobs(names)
-        now = self.store.now()
-        infos = []
-        for name in names:
-            schedule = registered.get(name)
-            spec = states[name].spec if name in states else {}
-            latest = last.get(name) or {}
-            infos.append(
-                ScheduleInfo(
-                    name=name,
-                    job_type=schedule.job_type if schedule is not None else spec.get("job_type"),
-                    when=schedule.when if schedule is not None else describe(spec),
-                    registered=schedule is not None,
-                    next_fire=schedule.next_fire(now) if schedule is not None else None,
-                    last_fire=latest.get("fire_time"),
-                    last_job_id=latest.get("_id"),
-                    last_status=latest.get("status"),
-                )
-            )
-        return infos
+        specs = {name: state.spec for name, state in states.items()}
+        return schedule_infos(registered, specs, self.store.control.last_fired_jobs(names), self.store.now())
 
     def fire(self, now: Optional[datetime]) -> list[Fire]:
         """One tick outside the worker's thread, at ``now`` (naive UTC) or the store's clock."""
@@ -157,3 +139,30 @@ class ScheduleManager:
                 extra={"schedule": schedule.name},
             )
         return None
+
+
+def schedule_infos(
+    registered: Mapping[str, Schedule],
+    specs: Mapping[str, Mapping[str, Any]],
+    last_jobs: Mapping[str, Mapping[str, Any]],
+    now: datetime,
+) -> list[ScheduleInfo]:
+    """The schedules registered here and those stored (their specs), with each one's last fired job, by name."""
+    infos = []
+    for name in sorted(set(registered) | set(specs)):
+        schedule = registered.get(name)
+        spec = specs.get(name) or {}
+        latest = last_jobs.get(name) or {}
+        infos.append(
+            ScheduleInfo(
+                name=name,
+                job_type=schedule.job_type if schedule is not None else spec.get("job_type"),
+                when=schedule.when if schedule is not None else describe(spec),
+                registered=schedule is not None,
+                next_fire=schedule.next_fire(now) if schedule is not None else None,
+                last_fire=latest.get("fire_time"),
+                last_job_id=latest.get("_id"),
+                last_status=latest.get("status"),
+            )
+        )
+    return infos

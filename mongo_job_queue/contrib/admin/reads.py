@@ -19,8 +19,7 @@ from typing import Any, TypeVar
 
 from pymongo.errors import PyMongoError, ServerSelectionTimeoutError
 
-from ...schedules.definition import describe
-from ...schedules.manager import ScheduleInfo
+from ...schedules.manager import ScheduleInfo, schedule_infos
 from ...schedules.service import Scheduler
 from ...status import ALL_STATUSES
 from ...store import JobStore
@@ -108,21 +107,5 @@ class AdminReads:
         stored = self.once(control.schedule_states, "Reading the schedules")
         names = sorted(set(registered) | set(stored))
         fired = self.once(lambda: control.last_fired_jobs(names), "Reading the schedules' last jobs")
-        now = self.store.now()
-
-        def info(name: str) -> ScheduleInfo:
-            own = registered.get(name)
-            spec = stored[name].spec if name in stored else {}
-            last = fired.get(name) or {}
-            return ScheduleInfo(
-                name=name,
-                job_type=own.job_type if own is not None else spec.get("job_type"),
-                when=own.when if own is not None else describe(spec),
-                registered=own is not None,
-                next_fire=own.next_fire(now) if own is not None else None,
-                last_fire=last.get("fire_time"),
-                last_job_id=last.get("_id"),
-                last_status=last.get("status"),
-            )
-
-        return [info(name) for name in names]
+        specs = {name: state.spec for name, state in stored.items()}
+        return schedule_infos(registered, specs, fired, self.store.now())
