@@ -38,6 +38,8 @@ def make_queue() -> PersistentJobQueue[IntegrationJob]:
 
     @queue.handler("sleep")
     def sleep(job: IntegrationJob) -> str:
+        # Tests wait for this mark: the handler runs (a job merely claimed is handed back by a stop).
+        job._get_db()["handlers_started"].insert_one({"job": job.id})
         threading.Event().wait(job.data["ms"] / 1000)
         return "slept"
 

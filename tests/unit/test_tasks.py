@@ -127,7 +127,8 @@ def test_task_handles_type_check_under_mypy_strict(tmp_path: Path) -> None:
     (tmp_path / "bad.py").write_text(bad)
 
     def mypy(name: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "mypy", "--strict", "--config-file", str(ROOT / "pyproject.toml")]
+        # strict comes from the config, which also allows subclassing MongoEngine's untyped bases.
+        command = [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml")]
         return subprocess.run([*command, str(tmp_path / name)], capture_output=True, text=True, cwd=ROOT, check=False)
 
     checked = mypy("good.py")
