@@ -18,6 +18,7 @@ from typing import Any, Generic, Optional, TypeVar, Union
 from bson import ObjectId
 
 from .after_fork import renew_in_child
+from .chunks import BatchHandlerFn, register_batch_handler
 from .clock import Clock, to_naive_utc, utcnow
 from .config import ConfigInput, QueueConfig, load_config
 from .enqueue import Enqueuer, JobBuilder
@@ -40,6 +41,7 @@ __all__ = ["PersistentJobQueue", "create_job_queue"]
 
 J = TypeVar("J", bound=BaseJob)
 F = TypeVar("F", bound=HandlerFn)
+B = TypeVar("B", bound=BatchHandlerFn)
 R = TypeVar("R")
 
 Timezone = Union[str, tzinfo]
@@ -473,6 +475,18 @@ class PersistentJobQueue(Generic[J]):
         if self.worker.scheduler is not None:
             self.worker.scheduler._after_fork_in_child()
         self._indexes_ensured = False
+
+    def register_batch_handler(
+        self, job_type: str, fn: B, *, max_size: int = 100, max_wait_ms: int = 1000, key: Optional[str] = None,
+        **options: Any,
+    ) -> B:  # fmt: skip
+        """Register ``fn(jobs)`` to run chunks of up to ``max_size`` jobs (one ``key`` value each), see :doc:`chunks`.
+
+        ``options`` are :meth:`register_handler`'s; raises HandlerError as it does, or for a bad size, wait or key.
+        """
+        register_batch_handler(self.registry, self.job_model, job_type, fn, max_size=max_size,
+                               max_wait_ms=max_wait_ms, key=key, **options)  # fmt: skip
+        return fn
 
 
 def create_job_queue(
