@@ -236,3 +236,30 @@ def test_stop_does_not_wait_for_a_chunk_to_fill(make_queue) -> None:
     started = time.monotonic()
     assert queue.stop(timeout=10)
     assert time.monotonic() - started < 3
+
+
+def test_one_consumer_span_per_chunk_links_every_producer(make_queue, raw_db) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind
+
+    from mongo_job_queue.contrib.otel import OpenTelemetryMiddleware
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    queue = make_queue()
+    queue.add_middleware(OpenTelemetryMiddleware(tracer_provider=provider))
+    queue.register_batch_handler("SMS", lambda jobs: ChunkResult().retry(jobs[0], delay_ms=60_000), max_wait_ms=300)
+    jobs = [queue.enqueue("SMS", {"n": n}) for n in range(3)]
+    queue.start_polling()
+    wait_until(lambda: any(s.kind == SpanKind.CONSUMER for s in exporter.get_finished_spans()))
+
+    spans = exporter.get_finished_spans()
+    producers = {s.attributes["messaging.message.id"]: s for s in spans if s.kind == SpanKind.PRODUCER}
+    [chunk] = [s for s in spans if s.kind == SpanKind.CONSUMER]
+    assert chunk.attributes["messaging.batch.message_count"] == 3
+    assert {link.context.span_id for link in chunk.links} == {p.context.span_id for p in producers.values()}
+    events = {e.attributes["messaging.message.id"]: e.attributes["mongo_job_queue.job.outcome"] for e in chunk.events}
+    assert events == {str(jobs[0].id): "retry", str(jobs[1].id): "completed", str(jobs[2].id): "completed"}
