@@ -111,7 +111,10 @@ class ChunkRunner:
         """Claim and run chunks until ``stopping``; an error backs off, it never ends the thread."""
         self._stopping = stopping  # for a thread that replaces this one (see _abandon)
         base = self.config.poll_interval_base_ms / 1000
-        top = self.config.poll_interval_max_ms / 1000
+        # Idle, it still looks every max_wait_ms (or base interval, if longer): no wake-up reaches it, and
+        # a due job must not wait the poller's longest backoff on top of its chunk's max_wait_ms.
+        config = self.config
+        top = min(config.poll_interval_max_ms, max(config.poll_interval_base_ms, self.spec.max_wait_ms)) / 1000
         interval, failures = base, 0
         while not stopping.is_set():
             try:

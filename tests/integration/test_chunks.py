@@ -296,3 +296,16 @@ def test_the_time_limit_bounds_the_chunk_and_an_abandoned_chunk_writes_nothing(m
     before = _statuses(raw_db)
     wait_until(lambda: not any(t.name.endswith("chunks-BLOCK") and t.is_alive() for t in threading.enumerate()))
     assert _statuses(raw_db) == before  # the abandoned call returned and wrote nothing
+
+
+def test_an_idle_runner_looks_every_max_wait_whatever_the_pollers_backoff(make_queue) -> None:
+    queue = make_queue(poll_interval_base_ms=250, poll_interval_max_ms=30_000)
+    called = threading.Event()
+    queue.register_batch_handler("SMS", lambda jobs: called.set(), max_size=10, max_wait_ms=300)
+    queue.start_polling()
+    time.sleep(4)  # idle long enough for a doubling backoff to be in a 4 s wait (0.25 + 0.5 + 1 + 2 s before it)
+    started = time.monotonic()
+    queue.enqueue("SMS")
+    assert called.wait(10)
+    # At most one idle look (every max_wait_ms, 300 ms) and the fill wait (300 ms), plus slack.
+    assert time.monotonic() - started <= 0.3 + 0.3 + 1.5
