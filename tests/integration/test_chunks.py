@@ -309,3 +309,37 @@ def test_an_idle_runner_looks_every_max_wait_whatever_the_pollers_backoff(make_q
     assert called.wait(10)
     # At most one idle look (every max_wait_ms, 300 ms) and the fill wait (300 ms), plus slack.
     assert time.monotonic() - started <= 0.3 + 0.3 + 1.5
+
+
+WCE = {"writeConcernError": {"code": 64, "errmsg": "waiting for replication timed out"}}
+
+
+def test_the_bulk_outcome_write_reports_per_run_through_partial_matches_and_an_ambiguous_reply(
+    make_queue, raw_db, failpoint
+) -> None:
+    from mongo_job_queue import JobError
+    from mongo_job_queue.store import ClaimedJob
+    from mongo_job_queue.store.outcomes import FencedWrite, completion_update
+
+    queue = make_queue()
+    queue.register_batch_handler("SMS", lambda jobs: None)
+    queue.enqueue_many([{"job_type": "SMS", "data": {"n": n}} for n in range(4)])
+    claimed = queue.store.jobs.claim_batch(["SMS"], ["default"], queue.worker.owner, 4)
+    assert len(claimed) == 4
+    done, later, dead, asked = sorted(claimed, key=lambda c: c.doc["data"]["n"])
+    raw_db.jobs.update_one({"_id": asked.id}, {"$set": {"cancel_requested": True}})
+    now = queue.store.now()
+    error = JobError.from_exception(RuntimeError("x"), attempt=1, at=now, token=later.token, config=queue.config)
+    stale = ClaimedJob(dict(dead.doc), "not-the-token")
+    jobs = queue.store.jobs
+    writes = [
+        FencedWrite(done, "completed", completion_update(now, {"ok": 1})),
+        jobs.rescheduling(later, now, error),
+        jobs.failure(stale, error),  # a stale run of a job: its fence matches nothing
+        jobs.rescheduling(asked, now, error),  # a cancel was requested: not rescheduled
+    ]
+    failpoint(["update"], 1, **WCE)  # the writes apply, but the reply is an error: read back per run
+    landed = jobs.write_many(writes)
+    assert landed == {(done.id, done.token), (later.id, later.token)}
+    statuses = {d["_id"]: d["status"] for d in raw_db.jobs.find({})}
+    assert statuses == {done.id: "completed", later.id: "pending", dead.id: "processing", asked.id: "processing"}
