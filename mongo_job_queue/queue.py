@@ -480,10 +480,7 @@ class PersistentJobQueue(Generic[J]):
         self, job_type: str, fn: B, *, max_size: int = 100, max_wait_ms: int = 1000, key: Optional[str] = None,
         **options: Any,
     ) -> B:  # fmt: skip
-        """Register ``fn(jobs)`` to run chunks of up to ``max_size`` jobs (one ``key`` value each), see :doc:`chunks`.
-
-        ``options`` are :meth:`register_handler`'s; raises HandlerError as it does, or for a bad size, wait or key.
-        """
+        """Register ``fn(jobs)`` for chunks of ``job_type`` (:doc:`chunks`); ``options`` as :meth:`register_handler`."""
         register_batch_handler(self.registry, self.job_model, job_type, fn, max_size=max_size,
                                max_wait_ms=max_wait_ms, key=key, **options)  # fmt: skip
         return fn
