@@ -22,6 +22,7 @@ from pymongo.errors import BulkWriteError, DocumentTooLarge, OperationFailure
 from ..model import JobError, job_log_extra
 from ..status import CANCELLED, COMPLETED, FAILED, PENDING, PROCESSING
 from .faults import is_too_large, short_error
+from .finals import FinalJob
 from .handle import MAINTENANCE_MAX_TIME_MS, JobStore
 from .leases import ClaimedJob, fence
 from .marks import as_stored
@@ -66,6 +67,9 @@ class Outcomes:
 
     def complete(self, job: ClaimedJob, result: Any = None) -> bool:
         """Mark a claimed job completed; False if the lease was lost first."""
+        return self._told(job.doc, COMPLETED, self._complete(job, result))
+
+    def _complete(self, job: ClaimedJob, result: Any) -> bool:
         now = self._store.now()
         try:
             return self._fenced(job, completion_update(now, result, job.progress), COMPLETED, "complete")
@@ -116,7 +120,11 @@ class Outcomes:
                 if d.get("status") == COMPLETED
             } & runs
 
-        return self._store.retry(call, "complete_many")
+        landed = self._store.retry(call, "complete_many")
+        if self._store.finals.active:
+            ended = [FinalJob(job.id, COMPLETED, job.doc) for job, _ in jobs if (job.id, job.token) in landed]
+            self._store.finals.notify(ended)
+        return landed
 
     def reschedule(self, job: ClaimedJob, run_at: datetime, error: JobError) -> bool:
         """Return a failed attempt to ``pending`` at ``run_at``; False if the lease is lost or a cancel requested."""
@@ -129,7 +137,7 @@ class Outcomes:
         update = self._attempt_failed(FAILED, error, {"finished_at": now, "updated_at": now})
         # Fenced on the cancel request too, like reschedule: a job whose
         # cancellation was requested ends cancelled (the caller cancels it).
-        return self._fenced(job, update, FAILED, "fail", uncancelled=True)
+        return self._told(job.doc, FAILED, self._fenced(job, update, FAILED, "fail", uncancelled=True))
 
     def release(self, job: ClaimedJob) -> bool:
         """Hand back a claimed job that never started: ``pending`` again, attempt not counted."""
@@ -142,7 +150,8 @@ class Outcomes:
 
     def cancel_claimed(self, job: ClaimedJob) -> bool:
         """End a claimed job ``cancelled`` (fenced); False if the lease was lost."""
-        return self._fenced(job, _ended(CANCELLED, self._store.now()), CANCELLED, "cancel_claimed")
+        ended = self._fenced(job, _ended(CANCELLED, self._store.now()), CANCELLED, "cancel_claimed")
+        return self._told(job.doc, CANCELLED, ended)
 
     def abandon(self, job: ClaimedJob, error: JobError, run_at: Optional[datetime]) -> Optional[str]:
         """End the attempt of a handler abandoned to its time limit: ``pending`` at ``run_at``, else ``failed``.
@@ -169,7 +178,10 @@ class Outcomes:
                     return status
             return self._pushed(job.id, error)
 
-        return self._store.retry(call, "abandon")
+        written = self._store.retry(call, "abandon")
+        if written in (FAILED, CANCELLED):
+            self._store.finals.notify_one(job.doc, written)
+        return written
 
     def _pushed(self, job_id: Any, error: JobError) -> Optional[str]:
         """After a write that matched nothing: the job's status if an earlier try pushed this very ``error``, else None.
@@ -265,7 +277,10 @@ class Outcomes:
             # try of ours applied and only its reply was lost.
             return self._pushed(doc["_id"], error) is not None
 
-        return self._store.retry(call, "recover")
+        recovered = self._store.retry(call, "recover")
+        if recovered and give_up:
+            self._store.finals.notify_one(doc, status)
+        return recovered
 
     def quarantine(self, job_id: Any, problems: Sequence[str], *, from_status: str, token: str | None = None) -> bool:
         """Fail a malformed job document with the reasons, touching only fields that cannot be ill-typed.
@@ -290,6 +305,18 @@ class Outcomes:
             "$set": {"status": FAILED, "finished_at": now, "updated_at": now, "last_error": record},
             "$unset": {"lease_expires_at": ""},
         }
-        return self._store.retry(
+        failed = self._store.retry(
             lambda: self._store.collection.update_one(filt, update).matched_count == 1, "quarantine"
         )
+        if failed and self._store.finals.active:
+            # The document is malformed, so only the fields the listeners read are asked for.
+            fields = dict.fromkeys(self._store.finals.fields, 1)
+            found = self._store.retry(lambda: self._store.collection.find_one({"_id": job_id}, fields), "quarantine")
+            self._store.finals.notify_one(found or {"_id": job_id}, FAILED)
+        return failed
+
+    def _told(self, doc: Mapping[str, Any], status: str, written: bool) -> bool:
+        """Pass on ``written``, after telling the listeners of final writes when it is True."""
+        if written:
+            self._store.finals.notify_one(doc, status)
+        return written
