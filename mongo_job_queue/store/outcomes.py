@@ -22,6 +22,7 @@ from pymongo.errors import BulkWriteError, DocumentTooLarge, OperationFailure
 from ..model import JobError, job_log_extra
 from ..status import CANCELLED, COMPLETED, FAILED, PENDING, PROCESSING
 from .faults import is_too_large, short_error
+from .finals import FinalJob
 from .handle import MAINTENANCE_MAX_TIME_MS, JobStore
 from .leases import ClaimedJob, fence
 from .marks import as_stored
@@ -84,6 +85,9 @@ class Outcomes:
 
     def complete(self, job: ClaimedJob, result: Any = None) -> bool:
         """Mark a claimed job completed; False if the lease was lost first."""
+        return self._told(job.doc, COMPLETED, self._complete(job, result))
+
+    def _complete(self, job: ClaimedJob, result: Any) -> bool:
         now = self._store.now()
         try:
             return self._fenced(job, completion_update(now, result, job.progress), COMPLETED, "complete")
@@ -141,7 +145,12 @@ class Outcomes:
             runs = ((d["_id"], str(d.get("lease_token")), d.get("status")) for d in found)
             return {(job_id, token) for job_id, token, status in runs if targets.get((job_id, token)) == status}
 
-        return self._store.retry(call, op)
+        landed = self._store.retry(call, op)
+        if self._store.finals.active:  # the final writes that landed, in one notice
+            final = (COMPLETED, FAILED, CANCELLED)
+            runs = [(w, (w.job.id, w.job.token)) for w in writes if w.status in final]
+            self._store.finals.notify([FinalJob(w.job.id, w.status, w.job.doc) for w, run in runs if run in landed])
+        return landed
 
     def rescheduling(self, job: ClaimedJob, run_at: datetime, error: JobError) -> FencedWrite:
         """The bulk form of :meth:`reschedule`."""
@@ -169,7 +178,7 @@ class Outcomes:
         update = self._attempt_failed(FAILED, error, {"finished_at": now, "updated_at": now})
         # Fenced on the cancel request too, like reschedule: a job whose
         # cancellation was requested ends cancelled (the caller cancels it).
-        return self._fenced(job, update, FAILED, "fail", uncancelled=True)
+        return self._told(job.doc, FAILED, self._fenced(job, update, FAILED, "fail", uncancelled=True))
 
     def release(self, job: ClaimedJob) -> bool:
         """Hand back a claimed job that never started: ``pending`` again, attempt not counted."""
@@ -182,7 +191,8 @@ class Outcomes:
 
     def cancel_claimed(self, job: ClaimedJob) -> bool:
         """End a claimed job ``cancelled`` (fenced); False if the lease was lost."""
-        return self._fenced(job, _ended(CANCELLED, self._store.now()), CANCELLED, "cancel_claimed")
+        ended = self._fenced(job, _ended(CANCELLED, self._store.now()), CANCELLED, "cancel_claimed")
+        return self._told(job.doc, CANCELLED, ended)
 
     def abandon(self, job: ClaimedJob, error: JobError, run_at: Optional[datetime]) -> Optional[str]:
         """End the attempt of a handler abandoned to its time limit: ``pending`` at ``run_at``, else ``failed``.
@@ -209,7 +219,10 @@ class Outcomes:
                     return status
             return self._pushed(job.id, error)
 
-        return self._store.retry(call, "abandon")
+        written = self._store.retry(call, "abandon")
+        if written in (FAILED, CANCELLED):
+            self._store.finals.notify_one(job.doc, written)
+        return written
 
     def _pushed(self, job_id: Any, error: JobError) -> Optional[str]:
         """After a write that matched nothing: the job's status if an earlier try pushed this very ``error``, else None.
@@ -305,7 +318,10 @@ class Outcomes:
             # try of ours applied and only its reply was lost.
             return self._pushed(doc["_id"], error) is not None
 
-        return self._store.retry(call, "recover")
+        recovered = self._store.retry(call, "recover")
+        if recovered and give_up:
+            self._store.finals.notify_one(doc, status)
+        return recovered
 
     def quarantine(self, job_id: Any, problems: Sequence[str], *, from_status: str, token: str | None = None) -> bool:
         """Fail a malformed job document with the reasons, touching only fields that cannot be ill-typed.
@@ -330,6 +346,18 @@ class Outcomes:
             "$set": {"status": FAILED, "finished_at": now, "updated_at": now, "last_error": record},
             "$unset": {"lease_expires_at": ""},
         }
-        return self._store.retry(
+        failed = self._store.retry(
             lambda: self._store.collection.update_one(filt, update).matched_count == 1, "quarantine"
         )
+        if failed and self._store.finals.active:
+            # The document is malformed, so only the fields the listeners read are asked for.
+            fields = dict.fromkeys(self._store.finals.fields, 1)
+            found = self._store.retry(lambda: self._store.collection.find_one({"_id": job_id}, fields), "quarantine")
+            self._store.finals.notify_one(found or {"_id": job_id}, FAILED)
+        return failed
+
+    def _told(self, doc: Mapping[str, Any], status: str, written: bool) -> bool:
+        """Pass on ``written``, after telling the listeners of final writes when it is True."""
+        if written:
+            self._store.finals.notify_one(doc, status)
+        return written
