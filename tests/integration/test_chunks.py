@@ -343,3 +343,20 @@ def test_the_bulk_outcome_write_reports_per_run_through_partial_matches_and_an_a
     assert landed == {(done.id, done.token), (later.id, later.token)}
     statuses = {d["_id"]: d["status"] for d in raw_db.jobs.find({})}
     assert statuses == {done.id: "completed", later.id: "pending", dead.id: "processing", asked.id: "processing"}
+
+
+def test_a_chunks_final_writes_reach_the_final_write_listeners_once_each(make_queue, raw_db) -> None:
+    queue = make_queue(retry_delay_ms=60_000)
+    told: list[tuple[Any, str]] = []
+    queue.store.finals.add(lambda jobs: told.extend((j.id, j.status) for j in jobs))
+
+    def handle(jobs: list[Any]) -> ChunkResult:
+        by_n = {j.data["n"]: j for j in jobs}
+        return ChunkResult().fail(by_n[1]).retry(by_n[2]).cancel(by_n[3])  # 0: done
+
+    queue.register_batch_handler("SMS", handle, max_wait_ms=200)
+    jobs = queue.enqueue_many([{"job_type": "SMS", "data": {"n": n}} for n in range(4)])
+    queue.start_polling()
+    wait_until(lambda: raw_db.jobs.count_documents({"status": "processing"}) == 0 and len(told) >= 3)
+    assert raw_db.jobs.find_one({"_id": jobs[2].id})["status"] == "pending"
+    assert sorted(told) == sorted([(jobs[0].id, "completed"), (jobs[1].id, "failed"), (jobs[3].id, "cancelled")])
