@@ -209,7 +209,10 @@ class Control:
                 if doc is not None:
                     return next(outcomes[m] for m in doc["admin_marks"] if m in outcomes)
             before = jobs.find_one_and_update(
-                filt, _cancel_pipeline(now, mark), projection={"status": 1}, return_document=ReturnDocument.BEFORE
+                self._store.shard_key.scope(filt, jobs),
+                _cancel_pipeline(now, mark),
+                projection={"status": 1},
+                return_document=ReturnDocument.BEFORE,
             )
             if before is None:
                 return None  # finished or missing

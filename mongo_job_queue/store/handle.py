@@ -110,6 +110,7 @@ class JobStore:
         from .control import Control
         from .indexes import Indexes
         from .jobs import Jobs
+        from .shardkey import ShardKey
         from .workers import WorkerDocs
 
         self.model = job_model
@@ -123,6 +124,7 @@ class JobStore:
         self._synced = False  # no time-based decision before the first measurement
         self._sync_lock = threading.Lock()
         self._monotonic: Callable[[], float] = time.monotonic  # measures round trips; tests inject one
+        self.shard_key = ShardKey(job_model)  # the app's declared shard key, added to the filters about a job
         self.indexes = Indexes(self)
         self.jobs = Jobs(self, self.indexes)
         self.control = Control(self)

@@ -112,7 +112,9 @@ class Outcomes:
             ids = list({job_id for job_id, _ in runs})
             return {
                 (d["_id"], str(d.get("lease_token")))
-                for d in self._store.collection.find({"_id": {"$in": ids}}, {"status": 1, "lease_token": 1})
+                for d in self._store.collection.find(
+                    self._store.shard_key.scope({"_id": {"$in": ids}}), {"status": 1, "lease_token": 1}
+                )
                 if d.get("status") == COMPLETED
             } & runs
 
@@ -179,7 +181,9 @@ class Outcomes:
         """
         record = error.as_doc()
         record["at"] = as_stored(error.at)
-        found = self._store.collection.find_one({"_id": job_id}, {"errors": 1, "status": 1})
+        found = self._store.collection.find_one(
+            self._store.shard_key.scope({"_id": job_id}), {"errors": 1, "status": 1}
+        )
         if found is None or not any(e == record for e in found.get("errors") or []):
             return None
         return str(found.get("status"))
@@ -216,7 +220,7 @@ class Outcomes:
             # only its reply was lost. The token stays on the document until the
             # next claim replaces it, so "our token and the target status"
             # means the write was ours.
-            doc = self._store.collection.find_one({"_id": job.id}, {"status": 1, "lease_token": 1})
+            doc = self._store.collection.find_one({"_id": job.id, **job.key}, {"status": 1, "lease_token": 1})
             return doc is not None and doc.get("lease_token") == job.token and doc.get("status") == target
 
         return self._store.retry(call, op)
@@ -247,6 +251,7 @@ class Outcomes:
         cancel = bool(doc.get("cancel_requested"))
         filt = {
             **fence(doc["_id"], doc.get("lease_token")),
+            **self._store.shard_key.of(doc),
             "lease_expires_at": {"$lt": now},
             "cancel_requested": True if cancel else {"$ne": True},
         }
