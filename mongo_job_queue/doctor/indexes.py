@@ -69,7 +69,7 @@ def check_indexes(probe: Probe) -> Check:
             "run queue.ensure_indexes() (a starting worker creates missing ones; drop a wrong unique one first)",
         )
     if duplicates:
-        listed = "; ".join(" and ".join(group) for group in duplicates)
+        listed = "; ".join(" and ".join(sorted(group)) for group in duplicates)
         return Check(
             "indexes",
             WARN,
