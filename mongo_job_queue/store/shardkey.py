@@ -76,7 +76,7 @@ class ShardKey:
         seen here are read first, by ``_id`` (one read sent to every shard), so
         that a ``findAndModify`` by ``_id`` from an admin process is targeted.
         """
-        if not self.fields or "_id" not in filt or any(field in filt for field in self.fields):
+        if not self.fields or "_id" not in filt or all(field in filt for field in self.fields):
             return filt
         wanted = filt["_id"]
         by_list = isinstance(wanted, Mapping)
@@ -92,6 +92,8 @@ class ShardKey:
             return filt
         extra: dict[str, Any] = {}
         for field in self.fields:
+            if field in filt:
+                continue  # _id in a key like (queue, _id): the filter's own condition stays
             distinct: list[Any] = []
             for values in known:
                 assert values is not None
