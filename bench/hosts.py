@@ -147,6 +147,11 @@ def _total(before: dict[str, int], after: dict[str, int]) -> int:
     return sum(after[k] - before.get(k, 0) for k in after) - _OWN_PER_SAMPLE
 
 
+def _per_min(before: dict[str, int], after: dict[str, int], seconds: float) -> dict[str, float]:
+    """Each opcounter's rate (query, insert, update, getmore, command ...), per minute."""
+    return {k: round((after[k] - before.get(k, 0)) / seconds * 60, 1) for k in sorted(after)}
+
+
 def _live_workers(client: MongoClient[dict[str, Any]], db: str) -> int:
     return client[db][f"{COLLECTION}_workers"].count_documents({"stopped_at": {"$exists": False}})
 
@@ -194,7 +199,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         enqueuer.ensure_indexes()
         before = _opcounters(client)
         time.sleep(args.baseline_seconds)
-        baseline = _total(before, _opcounters(client)) / args.baseline_seconds * 60
+        after = _opcounters(client)
+        baseline = _total(before, after) / args.baseline_seconds * 60
+        baseline_kinds = _per_min(before, after, args.baseline_seconds)
         results: dict[str, Any] = {
             "meta": {
                 "machine": {"cpu_count": os.cpu_count()},
@@ -205,6 +212,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "server": "embedded SecantusDB on a bridge; hosts are network namespaces on veth pairs",
             },
             "baseline_commands_per_min": round(baseline, 1),
+            "baseline_by_kind_per_min": baseline_kinds,
             "steps": [],
         }
         started = 0
@@ -248,13 +256,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         time.sleep(args.settle_seconds)  # every host idle, its poll interval backed off to the ceiling
         before = _opcounters(client)
         time.sleep(args.idle_seconds)
-        idle = _total(before, _opcounters(client)) / args.idle_seconds * 60
+        after = _opcounters(client)
+        idle = _total(before, after) / args.idle_seconds * 60
         per_host = (idle - baseline) / max(steps)
         results["idle"] = {
             "hosts": max(steps),
             "workers": max(steps) * args.procs,
             "seconds": args.idle_seconds,
             "server_commands_per_min": round(idle, 1),
+            "by_kind_per_min": _per_min(before, after, args.idle_seconds),
             "commands_per_min_per_idle_host": round(per_host, 2),
             "commands_per_min_per_idle_worker": round(per_host / args.procs, 2),
         }
@@ -294,7 +304,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--hosts", type=_ints, default=[1, 2, 4, 8], help="host counts to step through (default 1,2,4,8)")
     p.add_argument("--procs", type=int, default=1, help="worker processes per host (default 1)")
     p.add_argument("--concurrency", type=int, default=4, help="handler threads per worker (default 4)")
-    p.add_argument("--jobs", type=int, default=200, help="no-op jobs drained at each step (default 200)")
+    p.add_argument("--jobs", type=int, default=100, help="no-op jobs drained at each step (default 100)")
     p.add_argument("--poll-max-ms", type=int, default=10_000, help="the workers' poll_interval_max_ms")
     p.add_argument("--baseline-seconds", type=float, default=10.0, help="server counters with no host (default 10)")
     p.add_argument("--settle-seconds", type=float, default=30.0, help="idle time before the idle window (default 30)")
