@@ -28,6 +28,14 @@ def check_shard_key(probe: Probe) -> Check:
     """
     declared = probe.store.shard_key
     if not probe.is_sharded:
+        if declared and not declared.targets_claim:
+            return Check(
+                "shard key",
+                WARN,
+                f"declared {list(declared.fields)} (the server is not sharded): sharded so, every claim would "
+                "go to every shard",
+                "declare ('queue', 'id') unless claims by queue are rare",
+            )
         if declared:
             return Check("shard key", PASS, f"declared {list(declared.fields)}; the server is not sharded")
         return Check("shard key", PASS, "not a sharded cluster")

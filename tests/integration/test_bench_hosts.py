@@ -23,15 +23,19 @@ from bench.hosts import unavailable_reason  # noqa: E402
 REASON = unavailable_reason()
 
 
-def _ours() -> str:
-    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
-    return "\n".join(line for line in (names + links).splitlines() if "mjqh" in line)
+def _ours() -> set[str]:
+    """The namespaces and links named like the harness's."""
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout.splitlines()
+    found = {name for name in names if name.startswith("mjqh")}
+    found |= {line.split(":")[1].strip().split("@")[0] for line in links if "mjqh" in line}
+    return found
 
 
 @pytest.mark.skipif(REASON is not None, reason=REASON or "")
 def test_two_hosts_drain_jobs_and_report_server_counters(tmp_path: Path) -> None:
     out = tmp_path / "hosts.json"
+    before = _ours()  # another run's, if one is going on
     argv = ["--hosts", "1,2", "--jobs", "20", "--baseline-seconds", "1", "--settle-seconds", "1"]
     proc = subprocess.run(
         [sys.executable, "-m", "bench.hosts", *argv, "--idle-seconds", "2", "--json", str(out)],
@@ -46,4 +50,4 @@ def test_two_hosts_drain_jobs_and_report_server_counters(tmp_path: Path) -> None
     for step in data["steps"]:
         assert step["jobs"] == 20 and step["jobs_per_s"] > 0 and step["server_commands_per_s"] > 0
     assert data["idle"]["hosts"] == 2 and data["idle"]["server_commands_per_min"] >= 0
-    assert _ours() == ""  # every namespace, veth and bridge removed
+    assert _ours() <= before  # every namespace, veth and bridge of this run removed

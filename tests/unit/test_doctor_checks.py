@@ -5,12 +5,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from mongoengine import StringField
 from pymongo import WriteConcern
 
+from mongo_job_queue import BaseJob
 from mongo_job_queue.doctor import FAIL, PASS, WARN
 from mongo_job_queue.doctor.concerns import check_write_concern, effective_write_concern
 from mongo_job_queue.doctor.probe import Probe
+from mongo_job_queue.doctor.sharding import check_shard_key
 from mongo_job_queue.doctor.topology import check_server_version, check_topology
+from mongo_job_queue.store.shardkey import ShardKey
 
 
 class _Collection:
@@ -70,3 +74,25 @@ def test_topology() -> None:
     assert check_topology(FakeProbe(hello={"setName": "rs0", "hosts": ["a:1"]})).status == WARN
     assert check_topology(FakeProbe(hello={"msg": "isdbgrid"})).status == PASS
     assert check_topology(FakeProbe(hello={})).status == FAIL
+
+
+class ByTenant(BaseJob):
+    tenant = StringField()
+    meta = {"collection": "unit_doctor_tenant", "shard_key": ("tenant", "id")}
+
+
+class ByQueue(BaseJob):
+    meta = {"collection": "unit_doctor_queue", "shard_key": ("queue", "id")}
+
+
+class _Store:
+    def __init__(self, key: ShardKey) -> None:
+        self.shard_key = key
+
+
+def test_a_declared_key_that_cannot_target_the_claim_warns_before_the_collection_is_sharded() -> None:
+    probe = FakeProbe(hello=RS)
+    probe.store = _Store(ShardKey(ByTenant))  # type: ignore[assignment]
+    assert check_shard_key(probe).status == WARN
+    probe.store = _Store(ShardKey(ByQueue))  # type: ignore[assignment]
+    assert check_shard_key(probe).status == PASS
