@@ -10,7 +10,15 @@ from pymongo.errors import OperationFailure, PyMongoError
 from .checks import FAIL, PASS, WARN, Check
 from .probe import Probe
 
-__all__ = ["KNOWN_ISSUES", "OPLOG_WINDOW_WARN", "check_change_streams", "check_oplog_window", "check_server_version"]
+__all__ = [
+    "KNOWN_ISSUES",
+    "OPLOG_WINDOW_WARN",
+    "check_change_streams",
+    "check_oplog_window",
+    "check_server_version",
+    "check_topology",
+    "judge_oplog",
+]
 
 #: Below this the oplog window warns: MongoDB's own guidance for an oplog that
 #: rides out a member's maintenance or outage without a full resync.
@@ -108,24 +116,19 @@ def check_oplog_window(probe: Probe) -> Check:
     if not first or not last:
         return Check("oplog window", WARN, "the oplog is empty", "check it with rs.printReplicationInfo()")
     window = timedelta(seconds=last["ts"].time - first["ts"].time)
-    size, cap = stats.get("size") or 0, stats.get("maxSize") or 0
+    return judge_oplog(window, stats.get("size") or 0, stats.get("maxSize") or 0, lease)
+
+
+def judge_oplog(window: timedelta, size: float, cap: float, lease: timedelta) -> Check:
+    """The oplog window check's verdict on what was read (see :func:`check_oplog_window`)."""
     detail = f"{window.total_seconds() / 3600:.1f} h between the oldest and newest entries"
     if cap and size < 0.9 * cap:
         return Check("oplog window", PASS, f"{detail}; not full yet ({size / cap:.0%} of its size): it still grows")
+    action = "grow the oplog (replSetResizeOplog) or set storage.oplogMinRetentionHours"
     if window < lease:
-        return Check(
-            "oplog window",
-            FAIL,
-            f"{detail}, shorter than the lease ({lease.total_seconds():g} s)",
-            "grow the oplog (replSetResizeOplog) or set storage.oplogMinRetentionHours",
-        )
+        return Check("oplog window", FAIL, f"{detail}, shorter than the lease ({lease.total_seconds():g} s)", action)
     if window < OPLOG_WINDOW_WARN:
-        return Check(
-            "oplog window",
-            WARN,
-            f"{detail}, under 24 h",
-            "grow the oplog (replSetResizeOplog) or set storage.oplogMinRetentionHours",
-        )
+        return Check("oplog window", WARN, f"{detail}, under 24 h", action)
     return Check("oplog window", PASS, detail)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 from mongoengine import StringField
@@ -13,7 +14,7 @@ from mongo_job_queue.doctor import FAIL, PASS, WARN
 from mongo_job_queue.doctor.concerns import check_write_concern, effective_write_concern
 from mongo_job_queue.doctor.probe import Probe
 from mongo_job_queue.doctor.sharding import check_shard_key
-from mongo_job_queue.doctor.topology import check_server_version, check_topology
+from mongo_job_queue.doctor.topology import check_server_version, check_topology, judge_oplog
 from mongo_job_queue.store.shardkey import ShardKey
 
 
@@ -96,3 +97,12 @@ def test_a_declared_key_that_cannot_target_the_claim_warns_before_the_collection
     assert check_shard_key(probe).status == WARN
     probe.store = _Store(ShardKey(ByQueue))  # type: ignore[assignment]
     assert check_shard_key(probe).status == PASS
+
+
+def test_the_oplog_window_against_the_lease_and_a_day() -> None:
+    lease, hour = timedelta(minutes=1), timedelta(hours=1)
+    assert judge_oplog(timedelta(seconds=30), 99, 100, lease).status == FAIL
+    assert judge_oplog(2 * hour, 99, 100, lease).status == WARN
+    assert judge_oplog(30 * hour, 99, 100, lease).status == PASS
+    growing = judge_oplog(timedelta(seconds=30), 10, 100, lease)  # not full: its window is not reached yet
+    assert growing.status == PASS and "not full yet" in growing.detail
