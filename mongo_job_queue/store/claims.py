@@ -240,7 +240,7 @@ class Claims:
             if not docs:
                 raise
             store.log.warning("claim of %d job(s) partly applied before %r; running those", len(docs), exc)
-        return [ClaimedJob(doc, token) for doc in docs], raced
+        return [ClaimedJob(doc, token, key=store.shard_key.of(doc)) for doc in docs], raced
 
     def _claim(
         self,
@@ -279,7 +279,7 @@ class Claims:
             )
 
         doc = store.retry(call, "claim", abort)
-        return ClaimedJob(doc, token) if doc is not None else None
+        return ClaimedJob(doc, token, key=store.shard_key.of(doc)) if doc is not None else None
 
     def _quarantine_head(self, query: dict[str, Any], exc: OperationFailure, limit: int = 1) -> bool:
         """Fail the malformed documents among the ``limit`` most urgent due jobs; True if any was."""

@@ -141,7 +141,9 @@ class Outcomes:
             except BulkWriteError:
                 pass  # some writes were rejected; find out which below
             ids = list({job_id for job_id, _ in targets})
-            found = self._store.collection.find({"_id": {"$in": ids}}, {"status": 1, "lease_token": 1})
+            found = self._store.collection.find(
+                self._store.shard_key.scope({"_id": {"$in": ids}}), {"status": 1, "lease_token": 1}
+            )
             runs = ((d["_id"], str(d.get("lease_token")), d.get("status")) for d in found)
             return {(job_id, token) for job_id, token, status in runs if targets.get((job_id, token)) == status}
 
@@ -232,7 +234,9 @@ class Outcomes:
         """
         record = error.as_doc()
         record["at"] = as_stored(error.at)
-        found = self._store.collection.find_one({"_id": job_id}, {"errors": 1, "status": 1})
+        found = self._store.collection.find_one(
+            self._store.shard_key.scope({"_id": job_id}), {"errors": 1, "status": 1}
+        )
         if found is None or not any(e == record for e in found.get("errors") or []):
             return None
         return str(found.get("status"))
@@ -269,7 +273,7 @@ class Outcomes:
             # only its reply was lost. The token stays on the document until the
             # next claim replaces it, so "our token and the target status"
             # means the write was ours.
-            doc = self._store.collection.find_one({"_id": job.id}, {"status": 1, "lease_token": 1})
+            doc = self._store.collection.find_one({"_id": job.id, **job.key}, {"status": 1, "lease_token": 1})
             return doc is not None and doc.get("lease_token") == job.token and doc.get("status") == target
 
         return self._store.retry(call, op)
@@ -300,6 +304,7 @@ class Outcomes:
         cancel = bool(doc.get("cancel_requested"))
         filt = {
             **fence(doc["_id"], doc.get("lease_token")),
+            **self._store.shard_key.of(doc),
             "lease_expires_at": {"$lt": now},
             "cancel_requested": True if cancel else {"$ne": True},
         }
