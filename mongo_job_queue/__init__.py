@@ -18,11 +18,14 @@ from .errors import (
     IndexSetupError,
     InvalidJobError,
     InvalidJobIdError,
+    InvalidLockError,
     JobCancelled,
     JobModelError,
     JobTimeLimitExceeded,
     JobTimeout,
     LeaseExpired,
+    LockLost,
+    LockUnavailable,
     MalformedJob,
     MongoJobQueueError,
     QueueStateError,
@@ -30,6 +33,7 @@ from .errors import (
     ScheduleError,
     WorkerShutdown,
 )
+from .locks import Lease, Lock, LockBackend, fenced_update
 from .middleware import Middleware
 from .model import BaseJob, JobError, LeaseOwner
 from .queue import PersistentJobQueue, create_job_queue
@@ -52,14 +56,20 @@ __all__ = [
     "IndexSetupError",
     "InvalidJobError",
     "InvalidJobIdError",
+    "InvalidLockError",
     "JobCancelled",
     "JobError",
     "JobModelError",
     "JobStatus",
     "JobTimeLimitExceeded",
     "JobTimeout",
+    "Lease",
     "LeaseExpired",
     "LeaseOwner",
+    "Lock",
+    "LockBackend",
+    "LockLost",
+    "LockUnavailable",
     "MalformedJob",
     "Middleware",
     "MongoJobQueueError",
@@ -74,6 +84,7 @@ __all__ = [
     "WorkerShutdown",
     "__version__",
     "create_job_queue",
+    "fenced_update",
 ]
 
 # A development tool's error, no longer exported here: mongo_job_queue.dev.embedded has it.

@@ -150,13 +150,18 @@ class MongoLocks:
         collection = self._ready()
 
         def call() -> int:
-            doc: Optional[Mapping[str, Any]] = collection.find_one_and_update(
-                {"_id": {"epoch": name}},
-                {"$inc": {"epoch": 1}},
-                upsert=True,
-                return_document=pymongo.ReturnDocument.AFTER,
-            )
-            assert doc is not None  # an upsert returning the new document always finds it
-            return int(doc["epoch"])
+            for _ in range(10):
+                try:
+                    doc: Optional[Mapping[str, Any]] = collection.find_one_and_update(
+                        {"_id": {"epoch": name}},
+                        {"$inc": {"epoch": 1}},
+                        upsert=True,
+                        return_document=pymongo.ReturnDocument.AFTER,
+                    )
+                except DuplicateKeyError:
+                    continue  # a concurrent first upsert won: increment the document it inserted
+                if doc is not None:
+                    return int(doc["epoch"])
+            raise RuntimeError(f"no epoch for {name!r}: concurrent upserts kept colliding")
 
         return self.store.retry(call, "lock_epoch")

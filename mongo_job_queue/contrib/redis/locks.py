@@ -111,6 +111,7 @@ class RedisLocks:
         self._release = client.register_script(_RELEASE)
         self._highest = 0
         self._lock = threading.Lock()
+        self._epoch_lock = threading.Lock()
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}lock:{key}"
@@ -119,11 +120,18 @@ class RedisLocks:
     def _value(holder: str, token: int) -> str:
         return f"{holder} {token >> _COUNTER_BITS} {token & ((1 << _COUNTER_BITS) - 1)}"
 
-    def new_epoch(self) -> int:
-        """Take a new epoch from MongoDB and install it in Redis if greater than Redis's; the epoch taken."""
-        epoch = self.epochs.next_epoch(f"redis:{self.prefix}")
-        self._install(keys=[self.fence_key], args=[epoch])
-        return epoch
+    def new_epoch(self, *, seen: Optional[bytes | str] = None) -> None:
+        """Take a new epoch from MongoDB and install it in Redis if greater than the one there.
+
+        ``seen`` is the epoch Redis had when the caller decided it needs a
+        new one (None: none at all); if another thread of this process
+        installed one since, that one serves.
+        """
+        with self._epoch_lock:
+            if self.client.hget(self.fence_key, "epoch") != seen:
+                return
+            epoch = self.epochs.next_epoch(f"redis:{self.prefix}")
+            self._install(keys=[self.fence_key], args=[epoch])
 
     def acquire(self, key: str, holder: str, ttl_ms: int) -> Optional[int]:
         for _ in range(5):
@@ -132,7 +140,8 @@ class RedisLocks:
             if status == 0:
                 return None
             if status == -1:
-                self.new_epoch()  # the counter is gone (or spent): every later token is greater
+                # The counter is gone (or spent): every later token is greater.
+                self.new_epoch(seen=self.client.hget(self.fence_key, "epoch"))
                 continue
             token = (int(_text(reply[1])) << _COUNTER_BITS) | int(_text(reply[2]))
             with self._lock:
@@ -142,7 +151,7 @@ class RedisLocks:
                 return token
             # Redis went back in time (a replica that missed writes): never hand out this token.
             self._release(keys=[self._key(key)], args=[self._value(holder, token)])
-            self.new_epoch()
+            self.new_epoch(seen=self.client.hget(self.fence_key, "epoch"))
         raise redis.exceptions.RedisError(f"no fencing token from Redis for {key!r} after new epochs")
 
     def renew(self, key: str, holder: str, token: int, ttl_ms: int) -> bool:
