@@ -77,3 +77,24 @@ def test_the_listener_wakes_only_for_its_queues_and_types(wakeup) -> None:
     assert not listener.wanted('[["default", "B"]]')
     assert not listener.wanted('[["other", "A"]]')
     assert listener.wanted("not json")  # a wake-up too many costs one poll
+
+
+def test_beside_the_change_stream_both_listen_and_a_stop_ends_them_promptly(make_queue, job_model, wakeup) -> None:
+    worker = make_queue(poll_interval_base_ms=20_000, poll_interval_max_ms=20_000)  # change streams on too
+    worker.add_wakeup(wakeup)
+    ran = threading.Event()
+    worker.register_handler("PING", lambda job: ran.set())
+    worker.start_polling()
+    waker = worker.worker._waker
+    assert waker is not None and len(waker.wakers) == 2
+    wait_until(lambda: all(w.listening.is_set() for w in waker.wakers), timeout=10, what="both listeners up")
+    wait_until(lambda: worker.worker._idle.is_set(), timeout=10, what="the poller idle")
+    producer = make_queue()
+    producer.add_wakeup(wakeup)
+    producer.enqueue("PING", {})
+    assert ran.wait(5)
+    started = time.monotonic()
+    assert worker.stop(timeout=10) is True
+    assert time.monotonic() - started < 5
+    mine = f"mjq-{worker.worker.owner.worker_id}-wakeup"
+    assert not [t.name for t in threading.enumerate() if t.name.startswith(mine) and t.is_alive()]
