@@ -85,7 +85,7 @@ class PersistentJobQueue(Generic[J]):
         self._enqueuer = Enqueuer(self._builder, self.store, self.worker, self.hooks, flags=self)
         self._admin = QueueAdmin(job_model, self.store, self.worker, self.hooks)
         self._schedules = ScheduleManager(self.store, self.worker, self._enqueuer, prepare=self._prepare)
-        self.locks: LockBackend = MongoLocks(self.store)  #: The default backend of :meth:`lock`.
+        self.locks = MongoLocks(self.store)  #: The default backend of :meth:`lock`: MongoDB.
         renew_in_child(self)
 
     def add_middleware(self, middleware: Middleware) -> None:

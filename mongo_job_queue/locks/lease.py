@@ -43,6 +43,8 @@ _MARGIN_S = 0.002
 #: The first and the longest wait between two tries of a blocking acquire, in seconds.
 _BACKOFF_MIN_S = 0.005
 _BACKOFF_MAX_S = 0.5
+#: Renewals come every third of the TTL, but never more often than this (a TTL of a few ms cannot be kept).
+_MIN_INTERVAL_S = 0.005
 
 #: Notified when a lease of this process is released: local waiters try again at once.
 _released = threading.Condition()
@@ -160,6 +162,7 @@ class Lease:
         self._backend = lock.backend
         self._log = lock.log
         self._cap = None if lock.max_lifetime_ms is None else started + lock.max_lifetime_ms / 1000
+        self._started = started
         self._valid_until = self._until(started, ttl_ms)
         #: The last expiry set was cut short by ``max_lifetime_ms``.
         self._capped = ttl_ms < lock.ttl_ms
@@ -182,9 +185,12 @@ class Lease:
         if self._lost is not None:
             return self._lost
         if time.monotonic() >= self._valid_until:
+            # Lost for good, even if a renewal in flight succeeds: a lease never comes back.
             if self._capped:
-                return f"its max_lifetime_ms ({self.lock.max_lifetime_ms}) was reached"
-            return "it expired before a renewal succeeded"
+                self._mark_lost(f"its max_lifetime_ms ({self.lock.max_lifetime_ms}) was reached")
+            else:
+                self._mark_lost("it expired before a renewal succeeded")
+            return self._lost
         return None
 
     @property
@@ -251,28 +257,29 @@ class Lease:
             self._log.warning("lock %r (token %d) lost: %s", self.key, self.token, reason)
 
     def _renew_loop(self) -> None:
-        interval = self.lock.ttl_ms / 3000
-        while not self._stop.wait(interval):
+        """Renew a third of the TTL after the last successful renewal (or the acquire) began."""
+        interval = max(_MIN_INTERVAL_S, self.lock.ttl_ms / 3000)
+        due = self._started + interval
+        while not self._stop.wait(max(0.0, due - time.monotonic())):
             started = time.monotonic()
+            if self._problem() is not None:
+                return  # lost (or past its maximum lifetime): renewing now would revive it
             ttl_ms = self.lock.ttl_ms
             if self._cap is not None:
                 ttl_ms = min(ttl_ms, int((self._cap - started) * 1000))
                 if ttl_ms < 1:
                     return  # the maximum lifetime: no more renewals, the lease ends at its expiry
-                self._capped = ttl_ms < self.lock.ttl_ms
             try:
                 renewed = self._backend.renew(self.key, self.holder, self.token, ttl_ms)
             except Exception as exc:  # noqa: BLE001 - try again until the lease runs out
-                if time.monotonic() >= self._valid_until:
-                    self._mark_lost(f"renewals failed until it expired ({exc!r})")
-                    return
                 self._log.warning("lock %r: renewal failed (%r), trying again", self.key, exc)
-                interval = max(0.01, min(self.lock.ttl_ms / 6000, self._valid_until - time.monotonic()) / 2)
+                due = time.monotonic() + max(0.01, min(interval / 2, (self._valid_until - time.monotonic()) / 2))
                 continue
-            if self._stop.is_set():
+            if self._stop.is_set() or self._lost is not None:
                 return
             if not renewed:
                 self._mark_lost("it expired or was taken over by another holder")
                 return
+            self._capped = ttl_ms < self.lock.ttl_ms
             self._valid_until = self._until(started, ttl_ms)
-            interval = self.lock.ttl_ms / 3000
+            due = started + interval
