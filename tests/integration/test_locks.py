@@ -257,3 +257,28 @@ def test_fenced_update_refuses_an_older_token(raw_db) -> None:
     # The pattern of the docs, written out.
     result = target.update_one({"_id": "report", "fence": {"$lt": 6}}, {"$set": {"body": "late 6", "fence": 6}})
     assert result.matched_count == 0
+
+
+def test_redis_scripts_recognise_a_retried_acquire_and_a_spent_counter(make_queue, locks_collection) -> None:
+    import redis
+
+    from mongo_job_queue.contrib.redis import RedisLocks
+
+    queue = make_queue()
+    client = shared_client()
+    # decode_responses either way: replies are read as text or bytes alike.
+    texts = RedisLocks(redis.Redis(port=6379, decode_responses=True), queue, prefix=fresh_prefix())
+    locks = RedisLocks(client, queue, prefix=texts.prefix)
+    token = locks.acquire("k", "holder-1", 10_000)
+    assert token is not None
+    assert texts.acquire("k", "holder-1", 10_000) == token  # a retry whose first try applied: the same grant
+    assert locks.acquire("k", "holder-2", 10_000) is None
+    assert texts.renew("k", "holder-1", token, 10_000) is True
+    assert locks.renew("k", "holder-1", token + 1, 10_000) is False  # another token is another lease
+    assert locks.release("k", "holder-2", token) is False
+    assert texts.release("k", "holder-1", token) is True
+    # A spent counter moves to a new epoch: the token still grows.
+    client.hset(locks.fence_key, "n", 2**32 - 1)
+    later = locks.acquire("k", "holder-3", 10_000)
+    assert later is not None and later > token and later >> 32 > token >> 32
+    assert locks.release("k", "holder-3", later) is True

@@ -14,15 +14,18 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
 import redis
 
-__all__ = ["RedisWakeup"]
+__all__ = ["PAUSE_AFTER_ERROR_S", "RedisWakeup"]
 
 log = logging.getLogger(__name__)
 
+#: How long enqueues skip publishing after a failed publish, in seconds.
+PAUSE_AFTER_ERROR_S = 5.0
 #: How long one read of the subscription waits: the bound on how late a stop is seen.
 _READ_S = 0.2
 
@@ -39,12 +42,20 @@ class RedisWakeup:
         self.client = client
         self.prefix = prefix
         self._failed = False
+        #: After a failed publish, enqueues skip publishing until then (monotonic): a Redis that is
+        #: down must not add its connection timeout and retries to every enqueue.
+        self._pause_until = 0.0
 
     def channel(self, namespace: str) -> str:
         return f"{self.prefix}{namespace}"
 
     def publish(self, namespace: str, jobs: Sequence[tuple[str, str]]) -> None:
-        """Publish the due ``(queue, type)`` pairs; an error is logged (polling finds the jobs anyway)."""
+        """Publish the due ``(queue, type)`` pairs; an error is logged (polling finds the jobs anyway).
+
+        After an error, publishing pauses for :data:`PAUSE_AFTER_ERROR_S`.
+        """
+        if time.monotonic() < self._pause_until:
+            return
         try:
             self.client.publish(self.channel(namespace), json.dumps([list(pair) for pair in jobs]))
             self._failed = False
@@ -52,6 +63,7 @@ class RedisWakeup:
             if not self._failed:  # once per outage, not once per enqueue
                 log.warning("Redis wake-up not published (%r); workers find the jobs at their next poll", exc)
             self._failed = True
+            self._pause_until = time.monotonic() + PAUSE_AFTER_ERROR_S
 
     def listener(
         self,
