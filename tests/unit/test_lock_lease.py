@@ -65,11 +65,11 @@ def test_a_slow_acquire_is_renewed_on_time() -> None:
     # The expiry runs from before the acquire's round trip: the first renewal is due a third of the
     # TTL after the acquire began, not after it returned (which would let a slow acquire lapse).
     backend = MemoryLocks()
-    backend.acquire_delay = 0.25
-    lease = Lock(backend, "k", ttl_ms=300).acquire()
+    backend.acquire_delay = 0.4
+    lease = Lock(backend, "k", ttl_ms=600).acquire()
     backend.acquire_delay = 0.0
     try:
-        holds_for(lambda: lease.held, duration=0.8, interval=0.01, what="the lease stays held")
+        holds_for(lambda: lease.held, duration=1.2, interval=0.01, what="the lease stays held")
         assert backend.renewals >= 3
     finally:
         lease.release()
@@ -93,15 +93,15 @@ def test_a_lease_past_its_deadline_stays_lost_even_if_a_late_renewal_succeeds() 
 
 def test_renewal_errors_are_retried_until_the_lease_runs_out() -> None:
     backend = MemoryLocks()
-    lease = Lock(backend, "k", ttl_ms=300).acquire()
+    lease = Lock(backend, "k", ttl_ms=900).acquire()
     backend.renew_error = ConnectionError("down")
     try:
-        time.sleep(0.15)  # one renewal fails; the lease is still within its TTL
+        time.sleep(0.45)  # the renewal at 0.3 s fails; the lease is still within its TTL
         backend.renew_error = None
-        holds_for(lambda: lease.held, duration=0.6, interval=0.01, what="a later renewal succeeds in time")
+        holds_for(lambda: lease.held, duration=1.5, interval=0.01, what="a later renewal succeeds in time")
         backend.renew_error = ConnectionError("down for good")
         wait_until(lambda: not lease.held, timeout=5)
-        with pytest.raises(LockLost):
+        with pytest.raises(LockLost, match="expired before a renewal succeeded"):
             lease.check()
     finally:
         lease.release()
@@ -109,12 +109,19 @@ def test_renewal_errors_are_retried_until_the_lease_runs_out() -> None:
 
 def test_a_local_release_wakes_a_waiter_at_once() -> None:
     backend = MemoryLocks()
-    first = Lock(backend, "k", ttl_ms=30_000).acquire()
-    got: list[float] = []
-    waiter = threading.Thread(target=lambda: got.append(Lock(backend, "k").acquire() and time.monotonic()))
-    waiter.start()
-    time.sleep(1.5)  # the waiter's backoff has grown to its longest wait (0.5 s)
-    released = time.monotonic()
-    first.release()
-    waiter.join(5)
-    assert got and got[0] - released < 0.2
+
+    def wait_for_it(got: list[float]) -> None:
+        lease = Lock(backend, "k").acquire()
+        got.append(time.monotonic())
+        lease.release()
+
+    for _ in range(5):  # without the wake-up, each would wait out part of a backoff of up to 0.5 s
+        first = Lock(backend, "k", ttl_ms=30_000).acquire()
+        got: list[float] = []
+        waiter = threading.Thread(target=wait_for_it, args=(got,))
+        waiter.start()
+        time.sleep(0.8)  # the waiter's backoff has grown to a few hundred ms
+        released = time.monotonic()
+        first.release()
+        waiter.join(5)
+        assert got and got[0] - released < 0.1
