@@ -21,7 +21,7 @@ from redis_support import fresh_prefix, shared_client
 from mongo_job_queue.locks import fenced_update
 
 TESTS = Path(__file__).resolve().parents[1]
-TTL_MS = 1_000
+TTL_MS = 2_000
 
 
 @pytest.fixture
