@@ -234,14 +234,23 @@ def test_mongodb_lock_documents_keep_their_token_across_releases(make_queue, loc
     assert queue.locks.held() == []
 
 
-def test_a_retried_acquire_after_a_lost_reply_keeps_the_lock(make_queue, locks_collection, failpoint) -> None:
-    # The first findAndModify applies but its reply is lost: the retry must find its own holder, not "held".
+WCE = {"writeConcernError": {"code": 64, "errmsg": "waiting for replication timed out"}}
+
+
+def test_retried_writes_after_a_lost_reply_recognise_their_own_try(make_queue, locks_collection, failpoint) -> None:
+    # A writeConcernError: the write applied, the reply says error, the store retries.
     queue = make_queue()
     with queue.lock("warm"):
-        pass  # the collection and its index exist: the failpoint hits the acquire itself
-    failpoint(["findAndModify"], 1, errorCode=91, errorLabels=["RetryableWriteError"], failInternalCommands=True)
-    with queue.lock("k", blocking=False) as lease:
-        assert queue.locks.read("k")["holder"] == lease.holder
+        pass  # the collection and its index exist: the failpoint hits the lock's own writes
+    failpoint(["findAndModify"], 1, **WCE)
+    lease = queue.lock("k", blocking=False).acquire()  # the retry finds its own holder, not "held"
+    assert queue.locks.read("k")["holder"] == lease.holder
+    assert queue.locks.read("k")["token"] == lease.token
+    lease._stop.set()  # no renewal in between: the next update is the release
+    lease._renewer.join(5)
+    failpoint(["update"], 1, **WCE)
+    assert lease.release() is True  # the retry reads back its own release
+    assert queue.locks.read("k")["holder"] is None
 
 
 def test_fenced_update_refuses_an_older_token(raw_db) -> None:
