@@ -41,6 +41,12 @@ def fresh_prefix() -> str:
     return f"mjq-test-{uuid.uuid4().hex[:10]}:"
 
 
+def forget(client: Any, prefix: str) -> None:
+    """Delete a test's keys from the shared server."""
+    for key in client.scan_iter(match=f"{prefix}*"):
+        client.delete(key)
+
+
 class RedisServer:
     """A throwaway redis-server that keeps nothing on disk: ``start()``, ``shutdown_nosave()``, ``start()`` again."""
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from helpers import holds_for, wait_until
-from redis_support import fresh_prefix, shared_client
+from redis_support import forget, fresh_prefix, shared_client
 
 from mongo_job_queue import InvalidLockError, LockLost, LockUnavailable
 from mongo_job_queue.locks import fenced_update
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
@@ -21,14 +24,17 @@ def locks_collection(job_model):
 
 
 @pytest.fixture(params=["mongodb", "redis"])
-def setup(request, make_queue, locks_collection) -> tuple[Any, Any]:
+def setup(request, make_queue, locks_collection) -> Iterator[tuple[Any, Any]]:
     """``(queue, backend)``: the queue's default MongoDB backend, or Redis with a prefix of this test's own."""
     queue = make_queue()
     if request.param == "mongodb":
-        return queue, queue.locks
+        yield queue, queue.locks
+        return
     from mongo_job_queue.contrib.redis import RedisLocks
 
-    return queue, RedisLocks(shared_client(), queue, prefix=fresh_prefix())
+    client, prefix = shared_client(), fresh_prefix()
+    yield queue, RedisLocks(client, queue, prefix=prefix)
+    forget(client, prefix)
 
 
 def warm(queue: Any, backend: Any) -> None:

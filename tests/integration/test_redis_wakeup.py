@@ -10,6 +10,8 @@ import pytest
 from helpers import holds_for, wait_until
 from redis_support import fresh_prefix, shared_client
 
+pytestmark = pytest.mark.integration
+
 SLOW_POLLS = {"poll_interval_base_ms": 20_000, "poll_interval_max_ms": 20_000, "change_stream_wakeups": False}
 
 

@@ -17,6 +17,8 @@ from redis_support import RedisServer, fresh_prefix
 
 from mongo_job_queue import LockLost
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def server() -> Iterator[RedisServer]:

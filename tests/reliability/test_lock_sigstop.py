@@ -20,6 +20,8 @@ from redis_support import fresh_prefix, shared_client
 
 from mongo_job_queue.locks import fenced_update
 
+pytestmark = pytest.mark.integration
+
 TESTS = Path(__file__).resolve().parents[1]
 TTL_MS = 2_000
 
