@@ -9,8 +9,11 @@ a thread pool and retries failures with tenacity-driven backoff.
 from __future__ import annotations
 
 from ._deprecation import moved as _moved
+from .chunks import ChunkResult, JobOutcome
 from .config import QueueConfig
 from .errors import (
+    ChunkJobFailed,
+    ChunkResultError,
     ConfigError,
     EagerJobFailed,
     FailJob,
@@ -48,6 +51,9 @@ __version__ = "1.1.0"
 __all__ = [
     "BaseJob",
     "CatchUp",
+    "ChunkJobFailed",
+    "ChunkResult",
+    "ChunkResultError",
     "ConfigError",
     "EagerJobFailed",
     "FailJob",
@@ -60,6 +66,7 @@ __all__ = [
     "JobCancelled",
     "JobError",
     "JobModelError",
+    "JobOutcome",
     "JobStatus",
     "JobTimeLimitExceeded",
     "JobTimeout",

@@ -28,6 +28,14 @@ class HandlerError(MongoJobQueueError, ValueError):
     """A handler registration is invalid (duplicate type, not callable, bad policy)."""
 
 
+class ChunkResultError(HandlerError):
+    """A batch handler's chunk result is invalid (a job not in the chunk, two outcomes for one job, a bad delay)."""
+
+
+class ChunkJobFailed(MongoJobQueueError):
+    """Recorded for a job that a batch handler marked retry or fail without an exception of its own."""
+
+
 class InvalidJobError(MongoJobQueueError, ValueError):
     """A job to enqueue was rejected before anything was written to the database."""
 

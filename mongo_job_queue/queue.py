@@ -18,6 +18,7 @@ from typing import Any, Generic, Optional, TypeVar, Union
 from bson import ObjectId
 
 from .after_fork import renew_in_child
+from .chunks import BatchHandlerFn, register_batch_handler
 from .clock import Clock, to_naive_utc, utcnow
 from .config import ConfigInput, QueueConfig, load_config
 from .enqueue import Enqueuer, JobBuilder
@@ -43,6 +44,7 @@ __all__ = ["PersistentJobQueue", "create_job_queue"]
 
 J = TypeVar("J", bound=BaseJob)
 F = TypeVar("F", bound=HandlerFn)
+B = TypeVar("B", bound=BatchHandlerFn)
 R = TypeVar("R")
 
 Timezone = Union[str, tzinfo]
@@ -477,6 +479,15 @@ class PersistentJobQueue(Generic[J]):
         if self.worker.scheduler is not None:
             self.worker.scheduler._after_fork_in_child()
         self._indexes_ensured = False
+
+    def register_batch_handler(
+        self, job_type: str, fn: B, *, max_size: int = 100, max_wait_ms: int = 1000, key: Optional[str] = None,
+        **options: Any,
+    ) -> B:  # fmt: skip
+        """Register ``fn(jobs)`` for chunks of ``job_type`` (:doc:`chunks`); ``options`` as :meth:`register_handler`."""
+        register_batch_handler(self.registry, self.job_model, job_type, fn, max_size=max_size,
+                               max_wait_ms=max_wait_ms, key=key, **options)  # fmt: skip
+        return fn
 
     def lock(self, key: str, *, backend: Optional[LockBackend] = None, **options: Any) -> Lock:
         """A fenced lock on ``key``: ``with queue.lock(key, ttl_ms=30_000) as lease:`` (options: :doc:`locks`)."""

@@ -37,6 +37,7 @@ from ..config import QueueConfig
 from ..model import BaseJob
 from . import fork
 from .faults import is_transient
+from .finals import FinalWrites
 
 __all__ = ["INDEX_BUILD_MS", "MAINTENANCE_MAX_TIME_MS", "JobStore"]
 
@@ -123,6 +124,8 @@ class JobStore:
         self._synced = False  # no time-based decision before the first measurement
         self._sync_lock = threading.Lock()
         self._monotonic: Callable[[], float] = time.monotonic  # measures round trips; tests inject one
+        #: Told of every final write (batches and dependent jobs listen); see finals.py.
+        self.finals = FinalWrites(self.log)
         self.indexes = Indexes(self)
         self.jobs = Jobs(self, self.indexes)
         self.control = Control(self)

@@ -36,6 +36,7 @@ from ..model import LeaseOwner, job_log_extra
 from ..schedules.service import Scheduler
 from ..store import ClaimedJob, JobStore
 from .build import build_services, completer_of, log_of, waker_of
+from .chunks import chunk_runners
 from .completer import Completer
 from .executor import Executor, WorkQueue
 from .inflight import InflightTable
@@ -203,6 +204,7 @@ class Worker:
             target=loop.run, args=(stopping,), name=f"{name}-maintenance", daemon=True
         )
         threads = [*self._handler_threads, self._poller_thread, self._maintenance_thread]
+        threads += [r.new_thread(stopping, name) for r in chunk_runners(self.registry, self.poller, self._replaced)]
         self._waker = waker_of(
             self.store, self.registry, self.config, self.notify, stopping, self._idle, self._logger, self.wakeups
         )
