@@ -21,11 +21,14 @@ from .errors import (
     IndexSetupError,
     InvalidJobError,
     InvalidJobIdError,
+    InvalidLockError,
     JobCancelled,
     JobModelError,
     JobTimeLimitExceeded,
     JobTimeout,
     LeaseExpired,
+    LockLost,
+    LockUnavailable,
     MalformedJob,
     MongoJobQueueError,
     QueueStateError,
@@ -33,6 +36,7 @@ from .errors import (
     ScheduleError,
     WorkerShutdown,
 )
+from .locks import Lease, Lock, LockBackend, fenced_update
 from .middleware import Middleware
 from .model import BaseJob, JobError, LeaseOwner
 from .queue import PersistentJobQueue, create_job_queue
@@ -58,6 +62,7 @@ __all__ = [
     "IndexSetupError",
     "InvalidJobError",
     "InvalidJobIdError",
+    "InvalidLockError",
     "JobCancelled",
     "JobError",
     "JobModelError",
@@ -65,8 +70,13 @@ __all__ = [
     "JobStatus",
     "JobTimeLimitExceeded",
     "JobTimeout",
+    "Lease",
     "LeaseExpired",
     "LeaseOwner",
+    "Lock",
+    "LockBackend",
+    "LockLost",
+    "LockUnavailable",
     "MalformedJob",
     "Middleware",
     "MongoJobQueueError",
@@ -81,6 +91,7 @@ __all__ = [
     "WorkerShutdown",
     "__version__",
     "create_job_queue",
+    "fenced_update",
 ]
 
 # A development tool's error, no longer exported here: mongo_job_queue.dev.embedded has it.

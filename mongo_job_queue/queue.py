@@ -24,6 +24,7 @@ from .config import ConfigInput, QueueConfig, load_config
 from .enqueue import Enqueuer, JobBuilder
 from .errors import QueueStateError
 from .handlers import HandlerFn, HandlerRegistry
+from .locks import Lock, LockBackend
 from .middleware import Middleware, MiddlewareChain
 from .model import BaseJob, check_job_model
 from .queue_admin import QueueAdmin
@@ -33,9 +34,11 @@ from .schedules.manager import ScheduleInfo, ScheduleManager
 from .schedules.service import Fire, Scheduler
 from .status import FINISHED
 from .store import JobStore
+from .store.locks import MongoLocks
 from .tasks import Task
 from .worker import Worker
 from .worker.runner import run_worker
+from .worker.wakeup import WakeupChannel
 
 __all__ = ["PersistentJobQueue", "create_job_queue"]
 
@@ -84,6 +87,7 @@ class PersistentJobQueue(Generic[J]):
         self._enqueuer = Enqueuer(self._builder, self.store, self.worker, self.hooks, flags=self)
         self._admin = QueueAdmin(job_model, self.store, self.worker, self.hooks)
         self._schedules = ScheduleManager(self.store, self.worker, self._enqueuer, prepare=self._prepare)
+        self.locks = MongoLocks(self.store)  #: The default backend of :meth:`lock`: MongoDB.
         renew_in_child(self)
 
     def add_middleware(self, middleware: Middleware) -> None:
@@ -484,6 +488,14 @@ class PersistentJobQueue(Generic[J]):
         register_batch_handler(self.registry, self.job_model, job_type, fn, max_size=max_size,
                                max_wait_ms=max_wait_ms, key=key, **options)  # fmt: skip
         return fn
+
+    def lock(self, key: str, *, backend: Optional[LockBackend] = None, **options: Any) -> Lock:
+        """A fenced lock on ``key``: ``with queue.lock(key, ttl_ms=30_000) as lease:`` (options: :doc:`locks`)."""
+        return Lock(backend or self.locks, key, **options)
+
+    def add_wakeup(self, channel: WakeupChannel) -> None:
+        """Wake idle workers through ``channel`` too (e.g. Redis pub/sub), from the next start: :ref:`redis-wakeups`."""
+        self.worker.wakeups.append(channel)
 
 
 def create_job_queue(

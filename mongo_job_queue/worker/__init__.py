@@ -44,7 +44,7 @@ from .leases import LeaseKeeper
 from .poller import Poller
 from .pool import HandlerPool
 from .timeouts import deadline_after, join, remaining
-from .wakeup import ChangeStreamWaker
+from .wakeup import Waker, WakeupChannel
 
 __all__ = ["Worker", "job_log_extra"]
 
@@ -69,6 +69,8 @@ class Worker:
         self._logger = logger
         self.log = logger or log
         self.hooks = hooks if hooks is not None else MiddlewareChain(None)
+        #: Wake-up channels beside the change stream (``queue.add_wakeup``), listened to from the next start.
+        self.wakeups: list[WakeupChannel] = []
         #: Fires the queue's schedules while this worker runs (``run_schedules``).
         self.scheduler: Optional[Scheduler] = None
         self.table = InflightTable()
@@ -94,7 +96,7 @@ class Worker:
         self._maintenance_thread: Optional[threading.Thread] = None
         self._scheduler_thread: Optional[threading.Thread] = None
         self._waker_thread: Optional[threading.Thread] = None
-        self._waker: Optional[ChangeStreamWaker] = None
+        self._waker: Optional[Waker] = None
         self._completer: Optional[Completer] = None
         # Every thread any start began, until it has ended: a poller still
         # inside a claim after a timed-out stop outlives its start, and a
@@ -203,7 +205,9 @@ class Worker:
         )
         threads = [*self._handler_threads, self._poller_thread, self._maintenance_thread]
         threads += [r.new_thread(stopping, name) for r in chunk_runners(self.registry, self.poller, self._replaced)]
-        self._waker = waker_of(self.store, self.registry, self.config, self.notify, stopping, self._idle, self._logger)
+        self._waker = waker_of(
+            self.store, self.registry, self.config, self.notify, stopping, self._idle, self._logger, self.wakeups
+        )
         self._waker_thread = None
         if self._waker is not None:
             self._waker_thread = threading.Thread(target=self._waker.run, name=f"{name}-wakeup", daemon=True)
