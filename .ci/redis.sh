@@ -2,12 +2,22 @@
 # Installs redis-server (and redis-cli) from Debian's packages where missing: the Redis adapter's
 # tests (tests/integration/test_locks.py, test_redis_wakeup.py, tests/reliability/test_lock_*.py)
 # run against a real Redis, and the restart test starts throwaway servers of its own.
-# Run by .ci/run before it starts the shared server; developers run it once: `sudo .ci/redis.sh`.
+# Run by tox before the tests (as root it installs; it starts the shared server at 127.0.0.1:6379 if none answers).
 # Never fails the run: where it cannot install (not root, no apt-get), those tests are skipped
 # and say why.
 set -uo pipefail
 
-command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 && exit 0
+start_shared() {
+    # The shared server of the Redis tests, at 127.0.0.1:6379, when none answers there.
+    if command -v redis-server >/dev/null 2>&1 && ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
+        redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null || true
+    fi
+}
+
+if command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1; then
+    start_shared
+    exit 0
+fi
 
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
     echo "redis: redis-server missing and not installable here (needs root and apt-get);" \
@@ -22,4 +32,5 @@ if ! apt-get install -y -q redis-server redis-tools >/dev/null 2>&1; then
     apt-get install -y -q redis-server redis-tools >/dev/null 2>&1 ||
         echo "redis: could not install redis-server; the Redis adapter tests will be skipped" >&2
 fi
+start_shared
 exit 0
