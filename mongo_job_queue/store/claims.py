@@ -51,6 +51,20 @@ def _lease(token: str, owner: LeaseOwner, now: datetime, lease_ms: int) -> dict[
     }
 
 
+def _partition(key: str, head: Mapping[str, Any]) -> dict[str, Any]:
+    """The condition of a chunk's partition: the jobs whose ``key`` value equals the head job's.
+
+    ``$eq``, so a stored value is never read as a query (an operator document
+    or a regex), and arrays excluded, since Mongo's equality also matches an
+    array holding the value. An array value has no such equality (it matches
+    arrays nested in arrays too), so a job whose value is one runs alone.
+    """
+    value = head.get(key)
+    if isinstance(value, list):
+        return {"_id": head["_id"]}
+    return {key: {"$eq": value, "$not": {"$type": "array"}}}
+
+
 def _claim_update(lease: Mapping[str, Any]) -> dict[str, Any]:
     """The update of a claim with ``lease``: one more attempt, and the earlier attempt's progress cleared."""
     return {"$set": dict(lease), "$inc": {"attempts": 1}, "$unset": _FRESH_RUN}
@@ -120,7 +134,11 @@ class Claims:
         types, queues = list(types), list(queues)
         if not types or not queues:
             return []
-        query = {**(where or {}), "status": PENDING, "queue": {"$in": queues}, "type": {"$in": types}}
+        query: dict[str, Any] = {"status": PENDING, "queue": {"$in": queues}, "type": {"$in": types}}
+        if where:
+            # Beside the claim's own conditions, never merged into them: a key such as ``queue`` must not
+            # overwrite the claim's ``queue`` (or ``run_at``) condition, nor be overwritten by it.
+            query["$and"] = [dict(where)]
         for _ in range(_MAX_QUARANTINES_PER_CLAIM):
             try:
                 batch, raced = self._claim_batch(query, owner, limit, abort)
@@ -143,7 +161,11 @@ class Claims:
 
         With ``key`` (a chunk's partition field), only jobs sharing the most
         urgent due job's value count, and ``where`` selects that value: two
-        reads whatever the number of jobs, none of them claimed.
+        reads whatever the number of jobs, none of them claimed. The value
+        is matched by ``$eq`` (a stored operator document or regex is a
+        value, not a query) and a scalar never matches an array holding it;
+        a job whose value is an array runs alone (``where`` names it, and its
+        chunk counts as full: no other job can join it).
         """
         store = self._store
         query: dict[str, Any] = {"status": PENDING, "queue": {"$in": list(queues)}, "type": {"$in": list(types)}}
@@ -156,8 +178,10 @@ class Claims:
                 if head is None:
                     return 0
                 where.clear()
-                where[key] = head.get(key)
-                due.update(where)
+                where.update(_partition(key, head))
+                if "_id" in where:
+                    return limit
+                due["$and"] = [dict(where)]
             return store.collection.count_documents(due, limit=limit, maxTimeMS=_CLAIM_READ_MAX_TIME_MS)
 
         count = store.retry(call, "peek_due") if types and queues else 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mongoengine import StringField
+from mongoengine import DynamicField, StringField
 
 from mongo_job_queue import BaseJob
 
@@ -13,6 +13,8 @@ APP_NAME = "mjq-integration"
 
 class IntegrationJob(BaseJob):
     organization = StringField()
+    #: Any stored value (operator-like documents, regexes, arrays): a chunk key's odd partitions.
+    partition = DynamicField()
     meta = {"collection": "jobs", "db_alias": ALIAS}
 
 
