@@ -35,6 +35,8 @@ class RunState:
     #: Progress not yet written (throttled); the next heartbeat carries it.
     progress: Optional[dict[str, Any]] = None
     progress_written_at: float = -math.inf
+    #: In a chunk: what ``report_progress`` would have raised (see :class:`JobContext`); it ends this job only.
+    stopped: Optional[BaseException] = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def take_progress(self) -> Optional[dict[str, Any]]:
@@ -52,9 +54,11 @@ class RunState:
 class JobContext:
     """Attached to the handler's job instance as ``_mjq_context`` by the worker."""
 
-    def __init__(self, store: JobStore, state: RunState) -> None:
+    def __init__(self, store: JobStore, state: RunState, *, in_chunk: bool = False) -> None:
         self.store = store
         self.state = state
+        #: A job of a chunk: its report never raises, as that would end the call for every job of the chunk.
+        self.in_chunk = in_chunk
 
     def cancel_requested(self) -> bool:
         return self.state.cancel_requested.is_set()
@@ -67,11 +71,14 @@ class JobContext:
         heartbeat (or report) writes it, so a tight loop costs no round trips.
         Either way the run's claim keeps it as its latest report, which the
         completion writes: the last report before the handler returns is never lost.
+        In a chunk it does not raise but records the exception on the run
+        (``RunState.stopped``): the chunk's call goes on, and that job alone
+        ends as if its own handler had raised it (see docs/chunks.rst).
         """
         progress: Optional[dict[str, Any]] = _progress_doc(percent, message, self.store.now())
         state = self.state
         if state.lease_lost.is_set():
-            raise LeaseExpired(f"job {state.claimed.id}: lease lost; another worker may run it")
+            return self._stop(LeaseExpired(f"job {state.claimed.id}: lease lost; another worker may run it"))
         interval = self.store.config.progress_min_interval_ms / 1000
         with state.lock:
             state.claimed.progress = progress
@@ -85,11 +92,19 @@ class JobContext:
             outcome = self.store.jobs.write_progress(state.claimed, progress)
             if outcome is None:
                 state.lease_lost.set()
-                raise LeaseExpired(f"job {state.claimed.id}: lease lost; another worker may run it")
+                return self._stop(LeaseExpired(f"job {state.claimed.id}: lease lost; another worker may run it"))
             if outcome:
                 state.cancel_requested.set()
         if state.cancel_requested.is_set():
-            raise JobCancelled(f"job {state.claimed.id}: cancellation requested")
+            self._stop(JobCancelled(f"job {state.claimed.id}: cancellation requested"))
+
+    def _stop(self, exc: BaseException) -> None:
+        """Raise ``exc`` into the handler; in a chunk, record it on the run instead (a lost lease outranks a cancel)."""
+        if not self.in_chunk:
+            raise exc
+        with self.state.lock:
+            if not isinstance(self.state.stopped, LeaseExpired):
+                self.state.stopped = exc
 
 
 def _progress_doc(percent: Any, message: Any, now: Any) -> dict[str, Any]:

@@ -259,6 +259,10 @@ class BaseJob(Document):
                 propagate and the job ends ``cancelled``.
             LeaseExpired: the lease was lost; another worker may run the job.
             QueueStateError: called outside a handler run by the queue.
+
+        In a batch handler neither JobCancelled nor LeaseExpired is raised
+        (it would end the call for the whole chunk): the job alone ends
+        ``cancelled``, or with nothing written, when the chunk returns.
         """
         context = getattr(self, "_mjq_context", None)
         if context is None:

@@ -33,7 +33,7 @@ from ..chunks import JobOutcome, resolve
 from ..clock import after_ms
 from ..config import QueueConfig
 from ..context import JobContext, RunState
-from ..errors import FailJob
+from ..errors import FailJob, JobCancelled, LeaseExpired
 from ..handlers import ChunkSpec, Handler, HandlerRegistry
 from ..middleware import MiddlewareChain, Outcome
 from ..model import BaseJob, JobError, LeaseOwner, safe_str
@@ -222,7 +222,7 @@ class ChunkRunner:
             if problems:
                 self.executor.quarantiner.fail_malformed(doc, problems, token=state.claimed.token)
                 continue
-            job._mjq_context = JobContext(self.store, state)
+            job._mjq_context = JobContext(self.store, state, in_chunk=True)
             run = _Run(state, job)
             if exhausted(doc, self.handler):  # requeued by a rescuer that did not know the handler's bound
                 bound = f"max_retries={max_retries_of(doc, self.handler)}"
@@ -243,11 +243,22 @@ class ChunkRunner:
         for run in runs:
             claimed = run.claimed
             outcome = outcomes.get(claimed.id)
-            if run.state.cancel_requested.is_set() or (outcome is not None and outcome.kind == "cancel"):
-                run.write = jobs.cancellation(claimed)
-                run.exc = error
+            stopped = run.state.stopped  # what its progress report would have raised, as a single handler's
+            if isinstance(stopped, LeaseExpired):  # its lease is gone: nothing to write, as for a stale chunk
+                run.exc, run.outcome = stopped, "lease_lost"
+                log_job(self.log, logging.WARNING, claimed.doc, "outcome not recorded: the lease was lost")
+                self.hooks.emit("on_lease_lost", claimed.doc)
                 continue
-            if outcome is not None and outcome.kind == "done":
+            done = outcome is not None and outcome.kind == "done"
+            # A job the handler completed completes, as a single handler's that returns: the work was done.
+            # One it retried or failed, with a cancel requested, ends cancelled, as a single handler's that raises.
+            cancelled = run.state.cancel_requested.is_set() and not done
+            if isinstance(stopped, JobCancelled) or cancelled or (outcome is not None and outcome.kind == "cancel"):
+                run.write = jobs.cancellation(claimed)
+                run.exc = stopped or error
+                continue
+            if done:
+                assert outcome is not None
                 result = self.executor.storable_result(outcome.result, claimed.doc)
                 run.write = FencedWrite(claimed, COMPLETED, completion_update(now, result, claimed.progress))
                 continue

@@ -202,28 +202,92 @@ def test_a_stale_chunks_late_write_changes_nothing(make_queue, raw_db) -> None:
     assert {job.id for job in jobs} == set(before)
 
 
-def test_a_cancel_request_ends_its_job_cancelled_when_the_chunk_returns(make_queue, raw_db) -> None:
+def test_a_cancel_request_ends_its_job_cancelled_unless_the_chunk_completed_it(make_queue, raw_db) -> None:
+    # As for a single handler: a job the handler completes completes (the work was done), whatever the
+    # heartbeat learnt meanwhile; one it retries ends cancelled; one it cancels on seeing the request too.
     queue = make_queue()
     gate, entered = threading.Event(), threading.Event()
     seen: list[bool] = []
 
-    def handle(jobs: list[Any]) -> None:
+    def handle(jobs: list[Any]) -> ChunkResult:
         entered.set()
         gate.wait(30)
         seen.extend(j.is_cancel_requested() for j in jobs)
+        result = ChunkResult()
+        for job in jobs:
+            if job.data["n"] == 2:
+                result.retry(job, "again", delay_ms=0)
+            elif job.data["n"] == 3 and job.is_cancel_requested():
+                result.cancel(job)
+        return result
 
     queue.register_batch_handler("SMS", handle, max_size=10, max_wait_ms=100)
-    jobs = queue.enqueue_many([{"job_type": "SMS", "data": {"n": n}} for n in range(3)])
+    jobs = queue.enqueue_many([{"job_type": "SMS", "data": {"n": n}} for n in range(4)])
     queue.start_polling()
     assert entered.wait(15)
-    wait_until(lambda: raw_db.jobs.count_documents({"status": "processing"}) == 3)
+    wait_until(lambda: raw_db.jobs.count_documents({"status": "processing"}) == 4)
+    for job in jobs[1:]:
+        queue.cancel_job(job.id)
+    wait_until(lambda: sum(s.cancel_requested.is_set() for s in queue.worker.table.running()) == 3, timeout=10)
+    gate.set()
+    wait_until(lambda: raw_db.jobs.count_documents({"status": {"$in": ["completed", "cancelled"]}}) == 4)
+    docs = _statuses(raw_db)
+    assert [docs[j.id]["status"] for j in jobs] == ["completed", "completed", "cancelled", "cancelled"]
+    assert seen == [False, True, True, True]
+
+
+def _progress_chunk(queue: Any, raw_db: Any, n: int) -> tuple[list[Any], threading.Event, list[list[int]]]:
+    """A chunk of ``n`` jobs whose handler, once the returned gate opens, reports progress on every job."""
+    gate, entered = threading.Event(), threading.Event()
+    calls: list[list[int]] = []
+
+    def handle(jobs: list[Any]) -> None:
+        calls.append([j.data["n"] for j in jobs])
+        entered.set()
+        gate.wait(30)
+        for job in jobs:
+            job.report_progress(50)  # in a chunk it never raises: that would end the call for every job
+
+    queue.register_batch_handler("SMS", handle, max_size=10, max_wait_ms=100)
+    jobs = queue.enqueue_many([{"job_type": "SMS", "data": {"n": i}, "max_retries": 3} for i in range(n)])
+    queue.start_polling()
+    assert entered.wait(15)
+    wait_until(lambda: raw_db.jobs.count_documents({"status": "processing"}) == n)
+    return jobs, gate, calls
+
+
+def test_a_cancel_met_by_one_jobs_progress_report_cancels_that_job_alone(make_queue, raw_db) -> None:
+    queue = make_queue()
+    recorder = Recorder()
+    queue.add_middleware(recorder)
+    jobs, gate, calls = _progress_chunk(queue, raw_db, 3)
     queue.cancel_job(jobs[1].id)
     wait_until(lambda: any(s.cancel_requested.is_set() for s in queue.worker.table.running()), timeout=10)
     gate.set()
     wait_until(lambda: raw_db.jobs.count_documents({"status": {"$in": ["completed", "cancelled"]}}) == 3)
     docs = _statuses(raw_db)
     assert [docs[j.id]["status"] for j in jobs] == ["completed", "cancelled", "completed"]
-    assert seen == [False, True, False]
+    assert [docs[j.id]["attempts"] for j in jobs] == [1, 1, 1] and len(calls) == 1
+    assert not any(docs[j.id].get("errors") for j in jobs)
+    wait_until(lambda: any(e[0] == "after_chunk" for e in recorder.events))
+    assert [e[1] for e in recorder.events if e[0] == "after_chunk"] == [["completed", "cancelled", "completed"]]
+
+
+def test_one_jobs_lost_lease_costs_the_other_jobs_of_its_chunk_nothing(make_queue, raw_db) -> None:
+    queue = make_queue()
+    recorder = Recorder()
+    queue.add_middleware(recorder)
+    jobs, gate, calls = _progress_chunk(queue, raw_db, 3)
+    # Job 1 is taken over by another worker (a new claim's token): its heartbeat renewal finds the lease gone.
+    raw_db.jobs.update_one({"_id": jobs[1].id}, {"$set": {"lease_token": "another-claim", "attempts": 2}})
+    wait_until(lambda: any(s.lease_lost.is_set() for s in queue.worker.table.running()), timeout=10)
+    gate.set()
+    wait_until(lambda: any(e[0] == "after_chunk" for e in recorder.events), timeout=15)
+    docs = _statuses(raw_db)
+    assert [docs[j.id]["status"] for j in jobs] == ["completed", "processing", "completed"]
+    assert [docs[j.id]["attempts"] for j in jobs] == [1, 2, 1] and len(calls) == 1
+    assert docs[jobs[1].id]["lease_token"] == "another-claim" and "progress" not in docs[jobs[1].id]
+    assert [e[1] for e in recorder.events if e[0] == "after_chunk"] == [["completed", "lease_lost", "completed"]]
 
 
 def test_stop_does_not_wait_for_a_chunk_to_fill(make_queue) -> None:
