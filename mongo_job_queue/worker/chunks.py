@@ -150,6 +150,7 @@ class ChunkRunner:
                 return False
         if stopping.is_set():
             return False
+        types, queues = self._scope()  # again: a pause made while the chunk filled applies to its claim
         claimed = self.store.jobs.claim_batch(types, queues, self.owner, spec.max_size, abort=stopping, where=where)
         if not claimed:
             return False

@@ -424,3 +424,25 @@ def test_a_chunks_final_writes_reach_the_final_write_listeners_once_each(make_qu
     wait_until(lambda: raw_db.jobs.count_documents({"status": "processing"}) == 0 and len(told) >= 3)
     assert raw_db.jobs.find_one({"_id": jobs[2].id})["status"] == "pending"
     assert sorted(told) == sorted([(jobs[0].id, "completed"), (jobs[1].id, "failed"), (jobs[3].id, "cancelled")])
+
+
+def test_a_pause_made_while_a_chunk_fills_keeps_its_jobs_from_the_claim(make_queue, raw_db) -> None:
+    queue = make_queue(pause_refresh_ms=200)
+    other = make_queue()  # another process's queue object pauses, as an operator would
+    ran: list[Any] = []
+    scopes: list[list[str]] = []
+    peek_due = queue.store.jobs.peek_due
+
+    def peek(types: Any, queues: Any, limit: int, **kwargs: Any) -> Any:
+        scopes.append(list(types))
+        return peek_due(types, queues, limit, **kwargs)
+
+    queue.store.jobs.peek_due = peek
+    queue.register_batch_handler("SMS", ran.extend, max_size=100, max_wait_ms=3_000)
+    queue.enqueue("SMS")
+    queue.start_polling()
+    wait_until(lambda: scopes and scopes[-1] == ["SMS"], timeout=10)  # it saw the job and waits for more
+    other.pause(job_types=["SMS"])
+    wait_until(lambda: queue.worker.poller.claim_scope(chunked=True)[0] == [], timeout=10)
+    wait_until(lambda: ran or scopes[-1] == [], timeout=10)  # the fill ended: claimed, or a later step saw the pause
+    assert not ran and raw_db.jobs.find_one({})["status"] == "pending"
