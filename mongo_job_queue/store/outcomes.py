@@ -197,7 +197,7 @@ class Outcomes:
         return self._told(job.doc, CANCELLED, ended)
 
     def abandon(self, job: ClaimedJob, error: JobError, run_at: Optional[datetime]) -> Optional[str]:
-        """End the attempt of a handler abandoned to its time limit: ``pending`` at ``run_at``, else ``failed``.
+        """End an abandoned attempt (time limit or shutdown): ``pending`` at ``run_at``, else ``failed``.
 
         A job whose cancellation was requested ends ``cancelled``. Unlike the
         owner's other writes, this one removes the lease token, as a rescue

@@ -340,7 +340,11 @@ class Executor:
     def requeue_on_shutdown(self, state: RunState, worker_id: str) -> None:
         """Return a run abandoned by a stopping process to the queue, attempt counted (fenced).
 
-        The job is due again after :meth:`shutdown_grace_ms`, not at once.
+        The job is due again after :meth:`shutdown_grace_ms`, not at once
+        (``failed`` if no attempt is left, ``cancelled`` if requested). The
+        write removes the lease token, as a rescue does: the handler (single
+        or chunk) may still return here, and its late outcome must match
+        nothing and fail the "was it my earlier try?" check.
         """
         claimed = state.claimed
         doc = claimed.doc
@@ -349,15 +353,16 @@ class Executor:
         exc = WorkerShutdown(f"worker {worker_id} shut down during attempt {attempts}")
         now = self.store.now()
         record = JobError.from_exception(exc, attempt=attempts, at=now, token=claimed.token, config=self.config)
+        give_up = attempts >= max_retries_of(doc, self.registry.get(doc["type"])) + 1
         try:
-            if attempts >= max_retries_of(doc, self.registry.get(doc["type"])) + 1:
-                written = self.store.jobs.fail(claimed, record)
-            else:
-                written = self.store.jobs.reschedule(claimed, after_ms(now, self.shutdown_grace_ms()), record)
-            if not written and self.cancel(claimed):
-                return
+            written = self.store.jobs.abandon(
+                claimed, record, None if give_up else after_ms(now, self.shutdown_grace_ms())
+            )
         except Exception:  # noqa: BLE001 - lease expiry recovers it if this write fails
             log_job(self.log, logging.ERROR, doc, "could not return to the queue on shutdown", exc_info=True)
             return
-        if written:
+        if written == CANCELLED:
+            log_job(self.log, logging.INFO, doc, "cancelled on request")
+            self.hooks.emit("on_cancelled", claimed.id)
+        elif written:
             log_job(self.log, logging.WARNING, doc, "returned to the queue on shutdown (attempt counted)")

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from helpers import wait_until
 
-from mongo_job_queue import LeaseOwner
+from mongo_job_queue import LeaseOwner, Middleware
 from mongo_job_queue.clock import utcnow
 from mongo_job_queue.store.finals import FinalJob
 
@@ -89,3 +89,55 @@ def test_a_lease_recovered_for_good_is_told_and_the_late_owner_is_not(make_queue
     assert owner.store.jobs.complete(claimed, "late") is False  # fenced out, and so not told
     assert late.by_id() == {}
     assert job_model.objects.get(id=job.id).status == "failed"
+
+
+class Outcomes(Middleware):
+    """The outcome each run's end reported, by job id."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.seen: dict[Any, str] = {}
+
+    def after_process(self, queue: Any, job: Any, *, outcome: str, exc: Any, duration_s: float) -> None:
+        with self.lock:
+            self.seen[job.pk] = outcome
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["single", "chunk"])
+def test_a_late_outcome_after_a_shutdown_requeue_is_not_taken_for_its_own(make_queue, raw_db, chunked) -> None:
+    # stop(requeue_running=True) gives up on the running handlers, and the exit hook requeues their jobs. The
+    # handlers still run and later write what the requeue wrote (pending, or failed with no attempt left):
+    # the "our token and the target status" check must not take those late writes for their own earlier try.
+    queue = make_queue(concurrency=2)
+    told = listening(queue)
+    outcomes = Outcomes()
+    queue.add_middleware(outcomes)
+    started, release = threading.Event(), threading.Event()
+    count = {"n": 0}
+    lock = threading.Lock()
+
+    def late_failure(n: int) -> None:
+        with lock:
+            count["n"] += n
+            if count["n"] == 2:
+                started.set()
+        assert release.wait(30)
+        raise RuntimeError("late")
+
+    if chunked:
+        queue.register_batch_handler("HELD", lambda jobs: late_failure(len(jobs)), max_size=10, max_wait_ms=300)
+    else:
+        queue.register_handler("HELD", lambda job: late_failure(1))
+    spent = queue.enqueue("HELD", {}, max_retries=0)  # the requeue fails it: a final write
+    retried = queue.enqueue("HELD", {}, max_retries=3)  # the requeue makes it pending again
+    queue.start_polling()
+    assert started.wait(15)
+    assert queue.stop(timeout=0.2, requeue_running=True) is False
+    queue.worker.requeue_abandoned()  # what the exit hook does
+    requeued = {d["_id"]: d for d in raw_db.jobs.find({})}
+    assert [requeued[j.id]["status"] for j in (spent, retried)] == ["failed", "pending"]
+    release.set()
+    wait_until(lambda: len(outcomes.seen) == 2, timeout=15)
+    assert outcomes.seen == {spent.id: "lease_lost", retried.id: "lease_lost"}
+    assert {d["_id"]: d for d in raw_db.jobs.find({})} == requeued  # the late writes changed nothing
+    assert told.by_id() == {spent.id: [("failed", None)]}
