@@ -28,7 +28,7 @@ class HandlerError(MongoJobQueueError, ValueError):
     """A handler registration is invalid (duplicate type, not callable, bad policy)."""
 
 
-class ChunkResultError(HandlerError):
+class ChunkResultError(MongoJobQueueError, ValueError):
     """A batch handler's chunk result is invalid (a job not in the chunk, two outcomes for one job, a bad delay)."""
 
 

@@ -8,7 +8,7 @@ import pytest
 from bson import ObjectId
 from conftest import OrgJob
 
-from mongo_job_queue import ChunkJobFailed, ChunkResult, ChunkResultError, HandlerError, RetryJob
+from mongo_job_queue import ChunkJobFailed, ChunkResult, ChunkResultError, HandlerError, MongoJobQueueError, RetryJob
 from mongo_job_queue.chunks import resolve
 from mongo_job_queue.testing import eager
 
@@ -105,3 +105,12 @@ def test_eager_mode_runs_a_chunk_of_one(queue: Any) -> None:
     assert (done.status, done.result) == ("completed", {"org": "acme"})
     assert failed.status == "failed"
     assert seen == [1, 1]
+
+
+def test_a_bad_chunk_result_is_not_a_registration_error() -> None:
+    # Raised while a handler runs (recorded as its exception), never by register_*: code that catches
+    # HandlerError around a registration must not be told of it, nor a handler's except HandlerError hide it.
+    with pytest.raises(ChunkResultError) as info:
+        ChunkResult().retry(ObjectId(), delay_ms=-1)
+    assert not isinstance(info.value, HandlerError)
+    assert isinstance(info.value, MongoJobQueueError) and isinstance(info.value, ValueError)
