@@ -67,6 +67,8 @@ class _Run:
     exc: Optional[BaseException] = None
     delay_ms: int = 0
     outcome: Outcome = "error"
+    #: For a completion: the result as stored (a refused bulk write writes it again alone, see ``_write_all``).
+    result: Any = None
 
     @property
     def claimed(self) -> ClaimedJob:
@@ -260,8 +262,8 @@ class ChunkRunner:
                 continue
             if done:
                 assert outcome is not None
-                result = self.executor.storable_result(outcome.result, claimed.doc)
-                run.write = FencedWrite(claimed, COMPLETED, completion_update(now, result, claimed.progress))
+                run.result = self.executor.storable_result(outcome.result, claimed.doc)
+                run.write = FencedWrite(claimed, COMPLETED, completion_update(now, run.result, claimed.progress))
                 continue
             exc = error if outcome is None else outcome.exception()
             assert exc is not None
@@ -298,7 +300,12 @@ class ChunkRunner:
             write, doc = run.write, run.claimed.doc
             if write is None:
                 continue
-            if run_key(run.claimed) not in landed:
+            written: Optional[bool] = run_key(run.claimed) in landed
+            if not written and write.status == COMPLETED:  # written alone: a lost lease, or refused as too large
+                written = self._complete_alone(run)
+                if written is None:
+                    continue  # not written at all ("error"): lease expiry runs it again
+            if not written:
                 # An uncancelled write that did not land may have met a cancel request: it ends cancelled.
                 if write.uncancelled and self.executor.cancel(run.claimed):
                     run.outcome = "cancelled"
@@ -319,6 +326,19 @@ class ChunkRunner:
                 self.hooks.emit("on_cancelled", run.claimed.id)
             else:
                 log_job(self.log, logging.INFO, doc, "completed")
+
+    def _complete_alone(self, run: _Run) -> Optional[bool]:
+        """A completion the bulk write did not land, written alone: False if its lease is lost, None on an error.
+
+        The single write tells a lost lease from a write the server refused,
+        and completes a job whose result would push its document past
+        16 MiB without the result (``result_error``), as a single handler's.
+        """
+        try:
+            return self.store.jobs.complete(run.claimed, run.result)
+        except Exception:  # noqa: BLE001 - its lease expires and the job runs again
+            log_job(self.log, logging.ERROR, run.claimed.doc, "could not record the completion", exc_info=True)
+            return None
 
     def _abandon(self, watch: Watch) -> None:
         """The chunk ran past its time limit and grace: stop renewing its leases, and let a new thread run on."""

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from helpers import wait_until
 
-from mongo_job_queue import InvalidJobError
+from mongo_job_queue import ChunkResult, InvalidJobError
 
 pytestmark = pytest.mark.integration
 
@@ -110,3 +110,28 @@ def test_a_schedule_is_measured_as_its_fires_write_their_job(make_queue, job_mod
     fires = queue.fire_schedules(start + timedelta(minutes=1))
     assert [f.enqueued for f in fires] == [True]
     assert job_model._get_collection().count_documents({"schedule": "nightly"}) == 1
+
+
+def test_a_chunk_completion_refused_as_too_large_completes_that_job_without_its_result(make_queue, job_model) -> None:
+    web = make_queue()  # enqueues under the default limits
+    worker = make_queue(max_result_bytes=4 * MIB)  # allows results too big for the large job
+    runs: list[list[Any]] = []
+
+    def handle(jobs: list[Any]) -> ChunkResult:
+        runs.append(sorted(job.data.get("n", -1) for job in jobs))
+        result = ChunkResult()
+        for job in jobs:
+            result.done(job, "r" * (3 * MIB) if "blob" in job.data else {"n": job.data["n"]})
+        return result
+
+    worker.register_batch_handler("BIG", handle, max_size=10, max_wait_ms=500)
+    big = web.enqueue("BIG", {"blob": largest_accepted_blob(web)})
+    small = web.enqueue("BIG", {"n": 1})
+    worker.start_polling()
+    done = wait_until(lambda: _final(job_model, big.id), timeout=60)
+    assert worker.stop(timeout=10)
+    assert runs == [[-1, 1]]  # one chunk, run once: the refused completion was not taken for a lost lease
+    assert done.status == "completed" and done.result is None
+    assert "16 MiB" in done.result_error
+    other = job_model.objects.get(id=small.id)
+    assert other.status == "completed" and other.result == {"n": 1}
