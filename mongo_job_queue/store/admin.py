@@ -107,7 +107,11 @@ class Admin:
             jobs = self._store.collection
             if tries > 1 and jobs.find_one({"_id": job_id, "admin_marks": mark}, {"_id": 1}) is not None:
                 return True
-            return bool(jobs.update_one(self._store.shard_key.scope(filt, jobs), update).matched_count)
+            keyed = self._store.shard_key.scope(filt, jobs)
+            if jobs.update_one(keyed, update).matched_count:
+                return True
+            # The app may have changed the job's key values since they were read: by _id alone (every shard).
+            return keyed is not filt and bool(jobs.update_one(filt, update).matched_count)
 
         return self._store.retry(call, "retry_job")
 

@@ -209,12 +209,13 @@ class Control:
                 doc = jobs.find_one({"_id": job_id, "admin_marks": {"$in": list(outcomes)}}, {"admin_marks": 1})
                 if doc is not None:
                     return next(outcomes[m] for m in doc["admin_marks"] if m in outcomes)
-            before = jobs.find_one_and_update(
-                self._store.shard_key.scope(filt, jobs),
-                _cancel_pipeline(now, mark),
-                projection=projection,
-                return_document=ReturnDocument.BEFORE,
-            )
+            for _ in range(2):  # again if the app changed the job's key values since they were read
+                keyed = self._store.shard_key.scope(filt, jobs)
+                before = jobs.find_one_and_update(
+                    keyed, _cancel_pipeline(now, mark), projection=projection, return_document=ReturnDocument.BEFORE
+                )
+                if before is not None or keyed is filt:
+                    break
             if before is None:
                 return None  # finished or missing
             if before.get("status") == PENDING:
@@ -227,11 +228,7 @@ class Control:
         outcome = self._store.retry(call, "request_cancel")
         if outcome == "cancelled" and self._store.finals.active:
             # A retry that found its earlier try's mark has no document: read the fields the listeners need.
-            doc = (
-                told[-1]
-                if told
-                else self._store.collection.find_one(self._store.shard_key.scope({"_id": job_id}), projection)
-            )
+            doc = told[-1] if told else self._store.collection.find_one({"_id": job_id}, projection)
             self._store.finals.notify_one(doc or {"_id": job_id}, CANCELLED)
         return outcome
 
