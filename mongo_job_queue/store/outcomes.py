@@ -134,13 +134,12 @@ class Outcomes:
         targets = {(w.job.id, w.job.token): w.status for w in writes}
         jobs = self._store.collection
 
-        def bulk(some: Sequence[FencedWrite]) -> list[dict[str, Any]]:
-            """Write ``some``; the documents of their jobs when not all of them matched."""
+        def bulk(some: Sequence[FencedWrite]) -> Optional[list[dict[str, Any]]]:
+            """Write ``some``: None when every write matched, else the documents of their jobs now."""
             try:
-                if jobs.bulk_write(
-                    [UpdateOne(w.filter, dict(w.update)) for w in some], ordered=False
-                ).matched_count == len(some):
-                    return []
+                ops = [UpdateOne(w.filter, dict(w.update)) for w in some]
+                if jobs.bulk_write(ops, ordered=False).matched_count == len(some):
+                    return None
             except BulkWriteError:
                 pass  # some writes were rejected; find out which below
             ids = list({w.job.id for w in some})
@@ -149,15 +148,14 @@ class Outcomes:
 
         def call() -> set[tuple[ObjectId, str]]:
             found = bulk(writes)
-            if not found:
+            if found is None:
                 return set(targets)
             seen = {d["_id"] for d in found}
             moved = rekey(self._store, [w.job for w in writes if w.job.id not in seen])
             if moved:  # the app changed their shard key values: write again under the new ones
                 again = bulk([w for w in writes if any(w.job is job for job in moved)])
-                found += again or [
-                    {"_id": j.id, "lease_token": j.token, "status": targets[(j.id, j.token)]} for j in moved
-                ]
+                landed = [{"_id": j.id, "lease_token": j.token, "status": targets[(j.id, j.token)]} for j in moved]
+                found += landed if again is None else again
             runs = ((d["_id"], str(d.get("lease_token")), d.get("status")) for d in found)
             return {(job_id, token) for job_id, token, status in runs if targets.get((job_id, token)) == status}
 

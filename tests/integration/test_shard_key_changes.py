@@ -21,6 +21,7 @@ from helpers import wait_until
 from mongoengine import StringField
 
 from mongo_job_queue import BaseJob, create_job_queue
+from mongo_job_queue.model import JobError
 from mongo_job_queue.store.shardkey import ShardKey
 
 pytestmark = pytest.mark.integration
@@ -121,3 +122,52 @@ def test_the_key_helper_keeps_nothing_per_job(model: type[TenantJob]) -> None:
     for doc in docs:
         assert key.of(doc) == {"organization": "o", "_id": doc["_id"]}
     assert vars(key) == before == {"fields": ("organization", "_id")}
+
+
+@pytest.mark.parametrize("outcome", ["complete", "complete_many", "fail", "progress", "heartbeat"])
+def test_each_fenced_write_adopts_the_new_key_values_and_lands(model: type[TenantJob], outcome: str) -> None:
+    queue = create_job_queue(job_model=model, config=FAST)
+    jobs = model._get_collection()
+    queue.register_handler("T", lambda job: None)
+    job = queue.enqueue("T", {}, organization="org-A")
+    claimed = queue.worker.claim_one()
+    assert claimed is not None and claimed.key == {"organization": "org-A", "_id": job.id}
+    jobs.update_one({"_id": job.id}, {"$set": {"organization": "org-B"}})
+    store = queue.store.jobs
+    if outcome == "complete":
+        assert store.complete(claimed, "r")
+    elif outcome == "complete_many":
+        assert store.complete_many([(claimed, "r")]) == {(claimed.id, claimed.token)}
+    elif outcome == "fail":
+        error = JobError.from_exception(
+            RuntimeError("x"), attempt=1, at=queue.store.now(), token=claimed.token, config=queue.store.config
+        )
+        assert store.fail(claimed, error)
+    elif outcome == "progress":
+        assert store.write_progress(claimed, {"percent": 10}) is False
+    else:
+        beat = store.heartbeat({claimed.id: claimed.token}, None, {claimed.id: claimed})
+        assert not beat.lost and not beat.cancel_requested
+    assert claimed.key == {"organization": "org-B", "_id": job.id}
+    doc = jobs.find_one({"_id": job.id})
+    want = {"complete": "completed", "complete_many": "completed", "fail": "failed"}.get(outcome, "processing")
+    assert doc["status"] == want
+    queue.stop(timeout=5)
+
+
+def test_a_run_that_lost_its_lease_or_its_job_is_not_written_whatever_its_key(model: type[TenantJob]) -> None:
+    queue = create_job_queue(job_model=model, config=FAST)
+    jobs = model._get_collection()
+    queue.register_handler("T", lambda job: None)
+    moved, gone = queue.enqueue("T", {}, organization="org-A"), queue.enqueue("T", {}, organization="org-A")
+    runs = [queue.worker.claim_one(), queue.worker.claim_one()]
+    assert all(runs)
+    by_id = {run.id: run for run in runs if run is not None}
+    # Rescued and claimed by someone else, then moved; the other deleted.
+    jobs.update_one({"_id": moved.id}, {"$set": {"organization": "org-B", "lease_token": "theirs"}})
+    jobs.delete_one({"_id": gone.id})
+    assert queue.store.jobs.complete_many([(by_id[moved.id], "r"), (by_id[gone.id], "r")]) == set()
+    assert not queue.store.jobs.complete(by_id[moved.id], "r")
+    assert by_id[moved.id].key["organization"] == "org-A"  # not ours: nothing adopted
+    assert jobs.find_one({"_id": moved.id})["status"] == "processing"
+    queue.stop(timeout=5)
