@@ -10,11 +10,12 @@ into it.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -48,6 +49,9 @@ T = TypeVar("T")
 MAINTENANCE_MAX_TIME_MS = 5_000
 #: Extra time bound of an index build on a large existing collection, on top of ``db_timeout_ms``.
 INDEX_BUILD_MS = 300_000
+
+#: Set by :meth:`JobStore.tried_once` for the calls made inside its block, in that thread (context) only.
+_TRIED_ONCE: contextvars.ContextVar[bool] = contextvars.ContextVar("mjq_tried_once", default=False)
 
 #: ``hello`` round trips per clock measurement; the fastest one is used.
 _CLOCK_SAMPLES = 3
@@ -293,6 +297,22 @@ class JobStore:
             pass
         return pymongo.timeout(bound + extra_ms / 1000)
 
+    @contextlib.contextmanager
+    def tried_once(self) -> Iterator[None]:
+        """Within the block, in this thread, every call through :meth:`retry` is tried once.
+
+        For a reader that must answer quickly (an admin page): the retries
+        ride out a failover for the worker, and count a timeout as transient,
+        so a page would be held ``db_retry_attempts`` times as long on a
+        query that ran out of time and would again. The other threads of the
+        process (the worker's) keep their retries; so do calls outside the block.
+        """
+        token = _TRIED_ONCE.set(True)
+        try:
+            yield
+        finally:
+            _TRIED_ONCE.reset(token)
+
     def retry(self, fn: Callable[[], T], op: str, abort: threading.Event | None = None, *, extra_ms: int = 0) -> T:
         """Run ``fn`` with each try time-bounded (:meth:`bounded`); retry transient errors and timeouts.
 
@@ -300,6 +320,7 @@ class JobStore:
         run again after a try whose reply was lost: each caller's ``fn``
         checks whether its earlier try applied before writing again.
         ``op`` names the call in the log; ``abort`` stops the retries early.
+        Inside :meth:`tried_once` there is one try.
         """
 
         def bounded_try() -> T:
@@ -325,9 +346,10 @@ class JobStore:
             )
 
         abort = abort or threading.Event()
+        attempts = 1 if _TRIED_ONCE.get() else self.config.db_retry_attempts
         retrying = Retrying(
             retry=retry_if_exception(is_transient),
-            stop=stop_after_attempt(self.config.db_retry_attempts) | stop_when_event_set(abort),
+            stop=stop_after_attempt(attempts) | stop_when_event_set(abort),
             wait=wait_exponential(multiplier=0.05, max=self.config.db_retry_max_delay_ms / 1000) + wait_random(0, 0.05),
             sleep=self._sleep or sleep_using_event(abort),
             before_sleep=before_sleep,

@@ -31,16 +31,7 @@ from .audit import AuditLog
 from .data import ActionFailed, AdminJobs
 from .filters import FilterError, clamp_int
 from .reads import AdminReads, TooSlow, Unavailable
-from .security import (
-    CSRF_COOKIE,
-    ROLES,
-    Authorize,
-    CsrfTokens,
-    allowed,
-    host_allowed,
-    origin_problem,
-    security_headers,
-)
+from .security import CSRF_COOKIE, ROLES, Authorize, CsrfTokens, allowed, host_allowed, origin_problem, security_headers
 
 __all__ = ["AdminApp", "Ctx", "QueueHandle"]
 
@@ -70,10 +61,10 @@ class QueueHandle:
 
     @classmethod
     def of(cls, name: str, queue: Any, filter_fields: Sequence[str]) -> QueueHandle:
-        """Reads through a one-try store of the queue's own (:class:`.reads.AdminReads`), writes through the queue's."""
+        """Everything through the queue's store: reads tried once (:class:`.reads.AdminReads`), writes retried."""
         reads = AdminReads(queue.store)
         jobs = AdminJobs(queue.store, reads, filter_fields)
-        return cls(name, queue, reads, jobs, AuditLog(queue.store, reads), reads.store.workers)
+        return cls(name, queue, reads, jobs, AuditLog(queue.store, reads), queue.store.workers)
 
 
 @dataclass
