@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 from .after_fork import renew_in_child
 from .clock import MAX_DURATION_MS
@@ -21,6 +21,7 @@ from .retry import RetryPolicy, RetryStrategy, StopStrategy, WaitStrategy
 __all__ = ["Handler", "HandlerFn", "HandlerRegistry"]
 
 HandlerFn = Callable[[Any], Any]
+F = TypeVar("F", bound=HandlerFn)
 
 
 @dataclass(frozen=True)
@@ -50,14 +51,15 @@ class HandlerRegistry:
     def register(
         self,
         job_type: str,
-        fn: HandlerFn,
+        fn: F,
         *,
         stop: Optional[StopStrategy] = None,
         wait: Optional[WaitStrategy] = None,
         retry: Optional[RetryStrategy] = None,
         max_retries: Optional[int] = None,
         time_limit_ms: Optional[int] = None,
-    ) -> Handler:
+    ) -> F:
+        """Register ``fn(job)`` for ``job_type``; return it (see :meth:`.PersistentJobQueue.register_handler`)."""
         if not isinstance(job_type, str) or not job_type:
             raise HandlerError(f"job type must be a non-empty str, got {job_type!r}")
         if not callable(fn):
@@ -83,7 +85,7 @@ class HandlerRegistry:
                     f"refusing to replace it with {_name(fn)}"
                 )
             self._handlers[job_type] = handler
-        return handler
+        return fn
 
     def get(self, job_type: str) -> Handler | None:
         return self._handlers.get(job_type)
