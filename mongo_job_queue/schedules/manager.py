@@ -52,25 +52,17 @@ class ScheduleInfo:
     last_status: Optional[str]
 
 
+@dataclass(eq=False)
 class ScheduleManager:
     """The schedules of one queue: its :class:`Scheduler`, and the jobs its fire times enqueue."""
 
-    def __init__(
-        self,
-        store: JobStore,
-        worker: Worker,
-        enqueuer: Enqueuer[Any],
-        registry: HandlerRegistry,
-        *,
-        prepare: Callable[[], None],
-    ) -> None:
-        self.store = store
-        self.worker = worker
-        self.enqueuer = enqueuer
-        #: Where ``periodic()`` registers its handler.
-        self.registry = registry
-        #: Called before a fire outside the worker: the queue ensures its indexes once.
-        self.prepare = prepare
+    store: JobStore
+    worker: Worker
+    enqueuer: Enqueuer[Any]
+    #: Where ``periodic()`` registers its handler.
+    registry: HandlerRegistry
+    #: Called before a fire outside the worker: the queue ensures its indexes once.
+    prepare: Callable[[], None]
 
     @property
     def scheduler(self) -> Scheduler:
