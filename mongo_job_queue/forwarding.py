@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 __all__ = ["decorator_form", "method_signature_of", "parameters_of", "signature_of"]
 
@@ -25,7 +25,7 @@ def parameters_of(source: Callable[P, object]) -> Callable[[Callable[..., R]], C
     """Type the decorated method as taking the function ``source``'s parameters after ``self``; it keeps its return."""
 
     def typed(method: Callable[..., R]) -> Callable[Concatenate[Any, P], R]:
-        _show(method, source, with_self=True)
+        _show(method, source, with_self=True, own_return=True)
         return method
 
     return typed
@@ -58,28 +58,31 @@ def decorator_form(
 ) -> Callable[Concatenate[S, str, P], Callable[[F], F]]:
     """``form(job_type, **options)(fn)`` for ``register(job_type, fn, **options)``, typed with its options."""
 
-    def form(self: S, job_type: str, /, *args: P.args, **kwargs: P.kwargs) -> Callable[[F], F]:
+    def form(self: S, job_type: str, *args: P.args, **kwargs: P.kwargs) -> Callable[[F], F]:
         def decorate(fn: F) -> F:
             return register(self, job_type, fn, *args, **kwargs)
 
         return decorate
 
+    # Typed with job_type positional-only (Concatenate); at run time it may still be passed by keyword.
     form.__doc__ = f"Decorator form of :meth:`{register.__name__}`."
     signature = inspect.signature(register)
     parameters = [p for name, p in signature.parameters.items() if name != "fn"]
     form.__signature__ = signature.replace(  # type: ignore[attr-defined]
         parameters=parameters, return_annotation="Callable[[F], F]"
     )
-    return form
+    return cast("Callable[Concatenate[S, str, P], Callable[[F], F]]", form)
 
 
-def _show(target: Callable[..., Any], source: Callable[..., Any], *, with_self: bool) -> None:
+def _show(target: Callable[..., Any], source: Callable[..., Any], *, with_self: bool, own_return: bool = False) -> None:
     # What inspect.signature, hence Sphinx and IDEs, report for the forwarding function.
     signature = inspect.signature(source)
     parameters = list(signature.parameters.values())
     if with_self:
         parameters.insert(0, inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD))
-    returns = inspect.signature(target).return_annotation
+    returns = signature.return_annotation
+    if own_return or isinstance(source, type):  # a class's is its __init__'s, None
+        returns = inspect.signature(target).return_annotation
     target.__signature__ = signature.replace(  # type: ignore[attr-defined]
         parameters=parameters, return_annotation=returns
     )
