@@ -87,6 +87,9 @@ class PersistentJobQueue(Generic[J]):
         """Add lifecycle hooks after construction (e.g. by a Flask or Django integration)."""
         self.hooks.add(middleware)
 
+    def _after_fork_in_child(self) -> None:
+        self._local.after_fork_in_child()
+
     # -- handlers -----------------------------------------------------------
 
     @method_signature_of(HandlerRegistry.register)
@@ -353,9 +356,6 @@ class PersistentJobQueue(Generic[J]):
     def fire_schedules(self, now: Optional[datetime] = None) -> list[Fire]:
         """Enqueue the jobs of every fire time due at ``now`` (aware, or naive UTC; default: the clock), for tests."""
         return self._schedules.fire(None if now is None else to_naive_utc(now))
-
-    def _after_fork_in_child(self) -> None:
-        self._local.after_fork_in_child()
 
 
 @signature_of(PersistentJobQueue)
