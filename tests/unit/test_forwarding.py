@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import inspect
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
+from helpers import mypy_strict
+
 from mongo_job_queue import PersistentJobQueue, create_job_queue
 from mongo_job_queue.contrib.admin import create_admin_app
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_forwarding_methods_show_the_parameters_they_take(queue: Any) -> None:
@@ -73,15 +71,9 @@ def test_a_wrong_keyword_or_type_fails_under_mypy_strict(tmp_path: Path) -> None
     )
     (tmp_path / "good.py").write_text(good)
     (tmp_path / "bad.py").write_text(bad)
-
-    def mypy(name: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml")]
-        return subprocess.run([*command, str(tmp_path / name)], capture_output=True, text=True, cwd=ROOT, check=False)
-
-    checked = mypy("good.py")
-    assert checked.returncode == 0, checked.stdout
-    checked = mypy("bad.py")
-    assert checked.returncode == 1
+    assert mypy_strict(tmp_path / "good.py").returncode == 0
+    checked = mypy_strict(tmp_path / "bad.py")
+    assert checked.returncode == 1, checked.stdout
     out = checked.stdout
     assert 'Unexpected keyword argument "max_retry" for "register_handler"' in out, out
     assert 'bad.py:30: error: Argument "time_limit_ms" has incompatible type "str"' in out, out
