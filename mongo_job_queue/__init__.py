@@ -9,8 +9,11 @@ a thread pool and retries failures with tenacity-driven backoff.
 from __future__ import annotations
 
 from ._deprecation import moved as _moved
+from .chunks import ChunkResult, JobOutcome
 from .config import QueueConfig
 from .errors import (
+    ChunkJobFailed,
+    ChunkResultError,
     ConfigError,
     EagerJobFailed,
     FailJob,
@@ -18,11 +21,14 @@ from .errors import (
     IndexSetupError,
     InvalidJobError,
     InvalidJobIdError,
+    InvalidLockError,
     JobCancelled,
     JobModelError,
     JobTimeLimitExceeded,
     JobTimeout,
     LeaseExpired,
+    LockLost,
+    LockUnavailable,
     MalformedJob,
     MongoJobQueueError,
     QueueStateError,
@@ -30,6 +36,7 @@ from .errors import (
     ScheduleError,
     WorkerShutdown,
 )
+from .locks import Lease, Lock, LockBackend, fenced_update
 from .middleware import Middleware
 from .model import BaseJob, JobError, LeaseOwner
 from .queue import PersistentJobQueue, create_job_queue
@@ -44,6 +51,9 @@ __version__ = "1.1.0"
 __all__ = [
     "BaseJob",
     "CatchUp",
+    "ChunkJobFailed",
+    "ChunkResult",
+    "ChunkResultError",
     "ConfigError",
     "EagerJobFailed",
     "FailJob",
@@ -52,14 +62,21 @@ __all__ = [
     "IndexSetupError",
     "InvalidJobError",
     "InvalidJobIdError",
+    "InvalidLockError",
     "JobCancelled",
     "JobError",
     "JobModelError",
+    "JobOutcome",
     "JobStatus",
     "JobTimeLimitExceeded",
     "JobTimeout",
+    "Lease",
     "LeaseExpired",
     "LeaseOwner",
+    "Lock",
+    "LockBackend",
+    "LockLost",
+    "LockUnavailable",
     "MalformedJob",
     "Middleware",
     "MongoJobQueueError",
@@ -74,6 +91,7 @@ __all__ = [
     "WorkerShutdown",
     "__version__",
     "create_job_queue",
+    "fenced_update",
 ]
 
 # A development tool's error, no longer exported here: mongo_job_queue.dev.embedded has it.

@@ -18,10 +18,21 @@ from .config import MAX_RETRIES
 from .errors import HandlerError
 from .retry import RetryPolicy, RetryStrategy, StopStrategy, WaitStrategy
 
-__all__ = ["Handler", "HandlerFn", "HandlerRegistry"]
+__all__ = ["ChunkSpec", "Handler", "HandlerFn", "HandlerRegistry"]
 
 HandlerFn = Callable[[Any], Any]
 F = TypeVar("F", bound=HandlerFn)
+
+
+@dataclass(frozen=True)
+class ChunkSpec:
+    """How a batch handler's chunks are formed (see :mod:`.chunks`): ``fn(jobs)`` on up to ``max_size`` jobs."""
+
+    fn: Callable[[list[Any]], Any]
+    max_size: int
+    max_wait_ms: int
+    #: The stored field (its database name) whose value every job of one chunk shares; None: any.
+    key: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -34,6 +45,8 @@ class Handler:
     max_retries: Optional[int] = None
     #: Milliseconds one run may take (0: none); None leaves it to the config's ``default_time_limit_ms``.
     time_limit_ms: Optional[int] = None
+    #: Set for a batch handler: its chunks run on a thread of their own, ``fn`` runs a chunk of one.
+    chunk: Optional[ChunkSpec] = None
 
 
 class HandlerRegistry:
@@ -60,6 +73,13 @@ class HandlerRegistry:
         time_limit_ms: Optional[int] = None,
     ) -> F:
         """Register ``fn(job)`` for ``job_type``; return it (see :meth:`.PersistentJobQueue.register_handler`)."""
+        self.add(Handler(job_type, fn, RetryPolicy(stop=stop, wait=wait, retry=retry), max_retries, time_limit_ms))
+        return fn
+
+    def add(self, handler: Handler) -> None:
+        """Check and add a handler: :meth:`register`'s, or a batch handler with its chunk spec (:mod:`.chunks`)."""
+        job_type, fn = handler.job_type, handler.fn
+        max_retries, time_limit_ms = handler.max_retries, handler.time_limit_ms
         if not isinstance(job_type, str) or not job_type:
             raise HandlerError(f"job type must be a non-empty str, got {job_type!r}")
         if not callable(fn):
@@ -75,8 +95,6 @@ class HandlerRegistry:
                 f"time_limit_ms for {job_type!r} must be an int from 0 (no limit) to {MAX_DURATION_MS}, "
                 f"got {time_limit_ms!r:.80}"
             )
-        policy = RetryPolicy(stop=stop, wait=wait, retry=retry)
-        handler = Handler(job_type, fn, policy, max_retries, time_limit_ms)
         with self._lock:
             existing = self._handlers.get(job_type)
             if existing is not None:
@@ -85,15 +103,14 @@ class HandlerRegistry:
                     f"refusing to replace it with {_name(fn)}"
                 )
             self._handlers[job_type] = handler
-        return fn
 
     def get(self, job_type: str) -> Handler | None:
         return self._handlers.get(job_type)
 
-    def types(self) -> list[str]:
-        """Registered job types, sorted so claim filters are stable."""
+    def types(self, *, chunked: Optional[bool] = None) -> list[str]:
+        """Registered job types, sorted so claim filters are stable; ``chunked``: only batch handlers' (or others')."""
         with self._lock:
-            return sorted(self._handlers)
+            return sorted(t for t, h in self._handlers.items() if chunked is None or (h.chunk is not None) == chunked)
 
     def subset(
         self, job_types: Optional[Iterable[str]] = None, *, wrap: Optional[Callable[[HandlerFn], HandlerFn]] = None

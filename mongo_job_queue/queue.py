@@ -18,11 +18,13 @@ from typing import Any, Generic, Optional, TypeVar
 from bson import ObjectId
 
 from .after_fork import renew_in_child
+from .chunks import BatchHandlerFn, register_batch_handler
 from .clock import Clock, to_naive_utc, utcnow
 from .config import ConfigInput, QueueConfig, load_config
 from .enqueue import Enqueuer, JobBuilder
 from .forwarding import decorator_form, method_signature_of, parameters_of, signature_of
 from .handlers import HandlerFn, HandlerRegistry
+from .locks import Lock, LockBackend
 from .middleware import Middleware, MiddlewareChain
 from .model import BaseJob, check_job_model
 from .queue_admin import QueueAdmin
@@ -33,14 +35,17 @@ from .schedules.manager import ScheduleInfo, ScheduleManager
 from .schedules.service import Fire, Scheduler
 from .status import FINISHED
 from .store import JobStore
+from .store.locks import MongoLocks
 from .tasks import Task
 from .worker import Worker
 from .worker.runner import run_worker
+from .worker.wakeup import WakeupChannel
 
 __all__ = ["PersistentJobQueue", "create_job_queue"]
 
 J = TypeVar("J", bound=BaseJob)
 F = TypeVar("F", bound=HandlerFn)
+B = TypeVar("B", bound=BatchHandlerFn)
 R = TypeVar("R")
 
 
@@ -81,6 +86,7 @@ class PersistentJobQueue(Generic[J]):
         self._enqueuer = Enqueuer(builder, self.store, self.worker, self.hooks, flags=self)
         self._admin = QueueAdmin(job_model, self.store, self.worker, self.hooks)
         self._schedules = ScheduleManager(self.store, self.worker, self._enqueuer, self.registry, prepare=local.prepare)
+        self.locks = MongoLocks(self.store)  #: The default backend of :meth:`lock`: MongoDB.
         renew_in_child(self)
 
     def add_middleware(self, middleware: Middleware) -> None:
@@ -356,6 +362,23 @@ class PersistentJobQueue(Generic[J]):
     def fire_schedules(self, now: Optional[datetime] = None) -> list[Fire]:
         """Enqueue the jobs of every fire time due at ``now`` (aware, or naive UTC; default: the clock), for tests."""
         return self._schedules.fire(None if now is None else to_naive_utc(now))
+
+    def register_batch_handler(
+        self, job_type: str, fn: B, *, max_size: int = 100, max_wait_ms: int = 1000, key: Optional[str] = None,
+        **options: Any,
+    ) -> B:  # fmt: skip
+        """Register ``fn(jobs)`` for chunks of ``job_type`` (:doc:`chunks`); ``options`` as :meth:`register_handler`."""
+        register_batch_handler(self.registry, self.job_model, job_type, fn, max_size=max_size,
+                               max_wait_ms=max_wait_ms, key=key, **options)  # fmt: skip
+        return fn
+
+    def lock(self, key: str, *, backend: Optional[LockBackend] = None, **options: Any) -> Lock:
+        """A fenced lock on ``key``: ``with queue.lock(key, ttl_ms=30_000) as lease:`` (options: :doc:`locks`)."""
+        return Lock(backend or self.locks, key, **options)
+
+    def add_wakeup(self, channel: WakeupChannel) -> None:
+        """Wake idle workers through ``channel`` too (e.g. Redis pub/sub), from the next start: :ref:`redis-wakeups`."""
+        self.worker.wakeups.append(channel)
 
 
 @signature_of(PersistentJobQueue)

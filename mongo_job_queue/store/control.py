@@ -30,6 +30,7 @@ from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
 from ..status import ALL_STATUSES, CANCELLED, PENDING, PROCESSING
+from .finals import FinalJob
 from .handle import JobStore
 from .marks import as_stored, new_mark, pushed_mark
 
@@ -209,13 +210,30 @@ class Control:
                 if doc is not None:
                     return next(outcomes[m] for m in doc["admin_marks"] if m in outcomes)
             before = jobs.find_one_and_update(
-                filt, _cancel_pipeline(now, mark), projection={"status": 1}, return_document=ReturnDocument.BEFORE
+                self._store.shard_key.scope(filt, jobs),
+                _cancel_pipeline(now, mark),
+                projection=projection,
+                return_document=ReturnDocument.BEFORE,
             )
             if before is None:
                 return None  # finished or missing
-            return "cancelled" if before.get("status") == PENDING else "requested"
+            if before.get("status") == PENDING:
+                told.append(before)
+                return "cancelled"
+            return "requested"
 
-        return self._store.retry(call, "request_cancel")
+        told: list[dict[str, Any]] = []
+        projection = dict.fromkeys({"status", *self._store.finals.fields}, 1)
+        outcome = self._store.retry(call, "request_cancel")
+        if outcome == "cancelled" and self._store.finals.active:
+            # A retry that found its earlier try's mark has no document: read the fields the listeners need.
+            doc = (
+                told[-1]
+                if told
+                else self._store.collection.find_one(self._store.shard_key.scope({"_id": job_id}), projection)
+            )
+            self._store.finals.notify_one(doc or {"_id": job_id}, CANCELLED)
+        return outcome
 
     def cancel_jobs(self, filt: Mapping[str, Any], *, running: bool) -> tuple[int, int]:
         """Cancel the pending jobs matching ``filt`` (and flag the running ones); ``(cancelled, requested)``.
@@ -254,7 +272,12 @@ class Control:
             requested = jobs.count_documents({**any_status, "admin_marks": flagged_only}) if running else 0
             return cancelled, requested
 
-        return self._store.retry(call, "cancel_jobs")
+        counts = self._store.retry(call, "cancel_jobs")
+        if counts[0] and self._store.finals.active:
+            fields = dict.fromkeys(self._store.finals.fields, 1)
+            ended = self._store.retry(lambda: list(self._store.collection.find(ours_cancelled, fields)), "cancel_jobs")
+            self._store.finals.notify([FinalJob(doc["_id"], CANCELLED, doc) for doc in ended])
+        return counts
 
 
 def _did(mark: str, outcome: str) -> str:

@@ -38,6 +38,7 @@ from ..config import QueueConfig
 from ..model import BaseJob
 from . import fork
 from .faults import is_transient
+from .finals import FinalWrites
 
 __all__ = ["INDEX_BUILD_MS", "MAINTENANCE_MAX_TIME_MS", "JobStore"]
 
@@ -114,6 +115,7 @@ class JobStore:
         from .control import Control
         from .indexes import Indexes
         from .jobs import Jobs
+        from .shardkey import ShardKey
         from .workers import WorkerDocs
 
         self.model = job_model
@@ -127,6 +129,9 @@ class JobStore:
         self._synced = False  # no time-based decision before the first measurement
         self._sync_lock = threading.Lock()
         self._monotonic: Callable[[], float] = time.monotonic  # measures round trips; tests inject one
+        #: Told of every final write (batches and dependent jobs listen); see finals.py.
+        self.finals = FinalWrites(self.log)
+        self.shard_key = ShardKey(job_model)  # the app's declared shard key, added to the filters about a job
         self.indexes = Indexes(self)
         self.jobs = Jobs(self, self.indexes)
         self.control = Control(self)

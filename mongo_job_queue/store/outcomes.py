@@ -22,11 +22,12 @@ from pymongo.errors import BulkWriteError, DocumentTooLarge, OperationFailure
 from ..model import JobError, job_log_extra
 from ..status import CANCELLED, COMPLETED, FAILED, PENDING, PROCESSING
 from .faults import is_too_large, short_error
+from .finals import FinalJob
 from .handle import MAINTENANCE_MAX_TIME_MS, JobStore
 from .leases import ClaimedJob, fence
 from .marks import as_stored
 
-__all__ = ["Outcomes", "UnstorableResult", "completion_update"]
+__all__ = ["FencedWrite", "Outcomes", "UnstorableResult", "completion_update"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,24 @@ def completion_update(now: datetime, result: Any, progress: Optional[Mapping[str
     return update
 
 
+@dataclass(frozen=True)
+class FencedWrite:
+    """One outcome of a bulk write (:meth:`Outcomes.write_many`): the run it ends, the status it writes, the update."""
+
+    job: ClaimedJob
+    status: str
+    update: Mapping[str, Any]
+    #: Back to pending or failed only if no cancel was requested (the caller then cancels), as the single writes.
+    uncancelled: bool = False
+
+    @property
+    def filter(self) -> dict[str, Any]:
+        filt = self.job.fence
+        if self.uncancelled:
+            filt["cancel_requested"] = {"$ne": True}
+        return filt
+
+
 class Outcomes:
     """Writes the outcome of each attempt: completed, failed, rescheduled, released, cancelled, recovered."""
 
@@ -66,6 +85,9 @@ class Outcomes:
 
     def complete(self, job: ClaimedJob, result: Any = None) -> bool:
         """Mark a claimed job completed; False if the lease was lost first."""
+        return self._told(job.doc, COMPLETED, self._complete(job, result))
+
+    def _complete(self, job: ClaimedJob, result: Any) -> bool:
         now = self._store.now()
         try:
             return self._fenced(job, completion_update(now, result, job.progress), COMPLETED, "complete")
@@ -88,35 +110,64 @@ class Outcomes:
             return self._fenced(job, completion_update(now, dropped, job.progress), COMPLETED, "complete")
 
     def complete_many(self, jobs: Sequence[tuple[ClaimedJob, Any]]) -> set[tuple[ObjectId, str]]:
-        """Mark many claimed jobs completed in one bulk write; return the runs ``(id, token)`` whose write landed.
+        """Mark many claimed jobs completed in one bulk write; return the runs ``(id, token)`` whose write landed."""
+        now = self._store.now()
+        return self.write_many(
+            [FencedWrite(job, COMPLETED, completion_update(now, result, job.progress)) for job, result in jobs],
+            "complete_many",
+        )
+
+    def write_many(self, writes: Sequence[FencedWrite], op: str = "write_many") -> set[tuple[ObjectId, str]]:
+        """Write many outcomes in one bulk write; return the runs ``(id, token)`` whose write landed.
 
         Each update carries its own fence (``_id``, token, ``processing``), so
         a lost lease fails only its own job. When fewer matched than sent, the
-        runs whose job is completed under their token (by this try or an
-        earlier one whose reply was lost) count as written; the others lost
-        their lease. Runs, not job ids: two runs of one job (a stale one and
-        a newer claim) can share a batch, and only the newer one's write lands.
+        runs whose job has its target status under their token (by this try
+        or an earlier one whose reply was lost) count as written; the others
+        lost their lease (or, for a write that is ``uncancelled``, had a
+        cancel requested). Runs, not job ids: two runs of one job (a stale
+        one and a newer claim) can share a batch, and only the newer one's
+        write lands.
         """
-        if not jobs:
+        if not writes:
             return set()
-        now = self._store.now()
-        ops = [UpdateOne(job.fence, completion_update(now, result, job.progress)) for job, result in jobs]
-        runs = {(job.id, job.token) for job, _ in jobs}
+        ops = [UpdateOne(w.filter, dict(w.update)) for w in writes]
+        targets = {(w.job.id, w.job.token): w.status for w in writes}
 
         def call() -> set[tuple[ObjectId, str]]:
             try:
                 if self._store.collection.bulk_write(ops, ordered=False).matched_count == len(ops):
-                    return set(runs)
+                    return set(targets)
             except BulkWriteError:
                 pass  # some writes were rejected; find out which below
-            ids = list({job_id for job_id, _ in runs})
-            return {
-                (d["_id"], str(d.get("lease_token")))
-                for d in self._store.collection.find({"_id": {"$in": ids}}, {"status": 1, "lease_token": 1})
-                if d.get("status") == COMPLETED
-            } & runs
+            ids = list({job_id for job_id, _ in targets})
+            found = self._store.collection.find(
+                self._store.shard_key.scope({"_id": {"$in": ids}}), {"status": 1, "lease_token": 1}
+            )
+            runs = ((d["_id"], str(d.get("lease_token")), d.get("status")) for d in found)
+            return {(job_id, token) for job_id, token, status in runs if targets.get((job_id, token)) == status}
 
-        return self._store.retry(call, "complete_many")
+        landed = self._store.retry(call, op)
+        if self._store.finals.active:  # the final writes that landed, in one notice
+            final = (COMPLETED, FAILED, CANCELLED)
+            runs = [(w, (w.job.id, w.job.token)) for w in writes if w.status in final]
+            self._store.finals.notify([FinalJob(w.job.id, w.status, w.job.doc) for w, run in runs if run in landed])
+        return landed
+
+    def rescheduling(self, job: ClaimedJob, run_at: datetime, error: JobError) -> FencedWrite:
+        """The bulk form of :meth:`reschedule`."""
+        update = self._attempt_failed(PENDING, error, {"run_at": run_at, "updated_at": self._store.now()})
+        return FencedWrite(job, PENDING, update, uncancelled=True)
+
+    def failure(self, job: ClaimedJob, error: JobError) -> FencedWrite:
+        """The bulk form of :meth:`fail`."""
+        now = self._store.now()
+        update = self._attempt_failed(FAILED, error, {"finished_at": now, "updated_at": now})
+        return FencedWrite(job, FAILED, update, uncancelled=True)
+
+    def cancellation(self, job: ClaimedJob) -> FencedWrite:
+        """The bulk form of :meth:`cancel_claimed`."""
+        return FencedWrite(job, CANCELLED, _ended(CANCELLED, self._store.now()))
 
     def reschedule(self, job: ClaimedJob, run_at: datetime, error: JobError) -> bool:
         """Return a failed attempt to ``pending`` at ``run_at``; False if the lease is lost or a cancel requested."""
@@ -129,7 +180,7 @@ class Outcomes:
         update = self._attempt_failed(FAILED, error, {"finished_at": now, "updated_at": now})
         # Fenced on the cancel request too, like reschedule: a job whose
         # cancellation was requested ends cancelled (the caller cancels it).
-        return self._fenced(job, update, FAILED, "fail", uncancelled=True)
+        return self._told(job.doc, FAILED, self._fenced(job, update, FAILED, "fail", uncancelled=True))
 
     def release(self, job: ClaimedJob) -> bool:
         """Hand back a claimed job that never started: ``pending`` again, attempt not counted."""
@@ -142,7 +193,8 @@ class Outcomes:
 
     def cancel_claimed(self, job: ClaimedJob) -> bool:
         """End a claimed job ``cancelled`` (fenced); False if the lease was lost."""
-        return self._fenced(job, _ended(CANCELLED, self._store.now()), CANCELLED, "cancel_claimed")
+        ended = self._fenced(job, _ended(CANCELLED, self._store.now()), CANCELLED, "cancel_claimed")
+        return self._told(job.doc, CANCELLED, ended)
 
     def abandon(self, job: ClaimedJob, error: JobError, run_at: Optional[datetime]) -> Optional[str]:
         """End the attempt of a handler abandoned to its time limit: ``pending`` at ``run_at``, else ``failed``.
@@ -169,7 +221,10 @@ class Outcomes:
                     return status
             return self._pushed(job.id, error)
 
-        return self._store.retry(call, "abandon")
+        written = self._store.retry(call, "abandon")
+        if written in (FAILED, CANCELLED):
+            self._store.finals.notify_one(job.doc, written)
+        return written
 
     def _pushed(self, job_id: Any, error: JobError) -> Optional[str]:
         """After a write that matched nothing: the job's status if an earlier try pushed this very ``error``, else None.
@@ -179,7 +234,9 @@ class Outcomes:
         """
         record = error.as_doc()
         record["at"] = as_stored(error.at)
-        found = self._store.collection.find_one({"_id": job_id}, {"errors": 1, "status": 1})
+        found = self._store.collection.find_one(
+            self._store.shard_key.scope({"_id": job_id}), {"errors": 1, "status": 1}
+        )
         if found is None or not any(e == record for e in found.get("errors") or []):
             return None
         return str(found.get("status"))
@@ -216,7 +273,7 @@ class Outcomes:
             # only its reply was lost. The token stays on the document until the
             # next claim replaces it, so "our token and the target status"
             # means the write was ours.
-            doc = self._store.collection.find_one({"_id": job.id}, {"status": 1, "lease_token": 1})
+            doc = self._store.collection.find_one({"_id": job.id, **job.key}, {"status": 1, "lease_token": 1})
             return doc is not None and doc.get("lease_token") == job.token and doc.get("status") == target
 
         return self._store.retry(call, op)
@@ -247,6 +304,7 @@ class Outcomes:
         cancel = bool(doc.get("cancel_requested"))
         filt = {
             **fence(doc["_id"], doc.get("lease_token")),
+            **self._store.shard_key.of(doc),
             "lease_expires_at": {"$lt": now},
             "cancel_requested": True if cancel else {"$ne": True},
         }
@@ -265,7 +323,10 @@ class Outcomes:
             # try of ours applied and only its reply was lost.
             return self._pushed(doc["_id"], error) is not None
 
-        return self._store.retry(call, "recover")
+        recovered = self._store.retry(call, "recover")
+        if recovered and give_up:
+            self._store.finals.notify_one(doc, status)
+        return recovered
 
     def quarantine(self, job_id: Any, problems: Sequence[str], *, from_status: str, token: str | None = None) -> bool:
         """Fail a malformed job document with the reasons, touching only fields that cannot be ill-typed.
@@ -290,6 +351,18 @@ class Outcomes:
             "$set": {"status": FAILED, "finished_at": now, "updated_at": now, "last_error": record},
             "$unset": {"lease_expires_at": ""},
         }
-        return self._store.retry(
+        failed = self._store.retry(
             lambda: self._store.collection.update_one(filt, update).matched_count == 1, "quarantine"
         )
+        if failed and self._store.finals.active:
+            # The document is malformed, so only the fields the listeners read are asked for.
+            fields = dict.fromkeys(self._store.finals.fields, 1)
+            found = self._store.retry(lambda: self._store.collection.find_one({"_id": job_id}, fields), "quarantine")
+            self._store.finals.notify_one(found or {"_id": job_id}, FAILED)
+        return failed
+
+    def _told(self, doc: Mapping[str, Any], status: str, written: bool) -> bool:
+        """Pass on ``written``, after telling the listeners of final writes when it is True."""
+        if written:
+            self._store.finals.notify_one(doc, status)
+        return written
