@@ -12,6 +12,7 @@ from ._deprecation import moved as _moved
 from .config import QueueConfig
 from .errors import (
     ConfigError,
+    DependencyFailed,
     EagerJobFailed,
     FailJob,
     HandlerError,
@@ -29,6 +30,7 @@ from .errors import (
     RetryJob,
     ScheduleError,
     WorkerShutdown,
+    WorkflowError,
 )
 from .middleware import Middleware
 from .model import BaseJob, JobError, LeaseOwner
@@ -38,6 +40,7 @@ from .schedules.manager import ScheduleInfo
 from .schedules.service import Fire
 from .status import JobStatus
 from .tasks import Task
+from .workflows import JobSpec, Workflow, chain, chord, group
 
 __version__ = "1.1.0"
 
@@ -45,6 +48,7 @@ __all__ = [
     "BaseJob",
     "CatchUp",
     "ConfigError",
+    "DependencyFailed",
     "EagerJobFailed",
     "FailJob",
     "Fire",
@@ -55,6 +59,7 @@ __all__ = [
     "JobCancelled",
     "JobError",
     "JobModelError",
+    "JobSpec",
     "JobStatus",
     "JobTimeLimitExceeded",
     "JobTimeout",
@@ -72,8 +77,13 @@ __all__ = [
     "ScheduleInfo",
     "Task",
     "WorkerShutdown",
+    "Workflow",
+    "WorkflowError",
     "__version__",
+    "chain",
+    "chord",
     "create_job_queue",
+    "group",
 ]
 
 # A development tool's error, no longer exported here: mongo_job_queue.dev.embedded has it.

@@ -93,3 +93,11 @@ class RetryJob(MongoJobQueueError):
 
 class FailJob(MongoJobQueueError):
     """Raised by a handler to fail the job for good, with no further retry."""
+
+
+class WorkflowError(InvalidJobError):
+    """Dependencies or a workflow graph are invalid (a cycle, an unknown job, a bad policy); nothing was written."""
+
+
+class DependencyFailed(MongoJobQueueError):
+    """Recorded when a blocked job is cancelled because a dependency failed for good or was cancelled."""

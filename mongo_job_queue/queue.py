@@ -35,6 +35,7 @@ from .store import JobStore
 from .tasks import Task
 from .worker import Worker
 from .worker.runner import run_worker
+from .workflows import JobSpec, Workflow
 
 __all__ = ["PersistentJobQueue", "create_job_queue"]
 
@@ -82,6 +83,7 @@ class PersistentJobQueue(Generic[J]):
         self._enqueuer = Enqueuer(self._builder, self.store, self.worker, self.hooks, flags=self)
         self._admin = QueueAdmin(job_model, self.store, self.worker, self.hooks)
         self._schedules = ScheduleManager(self.store, self.worker, self._enqueuer, prepare=self._prepare)
+        self.store.dependencies.on_release = self.worker.notify  # a released job need not wait for a poll
         renew_in_child(self)
 
     def add_middleware(self, middleware: Middleware) -> None:
@@ -473,6 +475,18 @@ class PersistentJobQueue(Generic[J]):
         if self.worker.scheduler is not None:
             self.worker.scheduler._after_fork_in_child()
         self._indexes_ensured = False
+
+    def job(self, job_type: str, data: Optional[Mapping[str, Any]] = None, **options: Any) -> JobSpec:
+        """A job spec for :meth:`enqueue_graph` (``options``: :meth:`enqueue`'s keywords); see :doc:`workflows`."""
+        return JobSpec(job_type, data, dict(options))
+
+    def enqueue_graph(self, graph: Union[JobSpec, Workflow]) -> list[J]:
+        """Insert a workflow (:func:`~mongo_job_queue.chain`, ``group``, ``chord``) all or nothing, checked first.
+
+        Raises:
+            WorkflowError: a cycle, an unknown dependency or a bad policy; nothing was written.
+        """
+        return self._enqueuer.enqueue_graph(graph)
 
 
 def create_job_queue(
