@@ -23,15 +23,18 @@ The lookup by the final write: a dependency's document carries
 ``has_dependents``; a worker's final write tells the document as it was
 claimed, so a dependent enqueued while its dependency runs is not on it.
 Once this process knows the app uses dependencies (it enqueued one, its
-sweep found a blocked job, or a final write carried the flag) every final
-write queries the index, a cheap lookup of a small index; before that
-only flagged ones do, so an app without dependencies pays nothing.
+sweep or a probe found a blocked job, or a final write carried the flag)
+every final write queries the index, a lookup in an index of blocked
+jobs only. Before that, flagged jobs query it, and the others probe
+"is any job blocked?" at most once a second: an app without dependencies
+pays one indexed read a second while jobs end, nothing per job.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Optional
@@ -57,6 +60,8 @@ SWEEP_BATCH = 100
 #: A dependency missing for a blocked job younger than this is still being inserted (a graph without
 #: a transaction); an older one's dependency was deleted before its outcome was copied.
 _INSERT_GRACE = timedelta(minutes=10)
+#: How long a probe that found no blocked job stands (the final writes of unflagged jobs then look for none).
+_PROBE_INTERVAL_S = 1.0
 #: Longest error message copied from a dependency that failed.
 _MAX_MESSAGE = 500
 _DEPENDENT_FIELDS = ("depends_on", "dependency_policies", "dependency_outcomes", "created_at", "type", "queue")
@@ -75,6 +80,7 @@ class Dependencies:
         self.on_release: Optional[Callable[[], None]] = None
         self._local = threading.local()
         self._cursor: Optional[ObjectId] = None
+        self._probe_after = 0.0
         store.finals.add(self.on_final, fields=("has_dependents",))
 
     # -- enqueue ------------------------------------------------------------
@@ -149,12 +155,19 @@ class Dependencies:
             self._local.queued = None
 
     def _release_dependents_of(self, ended: Sequence[FinalJob]) -> None:
+        jobs = self._store.collection
         if any(job.doc.get("has_dependents") for job in ended):
             self.in_use = True
-        ids = [job.id for job in ended if self.in_use or job.doc.get("has_dependents")]
-        if not ids:
-            return
-        jobs = self._store.collection
+        elif not self.in_use:
+            # A dependent enqueued while its dependency ran is not on the claimed document: whether this
+            # app has blocked jobs at all is probed (one indexed read), at most once a second until it has.
+            if time.monotonic() < self._probe_after:
+                return
+            self._probe_after = time.monotonic() + _PROBE_INTERVAL_S
+            if self._store.retry(lambda: jobs.find_one({"status": BLOCKED}, {"_id": 1}), "probe_blocked") is None:
+                return
+            self.in_use = True
+        ids = [job.id for job in ended]
         projection = self._projection()
         dependents = self._store.retry(
             lambda: list(jobs.find({"depends_on": {"$in": ids}, "status": BLOCKED}, projection)), "find_dependents"
