@@ -154,6 +154,9 @@ class JobBuilder(Generic[J]):
         except (FieldDoesNotExist, ValidationError, NotRegistered) as exc:
             raise InvalidJobError(_rejection(self.job_model, extra, exc)) from exc
         doc: dict[str, Any] = job.to_mongo().to_dict()
+        for key in ("depends_on", "dependency_policies", "dependency_outcomes"):
+            if not doc.get(key):
+                doc.pop(key, None)  # only a dependent job carries them
         doc["_id"] = ObjectId()
         return doc
 

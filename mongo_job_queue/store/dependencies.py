@@ -47,6 +47,7 @@ from ..errors import InvalidJobError, WorkflowError
 from ..model import job_log_extra, truncate
 from ..status import BLOCKED, CANCELLED, COMPLETED, FINISHED, PENDING
 from ..workflows import MAX_DEPENDENCY_RESULT_BYTES
+from .faults import short_error
 from .finals import FinalJob
 from .handle import MAINTENANCE_MAX_TIME_MS, JobStore
 from .marks import new_mark
@@ -129,8 +130,10 @@ class Dependencies:
                 with jobs.database.client.start_session() as session:
                     session.with_transaction(lambda s: jobs.insert_many(docs, ordered=True, session=s))
             except (BulkWriteError, DuplicateKeyError) as exc:  # an app's unique index, say: the whole graph is out
+                errors = (exc.details or {}).get("writeErrors") or [{}]
+                message = errors[0].get("errmsg") or short_error(exc)
                 raise InvalidJobError(
-                    f"a job of the workflow was rejected by the server: {exc}; nothing was written"
+                    f"a job of the workflow was refused by the server: {message}; nothing written"
                 ) from exc
             except OperationFailure as exc:
                 if exc.code in _NO_TRANSACTIONS:

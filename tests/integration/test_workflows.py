@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from collections import Counter
@@ -9,8 +10,12 @@ from typing import Any
 
 import pytest
 from helpers import holds_for, wait_until
+from prometheus_client import CollectorRegistry
+from pymongo import MongoClient
+from pymongo.errors import OperationFailure
 
-from mongo_job_queue import FailJob, chain, chord, group
+from mongo_job_queue import FailJob, InvalidJobError, chain, chord, cli, group
+from mongo_job_queue.contrib import prometheus
 from mongo_job_queue.store.dependencies import Dependencies
 
 pytestmark = pytest.mark.integration
@@ -317,3 +322,46 @@ def test_the_ttl_index_path_loses_nothing_the_dependent_needs(make_queue) -> Non
     done = queue.get_job(dependent.id)
     assert done is not None and done.status == "completed"
     assert done.dependency_results() == {str(dependency.id): {"v": 1}, str(other.id): {"v": 1}}
+
+
+def test_the_admin_surface_shows_blocked_jobs_and_a_workflow(make_queue, job_model) -> None:
+    queue = make_queue(**NO_SWEEP)
+    upstream = queue.enqueue("ok", {}, delay_ms=3_600_000)
+    dependent = queue.enqueue("ok", {}, depends_on=[(upstream, "ignore")])
+    assert queue.stats()["default"]["counts"]["blocked"] == 1
+    registry = CollectorRegistry()
+    prometheus.instrument(queue, registry, cache_seconds=0)
+    assert registry.get_sample_value("mongo_job_queue_jobs", {"queue": "default", "status": "blocked"}) == 1
+
+    def run(*argv: str) -> str:
+        out, err = io.StringIO(), io.StringIO()
+        assert cli.main(list(argv), out=out, err=err) == 0, err.getvalue()
+        return out.getvalue()
+
+    app = "integration.cli_app:make_queue"
+    shown = run("jobs", "show", "--app", app, str(dependent.id)).splitlines()
+    assert "  status       blocked" in shown and "  depends on   1" in shown
+    assert f"    {upstream.id}  pending    on failure: ignore" in shown
+    shown = run("jobs", "show", "--app", app, str(upstream.id)).splitlines()
+    assert "  dependents   1" in shown and f"    {dependent.id}  blocked    ok" in shown
+    header, row = run("stats", "--app", app).splitlines()[:2]
+    assert header.split()[1:7] == ["pending", "processing", "completed", "failed", "cancelled", "blocked"]
+    assert row.split()[1:7] == ["1", "0", "0", "0", "0", "1"]
+
+
+@pytest.mark.parametrize("transactions", [True, False])
+def test_a_graph_is_inserted_all_or_nothing(make_queue, monkeypatch, transactions) -> None:
+    queue = make_queue(**NO_SWEEP)
+    queue.store.collection.create_index("organization", unique=True, sparse=True)  # an app's own unique index
+    taken = queue.enqueue("ok", {}, organization="taken", delay_ms=3_600_000)
+    if not transactions:
+
+        def no_sessions(self: Any, *args: Any, **kwargs: Any) -> Any:
+            raise OperationFailure("Transaction numbers are only allowed on a replica set member or mongos", code=20)
+
+        monkeypatch.setattr(MongoClient, "start_session", no_sessions)
+    root = queue.job("ok", {}, organization="taken")  # refused by the server, written last
+    graph = chain(root, group(queue.job("ok", {}), queue.job("ok", {})), queue.job("ok", {}))
+    with pytest.raises(InvalidJobError, match="nothing written" if transactions else "removed again"):
+        queue.enqueue_graph(graph)
+    assert [d["_id"] for d in queue.store.collection.find({})] == [taken.id]

@@ -131,7 +131,14 @@ def test_only_configured_queues_are_claimed(make_queue: Any) -> None:
     assert queue.drain() == 2
     by_queue = {d["queue"]: d["status"] for d in raw_docs()}
     assert by_queue == {"high": "completed", "default": "completed", "other": "pending"}
-    assert queue.counts("other") == {"pending": 1, "processing": 0, "completed": 0, "failed": 0, "cancelled": 0, "blocked": 0}
+    assert queue.counts("other") == {
+        "pending": 1,
+        "processing": 0,
+        "completed": 0,
+        "failed": 0,
+        "cancelled": 0,
+        "blocked": 0,
+    }
 
 
 def test_non_bson_result_completes_without_storing_it(queue: Any) -> None:
