@@ -268,7 +268,8 @@ class Enqueuer(Generic[J]):
                 doc["has_dependents"] = True
         self.types.check([doc["type"] for doc in docs], strict=self.builder.config.strict_types)
         self._insert(docs, "graph")
-        return [self._instance(doc) for doc in self._run_or_wake(docs)]
+        # Dependencies first, so that in eager mode each dependent is released before its turn.
+        return [self._instance(doc) for doc in reversed(self._run_or_wake(docs[::-1]))]
 
     def enqueue_fire(
         self, spec: Mapping[str, Any], extra: Mapping[str, Any], *, schedule: str, fire_time: datetime

@@ -113,3 +113,13 @@ def test_a_graph_without_transactions_is_inserted_in_order_and_runs(queue: Any) 
     assert [j.id for j in jobs][-1] == a.id  # the job that can run at once is written last
     assert queue.drain() == 3
     assert order[0] == "a" and sorted(order[1:]) == ["b", "c"]
+
+
+def test_eager_mode_runs_a_graph_in_dependency_order(queue: Any) -> None:
+    order: list[str] = []
+    queue.register_handler("t", lambda job: order.append(job.data["n"]) or job.data["n"])
+    queue.eager = True
+    a, b, c = (queue.job("t", {"n": n}) for n in "abc")
+    jobs = queue.enqueue_graph(chain(a, b, c))
+    assert order == ["a", "b", "c"] and [j.status for j in jobs] == ["completed"] * 3
+    assert jobs[0].dependency_results() == {str(b.id): "b"}
