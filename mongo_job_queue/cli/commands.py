@@ -117,7 +117,7 @@ def _retry_or_cancel(queue: PersistentJobQueue[Any], args: argparse.Namespace, o
                 print(f"{'retried' if retry else 'cancelled'} {job_id}", file=out)
             continue
         job = queue.get_job(job_id)
-        allowed = "failed or cancelled" if retry else "pending or processing"
+        allowed = "failed or cancelled" if retry else "pending, blocked or processing"
         why = "no such job" if job is None else f"it is {job.status}, not {allowed}"
         print(f"{'retry' if retry else 'cancel'} {job_id} refused: {why}", file=err)
         code = EXIT_REFUSED
