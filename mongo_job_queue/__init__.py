@@ -9,8 +9,11 @@ a thread pool and retries failures with tenacity-driven backoff.
 from __future__ import annotations
 
 from ._deprecation import moved as _moved
+from .chunks import ChunkResult, JobOutcome
 from .config import QueueConfig
 from .errors import (
+    ChunkJobFailed,
+    ChunkResultError,
     ConfigError,
     DependencyFailed,
     EagerJobFailed,
@@ -19,11 +22,14 @@ from .errors import (
     IndexSetupError,
     InvalidJobError,
     InvalidJobIdError,
+    InvalidLockError,
     JobCancelled,
     JobModelError,
     JobTimeLimitExceeded,
     JobTimeout,
     LeaseExpired,
+    LockLost,
+    LockUnavailable,
     MalformedJob,
     MongoJobQueueError,
     QueueStateError,
@@ -32,6 +38,7 @@ from .errors import (
     WorkerShutdown,
     WorkflowError,
 )
+from .locks import Lease, Lock, LockBackend, fenced_update
 from .middleware import Middleware
 from .model import BaseJob, JobError, LeaseOwner
 from .queue import PersistentJobQueue, create_job_queue
@@ -47,6 +54,9 @@ __version__ = "1.1.0"
 __all__ = [
     "BaseJob",
     "CatchUp",
+    "ChunkJobFailed",
+    "ChunkResult",
+    "ChunkResultError",
     "ConfigError",
     "DependencyFailed",
     "EagerJobFailed",
@@ -56,15 +66,22 @@ __all__ = [
     "IndexSetupError",
     "InvalidJobError",
     "InvalidJobIdError",
+    "InvalidLockError",
     "JobCancelled",
     "JobError",
     "JobModelError",
+    "JobOutcome",
     "JobSpec",
     "JobStatus",
     "JobTimeLimitExceeded",
     "JobTimeout",
+    "Lease",
     "LeaseExpired",
     "LeaseOwner",
+    "Lock",
+    "LockBackend",
+    "LockLost",
+    "LockUnavailable",
     "MalformedJob",
     "Middleware",
     "MongoJobQueueError",
@@ -83,6 +100,7 @@ __all__ = [
     "chain",
     "chord",
     "create_job_queue",
+    "fenced_update",
     "group",
 ]
 

@@ -36,6 +36,7 @@ from .status import BLOCKED, COMPLETED, PENDING
 from .store import JobStore
 from .validation import check_document, check_nested, check_payload, stored_job_problems
 from .worker import Worker
+from .worker.wakeup import namespace_of
 from .workflows import DEPENDENCY_KEYS, Part, encode_dependencies, plan
 
 __all__ = ["EagerFlags", "Enqueuer", "JobBuilder"]
@@ -342,6 +343,11 @@ class Enqueuer(Generic[J]):
             local = self.worker.running and registered and doc["queue"] in self.worker.config.queues
             if local and doc["run_at"] <= self.store.now():
                 self.worker.notify()
+        if self.worker.wakeups:  # and workers of other processes, through the wake-up channels (after the insert)
+            now = self.store.now()
+            due = sorted({(doc["queue"], doc["type"]) for doc in docs if doc["run_at"] <= now})
+            for channel in self.worker.wakeups if due else ():
+                channel.publish(namespace_of(self.store), due)
         return docs
 
     def _run_eagerly(self, doc: dict[str, Any]) -> dict[str, Any]:

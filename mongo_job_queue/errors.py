@@ -28,6 +28,14 @@ class HandlerError(MongoJobQueueError, ValueError):
     """A handler registration is invalid (duplicate type, not callable, bad policy)."""
 
 
+class ChunkResultError(HandlerError):
+    """A batch handler's chunk result is invalid (a job not in the chunk, two outcomes for one job, a bad delay)."""
+
+
+class ChunkJobFailed(MongoJobQueueError):
+    """Recorded for a job that a batch handler marked retry or fail without an exception of its own."""
+
+
 class InvalidJobError(MongoJobQueueError, ValueError):
     """A job to enqueue was rejected before anything was written to the database."""
 
@@ -93,6 +101,18 @@ class RetryJob(MongoJobQueueError):
 
 class FailJob(MongoJobQueueError):
     """Raised by a handler to fail the job for good, with no further retry."""
+
+
+class InvalidLockError(MongoJobQueueError, ValueError):
+    """A lock was asked for with invalid arguments (empty key, ``ttl_ms`` <= 0, negative ``timeout_ms``)."""
+
+
+class LockUnavailable(MongoJobQueueError, TimeoutError):
+    """The lock is held by another holder: not acquired at once (``blocking=False``) or within ``timeout_ms``."""
+
+
+class LockLost(MongoJobQueueError):
+    """A lease no longer holds its lock (expired, taken over, past ``max_lifetime_ms``): fenced writes refuse it."""
 
 
 class WorkflowError(InvalidJobError):

@@ -18,9 +18,20 @@ from .config import MAX_RETRIES
 from .errors import HandlerError
 from .retry import RetryPolicy, RetryStrategy, StopStrategy, WaitStrategy
 
-__all__ = ["Handler", "HandlerFn", "HandlerRegistry"]
+__all__ = ["ChunkSpec", "Handler", "HandlerFn", "HandlerRegistry"]
 
 HandlerFn = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class ChunkSpec:
+    """How a batch handler's chunks are formed (see :mod:`.chunks`): ``fn(jobs)`` on up to ``max_size`` jobs."""
+
+    fn: Callable[[list[Any]], Any]
+    max_size: int
+    max_wait_ms: int
+    #: The stored field (its database name) whose value every job of one chunk shares; None: any.
+    key: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -33,6 +44,8 @@ class Handler:
     max_retries: Optional[int] = None
     #: Milliseconds one run may take (0: none); None leaves it to the config's ``default_time_limit_ms``.
     time_limit_ms: Optional[int] = None
+    #: Set for a batch handler: its chunks run on a thread of their own, ``fn`` runs a chunk of one.
+    chunk: Optional[ChunkSpec] = None
 
 
 class HandlerRegistry:
@@ -57,6 +70,7 @@ class HandlerRegistry:
         retry: Optional[RetryStrategy] = None,
         max_retries: Optional[int] = None,
         time_limit_ms: Optional[int] = None,
+        chunk: Optional[ChunkSpec] = None,
     ) -> Handler:
         if not isinstance(job_type, str) or not job_type:
             raise HandlerError(f"job type must be a non-empty str, got {job_type!r}")
@@ -74,7 +88,7 @@ class HandlerRegistry:
                 f"got {time_limit_ms!r:.80}"
             )
         policy = RetryPolicy(stop=stop, wait=wait, retry=retry)
-        handler = Handler(job_type, fn, policy, max_retries, time_limit_ms)
+        handler = Handler(job_type, fn, policy, max_retries, time_limit_ms, chunk)
         with self._lock:
             existing = self._handlers.get(job_type)
             if existing is not None:
@@ -88,10 +102,10 @@ class HandlerRegistry:
     def get(self, job_type: str) -> Handler | None:
         return self._handlers.get(job_type)
 
-    def types(self) -> list[str]:
-        """Registered job types, sorted so claim filters are stable."""
+    def types(self, *, chunked: Optional[bool] = None) -> list[str]:
+        """Registered job types, sorted so claim filters are stable; ``chunked``: only batch handlers' (or others')."""
         with self._lock:
-            return sorted(self._handlers)
+            return sorted(t for t, h in self._handlers.items() if chunked is None or (h.chunk is not None) == chunked)
 
     def subset(
         self, job_types: Optional[Iterable[str]] = None, *, wrap: Optional[Callable[[HandlerFn], HandlerFn]] = None

@@ -78,6 +78,24 @@ class Middleware:
         write then finds the lease gone, on_lease_lost follows.
         """
 
+    def before_chunk(self, queue: Any, jobs: list[Any]) -> None:
+        """A batch handler is about to run on ``jobs`` (app instances), before each ``before_process`` (same thread)."""
+
+    def after_chunk(
+        self,
+        queue: Any,
+        jobs: list[Any],
+        *,
+        outcomes: Sequence[Outcome],
+        exc: Optional[BaseException],
+        duration_s: float,
+    ) -> None:
+        """A batch handler's chunk ended, after each job's ``after_process``: ``outcomes[i]`` is ``jobs[i]``'s.
+
+        ``exc`` is what the handler raised (every job then retried or failed
+        under its own policy), or None.
+        """
+
     def on_retry_scheduled(self, queue: Any, doc: dict[str, Any], *, delay_ms: int, exc: BaseException) -> None:
         """A failed attempt was written back as ``pending``, due in ``delay_ms``."""
 

@@ -18,11 +18,13 @@ from typing import Any, Generic, Optional, TypeVar, Union
 from bson import ObjectId
 
 from .after_fork import renew_in_child
+from .chunks import BatchHandlerFn, register_batch_handler
 from .clock import Clock, to_naive_utc, utcnow
 from .config import ConfigInput, QueueConfig, load_config
 from .enqueue import Enqueuer, JobBuilder
 from .errors import QueueStateError
 from .handlers import HandlerFn, HandlerRegistry
+from .locks import Lock, LockBackend
 from .middleware import Middleware, MiddlewareChain
 from .model import BaseJob, check_job_model
 from .queue_admin import QueueAdmin
@@ -32,15 +34,18 @@ from .schedules.manager import ScheduleInfo, ScheduleManager
 from .schedules.service import Fire, Scheduler
 from .status import FINISHED
 from .store import JobStore
+from .store.locks import MongoLocks
 from .tasks import Task
 from .worker import Worker
 from .worker.runner import run_worker
+from .worker.wakeup import WakeupChannel
 from .workflows import JobSpec, Workflow
 
 __all__ = ["PersistentJobQueue", "create_job_queue"]
 
 J = TypeVar("J", bound=BaseJob)
 F = TypeVar("F", bound=HandlerFn)
+B = TypeVar("B", bound=BatchHandlerFn)
 R = TypeVar("R")
 
 Timezone = Union[str, tzinfo]
@@ -83,6 +88,7 @@ class PersistentJobQueue(Generic[J]):
         self._enqueuer = Enqueuer(self._builder, self.store, self.worker, self.hooks, flags=self)
         self._admin = QueueAdmin(job_model, self.store, self.worker, self.hooks)
         self._schedules = ScheduleManager(self.store, self.worker, self._enqueuer, prepare=self._prepare)
+        self.locks = MongoLocks(self.store)  #: The default backend of :meth:`lock`: MongoDB.
         self.store.dependencies.on_release = self.worker.notify  # a released job need not wait for a poll
         renew_in_child(self)
 
@@ -475,6 +481,23 @@ class PersistentJobQueue(Generic[J]):
         if self.worker.scheduler is not None:
             self.worker.scheduler._after_fork_in_child()
         self._indexes_ensured = False
+
+    def register_batch_handler(
+        self, job_type: str, fn: B, *, max_size: int = 100, max_wait_ms: int = 1000, key: Optional[str] = None,
+        **options: Any,
+    ) -> B:  # fmt: skip
+        """Register ``fn(jobs)`` for chunks of ``job_type`` (:doc:`chunks`); ``options`` as :meth:`register_handler`."""
+        register_batch_handler(self.registry, self.job_model, job_type, fn, max_size=max_size,
+                               max_wait_ms=max_wait_ms, key=key, **options)  # fmt: skip
+        return fn
+
+    def lock(self, key: str, *, backend: Optional[LockBackend] = None, **options: Any) -> Lock:
+        """A fenced lock on ``key``: ``with queue.lock(key, ttl_ms=30_000) as lease:`` (options: :doc:`locks`)."""
+        return Lock(backend or self.locks, key, **options)
+
+    def add_wakeup(self, channel: WakeupChannel) -> None:
+        """Wake idle workers through ``channel`` too (e.g. Redis pub/sub), from the next start: :ref:`redis-wakeups`."""
+        self.worker.wakeups.append(channel)
 
     def job(self, job_type: str, data: Optional[Mapping[str, Any]] = None, **options: Any) -> JobSpec:
         """A job spec for :meth:`enqueue_graph` (``options``: :meth:`enqueue`'s keywords); see :doc:`workflows`."""

@@ -45,6 +45,7 @@ from .common import (
     configure_logging,
     first_line,
 )
+from .doctor import run_doctor_command
 from .parser import add_common_arguments, add_worker_arguments, build_parser
 from .values import parse_duration_ms
 from .worker import run_worker_command
@@ -125,6 +126,8 @@ def _dispatch(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: Tex
     try:
         if args.command == "admin":
             return run_admin_command(queue, args)
+        if args.command == "doctor":  # before the ping, which would build the indexes it checks
+            return run_doctor_command(queue, args, out, err)
         configure_logging(args.log_level or logging.WARNING, args.log_level is not None)
         check_database(queue, args.db_timeout)
         return ADMIN_COMMANDS[args.command](queue, args, out, err)

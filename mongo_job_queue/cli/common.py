@@ -35,7 +35,7 @@ exit codes:
   2  bad arguments or input
   3  --app could not be imported, is not a queue, or registers no handler
   4  the database is unreachable
-  5  refused: no such job, not in a state that allows it, or not confirmed
+  5  refused: no such job, not in a state that allows it, not confirmed, or a doctor check failed
 """
 
 

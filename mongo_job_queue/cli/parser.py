@@ -195,6 +195,8 @@ def build_parser(prog: str = "mongo-job-queue", *, with_app: bool = True) -> arg
     workers = command("workers", "the live workers, from the worker registry (times in UTC)")
     workers.add_argument("--all", action="store_true", help="also the stopped ones and those gone silent")
     workers.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    doctor = command("doctor", "check the deployment: replica set, concerns, indexes, clock, shard key, oplog")
+    doctor.add_argument("--json", action="store_true", help="print JSON instead of one line per check")
     admin = command("admin", "serve the admin web UI with Werkzeug until Ctrl-C (needs the admin extra)")
     admin.add_argument("--host", default="127.0.0.1", metavar="ADDR", help="address to bind (default 127.0.0.1)")
     admin.add_argument("--port", type=port, default=8089, metavar="PORT", help="port to bind (default 8089)")

@@ -42,6 +42,13 @@ Attributes: ``messaging.system`` (``mongo_job_queue``),
 existing job's, with ``mongo_job_queue.enqueue.duplicate``), ``messaging.client.id``
 (the worker id, on process spans), plus ``mongo_job_queue.job.type``,
 ``mongo_job_queue.job.attempt`` and ``mongo_job_queue.job.outcome``.
+
+**Chunks** (batch handlers, :doc:`chunks`): one ``process <queue>`` CONSUMER
+span per chunk, always in a trace of its own (a chunk has many producers,
+so none can be its parent) with a Link to each job's producer span, and
+``messaging.batch.message_count``. It is current while the handler runs;
+each job's outcome is an ``mongo_job_queue.job`` event on it (no span per
+job), and the span's status is ERROR when the handler raised.
 """
 
 from __future__ import annotations
@@ -79,6 +86,13 @@ _MAX_DEPTH = 16  # consumer spans per thread: inline runs nest; more means after
 
 #: A span's ``mongo_job_queue.job.outcome``: the worker's, or "unknown" for a run whose after_process never came.
 _SpanOutcome = Outcome | Literal["unknown"]
+
+
+@dataclass
+class _Chunk:
+    job_ids: set[str]
+    span: Span
+    token: contextvars.Token[Context]
 
 
 @dataclass
@@ -168,15 +182,72 @@ class OpenTelemetryMiddleware(Middleware):
 
     # -- consumer -----------------------------------------------------------
 
-    def before_process(self, queue: Any, job: Any) -> None:
-        destination = str(getattr(job, "queue", None) or "default")
-        job_id = str(getattr(job, "pk", None))
+    def _producer(self, job: Any) -> tuple[Context, Any]:
+        """The context extracted from a job's headers, and its producer's span context."""
         headers = getattr(job, "headers", None) or {}
         carrier = {str(k): v for k, v in headers.items() if isinstance(v, str)}
         # An empty base context: a job without a trace context starts its own
         # trace instead of joining whatever span happens to be current here.
         extracted = propagate.extract(carrier, context=Context())
-        producer = trace.get_current_span(extracted).get_span_context()
+        return extracted, trace.get_current_span(extracted).get_span_context()
+
+    def before_chunk(self, queue: Any, jobs: list[Any]) -> None:
+        first = jobs[0]
+        destination = str(getattr(first, "queue", None) or "default")
+        producers = [self._producer(job)[1] for job in jobs]
+        attributes: dict[str, Any] = {
+            "messaging.system": SYSTEM,
+            "messaging.operation.type": "process",
+            "messaging.operation.name": "process",
+            "messaging.destination.name": destination,
+            "messaging.batch.message_count": len(jobs),
+            "mongo_job_queue.job.type": str(getattr(first, "type", None)),
+        }
+        worker_id = getattr(getattr(getattr(queue, "worker", None), "owner", None), "worker_id", None)
+        if worker_id:
+            attributes["messaging.client.id"] = str(worker_id)
+        parent = trace.set_span_in_context(trace.INVALID_SPAN, Context())
+        span = self.tracer.start_span(
+            f"process {destination}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+            links=[Link(p) for p in producers if p.is_valid] or None,
+        )
+        token = otel_context.attach(trace.set_span_in_context(span, parent))
+        self._local.chunk = _Chunk({str(getattr(job, "pk", None)) for job in jobs}, span, token)
+
+    def _in_chunk(self, job: Any) -> Optional[_Chunk]:
+        chunk: Optional[_Chunk] = getattr(self._local, "chunk", None)
+        return chunk if chunk is not None and str(getattr(job, "pk", None)) in chunk.job_ids else None
+
+    def after_chunk(
+        self,
+        queue: Any,
+        jobs: list[Any],
+        *,
+        outcomes: Any,
+        exc: Optional[BaseException],
+        duration_s: float,
+    ) -> None:
+        chunk: Optional[_Chunk] = getattr(self._local, "chunk", None)
+        if chunk is None:
+            return
+        self._local.chunk = None
+        span = chunk.span
+        if exc is not None:
+            span.record_exception(exc)
+            span.set_attribute("error.type", _error_type(exc))
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {safe_str(exc)}"))
+        span.end()
+        otel_context.detach(chunk.token)
+
+    def before_process(self, queue: Any, job: Any) -> None:
+        if self._in_chunk(job) is not None:
+            return  # the chunk's span covers it
+        destination = str(getattr(job, "queue", None) or "default")
+        job_id = str(getattr(job, "pk", None))
+        extracted, producer = self._producer(job)
         attributes: dict[str, Any] = {
             "messaging.system": SYSTEM,
             "messaging.operation.type": "process",
@@ -212,6 +283,13 @@ class OpenTelemetryMiddleware(Middleware):
     def after_process(
         self, queue: Any, job: Any, *, outcome: Outcome, exc: Optional[BaseException], duration_s: float
     ) -> None:
+        chunk = self._in_chunk(job)
+        if chunk is not None:
+            event = {"messaging.message.id": str(getattr(job, "pk", None)), "mongo_job_queue.job.outcome": outcome}
+            if exc is not None:
+                event["error.type"] = _error_type(exc)
+            chunk.span.add_event("mongo_job_queue.job", event)
+            return
         job_id = str(getattr(job, "pk", None))
         stack = self._stack()
         index = next((i for i in range(len(stack) - 1, -1, -1) if stack[i].job_id == job_id), None)

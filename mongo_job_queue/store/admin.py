@@ -107,7 +107,7 @@ class Admin:
             jobs = self._store.collection
             if tries > 1 and jobs.find_one({"_id": job_id, "admin_marks": mark}, {"_id": 1}) is not None:
                 return True
-            return bool(jobs.update_one(filt, update).matched_count)
+            return bool(jobs.update_one(self._store.shard_key.scope(filt, jobs), update).matched_count)
 
         return self._store.retry(call, "retry_job")
 

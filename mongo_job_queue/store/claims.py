@@ -101,6 +101,7 @@ class Claims:
         limit: int,
         *,
         abort: threading.Event | None = None,
+        where: Mapping[str, Any] | None = None,
     ) -> list[ClaimedJob]:
         """Claim up to ``limit`` due jobs in two round trips (three under contention).
 
@@ -110,15 +111,16 @@ class Claims:
         ``lease_token`` and ``attempts`` are unchanged, and it is still pending
         and due). All k share one new token, which with ``_id`` still fences
         every later write per job. If another worker took some in between,
-        the jobs that are ours are read back by that token.
+        the jobs that are ours are read back by that token. ``where`` adds
+        equality conditions (a chunk's key value, see :meth:`peek_due`).
         """
-        if limit <= 1:
+        if limit <= 1 and not where:
             one = self.claim(types, queues, owner, abort=abort)
             return [one] if one is not None else []
         types, queues = list(types), list(queues)
         if not types or not queues:
             return []
-        query = {"status": PENDING, "queue": {"$in": queues}, "type": {"$in": types}}
+        query = {**(where or {}), "status": PENDING, "queue": {"$in": queues}, "type": {"$in": types}}
         for _ in range(_MAX_QUARANTINES_PER_CLAIM):
             try:
                 batch, raced = self._claim_batch(query, owner, limit, abort)
@@ -133,6 +135,33 @@ class Claims:
             one = self._claim(query, owner, abort)
             return [one] if one is not None else []
         return []
+
+    def peek_due(
+        self, types: Sequence[str], queues: Sequence[str], limit: int, *, key: str | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """How many jobs (up to ``limit``) a :meth:`claim_batch` of these would take now, and its ``where``.
+
+        With ``key`` (a chunk's partition field), only jobs sharing the most
+        urgent due job's value count, and ``where`` selects that value: two
+        reads whatever the number of jobs, none of them claimed.
+        """
+        store = self._store
+        query: dict[str, Any] = {"status": PENDING, "queue": {"$in": list(queues)}, "type": {"$in": list(types)}}
+        where: dict[str, Any] = {}
+
+        def call() -> int:
+            due = {**query, "run_at": {"$lte": store.now()}}
+            if key is not None:
+                head = store.collection.find_one(due, {key: 1}, sort=_URGENT_FIRST, max_time_ms=_CLAIM_READ_MAX_TIME_MS)
+                if head is None:
+                    return 0
+                where.clear()
+                where[key] = head.get(key)
+                due.update(where)
+            return store.collection.count_documents(due, limit=limit, maxTimeMS=_CLAIM_READ_MAX_TIME_MS)
+
+        count = store.retry(call, "peek_due") if types and queues else 0
+        return count, where
 
     def claim_job(self, job_id: ObjectId, owner: LeaseOwner) -> ClaimedJob | None:
         """Claim one specific pending job, due or not (inline/eager runs, admin "run now")."""
@@ -211,7 +240,7 @@ class Claims:
             if not docs:
                 raise
             store.log.warning("claim of %d job(s) partly applied before %r; running those", len(docs), exc)
-        return [ClaimedJob(doc, token) for doc in docs], raced
+        return [ClaimedJob(doc, token, key=store.shard_key.of(doc)) for doc in docs], raced
 
     def _claim(
         self,
@@ -250,7 +279,7 @@ class Claims:
             )
 
         doc = store.retry(call, "claim", abort)
-        return ClaimedJob(doc, token) if doc is not None else None
+        return ClaimedJob(doc, token, key=store.shard_key.of(doc)) if doc is not None else None
 
     def _quarantine_head(self, query: dict[str, Any], exc: OperationFailure, limit: int = 1) -> bool:
         """Fail the malformed documents among the ``limit`` most urgent due jobs; True if any was."""

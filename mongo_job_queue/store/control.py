@@ -210,7 +210,10 @@ class Control:
                 if doc is not None:
                     return next(outcomes[m] for m in doc["admin_marks"] if m in outcomes)
             before = jobs.find_one_and_update(
-                filt, _cancel_pipeline(now, mark), projection=projection, return_document=ReturnDocument.BEFORE
+                self._store.shard_key.scope(filt, jobs),
+                _cancel_pipeline(now, mark),
+                projection=projection,
+                return_document=ReturnDocument.BEFORE,
             )
             if before is None:
                 return None  # finished or missing
@@ -224,7 +227,11 @@ class Control:
         outcome = self._store.retry(call, "request_cancel")
         if outcome == "cancelled" and self._store.finals.active:
             # A retry that found its earlier try's mark has no document: read the fields the listeners need.
-            doc = told[-1] if told else self._store.collection.find_one({"_id": job_id}, projection)
+            doc = (
+                told[-1]
+                if told
+                else self._store.collection.find_one(self._store.shard_key.scope({"_id": job_id}), projection)
+            )
             self._store.finals.notify_one(doc or {"_id": job_id}, CANCELLED)
         return outcome
 

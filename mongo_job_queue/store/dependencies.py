@@ -185,7 +185,8 @@ class Dependencies:
             self.try_release(dependent)
 
     def _projection(self) -> dict[str, int]:
-        return dict.fromkeys({*_DEPENDENT_FIELDS, *self._store.finals.fields, "has_dependents", "attempts"}, 1)
+        fields = {*_DEPENDENT_FIELDS, *self._store.finals.fields, *self._store.shard_key.fields}
+        return dict.fromkeys({*fields, "has_dependents", "attempts"}, 1)
 
     def try_release(self, dependent: Mapping[str, Any]) -> Optional[str]:
         """Release ``dependent`` if all its dependencies ended: its new status, else None (waiting, or released)."""
@@ -195,7 +196,8 @@ class Dependencies:
         todo = [i for i in dependent["depends_on"] if str(i) not in recorded]
         found: dict[Any, dict[str, Any]] = {}
         if todo:
-            docs = store.retry(lambda: list(jobs.find({"_id": {"$in": todo}}, _DEPENDENCY_FIELDS)), "dependencies")
+            ids = store.shard_key.scope({"_id": {"$in": todo}})
+            docs = store.retry(lambda: list(jobs.find(ids, _DEPENDENCY_FIELDS)), "dependencies")
             found = {d["_id"]: d for d in docs}
         now = store.now()
         outcomes = dict(recorded)
@@ -212,7 +214,8 @@ class Dependencies:
                 outcomes[str(job_id)] = _outcome(doc)
             else:
                 waiting = True
-        blocked = {"_id": dependent["_id"], "status": BLOCKED}
+        # With the app's shard key (docs/scaling.rst), so a sharded cluster targets the release.
+        blocked = {"_id": dependent["_id"], "status": BLOCKED, **store.shard_key.of(dependent)}
         if waiting:
             # Copied now, so retention may delete the ended dependencies before the others end.
             newly = {f"dependency_outcomes.{k}": v for k, v in outcomes.items() if k not in recorded}

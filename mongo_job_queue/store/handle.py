@@ -114,6 +114,7 @@ class JobStore:
         from .dependencies import Dependencies
         from .indexes import Indexes
         from .jobs import Jobs
+        from .shardkey import ShardKey
         from .workers import WorkerDocs
 
         self.model = job_model
@@ -129,6 +130,7 @@ class JobStore:
         self._monotonic: Callable[[], float] = time.monotonic  # measures round trips; tests inject one
         #: Told of every final write (batches and dependent jobs listen); see finals.py.
         self.finals = FinalWrites(self.log)
+        self.shard_key = ShardKey(job_model)  # the app's declared shard key, added to the filters about a job
         self.indexes = Indexes(self)
         self.jobs = Jobs(self, self.indexes)
         self.control = Control(self)

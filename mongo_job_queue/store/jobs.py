@@ -41,6 +41,7 @@ class Jobs:
         self.claim = claims.claim
         self.claim_batch = claims.claim_batch
         self.claim_job = claims.claim_job
+        self.peek_due = claims.peek_due
         self.watch_new_jobs = claims.watch_new_jobs
         # The lease (leases.py).
         self.heartbeat = leases.heartbeat
@@ -48,6 +49,11 @@ class Jobs:
         # The outcomes, all fenced, and lease recovery (outcomes.py).
         self.complete = outcomes.complete
         self.complete_many = outcomes.complete_many
+        self.write_many = outcomes.write_many
+        # Their bulk forms, for write_many.
+        self.rescheduling = outcomes.rescheduling
+        self.failure = outcomes.failure
+        self.cancellation = outcomes.cancellation
         self.reschedule = outcomes.reschedule
         self.fail = outcomes.fail
         self.release = outcomes.release

@@ -40,6 +40,8 @@ class ClaimedJob:
     #: The latest progress this run reported, written or still buffered: its
     #: completion writes it too, so a report buffered at the end is not dropped.
     progress: dict[str, Any] | None = field(default=None, compare=False)
+    #: The job's shard key values (:meth:`.shardkey.ShardKey.of`), carried by every fenced write.
+    key: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def id(self) -> ObjectId:
@@ -48,7 +50,7 @@ class ClaimedJob:
     @property
     def fence(self) -> dict[str, Any]:
         """The filter of every write about this run (see :func:`fence`)."""
-        return fence(self.id, self.token)
+        return {**fence(self.id, self.token), **self.key}
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ class Leases:
             now = store.now()
             ops = []
             for job_id in ids:
-                filt = fence(job_id, leases[job_id])
+                filt = store.shard_key.scope(fence(job_id, leases[job_id]))
                 if skip_cancelled:
                     filt["cancel_requested"] = {"$ne": True}
                 fields: dict[str, Any] = {"lease_expires_at": after_ms(now, store.config.lease_ms), "updated_at": now}
@@ -104,7 +106,7 @@ class Leases:
             if renew(leases, skip_cancelled=True) == len(leases):
                 return Heartbeat(set(), set())
             docs = store.collection.find(
-                {"_id": {"$in": list(leases)}},
+                store.shard_key.scope({"_id": {"$in": list(leases)}}),
                 {"status": 1, "lease_token": 1, "cancel_requested": 1},
                 max_time_ms=_HEARTBEAT_READ_MAX_TIME_MS,
             )

@@ -27,7 +27,7 @@ from .handle import MAINTENANCE_MAX_TIME_MS, JobStore
 from .leases import ClaimedJob, fence
 from .marks import as_stored
 
-__all__ = ["Outcomes", "UnstorableResult", "completion_update"]
+__all__ = ["FencedWrite", "Outcomes", "UnstorableResult", "completion_update"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,24 @@ def completion_update(now: datetime, result: Any, progress: Optional[Mapping[str
     if progress is not None:
         update["$set"]["progress"] = dict(progress)
     return update
+
+
+@dataclass(frozen=True)
+class FencedWrite:
+    """One outcome of a bulk write (:meth:`Outcomes.write_many`): the run it ends, the status it writes, the update."""
+
+    job: ClaimedJob
+    status: str
+    update: Mapping[str, Any]
+    #: Back to pending or failed only if no cancel was requested (the caller then cancels), as the single writes.
+    uncancelled: bool = False
+
+    @property
+    def filter(self) -> dict[str, Any]:
+        filt = self.job.fence
+        if self.uncancelled:
+            filt["cancel_requested"] = {"$ne": True}
+        return filt
 
 
 class Outcomes:
@@ -92,39 +110,64 @@ class Outcomes:
             return self._fenced(job, completion_update(now, dropped, job.progress), COMPLETED, "complete")
 
     def complete_many(self, jobs: Sequence[tuple[ClaimedJob, Any]]) -> set[tuple[ObjectId, str]]:
-        """Mark many claimed jobs completed in one bulk write; return the runs ``(id, token)`` whose write landed.
+        """Mark many claimed jobs completed in one bulk write; return the runs ``(id, token)`` whose write landed."""
+        now = self._store.now()
+        return self.write_many(
+            [FencedWrite(job, COMPLETED, completion_update(now, result, job.progress)) for job, result in jobs],
+            "complete_many",
+        )
+
+    def write_many(self, writes: Sequence[FencedWrite], op: str = "write_many") -> set[tuple[ObjectId, str]]:
+        """Write many outcomes in one bulk write; return the runs ``(id, token)`` whose write landed.
 
         Each update carries its own fence (``_id``, token, ``processing``), so
         a lost lease fails only its own job. When fewer matched than sent, the
-        runs whose job is completed under their token (by this try or an
-        earlier one whose reply was lost) count as written; the others lost
-        their lease. Runs, not job ids: two runs of one job (a stale one and
-        a newer claim) can share a batch, and only the newer one's write lands.
+        runs whose job has its target status under their token (by this try
+        or an earlier one whose reply was lost) count as written; the others
+        lost their lease (or, for a write that is ``uncancelled``, had a
+        cancel requested). Runs, not job ids: two runs of one job (a stale
+        one and a newer claim) can share a batch, and only the newer one's
+        write lands.
         """
-        if not jobs:
+        if not writes:
             return set()
-        now = self._store.now()
-        ops = [UpdateOne(job.fence, completion_update(now, result, job.progress)) for job, result in jobs]
-        runs = {(job.id, job.token) for job, _ in jobs}
+        ops = [UpdateOne(w.filter, dict(w.update)) for w in writes]
+        targets = {(w.job.id, w.job.token): w.status for w in writes}
 
         def call() -> set[tuple[ObjectId, str]]:
             try:
                 if self._store.collection.bulk_write(ops, ordered=False).matched_count == len(ops):
-                    return set(runs)
+                    return set(targets)
             except BulkWriteError:
                 pass  # some writes were rejected; find out which below
-            ids = list({job_id for job_id, _ in runs})
-            return {
-                (d["_id"], str(d.get("lease_token")))
-                for d in self._store.collection.find({"_id": {"$in": ids}}, {"status": 1, "lease_token": 1})
-                if d.get("status") == COMPLETED
-            } & runs
+            ids = list({job_id for job_id, _ in targets})
+            found = self._store.collection.find(
+                self._store.shard_key.scope({"_id": {"$in": ids}}), {"status": 1, "lease_token": 1}
+            )
+            runs = ((d["_id"], str(d.get("lease_token")), d.get("status")) for d in found)
+            return {(job_id, token) for job_id, token, status in runs if targets.get((job_id, token)) == status}
 
-        landed = self._store.retry(call, "complete_many")
-        if self._store.finals.active:
-            ended = [FinalJob(job.id, COMPLETED, job.doc) for job, _ in jobs if (job.id, job.token) in landed]
-            self._store.finals.notify(ended)
+        landed = self._store.retry(call, op)
+        if self._store.finals.active:  # the final writes that landed, in one notice
+            final = (COMPLETED, FAILED, CANCELLED)
+            runs = [(w, (w.job.id, w.job.token)) for w in writes if w.status in final]
+            self._store.finals.notify([FinalJob(w.job.id, w.status, w.job.doc) for w, run in runs if run in landed])
         return landed
+
+    def rescheduling(self, job: ClaimedJob, run_at: datetime, error: JobError) -> FencedWrite:
+        """The bulk form of :meth:`reschedule`."""
+        update = self._attempt_failed(PENDING, error, {"run_at": run_at, "updated_at": self._store.now()})
+        return FencedWrite(job, PENDING, update, uncancelled=True)
+
+    def failure(self, job: ClaimedJob, error: JobError) -> FencedWrite:
+        """The bulk form of :meth:`fail`."""
+        now = self._store.now()
+        update = self._attempt_failed(FAILED, error, {"finished_at": now, "updated_at": now})
+        return FencedWrite(job, FAILED, update, uncancelled=True)
+
+    def cancellation(self, job: ClaimedJob) -> FencedWrite:
+        """The bulk form of :meth:`cancel_claimed`."""
+        return FencedWrite(job, CANCELLED, _ended(CANCELLED, self._store.now()))
 
     def reschedule(self, job: ClaimedJob, run_at: datetime, error: JobError) -> bool:
         """Return a failed attempt to ``pending`` at ``run_at``; False if the lease is lost or a cancel requested."""
@@ -191,7 +234,9 @@ class Outcomes:
         """
         record = error.as_doc()
         record["at"] = as_stored(error.at)
-        found = self._store.collection.find_one({"_id": job_id}, {"errors": 1, "status": 1})
+        found = self._store.collection.find_one(
+            self._store.shard_key.scope({"_id": job_id}), {"errors": 1, "status": 1}
+        )
         if found is None or not any(e == record for e in found.get("errors") or []):
             return None
         return str(found.get("status"))
@@ -228,7 +273,7 @@ class Outcomes:
             # only its reply was lost. The token stays on the document until the
             # next claim replaces it, so "our token and the target status"
             # means the write was ours.
-            doc = self._store.collection.find_one({"_id": job.id}, {"status": 1, "lease_token": 1})
+            doc = self._store.collection.find_one({"_id": job.id, **job.key}, {"status": 1, "lease_token": 1})
             return doc is not None and doc.get("lease_token") == job.token and doc.get("status") == target
 
         return self._store.retry(call, op)
@@ -259,6 +304,7 @@ class Outcomes:
         cancel = bool(doc.get("cancel_requested"))
         filt = {
             **fence(doc["_id"], doc.get("lease_token")),
+            **self._store.shard_key.of(doc),
             "lease_expires_at": {"$lt": now},
             "cancel_requested": True if cancel else {"$ne": True},
         }

@@ -36,6 +36,7 @@ from ..model import LeaseOwner, job_log_extra
 from ..schedules.service import Scheduler
 from ..store import ClaimedJob, JobStore
 from .build import build_services, completer_of, log_of, waker_of
+from .chunks import chunk_runners
 from .completer import Completer
 from .executor import Executor, WorkQueue
 from .inflight import InflightTable
@@ -43,7 +44,7 @@ from .leases import LeaseKeeper
 from .poller import Poller
 from .pool import HandlerPool
 from .timeouts import deadline_after, join, remaining
-from .wakeup import ChangeStreamWaker
+from .wakeup import Waker, WakeupChannel
 
 __all__ = ["Worker", "job_log_extra"]
 
@@ -68,6 +69,8 @@ class Worker:
         self._logger = logger
         self.log = logger or log
         self.hooks = hooks if hooks is not None else MiddlewareChain(None)
+        #: Wake-up channels beside the change stream (``queue.add_wakeup``), listened to from the next start.
+        self.wakeups: list[WakeupChannel] = []
         #: Fires the queue's schedules while this worker runs (``run_schedules``).
         self.scheduler: Optional[Scheduler] = None
         self.table = InflightTable()
@@ -93,7 +96,7 @@ class Worker:
         self._maintenance_thread: Optional[threading.Thread] = None
         self._scheduler_thread: Optional[threading.Thread] = None
         self._waker_thread: Optional[threading.Thread] = None
-        self._waker: Optional[ChangeStreamWaker] = None
+        self._waker: Optional[Waker] = None
         self._completer: Optional[Completer] = None
         # Every thread any start began, until it has ended: a poller still
         # inside a claim after a timed-out stop outlives its start, and a
@@ -201,7 +204,10 @@ class Worker:
             target=loop.run, args=(stopping,), name=f"{name}-maintenance", daemon=True
         )
         threads = [*self._handler_threads, self._poller_thread, self._maintenance_thread]
-        self._waker = waker_of(self.store, self.registry, self.config, self.notify, stopping, self._idle, self._logger)
+        threads += [r.new_thread(stopping, name) for r in chunk_runners(self.registry, self.poller, self._replaced)]
+        self._waker = waker_of(
+            self.store, self.registry, self.config, self.notify, stopping, self._idle, self._logger, self.wakeups
+        )
         self._waker_thread = None
         if self._waker is not None:
             self._waker_thread = threading.Thread(target=self._waker.run, name=f"{name}-wakeup", daemon=True)

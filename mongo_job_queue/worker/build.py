@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Optional
@@ -29,7 +29,7 @@ from .maintenance import Hygiene, MaintenanceLoop, Quarantiner, Rescuer, Service
 from .poller import Poller
 from .registry import WorkerPresence
 from .shutdown import ShutdownRequeue
-from .wakeup import ChangeStreamWaker
+from .wakeup import ChangeStreamWaker, Waker, Wakers, WakeupChannel, namespace_of
 
 __all__ = ["Services", "build_services", "completer_of", "log_of", "waker_of"]
 
@@ -90,20 +90,28 @@ def waker_of(
     stopping: threading.Event,
     idle: threading.Event,
     logger: Optional[logging.Logger],
-) -> Optional[ChangeStreamWaker]:
-    """One start's change-stream listener, which wakes the idle poller; None without ``change_stream_wakeups``."""
-    if not config.change_stream_wakeups:
-        return None
-    return ChangeStreamWaker(
-        store,
-        registry.types(),
-        config.queues,
-        notify,
-        stopping,
-        max_await_ms=config.change_stream_max_await_ms,
-        idle=idle,
-        logger=logger,
-    )
+    channels: Sequence[WakeupChannel] = (),
+) -> Optional[Waker]:
+    """One start's listeners that wake the idle poller: the change stream (``change_stream_wakeups``), the channels."""
+    wakers: list[Waker] = []
+    if config.change_stream_wakeups:
+        wakers.append(
+            ChangeStreamWaker(
+                store,
+                registry.types(),
+                config.queues,
+                notify,
+                stopping,
+                max_await_ms=config.change_stream_max_await_ms,
+                idle=idle,
+                logger=logger,
+            )
+        )
+    for channel in channels:
+        wakers.append(channel.listener(namespace_of(store), registry.types(), config.queues, notify, stopping, logger))
+    if len(wakers) <= 1:
+        return wakers[0] if wakers else None
+    return Wakers(wakers, stopping)
 
 
 def build_services(

@@ -196,7 +196,7 @@ class Executor:
             # Its write must lose to the fence; buffered, its pending ack would give the
             # heartbeat this dead run's token in place of the live retry's until it landed.
             completer = self.inline
-        written = completer.complete(claimed, self._storable_result(result, doc))
+        written = completer.complete(claimed, self.storable_result(result, doc))
         if written is None:
             # Buffered: "completed" is the handler's outcome; should the write
             # then find the lease gone, on_lease_lost follows.
@@ -222,7 +222,8 @@ class Executor:
         self.hooks.emit("on_cancelled", claimed.id)
         return True
 
-    def _storable_result(self, result: Any, doc: dict[str, Any]) -> Any:
+    def storable_result(self, result: Any, doc: dict[str, Any]) -> Any:
+        """``result`` as its completion stores it: itself, or an :class:`UnstorableResult` with the reason."""
         if result is None:
             return None
         try:

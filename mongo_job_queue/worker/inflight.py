@@ -49,9 +49,11 @@ class InflightTable:
         # the one whose token the document carries, whichever map it is in.
         self._order: dict[RunKey, int] = {}
         self._claims = itertools.count()
+        # Runs of a chunk (worker/chunks.py): in flight, but on the chunk's own thread, not in a handler slot.
+        self._slotless: set[RunKey] = set()
 
-    def add(self, claimed: ClaimedJob) -> RunState:
-        """Enter a new run; an older run of the same job has lost its lease by definition."""
+    def add(self, claimed: ClaimedJob, *, holds_slot: bool = True) -> RunState:
+        """Enter a new run (of a chunk: ``holds_slot=False``); an older run of the same job has lost its lease."""
         with self.cond:
             for (job_id, _), state in self._runs.items():
                 if job_id == claimed.id:
@@ -60,6 +62,8 @@ class InflightTable:
             key = run_key(claimed)
             self._runs[key] = state
             self._order[key] = next(self._claims)
+            if not holds_slot:
+                self._slotless.add(key)
             return state
 
     def _forget(self, key: RunKey) -> None:
@@ -73,6 +77,7 @@ class InflightTable:
     def remove(self, key: RunKey) -> None:
         with self.cond:
             self._runs.pop(key, None)
+            self._slotless.discard(key)
             self._forget(key)
             self.cond.notify_all()
 
@@ -95,7 +100,7 @@ class InflightTable:
     def __len__(self) -> int:
         """Runs holding a handler slot (queued or running); buffered completions do not."""
         with self.cond:
-            return len(self._runs)
+            return len(self._runs) - len(self._slotless)
 
     def busy(self) -> bool:
         """Whether any run is still in flight, its completion write included."""
@@ -129,6 +134,7 @@ class InflightTable:
             self._runs.clear()
             self._acking.clear()
             self._order.clear()
+            self._slotless.clear()
             self.cond.notify_all()
 
 

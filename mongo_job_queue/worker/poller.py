@@ -52,7 +52,7 @@ class Poller:
 
     # -- claiming -----------------------------------------------------------
 
-    def claim_scope(self) -> tuple[list[str], list[str]]:
+    def claim_scope(self, *, chunked: bool = False) -> tuple[list[str], list[str]]:
         """The job types and queues to claim from: registered and configured, less the paused ones.
 
         The pause state is read at most every ``pause_refresh_ms``, not per
@@ -66,7 +66,7 @@ class Poller:
             except Exception:  # keep the last known state; the claim reports a lasting outage
                 self.log.warning("could not read the pause state; using the last one", exc_info=True)
         paused = self._paused
-        types = [t for t in self.registry.types() if t not in paused.types]
+        types = [t for t in self.registry.types(chunked=chunked) if t not in paused.types]  # chunks: worker/chunks.py
         queues = [q for q in self.config.queues if q not in paused.queues]
         return types, queues
 

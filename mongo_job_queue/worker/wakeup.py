@@ -12,6 +12,13 @@ longer has that history, it restarts from now (polling covers the gap).
 A read can wait on the server for ``change_stream_max_await_ms``; ``stop()``
 does not wait that out: it closes the stream from the stopping thread
 (:meth:`ChangeStreamWaker.close`), which ends the read.
+
+Deployments without change streams (a standalone mongod) can add a
+:class:`WakeupChannel` (``queue.add_wakeup(...)``, e.g. Redis pub/sub in
+:mod:`mongo_job_queue.contrib.redis`): every enqueue publishes on it once
+its insert landed, and each worker runs the channel's listener beside the
+change stream (:class:`Wakers`, one thread each). A channel is a hint:
+a lost message costs only the next poll.
 """
 
 from __future__ import annotations
@@ -19,13 +26,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
 from pymongo.errors import OperationFailure
 
 from ..store import JobStore
 
-__all__ = ["ChangeStreamWaker"]
+__all__ = ["ChangeStreamWaker", "Waker", "Wakers", "WakeupChannel", "namespace_of"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +41,85 @@ log = logging.getLogger(__name__)
 _UNSUPPORTED = frozenset({40573, 115, 59})
 # The resume token is too old or invalid: start again from now.
 _HISTORY_LOST = frozenset({286, 280, 260})
+
+
+class Flag(Protocol):
+    """What a waker's ``listening`` offers (a :class:`threading.Event` does)."""
+
+    def is_set(self) -> bool: ...
+
+
+class Waker(Protocol):
+    """A listener that calls ``wake()`` when new jobs may be claimable; run in a thread of its own."""
+
+    @property
+    def listening(self) -> Flag: ...
+
+    def run(self) -> None:
+        """Listen until the start's stop event is set."""
+
+    def close(self) -> None:
+        """End a blocking read from the stopping thread (after the stop event is set)."""
+
+
+class WakeupChannel(Protocol):
+    """A way for enqueues to wake idle workers of other processes, beside (or instead of) change streams."""
+
+    def publish(self, namespace: str, jobs: Sequence[tuple[str, str]]) -> None:
+        """Tell listeners of ``namespace`` that due jobs of these ``(queue, type)`` were inserted; never raises."""
+
+    def listener(
+        self,
+        namespace: str,
+        types: Sequence[str],
+        queues: Sequence[str],
+        wake: Callable[[], None],
+        stopping: threading.Event,
+        logger: Optional[logging.Logger],
+    ) -> Waker:
+        """A :class:`Waker` calling ``wake()`` for published jobs of these queues and types, until ``stopping``."""
+
+
+def namespace_of(store: JobStore) -> str:
+    """``<database>.<jobs collection>``: what a channel's publishers and listeners agree on, with no I/O."""
+    model = store.model
+    return f"{model._get_db().name}.{model._get_collection_name()}"
+
+
+class _AnyListening:
+    def __init__(self, wakers: Sequence[Waker]) -> None:
+        self._wakers = wakers
+
+    def is_set(self) -> bool:
+        return any(waker.listening.is_set() for waker in self._wakers)
+
+
+class Wakers:
+    """Several wakers as one: each in a thread of its own, closed together; listening while any listens."""
+
+    def __init__(self, wakers: Sequence[Waker], stopping: threading.Event, name: str = "wakeup") -> None:
+        self.wakers = list(wakers)
+        self.stopping = stopping
+        self.name = name
+        self.listening: Flag = _AnyListening(self.wakers)
+
+    def run(self) -> None:
+        threads = [
+            threading.Thread(target=waker.run, name=f"{threading.current_thread().name}-{i}", daemon=True)
+            for i, waker in enumerate(self.wakers[1:], 1)
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            self.wakers[0].run()
+        finally:
+            self.stopping.wait()  # the first may end early (no change streams): the others listen on
+            for thread in threads:
+                thread.join(1.0)
+
+    def close(self) -> None:
+        for waker in self.wakers:
+            waker.close()
 
 
 class ChangeStreamWaker:

@@ -32,7 +32,7 @@ def test_python_m_mongo_job_queue_lists_the_commands() -> None:
 EXTRA_CODE = """
 import sys
 import mongo_job_queue, mongo_job_queue.cli, mongo_job_queue.contrib
-leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("opentelemetry", "prometheus_client"))
+leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("opentelemetry", "prometheus_client", "redis"))
 assert not leaked, leaked
 sys.modules[{package!r}] = None
 try:
@@ -51,6 +51,7 @@ else:
         ("otel", "opentelemetry", "otel"),
         ("admin", "jinja2", "admin"),
         ("admin", "werkzeug", "admin"),
+        ("redis", "redis", "redis"),
     ],
 )
 def test_an_integration_without_its_extra_says_which_to_install(module: str, package: str, extra: str) -> None:

@@ -1,0 +1,299 @@
+"""Fenced locks on both backends: exact mutual exclusion under contention, waits, errors, renewal, lifetime."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from helpers import holds_for, wait_until
+from redis_support import forget, fresh_prefix, shared_client
+
+from mongo_job_queue import InvalidLockError, LockLost, LockUnavailable
+from mongo_job_queue.locks import fenced_update
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def locks_collection(job_model):
+    job_model._get_db().drop_collection(f"{job_model._get_collection_name()}_locks")
+
+
+@pytest.fixture(params=["mongodb", "redis"])
+def setup(request, make_queue, locks_collection) -> Iterator[tuple[Any, Any]]:
+    """``(queue, backend)``: the queue's default MongoDB backend, or Redis with a prefix of this test's own."""
+    queue = make_queue()
+    if request.param == "mongodb":
+        yield queue, queue.locks
+        return
+    from mongo_job_queue.contrib.redis import RedisLocks
+
+    client, prefix = shared_client(), fresh_prefix()
+    yield queue, RedisLocks(client, queue, prefix=prefix)
+    forget(client, prefix)
+
+
+def warm(queue: Any, backend: Any) -> None:
+    """One lock taken and freed first: a short-TTL test then measures its lock, not the collection's creation."""
+    with queue.lock("warm-up", backend=backend):
+        pass
+
+
+class Ledger:
+    """Every entry into and exit from the critical section, in order, under a local lock: the exact record."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.events: list[tuple[str, int, str]] = []
+
+    def record(self, what: str, token: int) -> None:
+        with self.lock:
+            self.events.append((what, token, threading.current_thread().name))
+
+    def check(self, expected: int) -> None:
+        inside = None
+        tokens = []
+        for what, token, who in self.events:
+            if what == "enter":
+                assert inside is None, f"{who} entered with token {token} while {inside} was inside"
+                inside = (token, who)
+                tokens.append(token)
+            else:
+                assert inside == (token, who), f"{who} left with token {token}, but {inside} was inside"
+                inside = None
+        assert inside is None
+        assert len(tokens) == expected
+        assert all(a < b for a, b in itertools.pairwise(tokens)), f"tokens not strictly increasing: {tokens}"
+
+
+def test_16_threads_contending_never_overlap_and_tokens_increase(setup) -> None:
+    queue, backend = setup
+    ledger = Ledger()
+    rounds = 5
+    errors: list[BaseException] = []
+    start = threading.Barrier(16)
+
+    def contend() -> None:
+        try:
+            start.wait(30)
+            for _ in range(rounds):
+                with queue.lock("report:acme", ttl_ms=10_000, timeout_ms=60_000, backend=backend) as lease:
+                    ledger.record("enter", lease.token)
+                    lease.check()
+                    time.sleep(0.001)  # the work: lets another thread try meanwhile
+                    ledger.record("exit", lease.token)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=contend, name=f"contender-{i}") for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors, errors
+    ledger.check(16 * rounds)
+
+
+def test_non_blocking_fails_at_once_and_a_timeout_waits_its_time(setup) -> None:
+    queue, backend = setup
+    with queue.lock("k", backend=backend) as held:
+        started = time.monotonic()
+        with pytest.raises(LockUnavailable), queue.lock("k", blocking=False, backend=backend):
+            pass
+        assert time.monotonic() - started < 2
+        started = time.monotonic()
+        with pytest.raises(LockUnavailable, match="within 300 ms"):
+            queue.lock("k", timeout_ms=300, backend=backend).acquire()
+        assert 0.3 <= time.monotonic() - started < 3
+        assert held.held
+    # Free again: a waiter with a timeout gets it.
+    with queue.lock("k", timeout_ms=5_000, backend=backend) as again:
+        assert again.token > held.token
+
+
+def test_a_blocked_waiter_gets_the_lock_soon_after_its_release(setup) -> None:
+    queue, backend = setup
+    first = queue.lock("k", backend=backend).acquire()
+    got: list[Any] = []
+    waiter = threading.Thread(target=lambda: got.append(queue.lock("k", timeout_ms=20_000, backend=backend).acquire()))
+    waiter.start()
+    holds_for(lambda: not got, duration=0.3, what="the waiter waits while the lock is held")
+    assert first.release() is True
+    waiter.join(10)
+    assert got and got[0].token > first.token
+    got[0].release()
+
+
+def test_the_block_raising_releases_the_lock(setup) -> None:
+    queue, backend = setup
+    with pytest.raises(ValueError, match="boom"), queue.lock("k", backend=backend) as lease:
+        raise ValueError("boom")
+    assert not lease.held
+    with pytest.raises(LockLost, match="released"):
+        lease.check()
+    with queue.lock("k", blocking=False, backend=backend) as again:
+        assert again.token > lease.token
+
+
+def test_renewal_keeps_the_lock_past_its_ttl(setup) -> None:
+    queue, backend = setup
+    with queue.lock("k", ttl_ms=600, backend=backend) as lease:
+
+        def others_refused() -> bool:
+            try:
+                queue.lock("k", blocking=False, backend=backend).acquire().release()
+            except LockUnavailable:
+                return True
+            return False
+
+        holds_for(others_refused, duration=1.8, interval=0.1, what="the renewed lease keeps others out")
+        lease.check()
+
+
+def test_max_lifetime_caps_renewal(setup) -> None:
+    queue, backend = setup
+    warm(queue, backend)
+    started = time.monotonic()
+    lease = queue.lock("k", ttl_ms=600, max_lifetime_ms=1_500, backend=backend).acquire()
+    try:
+        wait_until(lambda: not lease.held, timeout=5, what="the lease ends at its maximum lifetime")
+        assert 1.4 <= time.monotonic() - started < 2.5
+        with pytest.raises(LockLost, match="max_lifetime_ms"):
+            lease.check()
+        # The lock itself expires by then on the backend: another holder takes it, with a greater token.
+        taken = queue.lock("k", timeout_ms=3_000, backend=backend).acquire()
+        assert taken.token > lease.token
+        assert lease.release() is False  # a late release after the takeover does nothing ...
+        taken.check()  # ... to the new holder
+        assert taken.release() is True
+    finally:
+        lease.release()
+
+
+def test_a_lost_lease_is_told_and_its_late_release_frees_nothing(setup) -> None:
+    queue, backend = setup
+    warm(queue, backend)
+    lease = queue.lock("k", ttl_ms=300, backend=backend).acquire()
+    lease._stop.set()  # its renewals stop, as in a frozen process
+    lease._renewer.join(5)
+    taken = queue.lock("k", timeout_ms=5_000, backend=backend).acquire()
+    assert taken.token > lease.token
+    with pytest.raises(LockLost):
+        lease.check()
+    assert backend.renew("k", lease.holder, lease.token, 10_000) is False
+    assert lease.release() is False
+    with pytest.raises(LockUnavailable):
+        queue.lock("k", blocking=False, backend=backend).acquire()
+    taken.release()
+
+
+def test_the_lease_can_be_released_from_another_thread(setup) -> None:
+    queue, backend = setup
+    lease = queue.lock("k", backend=backend).acquire()
+    released: list[bool] = []
+    thread = threading.Thread(target=lambda: released.append(lease.release()))
+    thread.start()
+    thread.join(10)
+    assert released == [True]
+    assert lease.release() is False  # idempotent
+
+
+@pytest.mark.parametrize(
+    ("key", "options", "message"),
+    [
+        ("", {}, "non-empty str"),
+        (42, {}, "non-empty str"),
+        ("x" * 1001, {}, "non-empty str"),
+        ("k", {"ttl_ms": 0}, "ttl_ms"),
+        ("k", {"ttl_ms": -5}, "ttl_ms"),
+        ("k", {"ttl_ms": True}, "ttl_ms"),
+        ("k", {"ttl_ms": 1.5}, "ttl_ms"),
+        ("k", {"timeout_ms": -1}, "timeout_ms"),
+        ("k", {"max_lifetime_ms": 0}, "max_lifetime_ms"),
+        ("k", {"blocking": "yes"}, "blocking"),
+        ("k", {"blocking": False, "timeout_ms": 10}, "blocking acquire only"),
+    ],
+)
+def test_bad_input_is_refused_before_any_call(make_queue, key, options, message) -> None:
+    queue = make_queue()
+    with pytest.raises(InvalidLockError, match=message):
+        queue.lock(key, **options)
+    assert issubclass(InvalidLockError, ValueError)
+
+
+def test_mongodb_lock_documents_keep_their_token_across_releases(make_queue, locks_collection) -> None:
+    queue = make_queue()
+    tokens = []
+    for _ in range(3):
+        with queue.lock("doc") as lease:
+            tokens.append(lease.token)
+            stored = queue.locks.read("doc")
+            assert stored["holder"] == lease.holder
+            assert [d["_id"] for d in queue.locks.held()] == ["doc"]
+    assert tokens == [1, 2, 3]
+    stored = queue.locks.read("doc")
+    assert stored["holder"] is None and stored["token"] == 3
+    assert queue.locks.held() == []
+
+
+WCE = {"writeConcernError": {"code": 64, "errmsg": "waiting for replication timed out"}}
+
+
+def test_retried_writes_after_a_lost_reply_recognise_their_own_try(make_queue, locks_collection, failpoint) -> None:
+    # A writeConcernError: the write applied, the reply says error, the store retries.
+    queue = make_queue()
+    with queue.lock("warm"):
+        pass  # the collection and its index exist: the failpoint hits the lock's own writes
+    failpoint(["findAndModify"], 1, **WCE)
+    lease = queue.lock("k", blocking=False).acquire()  # the retry finds its own holder, not "held"
+    assert queue.locks.read("k")["holder"] == lease.holder
+    assert queue.locks.read("k")["token"] == lease.token
+    lease._stop.set()  # no renewal in between: the next update is the release
+    lease._renewer.join(5)
+    failpoint(["update"], 1, **WCE)
+    assert lease.release() is True  # the retry reads back its own release
+    assert queue.locks.read("k")["holder"] is None
+
+
+def test_fenced_update_refuses_an_older_token(raw_db) -> None:
+    target = raw_db.fenced_target
+    target.drop()
+    target.insert_one({"_id": "report", "body": "none"})
+    assert fenced_update(target, {"_id": "report"}, {"$set": {"body": "by 5"}}, 5)
+    assert fenced_update(target, {"_id": "report"}, {"$set": {"body": "by 5 again"}}, 5)  # the same lease
+    assert not fenced_update(target, {"_id": "report"}, {"$set": {"body": "by 5 once"}}, 5, strict=True)
+    assert fenced_update(target, {"_id": "report"}, {"$set": {"body": "by 7"}}, 7)
+    assert not fenced_update(target, {"_id": "report"}, {"$set": {"body": "late 5"}}, 5)
+    assert target.find_one({"_id": "report"}) == {"_id": "report", "body": "by 7", "fence": 7}
+    # The pattern of the docs, written out.
+    result = target.update_one({"_id": "report", "fence": {"$lt": 6}}, {"$set": {"body": "late 6", "fence": 6}})
+    assert result.matched_count == 0
+
+
+def test_redis_scripts_recognise_a_retried_acquire_and_a_spent_counter(make_queue, locks_collection) -> None:
+    import redis
+
+    from mongo_job_queue.contrib.redis import RedisLocks
+
+    queue = make_queue()
+    client = shared_client()
+    # decode_responses either way: replies are read as text or bytes alike.
+    texts = RedisLocks(redis.Redis(port=6379, decode_responses=True), queue, prefix=fresh_prefix())
+    locks = RedisLocks(client, queue, prefix=texts.prefix)
+    token = locks.acquire("k", "holder-1", 10_000)
+    assert token is not None
+    assert texts.acquire("k", "holder-1", 10_000) == token  # a retry whose first try applied: the same grant
+    assert locks.acquire("k", "holder-2", 10_000) is None
+    assert texts.renew("k", "holder-1", token, 10_000) is True
+    assert locks.renew("k", "holder-1", token + 1, 10_000) is False  # another token is another lease
+    assert locks.release("k", "holder-2", token) is False
+    assert texts.release("k", "holder-1", token) is True
+    # A spent counter moves to a new epoch: the token still grows.
+    client.hset(locks.fence_key, "n", 2**32 - 1)
+    later = locks.acquire("k", "holder-3", 10_000)
+    assert later is not None and later > token and later >> 32 > token >> 32
+    assert locks.release("k", "holder-3", later) is True

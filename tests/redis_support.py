@@ -1,0 +1,84 @@
+"""Redis for the tests of ``mongo_job_queue.contrib.redis``: the shared server, and throwaway ones to restart.
+
+The shared server is 127.0.0.1:6379 (``.ci/run`` starts it, ``.ci/redis.sh``
+installs redis-server where it is missing). A test that restarts Redis
+runs its own :class:`RedisServer` on a free port, so the shared one stays up.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from typing import Any, Optional
+
+import pytest
+
+SHARED_PORT = 6379
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def shared_client() -> Any:
+    """A client of the shared Redis; the test is skipped, saying why, when redis-py or the server is missing."""
+    redis = pytest.importorskip("redis", reason="redis-py is not installed (the 'redis' extra)")
+    client = redis.Redis(host="127.0.0.1", port=SHARED_PORT, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError:
+        pytest.skip(f"no Redis at 127.0.0.1:{SHARED_PORT} (.ci/run starts one)")
+    return client
+
+
+def fresh_prefix() -> str:
+    """A key prefix of its own per test, so tests sharing the server never meet."""
+    return f"mjq-test-{uuid.uuid4().hex[:10]}:"
+
+
+def forget(client: Any, prefix: str) -> None:
+    """Delete a test's keys from the shared server."""
+    for key in client.scan_iter(match=f"{prefix}*"):
+        client.delete(key)
+
+
+class RedisServer:
+    """A throwaway redis-server that keeps nothing on disk: ``start()``, ``shutdown_nosave()``, ``start()`` again."""
+
+    def __init__(self) -> None:
+        if shutil.which("redis-server") is None:
+            pytest.skip("redis-server is not installed (.ci/redis.sh installs it)")
+        self.port = _free_port()
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"redis-server on port {self.port} did not start") from None
+                time.sleep(0.02)
+
+    def shutdown_nosave(self) -> None:
+        """What ``redis-cli -p PORT shutdown nosave`` does: the server exits and its data set is gone."""
+        subprocess.run(["redis-cli", "-p", str(self.port), "shutdown", "nosave"], capture_output=True, timeout=10)
+        if self.proc is not None:
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
