@@ -15,6 +15,7 @@ from .errors import (
     ChunkJobFailed,
     ChunkResultError,
     ConfigError,
+    DependencyFailed,
     EagerJobFailed,
     FailJob,
     HandlerError,
@@ -35,6 +36,7 @@ from .errors import (
     RetryJob,
     ScheduleError,
     WorkerShutdown,
+    WorkflowError,
 )
 from .locks import Lease, Lock, LockBackend, fenced_update
 from .middleware import Middleware
@@ -45,6 +47,7 @@ from .schedules.manager import ScheduleInfo
 from .schedules.service import Fire
 from .status import JobStatus
 from .tasks import Task
+from .workflows import JobSpec, Workflow, chain, chord, group
 
 __version__ = "1.1.0"
 
@@ -55,6 +58,7 @@ __all__ = [
     "ChunkResult",
     "ChunkResultError",
     "ConfigError",
+    "DependencyFailed",
     "EagerJobFailed",
     "FailJob",
     "Fire",
@@ -67,6 +71,7 @@ __all__ = [
     "JobError",
     "JobModelError",
     "JobOutcome",
+    "JobSpec",
     "JobStatus",
     "JobTimeLimitExceeded",
     "JobTimeout",
@@ -89,9 +94,14 @@ __all__ = [
     "ScheduleInfo",
     "Task",
     "WorkerShutdown",
+    "Workflow",
+    "WorkflowError",
     "__version__",
+    "chain",
+    "chord",
     "create_job_queue",
     "fenced_update",
+    "group",
 ]
 
 # A development tool's error, no longer exported here: mongo_job_queue.dev.embedded has it.

@@ -32,11 +32,12 @@ from .handlers import HandlerRegistry
 from .known_types import KnownTypes
 from .middleware import MiddlewareChain
 from .model import LIBRARY_FIELDS, BaseJob
-from .status import COMPLETED, PENDING
+from .status import BLOCKED, COMPLETED, PENDING
 from .store import JobStore
 from .validation import check_document, check_nested, check_payload, stored_job_problems
 from .worker import Worker
 from .worker.wakeup import namespace_of
+from .workflows import DEPENDENCY_KEYS, Part, encode_dependencies, plan
 
 __all__ = ["EagerFlags", "Enqueuer", "JobBuilder"]
 
@@ -45,11 +46,11 @@ J = TypeVar("J", bound=BaseJob)
 #: The arguments of ``enqueue`` an ``enqueue_many`` item may hold besides the app's
 #: own fields (``unique_key`` is for ``enqueue`` alone).
 _ENQUEUE_KEYS = frozenset(
-    {"job_type", "data", "run_at", "delay_ms", "priority", "queue", "max_retries", "time_limit_ms"}
+    {"job_type", "data", "run_at", "delay_ms", "priority", "queue", "max_retries", "time_limit_ms", *DEPENDENCY_KEYS}
 )
 
 #: How new documents reach the store: one job, a bulk of them, or the job of a schedule's fire time.
-InsertMode = Literal["one", "many", "fire"]
+InsertMode = Literal["one", "many", "fire", "graph"]
 
 
 @dataclass(eq=False)
@@ -143,12 +144,20 @@ class JobBuilder(Generic[J]):
         if schedule is not None:
             fields["schedule"] = schedule
             fields["fire_time"] = fire_time
+        if spec.get("depends_on"):  # blocked until they end (see workflows.rst)
+            ids, policies = encode_dependencies(spec["depends_on"], spec.get("on_dependency_failure", "cancel"))
+            fields.update(status=BLOCKED, depends_on=ids, dependency_policies=policies)
+        elif spec.get("on_dependency_failure") is not None:
+            encode_dependencies((), spec["on_dependency_failure"])  # a bad policy is refused even without depends_on
         try:
             job = self.job_model(**fields, **extra)
             job.validate()
         except (FieldDoesNotExist, ValidationError, NotRegistered) as exc:
             raise InvalidJobError(_rejection(self.job_model, extra, exc)) from exc
         doc: dict[str, Any] = job.to_mongo().to_dict()
+        for key in ("depends_on", "dependency_policies", "dependency_outcomes"):
+            if not doc.get(key):
+                doc.pop(key, None)  # only a dependent job carries them
         doc["_id"] = ObjectId()
         return doc
 
@@ -166,8 +175,8 @@ class JobBuilder(Generic[J]):
 
     def _recheck(self, doc: Mapping[str, Any]) -> None:
         problems = stored_job_problems(doc)
-        if doc.get("status") != PENDING or doc.get("attempts") != 0:
-            problems.append("a new job must be pending with 0 attempts")
+        if doc.get("status") != (BLOCKED if doc.get("depends_on") else PENDING) or doc.get("attempts") != 0:
+            problems.append("a new job must be pending (blocked, with depends_on) with 0 attempts")
         if not problems:
             try:
                 check_payload(doc["data"])
@@ -207,6 +216,8 @@ class Enqueuer(Generic[J]):
 
     def enqueue(self, spec: Mapping[str, Any], extra: Mapping[str, Any]) -> J:
         """One job; the existing one instead if its unique key is held."""
+        moved = {key: extra[key] for key in DEPENDENCY_KEYS if key in extra}  # enqueue()'s keywords, via **extra
+        spec, extra = {**spec, **moved}, {k: v for k, v in extra.items() if k not in moved}
         doc = self.builder.build(spec, extra, self.store.now())
         self.types.check([doc["type"]], strict=self.builder.config.strict_types)
         holder = self._insert([doc], "one")
@@ -236,6 +247,31 @@ class Enqueuer(Generic[J]):
         self._insert(docs, "many")
         return [self._instance(doc) for doc in self._run_or_wake(docs)]
 
+    def enqueue_graph(self, graph: Part) -> list[J]:
+        """Every job of ``graph`` (see :mod:`.workflows`) checked, then inserted all or nothing; dependents first."""
+        nodes, _ = plan(graph)
+        docs = []
+        now = self.store.now()
+        for _index, node in enumerate(nodes):
+            options = {k: v for k, v in node.spec.options.items() if k not in DEPENDENCY_KEYS}
+            known = {k: v for k, v in options.items() if k in _ENQUEUE_KEYS or k in ("unique_key", "unique_for_ms")}
+            extra = {k: v for k, v in options.items() if k not in known}
+            known.update(job_type=node.spec.job_type, data=node.spec.data, depends_on=list(node.depends_on))
+            try:
+                doc = self.builder.build(known, extra, now)
+            except InvalidJobError as exc:
+                raise type(exc)(f"job {node.spec.id} ({node.spec.job_type}): {exc}") from exc
+            doc["_id"] = node.spec.id
+            docs.append(doc)
+        needed = {i for doc in docs for i in doc.get("depends_on") or ()}
+        for doc in docs:
+            if doc["_id"] in needed:
+                doc["has_dependents"] = True
+        self.types.check([doc["type"] for doc in docs], strict=self.builder.config.strict_types)
+        self._insert(docs, "graph")
+        # Dependencies first, so that in eager mode each dependent is released before its turn.
+        return [self._instance(doc) for doc in reversed(self._run_or_wake(docs[::-1]))]
+
     def enqueue_fire(
         self, spec: Mapping[str, Any], extra: Mapping[str, Any], *, schedule: str, fire_time: datetime
     ) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
@@ -264,7 +300,10 @@ class Enqueuer(Generic[J]):
         try:
             for index, doc in enumerate(docs):
                 self._seal(doc, index if mode == "many" else None, hooked=bool(self.hooks))
-            if mode == "many":
+            self.store.dependencies.prepare(docs)  # dependencies outside docs exist, and are flagged
+            if mode == "graph":
+                self.store.dependencies.insert_all(docs, self.store.jobs.insert_many)
+            elif mode == "many":
                 self.store.jobs.insert_many(docs)
             else:  # one path for plain, unique and fired jobs: the store reads which from the document
                 holder = self.store.jobs.insert(docs[0])
@@ -278,6 +317,8 @@ class Enqueuer(Generic[J]):
             return holder
         for doc in docs:
             self.hooks.emit("after_enqueue", doc)
+        # Dependencies that ended before these jobs were stored release them now, not at the next sweep.
+        self.store.dependencies.settle(docs)
         return None
 
     def _seal(self, doc: dict[str, Any], index: Optional[int], *, hooked: bool) -> None:

@@ -113,3 +113,11 @@ class LockUnavailable(MongoJobQueueError, TimeoutError):
 
 class LockLost(MongoJobQueueError):
     """A lease no longer holds its lock (expired, taken over, past ``max_lifetime_ms``): fenced writes refuse it."""
+
+
+class WorkflowError(InvalidJobError):
+    """Dependencies or a workflow graph are invalid (a cycle, an unknown job, a bad policy); nothing was written."""
+
+
+class DependencyFailed(MongoJobQueueError):
+    """Recorded when a blocked job is cancelled because a dependency failed for good or was cancelled."""

@@ -26,6 +26,7 @@ from mongoengine import (
     EmbeddedDocumentListField,
     IntField,
     ListField,
+    ObjectIdField,
     StringField,
 )
 
@@ -190,6 +191,17 @@ class BaseJob(Document):
     schedule = StringField()
     #: The schedule's fire time this job is for (naive UTC); with ``schedule``, unique.
     fire_time = DateTimeField()
+    #: The jobs this one waits for, while ``blocked`` (see :doc:`workflows`).
+    depends_on = ListField(ObjectIdField())
+    #: What a dependency that failed for good or was cancelled does to this job, by dependency id
+    #: (``cancel``, ``ignore`` or ``continue_with_results``).
+    dependency_policies = DictField()
+    #: Each dependency's outcome, copied in when it ended: ``status`` and a size-bounded ``result``.
+    dependency_outcomes = DictField()
+    #: Set on a job that some job depends on: its final write looks for blocked dependents.
+    has_dependents = BooleanField()
+    #: The mark of the one write that released this job from ``blocked`` (a retried release finds its own).
+    released_by = StringField()
 
     meta: dict[str, Any] = {
         "abstract": True,
@@ -224,6 +236,18 @@ class BaseJob(Document):
                 "fields": ["schedule", "fire_time"],
                 "unique": True,
                 "sparse": True,
+            },
+            {
+                # The blocked dependents of a job that just ended; only blocked jobs are indexed.
+                "name": "mjq_dependents",
+                "fields": ["depends_on"],
+                "partialFilterExpression": {"status": "blocked"},
+            },
+            {
+                # The sweep of blocked jobs whose release notice was lost, in _id order.
+                "name": "mjq_blocked",
+                "fields": ["status", "_id"],
+                "partialFilterExpression": {"status": "blocked"},
             },
         ],
     }
@@ -264,6 +288,23 @@ class BaseJob(Document):
         if context is None:
             raise QueueStateError("report_progress() works only inside a handler run by the queue")
         context.report_progress(percent, message)
+
+    def dependency_results(self) -> dict[str, Any]:
+        """The results of the dependencies that completed, by job id (str), as copied in at release.
+
+        Each is bounded (see :doc:`workflows`): a larger one is left out, and
+        :meth:`dependency_statuses` still says it completed.
+        """
+        outcomes = self.dependency_outcomes or {}
+        return {key: o.get("result") for key, o in outcomes.items() if o.get("status") == "completed" and "result" in o}
+
+    def dependency_statuses(self) -> dict[str, str]:
+        """How each dependency ended, by job id (str): ``completed``, ``failed``, ``cancelled`` or ``deleted``."""
+        return {key: str(o.get("status")) for key, o in (self.dependency_outcomes or {}).items()}
+
+    def failed_dependencies(self) -> dict[str, str]:
+        """The dependencies that did not complete, by job id (str), with their status (``continue_with_results``)."""
+        return {key: status for key, status in self.dependency_statuses().items() if status != "completed"}
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.pk} {self.type} {self.status} attempt={self.attempts}>"

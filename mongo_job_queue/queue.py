@@ -40,6 +40,7 @@ from .tasks import Task
 from .worker import Worker
 from .worker.runner import run_worker
 from .worker.wakeup import WakeupChannel
+from .workflows import JobSpec, Workflow
 
 __all__ = ["PersistentJobQueue", "create_job_queue"]
 
@@ -87,6 +88,7 @@ class PersistentJobQueue(Generic[J]):
         self._admin = QueueAdmin(job_model, self.store, self.worker, self.hooks)
         self._schedules = ScheduleManager(self.store, self.worker, self._enqueuer, self.registry, prepare=local.prepare)
         self.locks = MongoLocks(self.store)  #: The default backend of :meth:`lock`: MongoDB.
+        self.store.dependencies.on_release = self.worker.notify  # a released job need not wait for a poll
         renew_in_child(self)
 
     def add_middleware(self, middleware: Middleware) -> None:
@@ -379,6 +381,18 @@ class PersistentJobQueue(Generic[J]):
     def add_wakeup(self, channel: WakeupChannel) -> None:
         """Wake idle workers through ``channel`` too (e.g. Redis pub/sub), from the next start: :ref:`redis-wakeups`."""
         self.worker.wakeups.append(channel)
+
+    def job(self, job_type: str, data: Optional[Mapping[str, Any]] = None, **options: Any) -> JobSpec:
+        """A job spec for :meth:`enqueue_graph` (``options``: :meth:`enqueue`'s keywords); see :doc:`workflows`."""
+        return JobSpec(job_type, data, dict(options))
+
+    def enqueue_graph(self, graph: Union[JobSpec, Workflow]) -> list[J]:
+        """Insert a workflow (:func:`~mongo_job_queue.chain`, ``group``, ``chord``) all or nothing, checked first.
+
+        Raises:
+            WorkflowError: a cycle, an unknown dependency or a bad policy; nothing was written.
+        """
+        return self._enqueuer.enqueue_graph(graph)
 
 
 @signature_of(PersistentJobQueue)

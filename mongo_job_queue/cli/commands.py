@@ -19,7 +19,7 @@ from ..errors import InvalidJobError
 from ..known_types import KnownTypes
 from ..model import LIBRARY_FIELDS
 from ..queue import PersistentJobQueue
-from ..status import FINISHED
+from ..status import ALL_STATUSES, FINISHED
 from .common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, CommandError, object_id
 from .jobs import has_filter, jobs_command, retry_matching, workers_command
 from .render import iso
@@ -33,7 +33,7 @@ def _stats(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO
     if args.json:
         print(json.dumps(stats, indent=2, sort_keys=True), file=out)
         return EXIT_OK
-    statuses = ["pending", "processing", "completed", "failed", "cancelled"]
+    statuses = list(ALL_STATUSES)  # blocked (waiting for dependencies) last
     width = max([len("queue"), *(len(q) for q in stats)])
     header = f"{'queue':<{width}}" + "".join(f"{s:>12}" for s in statuses) + f"{'oldest due':>14}{'paused':>8}"
     print(header, file=out)
@@ -117,7 +117,7 @@ def _retry_or_cancel(queue: PersistentJobQueue[Any], args: argparse.Namespace, o
                 print(f"{'retried' if retry else 'cancelled'} {job_id}", file=out)
             continue
         job = queue.get_job(job_id)
-        allowed = "failed or cancelled" if retry else "pending or processing"
+        allowed = "failed or cancelled" if retry else "pending, blocked or processing"
         why = "no such job" if job is None else f"it is {job.status}, not {allowed}"
         print(f"{'retry' if retry else 'cancel'} {job_id} refused: {why}", file=err)
         code = EXIT_REFUSED

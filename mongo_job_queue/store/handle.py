@@ -79,7 +79,9 @@ class JobStore:
     * :attr:`indexes` (:class:`~mongo_job_queue.store.indexes.Indexes`):
       the model's indexes and the retention TTL indexes;
     * :attr:`workers` (:class:`~mongo_job_queue.store.workers.WorkerDocs`):
-      the worker registry, one heartbeat document per running worker.
+      the worker registry, one heartbeat document per running worker;
+    * :attr:`dependencies` (:class:`~mongo_job_queue.store.dependencies.Dependencies`):
+      blocked jobs, released by their dependencies' final writes.
 
     Two rules hold for every write about a job:
 
@@ -113,6 +115,7 @@ class JobStore:
         # The components import this module (for the handle's type), so they are imported here.
         from .admin import Admin
         from .control import Control
+        from .dependencies import Dependencies
         from .indexes import Indexes
         from .jobs import Jobs
         from .shardkey import ShardKey
@@ -137,6 +140,8 @@ class JobStore:
         self.control = Control(self)
         self.admin = Admin(self, self.control)
         self.workers = WorkerDocs(self)
+        #: Blocked jobs and their release (enqueue(depends_on=...)); listens to :attr:`finals`.
+        self.dependencies = Dependencies(self)
 
     # -- connection ---------------------------------------------------------
 

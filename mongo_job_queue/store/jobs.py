@@ -15,7 +15,7 @@ from typing import Any, Optional
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from ..errors import InvalidJobError
-from ..status import FINISHED, PENDING
+from ..status import BLOCKED, FINISHED, PENDING
 from .claims import Claims
 from .faults import duplicate_field, is_transient
 from .handle import JobStore
@@ -195,7 +195,8 @@ class Jobs:
         position = next((i for i, d in enumerate(docs) if d["_id"] == bad_id), first.get("index", "?"))
         ids = [d["_id"] for d in docs if d["_id"] != bad_id]
         collection = self._store.collection
-        removed = collection.delete_many({"_id": {"$in": ids}, "status": PENDING, "attempts": 0}).deleted_count
+        untouched = {"_id": {"$in": ids}, "status": {"$in": [PENDING, BLOCKED]}, "attempts": 0}
+        removed = collection.delete_many(untouched).deleted_count
         kept = collection.count_documents({"_id": {"$in": ids}})
         message = f"jobs[{position}] rejected by the server: {first.get('errmsg', exc)}; "
         message += f"{removed} job(s) of the batch removed again"

@@ -20,6 +20,7 @@ from ..handlers import HandlerRegistry
 from ..middleware import MiddlewareChain
 from ..model import LeaseOwner
 from ..store import JobStore
+from ..store.dependencies import Dependencies
 from .completer import Completer, GroupCompleter
 from .executor import Executor
 from .inflight import InflightTable
@@ -48,6 +49,8 @@ class Services:
     hygiene: Hygiene
     presence: WorkerPresence
     shutdown: ShutdownRequeue
+    #: Re-checks blocked jobs for release notices lost to a crash (``store.dependencies.sweep``).
+    dependencies: Dependencies
 
     def maintenance(
         self, config: QueueConfig, now: Callable[[], datetime], logger: Optional[logging.Logger]
@@ -57,6 +60,7 @@ class Services:
             [
                 Service("lease recovery sweep", config.sweep_interval_ms / 1000, self.rescuer.run_once),
                 Service("malformed-job sweep", config.hygiene_interval_ms / 1000, self.hygiene.run_once),
+                Service("blocked-job sweep", config.dependency_sweep_interval_ms / 1000, self.dependencies.sweep),
                 Service("worker registry", self.presence.interval_s, self.presence.run_once),
             ],
             now,
@@ -131,4 +135,5 @@ def build_services(
         hygiene=Hygiene(store, quarantiner),
         presence=WorkerPresence(store, config, owner, table, registry),
         shutdown=ShutdownRequeue(executor, table, owner.worker_id),
+        dependencies=store.dependencies,
     )
