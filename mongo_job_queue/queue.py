@@ -386,7 +386,7 @@ class PersistentJobQueue(Generic[J]):
         """A job spec for :meth:`enqueue_graph` (``options``: :meth:`enqueue`'s keywords); see :doc:`workflows`."""
         return JobSpec(job_type, data, dict(options))
 
-    def enqueue_graph(self, graph: Union[JobSpec, Workflow]) -> list[J]:
+    def enqueue_graph(self, graph: JobSpec | Workflow) -> list[J]:
         """Insert a workflow (:func:`~mongo_job_queue.chain`, ``group``, ``chord``) all or nothing, checked first.
 
         Raises:
