@@ -107,7 +107,7 @@ def test_force_cuts_short_the_wait_for_a_poller_inside_a_claim(make_queue) -> No
 
     stopper = threading.Thread(target=stop)
     stopper.start()
-    time.sleep(0.3)
+    wait_until(lambda: queue.worker._stopping.is_set(), timeout=10, what="stop() to begin")
     force.set()  # the second signal
     stopper.join(10)
     release.set()
