@@ -9,13 +9,16 @@ a thread pool and retries failures with tenacity-driven backoff.
 from __future__ import annotations
 
 from ._deprecation import moved as _moved
+from .batches import Batch, BatchInfo
 from .config import QueueConfig
 from .errors import (
+    BatchSealedError,
     ConfigError,
     EagerJobFailed,
     FailJob,
     HandlerError,
     IndexSetupError,
+    InvalidBatchError,
     InvalidJobError,
     InvalidJobIdError,
     JobCancelled,
@@ -43,6 +46,9 @@ __version__ = "1.1.0"
 
 __all__ = [
     "BaseJob",
+    "Batch",
+    "BatchInfo",
+    "BatchSealedError",
     "CatchUp",
     "ConfigError",
     "EagerJobFailed",
@@ -50,6 +56,7 @@ __all__ = [
     "Fire",
     "HandlerError",
     "IndexSetupError",
+    "InvalidBatchError",
     "InvalidJobError",
     "InvalidJobIdError",
     "JobCancelled",

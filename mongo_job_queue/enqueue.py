@@ -71,10 +71,13 @@ class JobBuilder(Generic[J]):
         *,
         schedule: Optional[str] = None,
         fire_time: Optional[datetime] = None,
+        managed: Optional[Mapping[str, Any]] = None,
     ) -> dict[str, Any]:
         """The document of ``spec`` (enqueue's arguments) and ``extra`` (the app's fields), each field checked.
 
         ``schedule`` and ``fire_time`` mark the job of a schedule's fire time.
+        ``managed``: fields the queue itself sets (a batch's ``batch_id``, a
+        callback's preset ``_id``), never the app's ``extra``.
         The document is not encoded yet: hooks may still add to it, then
         :meth:`seal` checks the whole.
         """
@@ -142,13 +145,16 @@ class JobBuilder(Generic[J]):
         if schedule is not None:
             fields["schedule"] = schedule
             fields["fire_time"] = fire_time
+        own = dict(managed or {})
+        job_id = own.pop("_id", None) or ObjectId()
+        fields.update(own)
         try:
             job = self.job_model(**fields, **extra)
             job.validate()
         except (FieldDoesNotExist, ValidationError, NotRegistered) as exc:
             raise InvalidJobError(_rejection(self.job_model, extra, exc)) from exc
         doc: dict[str, Any] = job.to_mongo().to_dict()
-        doc["_id"] = ObjectId()
+        doc["_id"] = job_id
         return doc
 
     def seal(self, doc: Mapping[str, Any], *, hooked: bool = False) -> int:
@@ -204,16 +210,18 @@ class Enqueuer(Generic[J]):
     def __post_init__(self) -> None:
         self.types = KnownTypes(self.builder.registry, self.store)
 
-    def enqueue(self, spec: Mapping[str, Any], extra: Mapping[str, Any]) -> J:
-        """One job; the existing one instead if its unique key is held."""
-        doc = self.builder.build(spec, extra, self.store.now())
+    def enqueue(
+        self, spec: Mapping[str, Any], extra: Mapping[str, Any], managed: Optional[Mapping[str, Any]] = None
+    ) -> J:
+        """One job; the existing one instead if its unique key (or its preset ``_id``) is held."""
+        doc = self.builder.build(spec, extra, self.store.now(), managed=managed)
         self.types.check([doc["type"]], strict=self.builder.config.strict_types)
         holder = self._insert([doc], "one")
         if holder is not None:
             return self._instance(holder)
         return self._instance(self._run_or_wake([doc])[0])
 
-    def enqueue_many(self, jobs: Iterable[Mapping[str, Any]]) -> list[J]:
+    def enqueue_many(self, jobs: Iterable[Mapping[str, Any]], managed: Optional[Mapping[str, Any]] = None) -> list[J]:
         """Every job built before any is written, then one bulk insert; errors name the job's index."""
         docs = []
         for index, spec in enumerate(jobs):
@@ -228,7 +236,7 @@ class Enqueuer(Generic[J]):
             known.setdefault("priority", 0)
             known.setdefault("queue", "default")
             try:
-                docs.append(self.builder.build(known, extra, self.store.now()))
+                docs.append(self.builder.build(known, extra, self.store.now(), managed=managed))
             except InvalidJobError as exc:
                 raise InvalidJobError(f"jobs[{index}]: {exc}") from exc
         self.types.check([doc["type"] for doc in docs], strict=self.builder.config.strict_types)

@@ -26,6 +26,7 @@ from mongoengine import (
     EmbeddedDocumentListField,
     IntField,
     ListField,
+    ObjectIdField,
     StringField,
 )
 
@@ -190,6 +191,10 @@ class BaseJob(Document):
     schedule = StringField()
     #: The schedule's fire time this job is for (naive UTC); with ``schedule``, unique.
     fire_time = DateTimeField()
+    #: The batch this job belongs to (``queue.batch()``); its counts are read from the jobs by this field.
+    batch_id = ObjectIdField()
+    #: On a batch's callback job: ``{"batch_id": ..., "event": "complete" | "success" | "failure"}``.
+    batch_callback = DictField()
 
     meta: dict[str, Any] = {
         "abstract": True,
@@ -224,6 +229,12 @@ class BaseJob(Document):
                 "fields": ["schedule", "fire_time"],
                 "unique": True,
                 "sparse": True,
+            },
+            {
+                # A batch's counts by status, one covered scan; jobs of no batch are not indexed.
+                "name": "mjq_batch",
+                "fields": ["batch_id", "status"],
+                "partialFilterExpression": {"batch_id": {"$exists": True}},
             },
         ],
     }

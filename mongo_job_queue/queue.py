@@ -18,6 +18,7 @@ from typing import Any, Generic, Optional, TypeVar, Union
 from bson import ObjectId
 
 from .after_fork import renew_in_child
+from .batches import Batch, Batches, BatchInfo, BatchTracker
 from .clock import Clock, to_naive_utc, utcnow
 from .config import ConfigInput, QueueConfig, load_config
 from .enqueue import Enqueuer, JobBuilder
@@ -82,6 +83,8 @@ class PersistentJobQueue(Generic[J]):
         self._enqueuer = Enqueuer(self._builder, self.store, self.worker, self.hooks, flags=self)
         self._admin = QueueAdmin(job_model, self.store, self.worker, self.hooks)
         self._schedules = ScheduleManager(self.store, self.worker, self._enqueuer, prepare=self._prepare)
+        tracker = BatchTracker(self.store, self._enqueuer, self, logger)
+        self._batches = Batches(self.store, self._builder, self._enqueuer, tracker)
         renew_in_child(self)
 
     def add_middleware(self, middleware: Middleware) -> None:
@@ -473,6 +476,27 @@ class PersistentJobQueue(Generic[J]):
         if self.worker.scheduler is not None:
             self.worker.scheduler._after_fork_in_child()
         self._indexes_ensured = False
+
+    # -- batches (see :doc:`batches`) -----------------------------------------
+
+    def batch(
+        self, *, on_complete: Any = None, on_success: Any = None, on_failure: Any = None, **extra: Any
+    ) -> Batch[J]:
+        """Open a batch; callbacks are ``(job_type, data)`` or enqueue mappings; ``extra``: app fields of its jobs."""
+        callbacks = {"complete": on_complete, "success": on_success, "failure": on_failure}
+        return Batch.create(self._batches, callbacks, extra)
+
+    def get_batch(self, batch_id: ObjectId | str) -> Optional[BatchInfo]:
+        """A batch's state and counts by status, None if there is none; InvalidBatchError for a malformed id."""
+        return self._batches.get(batch_id)
+
+    def cancel_batch(self, batch_id: ObjectId | str) -> dict[str, int]:
+        """Seal the batch, cancel its pending jobs and flag its running ones: ``{"cancelled", "requested"}``."""
+        return self._batches.cancel(batch_id)
+
+    def retry_batch(self, batch_id: ObjectId | str) -> int:
+        """Queue the batch's failed jobs again (a finished batch goes back to sealed); how many."""
+        return self._batches.retry(batch_id)
 
 
 def create_job_queue(

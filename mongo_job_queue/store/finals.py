@@ -20,11 +20,12 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from bson import ObjectId
 
-__all__ = ["FinalJob", "FinalListener", "FinalWrites"]
+__all__ = ["FinalJob", "FinalListener", "FinalSweep", "FinalWrites"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ class FinalJob:
 
 #: Called with the jobs that just ended, in the writer's thread; it must be quick and must not block.
 FinalListener = Callable[[Sequence[FinalJob]], None]
+#: A listener's sweep: one bounded step finding what lost notices left undone; run by the worker's maintenance.
+FinalSweep = Callable[[datetime], object]
 
 
 class FinalWrites:
@@ -53,13 +56,28 @@ class FinalWrites:
         self._lock = threading.Lock()
         self._listeners: tuple[FinalListener, ...] = ()
         self._fields: frozenset[str] = frozenset()
+        self._sweeps: tuple[FinalSweep, ...] = ()
 
-    def add(self, listener: FinalListener, *, fields: Iterable[str] = ()) -> None:
-        """Register ``listener``; ``fields``: what it reads of a document (writers without one project them)."""
+    def add(self, listener: FinalListener, *, fields: Iterable[str] = (), sweep: FinalSweep | None = None) -> None:
+        """Register ``listener``; ``fields``: what it reads of a document (writers without one project them).
+
+        ``sweep``: the listener's catch-up step, which every running worker's
+        maintenance thread calls (:meth:`sweep`) at ``sweep_interval_ms``.
+        """
         with self._lock:
             if listener not in self._listeners:
                 self._listeners = (*self._listeners, listener)
             self._fields = self._fields | frozenset(fields)
+            if sweep is not None and sweep not in self._sweeps:
+                self._sweeps = (*self._sweeps, sweep)
+
+    def sweep(self, now: datetime) -> None:
+        """Run each listener's sweep once; one that raises is logged and the others still run."""
+        for step in self._sweeps:
+            try:
+                step(now)
+            except Exception:  # noqa: BLE001 - the next round tries again
+                self._log.exception("a sweep of final writes failed; the next round tries again")
 
     @property
     def active(self) -> bool:

@@ -75,7 +75,9 @@ class JobStore:
     * :attr:`indexes` (:class:`~mongo_job_queue.store.indexes.Indexes`):
       the model's indexes and the retention TTL indexes;
     * :attr:`workers` (:class:`~mongo_job_queue.store.workers.WorkerDocs`):
-      the worker registry, one heartbeat document per running worker.
+      the worker registry, one heartbeat document per running worker;
+    * :attr:`batches` (:class:`~mongo_job_queue.store.batches.BatchDocs`):
+      batch documents, and a batch's counts read from its jobs.
 
     Two rules hold for every write about a job:
 
@@ -108,6 +110,7 @@ class JobStore:
     ) -> None:
         # The components import this module (for the handle's type), so they are imported here.
         from .admin import Admin
+        from .batches import BatchDocs
         from .control import Control
         from .indexes import Indexes
         from .jobs import Jobs
@@ -131,6 +134,7 @@ class JobStore:
         self.control = Control(self)
         self.admin = Admin(self, self.control)
         self.workers = WorkerDocs(self)
+        self.batches = BatchDocs(self)
 
     # -- connection ---------------------------------------------------------
 

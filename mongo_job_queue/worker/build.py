@@ -48,6 +48,8 @@ class Services:
     hygiene: Hygiene
     presence: WorkerPresence
     shutdown: ShutdownRequeue
+    #: The catch-up steps of the listeners of final writes (a batch's reconciler), see store/finals.py.
+    finals_sweep: Callable[[datetime], object]
 
     def maintenance(
         self, config: QueueConfig, now: Callable[[], datetime], logger: Optional[logging.Logger]
@@ -58,6 +60,7 @@ class Services:
                 Service("lease recovery sweep", config.sweep_interval_ms / 1000, self.rescuer.run_once),
                 Service("malformed-job sweep", config.hygiene_interval_ms / 1000, self.hygiene.run_once),
                 Service("worker registry", self.presence.interval_s, self.presence.run_once),
+                Service("final-write sweeps", config.sweep_interval_ms / 1000, self.finals_sweep),
             ],
             now,
             logger,
@@ -123,4 +126,5 @@ def build_services(
         hygiene=Hygiene(store, quarantiner),
         presence=WorkerPresence(store, config, owner, table, registry),
         shutdown=ShutdownRequeue(executor, table, owner.worker_id),
+        finals_sweep=store.finals.sweep,
     )
