@@ -78,7 +78,8 @@ class BatchTracker:
         self.log = logger or log
         self._pid = -1
         self._cond = threading.Condition()
-        self._pending: dict[ObjectId, None] = {}
+        #: Batches to check, each with whether a job of it failed for good.
+        self._pending: dict[ObjectId, bool] = {}
         self._thread: Optional[threading.Thread] = None
         #: Test hook: called with (batch id, event) between the firing mark and the callback's insert.
         self.before_insert: Optional[Callable[[ObjectId, str], None]] = None
@@ -88,17 +89,22 @@ class BatchTracker:
 
     def on_final(self, jobs: Sequence[FinalJob]) -> None:
         """The listener of final writes: the batches of ``jobs`` are checked, off the writer's thread."""
-        ids = [job.doc.get("batch_id") for job in jobs]
-        batch_ids = list(dict.fromkeys(i for i in ids if isinstance(i, ObjectId)))
-        if not batch_ids:
+        failed: dict[ObjectId, bool] = {}
+        for job in jobs:
+            batch_id = job.doc.get("batch_id")
+            if isinstance(batch_id, ObjectId):
+                failed[batch_id] = failed.get(batch_id, False) or job.status == FAILED
+        if not failed:
             return
         if self._flags.eager:
-            for batch_id in batch_ids:
-                self.check(batch_id)
+            for batch_id, any_failed in failed.items():
+                self.check(batch_id, failed=any_failed, full=False)
             return
         with self._cond:
             self._start_checker()
-            self._pending.update(dict.fromkeys(batch_ids))
+            for batch_id, any_failed in failed.items():
+                # Notices for a batch already queued merge into one check.
+                self._pending[batch_id] = self._pending.get(batch_id, False) or any_failed
             self._cond.notify()
 
     def _start_checker(self) -> None:
@@ -116,9 +122,9 @@ class BatchTracker:
                 while not self._pending:
                     self._cond.wait()
                 batch_id = next(iter(self._pending))
-                del self._pending[batch_id]
+                failed = self._pending.pop(batch_id)
             try:
-                self.check(batch_id)
+                self.check(batch_id, failed=failed, full=False)
             except Exception:
                 self.log.exception("batch %s: check failed; the reconciler will catch up", batch_id)
 
@@ -139,14 +145,23 @@ class BatchTracker:
 
     # -- the check ----------------------------------------------------------
 
-    def check(self, batch_id: ObjectId) -> Optional[dict[str, int]]:
-        """Count the batch's jobs and fire what the counts call for; the counts, None if it is finished or gone."""
+    def check(self, batch_id: ObjectId, *, failed: bool = False, full: bool = True) -> Optional[dict[str, int]]:
+        """Count the batch's jobs and fire what the counts call for; the counts, None if not counted.
+
+        After a notice (``full=False``) an open batch is not counted: only
+        a failure the notice told of (``failed``) can fire before the seal.
+        The seal and the reconciler count every time.
+        """
         doc = self._store.batches.get(batch_id)
         if doc is None or doc.get("state") == FINISHED_STATE:
             return None
-        counts = self._store.batches.counts(batch_id)
         fired = set(doc.get("fired") or ())
         callbacks: Mapping[str, Any] = doc.get("callbacks") or {}
+        if not full and doc.get("state") != SEALED:
+            if failed and "failure" in callbacks and "failure" not in fired:
+                self.fire(doc, "failure")
+            return None
+        counts = self._store.batches.counts(batch_id)
         done = doc.get("state") == SEALED and unfinished(counts) == 0
         due = []
         if counts.get(FAILED):

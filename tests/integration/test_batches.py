@@ -49,3 +49,121 @@ def test_a_one_job_batch_fires_complete_and_success(make_queue, raw_db) -> None:
     assert callbacks_of(raw_db, batch.id) == [("complete", "DONE"), ("success", "OK")]
     done = raw_db.jobs.find_one({"_id": info.callbacks["complete"]})
     assert done["data"] == {"n": 1} and done["organization"] == "acme" and "batch_id" not in done
+
+
+def test_an_empty_sealed_batch_finishes_at_once(make_queue, raw_db) -> None:
+    queue = make_queue()
+    batch = queue.batch(**CALLBACKS)
+    assert queue.get_batch(batch.id).state == "open"
+    batch.seal()
+    info = queue.get_batch(batch.id)
+    assert info.finished and info.total == 0 and info.fired == ("success", "complete")
+    assert callbacks_of(raw_db, batch.id) == [("complete", "DONE"), ("success", "OK")]
+
+
+def test_an_open_batch_never_finishes_and_its_failure_fires_at_once(make_queue, raw_db) -> None:
+    queue = make_queue()
+    queue.register_handler("T", lambda job: None)
+    queue.register_handler("BOOM", lambda job: 1 / 0)
+    batch = queue.batch(**CALLBACKS)
+    batch.enqueue("T")
+    batch.enqueue("BOOM", max_retries=0)
+    queue.start_polling()
+    wait_until(lambda: queue.get_batch(batch.id).fired == ("failure",), timeout=30, what="on_failure")
+    info = queue.get_batch(batch.id)
+    assert info.counts == {"completed": 1, "failed": 1} and info.state == "open"
+    assert callbacks_of(raw_db, batch.id) == [("failure", "BAD")]
+    batch.seal()
+    info = finished(queue, batch.id)
+    assert info.fired == ("failure", "complete")  # never success: a job failed
+    assert callbacks_of(raw_db, batch.id) == [("complete", "DONE"), ("failure", "BAD")]
+
+
+def test_a_job_that_exhausts_its_retries_fires_failure_once_and_complete(make_queue, raw_db) -> None:
+    queue = make_queue()
+    queue.register_handler("T", lambda job: None)
+    queue.register_handler("BOOM", lambda job: 1 / 0)
+    with queue.batch(**CALLBACKS) as batch:
+        batch.enqueue_many([{"job_type": "T"}, {"job_type": "BOOM", "max_retries": 2}, {"job_type": "BOOM"}])
+    queue.start_polling()
+    info = finished(queue, batch.id)
+    assert info.counts == {"completed": 1, "failed": 2}
+    assert raw_db.jobs.find_one({"batch_id": batch.id, "type": "BOOM", "max_retries": 2})["attempts"] == 3
+    assert info.fired == ("failure", "complete")
+    assert callbacks_of(raw_db, batch.id) == [("complete", "DONE"), ("failure", "BAD")]  # two failures, one on_failure
+
+
+def test_a_batch_with_a_cancelled_job_completes_without_success_or_failure(make_queue, raw_db) -> None:
+    queue = make_queue()
+    queue.register_handler("T", lambda job: None)
+    with queue.batch(**CALLBACKS) as batch:
+        batch.enqueue("T")
+        later = batch.enqueue("T", delay_ms=60_000)
+    queue.start_polling()
+    wait_until(lambda: queue.get_batch(batch.id).counts == {"completed": 1, "pending": 1}, timeout=30)
+    assert queue.cancel_job(later.id)
+    info = finished(queue, batch.id)
+    assert info.counts == {"completed": 1, "cancelled": 1} and info.fired == ("complete",)
+    assert callbacks_of(raw_db, batch.id) == [("complete", "DONE")]
+
+
+def test_cancel_batch_cancels_its_jobs_seals_it_and_fires_complete(make_queue, raw_db) -> None:
+    queue = make_queue()
+    batch = queue.batch(**CALLBACKS)
+    batch.enqueue_many([{"job_type": "T", "delay_ms": 60_000}] * 3)
+    other = queue.enqueue("T", delay_ms=60_000)
+    assert queue.cancel_batch(str(batch.id)) == {"cancelled": 3, "requested": 0}
+    info = finished(queue, batch.id)
+    assert info.counts == {"cancelled": 3} and info.fired == ("complete",)
+    assert queue.get_job(other.id).status == "pending"  # not of the batch
+    with pytest.raises(BatchSealedError):
+        batch.enqueue("T")
+
+
+def test_retry_batch_reopens_it_and_never_fires_a_callback_twice(make_queue, raw_db) -> None:
+    queue = make_queue()
+    broken = threading.Event()
+    broken.set()
+
+    def flaky(job) -> None:
+        if broken.is_set():
+            raise RuntimeError("down")
+
+    queue.register_handler("T", flaky)
+    with queue.batch(**CALLBACKS) as batch:
+        batch.enqueue_many([{"job_type": "T", "max_retries": 0}] * 2)
+    queue.start_polling()
+    info = finished(queue, batch.id)
+    assert info.counts == {"failed": 2} and info.fired == ("failure", "complete")
+    broken.clear()
+    assert queue.retry_batch(batch.id) == 2
+    info = wait_until(
+        lambda: (i := queue.get_batch(batch.id)).finished and i.counts == {"completed": 2} and i, timeout=30
+    )
+    # on_success fires now that every job completed; on_complete and on_failure fired before and never again.
+    assert info.fired == ("failure", "success", "complete")
+    assert callbacks_of(raw_db, batch.id) == [("complete", "DONE"), ("failure", "BAD"), ("success", "OK")]
+    assert queue.retry_batch(batch.id) == 0
+
+
+def test_the_last_two_jobs_finishing_at_once_on_two_workers_fire_one_complete(make_queue, raw_db) -> None:
+    """50 rounds: two workers end a batch's two jobs together, so both see it done and both fire."""
+    gate = threading.Barrier(2, timeout=30)
+    workers = [make_queue(concurrency=1, poll_interval_max_ms=50) for _ in range(2)]
+    for worker in workers:
+        worker.register_handler("T", lambda job: gate.wait())
+        worker.start_polling()
+    producer = workers[0]
+    rounds = 50
+    ids = []
+    for _ in range(rounds):
+        with producer.batch(on_complete={"job_type": "DONE", "queue": "callbacks"}) as batch:
+            batch.enqueue_many([{"job_type": "T"}, {"job_type": "T"}])
+        ids.append(batch.id)
+        finished(producer, batch.id)
+    for batch_id in ids:
+        assert callbacks_of(raw_db, batch_id) == [("complete", "DONE")]
+        assert producer.get_batch(batch_id).counts == {"completed": 2}
+    # Both workers ran a job of every batch (the barrier), so both ended it and both were told.
+    ran_by = {doc["lease_owner"]["worker_id"] for doc in raw_db.jobs.find({"type": "T"})}
+    assert len(ran_by) == 2
