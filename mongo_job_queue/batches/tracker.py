@@ -123,10 +123,7 @@ class BatchTracker:
                     self._cond.wait()
                 batch_id = next(iter(self._pending))
                 failed = self._pending.pop(batch_id)
-            try:
-                self.check(batch_id, failed=failed, full=False)
-            except Exception:
-                self.log.exception("batch %s: check failed; the reconciler will catch up", batch_id)
+            self.check_logged(batch_id, failed=failed, full=False)
 
     def idle(self, timeout: float = 10.0) -> bool:
         """Wait until the checker has nothing queued (for tests and a clean shutdown); whether it got there."""
@@ -144,6 +141,13 @@ class BatchTracker:
             timer.cancel()
 
     # -- the check ----------------------------------------------------------
+
+    def check_logged(self, batch_id: ObjectId, *, failed: bool = False, full: bool = True) -> None:
+        """:meth:`check`, its failure logged rather than raised: what it left undone, the reconciler does."""
+        try:
+            self.check(batch_id, failed=failed, full=full)
+        except Exception:
+            self.log.exception("batch %s: check failed; the reconciler will catch up", batch_id)
 
     def check(self, batch_id: ObjectId, *, failed: bool = False, full: bool = True) -> Optional[dict[str, int]]:
         """Count the batch's jobs and fire what the counts call for; the counts, None if not counted.
@@ -220,9 +224,6 @@ class BatchTracker:
         checked = 0
         for batch_id in self._store.batches.stale(now - STALE_AFTER, SWEEP_LIMIT):
             self._store.batches.touch(batch_id, now)
-            try:
-                self.check(batch_id)
-            except Exception:
-                self.log.exception("batch %s: reconciling failed; next round", batch_id)
+            self.check_logged(batch_id)
             checked += 1
         return checked

@@ -10,7 +10,8 @@ import pytest
 from bson import ObjectId
 from helpers import wait_until
 
-from mongo_job_queue import BatchSealedError, InvalidBatchError, InvalidJobError
+from mongo_job_queue import BatchSealedError, InvalidBatchError, InvalidJobError, Middleware
+from mongo_job_queue.clock import utcnow
 
 pytestmark = pytest.mark.integration
 
@@ -167,3 +168,175 @@ def test_the_last_two_jobs_finishing_at_once_on_two_workers_fire_one_complete(ma
     # Both workers ran a job of every batch (the barrier), so both ended it and both were told.
     ran_by = {doc["lease_owner"]["worker_id"] for doc in raw_db.jobs.find({"type": "T"})}
     assert len(ran_by) == 2
+
+
+# -- crashes between a job's final write and the batch's bookkeeping ------------------------
+
+
+def _lose_notices(monkeypatch, queue) -> None:
+    """The worker's check after each final write fails, as if it died right after the write."""
+
+    def crashed(batch_id, **kwargs):
+        raise RuntimeError("killed after the final write")
+
+    monkeypatch.setattr(queue._batches.tracker, "check", crashed)
+
+
+def test_a_lost_notice_is_caught_by_the_reconciler_which_fires_once(make_queue, raw_db, monkeypatch) -> None:
+    worker = make_queue()
+    _lose_notices(monkeypatch, worker)
+    worker.register_handler("T", lambda job: None)
+    other = make_queue()  # another process's reconciler
+    with other.batch(**CALLBACKS) as batch:
+        batch.enqueue_many([{"job_type": "T"}] * 3)
+    worker.start_polling()
+    wait_until(lambda: other.get_batch(batch.id).counts == {"completed": 3}, timeout=30, what="jobs done")
+    worker.stop(timeout=10)
+    assert other.get_batch(batch.id).state == "sealed" and callbacks_of(raw_db, batch.id) == []
+    tracker = other._batches.tracker
+    assert tracker.run_once(other.store.now()) == 0  # touched recently: not stale yet
+    later = other.store.now() + timedelta(minutes=1)
+    assert tracker.run_once(later) == 1
+    info = other.get_batch(batch.id)
+    assert info.finished and info.fired == ("success", "complete")
+    assert tracker.run_once(later + timedelta(minutes=1)) == 0  # finished: never swept again
+    assert callbacks_of(raw_db, batch.id) == [("complete", "DONE"), ("success", "OK")]
+
+
+def test_a_running_worker_reconciles_on_its_maintenance_thread(make_queue, raw_db, monkeypatch) -> None:
+    monkeypatch.setattr("mongo_job_queue.batches.tracker.STALE_AFTER", timedelta(0))
+    broken = make_queue()
+    _lose_notices(monkeypatch, broken)
+    broken.register_handler("T", lambda job: None)
+    with make_queue().batch(**CALLBACKS) as batch:
+        batch.enqueue("T")
+    broken.start_polling()
+    wait_until(lambda: broken.get_batch(batch.id).counts == {"completed": 1}, timeout=30)
+    broken.stop(timeout=10)
+    assert not broken.get_batch(batch.id).finished
+    sweeper = make_queue(queues=["elsewhere"])  # a worker of another queue: its maintenance still sweeps
+    sweeper.register_handler("OTHER", lambda job: None)
+    sweeper.start_polling()
+    info = finished(sweeper, batch.id)
+    assert info.fired == ("success", "complete")
+    assert callbacks_of(raw_db, batch.id) == [("complete", "DONE"), ("success", "OK")]
+
+
+@pytest.mark.parametrize("crash", ["before the callback's insert", "after the callback's insert"])
+def test_a_crash_while_firing_is_finished_by_the_reconciler_once(make_queue, raw_db, monkeypatch, crash) -> None:
+    queue = make_queue()
+    tracker = queue._batches.tracker
+    crashes = []
+    real_mark = queue.store.batches.mark_fired
+
+    def die(*args: Any) -> None:
+        if not crashes:
+            crashes.append(args)
+            raise RuntimeError(f"killed {crash}")
+
+    if crash.startswith("before"):
+        tracker.before_insert = die
+    else:
+        monkeypatch.setattr(queue.store.batches, "mark_fired", lambda *a: die(*a) or real_mark(*a))
+    batch = queue.batch(on_complete={"job_type": "DONE", "queue": "callbacks"})
+    batch.seal()  # sealed; the seal's own check fires, and dies (logged)
+    assert crashes
+    stored = callbacks_of(raw_db, batch.id)
+    assert stored == ([] if crash.startswith("before") else [("complete", "DONE")])
+    doc = raw_db.jobs_batches.find_one({"_id": batch.id})
+    assert doc["state"] == "sealed" and "complete" in doc["firing"] and doc["fired"] == []
+    assert tracker.run_once(queue.store.now() + timedelta(minutes=1)) == 1
+    assert tracker.run_once(queue.store.now() + timedelta(minutes=2)) == 0
+    assert callbacks_of(raw_db, batch.id) == [("complete", "DONE")]
+    info = queue.get_batch(batch.id)
+    assert info.finished and info.fired == ("complete",)
+
+
+def test_a_firing_older_than_retention_is_recorded_without_a_second_insert(make_queue, raw_db, caplog) -> None:
+    offset = timedelta(0)
+
+    def clock():
+        return utcnow() + offset
+
+    queue = make_queue(clock=clock, sync_clock=False, retention_completed_ms=60_000)
+    tracker = queue._batches.tracker
+    tracker.before_insert = lambda *a: (_ for _ in ()).throw(RuntimeError("killed before the insert"))
+    batch = queue.batch(on_complete={"job_type": "DONE", "queue": "callbacks"})
+    batch.seal()
+    tracker.before_insert = None
+    # Longer ago than retention keeps a job: the callback may have been inserted, run and deleted since.
+    offset = timedelta(minutes=2)
+    assert tracker.run_once() == 1
+    info = queue.get_batch(batch.id)
+    assert info.finished and info.fired == ("complete",)
+    assert callbacks_of(raw_db, batch.id) == []
+    assert "longer ago than retention" in caplog.text
+
+
+# -- bad input ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "callbacks",
+    [
+        {"on_complete": "DONE"},
+        {"on_complete": ("DONE",)},
+        {"on_complete": ("DONE", "not a mapping")},
+        {"on_success": ("", {})},
+        {"on_failure": {"job_type": "BAD", "unique_key": "k"}},
+        {"on_complete": {"data": {}}},
+        {"on_complete": ("DONE", {"$bad": 1})},
+        {"on_complete": ("DONE", {}), "no_such_field": 1},
+    ],
+)
+def test_bad_callbacks_or_fields_are_refused_with_nothing_written(make_queue, raw_db, callbacks) -> None:
+    queue = make_queue()
+    with pytest.raises(InvalidBatchError):
+        queue.batch(**callbacks)
+    assert raw_db.jobs_batches.count_documents({}) == 0
+    assert raw_db.jobs.count_documents({}) == 0
+
+
+def test_adding_to_a_sealed_batch_is_refused_with_nothing_written(make_queue, raw_db) -> None:
+    queue = make_queue()
+    with queue.batch() as batch:
+        batch.enqueue("T", delay_ms=60_000)
+    with pytest.raises(BatchSealedError, match="sealed"):
+        batch.add("T")
+    # Another handle on the same batch (another process) is refused by the stored state.
+    from mongo_job_queue import Batch
+
+    again = Batch(queue._batches, batch.id, {})
+    with pytest.raises(BatchSealedError, match="sealed"):
+        again.enqueue_many([{"job_type": "T"}])
+    assert raw_db.jobs.count_documents({}) == 1
+    with pytest.raises(InvalidJobError, match="unique_key"):
+        queue.batch().enqueue("T", unique_key="k")
+
+
+def test_a_batch_sealed_while_jobs_are_added_takes_them_out_again(make_queue, raw_db) -> None:
+    queue = make_queue()
+    batch = queue.batch(on_complete={"job_type": "DONE", "queue": "callbacks"})
+
+    class SealMeanwhile(Middleware):
+        def before_enqueue(self, queue_, doc) -> None:
+            if doc.get("batch_id") == batch.id:
+                queue.store.batches.seal(batch.id)  # another process seals it between the check and the insert
+
+    queue.add_middleware(SealMeanwhile())
+    with pytest.raises(BatchSealedError):
+        batch.enqueue_many([{"job_type": "T"}] * 2)
+    assert raw_db.jobs.count_documents({"batch_id": batch.id}) == 0
+
+
+def test_bad_batch_ids_are_refused_and_unknown_ones_are_none(make_queue, raw_db) -> None:
+    queue = make_queue()
+    for bad in ("nope", 12, None, "0" * 23):
+        with pytest.raises(InvalidBatchError, match="batch id"):
+            queue.get_batch(bad)
+    assert queue.get_batch(ObjectId()) is None
+    with pytest.raises(InvalidBatchError, match="no batch"):
+        queue.cancel_batch(ObjectId())
+    with pytest.raises(InvalidBatchError, match="no batch"):
+        queue.retry_batch(str(ObjectId()))
+    assert raw_db.jobs.count_documents({}) == 0 and raw_db.jobs_batches.count_documents({}) == 0
