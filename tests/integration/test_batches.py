@@ -340,3 +340,37 @@ def test_bad_batch_ids_are_refused_and_unknown_ones_are_none(make_queue, raw_db)
     with pytest.raises(InvalidBatchError, match="no batch"):
         queue.retry_batch(str(ObjectId()))
     assert raw_db.jobs.count_documents({}) == 0 and raw_db.jobs_batches.count_documents({}) == 0
+
+
+# -- the command line ---------------------------------------------------------------------
+
+
+def test_batches_show_cancel_and_retry_from_the_command_line(make_queue, raw_db) -> None:
+    import io
+    import json
+
+    from mongo_job_queue import cli
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = cli.main([*argv, "--app", "integration.cli_app:make_queue"], out=out, err=err)
+        return code, out.getvalue(), err.getvalue()
+
+    queue = make_queue()
+    with queue.batch(on_complete=("DONE", {}), organization="acme") as batch:
+        batch.enqueue_many([{"job_type": "T", "delay_ms": 60_000}] * 2)
+    code, out, err = run("batches", "show", str(batch.id))
+    assert code == 0, err
+    assert f"batch {batch.id}" in out and "state        sealed" in out and "jobs         2: pending 2" in out
+    assert "on_complete" in out and "not fired" in out and "organization acme" in out
+    code, out, err = run("batches", "cancel", str(batch.id))
+    assert (code, out.strip()) == (0, "cancelled 2 pending job(s), cancellation requested for 0 running"), err
+    finished(queue, batch.id)
+    code, out, _ = run("batches", "show", str(batch.id), "--json")
+    shown = json.loads(out)
+    assert shown["state"] == "finished" and shown["counts"] == {"cancelled": 2} and shown["fired"] == ["complete"]
+    assert run("batches", "retry", str(batch.id))[1].strip() == "retried 0 failed job(s)"
+    code, _, err = run("batches", "show", "not-an-id")
+    assert code == 2 and "batch id" in err
+    code, _, err = run("batches", "show", str(ObjectId()))
+    assert code == 5 and "no such batch" in err
