@@ -27,8 +27,9 @@ than the shortest retention the check marks the event fired without
 inserting (see docs/batches.rst).
 
 The notice of a final write comes in the writer's thread, which must not
-block: :class:`BatchTracker` hands the batch ids to one checker thread per
-process (inline in eager mode). A notice lost to a crash, a listener that
+block: while the worker runs, :class:`BatchTracker` hands the batch ids to
+one checker thread per process (else, as in eager mode, ``run_once()`` or
+an operator's cancel, it checks at once). A notice lost to a crash, a listener that
 raised, or a checker that died is caught by :meth:`BatchTracker.run_once`,
 the reconciler, which every running worker calls at ``sweep_interval_ms``.
 """
@@ -60,6 +61,8 @@ EVENTS = ("failure", "success", "complete")
 STALE_AFTER = timedelta(seconds=30)
 #: At most this many batches per reconciler step.
 SWEEP_LIMIT = 100
+#: The checker thread ends after this long without a notice.
+_CHECKER_IDLE_S = 5.0
 
 
 class BatchTracker:
@@ -96,10 +99,15 @@ class BatchTracker:
                 failed[batch_id] = failed.get(batch_id, False) or job.status == FAILED
         if not failed:
             return
-        if self._flags.eager:
+        if self._flags.eager or not self._enqueuer.worker.running:
+            # No pool to hold up: a test's eager run, run_once() or drain(), an admin's cancel. Checked now.
             for batch_id, any_failed in failed.items():
-                self.check(batch_id, failed=any_failed, full=False)
+                self.check_logged(batch_id, failed=any_failed, full=False)
             return
+        if self._pid != os.getpid():
+            # A forked child: no checker thread, and the parent's lock may have been held at fork().
+            self._cond, self._pending, self._thread = threading.Condition(), {}, None
+            self._pid = os.getpid()
         with self._cond:
             self._start_checker()
             for batch_id, any_failed in failed.items():
@@ -108,37 +116,22 @@ class BatchTracker:
             self._cond.notify()
 
     def _start_checker(self) -> None:
-        # Under the condition's lock. A forked child has no checker thread and a copy of the lock state.
-        if self._pid != os.getpid() or self._thread is None or not self._thread.is_alive():
-            if self._pid != os.getpid():
-                self._pending = {}
-            self._pid = os.getpid()
+        # Under the condition's lock: the first notice starts the thread, and one that died is replaced.
+        if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._run_checker, name="mjq-batch-checker", daemon=True)
             self._thread.start()
 
     def _run_checker(self) -> None:
         while True:
             with self._cond:
-                while not self._pending:
-                    self._cond.wait()
+                if not self._pending:
+                    self._cond.wait(_CHECKER_IDLE_S)
+                if not self._pending:
+                    self._thread = None  # idle: the next notice starts another
+                    return
                 batch_id = next(iter(self._pending))
                 failed = self._pending.pop(batch_id)
             self.check_logged(batch_id, failed=failed, full=False)
-
-    def idle(self, timeout: float = 10.0) -> bool:
-        """Wait until the checker has nothing queued (for tests and a clean shutdown); whether it got there."""
-        deadline = threading.Event()
-        timer = threading.Timer(timeout, deadline.set)
-        timer.start()
-        try:
-            while not deadline.is_set():
-                with self._cond:
-                    if not self._pending:
-                        return True
-                deadline.wait(0.01)
-            return False
-        finally:
-            timer.cancel()
 
     # -- the check ----------------------------------------------------------
 

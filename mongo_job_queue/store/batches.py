@@ -46,17 +46,24 @@ class BatchDocs:
 
     @property
     def collection(self) -> Collection[dict[str, Any]]:
-        """The batches collection, its sweep index created before the first use in this process."""
-        batches = self._store.sibling(_SUFFIX)
+        """The batches collection (``<jobs collection>_batches``)."""
+        return self._store.sibling(_SUFFIX)
+
+    def create(self, doc: dict[str, Any]) -> None:
+        """Insert a new batch document (its ``_id`` preset); a retry after a lost reply finds it stored.
+
+        The sweep index is created before this process's first batch, so the
+        collection exists with it before any batch is in it. Only creating a
+        batch builds it: a worker's sweep on a database with no batch creates
+        nothing (an index build on a new collection stalls other queries on
+        some servers).
+        """
+        batches = self.collection
         _indexes.ensure(
             self._store,
             f"_{_SUFFIX}",
             lambda: batches.create_index([("state", ASCENDING), ("updated_at", ASCENDING)], name="mjq_batch_sweep"),
         )
-        return batches
-
-    def create(self, doc: dict[str, Any]) -> None:
-        """Insert a new batch document (its ``_id`` preset); a retry after a lost reply finds it stored."""
         tries = 0
 
         def call() -> None:
