@@ -24,6 +24,8 @@ pytestmark = pytest.mark.integration
 #: on two cores. 200 jobs keep the test near a minute; MJQ_RELIABILITY_SCALE=5 runs the issue's size.
 JOBS = scaled(200)
 TIMINGS = {"lease_ms": 5_000, "heartbeat_ms": 300, "sweep_ms": 200, "poll_base_ms": 20, "poll_max_ms": 200}
+#: How long each step may take: about 0.3 s per job at the issue's size on this server.
+STEP_S = max(120, JOBS * 0.3)
 CALLBACKS = {
     "on_complete": {"job_type": "DONE", "queue": "callbacks"},
     "on_success": {"job_type": "OK", "queue": "callbacks"},
@@ -48,14 +50,14 @@ def test_a_batch_on_three_workers_two_of_them_killed_fires_each_callback_once(fl
     workers = fleet.spawn_many(3, concurrency=4, log_level="WARNING", **TIMINGS)
     for kill in (1, 2):
         # Kill while the batch runs: after a third, then two thirds of it, are done.
-        wait_until(lambda k=kill: _completed(raw_db, batch.id) >= k * JOBS // 3, timeout=120, what=f"kill {kill}")
+        wait_until(lambda k=kill: _completed(raw_db, batch.id) >= k * JOBS // 3, timeout=STEP_S, what=f"kill {kill}")
         victim = workers[kill - 1]
         wait_until(lambda v=victim: running_executions(raw_db, v), timeout=30, what=f"{victim.worker_id} busy")
         fleet.kill(victim)
         workers.append(fleet.spawn(f"{victim.worker_id}-again", concurrency=4, log_level="WARNING", **TIMINGS))
     info = wait_until(
         lambda: (found := queue.get_batch(batch.id)) is not None and found.finished and found,
-        timeout=120,
+        timeout=STEP_S,
         what="the batch finished",
     )
     elapsed = time.monotonic() - started
