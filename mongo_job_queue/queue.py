@@ -18,7 +18,7 @@ from typing import Any, Generic, Optional, TypeVar, Union
 from bson import ObjectId
 
 from .after_fork import renew_in_child
-from .batches import Batch, Batches, BatchInfo, BatchTracker
+from .batches import Batch, Batches, BatchInfo, BatchTracker, Callback
 from .clock import Clock, to_naive_utc, utcnow
 from .config import ConfigInput, QueueConfig, load_config
 from .enqueue import Enqueuer, JobBuilder
@@ -480,7 +480,12 @@ class PersistentJobQueue(Generic[J]):
     # -- batches (see :doc:`batches`) -----------------------------------------
 
     def batch(
-        self, *, on_complete: Any = None, on_success: Any = None, on_failure: Any = None, **extra: Any
+        self,
+        *,
+        on_complete: Optional[Callback] = None,
+        on_success: Optional[Callback] = None,
+        on_failure: Optional[Callback] = None,
+        **extra: Any,
     ) -> Batch[J]:
         """Open a batch; callbacks are ``(job_type, data)`` or enqueue mappings; ``extra``: app fields of its jobs."""
         callbacks = {"complete": on_complete, "success": on_success, "failure": on_failure}

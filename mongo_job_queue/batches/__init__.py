@@ -13,7 +13,7 @@ The batch documents and the counts read from the jobs are
 from __future__ import annotations
 
 from .handle import Batch
-from .service import Batches, BatchInfo, batch_object_id
+from .service import Batches, BatchInfo, Callback, batch_object_id
 from .tracker import BatchTracker
 
-__all__ = ["Batch", "BatchInfo", "BatchTracker", "Batches", "batch_object_id"]
+__all__ = ["Batch", "BatchInfo", "BatchTracker", "Batches", "Callback", "batch_object_id"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Generic, Optional, TypeVar
+from typing import Any, Generic, Optional, TypeVar, Union
 
 from bson import ObjectId
 
@@ -23,9 +23,12 @@ from ..store.batches import FINISHED_STATE, OPEN, SEALED, unfinished
 from ..validation import check_nested
 from .tracker import EVENTS, BatchTracker
 
-__all__ = ["BatchInfo", "Batches", "batch_object_id"]
+__all__ = ["BatchInfo", "Batches", "Callback", "batch_object_id"]
 
 J = TypeVar("J", bound=BaseJob)
+
+#: A callback: ``(job_type, data)``, or a mapping of ``enqueue``'s arguments (``job_type``, ``data``, ``queue``...).
+Callback = Union[tuple[str, Optional[Mapping[str, Any]]], Mapping[str, Any]]
 
 #: What a callback given as a mapping may hold: enqueue's arguments, no unique key.
 _CALLBACK_KEYS = frozenset(
