@@ -25,7 +25,7 @@ from typing import Any
 
 from bson import ObjectId
 
-__all__ = ["FinalJob", "FinalListener", "FinalSweep", "FinalWrites"]
+__all__ = ["SWEEP_MIN_INTERVAL_S", "FinalJob", "FinalListener", "FinalSweep", "FinalWrites"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ class FinalJob:
 FinalListener = Callable[[Sequence[FinalJob]], None]
 #: A listener's sweep: one bounded step finding what lost notices left undone; run by the worker's maintenance.
 FinalSweep = Callable[[datetime], object]
+#: The sweeps run every ``sweep_interval_ms``, but never more often than this: they catch up on rare losses.
+SWEEP_MIN_INTERVAL_S = 5.0
 
 
 class FinalWrites:
@@ -62,7 +64,8 @@ class FinalWrites:
         """Register ``listener``; ``fields``: what it reads of a document (writers without one project them).
 
         ``sweep``: the listener's catch-up step, which every running worker's
-        maintenance thread calls (:meth:`sweep`) at ``sweep_interval_ms``.
+        maintenance thread calls (:meth:`sweep`) every ``sweep_interval_ms``
+        (at least :data:`SWEEP_MIN_INTERVAL_S`).
         """
         with self._lock:
             if listener not in self._listeners:

@@ -20,6 +20,7 @@ from ..handlers import HandlerRegistry
 from ..middleware import MiddlewareChain
 from ..model import LeaseOwner
 from ..store import JobStore
+from ..store.finals import SWEEP_MIN_INTERVAL_S
 from .completer import Completer, GroupCompleter
 from .executor import Executor
 from .inflight import InflightTable
@@ -60,7 +61,9 @@ class Services:
                 Service("lease recovery sweep", config.sweep_interval_ms / 1000, self.rescuer.run_once),
                 Service("malformed-job sweep", config.hygiene_interval_ms / 1000, self.hygiene.run_once),
                 Service("worker registry", self.presence.interval_s, self.presence.run_once),
-                Service("final-write sweeps", config.sweep_interval_ms / 1000, self.finals_sweep),
+                Service(
+                    "final-write sweeps", max(config.sweep_interval_ms / 1000, SWEEP_MIN_INTERVAL_S), self.finals_sweep
+                ),
             ],
             now,
             logger,
