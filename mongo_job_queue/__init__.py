@@ -9,9 +9,11 @@ a thread pool and retries failures with tenacity-driven backoff.
 from __future__ import annotations
 
 from ._deprecation import moved as _moved
+from .batches import Batch, BatchInfo
 from .chunks import ChunkResult, JobOutcome
 from .config import QueueConfig
 from .errors import (
+    BatchSealedError,
     ChunkJobFailed,
     ChunkResultError,
     ConfigError,
@@ -20,6 +22,7 @@ from .errors import (
     FailJob,
     HandlerError,
     IndexSetupError,
+    InvalidBatchError,
     InvalidJobError,
     InvalidJobIdError,
     InvalidLockError,
@@ -53,6 +56,9 @@ __version__ = "1.1.0"
 
 __all__ = [
     "BaseJob",
+    "Batch",
+    "BatchInfo",
+    "BatchSealedError",
     "CatchUp",
     "ChunkJobFailed",
     "ChunkResult",
@@ -64,6 +70,7 @@ __all__ = [
     "Fire",
     "HandlerError",
     "IndexSetupError",
+    "InvalidBatchError",
     "InvalidJobError",
     "InvalidJobIdError",
     "InvalidLockError",

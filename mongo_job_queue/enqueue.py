@@ -73,10 +73,13 @@ class JobBuilder(Generic[J]):
         *,
         schedule: Optional[str] = None,
         fire_time: Optional[datetime] = None,
+        managed: Optional[Mapping[str, Any]] = None,
     ) -> dict[str, Any]:
         """The document of ``spec`` (enqueue's arguments) and ``extra`` (the app's fields), each field checked.
 
         ``schedule`` and ``fire_time`` mark the job of a schedule's fire time.
+        ``managed``: fields the queue itself sets (a batch's ``batch_id``, a
+        callback's preset ``_id``), never the app's ``extra``.
         The document is not encoded yet: hooks may still add to it, then
         :meth:`seal` checks the whole.
         """
@@ -149,6 +152,9 @@ class JobBuilder(Generic[J]):
             fields.update(status=BLOCKED, depends_on=ids, dependency_policies=policies)
         elif spec.get("on_dependency_failure") is not None:
             encode_dependencies((), spec["on_dependency_failure"])  # a bad policy is refused even without depends_on
+        own = dict(managed or {})
+        job_id = own.pop("_id", None) or ObjectId()
+        fields.update(own)
         try:
             job = self.job_model(**fields, **extra)
             job.validate()
@@ -158,7 +164,7 @@ class JobBuilder(Generic[J]):
         for key in ("depends_on", "dependency_policies", "dependency_outcomes"):
             if not doc.get(key):
                 doc.pop(key, None)  # only a dependent job carries them
-        doc["_id"] = ObjectId()
+        doc["_id"] = job_id
         return doc
 
     def seal(self, doc: Mapping[str, Any], *, hooked: bool = False) -> int:
@@ -214,18 +220,20 @@ class Enqueuer(Generic[J]):
     def __post_init__(self) -> None:
         self.types = KnownTypes(self.builder.registry, self.store)
 
-    def enqueue(self, spec: Mapping[str, Any], extra: Mapping[str, Any]) -> J:
-        """One job; the existing one instead if its unique key is held."""
+    def enqueue(
+        self, spec: Mapping[str, Any], extra: Mapping[str, Any], managed: Optional[Mapping[str, Any]] = None
+    ) -> J:
+        """One job; the existing one instead if its unique key (or its preset ``_id``) is held."""
         moved = {key: extra[key] for key in DEPENDENCY_KEYS if key in extra}  # enqueue()'s keywords, via **extra
         spec, extra = {**spec, **moved}, {k: v for k, v in extra.items() if k not in moved}
-        doc = self.builder.build(spec, extra, self.store.now())
+        doc = self.builder.build(spec, extra, self.store.now(), managed=managed)
         self.types.check([doc["type"]], strict=self.builder.config.strict_types)
         holder = self._insert([doc], "one")
         if holder is not None:
             return self._instance(holder)
         return self._instance(self._run_or_wake([doc])[0])
 
-    def enqueue_many(self, jobs: Iterable[Mapping[str, Any]]) -> list[J]:
+    def enqueue_many(self, jobs: Iterable[Mapping[str, Any]], managed: Optional[Mapping[str, Any]] = None) -> list[J]:
         """Every job built before any is written, then one bulk insert; errors name the job's index."""
         docs = []
         for index, spec in enumerate(jobs):
@@ -240,7 +248,7 @@ class Enqueuer(Generic[J]):
             known.setdefault("priority", 0)
             known.setdefault("queue", "default")
             try:
-                docs.append(self.builder.build(known, extra, self.store.now()))
+                docs.append(self.builder.build(known, extra, self.store.now(), managed=managed))
             except InvalidJobError as exc:
                 raise InvalidJobError(f"jobs[{index}]: {exc}") from exc
         self.types.check([doc["type"] for doc in docs], strict=self.builder.config.strict_types)

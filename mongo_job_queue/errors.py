@@ -52,6 +52,14 @@ class QueueStateError(MongoJobQueueError, RuntimeError):
     """The queue was asked to do something its current state does not allow."""
 
 
+class InvalidBatchError(MongoJobQueueError, ValueError):
+    """A batch id is malformed, or a batch's callbacks or fields were rejected before anything was written."""
+
+
+class BatchSealedError(QueueStateError):
+    """A job was added to a batch that is no longer open (sealed, finished or cancelled)."""
+
+
 class EagerJobFailed(MongoJobQueueError, AssertionError):
     """A job run eagerly at enqueue (testing mode with ``propagate``) did not complete: a failed test."""
 

@@ -202,6 +202,10 @@ class BaseJob(Document):
     has_dependents = BooleanField()
     #: The mark of the one write that released this job from ``blocked`` (a retried release finds its own).
     released_by = StringField()
+    #: The batch this job belongs to (``queue.batch()``); its counts are read from the jobs by this field.
+    batch_id = ObjectIdField()
+    #: On a batch's callback job: ``{"batch_id": ..., "event": "complete" | "success" | "failure"}``.
+    batch_callback = DictField()
 
     meta: dict[str, Any] = {
         "abstract": True,
@@ -248,6 +252,12 @@ class BaseJob(Document):
                 "name": "mjq_blocked",
                 "fields": ["status", "_id"],
                 "partialFilterExpression": {"status": "blocked"},
+            },
+            {
+                # A batch's counts by status, one covered scan; jobs of no batch are not indexed.
+                "name": "mjq_batch",
+                "fields": ["batch_id", "status"],
+                "partialFilterExpression": {"batch_id": {"$exists": True}},
             },
         ],
     }

@@ -18,6 +18,7 @@ from typing import Any, Generic, Optional, TypeVar
 from bson import ObjectId
 
 from .after_fork import renew_in_child
+from .batches import Batch, Batches, BatchInfo, BatchTracker, Callback
 from .chunks import BatchHandlerFn, register_batch_handler
 from .clock import Clock, to_naive_utc, utcnow
 from .config import ConfigInput, QueueConfig, load_config
@@ -89,6 +90,8 @@ class PersistentJobQueue(Generic[J]):
         self._schedules = ScheduleManager(self.store, self.worker, self._enqueuer, self.registry, prepare=local.prepare)
         self.locks = MongoLocks(self.store)  #: The default backend of :meth:`lock`: MongoDB.
         self.store.dependencies.on_release = self.worker.notify  # a released job need not wait for a poll
+        tracker = BatchTracker(self.store, self._enqueuer, self, logger)
+        self._batches = Batches(self.store, builder, self._enqueuer, tracker)
         renew_in_child(self)
 
     def add_middleware(self, middleware: Middleware) -> None:
@@ -393,6 +396,32 @@ class PersistentJobQueue(Generic[J]):
             WorkflowError: a cycle, an unknown dependency or a bad policy; nothing was written.
         """
         return self._enqueuer.enqueue_graph(graph)
+
+    # -- batches (see :doc:`batches`) -----------------------------------------
+
+    def batch(
+        self,
+        *,
+        on_complete: Optional[Callback] = None,
+        on_success: Optional[Callback] = None,
+        on_failure: Optional[Callback] = None,
+        **extra: Any,
+    ) -> Batch[J]:
+        """Open a batch; callbacks are ``(job_type, data)`` or enqueue mappings; ``extra``: app fields of its jobs."""
+        callbacks = {"complete": on_complete, "success": on_success, "failure": on_failure}
+        return Batch.create(self._batches, callbacks, extra)
+
+    def get_batch(self, batch_id: ObjectId | str) -> Optional[BatchInfo]:
+        """A batch's state and counts by status, None if there is none; InvalidBatchError for a malformed id."""
+        return self._batches.get(batch_id)
+
+    def cancel_batch(self, batch_id: ObjectId | str) -> dict[str, int]:
+        """Seal the batch, cancel its pending jobs and flag its running ones: ``{"cancelled", "requested"}``."""
+        return self._batches.cancel(batch_id)
+
+    def retry_batch(self, batch_id: ObjectId | str) -> int:
+        """Queue the batch's failed jobs again (a finished batch goes back to sealed); how many."""
+        return self._batches.retry(batch_id)
 
 
 @signature_of(PersistentJobQueue)

@@ -1,4 +1,4 @@
-"""The administration commands: stats, enqueue, retry, cancel, pause, resume, purge, schedules, jobs, workers.
+"""The administration commands: stats, enqueue, retry, cancel, pause, resume, purge, schedules, jobs, workers, batches.
 
 Each takes the queue, the parsed arguments and the two output streams, and
 returns an exit code; :data:`ADMIN_COMMANDS` maps a command's name to it.
@@ -20,6 +20,7 @@ from ..known_types import KnownTypes
 from ..model import LIBRARY_FIELDS
 from ..queue import PersistentJobQueue
 from ..status import ALL_STATUSES, FINISHED
+from .batches import batches_command
 from .common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, CommandError, object_id
 from .jobs import has_filter, jobs_command, retry_matching, workers_command
 from .render import iso
@@ -188,4 +189,5 @@ ADMIN_COMMANDS: dict[str, Callable[[PersistentJobQueue[Any], argparse.Namespace,
     "schedules": _schedules,
     "jobs": jobs_command,
     "workers": workers_command,
+    "batches": batches_command,
 }

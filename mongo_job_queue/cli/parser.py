@@ -16,6 +16,7 @@ from typing import Any
 from ..status import ALL_STATUSES
 from ..store.listing import MAX_LIST
 from .app import APP_ENV
+from .batches import add_batch_commands
 from .common import EXIT_CODES_HELP
 from .jobs import RETRYABLE
 from .values import (
@@ -192,6 +193,7 @@ def build_parser(prog: str = "mongo-job-queue", *, with_app: bool = True) -> arg
     show = command("show", "one job: fields, data, errors with tracebacks, lease, progress and result", jobs_sub)
     show.add_argument("job_id", metavar="JOB_ID")
     show.add_argument("--json", action="store_true", help="print the stored document as JSON")
+    add_batch_commands(sub, command)
     workers = command("workers", "the live workers, from the worker registry (times in UTC)")
     workers.add_argument("--all", action="store_true", help="also the stopped ones and those gone silent")
     workers.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -10,6 +10,7 @@
       .workers  workers.py the worker registry (``<jobs>_workers``), one heartbeat document per worker
       .finals   finals.py  the notice of final writes, for batches and dependent jobs
       .dependencies dependencies.py blocked jobs, released by their dependencies' final writes
+      .batches  batches.py batch documents (``<jobs>_batches``) and a batch's counts from its jobs
     Listing     listing.py the command line's job listings by filter (built with a handle when needed)
 
 faults.py reads database errors (transient, too large, which unique index);

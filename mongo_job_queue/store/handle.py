@@ -82,6 +82,8 @@ class JobStore:
       the worker registry, one heartbeat document per running worker;
     * :attr:`dependencies` (:class:`~mongo_job_queue.store.dependencies.Dependencies`):
       blocked jobs, released by their dependencies' final writes.
+    * :attr:`batches` (:class:`~mongo_job_queue.store.batches.BatchDocs`):
+      batch documents, and a batch's counts read from its jobs.
 
     Two rules hold for every write about a job:
 
@@ -114,6 +116,7 @@ class JobStore:
     ) -> None:
         # The components import this module (for the handle's type), so they are imported here.
         from .admin import Admin
+        from .batches import BatchDocs
         from .control import Control
         from .dependencies import Dependencies
         from .indexes import Indexes
@@ -142,6 +145,7 @@ class JobStore:
         self.workers = WorkerDocs(self)
         #: Blocked jobs and their release (enqueue(depends_on=...)); listens to :attr:`finals`.
         self.dependencies = Dependencies(self)
+        self.batches = BatchDocs(self)
 
     # -- connection ---------------------------------------------------------
 

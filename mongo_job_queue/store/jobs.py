@@ -101,6 +101,11 @@ class Jobs:
                     # On a retry, an earlier try whose reply was lost may have inserted
                     # it; the server may name any of the indexes the copy collides on.
                     mine = tries > 1 and (dup_field == "_id" or self._stored(doc["_id"]))
+                    if not mine and dup_field == "_id":
+                        # A job preset with this _id (a batch callback) is already stored: it holds the place.
+                        taken = store.collection.find_one({"_id": doc["_id"]})
+                        if taken is not None:
+                            return taken
                     if not mine:
                         holder = self._holder(doc, dup_field, exc, retried=tries > 1)
                         if holder is None:

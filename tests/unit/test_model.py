@@ -39,12 +39,13 @@ def test_claim_and_lease_indexes_are_inherited_and_merged() -> None:
     assert specs["mjq_schedule"] == [("schedule", 1), ("fire_time", 1)]
     assert specs["mjq_dependents"] == [("depends_on", 1)]  # partial: blocked jobs only
     assert specs["mjq_blocked"] == [("status", 1), ("_id", 1)]
-    assert len(specs) == 7
+    assert specs["mjq_batch"] == [("batch_id", 1), ("status", 1)]
+    assert len(specs) == 8
 
 
 def test_subclass_without_indexes_still_gets_the_library_ones() -> None:
     assert set(_specs_by_name(OtherJob)) == {
-        "mjq_claim", "mjq_lease", "mjq_unique", "mjq_schedule", "mjq_dependents", "mjq_blocked"
+        "mjq_claim", "mjq_lease", "mjq_unique", "mjq_schedule", "mjq_dependents", "mjq_blocked", "mjq_batch"
     }  # fmt: skip
 
 
