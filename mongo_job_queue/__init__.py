@@ -23,13 +23,16 @@ from .errors import (
     JobTimeLimitExceeded,
     JobTimeout,
     LeaseExpired,
+    LimitError,
     MalformedJob,
     MongoJobQueueError,
     QueueStateError,
     RetryJob,
     ScheduleError,
+    Throttled,
     WorkerShutdown,
 )
+from .limits import Limit
 from .middleware import Middleware
 from .model import BaseJob, JobError, LeaseOwner
 from .queue import PersistentJobQueue, create_job_queue
@@ -60,6 +63,8 @@ __all__ = [
     "JobTimeout",
     "LeaseExpired",
     "LeaseOwner",
+    "Limit",
+    "LimitError",
     "MalformedJob",
     "Middleware",
     "MongoJobQueueError",
@@ -71,6 +76,7 @@ __all__ = [
     "ScheduleError",
     "ScheduleInfo",
     "Task",
+    "Throttled",
     "WorkerShutdown",
     "__version__",
     "create_job_queue",

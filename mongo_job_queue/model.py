@@ -30,7 +30,7 @@ from mongoengine import (
 )
 
 from .config import QueueConfig
-from .errors import JobModelError, QueueStateError
+from .errors import JobModelError, QueueStateError, Throttled
 from .status import ALL_STATUSES, PENDING, JobStatus  # JobStatus: its old import path
 
 __all__ = [
@@ -186,6 +186,8 @@ class BaseJob(Document):
     progress = DictField()
     #: Why the handler's return value was not stored (unencodable, too large).
     result_error = StringField()
+    #: Set by ``enqueue(mutex_key=...)``: at most one job holding it runs at a time (see :doc:`limits`).
+    mutex_key = StringField(max_length=1000)
     #: Name of the schedule that enqueued this job, if any.
     schedule = StringField()
     #: The schedule's fire time this job is for (naive UTC); with ``schedule``, unique.
@@ -264,6 +266,14 @@ class BaseJob(Document):
         if context is None:
             raise QueueStateError("report_progress() works only inside a handler run by the queue")
         context.report_progress(percent, message)
+
+    def throttle(self, retry_after_ms: int) -> None:
+        """Stop this run and run the job again after ``retry_after_ms``, no attempt used (say, on an HTTP 429).
+
+        Raises:
+            Throttled: always; let it propagate out of the handler.
+        """
+        raise Throttled(retry_after_ms)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.pk} {self.type} {self.status} attempt={self.attempts}>"

@@ -23,6 +23,7 @@ from .config import ConfigInput, QueueConfig, load_config
 from .enqueue import Enqueuer, JobBuilder
 from .errors import QueueStateError
 from .handlers import HandlerFn, HandlerRegistry
+from .limits import Limit, define_limit
 from .middleware import Middleware, MiddlewareChain
 from .model import BaseJob, check_job_model
 from .queue_admin import QueueAdmin
@@ -473,6 +474,22 @@ class PersistentJobQueue(Generic[J]):
         if self.worker.scheduler is not None:
             self.worker.scheduler._after_fork_in_child()
         self._indexes_ensured = False
+
+    def limit(self, name: str, **options: Any) -> Limit:
+        """Store the limit ``name`` (options: ``key``, ``max_running``, ``rate``, ``burst``, ``job_types``, ``fair``).
+
+        Raises:
+            LimitError: an invalid definition; nothing was stored.
+        """
+        return define_limit(self.store.limits, name, **options)
+
+    def remove_limit(self, name: str) -> bool:
+        """Delete the limit ``name`` for every worker; False if there was none."""
+        return self.store.limits.remove(name)
+
+    def limits(self) -> dict[str, Any]:
+        """The stored limits (``definitions``) and every limiter's ``running`` holders and next start (``keys``)."""
+        return {"definitions": self.store.limits.stored(), "keys": self.store.limits.snapshot()}
 
 
 def create_job_queue(

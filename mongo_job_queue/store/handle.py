@@ -111,6 +111,7 @@ class JobStore:
         from .control import Control
         from .indexes import Indexes
         from .jobs import Jobs
+        from .limiter import Limiter
         from .workers import WorkerDocs
 
         self.model = job_model
@@ -127,6 +128,8 @@ class JobStore:
         #: Told of every final write (batches and dependent jobs listen); see finals.py.
         self.finals = FinalWrites(self.log)
         self.indexes = Indexes(self)
+        #: Concurrency limits, mutex keys and rate limits, admitted inside the claim (see limiter.py).
+        self.limits = Limiter(self)
         self.jobs = Jobs(self, self.indexes)
         self.control = Control(self)
         self.admin = Admin(self, self.control)
@@ -174,6 +177,7 @@ class JobStore:
     def after_fork_in_child(self) -> None:
         """Called by the after-fork hook: a lock held by a parent thread at fork() stays held forever in the child."""
         self._sync_lock = threading.Lock()
+        self.limits.after_fork_in_child()
 
     def ensure_indexes(self) -> None:
         """Create and check the model's indexes now, and the retention TTL indexes; idempotent (see :attr:`indexes`)."""
