@@ -14,7 +14,6 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import datetime
 from typing import Any, Optional
 
 from ..limits import Limit
@@ -53,68 +52,55 @@ class LimitedClaims:
         from .claims import claim_update, lease_fields  # claims.py imports this module
 
         store, limiter = self._store, self._limiter
-        token = uuid.uuid4().hex
-        tries = 0
-        expires: Optional[datetime] = None
-        admitted: dict[Any, Admission] = {}
 
-        def mine() -> list[dict[str, Any]]:
-            found = {"status": PROCESSING, "lease_expires_at": expires, "lease_token": token}
-            return list(store.collection.find(found, limit=want, max_time_ms=_READ_MAX_TIME_MS))
-
-        def call() -> list[dict[str, Any]]:
-            nonlocal tries, expires
-            tries += 1
-            if tries > 1 and expires is not None:
-                earlier = mine()  # an earlier try may have claimed some before its reply was lost
-                if earlier:
-                    return earlier
+        def read() -> tuple[dict[str, Any], list[dict[str, Any]]]:
             now = store.now()
             nor = limiter.blocked(limits, now)
             if nor is None:
-                return []
+                return {}, []
             filt = {**query, "run_at": {"$lte": now}} if due_only else dict(query)
-            read = {**filt, "$nor": nor} if nor else filt
-            candidates = list(
-                store.collection.find(read, sort=_URGENT_FIRST, limit=want + _SPARE, max_time_ms=_READ_MAX_TIME_MS)
+            found = {**filt, "$nor": nor} if nor else filt
+            return filt, list(
+                store.collection.find(found, sort=_URGENT_FIRST, limit=want + _SPARE, max_time_ms=_READ_MAX_TIME_MS)
             )
-            if not candidates:
-                return []
-            lease = lease_fields(token, owner, store.now(), store.config.lease_ms)
-            expires = lease["lease_expires_at"]
-            claimed: list[dict[str, Any]] = []
-            refused: set[str] = set()
-            for doc in candidates:
-                if len(claimed) >= want:
-                    break
+
+        filt, candidates = store.retry(read, "claim_candidates", abort)
+        if not candidates:
+            return []
+        token = uuid.uuid4().hex
+        lease = lease_fields(token, owner, store.now(), store.config.lease_ms)
+        refused: set[str] = set()
+        claimed: list[ClaimedJob] = []
+        for doc in candidates:
+            if len(claimed) >= want or (abort is not None and abort.is_set()):
+                break
+            tries = 0
+
+            def take(doc: dict[str, Any] = doc) -> Optional[Admission]:
+                """Admit, then claim this one job; each step safe to run again after a lost reply."""
+                nonlocal tries
+                tries += 1
+                if tries > 1:
+                    found = store.collection.find_one({"_id": doc["_id"], "lease_token": token, "status": PROCESSING})
+                    if found is not None:  # an earlier try claimed it
+                        return limiter.admit(found, token, limits, store.now(), lease["lease_expires_at"], set())
+                now = store.now()
                 admission = limiter.admit(doc, token, limits, now, lease["lease_expires_at"], refused)
                 if admission is None:
-                    continue
-                admitted[doc["_id"]] = admission
+                    return None
                 unchanged = {**filt, "_id": doc["_id"], "lease_token": doc.get("lease_token")}
                 unchanged["attempts"] = doc.get("attempts")
                 if store.collection.update_one(unchanged, claim_update(lease)).modified_count:
-                    doc.update(lease)
-                    doc["attempts"] = int(doc.get("attempts") or 0) + 1
-                    doc.pop("progress", None)
-                    claimed.append(doc)
-                else:
-                    limiter.undo(admitted.pop(doc["_id"]))
-            return claimed
+                    return admission
+                limiter.undo(admission)  # another worker took the job first
+                return None
 
-        try:
-            docs = store.retry(call, "claim_limited", abort)
-        except Exception:
-            for admission in admitted.values():  # best effort: they expire with the lease otherwise
-                try:
-                    limiter.undo(admission)
-                except Exception:  # noqa: BLE001
-                    break
-            raise
-        ours = {doc["_id"] for doc in docs}
-        for job_id, admission in admitted.items():
-            if job_id in ours:
-                limiter.hold(admission)
-            else:
-                limiter.undo(admission)
-        return [ClaimedJob(doc, token) for doc in docs]
+            admission = store.retry(take, "claim_limited", abort)
+            if admission is None:
+                continue
+            limiter.hold(admission)
+            doc.update(lease)
+            doc["attempts"] = int(doc.get("attempts") or 0) + 1
+            doc.pop("progress", None)
+            claimed.append(ClaimedJob(doc, token))
+        return claimed

@@ -165,14 +165,8 @@ class Limiter:
         again (no hot loop, and no attempt used).
         """
         by_name = {limit.name: limit for limit in limits}
-        docs = self._store.retry(
-            lambda: list(
-                self.limiters.find(
-                    {"limit": {"$in": list(by_name)}, "$or": [{"holders.0": {"$exists": True}}, {"tat": {"$gt": now}}]}
-                )
-            ),
-            "limiters",
-        )
+        busy = {"limit": {"$in": list(by_name)}, "$or": [{"holders.0": {"$exists": True}}, {"tat": {"$gt": now}}]}
+        docs = list(self.limiters.find(busy))
         full: dict[str, list[Any]] = {}
         next_start: Optional[datetime] = None
         for doc in docs:
@@ -229,7 +223,8 @@ class Limiter:
         Concurrency first (each a conditional ``$push``), then rates (a
         compare-and-set of ``tat``); a refusal takes back what was admitted
         and adds the refusing limiter to ``refused``, whose jobs this claim
-        then skips without asking again.
+        then skips without asking again. Runs inside the claim's retry (no
+        retry of its own): each step is safe to run again.
         """
         covering = [(limit, limit.value_of(doc)) for limit in limits if limit.applies_to(doc)]
         ids = [limiter_id(limit.name, value) for limit, value in covering]
@@ -259,7 +254,7 @@ class Limiter:
                 self._held[(admission.job_id, admission.token)] = admission.ids
 
     def undo(self, admission: Admission) -> None:
-        """Take back an admission whose job claim lost the race."""
+        """Take back an admission whose job claim lost the race (inside the claim's own retry)."""
         self._pull(list(admission.ids), admission.job_id, admission.token)
 
     def release(self, job_id: ObjectId, token: str) -> None:
@@ -269,7 +264,7 @@ class Limiter:
         if not ids:
             return
         try:
-            self._pull(list(ids), job_id, token)
+            self._store.retry(lambda: self._pull(list(ids), job_id, token), "release_limiters")
         except Exception:  # noqa: BLE001 - the holders expire with the lease
             self._store.log.warning("could not release the limiters of job %s; they expire with its lease", job_id)
         self._released()
@@ -316,7 +311,7 @@ class Limiter:
                 self.limiters.update_one({"_id": lid}, {"$pull": {"holders": {"until": {"$lt": now}}}})
             return False
 
-        return self._store.retry(call, "admit")
+        return call()
 
     def _spend(self, lid: str, limit: Limit, value: Any, now: datetime) -> bool:
         """Take one start from a rate limit's GCRA (compare-and-set of ``tat``), by server time."""
@@ -345,12 +340,12 @@ class Limiter:
                     return True
             return False
 
-        return self._store.retry(call, "admit_rate")
+        return call()
 
     def _pull(self, ids: Iterable[str], job_id: ObjectId, token: str) -> None:
         ops = [UpdateOne({"_id": lid}, {"$pull": {"holders": {"job": job_id, "token": token}}}) for lid in ids]
         if ops:
-            self._store.retry(lambda: self.limiters.bulk_write(ops, ordered=False), "release_limiters")
+            self.limiters.bulk_write(ops, ordered=False)
 
     # -- what shows ---------------------------------------------------------
 

@@ -26,8 +26,8 @@ from mongo_job_queue.clock import utcnow
 from .models import ALIAS, IntegrationJob
 
 TIMINGS = {
-    "lease_ms": 1_500,
-    "heartbeat_interval_ms": 300,
+    "lease_ms": 4_000,
+    "heartbeat_interval_ms": 800,
     "sweep_interval_ms": 200,
     "poll_interval_base_ms": 10,
     "poll_interval_max_ms": 100,

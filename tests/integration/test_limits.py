@@ -1,56 +1,182 @@
-"""Limits in one process: mutex keys, caps per key, throttling, rates, and what shows."""
+"""Limits in one process over the wire: mutex keys, caps per key, throttling, rates, and what shows."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
+from datetime import timedelta
 from typing import Any
 
 from helpers import wait_until
 
 
-def test_mutex_jobs_run_one_at_a_time_per_key(make_queue, job_model) -> None:
+class Peaks:
+    """Counts the runs in flight per key under a lock, and the most seen at once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running: Counter[Any] = Counter()
+        self.peak: Counter[Any] = Counter()
+        self.starts: list[tuple[Any, float]] = []
+
+    def run(self, key: Any, seconds: float) -> None:
+        with self.lock:
+            self.running[key] += 1
+            self.peak[key] = max(self.peak[key], self.running[key])
+            self.starts.append((key, time.monotonic()))
+        time.sleep(seconds)
+        with self.lock:
+            self.running[key] -= 1
+
+
+def test_mutex_jobs_run_one_at_a_time_per_key_without_using_attempts(make_queue, job_model) -> None:
     queue = make_queue(concurrency=8)
-    lock = threading.Lock()
-    running: dict[str, int] = {}
-    peak: dict[str, int] = {}
-
-    @queue.handler("M")
-    def run(job: Any) -> None:
-        with lock:
-            running[job.mutex_key] = running.get(job.mutex_key, 0) + 1
-            peak[job.mutex_key] = max(peak.get(job.mutex_key, 0), running[job.mutex_key])
-        time.sleep(0.01)
-        with lock:
-            running[job.mutex_key] -= 1
-
+    peaks = Peaks()
+    queue.register_handler("M", lambda job: peaks.run(job.mutex_key, 0.01))
     queue.enqueue_many({"job_type": "M", "mutex_key": f"k{n % 3}"} for n in range(30))
-    started = time.monotonic()
     queue.start_polling()
     wait_until(lambda: queue.counts()["completed"] == 30, timeout=60, what="30 completed")
-    print("took", time.monotonic() - started)
-    assert peak == {"k0": 1, "k1": 1, "k2": 1}
+    assert peaks.peak == {"k0": 1, "k1": 1, "k2": 1}
+    assert {j.attempts for j in job_model.objects} == {1}
+    assert all(row["running"] == 0 for row in queue.limits()["keys"])
 
 
-def test_profile_claims(make_queue, job_model) -> None:
-    queue = make_queue(concurrency=8)
-    queue.register_handler("M", lambda job: None)
-    queue.enqueue_many({"job_type": "M", "mutex_key": f"k{n % 3}"} for n in range(30))
-    import cProfile
-    import pstats
+def test_a_cap_per_key_is_shared_by_two_queues_and_reached(make_queue, job_model) -> None:
+    a, b = make_queue(concurrency=6), make_queue(concurrency=6)
+    a.limit("per-org", key="organization", max_running=2)
+    peaks = Peaks()
+    for queue in (a, b):
+        queue.register_handler("O", lambda job: peaks.run(job.organization, 0.15))
+    a.enqueue_many({"job_type": "O", "organization": f"org{n % 3}"} for n in range(24))
+    a.enqueue_many({"job_type": "O"} for _ in range(4))  # no organization: not limited
+    a.start_polling()
+    b.start_polling()
+    wait_until(lambda: a.counts()["completed"] == 28, timeout=90, what="28 completed")
+    assert peaks.peak == {"org0": 2, "org1": 2, "org2": 2, None: peaks.peak[None]}
+    assert {j.attempts for j in job_model.objects} == {1}
 
-    queue.store.limits.mark_mutex()
-    owner = queue.worker.poller.owner
-    pr = cProfile.Profile()
-    pr.enable()
-    t = time.monotonic()
-    got = []
-    for _ in range(10):
-        c = queue.store.jobs.claim(["M"], ["default"], owner)
-        got.append(c)
-        if c is not None:
-            queue.store.jobs.complete(c)
-            queue.store.limits.release(c.id, c.token)
-    print("10 claims", time.monotonic() - t, sum(1 for c in got if c))
-    pr.disable()
-    pstats.Stats(pr).sort_stats("cumulative").print_stats(25)
+
+def test_a_per_handler_cap_without_a_key(make_queue) -> None:
+    queue = make_queue(concurrency=6)
+    queue.limit("exports", job_types=["EXPORT"], max_running=1)
+    peaks = Peaks()
+    queue.register_handler("EXPORT", lambda job: peaks.run("export", 0.05))
+    queue.register_handler("OTHER", lambda job: peaks.run("other", 0.05))
+    queue.enqueue_many([{"job_type": "EXPORT"}] * 6 + [{"job_type": "OTHER"}] * 6)
+    queue.start_polling()
+    wait_until(lambda: queue.counts()["completed"] == 12, timeout=60, what="12 completed")
+    assert peaks.peak["export"] == 1
+    assert peaks.peak["other"] > 1
+
+
+def test_a_delayed_job_does_not_hold_its_key(make_queue) -> None:
+    queue = make_queue(concurrency=2)
+    ran: list[str] = []
+    queue.register_handler("M", lambda job: ran.append(job.data["n"]))
+    queue.enqueue("M", {"n": "later"}, mutex_key="k", delay_ms=60_000)
+    queue.enqueue("M", {"n": "now"}, mutex_key="k")
+    queue.start_polling()
+    wait_until(lambda: ran == ["now"], timeout=30, what="the due job ran")
+
+
+def test_a_limit_defined_by_another_process_is_applied(make_queue) -> None:
+    worker, admin = make_queue(concurrency=6), make_queue()
+    peaks = Peaks()
+    worker.register_handler("O", lambda job: peaks.run(job.organization, 0.1))
+    worker.start_polling()
+    admin.limit("per-org", key="organization", max_running=1)
+    time.sleep(1.2)  # the worker re-reads the definitions at most every second (REFRESH_S)
+    admin.enqueue_many({"job_type": "O", "organization": "acme"} for _ in range(6))
+    wait_until(lambda: admin.counts()["completed"] == 6, timeout=60, what="6 completed")
+    assert peaks.peak["acme"] == 1
+
+
+def test_a_crashed_holder_expires_with_its_lease(make_queue, raw_db) -> None:
+    queue = make_queue(concurrency=2, lease_ms=1_000, heartbeat_interval_ms=200)
+    queue.limit("per-org", key="organization", max_running=1)
+    stale = {"job": "gone", "token": "dead", "until": queue.store.now() - timedelta(milliseconds=1)}
+    from mongo_job_queue.store.limiter import limiter_id
+
+    raw_db.jobs_limiters.insert_one(
+        {"_id": limiter_id("per-org", "acme"), "limit": "per-org", "value": "acme", "holders": [stale]}
+    )
+    queue.register_handler("O", lambda job: None)
+    queue.enqueue("O", {}, organization="acme")
+    queue.start_polling()
+    wait_until(lambda: queue.counts()["completed"] == 1, timeout=30, what="the job ran past the dead holder")
+    assert raw_db.jobs_limiters.find_one()["holders"] == []
+
+
+def test_a_live_holder_is_kept_by_the_heartbeat(make_queue) -> None:
+    queue = make_queue(concurrency=2, lease_ms=1_000, heartbeat_interval_ms=200)
+    queue.limit("per-org", key="organization", max_running=1)
+    release = threading.Event()
+    peaks = Peaks()
+
+    @queue.handler("O")
+    def run(job: Any) -> None:
+        peaks.run(job.organization, 0)
+        if job.data["n"] == 0:
+            assert release.wait(30)
+
+    queue.enqueue("O", {"n": 0}, organization="acme")
+    queue.start_polling()
+    wait_until(lambda: len(peaks.starts) == 1, timeout=30, what="the first job runs")
+    queue.enqueue("O", {"n": 1}, organization="acme")
+    time.sleep(2.5)  # longer than two leases: only the heartbeat keeps the holder
+    assert len(peaks.starts) == 1
+    release.set()
+    wait_until(lambda: queue.counts()["completed"] == 2, timeout=30, what="both ran")
+
+
+def test_a_throttle_uses_no_attempt_and_waits_its_delay(make_queue, job_model) -> None:
+    queue = make_queue(concurrency=1)
+    seen: list[int] = []
+
+    @queue.handler("T")
+    def run(job: Any) -> None:
+        seen.append(job.attempts)
+        if len(seen) == 1:
+            job.throttle(1_500)
+
+    job = queue.enqueue("T", {}, mutex_key="api")
+    queue.start_polling()
+    wait_until(lambda: len(seen) == 1, timeout=30, what="the first run")
+    wait_until(lambda: job_model.objects.get(id=job.id).status == "pending", timeout=30, what="back to pending")
+    stored = job_model.objects.get(id=job.id)
+    assert stored.attempts == 0 and stored.errors == []
+    delay = stored.run_at - stored.started_at
+    assert timedelta(milliseconds=1_500) <= delay <= timedelta(milliseconds=2_500), delay
+    wait_until(lambda: queue.counts()["completed"] == 1, timeout=30, what="the second run")
+    assert seen == [1, 1]
+    assert job_model.objects.get(id=job.id).attempts == 1
+
+
+def test_a_throttle_after_a_lost_lease_writes_nothing(make_queue, job_model) -> None:
+    queue = make_queue()
+    queue.register_handler("T", lambda job: None)
+    job = queue.enqueue("T", {})
+    claimed = queue.store.jobs.claim(["T"], ["default"], queue.worker.poller.owner)
+    assert claimed is not None
+    stale = type(claimed)(dict(claimed.doc), "not-the-token")
+    assert queue.store.jobs.throttle(stale, queue.store.now()) is False
+    assert job_model.objects.get(id=job.id).status == "processing"
+    assert queue.store.jobs.throttle(claimed, queue.store.now()) is True
+    assert job_model.objects.get(id=job.id).attempts == 0
+
+
+def test_a_rate_spaces_starts_by_server_time(make_queue) -> None:
+    queue = make_queue(concurrency=4)
+    queue.limit("api", job_types=["R"], rate="5/s")
+    peaks = Peaks()
+    queue.register_handler("R", lambda job: peaks.run("r", 0))
+    queue.enqueue_many([{"job_type": "R"}] * 8)
+    queue.start_polling()
+    wait_until(lambda: queue.counts()["completed"] == 8, timeout=60, what="8 completed")
+    times = sorted(t for _, t in peaks.starts)
+    # Admissions are 200 ms apart by server time; a handler starts a claim's
+    # round trip later, which can bunch two starts, never more than a burst.
+    assert times[-1] - times[0] >= 7 * 0.2 - 0.3, times
+    assert max(sum(1 for t in times if s <= t < s + 1.0) for s in times) <= 6, times
+    assert times[-1] - times[0] < 7 * 0.2 + 1.5  # and no later than needed: a poll at each opening

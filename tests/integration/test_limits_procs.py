@@ -100,10 +100,12 @@ def test_mutex_keys_never_run_twice_at_once_across_three_processes(workers, make
     for _ in range(3):
         workers(8)
     _ready(raw_db, 3)
-    queue = make_queue()
-    queue.enqueue_many(
-        {"job_type": "LIM", "data": {"sleep_ms": 5}, "mutex_key": f"invoice:{n % 10}"} for n in range(300)
-    )
+    queue = make_queue(lease_ms=10_000)  # a producer's calls under the load of 24 threads
+    for chunk in range(3):
+        queue.enqueue_many(
+            {"job_type": "LIM", "data": {"sleep_ms": 5}, "mutex_key": f"invoice:{n % 10}"}
+            for n in range(chunk * 100, chunk * 100 + 100)
+        )
     wait_until(lambda: queue.counts()["completed"] == 300, timeout=240, what="300 jobs completed")
     peaks = _peaks(raw_db, "mutex")
     assert len(peaks) == 10 and max(peaks.values()) == 1, peaks
@@ -114,7 +116,7 @@ def test_mutex_keys_never_run_twice_at_once_across_three_processes(workers, make
 def test_a_cap_per_organization_holds_across_a_sigkill(workers, make_queue, raw_db) -> None:
     procs = [workers(4) for _ in range(3)]
     _ready(raw_db, 3)
-    queue = make_queue()
+    queue = make_queue(lease_ms=10_000)  # a producer's calls under the load of 24 threads
     queue.limit("per-org", key="organization", max_running=2)
     orgs = [f"org{n}" for n in range(6)]
     queue.enqueue_many(
@@ -142,7 +144,7 @@ def test_a_rate_shared_by_three_processes_one_with_a_skewed_clock(workers, make_
     workers(4)
     workers(4, 300.0)  # five minutes ahead: it must not spend more
     _ready(raw_db, 3)
-    queue = make_queue()
+    queue = make_queue(lease_ms=10_000)  # a producer's calls under the load of 24 threads
     queue.limit("api", job_types=["LIM"], rate="20/s")
     queue.enqueue_many({"job_type": "LIM", "data": {"sleep_ms": 1}} for _ in range(400))
     wait_until(lambda: _starts(raw_db) >= 1, timeout=60, what="first start")
