@@ -1,4 +1,4 @@
-"""The administration commands: stats, enqueue, retry, cancel, pause, resume, purge, schedules, jobs, workers.
+"""The administration commands: stats, enqueue, retry, cancel, pause, resume, purge, schedules, jobs, workers, limits.
 
 Each takes the queue, the parsed arguments and the two output streams, and
 returns an exit code; :data:`ADMIN_COMMANDS` maps a command's name to it.
@@ -177,6 +177,34 @@ def _schedules(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: Te
     return EXIT_OK
 
 
+def _limits(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    view = queue.limits()
+    if args.json:
+        rows = {
+            "definitions": [dataclasses.asdict(limit) for limit in view["definitions"]],
+            "keys": [
+                {**row, "value": str(row["value"]), "next_start_at": iso(row["next_start_at"])} for row in view["keys"]
+            ],
+        }
+        print(json.dumps(rows, indent=2, default=str), file=out)
+        return EXIT_OK
+    if not view["definitions"] and not view["keys"]:
+        print("(no limits)", file=out)
+        return EXIT_OK
+    for limit in view["definitions"]:
+        parts = [f"key={limit.key}" if limit.key else "no key"]
+        parts += [f"max_running={limit.max_running}"] if limit.max_running else []
+        parts += [f"rate={limit.rate} burst={limit.burst}"] if limit.rate else []
+        parts += [f"types={','.join(limit.job_types)}"] if limit.job_types else []
+        parts += ["fair"] if limit.fair else []
+        print(f"{limit.name}: {' '.join(parts)}", file=out)
+    for row in view["keys"]:
+        cap = "-" if row["max_running"] is None else row["max_running"]
+        nxt = f"  next start {iso(row['next_start_at'])}" if row["next_start_at"] else ""
+        print(f"  {row['limit']}[{row['value']}]: running {row['running']}/{cap}{nxt}", file=out)
+    return EXIT_OK
+
+
 ADMIN_COMMANDS: dict[str, Callable[[PersistentJobQueue[Any], argparse.Namespace, TextIO, TextIO], int]] = {
     "stats": _stats,
     "enqueue": _enqueue,
@@ -188,4 +216,5 @@ ADMIN_COMMANDS: dict[str, Callable[[PersistentJobQueue[Any], argparse.Namespace,
     "schedules": _schedules,
     "jobs": jobs_command,
     "workers": workers_command,
+    "limits": _limits,
 }

@@ -11,6 +11,7 @@ admission back at once; so every holder is a run that was claimed.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
@@ -60,6 +61,9 @@ class LimitedClaims:
                 return {}, []
             filt = {**query, "run_at": {"$lte": now}} if due_only else dict(query)
             found = {**filt, "$nor": nor} if nor else filt
+            fair = next((limit for limit in limits if limit.fair), None)
+            if fair is not None:
+                return filt, self._in_turns(fair, found, want + _SPARE)
             return filt, list(
                 store.collection.find(found, sort=_URGENT_FIRST, limit=want + _SPARE, max_time_ms=_READ_MAX_TIME_MS)
             )
@@ -104,3 +108,32 @@ class LimitedClaims:
             doc.pop("progress", None)
             claimed.append(ClaimedJob(doc, token))
         return claimed
+
+    def _in_turns(self, fair: Limit, found: Mapping[str, Any], count: int) -> list[dict[str, Any]]:
+        """Up to ``count`` candidates taken in turns from the key values of ``fair``, least recently served first.
+
+        One ``distinct`` finds the values with claimable jobs, the limiter
+        documents tell when each was last served, and one read per value
+        (at most ``count`` values) takes its most urgent jobs; they are
+        interleaved, a round at a time. Jobs with no value take a turn as
+        one more value. So a value with 10,000 jobs gets one turn per round
+        like a value with 10.
+        """
+        store = self._store
+        assert fair.key is not None
+        values = [v for v in store.collection.distinct(fair.key, dict(found)) if v is not None]
+        order: list[Any] = self._limiter.turns(fair, values)[:count]
+        groups = [{fair.key: value} for value in order]
+        if len(groups) < count:
+            groups.append({fair.key: None})
+        per_group = -(-count // max(1, len(groups)))
+        heads = [
+            list(
+                store.collection.find(
+                    {**found, **group}, sort=_URGENT_FIRST, limit=per_group, max_time_ms=_READ_MAX_TIME_MS
+                )
+            )
+            for group in groups
+        ]
+        interleaved = [doc for round_ in itertools.zip_longest(*heads) for doc in round_ if doc is not None]
+        return interleaved[:count]

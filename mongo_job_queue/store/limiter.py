@@ -245,7 +245,19 @@ class Limiter:
                 self._pull(taken, doc["_id"], token)
                 refused.add(lid)
                 return None
+        for (limit, value), lid in zip(covering, ids, strict=True):
+            if limit.fair:  # its turn is taken: it goes to the back of the round
+                served = {"$max": {"served_at": now}, "$setOnInsert": {"limit": limit.name, "value": value}}
+                self.limiters.update_one({"_id": lid}, served, upsert=True)
         return Admission(doc["_id"], token, tuple(taken))
+
+    def turns(self, limit: Limit, values: Sequence[Any]) -> list[Any]:
+        """``values`` of a fair limit in serving order: never served first, then least recently served."""
+        ids = {limiter_id(limit.name, value): value for value in values}
+        docs = self.limiters.find({"_id": {"$in": list(ids)}}, {"served_at": 1})
+        served = {ids[d["_id"]]: d.get("served_at") for d in docs if d["_id"] in ids}
+        never = datetime.min
+        return sorted(values, key=lambda value: (served.get(value) or never, str(value)))
 
     def hold(self, admission: Admission) -> None:
         """Remember a claimed run's limiters, for the heartbeat and the release."""

@@ -180,3 +180,32 @@ def test_a_rate_spaces_starts_by_server_time(make_queue) -> None:
     assert times[-1] - times[0] >= 7 * 0.2 - 0.3, times
     assert max(sum(1 for t in times if s <= t < s + 1.0) for s in times) <= 6, times
     assert times[-1] - times[0] < 7 * 0.2 + 1.5  # and no later than needed: a poll at each opening
+
+
+def test_a_tenant_with_a_backlog_does_not_starve_a_small_one(make_queue) -> None:
+    producer = make_queue(lease_ms=10_000)  # its bulk inserts run beside a busy worker
+    producer.limit("tenants", key="organization", fair=True)
+    worker = make_queue(concurrency=4)
+    order: list[str] = []
+    lock = threading.Lock()
+
+    def run(job: Any) -> None:
+        with lock:
+            order.append(job.organization)
+
+    worker.register_handler("F", run)
+    worker.start_polling()
+    for _ in range(10):
+        producer.enqueue_many([{"job_type": "F", "organization": "A"}] * 200)
+    wait_until(lambda: len(order) >= 5, timeout=60, what="A's backlog is being worked")
+    with lock:
+        before = len(order)
+    producer.enqueue_many([{"job_type": "F", "organization": "B"}] * 20)
+    wait_until(lambda: order.count("B") == 20, timeout=120, what="B's 20 jobs done")
+    worker.stop(timeout=10)
+    with lock:
+        after = order[before:]
+    last_b = max(i for i, org in enumerate(after) if org == "B")
+    a_meanwhile = after[:last_b].count("A")
+    assert a_meanwhile < 200, a_meanwhile
+    assert a_meanwhile <= 20 + 3 * 4, a_meanwhile  # one A per B, a claim or two of slack
