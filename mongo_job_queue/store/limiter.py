@@ -34,10 +34,12 @@ from pymongo.errors import DuplicateKeyError
 from ..limits import MUTEX, MUTEX_FIELD, MUTEX_LIMIT, Limit
 from .handle import JobStore
 
-__all__ = ["REFRESH_S", "Admission", "Limiter", "limiter_id"]
+__all__ = ["HELD_BACK_POLL_S", "REFRESH_S", "Admission", "Limiter", "limiter_id"]
 
 #: How long a worker trusts the definitions it read (a change reaches every worker within this).
 REFRESH_S = 1.0
+#: The longest idle wait of a poller whose last claim left jobs out for a full limiter.
+HELD_BACK_POLL_S = 0.5
 #: The stored marker that some job uses a mutex key (then every claim admits mutex keys).
 _MUTEX_MARKER = {"_id": MUTEX, "builtin": True}
 _SEP = "\x1f"
@@ -197,13 +199,14 @@ class Limiter:
         return clauses
 
     def wait_hint(self, interval: float, base: float) -> float:
-        """How long an idle poller should wait: ``interval``, at most ``base`` while limits hold jobs back.
+        """How long an idle poller waits: ``interval``, capped by :data:`HELD_BACK_POLL_S` while limits hold jobs back.
 
         A slot freed in another process wakes nobody here, so held-back jobs
-        are looked for at the base interval rather than the idle backoff's;
-        a rate-limited key is looked at again the moment it opens.
+        are looked for again within a short bound rather than the idle
+        backoff's (a slot freed here wakes the poller at once); a
+        rate-limited key is looked at again the moment it opens.
         """
-        wait = min(interval, base) if self._held_back else interval
+        wait = min(interval, max(base, HELD_BACK_POLL_S)) if self._held_back else interval
         next_start = self._next_start
         if next_start is not None:
             wait = min(wait, next_start - time.monotonic())
