@@ -364,14 +364,22 @@ class Limiter:
 
     # -- what shows ---------------------------------------------------------
 
-    def snapshot(self) -> list[dict[str, Any]]:
-        """Per limiter: limit, key value, running holders now, ``max_running`` and the next allowed start."""
+    def view(self) -> tuple[list[Limit], list[dict[str, Any]]]:
+        """The limits in use (the mutex one once marked) and, per limiter, what :meth:`snapshot` tells.
+
+        One read of the definitions, and one of the limiters only when
+        there are definitions: a queue without limits pays one command.
+        """
+        docs = self._store.retry(lambda: list(self.definitions_collection.find().sort("_id", 1)), "limits")
+        limits = [MUTEX_LIMIT if d.get("builtin") else Limit.from_doc(d) for d in docs]
+        if not limits:
+            return [], []
+        by_name = {limit.name: limit for limit in limits}
         now = self._store.now()
-        limits = {limit.name: limit for limit in self.active()}
-        docs = self._store.retry(lambda: list(self.limiters.find().sort("_id", 1)), "limiters")
+        found = self._store.retry(lambda: list(self.limiters.find().sort("_id", 1)), "limiters")
         rows = []
-        for doc in docs:
-            limit = limits.get(doc.get("limit", ""))
+        for doc in found:
+            limit = by_name.get(doc.get("limit", ""))
             if limit is None:
                 continue
             live = [h for h in doc.get("holders") or [] if h.get("until") is not None and h["until"] >= now]
@@ -388,7 +396,11 @@ class Limiter:
                     "holders": [str(h.get("job")) for h in live],
                 }
             )
-        return rows
+        return limits, rows
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Per limiter: limit, key value, running holders now, ``max_running`` and the next allowed start."""
+        return self.view()[1]
 
 
 def _nothing() -> None:

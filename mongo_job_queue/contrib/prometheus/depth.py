@@ -1,7 +1,8 @@
 """What the database holds: queue depth by status, read when Prometheus scrapes.
 
 One aggregation over the unfinished jobs' claim index keys, one read of the
-pause state and a best-effort count of the retained finished jobs, however
+pause state, one of the limit definitions (and of the limiters, when there
+are limits) and a best-effort count of the retained finished jobs, however
 many queues there are, each bounded by ``maxTimeMS`` and cached, so the
 figure is right however many workers run and a scrape storm costs MongoDB
 one round per ``cache_seconds``.
@@ -174,7 +175,8 @@ class QueueStatsCollector:
     ``mongo_job_queue_queue_paused{queue}`` and ``mongo_job_queue_stats_up`` (0 when the last read failed; the depth
     series are then absent rather than stale). A read is :func:`read_depth`:
     three commands whatever the number of queues, at most ``max_queues`` queue
-    labels. One refresh runs at a time; concurrent scrapes wait for it and
+    labels; the limits add one (two with limits defined), for
+    ``mongo_job_queue_limit_running{limit}`` and ``..._limit_max_running{limit}``. One refresh runs at a time; concurrent scrapes wait for it and
     share its result, and a failed read is cached too, so a scrape storm
     during an outage does not pile onto the server.
 
@@ -260,9 +262,10 @@ def _read_limits(queue: Any, timeout_s: float) -> dict[str, tuple[int, Optional[
     found: dict[str, tuple[int, Optional[int]]] = {}
     try:
         with pymongo.timeout(timeout_s):
-            for limit in queue.store.limits.active():
+            limits, rows = queue.store.limits.view()
+            for limit in limits:
                 found[limit.name] = (0, limit.max_running)
-            for row in queue.store.limits.snapshot():
+            for row in rows:
                 running, cap = found.get(row["limit"], (0, row["max_running"]))
                 found[row["limit"]] = (running + int(row["running"]), cap)
     except Exception as exc:  # noqa: BLE001 - the depth series stand without the limits
