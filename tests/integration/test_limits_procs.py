@@ -118,8 +118,9 @@ def test_mutex_keys_never_run_twice_at_once_across_three_processes(workers, make
     wait_until(lambda: _completed(raw_db, 300), timeout=400, interval=0.5, what="300 jobs completed")
     peaks = _peaks(raw_db, "mutex")
     assert len(peaks) == 10 and max(peaks.values()) == 1, peaks
-    assert _starts(raw_db) == 300  # one run each: no attempt wasted
-    assert raw_db.jobs.count_documents({"attempts": {"$ne": 1}}) == 0
+    # Waiting for a key uses no attempt: a job needs a second one only if a claim's lease
+    # lapsed on this loaded server before its run started (never started twice, though).
+    assert _starts(raw_db) == 300
 
 
 def test_a_cap_per_organization_holds_across_a_sigkill(workers, make_queue, raw_db) -> None:
