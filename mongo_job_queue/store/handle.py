@@ -75,7 +75,9 @@ class JobStore:
     * :attr:`indexes` (:class:`~mongo_job_queue.store.indexes.Indexes`):
       the model's indexes and the retention TTL indexes;
     * :attr:`workers` (:class:`~mongo_job_queue.store.workers.WorkerDocs`):
-      the worker registry, one heartbeat document per running worker.
+      the worker registry, one heartbeat document per running worker;
+    * :attr:`limits` (:class:`~mongo_job_queue.store.limiter.Limiter`):
+      limit definitions and limiter documents, admitted inside the claim.
 
     Two rules hold for every write about a job:
 
