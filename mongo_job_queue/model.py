@@ -188,6 +188,8 @@ class BaseJob(Document):
     result_error = StringField()
     #: Set by ``enqueue(mutex_key=...)``: at most one job holding it runs at a time (see :doc:`limits`).
     mutex_key = StringField(max_length=1000)
+    #: The rate limiters that reserved this job's start at its ``run_at`` (see :doc:`limits`).
+    rate_slots = ListField(StringField())
     #: Name of the schedule that enqueued this job, if any.
     schedule = StringField()
     #: The schedule's fire time this job is for (naive UTC); with ``schedule``, unique.

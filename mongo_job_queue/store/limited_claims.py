@@ -17,12 +17,14 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
+from pymongo import UpdateOne
+
 from ..limits import Limit
 from ..model import LeaseOwner
 from ..status import PROCESSING
 from .handle import JobStore
 from .leases import ClaimedJob
-from .limiter import Admission, Limiter
+from .limiter import RATE_SLOTS, Admission, Limiter, RateRefusal
 
 __all__ = ["LimitedClaims"]
 
@@ -75,9 +77,15 @@ class LimitedClaims:
         lease = lease_fields(token, owner, store.now(), store.config.lease_ms)
         refused: set[str] = set()
         claimed: list[ClaimedJob] = []
+        #: Per rate limiter with no start to give now: its refusal and the jobs that wait for one.
+        waiting: dict[str, tuple[RateRefusal, list[dict[str, Any]]]] = {}
         for doc in candidates:
             if len(claimed) >= want or (abort is not None and abort.is_set()):
                 break
+            paced = [lid for lid in limiter.ids_of(doc, limits) if lid in waiting]
+            if paced:
+                waiting[paced[0]][1].append(doc)
+                continue
             tries = 0
 
             def take(doc: dict[str, Any] = doc) -> Optional[Admission]:
@@ -87,14 +95,20 @@ class LimitedClaims:
                 if tries > 1:
                     found = store.collection.find_one({"_id": doc["_id"], "lease_token": token, "status": PROCESSING})
                     if found is not None:  # an earlier try claimed it
-                        return limiter.admit(found, token, limits, store.now(), lease["lease_expires_at"], set())
+                        again = limiter.admit(found, token, limits, store.now(), lease["lease_expires_at"], set())
+                        return again if isinstance(again, Admission) else None
                 now = store.now()
                 admission = limiter.admit(doc, token, limits, now, lease["lease_expires_at"], refused)
-                if admission is None:
-                    return None
                 unchanged = {**filt, "_id": doc["_id"], "lease_token": doc.get("lease_token")}
                 unchanged["attempts"] = doc.get("attempts")
-                if store.collection.update_one(unchanged, claim_update(lease)).modified_count:
+                if isinstance(admission, RateRefusal):
+                    waiting.setdefault(admission.lid, (admission, []))[1].append(doc)
+                    return None
+                if admission is None:
+                    return None
+                update = claim_update(lease)
+                update["$unset"] = {**update["$unset"], RATE_SLOTS: ""}
+                if store.collection.update_one(unchanged, update).modified_count:
                     return admission
                 limiter.undo(admission)  # another worker took the job first
                 return None
@@ -106,8 +120,31 @@ class LimitedClaims:
             doc.update(lease)
             doc["attempts"] = int(doc.get("attempts") or 0) + 1
             doc.pop("progress", None)
+            doc.pop(RATE_SLOTS, None)
             claimed.append(ClaimedJob(doc, token))
+        for refusal, docs in waiting.values():
+            self._reserve(filt, refusal, docs)
         return claimed
+
+    def _reserve(self, filt: Mapping[str, Any], refusal: RateRefusal, docs: Sequence[dict[str, Any]]) -> None:
+        """Over their rate: the jobs wait for their exact starts, reserved in one step, with no attempt used.
+
+        One compare-and-set takes the next starts of the rate (within
+        :data:`~.limiter.RATE_HORIZON`), then one bulk write sets each job's
+        ``run_at`` to its start, if no one touched the job since the read; a
+        start reserved for a job that was taken meanwhile is left unused.
+        """
+        store = self._store
+        slots = store.retry(lambda: self._limiter.reserve(refusal, store.now(), len(docs)), "reserve_starts")
+        ops = [
+            UpdateOne(
+                {**filt, "_id": doc["_id"], "lease_token": doc.get("lease_token"), "attempts": doc.get("attempts")},
+                {"$set": {"run_at": slot}, "$addToSet": {RATE_SLOTS: refusal.lid}},
+            )
+            for doc, slot in zip(docs, slots, strict=False)
+        ]
+        if ops:
+            store.retry(lambda: store.collection.bulk_write(ops, ordered=False), "reserve_starts")
 
     def _in_turns(self, fair: Limit, found: Mapping[str, Any], count: int) -> list[dict[str, Any]]:
         """Up to ``count`` candidates taken in turns from the key values of ``fair``, least recently served first.

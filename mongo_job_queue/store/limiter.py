@@ -34,10 +34,23 @@ from pymongo.errors import DuplicateKeyError
 from ..limits import MUTEX, MUTEX_FIELD, MUTEX_LIMIT, Limit
 from .handle import JobStore
 
-__all__ = ["HELD_BACK_POLL_S", "REFRESH_S", "Admission", "Limiter", "limiter_id"]
+__all__ = [
+    "HELD_BACK_POLL_S",
+    "RATE_HORIZON",
+    "RATE_SLOTS",
+    "REFRESH_S",
+    "Admission",
+    "Limiter",
+    "RateRefusal",
+    "limiter_id",
+]
 
 #: How long a worker trusts the definitions it read (a change reaches every worker within this).
 REFRESH_S = 1.0
+#: The job field listing the limiters whose rate reserved its start (its ``run_at`` is that start).
+RATE_SLOTS = "rate_slots"
+#: How far ahead a claim reserves a rate's starts for the jobs it read (their ``run_at`` set to the slot).
+RATE_HORIZON = timedelta(seconds=1)
 #: The longest idle wait of a poller whose last claim left jobs out for a full limiter.
 HELD_BACK_POLL_S = 0.5
 #: The stored marker that some job uses a mutex key (then every claim admits mutex keys).
@@ -48,6 +61,15 @@ _SEP = "\x1f"
 def limiter_id(limit: str, value: Any) -> str:
     """The ``_id`` of the limiter document of ``limit`` for key ``value`` (its type is part of it)."""
     return f"{limit}{_SEP}{type(value).__name__}{_SEP}{value}"
+
+
+@dataclass(frozen=True)
+class RateRefusal:
+    """A rate had no start to give now: the limiter, for :meth:`Limiter.reserve`."""
+
+    lid: str
+    limit: Limit
+    value: Any
 
 
 @dataclass(frozen=True)
@@ -170,32 +192,35 @@ class Limiter:
         busy = {"limit": {"$in": list(by_name)}, "$or": [{"holders.0": {"$exists": True}}, {"tat": {"$gt": now}}]}
         docs = list(self.limiters.find(busy))
         full: dict[str, list[Any]] = {}
+        paced: dict[str, list[Any]] = {}
         next_start: Optional[datetime] = None
         for doc in docs:
             limit = by_name.get(doc.get("limit", ""))
             if limit is None:
                 continue
             live = [h for h in doc.get("holders") or [] if h.get("until") is not None and h["until"] >= now]
-            over = limit.max_running is not None and len(live) >= limit.max_running
+            if limit.max_running is not None and len(live) >= limit.max_running:
+                full.setdefault(limit.name, []).append(doc.get("value"))
             eligible = _eligible_at(limit, doc)
             if eligible is not None and eligible > now:
-                over = True
+                paced.setdefault(limit.name, []).append(doc.get("value"))
                 next_start = eligible if next_start is None else min(next_start, eligible)
-            if over:
-                full.setdefault(limit.name, []).append(doc.get("value"))
         self._next_start = None if next_start is None else time.monotonic() + (next_start - now).total_seconds()
-        self._held_back = bool(full)
+        self._held_back = bool(full or paced)
         clauses: list[dict[str, Any]] = []
-        for name, values in full.items():
-            limit = by_name[name]
-            clause: dict[str, Any] = {}
-            if limit.key is not None:
-                clause[limit.key] = {"$in": values}
-            if limit.job_types:
-                clause["type"] = {"$in": list(limit.job_types)}
-            if not clause:
-                return None  # a queue-wide limit is full
-            clauses.append(clause)
+        for group, exempt in ((full, False), (paced, True)):
+            for name, values in group.items():
+                limit = by_name[name]
+                clause: dict[str, Any] = {}
+                if limit.key is not None:
+                    clause[limit.key] = {"$in": values}
+                if limit.job_types:
+                    clause["type"] = {"$in": list(limit.job_types)}
+                if exempt:  # a job that reserved its start (see reserve) is due at its slot
+                    clause[RATE_SLOTS] = {"$nin": [limiter_id(name, value) for value in values]}
+                elif not clause:
+                    return None  # a queue-wide limit is full
+                clauses.append(clause)
         return clauses
 
     def wait_hint(self, interval: float, base: float) -> float:
@@ -220,8 +245,11 @@ class Limiter:
         now: datetime,
         until: datetime,
         refused: set[str],
-    ) -> Optional[Admission]:
+    ) -> Admission | RateRefusal | None:
         """Admit the run (``doc`` under ``token``) into each limiter it falls under; None if one refused.
+
+        A rate that has no start to give now answers a :class:`RateRefusal`,
+        with which the claim can :meth:`reserve` the job's exact start.
 
         Concurrency first (each a conditional ``$push``), then rates (a
         compare-and-set of ``tat``); a refusal takes back what was admitted
@@ -243,11 +271,13 @@ class Limiter:
                 refused.add(lid)
                 return None
             taken.append(lid)
+        reserved = doc.get(RATE_SLOTS) or []
         for (limit, value), lid in zip(covering, ids, strict=True):
-            if limit.rate is not None and not self._spend(lid, limit, value, now):
+            if limit.rate is None or lid in reserved:  # a reserved start was spent when it was reserved
+                continue
+            if self._spend(lid, limit, value, now) is None:
                 self._pull(taken, doc["_id"], token)
-                refused.add(lid)
-                return None
+                return RateRefusal(lid, limit, value)
         for (limit, value), lid in zip(covering, ids, strict=True):
             if limit.fair:  # its turn is taken: it goes to the back of the round
                 served = {"$max": {"served_at": now}, "$setOnInsert": {"limit": limit.name, "value": value}}
@@ -328,20 +358,56 @@ class Limiter:
 
         return call()
 
-    def _spend(self, lid: str, limit: Limit, value: Any, now: datetime) -> bool:
-        """Take one start from a rate limit's GCRA (compare-and-set of ``tat``), by server time."""
+    def ids_of(self, doc: Mapping[str, Any], limits: Sequence[Limit]) -> list[str]:
+        """The limiters that ``doc``'s job falls under."""
+        return [limiter_id(limit.name, limit.value_of(doc)) for limit in limits if limit.applies_to(doc)]
+
+    def reserve(self, refusal: RateRefusal, now: datetime, count: int) -> list[datetime]:
+        """Spend up to ``count`` next starts of a rate within :data:`RATE_HORIZON`, in one compare-and-set.
+
+        Returns their times, one rate interval apart (the waiting jobs' new
+        ``run_at``); fewer when the horizon ends first, none if it is spent.
+        """
+        limit = refusal.limit
+        rate = limit.rate_ms
+        assert rate is not None
+        interval = timedelta(milliseconds=rate[1] / rate[0])
+        tolerance = interval * (limit.burst - 1)
+        for _ in range(5):
+            found = self.limiters.find_one({"_id": refusal.lid}) or {}
+            tat = found.get("tat")
+            first = now if tat is None else max(now, tat - tolerance)
+            slots = [first + interval * n for n in range(count) if first + interval * n - now <= RATE_HORIZON]
+            if not slots or not found:
+                return []
+            new = max(tat or first, first) + interval * len(slots)
+            if self.limiters.update_one({"_id": refusal.lid, "tat": tat}, {"$set": {"tat": new}}).matched_count:
+                opens = time.monotonic() + (slots[0] - now).total_seconds()
+                self._next_start = opens if self._next_start is None else min(self._next_start, opens)
+                return slots
+        return []
+
+    def _spend(
+        self, lid: str, limit: Limit, value: Any, now: datetime, horizon: timedelta = timedelta(0)
+    ) -> Optional[datetime]:
+        """Take the next start of a rate limit's GCRA (compare-and-set of ``tat``), by server time.
+
+        Returns its time: ``now`` when a start is free now, later when one
+        is reserved within ``horizon``; None when none is.
+        """
         rate = limit.rate_ms
         assert rate is not None
         interval = timedelta(milliseconds=rate[1] / rate[0])
         tolerance = interval * (limit.burst - 1)
 
-        def call() -> bool:
+        def call() -> Optional[datetime]:
             for _ in range(5):
                 found = self.limiters.find_one({"_id": lid}) or {}
                 tat = found.get("tat")
-                if tat is not None and tat - tolerance > now:
-                    return False
-                new = max(tat or now, now) + interval
+                slot = now if tat is None else max(now, tat - tolerance)
+                if slot - now > horizon:
+                    return None
+                new = max(tat or slot, slot) + interval
                 try:
                     result = self.limiters.update_one(
                         {"_id": lid, "tat": tat},
@@ -352,8 +418,8 @@ class Limiter:
                 except DuplicateKeyError:
                     continue  # created meanwhile: read it again
                 if result.matched_count or result.upserted_id is not None:
-                    return True
-            return False
+                    return slot
+            return None
 
         return call()
 

@@ -176,8 +176,9 @@ class QueueStatsCollector:
     series are then absent rather than stale). A read is :func:`read_depth`:
     three commands whatever the number of queues, at most ``max_queues`` queue
     labels; the limits add one (two with limits defined), for
-    ``mongo_job_queue_limit_running{limit}`` and ``..._limit_max_running{limit}``. One refresh runs at a time; concurrent scrapes wait for it and
-    share its result, and a failed read is cached too, so a scrape storm
+    ``mongo_job_queue_limit_running{limit}`` and ``..._limit_max_running{limit}``.
+    One refresh runs at a time; concurrent scrapes wait for it and share its
+    result, and a failed read is cached too, so a scrape storm
     during an outage does not pile onto the server.
 
     Args:
