@@ -188,7 +188,7 @@ def test_a_rate_spaces_admissions_by_server_time_and_reserves_exact_starts(make_
 def test_a_tenant_with_a_backlog_does_not_starve_a_small_one(make_queue) -> None:
     producer = make_queue(lease_ms=10_000)  # its bulk inserts run beside a busy worker
     producer.limit("tenants", key="organization", fair=True)
-    worker = make_queue(concurrency=4)
+    worker = make_queue(concurrency=4, lease_ms=10_000)
     order: list[str] = []
     lock = threading.Lock()
 
@@ -212,3 +212,35 @@ def test_a_tenant_with_a_backlog_does_not_starve_a_small_one(make_queue) -> None
     a_meanwhile = after[:last_b].count("A")
     assert a_meanwhile < 200, a_meanwhile
     assert a_meanwhile <= 20 + 3 * 4, a_meanwhile  # one A per B, a claim or two of slack
+
+
+def test_limits_show_in_the_cli_and_in_prometheus(make_queue) -> None:
+    import io
+    import json
+
+    from mongo_job_queue import cli
+    from mongo_job_queue.contrib.prometheus import QueueStatsCollector
+
+    queue = make_queue()
+    queue.limit("per-org", key="organization", max_running=2)
+    queue.register_handler("O", lambda job: None)
+    queue.enqueue("O", {}, organization="acme")
+    claimed = queue.store.jobs.claim(["O"], ["default"], queue.worker.poller.owner)
+    assert claimed is not None
+    out = io.StringIO()
+    assert cli.main(["limits"], queue=queue, out=out, err=io.StringIO()) == 0
+    assert "per-org: key=organization max_running=2" in out.getvalue()
+    assert "per-org[acme]: running 1/2" in out.getvalue()
+    out = io.StringIO()
+    assert cli.main(["limits", "--json"], queue=queue, out=out, err=io.StringIO()) == 0
+    [row] = [r for r in json.loads(out.getvalue())["keys"] if r["limit"] == "per-org"]
+    assert (row["value"], row["running"], row["holders"]) == ("acme", 1, [str(claimed.id)])
+    samples = {
+        (metric.name, tuple(sample.labels.values())): sample.value
+        for metric in QueueStatsCollector(queue, cache_seconds=0).collect()
+        for sample in metric.samples
+    }
+    assert samples[("mongo_job_queue_limit_running", ("per-org",))] == 1
+    assert samples[("mongo_job_queue_limit_max_running", ("per-org",))] == 2
+    queue.store.limits.release(claimed.id, claimed.token)
+    assert queue.limits()["keys"][0]["running"] == 0
