@@ -50,6 +50,10 @@ def _stats(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO
     if paused_types:
         # A paused job type holds back its jobs in every queue: the table alone would not say why.
         print(f"paused job types: {', '.join(paused_types)}", file=out)
+    busy = [row for row in queue.limits()["keys"] if row["running"]]
+    for row in busy:  # the keys that hold runs now (all of them: the limits command)
+        cap = "-" if row["max_running"] is None else row["max_running"]
+        print(f"limit {row['limit']}[{row['value']}]: running {row['running']}/{cap}", file=out)
     return EXIT_OK
 
 

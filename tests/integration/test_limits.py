@@ -232,6 +232,9 @@ def test_limits_show_in_the_cli_and_in_prometheus(make_queue) -> None:
     assert "per-org: key=organization max_running=2" in out.getvalue()
     assert "per-org[acme]: running 1/2" in out.getvalue()
     out = io.StringIO()
+    assert cli.main(["stats"], queue=queue, out=out, err=io.StringIO()) == 0
+    assert "limit per-org[acme]: running 1/2" in out.getvalue()
+    out = io.StringIO()
     assert cli.main(["limits", "--json"], queue=queue, out=out, err=io.StringIO()) == 0
     [row] = [r for r in json.loads(out.getvalue())["keys"] if r["limit"] == "per-org"]
     assert (row["value"], row["running"], row["holders"]) == ("acme", 1, [str(claimed.id)])
