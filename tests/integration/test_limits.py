@@ -247,3 +247,36 @@ def test_limits_show_in_the_cli_and_in_prometheus(make_queue) -> None:
     assert samples[("mongo_job_queue_limit_max_running", ("per-org",))] == 2
     queue.store.limits.release(claimed.id, claimed.token)
     assert queue.limits()["keys"][0]["running"] == 0
+
+
+def test_concurrent_claims_on_one_free_key_admit_exactly_one(make_queue, job_model) -> None:
+    # Write skew: eight claimers see the key free at the same moment; one
+    # atomic admission lets exactly one of them in, round after round.
+    queues = [make_queue() for _ in range(8)]
+    for queue in queues:
+        queue.register_handler("M", lambda job: None)
+    queues[0].enqueue_many({"job_type": "M", "mutex_key": "invoice:42"} for _ in range(40))
+    owner = queues[0].worker.poller.owner
+    queues[0].store.limits.mark_mutex()
+    lock = threading.Lock()
+    for round_ in range(4):
+        barrier = threading.Barrier(len(queues))
+        got: list[Any] = []
+
+        def claim(queue: Any, barrier: threading.Barrier = barrier, got: list[Any] = got) -> None:
+            queue.store.limits.active()  # definitions read before the barrier: the claims start together
+            barrier.wait(30)
+            claimed = queue.store.jobs.claim(["M"], ["default"], owner)
+            with lock:
+                got.append((queue, claimed))
+
+        threads = [threading.Thread(target=claim, args=(queue,)) for queue in queues]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        won = [(queue, claimed) for queue, claimed in got if claimed is not None]
+        assert len(won) == 1, f"round {round_}: {len(won)} claims of one mutex key"
+        queue, claimed = won[0]
+        assert queue.store.jobs.complete(claimed)
+        queue.store.limits.release(claimed.id, claimed.token)
