@@ -250,12 +250,13 @@ def test_limits_show_in_the_cli_and_in_prometheus(make_queue) -> None:
 
 
 def test_concurrent_claims_on_one_free_key_admit_exactly_one(make_queue, job_model) -> None:
-    # Write skew: eight claimers see the key free at the same moment; one
-    # atomic admission lets exactly one of them in, round after round.
+    # Write skew: eight claimers, each of its own job type (so no two contend
+    # for one job document), see the key free at the same moment; one atomic
+    # admission lets exactly one of them in, round after round.
     queues = [make_queue() for _ in range(8)]
-    for queue in queues:
-        queue.register_handler("M", lambda job: None)
-    queues[0].enqueue_many({"job_type": "M", "mutex_key": "invoice:42"} for _ in range(40))
+    for n, queue in enumerate(queues):
+        queue.register_handler(f"M{n}", lambda job: None)
+    queues[0].enqueue_many({"job_type": f"M{n % 8}", "mutex_key": "invoice:42"} for n in range(40))
     owner = queues[0].worker.poller.owner
     queues[0].store.limits.mark_mutex()
     lock = threading.Lock()
@@ -263,14 +264,15 @@ def test_concurrent_claims_on_one_free_key_admit_exactly_one(make_queue, job_mod
         barrier = threading.Barrier(len(queues))
         got: list[Any] = []
 
-        def claim(queue: Any, barrier: threading.Barrier = barrier, got: list[Any] = got) -> None:
+        def claim(n: int, barrier: threading.Barrier = barrier, got: list[Any] = got) -> None:
+            queue = queues[n]
             queue.store.limits.active()  # definitions read before the barrier: the claims start together
             barrier.wait(30)
-            claimed = queue.store.jobs.claim(["M"], ["default"], owner)
+            claimed = queue.store.jobs.claim([f"M{n}"], ["default"], owner)
             with lock:
                 got.append((queue, claimed))
 
-        threads = [threading.Thread(target=claim, args=(queue,)) for queue in queues]
+        threads = [threading.Thread(target=claim, args=(n,)) for n in range(len(queues))]
         for thread in threads:
             thread.start()
         for thread in threads:
