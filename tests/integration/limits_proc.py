@@ -58,7 +58,8 @@ def main(uri: str, db_name: str, concurrency: int, offset_s: float) -> int:
     @queue.handler("LIM")
     def run(job: IntegrationJob) -> None:
         record(db, "start", job)
-        threading.Event().wait(job.data.get("sleep_ms", 5) / 1000)
+        slow = job.attempts <= job.data.get("slow_attempts", job.attempts)
+        threading.Event().wait((job.data.get("sleep_ms", 5) if slow else 5) / 1000)
         record(db, "end", job)
 
     queue.run_worker(stop_timeout=10)

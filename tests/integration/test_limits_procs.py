@@ -124,20 +124,21 @@ def test_mutex_keys_never_run_twice_at_once_across_three_processes(workers, make
 
 
 def test_a_cap_per_organization_holds_across_a_sigkill(workers, make_queue, raw_db) -> None:
-    procs = [workers(4) for _ in range(3)]
-    _ready(raw_db, 3)
-    queue = make_queue(lease_ms=10_000)  # a producer's calls under the load of 24 threads
+    queue = make_queue(lease_ms=10_000)  # a producer's calls under the load of the workers
     queue.limit("per-org", key="organization", max_running=2)
     orgs = [f"org{n}" for n in range(6)]
+    # The victim fills both slots of org0 and org1 with runs it never ends: its holders
+    # must expire with its leases, or those two organizations never run again.
+    held = {"job_type": "LIM", "data": {"sleep_ms": 60_000, "slow_attempts": 1}, "priority": 10, "max_retries": 5}
+    queue.enqueue_many([{**held, "organization": org} for org in ("org0", "org0", "org1", "org1")])
+    victim = workers(4)
+    wait_until(lambda: _starts(raw_db, victim.pid) >= 4, timeout=60, interval=0.2, what="the victim holds 4 slots")
     queue.enqueue_many(
-        {"job_type": "LIM", "data": {"sleep_ms": 300}, "organization": orgs[n % 6], "max_retries": 5} for n in range(72)
+        {"job_type": "LIM", "data": {"sleep_ms": 300}, "organization": orgs[n % 6], "max_retries": 5} for n in range(68)
     )
-    victim = procs[0]
-    wait_until(
-        lambda: _starts(raw_db, victim.pid) >= 2,
-        timeout=60,
-        what="the victim runs jobs",
-    )
+    workers(4)
+    workers(4)
+    _ready(raw_db, 3)
     victim.kill()
     victim.wait(10)
     _mark(raw_db, "killed", victim.pid)
