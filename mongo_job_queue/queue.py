@@ -476,11 +476,7 @@ class PersistentJobQueue(Generic[J]):
         self._indexes_ensured = False
 
     def limit(self, name: str, **options: Any) -> Limit:
-        """Store the limit ``name`` (options: ``key``, ``max_running``, ``rate``, ``burst``, ``job_types``, ``fair``).
-
-        Raises:
-            LimitError: an invalid definition; nothing was stored.
-        """
+        """Store limit ``name`` with ``key``, ``max_running``, ``rate``, ``burst``, ``job_types``, ``fair``."""
         return define_limit(self.store.limits, name, **options)
 
     def remove_limit(self, name: str) -> bool:
