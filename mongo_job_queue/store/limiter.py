@@ -32,6 +32,7 @@ from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
 from ..limits import MUTEX, MUTEX_FIELD, MUTEX_LIMIT, Limit
+from . import rates
 from .handle import JobStore
 
 __all__ = [
@@ -201,7 +202,7 @@ class Limiter:
             live = [h for h in doc.get("holders") or [] if h.get("until") is not None and h["until"] >= now]
             if limit.max_running is not None and len(live) >= limit.max_running:
                 full.setdefault(limit.name, []).append(doc.get("value"))
-            eligible = _eligible_at(limit, doc)
+            eligible = rates.eligible_at(limit, doc)
             if eligible is not None and eligible > now:
                 paced.setdefault(limit.name, []).append(doc.get("value"))
                 next_start = eligible if next_start is None else min(next_start, eligible)
@@ -275,7 +276,7 @@ class Limiter:
         for (limit, value), lid in zip(covering, ids, strict=True):
             if limit.rate is None or lid in reserved:  # a reserved start was spent when it was reserved
                 continue
-            if self._spend(lid, limit, value, now) is None:
+            if rates.spend(self.limiters, lid, limit, value, now) is None:
                 self._pull(taken, doc["_id"], token)
                 return RateRefusal(lid, limit, value)
         for (limit, value), lid in zip(covering, ids, strict=True):
@@ -363,65 +364,12 @@ class Limiter:
         return [limiter_id(limit.name, limit.value_of(doc)) for limit in limits if limit.applies_to(doc)]
 
     def reserve(self, refusal: RateRefusal, now: datetime, count: int) -> list[datetime]:
-        """Spend up to ``count`` next starts of a rate within :data:`RATE_HORIZON`, in one compare-and-set.
-
-        Returns their times, one rate interval apart (the waiting jobs' new
-        ``run_at``); fewer when the horizon ends first, none if it is spent.
-        """
-        limit = refusal.limit
-        rate = limit.rate_ms
-        assert rate is not None
-        interval = timedelta(milliseconds=rate[1] / rate[0])
-        tolerance = interval * (limit.burst - 1)
-        for _ in range(5):
-            found = self.limiters.find_one({"_id": refusal.lid}) or {}
-            tat = found.get("tat")
-            first = now if tat is None else max(now, tat - tolerance)
-            slots = [first + interval * n for n in range(count) if first + interval * n - now <= RATE_HORIZON]
-            if not slots or not found:
-                return []
-            new = max(tat or first, first) + interval * len(slots)
-            if self.limiters.update_one({"_id": refusal.lid, "tat": tat}, {"$set": {"tat": new}}).matched_count:
-                opens = time.monotonic() + (slots[0] - now).total_seconds()
-                self._next_start = opens if self._next_start is None else min(self._next_start, opens)
-                return slots
-        return []
-
-    def _spend(
-        self, lid: str, limit: Limit, value: Any, now: datetime, horizon: timedelta = timedelta(0)
-    ) -> Optional[datetime]:
-        """Take the next start of a rate limit's GCRA (compare-and-set of ``tat``), by server time.
-
-        Returns its time: ``now`` when a start is free now, later when one
-        is reserved within ``horizon``; None when none is.
-        """
-        rate = limit.rate_ms
-        assert rate is not None
-        interval = timedelta(milliseconds=rate[1] / rate[0])
-        tolerance = interval * (limit.burst - 1)
-
-        def call() -> Optional[datetime]:
-            for _ in range(5):
-                found = self.limiters.find_one({"_id": lid}) or {}
-                tat = found.get("tat")
-                slot = now if tat is None else max(now, tat - tolerance)
-                if slot - now > horizon:
-                    return None
-                new = max(tat or slot, slot) + interval
-                try:
-                    result = self.limiters.update_one(
-                        {"_id": lid, "tat": tat},
-                        {"$set": {"tat": new, "interval_ms": interval / timedelta(milliseconds=1)},
-                         "$setOnInsert": {"limit": limit.name, "value": value, "holders": []}},
-                        upsert=not found,
-                    )  # fmt: skip
-                except DuplicateKeyError:
-                    continue  # created meanwhile: read it again
-                if result.matched_count or result.upserted_id is not None:
-                    return slot
-            return None
-
-        return call()
+        """Spend up to ``count`` next starts of a rate within :data:`RATE_HORIZON` (see :func:`.rates.reserve`)."""
+        slots = rates.reserve(self.limiters, refusal.lid, refusal.limit, now, count, RATE_HORIZON)
+        if slots:
+            opens = time.monotonic() + (slots[0] - now).total_seconds()
+            self._next_start = opens if self._next_start is None else min(self._next_start, opens)
+        return slots
 
     def _pull(self, ids: Iterable[str], job_id: ObjectId, token: str) -> None:
         ops = [UpdateOne({"_id": lid}, {"$pull": {"holders": {"job": job_id, "token": token}}}) for lid in ids]
@@ -449,7 +397,7 @@ class Limiter:
             if limit is None:
                 continue
             live = [h for h in doc.get("holders") or [] if h.get("until") is not None and h["until"] >= now]
-            eligible = _eligible_at(limit, doc)
+            eligible = rates.eligible_at(limit, doc)
             rows.append(
                 {
                     "limit": limit.name,
@@ -471,14 +419,3 @@ class Limiter:
 
 def _nothing() -> None:
     """No listener of releases."""
-
-
-def _eligible_at(limit: Limit, doc: Mapping[str, Any]) -> Optional[datetime]:
-    """When the rate of ``limit`` next allows a start on this limiter (GCRA: ``tat`` less the burst tolerance)."""
-    rate = limit.rate_ms
-    tat = doc.get("tat")
-    if rate is None or tat is None:
-        return None
-    interval = timedelta(milliseconds=rate[1] / rate[0])
-    result: datetime = tat - interval * (limit.burst - 1)
-    return result
