@@ -31,6 +31,7 @@ from .errors import (
     JobTimeLimitExceeded,
     JobTimeout,
     LeaseExpired,
+    LimitError,
     LockLost,
     LockUnavailable,
     MalformedJob,
@@ -38,9 +39,11 @@ from .errors import (
     QueueStateError,
     RetryJob,
     ScheduleError,
+    Throttled,
     WorkerShutdown,
     WorkflowError,
 )
+from .limits import Limit
 from .locks import Lease, Lock, LockBackend, fenced_update
 from .middleware import Middleware
 from .model import BaseJob, JobError, LeaseOwner
@@ -85,6 +88,8 @@ __all__ = [
     "Lease",
     "LeaseExpired",
     "LeaseOwner",
+    "Limit",
+    "LimitError",
     "Lock",
     "LockBackend",
     "LockLost",
@@ -100,6 +105,7 @@ __all__ = [
     "ScheduleError",
     "ScheduleInfo",
     "Task",
+    "Throttled",
     "WorkerShutdown",
     "Workflow",
     "WorkflowError",

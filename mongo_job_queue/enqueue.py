@@ -46,7 +46,18 @@ J = TypeVar("J", bound=BaseJob)
 #: The arguments of ``enqueue`` an ``enqueue_many`` item may hold besides the app's
 #: own fields (``unique_key`` is for ``enqueue`` alone).
 _ENQUEUE_KEYS = frozenset(
-    {"job_type", "data", "run_at", "delay_ms", "priority", "queue", "max_retries", "time_limit_ms", *DEPENDENCY_KEYS}
+    {
+        "job_type",
+        "data",
+        "run_at",
+        "delay_ms",
+        "priority",
+        "queue",
+        "max_retries",
+        "time_limit_ms",
+        "mutex_key",
+        *DEPENDENCY_KEYS,
+    }
 )
 
 #: How new documents reach the store: one job, a bulk of them, or the job of a schedule's fire time.
@@ -116,6 +127,13 @@ class JobBuilder(Generic[J]):
                 f"time_limit_ms must be an int from 0 (no limit) to {MAX_DURATION_MS}, got {_short_repr(time_limit_ms)}"
             )
         unique = _unique(spec.get("unique_key"), spec.get("unique_for_ms"))
+        # enqueue() passes it among the app's fields (its signature has none): taken out here.
+        extra = dict(extra)
+        mutex_key = extra.pop("mutex_key", spec.get("mutex_key"))
+        if mutex_key is not None and (not isinstance(mutex_key, str) or not mutex_key or len(mutex_key) > 1000):
+            raise InvalidJobError(
+                f"mutex_key must be a non-empty str of at most 1000 characters, got {mutex_key!r:.80}"
+            )
         run_at = _run_at(spec.get("run_at"), spec.get("delay_ms"), now)
         forbidden = sorted(set(extra) & LIBRARY_FIELDS)
         if forbidden:
@@ -144,6 +162,8 @@ class JobBuilder(Generic[J]):
             fields["unique_key"] = unique[0]
             if unique[1] is not None:
                 fields["unique_until"] = after_ms(now, unique[1])
+        if mutex_key is not None:
+            fields["mutex_key"] = mutex_key
         if schedule is not None:
             fields["schedule"] = schedule
             fields["fire_time"] = fire_time
@@ -306,6 +326,8 @@ class Enqueuer(Generic[J]):
             self.hooks.emit("before_enqueue", doc)
         holder: Optional[dict[str, Any]] = None
         try:
+            if any(doc.get("mutex_key") is not None for doc in docs):
+                self.store.limits.mark_mutex()  # before the insert: no claim may take it unadmitted
             for index, doc in enumerate(docs):
                 self._seal(doc, index if mode == "many" else None, hooked=bool(self.hooks))
             self.store.dependencies.prepare(docs)  # dependencies outside docs exist, and are flagged

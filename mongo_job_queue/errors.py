@@ -129,3 +129,17 @@ class WorkflowError(InvalidJobError):
 
 class DependencyFailed(MongoJobQueueError):
     """Recorded when a blocked job is cancelled because a dependency failed for good or was cancelled."""
+
+
+class LimitError(MongoJobQueueError, ValueError):
+    """A limit definition is invalid (name, key, max_running, rate, burst, job types)."""
+
+
+class Throttled(MongoJobQueueError):
+    """Raised by a handler (say, on an HTTP 429) to run the job again after ``retry_after_ms``, no attempt used."""
+
+    def __init__(self, retry_after_ms: int, reason: str = "throttled") -> None:
+        if isinstance(retry_after_ms, bool) or not isinstance(retry_after_ms, int) or retry_after_ms < 0:
+            raise TypeError(f"Throttled retry_after_ms must be an int >= 0, got {retry_after_ms!r}")
+        super().__init__(reason)
+        self.retry_after_ms = retry_after_ms

@@ -31,7 +31,7 @@ from mongoengine import (
 )
 
 from .config import QueueConfig
-from .errors import JobModelError, QueueStateError
+from .errors import JobModelError, QueueStateError, Throttled
 from .status import ALL_STATUSES, PENDING, JobStatus  # JobStatus: its old import path
 
 __all__ = [
@@ -187,6 +187,10 @@ class BaseJob(Document):
     progress = DictField()
     #: Why the handler's return value was not stored (unencodable, too large).
     result_error = StringField()
+    #: Set by ``enqueue(mutex_key=...)``: at most one job holding it runs at a time (see :doc:`limits`).
+    mutex_key = StringField(max_length=1000)
+    #: The rate limiters that reserved this job's start at its ``run_at`` (see :doc:`limits`).
+    rate_slots = ListField(StringField())
     #: Name of the schedule that enqueued this job, if any.
     schedule = StringField()
     #: The schedule's fire time this job is for (naive UTC); with ``schedule``, unique.
@@ -315,6 +319,14 @@ class BaseJob(Document):
     def failed_dependencies(self) -> dict[str, str]:
         """The dependencies that did not complete, by job id (str), with their status (``continue_with_results``)."""
         return {key: status for key, status in self.dependency_statuses().items() if status != "completed"}
+
+    def throttle(self, retry_after_ms: int) -> None:
+        """Stop this run and run the job again after ``retry_after_ms``, no attempt used (say, on an HTTP 429).
+
+        Raises:
+            Throttled: always; let it propagate out of the handler.
+        """
+        raise Throttled(retry_after_ms)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.pk} {self.type} {self.status} attempt={self.attempts}>"

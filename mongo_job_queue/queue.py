@@ -25,6 +25,7 @@ from .config import ConfigInput, QueueConfig, load_config
 from .enqueue import Enqueuer, JobBuilder
 from .forwarding import decorator_form, method_signature_of, parameters_of, signature_of
 from .handlers import HandlerFn, HandlerRegistry
+from .limits import Limit, define_limit
 from .locks import Lock, LockBackend
 from .middleware import Middleware, MiddlewareChain
 from .model import BaseJob, check_job_model
@@ -422,6 +423,18 @@ class PersistentJobQueue(Generic[J]):
     def retry_batch(self, batch_id: ObjectId | str) -> int:
         """Queue the batch's failed jobs again (a finished batch goes back to sealed); how many."""
         return self._batches.retry(batch_id)
+
+    def limit(self, name: str, **options: Any) -> Limit:
+        """Store limit ``name`` with ``key``, ``max_running``, ``rate``, ``burst``, ``job_types``, ``fair``."""
+        return define_limit(self.store.limits, name, **options)
+
+    def remove_limit(self, name: str) -> bool:
+        """Delete the limit ``name`` for every worker; False if there was none."""
+        return self.store.limits.remove(name)
+
+    def limits(self) -> dict[str, Any]:
+        """The stored limits (``definitions``) and every limiter's ``running`` holders and next start (``keys``)."""
+        return {"definitions": self.store.limits.stored(), "keys": self.store.limits.snapshot()}
 
 
 @signature_of(PersistentJobQueue)

@@ -157,8 +157,8 @@ def job_model(db_name: str) -> type[IntegrationJob]:
     IntegrationJob.drop_collection()
     # The queue's control collection (pause and schedule state) beside it.
     IntegrationJob._get_db().drop_collection(f"{IntegrationJob._get_collection_name()}_control")
-    # The worker registry and the admin UI's audit trail beside it.
-    for suffix in ("_workers", "_audit"):
+    # The worker registry, the admin UI's audit trail and the limits beside it.
+    for suffix in ("_workers", "_audit", "_limits", "_limiters"):
         IntegrationJob._get_db().drop_collection(f"{IntegrationJob._get_collection_name()}{suffix}")
     # No ensure_indexes(): a fresh collection, as a new app's first enqueue meets it.
     return IntegrationJob

@@ -1,4 +1,5 @@
-"""The administration commands: stats, enqueue, retry, cancel, pause, resume, purge, schedules, jobs, workers, batches.
+"""The administration commands: stats, enqueue, retry, cancel, pause, resume, purge, schedules, jobs, workers,
+batches, limits.
 
 Each takes the queue, the parsed arguments and the two output streams, and
 returns an exit code; :data:`ADMIN_COMMANDS` maps a command's name to it.
@@ -51,6 +52,10 @@ def _stats(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO
     if paused_types:
         # A paused job type holds back its jobs in every queue: the table alone would not say why.
         print(f"paused job types: {', '.join(paused_types)}", file=out)
+    busy = [row for row in queue.limits()["keys"] if row["running"]]
+    for row in busy:  # the keys that hold runs now (all of them: the limits command)
+        cap = "-" if row["max_running"] is None else row["max_running"]
+        print(f"limit {row['limit']}[{row['value']}]: running {row['running']}/{cap}", file=out)
     return EXIT_OK
 
 
@@ -178,6 +183,34 @@ def _schedules(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: Te
     return EXIT_OK
 
 
+def _limits(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    view = queue.limits()
+    if args.json:
+        rows = {
+            "definitions": [dataclasses.asdict(limit) for limit in view["definitions"]],
+            "keys": [
+                {**row, "value": str(row["value"]), "next_start_at": iso(row["next_start_at"])} for row in view["keys"]
+            ],
+        }
+        print(json.dumps(rows, indent=2, default=str), file=out)
+        return EXIT_OK
+    if not view["definitions"] and not view["keys"]:
+        print("(no limits)", file=out)
+        return EXIT_OK
+    for limit in view["definitions"]:
+        parts = [f"key={limit.key}" if limit.key else "no key"]
+        parts += [f"max_running={limit.max_running}"] if limit.max_running else []
+        parts += [f"rate={limit.rate} burst={limit.burst}"] if limit.rate else []
+        parts += [f"types={','.join(limit.job_types)}"] if limit.job_types else []
+        parts += ["fair"] if limit.fair else []
+        print(f"{limit.name}: {' '.join(parts)}", file=out)
+    for row in view["keys"]:
+        cap = "-" if row["max_running"] is None else row["max_running"]
+        nxt = f"  next start {iso(row['next_start_at'])}" if row["next_start_at"] else ""
+        print(f"  {row['limit']}[{row['value']}]: running {row['running']}/{cap}{nxt}", file=out)
+    return EXIT_OK
+
+
 ADMIN_COMMANDS: dict[str, Callable[[PersistentJobQueue[Any], argparse.Namespace, TextIO, TextIO], int]] = {
     "stats": _stats,
     "enqueue": _enqueue,
@@ -190,4 +223,5 @@ ADMIN_COMMANDS: dict[str, Callable[[PersistentJobQueue[Any], argparse.Namespace,
     "jobs": jobs_command,
     "workers": workers_command,
     "batches": batches_command,
+    "limits": _limits,
 }

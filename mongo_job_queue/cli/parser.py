@@ -140,6 +140,8 @@ def build_parser(prog: str = "mongo-job-queue", *, with_app: bool = True) -> arg
     add_worker_arguments(command("worker", "run a worker in the foreground until SIGTERM/SIGINT"))
     stats = command("stats", "job counts by queue and status, and the age of the oldest due job")
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    limits = command("limits", "limits and mutex keys: definitions, running holders per key, next start of a rate")
+    limits.add_argument("--json", action="store_true", help="print JSON instead of text")
     schedules = command("schedules", "schedules with their next and last fire times (times in UTC)")
     schedules.add_argument("--json", action="store_true", help="print JSON instead of text")
     enqueue = command("enqueue", "enqueue one job and print its id")

@@ -84,6 +84,8 @@ class JobStore:
       blocked jobs, released by their dependencies' final writes.
     * :attr:`batches` (:class:`~mongo_job_queue.store.batches.BatchDocs`):
       batch documents, and a batch's counts read from its jobs.
+    * :attr:`limits` (:class:`~mongo_job_queue.store.limiter.Limiter`):
+      limit definitions and limiter documents, admitted inside the claim.
 
     Two rules hold for every write about a job:
 
@@ -121,6 +123,7 @@ class JobStore:
         from .dependencies import Dependencies
         from .indexes import Indexes
         from .jobs import Jobs
+        from .limiter import Limiter
         from .shardkey import ShardKey
         from .workers import WorkerDocs
 
@@ -139,6 +142,8 @@ class JobStore:
         self.finals = FinalWrites(self.log)
         self.shard_key = ShardKey(job_model)  # the app's declared shard key, added to the filters about a job
         self.indexes = Indexes(self)
+        #: Concurrency limits, mutex keys and rate limits, admitted inside the claim (see limiter.py).
+        self.limits = Limiter(self)
         self.jobs = Jobs(self, self.indexes)
         self.control = Control(self)
         self.admin = Admin(self, self.control)
@@ -189,6 +194,7 @@ class JobStore:
     def after_fork_in_child(self) -> None:
         """Called by the after-fork hook: a lock held by a parent thread at fork() stays held forever in the child."""
         self._sync_lock = threading.Lock()
+        self.limits.after_fork_in_child()
 
     def ensure_indexes(self) -> None:
         """Create and check the model's indexes now, and the retention TTL indexes; idempotent (see :attr:`indexes`)."""

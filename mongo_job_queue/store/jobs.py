@@ -35,8 +35,8 @@ class Jobs:
         self._store = store
         self._indexes = indexes
         outcomes = Outcomes(store)
-        claims = Claims(store, outcomes)
-        leases = Leases(store)
+        claims = Claims(store, outcomes, store.limits)
+        leases = Leases(store, store.limits)
         # The claim path (claims.py).
         self.claim = claims.claim
         self.claim_batch = claims.claim_batch
@@ -57,6 +57,7 @@ class Jobs:
         self.reschedule = outcomes.reschedule
         self.fail = outcomes.fail
         self.release = outcomes.release
+        self.throttle = outcomes.throttle
         self.cancel_claimed = outcomes.cancel_claimed
         self.abandon = outcomes.abandon
         self.write_progress = outcomes.write_progress
