@@ -166,7 +166,10 @@ class Admin:
         unknown = set(statuses) - set(FINISHED)
         if unknown:
             raise ValueError(f"only finished jobs can be purged, not {sorted(unknown)}")
-        filt = {"status": {"$in": list(statuses)}, "finished_at": {"$lt": finished_before}}
+        filt: dict[str, Any] = {"status": {"$in": list(statuses)}, "finished_at": {"$lt": finished_before}}
+        held = self._store.dependencies.held()  # ended jobs whose outcome a blocked dependent has not copied yet
+        if held:
+            filt["_id"] = {"$nin": held}
         return self._store.retry(lambda: self._store.collection.delete_many(filt).deleted_count, "purge")
 
     def queue_stats(self) -> dict[str, dict[str, Any]]:

@@ -29,7 +29,7 @@ from pymongo import ReturnDocument
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
-from ..status import ALL_STATUSES, CANCELLED, PENDING, PROCESSING
+from ..status import ALL_STATUSES, BLOCKED, CANCELLED, PENDING, PROCESSING
 from .finals import FinalJob
 from .handle import JobStore
 from .marks import as_stored, new_mark, pushed_mark
@@ -197,7 +197,7 @@ class Control:
         """
         now = as_stored(self._store.now())
         mark = new_mark()
-        filt = {"_id": job_id, "status": {"$in": [PENDING, PROCESSING]}}
+        filt = {"_id": job_id, "status": {"$in": [PENDING, PROCESSING, BLOCKED]}}
         outcomes = {_did(mark, "cancelled"): "cancelled", _did(mark, "requested"): "requested"}
         tries = 0
 
@@ -218,7 +218,7 @@ class Control:
                     break
             if before is None:
                 return None  # finished or missing
-            if before.get("status") == PENDING:
+            if before.get("status") in (PENDING, BLOCKED):
                 told.append(before)
                 return "cancelled"
             return "requested"
@@ -249,7 +249,8 @@ class Control:
         now = as_stored(self._store.now())
         mark = new_mark()
         flaggable = {"status": PROCESSING, "cancel_requested": {"$ne": True}}
-        match = {**filt, "$or": [{"status": PENDING}, flaggable]} if running else {**filt, "status": PENDING}
+        waiting = {"status": {"$in": [PENDING, BLOCKED]}}
+        match = {**filt, "$or": [waiting, flaggable]} if running else {**filt, **waiting}
         cancelled_mark, requested_mark = _did(mark, "cancelled"), _did(mark, "requested")
         any_status = {**filt, "status": {"$in": list(ALL_STATUSES)}}
         # A job flagged by one try and cancelled by a later one (its worker let it go) counts once.
@@ -284,7 +285,7 @@ def _did(mark: str, outcome: str) -> str:
 
 def _cancel_pipeline(now: datetime, mark: str) -> list[dict[str, Any]]:
     """An update that cancels a pending job and flags a processing one, by the status it finds, under ``mark``."""
-    pending = {"$eq": ["$status", PENDING]}
+    pending = {"$in": ["$status", [PENDING, BLOCKED]]}  # a blocked job is cancelled like a pending one
     did = {"$cond": [pending, _did(mark, "cancelled"), _did(mark, "requested")]}
     return [
         {

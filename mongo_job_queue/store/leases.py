@@ -19,6 +19,7 @@ from pymongo import UpdateOne
 from ..clock import after_ms
 from ..status import PROCESSING
 from .handle import JobStore
+from .limiter import Limiter
 
 __all__ = ["ClaimedJob", "Heartbeat", "Leases", "fence", "rekey"]
 
@@ -92,10 +93,11 @@ class Heartbeat:
 
 
 class Leases:
-    """Renews the leases of running jobs, carrying their buffered progress."""
+    """Renews the leases of running jobs, carrying their buffered progress, and their limiters' holders."""
 
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStore, limiter: Limiter) -> None:
         self._store = store
+        self._limiter = limiter
 
     def renew_leases(self, leases: Mapping[ObjectId, str]) -> set[ObjectId]:
         """Extend the lease of every job in ``leases``; return the ids whose lease is gone."""
@@ -167,4 +169,11 @@ class Leases:
             finished = set(ours) - held
             return Heartbeat(set(leases) - set(ours), cancel, finished)
 
-        return store.retry(call, "renew_leases")
+        beat: Heartbeat = store.retry(call, "renew_leases")
+        # The runs still held: their limiters' holders live as long as their leases.
+        kept = {job_id: token for job_id, token in leases.items() if job_id not in beat.lost}
+        try:
+            self._limiter.extend(kept, after_ms(store.now(), store.config.lease_ms))
+        except Exception as exc:  # noqa: BLE001 - the next beat extends them; the leases are renewed
+            store.log.warning("could not extend the limiter holders of %d run(s): %r", len(kept), exc)
+        return beat

@@ -203,6 +203,15 @@ class Outcomes:
         }
         return self._fenced(job, update, PENDING, "release", uncancelled=True)
 
+    def throttle(self, job: ClaimedJob, run_at: datetime) -> bool:
+        """Back to ``pending`` at ``run_at``, attempt not counted (a 429); False if the lease is lost first."""
+        update = {
+            "$set": {"status": PENDING, "run_at": run_at, "updated_at": self._store.now()},
+            "$inc": {"attempts": -1},
+            "$unset": {"lease_expires_at": ""},
+        }
+        return self._fenced(job, update, PENDING, "throttle", uncancelled=True)
+
     def cancel_claimed(self, job: ClaimedJob) -> bool:
         """End a claimed job ``cancelled`` (fenced); False if the lease was lost."""
         ended = self._fenced(job, _ended(CANCELLED, self._store.now()), CANCELLED, "cancel_claimed")

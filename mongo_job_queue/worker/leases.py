@@ -177,4 +177,5 @@ class LeaseKeeper:
                 log_job(
                     self.log, logging.WARNING, c.doc, "lease lapsed while the claim was in flight; not started here"
                 )
+                self.store.limits.release(c.id, c.token)  # never runs here: its limiter slots are free
         return [c for c in claimed if c.id not in lost]
