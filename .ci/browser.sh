@@ -6,21 +6,8 @@
 # Never fails the run: where it cannot install (not root, no apt-get), the browser
 # tests are skipped and print why.
 set -uo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/apt-install.sh"
 
-command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || missing=yes
-[ -z "${missing:-}" ] && exit 0
-
-if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-    echo "browser: chromium missing and not installable here (needs root and apt-get);" \
-        "the admin UI browser tests will be skipped" >&2
-    exit 0
-fi
-export DEBIAN_FRONTEND=noninteractive
-echo "browser: installing chromium chromium-driver" >&2
-if ! apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; then
-    # The package lists may be absent or stale on a fresh machine.
-    apt-get update -q >/dev/null 2>&1
-    apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 ||
-        echo "browser: could not install chromium; the admin UI browser tests will be skipped" >&2
-fi
+command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] ||
+    apt_install browser "the admin UI browser tests will be skipped" chromium chromium-driver
 exit 0

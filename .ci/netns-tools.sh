@@ -5,23 +5,11 @@
 # the test itself when they are missing. Never fails the run: where it cannot
 # install (not root, no apt-get), the test is skipped and prints why.
 set -uo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/apt-install.sh"
 
 missing=()
 command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing+=(iproute2)
 command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || [ -x /sbin/iptables ] || missing+=(iptables)
-[ "${#missing[@]}" -eq 0 ] && exit 0
-
-if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-    echo "netns-tools: ${missing[*]} missing and not installable here (needs root and apt-get);" \
-        "the network partition test will be skipped" >&2
-    exit 0
-fi
-export DEBIAN_FRONTEND=noninteractive
-echo "netns-tools: installing ${missing[*]}" >&2
-if ! apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null 2>&1; then
-    # The package lists may be absent or stale on a fresh machine.
-    apt-get update -q >/dev/null 2>&1
-    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null 2>&1 ||
-        echo "netns-tools: could not install ${missing[*]}; the network partition test will be skipped" >&2
-fi
+[ "${#missing[@]}" -eq 0 ] ||
+    apt_install netns-tools "the network partition test will be skipped" --no-install-recommends "${missing[@]}"
 exit 0

@@ -11,8 +11,13 @@ every host idle and settled, the same counters give the idle cost per host,
 against a baseline taken before any host started.
 
 Needs root (``ip netns``, veth, bridge); everything it creates is named
-``mjqh<pid>...`` and removed at the end, and leftovers of a killed run are
-removed at the next start. Default run: about two minutes.
+after its pid (``mjqh<pid>...`` links and namespaces, ``mjq-hosts-<pid>-*``
+storage) and removed at the end, on SIGTERM and SIGINT too and when a setup
+step fails; the workers run in their own sessions and are killed by
+process group, with whatever is left in a namespace before it is deleted.
+Leftovers of a run killed with SIGKILL are removed at the next start. The
+full pid keeps two runs' names apart (link names fit in 15 characters up
+to a 7-digit pid and 1000 hosts). Default run: about two minutes.
 """
 
 from __future__ import annotations
@@ -58,18 +63,60 @@ def unavailable_reason() -> Optional[str]:
     return None
 
 
+_STORAGE_PREFIX = "mjq-hosts-"
+
+
+def _namespaces() -> list[str]:
+    return [line.split()[0] for line in _run("ip", "netns", "list", check=False).stdout.splitlines() if line.split()]
+
+
+def _links() -> list[str]:
+    lines = _run("ip", "-o", "link", "show", check=False).stdout.splitlines()
+    return [line.split(":")[1].strip().split("@")[0] for line in lines if line.count(":") >= 2]
+
+
+def _owner(name: str) -> str:
+    """The run's pid in one of its names (``mjqh<pid>-<i>``, ``mjqh<pid>br``, ``mjqh<pid>h<i>``/``n<i>``)."""
+    rest = name[len(_PREFIX) :] if name.startswith(_PREFIX) else ""
+    digits = ""
+    for char in rest:
+        if not char.isdigit():
+            break
+        digits += char
+    return digits
+
+
+def _delete_namespace(ns: str) -> None:
+    """Kill what still runs in ``ns`` (a worker that escaped its process group), then delete it."""
+    for pid in _run("ip", "netns", "pids", ns, check=False).stdout.split():
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+    _run("ip", "netns", "del", ns, check=False)
+
+
+def _remove_run(tag: str) -> None:
+    """Every namespace, link and storage directory named after run ``tag``."""
+    for ns in _namespaces():
+        if ns.startswith(_PREFIX) and _owner(ns) == tag:
+            _delete_namespace(ns)
+    for link in _links():  # the veths whose namespace never got its end, and the bridge
+        if link.startswith(_PREFIX) and _owner(link) == tag:
+            _run("ip", "link", "del", link, check=False)
+    for path in Path(tempfile.gettempdir()).glob(f"{_STORAGE_PREFIX}{tag}-*"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _remove_orphans() -> None:
-    """Namespaces and bridges of runs killed before they cleaned up (their pid is gone)."""
-    for name in _run("ip", "netns", "list", check=False).stdout.split():
-        if name.startswith(_PREFIX) and "-" in name:
-            pid = name[len(_PREFIX) :].split("-")[0]
-            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-                _run("ip", "netns", "del", name, check=False)
-    for line in _run("ip", "-o", "link", "show", "type", "bridge", check=False).stdout.splitlines():
-        name = line.split(":")[1].strip().split("@")[0]
-        pid = name[len(_PREFIX) : -2] if name.startswith(_PREFIX) and name.endswith("br") else ""
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            _run("ip", "link", "del", name, check=False)
+    """What runs killed before they cleaned up left behind (their pid is gone)."""
+    tags = {_owner(name) for name in [*_namespaces(), *_links()] if name.startswith(_PREFIX)}
+    tags |= {
+        p.name[len(_STORAGE_PREFIX) :].split("-")[0] for p in Path(tempfile.gettempdir()).glob(f"{_STORAGE_PREFIX}*")
+    }
+    for tag in tags:
+        if tag.isdigit() and not Path(f"/proc/{tag}").exists():
+            _remove_run(tag)
 
 
 class Hosts:
@@ -77,8 +124,10 @@ class Hosts:
 
     def __init__(self, count: int) -> None:
         self.count = count
-        self.tag = os.getpid()
-        self.bridge = f"{_PREFIX}{self.tag % 100_000}br"
+        if count > 1000:
+            raise ValueError("at most 1000 hosts (their link names must fit in 15 characters)")
+        self.tag = str(os.getpid())
+        self.bridge = f"{_PREFIX}{self.tag}br"
         self.net = self._free_net()
         self.server_addr = str(self.net[1])
         self.names = [f"{_PREFIX}{self.tag}-{i}" for i in range(count)]
@@ -102,12 +151,22 @@ class Hosts:
         raise RuntimeError("no free /24 in 198.18.128.0/17")
 
     def open(self) -> Hosts:
+        """Make the bridge and the namespaces; on any failure remove what was made, and raise."""
         _remove_orphans()
+        _remove_run(self.tag)  # a dead run whose pid this one reuses
+        try:
+            self._make()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _make(self) -> None:
         _run("ip", "link", "add", self.bridge, "type", "bridge")
         _run("ip", "addr", "add", f"{self.server_addr}/24", "dev", self.bridge)
         _run("ip", "link", "set", self.bridge, "up")
         for i, ns in enumerate(self.names):
-            outside, inside = f"{_PREFIX}{self.tag % 100_000}h{i}", f"{_PREFIX}{self.tag % 100_000}n{i}"
+            outside, inside = f"{_PREFIX}{self.tag}h{i}", f"{_PREFIX}{self.tag}n{i}"
             _run("ip", "netns", "add", ns)
             _run("ip", "link", "add", outside, "type", "veth", "peer", "name", inside)
             _run("ip", "link", "set", inside, "netns", ns)
@@ -116,12 +175,10 @@ class Hosts:
             _run("ip", "netns", "exec", ns, "ip", "addr", "add", f"{self.net[10 + i]}/24", "dev", inside)
             _run("ip", "netns", "exec", ns, "ip", "link", "set", inside, "up")
             _run("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
-        return self
 
     def close(self) -> None:
-        for ns in self.names:
-            _run("ip", "netns", "del", ns, check=False)  # its end of each veth pair goes with it, and the other end
-        _run("ip", "link", "del", self.bridge, check=False)
+        """Remove every namespace (with what still runs in it), veth and bridge of this run."""
+        _remove_run(self.tag)
 
 
 def _serve(addr: str, path: str) -> int:
@@ -164,20 +221,44 @@ def _wait(predicate: Any, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
+def _stop(procs: list[subprocess.Popen[Any]]) -> None:
+    """SIGTERM each process group (its own session), then SIGKILL the groups still there after 30 s."""
+    for proc in procs:
+        _signal_group(proc, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        _signal_group(proc, signal.SIGKILL)  # the group's other members too, if any outlived its leader
+        proc.wait()
+
+
+def _signal_group(proc: subprocess.Popen[Any], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     steps = sorted(set(args.hosts))
-    hosts = Hosts(max(steps)).open()
-    workers: list[subprocess.Popen[bytes]] = []
-    storage = tempfile.mkdtemp(prefix="mjq-hosts-")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "bench.hosts", _SERVE, hosts.server_addr, storage],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
+    hosts = Hosts(max(steps))
+    workers: list[subprocess.Popen[Any]] = []
+    server: Optional[subprocess.Popen[str]] = None
     db = f"mjq_hosts_{os.getpid()}"
     try:
+        hosts.open()
+        storage = tempfile.mkdtemp(prefix=f"{_STORAGE_PREFIX}{hosts.tag}-")
+        server = subprocess.Popen(
+            [sys.executable, "-m", "bench.hosts", _SERVE, hosts.server_addr, storage],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            start_new_session=True,
+        )
         assert server.stdout is not None
         uri = server.stdout.readline().strip()
         if not uri.startswith("mongodb://"):
@@ -228,6 +309,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             cwd=REPO,
                             stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL,
+                            start_new_session=True,  # killed by process group at the end, whatever it started
                         )
                     )
             started = step
@@ -273,23 +355,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         client.close()
         return results
     finally:
-        for proc in workers:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in workers:
+        _stop(workers)
+        if server is not None:
+            if server.stdin:
+                server.stdin.close()  # the server stops when its stdin closes
             try:
-                proc.wait(timeout=30)
+                server.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if server.stdin:
-            server.stdin.close()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        hosts.close()
-        shutil.rmtree(storage, ignore_errors=True)
+                pass
+            _stop([server])
+        hosts.close()  # the namespaces, with anything still running in them, and the storage
+
+
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _ints(text: str) -> list[int]:
@@ -315,6 +394,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if reason:
         print(f"python -m bench.hosts: {reason}", file=sys.stderr)
         return 2
+    signal.signal(signal.SIGTERM, _exit_on_signal)  # run()'s cleanup runs, as it does for Ctrl-C
+    signal.signal(signal.SIGHUP, _exit_on_signal)
     results = run(args)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

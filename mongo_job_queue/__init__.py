@@ -9,16 +9,20 @@ a thread pool and retries failures with tenacity-driven backoff.
 from __future__ import annotations
 
 from ._deprecation import moved as _moved
+from .batches import Batch, BatchInfo
 from .chunks import ChunkResult, JobOutcome
 from .config import QueueConfig
 from .errors import (
+    BatchSealedError,
     ChunkJobFailed,
     ChunkResultError,
     ConfigError,
+    DependencyFailed,
     EagerJobFailed,
     FailJob,
     HandlerError,
     IndexSetupError,
+    InvalidBatchError,
     InvalidJobError,
     InvalidJobIdError,
     InvalidLockError,
@@ -27,6 +31,7 @@ from .errors import (
     JobTimeLimitExceeded,
     JobTimeout,
     LeaseExpired,
+    LimitError,
     LockLost,
     LockUnavailable,
     MalformedJob,
@@ -34,8 +39,11 @@ from .errors import (
     QueueStateError,
     RetryJob,
     ScheduleError,
+    Throttled,
     WorkerShutdown,
+    WorkflowError,
 )
+from .limits import Limit
 from .locks import Lease, Lock, LockBackend, fenced_update
 from .middleware import Middleware
 from .model import BaseJob, JobError, LeaseOwner
@@ -45,21 +53,27 @@ from .schedules.manager import ScheduleInfo
 from .schedules.service import Fire
 from .status import JobStatus
 from .tasks import Task
+from .workflows import JobSpec, Workflow, chain, chord, group
 
 __version__ = "1.1.0"
 
 __all__ = [
     "BaseJob",
+    "Batch",
+    "BatchInfo",
+    "BatchSealedError",
     "CatchUp",
     "ChunkJobFailed",
     "ChunkResult",
     "ChunkResultError",
     "ConfigError",
+    "DependencyFailed",
     "EagerJobFailed",
     "FailJob",
     "Fire",
     "HandlerError",
     "IndexSetupError",
+    "InvalidBatchError",
     "InvalidJobError",
     "InvalidJobIdError",
     "InvalidLockError",
@@ -67,12 +81,15 @@ __all__ = [
     "JobError",
     "JobModelError",
     "JobOutcome",
+    "JobSpec",
     "JobStatus",
     "JobTimeLimitExceeded",
     "JobTimeout",
     "Lease",
     "LeaseExpired",
     "LeaseOwner",
+    "Limit",
+    "LimitError",
     "Lock",
     "LockBackend",
     "LockLost",
@@ -88,10 +105,16 @@ __all__ = [
     "ScheduleError",
     "ScheduleInfo",
     "Task",
+    "Throttled",
     "WorkerShutdown",
+    "Workflow",
+    "WorkflowError",
     "__version__",
+    "chain",
+    "chord",
     "create_job_queue",
     "fenced_update",
+    "group",
 ]
 
 # A development tool's error, no longer exported here: mongo_job_queue.dev.embedded has it.

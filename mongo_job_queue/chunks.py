@@ -23,9 +23,9 @@ from bson.errors import InvalidId
 
 from .clock import MAX_DURATION_MS
 from .errors import ChunkJobFailed, ChunkResultError, FailJob, HandlerError, JobCancelled, RetryJob
-from .handlers import ChunkSpec, HandlerRegistry
+from .handlers import ChunkSpec, Handler, HandlerRegistry
 from .model import BaseJob
-from .retry import RetryStrategy, StopStrategy, WaitStrategy
+from .retry import RetryPolicy, RetryStrategy, StopStrategy, WaitStrategy
 
 __all__ = ["MAX_CHUNK_SIZE", "BatchHandlerFn", "ChunkResult", "JobOutcome", "register_batch_handler"]
 
@@ -206,13 +206,5 @@ def register_batch_handler(
     if not callable(fn):
         raise HandlerError(f"batch handler for {job_type!r} must be callable, got {type(fn).__name__}")
     spec = ChunkSpec(fn, max_size, max_wait_ms, _stored_key(model, key))
-    registry.register(
-        job_type,
-        _one_job(fn),
-        stop=stop,
-        wait=wait,
-        retry=retry,
-        max_retries=max_retries,
-        time_limit_ms=time_limit_ms,
-        chunk=spec,
-    )
+    policy = RetryPolicy(stop=stop, wait=wait, retry=retry)
+    registry.add(Handler(job_type, _one_job(fn), policy, max_retries, time_limit_ms, spec))

@@ -132,6 +132,9 @@ class QueueConfig:
         hygiene_interval_ms: How often this worker looks for job documents
             damaged by hand edits (unknown status, ill-typed fields) and fails
             them with the reason.
+        dependency_sweep_interval_ms: How often this worker re-checks blocked
+            jobs (``depends_on``) for a release notice lost to a crash; the
+            final write of the last dependency releases them without it.
         retention_completed_ms: How long a ``completed`` job is kept after it
             finished (7 days), by a TTL index; ``None`` keeps it forever. A
             change is applied at the next start; unfinished jobs are never
@@ -187,6 +190,7 @@ class QueueConfig:
     change_stream_max_await_ms: int = 20_000
     clock_sync_interval_ms: int = 60_000
     hygiene_interval_ms: int = 600_000
+    dependency_sweep_interval_ms: int = 60_000
     retention_completed_ms: Optional[int] = 7 * _DAY_MS
     retention_failed_ms: Optional[int] = 30 * _DAY_MS
     retention_cancelled_ms: Optional[int] = 30 * _DAY_MS

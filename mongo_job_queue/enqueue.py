@@ -32,11 +32,12 @@ from .handlers import HandlerRegistry
 from .known_types import KnownTypes
 from .middleware import MiddlewareChain
 from .model import LIBRARY_FIELDS, BaseJob
-from .status import COMPLETED, PENDING
+from .status import BLOCKED, COMPLETED, PENDING
 from .store import JobStore
 from .validation import check_document, check_nested, check_payload, stored_job_problems
 from .worker import Worker
 from .worker.wakeup import namespace_of
+from .workflows import DEPENDENCY_KEYS, Part, encode_dependencies, plan
 
 __all__ = ["EagerFlags", "Enqueuer", "JobBuilder"]
 
@@ -45,11 +46,22 @@ J = TypeVar("J", bound=BaseJob)
 #: The arguments of ``enqueue`` an ``enqueue_many`` item may hold besides the app's
 #: own fields (``unique_key`` is for ``enqueue`` alone).
 _ENQUEUE_KEYS = frozenset(
-    {"job_type", "data", "run_at", "delay_ms", "priority", "queue", "max_retries", "time_limit_ms"}
+    {
+        "job_type",
+        "data",
+        "run_at",
+        "delay_ms",
+        "priority",
+        "queue",
+        "max_retries",
+        "time_limit_ms",
+        "mutex_key",
+        *DEPENDENCY_KEYS,
+    }
 )
 
 #: How new documents reach the store: one job, a bulk of them, or the job of a schedule's fire time.
-InsertMode = Literal["one", "many", "fire"]
+InsertMode = Literal["one", "many", "fire", "graph"]
 
 
 @dataclass(eq=False)
@@ -72,10 +84,13 @@ class JobBuilder(Generic[J]):
         *,
         schedule: Optional[str] = None,
         fire_time: Optional[datetime] = None,
+        managed: Optional[Mapping[str, Any]] = None,
     ) -> dict[str, Any]:
         """The document of ``spec`` (enqueue's arguments) and ``extra`` (the app's fields), each field checked.
 
         ``schedule`` and ``fire_time`` mark the job of a schedule's fire time.
+        ``managed``: fields the queue itself sets (a batch's ``batch_id``, a
+        callback's preset ``_id``), never the app's ``extra``.
         The document is not encoded yet: hooks may still add to it, then
         :meth:`seal` checks the whole.
         """
@@ -112,6 +127,13 @@ class JobBuilder(Generic[J]):
                 f"time_limit_ms must be an int from 0 (no limit) to {MAX_DURATION_MS}, got {_short_repr(time_limit_ms)}"
             )
         unique = _unique(spec.get("unique_key"), spec.get("unique_for_ms"))
+        # enqueue() passes it among the app's fields (its signature has none): taken out here.
+        extra = dict(extra)
+        mutex_key = extra.pop("mutex_key", spec.get("mutex_key"))
+        if mutex_key is not None and (not isinstance(mutex_key, str) or not mutex_key or len(mutex_key) > 1000):
+            raise InvalidJobError(
+                f"mutex_key must be a non-empty str of at most 1000 characters, got {mutex_key!r:.80}"
+            )
         run_at = _run_at(spec.get("run_at"), spec.get("delay_ms"), now)
         forbidden = sorted(set(extra) & LIBRARY_FIELDS)
         if forbidden:
@@ -140,16 +162,29 @@ class JobBuilder(Generic[J]):
             fields["unique_key"] = unique[0]
             if unique[1] is not None:
                 fields["unique_until"] = after_ms(now, unique[1])
+        if mutex_key is not None:
+            fields["mutex_key"] = mutex_key
         if schedule is not None:
             fields["schedule"] = schedule
             fields["fire_time"] = fire_time
+        if spec.get("depends_on"):  # blocked until they end (see workflows.rst)
+            ids, policies = encode_dependencies(spec["depends_on"], spec.get("on_dependency_failure", "cancel"))
+            fields.update(status=BLOCKED, depends_on=ids, dependency_policies=policies)
+        elif spec.get("on_dependency_failure") is not None:
+            encode_dependencies((), spec["on_dependency_failure"])  # a bad policy is refused even without depends_on
+        own = dict(managed or {})
+        job_id = own.pop("_id", None) or ObjectId()
+        fields.update(own)
         try:
             job = self.job_model(**fields, **extra)
             job.validate()
         except (FieldDoesNotExist, ValidationError, NotRegistered) as exc:
             raise InvalidJobError(_rejection(self.job_model, extra, exc)) from exc
         doc: dict[str, Any] = job.to_mongo().to_dict()
-        doc["_id"] = ObjectId()
+        for key in ("depends_on", "dependency_policies", "dependency_outcomes"):
+            if not doc.get(key):
+                doc.pop(key, None)  # only a dependent job carries them
+        doc["_id"] = job_id
         return doc
 
     def seal(self, doc: Mapping[str, Any], *, hooked: bool = False) -> int:
@@ -166,8 +201,8 @@ class JobBuilder(Generic[J]):
 
     def _recheck(self, doc: Mapping[str, Any]) -> None:
         problems = stored_job_problems(doc)
-        if doc.get("status") != PENDING or doc.get("attempts") != 0:
-            problems.append("a new job must be pending with 0 attempts")
+        if doc.get("status") != (BLOCKED if doc.get("depends_on") else PENDING) or doc.get("attempts") != 0:
+            problems.append("a new job must be pending (blocked, with depends_on) with 0 attempts")
         if not problems:
             try:
                 check_payload(doc["data"])
@@ -205,16 +240,20 @@ class Enqueuer(Generic[J]):
     def __post_init__(self) -> None:
         self.types = KnownTypes(self.builder.registry, self.store)
 
-    def enqueue(self, spec: Mapping[str, Any], extra: Mapping[str, Any]) -> J:
-        """One job; the existing one instead if its unique key is held."""
-        doc = self.builder.build(spec, extra, self.store.now())
+    def enqueue(
+        self, spec: Mapping[str, Any], extra: Mapping[str, Any], managed: Optional[Mapping[str, Any]] = None
+    ) -> J:
+        """One job; the existing one instead if its unique key (or its preset ``_id``) is held."""
+        moved = {key: extra[key] for key in DEPENDENCY_KEYS if key in extra}  # enqueue()'s keywords, via **extra
+        spec, extra = {**spec, **moved}, {k: v for k, v in extra.items() if k not in moved}
+        doc = self.builder.build(spec, extra, self.store.now(), managed=managed)
         self.types.check([doc["type"]], strict=self.builder.config.strict_types)
         holder = self._insert([doc], "one")
         if holder is not None:
             return self._instance(holder)
         return self._instance(self._run_or_wake([doc])[0])
 
-    def enqueue_many(self, jobs: Iterable[Mapping[str, Any]]) -> list[J]:
+    def enqueue_many(self, jobs: Iterable[Mapping[str, Any]], managed: Optional[Mapping[str, Any]] = None) -> list[J]:
         """Every job built before any is written, then one bulk insert; errors name the job's index."""
         docs = []
         for index, spec in enumerate(jobs):
@@ -229,12 +268,37 @@ class Enqueuer(Generic[J]):
             known.setdefault("priority", 0)
             known.setdefault("queue", "default")
             try:
-                docs.append(self.builder.build(known, extra, self.store.now()))
+                docs.append(self.builder.build(known, extra, self.store.now(), managed=managed))
             except InvalidJobError as exc:
                 raise InvalidJobError(f"jobs[{index}]: {exc}") from exc
         self.types.check([doc["type"] for doc in docs], strict=self.builder.config.strict_types)
         self._insert(docs, "many")
         return [self._instance(doc) for doc in self._run_or_wake(docs)]
+
+    def enqueue_graph(self, graph: Part) -> list[J]:
+        """Every job of ``graph`` (see :mod:`.workflows`) checked, then inserted all or nothing; dependents first."""
+        nodes, _ = plan(graph)
+        docs = []
+        now = self.store.now()
+        for _index, node in enumerate(nodes):
+            options = {k: v for k, v in node.spec.options.items() if k not in DEPENDENCY_KEYS}
+            known = {k: v for k, v in options.items() if k in _ENQUEUE_KEYS or k in ("unique_key", "unique_for_ms")}
+            extra = {k: v for k, v in options.items() if k not in known}
+            known.update(job_type=node.spec.job_type, data=node.spec.data, depends_on=list(node.depends_on))
+            try:
+                doc = self.builder.build(known, extra, now)
+            except InvalidJobError as exc:
+                raise type(exc)(f"job {node.spec.id} ({node.spec.job_type}): {exc}") from exc
+            doc["_id"] = node.spec.id
+            docs.append(doc)
+        needed = {i for doc in docs for i in doc.get("depends_on") or ()}
+        for doc in docs:
+            if doc["_id"] in needed:
+                doc["has_dependents"] = True
+        self.types.check([doc["type"] for doc in docs], strict=self.builder.config.strict_types)
+        self._insert(docs, "graph")
+        # Dependencies first, so that in eager mode each dependent is released before its turn.
+        return [self._instance(doc) for doc in reversed(self._run_or_wake(docs[::-1]))]
 
     def enqueue_fire(
         self, spec: Mapping[str, Any], extra: Mapping[str, Any], *, schedule: str, fire_time: datetime
@@ -262,9 +326,14 @@ class Enqueuer(Generic[J]):
             self.hooks.emit("before_enqueue", doc)
         holder: Optional[dict[str, Any]] = None
         try:
+            if any(doc.get("mutex_key") is not None for doc in docs):
+                self.store.limits.mark_mutex()  # before the insert: no claim may take it unadmitted
             for index, doc in enumerate(docs):
                 self._seal(doc, index if mode == "many" else None, hooked=bool(self.hooks))
-            if mode == "many":
+            self.store.dependencies.prepare(docs)  # dependencies outside docs exist, and are flagged
+            if mode == "graph":
+                self.store.dependencies.insert_all(docs, self.store.jobs.insert_many)
+            elif mode == "many":
                 self.store.jobs.insert_many(docs)
             else:  # one path for plain, unique and fired jobs: the store reads which from the document
                 holder = self.store.jobs.insert(docs[0])
@@ -278,6 +347,8 @@ class Enqueuer(Generic[J]):
             return holder
         for doc in docs:
             self.hooks.emit("after_enqueue", doc)
+        # Dependencies that ended before these jobs were stored release them now, not at the next sweep.
+        self.store.dependencies.settle(docs)
         return None
 
     def _seal(self, doc: dict[str, Any], index: Optional[int], *, hooked: bool) -> None:

@@ -52,6 +52,14 @@ class QueueStateError(MongoJobQueueError, RuntimeError):
     """The queue was asked to do something its current state does not allow."""
 
 
+class InvalidBatchError(MongoJobQueueError, ValueError):
+    """A batch id is malformed, or a batch's callbacks or fields were rejected before anything was written."""
+
+
+class BatchSealedError(QueueStateError):
+    """A job was added to a batch that is no longer open (sealed, finished or cancelled)."""
+
+
 class EagerJobFailed(MongoJobQueueError, AssertionError):
     """A job run eagerly at enqueue (testing mode with ``propagate``) did not complete: a failed test."""
 
@@ -113,3 +121,25 @@ class LockUnavailable(MongoJobQueueError, TimeoutError):
 
 class LockLost(MongoJobQueueError):
     """A lease no longer holds its lock (expired, taken over, past ``max_lifetime_ms``): fenced writes refuse it."""
+
+
+class WorkflowError(InvalidJobError):
+    """Dependencies or a workflow graph are invalid (a cycle, an unknown job, a bad policy); nothing was written."""
+
+
+class DependencyFailed(MongoJobQueueError):
+    """Recorded when a blocked job is cancelled because a dependency failed for good or was cancelled."""
+
+
+class LimitError(MongoJobQueueError, ValueError):
+    """A limit definition is invalid (name, key, max_running, rate, burst, job types)."""
+
+
+class Throttled(MongoJobQueueError):
+    """Raised by a handler (say, on an HTTP 429) to run the job again after ``retry_after_ms``, no attempt used."""
+
+    def __init__(self, retry_after_ms: int, reason: str = "throttled") -> None:
+        if isinstance(retry_after_ms, bool) or not isinstance(retry_after_ms, int) or retry_after_ms < 0:
+            raise TypeError(f"Throttled retry_after_ms must be an int >= 0, got {retry_after_ms!r}")
+        super().__init__(reason)
+        self.retry_after_ms = retry_after_ms

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 from .after_fork import renew_in_child
 from .clock import MAX_DURATION_MS
@@ -21,6 +21,7 @@ from .retry import RetryPolicy, RetryStrategy, StopStrategy, WaitStrategy
 __all__ = ["ChunkSpec", "Handler", "HandlerFn", "HandlerRegistry"]
 
 HandlerFn = Callable[[Any], Any]
+F = TypeVar("F", bound=HandlerFn)
 
 
 @dataclass(frozen=True)
@@ -63,15 +64,22 @@ class HandlerRegistry:
     def register(
         self,
         job_type: str,
-        fn: HandlerFn,
+        fn: F,
         *,
         stop: Optional[StopStrategy] = None,
         wait: Optional[WaitStrategy] = None,
         retry: Optional[RetryStrategy] = None,
         max_retries: Optional[int] = None,
         time_limit_ms: Optional[int] = None,
-        chunk: Optional[ChunkSpec] = None,
-    ) -> Handler:
+    ) -> F:
+        """Register ``fn(job)`` for ``job_type``; return it (see :meth:`.PersistentJobQueue.register_handler`)."""
+        self.add(Handler(job_type, fn, RetryPolicy(stop=stop, wait=wait, retry=retry), max_retries, time_limit_ms))
+        return fn
+
+    def add(self, handler: Handler) -> None:
+        """Check and add a handler: :meth:`register`'s, or a batch handler with its chunk spec (:mod:`.chunks`)."""
+        job_type, fn = handler.job_type, handler.fn
+        max_retries, time_limit_ms = handler.max_retries, handler.time_limit_ms
         if not isinstance(job_type, str) or not job_type:
             raise HandlerError(f"job type must be a non-empty str, got {job_type!r}")
         if not callable(fn):
@@ -87,8 +95,6 @@ class HandlerRegistry:
                 f"time_limit_ms for {job_type!r} must be an int from 0 (no limit) to {MAX_DURATION_MS}, "
                 f"got {time_limit_ms!r:.80}"
             )
-        policy = RetryPolicy(stop=stop, wait=wait, retry=retry)
-        handler = Handler(job_type, fn, policy, max_retries, time_limit_ms, chunk)
         with self._lock:
             existing = self._handlers.get(job_type)
             if existing is not None:
@@ -97,7 +103,6 @@ class HandlerRegistry:
                     f"refusing to replace it with {_name(fn)}"
                 )
             self._handlers[job_type] = handler
-        return handler
 
     def get(self, job_type: str) -> Handler | None:
         return self._handlers.get(job_type)

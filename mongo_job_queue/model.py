@@ -26,11 +26,12 @@ from mongoengine import (
     EmbeddedDocumentListField,
     IntField,
     ListField,
+    ObjectIdField,
     StringField,
 )
 
 from .config import QueueConfig
-from .errors import JobModelError, QueueStateError
+from .errors import JobModelError, QueueStateError, Throttled
 from .status import ALL_STATUSES, PENDING, JobStatus  # JobStatus: its old import path
 
 __all__ = [
@@ -186,10 +187,29 @@ class BaseJob(Document):
     progress = DictField()
     #: Why the handler's return value was not stored (unencodable, too large).
     result_error = StringField()
+    #: Set by ``enqueue(mutex_key=...)``: at most one job holding it runs at a time (see :doc:`limits`).
+    mutex_key = StringField(max_length=1000)
+    #: The rate limiters that reserved this job's start at its ``run_at`` (see :doc:`limits`).
+    rate_slots = ListField(StringField())
     #: Name of the schedule that enqueued this job, if any.
     schedule = StringField()
     #: The schedule's fire time this job is for (naive UTC); with ``schedule``, unique.
     fire_time = DateTimeField()
+    #: The jobs this one waits for, while ``blocked`` (see :doc:`workflows`).
+    depends_on = ListField(ObjectIdField())
+    #: What a dependency that failed for good or was cancelled does to this job, by dependency id
+    #: (``cancel``, ``ignore`` or ``continue_with_results``).
+    dependency_policies = DictField()
+    #: Each dependency's outcome, copied in when it ended: ``status`` and a size-bounded ``result``.
+    dependency_outcomes = DictField()
+    #: Set on a job that some job depends on: its final write looks for blocked dependents.
+    has_dependents = BooleanField()
+    #: The mark of the one write that released this job from ``blocked`` (a retried release finds its own).
+    released_by = StringField()
+    #: The batch this job belongs to (``queue.batch()``); its counts are read from the jobs by this field.
+    batch_id = ObjectIdField()
+    #: On a batch's callback job: ``{"batch_id": ..., "event": "complete" | "success" | "failure"}``.
+    batch_callback = DictField()
 
     meta: dict[str, Any] = {
         "abstract": True,
@@ -224,6 +244,24 @@ class BaseJob(Document):
                 "fields": ["schedule", "fire_time"],
                 "unique": True,
                 "sparse": True,
+            },
+            {
+                # The blocked dependents of a job that just ended; only blocked jobs are indexed.
+                "name": "mjq_dependents",
+                "fields": ["depends_on"],
+                "partialFilterExpression": {"status": "blocked"},
+            },
+            {
+                # The sweep of blocked jobs whose release notice was lost, in _id order.
+                "name": "mjq_blocked",
+                "fields": ["status", "_id"],
+                "partialFilterExpression": {"status": "blocked"},
+            },
+            {
+                # A batch's counts by status, one covered scan; jobs of no batch are not indexed.
+                "name": "mjq_batch",
+                "fields": ["batch_id", "status"],
+                "partialFilterExpression": {"batch_id": {"$exists": True}},
             },
         ],
     }
@@ -268,6 +306,31 @@ class BaseJob(Document):
         if context is None:
             raise QueueStateError("report_progress() works only inside a handler run by the queue")
         context.report_progress(percent, message)
+
+    def dependency_results(self) -> dict[str, Any]:
+        """The results of the dependencies that completed, by job id (str), as copied in at release.
+
+        Each is bounded (see :doc:`workflows`): a larger one is left out, and
+        :meth:`dependency_statuses` still says it completed.
+        """
+        outcomes = self.dependency_outcomes or {}
+        return {key: o.get("result") for key, o in outcomes.items() if o.get("status") == "completed" and "result" in o}
+
+    def dependency_statuses(self) -> dict[str, str]:
+        """How each dependency ended, by job id (str): ``completed``, ``failed``, ``cancelled`` or ``deleted``."""
+        return {key: str(o.get("status")) for key, o in (self.dependency_outcomes or {}).items()}
+
+    def failed_dependencies(self) -> dict[str, str]:
+        """The dependencies that did not complete, by job id (str), with their status (``continue_with_results``)."""
+        return {key: status for key, status in self.dependency_statuses().items() if status != "completed"}
+
+    def throttle(self, retry_after_ms: int) -> None:
+        """Stop this run and run the job again after ``retry_after_ms``, no attempt used (say, on an HTTP 429).
+
+        Raises:
+            Throttled: always; let it propagate out of the handler.
+        """
+        raise Throttled(retry_after_ms)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.pk} {self.type} {self.status} attempt={self.attempts}>"

@@ -12,24 +12,27 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, tzinfo
-from typing import Any, Generic, Optional, TypeVar, Union
+from datetime import datetime
+from typing import Any, Generic, Optional, TypeVar
 
 from bson import ObjectId
 
 from .after_fork import renew_in_child
+from .batches import Batch, Batches, BatchInfo, BatchTracker, Callback
 from .chunks import BatchHandlerFn, register_batch_handler
 from .clock import Clock, to_naive_utc, utcnow
 from .config import ConfigInput, QueueConfig, load_config
 from .enqueue import Enqueuer, JobBuilder
-from .errors import QueueStateError
+from .forwarding import decorator_form, method_signature_of, parameters_of, signature_of
 from .handlers import HandlerFn, HandlerRegistry
+from .limits import Limit, define_limit
 from .locks import Lock, LockBackend
 from .middleware import Middleware, MiddlewareChain
 from .model import BaseJob, check_job_model
 from .queue_admin import QueueAdmin
-from .retry import RetryStrategy, StopStrategy, WaitStrategy
-from .schedules.definition import CatchUp, Schedule
+from .queue_worker import QueueWorker
+from .schedules.arguments import schedule_arguments
+from .schedules.definition import Schedule
 from .schedules.manager import ScheduleInfo, ScheduleManager
 from .schedules.service import Fire, Scheduler
 from .status import FINISHED
@@ -39,6 +42,7 @@ from .tasks import Task
 from .worker import Worker
 from .worker.runner import run_worker
 from .worker.wakeup import WakeupChannel
+from .workflows import JobSpec, Workflow
 
 __all__ = ["PersistentJobQueue", "create_job_queue"]
 
@@ -46,8 +50,6 @@ J = TypeVar("J", bound=BaseJob)
 F = TypeVar("F", bound=HandlerFn)
 B = TypeVar("B", bound=BatchHandlerFn)
 R = TypeVar("R")
-
-Timezone = Union[str, tzinfo]
 
 
 class PersistentJobQueue(Generic[J]):
@@ -82,37 +84,34 @@ class PersistentJobQueue(Generic[J]):
         self.eager = False
         #: With :attr:`eager`: raise :class:`~mongo_job_queue.errors.EagerJobFailed` when a job did not complete.
         self.eager_propagate = False
-        self._indexes_ensured = False
-        self._builder = JobBuilder(job_model, self.config, self.registry)
-        self._enqueuer = Enqueuer(self._builder, self.store, self.worker, self.hooks, flags=self)
+        builder = JobBuilder(job_model, self.config, self.registry)
+        self._local = local = QueueWorker(self.store, self.registry, self.worker, builder)
+        self._enqueuer = Enqueuer(builder, self.store, self.worker, self.hooks, flags=self)
         self._admin = QueueAdmin(job_model, self.store, self.worker, self.hooks)
-        self._schedules = ScheduleManager(self.store, self.worker, self._enqueuer, prepare=self._prepare)
+        self._schedules = ScheduleManager(self.store, self.worker, self._enqueuer, self.registry, prepare=local.prepare)
         self.locks = MongoLocks(self.store)  #: The default backend of :meth:`lock`: MongoDB.
+        self.store.dependencies.on_release = self.worker.notify  # a released job need not wait for a poll
+        tracker = BatchTracker(self.store, self._enqueuer, self, logger)
+        self._batches = Batches(self.store, builder, self._enqueuer, tracker)
         renew_in_child(self)
 
     def add_middleware(self, middleware: Middleware) -> None:
         """Add lifecycle hooks after construction (e.g. by a Flask or Django integration)."""
         self.hooks.add(middleware)
 
+    def _after_fork_in_child(self) -> None:
+        self._local.after_fork_in_child()
+
     # -- handlers -----------------------------------------------------------
 
-    def register_handler(
-        self,
-        job_type: str,
-        fn: F,
-        *,
-        stop: Optional[StopStrategy] = None,
-        wait: Optional[WaitStrategy] = None,
-        retry: Optional[RetryStrategy] = None,
-        max_retries: Optional[int] = None,
-        time_limit_ms: Optional[int] = None,
-    ) -> F:
+    @method_signature_of(HandlerRegistry.register)
+    def register_handler(self, *args: Any, **options: Any) -> Any:
         """Register ``fn(job)`` for ``job_type``, with optional tenacity retry strategies and a time limit.
 
         Args:
             job_type: The job type this handler runs.
             fn: Called with the app's job instance; its return value, if BSON
-                encodable, is stored as ``result``.
+                encodable, is stored as ``result``. Returned as is.
             stop: tenacity stop strategy, e.g. ``stop_after_delay(3600)``; it can
                 only shorten the retries allowed by ``max_retries``.
             wait: tenacity wait strategy replacing the exponential default.
@@ -125,29 +124,9 @@ class PersistentJobQueue(Generic[J]):
         Raises:
             HandlerError: duplicate type, non-callable handler, invalid strategy or time limit.
         """
-        self.registry.register(
-            job_type, fn, stop=stop, wait=wait, retry=retry, max_retries=max_retries, time_limit_ms=time_limit_ms
-        )
-        return fn
+        return self.registry.register(*args, **options)
 
-    def handler(
-        self,
-        job_type: str,
-        *,
-        stop: Optional[StopStrategy] = None,
-        wait: Optional[WaitStrategy] = None,
-        retry: Optional[RetryStrategy] = None,
-        max_retries: Optional[int] = None,
-        time_limit_ms: Optional[int] = None,
-    ) -> Callable[[F], F]:
-        """Decorator form of :meth:`register_handler`."""
-
-        def decorate(fn: F) -> F:
-            return self.register_handler(
-                job_type, fn, stop=stop, wait=wait, retry=retry, max_retries=max_retries, time_limit_ms=time_limit_ms
-            )
-
-        return decorate
+    handler = decorator_form(register_handler)
 
     def task(self, job_type: str, **options: Any) -> Callable[[Callable[[J], R]], Task[J, R]]:
         """Decorator: register the function as :meth:`register_handler` does; return a :class:`~mongo_job_queue.Task`.
@@ -214,8 +193,7 @@ class PersistentJobQueue(Generic[J]):
         Raises:
             IndexSetupError: a unique index the queue relies on cannot be created.
         """
-        self.store.ensure_indexes()
-        self._indexes_ensured = True
+        self._local.ensure_indexes()
 
     def start_polling(self) -> None:
         """Start the background worker in this process; idempotent, and after a :meth:`stop` in progress.
@@ -224,15 +202,7 @@ class PersistentJobQueue(Generic[J]):
             QueueStateError: no handler is registered, or called from a thread
                 that a stop in progress waits for (see :ref:`graceful-stop`).
         """
-        if self.worker.running:
-            return
-        if not len(self.registry):
-            raise QueueStateError("start_polling() with no handler registered: register handlers first")
-        self._prepare()
-        problem = self.store.admin.write_concern_problem()
-        if problem:
-            logging.getLogger(__name__).warning("unsafe write concern: %s", problem)
-        self.worker.start()
+        self._local.start()
 
     def stop(
         self,
@@ -281,37 +251,19 @@ class PersistentJobQueue(Generic[J]):
             ConfigError: an unknown key or an invalid value.
             HandlerError: a job type that has no handler.
         """
-        if self.worker.running:
-            raise QueueStateError("configure_worker() while the worker is running: stop it first")
-        if config:
-            new_config = load_config(config, base=self.config)
-            self.config = self.store.config = self._builder.config = new_config
-            # The lease owner may name a new worker_id; runs still finishing
-            # after a timed-out stop keep their heartbeat.
-            self.worker.reconfigure(new_config)
-        if job_types is not None or wrap is not None:
-            self.worker.registry = self.registry.subset(job_types, wrap=wrap)
+        self.config = self._local.configure(self.config, job_types, wrap, config)
 
     def run_once(self) -> Optional[J]:
         """Claim one due job, run it in the calling thread and return it in its new state; None if none is due.
 
         No heartbeat renews its lease: keep such handlers shorter than ``lease_ms`` (see :doc:`testing`).
         """
-        self._prepare()
-        claimed = self.worker.claim_one()
-        if claimed is None:
-            return None
-        self.worker.process(claimed)
-        return self.get_job(claimed.id)
+        job_id = self._local.run_once()
+        return None if job_id is None else self.get_job(job_id)
 
     def drain(self, max_jobs: Optional[int] = None) -> int:
         """Run due jobs with :meth:`run_once` until none is due (or ``max_jobs``); return how many ran."""
-        ran = 0
-        while max_jobs is None or ran < max_jobs:
-            if self.run_once() is None:
-                break
-            ran += 1
-        return ran
+        return self._local.drain(max_jobs)
 
     def recover_orphans(self) -> tuple[int, int]:
         """Return jobs with expired leases to the queue now; ``(requeued, failed)``."""
@@ -384,77 +336,26 @@ class PersistentJobQueue(Generic[J]):
         """The schedules registered in this process (created on first use)."""
         return self._schedules.scheduler
 
-    def schedule(
-        self,
-        name: str,
-        cron_expression: Optional[str] = None,
-        job_type: Optional[str] = None,
-        data: Optional[Mapping[str, Any]] = None,
-        *,
-        every_ms: Optional[int] = None,
-        timezone: Timezone = "UTC",
-        catch_up: Union[CatchUp, str] = CatchUp.ONCE,
-        catch_up_limit: int = 100,
-        misfire_grace_ms: int = 60_000,
-        overlap: bool = True,
-        queue: str = "default",
-        priority: int = 0,
-        max_retries: Optional[int] = None,
-        **extra_fields: Any,
-    ) -> Schedule:
+    @parameters_of(schedule_arguments)
+    def schedule(self, *args: Any, **kwargs: Any) -> Schedule:
         """Enqueue ``job_type`` with ``data`` at every fire time of a cron expression or interval (:doc:`scheduling`).
+
+        ``extra_fields`` are the app's own fields of each job; the other keywords are described there.
 
         Raises:
             ScheduleError: an invalid definition, or a schedule of that name already registered.
             InvalidJobError: the job itself would be rejected by ``enqueue``.
         """
-        return self._schedules.add(
-            name, cron_expression, job_type, data, queue=queue, priority=priority, max_retries=max_retries,
-            extra_fields=extra_fields, every_ms=every_ms, tz=timezone, catch_up=catch_up,
-            catch_up_limit=catch_up_limit, misfire_grace_ms=misfire_grace_ms, overlap=overlap,
-        )  # fmt: skip
+        return self._schedules.add(schedule_arguments(*args, **kwargs))
 
-    def periodic(
-        self,
-        name: str,
-        cron_expression: Optional[str] = None,
-        *,
-        job_type: Optional[str] = None,
-        data: Optional[Mapping[str, Any]] = None,
-        every_ms: Optional[int] = None,
-        timezone: Timezone = "UTC",
-        catch_up: Union[CatchUp, str] = CatchUp.ONCE,
-        catch_up_limit: int = 100,
-        misfire_grace_ms: int = 60_000,
-        overlap: bool = True,
-        queue: str = "default",
-        priority: int = 0,
-        max_retries: Optional[int] = None,
-        stop: Optional[StopStrategy] = None,
-        wait: Optional[WaitStrategy] = None,
-        retry: Optional[RetryStrategy] = None,
-        **extra_fields: Any,
-    ) -> Callable[[F], F]:
+    @parameters_of(schedule_arguments)
+    def periodic(self, *args: Any, **kwargs: Any) -> Callable[[F], F]:
         """Decorator: :meth:`schedule` the job and register the function as its handler, or neither if one is invalid.
 
-        ``job_type`` defaults to ``name``; ``stop``, ``wait`` and ``retry`` are :meth:`register_handler`'s.
+        ``job_type`` defaults to ``name``; the keywords ``stop``, ``wait`` and ``retry`` are
+        :meth:`register_handler`'s, and ``max_retries`` serves both.
         """
-
-        def decorate(fn: F) -> F:
-            jt = name if job_type is None else job_type
-            self.schedule(
-                name, cron_expression, jt, data, every_ms=every_ms, timezone=timezone, catch_up=catch_up,
-                catch_up_limit=catch_up_limit, misfire_grace_ms=misfire_grace_ms, overlap=overlap, queue=queue,
-                priority=priority, max_retries=max_retries, **extra_fields,
-            )  # fmt: skip
-            try:
-                self.register_handler(jt, fn, stop=stop, wait=wait, retry=retry, max_retries=max_retries)
-            except BaseException:
-                self.unschedule(name)  # all or nothing
-                raise
-            return fn
-
-        return decorate
+        return self._schedules.periodic(args, kwargs)
 
     def unschedule(self, name: str) -> bool:
         """Stop firing ``name`` from this process (others fire it until they stop too); False if it was not here."""
@@ -467,18 +368,6 @@ class PersistentJobQueue(Generic[J]):
     def fire_schedules(self, now: Optional[datetime] = None) -> list[Fire]:
         """Enqueue the jobs of every fire time due at ``now`` (aware, or naive UTC; default: the clock), for tests."""
         return self._schedules.fire(None if now is None else to_naive_utc(now))
-
-    def _prepare(self) -> None:
-        # The model's indexes before this object's first own use of the collection.
-        if not self._indexes_ensured:
-            self.ensure_indexes()
-
-    def _after_fork_in_child(self) -> None:
-        # The parent's threads do not exist here and its leases are its own.
-        self.worker._reset_runtime_state()
-        if self.worker.scheduler is not None:
-            self.worker.scheduler._after_fork_in_child()
-        self._indexes_ensured = False
 
     def register_batch_handler(
         self, job_type: str, fn: B, *, max_size: int = 100, max_wait_ms: int = 1000, key: Optional[str] = None,
@@ -497,19 +386,63 @@ class PersistentJobQueue(Generic[J]):
         """Wake idle workers through ``channel`` too (e.g. Redis pub/sub), from the next start: :ref:`redis-wakeups`."""
         self.worker.wakeups.append(channel)
 
+    def job(self, job_type: str, data: Optional[Mapping[str, Any]] = None, **options: Any) -> JobSpec:
+        """A job spec for :meth:`enqueue_graph` (``options``: :meth:`enqueue`'s keywords); see :doc:`workflows`."""
+        return JobSpec(job_type, data, dict(options))
 
-def create_job_queue(
-    *,
-    job_model: type[J],
-    logger: Optional[logging.Logger] = None,
-    config: ConfigInput = None,
-    clock: Clock = utcnow,
-    sleep: Optional[Callable[[float], None]] = None,
-    middleware: Optional[Iterable[Middleware]] = None,
-) -> PersistentJobQueue[J]:
+    def enqueue_graph(self, graph: JobSpec | Workflow) -> list[J]:
+        """Insert a workflow (:func:`~mongo_job_queue.chain`, ``group``, ``chord``) all or nothing, checked first.
+
+        Raises:
+            WorkflowError: a cycle, an unknown dependency or a bad policy; nothing was written.
+        """
+        return self._enqueuer.enqueue_graph(graph)
+
+    # -- batches (see :doc:`batches`) -----------------------------------------
+
+    def batch(
+        self,
+        *,
+        on_complete: Optional[Callback] = None,
+        on_success: Optional[Callback] = None,
+        on_failure: Optional[Callback] = None,
+        **extra: Any,
+    ) -> Batch[J]:
+        """Open a batch; callbacks are ``(job_type, data)`` or enqueue mappings; ``extra``: app fields of its jobs."""
+        callbacks = {"complete": on_complete, "success": on_success, "failure": on_failure}
+        return Batch.create(self._batches, callbacks, extra)
+
+    def get_batch(self, batch_id: ObjectId | str) -> Optional[BatchInfo]:
+        """A batch's state and counts by status, None if there is none; InvalidBatchError for a malformed id."""
+        return self._batches.get(batch_id)
+
+    def cancel_batch(self, batch_id: ObjectId | str) -> dict[str, int]:
+        """Seal the batch, cancel its pending jobs and flag its running ones: ``{"cancelled", "requested"}``."""
+        return self._batches.cancel(batch_id)
+
+    def retry_batch(self, batch_id: ObjectId | str) -> int:
+        """Queue the batch's failed jobs again (a finished batch goes back to sealed); how many."""
+        return self._batches.retry(batch_id)
+
+    def limit(self, name: str, **options: Any) -> Limit:
+        """Store limit ``name`` with ``key``, ``max_running``, ``rate``, ``burst``, ``job_types``, ``fair``."""
+        return define_limit(self.store.limits, name, **options)
+
+    def remove_limit(self, name: str) -> bool:
+        """Delete the limit ``name`` for every worker; False if there was none."""
+        return self.store.limits.remove(name)
+
+    def limits(self) -> dict[str, Any]:
+        """The stored limits (``definitions``) and every limiter's ``running`` holders and next start (``keys``)."""
+        return {"definitions": self.store.limits.stored(), "keys": self.store.limits.snapshot()}
+
+
+@signature_of(PersistentJobQueue)
+def create_job_queue(*args: Any, **kwargs: Any) -> PersistentJobQueue[Any]:
     """Build a :class:`PersistentJobQueue` for ``job_model``, a concrete :class:`~mongo_job_queue.BaseJob` subclass.
 
     Args:
+        job_model: The app's job model (keyword or first argument).
         logger: Logger for queue events; by default, per-module loggers under ``mongo_job_queue``.
         config: A mapping of config keys or a :class:`~mongo_job_queue.QueueConfig`.
         clock: Source of the current naive-UTC time (tests inject a fake one).
@@ -520,4 +453,4 @@ def create_job_queue(
         JobModelError: ``job_model`` is not a concrete BaseJob subclass.
         ConfigError: an unknown key or an invalid value, named in the message.
     """
-    return PersistentJobQueue(job_model, logger=logger, config=config, clock=clock, sleep=sleep, middleware=middleware)
+    return PersistentJobQueue(*args, **kwargs)

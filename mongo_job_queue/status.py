@@ -6,6 +6,7 @@ import enum
 
 __all__ = [
     "ALL_STATUSES",
+    "BLOCKED",
     "CANCELLED",
     "COMPLETED",
     "FAILED",
@@ -25,6 +26,8 @@ class JobStatus(str, enum.Enum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    #: Waiting for its dependencies (``enqueue(depends_on=...)``): never claimed, released to pending by them.
+    BLOCKED = "blocked"
 
     def __str__(self) -> str:
         return self.value
@@ -35,9 +38,10 @@ PROCESSING = JobStatus.PROCESSING.value
 COMPLETED = JobStatus.COMPLETED.value
 FAILED = JobStatus.FAILED.value
 CANCELLED = JobStatus.CANCELLED.value
-#: Every status, as stored, in lifecycle order.
+BLOCKED = JobStatus.BLOCKED.value
+#: Every status, as stored, in lifecycle order (``blocked``, which precedes ``pending``, came last).
 ALL_STATUSES: tuple[str, ...] = tuple(s.value for s in JobStatus)
 #: Statuses a worker may still act on: never purged, never expired by retention.
-UNFINISHED: tuple[str, ...] = (PENDING, PROCESSING)
+UNFINISHED: tuple[str, ...] = (PENDING, PROCESSING, BLOCKED)
 #: Statuses a job never leaves by itself (an operator's retry may).
 FINISHED: tuple[str, ...] = (COMPLETED, FAILED, CANCELLED)

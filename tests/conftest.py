@@ -51,13 +51,50 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     return "queue connection: tz_aware=True" if tz_aware(config) else None
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "tz_neutral(reason): the --tz-aware rerun skips this test, which cannot see a tz_aware connection "
+        "(say why; see tests/README.rst)",
+    )
+
+
+#: The fixture that makes the queue's test connection (``job_model``, ``make_queue``, ``raw_db``... need it).
+QUEUE_CONNECTION = "db_name"
+
+
+def tz_rerun_skip_reason(item: pytest.Item) -> str | None:
+    """Why the ``--tz-aware`` rerun skips ``item``, or None: it reruns (see tests/README.rst)."""
+    fixtures = getattr(item, "fixturenames", ())
+    if "spawn" in fixtures:
+        return "runs the worker in a child process, whose connection is not tz_aware"
+    if QUEUE_CONNECTION not in fixtures:
+        return "tz_neutral: never uses the queue's test connection (no db_name fixture)"
+    marker = item.get_closest_marker("tz_neutral")
+    if marker is not None:
+        reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "")
+        if not reason:
+            raise pytest.UsageError(f"{item.nodeid}: tz_neutral needs a reason")
+        return f"tz_neutral: {reason}"
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects on it
+def pytest_itemcollected(item: pytest.Item) -> None:
+    # A test on the wire server is an integration test, marked or not: "-m 'not integration'" leaves it out,
+    # and the --tz-aware rerun (-m integration) takes it.
+    if "mongodb_uri" in getattr(item, "fixturenames", ()) and item.get_closest_marker("integration") is None:
+        item.add_marker(pytest.mark.integration)
+
+
+@pytest.hookimpl(trylast=True)  # after tests/integration/conftest.py has marked its tz_neutral tests
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if not tz_aware(config):
         return
-    skip = pytest.mark.skip(reason="runs the worker in a child process, whose connection is not tz_aware")
     for item in items:
-        if "spawn" in getattr(item, "fixturenames", ()):
-            item.add_marker(skip)
+        reason = tz_rerun_skip_reason(item)
+        if reason is not None:
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -120,8 +157,8 @@ def job_model(db_name: str) -> type[IntegrationJob]:
     IntegrationJob.drop_collection()
     # The queue's control collection (pause and schedule state) beside it.
     IntegrationJob._get_db().drop_collection(f"{IntegrationJob._get_collection_name()}_control")
-    # The worker registry and the admin UI's audit trail beside it.
-    for suffix in ("_workers", "_audit"):
+    # The worker registry, the admin UI's audit trail and the limits beside it.
+    for suffix in ("_workers", "_audit", "_limits", "_limiters"):
         IntegrationJob._get_db().drop_collection(f"{IntegrationJob._get_collection_name()}{suffix}")
     # No ensure_indexes(): a fresh collection, as a new app's first enqueue meets it.
     return IntegrationJob

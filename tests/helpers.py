@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 from bson import ObjectId
@@ -54,3 +57,10 @@ def stored_job(now: datetime, **fields: Any) -> dict[str, Any]:
     }
     doc.update(fields)
     return {k: v for k, v in doc.items() if v is not MISSING}
+
+
+def mypy_strict(*files: Path) -> subprocess.CompletedProcess[str]:
+    """Type-check ``files`` as a user's code is, under the project's mypy config (strict); the finished process."""
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "mypy", "--config-file", str(root / "pyproject.toml"), *map(str, files)]
+    return subprocess.run(command, capture_output=True, text=True, cwd=root, check=False)

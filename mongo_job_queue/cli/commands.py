@@ -1,4 +1,5 @@
-"""The administration commands: stats, enqueue, retry, cancel, pause, resume, purge, schedules, jobs, workers.
+"""The administration commands: stats, enqueue, retry, cancel, pause, resume, purge, schedules, jobs, workers,
+batches, limits.
 
 Each takes the queue, the parsed arguments and the two output streams, and
 returns an exit code; :data:`ADMIN_COMMANDS` maps a command's name to it.
@@ -19,7 +20,8 @@ from ..errors import InvalidJobError
 from ..known_types import KnownTypes
 from ..model import LIBRARY_FIELDS
 from ..queue import PersistentJobQueue
-from ..status import FINISHED
+from ..status import ALL_STATUSES, FINISHED
+from .batches import batches_command
 from .common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, CommandError, object_id
 from .jobs import has_filter, jobs_command, retry_matching, workers_command
 from .render import iso
@@ -33,7 +35,7 @@ def _stats(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO
     if args.json:
         print(json.dumps(stats, indent=2, sort_keys=True), file=out)
         return EXIT_OK
-    statuses = ["pending", "processing", "completed", "failed", "cancelled"]
+    statuses = list(ALL_STATUSES)  # blocked (waiting for dependencies) last
     width = max([len("queue"), *(len(q) for q in stats)])
     header = f"{'queue':<{width}}" + "".join(f"{s:>12}" for s in statuses) + f"{'oldest due':>14}{'paused':>8}"
     print(header, file=out)
@@ -50,6 +52,10 @@ def _stats(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO
     if paused_types:
         # A paused job type holds back its jobs in every queue: the table alone would not say why.
         print(f"paused job types: {', '.join(paused_types)}", file=out)
+    busy = [row for row in queue.limits()["keys"] if row["running"]]
+    for row in busy:  # the keys that hold runs now (all of them: the limits command)
+        cap = "-" if row["max_running"] is None else row["max_running"]
+        print(f"limit {row['limit']}[{row['value']}]: running {row['running']}/{cap}", file=out)
     return EXIT_OK
 
 
@@ -117,7 +123,7 @@ def _retry_or_cancel(queue: PersistentJobQueue[Any], args: argparse.Namespace, o
                 print(f"{'retried' if retry else 'cancelled'} {job_id}", file=out)
             continue
         job = queue.get_job(job_id)
-        allowed = "failed or cancelled" if retry else "pending or processing"
+        allowed = "failed or cancelled" if retry else "pending, blocked or processing"
         why = "no such job" if job is None else f"it is {job.status}, not {allowed}"
         print(f"{'retry' if retry else 'cancel'} {job_id} refused: {why}", file=err)
         code = EXIT_REFUSED
@@ -177,6 +183,34 @@ def _schedules(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: Te
     return EXIT_OK
 
 
+def _limits(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    view = queue.limits()
+    if args.json:
+        rows = {
+            "definitions": [dataclasses.asdict(limit) for limit in view["definitions"]],
+            "keys": [
+                {**row, "value": str(row["value"]), "next_start_at": iso(row["next_start_at"])} for row in view["keys"]
+            ],
+        }
+        print(json.dumps(rows, indent=2, default=str), file=out)
+        return EXIT_OK
+    if not view["definitions"] and not view["keys"]:
+        print("(no limits)", file=out)
+        return EXIT_OK
+    for limit in view["definitions"]:
+        parts = [f"key={limit.key}" if limit.key else "no key"]
+        parts += [f"max_running={limit.max_running}"] if limit.max_running else []
+        parts += [f"rate={limit.rate} burst={limit.burst}"] if limit.rate else []
+        parts += [f"types={','.join(limit.job_types)}"] if limit.job_types else []
+        parts += ["fair"] if limit.fair else []
+        print(f"{limit.name}: {' '.join(parts)}", file=out)
+    for row in view["keys"]:
+        cap = "-" if row["max_running"] is None else row["max_running"]
+        nxt = f"  next start {iso(row['next_start_at'])}" if row["next_start_at"] else ""
+        print(f"  {row['limit']}[{row['value']}]: running {row['running']}/{cap}{nxt}", file=out)
+    return EXIT_OK
+
+
 ADMIN_COMMANDS: dict[str, Callable[[PersistentJobQueue[Any], argparse.Namespace, TextIO, TextIO], int]] = {
     "stats": _stats,
     "enqueue": _enqueue,
@@ -188,4 +222,6 @@ ADMIN_COMMANDS: dict[str, Callable[[PersistentJobQueue[Any], argparse.Namespace,
     "schedules": _schedules,
     "jobs": jobs_command,
     "workers": workers_command,
+    "batches": batches_command,
+    "limits": _limits,
 }

@@ -10,9 +10,11 @@ import argparse
 import json
 from typing import Any, TextIO
 
+from pymongo.errors import PyMongoError
+
 from ..doctor import FAIL, run_checks
 from ..queue import PersistentJobQueue
-from .common import EXIT_OK, EXIT_REFUSED
+from .common import EXIT_DATABASE, EXIT_OK, EXIT_REFUSED, CommandError, first_line
 
 __all__ = ["EXIT_DOCTOR_FAILED", "run_doctor_command"]
 
@@ -21,8 +23,13 @@ EXIT_DOCTOR_FAILED = EXIT_REFUSED
 
 
 def run_doctor_command(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    """Print each check (``--json``: a list of objects) and return the exit code."""
-    checks = run_checks(queue)
+    """Print each check (``--json``: a list of objects) and return the exit code; unreachable: exit 4."""
+    try:
+        checks = run_checks(queue, args.db_timeout)
+    except PyMongoError as exc:  # the ping: a server down would make every check wait its own bound
+        raise CommandError(
+            f"database unreachable within {args.db_timeout:g}s: {first_line(exc)}", EXIT_DATABASE
+        ) from exc
     failed = any(check.status == FAIL for check in checks)
     if args.json:
         print(json.dumps({"ok": not failed, "checks": [c.as_dict() for c in checks]}, indent=2), file=out)

@@ -132,7 +132,23 @@ def _show(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO,
         print(_indent(str(error.get("message") or ""), 6), file=out)
         if error.get("traceback"):
             print(_indent(str(error["traceback"]).rstrip(), 6), file=out)
+    _workflow(queue, doc, out)
     return EXIT_OK
+
+
+def _workflow(queue: PersistentJobQueue[Any], doc: Mapping[str, Any], out: TextIO) -> None:
+    """The job's place in a workflow: what it waits for (policy, status) and what waits for it."""
+    deps = queue.store.dependencies
+    rows = deps.dependencies(doc)
+    if rows:
+        print(f"  depends on   {len(rows)}", file=out)
+        for job_id, policy, status in rows:
+            print(f"    {job_id}  {status:<10} on failure: {policy}", file=out)
+    if doc.get("has_dependents"):
+        dependents = deps.dependents(doc["_id"])
+        print(f"  dependents   {len(dependents)}", file=out)
+        for dependent in dependents:
+            print(f"    {dependent['_id']}  {dependent.get('status'):<10} {dependent.get('type')}", file=out)
 
 
 def _fields(doc: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -16,6 +16,7 @@ from typing import Any
 from ..status import ALL_STATUSES
 from ..store.listing import MAX_LIST
 from .app import APP_ENV
+from .batches import add_batch_commands
 from .common import EXIT_CODES_HELP
 from .jobs import RETRYABLE
 from .values import (
@@ -139,6 +140,8 @@ def build_parser(prog: str = "mongo-job-queue", *, with_app: bool = True) -> arg
     add_worker_arguments(command("worker", "run a worker in the foreground until SIGTERM/SIGINT"))
     stats = command("stats", "job counts by queue and status, and the age of the oldest due job")
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    limits = command("limits", "limits and mutex keys: definitions, running holders per key, next start of a rate")
+    limits.add_argument("--json", action="store_true", help="print JSON instead of text")
     schedules = command("schedules", "schedules with their next and last fire times (times in UTC)")
     schedules.add_argument("--json", action="store_true", help="print JSON instead of text")
     enqueue = command("enqueue", "enqueue one job and print its id")
@@ -192,6 +195,7 @@ def build_parser(prog: str = "mongo-job-queue", *, with_app: bool = True) -> arg
     show = command("show", "one job: fields, data, errors with tracebacks, lease, progress and result", jobs_sub)
     show.add_argument("job_id", metavar="JOB_ID")
     show.add_argument("--json", action="store_true", help="print the stored document as JSON")
+    add_batch_commands(sub, command)
     workers = command("workers", "the live workers, from the worker registry (times in UTC)")
     workers.add_argument("--all", action="store_true", help="also the stopped ones and those gone silent")
     workers.add_argument("--json", action="store_true", help="print JSON instead of a table")

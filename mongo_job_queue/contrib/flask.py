@@ -52,7 +52,7 @@ import sys
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Concatenate, Optional, ParamSpec, TypeVar
+from typing import Any, Optional
 
 import click
 from flask import Flask, current_app, has_app_context
@@ -60,8 +60,10 @@ from flask.cli import ScriptInfo, with_appcontext
 
 from .. import cli
 from ..errors import ConfigError, QueueStateError
+from ..forwarding import parameters_of
 from ..handlers import HandlerFn
 from ..queue import PersistentJobQueue
+from ..schedules.arguments import schedule_arguments, split_handler_options
 from ._boot import Start, StartDecision, WorkerStarter, build_queue, stop_timeout_setting
 from ._servers import prefork_decision
 
@@ -73,24 +75,6 @@ log = logging.getLogger(__name__)
 EXTENSION_KEY = "mongo_job_queue"
 PREFIX = "MONGO_JOB_QUEUE_"
 _SETTINGS = frozenset({"MODEL", "MONGODB_URI", "MONGODB_DB", "CONFIG", "START_WORKER", "STOP_TIMEOUT"})
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def _parameters_of(
-    method: Callable[Concatenate[Any, P], object],
-) -> Callable[[Callable[..., R]], Callable[Concatenate[Any, P], R]]:
-    """Type a method that passes its arguments on to ``method`` as taking exactly ``method``'s parameters.
-
-    mypy refuses a method whose ``self`` is not positional-only, as ``**extra_fields``
-    could then receive a ``self=`` keyword; nobody passes one, hence the ignores.
-    """
-
-    def typed(forwarding: Callable[..., R]) -> Callable[Concatenate[Any, P], R]:
-        return forwarding
-
-    return typed
 
 
 @dataclass
@@ -178,7 +162,7 @@ class MongoJobQueue:
 
         return decorate
 
-    @_parameters_of(PersistentJobQueue.schedule)  # type: ignore[arg-type]  # see _parameters_of
+    @parameters_of(schedule_arguments)
     def schedule(self, name: str, *args: Any, **options: Any) -> None:
         """:meth:`~mongo_job_queue.PersistentJobQueue.schedule` on every app's queue, now and at later ``init_app``.
 
@@ -199,20 +183,18 @@ class MongoJobQueue:
         self._schedules = [schedule for schedule in self._schedules if schedule[0] != name]
         return any(removed) or len(self._schedules) < before
 
-    @_parameters_of(PersistentJobQueue.periodic)  # type: ignore[arg-type]  # see _parameters_of
+    @parameters_of(schedule_arguments)
     def periodic(self, name: str, *args: Any, **options: Any) -> Callable[[HandlerFn], HandlerFn]:
         """:meth:`~mongo_job_queue.PersistentJobQueue.periodic` on every app's queue, now and at later ``init_app``.
 
         The handler of ``job_type`` (default: ``name``) runs inside the app's application context.
         """
-        job_type = options.pop("job_type", None)
-        # max_retries serves both: the handler's default and the scheduled jobs'.
-        handler_options = {k: v for k, v in options.items() if k in _HANDLER_OPTIONS}
-        schedule_options = {k: v for k, v in options.items() if k not in _HANDLER_OPTIONS or k == "max_retries"}
+        schedule_options, handler_options = split_handler_options(options)
 
         def decorate(fn: HandlerFn) -> HandlerFn:
-            jt = name if job_type is None else job_type
-            self._schedule(name, args, {**schedule_options, "job_type": jt})
+            given = schedule_arguments(name, *args, **schedule_options).job_type  # a keyword or the third argument
+            jt = name if given is None else given
+            self._schedule(name, args, schedule_options if given is not None else {**schedule_options, "job_type": jt})
             try:
                 self.register_handler(jt, fn, **handler_options)
             except BaseException:
@@ -276,9 +258,6 @@ class MongoJobQueue:
             starter.start_in_background("start_worker(wait=False) called")
             return False
         return starter.start("start_worker() called")
-
-
-_HANDLER_OPTIONS = ("stop", "wait", "retry", "max_retries")
 
 
 def app_queue(app: Flask) -> PersistentJobQueue[Any]:

@@ -45,9 +45,15 @@ CHECKS: Sequence[tuple[str, Callable[[Probe], Check]]] = (
 )
 
 
-def run_checks(queue: Any) -> list[Check]:
-    """Run every check on ``queue``'s store; a check that raises is a failure saying so."""
+def run_checks(queue: Any, timeout_s: float | None = None) -> list[Check]:
+    """Run every check on ``queue``'s store; a check that raises is a failure saying so.
+
+    With ``timeout_s``, the server is pinged first within it, and an
+    unreachable one raises pymongo's error instead (the CLI's exit 4).
+    """
     probe = Probe(queue.store)
+    if timeout_s is not None:
+        probe.ping(timeout_s)
     results = []
     for name, check in CHECKS:
         try:

@@ -26,6 +26,8 @@ def effective_write_concern(probe: Probe) -> tuple[dict[str, Any], str]:
     cluster = dict((defaults or {}).get("defaultWriteConcern") or {})
     if "w" in cluster:
         return {**cluster, **own}, "the cluster-wide default (setDefaultRWConcern)"
+    if probe.defaults_refused is not None:
+        return own, f"cannot tell: the cluster-wide default is unreadable here ({probe.defaults_refused})"
     version = probe.version
     if version and version < (5, 0):
         return {"w": 1, **own}, f"the implicit default of MongoDB {'.'.join(map(str, version))}"
@@ -41,6 +43,14 @@ def check_write_concern(probe: Probe) -> Check:
     concern, source = effective_write_concern(probe)
     w = concern.get("w")
     detail = f"w={w!r}" + (f", j={concern['j']!r}" if "j" in concern else "") + f" ({source})"
+    if w is None:
+        return Check(
+            "write concern",
+            WARN,
+            f"{source}: w:1 would let a failover roll back acknowledged writes",
+            "connect with w='majority' explicitly, or let the doctor's user run getDefaultRWConcern "
+            "(clusterMonitor role)",
+        )
     if w == 0:
         return Check(
             "write concern",

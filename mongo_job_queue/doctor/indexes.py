@@ -6,21 +6,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..status import FINISHED
-from ..store.indexes import UNIQUE_INDEXES, retention_index_name
+from ..store.indexes import declared_indexes, index_mismatch, retention_index_name
 from .checks import FAIL, PASS, WARN, Check
 from .probe import Probe
 
-__all__ = ["check_indexes", "check_ttl_indexes", "expected_indexes"]
-
-
-def expected_indexes(probe: Probe) -> dict[str, list[tuple[str, int]]]:
-    """The model's declared indexes (the library's and the app's), by name: their keys."""
-    wanted: dict[str, list[tuple[str, int]]] = {}
-    for spec in probe.store.model._meta.get("index_specs") or []:
-        key = [(str(field), direction) for field, direction in spec["fields"]]
-        name = spec.get("name") or "_".join(f"{field}_{direction}" for field, direction in key)
-        wanted[name] = key
-    return wanted
+__all__ = ["check_indexes", "check_ttl_indexes"]
 
 
 def _existing(probe: Probe) -> list[Mapping[str, Any]]:
@@ -33,11 +23,14 @@ def _key(index: Mapping[str, Any]) -> list[tuple[str, Any]]:
 
 
 def check_indexes(probe: Probe) -> Check:
-    """Every declared index present (the unique ones unique), and no two indexes on the same key.
+    """Every declared index present by its name, as declared (key, unique, sparse, partial filter); none twice.
 
     A missing claim or lease index makes every claim or sweep a collection
     scan; a missing unique index lets unique jobs and schedule fires run
-    twice. A duplicate costs every write twice for nothing.
+    twice; an index of a declared name that differs makes the model's index
+    creation fail, so no worker or enqueue can start (the comparison is the
+    store's own, :func:`~mongo_job_queue.store.indexes.index_mismatch`). A
+    duplicate costs every write twice for nothing.
     """
     existing = _existing(probe)
     if not existing:
@@ -51,22 +44,29 @@ def check_indexes(probe: Probe) -> Check:
     for index in existing:
         signature = repr((_key(index), dict(index.get("partialFilterExpression") or {})))
         by_key.setdefault(signature, []).append(str(index["name"]))
-    keys = {repr(_key(ix)) for ix in existing}
-    missing = [name for name, key in expected_indexes(probe).items() if repr(key) not in keys]
-    names = {ix["name"]: ix for ix in existing}
-    not_unique = [name for name in UNIQUE_INDEXES if name in names and not names[name].get("unique")]
+    names = {str(ix["name"]): ix for ix in existing}
+    verdicts = {
+        name: index_mismatch(names.get(name), spec) for name, spec in declared_indexes(probe.store.model).items()
+    }
+    missing = [name for name, why in verdicts.items() if why == "missing"]
+    differ = [f"{name} ({why})" for name, why in verdicts.items() if why is not None and why != "missing"]
     duplicates = [names_ for names_ in by_key.values() if len(names_) > 1]
-    if missing or not_unique:
-        problems = []
-        if missing:
-            problems.append(f"missing: {', '.join(missing)}")
-        if not_unique:
-            problems.append(f"not unique: {', '.join(not_unique)}")
+    if differ:
+        problems = [f"differs from the model: {', '.join(differ)}"] + (
+            [f"missing: {', '.join(missing)}"] if missing else []
+        )
         return Check(
             "indexes",
             FAIL,
-            "; ".join(problems) + " (claims scan the collection, or unique jobs can run twice)",
-            "run queue.ensure_indexes() (a starting worker creates missing ones; drop a wrong unique one first)",
+            "; ".join(problems) + " (workers and enqueues refuse to start: the indexes cannot be created)",
+            "drop the differing index (db.<collection>.dropIndex(name)), then run queue.ensure_indexes()",
+        )
+    if missing:
+        return Check(
+            "indexes",
+            FAIL,
+            f"missing: {', '.join(missing)} (claims scan the collection, or unique jobs can run twice)",
+            "run queue.ensure_indexes() (a starting worker creates missing ones)",
         )
     if duplicates:
         listed = "; ".join(" and ".join(sorted(group)) for group in duplicates)
@@ -76,18 +76,18 @@ def check_indexes(probe: Probe) -> Check:
             f"the same key indexed twice: {listed} (every write updates both)",
             "drop the one whose name is not the model's (db.<collection>.dropIndex(name))",
         )
-    return Check("indexes", PASS, f"{len(existing)} indexes, every declared one present, none duplicated")
+    return Check("indexes", PASS, f"{len(existing)} indexes, every declared one present as declared, none duplicated")
 
 
 def check_ttl_indexes(probe: Probe) -> Check:
     """The retention TTL indexes match the config, and no TTL index can remove a job that is not finished."""
     wanted = probe.store.indexes.retention_seconds()
     existing = _existing(probe)
+    if not existing:  # the indexes check says so; its first use creates the configured retention
+        return Check("ttl indexes", PASS, "no collection yet: its first use creates the configured retention")
     ttl = [ix for ix in existing if "expireAfterSeconds" in ix]
     ours = {retention_index_name(status): status for status in wanted}
-    dangerous = [
-        str(ix["name"]) for ix in ttl if dict(ix.get("partialFilterExpression") or {}).get("status") not in FINISHED
-    ]
+    dangerous = [str(ix["name"]) for ix in ttl if not _only_finished(ix.get("partialFilterExpression"))]
     if dangerous:
         return Check(
             "ttl indexes",
@@ -114,6 +114,19 @@ def check_ttl_indexes(probe: Probe) -> Check:
         )
     kept = ", ".join(f"{s} {wanted[s]} s" if wanted[s] else f"{s} forever" for s in wanted)
     return Check("ttl indexes", PASS, f"retention as configured ({kept})")
+
+
+def _only_finished(partial: Any) -> bool:
+    """Whether a partial filter limits its index to finished jobs: status one of them, or ``$eq``/``$in`` of them."""
+    status = dict(partial or {}).get("status")
+    if isinstance(status, Mapping):
+        if set(status) == {"$eq"}:
+            status = status["$eq"]
+        elif set(status) == {"$in"} and isinstance(status["$in"], list):
+            return bool(status["$in"]) and all(isinstance(s, str) and s in FINISHED for s in status["$in"])
+        else:
+            return False
+    return isinstance(status, str) and status in FINISHED
 
 
 def _seconds(value: Any) -> str:

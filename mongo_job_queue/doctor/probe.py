@@ -6,6 +6,7 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
+import pymongo
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import OperationFailure
@@ -14,6 +15,8 @@ from ..store.handle import JobStore
 
 __all__ = ["Probe"]
 
+_COMMAND_NOT_FOUND = 59
+
 
 class Probe:
     """The queue's store and the server's ``hello`` and ``buildInfo`` replies, read once per doctor run.
@@ -21,6 +24,9 @@ class Probe:
     The collection is the model's own, as MongoEngine connects it, without the
     store's index build: the doctor reports missing indexes, it never creates them.
     """
+
+    #: Why ``getDefaultRWConcern`` was refused (a user without the privilege), or None.
+    defaults_refused: str | None = None
 
     def __init__(self, store: JobStore) -> None:
         self.store = store
@@ -34,6 +40,11 @@ class Probe:
     @property
     def database(self) -> Database[dict[str, Any]]:
         return self.collection.database
+
+    def ping(self, timeout_s: float) -> None:
+        """Reach the server within ``timeout_s`` or raise: unreachable, every check would wait its own bound."""
+        with pymongo.timeout(timeout_s):
+            self.database.command("ping")
 
     def command(self, name: str, **kwargs: Any) -> Mapping[str, Any]:
         """An admin command under the store's time bound."""
@@ -76,8 +87,14 @@ class Probe:
         return self.is_replica_set or self.is_sharded
 
     def default_rw_concern(self) -> Mapping[str, Any] | None:
-        """The cluster-wide defaults (MongoDB 4.4+), or None when the server does not say."""
+        """The cluster-wide defaults (MongoDB 4.4+), or None when the server does not say.
+
+        A refusal (not an unknown command) is kept in :attr:`defaults_refused`:
+        then the defaults are unknown, not absent.
+        """
         try:
             return self.command("getDefaultRWConcern")
-        except OperationFailure:
+        except OperationFailure as exc:
+            if exc.code != _COMMAND_NOT_FOUND:
+                self.defaults_refused = str(exc.details.get("errmsg") if exc.details else exc) or repr(exc)
             return None

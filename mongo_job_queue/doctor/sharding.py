@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pymongo.errors import OperationFailure
+
 from .checks import FAIL, PASS, WARN, Check
 from .probe import Probe
 
@@ -39,7 +41,15 @@ def check_shard_key(probe: Probe) -> Check:
         if declared:
             return Check("shard key", PASS, f"declared {list(declared.fields)}; the server is not sharded")
         return Check("shard key", PASS, "not a sharded cluster")
-    actual = _cluster_key(probe)
+    try:
+        actual = _cluster_key(probe)
+    except OperationFailure as exc:  # a least-privilege user may not read config.collections
+        return Check(
+            "shard key",
+            WARN,
+            f"cannot tell how the jobs collection is sharded: config.collections refused ({exc.code})",
+            "run the doctor as a user who may read the config database (clusterMonitor role)",
+        )
     if actual is None:
         return Check("shard key", PASS, "the jobs collection is not sharded (it lives on its database's primary shard)")
     if list(actual) != list(declared.fields):

@@ -9,25 +9,28 @@ as every other job is.
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 from bson import ObjectId
 
 from ..clock import utcnow
 from ..enqueue import Enqueuer
+from ..handlers import HandlerFn, HandlerRegistry
 from ..store import JobStore
 from ..worker import Worker
+from .arguments import ScheduleArguments, schedule_arguments, split_handler_options
 from .definition import Schedule, describe
 from .service import Fire, Scheduler
 
 __all__ = ["ScheduleInfo", "ScheduleManager", "schedule_infos"]
 
 log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=HandlerFn)
 
 
 @dataclass(frozen=True)
@@ -49,17 +52,17 @@ class ScheduleInfo:
     last_status: Optional[str]
 
 
+@dataclass(eq=False)
 class ScheduleManager:
     """The schedules of one queue: its :class:`Scheduler`, and the jobs its fire times enqueue."""
 
-    def __init__(
-        self, store: JobStore, worker: Worker, enqueuer: Enqueuer[Any], *, prepare: Callable[[], None]
-    ) -> None:
-        self.store = store
-        self.worker = worker
-        self.enqueuer = enqueuer
-        #: Called before a fire outside the worker: the queue ensures its indexes once.
-        self.prepare = prepare
+    store: JobStore
+    worker: Worker
+    enqueuer: Enqueuer[Any]
+    #: Where ``periodic()`` registers its handler.
+    registry: HandlerRegistry
+    #: Called before a fire outside the worker: the queue ensures its indexes once.
+    prepare: Callable[[], None]
 
     @property
     def scheduler(self) -> Scheduler:
@@ -68,28 +71,12 @@ class ScheduleManager:
             self.worker.scheduler = Scheduler(self.store, self._enqueue_fire, logger=None)
         return self.worker.scheduler
 
-    def add(
-        self,
-        name: str,
-        cron: Optional[str],
-        job_type: Optional[str],
-        data: Optional[Mapping[str, Any]],
-        *,
-        queue: str,
-        priority: int,
-        max_retries: Optional[int],
-        extra_fields: Mapping[str, Any],
-        **when: Any,
-    ) -> Schedule:
-        """Define and register a schedule; ``when`` holds :meth:`Schedule.create`'s timing and catch-up arguments."""
-        # A copy: the caller changing its dict later must not change future fires.
-        job = {
-            "data": {} if data is None else copy.deepcopy(data),
-            "queue": queue,
-            "priority": priority,
-            "max_retries": max_retries,
-        }
-        built = Schedule.create(name, cron, job_type, job=job, extra_fields=extra_fields, **when)
+    def add(self, arguments: ScheduleArguments) -> Schedule:
+        """Define and register a schedule (:func:`.arguments.schedule_arguments` bound the call)."""
+        job, extra_fields, job_type = arguments.job, arguments.extra_fields, arguments.job_type
+        built = Schedule.create(
+            arguments.name, arguments.cron, job_type, job=job, extra_fields=extra_fields, **arguments.when
+        )
         # The job is built and sealed now, as enqueue would, so a bad payload or
         # field fails here and not in a background thread at the first fire.
         # The local clock: defining a schedule must not touch the database.
@@ -98,10 +85,27 @@ class ScheduleManager:
         now = utcnow()
         builder = self.enqueuer.builder
         spec = {**job, "job_type": job_type, "run_at": now, "unique_key": built.overlap_key}
-        builder.seal(builder.build(spec, extra_fields, now, schedule=name, fire_time=now))
+        builder.seal(builder.build(spec, extra_fields, now, schedule=built.name, fire_time=now))
         self.scheduler.add(built)
         self.worker.start_scheduler()  # a worker started before its first schedule
         return built
+
+    def periodic(self, args: tuple[Any, ...], options: Mapping[str, Any]) -> Callable[[F], F]:
+        """``periodic()``: at decoration, schedule the job and register the function as its handler, or neither."""
+        schedule_options, handler_options = split_handler_options(options)
+
+        def decorate(fn: F) -> F:
+            arguments = schedule_arguments(*args, **schedule_options)
+            job_type = arguments.name if arguments.job_type is None else arguments.job_type
+            self.add(replace(arguments, job_type=job_type))
+            try:
+                self.registry.register(job_type, fn, **handler_options)
+            except BaseException:
+                self.remove(arguments.name)  # all or nothing
+                raise
+            return fn
+
+        return decorate
 
     def remove(self, name: str) -> bool:
         return self.scheduler.remove(name)

@@ -9,6 +9,10 @@
       .indexes  indexes.py model indexes (before the first use) and retention TTL indexes
       .workers  workers.py the worker registry (``<jobs>_workers``), one heartbeat document per worker
       .finals   finals.py  the notice of final writes, for batches and dependent jobs
+      .dependencies dependencies.py blocked jobs, released by their dependencies' final writes
+      .batches  batches.py batch documents (``<jobs>_batches``) and a batch's counts from its jobs
+      .limits   limiter.py limits and mutex keys (``<jobs>_limits``, ``<jobs>_limiters``), admitted in the claim
+                           (limited_claims.py; rates.py the GCRA of rate limits)
     Listing     listing.py the command line's job listings by filter (built with a handle when needed)
 
 faults.py reads database errors (transient, too large, which unique index);

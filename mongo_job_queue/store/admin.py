@@ -107,7 +107,11 @@ class Admin:
             jobs = self._store.collection
             if tries > 1 and jobs.find_one({"_id": job_id, "admin_marks": mark}, {"_id": 1}) is not None:
                 return True
-            return bool(jobs.update_one(self._store.shard_key.scope(filt, jobs), update).matched_count)
+            keyed = self._store.shard_key.scope(filt, jobs)
+            if jobs.update_one(keyed, update).matched_count:
+                return True
+            # The app may have changed the job's key values since they were read: by _id alone (every shard).
+            return keyed is not filt and bool(jobs.update_one(filt, update).matched_count)
 
         return self._store.retry(call, "retry_job")
 
@@ -162,7 +166,10 @@ class Admin:
         unknown = set(statuses) - set(FINISHED)
         if unknown:
             raise ValueError(f"only finished jobs can be purged, not {sorted(unknown)}")
-        filt = {"status": {"$in": list(statuses)}, "finished_at": {"$lt": finished_before}}
+        filt: dict[str, Any] = {"status": {"$in": list(statuses)}, "finished_at": {"$lt": finished_before}}
+        held = self._store.dependencies.held()  # ended jobs whose outcome a blocked dependent has not copied yet
+        if held:
+            filt["_id"] = {"$nin": held}
         return self._store.retry(lambda: self._store.collection.delete_many(filt).deleted_count, "purge")
 
     def queue_stats(self) -> dict[str, dict[str, Any]]:

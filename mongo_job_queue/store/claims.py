@@ -26,9 +26,11 @@ from ..validation import stored_job_problems
 from .faults import is_transient
 from .handle import JobStore
 from .leases import ClaimedJob
+from .limited_claims import LimitedClaims
+from .limiter import Limiter
 from .outcomes import Outcomes
 
-__all__ = ["Claims"]
+__all__ = ["Claims", "claim_update", "lease_fields"]
 
 _MAX_QUARANTINES_PER_CLAIM = 10
 # What a new claim clears: the progress an earlier attempt reported.
@@ -73,9 +75,20 @@ def _claim_update(lease: Mapping[str, Any]) -> dict[str, Any]:
 class Claims:
     """Claims due jobs, one or a batch, failing (quarantining) a malformed one at the head of the queue."""
 
-    def __init__(self, store: JobStore, outcomes: Outcomes) -> None:
+    def __init__(self, store: JobStore, outcomes: Outcomes, limiter: Limiter) -> None:
         self._store = store
         self._outcomes = outcomes
+        self._limiter = limiter
+        self._limited = LimitedClaims(store, limiter)
+
+    def _admitting(
+        self, query: dict[str, Any], owner: LeaseOwner, want: int, abort: threading.Event | None, due_only: bool = True
+    ) -> list[ClaimedJob] | None:
+        """The claim under limits (limited_claims.py) when any limit is in use; None: claim as usual."""
+        limits = self._limiter.active()
+        if not limits:
+            return None
+        return self._limited.claim(query, owner, limits, want, abort, due_only=due_only)
 
     def claim(
         self,
@@ -101,7 +114,10 @@ class Claims:
         # one bad document stop the queue.
         for _ in range(_MAX_QUARANTINES_PER_CLAIM):
             try:
-                return self._claim(query, owner, abort)
+                limited = self._admitting(query, owner, 1, abort)
+                if limited is not None:
+                    return limited[0] if limited else None
+                return self._claim(self._limiter.unlimited(query), owner, abort)
             except OperationFailure as exc:
                 if is_transient(exc) or not self._quarantine_head(query, exc):
                     raise
@@ -141,7 +157,10 @@ class Claims:
             query["$and"] = [dict(where)]
         for _ in range(_MAX_QUARANTINES_PER_CLAIM):
             try:
-                batch, raced = self._claim_batch(query, owner, limit, abort)
+                limited = self._admitting(query, owner, limit, abort)
+                if limited is not None:
+                    return limited
+                batch, raced = self._claim_batch(self._limiter.unlimited(query), owner, limit, abort)
             except OperationFailure as exc:
                 if is_transient(exc) or not self._quarantine_head(query, exc, limit):
                     raise
@@ -150,7 +169,7 @@ class Claims:
                 return batch
             # Other workers took every job we read: that is not an empty queue.
             # One atomic claim either takes the next due job or proves none is left.
-            one = self._claim(query, owner, abort)
+            one = self._claim(self._limiter.unlimited(query), owner, abort)
             return [one] if one is not None else []
         return []
 
@@ -188,8 +207,12 @@ class Claims:
         return count, where
 
     def claim_job(self, job_id: ObjectId, owner: LeaseOwner) -> ClaimedJob | None:
-        """Claim one specific pending job, due or not (inline/eager runs, admin "run now")."""
-        return self._claim({"_id": job_id, "status": PENDING}, owner, None, due_only=False)
+        """Claim one specific pending job, due or not (inline/eager runs, admin "run now"); admitted by its limits."""
+        query: dict[str, Any] = {"_id": job_id, "status": PENDING}
+        limited = self._admitting(query, owner, 1, None, due_only=False)
+        if limited is not None:
+            return limited[0] if limited else None
+        return self._claim(self._limiter.unlimited(query), owner, None, due_only=False)
 
     def _claim_batch(
         self, query: dict[str, Any], owner: LeaseOwner, limit: int, abort: threading.Event | None
@@ -354,3 +377,8 @@ class Claims:
             )
         # Each read waits up to max_await_ms on the server, plus the usual bound.
         return BoundedChangeStream(stream, store.bounded, max_await_ms)
+
+
+#: The lease fields and the update of a claim, for the claim under limits (limited_claims.py).
+lease_fields = _lease
+claim_update = _claim_update

@@ -29,7 +29,7 @@ from pymongo import ReturnDocument
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
-from ..status import ALL_STATUSES, CANCELLED, PENDING, PROCESSING
+from ..status import ALL_STATUSES, BLOCKED, CANCELLED, PENDING, PROCESSING
 from .finals import FinalJob
 from .handle import JobStore
 from .marks import as_stored, new_mark, pushed_mark
@@ -197,7 +197,7 @@ class Control:
         """
         now = as_stored(self._store.now())
         mark = new_mark()
-        filt = {"_id": job_id, "status": {"$in": [PENDING, PROCESSING]}}
+        filt = {"_id": job_id, "status": {"$in": [PENDING, PROCESSING, BLOCKED]}}
         outcomes = {_did(mark, "cancelled"): "cancelled", _did(mark, "requested"): "requested"}
         tries = 0
 
@@ -209,15 +209,16 @@ class Control:
                 doc = jobs.find_one({"_id": job_id, "admin_marks": {"$in": list(outcomes)}}, {"admin_marks": 1})
                 if doc is not None:
                     return next(outcomes[m] for m in doc["admin_marks"] if m in outcomes)
-            before = jobs.find_one_and_update(
-                self._store.shard_key.scope(filt, jobs),
-                _cancel_pipeline(now, mark),
-                projection=projection,
-                return_document=ReturnDocument.BEFORE,
-            )
+            for _ in range(2):  # again if the app changed the job's key values since they were read
+                keyed = self._store.shard_key.scope(filt, jobs)
+                before = jobs.find_one_and_update(
+                    keyed, _cancel_pipeline(now, mark), projection=projection, return_document=ReturnDocument.BEFORE
+                )
+                if before is not None or keyed is filt:
+                    break
             if before is None:
                 return None  # finished or missing
-            if before.get("status") == PENDING:
+            if before.get("status") in (PENDING, BLOCKED):
                 told.append(before)
                 return "cancelled"
             return "requested"
@@ -227,11 +228,7 @@ class Control:
         outcome = self._store.retry(call, "request_cancel")
         if outcome == "cancelled" and self._store.finals.active:
             # A retry that found its earlier try's mark has no document: read the fields the listeners need.
-            doc = (
-                told[-1]
-                if told
-                else self._store.collection.find_one(self._store.shard_key.scope({"_id": job_id}), projection)
-            )
+            doc = told[-1] if told else self._store.collection.find_one({"_id": job_id}, projection)
             self._store.finals.notify_one(doc or {"_id": job_id}, CANCELLED)
         return outcome
 
@@ -252,7 +249,8 @@ class Control:
         now = as_stored(self._store.now())
         mark = new_mark()
         flaggable = {"status": PROCESSING, "cancel_requested": {"$ne": True}}
-        match = {**filt, "$or": [{"status": PENDING}, flaggable]} if running else {**filt, "status": PENDING}
+        waiting = {"status": {"$in": [PENDING, BLOCKED]}}
+        match = {**filt, "$or": [waiting, flaggable]} if running else {**filt, **waiting}
         cancelled_mark, requested_mark = _did(mark, "cancelled"), _did(mark, "requested")
         any_status = {**filt, "status": {"$in": list(ALL_STATUSES)}}
         # A job flagged by one try and cancelled by a later one (its worker let it go) counts once.
@@ -287,7 +285,7 @@ def _did(mark: str, outcome: str) -> str:
 
 def _cancel_pipeline(now: datetime, mark: str) -> list[dict[str, Any]]:
     """An update that cancels a pending job and flags a processing one, by the status it finds, under ``mark``."""
-    pending = {"$eq": ["$status", PENDING]}
+    pending = {"$in": ["$status", [PENDING, BLOCKED]]}  # a blocked job is cancelled like a pending one
     did = {"$cond": [pending, _did(mark, "cancelled"), _did(mark, "requested")]}
     return [
         {

@@ -10,8 +10,10 @@ The notice comes after the write, never inside it, so a process that dies
 in between loses it: every listener must have a sweep that finds what such
 a crash left undone (batches recount, blocked jobs are re-checked). A
 listener that raises is logged and the final write stands; its sweep
-catches up. With no listener registered nothing is collected or read,
-so queues that use neither feature pay nothing.
+catches up. Every queue registers the two (store/batches.py,
+store/dependencies.py); each costs nothing for a job outside its feature
+beyond a look at the document, and the dependencies' probe for blocked
+jobs at most once a second.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from bson import ObjectId
 
-__all__ = ["FinalJob", "FinalListener", "FinalWrites"]
+__all__ = ["SWEEP_MIN_INTERVAL_S", "FinalJob", "FinalListener", "FinalSweep", "FinalWrites"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,10 @@ class FinalJob:
 
 #: Called with the jobs that just ended, in the writer's thread; it must be quick and must not block.
 FinalListener = Callable[[Sequence[FinalJob]], None]
+#: A listener's sweep: one bounded step finding what lost notices left undone; run by the worker's maintenance.
+FinalSweep = Callable[[datetime], object]
+#: The sweeps run every ``sweep_interval_ms``, but never more often than this: they catch up on rare losses.
+SWEEP_MIN_INTERVAL_S = 5.0
 
 
 class FinalWrites:
@@ -53,13 +60,29 @@ class FinalWrites:
         self._lock = threading.Lock()
         self._listeners: tuple[FinalListener, ...] = ()
         self._fields: frozenset[str] = frozenset()
+        self._sweeps: tuple[FinalSweep, ...] = ()
 
-    def add(self, listener: FinalListener, *, fields: Iterable[str] = ()) -> None:
-        """Register ``listener``; ``fields``: what it reads of a document (writers without one project them)."""
+    def add(self, listener: FinalListener, *, fields: Iterable[str] = (), sweep: FinalSweep | None = None) -> None:
+        """Register ``listener``; ``fields``: what it reads of a document (writers without one project them).
+
+        ``sweep``: the listener's catch-up step, which every running worker's
+        maintenance thread calls (:meth:`sweep`) every ``sweep_interval_ms``
+        (at least :data:`SWEEP_MIN_INTERVAL_S`).
+        """
         with self._lock:
             if listener not in self._listeners:
                 self._listeners = (*self._listeners, listener)
             self._fields = self._fields | frozenset(fields)
+            if sweep is not None and sweep not in self._sweeps:
+                self._sweeps = (*self._sweeps, sweep)
+
+    def sweep(self, now: datetime) -> None:
+        """Run each listener's sweep once; one that raises is logged and the others still run."""
+        for step in self._sweeps:
+            try:
+                step(now)
+            except Exception:  # noqa: BLE001 - the next round tries again
+                self._log.exception("a sweep of final writes failed; the next round tries again")
 
     @property
     def active(self) -> bool:

@@ -10,11 +10,12 @@ into it.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -50,6 +51,9 @@ MAINTENANCE_MAX_TIME_MS = 5_000
 #: Extra time bound of an index build on a large existing collection, on top of ``db_timeout_ms``.
 INDEX_BUILD_MS = 300_000
 
+#: Set by :meth:`JobStore.tried_once` for the calls made inside its block, in that thread (context) only.
+_TRIED_ONCE: contextvars.ContextVar[bool] = contextvars.ContextVar("mjq_tried_once", default=False)
+
 #: ``hello`` round trips per clock measurement; the fastest one is used.
 _CLOCK_SAMPLES = 3
 #: A measurement whose fastest round trip took longer is not trusted (error up to half of it).
@@ -75,7 +79,13 @@ class JobStore:
     * :attr:`indexes` (:class:`~mongo_job_queue.store.indexes.Indexes`):
       the model's indexes and the retention TTL indexes;
     * :attr:`workers` (:class:`~mongo_job_queue.store.workers.WorkerDocs`):
-      the worker registry, one heartbeat document per running worker.
+      the worker registry, one heartbeat document per running worker;
+    * :attr:`dependencies` (:class:`~mongo_job_queue.store.dependencies.Dependencies`):
+      blocked jobs, released by their dependencies' final writes.
+    * :attr:`batches` (:class:`~mongo_job_queue.store.batches.BatchDocs`):
+      batch documents, and a batch's counts read from its jobs.
+    * :attr:`limits` (:class:`~mongo_job_queue.store.limiter.Limiter`):
+      limit definitions and limiter documents, admitted inside the claim.
 
     Two rules hold for every write about a job:
 
@@ -108,9 +118,12 @@ class JobStore:
     ) -> None:
         # The components import this module (for the handle's type), so they are imported here.
         from .admin import Admin
+        from .batches import BatchDocs
         from .control import Control
+        from .dependencies import Dependencies
         from .indexes import Indexes
         from .jobs import Jobs
+        from .limiter import Limiter
         from .shardkey import ShardKey
         from .workers import WorkerDocs
 
@@ -129,10 +142,15 @@ class JobStore:
         self.finals = FinalWrites(self.log)
         self.shard_key = ShardKey(job_model)  # the app's declared shard key, added to the filters about a job
         self.indexes = Indexes(self)
+        #: Concurrency limits, mutex keys and rate limits, admitted inside the claim (see limiter.py).
+        self.limits = Limiter(self)
         self.jobs = Jobs(self, self.indexes)
         self.control = Control(self)
         self.admin = Admin(self, self.control)
         self.workers = WorkerDocs(self)
+        #: Blocked jobs and their release (enqueue(depends_on=...)); listens to :attr:`finals`.
+        self.dependencies = Dependencies(self)
+        self.batches = BatchDocs(self)
 
     # -- connection ---------------------------------------------------------
 
@@ -176,6 +194,7 @@ class JobStore:
     def after_fork_in_child(self) -> None:
         """Called by the after-fork hook: a lock held by a parent thread at fork() stays held forever in the child."""
         self._sync_lock = threading.Lock()
+        self.limits.after_fork_in_child()
 
     def ensure_indexes(self) -> None:
         """Create and check the model's indexes now, and the retention TTL indexes; idempotent (see :attr:`indexes`)."""
@@ -298,6 +317,22 @@ class JobStore:
             pass
         return pymongo.timeout(bound + extra_ms / 1000)
 
+    @contextlib.contextmanager
+    def tried_once(self) -> Iterator[None]:
+        """Within the block, in this thread, every call through :meth:`retry` is tried once.
+
+        For a reader that must answer quickly (an admin page): the retries
+        ride out a failover for the worker, and count a timeout as transient,
+        so a page would be held ``db_retry_attempts`` times as long on a
+        query that ran out of time and would again. The other threads of the
+        process (the worker's) keep their retries; so do calls outside the block.
+        """
+        token = _TRIED_ONCE.set(True)
+        try:
+            yield
+        finally:
+            _TRIED_ONCE.reset(token)
+
     def retry(self, fn: Callable[[], T], op: str, abort: threading.Event | None = None, *, extra_ms: int = 0) -> T:
         """Run ``fn`` with each try time-bounded (:meth:`bounded`); retry transient errors and timeouts.
 
@@ -305,6 +340,7 @@ class JobStore:
         run again after a try whose reply was lost: each caller's ``fn``
         checks whether its earlier try applied before writing again.
         ``op`` names the call in the log; ``abort`` stops the retries early.
+        Inside :meth:`tried_once` there is one try.
         """
 
         def bounded_try() -> T:
@@ -330,9 +366,10 @@ class JobStore:
             )
 
         abort = abort or threading.Event()
+        attempts = 1 if _TRIED_ONCE.get() else self.config.db_retry_attempts
         retrying = Retrying(
             retry=retry_if_exception(is_transient),
-            stop=stop_after_attempt(self.config.db_retry_attempts) | stop_when_event_set(abort),
+            stop=stop_after_attempt(attempts) | stop_when_event_set(abort),
             wait=wait_exponential(multiplier=0.05, max=self.config.db_retry_max_delay_ms / 1000) + wait_random(0, 0.05),
             sleep=self._sleep or sleep_using_event(abort),
             before_sleep=before_sleep,

@@ -39,8 +39,10 @@ from .handle import INDEX_BUILD_MS, JobStore
 __all__ = [
     "UNIQUE_INDEXES",
     "Indexes",
+    "declared_indexes",
     "forget_prepared",
     "forget_prepared_collections",
+    "index_mismatch",
     "is_prepared",
     "prepared_collection",
     "retention_index_name",
@@ -287,9 +289,10 @@ def _create_indexes(model: type[BaseJob]) -> None:
 def verify_unique_indexes(model: type[BaseJob], collection: Collection[dict[str, Any]]) -> None:
     """Raise :class:`IndexSetupError` unless the unique indexes exist, unique, on their keys."""
     info = collection.index_information()
+    declared = declared_indexes(model)
     for name, key in UNIQUE_INDEXES.items():
         found = info.get(name)
-        if not _is_unique_index(found, key):
+        if index_mismatch(found, declared[name]) is not None:
             raise IndexSetupError(
                 f"collection {collection.name!r} of {model.__name__} has no unique index {name} on "
                 f"{[k for k, _ in key]} (found {found!r}): unique jobs and schedule fires would not be single"
@@ -313,7 +316,8 @@ def unique_insert_protected(model: type[BaseJob], collection: Collection[dict[st
         IndexSetupError: the indexes cannot be created even without this job.
     """
     info = collection.index_information()
-    if all(_is_unique_index(info.get(name), key) for name, key in UNIQUE_INDEXES.items()):
+    declared = declared_indexes(model)
+    if all(index_mismatch(info.get(name), declared[name]) is None for name in UNIQUE_INDEXES):
         return True
     log.warning(
         "collection %r of %s has lost its unique indexes (dropped outside this process?): creating them again",
@@ -330,8 +334,52 @@ def unique_insert_protected(model: type[BaseJob], collection: Collection[dict[st
         return False
 
 
-def _is_unique_index(found: Any, key: list[tuple[str, int]]) -> bool:
-    return found is not None and bool(found.get("unique")) and [tuple(k) for k in found.get("key", ())] == key
+#: The options of an index that a ``createIndex`` of the same name must find equal (else it is refused).
+_COMPARED_OPTIONS = ("unique", "sparse", "partialFilterExpression")
+
+
+def declared_indexes(model: type[BaseJob]) -> dict[str, dict[str, Any]]:
+    """The model's declared indexes (the library's and the app's) by name: ``key`` and the compared options."""
+    declared: dict[str, dict[str, Any]] = {}
+    for spec in model._meta.get("index_specs") or []:
+        key = [(str(field), direction) for field, direction in spec["fields"]]
+        name = str(spec.get("name") or "_".join(f"{field}_{direction}" for field, direction in key))
+        declared[name] = {"key": key, **{option: spec[option] for option in _COMPARED_OPTIONS if option in spec}}
+    return declared
+
+
+def _stored_key(key: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """A declared key as ``listIndexes`` shows it: a text index's fields become its ``_fts``/``_ftsx`` pair."""
+    if not any(direction == "text" for _, direction in key):
+        return list(key)
+    first = next(i for i, (_, direction) in enumerate(key) if direction == "text")
+    rest = [part for part in key if part[1] != "text"]
+    before = [part for part in rest if key.index(part) < first]
+    return [*before, ("_fts", "text"), ("_ftsx", 1), *[part for part in rest if part not in before]]
+
+
+def index_mismatch(found: Optional[Mapping[str, Any]], spec: Mapping[str, Any]) -> Optional[str]:
+    """How an existing index differs from the declared one of its name (:func:`declared_indexes`); None if not.
+
+    The comparison ``createIndex`` makes: the key, then unique, sparse and
+    the partial filter. An index of the declared name that differs makes
+    the model's index creation fail, so no worker or enqueue can start.
+    """
+    if found is None:
+        return "missing"
+    raw = found.get("key") or ()
+    key = [(str(field), direction) for field, direction in (raw.items() if isinstance(raw, Mapping) else raw)]
+    if key != _stored_key(spec["key"]):
+        return f"on {[field for field, _ in key]}, not {[field for field, _ in spec['key']]}"
+    for option in _COMPARED_OPTIONS:
+        want, have = spec.get(option), found.get(option)
+        if option == "partialFilterExpression":
+            want, have = dict(want or {}), dict(have or {})
+        else:
+            want, have = bool(want), bool(have)
+        if want != have:
+            return f"{option} {have!r} here, {want!r} declared"
+    return None
 
 
 def forget_prepared(model: type[BaseJob]) -> None:

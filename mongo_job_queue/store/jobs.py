@@ -15,7 +15,7 @@ from typing import Any, Optional
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from ..errors import InvalidJobError
-from ..status import FINISHED, PENDING
+from ..status import BLOCKED, FINISHED, PENDING
 from .claims import Claims
 from .faults import duplicate_field, is_transient
 from .handle import JobStore
@@ -35,8 +35,8 @@ class Jobs:
         self._store = store
         self._indexes = indexes
         outcomes = Outcomes(store)
-        claims = Claims(store, outcomes)
-        leases = Leases(store)
+        claims = Claims(store, outcomes, store.limits)
+        leases = Leases(store, store.limits)
         # The claim path (claims.py).
         self.claim = claims.claim
         self.claim_batch = claims.claim_batch
@@ -57,6 +57,7 @@ class Jobs:
         self.reschedule = outcomes.reschedule
         self.fail = outcomes.fail
         self.release = outcomes.release
+        self.throttle = outcomes.throttle
         self.cancel_claimed = outcomes.cancel_claimed
         self.abandon = outcomes.abandon
         self.write_progress = outcomes.write_progress
@@ -101,6 +102,11 @@ class Jobs:
                     # On a retry, an earlier try whose reply was lost may have inserted
                     # it; the server may name any of the indexes the copy collides on.
                     mine = tries > 1 and (dup_field == "_id" or self._stored(doc["_id"]))
+                    if not mine and dup_field == "_id":
+                        # A job preset with this _id (a batch callback) is already stored: it holds the place.
+                        taken = store.collection.find_one({"_id": doc["_id"]})
+                        if taken is not None:
+                            return taken
                     if not mine:
                         holder = self._holder(doc, dup_field, exc, retried=tries > 1)
                         if holder is None:
@@ -195,7 +201,8 @@ class Jobs:
         position = next((i for i, d in enumerate(docs) if d["_id"] == bad_id), first.get("index", "?"))
         ids = [d["_id"] for d in docs if d["_id"] != bad_id]
         collection = self._store.collection
-        removed = collection.delete_many({"_id": {"$in": ids}, "status": PENDING, "attempts": 0}).deleted_count
+        untouched = {"_id": {"$in": ids}, "status": {"$in": [PENDING, BLOCKED]}, "attempts": 0}
+        removed = collection.delete_many(untouched).deleted_count
         kept = collection.count_documents({"_id": {"$in": ids}})
         message = f"jobs[{position}] rejected by the server: {first.get('errmsg', exc)}; "
         message += f"{removed} job(s) of the batch removed again"

@@ -24,7 +24,7 @@ from ..status import CANCELLED, COMPLETED, FAILED, PENDING, PROCESSING
 from .faults import is_too_large, short_error
 from .finals import FinalJob
 from .handle import MAINTENANCE_MAX_TIME_MS, JobStore
-from .leases import ClaimedJob, fence
+from .leases import ClaimedJob, fence, rekey
 from .marks import as_stored
 
 __all__ = ["FencedWrite", "Outcomes", "UnstorableResult", "completion_update"]
@@ -131,19 +131,31 @@ class Outcomes:
         """
         if not writes:
             return set()
-        ops = [UpdateOne(w.filter, dict(w.update)) for w in writes]
         targets = {(w.job.id, w.job.token): w.status for w in writes}
+        jobs = self._store.collection
 
-        def call() -> set[tuple[ObjectId, str]]:
+        def bulk(some: Sequence[FencedWrite]) -> Optional[list[dict[str, Any]]]:
+            """Write ``some``: None when every write matched, else the documents of their jobs now."""
             try:
-                if self._store.collection.bulk_write(ops, ordered=False).matched_count == len(ops):
-                    return set(targets)
+                ops = [UpdateOne(w.filter, dict(w.update)) for w in some]
+                if jobs.bulk_write(ops, ordered=False).matched_count == len(some):
+                    return None
             except BulkWriteError:
                 pass  # some writes were rejected; find out which below
-            ids = list({job_id for job_id, _ in targets})
-            found = self._store.collection.find(
-                self._store.shard_key.scope({"_id": {"$in": ids}}), {"status": 1, "lease_token": 1}
-            )
+            ids = list({w.job.id for w in some})
+            keyed = self._store.shard_key.targeted({"_id": {"$in": ids}}, [w.job.key for w in some])
+            return list(jobs.find(keyed, {"status": 1, "lease_token": 1}))
+
+        def call() -> set[tuple[ObjectId, str]]:
+            found = bulk(writes)
+            if found is None:
+                return set(targets)
+            seen = {d["_id"] for d in found}
+            moved = rekey(self._store, [w.job for w in writes if w.job.id not in seen])
+            if moved:  # the app changed their shard key values: write again under the new ones
+                again = bulk([w for w in writes if any(w.job is job for job in moved)])
+                landed = [{"_id": j.id, "lease_token": j.token, "status": targets[(j.id, j.token)]} for j in moved]
+                found += landed if again is None else again
             runs = ((d["_id"], str(d.get("lease_token")), d.get("status")) for d in found)
             return {(job_id, token) for job_id, token, status in runs if targets.get((job_id, token)) == status}
 
@@ -191,6 +203,15 @@ class Outcomes:
         }
         return self._fenced(job, update, PENDING, "release", uncancelled=True)
 
+    def throttle(self, job: ClaimedJob, run_at: datetime) -> bool:
+        """Back to ``pending`` at ``run_at``, attempt not counted (a 429); False if the lease is lost first."""
+        update = {
+            "$set": {"status": PENDING, "run_at": run_at, "updated_at": self._store.now()},
+            "$inc": {"attempts": -1},
+            "$unset": {"lease_expires_at": ""},
+        }
+        return self._fenced(job, update, PENDING, "throttle", uncancelled=True)
+
     def cancel_claimed(self, job: ClaimedJob) -> bool:
         """End a claimed job ``cancelled`` (fenced); False if the lease was lost."""
         ended = self._fenced(job, _ended(CANCELLED, self._store.now()), CANCELLED, "cancel_claimed")
@@ -213,20 +234,25 @@ class Outcomes:
         for status, cancel, extra in ((target, {"$ne": True}, fields), (CANCELLED, True, ended)):
             update = self._attempt_failed(status, error, extra)
             update["$unset"]["lease_token"] = ""
-            writes.append((status, {**job.fence, "cancel_requested": cancel}, update))
+            writes.append((status, cancel, update))
 
         def call() -> Optional[str]:
-            for status, filt, update in writes:
-                if self._store.collection.update_one(filt, update).matched_count:
-                    return status
-            return self._pushed(job.id, error)
+            for _ in range(2):
+                for status, cancel, update in writes:
+                    if self._store.collection.update_one(
+                        {**job.fence, "cancel_requested": cancel}, update
+                    ).matched_count:
+                        return status
+                if not rekey(self._store, [job]):
+                    break  # else the app changed the job's shard key values: write again under the new ones
+            return self._pushed(job.id, error, job.key)
 
         written = self._store.retry(call, "abandon")
         if written in (FAILED, CANCELLED):
             self._store.finals.notify_one(job.doc, written)
         return written
 
-    def _pushed(self, job_id: Any, error: JobError) -> Optional[str]:
+    def _pushed(self, job_id: Any, error: JobError, key: Mapping[str, Any]) -> Optional[str]:
         """After a write that matched nothing: the job's status if an earlier try pushed this very ``error``, else None.
 
         A write that removed the token cannot recognise its earlier try by
@@ -234,9 +260,7 @@ class Outcomes:
         """
         record = error.as_doc()
         record["at"] = as_stored(error.at)
-        found = self._store.collection.find_one(
-            self._store.shard_key.scope({"_id": job_id}), {"errors": 1, "status": 1}
-        )
+        found = self._store.collection.find_one({"_id": job_id, **key}, {"errors": 1, "status": 1})
         if found is None or not any(e == record for e in found.get("errors") or []):
             return None
         return str(found.get("status"))
@@ -244,10 +268,16 @@ class Outcomes:
     def write_progress(self, job: ClaimedJob, progress: Mapping[str, Any]) -> Optional[bool]:
         """Store a running job's progress (fenced); None if the lease is gone, else whether a cancel was requested."""
         update = {"$set": {"progress": dict(progress), "updated_at": self._store.now()}}
-        doc = self._store.retry(
-            lambda: self._store.collection.find_one_and_update(job.fence, update, projection={"cancel_requested": 1}),
-            "write_progress",
-        )
+
+        def call() -> Optional[dict[str, Any]]:
+            found = self._store.collection.find_one_and_update(job.fence, update, projection={"cancel_requested": 1})
+            if found is None and rekey(self._store, [job]):  # the app changed the job's shard key values
+                found = self._store.collection.find_one_and_update(
+                    job.fence, update, projection={"cancel_requested": 1}
+                )
+            return found
+
+        doc = self._store.retry(call, "write_progress")
         return None if doc is None else bool(doc.get("cancel_requested"))
 
     def _attempt_failed(self, status: str, error: JobError, fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -261,20 +291,24 @@ class Outcomes:
     def _fenced(
         self, job: ClaimedJob, update: Mapping[str, Any], target: str, op: str, *, uncancelled: bool = False
     ) -> bool:
-        filt = job.fence
-        if uncancelled:  # back to pending only if no cancel was requested; the caller then cancels
-            filt["cancel_requested"] = {"$ne": True}
-
         def call() -> bool:
-            if self._store.collection.update_one(filt, update).matched_count:
-                return True
-            # Nothing matched: either the lease is gone, or an earlier try (ours
-            # or the driver's own retryable-write retry) applied the write and
-            # only its reply was lost. The token stays on the document until the
-            # next claim replaces it, so "our token and the target status"
-            # means the write was ours.
-            doc = self._store.collection.find_one({"_id": job.id, **job.key}, {"status": 1, "lease_token": 1})
-            return doc is not None and doc.get("lease_token") == job.token and doc.get("status") == target
+            for _ in range(2):
+                filt = job.fence
+                if uncancelled:  # back to pending only if no cancel was requested; the caller then cancels
+                    filt["cancel_requested"] = {"$ne": True}
+                if self._store.collection.update_one(filt, update).matched_count:
+                    return True
+                # Nothing matched: either the lease is gone, or an earlier try (ours
+                # or the driver's own retryable-write retry) applied the write and
+                # only its reply was lost. The token stays on the document until the
+                # next claim replaces it, so "our token and the target status"
+                # means the write was ours. Not found under its key values: the app
+                # may have changed them (:func:`.leases.rekey`), then write again.
+                doc = self._store.collection.find_one({"_id": job.id, **job.key}, {"status": 1, "lease_token": 1})
+                if doc is None and rekey(self._store, [job]):
+                    continue
+                return doc is not None and doc.get("lease_token") == job.token and doc.get("status") == target
+            return False
 
         return self._store.retry(call, op)
 
@@ -321,7 +355,7 @@ class Outcomes:
                 return True
             # Nothing matched: renewed or recovered by someone else, or an earlier
             # try of ours applied and only its reply was lost.
-            return self._pushed(doc["_id"], error) is not None
+            return self._pushed(doc["_id"], error, self._store.shard_key.of(doc)) is not None
 
         recovered = self._store.retry(call, "recover")
         if recovered and give_up:

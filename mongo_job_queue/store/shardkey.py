@@ -4,44 +4,38 @@ The app declares the key as MongoEngine does, ``meta = {"shard_key": ("queue",
 "_id")}`` (see docs/scaling.rst for the choice). On a sharded collection
 ``mongos`` sends a query to the shards that own its shard key values; a
 filter without them goes to every shard. So the queries about one job carry
-its key values: the claim's lease (:class:`~.leases.ClaimedJob`) takes them
-from the claimed document (:meth:`ShardKey.of`), and :meth:`ShardKey.scope`
-adds them to a filter by ``_id`` from the documents this process claimed or
-read. A filter whose jobs' values are not known here is left as it is: it
-still matches the same documents, it only goes to every shard.
+its key values: a claim's lease (:class:`~.leases.ClaimedJob`) takes them
+from the claimed document (:meth:`ShardKey.of`) and every write and read of
+its worker carries them (:meth:`ShardKey.targeted`); an admin call by
+``_id`` reads them first (:meth:`ShardKey.scope`). Nothing is cached: the app
+may change a job's key value at any time (MongoDB allows it since 4.2), and
+a remembered value would then make the filter match nothing.
 
 Without a declared key every method returns its input: nothing changes.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pymongo.collection import Collection
 
 from ..model import BaseJob
 
-__all__ = ["REMEMBERED", "ShardKey"]
-
-#: How many jobs' key values one process remembers (its running jobs and the recently finished ones).
-REMEMBERED = 100_000
+__all__ = ["ShardKey"]
 
 _MISSING = object()
 
 
 class ShardKey:
-    """The job model's declared shard key (stored field names) and the key values of jobs seen by this process."""
+    """The job model's declared shard key (stored field names)."""
 
     def __init__(self, model: type[BaseJob]) -> None:
         declared = model._meta.get("shard_key") or ()
         if isinstance(declared, str):
             declared = (declared,)
         self.fields: tuple[str, ...] = tuple(_db_field(model, name) for name in declared)
-        self._known: OrderedDict[Any, dict[str, Any]] = OrderedDict()
-        self._lock = threading.Lock()
 
     def __bool__(self) -> bool:
         return bool(self.fields)
@@ -52,7 +46,7 @@ class ShardKey:
         return bool(self.fields) and self.fields[0] == "queue"
 
     def of(self, doc: Mapping[str, Any]) -> dict[str, Any]:
-        """The key's values in ``doc`` (as a filter), remembered for :meth:`scope` of its ``_id``."""
+        """The key's values in ``doc`` (as a filter); empty when one is missing."""
         if not self.fields:
             return {}
         values = {}
@@ -61,46 +55,39 @@ class ShardKey:
             if value is _MISSING:
                 return {}  # a partial key targets nothing better; and None would match only missing fields
             values[field] = value
-        if "_id" in doc:
-            with self._lock:
-                self._known[doc["_id"]] = values
-                self._known.move_to_end(doc["_id"])
-                while len(self._known) > REMEMBERED:
-                    self._known.popitem(last=False)
         return values
 
-    def scope(self, filt: dict[str, Any], lookup: Collection[Any] | None = None) -> dict[str, Any]:
-        """``filt`` (by ``_id`` or ``_id $in``) with the key values of its jobs added, when all of them are known.
-
-        With ``lookup`` (the jobs collection), the values of a single job not
-        seen here are read first, by ``_id`` (one read sent to every shard), so
-        that a ``findAndModify`` by ``_id`` from an admin process is targeted.
-        """
-        if not self.fields or "_id" not in filt or all(field in filt for field in self.fields):
-            return filt
-        wanted = filt["_id"]
-        by_list = isinstance(wanted, Mapping)
-        if by_list and set(wanted) != {"$in"}:
-            return filt  # a range or another operator on _id: leave it to the server
-        ids = list(wanted["$in"]) if by_list else [wanted]
-        with self._lock:
-            known = [self._known.get(job_id) for job_id in ids]
-        if lookup is not None and len(ids) == 1 and known[0] is None:
-            doc = lookup.find_one({"_id": ids[0]}, {field: 1 for field in self.fields})
-            known = [self.of(doc) or None] if doc is not None else known
-        if not known or any(values is None for values in known):
+    def targeted(self, filt: dict[str, Any], keys: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """``filt`` (by ``_id $in``) with the key values ``keys`` of its jobs added; as it is if one is unknown."""
+        if not self.fields or not keys or any(not values for values in keys):
             return filt
         extra: dict[str, Any] = {}
         for field in self.fields:
             if field in filt:
                 continue  # _id in a key like (queue, _id): the filter's own condition stays
             distinct: list[Any] = []
-            for values in known:
-                assert values is not None
+            for values in keys:
                 if values[field] not in distinct:
                     distinct.append(values[field])
-            extra[field] = {"$in": distinct} if by_list else distinct[0]
+            extra[field] = {"$in": distinct}
         return {**filt, **extra}
+
+    def scope(self, filt: dict[str, Any], lookup: Collection[Any]) -> dict[str, Any]:
+        """``filt`` (by one ``_id``) with its job's current key values, read first by ``_id`` from ``lookup``.
+
+        The read goes to every shard, but it lets a ``findAndModify`` by
+        ``_id`` from an admin process be targeted (servers before 7.1 refuse
+        one without the key). A job not found is left to the server. The
+        app may change the values between the read and the write: a caller
+        whose keyed write matched nothing tries once more.
+        """
+        if not self.fields or all(field in filt for field in self.fields):
+            return filt
+        if "_id" not in filt or isinstance(filt["_id"], Mapping):
+            return filt  # many jobs or a range: left to the server
+        doc = lookup.find_one({"_id": filt["_id"]}, dict.fromkeys(self.fields, 1))
+        values = self.of(doc) if doc is not None else {}
+        return {**values, **filt} if values else filt
 
 
 def _db_field(model: type[BaseJob], name: str) -> str:

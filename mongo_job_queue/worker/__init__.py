@@ -79,6 +79,7 @@ class Worker:
         self._stopped = threading.Condition(self._lock)
         self._running = False
         self._reset_runtime_state()
+        store.limits.on_release(self.notify)  # a freed limiter slot may let a held-back job run here
 
     def _reset_runtime_state(self) -> None:
         """Start afresh: at construction, and in a forked child (the parent's threads and runs are not its own)."""

@@ -20,6 +20,8 @@ from ..handlers import HandlerRegistry
 from ..middleware import MiddlewareChain
 from ..model import LeaseOwner
 from ..store import JobStore
+from ..store.dependencies import Dependencies
+from ..store.finals import SWEEP_MIN_INTERVAL_S
 from .completer import Completer, GroupCompleter
 from .executor import Executor
 from .inflight import InflightTable
@@ -48,6 +50,10 @@ class Services:
     hygiene: Hygiene
     presence: WorkerPresence
     shutdown: ShutdownRequeue
+    #: Re-checks blocked jobs for release notices lost to a crash (``store.dependencies.sweep``).
+    dependencies: Dependencies
+    #: The catch-up steps of the listeners of final writes (a batch's reconciler), see store/finals.py.
+    finals_sweep: Callable[[datetime], object]
 
     def maintenance(
         self, config: QueueConfig, now: Callable[[], datetime], logger: Optional[logging.Logger]
@@ -57,7 +63,11 @@ class Services:
             [
                 Service("lease recovery sweep", config.sweep_interval_ms / 1000, self.rescuer.run_once),
                 Service("malformed-job sweep", config.hygiene_interval_ms / 1000, self.hygiene.run_once),
+                Service("blocked-job sweep", config.dependency_sweep_interval_ms / 1000, self.dependencies.sweep),
                 Service("worker registry", self.presence.interval_s, self.presence.run_once),
+                Service(
+                    "final-write sweeps", max(config.sweep_interval_ms / 1000, SWEEP_MIN_INTERVAL_S), self.finals_sweep
+                ),
             ],
             now,
             logger,
@@ -131,4 +141,6 @@ def build_services(
         hygiene=Hygiene(store, quarantiner),
         presence=WorkerPresence(store, config, owner, table, registry),
         shutdown=ShutdownRequeue(executor, table, owner.worker_id),
+        dependencies=store.dependencies,
+        finals_sweep=store.finals.sweep,
     )

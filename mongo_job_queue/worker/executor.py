@@ -19,7 +19,7 @@ from typing import Any, Optional
 from ..clock import after_ms
 from ..config import QueueConfig
 from ..context import JobContext, RunState
-from ..errors import FailJob, JobCancelled, WorkerShutdown
+from ..errors import FailJob, JobCancelled, Throttled, WorkerShutdown
 from ..handlers import Handler, HandlerRegistry
 from ..middleware import MiddlewareChain, Outcome
 from ..model import BaseJob, JobError, safe_str, truncate
@@ -102,6 +102,12 @@ class Executor:
     def hand_back(self, claimed: ClaimedJob) -> None:
         """Return a claimed job that never started to ``pending``, attempt not counted (fenced)."""
         try:
+            self._hand_back(claimed)
+        finally:
+            self.store.limits.release(claimed.id, claimed.token)
+
+    def _hand_back(self, claimed: ClaimedJob) -> None:
+        try:
             if self.store.jobs.release(claimed):
                 log_job(self.log, logging.INFO, claimed.doc, "handed back unstarted job")
             elif self.cancel(claimed):
@@ -123,6 +129,13 @@ class Executor:
         pool thread, which ``abandon`` can replace, is ever abandoned to a
         time limit; the calling thread of a single step only gets the exception.
         """
+        try:
+            self._process(claimed, completer, abandon)
+        finally:
+            # The run is over, whatever its outcome: it leaves its limiters (see store/limiter.py).
+            self.store.limits.release(claimed.id, claimed.token)
+
+    def _process(self, claimed: ClaimedJob, completer: Optional[Completer], abandon: Optional[Abandon]) -> None:
         doc = claimed.doc
         handler = self.registry.get(doc["type"])
         if handler is None:  # unregistered between claim and run
@@ -188,6 +201,8 @@ class Executor:
                 watch.explain(exc)
             if isinstance(exc, JobCancelled) or state.cancel_requested.is_set():
                 return ("cancelled" if self.cancel(claimed) else "lease_lost"), exc, duration
+            if isinstance(exc, Throttled) and not state.abandoned.is_set():
+                return self._throttled(claimed, exc), exc, duration
             return self._record_failure(claimed, handler, exc), exc, duration
         duration = time.monotonic() - started
         if watch is not None and watch.raised and not state.abandoned.is_set():
@@ -203,6 +218,17 @@ class Executor:
             return "completed", None, duration
         self.report_completion(claimed, written)
         return ("completed" if written else "lease_lost"), None, duration
+
+    def _throttled(self, claimed: ClaimedJob, exc: Throttled) -> Outcome:
+        """Put the job back to ``pending`` after ``retry_after_ms``, no attempt used (fenced)."""
+        if self.store.jobs.throttle(claimed, after_ms(self.store.now(), exc.retry_after_ms)):
+            log_job(self.log, logging.INFO, claimed.doc, "throttled; runs again in %d ms", exc.retry_after_ms)
+            return "retry"
+        if self.cancel(claimed):
+            return "cancelled"
+        log_job(self.log, logging.WARNING, claimed.doc, "throttle not recorded: the lease was lost to another worker")
+        self.hooks.emit("on_lease_lost", claimed.doc)
+        return "lease_lost"
 
     def report_completion(self, claimed: ClaimedJob, written: Optional[bool]) -> None:
         """Log a completion write's outcome: True recorded, False lease lost, None write failed."""
@@ -324,6 +350,7 @@ class Executor:
         except Exception:  # noqa: BLE001 - its lease is no longer renewed: lease expiry recovers the job
             log_job(self.log, logging.ERROR, doc, "could not record the abandoned attempt", exc_info=True)
         finally:
+            self.store.limits.release(claimed.id, claimed.token)
             self.table.remove(run_key(claimed))
 
     def shutdown_grace_ms(self) -> int:
@@ -349,6 +376,7 @@ class Executor:
         claimed = state.claimed
         doc = claimed.doc
         state.lease_lost.set()  # given up on purpose: stop renewing it
+        self.store.limits.release(claimed.id, claimed.token)
         attempts = int(doc["attempts"])
         exc = WorkerShutdown(f"worker {worker_id} shut down during attempt {attempts}")
         now = self.store.now()

@@ -114,14 +114,18 @@ class InflightTable:
         are still running or awaiting their completion write, so their stale
         tokens are never renewed in place of the newest one.
         """
+        return {job_id: claimed.token for job_id, claimed in self.claims().items()}
+
+    def claims(self) -> dict[ObjectId, ClaimedJob]:
+        """The newest run per job (see :meth:`leases`): its token, and the shard key values its writes carry."""
         with self.cond:
-            live = [key for key, state in self._runs.items() if not state.lease_lost.is_set()]
-            newest: dict[ObjectId, RunKey] = {}
-            for key in [*self._acking, *live]:
+            live = {key: state.claimed for key, state in self._runs.items() if not state.lease_lost.is_set()}
+            newest: dict[ObjectId, tuple[RunKey, ClaimedJob]] = {}
+            for key, claimed in [*self._acking.items(), *live.items()]:
                 held = newest.get(key[0])
-                if held is None or self._order.get(key, -1) > self._order.get(held, -1):
-                    newest[key[0]] = key
-            return {job_id: token for job_id, (_, token) in newest.items()}
+                if held is None or self._order.get(key, -1) > self._order.get(held[0], -1):
+                    newest[key[0]] = (key, claimed)
+            return {job_id: claimed for job_id, (_, claimed) in newest.items()}
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for the table to empty; True if it did."""

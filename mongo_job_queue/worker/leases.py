@@ -118,7 +118,8 @@ class LeaseKeeper:
 
     def renew_leases(self) -> None:
         """Extend the leases of this worker's runs; flag the ones that were lost or asked to cancel."""
-        leases = self.table.leases()
+        claims = self.table.claims()
+        leases = {job_id: claimed.token for job_id, claimed in claims.items()}
         if not leases:
             return
         taken: list[tuple[Any, dict[str, Any]]] = []
@@ -128,7 +129,7 @@ class LeaseKeeper:
                 progress[state.claimed.id] = p
                 taken.append((state, p))
         try:
-            beat = self.store.jobs.heartbeat(leases, progress)
+            beat = self.store.jobs.heartbeat(leases, progress, claims)
         except BaseException:
             for state, p in taken:  # written by the next beat instead
                 state.restore_progress(p)
@@ -166,7 +167,7 @@ class LeaseKeeper:
             return claimed
         started = time.monotonic()
         try:
-            lost = self.store.jobs.heartbeat(slow).lost
+            lost = self.store.jobs.heartbeat(slow, claims={c.id: c for c in claimed if c.id in slow}).lost
         except Exception:  # the regular heartbeat and the fenced writes take over
             self.log.warning("could not renew the leases of a slow claim at once", exc_info=True)
             return claimed
@@ -176,4 +177,5 @@ class LeaseKeeper:
                 log_job(
                     self.log, logging.WARNING, c.doc, "lease lapsed while the claim was in flight; not started here"
                 )
+                self.store.limits.release(c.id, c.token)  # never runs here: its limiter slots are free
         return [c for c in claimed if c.id not in lost]

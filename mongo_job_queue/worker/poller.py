@@ -133,7 +133,7 @@ class Poller:
                 interval = base  # work appeared: snap back to the base interval
                 continue
             idle.set()
-            wake.wait(interval)
+            wake.wait(self.store.limits.wait_hint(interval, base))
             interval = min(interval * 2, top)
 
     def step(self, work: WorkQueue, stopping: threading.Event, wake: threading.Event) -> Optional[bool]:

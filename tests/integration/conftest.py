@@ -1,14 +1,55 @@
-"""Integration tests use the shared wire-server fixtures of ``tests/conftest.py``, plus the failpoint here."""
+"""Integration tests use the shared wire-server fixtures of ``tests/conftest.py``, plus the failpoint here.
+
+``TZ_NEUTRAL`` names the tests of this folder that use the queue's test
+connection yet cannot be affected by its ``tz_aware`` setting, each with why:
+the ``--tz-aware`` rerun skips them (tests/README.rst has the rule). Anything
+not named here, and using the connection, runs both ways.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pymongo.errors import OperationFailure
 
 from .models import APP_NAME
+
+#: ``file`` or ``file::test`` (parameters left out) -> why the --tz-aware rerun cannot tell it anything.
+#: Never list a test that reads a date back, nor one that runs a worker, a sweep or a schedule in this
+#: process: those are where tz_aware defects were.
+TZ_NEUTRAL: dict[str, str] = {
+    "test_server_conformance.py": "probes the server through its own pymongo client, never the queue's",
+    "test_tz_aware.py": "runs on its own tz_aware=True connection in both runs",
+    "test_bad_input.py": "bad input is refused before the queue reads anything back",
+    "test_cli.py::test_errors_are_one_line_with_a_distinct_exit_code": "usage errors, refused before any read",
+    "test_cli.py::test_app_errors_say_what_to_pass": "--app import errors, before any database call",
+    "test_cli.py::test_stop_timeout_inf_means_wait_forever_and_is_passed_on": "argument passing; no worker runs",
+}
+
+
+def _check_tz_neutral_names() -> None:
+    """A renamed test must not silently leave the table (and the rerun) with a stale name."""
+    for key in TZ_NEUTRAL:
+        file, _, test = key.partition("::")
+        source = Path(__file__).parent / file
+        if not source.exists() or (test and f"def {test}(" not in source.read_text()):
+            raise pytest.UsageError(f"tests/integration/conftest.py TZ_NEUTRAL names {key}, which does not exist")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the ``TZ_NEUTRAL`` tests; ``tests/conftest.py`` skips them in the --tz-aware rerun."""
+    _check_tz_neutral_names()
+    for item in items:
+        path = item.path
+        if path.parent != Path(__file__).parent:
+            continue
+        name = getattr(item, "originalname", item.name)
+        reason = TZ_NEUTRAL.get(f"{path.name}::{name}") or TZ_NEUTRAL.get(path.name)
+        if reason:
+            item.add_marker(pytest.mark.tz_neutral(reason=reason))
 
 
 @pytest.fixture

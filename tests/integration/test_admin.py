@@ -74,7 +74,14 @@ def test_stats_counts_by_queue_and_status_with_oldest_due_age(make_queue, job_mo
     assert set(stats) == {"default", "mail", "reports"}
     assert stats["default"]["counts"]["completed"] == 1
     assert stats["default"]["oldest_due_age_s"] is None
-    assert stats["mail"]["counts"] == {"pending": 1, "processing": 0, "completed": 1, "failed": 0, "cancelled": 0}
+    assert stats["mail"]["counts"] == {
+        "pending": 1,
+        "processing": 0,
+        "completed": 1,
+        "failed": 0,
+        "cancelled": 0,
+        "blocked": 0,
+    }
     assert stats["mail"]["oldest_due_age_s"] is None  # only the delayed one is left
     assert stats["reports"]["counts"]["pending"] == 1
     assert 0 <= stats["reports"]["oldest_due_age_s"] < 60

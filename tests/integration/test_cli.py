@@ -47,7 +47,7 @@ def test_enqueue_stats_cancel_retry_purge(job_model) -> None:
     header, *rows = out.splitlines()
     assert header.split() == [
         "queue",
-        *("pending", "processing", "completed", "failed", "cancelled"),
+        *("pending", "processing", "completed", "failed", "cancelled", "blocked"),
         *("oldest", "due", "paused"),
     ]
     assert rows[0].split()[:2] == ["default", "1"] and rows[1].split()[:2] == ["mail", "1"]
@@ -187,7 +187,7 @@ def test_pause_resume_and_cancel_of_a_running_job(job_model) -> None:
     code, out, _ = run("stats", "--app", APP)
     assert code == 0
     _, mail, paused_types = out.splitlines()  # a paused queue is listed even when empty
-    assert mail.split() == ["mail", "0", "0", "0", "0", "0", "-", "yes"]
+    assert mail.split() == ["mail", "0", "0", "0", "0", "0", "0", "-", "yes"]
     assert paused_types == "paused job types: fail"
     run("resume", "--app", APP, "--queue", "mail", "--type", "fail")
 

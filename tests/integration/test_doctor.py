@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -20,9 +21,10 @@ import mongoengine
 import pytest
 from pymongo import MongoClient
 
-from mongo_job_queue import BaseJob, create_job_queue
+from mongo_job_queue import BaseJob, IndexSetupError, create_job_queue
 from mongo_job_queue.clock import utcnow
 from mongo_job_queue.doctor import FAIL, PASS, WARN, run_checks
+from mongo_job_queue.store.indexes import forget_prepared_collections
 
 pytestmark = pytest.mark.integration
 
@@ -94,6 +96,62 @@ def test_retention_other_than_the_config_warns(make_queue) -> None:
     make_queue(retention_completed_ms=60_000).ensure_indexes()
     check = next(c for c in run_checks(make_queue()) if c.name == "ttl indexes")
     assert check.status == WARN and "completed: 60 s here" in check.detail
+
+
+def _doctor_and_library(make_queue: Any) -> tuple[Any, str | None]:
+    """The doctor's index check, and whether a fresh process can then start (its first enqueue)."""
+    check = next(c for c in run_checks(make_queue()) if c.name == "indexes")
+    forget_prepared_collections()  # a fresh process: it creates and checks the indexes at its first use
+    try:
+        make_queue().enqueue("t", {})
+        return check, None
+    except IndexSetupError as exc:
+        return check, str(exc)
+
+
+def test_a_unique_index_recreated_without_sparse_fails_as_the_library_refuses_it(make_queue, raw_db) -> None:
+    make_queue().ensure_indexes()
+    raw_db.jobs.drop_index("mjq_unique")
+    raw_db.jobs.create_index([("unique_key", 1)], name="mjq_unique", unique=True)
+    check, refused = _doctor_and_library(make_queue)
+    assert refused is not None  # workers cannot start: the doctor must not pass
+    assert check.status == FAIL and "mjq_unique" in check.detail and "sparse" in check.detail
+
+
+@pytest.mark.parametrize(
+    ("name", "key"), [("mjq_unique", [("unique_key", 1)]), ("mjq_schedule", [("schedule", 1), ("fire_time", 1)])]
+)
+def test_a_unique_index_replaced_by_a_plain_one_under_another_name_fails(make_queue, raw_db, name, key) -> None:
+    make_queue().ensure_indexes()
+    raw_db.jobs.drop_index(name)
+    raw_db.jobs.create_index(key, name="by_the_app")
+    check = next(c for c in run_checks(make_queue()) if c.name == "indexes")
+    assert check.status == FAIL and name in check.detail
+
+
+def test_an_app_ttl_index_limited_to_finished_statuses_by_in_passes(make_queue, raw_db) -> None:
+    queue = make_queue()
+    queue.ensure_indexes()
+    raw_db.jobs.create_index(
+        [("finished_at", 1)],
+        name="app_ttl",
+        expireAfterSeconds=3600,
+        partialFilterExpression={"status": {"$in": ["completed", "failed"]}},
+    )
+    assert statuses(queue)["ttl indexes"] == PASS
+
+
+def test_a_fresh_collection_warns_once_not_about_retention(make_queue) -> None:
+    found = {check.name: check for check in run_checks(make_queue())}
+    assert found["indexes"].status == WARN and "does not exist yet" in found["indexes"].detail
+    assert found["ttl indexes"].status == PASS
+
+
+def test_cli_an_unreachable_server_exits_4_within_the_db_timeout(db_name: str) -> None:
+    started = time.monotonic()
+    proc = doctor("mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=20000", db_name, "--db-timeout", "1")
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert time.monotonic() - started < 15 and "unreachable within 1s" in proc.stderr
 
 
 class WeakJob(BaseJob):

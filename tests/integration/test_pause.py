@@ -49,7 +49,7 @@ def test_a_paused_empty_queue_shows_in_stats(make_queue) -> None:
     queue = make_queue()
     queue.pause(queues=["reports"])
     assert queue.stats()["reports"] == {
-        "counts": {"pending": 0, "processing": 0, "completed": 0, "failed": 0, "cancelled": 0},
+        "counts": {"pending": 0, "processing": 0, "completed": 0, "failed": 0, "cancelled": 0, "blocked": 0},
         "oldest_due_age_s": None,
         "paused": True,
     }

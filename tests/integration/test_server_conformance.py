@@ -300,3 +300,15 @@ def test_a_change_stream_read_waits_max_await_time_ms_within_a_longer_timeout(co
         assert change is not None and change["operationType"] == "insert"
     finally:
         stream.close()
+
+
+def test_a_transaction_inserts_all_or_nothing(coll) -> None:
+    # A workflow graph is inserted in one transaction (store/dependencies.py insert_all).
+    coll.insert_one({"_id": "taken"})
+    client = coll.database.client
+    with client.start_session() as session:
+        session.with_transaction(lambda s: coll.insert_many([{"_id": 1}, {"_id": 2}], session=s))
+    assert sorted(d["_id"] for d in coll.find({"_id": {"$in": [1, 2]}})) == [1, 2]
+    with pytest.raises(PyMongoError), client.start_session() as session:
+        session.with_transaction(lambda s: coll.insert_many([{"_id": 3}, {"_id": "taken"}], ordered=True, session=s))
+    assert coll.count_documents({"_id": 3}) == 0  # the first insert of the failed transaction was rolled back

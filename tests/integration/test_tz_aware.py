@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import mongoengine
 import pytest
-from helpers import wait_until
+from helpers import holds_for, wait_until
 
 from mongo_job_queue import create_job_queue
 
@@ -62,9 +61,9 @@ def test_a_worker_runs_jobs_and_renews_leases_longer_than_one_lease(make_tz_queu
     for job in quick:
         assert queue.wait(job.id, timeout=30).status == "completed"
     wait_until(lambda: queue.get_job(slow.id).status == "processing", timeout=30)
-    time.sleep(3)  # two leases long: only heartbeats keep the slow job's lease
+    # Two leases long: only heartbeats keep the slow job's lease.
+    holds_for(lambda: queue.get_job(slow.id).status == "processing", 3, interval=0.1, what="the slow job's lease")
     assert queue.running
-    assert queue.get_job(slow.id).status == "processing"
     release.set()
     done = queue.wait(slow.id, timeout=30)
     assert (done.status, done.attempts, done.result) == ("completed", 1, "slow ok")

@@ -107,7 +107,7 @@ def test_force_cuts_short_the_wait_for_a_poller_inside_a_claim(make_queue) -> No
 
     stopper = threading.Thread(target=stop)
     stopper.start()
-    time.sleep(0.3)
+    wait_until(lambda: queue.worker._stopping.is_set(), timeout=10, what="stop() to begin")
     force.set()  # the second signal
     stopper.join(10)
     release.set()
@@ -141,7 +141,7 @@ def test_shrinking_the_lease_after_a_timed_out_stop_keeps_every_lease_alive(make
 
         def leased() -> bool:
             now = queue.store.now()
-            docs = [job_model.objects.get(id=j.id) for j in (first, second)]
+            docs = [queue.get_job(j.id) for j in (first, second)]  # naive UTC, on a tz_aware connection too
             return all(d.status == "processing" and d.lease_expires_at > now for d in docs)
 
         holds_for(leased, duration=4.5, what="both leases renewed before they lapse")
@@ -263,7 +263,7 @@ def test_a_shutdown_requeue_is_not_due_until_the_exiting_process_can_no_longer_r
         assert queue.stop(timeout=0.2, requeue_running=True) is False
         queue.worker.requeue_abandoned()  # what the exit hook does
         requeued_at = queue.store.now()
-        doc = job_model.objects.get(id=job.id)
+        doc = queue.get_job(job.id)  # naive UTC, on a tz_aware connection too
         assert doc.status == "pending" and doc.attempts == 1
         assert doc.last_error.type.endswith("WorkerShutdown")
         assert (doc.run_at - requeued_at).total_seconds() > 1.5, doc.run_at

@@ -242,13 +242,13 @@ def test_a_failed_heartbeat_keeps_the_progress_report_it_carried(make_queue, job
     failed_once = threading.Event()
     real = queue.store.jobs.heartbeat
 
-    def heartbeat(leases: Any, progress: Any = None) -> Any:
+    def heartbeat(leases: Any, progress: Any = None, claims: Any = None) -> Any:
         while hold.is_set():
             time.sleep(0.01)
         if progress and not failed_once.is_set():
             failed_once.set()
             raise RuntimeError("heartbeat failed")
-        return real(leases, progress)
+        return real(leases, progress, claims)
 
     queue.store.jobs.heartbeat = heartbeat  # type: ignore[method-assign]
 
@@ -290,11 +290,11 @@ def test_a_heartbeat_racing_the_completion_does_not_report_a_lost_lease(make_que
     done = threading.Event()
     real = queue.store.jobs.heartbeat
 
-    def late_heartbeat(leases: Any, progress: Any = None) -> Any:
+    def late_heartbeat(leases: Any, progress: Any = None, claims: Any = None) -> Any:
         if job.id in leases and not done.is_set():
             wait_until(lambda: job_model._get_collection().find_one({"_id": job.id})["status"] == "completed")
             threading.Timer(0.3, done.set).start()
-        return real(leases, progress)
+        return real(leases, progress, claims)
 
     class HoldAfterProcess(Middleware):
         def after_process(self, q: Any, j: Any, **kwargs: Any) -> None:

@@ -92,6 +92,8 @@ def _drop_all() -> None:
         model.drop_collection()
         # The control collection beside it: pause and schedule state.
         model._get_db().drop_collection(f"{model._get_collection_name()}_control")
+        for suffix in ("_limits", "_limiters"):  # limit definitions and limiter documents
+            model._get_db().drop_collection(f"{model._get_collection_name()}{suffix}")
 
 
 @pytest.fixture(autouse=True)

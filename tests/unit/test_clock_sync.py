@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,8 +24,6 @@ class FakeServer:
         self.mono = 0.0
         self.round_trips = round_trips
         self.calls = 0
-        self.gate: threading.Event | None = None
-        self.entered = threading.Event()
         self.errors: list[BaseException] = []
         self.server_times: list[datetime] = []
         store._hello = self.hello  # type: ignore[method-assign]
@@ -34,9 +31,6 @@ class FakeServer:
 
     def hello(self) -> dict[str, Any]:
         self.calls += 1
-        self.entered.set()
-        if self.gate is not None:
-            assert self.gate.wait(10), "gate never opened"
         if self.errors:
             raise self.errors.pop(0)
         self.mono += next(self.round_trips) if self.round_trips else 0.001
@@ -48,30 +42,7 @@ def make_store(**config: Any) -> JobStore:
     return JobStore(OrgJob, QueueConfig(**config), clock=lambda: SERVER + AHEAD)
 
 
-def test_threads_calling_now_during_the_first_measurement_wait_for_it() -> None:
-    store = make_store()
-    server = FakeServer(store)
-    server.gate = threading.Event()
-    seen: dict[str, datetime] = {}
-
-    def first() -> None:
-        seen["first"] = store.now()
-
-    def other() -> None:
-        seen["other"] = store.now()
-
-    measuring = threading.Thread(target=first)
-    measuring.start()
-    assert server.entered.wait(10)
-    waiting = threading.Thread(target=other)
-    waiting.start()
-    waiting.join(0.3)
-    assert waiting.is_alive(), "now() answered by the uncorrected clock while the first measurement was in flight"
-    assert "other" not in seen
-    server.gate.set()
-    measuring.join(10)
-    waiting.join(10)
-    assert seen == {"first": SERVER, "other": SERVER}
+# Threads calling now() during the first measurement: tests/integration/test_clock_first_sync.py.
 
 
 def test_the_first_measurement_failing_fails_now_and_is_tried_again() -> None:

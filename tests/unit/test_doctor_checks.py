@@ -6,15 +6,19 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from mongoengine import StringField
 from pymongo import WriteConcern
+from pymongo.errors import OperationFailure
 
 from mongo_job_queue import BaseJob
-from mongo_job_queue.doctor import FAIL, PASS, WARN
+from mongo_job_queue.doctor import FAIL, PASS, WARN, sharding
 from mongo_job_queue.doctor.concerns import check_write_concern, effective_write_concern
+from mongo_job_queue.doctor.indexes import _only_finished
 from mongo_job_queue.doctor.probe import Probe
 from mongo_job_queue.doctor.sharding import check_shard_key
 from mongo_job_queue.doctor.topology import check_server_version, check_topology, judge_oplog
+from mongo_job_queue.store.indexes import declared_indexes, index_mismatch
 from mongo_job_queue.store.shardkey import ShardKey
 
 
@@ -106,3 +110,56 @@ def test_the_oplog_window_against_the_lease_and_a_day() -> None:
     assert judge_oplog(30 * hour, 99, 100, lease).status == PASS
     growing = judge_oplog(timedelta(seconds=30), 10, 100, lease)  # not full: its window is not reached yet
     assert growing.status == PASS and "not full yet" in growing.detail
+
+
+class RefusingProbe(FakeProbe):
+    """A least-privilege user: ``getDefaultRWConcern`` is refused (as :meth:`Probe.default_rw_concern` records)."""
+
+    def default_rw_concern(self) -> Mapping[str, Any] | None:
+        self.defaults_refused = "not authorized on admin to execute command"
+        return None
+
+
+def test_refused_cluster_defaults_are_unknown_not_majority() -> None:
+    check = check_write_concern(RefusingProbe(hello=RS))
+    assert check.status == WARN and "cannot tell" in check.detail
+    assert check_write_concern(RefusingProbe(hello=RS, w="majority")).status == PASS  # the app's own w decides
+
+
+def test_a_refused_config_read_warns_that_it_cannot_tell(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refused(probe: Probe) -> None:
+        raise OperationFailure("not authorized on config", code=13)
+
+    monkeypatch.setattr(sharding, "_cluster_key", refused)
+    probe = FakeProbe(hello={"msg": "isdbgrid"})
+    probe.store = _Store(ShardKey(ByQueue))  # type: ignore[assignment]
+    check = check_shard_key(probe)
+    assert check.status == WARN and "cannot tell" in check.detail
+
+
+def test_ttl_filters_limited_to_finished_statuses_are_safe() -> None:
+    assert _only_finished({"status": "completed"}) and _only_finished({"status": {"$eq": "failed"}})
+    assert _only_finished({"status": {"$in": ["completed", "failed"]}})
+    assert not _only_finished({"status": {"$in": ["completed", "pending"]}}) and not _only_finished(
+        {"status": {"$in": []}}
+    )
+    assert not _only_finished({"status": {"$ne": "pending"}}) and not _only_finished(None)
+    assert not _only_finished({"status": "processing"})
+
+
+class WithText(BaseJob):
+    title = StringField()
+    meta = {"collection": "unit_doctor_text", "indexes": [{"name": "app_title", "fields": ["$title"]}]}
+
+
+def test_an_index_matches_by_key_unique_sparse_and_partial_filter_as_create_index_compares() -> None:
+    declared = declared_indexes(WithText)
+    unique = declared["mjq_unique"]
+    assert index_mismatch({"key": {"unique_key": 1}, "unique": True, "sparse": True}, unique) is None
+    assert "sparse" in str(index_mismatch({"key": {"unique_key": 1}, "unique": True}, unique))
+    assert "unique" in str(index_mismatch({"key": {"unique_key": 1}, "sparse": True}, unique))
+    assert index_mismatch(None, unique) == "missing"
+    partial = {"key": {"unique_key": 1}, "unique": True, "sparse": True, "partialFilterExpression": {"a": 1}}
+    assert "partialFilterExpression" in str(index_mismatch(partial, unique))
+    text = declared_indexes(WithText)["app_title"]
+    assert index_mismatch({"key": {"_fts": "text", "_ftsx": 1}, "weights": {"title": 1}}, text) is None

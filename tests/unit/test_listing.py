@@ -29,7 +29,7 @@ def test_each_query_names_the_index_that_answers_it(queue: Any) -> None:
     # A status, queue or type: the claim index, every status when none is given (its prefix).
     filt, hint = listing._plan(JobQuery(queue="mail"))
     assert hint == "mjq_claim" and filt == {
-        "status": {"$in": ["pending", "processing", "completed", "failed", "cancelled"]},
+        "status": {"$in": ["pending", "processing", "completed", "failed", "cancelled", "blocked"]},
         "queue": "mail",
     }
     # Nothing else: the _id index, newest first.

@@ -37,11 +37,16 @@ def test_claim_and_lease_indexes_are_inherited_and_merged() -> None:
     assert specs["mjq_lease"] == [("status", 1), ("lease_expires_at", 1)]
     assert specs["app_org"] == [("organization", 1), ("created_at", -1)]
     assert specs["mjq_schedule"] == [("schedule", 1), ("fire_time", 1)]
-    assert len(specs) == 5
+    assert specs["mjq_dependents"] == [("depends_on", 1)]  # partial: blocked jobs only
+    assert specs["mjq_blocked"] == [("status", 1), ("_id", 1)]
+    assert specs["mjq_batch"] == [("batch_id", 1), ("status", 1)]
+    assert len(specs) == 8
 
 
 def test_subclass_without_indexes_still_gets_the_library_ones() -> None:
-    assert set(_specs_by_name(OtherJob)) == {"mjq_claim", "mjq_lease", "mjq_unique", "mjq_schedule"}
+    assert set(_specs_by_name(OtherJob)) == {
+        "mjq_claim", "mjq_lease", "mjq_unique", "mjq_schedule", "mjq_dependents", "mjq_blocked", "mjq_batch"
+    }  # fmt: skip
 
 
 def test_ensure_indexes_creates_them_in_the_collection(queue: Any) -> None:
@@ -98,7 +103,7 @@ def test_job_model_error_is_a_type_error() -> None:
 
 
 def test_job_status_values() -> None:
-    assert [s.value for s in JobStatus] == ["pending", "processing", "completed", "failed", "cancelled"]
+    assert [s.value for s in JobStatus] == ["pending", "processing", "completed", "failed", "cancelled", "blocked"]
     assert JobStatus.PENDING == "pending"
     assert str(JobStatus.FAILED) == "failed"
 

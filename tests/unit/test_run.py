@@ -40,7 +40,7 @@ def test_run_once_completes_a_job_and_stores_the_result(queue: Any, clock: Any) 
     assert doc["started_at"] == START + timedelta(seconds=1)
     assert doc["finished_at"] == START + timedelta(seconds=1)
     assert "lease_expires_at" not in doc
-    assert queue.counts() == {"pending": 0, "processing": 0, "completed": 1, "failed": 0, "cancelled": 0}
+    assert queue.counts() == {"pending": 0, "processing": 0, "completed": 1, "failed": 0, "cancelled": 0, "blocked": 0}
     assert queue.run_once() is None
 
 
@@ -131,7 +131,14 @@ def test_only_configured_queues_are_claimed(make_queue: Any) -> None:
     assert queue.drain() == 2
     by_queue = {d["queue"]: d["status"] for d in raw_docs()}
     assert by_queue == {"high": "completed", "default": "completed", "other": "pending"}
-    assert queue.counts("other") == {"pending": 1, "processing": 0, "completed": 0, "failed": 0, "cancelled": 0}
+    assert queue.counts("other") == {
+        "pending": 1,
+        "processing": 0,
+        "completed": 0,
+        "failed": 0,
+        "cancelled": 0,
+        "blocked": 0,
+    }
 
 
 def test_non_bson_result_completes_without_storing_it(queue: Any) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import mongomock
 from bson import ObjectId
 from mongoengine import StringField
 
@@ -18,11 +21,16 @@ class ByOrg(BaseJob):
     meta = {"collection": "unit_shard_org", "shard_key": ("org", "id")}
 
 
+def _jobs() -> Any:
+    return mongomock.MongoClient()["unit"]["jobs"]
+
+
 def test_without_a_declared_key_nothing_changes() -> None:
     key = ShardKey(Plain)
     assert not key and key.of({"_id": 1, "queue": "q"}) == {}
     filt = {"_id": 1}
-    assert key.scope(filt) is filt
+    assert key.scope(filt, _jobs()) is filt
+    assert key.targeted(filt, [{}]) is filt
 
 
 def test_declared_fields_are_stored_names_and_only_queue_first_targets_the_claim() -> None:
@@ -30,19 +38,28 @@ def test_declared_fields_are_stored_names_and_only_queue_first_targets_the_claim
     assert key.fields == ("o", "_id") and not key.targets_claim
 
 
-def test_known_jobs_get_their_values_unknown_ones_are_left_to_scatter() -> None:
+def test_an_admin_filter_reads_the_current_values_each_time() -> None:
+    key, jobs = ShardKey(ByOrg), _jobs()
+    a, unknown = ObjectId(), ObjectId()
+    jobs.insert_one({"_id": a, "o": "acme"})
+    assert key.scope({"_id": a, "status": "failed"}, jobs) == {"_id": a, "status": "failed", "o": "acme"}
+    jobs.update_one({"_id": a}, {"$set": {"o": "beta"}})  # nothing remembered: the new value is read
+    assert key.scope({"_id": a}, jobs) == {"_id": a, "o": "beta"}
+    assert key.scope({"_id": unknown}, jobs) == {"_id": unknown}
+    assert key.scope({"_id": {"$gt": a}}, jobs) == {"_id": {"$gt": a}}
+
+
+def test_many_jobs_are_targeted_by_the_values_their_runs_carry() -> None:
     key = ShardKey(ByOrg)
-    a, b, c = ObjectId(), ObjectId(), ObjectId()
-    assert key.of({"_id": a, "o": "acme"}) == {"o": "acme", "_id": a}
-    key.of({"_id": b, "o": "beta"})
-    assert key.scope({"_id": a, "lease_token": "t"}) == {"_id": a, "lease_token": "t", "o": "acme"}
-    assert key.scope({"_id": {"$in": [a, b]}}) == {"_id": {"$in": [a, b]}, "o": {"$in": ["acme", "beta"]}}
-    assert key.scope({"_id": {"$in": [a, c]}}) == {"_id": {"$in": [a, c]}}  # one unknown: the filter as it was
-    assert key.scope({"_id": {"$gt": a}}) == {"_id": {"$gt": a}}
+    a, b = ObjectId(), ObjectId()
+    keys = [key.of({"_id": a, "o": "acme"}), key.of({"_id": b, "o": "beta"})]
+    assert key.targeted({"_id": {"$in": [a, b]}}, keys) == {"_id": {"$in": [a, b]}, "o": {"$in": ["acme", "beta"]}}
+    assert key.targeted({"_id": {"$in": [a, b]}}, [keys[0], {}]) == {"_id": {"$in": [a, b]}}  # one unknown
 
 
 def test_a_document_missing_a_key_field_gives_no_partial_key() -> None:
-    key = ShardKey(ByOrg)
+    key, jobs = ShardKey(ByOrg), _jobs()
     job = ObjectId()
+    jobs.insert_one({"_id": job})
     assert key.of({"_id": job}) == {}
-    assert key.scope({"_id": job}) == {"_id": job}
+    assert key.scope({"_id": job}, jobs) == {"_id": job}

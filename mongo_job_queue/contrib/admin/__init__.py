@@ -20,28 +20,17 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise missing_extra(__name__, "Jinja2, Werkzeug and itsdangerous", "admin") from exc
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Optional, Union
+from typing import Any
 
-from ...errors import ConfigError
-from .app import AdminApp, Identify, Redact, default_identify
+from ...forwarding import signature_of
+from .app import AdminApp
 from .security import ACTIONS, ROLES, Authorize, allowed
 
 __all__ = ["ACTIONS", "ROLES", "AdminApp", "Authorize", "allowed", "create_admin_app"]
 
 
-def create_admin_app(
-    queue_or_queues: Union[Any, Sequence[Any], Mapping[str, Any]],
-    authorize: Optional[Authorize] = None,
-    *,
-    identify: Identify = default_identify,
-    filter_fields: Sequence[str] = (),
-    redact: Optional[Redact] = None,
-    secret_key: Optional[Union[str, bytes]] = None,
-    refresh_s: int = 5,
-    title: str = "Job queue",
-    allowed_hosts: Optional[Sequence[str]] = None,
-) -> AdminApp:
+@signature_of(AdminApp)
+def create_admin_app(*args: Any, **kwargs: Any) -> AdminApp:
     """The admin UI of one queue or several, as a WSGI app.
 
     Args:
@@ -70,35 +59,4 @@ def create_admin_app(
     Raises:
         ConfigError: no ``authorize``, no queue, or a filter field without an index.
     """
-    if authorize is None or not callable(authorize):
-        raise ConfigError(
-            "create_admin_app() needs authorize=callable(environ) -> 'viewer' | 'operator' | 'admin' | None: "
-            "the admin UI never runs open (for a local try, `mongo-job-queue admin --insecure-local`)"
-        )
-    if isinstance(queue_or_queues, Mapping):
-        queues = dict(queue_or_queues)
-    elif isinstance(queue_or_queues, (list, tuple)):
-        queues = {q.job_model._get_collection_name(): q for q in queue_or_queues}
-    else:
-        single: Any = queue_or_queues
-        queues = {single.job_model._get_collection_name(): single}
-    if not queues:
-        raise ConfigError("create_admin_app() needs at least one queue")
-    key = secret_key.encode() if isinstance(secret_key, str) else secret_key
-    app = AdminApp(
-        queues,
-        authorize=authorize,
-        identify=identify,
-        filter_fields=filter_fields,
-        redact=redact,
-        secret_key=key,
-        refresh_s=refresh_s,
-        title=title,
-        allowed_hosts=allowed_hosts,
-    )
-    for handle in app.handles.values():
-        try:
-            handle.jobs.check_fields()
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
-    return app
+    return AdminApp(*args, **kwargs)

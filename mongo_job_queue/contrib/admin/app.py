@@ -17,7 +17,7 @@ import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Optional
+from typing import Any, Optional, Union
 from urllib.parse import urlencode
 
 import jinja2
@@ -25,22 +25,14 @@ from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.routing import Map, RequestRedirect, Rule
 from werkzeug.wrappers import Request, Response
 
+from ...errors import ConfigError
 from ...store.faults import short_error
 from ...store.workers import WorkerDocs
 from .audit import AuditLog
 from .data import ActionFailed, AdminJobs
 from .filters import FilterError, clamp_int
 from .reads import AdminReads, TooSlow, Unavailable
-from .security import (
-    CSRF_COOKIE,
-    ROLES,
-    Authorize,
-    CsrfTokens,
-    allowed,
-    host_allowed,
-    origin_problem,
-    security_headers,
-)
+from .security import CSRF_COOKIE, ROLES, Authorize, CsrfTokens, allowed, host_allowed, origin_problem, security_headers
 
 __all__ = ["AdminApp", "Ctx", "QueueHandle"]
 
@@ -70,10 +62,10 @@ class QueueHandle:
 
     @classmethod
     def of(cls, name: str, queue: Any, filter_fields: Sequence[str]) -> QueueHandle:
-        """Reads through a one-try store of the queue's own (:class:`.reads.AdminReads`), writes through the queue's."""
+        """Everything through the queue's store: reads tried once (:class:`.reads.AdminReads`), writes retried."""
         reads = AdminReads(queue.store)
         jobs = AdminJobs(queue.store, reads, filter_fields)
-        return cls(name, queue, reads, jobs, AuditLog(queue.store, reads), reads.store.workers)
+        return cls(name, queue, reads, jobs, AuditLog(queue.store, reads), queue.store.workers)
 
 
 @dataclass
@@ -97,30 +89,52 @@ def default_identify(environ: Mapping[str, Any]) -> str:
     return str(environ.get("mongo_job_queue.admin.user") or environ.get("REMOTE_USER") or "unknown")
 
 
+def _named(queue_or_queues: Union[Any, Sequence[Any], Mapping[str, Any]]) -> dict[str, Any]:
+    """The queues by the names the UI shows: a mapping's keys, else each queue's collection name."""
+    if isinstance(queue_or_queues, Mapping):
+        return dict(queue_or_queues)
+    queues: Sequence[Any] = queue_or_queues if isinstance(queue_or_queues, (list, tuple)) else [queue_or_queues]
+    return {queue.job_model._get_collection_name(): queue for queue in queues}
+
+
 class AdminApp:
     """The WSGI application returned by :func:`~mongo_job_queue.contrib.admin.create_admin_app`."""
 
     def __init__(
         self,
-        queues: Mapping[str, Any],
+        queue_or_queues: Union[Any, Sequence[Any], Mapping[str, Any]],
+        authorize: Optional[Authorize] = None,
         *,
-        authorize: Authorize,
         identify: Identify = default_identify,
         filter_fields: Sequence[str] = (),
         redact: Optional[Redact] = None,
-        secret_key: Optional[bytes] = None,
+        secret_key: Optional[Union[str, bytes]] = None,
         refresh_s: int = DEFAULT_REFRESH_S,
         title: str = "Job queue",
         allowed_hosts: Optional[Sequence[str]] = None,
     ) -> None:
+        if authorize is None or not callable(authorize):
+            raise ConfigError(
+                "create_admin_app() needs authorize=callable(environ) -> 'viewer' | 'operator' | 'admin' | None: "
+                "the admin UI never runs open (for a local try, `mongo-job-queue admin --insecure-local`)"
+            )
+        queues = _named(queue_or_queues)
+        if not queues:
+            raise ConfigError("create_admin_app() needs at least one queue")
         self.handles = {name: QueueHandle.of(name, q, filter_fields) for name, q in queues.items()}
+        for handle in self.handles.values():
+            try:
+                handle.jobs.check_fields()
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from exc
         #: The ``Host`` names this app answers (any port); None leaves the check to the mounting's framework.
         self.allowed_hosts = None if allowed_hosts is None else tuple(allowed_hosts)
         self.authorize = authorize
         self.identify = identify
         self.filter_fields = list(filter_fields)
         self.redact = redact
-        self.tokens = CsrfTokens(secret_key or secrets.token_bytes(32))
+        key = secret_key.encode() if isinstance(secret_key, str) else secret_key
+        self.tokens = CsrfTokens(key or secrets.token_bytes(32))
         self.refresh_s = clamp_int(str(refresh_s), DEFAULT_REFRESH_S, MIN_REFRESH_S, MAX_REFRESH_S)
         self.title = title
         self.env = jinja2.Environment(

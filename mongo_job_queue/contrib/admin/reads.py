@@ -4,16 +4,16 @@ A page view costs one bounded try per query. The store's retry rides out
 a failover for the worker, and counts a timeout as transient; for a page
 that would hold the request ``db_retry_attempts`` times as long, once per
 live refresh, on a query that ran out of time and would again. So the UI
-reads through a store of its own, on the queue's model and connection,
-configured for one try and reading the queue's clock. A timeout is
-reported as :class:`TooSlow`, an unreachable server as :class:`Unavailable`
-(both 503). Writes (actions, audit records) keep the queue's store and its
-retries: they are idempotent, and a half-done action is worse than a slow one.
+reads through the queue's own store (the one handle on its collection)
+inside :meth:`~mongo_job_queue.store.JobStore.tried_once`, which gives the
+calls of the request's thread one try. A timeout is reported as
+:class:`TooSlow`, an unreachable server as :class:`Unavailable` (both 503).
+Writes (actions, audit records) run outside it and keep the store's retries:
+they are idempotent, and a half-done action is worse than a slow one.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -47,9 +47,8 @@ class Unavailable(Exception):
 class AdminReads:
     """One try per read, for the pages of one queue, given the queue's store."""
 
-    def __init__(self, queue_store: JobStore) -> None:
-        config = dataclasses.replace(queue_store.config, db_retry_attempts=1, sync_clock=False)
-        self.store = JobStore(queue_store.model, config, clock=queue_store.now, logger=queue_store.log)
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
 
     @property
     def bound_ms(self) -> int:
@@ -57,9 +56,10 @@ class AdminReads:
         return round(self.store.config.db_timeout_s * 1000)
 
     def once(self, fn: Callable[[], T], what: str, advice: str = SLOW) -> T:
-        """Run ``fn`` (whose calls use :attr:`store`, so each is tried once); translate a timeout or an outage."""
+        """Run ``fn``, each of its calls through :attr:`store` tried once; translate a timeout or an outage."""
         try:
-            return fn()
+            with self.store.tried_once():
+                return fn()
         except PyMongoError as exc:
             if exc.timeout and not isinstance(exc, ServerSelectionTimeoutError):
                 raise TooSlow(f"{what} took longer than {self.bound_ms} ms: {advice}.") from exc

@@ -1,7 +1,8 @@
 """What the database holds: queue depth by status, read when Prometheus scrapes.
 
 One aggregation over the unfinished jobs' claim index keys, one read of the
-pause state and a best-effort count of the retained finished jobs, however
+pause state, one of the limit definitions (and of the limiters, when there
+are limits) and a best-effort count of the retained finished jobs, however
 many queues there are, each bounded by ``maxTimeMS`` and cached, so the
 figure is right however many workers run and a scrape storm costs MongoDB
 one round per ``cache_seconds``.
@@ -174,8 +175,10 @@ class QueueStatsCollector:
     ``mongo_job_queue_queue_paused{queue}`` and ``mongo_job_queue_stats_up`` (0 when the last read failed; the depth
     series are then absent rather than stale). A read is :func:`read_depth`:
     three commands whatever the number of queues, at most ``max_queues`` queue
-    labels. One refresh runs at a time; concurrent scrapes wait for it and
-    share its result, and a failed read is cached too, so a scrape storm
+    labels; the limits add one (two with limits defined), for
+    ``mongo_job_queue_limit_running{limit}`` and ``..._limit_max_running{limit}``.
+    One refresh runs at a time; concurrent scrapes wait for it and share its
+    result, and a failed read is cached too, so a scrape storm
     during an outage does not pile onto the server.
 
     Args:
@@ -198,14 +201,16 @@ class QueueStatsCollector:
         self._lock = threading.Lock()
         self._read_at: Optional[float] = None
         self._stats: Optional[dict[str, dict[str, Any]]] = None
+        self._limits: dict[str, tuple[int, Optional[int]]] = {}
 
     def describe(self) -> Iterable[Metric]:
         """The metric names, without reading the database (registration must not need it)."""
-        return self._families(None)
+        return self._families(None) + _limit_families({})
 
     def collect(self) -> Iterable[Metric]:
         """The current families, from the cache or one fresh read."""
-        return self._families(self._read())
+        stats = self._read()
+        return self._families(stats) + _limit_families(self._limits)
 
     def _read(self) -> Optional[dict[str, dict[str, Any]]]:
         with self._lock:
@@ -219,6 +224,7 @@ class QueueStatsCollector:
                 except Exception as exc:  # noqa: BLE001 - a scrape reports the failure, it must not raise
                     log.warning("queue stats for Prometheus failed: %r", exc)
                     self._stats = None
+                self._limits = _read_limits(self.queue, self.timeout_s)
                 self._read_at = time.monotonic()
             return self._stats
 
@@ -250,6 +256,38 @@ class QueueStatsCollector:
                 paused.add_metric([name], 1.0 if entry["paused"] else 0.0)
         up.add_metric([], 1.0 if stats is not None else 0.0)
         return [jobs, oldest, paused, up]
+
+
+def _read_limits(queue: Any, timeout_s: float) -> dict[str, tuple[int, Optional[int]]]:
+    """Per limit: running holders over all its key values, and its ``max_running``; empty when the read fails."""
+    found: dict[str, tuple[int, Optional[int]]] = {}
+    try:
+        with pymongo.timeout(timeout_s):
+            limits, rows = queue.store.limits.view()
+            for limit in limits:
+                found[limit.name] = (0, limit.max_running)
+            for row in rows:
+                running, cap = found.get(row["limit"], (0, row["max_running"]))
+                found[row["limit"]] = (running + int(row["running"]), cap)
+    except Exception as exc:  # noqa: BLE001 - the depth series stand without the limits
+        log.warning("limits for Prometheus unknown: %r", exc)
+        return {}
+    return found
+
+
+def _limit_families(limits: dict[str, tuple[int, Optional[int]]]) -> list[Metric]:
+    """``limit_running{limit}`` and ``limit_max_running{limit}``: per limit, not per key value (cardinality)."""
+    running = GaugeMetricFamily(
+        f"{PREFIX}_limit_running", "Runs holding a limit now, over all its key values.", labels=["limit"]
+    )
+    cap = GaugeMetricFamily(
+        f"{PREFIX}_limit_max_running", "The cap per key value of a concurrency limit.", labels=["limit"]
+    )
+    for name, (held, most) in sorted(limits.items()):
+        running.add_metric([name], float(held))
+        if most is not None:
+            cap.add_metric([name], float(most))
+    return [running, cap]
 
 
 _collectors_lock = threading.Lock()

@@ -1,0 +1,222 @@
+"""When a batch's callbacks fire: after each final write of one of its jobs, and in the reconciler's sweep.
+
+The check is the same wherever it runs: read the batch document, count
+its jobs by status (from the jobs themselves, never a stored counter),
+and fire what the counts call for:
+
+* ``failure`` as soon as one job is ``failed``;
+* once the batch is sealed and no job is unfinished, ``success`` (when
+  every counted job is ``completed``) and ``complete``, then the batch is
+  marked ``finished`` (``$set`` only from ``sealed``).
+
+Firing an event is three writes, in this order, each idempotent:
+
+1. ``$min`` of ``firing.<event>`` in the batch document, only while the
+   event is not in ``fired`` (else: nothing to do);
+2. the callback job, inserted through the one insert path with the
+   ``_id`` allocated when the batch was created: a second insert of it,
+   by a process that finished the batch's other last job at the same
+   moment or by the reconciler after a crash, is refused by the ``_id``;
+3. ``$addToSet`` of the event to ``fired``.
+
+A crash after 1 or 2 leaves the event firing and not fired: the next check
+(the reconciler's) inserts again, a no-op when the job is there. Only
+retention could make that second insert a second job, by deleting the
+callback job (run and expired) in between; so once ``firing`` is older
+than the shortest retention the check marks the event fired without
+inserting (see docs/batches.rst).
+
+The notice of a final write comes in the writer's thread, which must not
+block: while the worker runs, :class:`BatchTracker` hands the batch ids to
+one checker thread per process (else, as in eager mode, ``run_once()`` or
+an operator's cancel, it checks at once). A notice lost to a crash, a listener that
+raised, or a checker that died is caught by :meth:`BatchTracker.run_once`,
+the reconciler, which every running worker calls every ``sweep_interval_ms`` (at least 5 s).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Optional
+
+from bson import ObjectId
+
+from ..enqueue import EagerFlags, Enqueuer
+from ..status import COMPLETED, FAILED
+from ..store import JobStore
+from ..store.batches import FINISHED_STATE, SEALED, unfinished
+from ..store.finals import FinalJob
+
+__all__ = ["EVENTS", "STALE_AFTER", "BatchTracker"]
+
+log = logging.getLogger(__name__)
+
+#: The callback events, in the order they fire when a batch finishes.
+EVENTS = ("failure", "success", "complete")
+#: The reconciler rechecks an unfinished batch no write touched for this long.
+STALE_AFTER = timedelta(seconds=30)
+#: At most this many batches per reconciler step.
+SWEEP_LIMIT = 100
+#: The checker thread ends after this long without a notice.
+_CHECKER_IDLE_S = 5.0
+
+
+class BatchTracker:
+    """Checks batches after their jobs' final writes, fires their callbacks once, and reconciles."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        enqueuer: Enqueuer[Any],
+        flags: EagerFlags,
+        logger: Optional[logging.Logger] = None,
+    ) -> None:
+        self._store = store
+        self._enqueuer = enqueuer
+        self._flags = flags
+        self.log = logger or log
+        self._pid = -1
+        self._cond = threading.Condition()
+        #: Batches to check, each with whether a job of it failed for good.
+        self._pending: dict[ObjectId, bool] = {}
+        self._thread: Optional[threading.Thread] = None
+        #: Test hook: called with (batch id, event) between the firing mark and the callback's insert.
+        self.before_insert: Optional[Callable[[ObjectId, str], None]] = None
+        store.finals.add(self.on_final, fields=("batch_id",), sweep=self.run_once)
+
+    # -- the notice ---------------------------------------------------------
+
+    def on_final(self, jobs: Sequence[FinalJob]) -> None:
+        """The listener of final writes: the batches of ``jobs`` are checked, off the writer's thread."""
+        failed: dict[ObjectId, bool] = {}
+        for job in jobs:
+            batch_id = job.doc.get("batch_id")
+            if isinstance(batch_id, ObjectId):
+                failed[batch_id] = failed.get(batch_id, False) or job.status == FAILED
+        if not failed:
+            return
+        if self._flags.eager or not self._enqueuer.worker.running:
+            # No pool to hold up: a test's eager run, run_once() or drain(), an admin's cancel. Checked now.
+            for batch_id, any_failed in failed.items():
+                self.check_logged(batch_id, failed=any_failed, full=False)
+            return
+        if self._pid != os.getpid():
+            # A forked child: no checker thread, and the parent's lock may have been held at fork().
+            self._cond, self._pending, self._thread = threading.Condition(), {}, None
+            self._pid = os.getpid()
+        with self._cond:
+            self._start_checker()
+            for batch_id, any_failed in failed.items():
+                # Notices for a batch already queued merge into one check.
+                self._pending[batch_id] = self._pending.get(batch_id, False) or any_failed
+            self._cond.notify()
+
+    def _start_checker(self) -> None:
+        # Under the condition's lock: the first notice starts the thread, and one that died is replaced.
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run_checker, name="mjq-batch-checker", daemon=True)
+            self._thread.start()
+
+    def _run_checker(self) -> None:
+        while True:
+            with self._cond:
+                if not self._pending:
+                    self._cond.wait(_CHECKER_IDLE_S)
+                if not self._pending:
+                    self._thread = None  # idle: the next notice starts another
+                    return
+                batch_id = next(iter(self._pending))
+                failed = self._pending.pop(batch_id)
+            self.check_logged(batch_id, failed=failed, full=False)
+
+    # -- the check ----------------------------------------------------------
+
+    def check_logged(self, batch_id: ObjectId, *, failed: bool = False, full: bool = True) -> None:
+        """:meth:`check`, its failure logged rather than raised: what it left undone, the reconciler does."""
+        try:
+            self.check(batch_id, failed=failed, full=full)
+        except Exception:
+            self.log.exception("batch %s: check failed; the reconciler will catch up", batch_id)
+
+    def check(self, batch_id: ObjectId, *, failed: bool = False, full: bool = True) -> Optional[dict[str, int]]:
+        """Count the batch's jobs and fire what the counts call for; the counts, None if not counted.
+
+        After a notice (``full=False``) an open batch is not counted: only
+        a failure the notice told of (``failed``) can fire before the seal.
+        The seal and the reconciler count every time.
+        """
+        doc = self._store.batches.get(batch_id)
+        if doc is None or doc.get("state") == FINISHED_STATE:
+            return None
+        fired = set(doc.get("fired") or ())
+        callbacks: Mapping[str, Any] = doc.get("callbacks") or {}
+        if not full and doc.get("state") != SEALED:
+            if failed and "failure" in callbacks and "failure" not in fired:
+                self.fire(doc, "failure")
+            return None
+        counts = self._store.batches.counts(batch_id)
+        done = doc.get("state") == SEALED and unfinished(counts) == 0
+        due = []
+        if counts.get(FAILED):
+            due.append("failure")
+        if done:
+            if counts.get(COMPLETED, 0) == sum(counts.values()):
+                due.append("success")
+            due.append("complete")
+        for event in due:
+            if event in callbacks and event not in fired:
+                self.fire(doc, event)
+        if done and self._store.batches.finish(batch_id):
+            self.log.info("batch %s finished: %s", batch_id, counts, extra={"batch_id": str(batch_id)})
+        return counts
+
+    def fire(self, doc: Mapping[str, Any], event: str) -> bool:
+        """Insert ``event``'s callback job once (see the module docstring); False if it had been fired."""
+        batch_id = doc["_id"]
+        go, first = self._store.batches.begin_firing(batch_id, event)
+        if not go:
+            return False
+        keep = self._shortest_retention()
+        if first is not None and keep is not None and self._store.now() - first > keep:
+            # Fired long ago by a process that died before recording it: its job may be run and deleted since.
+            self.log.warning(
+                "batch %s: the %s callback began firing at %s, longer ago than retention keeps jobs; "
+                "recorded as fired without inserting it again",
+                batch_id,
+                event,
+                first,
+                extra={"batch_id": str(batch_id)},
+            )
+            self._store.batches.mark_fired(batch_id, event)
+            return False
+        if self.before_insert is not None:
+            self.before_insert(batch_id, event)
+        callback = doc["callbacks"][event]
+        job_id = callback["id"]
+        managed = {"_id": job_id, "batch_callback": {"batch_id": batch_id, "event": event}}
+        self._enqueuer.enqueue(callback["job"], dict(doc.get("extra") or {}), managed)  # a no-op by the _id if stored
+        self._store.batches.mark_fired(batch_id, event)
+        self.log.info("batch %s: %s callback %s enqueued", batch_id, event, job_id, extra={"batch_id": str(batch_id)})
+        return True
+
+    def _shortest_retention(self) -> Optional[timedelta]:
+        config = self._store.config
+        kept = [config.retention_completed_ms, config.retention_failed_ms, config.retention_cancelled_ms]
+        finite = [ms for ms in kept if ms is not None]
+        return timedelta(milliseconds=min(finite)) if finite else None
+
+    # -- the reconciler -----------------------------------------------------
+
+    def run_once(self, now: Optional[datetime] = None) -> int:
+        """One reconciler step: recheck up to 100 unfinished batches untouched for 30 s; how many were checked."""
+        now = now if now is not None else self._store.now()
+        checked = 0
+        for batch_id in self._store.batches.stale(now - STALE_AFTER, SWEEP_LIMIT):
+            self._store.batches.touch(batch_id, now)
+            self.check_logged(batch_id)
+            checked += 1
+        return checked

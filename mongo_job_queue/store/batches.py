@@ -1,0 +1,207 @@
+"""``store.batches``: the batch documents, and a batch's counts read from its jobs.
+
+A batch is one document in ``<jobs collection>_batches``; its jobs carry
+its ``_id`` in ``batch_id``. The document holds what no job can tell: the
+state (``open`` → ``sealed`` → ``finished``), the callbacks with their
+job ids allocated at creation, and which callbacks were fired. The
+counts are never stored: :meth:`BatchDocs.counts` reads them from the
+jobs (one covered scan of the ``mjq_batch`` index), so they cannot drift
+from the jobs whatever crashed where.
+
+Every write here is idempotent under retry: a conditional ``$set`` of the
+state, ``$min`` of a firing time, ``$addToSet`` of a fired event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, Optional
+
+from bson import ObjectId
+from pymongo import ASCENDING, ReturnDocument
+from pymongo.collection import Collection
+from pymongo.errors import DuplicateKeyError
+
+from ..status import FINISHED, PENDING
+from .handle import MAINTENANCE_MAX_TIME_MS, JobStore
+from .index_once import IndexOnce
+
+__all__ = ["FINISHED_STATE", "OPEN", "SEALED", "BatchDocs"]
+
+#: A batch's states, in order; a batch never goes back to ``open``.
+OPEN = "open"
+SEALED = "sealed"
+FINISHED_STATE = "finished"
+
+_SUFFIX = "batches"
+_indexes = IndexOnce()
+
+
+class BatchDocs:
+    """Create, seal, finish and reopen batch documents; count a batch's jobs by status."""
+
+    def __init__(self, store: JobStore) -> None:
+        self._store = store
+
+    @property
+    def collection(self) -> Collection[dict[str, Any]]:
+        """The batches collection (``<jobs collection>_batches``)."""
+        return self._store.sibling(_SUFFIX)
+
+    def create(self, doc: dict[str, Any]) -> None:
+        """Insert a new batch document (its ``_id`` preset); a retry after a lost reply finds it stored.
+
+        The sweep index is created before this process's first batch, so the
+        collection exists with it before any batch is in it. Only creating a
+        batch builds it: a worker's sweep on a database with no batch creates
+        nothing (an index build on a new collection stalls other queries on
+        some servers).
+        """
+        batches = self.collection
+        _indexes.ensure(
+            self._store,
+            f"_{_SUFFIX}",
+            lambda: batches.create_index([("state", ASCENDING), ("updated_at", ASCENDING)], name="mjq_batch_sweep"),
+        )
+        tries = 0
+
+        def call() -> None:
+            nonlocal tries
+            tries += 1
+            try:
+                self.collection.insert_one(doc)
+            except DuplicateKeyError:
+                if tries == 1:
+                    raise
+
+        self._store.retry(call, "create_batch")
+
+    def get(self, batch_id: ObjectId) -> Optional[dict[str, Any]]:
+        """The batch document, or None."""
+        return self._store.retry(lambda: self.collection.find_one({"_id": batch_id}), "get_batch")
+
+    def seal(self, batch_id: ObjectId) -> Optional[dict[str, Any]]:
+        """Seal an open batch (a no-op on one sealed already); the document after, None if there is none."""
+        now = self._store.now()
+
+        def call() -> Optional[dict[str, Any]]:
+            doc = self.collection.find_one_and_update(
+                {"_id": batch_id, "state": OPEN},
+                {"$set": {"state": SEALED, "sealed_at": now, "updated_at": now}},
+                return_document=ReturnDocument.AFTER,
+            )
+            return doc if doc is not None else self.collection.find_one({"_id": batch_id})
+
+        return self._store.retry(call, "seal_batch")
+
+    def counts(self, batch_id: ObjectId) -> dict[str, int]:
+        """The batch's stored jobs by status, in one aggregation over ``mjq_batch`` (a job is counted once)."""
+        pipeline: list[Mapping[str, Any]] = [
+            {"$match": {"batch_id": batch_id}},
+            {"$group": {"_id": "$status", "n": {"$sum": 1}}},
+        ]
+
+        def call() -> dict[str, int]:
+            return {str(row["_id"]): int(row["n"]) for row in self._store.collection.aggregate(pipeline)}
+
+        return self._store.retry(call, "batch_counts")
+
+    def job_ids(self, batch_id: ObjectId, statuses: Sequence[str]) -> list[ObjectId]:
+        """The ids of the batch's jobs in ``statuses`` (for a batch's retry)."""
+        filt = {"batch_id": batch_id, "status": {"$in": list(statuses)}}
+        return self._store.retry(
+            lambda: [d["_id"] for d in self._store.collection.find(filt, {"_id": 1})], "batch_job_ids"
+        )
+
+    def remove_unclaimed(self, job_ids: Sequence[ObjectId]) -> int:
+        """Delete these jobs while no worker has claimed them (a batch sealed while they were added)."""
+        filt = {"_id": {"$in": list(job_ids)}, "status": PENDING, "attempts": 0}
+        return self._store.retry(lambda: self._store.collection.delete_many(filt).deleted_count, "remove_unclaimed")
+
+    def begin_firing(self, batch_id: ObjectId, event: str) -> tuple[bool, Optional[datetime]]:
+        """Record that ``event``'s callback is being inserted; ``(go, first)``.
+
+        ``go`` is False once the event was fired (its callback recorded as
+        inserted): nothing more to do. ``first`` is when the first process
+        began firing it (None for this one): the callback may be stored
+        already, and the caller inserts it again only by its preset ``_id``.
+        """
+        now = self._store.now()
+        path = f"firing.{event}"
+
+        def call() -> tuple[bool, Optional[datetime]]:
+            before = self.collection.find_one_and_update(
+                {"_id": batch_id, "fired": {"$ne": event}},
+                {"$min": {path: now}, "$set": {"updated_at": now}},
+                projection={"firing": 1},
+                return_document=ReturnDocument.BEFORE,
+            )
+            if before is None:
+                return False, None
+            first = (before.get("firing") or {}).get(event)
+            return True, first if isinstance(first, datetime) else None
+
+        return self._store.retry(call, "begin_batch_firing")
+
+    def mark_fired(self, batch_id: ObjectId, event: str) -> None:
+        """Record that ``event``'s callback job is stored: it is never inserted again."""
+        now = self._store.now()
+        self._store.retry(
+            lambda: self.collection.update_one(
+                {"_id": batch_id}, {"$addToSet": {"fired": event}, "$set": {"updated_at": now}}
+            ),
+            "mark_batch_fired",
+        )
+
+    def finish(self, batch_id: ObjectId) -> bool:
+        """Mark a sealed batch finished; False if it was not sealed (finished by another process, or open)."""
+        now = self._store.now()
+        return self._store.retry(
+            lambda: (
+                self.collection.update_one(
+                    {"_id": batch_id, "state": SEALED},
+                    {"$set": {"state": FINISHED_STATE, "finished_at": now, "updated_at": now}},
+                ).modified_count
+                == 1
+            ),
+            "finish_batch",
+        )
+
+    def reopen(self, batch_id: ObjectId) -> bool:
+        """Take a finished batch back to sealed (its jobs were retried); fired callbacks stay fired."""
+        now = self._store.now()
+        return self._store.retry(
+            lambda: (
+                self.collection.update_one(
+                    {"_id": batch_id, "state": FINISHED_STATE},
+                    {"$set": {"state": SEALED, "updated_at": now}, "$unset": {"finished_at": ""}},
+                ).modified_count
+                == 1
+            ),
+            "reopen_batch",
+        )
+
+    def touch(self, batch_id: ObjectId, now: datetime) -> None:
+        """Move a batch to the back of the reconciler's line."""
+        self._store.retry(
+            lambda: self.collection.update_one(
+                {"_id": batch_id, "state": {"$ne": FINISHED_STATE}}, {"$max": {"updated_at": now}}
+            ),
+            "touch_batch",
+        )
+
+    def stale(self, before: datetime, limit: int) -> list[ObjectId]:
+        """Up to ``limit`` unfinished batches untouched since ``before``, least recently touched first."""
+        filt = {"state": {"$in": [OPEN, SEALED]}, "updated_at": {"$lte": before}}
+
+        def call() -> list[ObjectId]:
+            found = self.collection.find(filt, {"_id": 1}, sort=[("updated_at", 1)], limit=limit)
+            return [d["_id"] for d in found.max_time_ms(MAINTENANCE_MAX_TIME_MS)]
+
+        return self._store.retry(call, "stale_batches")
+
+
+def unfinished(counts: Mapping[str, int]) -> int:
+    """How many of the counted jobs are not final (pending, running, or any other state that is not)."""
+    return sum(n for status, n in counts.items() if status not in FINISHED)

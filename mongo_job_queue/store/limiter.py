@@ -1,0 +1,421 @@
+"""``store.limits``: concurrency limits, mutex keys and rate limits, admitted inside the claim.
+
+Two sibling collections hang off the jobs collection:
+
+* ``<jobs>_limits``: the definitions (``queue.limit(...)``), so every worker
+  sees a change (each re-reads them at most every :data:`REFRESH_S`);
+* ``<jobs>_limiters``: one *limiter document* per (limit, key value). It
+  holds the runs admitted under it, ``holders``: job id, lease token and
+  ``until``, the run's lease expiry by server time, which the heartbeat
+  moves forward; and ``tat``, the GCRA state of a rate limit.
+
+A run is admitted by one atomic update of its limiter document, a ``$push``
+that matches only while fewer than ``max_running`` holders are listed, so
+concurrent claimers can never overshoot (no "count, then claim"). Holders
+whose ``until`` passed (their worker died) are pulled first when a limiter
+looks full. A run leaves its limiter when it ends, whatever the outcome
+(:meth:`Limiter.release`); a crashed worker's holders expire with its leases.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Optional
+
+from bson import ObjectId
+from pymongo import UpdateOne
+from pymongo.collection import Collection
+from pymongo.errors import DuplicateKeyError
+
+from ..limits import MUTEX, MUTEX_FIELD, MUTEX_LIMIT, Limit
+from . import rates
+from .handle import JobStore
+
+__all__ = [
+    "HELD_BACK_POLL_S",
+    "RATE_HORIZON",
+    "RATE_SLOTS",
+    "REFRESH_S",
+    "Admission",
+    "Limiter",
+    "RateRefusal",
+    "limiter_id",
+]
+
+#: How long a worker trusts the definitions it read (a change reaches every worker within this).
+REFRESH_S = 1.0
+#: The job field listing the limiters whose rate reserved its start (its ``run_at`` is that start).
+RATE_SLOTS = "rate_slots"
+#: How far ahead a claim reserves a rate's starts for the jobs it read (their ``run_at`` set to the slot).
+RATE_HORIZON = timedelta(seconds=1)
+#: The longest idle wait of a poller whose last claim left jobs out for a full limiter.
+HELD_BACK_POLL_S = 0.5
+#: The stored marker that some job uses a mutex key (then every claim admits mutex keys).
+_MUTEX_MARKER = {"_id": MUTEX, "builtin": True}
+_SEP = "\x1f"
+
+
+def limiter_id(limit: str, value: Any) -> str:
+    """The ``_id`` of the limiter document of ``limit`` for key ``value`` (its type is part of it)."""
+    return f"{limit}{_SEP}{type(value).__name__}{_SEP}{value}"
+
+
+@dataclass(frozen=True)
+class RateRefusal:
+    """A rate had no start to give now: the limiter, for :meth:`Limiter.reserve`."""
+
+    lid: str
+    limit: Limit
+    value: Any
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The limiters a claimed run holds, to extend and release with its lease."""
+
+    job_id: ObjectId
+    token: str
+    ids: tuple[str, ...]
+
+
+class Limiter:
+    """Definitions, admission, holders' upkeep and the view of every limiter (see the module docstring)."""
+
+    def __init__(self, store: JobStore) -> None:
+        self._store = store
+        self._lock = threading.Lock()
+        self._cached: tuple[Limit, ...] = ()
+        self._read_at = -REFRESH_S
+        self._mutex_marked = False
+        #: The runs of this process that hold limiters, by (job id, token).
+        self._held: dict[tuple[ObjectId, str], tuple[str, ...]] = {}
+        #: When a rate-limited key is next allowed to start (monotonic), for the poller's wait.
+        self._next_start: Optional[float] = None
+        #: Whether the last claim left out the jobs of a full limiter (they may run at the next poll).
+        self._held_back = False
+        self._released: Callable[[], None] = _nothing
+
+    @property
+    def definitions_collection(self) -> Collection[dict[str, Any]]:
+        return self._store.sibling("limits")
+
+    @property
+    def limiters(self) -> Collection[dict[str, Any]]:
+        return self._store.sibling("limiters")
+
+    def on_release(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever a run of this process leaves its limiters (the local poller's wake-up)."""
+        self._released = callback
+
+    def after_fork_in_child(self) -> None:
+        """The parent's runs are not this process's."""
+        self._lock = threading.Lock()
+        self._held = {}
+
+    # -- definitions --------------------------------------------------------
+
+    def define(self, limit: Limit) -> None:
+        """Store (or replace) ``limit``; every worker applies it from its next refresh."""
+        doc = limit.as_doc()
+        self._store.retry(
+            lambda: self.definitions_collection.replace_one({"_id": limit.name}, doc, upsert=True), "define_limit"
+        )
+        self._read_at = -REFRESH_S
+
+    def remove(self, name: str) -> bool:
+        """Delete the limit ``name`` and its limiter documents; False if there was none."""
+        if name == MUTEX:
+            return False
+        deleted = self._store.retry(
+            lambda: self.definitions_collection.delete_one({"_id": name}).deleted_count, "remove_limit"
+        )
+        self._store.retry(lambda: self.limiters.delete_many({"limit": name}), "remove_limit")
+        self._read_at = -REFRESH_S
+        return bool(deleted)
+
+    def stored(self) -> list[Limit]:
+        """The limits stored in the database (the built-in mutex not included), by name."""
+        docs = self._store.retry(lambda: list(self.definitions_collection.find().sort("_id", 1)), "limits")
+        return [Limit.from_doc(d) for d in docs if not d.get("builtin")]
+
+    def mark_mutex(self) -> None:
+        """Record, once per process, that jobs use mutex keys: from then on every claim admits them."""
+        if self._mutex_marked:
+            return
+
+        def call() -> None:
+            try:
+                self.definitions_collection.update_one({"_id": MUTEX}, {"$setOnInsert": _MUTEX_MARKER}, upsert=True)
+            except DuplicateKeyError:
+                pass  # another process marked it first
+
+        self._store.retry(call, "mark_mutex")
+        self._mutex_marked = True
+        self._read_at = -REFRESH_S
+
+    def active(self) -> tuple[Limit, ...]:
+        """The limits claims must admit (the mutex one once marked); read again after :data:`REFRESH_S`."""
+        if time.monotonic() - self._read_at < REFRESH_S:
+            return self._cached
+        docs = self._store.retry(lambda: list(self.definitions_collection.find()), "limits")
+        limits: list[Limit] = []
+        for doc in docs:
+            if doc.get("builtin"):
+                limits.append(MUTEX_LIMIT)
+                continue
+            try:
+                limits.append(Limit.from_doc(doc))
+            except Exception:  # noqa: BLE001 - a hand-edited definition must not stop every claim
+                self._store.log.error("ignoring the malformed limit definition %r", doc.get("_id"))
+        self._cached = tuple(sorted(limits, key=lambda limit: limit.name))
+        self._read_at = time.monotonic()
+        return self._cached
+
+    # -- the claim's side ---------------------------------------------------
+
+    @staticmethod
+    def unlimited(query: Mapping[str, Any]) -> dict[str, Any]:
+        """``query`` for a claim that admits nothing: jobs with a mutex key are left to admitting claims."""
+        return {**query, MUTEX_FIELD: None}
+
+    def blocked(self, limits: Sequence[Limit], now: datetime) -> Optional[list[dict[str, Any]]]:
+        """The ``$nor`` clauses that leave out the jobs of full or rate-blocked limiters; None: nothing can run.
+
+        One read of the limiter documents that hold runs or a rate state, so
+        claims skip the jobs of a full key instead of trying them again and
+        again (no hot loop, and no attempt used).
+        """
+        by_name = {limit.name: limit for limit in limits}
+        busy = {"limit": {"$in": list(by_name)}, "$or": [{"holders.0": {"$exists": True}}, {"tat": {"$gt": now}}]}
+        docs = list(self.limiters.find(busy))
+        full: dict[str, list[Any]] = {}
+        paced: dict[str, list[Any]] = {}
+        next_start: Optional[datetime] = None
+        for doc in docs:
+            limit = by_name.get(doc.get("limit", ""))
+            if limit is None:
+                continue
+            live = [h for h in doc.get("holders") or [] if h.get("until") is not None and h["until"] >= now]
+            if limit.max_running is not None and len(live) >= limit.max_running:
+                full.setdefault(limit.name, []).append(doc.get("value"))
+            eligible = rates.eligible_at(limit, doc)
+            if eligible is not None and eligible > now:
+                paced.setdefault(limit.name, []).append(doc.get("value"))
+                next_start = eligible if next_start is None else min(next_start, eligible)
+        self._next_start = None if next_start is None else time.monotonic() + (next_start - now).total_seconds()
+        self._held_back = bool(full or paced)
+        clauses: list[dict[str, Any]] = []
+        for group, exempt in ((full, False), (paced, True)):
+            for name, values in group.items():
+                limit = by_name[name]
+                clause: dict[str, Any] = {}
+                if limit.key is not None:
+                    clause[limit.key] = {"$in": values}
+                if limit.job_types:
+                    clause["type"] = {"$in": list(limit.job_types)}
+                if exempt:  # a job that reserved its start (see reserve) is due at its slot
+                    clause[RATE_SLOTS] = {"$nin": [limiter_id(name, value) for value in values]}
+                elif not clause:
+                    return None  # a queue-wide limit is full
+                clauses.append(clause)
+        return clauses
+
+    def wait_hint(self, interval: float, base: float) -> float:
+        """How long an idle poller waits: ``interval``, capped by :data:`HELD_BACK_POLL_S` while limits hold jobs back.
+
+        A slot freed in another process wakes nobody here, so held-back jobs
+        are looked for again within a short bound rather than the idle
+        backoff's (a slot freed here wakes the poller at once); a
+        rate-limited key is looked at again the moment it opens.
+        """
+        wait = min(interval, max(base, HELD_BACK_POLL_S)) if self._held_back else interval
+        next_start = self._next_start
+        if next_start is not None:
+            wait = min(wait, next_start - time.monotonic())
+        return max(0.001, wait)
+
+    def admit(
+        self,
+        doc: Mapping[str, Any],
+        token: str,
+        limits: Sequence[Limit],
+        now: datetime,
+        until: datetime,
+        refused: set[str],
+    ) -> Admission | RateRefusal | None:
+        """Admit the run (``doc`` under ``token``) into each limiter it falls under; None if one refused.
+
+        A rate that has no start to give now answers a :class:`RateRefusal`,
+        with which the claim can :meth:`reserve` the job's exact start.
+
+        Concurrency first (each a conditional ``$push``), then rates (a
+        compare-and-set of ``tat``); a refusal takes back what was admitted
+        and adds the refusing limiter to ``refused``, whose jobs this claim
+        then skips without asking again. Runs inside the claim's retry (no
+        retry of its own): each step is safe to run again.
+        """
+        covering = [(limit, limit.value_of(doc)) for limit in limits if limit.applies_to(doc)]
+        ids = [limiter_id(limit.name, value) for limit, value in covering]
+        if refused.intersection(ids):
+            return None
+        holder = {"job": doc["_id"], "token": token, "until": until}
+        taken: list[str] = []
+        for (limit, value), lid in zip(covering, ids, strict=True):
+            if limit.max_running is None:
+                continue
+            if not self._push(lid, limit, value, holder, now):
+                self._pull(taken, doc["_id"], token)
+                refused.add(lid)
+                return None
+            taken.append(lid)
+        reserved = doc.get(RATE_SLOTS) or []
+        for (limit, value), lid in zip(covering, ids, strict=True):
+            if limit.rate is None or lid in reserved:  # a reserved start was spent when it was reserved
+                continue
+            if rates.spend(self.limiters, lid, limit, value, now) is None:
+                self._pull(taken, doc["_id"], token)
+                return RateRefusal(lid, limit, value)
+        for (limit, value), lid in zip(covering, ids, strict=True):
+            if limit.fair:  # its turn is taken: it goes to the back of the round
+                served = {"$max": {"served_at": now}, "$setOnInsert": {"limit": limit.name, "value": value}}
+                self.limiters.update_one({"_id": lid}, served, upsert=True)
+        return Admission(doc["_id"], token, tuple(taken))
+
+    def turns(self, limit: Limit, values: Sequence[Any]) -> list[Any]:
+        """``values`` of a fair limit in serving order: never served first, then least recently served."""
+        ids = {limiter_id(limit.name, value): value for value in values}
+        docs = self.limiters.find({"_id": {"$in": list(ids)}}, {"served_at": 1})
+        served = {ids[d["_id"]]: d.get("served_at") for d in docs if d["_id"] in ids}
+        never = datetime.min
+        return sorted(values, key=lambda value: (served.get(value) or never, str(value)))
+
+    def hold(self, admission: Admission) -> None:
+        """Remember a claimed run's limiters, for the heartbeat and the release."""
+        if admission.ids:
+            with self._lock:
+                self._held[(admission.job_id, admission.token)] = admission.ids
+
+    def undo(self, admission: Admission) -> None:
+        """Take back an admission whose job claim lost the race (inside the claim's own retry)."""
+        self._pull(list(admission.ids), admission.job_id, admission.token)
+
+    def release(self, job_id: ObjectId, token: str) -> None:
+        """The run ended (any outcome): leave its limiters. Idempotent; a failure leaves them to expire."""
+        with self._lock:
+            ids = self._held.pop((job_id, token), ())
+        if not ids:
+            return
+        try:
+            self._store.retry(lambda: self._pull(list(ids), job_id, token), "release_limiters")
+        except Exception:  # noqa: BLE001 - the holders expire with the lease
+            self._store.log.warning("could not release the limiters of job %s; they expire with its lease", job_id)
+        self._released()
+
+    def extend(self, leases: Mapping[ObjectId, str], until: datetime) -> None:
+        """Move the holders of these runs forward to ``until`` (their renewed leases)."""
+        with self._lock:
+            held = [(run, ids) for run, ids in self._held.items() if leases.get(run[0]) == run[1]]
+        ops = [
+            UpdateOne(
+                {"_id": lid, "holders": {"$elemMatch": {"job": job_id, "token": token}}},
+                {"$set": {"holders.$.until": until}},
+            )
+            for (job_id, token), ids in held
+            for lid in ids
+        ]
+        if ops:
+            self._store.retry(lambda: self.limiters.bulk_write(ops, ordered=False), "extend_limiters")
+
+    # -- atomic steps -------------------------------------------------------
+
+    def _push(self, lid: str, limit: Limit, value: Any, holder: Mapping[str, Any], now: datetime) -> bool:
+        """One conditional ``$push``: admitted only while fewer than ``max_running`` holders are listed."""
+        assert limit.max_running is not None
+        room = {"_id": lid, f"holders.{limit.max_running - 1}": {"$exists": False}}
+        push = {"$addToSet": {"holders": dict(holder)}, "$setOnInsert": {"limit": limit.name, "value": value}}
+
+        def call() -> bool:
+            for _ in range(2):
+                try:
+                    if self.limiters.update_one(room, push, upsert=True).matched_count:
+                        return True
+                except DuplicateKeyError:
+                    pass  # it exists and is full: the upsert tried to insert a second one
+                else:
+                    return True  # upserted: the first holder
+                found = self.limiters.find_one({"_id": lid})
+                holders = (found or {}).get("holders") or []
+                if any(h.get("job") == holder["job"] and h.get("token") == holder["token"] for h in holders):
+                    return True  # an earlier try of ours, whose reply was lost
+                if not any(h.get("until") is None or h["until"] < now for h in holders):
+                    return False
+                # Drop the holders whose lease ran out (their worker died), then try once more.
+                self.limiters.update_one({"_id": lid}, {"$pull": {"holders": {"until": {"$lt": now}}}})
+            return False
+
+        return call()
+
+    def ids_of(self, doc: Mapping[str, Any], limits: Sequence[Limit]) -> list[str]:
+        """The limiters that ``doc``'s job falls under."""
+        return [limiter_id(limit.name, limit.value_of(doc)) for limit in limits if limit.applies_to(doc)]
+
+    def reserve(self, refusal: RateRefusal, now: datetime, count: int) -> list[datetime]:
+        """Spend up to ``count`` next starts of a rate within :data:`RATE_HORIZON` (see :func:`.rates.reserve`)."""
+        slots = rates.reserve(self.limiters, refusal.lid, refusal.limit, now, count, RATE_HORIZON)
+        if slots:
+            opens = time.monotonic() + (slots[0] - now).total_seconds()
+            self._next_start = opens if self._next_start is None else min(self._next_start, opens)
+        return slots
+
+    def _pull(self, ids: Iterable[str], job_id: ObjectId, token: str) -> None:
+        ops = [UpdateOne({"_id": lid}, {"$pull": {"holders": {"job": job_id, "token": token}}}) for lid in ids]
+        if ops:
+            self.limiters.bulk_write(ops, ordered=False)
+
+    # -- what shows ---------------------------------------------------------
+
+    def view(self) -> tuple[list[Limit], list[dict[str, Any]]]:
+        """The limits in use (the mutex one once marked) and, per limiter, what :meth:`snapshot` tells.
+
+        One read of the definitions, and one of the limiters only when
+        there are definitions: a queue without limits pays one command.
+        """
+        docs = self._store.retry(lambda: list(self.definitions_collection.find().sort("_id", 1)), "limits")
+        limits = [MUTEX_LIMIT if d.get("builtin") else Limit.from_doc(d) for d in docs]
+        if not limits:
+            return [], []
+        by_name = {limit.name: limit for limit in limits}
+        now = self._store.now()
+        found = self._store.retry(lambda: list(self.limiters.find().sort("_id", 1)), "limiters")
+        rows = []
+        for doc in found:
+            limit = by_name.get(doc.get("limit", ""))
+            if limit is None:
+                continue
+            live = [h for h in doc.get("holders") or [] if h.get("until") is not None and h["until"] >= now]
+            eligible = rates.eligible_at(limit, doc)
+            rows.append(
+                {
+                    "limit": limit.name,
+                    "key": limit.key,
+                    "value": doc.get("value"),
+                    "running": len(live),
+                    "max_running": limit.max_running,
+                    "rate": limit.rate,
+                    "next_start_at": eligible if eligible is not None and eligible > now else None,
+                    "holders": [str(h.get("job")) for h in live],
+                }
+            )
+        return limits, rows
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Per limiter: limit, key value, running holders now, ``max_running`` and the next allowed start."""
+        return self.view()[1]
+
+
+def _nothing() -> None:
+    """No listener of releases."""

@@ -1,0 +1,70 @@
+"""A worker process for the limit tests: records every run's start and end in one global order.
+
+Run as ``python -m integration.limits_proc URI DB CONCURRENCY [CLOCK_OFFSET_S]``
+with ``tests/`` on ``PYTHONPATH``. Its ``LIM`` handler takes a number from
+one log document in MongoDB: each start and end is one atomic ``$push``
+onto its ``events`` array, so the events of every process are in one
+order (no host clock is trusted). It sleeps ``data.sleep_ms`` between.
+It prints ``ready`` and runs until SIGTERM or SIGKILL. ``CLOCK_OFFSET_S``
+shifts this process's clock (a skewed host).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from datetime import timedelta
+from typing import Any
+
+import mongoengine
+from pymongo import MongoClient
+
+from mongo_job_queue import create_job_queue
+from mongo_job_queue.clock import utcnow
+
+from .models import ALIAS, IntegrationJob
+
+TIMINGS = {
+    "lease_ms": 4_000,
+    "heartbeat_interval_ms": 800,
+    "sweep_interval_ms": 200,
+    "poll_interval_base_ms": 10,
+    "poll_interval_max_ms": 100,
+}
+
+
+def record(db: Any, kind: str, job: IntegrationJob) -> None:
+    """Append one event of ``job`` to the one log document: its place in the array is the global order."""
+    event = {
+        "kind": kind,
+        "job": job.id,
+        "token": job.lease_token,
+        "mutex": job.mutex_key,
+        "org": job.organization,
+        "pid": os.getpid(),
+    }
+    db.limit_log.update_one({"_id": "log"}, {"$push": {"events": event}}, upsert=True)
+
+
+def main(uri: str, db_name: str, concurrency: int, offset_s: float) -> int:
+    mongoengine.connect(db=db_name, host=uri, alias=ALIAS, uuidRepresentation="standard")
+    db = MongoClient(uri)[db_name]
+    offset = timedelta(seconds=offset_s)
+    queue = create_job_queue(
+        job_model=IntegrationJob, config={"concurrency": concurrency, **TIMINGS}, clock=lambda: utcnow() + offset
+    )
+
+    @queue.handler("LIM")
+    def run(job: IntegrationJob) -> None:
+        record(db, "start", job)
+        slow = job.attempts <= job.data.get("slow_attempts", job.attempts)
+        threading.Event().wait((job.data.get("sleep_ms", 5) if slow else 5) / 1000)
+        record(db, "end", job)
+
+    queue.run_worker(stop_timeout=10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]) if len(sys.argv) > 4 else 0.0))

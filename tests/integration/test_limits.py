@@ -1,0 +1,284 @@
+"""Limits in one process over the wire: mutex keys, caps per key, throttling, rates, and what shows."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+from helpers import wait_until
+
+
+class Peaks:
+    """Counts the runs in flight per key under a lock, and the most seen at once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running: Counter[Any] = Counter()
+        self.peak: Counter[Any] = Counter()
+        self.starts: list[tuple[Any, float]] = []
+
+    def run(self, key: Any, seconds: float) -> None:
+        with self.lock:
+            self.running[key] += 1
+            self.peak[key] = max(self.peak[key], self.running[key])
+            self.starts.append((key, time.monotonic()))
+        time.sleep(seconds)
+        with self.lock:
+            self.running[key] -= 1
+
+
+def test_mutex_jobs_run_one_at_a_time_per_key_without_using_attempts(make_queue, job_model) -> None:
+    queue = make_queue(concurrency=8)
+    peaks = Peaks()
+    queue.register_handler("M", lambda job: peaks.run(job.mutex_key, 0.01))
+    queue.enqueue_many({"job_type": "M", "mutex_key": f"k{n % 3}"} for n in range(30))
+    queue.start_polling()
+    wait_until(lambda: queue.counts()["completed"] == 30, timeout=60, what="30 completed")
+    assert peaks.peak == {"k0": 1, "k1": 1, "k2": 1}
+    assert {j.attempts for j in job_model.objects} == {1}
+    assert all(row["running"] == 0 for row in queue.limits()["keys"])
+
+
+def test_a_cap_per_key_is_shared_by_two_queues_and_reached(make_queue, job_model) -> None:
+    a, b = make_queue(concurrency=6), make_queue(concurrency=6)
+    a.limit("per-org", key="organization", max_running=2)
+    peaks = Peaks()
+    for queue in (a, b):
+        queue.register_handler("O", lambda job: peaks.run(job.organization, 0.15))
+    a.enqueue_many({"job_type": "O", "organization": f"org{n % 3}"} for n in range(24))
+    a.enqueue_many({"job_type": "O"} for _ in range(4))  # no organization: not limited
+    a.start_polling()
+    b.start_polling()
+    wait_until(lambda: a.counts()["completed"] == 28, timeout=90, what="28 completed")
+    assert peaks.peak == {"org0": 2, "org1": 2, "org2": 2, None: peaks.peak[None]}
+    assert {j.attempts for j in job_model.objects} == {1}
+
+
+def test_a_per_handler_cap_without_a_key(make_queue) -> None:
+    queue = make_queue(concurrency=6)
+    queue.limit("exports", job_types=["EXPORT"], max_running=1)
+    peaks = Peaks()
+    queue.register_handler("EXPORT", lambda job: peaks.run("export", 0.05))
+    queue.register_handler("OTHER", lambda job: peaks.run("other", 0.05))
+    queue.enqueue_many([{"job_type": "EXPORT"}] * 6 + [{"job_type": "OTHER"}] * 6)
+    queue.start_polling()
+    wait_until(lambda: queue.counts()["completed"] == 12, timeout=60, what="12 completed")
+    assert peaks.peak["export"] == 1
+    assert peaks.peak["other"] > 1
+
+
+def test_a_delayed_job_does_not_hold_its_key(make_queue) -> None:
+    queue = make_queue(concurrency=2)
+    ran: list[str] = []
+    queue.register_handler("M", lambda job: ran.append(job.data["n"]))
+    queue.enqueue("M", {"n": "later"}, mutex_key="k", delay_ms=60_000)
+    queue.enqueue("M", {"n": "now"}, mutex_key="k")
+    queue.start_polling()
+    wait_until(lambda: ran == ["now"], timeout=30, what="the due job ran")
+
+
+def test_a_limit_defined_by_another_process_is_applied(make_queue) -> None:
+    worker, admin = make_queue(concurrency=6), make_queue()
+    peaks = Peaks()
+    worker.register_handler("O", lambda job: peaks.run(job.organization, 0.1))
+    worker.start_polling()
+    admin.limit("per-org", key="organization", max_running=1)
+    time.sleep(1.2)  # the worker re-reads the definitions at most every second (REFRESH_S)
+    admin.enqueue_many({"job_type": "O", "organization": "acme"} for _ in range(6))
+    wait_until(lambda: admin.counts()["completed"] == 6, timeout=60, what="6 completed")
+    assert peaks.peak["acme"] == 1
+
+
+def test_a_crashed_holder_expires_with_its_lease(make_queue, raw_db) -> None:
+    queue = make_queue(concurrency=2, lease_ms=1_000, heartbeat_interval_ms=200)
+    queue.limit("per-org", key="organization", max_running=1)
+    stale = {"job": "gone", "token": "dead", "until": queue.store.now() - timedelta(milliseconds=1)}
+    from mongo_job_queue.store.limiter import limiter_id
+
+    raw_db.jobs_limiters.insert_one(
+        {"_id": limiter_id("per-org", "acme"), "limit": "per-org", "value": "acme", "holders": [stale]}
+    )
+    queue.register_handler("O", lambda job: None)
+    queue.enqueue("O", {}, organization="acme")
+    queue.start_polling()
+    wait_until(lambda: queue.counts()["completed"] == 1, timeout=30, what="the job ran past the dead holder")
+    assert raw_db.jobs_limiters.find_one()["holders"] == []
+
+
+def test_a_live_holder_is_kept_by_the_heartbeat(make_queue) -> None:
+    queue = make_queue(concurrency=2, lease_ms=1_000, heartbeat_interval_ms=200)
+    queue.limit("per-org", key="organization", max_running=1)
+    release = threading.Event()
+    peaks = Peaks()
+
+    @queue.handler("O")
+    def run(job: Any) -> None:
+        peaks.run(job.organization, 0)
+        if job.data["n"] == 0:
+            assert release.wait(30)
+
+    queue.enqueue("O", {"n": 0}, organization="acme")
+    queue.start_polling()
+    wait_until(lambda: len(peaks.starts) == 1, timeout=30, what="the first job runs")
+    queue.enqueue("O", {"n": 1}, organization="acme")
+    time.sleep(2.5)  # longer than two leases: only the heartbeat keeps the holder
+    assert len(peaks.starts) == 1
+    release.set()
+    wait_until(lambda: queue.counts()["completed"] == 2, timeout=30, what="both ran")
+
+
+def test_a_throttle_uses_no_attempt_and_waits_its_delay(make_queue, job_model) -> None:
+    queue = make_queue(concurrency=1)
+    seen: list[int] = []
+
+    @queue.handler("T")
+    def run(job: Any) -> None:
+        seen.append(job.attempts)
+        if len(seen) == 1:
+            job.throttle(1_500)
+
+    job = queue.enqueue("T", {}, mutex_key="api")
+    queue.start_polling()
+    wait_until(lambda: len(seen) == 1, timeout=30, what="the first run")
+    wait_until(lambda: job_model.objects.get(id=job.id).status == "pending", timeout=30, what="back to pending")
+    stored = job_model.objects.get(id=job.id)
+    assert stored.attempts == 0 and stored.errors == []
+    delay = stored.run_at - stored.started_at
+    assert timedelta(milliseconds=1_500) <= delay <= timedelta(milliseconds=2_500), delay
+    wait_until(lambda: queue.counts()["completed"] == 1, timeout=30, what="the second run")
+    assert seen == [1, 1]
+    assert job_model.objects.get(id=job.id).attempts == 1
+
+
+def test_a_throttle_after_a_lost_lease_writes_nothing(make_queue, job_model) -> None:
+    queue = make_queue()
+    queue.register_handler("T", lambda job: None)
+    job = queue.enqueue("T", {})
+    claimed = queue.store.jobs.claim(["T"], ["default"], queue.worker.poller.owner)
+    assert claimed is not None
+    stale = type(claimed)(dict(claimed.doc), "not-the-token")
+    assert queue.store.jobs.throttle(stale, queue.store.now()) is False
+    assert job_model.objects.get(id=job.id).status == "processing"
+    assert queue.store.jobs.throttle(claimed, queue.store.now()) is True
+    assert job_model.objects.get(id=job.id).attempts == 0
+
+
+def test_a_rate_spaces_admissions_by_server_time_and_reserves_exact_starts(make_queue, job_model) -> None:
+    queue = make_queue(concurrency=4)
+    queue.limit("api", job_types=["R"], rate="5/s")
+    queue.register_handler("R", lambda job: None)
+    queue.enqueue_many([{"job_type": "R"}] * 8)
+    queue.start_polling()
+    wait_until(lambda: queue.counts()["completed"] == 8, timeout=60, what="8 completed")
+    jobs = list(job_model.objects)
+    # A job over the rate waited for its reserved start: its run_at was set to it, by server
+    # time, and it was claimed no earlier; one admitted at once counts from its claim.
+    admitted = sorted(j.run_at if j.run_at > j.created_at else j.started_at for j in jobs)
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(admitted)]
+    assert min(gaps) >= 0.199, gaps
+    assert all(j.started_at >= j.run_at for j in jobs)
+    assert sum(1 for j in jobs if j.run_at > j.created_at) >= 4  # most waited for an exact start
+    assert {j.attempts for j in jobs} == {1}  # waiting used no attempt
+
+
+def test_a_tenant_with_a_backlog_does_not_starve_a_small_one(make_queue) -> None:
+    producer = make_queue(lease_ms=10_000)  # its bulk inserts run beside a busy worker
+    producer.limit("tenants", key="organization", fair=True)
+    worker = make_queue(concurrency=4, lease_ms=10_000)
+    order: list[str] = []
+    lock = threading.Lock()
+
+    def run(job: Any) -> None:
+        with lock:
+            order.append(job.organization)
+
+    worker.register_handler("F", run)
+    worker.start_polling()
+    for _ in range(10):
+        producer.enqueue_many([{"job_type": "F", "organization": "A"}] * 200)
+    wait_until(lambda: len(order) >= 5, timeout=60, what="A's backlog is being worked")
+    with lock:
+        before = len(order)
+    producer.enqueue_many([{"job_type": "F", "organization": "B"}] * 20)
+    wait_until(lambda: order.count("B") == 20, timeout=120, what="B's 20 jobs done")
+    worker.stop(timeout=10)
+    with lock:
+        after = order[before:]
+    last_b = max(i for i, org in enumerate(after) if org == "B")
+    a_meanwhile = after[:last_b].count("A")
+    assert a_meanwhile < 200, a_meanwhile
+    assert a_meanwhile <= 20 + 3 * 4, a_meanwhile  # one A per B, a claim or two of slack
+
+
+def test_limits_show_in_the_cli_and_in_prometheus(make_queue) -> None:
+    import io
+    import json
+
+    from mongo_job_queue import cli
+    from mongo_job_queue.contrib.prometheus import QueueStatsCollector
+
+    queue = make_queue()
+    queue.limit("per-org", key="organization", max_running=2)
+    queue.register_handler("O", lambda job: None)
+    queue.enqueue("O", {}, organization="acme")
+    claimed = queue.store.jobs.claim(["O"], ["default"], queue.worker.poller.owner)
+    assert claimed is not None
+    out = io.StringIO()
+    assert cli.main(["limits"], queue=queue, out=out, err=io.StringIO()) == 0
+    assert "per-org: key=organization max_running=2" in out.getvalue()
+    assert "per-org[acme]: running 1/2" in out.getvalue()
+    out = io.StringIO()
+    assert cli.main(["stats"], queue=queue, out=out, err=io.StringIO()) == 0
+    assert "limit per-org[acme]: running 1/2" in out.getvalue()
+    out = io.StringIO()
+    assert cli.main(["limits", "--json"], queue=queue, out=out, err=io.StringIO()) == 0
+    [row] = [r for r in json.loads(out.getvalue())["keys"] if r["limit"] == "per-org"]
+    assert (row["value"], row["running"], row["holders"]) == ("acme", 1, [str(claimed.id)])
+    samples = {
+        (metric.name, tuple(sample.labels.values())): sample.value
+        for metric in QueueStatsCollector(queue, cache_seconds=0).collect()
+        for sample in metric.samples
+    }
+    assert samples[("mongo_job_queue_limit_running", ("per-org",))] == 1
+    assert samples[("mongo_job_queue_limit_max_running", ("per-org",))] == 2
+    queue.store.limits.release(claimed.id, claimed.token)
+    assert queue.limits()["keys"][0]["running"] == 0
+
+
+def test_concurrent_claims_on_one_free_key_admit_exactly_one(make_queue, job_model) -> None:
+    # Write skew: eight claimers, each of its own job type (so no two contend
+    # for one job document), see the key free at the same moment; one atomic
+    # admission lets exactly one of them in, round after round.
+    queues = [make_queue() for _ in range(8)]
+    for n, queue in enumerate(queues):
+        queue.register_handler(f"M{n}", lambda job: None)
+    queues[0].enqueue_many({"job_type": f"M{n % 8}", "mutex_key": "invoice:42"} for n in range(40))
+    owner = queues[0].worker.poller.owner
+    queues[0].store.limits.mark_mutex()
+    lock = threading.Lock()
+    for round_ in range(4):
+        barrier = threading.Barrier(len(queues))
+        got: list[Any] = []
+
+        def claim(n: int, barrier: threading.Barrier = barrier, got: list[Any] = got) -> None:
+            queue = queues[n]
+            queue.store.limits.active()  # definitions read before the barrier: the claims start together
+            barrier.wait(30)
+            claimed = queue.store.jobs.claim([f"M{n}"], ["default"], owner)
+            with lock:
+                got.append((queue, claimed))
+
+        threads = [threading.Thread(target=claim, args=(n,)) for n in range(len(queues))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        won = [(queue, claimed) for queue, claimed in got if claimed is not None]
+        assert len(won) == 1, f"round {round_}: {len(won)} claims of one mutex key"
+        queue, claimed = won[0]
+        assert queue.store.jobs.complete(claimed)
+        queue.store.limits.release(claimed.id, claimed.token)

@@ -1,0 +1,115 @@
+"""Limit definitions: every bad argument is refused with its name, and nothing is stored."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from mongo_job_queue import Limit, LimitError
+from mongo_job_queue.errors import InvalidJobError, Throttled
+from mongo_job_queue.limits import parse_rate
+
+
+def _stored(queue: Any) -> list[dict[str, Any]]:
+    return list(queue.store.limits.definitions_collection.find())
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"key": "organization", "max_running": 0}, "max_running must be an int >= 1"),
+        ({"key": "organization", "max_running": -3}, "max_running must be an int >= 1"),
+        ({"key": "organization", "max_running": True}, "max_running must be an int >= 1"),
+        ({"key": "organization", "max_running": 2.5}, "max_running must be an int >= 1"),
+        ({"key": "", "max_running": 1}, "limit key must be a job field name"),
+        ({"key": "$where", "max_running": 1}, "limit key must be a job field name"),
+        ({"key": "a..b", "max_running": 1}, "limit key must be a job field name"),
+        ({"key": "organization"}, "needs max_running, rate or fair=True"),
+        ({"rate": "100"}, "rate must look like '100/min'"),
+        ({"rate": "0/min"}, "a count and a period of at least 1"),
+        ({"rate": "10/fortnight"}, "rate must look like '100/min'"),
+        ({"rate": "ten/min"}, "rate must look like '100/min'"),
+        ({"rate": 100}, "rate must be a str"),
+        ({"rate": "5/0s"}, "a count and a period of at least 1"),
+        ({"rate": "5/s", "burst": 0}, "burst must be an int from 1"),
+        ({"max_running": 1, "job_types": [""]}, "job_types must be non-empty strs"),
+        ({"fair": True}, "fair=True needs a key"),
+        ({"max_running": 1, "color": "red"}, "unknown limit option(s) color"),
+    ],
+)
+def test_bad_limits_are_refused_by_name_and_nothing_is_stored(
+    queue: Any, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(LimitError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        queue.limit("per-org", **options)
+    assert _stored(queue) == []
+
+
+@pytest.mark.parametrize("name", ["", "   ", "x" * 201, "a\x1fb", None, 7, "mutex"])
+def test_bad_limit_names_are_refused(queue: Any, name: Any) -> None:
+    with pytest.raises(LimitError, match="limit name"):
+        queue.limit(name, max_running=1)
+    assert _stored(queue) == []
+
+
+@pytest.mark.parametrize(
+    ("rate", "parsed"),
+    [("100/min", (100, 60_000)), ("5/s", (5, 1_000)), ("3/10s", (3, 10_000)), ("1000/hours", (1000, 3_600_000)),
+     ("20 / second", (20, 1_000)), ("7/day", (7, 86_400_000))],
+)  # fmt: skip
+def test_rates_parse(rate: str, parsed: tuple[int, int]) -> None:
+    assert parse_rate(rate) == parsed
+
+
+def test_a_limit_is_stored_read_back_and_removed(queue: Any) -> None:
+    limit = queue.limit("per-org", key="organization", max_running=5, rate="100/min")
+    assert limit == Limit("per-org", key="organization", max_running=5, rate="100/min")
+    assert queue.limits()["definitions"] == [limit]
+    replaced = queue.limit("per-org", key="organization", max_running=2)
+    assert queue.limits()["definitions"] == [replaced]
+    assert queue.remove_limit("per-org") is True
+    assert queue.remove_limit("per-org") is False
+    assert _stored(queue) == []
+
+
+@pytest.mark.parametrize("key", ["", 5, "k" * 1001])
+def test_bad_mutex_keys_are_refused_and_nothing_is_written(queue: Any, key: Any) -> None:
+    with pytest.raises(InvalidJobError, match="mutex_key must be a non-empty str"):
+        queue.enqueue("T", {}, mutex_key=key)
+    assert queue.counts()["pending"] == 0
+    assert _stored(queue) == []
+
+
+def test_a_mutex_key_is_stored_on_the_job(queue: Any) -> None:
+    job = queue.enqueue("T", {}, mutex_key="invoice:42")
+    assert job.mutex_key == "invoice:42"
+    [many] = queue.enqueue_many([{"job_type": "T", "mutex_key": "invoice:43"}])
+    assert many.mutex_key == "invoice:43"
+
+
+@pytest.mark.parametrize("delay", [-1, 1.5, True, None])
+def test_throttled_needs_a_delay(delay: Any) -> None:
+    with pytest.raises(TypeError, match="retry_after_ms must be an int >= 0"):
+        Throttled(delay)
+
+
+def test_a_throttled_job_waits_its_delay_and_uses_no_attempt(queue: Any, clock: Any) -> None:
+    calls: list[int] = []
+
+    @queue.handler("T")
+    def run(job: Any) -> None:
+        calls.append(job.attempts)
+        if len(calls) == 1:
+            job.throttle(2_000)
+
+    job = queue.enqueue("T", {})
+    queue.run_once()
+    stored = queue.get_job(job.id)
+    assert (stored.status, stored.attempts, stored.errors) == ("pending", 0, [])
+    assert stored.run_at == clock() + timedelta(milliseconds=2_000)
+    assert queue.run_once() is None  # not due yet
+    clock.advance(ms=2_000)
+    assert queue.run_once().status == "completed"
+    assert calls == [1, 1]
