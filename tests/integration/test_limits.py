@@ -282,3 +282,20 @@ def test_concurrent_claims_on_one_free_key_admit_exactly_one(make_queue, job_mod
         queue, claimed = won[0]
         assert queue.store.jobs.complete(claimed)
         queue.store.limits.release(claimed.id, claimed.token)
+
+
+def test_a_chunk_leaves_its_limiters_when_it_ends(make_queue, raw_db) -> None:
+    # A chunked handler's runs are runs like any other: once written, their holders go at once, not at lease expiry.
+    queue = make_queue(lease_ms=60_000)
+    queue.limit("per-org", key="organization", max_running=5)
+    seen: list[int] = []
+    queue.register_batch_handler("C", lambda jobs: seen.append(len(jobs)), max_size=3, max_wait_ms=100)
+    queue.enqueue_many({"job_type": "C", "organization": "acme"} for _ in range(3))
+    queue.start_polling()
+    wait_until(lambda: queue.counts()["completed"] == 3, timeout=30, what="the chunk completed")
+    wait_until(
+        lambda: all(not doc.get("holders") for doc in raw_db.jobs_limiters.find()),
+        timeout=5,
+        what="the chunk's holders released (a lease is 60 s: only the release can clear them this soon)",
+    )
+    assert sum(seen) == 3
