@@ -50,15 +50,19 @@ def forget(client: Any, prefix: str) -> None:
 class RedisServer:
     """A throwaway redis-server that keeps nothing on disk: ``start()``, ``shutdown_nosave()``, ``start()`` again."""
 
-    def __init__(self) -> None:
+    def __init__(self, data_dir: Optional[str] = None) -> None:
+        """``data_dir``: keep RDB snapshots there (``SAVE`` writes one, a start loads it); None keeps nothing."""
         if shutil.which("redis-server") is None:
             pytest.skip("redis-server is not installed (.ci/redis.sh installs it)")
         self.port = _free_port()
+        self.data_dir = data_dir
         self.proc: Optional[subprocess.Popen[bytes]] = None
 
     def start(self) -> None:
+        disk = ["--dir", self.data_dir] if self.data_dir is not None else []
+        command = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"]
         self.proc = subprocess.Popen(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"],
+            [*command, *disk],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -76,6 +80,12 @@ class RedisServer:
         """What ``redis-cli -p PORT shutdown nosave`` does: the server exits and its data set is gone."""
         subprocess.run(["redis-cli", "-p", str(self.port), "shutdown", "nosave"], capture_output=True, timeout=10)
         if self.proc is not None:
+            self.proc.wait(timeout=10)
+
+    def crash(self) -> None:
+        """SIGKILL: a restart then loads the last snapshot saved in ``data_dir``, older than what was served."""
+        if self.proc is not None:
+            self.proc.kill()
             self.proc.wait(timeout=10)
 
     def stop(self) -> None:

@@ -297,3 +297,55 @@ def test_redis_scripts_recognise_a_retried_acquire_and_a_spent_counter(make_queu
     later = locks.acquire("k", "holder-3", 10_000)
     assert later is not None and later > token and later >> 32 > token >> 32
     assert locks.release("k", "holder-3", later) is True
+
+
+def test_redis_threads_sharing_one_backend_keep_its_epoch(make_queue, locks_collection) -> None:
+    # Replies of concurrent acquires arrive in any order: a process-wide "token went backwards" check took
+    # that for a Redis that lost writes, took new epochs and released granted locks (failed before the fix).
+    from mongo_job_queue.contrib.redis import RedisLocks
+
+    queue = make_queue()
+    client, prefix = shared_client(), fresh_prefix()
+    backend = RedisLocks(client, queue, prefix=prefix)
+    warm(queue, backend)
+    epoch = client.hget(backend.fence_key, "epoch")
+    errors: list[BaseException] = []
+
+    def work(thread: int) -> None:
+        try:
+            for round_ in range(60):
+                with queue.lock(f"k{thread}-{round_}", backend=backend):
+                    pass
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    after = client.hget(backend.fence_key, "epoch")
+    forget(client, prefix)
+    assert errors == []
+    assert after == epoch
+
+
+def test_redis_fence_without_counter_or_of_another_server_takes_a_new_epoch(make_queue, locks_collection) -> None:
+    from mongo_job_queue.contrib.redis import RedisLocks
+
+    queue = make_queue()
+    client, prefix = shared_client(), fresh_prefix()
+    backend = RedisLocks(client, queue, prefix=prefix)
+    try:
+        first = backend.acquire("a", "h1", 10_000)
+        assert first is not None
+        client.hdel(backend.fence_key, "n")  # a partial hash: its counter cannot be trusted
+        second = backend.acquire("b", "h2", 10_000)
+        assert second is not None and second >> 32 > first >> 32
+        client.hset(backend.fence_key, "run_id", "0" * 40)  # written by another server process
+        third = backend.acquire("c", "h3", 10_000)
+        assert third is not None and third >> 32 > second >> 32
+        fourth = backend.acquire("d", "h4", 10_000)
+        assert fourth == third + 1  # the same server again: the same epoch
+    finally:
+        forget(client, prefix)
