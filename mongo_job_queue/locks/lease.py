@@ -20,6 +20,7 @@ process may pause right after it): the token checked by the storage does.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import secrets
 import threading
@@ -168,6 +169,8 @@ class Lease:
         self._capped = ttl_ms < lock.ttl_ms
         self._lost: Optional[str] = None
         self._released = False
+        #: The process that holds it: a forked child inherits the object, not the lock (nor its renewal).
+        self._pid = os.getpid()
         self._stop = threading.Event()
         self._guard = threading.Lock()
         self._renewer = threading.Thread(target=self._renew_loop, name=f"mjq-lock-{lock.key[:40]}", daemon=True)
@@ -179,7 +182,12 @@ class Lease:
 
     # -- state ---------------------------------------------------------------
 
+    def _inherited(self) -> bool:
+        return os.getpid() != self._pid
+
     def _problem(self) -> Optional[str]:
+        if self._inherited():
+            return "it was inherited across fork(): the parent process holds it"
         if self._released:
             return "it was released"
         if self._lost is not None:
@@ -221,8 +229,11 @@ class Lease:
         """Stop renewing and free the lock; True if it was still ours. Idempotent, from any thread.
 
         A backend error is logged, not raised: the lock is then freed by its
-        expiry, at most ``ttl_ms`` later.
+        expiry, at most ``ttl_ms`` later. In a forked child it does nothing
+        (False): the lock is the parent's.
         """
+        if self._inherited():
+            return False
         with self._guard:
             if self._released:
                 return False
