@@ -123,7 +123,11 @@ class Lock:
             with _released:
                 generation = _generation
             tried = time.monotonic()
-            token = self.backend.acquire(self.key, holder, ttl_ms)
+            try:
+                token = self.backend.acquire(self.key, holder, ttl_ms)
+            except Exception:
+                self._abandon(holder)  # it may have applied: a holder no lease knows must not keep the key
+                raise
             if token is not None:
                 return Lease(self, holder, token, tried, ttl_ms)
             now = time.monotonic()
@@ -137,6 +141,13 @@ class Lock:
                 if _generation == generation:
                     _released.wait(wait)  # a local release wakes us at once
             backoff = min(backoff * 2, _BACKOFF_MAX_S, max(_BACKOFF_MIN_S, self.ttl_ms / 4000))
+
+    def _abandon(self, holder: str) -> None:
+        try:
+            if self.backend.abandon(self.key, holder):
+                self.log.warning("lock %r: a failed acquire had applied; freed it again", self.key)
+        except Exception as exc:  # noqa: BLE001 - best effort: the acquire's own error is raised
+            self.log.warning("lock %r: a failed acquire may hold it until its TTL runs out (%r)", self.key, exc)
 
     def __enter__(self) -> Lease:
         lease = self.acquire()

@@ -13,7 +13,8 @@ Renewal and release filter on ``holder`` and ``token``: a holder that lost
 the lock (frozen past its expiry, then taken over) matches nothing. Each
 call goes through the store's retry; a retried try after a lost reply is
 recognised (the acquire matches its own holder, a release reads back its
-own released document).
+own released document). An acquire that still failed may have applied:
+:meth:`MongoLocks.abandon` then frees the key by its holder id.
 
 The collection also keeps the epochs of lock backends that can lose their
 own counter (:meth:`MongoLocks.next_epoch`, used by the Redis backend).
@@ -33,7 +34,10 @@ from pymongo.errors import DuplicateKeyError
 from .handle import JobStore
 from .index_once import IndexOnce
 
-__all__ = ["EXPIRY_INDEX", "MongoLocks"]
+__all__ = ["ABANDON_S", "EXPIRY_INDEX", "MongoLocks"]
+
+#: The bound on the one try that frees a key after a failed acquire, in seconds.
+ABANDON_S = 2.0
 
 #: Serves the listing of held locks by expiry (:meth:`MongoLocks.held`); built before the first write.
 EXPIRY_INDEX = "mjq_locks_expiry"
@@ -122,6 +126,16 @@ class MongoLocks:
             return doc is not None and doc.get("token") == token and doc.get("released_by") == holder
 
         return self.store.retry(call, "lock_release")
+
+    def abandon(self, key: str, holder: str) -> bool:
+        collection = self._ready()
+        with pymongo.timeout(ABANDON_S):  # one try, bounded: the store's retries were just spent
+            now = self.store.now()
+            result = collection.update_one(
+                {"_id": key, "holder": holder},
+                {"$set": {"holder": None, "expires_at": now, "released_by": holder}},
+            )
+        return result.matched_count == 1
 
     def read(self, key: str) -> Optional[dict[str, Any]]:
         """The lock document of ``key`` as stored, or None if the key was never locked."""

@@ -349,3 +349,29 @@ def test_redis_fence_without_counter_or_of_another_server_takes_a_new_epoch(make
         assert fourth == third + 1  # the same server again: the same epoch
     finally:
         forget(client, prefix)
+
+
+def test_an_acquire_that_applied_but_spent_its_retries_leaves_no_ghost(make_queue, locks_collection, failpoint) -> None:
+    # Every try applies and loses its reply, the acquire raises: before the fix the key stayed held by a
+    # holder no lease knew, for the whole TTL.
+    from pymongo.errors import PyMongoError
+
+    queue = make_queue(db_retry_attempts=2)
+    warm(queue, queue.locks)
+    failpoint(["findAndModify"], 2, **WCE)
+    with pytest.raises(PyMongoError):
+        queue.lock("ghost", ttl_ms=60_000).acquire()
+    stored = queue.locks.read("ghost")
+    assert stored is not None and stored["holder"] is None
+    with queue.lock("ghost", blocking=False) as lease:  # free at once, not in 60 s
+        assert lease.token > stored["token"]
+
+
+def test_abandon_frees_only_its_own_holder(setup) -> None:
+    _queue, backend = setup
+    token = backend.acquire("k", "holder-1", 10_000)
+    assert token is not None
+    assert backend.abandon("k", "holder-2") is False
+    assert backend.acquire("k", "holder-3", 10_000) is None
+    assert backend.abandon("k", "holder-1") is True
+    assert backend.acquire("k", "holder-3", 10_000) is not None

@@ -91,6 +91,18 @@ end
 return 0
 """
 
+# KEYS: lock. ARGV: holder. Frees the key if this holder holds it, under whatever token.
+_ABANDON = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local sep = string.find(current, ' ', 1, true)
+  if sep and string.sub(current, 1, sep - 1) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+  end
+end
+return 0
+"""
+
 
 def _text(value: Union[bytes, str, int]) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
@@ -116,6 +128,7 @@ class RedisLocks:
         self._install = client.register_script(_INSTALL_EPOCH)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
+        self._abandon = client.register_script(_ABANDON)
         self._epoch_lock = threading.Lock()
 
     def _key(self, key: str) -> str:
@@ -158,3 +171,6 @@ class RedisLocks:
 
     def release(self, key: str, holder: str, token: int) -> bool:
         return int(self._release(keys=[self._key(key)], args=[self._value(holder, token)])) == 1
+
+    def abandon(self, key: str, holder: str) -> bool:
+        return int(self._abandon(keys=[self._key(key)], args=[holder])) == 1
