@@ -214,15 +214,39 @@ def test_the_lease_can_be_released_from_another_thread(setup) -> None:
         ("k", {"ttl_ms": 1.5}, "ttl_ms"),
         ("k", {"timeout_ms": -1}, "timeout_ms"),
         ("k", {"max_lifetime_ms": 0}, "max_lifetime_ms"),
+        ("k", {"max_lifetime_ms": 99}, "max_lifetime_ms"),
+        ("k", {"ttl_ms": 1}, "ttl_ms"),  # lost before the acquire returned
+        ("k", {"ttl_ms": 99}, "ttl_ms"),
+        ("k", {"ttl_ms": 10**17}, "ttl_ms"),  # OverflowError on MongoDB, a dead renewal thread on Redis
+        ("k", {"ttl_ms": 10**19}, "ttl_ms"),  # a ResponseError from Redis
+        ("k", {"timeout_ms": 10**17}, "timeout_ms"),
+        ("k", {"max_lifetime_ms": 10**17}, "max_lifetime_ms"),
+        ("a\ud800", {}, "UTF-8"),  # a lone surrogate: UnicodeEncodeError from either backend
         ("k", {"blocking": "yes"}, "blocking"),
         ("k", {"blocking": False, "timeout_ms": 10}, "blocking acquire only"),
     ],
 )
-def test_bad_input_is_refused_before_any_call(make_queue, key, options, message) -> None:
+def test_bad_input_is_refused_before_any_call(make_queue, job_model, key, options, message) -> None:
+    job_model._get_db().drop_collection(f"{job_model._get_collection_name()}_locks")
     queue = make_queue()
     with pytest.raises(InvalidLockError, match=message):
         queue.lock(key, **options)
     assert issubclass(InvalidLockError, ValueError)
+    names = job_model._get_db().list_collection_names()
+    assert f"{job_model._get_collection_name()}_locks" not in names  # the database untouched
+
+
+def test_the_extremes_accepted_work_on_both_backends(setup) -> None:
+    queue, backend = setup
+    from mongo_job_queue.clock import MAX_DURATION_MS
+    from mongo_job_queue.locks.lease import MIN_TTL_MS
+
+    with queue.lock("longest", ttl_ms=MAX_DURATION_MS, backend=backend) as lease:
+        assert lease.held and lease.remaining_ms > 10**12
+    with queue.lock("shortest", ttl_ms=MIN_TTL_MS, backend=backend) as lease:
+        assert lease.held and lease.remaining_ms > 0  # held when acquire returns (ttl_ms=1 was lost already)
+    with queue.lock(" a b é \x00", backend=backend) as lease:
+        assert lease.held
 
 
 def test_mongodb_lock_documents_keep_their_token_across_releases(make_queue, locks_collection) -> None:
