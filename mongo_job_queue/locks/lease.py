@@ -29,7 +29,7 @@ from types import TracebackType
 from typing import Optional
 
 from ..clock import MAX_DURATION_MS
-from ..errors import InvalidLockError, LockLost, LockUnavailable
+from ..errors import InvalidLockError, LockBackendError, LockLost, LockUnavailable
 from .backend import LockBackend
 
 __all__ = ["MAX_KEY_LENGTH", "MIN_TTL_MS", "Lease", "Lock"]
@@ -144,6 +144,8 @@ class Lock:
             tried = time.monotonic()
             try:
                 token = self.backend.acquire(self.key, holder, ttl_ms)
+            except LockBackendError:
+                raise  # it does not answer: an abandon would wait as long; the key's expiry frees it
             except Exception:
                 self._abandon(holder)  # it may have applied: a holder no lease knows must not keep the key
                 raise

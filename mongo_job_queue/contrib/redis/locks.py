@@ -22,10 +22,13 @@ keys: they grow per key, and across keys.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Optional, Union
 
 import redis
 
+from ...errors import LockBackendError
 from ...queue import PersistentJobQueue
 from ...store.locks import MongoLocks
 from ...worker.wakeup import namespace_of
@@ -104,6 +107,17 @@ return 0
 """
 
 
+@contextmanager
+def _answered(what: str) -> Iterator[None]:
+    """Redis's timeouts and connection errors as :class:`~mongo_job_queue.LockBackendError`."""
+    try:
+        yield
+    except (redis.exceptions.TimeoutError, redis.exceptions.ConnectionError) as exc:
+        raise LockBackendError(
+            f"Redis did not answer the lock {what} ({exc!r}); each call is bounded by the client's socket_timeout"
+        ) from exc
+
+
 def _text(value: Union[bytes, str, int]) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -152,6 +166,10 @@ class RedisLocks:
             self._install(keys=[self.fence_key], args=[epoch])
 
     def acquire(self, key: str, holder: str, ttl_ms: int) -> Optional[int]:
+        with _answered("acquire"):
+            return self._acquire_token(key, holder, ttl_ms)
+
+    def _acquire_token(self, key: str, holder: str, ttl_ms: int) -> Optional[int]:
         for _ in range(5):
             reply = self._acquire(keys=[self._key(key), self.fence_key], args=[holder, ttl_ms])
             status = int(reply[0])
@@ -167,10 +185,13 @@ class RedisLocks:
         raise redis.exceptions.RedisError(f"no fencing token from Redis for {key!r} after new epochs")
 
     def renew(self, key: str, holder: str, token: int, ttl_ms: int) -> bool:
-        return int(self._renew(keys=[self._key(key)], args=[self._value(holder, token), ttl_ms])) == 1
+        with _answered("renewal"):
+            return int(self._renew(keys=[self._key(key)], args=[self._value(holder, token), ttl_ms])) == 1
 
     def release(self, key: str, holder: str, token: int) -> bool:
-        return int(self._release(keys=[self._key(key)], args=[self._value(holder, token)])) == 1
+        with _answered("release"):
+            return int(self._release(keys=[self._key(key)], args=[self._value(holder, token)])) == 1
 
     def abandon(self, key: str, holder: str) -> bool:
-        return int(self._abandon(keys=[self._key(key)], args=[holder])) == 1
+        with _answered("abandon"):
+            return int(self._abandon(keys=[self._key(key)], args=[holder])) == 1

@@ -1,4 +1,4 @@
-"""A frozen Redis (SIGSTOP) under the wake-up channel: enqueues never wait on it, and ``stop()`` stays prompt.
+"""A frozen Redis (SIGSTOP): enqueues never wait on it, ``stop()`` stays prompt, a lock call fails clearly.
 
 A frozen server is worse than a dead one: the kernel still accepts the
 connection, and with redis-py's default (no socket timeout) each read waits
@@ -84,3 +84,29 @@ def test_a_worker_listening_on_a_frozen_redis_polls_and_stops_at_once(frozen, ma
         timeout=2,
         what="the listener thread ended",
     )
+
+
+def test_a_lock_call_on_a_frozen_redis_raises_lock_backend_error(frozen, make_queue, job_model) -> None:
+    # Before the fix redis-py's own TimeoutError escaped from acquire (after its socket timeout and retries).
+    import redis
+
+    from mongo_job_queue import LockBackendError
+    from mongo_job_queue.contrib.redis import RedisLocks
+
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    # As docs/locks.rst advises for a bounded call: a short socket timeout, no retries of redis-py's own.
+    client = redis.Redis(
+        host="127.0.0.1", port=frozen.port, socket_timeout=0.3, socket_connect_timeout=0.3, retry=Retry(NoBackoff(), 0)
+    )
+    locks = RedisLocks(client, make_queue(), prefix=fresh_prefix())
+    queue = make_queue()
+    with queue.lock("warm", backend=locks):
+        pass
+    frozen.freeze()
+    for options in ({"blocking": False}, {"timeout_ms": 200}):
+        started = time.monotonic()
+        with pytest.raises(LockBackendError, match="socket_timeout"):
+            queue.lock("k", backend=locks, **options).acquire()
+        assert time.monotonic() - started < 3  # the socket timeout, not timeout_ms: documented
