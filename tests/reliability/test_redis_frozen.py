@@ -89,12 +89,11 @@ def test_a_worker_listening_on_a_frozen_redis_polls_and_stops_at_once(frozen, ma
 def test_a_lock_call_on_a_frozen_redis_raises_lock_backend_error(frozen, make_queue, job_model) -> None:
     # Before the fix redis-py's own TimeoutError escaped from acquire (after its socket timeout and retries).
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
     from mongo_job_queue import LockBackendError
     from mongo_job_queue.contrib.redis import RedisLocks
-
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
 
     # As docs/locks.rst advises for a bounded call: a short socket timeout, no retries of redis-py's own.
     client = redis.Redis(
