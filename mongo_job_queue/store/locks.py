@@ -8,6 +8,8 @@ deleted (no TTL index here, on purpose) it never goes backwards. A held
 document makes the upsert collide on ``_id`` (``DuplicateKeyError``): held.
 Expiry is judged by the server's clock as this process measures it
 (:meth:`~mongo_job_queue.store.JobStore.now`), so every process agrees.
+Writes use majority write concern (:func:`majority`): a token that only
+the primary acknowledged could be rolled back by a failover and issued again.
 
 Renewal and release filter on ``holder`` and ``token``: a holder that lost
 the lock (frozen past its expiry, then taken over) matches nothing. Each
@@ -30,6 +32,7 @@ from typing import Any, Optional
 import pymongo
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
+from pymongo.write_concern import WriteConcern
 
 from .handle import JobStore
 from .index_once import IndexOnce
@@ -48,6 +51,21 @@ _indexes = IndexOnce()
 _create_lock = threading.Lock()
 
 
+def majority(collection: Collection[dict[str, Any]]) -> Collection[dict[str, Any]]:
+    """``collection`` writing with ``w: "majority"`` when set to less (none, 0 or 1), its ``j`` and ``wtimeout`` kept.
+
+    A token acknowledged by the primary alone can be rolled back by a
+    failover, and the next holder then gets the same token again. A tag set
+    or ``w`` > 1 the application chose is kept as it is.
+    """
+    document = collection.write_concern.document
+    w = document.get("w")
+    if w is not None and not (isinstance(w, int) and w <= 1):
+        return collection
+    concern = WriteConcern("majority", wtimeout=document.get("wtimeout"), j=document.get("j"))
+    return collection.with_options(write_concern=concern)
+
+
 class MongoLocks:
     """The default lock backend (:class:`~mongo_job_queue.locks.LockBackend`), over the queue's store."""
 
@@ -58,7 +76,8 @@ class MongoLocks:
 
     @property
     def collection(self) -> Collection[dict[str, Any]]:
-        return self.store.sibling("locks")
+        """``<jobs>_locks``, written with majority write concern unless the app asked for more."""
+        return majority(self.store.sibling("locks"))
 
     def _create_index(self) -> None:
         self.collection.create_index([("expires_at", pymongo.ASCENDING)], name=EXPIRY_INDEX)

@@ -399,3 +399,20 @@ def test_abandon_frees_only_its_own_holder(setup) -> None:
     assert backend.acquire("k", "holder-3", 10_000) is None
     assert backend.abandon("k", "holder-1") is True
     assert backend.acquire("k", "holder-3", 10_000) is not None
+
+
+def test_lock_writes_use_majority_write_concern_unless_the_app_asked_for_more(make_queue, locks_collection) -> None:
+    # A w:1 token can be rolled back by a failover and issued again (failed before: the client's w:1 was used).
+    from pymongo.write_concern import WriteConcern
+
+    from mongo_job_queue.store.locks import majority
+
+    queue = make_queue()
+    assert queue.locks.collection.write_concern.document["w"] == "majority"
+    with queue.lock("k") as lease:  # and the server accepts it
+        assert queue.locks.read("k")["token"] == lease.token
+    base = queue.locks.store.sibling("locks")
+    kept = majority(base.with_options(write_concern=WriteConcern(w=1, j=True, wtimeout=500)))
+    assert kept.write_concern.document == {"w": "majority", "j": True, "wtimeout": 500}
+    for stronger in (WriteConcern(w=3), WriteConcern(w="dc-tag"), WriteConcern(w="majority", j=True)):
+        assert majority(base.with_options(write_concern=stronger)).write_concern == stronger
