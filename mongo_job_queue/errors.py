@@ -112,11 +112,15 @@ class FailJob(MongoJobQueueError):
 
 
 class InvalidLockError(MongoJobQueueError, ValueError):
-    """A lock was asked for with invalid arguments (empty key, ``ttl_ms`` <= 0, negative ``timeout_ms``)."""
+    """A lock was asked for with invalid arguments (bad key, ``ttl_ms`` < 100 ms, a duration past 100 years)."""
 
 
 class LockUnavailable(MongoJobQueueError, TimeoutError):
     """The lock is held by another holder: not acquired at once (``blocking=False``) or within ``timeout_ms``."""
+
+
+class LockBackendError(MongoJobQueueError, ConnectionError):
+    """A lock backend did not answer (timed out, unreachable); the call may or may not have applied."""
 
 
 class LockLost(MongoJobQueueError):

@@ -7,7 +7,9 @@ runs its own :class:`RedisServer` on a free port, so the shared one stays up.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -50,15 +52,19 @@ def forget(client: Any, prefix: str) -> None:
 class RedisServer:
     """A throwaway redis-server that keeps nothing on disk: ``start()``, ``shutdown_nosave()``, ``start()`` again."""
 
-    def __init__(self) -> None:
+    def __init__(self, data_dir: Optional[str] = None) -> None:
+        """``data_dir``: keep RDB snapshots there (``SAVE`` writes one, a start loads it); None keeps nothing."""
         if shutil.which("redis-server") is None:
             pytest.skip("redis-server is not installed (.ci/redis.sh installs it)")
         self.port = _free_port()
+        self.data_dir = data_dir
         self.proc: Optional[subprocess.Popen[bytes]] = None
 
     def start(self) -> None:
+        disk = ["--dir", self.data_dir] if self.data_dir is not None else []
+        command = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"]
         self.proc = subprocess.Popen(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"],
+            [*command, *disk],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -78,7 +84,23 @@ class RedisServer:
         if self.proc is not None:
             self.proc.wait(timeout=10)
 
+    def crash(self) -> None:
+        """SIGKILL: a restart then loads the last snapshot saved in ``data_dir``, older than what was served."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def freeze(self) -> None:
+        """SIGSTOP: the kernel still accepts connections, nothing answers (a stalled VM, a swapped-out host)."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
             self.proc.kill()
             self.proc.wait(timeout=10)

@@ -35,3 +35,11 @@ class LockBackend(Protocol):
 
     def release(self, key: str, holder: str, token: int) -> bool:
         """Free ``key`` if ``holder`` holds it with ``token``; False (and nothing done) after a takeover."""
+
+    def abandon(self, key: str, holder: str) -> bool:
+        """Free ``key`` if ``holder`` holds it, under any token: one bounded try, best effort.
+
+        For an acquire that raised after it may have applied (its reply
+        lost, its retries spent): without it, that holder, whom no lease
+        knows, would keep the key for its whole TTL.
+        """

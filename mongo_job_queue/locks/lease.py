@@ -20,6 +20,7 @@ process may pause right after it): the token checked by the storage does.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import secrets
 import threading
@@ -27,15 +28,21 @@ import time
 from types import TracebackType
 from typing import Optional
 
-from ..errors import InvalidLockError, LockLost, LockUnavailable
+from ..clock import MAX_DURATION_MS
+from ..errors import InvalidLockError, LockBackendError, LockLost, LockUnavailable
 from .backend import LockBackend
 
-__all__ = ["MAX_KEY_LENGTH", "Lease", "Lock"]
+__all__ = ["MAX_KEY_LENGTH", "MIN_TTL_MS", "Lease", "Lock"]
 
 log = logging.getLogger(__name__)
 
 #: The longest lock key accepted, in characters.
 MAX_KEY_LENGTH = 1000
+#: The shortest ``ttl_ms`` (and ``max_lifetime_ms``) accepted. The lease counts itself held until 99 % of
+#: the TTL less 2 ms after its acquire *began*, and renews at a third of it: at 100 ms the renewal has some
+#: 60 ms for its round trip and the clock error of ``store.now()`` (a few ms). A TTL of a few ms would be
+#: lost before the acquire returned, or between two renewals.
+MIN_TTL_MS = 100
 #: Part of the TTL not counted on, for clock drift between this host and the backend's server.
 _DRIFT = 0.01
 #: And a fixed margin on top, in seconds.
@@ -61,8 +68,22 @@ def _notify_released() -> None:
 def _check_ms(name: str, value: Optional[int], *, minimum: int, optional: bool) -> None:
     if value is None and optional:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidLockError(f"{name} must be an int >= {minimum}{' or None' if optional else ''}, got {value!r:.80}")
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_DURATION_MS:
+        raise InvalidLockError(
+            f"{name} must be an int from {minimum} to {MAX_DURATION_MS} (100 years)"
+            f"{' or None' if optional else ''}, got {value!r:.80}"
+        )
+
+
+def _check_key(key: object) -> None:
+    if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH:
+        raise InvalidLockError(
+            f"a lock key must be a non-empty str of at most {MAX_KEY_LENGTH} characters, got {key!r:.80}"
+        )
+    try:
+        key.encode("utf-8")  # both backends store it as UTF-8: a lone surrogate cannot be
+    except UnicodeEncodeError:
+        raise InvalidLockError(f"a lock key must be encodable as UTF-8, got {key!r:.80}") from None
 
 
 class Lock:
@@ -72,8 +93,10 @@ class Lock:
     holder, even in the same thread.
 
     Raises:
-        InvalidLockError: an empty or too long key, ``ttl_ms`` < 1,
-            ``timeout_ms`` < 0, ``max_lifetime_ms`` < 1.
+        InvalidLockError: an empty, too long or not UTF-8-encodable key;
+            ``ttl_ms`` or ``max_lifetime_ms`` below :data:`MIN_TTL_MS`,
+            ``timeout_ms`` < 0, or any of them above 100 years
+            (:data:`~mongo_job_queue.clock.MAX_DURATION_MS`).
     """
 
     def __init__(
@@ -87,13 +110,10 @@ class Lock:
         max_lifetime_ms: Optional[int] = None,
         logger: Optional[logging.Logger] = None,
     ) -> None:
-        if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH:
-            raise InvalidLockError(
-                f"a lock key must be a non-empty str of at most {MAX_KEY_LENGTH} characters, got {key!r:.80}"
-            )
-        _check_ms("ttl_ms", ttl_ms, minimum=1, optional=False)
+        _check_key(key)
+        _check_ms("ttl_ms", ttl_ms, minimum=MIN_TTL_MS, optional=False)
         _check_ms("timeout_ms", timeout_ms, minimum=0, optional=True)
-        _check_ms("max_lifetime_ms", max_lifetime_ms, minimum=1, optional=True)
+        _check_ms("max_lifetime_ms", max_lifetime_ms, minimum=MIN_TTL_MS, optional=True)
         if not isinstance(blocking, bool):
             raise InvalidLockError(f"blocking must be a bool, got {blocking!r:.80}")
         if timeout_ms is not None and not blocking:
@@ -122,7 +142,13 @@ class Lock:
             with _released:
                 generation = _generation
             tried = time.monotonic()
-            token = self.backend.acquire(self.key, holder, ttl_ms)
+            try:
+                token = self.backend.acquire(self.key, holder, ttl_ms)
+            except LockBackendError:
+                raise  # it does not answer: an abandon would wait as long; the key's expiry frees it
+            except Exception:
+                self._abandon(holder)  # it may have applied: a holder no lease knows must not keep the key
+                raise
             if token is not None:
                 return Lease(self, holder, token, tried, ttl_ms)
             now = time.monotonic()
@@ -136,6 +162,13 @@ class Lock:
                 if _generation == generation:
                     _released.wait(wait)  # a local release wakes us at once
             backoff = min(backoff * 2, _BACKOFF_MAX_S, max(_BACKOFF_MIN_S, self.ttl_ms / 4000))
+
+    def _abandon(self, holder: str) -> None:
+        try:
+            if self.backend.abandon(self.key, holder):
+                self.log.warning("lock %r: a failed acquire had applied; freed it again", self.key)
+        except Exception as exc:  # noqa: BLE001 - best effort: the acquire's own error is raised
+            self.log.warning("lock %r: a failed acquire may hold it until its TTL runs out (%r)", self.key, exc)
 
     def __enter__(self) -> Lease:
         lease = self.acquire()
@@ -168,6 +201,8 @@ class Lease:
         self._capped = ttl_ms < lock.ttl_ms
         self._lost: Optional[str] = None
         self._released = False
+        #: The process that holds it: a forked child inherits the object, not the lock (nor its renewal).
+        self._pid = os.getpid()
         self._stop = threading.Event()
         self._guard = threading.Lock()
         self._renewer = threading.Thread(target=self._renew_loop, name=f"mjq-lock-{lock.key[:40]}", daemon=True)
@@ -179,7 +214,12 @@ class Lease:
 
     # -- state ---------------------------------------------------------------
 
+    def _inherited(self) -> bool:
+        return os.getpid() != self._pid
+
     def _problem(self) -> Optional[str]:
+        if self._inherited():
+            return "it was inherited across fork(): the parent process holds it"
         if self._released:
             return "it was released"
         if self._lost is not None:
@@ -221,8 +261,11 @@ class Lease:
         """Stop renewing and free the lock; True if it was still ours. Idempotent, from any thread.
 
         A backend error is logged, not raised: the lock is then freed by its
-        expiry, at most ``ttl_ms`` later.
+        expiry, at most ``ttl_ms`` later. In a forked child it does nothing
+        (False): the lock is the parent's.
         """
+        if self._inherited():
+            return False
         with self._guard:
             if self._released:
                 return False

@@ -8,12 +8,15 @@ deleted (no TTL index here, on purpose) it never goes backwards. A held
 document makes the upsert collide on ``_id`` (``DuplicateKeyError``): held.
 Expiry is judged by the server's clock as this process measures it
 (:meth:`~mongo_job_queue.store.JobStore.now`), so every process agrees.
+Writes use majority write concern (:func:`majority`): a token that only
+the primary acknowledged could be rolled back by a failover and issued again.
 
 Renewal and release filter on ``holder`` and ``token``: a holder that lost
 the lock (frozen past its expiry, then taken over) matches nothing. Each
 call goes through the store's retry; a retried try after a lost reply is
 recognised (the acquire matches its own holder, a release reads back its
-own released document).
+own released document). An acquire that still failed may have applied:
+:meth:`MongoLocks.abandon` then frees the key by its holder id.
 
 The collection also keeps the epochs of lock backends that can lose their
 own counter (:meth:`MongoLocks.next_epoch`, used by the Redis backend).
@@ -29,11 +32,15 @@ from typing import Any, Optional
 import pymongo
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
+from pymongo.write_concern import WriteConcern
 
 from .handle import JobStore
 from .index_once import IndexOnce
 
-__all__ = ["EXPIRY_INDEX", "MongoLocks"]
+__all__ = ["ABANDON_S", "EXPIRY_INDEX", "MongoLocks"]
+
+#: The bound on the one try that frees a key after a failed acquire, in seconds.
+ABANDON_S = 2.0
 
 #: Serves the listing of held locks by expiry (:meth:`MongoLocks.held`); built before the first write.
 EXPIRY_INDEX = "mjq_locks_expiry"
@@ -42,6 +49,21 @@ _indexes = IndexOnce()
 #: The first use of the collection creates it with its index, one thread at a time: concurrent
 #: first writes into a collection that is being created can stall some servers.
 _create_lock = threading.Lock()
+
+
+def majority(collection: Collection[dict[str, Any]]) -> Collection[dict[str, Any]]:
+    """``collection`` writing with ``w: "majority"`` when set to less (none, 0 or 1), its ``j`` and ``wtimeout`` kept.
+
+    A token acknowledged by the primary alone can be rolled back by a
+    failover, and the next holder then gets the same token again. A tag set
+    or ``w`` > 1 the application chose is kept as it is.
+    """
+    document = collection.write_concern.document
+    w = document.get("w")
+    if w is not None and not (isinstance(w, int) and w <= 1):
+        return collection
+    concern = WriteConcern("majority", wtimeout=document.get("wtimeout"), j=document.get("j"))
+    return collection.with_options(write_concern=concern)
 
 
 class MongoLocks:
@@ -54,7 +76,8 @@ class MongoLocks:
 
     @property
     def collection(self) -> Collection[dict[str, Any]]:
-        return self.store.sibling("locks")
+        """``<jobs>_locks``, written with majority write concern unless the app asked for more."""
+        return majority(self.store.sibling("locks"))
 
     def _create_index(self) -> None:
         self.collection.create_index([("expires_at", pymongo.ASCENDING)], name=EXPIRY_INDEX)
@@ -122,6 +145,16 @@ class MongoLocks:
             return doc is not None and doc.get("token") == token and doc.get("released_by") == holder
 
         return self.store.retry(call, "lock_release")
+
+    def abandon(self, key: str, holder: str) -> bool:
+        collection = self._ready()
+        with pymongo.timeout(ABANDON_S):  # one try, bounded: the store's retries were just spent
+            now = self.store.now()
+            result = collection.update_one(
+                {"_id": key, "holder": holder},
+                {"$set": {"holder": None, "expires_at": now, "released_by": holder}},
+            )
+        return result.matched_count == 1
 
     def read(self, key: str) -> Optional[dict[str, Any]]:
         """The lock document of ``key`` as stored, or None if the key was never locked."""

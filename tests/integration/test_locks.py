@@ -214,15 +214,39 @@ def test_the_lease_can_be_released_from_another_thread(setup) -> None:
         ("k", {"ttl_ms": 1.5}, "ttl_ms"),
         ("k", {"timeout_ms": -1}, "timeout_ms"),
         ("k", {"max_lifetime_ms": 0}, "max_lifetime_ms"),
+        ("k", {"max_lifetime_ms": 99}, "max_lifetime_ms"),
+        ("k", {"ttl_ms": 1}, "ttl_ms"),  # lost before the acquire returned
+        ("k", {"ttl_ms": 99}, "ttl_ms"),
+        ("k", {"ttl_ms": 10**17}, "ttl_ms"),  # OverflowError on MongoDB, a dead renewal thread on Redis
+        ("k", {"ttl_ms": 10**19}, "ttl_ms"),  # a ResponseError from Redis
+        ("k", {"timeout_ms": 10**17}, "timeout_ms"),
+        ("k", {"max_lifetime_ms": 10**17}, "max_lifetime_ms"),
+        ("a\ud800", {}, "UTF-8"),  # a lone surrogate: UnicodeEncodeError from either backend
         ("k", {"blocking": "yes"}, "blocking"),
         ("k", {"blocking": False, "timeout_ms": 10}, "blocking acquire only"),
     ],
 )
-def test_bad_input_is_refused_before_any_call(make_queue, key, options, message) -> None:
+def test_bad_input_is_refused_before_any_call(make_queue, job_model, key, options, message) -> None:
+    job_model._get_db().drop_collection(f"{job_model._get_collection_name()}_locks")
     queue = make_queue()
     with pytest.raises(InvalidLockError, match=message):
         queue.lock(key, **options)
     assert issubclass(InvalidLockError, ValueError)
+    names = job_model._get_db().list_collection_names()
+    assert f"{job_model._get_collection_name()}_locks" not in names  # the database untouched
+
+
+def test_the_extremes_accepted_work_on_both_backends(setup) -> None:
+    queue, backend = setup
+    from mongo_job_queue.clock import MAX_DURATION_MS
+    from mongo_job_queue.locks.lease import MIN_TTL_MS
+
+    with queue.lock("longest", ttl_ms=MAX_DURATION_MS, backend=backend) as lease:
+        assert lease.held and lease.remaining_ms > 10**12
+    with queue.lock("shortest", ttl_ms=MIN_TTL_MS, backend=backend) as lease:
+        assert lease.held and lease.remaining_ms > 0  # held when acquire returns (ttl_ms=1 was lost already)
+    with queue.lock(" a b é \x00", backend=backend) as lease:
+        assert lease.held
 
 
 def test_mongodb_lock_documents_keep_their_token_across_releases(make_queue, locks_collection) -> None:
@@ -297,3 +321,98 @@ def test_redis_scripts_recognise_a_retried_acquire_and_a_spent_counter(make_queu
     later = locks.acquire("k", "holder-3", 10_000)
     assert later is not None and later > token and later >> 32 > token >> 32
     assert locks.release("k", "holder-3", later) is True
+
+
+def test_redis_threads_sharing_one_backend_keep_its_epoch(make_queue, locks_collection) -> None:
+    # Replies of concurrent acquires arrive in any order: a process-wide "token went backwards" check took
+    # that for a Redis that lost writes, took new epochs and released granted locks (failed before the fix).
+    from mongo_job_queue.contrib.redis import RedisLocks
+
+    queue = make_queue()
+    client, prefix = shared_client(), fresh_prefix()
+    backend = RedisLocks(client, queue, prefix=prefix)
+    warm(queue, backend)
+    epoch = client.hget(backend.fence_key, "epoch")
+    errors: list[BaseException] = []
+
+    def work(thread: int) -> None:
+        try:
+            for round_ in range(60):
+                with queue.lock(f"k{thread}-{round_}", backend=backend):
+                    pass
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    after = client.hget(backend.fence_key, "epoch")
+    forget(client, prefix)
+    assert errors == []
+    assert after == epoch
+
+
+def test_redis_fence_without_counter_or_of_another_server_takes_a_new_epoch(make_queue, locks_collection) -> None:
+    from mongo_job_queue.contrib.redis import RedisLocks
+
+    queue = make_queue()
+    client, prefix = shared_client(), fresh_prefix()
+    backend = RedisLocks(client, queue, prefix=prefix)
+    try:
+        first = backend.acquire("a", "h1", 10_000)
+        assert first is not None
+        client.hdel(backend.fence_key, "n")  # a partial hash: its counter cannot be trusted
+        second = backend.acquire("b", "h2", 10_000)
+        assert second is not None and second >> 32 > first >> 32
+        client.hset(backend.fence_key, "run_id", "0" * 40)  # written by another server process
+        third = backend.acquire("c", "h3", 10_000)
+        assert third is not None and third >> 32 > second >> 32
+        fourth = backend.acquire("d", "h4", 10_000)
+        assert fourth == third + 1  # the same server again: the same epoch
+    finally:
+        forget(client, prefix)
+
+
+def test_an_acquire_that_applied_but_spent_its_retries_leaves_no_ghost(make_queue, locks_collection, failpoint) -> None:
+    # Every try applies and loses its reply, the acquire raises: before the fix the key stayed held by a
+    # holder no lease knew, for the whole TTL.
+    from pymongo.errors import PyMongoError
+
+    queue = make_queue(db_retry_attempts=2)
+    warm(queue, queue.locks)
+    failpoint(["findAndModify"], 2, **WCE)
+    with pytest.raises(PyMongoError):
+        queue.lock("ghost", ttl_ms=60_000).acquire()
+    stored = queue.locks.read("ghost")
+    assert stored is not None and stored["holder"] is None
+    with queue.lock("ghost", blocking=False) as lease:  # free at once, not in 60 s
+        assert lease.token > stored["token"]
+
+
+def test_abandon_frees_only_its_own_holder(setup) -> None:
+    _queue, backend = setup
+    token = backend.acquire("k", "holder-1", 10_000)
+    assert token is not None
+    assert backend.abandon("k", "holder-2") is False
+    assert backend.acquire("k", "holder-3", 10_000) is None
+    assert backend.abandon("k", "holder-1") is True
+    assert backend.acquire("k", "holder-3", 10_000) is not None
+
+
+def test_lock_writes_use_majority_write_concern_unless_the_app_asked_for_more(make_queue, locks_collection) -> None:
+    # A w:1 token can be rolled back by a failover and issued again (failed before: the client's w:1 was used).
+    from pymongo.write_concern import WriteConcern
+
+    from mongo_job_queue.store.locks import majority
+
+    queue = make_queue()
+    assert queue.locks.collection.write_concern.document["w"] == "majority"
+    with queue.lock("k") as lease:  # and the server accepts it
+        assert queue.locks.read("k")["token"] == lease.token
+    base = queue.locks.store.sibling("locks")
+    kept = majority(base.with_options(write_concern=WriteConcern(w=1, j=True, wtimeout=500)))
+    assert kept.write_concern.document == {"w": "majority", "j": True, "wtimeout": 500}
+    for stronger in (WriteConcern(w=3), WriteConcern(w="dc-tag"), WriteConcern(w="majority", j=True)):
+        assert majority(base.with_options(write_concern=stronger)).write_concern == stronger

@@ -58,14 +58,15 @@ def test_a_delayed_job_is_not_announced_and_redis_down_never_fails_an_enqueue(ma
     from mongo_job_queue.contrib.redis import RedisWakeup
 
     published: list[Any] = []
-    wakeup = RedisWakeup(shared_client(), prefix=fresh_prefix())
-    wakeup.client = type("Spy", (), {"publish": lambda self, channel, message: published.append(message)})()
+    spy = type("Spy", (), {"publish": lambda self, channel, message: published.append(message)})()
+    wakeup = RedisWakeup(spy, prefix=fresh_prefix())
     producer = make_queue()
     producer.add_wakeup(wakeup)
     producer.enqueue("LATER", {}, delay_ms=60_000)
-    assert published == []
     producer.enqueue_many([{"job_type": "A", "data": {}}, {"job_type": "A", "data": {}, "queue": "other"}])
-    assert published == ['[["default", "A"], ["other", "A"]]']
+    wait_until(lambda: published, timeout=5, what="the publisher thread published")
+    assert published == ['[["default", "A"], ["other", "A"]]']  # the delayed job was not announced
+    wakeup.close()
 
     down = RedisWakeup(redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2), prefix=fresh_prefix())
     producer.add_wakeup(down)

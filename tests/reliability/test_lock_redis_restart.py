@@ -66,3 +66,35 @@ def test_tokens_increase_across_restarts_that_lose_the_data(server, make_queue, 
         with queue.lock("a", ttl_ms=1_000, backend=last) as lease:
             assert lease.token > max(issued)
             issued.append(lease.token)
+
+
+def test_a_crash_that_loads_an_older_snapshot_never_repeats_a_token(tmp_path, make_queue, job_model) -> None:
+    # Redis's default persistence: periodic RDB snapshots. A crash loses the counter increments made after
+    # the last one, so the restarted server would count the same tokens again (failed before run_id was kept).
+    import redis
+
+    from mongo_job_queue.contrib.redis import RedisLocks
+
+    server = RedisServer(data_dir=str(tmp_path))
+    server.start()
+    try:
+        job_model._get_db().drop_collection(f"{job_model._get_collection_name()}_locks")
+        queue = make_queue()
+        prefix = fresh_prefix()
+        client = redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=2)
+        with queue.lock("x", backend=RedisLocks(client, queue, prefix=prefix)) as first:
+            pass
+        client.save()
+        later = [queue.lock("x", backend=RedisLocks(client, queue, prefix=prefix)) for _ in range(3)]
+        tokens = [first.token]
+        for lock in later:
+            with lock as lease:
+                tokens.append(lease.token)
+        server.crash()
+        server.start()
+        fresh = redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=2)
+        assert int(fresh.hget(f"{prefix}fence", "n")) == 1  # the snapshot's counter: behind what was issued
+        with queue.lock("x", backend=RedisLocks(fresh, queue, prefix=prefix)) as lease:
+            assert lease.token > max(tokens), f"{lease.token} repeats one of {tokens}"
+    finally:
+        server.stop()

@@ -125,3 +125,37 @@ def test_a_local_release_wakes_a_waiter_at_once() -> None:
         first.release()
         waiter.join(5)
         assert got and got[0] - released < 0.1
+
+
+def test_a_forked_child_does_not_hold_nor_release_the_parents_lease() -> None:
+    # Before the fix the child's check() passed and its with-exit freed the parent's lock.
+    import os
+
+    backend = MemoryLocks()
+    lock = Lock(backend, "forked", ttl_ms=5_000)
+    with lock as lease:
+        pid = os.fork()
+        if pid == 0:  # the child: report through the exit code, never return into pytest
+            code = 0
+            try:
+                if lease.held:
+                    code |= 1
+                try:
+                    lease.check()
+                    code |= 2
+                except LockLost as exc:
+                    if "fork" not in str(exc):
+                        code |= 4
+                if lease.release() is not False:
+                    code |= 8
+                lock.__exit__(None, None, None)  # what leaving the with-block in the child does
+                if "forked" not in backend.locks:
+                    code |= 16
+            except BaseException:
+                code |= 32
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert lease.held  # the parent's lease is untouched
+        assert backend.locks["forked"][:2] == (lease.holder, lease.token)
+    assert "forked" not in backend.locks

@@ -4,26 +4,31 @@ A lock key ``<prefix>lock:<key>`` holds ``"<holder> <epoch> <n>"`` with a
 ``PX`` expiry, so Redis judges expiry by its own clock. Renewal and release
 are Lua scripts that act only if the value is still this lease's.
 
-**Tokens.** One hash ``<prefix>fence`` holds an ``epoch`` and a counter
-``n``; the acquire script increments ``n`` only when it takes the lock, in
+**Tokens.** One hash ``<prefix>fence`` holds an ``epoch``, a counter
+``n`` and the ``run_id`` of the Redis server process that installed the
+epoch; the acquire script increments ``n`` only when it takes the lock, in
 the same atomic step, and the token is ``epoch << 32 | n``. The epoch comes
 from MongoDB (``$inc`` on a document of the queue's ``<jobs>_locks``
-collection): whenever the hash is missing (a restart that lost the data
-set, an eviction, a flush) the acquire script says so, the client takes a
-new epoch from MongoDB and installs it (only if it is greater than the one
-there), and every token after is greater than any token issued before.
-A token lower than one this process already saw (a failover to a replica
-that missed writes) is treated the same way. Tokens of one Redis
-namespace are shared by its keys: they grow per key, and across keys.
+collection): whenever the hash is missing or incomplete (a restart that
+lost the data set, an eviction, a flush), or was written by another server
+process (a restart that loaded an older RDB or AOF, a failover to a replica
+that may have missed writes: each has a new ``run_id``), the acquire script
+says so, the client takes a new epoch from MongoDB and installs it (only if
+it is greater than the one there), and every token after is greater than
+any token issued before. Tokens of one Redis namespace are shared by its
+keys: they grow per key, and across keys.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Optional, Union
 
 import redis
 
+from ...errors import LockBackendError
 from ...queue import PersistentJobQueue
 from ...store.locks import MongoLocks
 from ...worker.wakeup import namespace_of
@@ -33,7 +38,9 @@ __all__ = ["RedisLocks"]
 _COUNTER_BITS = 32
 
 # KEYS: lock, fence hash. ARGV: holder, ttl ms.
-# Returns {1, epoch, n} when taken, {0} when held by another holder, {-1} when the fence needs a new epoch.
+# Returns {1, epoch, n} when taken, {0} when held by another holder, {-1} when the fence needs a new epoch:
+# it is missing, has no counter, or another server process (run_id) installed it, so its counter may have
+# gone back (an older snapshot loaded after a crash, a promoted replica).
 _ACQUIRE = """
 local current = redis.call('GET', KEYS[1])
 if current then
@@ -46,8 +53,9 @@ if current then
   end
   return {0}
 end
-local epoch = redis.call('HGET', KEYS[2], 'epoch')
-if not epoch then
+local fence = redis.call('HMGET', KEYS[2], 'epoch', 'n', 'run_id')
+local epoch = fence[1]
+if not epoch or not fence[2] or fence[3] ~= string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') then
   return {-1}
 end
 local n = redis.call('HINCRBY', KEYS[2], 'n', 1)
@@ -58,11 +66,13 @@ redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. epoch .. ' ' .. n, 'NX', 'PX', ARGV
 return {1, epoch, tostring(n)}
 """
 
-# KEYS: fence hash. ARGV: new epoch. Installs it (counter reset) only if greater than the current one.
+# KEYS: fence hash. ARGV: new epoch. Installs it (counter reset, this server's run_id) only if greater than
+# the current one.
 _INSTALL_EPOCH = """
 local current = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0')
 if tonumber(ARGV[1]) > current then
-  redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'n', 0)
+  local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+  redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'n', 0, 'run_id', run_id)
   return 1
 end
 return 0
@@ -83,6 +93,29 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+# KEYS: lock. ARGV: holder. Frees the key if this holder holds it, under whatever token.
+_ABANDON = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local sep = string.find(current, ' ', 1, true)
+  if sep and string.sub(current, 1, sep - 1) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+  end
+end
+return 0
+"""
+
+
+@contextmanager
+def _answered(what: str) -> Iterator[None]:
+    """Redis's timeouts and connection errors as :class:`~mongo_job_queue.LockBackendError`."""
+    try:
+        yield
+    except (redis.exceptions.TimeoutError, redis.exceptions.ConnectionError) as exc:
+        raise LockBackendError(
+            f"Redis did not answer the lock {what} ({exc!r}); each call is bounded by the client's socket_timeout"
+        ) from exc
 
 
 def _text(value: Union[bytes, str, int]) -> str:
@@ -109,8 +142,7 @@ class RedisLocks:
         self._install = client.register_script(_INSTALL_EPOCH)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
-        self._highest = 0
-        self._lock = threading.Lock()
+        self._abandon = client.register_script(_ABANDON)
         self._epoch_lock = threading.Lock()
 
     def _key(self, key: str) -> str:
@@ -134,6 +166,10 @@ class RedisLocks:
             self._install(keys=[self.fence_key], args=[epoch])
 
     def acquire(self, key: str, holder: str, ttl_ms: int) -> Optional[int]:
+        with _answered("acquire"):
+            return self._acquire_token(key, holder, ttl_ms)
+
+    def _acquire_token(self, key: str, holder: str, ttl_ms: int) -> Optional[int]:
         for _ in range(5):
             reply = self._acquire(keys=[self._key(key), self.fence_key], args=[holder, ttl_ms])
             status = int(reply[0])
@@ -143,19 +179,19 @@ class RedisLocks:
                 # The counter is gone (or spent): every later token is greater.
                 self.new_epoch(seen=self.client.hget(self.fence_key, "epoch"))
                 continue
-            token = (int(_text(reply[1])) << _COUNTER_BITS) | int(_text(reply[2]))
-            with self._lock:
-                backwards = token <= self._highest
-                self._highest = max(self._highest, token)
-            if not backwards:
-                return token
-            # Redis went back in time (a replica that missed writes): never hand out this token.
-            self._release(keys=[self._key(key)], args=[self._value(holder, token)])
-            self.new_epoch(seen=self.client.hget(self.fence_key, "epoch"))
+            # No comparison with tokens seen before: replies of concurrent acquires arrive in any order,
+            # and a Redis that went back in time has another run_id, which the script above refuses.
+            return (int(_text(reply[1])) << _COUNTER_BITS) | int(_text(reply[2]))
         raise redis.exceptions.RedisError(f"no fencing token from Redis for {key!r} after new epochs")
 
     def renew(self, key: str, holder: str, token: int, ttl_ms: int) -> bool:
-        return int(self._renew(keys=[self._key(key)], args=[self._value(holder, token), ttl_ms])) == 1
+        with _answered("renewal"):
+            return int(self._renew(keys=[self._key(key)], args=[self._value(holder, token), ttl_ms])) == 1
 
     def release(self, key: str, holder: str, token: int) -> bool:
-        return int(self._release(keys=[self._key(key)], args=[self._value(holder, token)])) == 1
+        with _answered("release"):
+            return int(self._release(keys=[self._key(key)], args=[self._value(holder, token)])) == 1
+
+    def abandon(self, key: str, holder: str) -> bool:
+        with _answered("abandon"):
+            return int(self._abandon(keys=[self._key(key)], args=[holder])) == 1

@@ -3,10 +3,13 @@
 For deployments without change streams (a standalone mongod). The channel
 is ``<prefix><database>.<jobs collection>``; a message is the JSON list of
 the ``[queue, type]`` pairs of the due jobs one enqueue inserted, published
-after the insert landed. A worker's listener wakes its poller for a pair
-it claims. Pub/sub keeps nothing: a message sent while a listener is
-disconnected is lost, so polling stays on as the fallback, and a listener
-that reconnects wakes its poller once for what it may have missed.
+after the insert landed, by a background thread (:mod:`.publisher`): an
+enqueue never waits on Redis. A worker's listener wakes its poller for a
+pair it claims. Pub/sub keeps nothing: a message sent while a listener is
+disconnected (or dropped by a full publisher queue) is lost, so polling
+stays on as the fallback, and a listener that reconnects wakes its poller
+once for what it may have missed. A worker's ``stop()`` closes its
+listeners by shutting their sockets down, so a frozen Redis cannot hold it.
 """
 
 from __future__ import annotations
@@ -14,18 +17,17 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
 import redis
 
+from .publisher import PAUSE_AFTER_ERROR_S, Publisher, own_client
+
 __all__ = ["PAUSE_AFTER_ERROR_S", "RedisWakeup"]
 
 log = logging.getLogger(__name__)
 
-#: How long enqueues skip publishing after a failed publish, in seconds.
-PAUSE_AFTER_ERROR_S = 5.0
 #: How long one read of the subscription waits: the bound on how late a stop is seen.
 _READ_S = 0.2
 
@@ -34,36 +36,31 @@ class RedisWakeup:
     """A :class:`~mongo_job_queue.worker.wakeup.WakeupChannel` on Redis pub/sub: ``queue.add_wakeup(RedisWakeup(r))``.
 
     Args:
-        client: A redis-py client; publishing uses it, each listener opens its own subscription.
+        client: A redis-py client, best with short ``socket_timeout`` and ``socket_connect_timeout``
+            (docs/locks.rst); the publisher thread and each listener use connection pools of their own
+            with its settings.
         prefix: Channel name prefix.
     """
 
     def __init__(self, client: redis.Redis, *, prefix: str = "mjq:wakeup:") -> None:
         self.client = client
         self.prefix = prefix
-        self._failed = False
-        #: After a failed publish, enqueues skip publishing until then (monotonic): a Redis that is
-        #: down must not add its connection timeout and retries to every enqueue.
-        self._pause_until = 0.0
+        self.publisher = Publisher(client)
 
     def channel(self, namespace: str) -> str:
         return f"{self.prefix}{namespace}"
 
     def publish(self, namespace: str, jobs: Sequence[tuple[str, str]]) -> None:
-        """Publish the due ``(queue, type)`` pairs; an error is logged (polling finds the jobs anyway).
+        """Hand the due ``(queue, type)`` pairs to the publisher thread; never blocks, never raises.
 
-        After an error, publishing pauses for :data:`PAUSE_AFTER_ERROR_S`.
+        A full queue drops the message; an error is logged and pauses
+        publishing for :data:`PAUSE_AFTER_ERROR_S` (polling finds the jobs anyway).
         """
-        if time.monotonic() < self._pause_until:
-            return
-        try:
-            self.client.publish(self.channel(namespace), json.dumps([list(pair) for pair in jobs]))
-            self._failed = False
-        except redis.exceptions.RedisError as exc:
-            if not self._failed:  # once per outage, not once per enqueue
-                log.warning("Redis wake-up not published (%r); workers find the jobs at their next poll", exc)
-            self._failed = True
-            self._pause_until = time.monotonic() + PAUSE_AFTER_ERROR_S
+        self.publisher.offer(self.channel(namespace), json.dumps([list(pair) for pair in jobs]))
+
+    def close(self) -> None:
+        """Stop the publisher thread at once, even mid-publish on a frozen Redis (a later publish restarts it)."""
+        self.publisher.close()
 
     def listener(
         self,
@@ -99,6 +96,9 @@ class RedisListener:
         self.log = logger
         #: Set while subscribed.
         self.listening = threading.Event()
+        self._lock = threading.Lock()
+        self._pool: Optional[Any] = None
+        self._pubsub: Optional[Any] = None
 
     def wanted(self, data: Any) -> bool:
         """Whether a message names a ``[queue, type]`` this worker claims (a malformed one wakes it: harmless)."""
@@ -111,7 +111,12 @@ class RedisListener:
     def run(self) -> None:
         backoff = 0.5
         while not self.stopping.is_set():
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            client, pool = own_client(self.client)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            with self._lock:
+                if self.stopping.is_set():
+                    return
+                self._pool, self._pubsub = pool, pubsub
             try:
                 pubsub.subscribe(self.name)
                 while not self.stopping.is_set():
@@ -124,7 +129,7 @@ class RedisListener:
                     backoff = 0.5
                     if message.get("type") == "message" and self.wanted(message.get("data")):
                         self.wake()
-            except (redis.exceptions.RedisError, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 - a socket shut down by close() fails in many ways
                 self.listening.clear()
                 if self.stopping.is_set():
                     return
@@ -135,10 +140,36 @@ class RedisListener:
                 backoff = min(backoff * 2, 30.0)
             finally:
                 self.listening.clear()
-                try:
-                    pubsub.close()
-                except Exception:  # noqa: BLE001 - a broken connection: nothing left to close
-                    pass
+                with self._lock:
+                    self._pool = self._pubsub = None
+                _shut(pool, pubsub)
 
     def close(self) -> None:
-        """Nothing to interrupt: each read waits at most 0.2 s and sees the stop event."""
+        """End a read from the stopping thread (``stopping`` set first): its socket is shut down.
+
+        A read waits at most 0.2 s, but subscribing and connecting have no
+        such bound on a frozen server (SIGSTOP): without this, ``stop()``
+        waited its whole timeout.
+        """
+        with self._lock:
+            pool, pubsub = self._pool, self._pubsub
+            self._pool = self._pubsub = None
+        if pubsub is not None:
+            _shut(pool, pubsub, close=False)  # the reading thread closes the subscription itself
+
+
+def _shut(pool: Optional[Any], pubsub: Any, *, close: bool = True) -> None:
+    """Disconnect a subscription's connections (also one still connecting), from any thread."""
+    try:
+        if pool is not None:
+            pool.disconnect()
+        elif pubsub.connection is not None:
+            pubsub.connection.disconnect()
+    except Exception:
+        log.debug("closing a Redis subscription failed", exc_info=True)
+    if not close:
+        return
+    try:
+        pubsub.close()
+    except Exception:  # noqa: BLE001 - a broken connection: nothing left to close
+        pass
