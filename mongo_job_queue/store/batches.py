@@ -25,7 +25,7 @@ from pymongo.errors import DuplicateKeyError
 
 from ..status import FINISHED, PENDING
 from .handle import MAINTENANCE_MAX_TIME_MS, JobStore
-from .index_once import IndexOnce
+from .siblings import SiblingCollection
 
 __all__ = ["FINISHED_STATE", "OPEN", "SEALED", "BatchDocs"]
 
@@ -34,20 +34,18 @@ OPEN = "open"
 SEALED = "sealed"
 FINISHED_STATE = "finished"
 
-_SUFFIX = "batches"
-_indexes = IndexOnce()
-
 
 class BatchDocs:
     """Create, seal, finish and reopen batch documents; count a batch's jobs by status."""
 
     def __init__(self, store: JobStore) -> None:
         self._store = store
+        self._docs = SiblingCollection(store, "batches", _create_sweep_index)
 
     @property
     def collection(self) -> Collection[dict[str, Any]]:
         """The batches collection (``<jobs collection>_batches``)."""
-        return self._store.sibling(_SUFFIX)
+        return self._docs.collection
 
     def create(self, doc: dict[str, Any]) -> None:
         """Insert a new batch document (its ``_id`` preset); a retry after a lost reply finds it stored.
@@ -58,12 +56,7 @@ class BatchDocs:
         nothing (an index build on a new collection stalls other queries on
         some servers).
         """
-        batches = self.collection
-        _indexes.ensure(
-            self._store,
-            f"_{_SUFFIX}",
-            lambda: batches.create_index([("state", ASCENDING), ("updated_at", ASCENDING)], name="mjq_batch_sweep"),
-        )
+        self._docs.ready()
         tries = 0
 
         def call() -> None:
@@ -205,3 +198,7 @@ class BatchDocs:
 def unfinished(counts: Mapping[str, int]) -> int:
     """How many of the counted jobs are not final (pending, running, or any other state that is not)."""
     return sum(n for status, n in counts.items() if status not in FINISHED)
+
+
+def _create_sweep_index(batches: Collection[dict[str, Any]]) -> None:
+    batches.create_index([("state", ASCENDING), ("updated_at", ASCENDING)], name="mjq_batch_sweep")
