@@ -71,11 +71,12 @@ class WorkerDocs:
 
     def __init__(self, store: JobStore) -> None:
         self.store = store
-        self._docs = SiblingCollection(store, "workers", _create_index)
+        self._workers = SiblingCollection(store, "workers", _create_index)
 
     @property
     def collection(self) -> Collection[dict[str, Any]]:
-        return self._docs.collection
+        """``<jobs collection>_workers`` (tests and tools write registry documents directly)."""
+        return self._workers.collection
 
     def beat(self, doc_id: str, fields: Mapping[str, Any], started_at: datetime) -> None:
         """Upsert this worker's document: its description, ``last_seen`` now, not stopped.
@@ -92,14 +93,14 @@ class WorkerDocs:
             "$unset": {"stopped_at": ""},
         }
 
-        workers = self._docs.ready()
+        workers = self._workers.ready()
         self.store.retry(lambda: workers.update_one({"_id": doc_id}, update, upsert=True), "worker_beat")
 
     def stopped(self, doc_id: str) -> None:
         """Mark this worker stopped (a clean stop); a crashed one is told apart by its old ``last_seen``."""
         now = self.store.now()
         update = {"$set": {"stopped_at": now, "last_seen": now, "in_flight": 0}}
-        self.store.retry(lambda: self.collection.update_one({"_id": doc_id}, update), "worker_stopped")
+        self.store.retry(lambda: self._workers.collection.update_one({"_id": doc_id}, update), "worker_stopped")
 
     def list(self, *, stale_after: Optional[timedelta] = None, limit: int = _LIST_LIMIT) -> list[WorkerInfo]:
         """The registered workers, most recently seen first, each judged live, stopped or gone.
@@ -113,10 +114,10 @@ class WorkerDocs:
         limit = max(1, min(int(limit), _LIST_LIMIT))
 
         def query() -> list[dict[str, Any]]:
-            cursor = self.collection.find({}, sort=[("last_seen", pymongo.DESCENDING)], limit=limit).hint(SEEN_INDEX)
-            return list(cursor)
+            workers = self._workers.collection
+            return list(workers.find({}, sort=[("last_seen", pymongo.DESCENDING)], limit=limit).hint(SEEN_INDEX))
 
-        docs = self._docs.hinted(lambda: self.store.retry(query, "workers_list"))
+        docs = self._workers.hinted(lambda: self.store.retry(query, "workers_list"))
         now = self.store.now()
         return [_info(doc, now, stale_after or _own_bound(doc, fallback)) for doc in docs]
 
