@@ -39,7 +39,7 @@ from .worker import Worker
 from .worker.wakeup import namespace_of
 from .workflows import DEPENDENCY_KEYS, Part, encode_dependencies, plan
 
-__all__ = ["EagerFlags", "Enqueuer", "JobBuilder"]
+__all__ = ["EagerFlags", "Enqueuer", "JobBuilder", "job_arguments"]
 
 J = TypeVar("J", bound=BaseJob)
 
@@ -59,6 +59,32 @@ _ENQUEUE_KEYS = frozenset(
         *DEPENDENCY_KEYS,
     }
 )
+
+
+def job_arguments(
+    job_type: str,
+    data: Optional[Mapping[str, Any]] = None,
+    *,
+    run_at: Optional[datetime] = None,
+    delay_ms: Optional[int] = None,
+    priority: int = 0,
+    queue: str = "default",
+    max_retries: Optional[int] = None,
+    time_limit_ms: Optional[int] = None,
+    unique_key: Optional[str] = None,
+    unique_for_ms: Optional[int] = None,
+    **extra_fields: Any,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Bind one job's arguments (documented at :meth:`~mongo_job_queue.PersistentJobQueue.enqueue`): spec, app fields.
+
+    The one parameter list of ``queue.enqueue`` and ``batch.enqueue``, typed with it (:mod:`.forwarding`).
+    """
+    spec = dict(
+        job_type=job_type, data=data, run_at=run_at, delay_ms=delay_ms, priority=priority, queue=queue,
+        max_retries=max_retries, time_limit_ms=time_limit_ms, unique_key=unique_key, unique_for_ms=unique_for_ms,
+    )  # fmt: skip
+    return spec, extra_fields
+
 
 #: How new documents reach the store: one job, a bulk of them, or the job of a schedule's fire time.
 InsertMode = Literal["one", "many", "fire", "graph"]

@@ -100,10 +100,8 @@ class RetryJob(MongoJobQueueError):
     """Raised by a handler to retry the job after ``delay_ms`` instead of the policy's wait."""
 
     def __init__(self, delay_ms: int, reason: str = "retry requested") -> None:
-        if isinstance(delay_ms, bool) or not isinstance(delay_ms, int) or delay_ms < 0:
-            raise TypeError(f"RetryJob delay_ms must be an int >= 0, got {delay_ms!r}")
         super().__init__(reason)
-        self.delay_ms = delay_ms
+        self.delay_ms = _delay_ms(delay_ms, "RetryJob delay_ms")
         self.reason = reason
 
 
@@ -143,7 +141,12 @@ class Throttled(MongoJobQueueError):
     """Raised by a handler (say, on an HTTP 429) to run the job again after ``retry_after_ms``, no attempt used."""
 
     def __init__(self, retry_after_ms: int, reason: str = "throttled") -> None:
-        if isinstance(retry_after_ms, bool) or not isinstance(retry_after_ms, int) or retry_after_ms < 0:
-            raise TypeError(f"Throttled retry_after_ms must be an int >= 0, got {retry_after_ms!r}")
         super().__init__(reason)
-        self.retry_after_ms = retry_after_ms
+        self.retry_after_ms = _delay_ms(retry_after_ms, "Throttled retry_after_ms")
+
+
+def _delay_ms(value: int, what: str) -> int:
+    """A handler's requested delay, checked before the exception exists (a bad one is the handler's bug)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TypeError(f"{what} must be an int >= 0, got {value!r}")
+    return value

@@ -22,7 +22,7 @@ from .batches import Batch, Batches, BatchInfo, BatchTracker, Callback
 from .chunks import BatchHandlerFn, register_batch_handler
 from .clock import Clock, to_naive_utc, utcnow
 from .config import ConfigInput, QueueConfig, load_config
-from .enqueue import Enqueuer, JobBuilder
+from .enqueue import Enqueuer, JobBuilder, job_arguments
 from .forwarding import decorator_form, method_signature_of, parameters_of, signature_of
 from .handlers import HandlerFn, HandlerRegistry
 from .limits import Limit, define_limit
@@ -106,20 +106,11 @@ class PersistentJobQueue(Generic[J]):
 
     @method_signature_of(HandlerRegistry.register)
     def register_handler(self, *args: Any, **options: Any) -> Any:
-        """Register ``fn(job)`` for ``job_type``, with optional tenacity retry strategies and a time limit.
+        """Register ``fn(job)`` for ``job_type``; return ``fn``. What it returns, if BSON encodable, is the ``result``.
 
-        Args:
-            job_type: The job type this handler runs.
-            fn: Called with the app's job instance; its return value, if BSON
-                encodable, is stored as ``result``. Returned as is.
-            stop: tenacity stop strategy, e.g. ``stop_after_delay(3600)``; it can
-                only shorten the retries allowed by ``max_retries``.
-            wait: tenacity wait strategy replacing the exponential default.
-            retry: tenacity retry predicate, e.g. ``retry_if_exception_type(IOError)``.
-            max_retries: Default ``max_retries`` for jobs of this type enqueued
-                through this queue object.
-            time_limit_ms: How long one run may take (``0``: none; default: the config's
-                ``default_time_limit_ms``; a job's own overrides it), see :ref:`time-limits`.
+        ``stop``, ``wait`` and ``retry`` are tenacity strategies (:ref:`per-handler-strategies`; ``stop``
+        only shortens the retries ``max_retries`` allows); ``max_retries`` is the default of this type's jobs
+        enqueued here; ``time_limit_ms`` bounds one run (``0``: none; :ref:`time-limits`).
 
         Raises:
             HandlerError: duplicate type, non-callable handler, invalid strategy or time limit.
@@ -136,30 +127,12 @@ class PersistentJobQueue(Generic[J]):
         Raises:
             HandlerError: as :meth:`register_handler`; TypeError for an unknown option.
         """
-
-        def decorate(fn: Callable[[J], R]) -> Task[J, R]:
-            self.register_handler(job_type, fn, **options)
-            return Task(self, job_type, fn)
-
-        return decorate
+        return Task.decorator(self, job_type, lambda fn: self.register_handler(job_type, fn, **options))
 
     # -- enqueue ------------------------------------------------------------
 
-    def enqueue(
-        self,
-        job_type: str,
-        data: Optional[Mapping[str, Any]] = None,
-        *,
-        run_at: Optional[datetime] = None,
-        delay_ms: Optional[int] = None,
-        priority: int = 0,
-        queue: str = "default",
-        max_retries: Optional[int] = None,
-        time_limit_ms: Optional[int] = None,
-        unique_key: Optional[str] = None,
-        unique_for_ms: Optional[int] = None,
-        **extra_fields: Any,
-    ) -> J:
+    @parameters_of(job_arguments)
+    def enqueue(self, *args: Any, **kwargs: Any) -> J:
         """Validate and insert one job; return the saved instance of the app's model.
 
         ``run_at`` (aware, or naive UTC) and ``delay_ms`` exclude each other; ``extra_fields`` are
@@ -171,11 +144,7 @@ class PersistentJobQueue(Generic[J]):
             InvalidJobError: bad input, or with ``strict_types`` a type no
                 handler is known for; nothing was written.
         """
-        spec = dict(
-            job_type=job_type, data=data, run_at=run_at, delay_ms=delay_ms, priority=priority, queue=queue,
-            max_retries=max_retries, time_limit_ms=time_limit_ms, unique_key=unique_key, unique_for_ms=unique_for_ms,
-        )  # fmt: skip
-        return self._enqueuer.enqueue(spec, extra_fields)
+        return self._enqueuer.enqueue(*job_arguments(*args, **kwargs))
 
     def enqueue_many(self, jobs: Iterable[Mapping[str, Any]]) -> list[J]:
         """Validate every job (mappings of :meth:`enqueue`'s arguments), then insert them all in one bulk write.
@@ -205,11 +174,7 @@ class PersistentJobQueue(Generic[J]):
         self._local.start()
 
     def stop(
-        self,
-        timeout: Optional[float] = 30.0,
-        *,
-        requeue_running: bool = False,
-        force: Optional[threading.Event] = None,
+        self, timeout: Optional[float] = 30.0, *, requeue_running: bool = False, force: Optional[threading.Event] = None
     ) -> bool:
         """Stop gracefully; True if every running job and worker thread ended within ``timeout`` (None: no limit).
 
@@ -219,12 +184,9 @@ class PersistentJobQueue(Generic[J]):
         return self.worker.stop(timeout, requeue_running=requeue_running, force=force)
 
     def run_worker(
-        self,
-        *,
-        stop_timeout: Optional[float] = 30.0,
-        install_signal_handlers: bool = True,
+        self, *, stop_timeout: Optional[float] = 30.0, install_signal_handlers: bool = True,
         until: Optional[Callable[[], bool]] = None,
-    ) -> int:
+    ) -> int:  # fmt: skip
         """Run the worker in the foreground until SIGTERM/SIGINT; return an exit code (see :ref:`graceful-stop`)."""
         return run_worker(self, stop_timeout=stop_timeout, install_signal_handlers=install_signal_handlers, until=until)
 
@@ -234,12 +196,9 @@ class PersistentJobQueue(Generic[J]):
         return self.worker.running
 
     def configure_worker(
-        self,
-        *,
-        job_types: Optional[Iterable[str]] = None,
-        wrap: Optional[Callable[[HandlerFn], HandlerFn]] = None,
+        self, *, job_types: Optional[Iterable[str]] = None, wrap: Optional[Callable[[HandlerFn], HandlerFn]] = None,
         **config: Any,
-    ) -> None:
+    ) -> None:  # fmt: skip
         """Adjust this process's worker before it starts: the CLI's options, the framework integrations.
 
         ``config`` replaces :class:`~mongo_job_queue.QueueConfig` keys. ``job_types`` claims only these
@@ -401,13 +360,9 @@ class PersistentJobQueue(Generic[J]):
     # -- batches (see :doc:`batches`) -----------------------------------------
 
     def batch(
-        self,
-        *,
-        on_complete: Optional[Callback] = None,
-        on_success: Optional[Callback] = None,
-        on_failure: Optional[Callback] = None,
-        **extra: Any,
-    ) -> Batch[J]:
+        self, *, on_complete: Optional[Callback] = None, on_success: Optional[Callback] = None,
+        on_failure: Optional[Callback] = None, **extra: Any,
+    ) -> Batch[J]:  # fmt: skip
         """Open a batch; callbacks are ``(job_type, data)`` or enqueue mappings; ``extra``: app fields of its jobs."""
         callbacks = {"complete": on_complete, "success": on_success, "failure": on_failure}
         return Batch.create(self._batches, callbacks, extra)
@@ -441,13 +396,9 @@ class PersistentJobQueue(Generic[J]):
 def create_job_queue(*args: Any, **kwargs: Any) -> PersistentJobQueue[Any]:
     """Build a :class:`PersistentJobQueue` for ``job_model``, a concrete :class:`~mongo_job_queue.BaseJob` subclass.
 
-    Args:
-        job_model: The app's job model (keyword or first argument).
-        logger: Logger for queue events; by default, per-module loggers under ``mongo_job_queue``.
-        config: A mapping of config keys or a :class:`~mongo_job_queue.QueueConfig`.
-        clock: Source of the current naive-UTC time (tests inject a fake one).
-        sleep: Sleep used between retries of failed database calls.
-        middleware: Lifecycle hooks (metrics, tracing, audit), see :mod:`mongo_job_queue.middleware`.
+    ``config``: config keys or a :class:`~mongo_job_queue.QueueConfig` (:doc:`configuration`); ``middleware``:
+    lifecycle hooks (:mod:`mongo_job_queue.middleware`); ``logger``: by default per-module loggers under
+    ``mongo_job_queue``; ``clock`` (naive-UTC now) and ``sleep`` (between retried database calls) are for tests.
 
     Raises:
         JobModelError: ``job_model`` is not a concrete BaseJob subclass.

@@ -42,6 +42,18 @@ class Task(Generic[J, R]):
         self.fn = fn
         functools.update_wrapper(self, fn)
 
+    @classmethod
+    def decorator(
+        cls, job_queue: _Enqueues[J], job_type: str, register: Callable[[Callable[[J], R]], object]
+    ) -> Callable[[Callable[[J], R]], Task[J, R]]:
+        """``queue.task(job_type, **options)``: ``register`` registers the function, then it is wrapped in a task."""
+
+        def decorate(fn: Callable[[J], R]) -> Task[J, R]:
+            register(fn)
+            return cls(job_queue, job_type, fn)
+
+        return decorate
+
     def __call__(self, job: J) -> R:
         """Run the function in this thread, as a test or another handler would: no queue, no retry, no time limit."""
         return self.fn(job)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import datetime
 from types import TracebackType
 from typing import Any, Generic, Optional, TypeVar
 
 from bson import ObjectId
 
+from ..enqueue import job_arguments
 from ..errors import BatchSealedError
+from ..forwarding import parameters_of
 from ..model import BaseJob
 from .service import Batches, BatchInfo
 
@@ -51,29 +52,15 @@ class Batch(Generic[J]):
     ) -> None:
         self.seal()
 
-    def enqueue(
-        self,
-        job_type: str,
-        data: Optional[Mapping[str, Any]] = None,
-        *,
-        run_at: Optional[datetime] = None,
-        delay_ms: Optional[int] = None,
-        priority: int = 0,
-        queue: str = "default",
-        max_retries: Optional[int] = None,
-        time_limit_ms: Optional[int] = None,
-        **extra_fields: Any,
-    ) -> J:
-        """Add one job, as :meth:`~mongo_job_queue.PersistentJobQueue.enqueue` takes it (no unique key).
+    @parameters_of(job_arguments)
+    def enqueue(self, *args: Any, **kwargs: Any) -> J:
+        """Add one job, as :meth:`~mongo_job_queue.PersistentJobQueue.enqueue` takes it (but no unique key).
 
         Raises:
             BatchSealedError: the batch is sealed; nothing was written.
-            InvalidJobError: bad input; nothing was written.
+            InvalidJobError: bad input, or a ``unique_key``; nothing was written.
         """
-        spec = dict(
-            job_type=job_type, data=data, run_at=run_at, delay_ms=delay_ms, priority=priority, queue=queue,
-            max_retries=max_retries, time_limit_ms=time_limit_ms,
-        )  # fmt: skip
+        spec, extra_fields = job_arguments(*args, **kwargs)
         return self.enqueue_many([{**{k: v for k, v in spec.items() if v is not None}, **extra_fields}])[0]
 
     #: Add one job while the batch is open (the same as :meth:`enqueue`).

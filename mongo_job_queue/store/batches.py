@@ -25,7 +25,7 @@ from pymongo.errors import DuplicateKeyError
 
 from ..status import FINISHED, PENDING
 from .handle import MAINTENANCE_MAX_TIME_MS, JobStore
-from .index_once import IndexOnce
+from .siblings import SiblingCollection
 
 __all__ = ["FINISHED_STATE", "OPEN", "SEALED", "BatchDocs"]
 
@@ -34,20 +34,13 @@ OPEN = "open"
 SEALED = "sealed"
 FINISHED_STATE = "finished"
 
-_SUFFIX = "batches"
-_indexes = IndexOnce()
-
 
 class BatchDocs:
     """Create, seal, finish and reopen batch documents; count a batch's jobs by status."""
 
     def __init__(self, store: JobStore) -> None:
         self._store = store
-
-    @property
-    def collection(self) -> Collection[dict[str, Any]]:
-        """The batches collection (``<jobs collection>_batches``)."""
-        return self._store.sibling(_SUFFIX)
+        self._batches = SiblingCollection(store, "batches", _create_sweep_index)
 
     def create(self, doc: dict[str, Any]) -> None:
         """Insert a new batch document (its ``_id`` preset); a retry after a lost reply finds it stored.
@@ -58,19 +51,14 @@ class BatchDocs:
         nothing (an index build on a new collection stalls other queries on
         some servers).
         """
-        batches = self.collection
-        _indexes.ensure(
-            self._store,
-            f"_{_SUFFIX}",
-            lambda: batches.create_index([("state", ASCENDING), ("updated_at", ASCENDING)], name="mjq_batch_sweep"),
-        )
+        self._batches.ready()
         tries = 0
 
         def call() -> None:
             nonlocal tries
             tries += 1
             try:
-                self.collection.insert_one(doc)
+                self._batches.collection.insert_one(doc)
             except DuplicateKeyError:
                 if tries == 1:
                     raise
@@ -79,19 +67,19 @@ class BatchDocs:
 
     def get(self, batch_id: ObjectId) -> Optional[dict[str, Any]]:
         """The batch document, or None."""
-        return self._store.retry(lambda: self.collection.find_one({"_id": batch_id}), "get_batch")
+        return self._store.retry(lambda: self._batches.collection.find_one({"_id": batch_id}), "get_batch")
 
     def seal(self, batch_id: ObjectId) -> Optional[dict[str, Any]]:
         """Seal an open batch (a no-op on one sealed already); the document after, None if there is none."""
         now = self._store.now()
 
         def call() -> Optional[dict[str, Any]]:
-            doc = self.collection.find_one_and_update(
+            doc = self._batches.collection.find_one_and_update(
                 {"_id": batch_id, "state": OPEN},
                 {"$set": {"state": SEALED, "sealed_at": now, "updated_at": now}},
                 return_document=ReturnDocument.AFTER,
             )
-            return doc if doc is not None else self.collection.find_one({"_id": batch_id})
+            return doc if doc is not None else self._batches.collection.find_one({"_id": batch_id})
 
         return self._store.retry(call, "seal_batch")
 
@@ -131,7 +119,7 @@ class BatchDocs:
         path = f"firing.{event}"
 
         def call() -> tuple[bool, Optional[datetime]]:
-            before = self.collection.find_one_and_update(
+            before = self._batches.collection.find_one_and_update(
                 {"_id": batch_id, "fired": {"$ne": event}},
                 {"$min": {path: now}, "$set": {"updated_at": now}},
                 projection={"firing": 1},
@@ -148,7 +136,7 @@ class BatchDocs:
         """Record that ``event``'s callback job is stored: it is never inserted again."""
         now = self._store.now()
         self._store.retry(
-            lambda: self.collection.update_one(
+            lambda: self._batches.collection.update_one(
                 {"_id": batch_id}, {"$addToSet": {"fired": event}, "$set": {"updated_at": now}}
             ),
             "mark_batch_fired",
@@ -157,35 +145,23 @@ class BatchDocs:
     def finish(self, batch_id: ObjectId) -> bool:
         """Mark a sealed batch finished; False if it was not sealed (finished by another process, or open)."""
         now = self._store.now()
-        return self._store.retry(
-            lambda: (
-                self.collection.update_one(
-                    {"_id": batch_id, "state": SEALED},
-                    {"$set": {"state": FINISHED_STATE, "finished_at": now, "updated_at": now}},
-                ).modified_count
-                == 1
-            ),
-            "finish_batch",
-        )
+        update = {"$set": {"state": FINISHED_STATE, "finished_at": now, "updated_at": now}}
+        return self._move(batch_id, SEALED, update, "finish_batch")
 
     def reopen(self, batch_id: ObjectId) -> bool:
         """Take a finished batch back to sealed (its jobs were retried); fired callbacks stay fired."""
-        now = self._store.now()
-        return self._store.retry(
-            lambda: (
-                self.collection.update_one(
-                    {"_id": batch_id, "state": FINISHED_STATE},
-                    {"$set": {"state": SEALED, "updated_at": now}, "$unset": {"finished_at": ""}},
-                ).modified_count
-                == 1
-            ),
-            "reopen_batch",
-        )
+        update = {"$set": {"state": SEALED, "updated_at": self._store.now()}, "$unset": {"finished_at": ""}}
+        return self._move(batch_id, FINISHED_STATE, update, "reopen_batch")
+
+    def _move(self, batch_id: ObjectId, state: str, update: Mapping[str, Any], step: str) -> bool:
+        """Apply ``update`` to the batch if it is in ``state``; whether this call moved it."""
+        filt = {"_id": batch_id, "state": state}
+        return self._store.retry(lambda: self._batches.collection.update_one(filt, update).modified_count == 1, step)
 
     def touch(self, batch_id: ObjectId, now: datetime) -> None:
         """Move a batch to the back of the reconciler's line."""
         self._store.retry(
-            lambda: self.collection.update_one(
+            lambda: self._batches.collection.update_one(
                 {"_id": batch_id, "state": {"$ne": FINISHED_STATE}}, {"$max": {"updated_at": now}}
             ),
             "touch_batch",
@@ -196,7 +172,7 @@ class BatchDocs:
         filt = {"state": {"$in": [OPEN, SEALED]}, "updated_at": {"$lte": before}}
 
         def call() -> list[ObjectId]:
-            found = self.collection.find(filt, {"_id": 1}, sort=[("updated_at", 1)], limit=limit)
+            found = self._batches.collection.find(filt, {"_id": 1}, sort=[("updated_at", 1)], limit=limit)
             return [d["_id"] for d in found.max_time_ms(MAINTENANCE_MAX_TIME_MS)]
 
         return self._store.retry(call, "stale_batches")
@@ -205,3 +181,7 @@ class BatchDocs:
 def unfinished(counts: Mapping[str, int]) -> int:
     """How many of the counted jobs are not final (pending, running, or any other state that is not)."""
     return sum(n for status, n in counts.items() if status not in FINISHED)
+
+
+def _create_sweep_index(batches: Collection[dict[str, Any]]) -> None:
+    batches.create_index([("state", ASCENDING), ("updated_at", ASCENDING)], name="mjq_batch_sweep")

@@ -33,6 +33,7 @@ from ..status import ALL_STATUSES, BLOCKED, CANCELLED, PENDING, PROCESSING
 from .finals import FinalJob
 from .handle import JobStore
 from .marks import as_stored, new_mark, pushed_mark
+from .siblings import SiblingCollection
 
 __all__ = ["Control", "PauseState", "ScheduleState", "schedule_state_id"]
 
@@ -71,11 +72,12 @@ class Control:
 
     def __init__(self, store: JobStore) -> None:
         self._store = store
+        self._docs = SiblingCollection(store, "control")
 
     @property
     def collection(self) -> Collection[dict[str, Any]]:
         """The control collection (pause and schedule state), beside the jobs collection."""
-        return self._store.sibling("control")
+        return self._docs.collection
 
     # -- pause and resume ---------------------------------------------------
 

@@ -27,7 +27,7 @@ from pymongo.collection import Collection
 
 from ..config import QueueConfig
 from .handle import JobStore
-from .index_once import IndexOnce
+from .siblings import SiblingCollection
 
 __all__ = ["REGISTRY_TTL_S", "WorkerDocs", "WorkerInfo", "stale_after_ms"]
 
@@ -37,9 +37,6 @@ REGISTRY_TTL_S = 7 * 24 * 3600
 _LIST_LIMIT = 500
 #: The TTL index on ``last_seen``, which also serves the listing's sort.
 SEEN_INDEX = "mjq_workers_seen"
-
-_indexes = IndexOnce()
-_SUFFIX = "_workers"
 
 
 def stale_after_ms(config: QueueConfig) -> int:
@@ -74,13 +71,12 @@ class WorkerDocs:
 
     def __init__(self, store: JobStore) -> None:
         self.store = store
+        self._workers = SiblingCollection(store, "workers", _create_index)
 
     @property
     def collection(self) -> Collection[dict[str, Any]]:
-        return self.store.sibling("workers")
-
-    def _create_index(self) -> None:
-        self.collection.create_index([("last_seen", -1)], name=SEEN_INDEX, expireAfterSeconds=REGISTRY_TTL_S)
+        """``<jobs collection>_workers`` (tests and tools write registry documents directly)."""
+        return self._workers.collection
 
     def beat(self, doc_id: str, fields: Mapping[str, Any], started_at: datetime) -> None:
         """Upsert this worker's document: its description, ``last_seen`` now, not stopped.
@@ -97,14 +93,14 @@ class WorkerDocs:
             "$unset": {"stopped_at": ""},
         }
 
-        _indexes.ensure(self.store, _SUFFIX, self._create_index)
-        self.store.retry(lambda: self.collection.update_one({"_id": doc_id}, update, upsert=True), "worker_beat")
+        workers = self._workers.ready()
+        self.store.retry(lambda: workers.update_one({"_id": doc_id}, update, upsert=True), "worker_beat")
 
     def stopped(self, doc_id: str) -> None:
         """Mark this worker stopped (a clean stop); a crashed one is told apart by its old ``last_seen``."""
         now = self.store.now()
         update = {"$set": {"stopped_at": now, "last_seen": now, "in_flight": 0}}
-        self.store.retry(lambda: self.collection.update_one({"_id": doc_id}, update), "worker_stopped")
+        self.store.retry(lambda: self._workers.collection.update_one({"_id": doc_id}, update), "worker_stopped")
 
     def list(self, *, stale_after: Optional[timedelta] = None, limit: int = _LIST_LIMIT) -> list[WorkerInfo]:
         """The registered workers, most recently seen first, each judged live, stopped or gone.
@@ -118,12 +114,16 @@ class WorkerDocs:
         limit = max(1, min(int(limit), _LIST_LIMIT))
 
         def query() -> list[dict[str, Any]]:
-            cursor = self.collection.find({}, sort=[("last_seen", pymongo.DESCENDING)], limit=limit).hint(SEEN_INDEX)
-            return list(cursor)
+            workers = self._workers.collection
+            return list(workers.find({}, sort=[("last_seen", pymongo.DESCENDING)], limit=limit).hint(SEEN_INDEX))
 
-        docs = _indexes.hinted(self.store, _SUFFIX, self._create_index, lambda: self.store.retry(query, "workers_list"))
+        docs = self._workers.hinted(lambda: self.store.retry(query, "workers_list"))
         now = self.store.now()
         return [_info(doc, now, stale_after or _own_bound(doc, fallback)) for doc in docs]
+
+
+def _create_index(workers: Collection[dict[str, Any]]) -> None:
+    workers.create_index([("last_seen", -1)], name=SEEN_INDEX, expireAfterSeconds=REGISTRY_TTL_S)
 
 
 def _own_bound(doc: Mapping[str, Any], fallback: timedelta) -> timedelta:

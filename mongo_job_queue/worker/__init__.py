@@ -13,6 +13,7 @@ watchdog ``timelimits`` (:mod:`.timelimits`, which replaces an abandoned
 handler thread through :mod:`.pool`) and the ``scheduler``
 (:mod:`mongo_job_queue.schedules.service`) run too.
 
+:mod:`.threads` keeps the threads each start began, for the stop to wait for.
 :mod:`.runner` runs a worker in the foreground of a worker process, with
 signals; :mod:`.shutdown` returns the runs such a process gave up to the
 queue when it exits. Every outcome write is fenced by the lease token (see
@@ -43,6 +44,7 @@ from .inflight import InflightTable
 from .leases import LeaseKeeper
 from .poller import Poller
 from .pool import HandlerPool
+from .threads import WorkerThreads
 from .timeouts import deadline_after, join, remaining
 from .wakeup import Waker, WakeupChannel
 
@@ -92,17 +94,9 @@ class Worker:
         # change stream read, so a busy worker pays no getMore per job.
         self._idle = threading.Event()
         self._work: WorkQueue = WorkQueue()
-        self._poller_thread: Optional[threading.Thread] = None
-        self._handler_threads: list[threading.Thread] = []
-        self._maintenance_thread: Optional[threading.Thread] = None
-        self._scheduler_thread: Optional[threading.Thread] = None
-        self._waker_thread: Optional[threading.Thread] = None
+        self.threads = WorkerThreads(self._lock, self.log)
         self._waker: Optional[Waker] = None
         self._completer: Optional[Completer] = None
-        # Every thread any start began, until it has ended: a poller still
-        # inside a claim after a timed-out stop outlives its start, and a
-        # later stop must still wait for it and report it.
-        self._started: list[threading.Thread] = []
         #: The thread inside stop(), if any.
         self._stopper: Optional[threading.Thread] = None
         self._running = False
@@ -150,10 +144,7 @@ class Worker:
     @property
     def running(self) -> bool:
         """Started, not stopped, and its poller and handler threads alive."""
-        if not self._running or self._stopping.is_set():
-            return False
-        threads = [self._poller_thread, *self._handler_threads]
-        return all(t is not None and t.is_alive() for t in threads)
+        return self._running and not self._stopping.is_set() and self.threads.alive_for_work()
 
     def start(self) -> None:
         """Start the services; no-op if already running (a start whose threads died is restarted).
@@ -167,7 +158,7 @@ class Worker:
         with self._lock:
             while self._stopper is not None:
                 me = threading.current_thread()
-                if me is self._stopper or me in self._started:
+                if me is self._stopper or me in self.threads.started:
                     raise QueueStateError(
                         "start_polling() during stop() from a thread the stop waits for: start after stop() returns"
                     )
@@ -195,41 +186,31 @@ class Worker:
             self.executor, self.store, self.table, self.config, self._logger, name
         )
         size = self.config.concurrency
-        pool = HandlerPool(self.executor, (work, stopping, completer), size=size, name=name, on_replace=self._replaced)
-        self._handler_threads = pool.threads
-        self._poller_thread = threading.Thread(
+        own = self.threads
+        pool = HandlerPool(self.executor, (work, stopping, completer), size=size, name=name, on_replace=own.replaced)
+        own.handlers = pool.threads
+        own.poller = threading.Thread(
             target=self.poller.run, args=(work, stopping, self._wake, self._idle), name=f"{name}-poller", daemon=True
         )
         loop = self.services.maintenance(self.config, self.store.now, self._logger)
-        self._maintenance_thread = threading.Thread(
-            target=loop.run, args=(stopping,), name=f"{name}-maintenance", daemon=True
-        )
-        threads = [*self._handler_threads, self._poller_thread, self._maintenance_thread]
-        threads += [r.new_thread(stopping, name) for r in chunk_runners(self.registry, self.poller, self._replaced)]
+        own.maintenance = threading.Thread(target=loop.run, args=(stopping,), name=f"{name}-maintenance", daemon=True)
+        threads = [*own.handlers, own.poller, own.maintenance]
+        threads += [r.new_thread(stopping, name) for r in chunk_runners(self.registry, self.poller, own.replaced)]
         self._waker = waker_of(
             self.store, self.registry, self.config, self.notify, stopping, self._idle, self._logger, self.wakeups
         )
-        self._waker_thread = None
+        own.waker = None
         if self._waker is not None:
-            self._waker_thread = threading.Thread(target=self._waker.run, name=f"{name}-wakeup", daemon=True)
-            threads.append(self._waker_thread)
-        self._scheduler_thread = None
+            own.waker = threading.Thread(target=self._waker.run, name=f"{name}-wakeup", daemon=True)
+            threads.append(own.waker)
+        own.scheduler = None
         if self.scheduler is not None and self.config.run_schedules:
             threads.append(self._new_scheduler_thread(self.scheduler, stopping))
         self._running = True
         self.keeper.start()
-        self._track(threads)
+        own.track(threads)
         for thread in threads:
             thread.start()
-
-    def _replaced(self, old: threading.Thread, new: threading.Thread) -> None:
-        """A handler thread abandoned to a time limit was replaced: a stop waits for the new one, never the old."""
-        with self._lock:
-            self._started = [new if t is old else t for t in self._started]
-
-    def _track(self, threads: list[threading.Thread]) -> None:
-        """Remember threads about to start; forget the ones that have ended."""
-        self._started = [t for t in self._started if t.is_alive()] + threads
 
     def stop(
         self,
@@ -266,8 +247,8 @@ class Worker:
             self.log.info("worker %s stopping: no new claims", self.owner.worker_id)
             # The poller may be inside a claim; it hands back whatever that claim
             # returns, so waiting for it shares the one deadline (and the force).
-            if self._poller_thread is not None:
-                join(self._poller_thread, deadline, force)
+            if self.threads.poller is not None:
+                join(self.threads.poller, deadline, force)
             if self.table.busy():
                 self.log.info(
                     "worker %s waiting %s for %d running job(s)",
@@ -279,7 +260,7 @@ class Worker:
             while not finished and remaining(deadline) > 0 and not (force and force.is_set()):
                 # Short waits, so that a forcing signal is noticed promptly.
                 finished = self.table.wait_idle(min(0.1, remaining(deadline)))
-            for _ in self._handler_threads:
+            for _ in self.threads.handlers:
                 self._work.put(None)  # handler threads exit after their current job
             if self._completer is not None:
                 # Whatever is still buffered is written now; a handler finishing
@@ -315,22 +296,7 @@ class Worker:
         return finished and not self._alive_threads()
 
     def _join_services(self, deadline: float, finished: bool, force: Optional[threading.Event]) -> None:
-        grace = deadline_after(max(1.0, remaining(deadline)) if finished else 0.5)
-        for thread in (self._maintenance_thread, self._waker_thread, self._scheduler_thread):
-            if thread is not None:
-                join(thread, grace)
-        # Any thread of an earlier start (e.g. its poller, still inside a claim
-        # when that start's stop timed out): waited for like this start's
-        # poller, the force included.
-        current = {*self._handler_threads, self._poller_thread}
-        for thread in self._started:
-            if thread not in current:
-                join(thread, grace, force)
-        if finished:
-            for thread in self._handler_threads:
-                join(thread, grace)
-            if self.keeper.thread is not None:
-                join(self.keeper.thread, grace)
+        self.threads.join(deadline, finished, force, self.keeper.thread)
         alive = self._alive_threads()
         if alive:
             self.log.warning(
@@ -341,8 +307,7 @@ class Worker:
 
     def _alive_threads(self) -> list[threading.Thread]:
         """Threads of this worker still running: of any start so far, and the heartbeat."""
-        threads = [*self._started, self.keeper.thread]
-        return [t for t in threads if t is not None and t.is_alive()]
+        return self.threads.alive(self.keeper.thread)
 
     def requeue_abandoned(self) -> None:
         """Return runs given up by ``stop(requeue_running=True)`` that still run; done at process exit."""
@@ -352,17 +317,17 @@ class Worker:
         thread = threading.Thread(
             target=scheduler.run, args=(stopping,), name=f"mjq-{self.owner.worker_id}-scheduler", daemon=True
         )
-        self._scheduler_thread = thread
+        self.threads.scheduler = thread
         return thread
 
     def start_scheduler(self) -> None:
         """Start firing schedules in a running worker that had none when it started; no-op otherwise."""
         with self._lock:
-            idle = self._running and self._scheduler_thread is None and self.config.run_schedules
+            idle = self._running and self.threads.scheduler is None and self.config.run_schedules
             if not idle or self.scheduler is None:
                 return
             thread = self._new_scheduler_thread(self.scheduler, self._stopping)
-            self._track([thread])
+            self.threads.track([thread])
             thread.start()
 
     @property

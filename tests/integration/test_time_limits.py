@@ -150,7 +150,7 @@ def test_a_handler_stuck_in_c_is_abandoned_the_pool_keeps_its_size_and_stop_does
     # Both abandoned threads were replaced: two jobs that must run together still do.
     pairs = [queue.enqueue("pair", {}) for _ in range(2)]
     wait_until(lambda: all(queue.get_job(p.id).status == "completed" for p in pairs), timeout=20)
-    assert not set(stuck.threads) & set(queue.worker._handler_threads)
+    assert not set(stuck.threads) & set(queue.worker.threads.handlers)
 
     started = time.monotonic()
     assert queue.stop(timeout=5) is True  # the abandoned threads are not waited for
