@@ -202,6 +202,8 @@ class BaseJob(Document):
     dependency_policies = DictField()
     #: Each dependency's outcome, copied in when it ended: ``status`` and a size-bounded ``result``.
     dependency_outcomes = DictField()
+    #: Why the dependencies' results (or outcomes) were left out at release: they did not fit in this job.
+    dependency_results_error = StringField()
     #: Set on a job that some job depends on: its final write looks for blocked dependents.
     has_dependents = BooleanField()
     #: The mark of the one write that released this job from ``blocked`` (a retried release finds its own).

@@ -18,11 +18,12 @@ from datetime import datetime
 from typing import Any
 
 import bson
+from bson import ObjectId
 from bson.errors import BSONError, InvalidDocument
 
 from .config import BSON_MAX_BYTES, QueueConfig
 from .errors import InvalidJobError
-from .status import ALL_STATUSES
+from .status import ALL_STATUSES, BLOCKED
 
 __all__ = [
     "MAX_DOCUMENT_BYTES",
@@ -31,6 +32,7 @@ __all__ = [
     "check_document",
     "check_payload",
     "check_value",
+    "dependency_problems",
     "stored_job_problems",
 ]
 
@@ -167,4 +169,32 @@ def stored_job_problems(doc: Mapping[str, Any]) -> list[str]:
     ):
         if name in doc and doc[name] is not None and not check(doc[name]):
             problems.append(f"{name!r} must be {expected}, found {type(doc[name]).__name__} {doc[name]!r:.60}")
+    return problems + dependency_problems(doc)
+
+
+def dependency_problems(doc: Mapping[str, Any]) -> list[str]:
+    """What makes a job's dependency fields unusable: a blocked job so damaged is never released.
+
+    Only the fields a release reads (``store.dependencies``), so the release
+    can judge a projected document too.
+    """
+    problems = []
+    depends_on = doc.get("depends_on")
+    if doc.get("status") == BLOCKED and not isinstance(depends_on, list):
+        problems.append(f"'depends_on' of a blocked job must be an array, found {depends_on!r:.60}")
+    elif depends_on is not None and not (
+        isinstance(depends_on, list) and all(isinstance(i, ObjectId) for i in depends_on)
+    ):
+        problems.append(f"'depends_on' must be an array of job ids, found {depends_on!r:.60}")
+    created = doc.get("created_at")
+    if depends_on is not None and created is not None and not isinstance(created, datetime):
+        problems.append(f"'created_at' of a dependent job must be a date, found {created!r:.60}")
+    policies = doc.get("dependency_policies")
+    if policies is not None and not isinstance(policies, Mapping):
+        problems.append(f"'dependency_policies' must be a document, found {policies!r:.60}")
+    outcomes = doc.get("dependency_outcomes")
+    if outcomes is not None and not (
+        isinstance(outcomes, Mapping) and all(isinstance(o, Mapping) and "status" in o for o in outcomes.values())
+    ):
+        problems.append(f"'dependency_outcomes' must be a document of outcomes, found {outcomes!r:.60}")
     return problems

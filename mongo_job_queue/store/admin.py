@@ -16,7 +16,7 @@ import pymongo
 from bson import ObjectId
 from pymongo.errors import PyMongoError
 
-from ..status import ALL_STATUSES, CANCELLED, FAILED, FINISHED, PENDING, PROCESSING
+from ..status import ALL_STATUSES, BLOCKED, CANCELLED, FAILED, FINISHED, PENDING, PROCESSING
 from .control import Control
 from .handle import MAINTENANCE_MAX_TIME_MS, JobStore
 from .marks import KEPT_MARKS, as_stored, new_mark
@@ -61,7 +61,7 @@ class Admin:
         return None
 
     def malformed_jobs(self, limit: int = 100, max_time_ms: int = MAINTENANCE_MAX_TIME_MS) -> list[dict[str, Any]]:
-        """Stored jobs that no claim can ever take: unknown status, or pending with an ill-typed claim key.
+        """Stored jobs no claim or release can take: unknown status, ill-typed claim key or dependency fields.
 
         Only what the claim cannot see: a ``pending`` job whose ``queue`` or
         ``type`` is not a string, or whose ``run_at`` is not a date, never
@@ -69,8 +69,11 @@ class Admin:
         (``attempts``, ``max_retries``, ``priority``, ``data``) is found when
         the job is claimed, by the same :func:`~.validation.stored_job_problems`
         that judges these. All of these fields are keys of the claim index, so
-        both queries are answered from it (hinted), with a limit and
-        ``maxTimeMS``: never a read of the backlog's documents.
+        these queries are answered from it (hinted), with a limit and
+        ``maxTimeMS``: never a read of the backlog's documents. A ``blocked``
+        job with a damaged ``depends_on``, ``dependency_policies`` or
+        ``dependency_outcomes`` is never released: the third query reads
+        blocked jobs only (the index narrows to them).
         """
         statuses = list(ALL_STATUSES)
         invisible = [
@@ -78,7 +81,17 @@ class Admin:
             {"type": {"$not": {"$type": "string"}}},
             {"run_at": {"$not": {"$type": "date"}}},
         ]
-        queries = ({"status": {"$nin": statuses}}, {"status": PENDING, "$or": invisible})
+        # A blocked job whose dependency fields are damaged is never released (blocked jobs are few).
+        unreleasable = [
+            {"depends_on": {"$not": {"$type": "array"}}},
+            {"dependency_policies": {"$exists": True, "$not": {"$type": "object"}}},
+            {"dependency_outcomes": {"$exists": True, "$not": {"$type": "object"}}},
+        ]
+        queries = (
+            {"status": {"$nin": statuses}},
+            {"status": PENDING, "$or": invisible},
+            {"status": BLOCKED, "$or": unreleasable},
+        )
 
         def call() -> list[dict[str, Any]]:
             found: list[dict[str, Any]] = []
@@ -97,7 +110,6 @@ class Admin:
         would match once more and run it twice), or rescheduled.
         """
         mark = new_mark()
-        update = self._retry_update(mark)
         filt = {"_id": job_id, "status": {"$in": [FAILED, CANCELLED]}}
         tries = 0
 
@@ -107,13 +119,20 @@ class Admin:
             jobs = self._store.collection
             if tries > 1 and jobs.find_one({"_id": job_id, "admin_marks": mark}, {"_id": 1}) is not None:
                 return True
-            keyed = self._store.shard_key.scope(filt, jobs)
-            if jobs.update_one(keyed, update).matched_count:
-                return True
-            # The app may have changed the job's key values since they were read: by _id alone (every shard).
-            return keyed is not filt and bool(jobs.update_one(filt, update).matched_count)
+            for which, update in self._retry_updates(mark):
+                target = {**filt, **which}
+                keyed = self._store.shard_key.scope(target, jobs)
+                if jobs.update_one(keyed, update).matched_count:
+                    return True
+                # The app may have changed the job's key values since they were read: by _id alone (every shard).
+                if keyed is not target and jobs.update_one(target, update).matched_count:
+                    return True
+            return False
 
-        return self._store.retry(call, "retry_job")
+        retried = self._store.retry(call, "retry_job")
+        if retried:
+            self._store.dependencies.recheck([job_id])
+        return retried
 
     def retry_jobs(
         self,
@@ -129,7 +148,8 @@ class Admin:
         ``unchanged_since`` (when they were counted), a job that no longer
         matches, or changed since (retried by someone else and failed
         again), is left alone: the answer was about the jobs as counted.
-        One ``update_many`` by ``_id``; each job it retries records this
+        One ``update_many`` by ``_id`` per target status (``pending``, or
+        ``blocked`` for a job with dependencies); each job it retries records this
         call's mark, so a retried try (its reply lost) skips the ones done
         and counts them by the mark, whatever they went through since.
         """
@@ -137,7 +157,6 @@ class Admin:
         if not ids:
             return 0
         mark = new_mark()
-        update = self._retry_update(mark)
         filt: dict[str, Any] = {"status": {"$in": [FAILED, CANCELLED]}, **(matching or {})}
         filt.update({"_id": {"$in": ids}, "admin_marks": {"$ne": mark}})
         if filt["status"] != {"$in": [FAILED, CANCELLED]}:
@@ -147,19 +166,44 @@ class Admin:
 
         def call() -> int:
             jobs = self._store.collection
-            jobs.update_many(filt, update)
+            for which, update in self._retry_updates(mark):
+                jobs.update_many({**filt, **which}, update)
             return int(jobs.count_documents({"_id": {"$in": ids}, "admin_marks": mark}))
 
-        return self._store.retry(call, "retry_jobs")
+        retried = self._store.retry(call, "retry_jobs")
+        blocked = self._store.retry(
+            lambda: [
+                d["_id"]
+                for d in self._store.collection.find(
+                    {"_id": {"$in": ids}, "admin_marks": mark, "status": BLOCKED}, {"_id": 1}
+                )
+            ],
+            "retry_jobs",
+        )
+        if blocked:
+            self._store.dependencies.recheck(blocked)
+        return retried
 
-    def _retry_update(self, mark: str) -> dict[str, Any]:
-        """A retry's update: due now, a fresh attempt budget, no lease or cancel request, and ``mark`` recorded."""
+    def _retry_updates(self, mark: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """A retry's updates, each with the filter of its jobs: due now, a fresh attempt budget, ``mark`` recorded.
+
+        A job with dependencies goes back to ``blocked``, and the re-check
+        after the retry releases it (or cancels it again, under ``cancel``)
+        by its dependencies as they are: it never runs before them.
+        """
         now = as_stored(self._store.now())
-        return {
-            "$set": {"status": PENDING, "run_at": now, "attempts": 0, "updated_at": now},
-            "$unset": {"finished_at": "", "lease_expires_at": "", "cancel_requested": ""},
-            "$push": {"admin_marks": {"$each": [mark], "$slice": -KEPT_MARKS}},
-        }
+
+        def update(status: str) -> dict[str, Any]:
+            return {
+                "$set": {"status": status, "run_at": now, "attempts": 0, "updated_at": now},
+                "$unset": {"finished_at": "", "lease_expires_at": "", "cancel_requested": ""},
+                "$push": {"admin_marks": {"$each": [mark], "$slice": -KEPT_MARKS}},
+            }
+
+        return [
+            ({"depends_on.0": {"$exists": False}}, update(PENDING)),
+            ({"depends_on.0": {"$exists": True}}, update(BLOCKED)),
+        ]
 
     def purge(self, finished_before: datetime, statuses: Sequence[str] = FINISHED) -> int:
         """Delete finished jobs whose ``finished_at`` is older than ``finished_before``."""

@@ -16,8 +16,15 @@ Who tries, and when:
 * **The enqueue**, after inserting a blocked job, checks its dependencies
   once: those that ended before it existed release it at once.
 * **The sweep** (:meth:`Dependencies.sweep`, a maintenance service) walks
-  the blocked jobs in ``_id`` order, a bounded batch per step, for notices
-  lost to a crash between a final write and its notice.
+  the blocked jobs in ``_id`` order, batch by batch for up to
+  ``SWEEP_BUDGET_S`` per step, for notices lost to a crash between a final
+  write and its notice.
+* **A retry** of a job with dependencies (``store.admin``) puts it back to
+  ``blocked`` and re-checks it at once (:meth:`Dependencies.recheck`).
+
+The decision and its update are :mod:`.releases`'; an error deciding one
+job is logged (and, unless transient, fails that job) and never stops the
+others from being tried.
 
 The lookup by the final write: a dependency's document carries
 ``has_dependents``; a worker's final write tells the document as it was
@@ -36,37 +43,31 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import timedelta
 from typing import Any, Optional
 
-import bson
 from bson import ObjectId
-from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
+from bson.errors import BSONError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, PyMongoError
 
 from ..errors import InvalidJobError, WorkflowError
-from ..model import job_log_extra, truncate
-from ..status import BLOCKED, CANCELLED, COMPLETED, FINISHED, PENDING
-from ..workflows import MAX_DEPENDENCY_RESULT_BYTES
-from .faults import short_error
+from ..model import job_log_extra
+from ..status import BLOCKED, PENDING
+from .faults import is_transient, short_error
 from .finals import FinalJob
 from .handle import MAINTENANCE_MAX_TIME_MS, JobStore
-from .marks import new_mark
+from .releases import Release
 
-__all__ = ["SWEEP_BATCH", "Dependencies"]
+__all__ = ["SWEEP_BATCH", "SWEEP_BUDGET_S", "Dependencies"]
 
 log = logging.getLogger(__name__)
 
-#: Blocked jobs re-checked per sweep step.
+#: Blocked jobs read per query of the sweep.
 SWEEP_BATCH = 100
-#: A dependency missing for a blocked job younger than this is still being inserted (a graph without
-#: a transaction); an older one's dependency was deleted before its outcome was copied.
-_INSERT_GRACE = timedelta(minutes=10)
+#: How long one sweep step goes on through the blocked jobs before it leaves the rest to the next.
+SWEEP_BUDGET_S = 2.0
 #: How long a probe that found no blocked job stands (the final writes of unflagged jobs then look for none).
 _PROBE_INTERVAL_S = 1.0
-#: Longest error message copied from a dependency that failed.
-_MAX_MESSAGE = 500
 _DEPENDENT_FIELDS = ("depends_on", "dependency_policies", "dependency_outcomes", "created_at", "type", "queue")
-_DEPENDENCY_FIELDS = {"status": 1, "result": 1, "result_error": 1, "last_error.type": 1, "last_error.message": 1}
 _NO_TRANSACTIONS = (20, 263)  # IllegalOperation (standalone server), OperationNotSupportedInTransaction
 
 
@@ -79,6 +80,7 @@ class Dependencies:
         self.in_use = False
         #: Called after a job was released to pending (the queue wakes its local worker).
         self.on_release: Optional[Callable[[], None]] = None
+        self._release = Release(store)
         self._local = threading.local()
         self._cursor: Optional[ObjectId] = None
         self._probe_after = 0.0
@@ -116,9 +118,11 @@ class Dependencies:
     def insert_all(self, docs: Sequence[dict[str, Any]], fallback: Callable[[Sequence[dict[str, Any]]], None]) -> None:
         """Insert a graph's ``docs`` in one transaction; without transactions, ``fallback`` (an ordered insert).
 
-        The fallback removes what it inserted when a later job is refused;
-        ``docs`` come dependents first, so the jobs that can run at once are
-        written last.
+        Without a transaction every job is inserted ``blocked``, the roots
+        too, and the roots are made ``pending`` in one update once all are in:
+        a job refused midway makes ``fallback`` remove the ones before it,
+        none of which can have run. A crash before that update leaves the
+        roots blocked with no dependencies: the sweep releases them.
         """
         jobs = self._store.collection
         ids = [d["_id"] for d in docs]
@@ -143,8 +147,13 @@ class Dependencies:
                 return False
             return True
 
-        if not self._store.retry(call, "insert_graph"):
-            fallback(docs)
+        if self._store.retry(call, "insert_graph"):
+            return
+        roots = [d["_id"] for d in docs if d.get("status") != BLOCKED]
+        fallback([d if d.get("status") == BLOCKED else {**d, "status": BLOCKED, "depends_on": []} for d in docs])
+        if roots:
+            run = {"$set": {"status": PENDING}, "$unset": {"depends_on": ""}}
+            self._store.retry(lambda: jobs.update_many({"_id": {"$in": roots}, "status": BLOCKED}, run), "run_roots")
 
     # -- release ------------------------------------------------------------
 
@@ -182,104 +191,90 @@ class Dependencies:
             lambda: list(jobs.find({"depends_on": {"$in": ids}, "status": BLOCKED}, projection)), "find_dependents"
         )
         for dependent in dependents:
-            self.try_release(dependent)
+            self._try_guarded(dependent)
 
     def _projection(self) -> dict[str, int]:
         fields = {*_DEPENDENT_FIELDS, *self._store.finals.fields, *self._store.shard_key.fields}
         return dict.fromkeys({*fields, "has_dependents", "attempts"}, 1)
 
-    def try_release(self, dependent: Mapping[str, Any]) -> Optional[str]:
-        """Release ``dependent`` if all its dependencies ended: its new status, else None (waiting, or released)."""
-        store = self._store
-        jobs = store.collection
-        recorded: dict[str, Any] = dict(dependent.get("dependency_outcomes") or {})
-        todo = [i for i in dependent["depends_on"] if str(i) not in recorded]
-        found: dict[Any, dict[str, Any]] = {}
-        if todo:
-            ids = {"_id": {"$in": todo}}  # by _id alone: their key values are not known here (every shard)
-            docs = store.retry(lambda: list(jobs.find(ids, _DEPENDENCY_FIELDS)), "dependencies")
-            found = {d["_id"]: d for d in docs}
-        now = store.now()
-        outcomes = dict(recorded)
-        waiting = False
-        for job_id in todo:
-            doc = found.get(job_id)
-            if doc is None:
-                created = dependent.get("created_at")
-                if created is None or created > now - _INSERT_GRACE:
-                    waiting = True  # not stored yet (a graph being inserted)
-                else:
-                    outcomes[str(job_id)] = {"status": "deleted"}
-            elif doc.get("status") in FINISHED:
-                outcomes[str(job_id)] = _outcome(doc)
-            else:
-                waiting = True
-        # With the app's shard key (docs/scaling.rst), so a sharded cluster targets the release.
-        blocked = {"_id": dependent["_id"], "status": BLOCKED, **store.shard_key.of(dependent)}
-        if waiting:
-            # Copied now, so retention may delete the ended dependencies before the others end.
-            newly = {f"dependency_outcomes.{k}": v for k, v in outcomes.items() if k not in recorded}
-            if newly:
-                store.retry(lambda: jobs.update_one(blocked, {"$set": newly}), "record_dependencies")
-            return None
-        policies = dependent.get("dependency_policies") or {}
-        failing = [
-            key
-            for key in (str(i) for i in dependent["depends_on"])
-            if outcomes[key]["status"] != COMPLETED and policies.get(key, "cancel") == "cancel"
-        ]
-        target = CANCELLED if failing else PENDING
-        mark = new_mark()
-        fields: dict[str, Any] = {"status": target, "dependency_outcomes": outcomes, "updated_at": now}
-        fields["released_by"] = mark
-        if failing:
-            first = failing[0]
-            reason = f"dependency {first} ended {outcomes[first]['status']}" + (
-                f" (and {len(failing) - 1} more)" if len(failing) > 1 else ""
-            )
-            fields["finished_at"] = now
-            fields["last_error"] = {"type": "mongo_job_queue.errors.DependencyFailed", "message": reason, "at": now}
-        tries = 0
+    def _try_guarded(
+        self, dependent: Mapping[str, Any], states: Optional[Mapping[Any, Mapping[str, Any]]] = None
+    ) -> Optional[str]:
+        """:meth:`try_release`, its error logged: one damaged or refused dependent never holds up the others.
 
-        def call() -> bool:
-            nonlocal tries
-            tries += 1
-            if jobs.update_one(blocked, {"$set": fields}).modified_count:
-                return True
-            # Released by another process, or by this call's earlier try whose reply was lost.
-            return tries > 1 and jobs.find_one({"_id": dependent["_id"], "released_by": mark}, {"_id": 1}) is not None
+        A transient error leaves the job to the next try (the sweep). A write
+        or an encoding the server or the driver refused for good would come
+        back at every try, so the job is failed with it. Any other error is
+        this library's, not the job's: logged, and the job left blocked.
+        """
+        try:
+            return self.try_release(dependent) if states is None else self.try_release(dependent, states=states)
+        except Exception as exc:
+            extra = job_log_extra(dependent)
+            if is_transient(exc):
+                log.warning("job %s: release not tried, left to the sweep: %s", dependent.get("_id"), exc, extra=extra)
+                return None
+            if not isinstance(exc, (PyMongoError, BSONError)):
+                log.exception("job %s: its release failed; left blocked", dependent.get("_id"), extra=extra)
+                return None
+            log.exception("job %s: its release was refused; failing the job", dependent.get("_id"), extra=extra)
+            try:
+                return self._release.quarantine(dependent, [f"its release was refused: {short_error(exc)}"])
+            except Exception:
+                log.exception("job %s: could not fail it after its release failed", dependent.get("_id"), extra=extra)
+                return None
 
-        if not store.retry(call, "release_dependent"):
-            return None
-        extra = job_log_extra(dependent)
-        if failing:
-            store.log.info("job %s cancelled: %s", dependent["_id"], fields["last_error"]["message"], extra=extra)
-            store.finals.notify([FinalJob(dependent["_id"], CANCELLED, {**dependent, "status": CANCELLED})])
-        else:
-            store.log.debug("job %s released: its dependencies ended", dependent["_id"], extra=extra)
-            if self.on_release is not None:
-                self.on_release()
+    def try_release(
+        self, dependent: Mapping[str, Any], states: Optional[Mapping[Any, Mapping[str, Any]]] = None
+    ) -> Optional[str]:
+        """Decide ``dependent`` if its fate is known (:meth:`.Release.judge`): its new status, else None."""
+        target = self._release.judge(dependent, states)
+        if target == PENDING and self.on_release is not None:
+            self.on_release()
         return target
+
+    def recheck(self, ids: Sequence[ObjectId]) -> None:
+        """Try to release these jobs if blocked (a retried dependent whose dependencies may all have ended)."""
+        jobs = self._store.collection
+        found = self._store.retry(
+            lambda: list(jobs.find({"_id": {"$in": list(ids)}, "status": BLOCKED}, self._projection())), "recheck"
+        )
+        if found:
+            self.in_use = True
+        for doc in found:
+            self._try_guarded(doc)
 
     # -- sweep and reads ----------------------------------------------------
 
     def sweep(self, now: object = None) -> int:
-        """One bounded step over the blocked jobs (``_id`` order, from where the last stopped); how many it released."""
-        query: dict[str, Any] = {"status": BLOCKED}
-        if self._cursor is not None:
-            query["_id"] = {"$gt": self._cursor}
+        """Re-check blocked jobs in ``_id`` order from where the last step stopped, for up to ``SWEEP_BUDGET_S``.
+
+        Batch by batch: each batch's dependencies are read in one query, so a
+        job whose dependencies all still run costs no read of its own, and one
+        step covers thousands of blocked jobs. Returns how many it decided.
+        """
         jobs = self._store.collection
         projection = self._projection()
-        batch = self._store.retry(
-            lambda: list(
-                jobs.find(query, projection).sort("_id", 1).limit(SWEEP_BATCH).max_time_ms(MAINTENANCE_MAX_TIME_MS)
-            ),
-            "sweep_blocked",
-        )
-        self._cursor = batch[-1]["_id"] if len(batch) == SWEEP_BATCH else None
-        if batch:
-            self.in_use = True
-        return sum(1 for doc in batch if self.try_release(doc) is not None)
+        deadline = time.monotonic() + SWEEP_BUDGET_S
+        decided = 0
+        while True:
+            query: dict[str, Any] = {"status": BLOCKED}
+            if self._cursor is not None:
+                query["_id"] = {"$gt": self._cursor}
+            batch = self._store.retry(
+                lambda q=query: list(  # type: ignore[misc]
+                    jobs.find(q, projection).sort("_id", 1).limit(SWEEP_BATCH).max_time_ms(MAINTENANCE_MAX_TIME_MS)
+                ),
+                "sweep_blocked",
+            )
+            self._cursor = batch[-1]["_id"] if len(batch) == SWEEP_BATCH else None
+            if batch:
+                self.in_use = True
+            ids = {i for d in batch if isinstance(d.get("depends_on"), list) for i in d["depends_on"]}
+            states = self._release.states([i for i in ids if isinstance(i, ObjectId)])
+            decided += sum(1 for doc in batch if self._try_guarded(doc, states) is not None)
+            if self._cursor is None or time.monotonic() >= deadline:
+                return decided
 
     def held(self) -> list[ObjectId]:
         """The ended or running jobs that blocked jobs still need (their outcome not copied yet): purge keeps them."""
@@ -314,23 +309,3 @@ class Dependencies:
             status = now.get(i) or (copied.get(str(i)) or {}).get("status") or "deleted"
             rows.append((i, str(policies.get(str(i), "cancel")), str(status)))
         return rows
-
-
-def _outcome(doc: Mapping[str, Any]) -> dict[str, Any]:
-    """What a dependent keeps of an ended dependency: its status, a bounded result, or its error's message."""
-    status = str(doc.get("status"))
-    outcome: dict[str, Any] = {"status": status}
-    if status == COMPLETED:
-        if "result" in doc:
-            size = len(bson.encode({"result": doc["result"]}))
-            if size <= MAX_DEPENDENCY_RESULT_BYTES:
-                outcome["result"] = doc["result"]
-            else:
-                outcome["result_error"] = f"not copied: {size} bytes exceed {MAX_DEPENDENCY_RESULT_BYTES}"
-        if doc.get("result_error"):
-            outcome["result_error"] = truncate(str(doc["result_error"]), _MAX_MESSAGE)
-    else:
-        error = doc.get("last_error") or {}
-        if error:
-            outcome["error"] = f"{error.get('type', '?')}: {truncate(str(error.get('message', '')), _MAX_MESSAGE)}"
-    return outcome

@@ -104,7 +104,7 @@ def acceptable_scatter(filt: Mapping[str, Any], projection: Mapping[str, Any] | 
         return "the change stream: opened on every shard, as a change stream on mongos always is"
     if filt.get("status") == "processing" and "lease_expires_at" in filt and "_id" not in filt:
         return "the expired-lease sweep: maintenance, a few per minute per worker"
-    malformed = filt.get("status") == "pending" and "$or" in filt and "queue" not in filt
+    malformed = filt.get("status") in ("pending", "blocked") and "$or" in filt and "queue" not in filt
     if malformed or (isinstance(filt.get("status"), Mapping) and "$nin" in filt["status"]):
         return "the hygiene sweep for malformed documents: maintenance"
     if filt.get("status") == "blocked" and set(filt) <= {"status", "_id", "depends_on"}:

@@ -12,6 +12,7 @@ import pytest
 from helpers import holds_for, wait_until
 from prometheus_client import CollectorRegistry
 from pymongo import MongoClient
+from pymongo.collection import Collection
 from pymongo.errors import OperationFailure
 
 from mongo_job_queue import FailJob, InvalidJobError, chain, chord, cli, group
@@ -27,6 +28,11 @@ NO_SWEEP = {"dependency_sweep_interval_ms": 3_600_000}
 def status_of(queue: Any, job: Any) -> str:
     doc = queue.store.admin.get(job.id)
     return "missing" if doc is None else str(doc["status"])
+
+
+def bare(outcome: dict[str, Any]) -> dict[str, Any]:
+    """A copied outcome without the ``finished_at`` that tells which end of its dependency it was."""
+    return {k: v for k, v in outcome.items() if k != "finished_at"}
 
 
 def ended(queue: Any, *jobs: Any) -> bool:
@@ -126,10 +132,10 @@ def test_two_dependencies_ending_at_once_on_two_workers_release_the_dependent_on
     def gated(deps: Dependencies) -> None:
         real = deps.try_release
 
-        def try_release(dependent: Any) -> Any:
+        def try_release(dependent: Any, **kwargs: Any) -> Any:
             if getattr(listening, "on", False):  # a final write's listener, not a sweep or the check after insert
                 releasing.wait()  # both final writes' listeners try at the same moment
-            got = real(dependent)
+            got = real(dependent, **kwargs)
             if got is not None:
                 with lock:
                     released[str(dependent["_id"])] += 1
@@ -276,7 +282,8 @@ def test_an_ended_dependency_may_be_purged_once_its_outcome_is_copied(make_queue
 
         def copied() -> Any:
             stored = queue.store.admin.get(dependent.id) or {}
-            return started.is_set() and (stored.get("dependency_outcomes") or {}).get(str(quick.id))
+            outcome = (stored.get("dependency_outcomes") or {}).get(str(quick.id))
+            return started.is_set() and outcome and bare(outcome)
 
         # The quick one's final write copied its outcome into the waiting dependent.
         assert wait_until(copied, timeout=30, what="quick ended") == {"status": "completed", "result": {"kept": True}}
@@ -301,7 +308,9 @@ def test_purge_keeps_an_ended_dependency_whose_outcome_no_dependent_copied_yet(m
     assert queue.purge(0) == 1
     stored = queue.store.admin.get(dependent.id)
     assert stored is not None and stored["status"] == "blocked"
-    assert stored["dependency_outcomes"] == {str(dependency.id): {"status": "completed", "result": 7}}
+    assert {k: bare(o) for k, o in stored["dependency_outcomes"].items()} == {
+        str(dependency.id): {"status": "completed", "result": 7}
+    }
 
 
 def test_the_ttl_index_path_loses_nothing_the_dependent_needs(make_queue) -> None:
@@ -314,8 +323,8 @@ def test_the_ttl_index_path_loses_nothing_the_dependent_needs(make_queue) -> Non
     assert queue.drain() == 1
     # The TTL monitor may remove the dependency now: its outcome is already in the dependent.
     stored = queue.store.admin.get(dependent.id)
-    assert stored is not None and stored["dependency_outcomes"][str(dependency.id)] == {"status": "completed",
-                                                                                       "result": {"v": 1}}  # fmt: skip
+    assert stored is not None
+    assert bare(stored["dependency_outcomes"][str(dependency.id)]) == {"status": "completed", "result": {"v": 1}}
     queue.store.collection.delete_one({"_id": dependency.id})  # as the TTL monitor would
     queue.store.collection.update_one({"_id": other.id}, {"$set": {"run_at": queue.store.now()}})
     assert queue.drain() == 2  # the other dependency, then the released dependent
@@ -365,3 +374,181 @@ def test_a_graph_is_inserted_all_or_nothing(make_queue, monkeypatch, transaction
     with pytest.raises(InvalidJobError, match="nothing written" if transactions else "removed again"):
         queue.enqueue_graph(graph)
     assert [d["_id"] for d in queue.store.collection.find({})] == [taken.id]
+
+
+def test_a_damaged_blocked_job_is_failed_and_never_holds_up_its_siblings(make_queue, caplog) -> None:
+    queue = make_queue(**NO_SWEEP)
+    queue.register_handler("ok", lambda job: 1)
+    upstream = queue.enqueue("ok", {})
+    damaged = queue.enqueue("ok", {}, depends_on=[upstream])
+    siblings = [queue.enqueue("ok", {}, depends_on=[upstream]) for _ in range(3)]
+    queue.store.collection.update_one({"_id": damaged.id}, {"$set": {"dependency_outcomes": 5}})  # a hand edit
+    queue.drain()  # the upstream's final write tries every dependent: the damaged one is failed, not raised
+    assert [status_of(queue, s) for s in siblings] == ["completed"] * 3
+    stored = queue.store.admin.get(damaged.id)
+    assert stored is not None and stored["status"] == "failed"
+    assert stored["last_error"]["type"] == "mongo_job_queue.errors.MalformedJob"
+    assert "dependency_outcomes" in stored["last_error"]["message"]
+    # A release the server refuses (not transient) fails that job alone; the sweep goes on past it.
+    other = queue.enqueue("ok", {}, delay_ms=3_600_000)
+    refused, fine = (queue.enqueue("ok", {}, depends_on=[(other, "ignore")]) for _ in range(2))
+    real = queue.store.dependencies.try_release
+
+    def try_release(doc: Any, **kwargs: Any) -> Any:
+        if doc["_id"] == refused.id:
+            raise OperationFailure("refused", code=2)
+        return real(doc, **kwargs)
+
+    queue.store.dependencies.try_release = try_release  # type: ignore[method-assign]
+    queue.store.collection.update_one({"_id": other.id}, {"$set": {"status": "cancelled"}})
+    assert queue.store.dependencies.sweep() == 2  # the refused one failed, the other released
+    assert (status_of(queue, refused), status_of(queue, fine)) == ("failed", "pending")
+
+
+def test_the_hygiene_sweep_fails_a_blocked_job_with_damaged_dependency_fields(make_queue) -> None:
+    from mongo_job_queue.worker.maintenance import Hygiene, Quarantiner
+
+    queue = make_queue(**NO_SWEEP)
+    upstream = queue.enqueue("ok", {}, delay_ms=3_600_000)
+    damaged = [queue.enqueue("ok", {}, depends_on=[upstream]) for _ in range(3)]
+    healthy = queue.enqueue("ok", {}, depends_on=[upstream])
+    for job, edit in zip(
+        damaged, ({"depends_on": "x"}, {"dependency_policies": 1}, {"dependency_outcomes": []}), strict=True
+    ):
+        queue.store.collection.update_one({"_id": job.id}, {"$set": edit})
+    assert Hygiene(queue.store, Quarantiner(queue.store, queue.hooks)).run_once() == 3
+    assert [status_of(queue, j) for j in damaged] == ["failed"] * 3 and status_of(queue, healthy) == "blocked"
+
+
+def test_a_release_too_large_for_the_dependent_drops_the_results_and_releases_it(make_queue) -> None:
+    queue = make_queue(**NO_SWEEP)
+    queue.register_handler("big", lambda job: "x" * (60 * 1024))
+    queue.register_handler("after", lambda job: (job.dependency_statuses(), job.dependency_results()))
+    upstream = [queue.enqueue("big", {}) for _ in range(30)]
+    dependent = queue.enqueue("after", {"blob": "y" * 15_000_000}, depends_on=upstream)
+    assert queue.drain() == 31  # 30 x 60 KiB copied into a 15 MB job: more than 16 MiB
+    stored = queue.store.admin.get(dependent.id)
+    assert stored is not None and stored["status"] == "completed"
+    assert "do not fit" in stored["dependency_results_error"]
+    statuses, results = stored["result"]
+    assert set(statuses.values()) == {"completed"} and len(statuses) == 30 and results == {}
+
+
+def test_a_dependency_retried_after_failing_is_judged_by_how_it_ends_again(make_queue) -> None:
+    queue = make_queue(**NO_SWEEP)
+    tries = Counter[str]()
+
+    def flaky(job: Any) -> str:
+        tries["a"] += 1
+        if tries["a"] == 1:
+            raise FailJob("first time")
+        return "a-ok"
+
+    queue.register_handler("a", flaky)
+    queue.register_handler("ok", lambda job: 1)
+    queue.register_handler("after", lambda job: (job.dependency_statuses(), job.dependency_results()))
+    a, b = queue.enqueue("a", {}), queue.enqueue("ok", {}, delay_ms=3_600_000)
+    dependent = queue.enqueue("after", {}, depends_on=[a, b], on_dependency_failure="continue_with_results")
+    assert queue.drain() == 1 and status_of(queue, a) == "failed"  # its outcome copied into the dependent
+    assert queue.retry_job(a.id)
+    queue.store.dependencies.sweep()  # the retried dependency runs again: the dependent waits for it
+    assert status_of(queue, dependent) == "blocked"
+    assert queue.drain() == 1 and status_of(queue, a) == "completed"
+    queue.store.collection.update_one({"_id": b.id}, {"$set": {"run_at": queue.store.now()}})
+    assert queue.drain() == 2
+    stored = queue.store.admin.get(dependent.id)
+    assert stored is not None and stored["status"] == "completed"
+    assert stored["result"] == [{str(a.id): "completed", str(b.id): "completed"}, {str(a.id): "a-ok", str(b.id): 1}]
+
+
+def test_a_dependency_failing_under_cancel_cancels_at_once_without_waiting_for_the_others(make_queue) -> None:
+    queue = make_queue(**NO_SWEEP)
+    queue.register_handler("bad", lambda job: (_ for _ in ()).throw(FailJob("no")))
+    a, b = queue.enqueue("bad", {}), queue.enqueue("ok", {}, delay_ms=3_600_000)
+    dependent = queue.enqueue("ok", {}, depends_on=[a, b])
+    after = queue.enqueue("ok", {}, depends_on=[dependent])
+    assert queue.drain() == 1
+    stored = queue.store.admin.get(dependent.id)
+    assert stored is not None and stored["status"] == "cancelled" and str(a.id) in stored["last_error"]["message"]
+    assert status_of(queue, after) == "cancelled"  # the cascade, as before
+    assert status_of(queue, b) == "pending"
+
+
+@pytest.mark.parametrize("bulk", [False, True])
+def test_a_retried_dependent_waits_again_for_its_dependencies(make_queue, bulk) -> None:
+    queue = make_queue(**NO_SWEEP)
+    ran: list[dict[str, str]] = []
+    queue.register_handler("after", lambda job: ran.append(job.dependency_statuses()))
+    queue.register_handler("ok", lambda job: 1)
+    upstream = queue.enqueue("ok", {}, delay_ms=3_600_000)
+    dependent = queue.enqueue("after", {}, depends_on=[upstream])
+    plain = queue.enqueue("ok", {}, delay_ms=3_600_000)
+    assert queue.cancel_job(dependent.id) and queue.cancel_job(plain.id)
+    if bulk:
+        assert queue.store.admin.retry_jobs([dependent.id, plain.id]) == 2
+    else:
+        assert queue.retry_job(dependent.id) and queue.retry_job(plain.id)
+    assert (status_of(queue, dependent), status_of(queue, plain)) == ("blocked", "pending")
+    assert queue.drain() == 1 and not ran  # the plain job only: the dependent waits for its dependency
+    queue.store.collection.update_one({"_id": upstream.id}, {"$set": {"run_at": queue.store.now()}})
+    assert queue.drain() == 2 and ran == [{str(upstream.id): "completed"}]
+    # Retried once its dependencies all ended, the re-check after the retry releases it at once.
+    assert queue.cancel_job(upstream.id) is False  # completed: nothing to cancel
+    queue.store.collection.update_one({"_id": dependent.id}, {"$set": {"status": "failed"}})
+    assert queue.retry_job(dependent.id) and status_of(queue, dependent) == "pending"
+
+
+def test_a_graph_inserted_without_a_transaction_runs_nothing_when_a_job_is_refused(make_queue, monkeypatch) -> None:
+    queue = make_queue(**NO_SWEEP)
+    ran: list[str] = []
+    queue.register_handler("ok", lambda job: ran.append(job.data["n"]))
+    queue.store.collection.create_index("organization", unique=True, sparse=True)
+    queue.enqueue("ok", {"n": "taken"}, organization="taken", delay_ms=3_600_000)
+
+    def no_sessions(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise OperationFailure("Transaction numbers are only allowed on a replica set member or mongos", code=20)
+
+    monkeypatch.setattr(MongoClient, "start_session", no_sessions)
+    real = Collection.delete_many
+
+    def delete_many(self: Any, filt: Any, *args: Any, **kwargs: Any) -> Any:
+        queue.drain()  # a worker elsewhere claims between the refused insert and its undoing
+        return real(self, filt, *args, **kwargs)
+
+    monkeypatch.setattr(Collection, "delete_many", delete_many)
+    root, refused = queue.job("ok", {"n": "root"}), queue.job("ok", {"n": "refused"}, organization="taken")
+    with pytest.raises(InvalidJobError, match="removed again"):
+        queue.enqueue_graph(chain(group(refused, root), queue.job("ok", {"n": "tail"})))
+    assert ran == [] and status_of(queue, root) == "missing"
+    monkeypatch.undo()
+    # Accepted, the roots run and the rest waits for them, as with a transaction.
+    monkeypatch.setattr(MongoClient, "start_session", no_sessions)
+    first, second = queue.job("ok", {"n": "first"}), queue.job("ok", {"n": "second"})
+    queue.enqueue_graph(chain(first, second))
+    assert (status_of(queue, first), status_of(queue, second)) == ("pending", "blocked")
+    assert "depends_on" not in (queue.store.admin.get(first.id) or {})
+    assert queue.drain() == 2 and ran == ["first", "second"]
+
+
+def test_one_sweep_step_reaches_a_lost_notice_behind_hundreds_of_blocked_jobs(make_queue, monkeypatch) -> None:
+    queue = make_queue(**NO_SWEEP)
+    queue.register_handler("ok", lambda job: 1)
+    running = queue.enqueue("ok", {}, delay_ms=3_600_000)
+    queue.enqueue_many([{"job_type": "ok", "data": {}, "depends_on": [running]} for _ in range(250)])
+    upstream = queue.enqueue("ok", {})
+    lost = queue.enqueue("ok", {}, depends_on=[upstream])  # last in _id order, behind 250 blocked jobs
+    monkeypatch.setattr(queue.store.dependencies, "_release_dependents_of", lambda ended: None)  # notice lost
+    assert queue.drain() == 1 and status_of(queue, lost) == "blocked"
+    monkeypatch.undo()
+    reads = Counter[str]()
+    real_find = Collection.find
+
+    def find(self: Any, *args: Any, **kwargs: Any) -> Any:
+        reads["find"] += 1
+        return real_find(self, *args, **kwargs)
+
+    monkeypatch.setattr(Collection, "find", find)
+    decided, finds = queue.store.dependencies.sweep(), reads["find"]
+    assert decided == 1 and status_of(queue, lost) == "pending"
+    # Three batches, each one read of its jobs and one of their dependencies (none per waiting job), one copy.
+    assert finds <= 7, finds

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ from bson import ObjectId
 from conftest import raw_docs
 
 from mongo_job_queue import InvalidJobError, WorkflowError, chain, chord, group
+from mongo_job_queue.validation import dependency_problems, stored_job_problems
 from mongo_job_queue.workflows import MAX_DEPENDENCIES, encode_dependencies, job, plan
 
 
@@ -123,3 +125,19 @@ def test_eager_mode_runs_a_graph_in_dependency_order(queue: Any) -> None:
     jobs = queue.enqueue_graph(chain(a, b, c))
     assert order == ["a", "b", "c"] and [j.status for j in jobs] == ["completed"] * 3
     assert jobs[0].dependency_results() == {str(b.id): "b"}
+
+
+def test_damaged_dependency_fields_are_stored_job_problems() -> None:
+    job = {"status": "blocked", "type": "t", "queue": "q", "run_at": datetime(2026, 1, 1), "max_retries": 0}
+    good = {**job, "depends_on": [ObjectId()], "dependency_policies": {}, "dependency_outcomes": {}}
+    assert stored_job_problems(good) == [] and dependency_problems({**job, "depends_on": []}) == []
+    for damage, field in (
+        ({"depends_on": None}, "depends_on"),
+        ({"depends_on": ["not an id"]}, "depends_on"),
+        ({"dependency_policies": 1}, "dependency_policies"),
+        ({"dependency_outcomes": 5}, "dependency_outcomes"),
+        ({"dependency_outcomes": {"x": "completed"}}, "dependency_outcomes"),
+    ):
+        problems = stored_job_problems({**good, **damage})
+        assert len(problems) == 1 and field in problems[0], (damage, problems)
+    assert dependency_problems({**job, "status": "pending"}) == []  # only a blocked job must have depends_on
