@@ -19,7 +19,7 @@ from ..errors import BatchSealedError, InvalidBatchError, InvalidJobError
 from ..model import BaseJob
 from ..status import FAILED
 from ..store import JobStore
-from ..store.batches import FINISHED_STATE, OPEN, SEALED, unfinished
+from ..store.batches import FINISHED_STATE, OPEN, unfinished
 from ..validation import check_nested
 from .tracker import EVENTS, BatchTracker
 
@@ -125,7 +125,7 @@ class Batches(Generic[J]):
                 self._builder.build({"job_type": "batch"}, extra, now)
             except InvalidJobError as exc:
                 raise InvalidBatchError(f"batch fields: {exc}") from exc
-        doc = {"_id": batch_id, "state": OPEN, "callbacks": stored, "extra": dict(extra), "fired": []}
+        doc = {"_id": batch_id, "state": OPEN, "gen": 0, "callbacks": stored, "extra": dict(extra), "fired": []}
         doc.update(created_at=now, updated_at=now)
         self._store.batches.create(doc)
         return batch_id
@@ -203,10 +203,11 @@ class Batches(Generic[J]):
     def retry(self, batch_id: Any) -> int:
         """Queue the batch's failed jobs again; a finished batch goes back to sealed. How many were queued.
 
-        The jobs are queued first and the batch reopened second: a check in
-        between finds the batch still finished and does nothing, and the
-        check after the reopening (or the reconciler's) finishes it again.
-        Callbacks already fired never fire again.
+        The jobs are queued first, then the batch's ``gen`` is incremented
+        (and a finished batch goes back to sealed): a check that counted
+        before the jobs were queued cannot finish the batch, its finish
+        asks for the ``gen`` it read. The check after (or the reconciler's)
+        finishes it again. Callbacks already fired never fire again.
         """
         oid = batch_object_id(batch_id)
         doc = self._store.batches.get(oid)
@@ -214,7 +215,7 @@ class Batches(Generic[J]):
             raise InvalidBatchError(f"no batch {oid}")
         ids = self._store.batches.job_ids(oid, [FAILED])
         retried = self._store.admin.retry_jobs(ids, matching={"batch_id": oid}) if ids else 0
-        if retried and doc.get("state") in (SEALED, FINISHED_STATE):
+        if retried:
             self._store.batches.reopen(oid)
         self.tracker.check_logged(oid)
         return retried

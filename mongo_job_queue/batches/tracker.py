@@ -7,7 +7,9 @@ and fire what the counts call for:
 * ``failure`` as soon as one job is ``failed``;
 * once the batch is sealed and no job is unfinished, ``success`` (when
   every counted job is ``completed``) and ``complete``, then the batch is
-  marked ``finished`` (``$set`` only from ``sealed``).
+  marked ``finished`` (``$set`` only from ``sealed`` and the ``gen`` read
+  before counting: a ``retry_batch`` in between increments it, so counts
+  taken before the retry cannot finish the batch after it).
 
 Firing an event is three writes, in this order, each idempotent:
 
@@ -170,7 +172,7 @@ class BatchTracker:
         for event in due:
             if event in callbacks and event not in fired:
                 self.fire(doc, event)
-        if done and self._store.batches.finish(batch_id):
+        if done and self._store.batches.finish(batch_id, doc.get("gen")):
             self.log.info("batch %s finished: %s", batch_id, counts, extra={"batch_id": str(batch_id)})
         return counts
 

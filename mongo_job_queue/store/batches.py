@@ -154,13 +154,18 @@ class BatchDocs:
             "mark_batch_fired",
         )
 
-    def finish(self, batch_id: ObjectId) -> bool:
-        """Mark a sealed batch finished; False if it was not sealed (finished by another process, or open)."""
+    def finish(self, batch_id: ObjectId, gen: Optional[int]) -> bool:
+        """Mark a sealed batch finished; False if it was not sealed, or retried since ``gen`` was read.
+
+        ``gen`` is the batch's ``gen`` read before its jobs were counted: a
+        retry requeues its jobs before it increments ``gen``, so counts
+        taken before a retry cannot finish the batch after it.
+        """
         now = self._store.now()
         return self._store.retry(
             lambda: (
                 self.collection.update_one(
-                    {"_id": batch_id, "state": SEALED},
+                    {"_id": batch_id, "state": SEALED, "gen": gen},
                     {"$set": {"state": FINISHED_STATE, "finished_at": now, "updated_at": now}},
                 ).modified_count
                 == 1
@@ -169,13 +174,17 @@ class BatchDocs:
         )
 
     def reopen(self, batch_id: ObjectId) -> bool:
-        """Take a finished batch back to sealed (its jobs were retried); fired callbacks stay fired."""
+        """After a retry queued a sealed or finished batch's jobs: a new ``gen``, and finished goes back to sealed.
+
+        Fired callbacks stay fired. A retried call increments ``gen`` twice:
+        harmless, any check that read the old one counts again.
+        """
         now = self._store.now()
         return self._store.retry(
             lambda: (
                 self.collection.update_one(
-                    {"_id": batch_id, "state": FINISHED_STATE},
-                    {"$set": {"state": SEALED, "updated_at": now}, "$unset": {"finished_at": ""}},
+                    {"_id": batch_id, "state": {"$in": [SEALED, FINISHED_STATE]}},
+                    {"$inc": {"gen": 1}, "$set": {"state": SEALED, "updated_at": now}, "$unset": {"finished_at": ""}},
                 ).modified_count
                 == 1
             ),

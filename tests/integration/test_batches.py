@@ -151,6 +151,41 @@ def test_retry_batch_reopens_it_and_never_fires_a_callback_twice(make_queue, raw
     assert queue.retry_batch(batch.id) == 0
 
 
+def test_a_retry_between_a_checks_counts_and_its_finish_still_fires_success(make_queue, raw_db) -> None:
+    """A check counts 'all final', retry_batch requeues the failed job, then the check's finish lands.
+
+    Before the batch's ``gen`` the finish landed: the batch was finished with a pending job, and
+    on_success never fired when that job completed.
+    """
+    worker, operator = make_queue(), make_queue()
+    broken = threading.Event()
+    broken.set()
+
+    def flaky(job) -> None:
+        if broken.is_set():
+            raise RuntimeError("down")
+
+    for queue in (worker, operator):
+        queue.register_handler("T", flaky)
+    with worker.batch(**CALLBACKS) as batch:
+        batch.enqueue("T", max_retries=0)
+    real_finish = worker.store.batches.finish
+
+    def retried_meanwhile(*args: Any) -> bool:
+        broken.clear()
+        assert operator.retry_batch(batch.id) == 1  # another process, between the counts and the finish
+        return real_finish(*args)
+
+    worker.store.batches.finish = retried_meanwhile  # type: ignore[method-assign]
+    worker.run_once()
+    worker.store.batches.finish = real_finish  # type: ignore[method-assign]
+    assert worker.get_batch(batch.id).state == "sealed"
+    operator.run_once()
+    info = operator.get_batch(batch.id)
+    assert info.finished and info.counts == {"completed": 1}
+    assert info.fired == ("failure", "success", "complete")
+
+
 def test_the_last_two_jobs_finishing_at_once_on_two_workers_fire_one_complete(make_queue, raw_db) -> None:
     """50 rounds: two workers end a batch's two jobs together, so both see it done and both fire."""
     gate = threading.Barrier(2, timeout=30)
