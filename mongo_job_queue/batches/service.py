@@ -133,9 +133,11 @@ class Batches(Generic[J]):
     def add(self, batch_id: ObjectId, jobs: Iterable[Mapping[str, Any]], extra: Mapping[str, Any]) -> list[J]:
         """Insert jobs into an open batch (``jobs`` as ``enqueue_many`` takes them), ``extra`` under their own fields.
 
-        The batch is read before the insert and again after it: a batch
-        sealed in between (by another process) gets no job, the ones just
-        inserted are taken out again while no worker claimed them.
+        The batch is read before the insert and again after it, the jobs
+        inserted unclaimable in between (``run_at`` far ahead, their own in
+        ``batch_staged_run_at``): if the batch is still open they are
+        released in one update, if another process sealed it meanwhile they
+        are deleted (no worker can have run one) and the batch checked.
 
         Raises:
             BatchSealedError: the batch is no longer open; nothing was added.
@@ -147,13 +149,18 @@ class Batches(Generic[J]):
             if isinstance(spec, Mapping) and ("unique_key" in spec or "unique_for_ms" in spec):
                 raise InvalidJobError(f"jobs[{index}]: a batch's jobs take no unique_key")
             specs.append({**extra, **spec} if isinstance(spec, Mapping) else spec)
-        added = self._enqueuer.enqueue_many(specs, managed={"batch_id": batch_id})
-        try:
-            self._open(batch_id)
-        except BatchSealedError:
-            self._store.batches.remove_unclaimed([job.id for job in added])
-            raise
-        return added
+
+        def confirm(docs: list[dict[str, Any]]) -> None:
+            ids = [doc["_id"] for doc in docs]
+            try:
+                self._open(batch_id)
+            except BatchSealedError:
+                self._store.batches.remove_staged(ids)
+                self.tracker.check_logged(batch_id)
+                raise
+            self._store.batches.release_staged(ids)
+
+        return self._enqueuer.enqueue_many(specs, managed={"batch_id": batch_id}, confirm=confirm)
 
     def _open(self, batch_id: ObjectId) -> None:
         doc = self._store.batches.get(batch_id)

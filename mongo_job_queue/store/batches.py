@@ -23,7 +23,7 @@ from pymongo import ASCENDING, ReturnDocument
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
-from ..status import FINISHED, PENDING
+from ..status import FINISHED
 from .handle import MAINTENANCE_MAX_TIME_MS, JobStore
 from .index_once import IndexOnce
 
@@ -114,10 +114,19 @@ class BatchDocs:
             lambda: [d["_id"] for d in self._store.collection.find(filt, {"_id": 1})], "batch_job_ids"
         )
 
-    def remove_unclaimed(self, job_ids: Sequence[ObjectId]) -> int:
-        """Delete these jobs while no worker has claimed them (a batch sealed while they were added)."""
-        filt = {"_id": {"$in": list(job_ids)}, "status": PENDING, "attempts": 0}
-        return self._store.retry(lambda: self._store.collection.delete_many(filt).deleted_count, "remove_unclaimed")
+    def release_staged(self, job_ids: Sequence[ObjectId]) -> None:
+        """Make a batch add's staged jobs claimable: their own ``run_at`` back, in one update."""
+        filt = {"_id": {"$in": list(job_ids)}, "batch_staged_run_at": {"$exists": True}}
+        update: list[dict[str, Any]] = [
+            {"$set": {"run_at": "$batch_staged_run_at"}},
+            {"$project": {"batch_staged_run_at": 0}},
+        ]
+        self._store.retry(lambda: self._store.collection.update_many(filt, update), "release_staged")
+
+    def remove_staged(self, job_ids: Sequence[ObjectId]) -> int:
+        """Delete a batch add's staged jobs (the batch was sealed meanwhile): none can have run."""
+        filt = {"_id": {"$in": list(job_ids)}, "batch_staged_run_at": {"$exists": True}}
+        return self._store.retry(lambda: self._store.collection.delete_many(filt).deleted_count, "remove_staged")
 
     def begin_firing(self, batch_id: ObjectId, event: str) -> tuple[bool, Optional[datetime]]:
         """Record that ``event``'s callback is being inserted; ``(go, first)``.

@@ -368,6 +368,29 @@ def test_a_batch_sealed_while_jobs_are_added_takes_them_out_again(make_queue, ra
     assert raw_db.jobs.count_documents({"batch_id": batch.id}) == 0
 
 
+def test_a_batch_sealed_and_worked_between_insert_and_recheck_runs_none_of_the_refused_jobs(make_queue, raw_db) -> None:
+    """Before staging, a worker claimed a just-inserted job before the re-read found the batch sealed."""
+    adder, other = make_queue(), make_queue()
+    ran: list[int] = []
+    for queue in (adder, other):
+        queue.register_handler("T", lambda job: ran.append(job.data["i"]))
+    batch = adder.batch(on_complete=("DONE", None))
+
+    class SealAndWorkMeanwhile(Middleware):
+        def after_enqueue(self, queue_, doc) -> None:
+            if doc.get("batch_id") == batch.id and raw_db.jobs_batches.find_one({"state": "open"}):
+                other.store.batches.seal(batch.id)  # another process seals the batch...
+                other.run_once()  # ...and its worker claims at once
+
+    adder.add_middleware(SealAndWorkMeanwhile())
+    with pytest.raises(BatchSealedError):
+        batch.enqueue_many([{"job_type": "T", "data": {"i": i}} for i in range(2)])
+    assert ran == [] and raw_db.jobs.count_documents({"batch_id": batch.id}) == 0
+    info = adder.get_batch(batch.id)  # checked after the removal: an empty sealed batch finishes
+    assert info.finished and info.total == 0 and info.fired == ("complete",)
+    assert callbacks_of(raw_db, batch.id) == [("complete", "DONE")]
+
+
 def test_bad_batch_ids_are_refused_and_unknown_ones_are_none(make_queue, raw_db) -> None:
     queue = make_queue()
     for bad in ("nope", 12, None, "0" * 23):
