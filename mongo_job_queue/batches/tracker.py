@@ -39,14 +39,15 @@ the reconciler, which every running worker calls every ``sweep_interval_ms`` (at
 from __future__ import annotations
 
 import logging
-import os
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Optional
 
 from bson import ObjectId
 
+from ..after_fork import renew_in_child
 from ..enqueue import EagerFlags, Enqueuer
 from ..status import COMPLETED, FAILED
 from ..store import JobStore
@@ -81,14 +82,20 @@ class BatchTracker:
         self._enqueuer = enqueuer
         self._flags = flags
         self.log = logger or log
-        self._pid = -1
         self._cond = threading.Condition()
         #: Batches to check, each with whether a job of it failed for good.
         self._pending: dict[ObjectId, bool] = {}
+        #: The checker thread is checking a batch it took off ``_pending``.
+        self._checking = False
         self._thread: Optional[threading.Thread] = None
         #: Test hook: called with (batch id, event) between the firing mark and the callback's insert.
         self.before_insert: Optional[Callable[[ObjectId, str], None]] = None
-        store.finals.add(self.on_final, fields=("batch_id",), sweep=self.run_once)
+        store.finals.add(self.on_final, fields=("batch_id",), sweep=self.run_once, close=self.close)
+        renew_in_child(self)
+
+    def _after_fork_in_child(self) -> None:
+        # A forked child has no checker thread, and the parent's lock may have been held at fork().
+        self._cond, self._pending, self._checking, self._thread = threading.Condition(), {}, False, None
 
     # -- the notice ---------------------------------------------------------
 
@@ -106,10 +113,6 @@ class BatchTracker:
             for batch_id, any_failed in failed.items():
                 self.check_logged(batch_id, failed=any_failed, full=False)
             return
-        if self._pid != os.getpid():
-            # A forked child: no checker thread, and the parent's lock may have been held at fork().
-            self._cond, self._pending, self._thread = threading.Condition(), {}, None
-            self._pid = os.getpid()
         with self._cond:
             self._start_checker()
             for batch_id, any_failed in failed.items():
@@ -133,7 +136,37 @@ class BatchTracker:
                     return
                 batch_id = next(iter(self._pending))
                 failed = self._pending.pop(batch_id)
+                self._checking = True
+            try:
+                self.check_logged(batch_id, failed=failed, full=False)
+            finally:
+                with self._cond:
+                    self._checking = False
+                    self._cond.notify_all()  # a close() waits for the checks queued before it
+
+    def close(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the checks queued so far (a worker's graceful stop); True if none is left.
+
+        A process that exits right after its worker's stop would otherwise
+        lose them to its daemon checker thread (the reconciler of another
+        worker would catch up, 30 s later at best). Checks whose thread died
+        are run here.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._pending or self._checking:
+                alive = self._thread is not None and self._thread.is_alive()
+                left = deadline - time.monotonic()
+                if not alive or left <= 0:
+                    break
+                self._cond.wait(min(left, 0.5))
+            orphans = {} if self._thread is not None and self._thread.is_alive() else dict(self._pending)
+            for batch_id in orphans:
+                del self._pending[batch_id]
+            idle = not self._pending and not self._checking
+        for batch_id, failed in orphans.items():
             self.check_logged(batch_id, failed=failed, full=False)
+        return idle or bool(orphans)
 
     # -- the check ----------------------------------------------------------
 

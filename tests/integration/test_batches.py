@@ -391,6 +391,28 @@ def test_a_batch_sealed_and_worked_between_insert_and_recheck_runs_none_of_the_r
     assert callbacks_of(raw_db, batch.id) == [("complete", "DONE")]
 
 
+def test_a_graceful_stop_waits_for_the_batch_checks_of_its_last_jobs(make_queue, raw_db) -> None:
+    """Before the stop drained the checker, stop() returned while its daemon thread still held the notice."""
+    queue = make_queue()
+    queue.register_handler("T", lambda job: None)
+    tracker = queue._batches.tracker
+    real_check = tracker.check
+    entered = threading.Event()
+
+    def slow_check(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        threading.Event().wait(1.5)  # a slow round trip to the batches collection
+        return real_check(*args, **kwargs)
+
+    with queue.batch(**CALLBACKS) as batch:
+        batch.enqueue("T")
+    tracker.check = slow_check  # type: ignore[method-assign]
+    queue.start_polling()
+    wait_until(entered.is_set, timeout=20, what="the batch check after the job's final write began")
+    queue.stop(timeout=10)
+    assert callbacks_of(raw_db, batch.id) == [("complete", "DONE"), ("success", "OK")]
+
+
 def test_bad_batch_ids_are_refused_and_unknown_ones_are_none(make_queue, raw_db) -> None:
     queue = make_queue()
     for bad in ("nope", 12, None, "0" * 23):
