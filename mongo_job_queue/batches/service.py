@@ -169,12 +169,13 @@ class Batches(Generic[J]):
         if doc.get("state") != OPEN:
             raise BatchSealedError(f"batch {batch_id} is {doc.get('state')}: no job can be added to it")
 
-    def seal(self, batch_id: ObjectId) -> None:
+    def seal(self, batch_id: Any) -> None:
         """Seal the batch, then check it: one with every job final (or none) finishes now.
 
         A check that fails after the seal landed is logged, not raised: the
         batch is sealed, and the reconciler finishes it.
         """
+        batch_id = batch_object_id(batch_id)
         if self._store.batches.seal(batch_id) is None:
             raise InvalidBatchError(f"no batch {batch_id}")
         self.tracker.check_logged(batch_id)

@@ -51,10 +51,10 @@ from ..after_fork import renew_in_child
 from ..enqueue import EagerFlags, Enqueuer
 from ..status import COMPLETED, FAILED
 from ..store import JobStore
-from ..store.batches import FINISHED_STATE, SEALED, unfinished
+from ..store.batches import FINISHED_STATE, OPEN, SEALED, unfinished
 from ..store.finals import FinalJob
 
-__all__ = ["EVENTS", "STALE_AFTER", "BatchTracker"]
+__all__ = ["EVENTS", "OPEN_STALE_AFTER", "STALE_AFTER", "BatchTracker"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,8 @@ log = logging.getLogger(__name__)
 EVENTS = ("failure", "success", "complete")
 #: The reconciler rechecks an unfinished batch no write touched for this long.
 STALE_AFTER = timedelta(seconds=30)
+#: ... and an open batch no write touched for this long (it cannot finish; its on_failure may fire).
+OPEN_STALE_AFTER = timedelta(minutes=10)
 #: At most this many batches per reconciler step.
 SWEEP_LIMIT = 100
 #: The checker thread ends after this long without a notice.
@@ -247,11 +249,18 @@ class BatchTracker:
     # -- the reconciler -----------------------------------------------------
 
     def run_once(self, now: Optional[datetime] = None) -> int:
-        """One reconciler step: recheck up to 100 unfinished batches untouched for 30 s; how many were checked."""
+        """One reconciler step: recheck up to 100 unfinished batches; how many were checked.
+
+        Sealed batches untouched for 30 s come first: only they can finish.
+        Open ones (only their ``on_failure`` can fire; an opener that died
+        leaves one open for ever, until ``queue.seal_batch``) are rechecked
+        when untouched for 10 min, in what room the sealed ones left.
+        """
         now = now if now is not None else self._store.now()
-        checked = 0
-        for batch_id in self._store.batches.stale(now - STALE_AFTER, SWEEP_LIMIT):
+        due = self._store.batches.stale(SEALED, now - STALE_AFTER, SWEEP_LIMIT)
+        if len(due) < SWEEP_LIMIT:
+            due += self._store.batches.stale(OPEN, now - OPEN_STALE_AFTER, SWEEP_LIMIT - len(due))
+        for batch_id in due:
             self._store.batches.touch(batch_id, now)
             self.check_logged(batch_id)
-            checked += 1
-        return checked
+        return len(due)

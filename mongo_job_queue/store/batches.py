@@ -209,9 +209,9 @@ class BatchDocs:
             "touch_batch",
         )
 
-    def stale(self, before: datetime, limit: int) -> list[ObjectId]:
-        """Up to ``limit`` unfinished batches untouched since ``before``, least recently touched first."""
-        filt = {"state": {"$in": [OPEN, SEALED]}, "updated_at": {"$lte": before}}
+    def stale(self, state: str, before: datetime, limit: int) -> list[ObjectId]:
+        """Up to ``limit`` batches in ``state`` untouched since ``before``, least recently touched first."""
+        filt = {"state": state, "updated_at": {"$lte": before}}
 
         def call() -> list[ObjectId]:
             found = self.collection.find(filt, {"_id": 1}, sort=[("updated_at", 1)], limit=limit)

@@ -242,6 +242,29 @@ def test_a_lost_notice_is_caught_by_the_reconciler_which_fires_once(make_queue, 
     assert callbacks_of(raw_db, batch.id) == [("complete", "DONE"), ("success", "OK")]
 
 
+def test_abandoned_open_batches_neither_delay_a_sealed_one_nor_stay_unfinishable(make_queue, raw_db) -> None:
+    """Before, one sweep took the 100 least recently touched unfinished batches, open ones included."""
+    queue = make_queue()
+    queue.register_handler("T", lambda job: None)
+    abandoned = []
+    for _ in range(101):  # openers killed inside `with queue.batch()`: open batches, their jobs done
+        batch = queue.batch(on_complete=("DONE", None))
+        batch.enqueue("T", delay_ms=60_000)
+        abandoned.append(batch.id)
+    queue.store.collection.update_many({"batch_id": {"$in": abandoned}}, {"$set": {"status": "completed"}})
+    with queue.batch(on_complete=("DONE", None)) as lost:  # a sealed one whose last notice was lost
+        lost.enqueue("T", delay_ms=60_000)
+    queue.store.collection.update_many({"batch_id": lost.id}, {"$set": {"status": "completed"}})
+    tracker = queue._batches.tracker
+    assert tracker.run_once(queue.store.now() + timedelta(minutes=1)) == 1  # the sealed one only
+    assert queue.get_batch(lost.id).finished
+    assert tracker.run_once(queue.store.now() + timedelta(minutes=11)) == 100  # open ones, rarely
+    assert queue.get_batch(abandoned[0]).state == "open"
+    queue.seal_batch(str(abandoned[0]))  # what an operator does (CLI: batches seal ID)
+    info = queue.get_batch(abandoned[0])
+    assert info.finished and info.fired == ("complete",)
+
+
 def test_a_running_worker_reconciles_on_its_maintenance_thread(make_queue, raw_db, monkeypatch) -> None:
     monkeypatch.setattr("mongo_job_queue.batches.tracker.STALE_AFTER", timedelta(0))
     broken = make_queue()
@@ -454,6 +477,9 @@ def test_batches_show_cancel_and_retry_from_the_command_line(make_queue, raw_db)
     shown = json.loads(out)
     assert shown["state"] == "finished" and shown["counts"] == {"cancelled": 2} and shown["fired"] == ["complete"]
     assert run("batches", "retry", str(batch.id))[1].strip() == "retried 0 failed job(s)"
+    left_open = queue.batch(on_complete=("DONE", {}))
+    assert run("batches", "seal", str(left_open.id))[:2] == (0, f"batch {left_open.id} finished\n")
+    assert run("batches", "seal", str(ObjectId()))[0] == 5
     code, _, err = run("batches", "show", "not-an-id")
     assert code == 2 and "batch id" in err
     code, _, err = run("batches", "show", str(ObjectId()))
