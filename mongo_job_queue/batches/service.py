@@ -106,6 +106,12 @@ class Batches(Generic[J]):
             check_nested(dict(extra), what="batch fields")
         except InvalidJobError as exc:
             raise InvalidBatchError(str(exc)) from exc
+        if extra:
+            # The fields checked against the model as a job's first: an error names them, not a callback.
+            try:
+                self._builder.build({"job_type": "batch"}, extra, now)
+            except InvalidJobError as exc:
+                raise InvalidBatchError(f"batch fields: {exc}") from exc
         stored: dict[str, Any] = {}
         for event in EVENTS:
             spec = _callback_spec(event, callbacks.get(event))
@@ -119,12 +125,6 @@ class Batches(Generic[J]):
             except InvalidJobError as exc:
                 raise InvalidBatchError(f"on_{event}: {exc}") from exc
             stored[event] = {"id": ObjectId(), "job": spec}
-        if extra and not stored:
-            # No callback checked the fields against the model: check them as a job's now.
-            try:
-                self._builder.build({"job_type": "batch"}, extra, now)
-            except InvalidJobError as exc:
-                raise InvalidBatchError(f"batch fields: {exc}") from exc
         doc = {"_id": batch_id, "state": OPEN, "gen": 0, "callbacks": stored, "extra": dict(extra), "fired": []}
         doc.update(created_at=now, updated_at=now)
         self._store.batches.create(doc)

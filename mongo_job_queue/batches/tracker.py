@@ -192,16 +192,20 @@ class BatchTracker:
         fired = set(doc.get("fired") or ())
         callbacks: Mapping[str, Any] = doc.get("callbacks") or {}
         if not full and doc.get("state") != SEALED:
-            if failed and "failure" in callbacks and "failure" not in fired:
-                self.fire(doc, "failure")
+            if failed:
+                self._saw_failure(doc)
+                if "failure" in callbacks and "failure" not in fired:
+                    self.fire(doc, "failure")
             return None
         counts = self._store.batches.counts(batch_id)
         done = doc.get("state") == SEALED and unfinished(counts) == 0
         due = []
-        if counts.get(FAILED):
+        if counts.get(FAILED) or failed:
+            self._saw_failure(doc)
             due.append("failure")
         if done:
-            if counts.get(COMPLETED, 0) == sum(counts.values()):
+            # A failure seen once (since the last retry) is never outweighed by its job's removal (purge, retention).
+            if counts.get(COMPLETED, 0) == sum(counts.values()) and not doc.get("saw_failure"):
                 due.append("success")
             due.append("complete")
         for event in due:
@@ -210,6 +214,10 @@ class BatchTracker:
         if done and self._store.batches.finish(batch_id, doc.get("gen")):
             self.log.info("batch %s finished: %s", batch_id, counts, extra={"batch_id": str(batch_id)})
         return counts
+
+    def _saw_failure(self, doc: Mapping[str, Any]) -> None:
+        if not doc.get("saw_failure"):
+            self._store.batches.saw_failure(doc["_id"])
 
     def fire(self, doc: Mapping[str, Any], event: str) -> bool:
         """Insert ``event``'s callback job once (see the module docstring); False if it had been fired."""

@@ -163,6 +163,12 @@ class BatchDocs:
             "mark_batch_fired",
         )
 
+    def saw_failure(self, batch_id: ObjectId) -> None:
+        """Record that a job of the batch failed for good: no ``on_success`` until a retry clears it."""
+        self._store.retry(
+            lambda: self.collection.update_one({"_id": batch_id}, {"$set": {"saw_failure": True}}), "batch_failed"
+        )
+
     def finish(self, batch_id: ObjectId, gen: Optional[int]) -> bool:
         """Mark a sealed batch finished; False if it was not sealed, or retried since ``gen`` was read.
 
@@ -193,7 +199,11 @@ class BatchDocs:
             lambda: (
                 self.collection.update_one(
                     {"_id": batch_id, "state": {"$in": [SEALED, FINISHED_STATE]}},
-                    {"$inc": {"gen": 1}, "$set": {"state": SEALED, "updated_at": now}, "$unset": {"finished_at": ""}},
+                    {
+                        "$inc": {"gen": 1},
+                        "$set": {"state": SEALED, "updated_at": now},
+                        "$unset": {"finished_at": "", "saw_failure": ""},
+                    },
                 ).modified_count
                 == 1
             ),

@@ -436,6 +436,42 @@ def test_a_graceful_stop_waits_for_the_batch_checks_of_its_last_jobs(make_queue,
     assert callbacks_of(raw_db, batch.id) == [("complete", "DONE"), ("success", "OK")]
 
 
+def test_a_failed_job_removed_before_the_batch_finishes_never_lets_on_success_fire(make_queue, raw_db) -> None:
+    """Before, purging the failed job left only completed ones counted: on_failure then on_success fired."""
+    queue = make_queue()
+    queue.register_handler("T", lambda job: None)
+    queue.register_handler("BOOM", lambda job: 1 / 0)
+    with queue.batch(**CALLBACKS) as batch:
+        batch.enqueue("BOOM", max_retries=0)
+        later = batch.enqueue("T", delay_ms=60_000)
+    queue.run_once()
+    assert queue.get_batch(batch.id).fired == ("failure",)
+    raw_db.jobs.delete_many({"batch_id": batch.id, "status": "failed"})  # what purge or retention does
+    queue.store.collection.update_one({"_id": later.id}, {"$set": {"run_at": queue.store.now()}})
+    queue.run_once()
+    info = queue.get_batch(batch.id)
+    assert info.finished and info.counts == {"completed": 1} and info.fired == ("failure", "complete")
+
+
+@pytest.mark.parametrize("field", ["batch_id", "status", "attempts"])
+def test_a_batch_field_the_queue_manages_is_refused_as_a_batch_field(make_queue, raw_db, field) -> None:
+    """Before, the error blamed the first callback (``on_complete: ...``)."""
+    queue = make_queue()
+    value = {"batch_id": ObjectId(), "status": "completed", "attempts": 5}[field]
+    with pytest.raises(InvalidBatchError, match=f"^batch fields: .*{field}"):
+        queue.batch(on_complete=("DONE", None), **{field: value})
+    assert raw_db.jobs_batches.count_documents({}) == 0
+
+
+def test_info_of_a_batch_whose_document_is_gone_says_so(make_queue, raw_db) -> None:
+    """Before, ``batch.info()`` failed an assert."""
+    queue = make_queue()
+    batch = queue.batch()
+    raw_db.jobs_batches.delete_many({})
+    with pytest.raises(InvalidBatchError, match="no batch"):
+        batch.info()
+
+
 def test_bad_batch_ids_are_refused_and_unknown_ones_are_none(make_queue, raw_db) -> None:
     queue = make_queue()
     for bad in ("nope", 12, None, "0" * 23):
