@@ -33,7 +33,7 @@ block: while the worker runs, :class:`BatchTracker` hands the batch ids to
 one checker thread per process (else, as in eager mode, ``run_once()`` or
 an operator's cancel, it checks at once). A notice lost to a crash, a listener that
 raised, or a checker that died is caught by :meth:`BatchTracker.run_once`,
-the reconciler, which every running worker calls every ``sweep_interval_ms`` (at least 5 s).
+the reconciler, which every running worker calls every ``sweep_interval_ms`` (but no more often than every 5 s).
 """
 
 from __future__ import annotations
