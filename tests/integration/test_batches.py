@@ -74,8 +74,9 @@ def test_an_open_batch_never_finishes_and_its_failure_fires_at_once(make_queue, 
     info = queue.get_batch(batch.id)
     assert info.counts == {"completed": 1, "failed": 1} and info.state == "open"
     assert callbacks_of(raw_db, batch.id) == [("failure", "BAD")]
-    # Every job is final, and the reconciler counts it: still open, nothing more fires.
-    assert queue._batches.tracker.run_once(queue.store.now() + timedelta(minutes=1)) == 1
+    # Every job is final, and the reconciler (open batches after 10 min) counts it: still open, nothing more fires.
+    assert queue._batches.tracker.run_once(queue.store.now() + timedelta(minutes=1)) == 0
+    assert queue._batches.tracker.run_once(queue.store.now() + timedelta(minutes=11)) == 1
     assert queue.get_batch(batch.id).state == "open"
     assert callbacks_of(raw_db, batch.id) == [("failure", "BAD")]
     batch.seal()
