@@ -17,7 +17,7 @@ database as it was.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, Literal, Optional, Protocol, TypeVar
@@ -42,6 +42,8 @@ from .workflows import DEPENDENCY_KEYS, Part, encode_dependencies, plan
 __all__ = ["EagerFlags", "Enqueuer", "JobBuilder", "job_arguments"]
 
 J = TypeVar("J", bound=BaseJob)
+#: A staged job's ``run_at`` until its batch add is confirmed: no claim reaches it.
+STAGED_RUN_AT = datetime(9000, 1, 1)
 
 #: The arguments of ``enqueue`` an ``enqueue_many`` item may hold besides the app's
 #: own fields (``unique_key`` is for ``enqueue`` alone).
@@ -279,8 +281,17 @@ class Enqueuer(Generic[J]):
             return self._instance(holder)
         return self._instance(self._run_or_wake([doc])[0])
 
-    def enqueue_many(self, jobs: Iterable[Mapping[str, Any]], managed: Optional[Mapping[str, Any]] = None) -> list[J]:
-        """Every job built before any is written, then one bulk insert; errors name the job's index."""
+    def enqueue_many(
+        self,
+        jobs: Iterable[Mapping[str, Any]],
+        managed: Optional[Mapping[str, Any]] = None,
+        confirm: Optional[Callable[[list[dict[str, Any]]], None]] = None,
+    ) -> list[J]:
+        """Every job built before any is written, then one bulk insert; errors name the job's index.
+
+        ``confirm`` (a batch's add): the jobs are inserted unclaimable, then
+        ``confirm(docs)`` releases them, or raises after taking them out.
+        """
         docs = []
         for index, spec in enumerate(jobs):
             if not isinstance(spec, Mapping):
@@ -298,7 +309,14 @@ class Enqueuer(Generic[J]):
             except InvalidJobError as exc:
                 raise InvalidJobError(f"jobs[{index}]: {exc}") from exc
         self.types.check([doc["type"] for doc in docs], strict=self.builder.config.strict_types)
+        if confirm is not None:
+            for doc in docs:
+                doc["batch_staged_run_at"], doc["run_at"] = doc["run_at"], STAGED_RUN_AT
         self._insert(docs, "many")
+        if confirm is not None:
+            confirm(docs)
+            for doc in docs:
+                doc["run_at"] = doc.pop("batch_staged_run_at")
         return [self._instance(doc) for doc in self._run_or_wake(docs)]
 
     def enqueue_graph(self, graph: Part) -> list[J]:

@@ -210,6 +210,8 @@ class BaseJob(Document):
     released_by = StringField()
     #: The batch this job belongs to (``queue.batch()``); its counts are read from the jobs by this field.
     batch_id = ObjectIdField()
+    #: While a batch's add confirms the batch is open: the job's ``run_at`` (held far in the future meanwhile).
+    batch_staged_run_at = DateTimeField()
     #: On a batch's callback job: ``{"batch_id": ..., "event": "complete" | "success" | "failure"}``.
     batch_callback = DictField()
 

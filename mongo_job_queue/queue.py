@@ -391,6 +391,10 @@ class PersistentJobQueue(Generic[J]):
         """The stored limits (``definitions``) and every limiter's ``running`` holders and next start (``keys``)."""
         return {"definitions": self.store.limits.stored(), "keys": self.store.limits.snapshot()}
 
+    def seal_batch(self, batch_id: ObjectId | str) -> None:
+        """Seal a batch (one whose opener died open, say) and check it: with every job final, it finishes now."""
+        self._batches.seal(batch_id)
+
 
 @signature_of(PersistentJobQueue)
 def create_job_queue(*args: Any, **kwargs: Any) -> PersistentJobQueue[Any]:

@@ -9,7 +9,7 @@ from typing import Any, Generic, Optional, TypeVar
 from bson import ObjectId
 
 from ..enqueue import job_arguments
-from ..errors import BatchSealedError
+from ..errors import BatchSealedError, InvalidBatchError
 from ..forwarding import parameters_of
 from ..model import BaseJob
 from .service import Batches, BatchInfo
@@ -83,9 +83,10 @@ class Batch(Generic[J]):
         self._batches.seal(self._id)
 
     def info(self) -> BatchInfo:
-        """The batch as stored now (see :class:`BatchInfo`)."""
+        """The batch as stored now (see :class:`BatchInfo`); InvalidBatchError if its document is gone."""
         found = self._batches.get(self._id)
-        assert found is not None
+        if found is None:
+            raise InvalidBatchError(f"no batch {self._id}: its document was removed")
         return found
 
     def __repr__(self) -> str:

@@ -19,7 +19,7 @@ from ..errors import BatchSealedError, InvalidBatchError, InvalidJobError
 from ..model import BaseJob
 from ..status import FAILED
 from ..store import JobStore
-from ..store.batches import FINISHED_STATE, OPEN, SEALED, unfinished
+from ..store.batches import FINISHED_STATE, OPEN, unfinished
 from ..validation import check_nested
 from .tracker import EVENTS, BatchTracker
 
@@ -106,6 +106,12 @@ class Batches(Generic[J]):
             check_nested(dict(extra), what="batch fields")
         except InvalidJobError as exc:
             raise InvalidBatchError(str(exc)) from exc
+        if extra:
+            # The fields checked against the model as a job's first: an error names them, not a callback.
+            try:
+                self._builder.build({"job_type": "batch"}, extra, now)
+            except InvalidJobError as exc:
+                raise InvalidBatchError(f"batch fields: {exc}") from exc
         stored: dict[str, Any] = {}
         for event in EVENTS:
             spec = _callback_spec(event, callbacks.get(event))
@@ -119,13 +125,7 @@ class Batches(Generic[J]):
             except InvalidJobError as exc:
                 raise InvalidBatchError(f"on_{event}: {exc}") from exc
             stored[event] = {"id": ObjectId(), "job": spec}
-        if extra and not stored:
-            # No callback checked the fields against the model: check them as a job's now.
-            try:
-                self._builder.build({"job_type": "batch"}, extra, now)
-            except InvalidJobError as exc:
-                raise InvalidBatchError(f"batch fields: {exc}") from exc
-        doc = {"_id": batch_id, "state": OPEN, "callbacks": stored, "extra": dict(extra), "fired": []}
+        doc = {"_id": batch_id, "state": OPEN, "gen": 0, "callbacks": stored, "extra": dict(extra), "fired": []}
         doc.update(created_at=now, updated_at=now)
         self._store.batches.create(doc)
         return batch_id
@@ -133,9 +133,11 @@ class Batches(Generic[J]):
     def add(self, batch_id: ObjectId, jobs: Iterable[Mapping[str, Any]], extra: Mapping[str, Any]) -> list[J]:
         """Insert jobs into an open batch (``jobs`` as ``enqueue_many`` takes them), ``extra`` under their own fields.
 
-        The batch is read before the insert and again after it: a batch
-        sealed in between (by another process) gets no job, the ones just
-        inserted are taken out again while no worker claimed them.
+        The batch is read before the insert and again after it, the jobs
+        inserted unclaimable in between (``run_at`` far ahead, their own in
+        ``batch_staged_run_at``): if the batch is still open they are
+        released in one update, if another process sealed it meanwhile they
+        are deleted (no worker can have run one) and the batch checked.
 
         Raises:
             BatchSealedError: the batch is no longer open; nothing was added.
@@ -147,13 +149,18 @@ class Batches(Generic[J]):
             if isinstance(spec, Mapping) and ("unique_key" in spec or "unique_for_ms" in spec):
                 raise InvalidJobError(f"jobs[{index}]: a batch's jobs take no unique_key")
             specs.append({**extra, **spec} if isinstance(spec, Mapping) else spec)
-        added = self._enqueuer.enqueue_many(specs, managed={"batch_id": batch_id})
-        try:
-            self._open(batch_id)
-        except BatchSealedError:
-            self._store.batches.remove_unclaimed([job.id for job in added])
-            raise
-        return added
+
+        def confirm(docs: list[dict[str, Any]]) -> None:
+            ids = [doc["_id"] for doc in docs]
+            try:
+                self._open(batch_id)
+            except BatchSealedError:
+                self._store.batches.remove_staged(ids)
+                self.tracker.check_logged(batch_id)
+                raise
+            self._store.batches.release_staged(ids)
+
+        return self._enqueuer.enqueue_many(specs, managed={"batch_id": batch_id}, confirm=confirm)
 
     def _open(self, batch_id: ObjectId) -> None:
         doc = self._store.batches.get(batch_id)
@@ -162,12 +169,13 @@ class Batches(Generic[J]):
         if doc.get("state") != OPEN:
             raise BatchSealedError(f"batch {batch_id} is {doc.get('state')}: no job can be added to it")
 
-    def seal(self, batch_id: ObjectId) -> None:
+    def seal(self, batch_id: Any) -> None:
         """Seal the batch, then check it: one with every job final (or none) finishes now.
 
         A check that fails after the seal landed is logged, not raised: the
         batch is sealed, and the reconciler finishes it.
         """
+        batch_id = batch_object_id(batch_id)
         if self._store.batches.seal(batch_id) is None:
             raise InvalidBatchError(f"no batch {batch_id}")
         self.tracker.check_logged(batch_id)
@@ -203,10 +211,11 @@ class Batches(Generic[J]):
     def retry(self, batch_id: Any) -> int:
         """Queue the batch's failed jobs again; a finished batch goes back to sealed. How many were queued.
 
-        The jobs are queued first and the batch reopened second: a check in
-        between finds the batch still finished and does nothing, and the
-        check after the reopening (or the reconciler's) finishes it again.
-        Callbacks already fired never fire again.
+        The jobs are queued first, then the batch's ``gen`` is incremented
+        (and a finished batch goes back to sealed): a check that counted
+        before the jobs were queued cannot finish the batch, its finish
+        asks for the ``gen`` it read. The check after (or the reconciler's)
+        finishes it again. Callbacks already fired never fire again.
         """
         oid = batch_object_id(batch_id)
         doc = self._store.batches.get(oid)
@@ -214,7 +223,7 @@ class Batches(Generic[J]):
             raise InvalidBatchError(f"no batch {oid}")
         ids = self._store.batches.job_ids(oid, [FAILED])
         retried = self._store.admin.retry_jobs(ids, matching={"batch_id": oid}) if ids else 0
-        if retried and doc.get("state") in (SEALED, FINISHED_STATE):
+        if retried:
             self._store.batches.reopen(oid)
         self.tracker.check_logged(oid)
         return retried

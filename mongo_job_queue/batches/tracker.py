@@ -7,7 +7,9 @@ and fire what the counts call for:
 * ``failure`` as soon as one job is ``failed``;
 * once the batch is sealed and no job is unfinished, ``success`` (when
   every counted job is ``completed``) and ``complete``, then the batch is
-  marked ``finished`` (``$set`` only from ``sealed``).
+  marked ``finished`` (``$set`` only from ``sealed`` and the ``gen`` read
+  before counting: a ``retry_batch`` in between increments it, so counts
+  taken before the retry cannot finish the batch after it).
 
 Firing an event is three writes, in this order, each idempotent:
 
@@ -31,27 +33,28 @@ block: while the worker runs, :class:`BatchTracker` hands the batch ids to
 one checker thread per process (else, as in eager mode, ``run_once()`` or
 an operator's cancel, it checks at once). A notice lost to a crash, a listener that
 raised, or a checker that died is caught by :meth:`BatchTracker.run_once`,
-the reconciler, which every running worker calls every ``sweep_interval_ms`` (at least 5 s).
+the reconciler, which every running worker calls every ``sweep_interval_ms`` (but no more often than every 5 s).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Optional
 
 from bson import ObjectId
 
+from ..after_fork import renew_in_child
 from ..enqueue import EagerFlags, Enqueuer
 from ..status import COMPLETED, FAILED
 from ..store import JobStore
-from ..store.batches import FINISHED_STATE, SEALED, unfinished
+from ..store.batches import FINISHED_STATE, OPEN, SEALED, unfinished
 from ..store.finals import FinalJob
 
-__all__ = ["EVENTS", "STALE_AFTER", "BatchTracker"]
+__all__ = ["EVENTS", "OPEN_STALE_AFTER", "STALE_AFTER", "BatchTracker"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,8 @@ log = logging.getLogger(__name__)
 EVENTS = ("failure", "success", "complete")
 #: The reconciler rechecks an unfinished batch no write touched for this long.
 STALE_AFTER = timedelta(seconds=30)
+#: ... and an open batch no write touched for this long (it cannot finish; its on_failure may fire).
+OPEN_STALE_AFTER = timedelta(minutes=10)
 #: At most this many batches per reconciler step.
 SWEEP_LIMIT = 100
 #: The checker thread ends after this long without a notice.
@@ -79,14 +84,20 @@ class BatchTracker:
         self._enqueuer = enqueuer
         self._flags = flags
         self.log = logger or log
-        self._pid = -1
         self._cond = threading.Condition()
         #: Batches to check, each with whether a job of it failed for good.
         self._pending: dict[ObjectId, bool] = {}
+        #: The checker thread is checking a batch it took off ``_pending``.
+        self._checking = False
         self._thread: Optional[threading.Thread] = None
         #: Test hook: called with (batch id, event) between the firing mark and the callback's insert.
         self.before_insert: Optional[Callable[[ObjectId, str], None]] = None
-        store.finals.add(self.on_final, fields=("batch_id",), sweep=self.run_once)
+        store.finals.add(self.on_final, fields=("batch_id",), sweep=self.run_once, close=self.close)
+        renew_in_child(self)
+
+    def _after_fork_in_child(self) -> None:
+        # A forked child has no checker thread, and the parent's lock may have been held at fork().
+        self._cond, self._pending, self._checking, self._thread = threading.Condition(), {}, False, None
 
     # -- the notice ---------------------------------------------------------
 
@@ -104,10 +115,6 @@ class BatchTracker:
             for batch_id, any_failed in failed.items():
                 self.check_logged(batch_id, failed=any_failed, full=False)
             return
-        if self._pid != os.getpid():
-            # A forked child: no checker thread, and the parent's lock may have been held at fork().
-            self._cond, self._pending, self._thread = threading.Condition(), {}, None
-            self._pid = os.getpid()
         with self._cond:
             self._start_checker()
             for batch_id, any_failed in failed.items():
@@ -131,7 +138,37 @@ class BatchTracker:
                     return
                 batch_id = next(iter(self._pending))
                 failed = self._pending.pop(batch_id)
+                self._checking = True
+            try:
+                self.check_logged(batch_id, failed=failed, full=False)
+            finally:
+                with self._cond:
+                    self._checking = False
+                    self._cond.notify_all()  # a close() waits for the checks queued before it
+
+    def close(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the checks queued so far (a worker's graceful stop); True if none is left.
+
+        A process that exits right after its worker's stop would otherwise
+        lose them to its daemon checker thread (the reconciler of another
+        worker would catch up, 30 s later at best). Checks whose thread died
+        are run here.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._pending or self._checking:
+                alive = self._thread is not None and self._thread.is_alive()
+                left = deadline - time.monotonic()
+                if not alive or left <= 0:
+                    break
+                self._cond.wait(min(left, 0.5))
+            orphans = {} if self._thread is not None and self._thread.is_alive() else dict(self._pending)
+            for batch_id in orphans:
+                del self._pending[batch_id]
+            idle = not self._pending and not self._checking
+        for batch_id, failed in orphans.items():
             self.check_logged(batch_id, failed=failed, full=False)
+        return idle or bool(orphans)
 
     # -- the check ----------------------------------------------------------
 
@@ -155,24 +192,32 @@ class BatchTracker:
         fired = set(doc.get("fired") or ())
         callbacks: Mapping[str, Any] = doc.get("callbacks") or {}
         if not full and doc.get("state") != SEALED:
-            if failed and "failure" in callbacks and "failure" not in fired:
-                self.fire(doc, "failure")
+            if failed:
+                self._saw_failure(doc)
+                if "failure" in callbacks and "failure" not in fired:
+                    self.fire(doc, "failure")
             return None
         counts = self._store.batches.counts(batch_id)
         done = doc.get("state") == SEALED and unfinished(counts) == 0
         due = []
-        if counts.get(FAILED):
+        if counts.get(FAILED) or failed:
+            self._saw_failure(doc)
             due.append("failure")
         if done:
-            if counts.get(COMPLETED, 0) == sum(counts.values()):
+            # A failure seen once (since the last retry) is never outweighed by its job's removal (purge, retention).
+            if counts.get(COMPLETED, 0) == sum(counts.values()) and not doc.get("saw_failure"):
                 due.append("success")
             due.append("complete")
         for event in due:
             if event in callbacks and event not in fired:
                 self.fire(doc, event)
-        if done and self._store.batches.finish(batch_id):
+        if done and self._store.batches.finish(batch_id, doc.get("gen")):
             self.log.info("batch %s finished: %s", batch_id, counts, extra={"batch_id": str(batch_id)})
         return counts
+
+    def _saw_failure(self, doc: Mapping[str, Any]) -> None:
+        if not doc.get("saw_failure"):
+            self._store.batches.saw_failure(doc["_id"])
 
     def fire(self, doc: Mapping[str, Any], event: str) -> bool:
         """Insert ``event``'s callback job once (see the module docstring); False if it had been fired."""
@@ -212,11 +257,18 @@ class BatchTracker:
     # -- the reconciler -----------------------------------------------------
 
     def run_once(self, now: Optional[datetime] = None) -> int:
-        """One reconciler step: recheck up to 100 unfinished batches untouched for 30 s; how many were checked."""
+        """One reconciler step: recheck up to 100 unfinished batches; how many were checked.
+
+        Sealed batches untouched for 30 s come first: only they can finish.
+        Open ones (only their ``on_failure`` can fire; an opener that died
+        leaves one open for ever, until ``queue.seal_batch``) are rechecked
+        when untouched for 10 min, in what room the sealed ones left.
+        """
         now = now if now is not None else self._store.now()
-        checked = 0
-        for batch_id in self._store.batches.stale(now - STALE_AFTER, SWEEP_LIMIT):
+        due = self._store.batches.stale(SEALED, now - STALE_AFTER, SWEEP_LIMIT)
+        if len(due) < SWEEP_LIMIT:
+            due += self._store.batches.stale(OPEN, now - OPEN_STALE_AFTER, SWEEP_LIMIT - len(due))
+        for batch_id in due:
             self._store.batches.touch(batch_id, now)
             self.check_logged(batch_id)
-            checked += 1
-        return checked
+        return len(due)

@@ -1,4 +1,4 @@
-"""``batches show|cancel|retry ID``: a batch's state and counts from the shell, and acting on it."""
+"""``batches show|seal|cancel|retry ID``: a batch's state and counts from the shell, and acting on it."""
 
 from __future__ import annotations
 
@@ -17,12 +17,14 @@ __all__ = ["add_batch_commands", "batches_command"]
 
 
 def add_batch_commands(sub: Any, command: Any) -> None:
-    """``batches show ID [--json]``, ``batches cancel ID``, ``batches retry ID``; ``command`` adds common options."""
-    batches = sub.add_parser("batches", help="show, cancel or retry one batch (batches show ID)")
+    """``batches show ID [--json]``, ``seal ID``, ``cancel ID``, ``retry ID``; ``command`` adds common options."""
+    batches = sub.add_parser("batches", help="show, seal, cancel or retry one batch (batches show ID)")
     within = batches.add_subparsers(dest="batches_command", metavar="SUBCOMMAND", required=True)
     show = command("show", "one batch: its state, its jobs counted by status, its callbacks", within)
     show.add_argument("batch_id", metavar="BATCH_ID")
     show.add_argument("--json", action="store_true", help="print JSON instead of text")
+    seal = command("seal", "seal a batch left open (its opener died): with every job final it finishes", within)
+    seal.add_argument("batch_id", metavar="BATCH_ID")
     cancel = command("cancel", "seal a batch, cancel its pending jobs and ask its running ones to stop", within)
     cancel.add_argument("batch_id", metavar="BATCH_ID")
     retry = command("retry", "queue a batch's failed jobs again (its callbacks never fire twice)", within)
@@ -37,6 +39,11 @@ def batches_command(queue: PersistentJobQueue[Any], args: argparse.Namespace, ou
                 f"cancelled {done['cancelled']} pending job(s), cancellation requested for {done['requested']} running",
                 file=out,
             )
+            return EXIT_OK
+        if args.batches_command == "seal":
+            queue.seal_batch(args.batch_id)
+            info = queue.get_batch(args.batch_id)
+            print(f"batch {args.batch_id} {info.state if info is not None else 'sealed'}", file=out)
             return EXIT_OK
         if args.batches_command == "retry":
             print(f"retried {queue.retry_batch(args.batch_id)} failed job(s)", file=out)

@@ -23,7 +23,7 @@ from pymongo import ASCENDING, ReturnDocument
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
-from ..status import FINISHED, PENDING
+from ..status import FINISHED
 from .handle import MAINTENANCE_MAX_TIME_MS, JobStore
 from .siblings import SiblingCollection
 
@@ -102,10 +102,19 @@ class BatchDocs:
             lambda: [d["_id"] for d in self._store.collection.find(filt, {"_id": 1})], "batch_job_ids"
         )
 
-    def remove_unclaimed(self, job_ids: Sequence[ObjectId]) -> int:
-        """Delete these jobs while no worker has claimed them (a batch sealed while they were added)."""
-        filt = {"_id": {"$in": list(job_ids)}, "status": PENDING, "attempts": 0}
-        return self._store.retry(lambda: self._store.collection.delete_many(filt).deleted_count, "remove_unclaimed")
+    def release_staged(self, job_ids: Sequence[ObjectId]) -> None:
+        """Make a batch add's staged jobs claimable: their own ``run_at`` back, in one update."""
+        filt = {"_id": {"$in": list(job_ids)}, "batch_staged_run_at": {"$exists": True}}
+        update: list[dict[str, Any]] = [
+            {"$set": {"run_at": "$batch_staged_run_at"}},
+            {"$project": {"batch_staged_run_at": 0}},
+        ]
+        self._store.retry(lambda: self._store.collection.update_many(filt, update), "release_staged")
+
+    def remove_staged(self, job_ids: Sequence[ObjectId]) -> int:
+        """Delete a batch add's staged jobs (the batch was sealed meanwhile): none can have run."""
+        filt = {"_id": {"$in": list(job_ids)}, "batch_staged_run_at": {"$exists": True}}
+        return self._store.retry(lambda: self._store.collection.delete_many(filt).deleted_count, "remove_staged")
 
     def begin_firing(self, batch_id: ObjectId, event: str) -> tuple[bool, Optional[datetime]]:
         """Record that ``event``'s callback is being inserted; ``(go, first)``.
@@ -142,21 +151,53 @@ class BatchDocs:
             "mark_batch_fired",
         )
 
-    def finish(self, batch_id: ObjectId) -> bool:
-        """Mark a sealed batch finished; False if it was not sealed (finished by another process, or open)."""
+    def saw_failure(self, batch_id: ObjectId) -> None:
+        """Record that a job of the batch failed for good: no ``on_success`` until a retry clears it."""
+        self._store.retry(
+            lambda: self._batches.collection.update_one({"_id": batch_id}, {"$set": {"saw_failure": True}}),
+            "batch_failed",
+        )
+
+    def finish(self, batch_id: ObjectId, gen: Optional[int]) -> bool:
+        """Mark a sealed batch finished; False if it was not sealed, or retried since ``gen`` was read.
+
+        ``gen`` is the batch's ``gen`` read before its jobs were counted: a
+        retry requeues its jobs before it increments ``gen``, so counts
+        taken before a retry cannot finish the batch after it.
+        """
         now = self._store.now()
-        update = {"$set": {"state": FINISHED_STATE, "finished_at": now, "updated_at": now}}
-        return self._move(batch_id, SEALED, update, "finish_batch")
+        return self._store.retry(
+            lambda: (
+                self._batches.collection.update_one(
+                    {"_id": batch_id, "state": SEALED, "gen": gen},
+                    {"$set": {"state": FINISHED_STATE, "finished_at": now, "updated_at": now}},
+                ).modified_count
+                == 1
+            ),
+            "finish_batch",
+        )
 
     def reopen(self, batch_id: ObjectId) -> bool:
-        """Take a finished batch back to sealed (its jobs were retried); fired callbacks stay fired."""
-        update = {"$set": {"state": SEALED, "updated_at": self._store.now()}, "$unset": {"finished_at": ""}}
-        return self._move(batch_id, FINISHED_STATE, update, "reopen_batch")
+        """After a retry queued a sealed or finished batch's jobs: a new ``gen``, and finished goes back to sealed.
 
-    def _move(self, batch_id: ObjectId, state: str, update: Mapping[str, Any], step: str) -> bool:
-        """Apply ``update`` to the batch if it is in ``state``; whether this call moved it."""
-        filt = {"_id": batch_id, "state": state}
-        return self._store.retry(lambda: self._batches.collection.update_one(filt, update).modified_count == 1, step)
+        Fired callbacks stay fired. A retried call increments ``gen`` twice:
+        harmless, any check that read the old one counts again.
+        """
+        now = self._store.now()
+        return self._store.retry(
+            lambda: (
+                self._batches.collection.update_one(
+                    {"_id": batch_id, "state": {"$in": [SEALED, FINISHED_STATE]}},
+                    {
+                        "$inc": {"gen": 1},
+                        "$set": {"state": SEALED, "updated_at": now},
+                        "$unset": {"finished_at": "", "saw_failure": ""},
+                    },
+                ).modified_count
+                == 1
+            ),
+            "reopen_batch",
+        )
 
     def touch(self, batch_id: ObjectId, now: datetime) -> None:
         """Move a batch to the back of the reconciler's line."""
@@ -167,9 +208,9 @@ class BatchDocs:
             "touch_batch",
         )
 
-    def stale(self, before: datetime, limit: int) -> list[ObjectId]:
-        """Up to ``limit`` unfinished batches untouched since ``before``, least recently touched first."""
-        filt = {"state": {"$in": [OPEN, SEALED]}, "updated_at": {"$lte": before}}
+    def stale(self, state: str, before: datetime, limit: int) -> list[ObjectId]:
+        """Up to ``limit`` batches in ``state`` untouched since ``before``, least recently touched first."""
+        filt = {"state": state, "updated_at": {"$lte": before}}
 
         def call() -> list[ObjectId]:
             found = self._batches.collection.find(filt, {"_id": 1}, sort=[("updated_at", 1)], limit=limit)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -61,15 +62,26 @@ class FinalWrites:
         self._listeners: tuple[FinalListener, ...] = ()
         self._fields: frozenset[str] = frozenset()
         self._sweeps: tuple[FinalSweep, ...] = ()
+        self._closes: tuple[Callable[[float], object], ...] = ()
 
-    def add(self, listener: FinalListener, *, fields: Iterable[str] = (), sweep: FinalSweep | None = None) -> None:
+    def add(
+        self,
+        listener: FinalListener,
+        *,
+        fields: Iterable[str] = (),
+        sweep: FinalSweep | None = None,
+        close: Callable[[float], object] | None = None,
+    ) -> None:
         """Register ``listener``; ``fields``: what it reads of a document (writers without one project them).
 
         ``sweep``: the listener's catch-up step, which every running worker's
         maintenance thread calls (:meth:`sweep`) every ``sweep_interval_ms``
-        (at least :data:`SWEEP_MIN_INTERVAL_S`).
+        (at least :data:`SWEEP_MIN_INTERVAL_S`). ``close(timeout)``: waits for
+        the work the listener queued off the writers' threads (a worker's stop).
         """
         with self._lock:
+            if close is not None and close not in self._closes:
+                self._closes = (*self._closes, close)
             if listener not in self._listeners:
                 self._listeners = (*self._listeners, listener)
             self._fields = self._fields | frozenset(fields)
@@ -83,6 +95,15 @@ class FinalWrites:
                 step(now)
             except Exception:  # noqa: BLE001 - the next round tries again
                 self._log.exception("a sweep of final writes failed; the next round tries again")
+
+    def close(self, timeout: float) -> None:
+        """A worker stops: each listener finishes what it queued, within ``timeout`` s in all."""
+        deadline = time.monotonic() + timeout
+        for close in self._closes:
+            try:
+                close(max(0.0, deadline - time.monotonic()))
+            except Exception:  # noqa: BLE001 - the sweeps catch up
+                self._log.exception("a listener of final writes failed to finish at stop; its sweep will catch up")
 
     @property
     def active(self) -> bool:

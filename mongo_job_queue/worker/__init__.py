@@ -267,6 +267,7 @@ class Worker:
                 # later records its outcome directly.
                 completer, self._completer = self._completer, None
                 completer.close(max(1.0, remaining(deadline)))
+            self.store.finals.close(max(1.0, remaining(deadline)))  # e.g. the batch checks of the last final writes
             self.keeper.release()
             self._join_services(deadline, finished, force)
             self.services.presence.stopped()

@@ -74,8 +74,9 @@ def test_an_open_batch_never_finishes_and_its_failure_fires_at_once(make_queue, 
     info = queue.get_batch(batch.id)
     assert info.counts == {"completed": 1, "failed": 1} and info.state == "open"
     assert callbacks_of(raw_db, batch.id) == [("failure", "BAD")]
-    # Every job is final, and the reconciler counts it: still open, nothing more fires.
-    assert queue._batches.tracker.run_once(queue.store.now() + timedelta(minutes=1)) == 1
+    # Every job is final, and the reconciler (open batches after 10 min) counts it: still open, nothing more fires.
+    assert queue._batches.tracker.run_once(queue.store.now() + timedelta(minutes=1)) == 0
+    assert queue._batches.tracker.run_once(queue.store.now() + timedelta(minutes=11)) == 1
     assert queue.get_batch(batch.id).state == "open"
     assert callbacks_of(raw_db, batch.id) == [("failure", "BAD")]
     batch.seal()
@@ -151,6 +152,41 @@ def test_retry_batch_reopens_it_and_never_fires_a_callback_twice(make_queue, raw
     assert queue.retry_batch(batch.id) == 0
 
 
+def test_a_retry_between_a_checks_counts_and_its_finish_still_fires_success(make_queue, raw_db) -> None:
+    """A check counts 'all final', retry_batch requeues the failed job, then the check's finish lands.
+
+    Before the batch's ``gen`` the finish landed: the batch was finished with a pending job, and
+    on_success never fired when that job completed.
+    """
+    worker, operator = make_queue(), make_queue()
+    broken = threading.Event()
+    broken.set()
+
+    def flaky(job) -> None:
+        if broken.is_set():
+            raise RuntimeError("down")
+
+    for queue in (worker, operator):
+        queue.register_handler("T", flaky)
+    with worker.batch(**CALLBACKS) as batch:
+        batch.enqueue("T", max_retries=0)
+    real_finish = worker.store.batches.finish
+
+    def retried_meanwhile(*args: Any) -> bool:
+        broken.clear()
+        assert operator.retry_batch(batch.id) == 1  # another process, between the counts and the finish
+        return real_finish(*args)
+
+    worker.store.batches.finish = retried_meanwhile  # type: ignore[method-assign]
+    worker.run_once()
+    worker.store.batches.finish = real_finish  # type: ignore[method-assign]
+    assert worker.get_batch(batch.id).state == "sealed"
+    operator.run_once()
+    info = operator.get_batch(batch.id)
+    assert info.finished and info.counts == {"completed": 1}
+    assert info.fired == ("failure", "success", "complete")
+
+
 def test_the_last_two_jobs_finishing_at_once_on_two_workers_fire_one_complete(make_queue, raw_db) -> None:
     """50 rounds: two workers end a batch's two jobs together, so both see it done and both fire."""
     gate = threading.Barrier(2, timeout=30)
@@ -205,6 +241,29 @@ def test_a_lost_notice_is_caught_by_the_reconciler_which_fires_once(make_queue, 
     assert info.finished and info.fired == ("success", "complete")
     assert tracker.run_once(later + timedelta(minutes=1)) == 0  # finished: never swept again
     assert callbacks_of(raw_db, batch.id) == [("complete", "DONE"), ("success", "OK")]
+
+
+def test_abandoned_open_batches_neither_delay_a_sealed_one_nor_stay_unfinishable(make_queue, raw_db) -> None:
+    """Before, one sweep took the 100 least recently touched unfinished batches, open ones included."""
+    queue = make_queue()
+    queue.register_handler("T", lambda job: None)
+    abandoned = []
+    for _ in range(101):  # openers killed inside `with queue.batch()`: open batches, their jobs done
+        batch = queue.batch(on_complete=("DONE", None))
+        batch.enqueue("T", delay_ms=60_000)
+        abandoned.append(batch.id)
+    queue.store.collection.update_many({"batch_id": {"$in": abandoned}}, {"$set": {"status": "completed"}})
+    with queue.batch(on_complete=("DONE", None)) as lost:  # a sealed one whose last notice was lost
+        lost.enqueue("T", delay_ms=60_000)
+    queue.store.collection.update_many({"batch_id": lost.id}, {"$set": {"status": "completed"}})
+    tracker = queue._batches.tracker
+    assert tracker.run_once(queue.store.now() + timedelta(minutes=1)) == 1  # the sealed one only
+    assert queue.get_batch(lost.id).finished
+    assert tracker.run_once(queue.store.now() + timedelta(minutes=11)) == 100  # open ones, rarely
+    assert queue.get_batch(abandoned[0]).state == "open"
+    queue.seal_batch(str(abandoned[0]))  # what an operator does (CLI: batches seal ID)
+    info = queue.get_batch(abandoned[0])
+    assert info.finished and info.fired == ("complete",)
 
 
 def test_a_running_worker_reconciles_on_its_maintenance_thread(make_queue, raw_db, monkeypatch) -> None:
@@ -333,6 +392,87 @@ def test_a_batch_sealed_while_jobs_are_added_takes_them_out_again(make_queue, ra
     assert raw_db.jobs.count_documents({"batch_id": batch.id}) == 0
 
 
+def test_a_batch_sealed_and_worked_between_insert_and_recheck_runs_none_of_the_refused_jobs(make_queue, raw_db) -> None:
+    """Before staging, a worker claimed a just-inserted job before the re-read found the batch sealed."""
+    adder, other = make_queue(), make_queue()
+    ran: list[int] = []
+    for queue in (adder, other):
+        queue.register_handler("T", lambda job: ran.append(job.data["i"]))
+    batch = adder.batch(on_complete=("DONE", None))
+
+    class SealAndWorkMeanwhile(Middleware):
+        def after_enqueue(self, queue_, doc) -> None:
+            if doc.get("batch_id") == batch.id and raw_db.jobs_batches.find_one({"state": "open"}):
+                other.store.batches.seal(batch.id)  # another process seals the batch...
+                other.run_once()  # ...and its worker claims at once
+
+    adder.add_middleware(SealAndWorkMeanwhile())
+    with pytest.raises(BatchSealedError):
+        batch.enqueue_many([{"job_type": "T", "data": {"i": i}} for i in range(2)])
+    assert ran == [] and raw_db.jobs.count_documents({"batch_id": batch.id}) == 0
+    info = adder.get_batch(batch.id)  # checked after the removal: an empty sealed batch finishes
+    assert info.finished and info.total == 0 and info.fired == ("complete",)
+    assert callbacks_of(raw_db, batch.id) == [("complete", "DONE")]
+
+
+def test_a_graceful_stop_waits_for_the_batch_checks_of_its_last_jobs(make_queue, raw_db) -> None:
+    """Before the stop drained the checker, stop() returned while its daemon thread still held the notice."""
+    queue = make_queue()
+    queue.register_handler("T", lambda job: None)
+    tracker = queue._batches.tracker
+    real_check = tracker.check
+    entered = threading.Event()
+
+    def slow_check(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        threading.Event().wait(1.5)  # a slow round trip to the batches collection
+        return real_check(*args, **kwargs)
+
+    with queue.batch(**CALLBACKS) as batch:
+        batch.enqueue("T")
+    tracker.check = slow_check  # type: ignore[method-assign]
+    queue.start_polling()
+    wait_until(entered.is_set, timeout=20, what="the batch check after the job's final write began")
+    queue.stop(timeout=10)
+    assert callbacks_of(raw_db, batch.id) == [("complete", "DONE"), ("success", "OK")]
+
+
+def test_a_failed_job_removed_before_the_batch_finishes_never_lets_on_success_fire(make_queue, raw_db) -> None:
+    """Before, purging the failed job left only completed ones counted: on_failure then on_success fired."""
+    queue = make_queue()
+    queue.register_handler("T", lambda job: None)
+    queue.register_handler("BOOM", lambda job: 1 / 0)
+    with queue.batch(**CALLBACKS) as batch:
+        batch.enqueue("BOOM", max_retries=0)
+        later = batch.enqueue("T", delay_ms=60_000)
+    queue.run_once()
+    assert queue.get_batch(batch.id).fired == ("failure",)
+    raw_db.jobs.delete_many({"batch_id": batch.id, "status": "failed"})  # what purge or retention does
+    queue.store.collection.update_one({"_id": later.id}, {"$set": {"run_at": queue.store.now()}})
+    queue.run_once()
+    info = queue.get_batch(batch.id)
+    assert info.finished and info.counts == {"completed": 1} and info.fired == ("failure", "complete")
+
+
+@pytest.mark.parametrize("field", ["batch_id", "status", "attempts"])
+def test_a_batch_field_the_queue_manages_is_refused_as_a_batch_field(make_queue, raw_db, field) -> None:
+    """Before, the error blamed the first callback (``on_complete: ...``)."""
+    queue = make_queue()
+    value = {"batch_id": ObjectId(), "status": "completed", "attempts": 5}[field]
+    with pytest.raises(InvalidBatchError, match=f"^batch fields: .*{field}"):
+        queue.batch(on_complete=("DONE", None), **{field: value})
+    assert raw_db.jobs_batches.count_documents({}) == 0
+
+
+def test_info_of_a_batch_whose_document_is_gone_says_so(make_queue, raw_db) -> None:
+    """Before, ``batch.info()`` failed an assert."""
+    queue = make_queue()
+    batch = queue.batch()
+    raw_db.jobs_batches.delete_many({})
+    with pytest.raises(InvalidBatchError, match="no batch"):
+        batch.info()
+
+
 def test_bad_batch_ids_are_refused_and_unknown_ones_are_none(make_queue, raw_db) -> None:
     queue = make_queue()
     for bad in ("nope", 12, None, "0" * 23):
@@ -374,6 +514,9 @@ def test_batches_show_cancel_and_retry_from_the_command_line(make_queue, raw_db)
     shown = json.loads(out)
     assert shown["state"] == "finished" and shown["counts"] == {"cancelled": 2} and shown["fired"] == ["complete"]
     assert run("batches", "retry", str(batch.id))[1].strip() == "retried 0 failed job(s)"
+    left_open = queue.batch(on_complete=("DONE", {}))
+    assert run("batches", "seal", str(left_open.id))[:2] == (0, f"batch {left_open.id} finished\n")
+    assert run("batches", "seal", str(ObjectId()))[0] == 5
     code, _, err = run("batches", "show", "not-an-id")
     assert code == 2 and "batch id" in err
     code, _, err = run("batches", "show", str(ObjectId()))
