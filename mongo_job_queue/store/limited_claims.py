@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 from pymongo import UpdateOne
 
-from ..limits import Limit
+from ..limits import MUTEX, Limit
 from ..model import LeaseOwner
 from ..status import PROCESSING
 from .handle import JobStore
@@ -55,6 +55,9 @@ class LimitedClaims:
         from .claims import claim_update, lease_fields  # claims.py imports this module
 
         store, limiter = self._store, self._limiter
+        if not any(limit.name == MUTEX for limit in limits):
+            # Definitions read before the first mutex enqueue: its jobs are left to claims that admit them.
+            query = Limiter.unlimited(query)
 
         def read() -> tuple[dict[str, Any], list[dict[str, Any]]]:
             now = store.now()

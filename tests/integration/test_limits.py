@@ -11,6 +11,8 @@ from typing import Any
 
 from helpers import wait_until
 
+from mongo_job_queue.model import LeaseOwner
+
 
 class Peaks:
     """Counts the runs in flight per key under a lock, and the most seen at once."""
@@ -282,3 +284,14 @@ def test_concurrent_claims_on_one_free_key_admit_exactly_one(make_queue, job_mod
         queue, claimed = won[0]
         assert queue.store.jobs.complete(claimed)
         queue.store.limits.release(claimed.id, claimed.token)
+
+
+def test_definitions_cached_before_the_first_mutex_key_still_admit_mutex_jobs(make_queue, job_model) -> None:
+    """A worker's cached definitions (no mutex yet) must not claim two runs of one mutex key (review: stale_cache)."""
+    worker, other = make_queue(), make_queue()
+    worker.limit("per-org", key="organization", max_running=5)
+    assert [limit.name for limit in worker.store.limits.active()] == ["per-org"]  # cached for REFRESH_S
+    other.enqueue("M", {}, mutex_key="k")
+    other.enqueue("M", {}, mutex_key="k")
+    got = worker.store.jobs.claim_batch(["M"], ["default"], LeaseOwner.current(), 2)
+    assert [c.doc.get("mutex_key") for c in got].count("k") <= 1
