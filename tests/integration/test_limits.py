@@ -10,6 +10,8 @@ from datetime import timedelta
 from typing import Any
 
 from helpers import wait_until
+from pymongo.collection import Collection
+from pymongo.errors import AutoReconnect
 
 from mongo_job_queue.model import LeaseOwner
 
@@ -295,3 +297,27 @@ def test_definitions_cached_before_the_first_mutex_key_still_admit_mutex_jobs(ma
     other.enqueue("M", {}, mutex_key="k")
     got = worker.store.jobs.claim_batch(["M"], ["default"], LeaseOwner.current(), 2)
     assert [c.doc.get("mutex_key") for c in got].count("k") <= 1
+
+
+def test_a_claim_whose_reply_is_lost_keeps_its_job_and_spends_its_rate_once(make_queue, job_model, monkeypatch) -> None:
+    """The claim update applied, its reply lost: the retry must not spend the rate again and drop the job."""
+    queue = make_queue()
+    queue.limit("slow", job_types=["R"], rate="1/min")
+    job = queue.enqueue("R", {})
+    real = Collection.update_one
+    lost = threading.Event()
+
+    def reply_lost(self: Any, flt: Any, update: Any, *args: Any, **kwargs: Any) -> Any:
+        result = real(self, flt, update, *args, **kwargs)
+        if not lost.is_set() and self.name == job_model._get_collection_name() and "lease_token" in str(update):
+            lost.set()
+            raise AutoReconnect("reply lost")
+        return result
+
+    monkeypatch.setattr(Collection, "update_one", reply_lost)
+    got = queue.store.jobs.claim_batch(["R"], ["default"], LeaseOwner.current(), 2)
+    monkeypatch.setattr(Collection, "update_one", real)
+    assert lost.is_set()
+    assert [c.doc["_id"] for c in got] == [job.id]
+    stored = job_model.objects.get(id=job.id)
+    assert (stored.status, stored.attempts, stored.lease_token) == ("processing", 1, got[0].token)
