@@ -9,11 +9,14 @@ from collections import Counter
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from helpers import wait_until
 from pymongo.collection import Collection
 from pymongo.errors import AutoReconnect
 
+from mongo_job_queue.limits import Limit
 from mongo_job_queue.model import LeaseOwner
+from mongo_job_queue.store import rates
 
 
 class Peaks:
@@ -321,3 +324,30 @@ def test_a_claim_whose_reply_is_lost_keeps_its_job_and_spends_its_rate_once(make
     assert [c.doc["_id"] for c in got] == [job.id]
     stored = job_model.objects.get(id=job.id)
     assert (stored.status, stored.attempts, stored.lease_token) == ("processing", 1, got[0].token)
+
+
+@pytest.mark.parametrize("rate", ["2000/s", "1001/s", "3/ms"])
+def test_a_rate_faster_than_one_start_a_millisecond_gives_one_start_at_an_instant(make_queue, rate) -> None:
+    """Its interval is under a millisecond: a state kept as a BSON date lost it, and every start was given."""
+    queue = make_queue()
+    limit = Limit("fast", rate=rate, job_types=("R",))
+    now = queue.store.now().replace(microsecond=0)
+    granted = sum(rates.spend(queue.store.limits.limiters, "fast-lid", limit, "", now) is not None for _ in range(20))
+    assert granted == 1
+
+
+@pytest.mark.parametrize("rate", ["600/s", "700/s", "3/ms"])
+def test_greedy_claimers_get_no_more_starts_than_the_rate(make_queue, rate) -> None:
+    """Claimers asking every millisecond for one second: the rate's count (plus the first), not more."""
+    queue = make_queue()
+    limit = Limit("r", rate=rate, job_types=("R",))
+    count, period_ms = limit.rate_ms or (0, 1)
+    most = count * 1_000 // period_ms + 1
+    start = queue.store.now().replace(microsecond=0)
+    now, granted = start, 0
+    while now < start + timedelta(seconds=1) and granted <= most:  # a broken rate gives every start: stop early
+        if rates.spend(queue.store.limits.limiters, "r-lid", limit, "", now) is not None:
+            granted += 1
+        else:
+            now += timedelta(milliseconds=1)
+    assert granted <= most
