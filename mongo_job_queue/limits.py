@@ -14,8 +14,19 @@ from dataclasses import dataclass
 from typing import Any, Optional, Protocol
 
 from .errors import LimitError
+from .model import LIBRARY_FIELDS
 
-__all__ = ["MUTEX", "MUTEX_FIELD", "MUTEX_LIMIT", "Limit", "LimitStore", "define_limit", "parse_rate"]
+__all__ = [
+    "MAX_RATE_PERIOD_MS",
+    "MAX_RUNNING",
+    "MUTEX",
+    "MUTEX_FIELD",
+    "MUTEX_LIMIT",
+    "Limit",
+    "LimitStore",
+    "define_limit",
+    "parse_rate",
+]
 
 #: The built-in limit behind ``enqueue(mutex_key=...)``: one running job per key.
 MUTEX = "mutex"
@@ -26,26 +37,37 @@ _UNITS = {
     "ms": 1, "s": 1_000, "sec": 1_000, "second": 1_000, "m": 60_000, "min": 60_000, "minute": 60_000,
     "h": 3_600_000, "hour": 3_600_000, "d": 86_400_000, "day": 86_400_000,
 }  # fmt: skip
-_RATE = re.compile(r"^\s*(\d{1,9})\s*/\s*(\d{0,9})\s*([a-z]+?)s?\s*$")
+#: The word units also take a plural ("5/secs", "2/hours"); "ms", "s", "m", "h" and "d" do not ("5/ss" is refused).
+_WORDS = ("sec", "second", "min", "minute", "hour", "day")
+_UNIT_NAMES = {**_UNITS, **{f"{word}s": _UNITS[word] for word in _WORDS}}
+_RATE = re.compile(r"^\s*(\d{1,9})\s*/\s*(\d{0,9})\s*([a-z]+)\s*$")
+#: The longest rate period (a longer one is a typo, and its GCRA state would overflow dates).
+MAX_RATE_PERIOD_MS = 366 * 86_400_000
+#: The largest ``max_running`` (more is no limit, and a bigger number is a typo).
+MAX_RUNNING = 1_000_000
 _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _MAX_NAME = 200
+#: Keys under the job's payload are the user's own, though ``data`` is a library field.
+_USER_ROOT = "data."
 
 
 def parse_rate(rate: Any) -> tuple[int, int]:
     """``"100/min"`` (also ``"5/s"``, ``"1000/hour"``, ``"3/10s"``) as ``(count, period_ms)``.
 
     Raises:
-        LimitError: not such a string, or a count or period of 0.
+        LimitError: not such a string, a count or period of 0, or a period over 366 days.
     """
     if not isinstance(rate, str):
         raise LimitError(f"rate must be a str such as '100/min', got {rate!r:.80}")
     match = _RATE.match(rate.lower())
-    if match is None or match.group(3) not in _UNITS:
-        raise LimitError(f"rate must look like '100/min' (units: s, min, hour, day), got {rate!r:.80}")
+    if match is None or match.group(3) not in _UNIT_NAMES:
+        raise LimitError(f"rate must look like '100/min' (units: ms, s, min, hour, day), got {rate!r:.80}")
     count, times = int(match.group(1)), int(match.group(2) or 1)
-    period_ms = times * _UNITS[match.group(3)]
+    period_ms = times * _UNIT_NAMES[match.group(3)]
     if count < 1 or period_ms < 1:
         raise LimitError(f"rate needs a count and a period of at least 1, got {rate!r:.80}")
+    if period_ms > MAX_RATE_PERIOD_MS:
+        raise LimitError(f"rate period must be at most 366 days, got {rate!r:.80}")
     return count, period_ms
 
 
@@ -79,9 +101,11 @@ class Limit:
         if key is not None and (not isinstance(key, str) or not _FIELD.match(key)):
             raise LimitError(f"limit key must be a job field name such as 'organization', got {key!r:.80}")
         if self.max_running is not None and (
-            isinstance(self.max_running, bool) or not isinstance(self.max_running, int) or self.max_running < 1
+            isinstance(self.max_running, bool)
+            or not isinstance(self.max_running, int)
+            or not 1 <= self.max_running <= MAX_RUNNING
         ):
-            raise LimitError(f"max_running must be an int >= 1, got {self.max_running!r:.80}")
+            raise LimitError(f"max_running must be an int >= 1 and <= {MAX_RUNNING}, got {self.max_running!r:.80}")
         if self.rate is not None:
             parse_rate(self.rate)
         if isinstance(self.burst, bool) or not isinstance(self.burst, int) or not 1 <= self.burst <= 1_000_000:
@@ -159,7 +183,13 @@ class Limit:
             raise LimitError(f"limit name {MUTEX!r} is reserved for enqueue(mutex_key=...)")
         if isinstance(job_types, str):
             job_types = (job_types,)
-        return cls(name, key, max_running, rate, burst, tuple(job_types), fair)
+        limit = cls(name, key, max_running, rate, burst, tuple(job_types), fair)
+        root = None if key is None else key.split(".")[0]
+        if key is not None and root in LIBRARY_FIELDS and not key.startswith(_USER_ROOT):
+            raise LimitError(
+                f"limit key {key!r:.80} names a field of the library; use a field of your own or data.<name>"
+            )
+        return limit
 
 
 class LimitStore(Protocol):

@@ -15,11 +15,12 @@ import itertools
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any, Optional
 
 from pymongo import UpdateOne
 
-from ..limits import Limit
+from ..limits import MUTEX, Limit
 from ..model import LeaseOwner
 from ..status import PROCESSING
 from .handle import JobStore
@@ -55,6 +56,9 @@ class LimitedClaims:
         from .claims import claim_update, lease_fields  # claims.py imports this module
 
         store, limiter = self._store, self._limiter
+        if not any(limit.name == MUTEX for limit in limits):
+            # Definitions read before the first mutex enqueue: its jobs are left to claims that admit them.
+            query = Limiter.unlimited(query)
 
         def read() -> tuple[dict[str, Any], list[dict[str, Any]]]:
             now = store.now()
@@ -94,9 +98,8 @@ class LimitedClaims:
                 tries += 1
                 if tries > 1:
                     found = store.collection.find_one({"_id": doc["_id"], "lease_token": token, "status": PROCESSING})
-                    if found is not None:  # an earlier try claimed it
-                        again = limiter.admit(found, token, limits, store.now(), lease["lease_expires_at"], set())
-                        return again if isinstance(again, Admission) else None
+                    if found is not None:  # an earlier try claimed it: ours, with its rates paid then
+                        return _readmit(limiter, found, token, limits, lease["lease_expires_at"], store.now())
                 now = store.now()
                 admission = limiter.admit(doc, token, limits, now, lease["lease_expires_at"], refused)
                 unchanged = {**filt, "_id": doc["_id"], "lease_token": doc.get("lease_token")}
@@ -174,3 +177,19 @@ class LimitedClaims:
         ]
         interleaved = [doc for round_ in itertools.zip_longest(*heads) for doc in round_ if doc is not None]
         return interleaved[:count]
+
+
+def _readmit(
+    limiter: Limiter, found: dict[str, Any], token: str, limits: Sequence[Limit], until: datetime, now: datetime
+) -> Admission:
+    """The admission of a job an earlier try claimed (its reply lost): never dropped, its rates not spent again.
+
+    Its holders were pushed before that claim, so pushing them again finds
+    them (idempotent); the rates count as paid, like a reserved start.
+    """
+    ids = limiter.ids_of(found, limits)
+    again = limiter.admit({**found, RATE_SLOTS: ids}, token, limits, now, until, set())
+    if isinstance(again, Admission):
+        return again
+    capped = [limit for limit in limits if limit.applies_to(found) and limit.max_running is not None]
+    return Admission(found["_id"], token, tuple(limiter.ids_of(found, capped)))

@@ -60,7 +60,16 @@ _SEP = "\x1f"
 
 
 def limiter_id(limit: str, value: Any) -> str:
-    """The ``_id`` of the limiter document of ``limit`` for key ``value`` (its type is part of it)."""
+    """The ``_id`` of the limiter document of ``limit`` for key ``value`` (its type is part of it).
+
+    Numbers MongoDB finds equal share one: ints (``Int64`` too) and integral
+    floats are one ``int``. Other types keep their own (``"1"``, ``True``,
+    ``Decimal128("1")`` are three more limiters than ``1``).
+    """
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = int(value)
     return f"{limit}{_SEP}{type(value).__name__}{_SEP}{value}"
 
 

@@ -1,7 +1,12 @@
 """The GCRA of a rate limit, kept in its limiter document by server time: one start every interval.
 
-``tat`` (the theoretical arrival time) is the only state; every change is a
-compare-and-set on it, so concurrent claimers never spend one start twice.
+``tat_ns`` (the theoretical arrival time, int64 nanoseconds since the epoch)
+is the only state; every change is a compare-and-set on it, so concurrent
+claimers never spend one start twice. Nanoseconds, not a BSON date: a date
+keeps milliseconds, so a rate whose interval is not a whole number of
+milliseconds ("2000/s", "600/s") would lose its fraction at every start and
+give more starts than its rate. ``tat`` is the same time as a date, rounded
+up to the millisecond, for the claim's read and for what shows.
 A claim may also *reserve* the next starts for jobs it read, whose
 ``run_at`` then becomes their start (see :mod:`.limited_claims`).
 """
@@ -9,7 +14,7 @@ A claim may also *reserve* the next starts for jobs it read, whose
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Optional
 
 from pymongo.collection import Collection
@@ -20,12 +25,39 @@ from ..limits import Limit
 __all__ = ["eligible_at", "reserve", "spend"]
 
 
-def _interval(limit: Limit) -> tuple[timedelta, timedelta]:
-    """The interval between starts and the burst tolerance of ``limit``'s rate."""
+_MS_NS = 1_000_000
+_EPOCH = datetime(1970, 1, 1)
+_EPOCH_UTC = _EPOCH.replace(tzinfo=timezone.utc)
+
+
+def _interval(limit: Limit) -> tuple[int, int]:
+    """The interval between starts and the burst tolerance of ``limit``'s rate, in ns (rounded up: never faster)."""
     rate = limit.rate_ms
     assert rate is not None
-    interval = timedelta(milliseconds=rate[1] / rate[0])
+    interval = -(-rate[1] * _MS_NS // rate[0])
     return interval, interval * (limit.burst - 1)
+
+
+def _ns(when: datetime) -> int:
+    """``when`` in ns since the epoch (naive datetimes are UTC, as the driver reads them)."""
+    return (when - (_EPOCH if when.tzinfo is None else _EPOCH_UTC)) // timedelta(microseconds=1) * 1_000
+
+
+def _date(ns: int, like: datetime, unit_ns: int = 1_000) -> datetime:
+    """``ns`` as a datetime as naive or aware as ``like``, rounded up to ``unit_ns``."""
+    epoch = _EPOCH if like.tzinfo is None else _EPOCH_UTC
+    return epoch + timedelta(microseconds=-(-ns // unit_ns) * (unit_ns // 1_000))
+
+
+def _tat(doc: Mapping[str, Any]) -> Optional[int]:
+    """The stored state in ns (a limiter written before ``tat_ns`` existed has only its date)."""
+    if doc.get("tat_ns") is not None:
+        return int(doc["tat_ns"])
+    return None if doc.get("tat") is None else _ns(doc["tat"])
+
+
+def _state(tat: int, now: datetime) -> dict[str, Any]:
+    return {"tat_ns": tat, "tat": _date(tat, now, _MS_NS)}
 
 
 def spend(
@@ -38,24 +70,25 @@ def spend(
 ) -> Optional[datetime]:
     """Take the next start of the rate on limiter ``lid``: its time (``now``, or later within ``horizon``), or None."""
     interval, tolerance = _interval(limit)
+    now_ns, horizon_ns = _ns(now), horizon // timedelta(microseconds=1) * 1_000
     for _ in range(5):
         found = limiters.find_one({"_id": lid}) or {}
-        tat = found.get("tat")
-        slot = now if tat is None else max(now, tat - tolerance)
-        if slot - now > horizon:
+        tat = _tat(found)
+        slot = now_ns if tat is None else max(now_ns, tat - tolerance)
+        if slot - now_ns > horizon_ns:
             return None
         new = max(tat or slot, slot) + interval
         try:
             result = limiters.update_one(
-                {"_id": lid, "tat": tat},
-                {"$set": {"tat": new, "interval_ms": interval / timedelta(milliseconds=1)},
+                {"_id": lid, "tat_ns": found.get("tat_ns"), "tat": found.get("tat")},
+                {"$set": {**_state(new, now), "interval_ms": interval / _MS_NS},
                  "$setOnInsert": {"limit": limit.name, "value": value, "holders": []}},
                 upsert=not found,
             )  # fmt: skip
         except DuplicateKeyError:
             continue  # created meanwhile: read it again
         if result.matched_count or result.upserted_id is not None:
-            return slot
+            return _date(slot, now)
     return None
 
 
@@ -67,23 +100,25 @@ def reserve(
     Fewer when the horizon ends first, none if it is spent.
     """
     interval, tolerance = _interval(limit)
+    now_ns, horizon_ns = _ns(now), horizon // timedelta(microseconds=1) * 1_000
     for _ in range(5):
         found = limiters.find_one({"_id": lid}) or {}
-        tat = found.get("tat")
-        first = now if tat is None else max(now, tat - tolerance)
-        slots = [first + interval * n for n in range(count) if first + interval * n - now <= horizon]
+        tat = _tat(found)
+        first = now_ns if tat is None else max(now_ns, tat - tolerance)
+        slots = [first + interval * n for n in range(count) if first + interval * n - now_ns <= horizon_ns]
         if not slots or not found:
             return []
         new = max(tat or first, first) + interval * len(slots)
-        if limiters.update_one({"_id": lid, "tat": tat}, {"$set": {"tat": new}}).matched_count:
-            return slots
+        cas = {"_id": lid, "tat_ns": found.get("tat_ns"), "tat": found.get("tat")}
+        if limiters.update_one(cas, {"$set": _state(new, now)}).matched_count:
+            return [_date(slot, now) for slot in slots]
     return []
 
 
 def eligible_at(limit: Limit, doc: Mapping[str, Any]) -> Optional[datetime]:
     """When the rate of ``limit`` next allows a start on this limiter (``tat`` less the burst tolerance)."""
-    if limit.rate is None or doc.get("tat") is None:
+    tat = _tat(doc)
+    if limit.rate is None or tat is None:
         return None
     _, tolerance = _interval(limit)
-    result: datetime = doc["tat"] - tolerance
-    return result
+    return _date(tat - tolerance, doc["tat"] if doc.get("tat") is not None else _EPOCH)

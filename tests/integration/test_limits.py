@@ -9,7 +9,14 @@ from collections import Counter
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from helpers import wait_until
+from pymongo.collection import Collection
+from pymongo.errors import AutoReconnect
+
+from mongo_job_queue.limits import Limit
+from mongo_job_queue.model import LeaseOwner
+from mongo_job_queue.store import rates
 
 
 class Peaks:
@@ -299,3 +306,65 @@ def test_a_chunk_leaves_its_limiters_when_it_ends(make_queue, raw_db) -> None:
         what="the chunk's holders released (a lease is 60 s: only the release can clear them this soon)",
     )
     assert sum(seen) == 3
+
+
+def test_definitions_cached_before_the_first_mutex_key_still_admit_mutex_jobs(make_queue, job_model) -> None:
+    """A worker's cached definitions (no mutex yet) must not claim two runs of one mutex key (review: stale_cache)."""
+    worker, other = make_queue(), make_queue()
+    worker.limit("per-org", key="organization", max_running=5)
+    assert [limit.name for limit in worker.store.limits.active()] == ["per-org"]  # cached for REFRESH_S
+    other.enqueue("M", {}, mutex_key="k")
+    other.enqueue("M", {}, mutex_key="k")
+    got = worker.store.jobs.claim_batch(["M"], ["default"], LeaseOwner.current(), 2)
+    assert [c.doc.get("mutex_key") for c in got].count("k") <= 1
+
+
+def test_a_claim_whose_reply_is_lost_keeps_its_job_and_spends_its_rate_once(make_queue, job_model, monkeypatch) -> None:
+    """The claim update applied, its reply lost: the retry must not spend the rate again and drop the job."""
+    queue = make_queue()
+    queue.limit("slow", job_types=["R"], rate="1/min")
+    job = queue.enqueue("R", {})
+    real = Collection.update_one
+    lost = threading.Event()
+
+    def reply_lost(self: Any, flt: Any, update: Any, *args: Any, **kwargs: Any) -> Any:
+        result = real(self, flt, update, *args, **kwargs)
+        if not lost.is_set() and self.name == job_model._get_collection_name() and "lease_token" in str(update):
+            lost.set()
+            raise AutoReconnect("reply lost")
+        return result
+
+    monkeypatch.setattr(Collection, "update_one", reply_lost)
+    got = queue.store.jobs.claim_batch(["R"], ["default"], LeaseOwner.current(), 2)
+    monkeypatch.setattr(Collection, "update_one", real)
+    assert lost.is_set()
+    assert [c.doc["_id"] for c in got] == [job.id]
+    stored = job_model.objects.get(id=job.id)
+    assert (stored.status, stored.attempts, stored.lease_token) == ("processing", 1, got[0].token)
+
+
+@pytest.mark.parametrize("rate", ["2000/s", "1001/s", "3/ms"])
+def test_a_rate_faster_than_one_start_a_millisecond_gives_one_start_at_an_instant(make_queue, rate) -> None:
+    """Its interval is under a millisecond: a state kept as a BSON date lost it, and every start was given."""
+    queue = make_queue()
+    limit = Limit("fast", rate=rate, job_types=("R",))
+    now = queue.store.now().replace(microsecond=0)
+    granted = sum(rates.spend(queue.store.limits.limiters, "fast-lid", limit, "", now) is not None for _ in range(20))
+    assert granted == 1
+
+
+@pytest.mark.parametrize("rate", ["600/s", "700/s", "3/ms"])
+def test_greedy_claimers_get_no_more_starts_than_the_rate(make_queue, rate) -> None:
+    """Claimers asking every millisecond for one second: the rate's count (plus the first), not more."""
+    queue = make_queue()
+    limit = Limit("r", rate=rate, job_types=("R",))
+    count, period_ms = limit.rate_ms or (0, 1)
+    most = count * 1_000 // period_ms + 1
+    start = queue.store.now().replace(microsecond=0)
+    now, granted = start, 0
+    while now < start + timedelta(seconds=1) and granted <= most:  # a broken rate gives every start: stop early
+        if rates.spend(queue.store.limits.limiters, "r-lid", limit, "", now) is not None:
+            granted += 1
+        else:
+            now += timedelta(milliseconds=1)
+    assert granted <= most

@@ -6,10 +6,12 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from bson.int64 import Int64
 
 from mongo_job_queue import Limit, LimitError
 from mongo_job_queue.errors import InvalidJobError, Throttled
 from mongo_job_queue.limits import parse_rate
+from mongo_job_queue.store.limiter import limiter_id
 
 
 def _stored(queue: Any) -> list[dict[str, Any]]:
@@ -37,6 +39,22 @@ def _stored(queue: Any) -> list[dict[str, Any]]:
         ({"max_running": 1, "job_types": [""]}, "job_types must be non-empty strs"),
         ({"fair": True}, "fair=True needs a key"),
         ({"max_running": 1, "color": "red"}, "unknown limit option(s) color"),
+        ({"key": "organization", "max_running": 2**70}, "max_running must be an int >= 1 and <= 1000000"),
+        ({"key": "organization", "max_running": 1_000_001}, "max_running must be an int >= 1 and <= 1000000"),
+        ({"rate": "1/4000000d"}, "rate period must be at most 366 days"),
+        ({"rate": "1/999999999d"}, "rate period must be at most 366 days"),
+        ({"rate": "1/367d"}, "rate period must be at most 366 days"),
+        ({"rate": "5/mss"}, "rate must look like '100/min'"),
+        ({"rate": "5/ss"}, "rate must look like '100/min'"),
+        ({"rate": "5/hs"}, "rate must look like '100/min'"),
+        ({"key": "status", "max_running": 1}, "names a field of the library"),
+        ({"key": "attempts", "max_running": 1}, "names a field of the library"),
+        ({"key": "lease_token", "max_running": 1}, "names a field of the library"),
+        ({"key": "run_at", "max_running": 1}, "names a field of the library"),
+        ({"key": "queue", "max_running": 1}, "names a field of the library"),
+        ({"key": "mutex_key", "max_running": 1}, "names a field of the library"),
+        ({"key": "progress.done", "max_running": 1}, "names a field of the library"),
+        ({"key": "data", "max_running": 1}, "names a field of the library"),
     ],
 )
 def test_bad_limits_are_refused_by_name_and_nothing_is_stored(
@@ -57,7 +75,8 @@ def test_bad_limit_names_are_refused(queue: Any, name: Any) -> None:
 @pytest.mark.parametrize(
     ("rate", "parsed"),
     [("100/min", (100, 60_000)), ("5/s", (5, 1_000)), ("3/10s", (3, 10_000)), ("1000/hours", (1000, 3_600_000)),
-     ("20 / second", (20, 1_000)), ("7/day", (7, 86_400_000))],
+     ("20 / second", (20, 1_000)), ("7/day", (7, 86_400_000)), ("2/ms", (2, 1)), ("4/mins", (4, 60_000)),
+     ("1/366d", (1, 366 * 86_400_000)), ("1000/s", (1000, 1_000))],
 )  # fmt: skip
 def test_rates_parse(rate: str, parsed: tuple[int, int]) -> None:
     assert parse_rate(rate) == parsed
@@ -113,3 +132,18 @@ def test_a_throttled_job_waits_its_delay_and_uses_no_attempt(queue: Any, clock: 
     clock.advance(ms=2_000)
     assert queue.run_once().status == "completed"
     assert calls == [1, 1]
+
+
+def test_a_key_under_data_is_the_users_own(queue: Any) -> None:
+    assert queue.limit("per-tenant", key="data.tenant", max_running=1).key == "data.tenant"
+
+
+@pytest.mark.parametrize(("a", "b"), [(1, 1.0), (7, Int64(7)), (-3.0, -3)])
+def test_equal_numbers_share_one_limiter(a: Any, b: Any) -> None:
+    """MongoDB finds 1 and 1.0 equal: so does the limiter id, else max_running=1 admits one run of each."""
+    assert limiter_id("cap", a) == limiter_id("cap", b)
+
+
+@pytest.mark.parametrize(("a", "b"), [(1, 1.5), (1, "1"), (1, True), (0, False)])
+def test_unequal_values_get_their_own_limiters(a: Any, b: Any) -> None:
+    assert limiter_id("cap", a) != limiter_id("cap", b)
