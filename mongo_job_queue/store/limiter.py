@@ -32,6 +32,7 @@ from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
 from ..limits import MUTEX, MUTEX_FIELD, MUTEX_LIMIT, Limit
+from ..status import PROCESSING
 from . import rates
 from .handle import JobStore
 
@@ -57,6 +58,8 @@ HELD_BACK_POLL_S = 0.5
 #: The stored marker that some job uses a mutex key (then every claim admits mutex keys).
 _MUTEX_MARKER = {"_id": MUTEX, "builtin": True}
 _SEP = "\x1f"
+#: The prefix of a lease token replaced because its holder lapsed (see ``Limiter._gone``).
+_REVOKED = "revoked:"
 
 
 def limiter_id(limit: str, value: Any) -> str:
@@ -351,13 +354,33 @@ class Limiter:
                 holders = (found or {}).get("holders") or []
                 if any(h.get("job") == holder["job"] and h.get("token") == holder["token"] for h in holders):
                     return True  # an earlier try of ours, whose reply was lost
-                if not any(h.get("until") is None or h["until"] < now for h in holders):
+                lapsed = [h for h in holders if h.get("until") is None or h["until"] < now]
+                gone = [h for h in lapsed if self._gone(h, now)]
+                if not gone:
                     return False
-                # Drop the holders whose lease ran out (their worker died), then try once more.
-                self.limiters.update_one({"_id": lid}, {"$pull": {"holders": {"until": {"$lt": now}}}})
+                # Drop the holders whose runs are over or fenced out, then try once more.
+                for h in gone:
+                    self._pull([lid], h.get("job"), h.get("token"))
             return False
 
         return call()
+
+    def _gone(self, holder: Mapping[str, Any], now: datetime) -> bool:
+        """Whether a lapsed holder's run can no longer write: its lease is over, or revoked here.
+
+        A holder's ``until`` passing is not enough: a late heartbeat could
+        still renew the job's lease under the same token, and the run would
+        go on beside the one admitted in its place. So a run whose lease ran
+        out is fenced out first (its token replaced, which only the rescue
+        sweep then matches: it requeues the job), and a run whose lease is
+        still live keeps its holder (its heartbeat extends it).
+        """
+        jobs = self._store.collection
+        fenced = {"_id": holder.get("job"), "lease_token": holder.get("token"), "status": PROCESSING}
+        revoke = {"$set": {"lease_token": f"{_REVOKED}{holder.get('token')}"}}
+        if jobs.update_one({**fenced, "lease_expires_at": {"$lt": now}}, revoke).matched_count:
+            return True
+        return jobs.find_one(fenced, {"_id": 1}) is None
 
     def ids_of(self, doc: Mapping[str, Any], limits: Sequence[Limit]) -> list[str]:
         """The limiters that ``doc``'s job falls under."""

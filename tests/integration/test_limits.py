@@ -11,6 +11,8 @@ from typing import Any
 
 from helpers import wait_until
 
+from mongo_job_queue.store.limiter import Admission
+
 
 class Peaks:
     """Counts the runs in flight per key under a lock, and the most seen at once."""
@@ -282,3 +284,34 @@ def test_concurrent_claims_on_one_free_key_admit_exactly_one(make_queue, job_mod
         queue, claimed = won[0]
         assert queue.store.jobs.complete(claimed)
         queue.store.limits.release(claimed.id, claimed.token)
+
+
+def test_a_holder_taken_over_after_its_lease_lapsed_is_fenced_out(make_queue, job_model, raw_db) -> None:
+    """A late heartbeat must not revive a run whose key another run was admitted to meanwhile.
+
+    The first run's lease and holder lapse (a heartbeat late under load); a
+    second worker pulls the lapsed holder and is admitted to the key. The
+    first run must then be fenced out (its lease revoked), or two runs of the
+    key would both hold live leases.
+    """
+    a, b = make_queue(), make_queue()
+    first = a.enqueue("M", {}, mutex_key="k")
+    second = a.enqueue("M", {}, mutex_key="k", priority=-1)
+    held = a.store.jobs.claim(["M"], ["default"], a.worker.poller.owner)
+    assert held is not None and held.id == first.id
+    assert b.store.jobs.claim(["M"], ["default"], b.worker.poller.owner) is None  # the key is held
+    past = a.store.now() - timedelta(seconds=5)
+    raw_db.jobs.update_one({"_id": first.id}, {"$set": {"lease_expires_at": past}})
+    raw_db.jobs_limiters.update_many({}, {"$set": {"holders.$[].until": past}})
+    taken = b.store.jobs.claim(["M"], ["default"], b.worker.poller.owner)
+    assert taken is not None and taken.id == second.id
+    # The late heartbeat finds the first lease gone; its completion writes nothing.
+    assert first.id in a.store.jobs.heartbeat({held.id: held.token}).lost
+    assert a.store.jobs.complete(held) is False
+    assert job_model.objects.get(id=first.id).status == "processing"
+    # The old run's release cannot remove the new holder (fenced by job and token).
+    lids = tuple(d["_id"] for d in raw_db.jobs_limiters.find())
+    a.store.limits.hold(Admission(held.id, held.token, lids))
+    a.store.limits.release(held.id, held.token)
+    holders = [h["job"] for d in raw_db.jobs_limiters.find() for h in d.get("holders") or []]
+    assert holders == [second.id]
