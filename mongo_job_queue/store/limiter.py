@@ -3,7 +3,12 @@
 Two sibling collections hang off the jobs collection:
 
 * ``<jobs>_limits``: the definitions (``queue.limit(...)``), so every worker
-  sees a change (each re-reads them at most every :data:`REFRESH_S`);
+  sees a change. Each change bumps ``limits_version`` in the pause document
+  of the control collection, which workers read anyway (``pause_refresh_ms``):
+  a worker reads the definitions again only when that version moved, so a
+  queue that never defined a limit pays no read for them. A caller that
+  reads no pause state (a bare ``store.jobs.claim``) re-reads them at most
+  every :data:`REFRESH_S`;
 * ``<jobs>_limiters``: one *limiter document* per (limit, key value). It
   holds the runs admitted under it, ``holders``: job id, lease token and
   ``until``, the run's lease expiry by server time, which the heartbeat
@@ -19,6 +24,7 @@ looks full. A run leaves its limiter when it ends, whatever the outcome
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -93,6 +99,11 @@ class Limiter:
         self._lock = threading.Lock()
         self._cached: tuple[Limit, ...] = ()
         self._read_at = -REFRESH_S
+        #: The definitions' version last seen in the pause document, and when (monotonic).
+        self._version: Optional[int] = None
+        self._version_at = -math.inf
+        #: The version the cached definitions were read at (None: read them again).
+        self._read_version: Optional[int] = None
         self._mutex_marked = False
         #: The runs of this process that hold limiters, by (job id, token).
         self._held: dict[tuple[ObjectId, str], tuple[str, ...]] = {}
@@ -127,7 +138,7 @@ class Limiter:
         self._store.retry(
             lambda: self.definitions_collection.replace_one({"_id": limit.name}, doc, upsert=True), "define_limit"
         )
-        self._read_at = -REFRESH_S
+        self._changed()
 
     def remove(self, name: str) -> bool:
         """Delete the limit ``name`` and its limiter documents; False if there was none."""
@@ -137,7 +148,7 @@ class Limiter:
             lambda: self.definitions_collection.delete_one({"_id": name}).deleted_count, "remove_limit"
         )
         self._store.retry(lambda: self.limiters.delete_many({"limit": name}), "remove_limit")
-        self._read_at = -REFRESH_S
+        self._changed()
         return bool(deleted)
 
     def stored(self) -> list[Limit]:
@@ -157,12 +168,36 @@ class Limiter:
                 pass  # another process marked it first
 
         self._store.retry(call, "mark_mutex")
+        self._changed()  # every time (once per process): a lost reply must not leave the marker unannounced
         self._mutex_marked = True
-        self._read_at = -REFRESH_S
+
+    def observe(self, version: int) -> None:
+        """The definitions' version just read in the pause document (see :meth:`.control.Control.pause_state`)."""
+        self._version, self._version_at = version, time.monotonic()
+
+    def _changed(self) -> None:
+        """Announce a change of the definitions to every worker, and read them again here."""
+        self._store.control.bump_limits()
+        self._read_at, self._read_version, self._version = -REFRESH_S, None, None
+
+    def _known_version(self) -> Optional[int]:
+        """The version last observed, if recent enough to trust (the poller reads it every ``pause_refresh_ms``)."""
+        fresh = 2 * max(REFRESH_S, self._store.config.pause_refresh_ms / 1000)
+        return self._version if time.monotonic() - self._version_at <= fresh else None
 
     def active(self) -> tuple[Limit, ...]:
-        """The limits claims must admit (the mutex one once marked); read again after :data:`REFRESH_S`."""
-        if time.monotonic() - self._read_at < REFRESH_S:
+        """The limits claims must admit (the mutex one once marked).
+
+        Read again when the version seen in the pause document moved (never,
+        while no limit was ever stored), else after :data:`REFRESH_S`.
+        """
+        version = self._known_version()
+        if version is not None:
+            if version == 0 and self._read_version is None:
+                self._cached, self._read_version = (), 0  # no limit was ever stored
+            if version == self._read_version:
+                return self._cached
+        elif time.monotonic() - self._read_at < REFRESH_S:
             return self._cached
         docs = self._store.retry(lambda: list(self.definitions_collection.find()), "limits")
         limits: list[Limit] = []
@@ -175,7 +210,7 @@ class Limiter:
             except Exception:  # noqa: BLE001 - a hand-edited definition must not stop every claim
                 self._store.log.error("ignoring the malformed limit definition %r", doc.get("_id"))
         self._cached = tuple(sorted(limits, key=lambda limit: limit.name))
-        self._read_at = time.monotonic()
+        self._read_at, self._read_version = time.monotonic(), version
         return self._cached
 
     # -- the claim's side ---------------------------------------------------
@@ -405,8 +440,11 @@ class Limiter:
         """The limits in use (the mutex one once marked) and, per limiter, what :meth:`snapshot` tells.
 
         One read of the definitions, and one of the limiters only when
-        there are definitions: a queue without limits pays one command.
+        there are definitions; none at all when the pause state just read
+        says no limit was ever stored (the Prometheus scrape reads it first).
         """
+        if self._known_version() == 0:
+            return [], []
         docs = self._store.retry(lambda: list(self.definitions_collection.find().sort("_id", 1)), "limits")
         limits = [MUTEX_LIMIT if d.get("builtin") else Limit.from_doc(d) for d in docs]
         if not limits:

@@ -170,22 +170,21 @@ def test_a_cap_per_organization_holds_across_a_sigkill(workers, make_queue, raw_
     assert all(row["running"] == 0 for row in queue.limits()["keys"])
 
 
-@pytest.mark.xfail(
-    reason="on the shared 2-core test machine the limited claims of three processes reach about 2 starts/s, "
-    "not 20: admissions are spaced right (see test_limits.py), throughput is claim-bound; open issue",
-    strict=False,
-)
 def test_a_rate_shared_by_three_processes_one_with_a_skewed_clock(workers, make_queue, raw_db) -> None:
     workers(4)
     workers(4)
     workers(4, 300.0)  # five minutes ahead: it must not spend more
     _ready(raw_db, 3)
     queue = make_queue(lease_ms=10_000)  # a producer's calls under the load of 24 threads
-    queue.limit("api", job_types=["LIM"], rate="20/s")
-    queue.enqueue_many({"job_type": "LIM", "data": {"sleep_ms": 1}} for _ in range(400))
+    # 5/s, not more: each limited start costs about six round trips (the limiter read, the
+    # candidate read, the rate's read and compare-and-set, the claim, the heartbeats), and
+    # this shared 2-core server sustains about 2 limited starts/s per process (docs/limits.rst).
+    queue.limit("api", job_types=["LIM"], rate="5/s")
+    queue.enqueue_many({"job_type": "LIM", "data": {"sleep_ms": 1}} for _ in range(200))
     wait_until(lambda: _starts(raw_db) >= 1, timeout=60, what="first start")
     first = _mark(raw_db, "window", 0)
     time.sleep(10.0)  # the measured window itself, not a synchronisation
     last = _mark(raw_db, "window", 0)
     starts = sum(1 for e in _events(raw_db)[first:last] if e["kind"] == "start")
-    assert 180 <= starts <= 220, starts
+    # Never more than the rate (the skewed worker spends no extra start), and about all of it.
+    assert 45 <= starts <= 55, (starts, Counter(e["pid"] for e in _events(raw_db)[first:last] if e["kind"] == "start"))
