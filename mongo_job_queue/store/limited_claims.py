@@ -131,8 +131,11 @@ class LimitedClaims:
 
         One compare-and-set takes the next starts of the rate (within
         :data:`~.limiter.RATE_HORIZON`), then one bulk write sets each job's
-        ``run_at`` to its start, if no one touched the job since the read; a
-        start reserved for a job that was taken meanwhile is left unused.
+        ``run_at`` to its start, if no one touched the job since the read. If
+        no job took a start (another claimer had read, and taken or reserved,
+        the same jobs), the starts are given back when none was spent after
+        them; otherwise a start reserved for a job taken meanwhile is left
+        unused (the rate under-spends, it never over-spends).
         """
         store = self._store
         slots = store.retry(lambda: self._limiter.reserve(refusal, store.now(), len(docs)), "reserve_starts")
@@ -143,8 +146,15 @@ class LimitedClaims:
             )
             for doc, slot in zip(docs, slots, strict=False)
         ]
-        if ops:
-            store.retry(lambda: store.collection.bulk_write(ops, ordered=False), "reserve_starts")
+        if not ops:
+            return
+        written = store.retry(lambda: store.collection.bulk_write(ops, ordered=False), "reserve_starts")
+        if written.modified_count:
+            return
+        # None written (or a retry after a lost reply): give them back only if no job holds one.
+        mine = {"_id": {"$in": [doc["_id"] for doc in docs]}, RATE_SLOTS: refusal.lid, "run_at": {"$in": slots}}
+        if store.retry(lambda: store.collection.count_documents(mine, limit=1), "reserve_starts") == 0:
+            store.retry(lambda: self._limiter.unreserve(refusal, slots), "reserve_starts")
 
     def _in_turns(self, fair: Limit, found: Mapping[str, Any], count: int) -> list[dict[str, Any]]:
         """Up to ``count`` candidates taken in turns from the key values of ``fair``, least recently served first.

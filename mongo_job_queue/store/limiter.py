@@ -429,6 +429,10 @@ class Limiter:
             self._next_start = opens if self._next_start is None else min(self._next_start, opens)
         return slots
 
+    def unreserve(self, refusal: RateRefusal, slots: list[datetime]) -> bool:
+        """Give back ``slots`` that no job took, if no start was spent after them (see :func:`.rates.unreserve`)."""
+        return rates.unreserve(self.limiters, refusal.lid, refusal.limit, slots)
+
     def _pull(self, ids: Iterable[str], job_id: ObjectId, token: str) -> None:
         ops = [UpdateOne({"_id": lid}, {"$pull": {"holders": {"job": job_id, "token": token}}}) for lid in ids]
         if ops:

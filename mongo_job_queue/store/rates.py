@@ -17,7 +17,7 @@ from pymongo.errors import DuplicateKeyError
 
 from ..limits import Limit
 
-__all__ = ["eligible_at", "reserve", "spend"]
+__all__ = ["eligible_at", "reserve", "spend", "unreserve"]
 
 
 def _interval(limit: Limit) -> tuple[timedelta, timedelta]:
@@ -64,7 +64,8 @@ def reserve(
 ) -> list[datetime]:
     """Spend up to ``count`` next starts within ``horizon`` in one compare-and-set; their times, one interval apart.
 
-    Fewer when the horizon ends first, none if it is spent.
+    Fewer when the horizon ends first, none if it is spent. The last slot
+    plus one interval is the new ``tat``, which :func:`unreserve` compares.
     """
     interval, tolerance = _interval(limit)
     for _ in range(5):
@@ -78,6 +79,21 @@ def reserve(
         if limiters.update_one({"_id": lid, "tat": tat}, {"$set": {"tat": new}}).matched_count:
             return slots
     return []
+
+
+def unreserve(limiters: Collection[dict[str, Any]], lid: str, limit: Limit, slots: list[datetime]) -> bool:
+    """Give back starts reserved for no job, if no start was spent after them (a compare-and-set of ``tat``).
+
+    Two claimers that read the same jobs both reserve for them; the second
+    finds them taken. Without this its starts go unused, and with three
+    claimers a rate reached about two thirds of itself.
+    """
+    if not slots:
+        return False
+    interval, _ = _interval(limit)
+    after = slots[-1] + interval
+    back = {"$set": {"tat": after - interval * len(slots)}}
+    return bool(limiters.update_one({"_id": lid, "tat": after}, back).matched_count)
 
 
 def eligible_at(limit: Limit, doc: Mapping[str, Any]) -> Optional[datetime]:

@@ -176,15 +176,16 @@ def test_a_rate_shared_by_three_processes_one_with_a_skewed_clock(workers, make_
     workers(4, 300.0)  # five minutes ahead: it must not spend more
     _ready(raw_db, 3)
     queue = make_queue(lease_ms=10_000)  # a producer's calls under the load of 24 threads
-    # 5/s, not more: each limited start costs about six round trips (the limiter read, the
-    # candidate read, the rate's read and compare-and-set, the claim, the heartbeats), and
-    # this shared 2-core server sustains about 2 limited starts/s per process (docs/limits.rst).
-    queue.limit("api", job_types=["LIM"], rate="5/s")
-    queue.enqueue_many({"job_type": "LIM", "data": {"sleep_ms": 1}} for _ in range(200))
+    # 2/s, not more: each limited start costs about six round trips (the limiter read, the
+    # candidate read, the rate's read and compare-and-set, the claim), and on this shared
+    # 2-core server three processes reach only 2.5-3.3 limited starts/s (docs/limits.rst).
+    # A skewed clock left uncorrected would spend starts freely: far above 22.
+    queue.limit("api", job_types=["LIM"], rate="2/s")
+    queue.enqueue_many({"job_type": "LIM", "data": {"sleep_ms": 1}} for _ in range(100))
     wait_until(lambda: _starts(raw_db) >= 1, timeout=60, what="first start")
     first = _mark(raw_db, "window", 0)
     time.sleep(10.0)  # the measured window itself, not a synchronisation
     last = _mark(raw_db, "window", 0)
     starts = sum(1 for e in _events(raw_db)[first:last] if e["kind"] == "start")
     # Never more than the rate (the skewed worker spends no extra start), and about all of it.
-    assert 45 <= starts <= 55, (starts, Counter(e["pid"] for e in _events(raw_db)[first:last] if e["kind"] == "start"))
+    assert 15 <= starts <= 22, (starts, Counter(e["pid"] for e in _events(raw_db)[first:last] if e["kind"] == "start"))
