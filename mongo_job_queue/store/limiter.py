@@ -2,13 +2,8 @@
 
 Two sibling collections hang off the jobs collection:
 
-* ``<jobs>_limits``: the definitions (``queue.limit(...)``), so every worker
-  sees a change. Each change bumps ``limits_version`` in the pause document
-  of the control collection, which workers read anyway (``pause_refresh_ms``):
-  a worker reads the definitions again only when that version moved, so a
-  queue that never defined a limit pays no read for them. A caller that
-  reads no pause state (a bare ``store.jobs.claim``) re-reads them at most
-  every :data:`REFRESH_S`;
+* ``<jobs>_limits``: the definitions (``queue.limit(...)``), kept by
+  :mod:`.limit_defs`, which also tells every worker of a change;
 * ``<jobs>_limiters``: one *limiter document* per (limit, key value). It
   holds the runs admitted under it, ``holders``: job id, lease token and
   ``until``, the run's lease expiry by server time, which the heartbeat
@@ -24,7 +19,6 @@ looks full. A run leaves its limiter when it ends, whatever the outcome
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -37,32 +31,28 @@ from pymongo import UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
-from ..limits import MUTEX, MUTEX_FIELD, MUTEX_LIMIT, Limit
+from ..limits import MUTEX, MUTEX_FIELD, Limit
 from ..status import PROCESSING
 from . import rates
 from .handle import JobStore
+from .limit_defs import LimitDefinitions
 
 __all__ = [
     "HELD_BACK_POLL_S",
     "RATE_HORIZON",
     "RATE_SLOTS",
-    "REFRESH_S",
     "Admission",
     "Limiter",
     "RateRefusal",
     "limiter_id",
 ]
 
-#: How long a worker trusts the definitions it read (a change reaches every worker within this).
-REFRESH_S = 1.0
 #: The job field listing the limiters whose rate reserved its start (its ``run_at`` is that start).
 RATE_SLOTS = "rate_slots"
 #: How far ahead a claim reserves a rate's starts for the jobs it read (their ``run_at`` set to the slot).
 RATE_HORIZON = timedelta(seconds=1)
 #: The longest idle wait of a poller whose last claim left jobs out for a full limiter.
 HELD_BACK_POLL_S = 0.5
-#: The stored marker that some job uses a mutex key (then every claim admits mutex keys).
-_MUTEX_MARKER = {"_id": MUTEX, "builtin": True}
 _SEP = "\x1f"
 #: The prefix of a lease token replaced because its holder lapsed (see ``Limiter._gone``).
 _REVOKED = "revoked:"
@@ -92,19 +82,13 @@ class Admission:
 
 
 class Limiter:
-    """Definitions, admission, holders' upkeep and the view of every limiter (see the module docstring)."""
+    """Admission, holders' upkeep and the view of every limiter; the definitions are its collaborator."""
 
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStore, definitions: LimitDefinitions) -> None:
         self._store = store
+        #: The stored limits and what claims must admit (limit_defs.py).
+        self.definitions = definitions
         self._lock = threading.Lock()
-        self._cached: tuple[Limit, ...] = ()
-        self._read_at = -REFRESH_S
-        #: The definitions' version last seen in the pause document, and when (monotonic).
-        self._version: Optional[int] = None
-        self._version_at = -math.inf
-        #: The version the cached definitions were read at (None: read them again).
-        self._read_version: Optional[int] = None
-        self._mutex_marked = False
         #: The runs of this process that hold limiters, by (job id, token).
         self._held: dict[tuple[ObjectId, str], tuple[str, ...]] = {}
         #: When a rate-limited key is next allowed to start (monotonic), for the poller's wait.
@@ -115,7 +99,7 @@ class Limiter:
 
     @property
     def definitions_collection(self) -> Collection[dict[str, Any]]:
-        return self._store.sibling("limits")
+        return self.definitions.collection
 
     @property
     def limiters(self) -> Collection[dict[str, Any]]:
@@ -130,88 +114,36 @@ class Limiter:
         self._lock = threading.Lock()
         self._held = {}
 
-    # -- definitions --------------------------------------------------------
+    # -- definitions (limit_defs.py) ----------------------------------------
 
     def define(self, limit: Limit) -> None:
-        """Store (or replace) ``limit``; every worker applies it from its next refresh."""
-        doc = limit.as_doc()
-        self._store.retry(
-            lambda: self.definitions_collection.replace_one({"_id": limit.name}, doc, upsert=True), "define_limit"
-        )
-        self._changed()
+        """Store (or replace) ``limit``; every worker applies it from its next pause read."""
+        self.definitions.define(limit)
 
     def remove(self, name: str) -> bool:
         """Delete the limit ``name`` and its limiter documents; False if there was none."""
         if name == MUTEX:
             return False
-        deleted = self._store.retry(
-            lambda: self.definitions_collection.delete_one({"_id": name}).deleted_count, "remove_limit"
-        )
+        deleted = self.definitions.delete(name)
         self._store.retry(lambda: self.limiters.delete_many({"limit": name}), "remove_limit")
-        self._changed()
-        return bool(deleted)
+        self.definitions.changed()
+        return deleted
 
     def stored(self) -> list[Limit]:
         """The limits stored in the database (the built-in mutex not included), by name."""
-        docs = self._store.retry(lambda: list(self.definitions_collection.find().sort("_id", 1)), "limits")
-        return [Limit.from_doc(d) for d in docs if not d.get("builtin")]
+        return self.definitions.stored()
 
     def mark_mutex(self) -> None:
         """Record, once per process, that jobs use mutex keys: from then on every claim admits them."""
-        if self._mutex_marked:
-            return
-
-        def call() -> None:
-            try:
-                self.definitions_collection.update_one({"_id": MUTEX}, {"$setOnInsert": _MUTEX_MARKER}, upsert=True)
-            except DuplicateKeyError:
-                pass  # another process marked it first
-
-        self._store.retry(call, "mark_mutex")
-        self._changed()  # every time (once per process): a lost reply must not leave the marker unannounced
-        self._mutex_marked = True
+        self.definitions.mark_mutex()
 
     def observe(self, version: int) -> None:
         """The definitions' version just read in the pause document (see :meth:`.control.Control.pause_state`)."""
-        self._version, self._version_at = version, time.monotonic()
-
-    def _changed(self) -> None:
-        """Announce a change of the definitions to every worker, and read them again here."""
-        self._store.control.bump_limits()
-        self._read_at, self._read_version, self._version = -REFRESH_S, None, None
-
-    def _known_version(self) -> Optional[int]:
-        """The version last observed, if recent enough to trust (the poller reads it every ``pause_refresh_ms``)."""
-        fresh = 2 * max(REFRESH_S, self._store.config.pause_refresh_ms / 1000)
-        return self._version if time.monotonic() - self._version_at <= fresh else None
+        self.definitions.observe(version)
 
     def active(self) -> tuple[Limit, ...]:
-        """The limits claims must admit (the mutex one once marked).
-
-        Read again when the version seen in the pause document moved (never,
-        while no limit was ever stored), else after :data:`REFRESH_S`.
-        """
-        version = self._known_version()
-        if version is not None:
-            if version == 0 and self._read_version is None:
-                self._cached, self._read_version = (), 0  # no limit was ever stored
-            if version == self._read_version:
-                return self._cached
-        elif time.monotonic() - self._read_at < REFRESH_S:
-            return self._cached
-        docs = self._store.retry(lambda: list(self.definitions_collection.find()), "limits")
-        limits: list[Limit] = []
-        for doc in docs:
-            if doc.get("builtin"):
-                limits.append(MUTEX_LIMIT)
-                continue
-            try:
-                limits.append(Limit.from_doc(doc))
-            except Exception:  # noqa: BLE001 - a hand-edited definition must not stop every claim
-                self._store.log.error("ignoring the malformed limit definition %r", doc.get("_id"))
-        self._cached = tuple(sorted(limits, key=lambda limit: limit.name))
-        self._read_at, self._read_version = time.monotonic(), version
-        return self._cached
+        """The limits claims must admit (see :meth:`.limit_defs.LimitDefinitions.active`)."""
+        return self.definitions.active()
 
     # -- the claim's side ---------------------------------------------------
 
@@ -447,10 +379,7 @@ class Limiter:
         there are definitions; none at all when the pause state just read
         says no limit was ever stored (the Prometheus scrape reads it first).
         """
-        if self._known_version() == 0:
-            return [], []
-        docs = self._store.retry(lambda: list(self.definitions_collection.find().sort("_id", 1)), "limits")
-        limits = [MUTEX_LIMIT if d.get("builtin") else Limit.from_doc(d) for d in docs]
+        limits = self.definitions.in_use()
         if not limits:
             return [], []
         by_name = {limit.name: limit for limit in limits}

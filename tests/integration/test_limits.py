@@ -11,7 +11,8 @@ from typing import Any
 
 from helpers import wait_until
 
-from mongo_job_queue.store.limiter import Admission, Limiter
+from mongo_job_queue.store.limit_defs import LimitDefinitions
+from mongo_job_queue.store.limiter import Admission
 
 
 class Peaks:
@@ -322,18 +323,19 @@ def test_a_worker_without_limits_reads_no_definitions_and_sees_a_new_limit_at_it
 ) -> None:
     worker, admin = make_queue(), make_queue()
     reads: list[Any] = []
-    real = Limiter.definitions_collection
-    monkeypatch.setattr(Limiter, "definitions_collection", property(lambda self: reads.append(self) or real.fget(self)))
+    real = LimitDefinitions.collection
+    monkeypatch.setattr(LimitDefinitions, "collection", property(lambda self: reads.append(self) or real.fget(self)))
+    mine = worker.store.limits.definitions
     worker.register_handler("T", lambda job: None)
     worker.enqueue_many([{"job_type": "T"}] * 5)
     poller = worker.worker.poller
     for _ in range(3):
         poller.forget_pause_state()  # the pause state read as after each pause_refresh_ms
         assert poller.claim_one() is not None
-    assert [r for r in reads if r is worker.store.limits] == []  # no limit was ever stored: nothing read
+    assert [r for r in reads if r is mine] == []  # no limit was ever stored: nothing read
     admin.limit("one-t", job_types=["T"], max_running=1)
     poller.forget_pause_state()
     assert poller.claim_one() is not None  # the three earlier runs were claimed before the limit
     poller.forget_pause_state()
     assert poller.claim_one() is None  # the limit is full
-    assert [r for r in reads if r is worker.store.limits] == [worker.store.limits]  # read once, when it moved
+    assert [r for r in reads if r is mine] == [mine]  # read once, when it moved
