@@ -142,7 +142,8 @@ class QueueConfig:
         retention_failed_ms: The same for ``failed`` jobs (30 days).
         retention_cancelled_ms: The same for ``cancelled`` jobs (30 days).
         pause_refresh_ms: How often a worker reads which queues and job types
-            are paused (at most once per interval, only when about to claim).
+            are paused, and whether the limit definitions changed (at most
+            once per interval, only when about to claim).
         run_schedules: Fire the schedules registered on this queue while its
             worker runs (see :meth:`~mongo_job_queue.PersistentJobQueue.schedule`);
             ``False`` leaves firing to other processes.

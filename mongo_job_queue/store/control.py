@@ -47,6 +47,8 @@ class PauseState:
 
     queues: frozenset[str] = field(default_factory=frozenset)
     types: frozenset[str] = field(default_factory=frozenset)
+    #: Bumped by every change of the limit definitions (0: none was ever stored), see ``store/limiter.py``.
+    limits_version: int = 0
 
 
 @dataclass(frozen=True)
@@ -98,8 +100,22 @@ class Control:
         return _pause_state(doc)
 
     def pause_state(self) -> PauseState:
-        """The paused queues and job types, one read of one small document."""
-        return _pause_state(self._store.retry(lambda: self.collection.find_one({"_id": _PAUSE_ID}), "pause_state"))
+        """The paused queues and job types, one read of one small document.
+
+        The same document carries the version of the limit definitions,
+        which this read hands to the limiter: so a worker learns whether
+        they changed (or exist at all) with no read of its own.
+        """
+        state = _pause_state(self._store.retry(lambda: self.collection.find_one({"_id": _PAUSE_ID}), "pause_state"))
+        self._store.limits.observe(state.limits_version)
+        return state
+
+    def bump_limits(self) -> None:
+        """Record that the limit definitions changed: every worker reads them again at its next pause read."""
+        self._store.retry(
+            lambda: self.collection.update_one({"_id": _PAUSE_ID}, {"$inc": {"limits_version": 1}}, upsert=True),
+            "bump_limits",
+        )
 
     # -- schedules ----------------------------------------------------------
 
@@ -304,4 +320,9 @@ def _cancel_pipeline(now: datetime, mark: str) -> list[dict[str, Any]]:
 
 def _pause_state(doc: Optional[Mapping[str, Any]]) -> PauseState:
     doc = doc or {}
-    return PauseState(frozenset(doc.get("queues") or ()), frozenset(doc.get("types") or ()))
+    version = doc.get("limits_version")
+    return PauseState(
+        frozenset(doc.get("queues") or ()),
+        frozenset(doc.get("types") or ()),
+        version if isinstance(version, int) else 0,
+    )

@@ -123,6 +123,7 @@ class JobStore:
         from .dependencies import Dependencies
         from .indexes import Indexes
         from .jobs import Jobs
+        from .limit_defs import LimitDefinitions
         from .limiter import Limiter
         from .shardkey import ShardKey
         from .workers import WorkerDocs
@@ -143,7 +144,7 @@ class JobStore:
         self.shard_key = ShardKey(job_model)  # the app's declared shard key, added to the filters about a job
         self.indexes = Indexes(self)
         #: Concurrency limits, mutex keys and rate limits, admitted inside the claim (see limiter.py).
-        self.limits = Limiter(self)
+        self.limits = Limiter(self, LimitDefinitions(self))
         self.jobs = Jobs(self, self.indexes)
         self.control = Control(self)
         self.admin = Admin(self, self.control)

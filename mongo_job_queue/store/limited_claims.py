@@ -134,8 +134,9 @@ class LimitedClaims:
 
         One compare-and-set takes the next starts of the rate (within
         :data:`~.limiter.RATE_HORIZON`), then one bulk write sets each job's
-        ``run_at`` to its start, if no one touched the job since the read; a
-        start reserved for a job that was taken meanwhile is left unused.
+        ``run_at`` to its start, if no one touched the job since the read. A
+        start reserved for a job another claimer took meanwhile is left
+        unused: the rate under-spends, it never over-spends.
         """
         store = self._store
         slots = store.retry(lambda: self._limiter.reserve(refusal, store.now(), len(docs)), "reserve_starts")
@@ -146,8 +147,9 @@ class LimitedClaims:
             )
             for doc, slot in zip(docs, slots, strict=False)
         ]
-        if ops:
-            store.retry(lambda: store.collection.bulk_write(ops, ordered=False), "reserve_starts")
+        if not ops:
+            return
+        store.retry(lambda: store.collection.bulk_write(ops, ordered=False), "reserve_starts")
 
     def _in_turns(self, fair: Limit, found: Mapping[str, Any], count: int) -> list[dict[str, Any]]:
         """Up to ``count`` candidates taken in turns from the key values of ``fair``, least recently served first.

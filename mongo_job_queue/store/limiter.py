@@ -2,8 +2,8 @@
 
 Two sibling collections hang off the jobs collection:
 
-* ``<jobs>_limits``: the definitions (``queue.limit(...)``), so every worker
-  sees a change (each re-reads them at most every :data:`REFRESH_S`);
+* ``<jobs>_limits``: the definitions (``queue.limit(...)``), kept by
+  :mod:`.limit_defs`, which also tells every worker of a change;
 * ``<jobs>_limiters``: one *limiter document* per (limit, key value). It
   holds the runs admitted under it, ``holders``: job id, lease token and
   ``until``, the run's lease expiry by server time, which the heartbeat
@@ -31,32 +31,31 @@ from pymongo import UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
-from ..limits import MUTEX, MUTEX_FIELD, MUTEX_LIMIT, Limit
+from ..limits import MUTEX, MUTEX_FIELD, Limit
+from ..status import PROCESSING
 from . import rates
 from .handle import JobStore
+from .limit_defs import LimitDefinitions
 
 __all__ = [
     "HELD_BACK_POLL_S",
     "RATE_HORIZON",
     "RATE_SLOTS",
-    "REFRESH_S",
     "Admission",
     "Limiter",
     "RateRefusal",
     "limiter_id",
 ]
 
-#: How long a worker trusts the definitions it read (a change reaches every worker within this).
-REFRESH_S = 1.0
 #: The job field listing the limiters whose rate reserved its start (its ``run_at`` is that start).
 RATE_SLOTS = "rate_slots"
 #: How far ahead a claim reserves a rate's starts for the jobs it read (their ``run_at`` set to the slot).
 RATE_HORIZON = timedelta(seconds=1)
 #: The longest idle wait of a poller whose last claim left jobs out for a full limiter.
 HELD_BACK_POLL_S = 0.5
-#: The stored marker that some job uses a mutex key (then every claim admits mutex keys).
-_MUTEX_MARKER = {"_id": MUTEX, "builtin": True}
 _SEP = "\x1f"
+#: The prefix of a lease token replaced because its holder lapsed (see ``Limiter._gone``).
+_REVOKED = "revoked:"
 
 
 def limiter_id(limit: str, value: Any) -> str:
@@ -92,14 +91,13 @@ class Admission:
 
 
 class Limiter:
-    """Definitions, admission, holders' upkeep and the view of every limiter (see the module docstring)."""
+    """Admission, holders' upkeep and the view of every limiter; the definitions are its collaborator."""
 
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStore, definitions: LimitDefinitions) -> None:
         self._store = store
+        #: The stored limits and what claims must admit (limit_defs.py).
+        self.definitions = definitions
         self._lock = threading.Lock()
-        self._cached: tuple[Limit, ...] = ()
-        self._read_at = -REFRESH_S
-        self._mutex_marked = False
         #: The runs of this process that hold limiters, by (job id, token).
         self._held: dict[tuple[ObjectId, str], tuple[str, ...]] = {}
         #: When a rate-limited key is next allowed to start (monotonic), for the poller's wait.
@@ -110,7 +108,7 @@ class Limiter:
 
     @property
     def definitions_collection(self) -> Collection[dict[str, Any]]:
-        return self._store.sibling("limits")
+        return self.definitions.collection
 
     @property
     def limiters(self) -> Collection[dict[str, Any]]:
@@ -125,64 +123,36 @@ class Limiter:
         self._lock = threading.Lock()
         self._held = {}
 
-    # -- definitions --------------------------------------------------------
+    # -- definitions (limit_defs.py) ----------------------------------------
 
     def define(self, limit: Limit) -> None:
-        """Store (or replace) ``limit``; every worker applies it from its next refresh."""
-        doc = limit.as_doc()
-        self._store.retry(
-            lambda: self.definitions_collection.replace_one({"_id": limit.name}, doc, upsert=True), "define_limit"
-        )
-        self._read_at = -REFRESH_S
+        """Store (or replace) ``limit``; every worker applies it from its next pause read."""
+        self.definitions.define(limit)
 
     def remove(self, name: str) -> bool:
         """Delete the limit ``name`` and its limiter documents; False if there was none."""
         if name == MUTEX:
             return False
-        deleted = self._store.retry(
-            lambda: self.definitions_collection.delete_one({"_id": name}).deleted_count, "remove_limit"
-        )
+        deleted = self.definitions.delete(name)
         self._store.retry(lambda: self.limiters.delete_many({"limit": name}), "remove_limit")
-        self._read_at = -REFRESH_S
-        return bool(deleted)
+        self.definitions.changed()
+        return deleted
 
     def stored(self) -> list[Limit]:
         """The limits stored in the database (the built-in mutex not included), by name."""
-        docs = self._store.retry(lambda: list(self.definitions_collection.find().sort("_id", 1)), "limits")
-        return [Limit.from_doc(d) for d in docs if not d.get("builtin")]
+        return self.definitions.stored()
 
     def mark_mutex(self) -> None:
         """Record, once per process, that jobs use mutex keys: from then on every claim admits them."""
-        if self._mutex_marked:
-            return
+        self.definitions.mark_mutex()
 
-        def call() -> None:
-            try:
-                self.definitions_collection.update_one({"_id": MUTEX}, {"$setOnInsert": _MUTEX_MARKER}, upsert=True)
-            except DuplicateKeyError:
-                pass  # another process marked it first
-
-        self._store.retry(call, "mark_mutex")
-        self._mutex_marked = True
-        self._read_at = -REFRESH_S
+    def observe(self, version: int) -> None:
+        """The definitions' version just read in the pause document (see :meth:`.control.Control.pause_state`)."""
+        self.definitions.observe(version)
 
     def active(self) -> tuple[Limit, ...]:
-        """The limits claims must admit (the mutex one once marked); read again after :data:`REFRESH_S`."""
-        if time.monotonic() - self._read_at < REFRESH_S:
-            return self._cached
-        docs = self._store.retry(lambda: list(self.definitions_collection.find()), "limits")
-        limits: list[Limit] = []
-        for doc in docs:
-            if doc.get("builtin"):
-                limits.append(MUTEX_LIMIT)
-                continue
-            try:
-                limits.append(Limit.from_doc(doc))
-            except Exception:  # noqa: BLE001 - a hand-edited definition must not stop every claim
-                self._store.log.error("ignoring the malformed limit definition %r", doc.get("_id"))
-        self._cached = tuple(sorted(limits, key=lambda limit: limit.name))
-        self._read_at = time.monotonic()
-        return self._cached
+        """The limits claims must admit (see :meth:`.limit_defs.LimitDefinitions.active`)."""
+        return self.definitions.active()
 
     # -- the claim's side ---------------------------------------------------
 
@@ -360,13 +330,33 @@ class Limiter:
                 holders = (found or {}).get("holders") or []
                 if any(h.get("job") == holder["job"] and h.get("token") == holder["token"] for h in holders):
                     return True  # an earlier try of ours, whose reply was lost
-                if not any(h.get("until") is None or h["until"] < now for h in holders):
+                lapsed = [h for h in holders if h.get("until") is None or h["until"] < now]
+                gone = [h for h in lapsed if self._gone(h, now)]
+                if not gone:
                     return False
-                # Drop the holders whose lease ran out (their worker died), then try once more.
-                self.limiters.update_one({"_id": lid}, {"$pull": {"holders": {"until": {"$lt": now}}}})
+                # Drop the holders whose runs are over or fenced out, then try once more.
+                for h in gone:
+                    self._pull([lid], h.get("job"), h.get("token"))
             return False
 
         return call()
+
+    def _gone(self, holder: Mapping[str, Any], now: datetime) -> bool:
+        """Whether a lapsed holder's run can no longer write: its lease is over, or revoked here.
+
+        A holder's ``until`` passing is not enough: a late heartbeat could
+        still renew the job's lease under the same token, and the run would
+        go on beside the one admitted in its place. So a run whose lease ran
+        out is fenced out first (its token replaced, which only the rescue
+        sweep then matches: it requeues the job), and a run whose lease is
+        still live keeps its holder (its heartbeat extends it).
+        """
+        jobs = self._store.collection
+        fenced = {"_id": holder.get("job"), "lease_token": holder.get("token"), "status": PROCESSING}
+        revoke = {"$set": {"lease_token": f"{_REVOKED}{holder.get('token')}"}}
+        if jobs.update_one({**fenced, "lease_expires_at": {"$lt": now}}, revoke).matched_count:
+            return True
+        return jobs.find_one(fenced, {"_id": 1}) is None
 
     def ids_of(self, doc: Mapping[str, Any], limits: Sequence[Limit]) -> list[str]:
         """The limiters that ``doc``'s job falls under."""
@@ -391,10 +381,10 @@ class Limiter:
         """The limits in use (the mutex one once marked) and, per limiter, what :meth:`snapshot` tells.
 
         One read of the definitions, and one of the limiters only when
-        there are definitions: a queue without limits pays one command.
+        there are definitions; none at all when the pause state just read
+        says no limit was ever stored (the Prometheus scrape reads it first).
         """
-        docs = self._store.retry(lambda: list(self.definitions_collection.find().sort("_id", 1)), "limits")
-        limits = [MUTEX_LIMIT if d.get("builtin") else Limit.from_doc(d) for d in docs]
+        limits = self.definitions.in_use()
         if not limits:
             return [], []
         by_name = {limit.name: limit for limit in limits}

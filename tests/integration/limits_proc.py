@@ -5,6 +5,7 @@ with ``tests/`` on ``PYTHONPATH``. Its ``LIM`` handler takes a number from
 one log document in MongoDB: each start and end is one atomic ``$push``
 onto its ``events`` array, so the events of every process are in one
 order (no host clock is trusted). It sleeps ``data.sleep_ms`` between.
+A run whose outcome was fenced out (lease lost) adds a ``lost`` event.
 It prints ``ready`` and runs until SIGTERM or SIGKILL. ``CLOCK_OFFSET_S``
 shifts this process's clock (a skewed host).
 """
@@ -20,7 +21,7 @@ from typing import Any
 import mongoengine
 from pymongo import MongoClient
 
-from mongo_job_queue import create_job_queue
+from mongo_job_queue import Middleware, create_job_queue
 from mongo_job_queue.clock import utcnow
 
 from .models import ALIAS, IntegrationJob
@@ -47,6 +48,17 @@ def record(db: Any, kind: str, job: IntegrationJob) -> None:
     db.limit_log.update_one({"_id": "log"}, {"$push": {"events": event}}, upsert=True)
 
 
+class LeaseLost(Middleware):
+    """Records each run whose outcome was fenced out (its lease lapsed, or was revoked for its limiter)."""
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+
+    def on_lease_lost(self, queue: Any, doc: dict[str, Any]) -> None:
+        event = {"kind": "lost", "job": doc["_id"], "token": doc.get("lease_token"), "pid": os.getpid()}
+        self.db.limit_log.update_one({"_id": "log"}, {"$push": {"events": event}}, upsert=True)
+
+
 def main(uri: str, db_name: str, concurrency: int, offset_s: float) -> int:
     mongoengine.connect(db=db_name, host=uri, alias=ALIAS, uuidRepresentation="standard")
     db = MongoClient(uri)[db_name]
@@ -54,6 +66,8 @@ def main(uri: str, db_name: str, concurrency: int, offset_s: float) -> int:
     queue = create_job_queue(
         job_model=IntegrationJob, config={"concurrency": concurrency, **TIMINGS}, clock=lambda: utcnow() + offset
     )
+
+    queue.add_middleware(LeaseLost(db))
 
     @queue.handler("LIM")
     def run(job: IntegrationJob) -> None:

@@ -69,7 +69,7 @@ def _queue(**config: Any):
 def test_claim_batch_takes_k_jobs_in_two_round_trips(counted) -> None:
     queue = _queue()
     queue.enqueue_many([{"job_type": "T", "data": {"n": n}, "priority": n % 3} for n in range(20)])
-    queue.store.limits.active()  # the limit definitions, re-read at most once a second (none here)
+    queue.store.control.pause_state()  # as a worker does before it claims: it says no limit was ever stored
     counted.counts.clear()
     claimed = queue.store.jobs.claim_batch(["T"], ["default"], LeaseOwner.current("w"), 8)
     assert counted.total() == 2, counted.counts

@@ -17,6 +17,8 @@ from pymongo.errors import AutoReconnect
 from mongo_job_queue.limits import Limit
 from mongo_job_queue.model import LeaseOwner
 from mongo_job_queue.store import rates
+from mongo_job_queue.store.limit_defs import LimitDefinitions
+from mongo_job_queue.store.limiter import Admission
 
 
 class Peaks:
@@ -368,3 +370,57 @@ def test_greedy_claimers_get_no_more_starts_than_the_rate(make_queue, rate) -> N
         else:
             now += timedelta(milliseconds=1)
     assert granted <= most
+
+
+def test_a_holder_taken_over_after_its_lease_lapsed_is_fenced_out(make_queue, job_model, raw_db) -> None:
+    """A late heartbeat must not revive a run whose key another run was admitted to meanwhile.
+
+    The first run's lease and holder lapse (a heartbeat late under load); a
+    second worker pulls the lapsed holder and is admitted to the key. The
+    first run must then be fenced out (its lease revoked), or two runs of the
+    key would both hold live leases.
+    """
+    a, b = make_queue(), make_queue()
+    first = a.enqueue("M", {}, mutex_key="k")
+    second = a.enqueue("M", {}, mutex_key="k", priority=-1)
+    held = a.store.jobs.claim(["M"], ["default"], a.worker.poller.owner)
+    assert held is not None and held.id == first.id
+    assert b.store.jobs.claim(["M"], ["default"], b.worker.poller.owner) is None  # the key is held
+    past = a.store.now() - timedelta(seconds=5)
+    raw_db.jobs.update_one({"_id": first.id}, {"$set": {"lease_expires_at": past}})
+    raw_db.jobs_limiters.update_many({}, {"$set": {"holders.$[].until": past}})
+    taken = b.store.jobs.claim(["M"], ["default"], b.worker.poller.owner)
+    assert taken is not None and taken.id == second.id
+    # The late heartbeat finds the first lease gone; its completion writes nothing.
+    assert first.id in a.store.jobs.heartbeat({held.id: held.token}).lost
+    assert a.store.jobs.complete(held) is False
+    assert job_model.objects.get(id=first.id).status == "processing"
+    # The old run's release cannot remove the new holder (fenced by job and token).
+    lids = tuple(d["_id"] for d in raw_db.jobs_limiters.find())
+    a.store.limits.hold(Admission(held.id, held.token, lids))
+    a.store.limits.release(held.id, held.token)
+    holders = [h["job"] for d in raw_db.jobs_limiters.find() for h in d.get("holders") or []]
+    assert holders == [second.id]
+
+
+def test_a_worker_without_limits_reads_no_definitions_and_sees_a_new_limit_at_its_next_pause_read(
+    make_queue, monkeypatch
+) -> None:
+    worker, admin = make_queue(), make_queue()
+    reads: list[Any] = []
+    real = LimitDefinitions.collection
+    monkeypatch.setattr(LimitDefinitions, "collection", property(lambda self: reads.append(self) or real.fget(self)))
+    mine = worker.store.limits.definitions
+    worker.register_handler("T", lambda job: None)
+    worker.enqueue_many([{"job_type": "T"}] * 5)
+    poller = worker.worker.poller
+    for _ in range(3):
+        poller.forget_pause_state()  # the pause state read as after each pause_refresh_ms
+        assert poller.claim_one() is not None
+    assert [r for r in reads if r is mine] == []  # no limit was ever stored: nothing read
+    admin.limit("one-t", job_types=["T"], max_running=1)
+    poller.forget_pause_state()
+    assert poller.claim_one() is not None  # the three earlier runs were claimed before the limit
+    poller.forget_pause_state()
+    assert poller.claim_one() is None  # the limit is full
+    assert [r for r in reads if r is mine] == [mine]  # read once, when it moved

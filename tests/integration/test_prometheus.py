@@ -235,7 +235,7 @@ def seed(queue: Any, *, queues: int, finished_per_queue: int) -> None:
 
 
 @pytest.mark.integration
-def test_a_scrape_costs_four_commands_whatever_the_number_of_queues(counted, registry, scrape, raw_db) -> None:
+def test_a_scrape_costs_three_commands_whatever_the_number_of_queues(counted, registry, scrape, raw_db) -> None:
     queue, commands = counted
     seed(queue, queues=100, finished_per_queue=4)  # 600 jobs, two thirds of them finished and retained
     queue.pause(queues=["q050", "idle"])  # a paused queue with no job is listed too
@@ -243,8 +243,7 @@ def test_a_scrape_costs_four_commands_whatever_the_number_of_queues(counted, reg
     registry.register(QueueStatsCollector(queue, cache_seconds=0, max_queues=20))
     commands.clear()
     samples = scrape()
-    # Depth, finished counts, pause state, limit definitions (none): was 2 to 6 per queue, 206 for 100 queues.
-    assert sorted(commands.names()) == ["aggregate", "aggregate", "find", "find"]
+    assert sorted(commands.names()) == ["aggregate", "aggregate", "find"]  # was 2 to 6 per queue: 206 for 100 queues
     depth, finished = [c for _, c in commands.commands if _ == "aggregate"]
     assert 0 < finished["maxTimeMS"] < depth["maxTimeMS"] <= 5_000  # the finished count's budget is smaller
     assert depth["cursor"]["batchSize"] >= 101  # every queue in the first reply: no getMore
@@ -264,11 +263,11 @@ def test_a_scrape_costs_four_commands_whatever_the_number_of_queues(counted, reg
     assert 99 <= value(samples, "mongo_job_queue_oldest_due_job_age_seconds", queue="__other__") < 200
     assert value(samples, "mongo_job_queue_oldest_due_job_age_seconds", queue="mail") == 0  # not due yet
 
-    # The same four commands for 10 times fewer queues.
+    # The same three commands for 10 times fewer queues.
     queue.store.collection.delete_many({"queue": {"$gte": "q010", "$lt": "r"}})
     commands.clear()
     samples = scrape()
-    assert sorted(commands.names()) == ["aggregate", "aggregate", "find", "find"]
+    assert sorted(commands.names()) == ["aggregate", "aggregate", "find"]
     assert value(samples, "mongo_job_queue_jobs", status="pending") == 21
     assert 10 <= value(samples, "mongo_job_queue_oldest_due_job_age_seconds", queue="q009") < 60
 
@@ -304,8 +303,7 @@ def test_a_scrape_storm_reads_the_database_once(counted, registry, scrape, monke
     assert commands.names() == []  # registering reads nothing
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda _: scrape(), range(16)))
-    # One round for 16 scrapes (the last find: the limit definitions).
-    assert sorted(commands.names()) == ["aggregate", "aggregate", "find", "find"]
+    assert sorted(commands.names()) == ["aggregate", "aggregate", "find"]  # one round for 16 scrapes
     assert all(value(s, "mongo_job_queue_jobs", queue="default", status="pending") == 1 for s in results)
 
     # A failed read: up is 0, the depth series are absent rather than stale, and the failure is cached too.
