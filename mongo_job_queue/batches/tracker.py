@@ -66,6 +66,9 @@ STALE_AFTER = timedelta(seconds=30)
 OPEN_STALE_AFTER = timedelta(minutes=10)
 #: At most this many batches per reconciler step.
 SWEEP_LIMIT = 100
+#: A batch add's staged jobs not released by then belong to an add that died: each of its steps is bounded by
+#: ``db_timeout_ms`` and its retries, so a live add takes seconds, never minutes.
+STAGED_ABANDONED_AFTER = timedelta(minutes=10)
 #: The checker thread ends after this long without a notice.
 _CHECKER_IDLE_S = 5.0
 
@@ -270,5 +273,13 @@ class BatchTracker:
             due += self._store.batches.stale(OPEN, now - OPEN_STALE_AFTER, SWEEP_LIMIT - len(due))
         for batch_id in due:
             self._store.batches.touch(batch_id, now)
+            try:
+                removed = self._store.batches.remove_abandoned_staged(batch_id, now - STAGED_ABANDONED_AFTER)
+            except Exception:
+                self.log.exception("batch %s: could not remove abandoned staged jobs", batch_id)
+            else:
+                if removed:
+                    self.log.warning("batch %s: removed %d job(s) of an add that died before it was confirmed",
+                                     batch_id, removed, extra={"batch_id": str(batch_id)})  # fmt: skip
             self.check_logged(batch_id)
         return len(due)

@@ -111,6 +111,16 @@ class BatchDocs:
         ]
         self._store.retry(lambda: self._store.collection.update_many(filt, update), "release_staged")
 
+    def remove_abandoned_staged(self, batch_id: ObjectId, before: datetime) -> int:
+        """Delete the batch's jobs staged before ``before`` and never released: their add died between its steps.
+
+        Staged jobs are unclaimable, so none can have run, and their caller
+        never heard the add succeed; left alone they would keep a sealed
+        batch from finishing for ever.
+        """
+        filt = {"batch_id": batch_id, "batch_staged_run_at": {"$exists": True}, "created_at": {"$lt": before}}
+        return self._store.retry(lambda: self._store.collection.delete_many(filt).deleted_count, "remove_staged")
+
     def remove_staged(self, job_ids: Sequence[ObjectId]) -> int:
         """Delete a batch add's staged jobs (the batch was sealed meanwhile): none can have run."""
         filt = {"_id": {"$in": list(job_ids)}, "batch_staged_run_at": {"$exists": True}}

@@ -521,3 +521,29 @@ def test_batches_show_cancel_and_retry_from_the_command_line(make_queue, raw_db)
     assert code == 2 and "batch id" in err
     code, _, err = run("batches", "show", str(ObjectId()))
     assert code == 5 and "no such batch" in err
+
+
+def test_jobs_of_an_add_that_died_before_its_release_do_not_keep_the_batch_open(make_queue, raw_db) -> None:
+    """An add inserts its jobs staged (unclaimable), then releases them: a crash between leaves them staged."""
+    queue = make_queue()
+    queue.register_handler("T", lambda job: None)
+    batch = queue.batch(**CALLBACKS)
+    batch.enqueue("T", {})
+    batch.enqueue("T", {"n": "dead add"})
+    # The second add's process died after its staged insert: its job is as a staged insert leaves it.
+    dead = raw_db.jobs.find_one({"data.n": "dead add"})
+    raw_db.jobs.update_one(
+        {"_id": dead["_id"]},
+        {"$set": {"batch_staged_run_at": dead["run_at"], "run_at": utcnow().replace(year=9000, tzinfo=None)}},
+    )
+    batch.seal()
+    assert queue.drain() == 1
+    tracker = queue._batches.tracker
+    soon = queue.store.now() + timedelta(minutes=1)
+    tracker.run_once(soon)
+    assert raw_db.jobs.find_one({"_id": dead["_id"]}) is not None  # a live add may still release it: kept
+    assert not queue.get_batch(batch.id).finished
+    tracker.run_once(queue.store.now() + timedelta(minutes=11))
+    assert raw_db.jobs.find_one({"_id": dead["_id"]}) is None
+    info = queue.get_batch(batch.id)
+    assert info.finished and info.fired == ("success", "complete")
