@@ -81,7 +81,7 @@ def test_jobs_list_filters_newest_first(job_model, failed_jobs) -> None:
     [
         (
             ["--field", "colour=red"],
-            "--field: 'colour' is not a field of IntegrationJob (its own fields are organization)",
+            "--field: 'colour' is not a field of IntegrationJob (its own fields are organization, partition)",
         ),
         (["--field", "status=failed"], "--field: 'status' is not a field of IntegrationJob"),
         (["--field", "organization"], "expected NAME=VALUE"),
