@@ -205,10 +205,12 @@ def test_the_scheduler_survives_a_database_outage_and_fires_again(make_queue, ra
     queue.schedule("often", job_type="T", every_ms=200)
     queue.start_polling()
     wait_until(lambda: raw_db.jobs.count_documents({"schedule": "often"}) >= 1, timeout=30, what="a first fire")
-    # Every read of the schedule state fails for a while: each tick gives up after its retries.
-    failpoint(["find"], 20, errorCode=91, errorLabels=["RetryableWriteError"])
+    # Every read fails until a tick has given up after its retries: an outage as long as it takes, whatever
+    # else of the worker reads meanwhile (a fixed number of failures could be used up by other components).
+    failpoint(["find"], 100_000, errorCode=91, errorLabels=["RetryableWriteError"])
     with caplog.at_level("WARNING", logger="mongo_job_queue"):
         wait_until(lambda: "scheduler tick failed" in caplog.text, timeout=30, what="a failed tick")
+        raw_db.client.admin.command("configureFailPoint", "failCommand", mode="off")  # the database is back
         after_outage = raw_db.jobs.count_documents({"schedule": "often"})
         wait_until(
             lambda: raw_db.jobs.count_documents({"schedule": "often"}) >= after_outage + 3,
