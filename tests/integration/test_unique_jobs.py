@@ -112,7 +112,7 @@ def test_a_schedule_fire_after_an_outside_drop_is_still_single(make_queue, job_m
     queue.enqueue("warm-up", {})
 
     def fire() -> dict:
-        doc = queue._builder.build(
+        doc = queue._enqueuer.builder.build(
             {"job_type": "T", "data": {}, "queue": "default", "priority": 0}, {}, queue.store.now()
         )
         doc.update(schedule="nightly", fire_time=datetime(2030, 1, 1))
