@@ -27,6 +27,15 @@ TZ_NEUTRAL: dict[str, str] = {
     "test_cli.py::test_errors_are_one_line_with_a_distinct_exit_code": "usage errors, refused before any read",
     "test_cli.py::test_app_errors_say_what_to_pass": "--app import errors, before any database call",
     "test_cli.py::test_stop_timeout_inf_means_wait_forever_and_is_passed_on": "argument passing; no worker runs",
+    # Workers in child processes, on their own connections (never tz_aware): this process only enqueues
+    # and reads back what the in-process tests of the same features rerun.
+    "test_limits_procs.py": "its workers are child processes; limits read in-process rerun in test_limits.py",
+    "test_schedules.py::test_processes_running_the_same_schedules_enqueue_one_job_per_fire_time": (
+        "its schedulers are child processes; the in-process schedule tests of the file rerun"
+    ),
+    "test_prometheus.py::test_multiprocess_mode_aggregates_worker_processes": (
+        "its workers and its scrape are child processes; the in-process scrape tests of the file rerun"
+    ),
 }
 
 

@@ -183,10 +183,20 @@ def test_a_rate_shared_by_three_processes_one_with_a_skewed_clock(workers, make_
     queue.limit("api", job_types=["LIM"], rate="2/s")
     queue.enqueue_many({"job_type": "LIM", "data": {"sleep_ms": 1}} for _ in range(100))
     wait_until(lambda: _starts(raw_db) >= 1, timeout=60, what="first start")
+    opened = time.monotonic()
     first = _mark(raw_db, "window", 0)
     time.sleep(10.0)  # the measured window itself, not a synchronisation
     last = _mark(raw_db, "window", 0)
-    starts = sum(1 for e in _events(raw_db)[first:last] if e["kind"] == "start")
-    # Never more than the rate (the skewed worker spends no extra start), and at least half of it
-    # (under a load average of 9 on this box three processes reached 14 of 20).
-    assert 10 <= starts <= 22, (starts, Counter(e["pid"] for e in _events(raw_db)[first:last] if e["kind"] == "start"))
+    # The two marks landed somewhere in [opened, closed]: on a loaded server a mark's write can wait a
+    # second or more, and a 10 s sleep between them measured 12 s between their landings.
+    window_s = time.monotonic() - opened
+    in_window = [e for e in _events(raw_db)[first:last] if e["kind"] == "start"]
+    starts, by_pid = len(in_window), Counter(e["pid"] for e in in_window)
+    # Never more than the rate over the window (the skewed worker spends no extra start): one burst
+    # (1), and the starts admitted up to a second and a half before the window opened whose events
+    # landed in it (the claim, the dispatch and the handler's own write come after the admission).
+    # And at least half of it (under a load average of 9 on this box three processes reached 14 of
+    # 20); every process starts some (a clock left uncorrected would take the shared rate for itself).
+    allowed = 2 * (window_s + 1.5) + 1
+    assert 10 <= starts <= allowed, (starts, round(window_s, 2), by_pid)
+    assert len(by_pid) == 3, by_pid

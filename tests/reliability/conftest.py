@@ -31,6 +31,28 @@ import pytest
 
 from .harness import Fleet, Recorder, measure_server_clock
 
+#: The scenarios of this folder that may share the machine (tox runs them in parallel with the other
+#: folders' tests), each with why. Every other one is marked ``serial``: its bounds (recovery within a
+#: lease and a sweep, a socket timeout of 500 ms, "never re-run") assume the machine to itself.
+PARALLEL_SAFE: dict[str, str] = {
+    "test_memory.py": "measures resident memory, not time; a slower run only takes longer",
+    "test_stateful.py": "runs in this process on an injected clock",
+    "test_clock_skew.py": "skews injected clocks, not the machine's",
+    "test_bad_documents.py": "one worker meets malformed documents; no bound on time",
+    "test_lock_redis_restart.py": "its own Redis servers, restarted on purpose; tokens are compared, not times",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark this folder's scenarios ``serial``, but those named in ``PARALLEL_SAFE``."""
+    here = Path(__file__).parent
+    for name in PARALLEL_SAFE:
+        if not (here / name).exists():
+            raise pytest.UsageError(f"tests/reliability/conftest.py PARALLEL_SAFE names {name}, which does not exist")
+    for item in items:
+        if item.path.parent == here and item.path.name not in PARALLEL_SAFE:
+            item.add_marker(pytest.mark.serial)
+
 
 @pytest.fixture
 def executions(raw_db):

@@ -423,6 +423,25 @@ class Fleet:
         worker.proc.send_signal(signal.SIGCONT)
         self._frozen.discard(worker.pid)
 
+    def kill_in_flight(self, worker: WorkerProcess, busy: Callable[[], bool], timeout: float = 60) -> datetime:
+        """SIGKILL ``worker`` at a moment when ``busy()`` holds, and return the kill time.
+
+        Seeing it busy, then killing it, races the handler's end on a loaded machine (a short job
+        finishes in between); frozen, it cannot finish, so ``busy()`` is checked on a stopped process
+        and the kill lands on what was seen. When it is idle it is thawed and looked at again.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            at = self.freeze(worker)
+            if busy():
+                self.kill(worker)
+                return at
+            self.thaw(worker)
+            self.outages.pop(worker.pid, None)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{worker.worker_id} was never seen busy in {timeout} s")
+            time.sleep(0.05)
+
     def alive(self) -> list[WorkerProcess]:
         return [w for w in self.workers if w.alive()]
 
