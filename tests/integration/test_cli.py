@@ -225,12 +225,14 @@ def test_schedules_lists_next_and_last_fire_times(job_model) -> None:
 
 @pytest.mark.parametrize("flag", [["--no-schedules"], []])
 def test_a_worker_with_no_schedules_does_not_fire_them(job_model, flag) -> None:
-    # A 1.5 s job keeps the burst worker up for about seven fire times of 'often'.
-    assert run("enqueue", "sleep", "--app", APP, "--data", '{"ms": 1500}')[0] == 0
+    # A 2.5 s job keeps the burst worker up for about twelve fire times of 'often': its scheduler
+    # fires at least once even when a loaded machine stretches its ticks (catch_up="once" fires
+    # one job per tick however late, and a first tick only takes note of the schedule).
+    assert run("enqueue", "sleep", "--app", APP, "--data", '{"ms": 2500}')[0] == 0
     code = cli.main(["worker", "--app", SCHEDULED_APP, "--burst", *flag], err=io.StringIO())
     assert code == 0
     fired = job_model.objects(schedule="often").count()
-    assert (fired == 0) if flag else (fired >= 2), fired
+    assert (fired == 0) if flag else (fired >= 1), fired
 
 
 def test_cancel_by_type_and_queue(job_model) -> None:

@@ -90,7 +90,8 @@ def read_depth(
     finished jobs with its own ``finished_time_ms`` budget (default: a fifth
     of ``max_time_ms``). The finished count is best effort: when it fails or
     times out, ``counts`` lacks the finished statuses (no series) and the
-    rest stands. The queues this process serves come first, then paused
+    rest stands. The two counts are two reads, not one snapshot: a job that
+    finishes between them shows in both once. The queues this process serves come first, then paused
     ones, then the busiest (pending and processing); the rest add up under
     :data:`OTHER`.
     """
