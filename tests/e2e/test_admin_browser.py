@@ -7,7 +7,9 @@ session's wire server; each browser context asks for its role in an
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,14 @@ from mongo_job_queue.contrib.admin import create_admin_app
 
 pytestmark = pytest.mark.integration
 
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "_static"
+#: Where the screenshots go: docs/_static (what docs/admin.rst shows) when MJQ_DOC_SCREENSHOTS=1 asks
+#: to refresh them, else a scratch folder, so that a test run leaves the work tree as it was.
+SHOTS = (
+    Path(__file__).resolve().parents[2] / "docs" / "_static"
+    if os.environ.get("MJQ_DOC_SCREENSHOTS") == "1"
+    else Path(tempfile.gettempdir()) / "mjq-admin-screenshots"
+)
+SHOTS.mkdir(parents=True, exist_ok=True)
 
 
 @pytest.fixture
