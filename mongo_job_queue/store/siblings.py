@@ -1,6 +1,6 @@
 """A collection beside the jobs collection, owned by one component, with the indexes that component needs.
 
-The owners (control, workers, batches) each name their suffix and, if they
+The owners (control, workers, batches, locks) each name their suffix and, if they
 need one, how to build their index; :class:`SiblingCollection` hands them
 the collection (:meth:`~mongo_job_queue.store.handle.JobStore.sibling`) and
 builds the index once per process (:class:`~.index_once.IndexOnce`).
@@ -21,6 +21,8 @@ __all__ = ["SiblingCollection"]
 T = TypeVar("T")
 #: Builds the owner's index on the collection it is given.
 IndexBuilder = Callable[[Collection[dict[str, Any]]], object]
+#: The owner's options on the collection (the locks' write concern), applied to every use of it.
+CollectionOptions = Callable[[Collection[dict[str, Any]]], Collection[dict[str, Any]]]
 
 #: Keyed by database and collection name, so one set serves every owner.
 _indexes = IndexOnce()
@@ -29,15 +31,24 @@ _indexes = IndexOnce()
 class SiblingCollection:
     """``<jobs collection>_<suffix>`` and its index, built before the first use that needs it."""
 
-    def __init__(self, store: JobStore, suffix: str, create_index: Optional[IndexBuilder] = None) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        suffix: str,
+        create_index: Optional[IndexBuilder] = None,
+        *,
+        options: Optional[CollectionOptions] = None,
+    ) -> None:
         self.store = store
         self.suffix = suffix
         self._create_index = create_index
+        self._options = options
 
     @property
     def collection(self) -> Collection[dict[str, Any]]:
         """The collection, with no index built (reads that need none, writes to existing documents)."""
-        return self.store.sibling(self.suffix)
+        collection = self.store.sibling(self.suffix)
+        return collection if self._options is None else self._options(collection)
 
     def _create(self) -> None:
         if self._create_index is not None:
