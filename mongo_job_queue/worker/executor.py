@@ -24,7 +24,7 @@ from ..handlers import Handler, HandlerRegistry
 from ..middleware import MiddlewareChain, Outcome
 from ..model import BaseJob, JobError, safe_str, truncate
 from ..retry import RetryDecision
-from ..retry_limit import exhausted, max_retries_of
+from ..retry_limit import max_retries_of, spent_error
 from ..status import CANCELLED
 from ..store import ClaimedJob, JobStore, UnstorableResult
 from ..validation import check_value, stored_job_problems
@@ -135,12 +135,9 @@ class Executor:
             # The run is over, whatever its outcome: it leaves its limiters (see store/limiter.py).
             self.store.limits.release(claimed.id, claimed.token)
 
-    def _process(self, claimed: ClaimedJob, completer: Optional[Completer], abandon: Optional[Abandon]) -> None:
+    def load(self, claimed: ClaimedJob) -> Optional[BaseJob]:
+        """The claimed job as the app's model; None for a malformed document, which is failed at once."""
         doc = claimed.doc
-        handler = self.registry.get(doc["type"])
-        if handler is None:  # unregistered between claim and run
-            self._record_failure(claimed, None, FailJob(f"no handler registered for job type {doc['type']!r}"))
-            return
         problems = stored_job_problems(doc)
         try:
             job: BaseJob = self.store.model._from_son(doc)
@@ -148,10 +145,21 @@ class Executor:
             problems.append(f"cannot be loaded as {self.store.model.__name__}: {safe_str(exc)}")
         if problems:
             self.quarantiner.fail_malformed(doc, problems, token=claimed.token)
+            return None
+        return job
+
+    def _process(self, claimed: ClaimedJob, completer: Optional[Completer], abandon: Optional[Abandon]) -> None:
+        doc = claimed.doc
+        handler = self.registry.get(doc["type"])
+        if handler is None:  # unregistered between claim and run
+            self._record_failure(claimed, None, FailJob(f"no handler registered for job type {doc['type']!r}"))
             return
-        if exhausted(doc, handler):  # requeued by a lease rescuer that did not know the handler's bound
-            bound = f"max_retries={max_retries_of(doc, handler)}"
-            self._record_failure(claimed, handler, FailJob(f"{bound} of the handler exhausted before this attempt"))
+        job = self.load(claimed)
+        if job is None:
+            return
+        spent = spent_error(doc, handler)  # requeued by a lease rescuer that did not know the handler's bound
+        if spent is not None:
+            self._record_failure(claimed, handler, spent)
             return
         state = self.table.get(run_key(claimed)) or RunState(claimed)
         job._mjq_context = JobContext(self.store, state)
