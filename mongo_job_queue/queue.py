@@ -19,10 +19,11 @@ from bson import ObjectId
 
 from .after_fork import renew_in_child
 from .batches import Batch, Batches, BatchInfo, BatchTracker, Callback
+from .builder import JobBuilder, job_arguments
 from .chunks import BatchHandlerFn, register_batch_handler
 from .clock import Clock, to_naive_utc, utcnow
 from .config import ConfigInput, QueueConfig, load_config
-from .enqueue import Enqueuer, JobBuilder, job_arguments
+from .enqueue import Enqueuer
 from .forwarding import decorator_form, method_signature_of, parameters_of, signature_of
 from .handlers import HandlerFn, HandlerRegistry
 from .limits import Limit, define_limit

@@ -14,8 +14,8 @@ from typing import Any, Optional
 
 from bson import ObjectId
 
+from .builder import JobBuilder
 from .config import QueueConfig, load_config
-from .enqueue import JobBuilder
 from .errors import QueueStateError
 from .handlers import HandlerFn, HandlerRegistry
 from .store import JobStore
