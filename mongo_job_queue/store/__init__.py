@@ -12,8 +12,9 @@
       .dependencies dependencies.py blocked jobs, released by their dependencies' final writes
       .batches  batches.py batch documents (``<jobs>_batches``) and a batch's counts from its jobs
       .limits   limiter.py limits and mutex keys (``<jobs>_limits``, ``<jobs>_limiters``), admitted in the claim
-                           (limited_claims.py; rates.py the GCRA of rate limits; limit_defs.py the
-                           stored definitions, announced through the pause document's version)
+                           (limited_claims.py; holders.py the concurrency slots; rates.py the GCRA of
+                           rate limits; limit_defs.py the stored definitions, announced through the
+                           pause document's version)
     Listing     listing.py the command line's job listings by filter (built with a handle when needed)
 
 faults.py reads database errors (transient, too large, which unique index);
