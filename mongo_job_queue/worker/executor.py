@@ -14,6 +14,7 @@ import queue as queue_mod
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass
 from typing import Any, Optional
 
 from ..clock import after_ms
@@ -46,30 +47,23 @@ WorkQueue = queue_mod.SimpleQueue[Optional[ClaimedJob]]
 Abandon = Callable[[Watch], None]
 
 
+@dataclass(eq=False)
 class Executor:
     """Runs handlers and writes outcomes for one worker."""
 
-    def __init__(
-        self,
-        store: JobStore,
-        registry: HandlerRegistry,
-        config: QueueConfig,
-        hooks: MiddlewareChain,
-        table: InflightTable,
-        quarantiner: Quarantiner,
-        *,
-        logger: Optional[logging.Logger] = None,
-        limits: Optional[TimeLimits] = None,
-    ) -> None:
-        self.store = store
-        self.registry = registry
-        self.config = config
-        self.hooks = hooks
-        self.table = table
-        self.quarantiner = quarantiner
-        self.log = logger or log
-        self.inline = InlineCompleter(store)
-        self.limits = limits if limits is not None else TimeLimits(config, hooks, logger)
+    store: JobStore
+    registry: HandlerRegistry
+    config: QueueConfig
+    hooks: MiddlewareChain
+    table: InflightTable
+    quarantiner: Quarantiner
+    #: The time-limit watchdog of this worker's runs.
+    limits: TimeLimits
+    _: KW_ONLY
+    log: logging.Logger = log
+
+    def __post_init__(self) -> None:
+        self.inline = InlineCompleter(self.store)
 
     # -- handler threads ----------------------------------------------------
 
