@@ -17,7 +17,6 @@ from typing import Any, Generic, Optional, TypeVar
 
 from bson import ObjectId
 
-from .after_fork import renew_in_child
 from .batches import Batch, BatchInfo, Callback
 from .builder import job_arguments
 from .chunks import BatchHandlerFn, register_batch_handler
@@ -85,14 +84,10 @@ class PersistentJobQueue(Generic[J]):
         self.locks = parts.locks  #: The default backend of :meth:`lock`: MongoDB.
         self._local, self._enqueuer, self._admin = parts.local, parts.enqueuer, parts.admin
         self._schedules, self._batches = parts.schedules, parts.batches
-        renew_in_child(self)
 
     def add_middleware(self, middleware: Middleware) -> None:
         """Add lifecycle hooks after construction (e.g. by a Flask or Django integration)."""
         self.hooks.add(middleware)
-
-    def _after_fork_in_child(self) -> None:
-        self._local.after_fork_in_child()
 
     # -- handlers -----------------------------------------------------------
 
