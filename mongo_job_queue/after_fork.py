@@ -2,7 +2,7 @@
 
 Objects with such state call :func:`renew_in_child` once; in every child
 forked while they live, their ``_after_fork_in_child()`` runs, in the order
-the objects registered (a queue's handler registry before the queue). The
+the objects registered (a queue's handler registry before its worker). The
 store's connections have a hook of their own (:mod:`mongo_job_queue.store.fork`).
 """
 

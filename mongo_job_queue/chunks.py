@@ -19,12 +19,11 @@ from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
 from bson import ObjectId
-from bson.errors import InvalidId
 
 from .clock import MAX_DURATION_MS
 from .errors import ChunkJobFailed, ChunkResultError, FailJob, HandlerError, JobCancelled, RetryJob
 from .handlers import ChunkSpec, Handler, HandlerRegistry
-from .model import BaseJob
+from .model import BaseJob, object_id
 from .retry import RetryPolicy, RetryStrategy, StopStrategy, WaitStrategy
 
 __all__ = ["MAX_CHUNK_SIZE", "BatchHandlerFn", "ChunkResult", "JobOutcome", "register_batch_handler"]
@@ -62,15 +61,9 @@ DONE = JobOutcome("done")
 
 def _job_id(job: Any) -> ObjectId:
     """The id of a job given as the app's instance, an ObjectId or its 24-hex-digit string."""
-    if isinstance(job, BaseJob):
-        job = job.pk
-    if isinstance(job, ObjectId):
-        return job
-    if isinstance(job, str):
-        try:
-            return ObjectId(job)
-        except InvalidId:
-            pass
+    found = object_id(job.pk if isinstance(job, BaseJob) else job)
+    if found is not None:
+        return found
     raise ChunkResultError(f"a chunk result names jobs by instance, ObjectId or id string, got {job!r:.80}")
 
 

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Optional
 
+from bson import ObjectId
 from mongoengine import (
     BooleanField,
     DateTimeField,
@@ -42,9 +43,15 @@ __all__ = [
     "LeaseOwner",
     "check_job_model",
     "job_log_extra",
+    "object_id",
     "safe_str",
     "truncate",
 ]
+
+
+def _plain_fields(doc: EmbeddedDocument) -> dict[str, Any]:
+    """``doc``'s fields as stored, in declaration order, as plain values: no per-write conversion by MongoEngine."""
+    return {name: getattr(doc, name) for name in doc._fields_ordered}
 
 
 class LeaseOwner(EmbeddedDocument):
@@ -61,7 +68,7 @@ class LeaseOwner(EmbeddedDocument):
 
     def as_doc(self) -> dict[str, Any]:
         """The stored form, built without MongoEngine's per-write conversion (claims are the hot path)."""
-        return {"host": self.host, "pid": self.pid, "worker_id": self.worker_id}
+        return _plain_fields(self)
 
 
 class JobError(EmbeddedDocument):
@@ -94,14 +101,16 @@ class JobError(EmbeddedDocument):
 
     def as_doc(self) -> dict[str, Any]:
         """The stored form, pushed into ``errors`` and set as ``last_error``."""
-        return {
-            "type": self.type,
-            "message": self.message,
-            "traceback": self.traceback,
-            "attempt": self.attempt,
-            "at": self.at,
-            "lease_token": self.lease_token,
-        }
+        return _plain_fields(self)
+
+
+def object_id(value: Any) -> Optional[ObjectId]:
+    """``value`` as an ObjectId if it is one or its 24-hex-digit string, else None (job ids given by the app)."""
+    if isinstance(value, ObjectId):
+        return value
+    if isinstance(value, str) and ObjectId.is_valid(value):
+        return ObjectId(value)
+    return None
 
 
 def safe_str(value: BaseException) -> str:

@@ -1,10 +1,10 @@
 """The public facade: :class:`PersistentJobQueue` and :func:`create_job_queue`.
 
-The queue object only wires components together: each public method
-delegates to one of them, built here with its collaborators. Enqueues go
-through :mod:`.enqueue`, reads and administration through
-:mod:`.queue_admin`, schedules through :mod:`.schedules.manager`, and
-running jobs through :mod:`.worker`.
+The queue object only forwards: each public method delegates to one of
+the components that :mod:`.queue_parts` builds. Enqueues go through
+:mod:`.enqueue`, reads and administration through :mod:`.queue_admin`,
+schedules through :mod:`.schedules.manager`, and running jobs through
+:mod:`.worker`.
 """
 
 from __future__ import annotations
@@ -17,29 +17,24 @@ from typing import Any, Generic, Optional, TypeVar
 
 from bson import ObjectId
 
-from .after_fork import renew_in_child
-from .batches import Batch, Batches, BatchInfo, BatchTracker, Callback
+from .batches import Batch, BatchInfo, Callback
+from .builder import job_arguments
 from .chunks import BatchHandlerFn, register_batch_handler
 from .clock import Clock, to_naive_utc, utcnow
 from .config import ConfigInput, QueueConfig, load_config
-from .enqueue import Enqueuer, JobBuilder, job_arguments
 from .forwarding import decorator_form, method_signature_of, parameters_of, signature_of
 from .handlers import HandlerFn, HandlerRegistry
 from .limits import Limit, define_limit
 from .locks import Lock, LockBackend
 from .middleware import Middleware, MiddlewareChain
 from .model import BaseJob, check_job_model
-from .queue_admin import QueueAdmin
-from .queue_worker import QueueWorker
+from .queue_parts import build_parts
 from .schedules.arguments import schedule_arguments
 from .schedules.definition import Schedule
-from .schedules.manager import ScheduleInfo, ScheduleManager
+from .schedules.manager import ScheduleInfo
 from .schedules.service import Fire, Scheduler
 from .status import FINISHED
-from .store import JobStore
-from .store.locks import MongoLocks
 from .tasks import Task
-from .worker import Worker
 from .worker.runner import run_worker
 from .worker.wakeup import WakeupChannel
 from .workflows import JobSpec, Workflow
@@ -78,29 +73,21 @@ class PersistentJobQueue(Generic[J]):
         self.clock = clock
         self.registry = HandlerRegistry()
         self.hooks = MiddlewareChain(self, middleware)
-        self.store = JobStore(job_model, self.config, clock=clock, sleep=sleep, logger=logger)
-        self.worker = Worker(self.store, self.registry, self.config, logger=logger, hooks=self.hooks)
         #: Testing hook: run each new job at once, in the calling thread (see :mod:`mongo_job_queue.testing`).
         self.eager = False
         #: With :attr:`eager`: raise :class:`~mongo_job_queue.errors.EagerJobFailed` when a job did not complete.
         self.eager_propagate = False
-        builder = JobBuilder(job_model, self.config, self.registry)
-        self._local = local = QueueWorker(self.store, self.registry, self.worker, builder)
-        self._enqueuer = Enqueuer(builder, self.store, self.worker, self.hooks, flags=self)
-        self._admin = QueueAdmin(job_model, self.store, self.worker, self.hooks)
-        self._schedules = ScheduleManager(self.store, self.worker, self._enqueuer, self.registry, prepare=local.prepare)
-        self.locks = MongoLocks(self.store)  #: The default backend of :meth:`lock`: MongoDB.
-        self.store.dependencies.on_release = self.worker.notify  # a released job need not wait for a poll
-        tracker = BatchTracker(self.store, self._enqueuer, self, logger)
-        self._batches = Batches(self.store, builder, self._enqueuer, tracker)
-        renew_in_child(self)
+        parts = build_parts(
+            job_model, self.config, self.registry, self.hooks, self, clock=clock, sleep=sleep, logger=logger
+        )
+        self.store, self.worker = parts.store, parts.worker
+        self.locks = parts.locks  #: The default backend of :meth:`lock`: MongoDB.
+        self._local, self._enqueuer, self._admin = parts.local, parts.enqueuer, parts.admin
+        self._schedules, self._batches = parts.schedules, parts.batches
 
     def add_middleware(self, middleware: Middleware) -> None:
         """Add lifecycle hooks after construction (e.g. by a Flask or Django integration)."""
         self.hooks.add(middleware)
-
-    def _after_fork_in_child(self) -> None:
-        self._local.after_fork_in_child()
 
     # -- handlers -----------------------------------------------------------
 

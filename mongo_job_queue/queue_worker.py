@@ -14,8 +14,9 @@ from typing import Any, Optional
 
 from bson import ObjectId
 
+from .after_fork import renew_in_child
+from .builder import JobBuilder
 from .config import QueueConfig, load_config
-from .enqueue import JobBuilder
 from .errors import QueueStateError
 from .handlers import HandlerFn, HandlerRegistry
 from .store import JobStore
@@ -37,6 +38,7 @@ class QueueWorker:
         self.builder = builder
         #: Whether this object ensured the indexes (a forked child does it again).
         self.indexes_ensured = False
+        renew_in_child(self)
 
     def ensure_indexes(self) -> None:
         self.store.ensure_indexes()
@@ -92,7 +94,7 @@ class QueueWorker:
             ran += 1
         return ran
 
-    def after_fork_in_child(self) -> None:
+    def _after_fork_in_child(self) -> None:
         # The parent's threads do not exist here and its leases are its own.
         self.worker._reset_runtime_state()
         if self.worker.scheduler is not None:

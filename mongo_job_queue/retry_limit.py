@@ -18,9 +18,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Optional
 
+from .errors import FailJob
 from .handlers import Handler
 
-__all__ = ["DEFAULT_MARK", "exhausted", "max_retries_of", "rescue_gives_up"]
+__all__ = ["DEFAULT_MARK", "exhausted", "max_retries_of", "rescue_gives_up", "spent_error"]
 
 #: The job field marking a stored ``max_retries`` as a default that the handler's overrides.
 DEFAULT_MARK = "max_retries_default"
@@ -36,6 +37,13 @@ def max_retries_of(doc: Mapping[str, Any], handler: Optional[Handler]) -> int:
 def exhausted(doc: Mapping[str, Any], handler: Optional[Handler]) -> bool:
     """Whether the claimed attempt is past the bound (a rescuer without the handler requeued it)."""
     return int(doc["attempts"]) > max_retries_of(doc, handler) + 1
+
+
+def spent_error(doc: Mapping[str, Any], handler: Optional[Handler]) -> Optional[FailJob]:
+    """The failure to record, without running the handler, for an attempt past its bound (see ``exhausted``)."""
+    if not exhausted(doc, handler):
+        return None
+    return FailJob(f"max_retries={max_retries_of(doc, handler)} of the handler exhausted before this attempt")
 
 
 def rescue_gives_up(doc: Mapping[str, Any], handler: Optional[Handler]) -> bool:

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
 from bson import ObjectId
-from bson.errors import InvalidId
 
 from .errors import WorkflowError
+from .model import object_id
 
 __all__ = [
     "DEPENDENCY_KEYS",
@@ -138,13 +138,9 @@ def _job_id(ref: Any) -> ObjectId:
     if isinstance(ref, JobSpec):
         return ref.id
     value = getattr(ref, "pk", ref)  # a job instance of the app's model
-    if isinstance(value, ObjectId):
-        return value
-    if isinstance(value, str):
-        try:
-            return ObjectId(value)
-        except InvalidId:
-            pass
+    found = object_id(value)
+    if found is not None:
+        return found
     raise WorkflowError(f"depends_on entries must be jobs, job ids or specs, got {value!r:.80}")
 
 

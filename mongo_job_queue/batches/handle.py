@@ -8,7 +8,7 @@ from typing import Any, Generic, Optional, TypeVar
 
 from bson import ObjectId
 
-from ..enqueue import job_arguments
+from ..builder import job_arguments
 from ..errors import BatchSealedError, InvalidBatchError
 from ..forwarding import parameters_of
 from ..model import BaseJob

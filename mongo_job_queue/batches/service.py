@@ -14,7 +14,8 @@ from typing import Any, Generic, Optional, TypeVar, Union
 
 from bson import ObjectId
 
-from ..enqueue import Enqueuer, JobBuilder
+from ..builder import JobBuilder
+from ..enqueue import Enqueuer
 from ..errors import BatchSealedError, InvalidBatchError, InvalidJobError
 from ..model import BaseJob
 from ..status import FAILED

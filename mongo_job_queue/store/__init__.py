@@ -3,7 +3,8 @@
 ::
 
     JobStore (handle.py)   model, config, fork-safe collection, server clock, bounded(), retry()
-      .jobs     jobs.py    insert; claims.py claim; leases.py heartbeat; outcomes.py fenced outcomes, recovery
+      .jobs     jobs.py    insert; claims.py claim; leases.py heartbeat; outcomes.py fenced outcomes;
+                           recovery.py lease recovery and quarantine
       .control  control.py pause and schedule state (the control collection), cancel requests
       .admin    admin.py   stats, purge, retry, find, malformed documents
       .indexes  indexes.py model indexes (before the first use) and retention TTL indexes
@@ -12,8 +13,9 @@
       .dependencies dependencies.py blocked jobs, released by their dependencies' final writes
       .batches  batches.py batch documents (``<jobs>_batches``) and a batch's counts from its jobs
       .limits   limiter.py limits and mutex keys (``<jobs>_limits``, ``<jobs>_limiters``), admitted in the claim
-                           (limited_claims.py; rates.py the GCRA of rate limits; limit_defs.py the
-                           stored definitions, announced through the pause document's version)
+                           (limited_claims.py; holders.py the concurrency slots; rates.py the GCRA of
+                           rate limits; limit_defs.py the stored definitions, announced through the
+                           pause document's version)
     Listing     listing.py the command line's job listings by filter (built with a handle when needed)
 
 faults.py reads database errors (transient, too large, which unique index);

@@ -28,7 +28,7 @@ from .handle import JobStore
 from .leases import ClaimedJob
 from .limited_claims import LimitedClaims
 from .limiter import Limiter
-from .outcomes import Outcomes
+from .recovery import Recovery
 
 __all__ = ["Claims", "claim_update", "lease_fields"]
 
@@ -75,9 +75,9 @@ def _claim_update(lease: Mapping[str, Any]) -> dict[str, Any]:
 class Claims:
     """Claims due jobs, one or a batch, failing (quarantining) a malformed one at the head of the queue."""
 
-    def __init__(self, store: JobStore, outcomes: Outcomes, limiter: Limiter) -> None:
+    def __init__(self, store: JobStore, recovery: Recovery, limiter: Limiter) -> None:
         self._store = store
-        self._outcomes = outcomes
+        self._recovery = recovery
         self._limiter = limiter
         self._limited = LimitedClaims(store, limiter)
 
@@ -347,7 +347,7 @@ class Claims:
             problems = stored_job_problems(doc)
             if problems:
                 store.log.error("claim failed on a malformed job %s (%s); failing it", doc["_id"], exc)
-                failed = self._outcomes.quarantine(doc["_id"], problems, from_status=PENDING) or failed
+                failed = self._recovery.quarantine(doc["_id"], problems, from_status=PENDING) or failed
         return failed
 
     def watch_new_jobs(

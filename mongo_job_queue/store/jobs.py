@@ -1,8 +1,8 @@
 """``store.jobs``: everything about one job's lifecycle, behind one object.
 
 :class:`Jobs` holds the insert path itself and exposes the claim
-(:mod:`.claims`), the lease heartbeat (:mod:`.leases`) and the outcome
-writes (:mod:`.outcomes`) as its own methods, so a caller writes
+(:mod:`.claims`), the lease heartbeat (:mod:`.leases`), the outcome
+writes (:mod:`.outcomes`) and lease recovery (:mod:`.recovery`) as its own methods, so a caller writes
 ``store.jobs.insert``, ``store.jobs.claim``, ``store.jobs.complete``
 without knowing which module holds each.
 """
@@ -22,6 +22,7 @@ from .handle import JobStore
 from .indexes import Indexes
 from .leases import Leases
 from .outcomes import Outcomes
+from .recovery import Recovery
 
 __all__ = ["Jobs"]
 
@@ -35,7 +36,8 @@ class Jobs:
         self._store = store
         self._indexes = indexes
         outcomes = Outcomes(store)
-        claims = Claims(store, outcomes, store.limits)
+        recovery = Recovery(store)
+        claims = Claims(store, recovery, store.limits)
         leases = Leases(store, store.limits)
         # The claim path (claims.py).
         self.claim = claims.claim
@@ -46,7 +48,7 @@ class Jobs:
         # The lease (leases.py).
         self.heartbeat = leases.heartbeat
         self.renew_leases = leases.renew_leases
-        # The outcomes, all fenced, and lease recovery (outcomes.py).
+        # The outcomes, all fenced (outcomes.py).
         self.complete = outcomes.complete
         self.complete_many = outcomes.complete_many
         self.write_many = outcomes.write_many
@@ -61,9 +63,10 @@ class Jobs:
         self.cancel_claimed = outcomes.cancel_claimed
         self.abandon = outcomes.abandon
         self.write_progress = outcomes.write_progress
-        self.expired_leases = outcomes.expired_leases
-        self.recover = outcomes.recover
-        self.quarantine = outcomes.quarantine
+        # Lease recovery and quarantine (recovery.py).
+        self.expired_leases = recovery.expired_leases
+        self.recover = recovery.recover
+        self.quarantine = recovery.quarantine
 
     # -- enqueue ------------------------------------------------------------
 

@@ -13,15 +13,16 @@ A run is admitted by one atomic update of its limiter document, a ``$push``
 that matches only while fewer than ``max_running`` holders are listed, so
 concurrent claimers can never overshoot (no "count, then claim"). Holders
 whose ``until`` passed (their worker died) are pulled first when a limiter
-looks full. A run leaves its limiter when it ends, whatever the outcome
-(:meth:`Limiter.release`); a crashed worker's holders expire with its leases.
+looks full (:mod:`.holders`; a rate's GCRA is :mod:`.rates`). A run leaves
+its limiter when it ends, whatever the outcome (:meth:`Limiter.release`); a
+crashed worker's holders expire with its leases.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Optional
@@ -29,11 +30,9 @@ from typing import Any, Optional
 from bson import ObjectId
 from pymongo import UpdateOne
 from pymongo.collection import Collection
-from pymongo.errors import DuplicateKeyError
 
 from ..limits import MUTEX, MUTEX_FIELD, Limit
-from ..status import PROCESSING
-from . import rates
+from . import holders, rates
 from .handle import JobStore
 from .limit_defs import LimitDefinitions
 
@@ -54,8 +53,6 @@ RATE_HORIZON = timedelta(seconds=1)
 #: The longest idle wait of a poller whose last claim left jobs out for a full limiter.
 HELD_BACK_POLL_S = 0.5
 _SEP = "\x1f"
-#: The prefix of a lease token replaced because its holder lapsed (see ``Limiter._gone``).
-_REVOKED = "revoked:"
 
 
 def limiter_id(limit: str, value: Any) -> str:
@@ -178,7 +175,7 @@ class Limiter:
             limit = by_name.get(doc.get("limit", ""))
             if limit is None:
                 continue
-            live = [h for h in doc.get("holders") or [] if h.get("until") is not None and h["until"] >= now]
+            live = holders.live(doc, now)
             if limit.max_running is not None and len(live) >= limit.max_running:
                 full.setdefault(limit.name, []).append(doc.get("value"))
             eligible = rates.eligible_at(limit, doc)
@@ -246,8 +243,8 @@ class Limiter:
         for (limit, value), lid in zip(covering, ids, strict=True):
             if limit.max_running is None:
                 continue
-            if not self._push(lid, limit, value, holder, now):
-                self._pull(taken, doc["_id"], token)
+            if not holders.push(self.limiters, self._store.collection, lid, limit, value, holder, now):
+                holders.pull(self.limiters, taken, doc["_id"], token)
                 refused.add(lid)
                 return None
             taken.append(lid)
@@ -256,7 +253,7 @@ class Limiter:
             if limit.rate is None or lid in reserved:  # a reserved start was spent when it was reserved
                 continue
             if rates.spend(self.limiters, lid, limit, value, now) is None:
-                self._pull(taken, doc["_id"], token)
+                holders.pull(self.limiters, taken, doc["_id"], token)
                 return RateRefusal(lid, limit, value)
         for (limit, value), lid in zip(covering, ids, strict=True):
             if limit.fair:  # its turn is taken: it goes to the back of the round
@@ -280,7 +277,7 @@ class Limiter:
 
     def undo(self, admission: Admission) -> None:
         """Take back an admission whose job claim lost the race (inside the claim's own retry)."""
-        self._pull(list(admission.ids), admission.job_id, admission.token)
+        holders.pull(self.limiters, list(admission.ids), admission.job_id, admission.token)
 
     def release(self, job_id: ObjectId, token: str) -> None:
         """The run ended (any outcome): leave its limiters. Idempotent; a failure leaves them to expire."""
@@ -289,7 +286,7 @@ class Limiter:
         if not ids:
             return
         try:
-            self._store.retry(lambda: self._pull(list(ids), job_id, token), "release_limiters")
+            self._store.retry(lambda: holders.pull(self.limiters, list(ids), job_id, token), "release_limiters")
         except Exception:  # noqa: BLE001 - the holders expire with the lease
             self._store.log.warning("could not release the limiters of job %s; they expire with its lease", job_id)
         self._released()
@@ -309,55 +306,6 @@ class Limiter:
         if ops:
             self._store.retry(lambda: self.limiters.bulk_write(ops, ordered=False), "extend_limiters")
 
-    # -- atomic steps -------------------------------------------------------
-
-    def _push(self, lid: str, limit: Limit, value: Any, holder: Mapping[str, Any], now: datetime) -> bool:
-        """One conditional ``$push``: admitted only while fewer than ``max_running`` holders are listed."""
-        assert limit.max_running is not None
-        room = {"_id": lid, f"holders.{limit.max_running - 1}": {"$exists": False}}
-        push = {"$addToSet": {"holders": dict(holder)}, "$setOnInsert": {"limit": limit.name, "value": value}}
-
-        def call() -> bool:
-            for _ in range(2):
-                try:
-                    if self.limiters.update_one(room, push, upsert=True).matched_count:
-                        return True
-                except DuplicateKeyError:
-                    pass  # it exists and is full: the upsert tried to insert a second one
-                else:
-                    return True  # upserted: the first holder
-                found = self.limiters.find_one({"_id": lid})
-                holders = (found or {}).get("holders") or []
-                if any(h.get("job") == holder["job"] and h.get("token") == holder["token"] for h in holders):
-                    return True  # an earlier try of ours, whose reply was lost
-                lapsed = [h for h in holders if h.get("until") is None or h["until"] < now]
-                gone = [h for h in lapsed if self._gone(h, now)]
-                if not gone:
-                    return False
-                # Drop the holders whose runs are over or fenced out, then try once more.
-                for h in gone:
-                    self._pull([lid], h.get("job"), h.get("token"))
-            return False
-
-        return call()
-
-    def _gone(self, holder: Mapping[str, Any], now: datetime) -> bool:
-        """Whether a lapsed holder's run can no longer write: its lease is over, or revoked here.
-
-        A holder's ``until`` passing is not enough: a late heartbeat could
-        still renew the job's lease under the same token, and the run would
-        go on beside the one admitted in its place. So a run whose lease ran
-        out is fenced out first (its token replaced, which only the rescue
-        sweep then matches: it requeues the job), and a run whose lease is
-        still live keeps its holder (its heartbeat extends it).
-        """
-        jobs = self._store.collection
-        fenced = {"_id": holder.get("job"), "lease_token": holder.get("token"), "status": PROCESSING}
-        revoke = {"$set": {"lease_token": f"{_REVOKED}{holder.get('token')}"}}
-        if jobs.update_one({**fenced, "lease_expires_at": {"$lt": now}}, revoke).matched_count:
-            return True
-        return jobs.find_one(fenced, {"_id": 1}) is None
-
     def ids_of(self, doc: Mapping[str, Any], limits: Sequence[Limit]) -> list[str]:
         """The limiters that ``doc``'s job falls under."""
         return [limiter_id(limit.name, limit.value_of(doc)) for limit in limits if limit.applies_to(doc)]
@@ -369,11 +317,6 @@ class Limiter:
             opens = time.monotonic() + (slots[0] - now).total_seconds()
             self._next_start = opens if self._next_start is None else min(self._next_start, opens)
         return slots
-
-    def _pull(self, ids: Iterable[str], job_id: ObjectId, token: str) -> None:
-        ops = [UpdateOne({"_id": lid}, {"$pull": {"holders": {"job": job_id, "token": token}}}) for lid in ids]
-        if ops:
-            self.limiters.bulk_write(ops, ordered=False)
 
     # -- what shows ---------------------------------------------------------
 
@@ -395,7 +338,7 @@ class Limiter:
             limit = by_name.get(doc.get("limit", ""))
             if limit is None:
                 continue
-            live = [h for h in doc.get("holders") or [] if h.get("until") is not None and h["until"] >= now]
+            live = holders.live(doc, now)
             eligible = rates.eligible_at(limit, doc)
             rows.append(
                 {

@@ -35,7 +35,7 @@ from pymongo.errors import DuplicateKeyError
 from pymongo.write_concern import WriteConcern
 
 from .handle import JobStore
-from .index_once import IndexOnce
+from .siblings import SiblingCollection
 
 __all__ = ["ABANDON_S", "EXPIRY_INDEX", "MongoLocks"]
 
@@ -44,8 +44,6 @@ ABANDON_S = 2.0
 
 #: Serves the listing of held locks by expiry (:meth:`MongoLocks.held`); built before the first write.
 EXPIRY_INDEX = "mjq_locks_expiry"
-_SUFFIX = "_locks"
-_indexes = IndexOnce()
 #: The first use of the collection creates it with its index, one thread at a time: concurrent
 #: first writes into a collection that is being created can stall some servers.
 _create_lock = threading.Lock()
@@ -66,6 +64,10 @@ def majority(collection: Collection[dict[str, Any]]) -> Collection[dict[str, Any
     return collection.with_options(write_concern=concern)
 
 
+def _create_index(collection: Collection[dict[str, Any]]) -> None:
+    collection.create_index([("expires_at", pymongo.ASCENDING)], name=EXPIRY_INDEX)
+
+
 class MongoLocks:
     """The default lock backend (:class:`~mongo_job_queue.locks.LockBackend`), over the queue's store."""
 
@@ -73,19 +75,16 @@ class MongoLocks:
 
     def __init__(self, store: JobStore) -> None:
         self.store = store
+        self._locks = SiblingCollection(store, "locks", _create_index, options=majority)
 
     @property
     def collection(self) -> Collection[dict[str, Any]]:
         """``<jobs>_locks``, written with majority write concern unless the app asked for more."""
-        return majority(self.store.sibling("locks"))
-
-    def _create_index(self) -> None:
-        self.collection.create_index([("expires_at", pymongo.ASCENDING)], name=EXPIRY_INDEX)
+        return self._locks.collection
 
     def _ready(self) -> Collection[dict[str, Any]]:
         with _create_lock:
-            _indexes.ensure(self.store, _SUFFIX, self._create_index)
-        return self.collection
+            return self._locks.ready()
 
     def acquire(self, key: str, holder: str, ttl_ms: int) -> Optional[int]:
         collection = self._ready()
@@ -171,7 +170,7 @@ class MongoLocks:
             cursor = collection.find({"expires_at": {"$gt": now}, "holder": {"$ne": None}}, limit=limit)
             return list(cursor.sort("expires_at", pymongo.ASCENDING).hint(EXPIRY_INDEX))
 
-        return _indexes.hinted(self.store, _SUFFIX, self._create_index, lambda: self.store.retry(query, "locks_held"))
+        return self._locks.hinted(lambda: self.store.retry(query, "locks_held"))
 
     def next_epoch(self, name: str) -> int:
         """Add one to the epoch counter ``name``, return it (1 the first time): for a backend whose counter may vanish.

@@ -1,11 +1,11 @@
-"""How a claimed job's attempt ends: every outcome write (fenced), lease recovery, and quarantine.
+"""How a claimed job's attempt ends: every outcome write of its owner, fenced by its lease.
 
 Each write about a claimed job is filtered by its lease (:func:`.leases.fence`).
 A retried write that matches nothing checks whether its own earlier try,
 whose reply was lost, did the work: the token stays on the document until
 the next claim replaces it, so "our token and the target status" means it
-did. A rescue removes the token instead, so the old owner's late writes
-are reported as lost.
+did. A rescue (:mod:`.recovery`) removes the token instead, so the old
+owner's late writes are reported as lost.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError, DocumentTooLarge, OperationFailure
 
 from ..model import JobError, job_log_extra
-from ..status import CANCELLED, COMPLETED, FAILED, PENDING, PROCESSING
+from ..status import CANCELLED, COMPLETED, FAILED, PENDING
 from .faults import is_too_large, short_error
 from .finals import FinalJob
-from .handle import MAINTENANCE_MAX_TIME_MS, JobStore
-from .leases import ClaimedJob, fence, rekey
+from .handle import JobStore
+from .leases import ClaimedJob, rekey
 from .marks import as_stored
 
-__all__ = ["FencedWrite", "Outcomes", "UnstorableResult", "completion_update"]
+__all__ = ["FencedWrite", "Outcomes", "UnstorableResult", "attempt_failed", "completion_update", "pushed"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,29 @@ def completion_update(now: datetime, result: Any, progress: Optional[Mapping[str
     if progress is not None:
         update["$set"]["progress"] = dict(progress)
     return update
+
+
+def pushed(store: JobStore, job_id: Any, error: JobError, key: Mapping[str, Any]) -> Optional[str]:
+    """After a write that matched nothing: the job's status if an earlier try pushed this very ``error``, else None.
+
+    A write that removed the token cannot recognise its earlier try by
+    the token: it does by its record (the old token, its own time).
+    """
+    record = error.as_doc()
+    record["at"] = as_stored(error.at)
+    found = store.collection.find_one({"_id": job_id, **key}, {"errors": 1, "status": 1})
+    if found is None or not any(e == record for e in found.get("errors") or []):
+        return None
+    return str(found.get("status"))
+
+
+def attempt_failed(store: JobStore, status: str, error: JobError, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The update that ends an attempt with ``error``: recorded as the last one and in the bounded history."""
+    return {
+        "$set": {"status": status, **fields, "last_error": error.as_doc()},
+        "$unset": {"lease_expires_at": ""},
+        "$push": {"errors": {"$each": [error.as_doc()], "$slice": -store.config.max_error_history}},
+    }
 
 
 @dataclass(frozen=True)
@@ -168,13 +191,13 @@ class Outcomes:
 
     def rescheduling(self, job: ClaimedJob, run_at: datetime, error: JobError) -> FencedWrite:
         """The bulk form of :meth:`reschedule`."""
-        update = self._attempt_failed(PENDING, error, {"run_at": run_at, "updated_at": self._store.now()})
+        update = attempt_failed(self._store, PENDING, error, {"run_at": run_at, "updated_at": self._store.now()})
         return FencedWrite(job, PENDING, update, uncancelled=True)
 
     def failure(self, job: ClaimedJob, error: JobError) -> FencedWrite:
         """The bulk form of :meth:`fail`."""
         now = self._store.now()
-        update = self._attempt_failed(FAILED, error, {"finished_at": now, "updated_at": now})
+        update = attempt_failed(self._store, FAILED, error, {"finished_at": now, "updated_at": now})
         return FencedWrite(job, FAILED, update, uncancelled=True)
 
     def cancellation(self, job: ClaimedJob) -> FencedWrite:
@@ -183,13 +206,13 @@ class Outcomes:
 
     def reschedule(self, job: ClaimedJob, run_at: datetime, error: JobError) -> bool:
         """Return a failed attempt to ``pending`` at ``run_at``; False if the lease is lost or a cancel requested."""
-        update = self._attempt_failed(PENDING, error, {"run_at": run_at, "updated_at": self._store.now()})
+        update = attempt_failed(self._store, PENDING, error, {"run_at": run_at, "updated_at": self._store.now()})
         return self._fenced(job, update, PENDING, "reschedule", uncancelled=True)
 
     def fail(self, job: ClaimedJob, error: JobError) -> bool:
         """Fail a claimed job for good; False if the lease was lost or a cancel requested."""
         now = self._store.now()
-        update = self._attempt_failed(FAILED, error, {"finished_at": now, "updated_at": now})
+        update = attempt_failed(self._store, FAILED, error, {"finished_at": now, "updated_at": now})
         # Fenced on the cancel request too, like reschedule: a job whose
         # cancellation was requested ends cancelled (the caller cancels it).
         return self._told(job.doc, FAILED, self._fenced(job, update, FAILED, "fail", uncancelled=True))
@@ -232,7 +255,7 @@ class Outcomes:
         target, fields = (FAILED, ended) if run_at is None else (PENDING, {"run_at": run_at, "updated_at": now})
         writes = []
         for status, cancel, extra in ((target, {"$ne": True}, fields), (CANCELLED, True, ended)):
-            update = self._attempt_failed(status, error, extra)
+            update = attempt_failed(self._store, status, error, extra)
             update["$unset"]["lease_token"] = ""
             writes.append((status, cancel, update))
 
@@ -245,25 +268,12 @@ class Outcomes:
                         return status
                 if not rekey(self._store, [job]):
                     break  # else the app changed the job's shard key values: write again under the new ones
-            return self._pushed(job.id, error, job.key)
+            return pushed(self._store, job.id, error, job.key)
 
         written = self._store.retry(call, "abandon")
         if written in (FAILED, CANCELLED):
             self._store.finals.notify_one(job.doc, written)
         return written
-
-    def _pushed(self, job_id: Any, error: JobError, key: Mapping[str, Any]) -> Optional[str]:
-        """After a write that matched nothing: the job's status if an earlier try pushed this very ``error``, else None.
-
-        A write that removed the token cannot recognise its earlier try by
-        the token: it does by its record (the old token, its own time).
-        """
-        record = error.as_doc()
-        record["at"] = as_stored(error.at)
-        found = self._store.collection.find_one({"_id": job_id, **key}, {"errors": 1, "status": 1})
-        if found is None or not any(e == record for e in found.get("errors") or []):
-            return None
-        return str(found.get("status"))
 
     def write_progress(self, job: ClaimedJob, progress: Mapping[str, Any]) -> Optional[bool]:
         """Store a running job's progress (fenced); None if the lease is gone, else whether a cancel was requested."""
@@ -279,14 +289,6 @@ class Outcomes:
 
         doc = self._store.retry(call, "write_progress")
         return None if doc is None else bool(doc.get("cancel_requested"))
-
-    def _attempt_failed(self, status: str, error: JobError, fields: Mapping[str, Any]) -> dict[str, Any]:
-        """The update that ends an attempt with ``error``: recorded as the last one and in the bounded history."""
-        return {
-            "$set": {"status": status, **fields, "last_error": error.as_doc()},
-            "$unset": {"lease_expires_at": ""},
-            "$push": {"errors": {"$each": [error.as_doc()], "$slice": -self._store.config.max_error_history}},
-        }
 
     def _fenced(
         self, job: ClaimedJob, update: Mapping[str, Any], target: str, op: str, *, uncancelled: bool = False
@@ -311,89 +313,6 @@ class Outcomes:
             return False
 
         return self._store.retry(call, op)
-
-    # -- lease recovery -----------------------------------------------------
-
-    def expired_leases(self, limit: int = 100) -> list[dict[str, Any]]:
-        """Processing jobs whose lease ran out (their worker crashed or froze)."""
-        query = {"status": PROCESSING, "lease_expires_at": {"$lt": self._store.now()}}
-        # Whole documents: there are few (only stranded jobs), and the sweep checks them for damage.
-        # The lease index answers it; the limit and maxTimeMS bound it, so a sweep never stalls its thread.
-        return self._store.retry(
-            lambda: list(
-                self._store.collection.find(query, limit=limit, max_time_ms=MAINTENANCE_MAX_TIME_MS).hint("mjq_lease")
-            ),
-            "expired_leases",
-        )
-
-    def recover(self, doc: Mapping[str, Any], error: JobError, give_up: bool) -> bool:
-        """Requeue (or fail, when attempts are spent) one job whose lease expired.
-
-        Fenced on the token *and* on the lease still being expired, so a
-        heartbeat that lands first wins and a live job is never taken. A job
-        whose cancellation was requested ends ``cancelled``; the fence makes
-        sure a request that arrives after the sweep's read is not lost.
-        """
-        now = self._store.now()
-        cancel = bool(doc.get("cancel_requested"))
-        filt = {
-            **fence(doc["_id"], doc.get("lease_token")),
-            **self._store.shard_key.of(doc),
-            "lease_expires_at": {"$lt": now},
-            "cancel_requested": True if cancel else {"$ne": True},
-        }
-        status = CANCELLED if cancel else FAILED if give_up else PENDING
-        give_up = give_up or cancel
-        # Unlike the owner's own writes, a rescue removes the token: the old
-        # owner's late writes then match nothing *and* fail the "was it my
-        # earlier try?" check in _fenced, so they are reported as lost.
-        update = self._attempt_failed(status, error, {"updated_at": now, "finished_at" if give_up else "run_at": now})
-        update["$unset"]["lease_token"] = ""
-
-        def call() -> bool:
-            if self._store.collection.update_one(filt, update).matched_count:
-                return True
-            # Nothing matched: renewed or recovered by someone else, or an earlier
-            # try of ours applied and only its reply was lost.
-            return self._pushed(doc["_id"], error, self._store.shard_key.of(doc)) is not None
-
-        recovered = self._store.retry(call, "recover")
-        if recovered and give_up:
-            self._store.finals.notify_one(doc, status)
-        return recovered
-
-    def quarantine(self, job_id: Any, problems: Sequence[str], *, from_status: str, token: str | None = None) -> bool:
-        """Fail a malformed job document with the reasons, touching only fields that cannot be ill-typed.
-
-        ``$set`` alone, no ``$push``/``$inc``: those would fail on the very
-        fields that are broken. The claim path calls it for a document its
-        update cannot apply to, the hygiene sweep for one no claim can see.
-        """
-        now = self._store.now()
-        filt: dict[str, Any] = {"_id": job_id, "status": from_status}
-        if token is not None:
-            filt["lease_token"] = token
-        record = {
-            "type": "mongo_job_queue.errors.MalformedJob",
-            "message": "; ".join(problems),
-            "traceback": "",
-            "attempt": None,
-            "at": now,
-            "lease_token": token,
-        }
-        update = {
-            "$set": {"status": FAILED, "finished_at": now, "updated_at": now, "last_error": record},
-            "$unset": {"lease_expires_at": ""},
-        }
-        failed = self._store.retry(
-            lambda: self._store.collection.update_one(filt, update).matched_count == 1, "quarantine"
-        )
-        if failed and self._store.finals.active:
-            # The document is malformed, so only the fields the listeners read are asked for.
-            fields = dict.fromkeys(self._store.finals.fields, 1)
-            found = self._store.retry(lambda: self._store.collection.find_one({"_id": job_id}, fields), "quarantine")
-            self._store.finals.notify_one(found or {"_id": job_id}, FAILED)
-        return failed
 
     def _told(self, doc: Mapping[str, Any], status: str, written: bool) -> bool:
         """Pass on ``written``, after telling the listeners of final writes when it is True."""

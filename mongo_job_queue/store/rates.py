@@ -13,9 +13,9 @@ A claim may also *reserve* the next starts for jobs it read, whose
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta, timezone
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
@@ -60,6 +60,33 @@ def _state(tat: int, now: datetime) -> dict[str, Any]:
     return {"tat_ns": tat, "tat": _date(tat, now, _MS_NS)}
 
 
+class _Read(NamedTuple):
+    """One read of a limiter's state: what a compare-and-set on it spends from."""
+
+    found: dict[str, Any]  # the document, {} before its first start
+    tat: Optional[int]
+    first: int  # the earliest start the rate allows: now, or the tat less the burst tolerance
+    interval: int
+
+    def cas(self, lid: str) -> dict[str, Any]:
+        """The filter that matches the limiter only while it still holds this state."""
+        return {"_id": lid, "tat_ns": self.found.get("tat_ns"), "tat": self.found.get("tat")}
+
+    def after(self, starts: int) -> int:
+        """The tat once ``starts`` starts from ``first`` on are spent."""
+        return max(self.tat or self.first, self.first) + self.interval * starts
+
+
+def _reads(limiters: Collection[dict[str, Any]], lid: str, limit: Limit, now: datetime) -> Iterator[_Read]:
+    """Up to five reads of limiter ``lid``: the caller reads again when a concurrent claimer's write won."""
+    interval, tolerance = _interval(limit)
+    now_ns = _ns(now)
+    for _ in range(5):
+        found = limiters.find_one({"_id": lid}) or {}
+        tat = _tat(found)
+        yield _Read(found, tat, now_ns if tat is None else max(now_ns, tat - tolerance), interval)
+
+
 def spend(
     limiters: Collection[dict[str, Any]],
     lid: str,
@@ -69,26 +96,21 @@ def spend(
     horizon: timedelta = timedelta(0),
 ) -> Optional[datetime]:
     """Take the next start of the rate on limiter ``lid``: its time (``now``, or later within ``horizon``), or None."""
-    interval, tolerance = _interval(limit)
-    now_ns, horizon_ns = _ns(now), horizon // timedelta(microseconds=1) * 1_000
-    for _ in range(5):
-        found = limiters.find_one({"_id": lid}) or {}
-        tat = _tat(found)
-        slot = now_ns if tat is None else max(now_ns, tat - tolerance)
-        if slot - now_ns > horizon_ns:
+    latest = _ns(now + horizon)
+    for read in _reads(limiters, lid, limit, now):
+        if read.first > latest:
             return None
-        new = max(tat or slot, slot) + interval
         try:
             result = limiters.update_one(
-                {"_id": lid, "tat_ns": found.get("tat_ns"), "tat": found.get("tat")},
-                {"$set": {**_state(new, now), "interval_ms": interval / _MS_NS},
+                read.cas(lid),
+                {"$set": {**_state(read.after(1), now), "interval_ms": read.interval / _MS_NS},
                  "$setOnInsert": {"limit": limit.name, "value": value, "holders": []}},
-                upsert=not found,
+                upsert=not read.found,
             )  # fmt: skip
         except DuplicateKeyError:
             continue  # created meanwhile: read it again
         if result.matched_count or result.upserted_id is not None:
-            return _date(slot, now)
+            return _date(read.first, now)
     return None
 
 
@@ -99,18 +121,12 @@ def reserve(
 
     Fewer when the horizon ends first, none if it is spent.
     """
-    interval, tolerance = _interval(limit)
-    now_ns, horizon_ns = _ns(now), horizon // timedelta(microseconds=1) * 1_000
-    for _ in range(5):
-        found = limiters.find_one({"_id": lid}) or {}
-        tat = _tat(found)
-        first = now_ns if tat is None else max(now_ns, tat - tolerance)
-        slots = [first + interval * n for n in range(count) if first + interval * n - now_ns <= horizon_ns]
-        if not slots or not found:
+    latest = _ns(now + horizon)
+    for read in _reads(limiters, lid, limit, now):
+        slots = [start for start in (read.first + read.interval * n for n in range(count)) if start <= latest]
+        if not slots or not read.found:
             return []
-        new = max(tat or first, first) + interval * len(slots)
-        cas = {"_id": lid, "tat_ns": found.get("tat_ns"), "tat": found.get("tat")}
-        if limiters.update_one(cas, {"$set": _state(new, now)}).matched_count:
+        if limiters.update_one(read.cas(lid), {"$set": _state(read.after(len(slots)), now)}).matched_count:
             return [_date(slot, now) for slot in slots]
     return []
 

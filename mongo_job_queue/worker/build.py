@@ -30,6 +30,7 @@ from .maintenance import Hygiene, MaintenanceLoop, Quarantiner, Rescuer, Service
 from .poller import Poller
 from .registry import WorkerPresence
 from .shutdown import ShutdownRequeue
+from .timelimits import TimeLimits
 from .wakeup import ChangeStreamWaker, Waker, Wakers, WakeupChannel, namespace_of
 
 __all__ = ["Services", "build_services", "completer_of", "log_of", "waker_of"]
@@ -132,7 +133,8 @@ def build_services(
 ) -> Services:
     """Build every service of a worker with its collaborators."""
     quarantiner = Quarantiner(store, hooks, log_of(Quarantiner, logger))
-    executor = Executor(store, registry, config, hooks, table, quarantiner, logger=logger)
+    limits = TimeLimits(config, hooks, log_of(TimeLimits, logger))
+    executor = Executor(store, registry, config, hooks, table, quarantiner, limits, log=log_of(Executor, logger))
     executor.limits.name = keeper.name  # the time-limit watchdog's thread: mjq-<worker id>-timelimits
     return Services(
         executor=executor,

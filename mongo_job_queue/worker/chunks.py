@@ -33,15 +33,14 @@ from ..chunks import JobOutcome, resolve
 from ..clock import after_ms
 from ..config import QueueConfig
 from ..context import JobContext, RunState
-from ..errors import FailJob, JobCancelled, LeaseExpired
+from ..errors import JobCancelled, LeaseExpired
 from ..handlers import ChunkSpec, Handler, HandlerRegistry
 from ..middleware import MiddlewareChain, Outcome
-from ..model import BaseJob, JobError, LeaseOwner, safe_str
-from ..retry_limit import exhausted, max_retries_of
+from ..model import BaseJob, JobError, LeaseOwner
+from ..retry_limit import max_retries_of, spent_error
 from ..status import CANCELLED, COMPLETED, FAILED, PENDING
 from ..store import ClaimedJob, JobStore
 from ..store.outcomes import FencedWrite, completion_update
-from ..validation import stored_job_problems
 from .executor import Executor
 from .inflight import InflightTable, log_job, run_key
 from .leases import LeaseKeeper
@@ -217,22 +216,16 @@ class ChunkRunner:
         """The runs whose document loads as the app's model and has attempts left; the others are failed at once."""
         runs, spent = [], []
         for state in states:
-            doc = state.claimed.doc
-            problems = stored_job_problems(doc)
-            try:
-                job: BaseJob = self.store.model._from_son(doc)
-            except Exception as exc:  # noqa: BLE001 - whatever the model cannot load
-                problems.append(f"cannot be loaded as {self.store.model.__name__}: {safe_str(exc)}")
-            if problems:
-                self.executor.quarantiner.fail_malformed(doc, problems, token=state.claimed.token)
+            job = self.executor.load(state.claimed)
+            if job is None:
                 continue
             job._mjq_context = JobContext(self.store, state, in_chunk=True)
             run = _Run(state, job)
-            if exhausted(doc, self.handler):  # requeued by a rescuer that did not know the handler's bound
-                bound = f"max_retries={max_retries_of(doc, self.handler)}"
-                spent_error = FailJob(f"{bound} of the handler exhausted before this attempt")
-                run.exc = spent_error
-                run.write = self.store.jobs.failure(state.claimed, self._record(run, spent_error, self.store.now()))
+            # Requeued by a rescuer that did not know the handler's bound:
+            error = spent_error(state.claimed.doc, self.handler)
+            if error is not None:
+                run.exc = error
+                run.write = self.store.jobs.failure(state.claimed, self._record(run, error, self.store.now()))
                 spent.append(run)
             else:
                 runs.append(run)

@@ -14,6 +14,7 @@ import queue as queue_mod
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass
 from typing import Any, Optional
 
 from ..clock import after_ms
@@ -24,7 +25,7 @@ from ..handlers import Handler, HandlerRegistry
 from ..middleware import MiddlewareChain, Outcome
 from ..model import BaseJob, JobError, safe_str, truncate
 from ..retry import RetryDecision
-from ..retry_limit import exhausted, max_retries_of
+from ..retry_limit import max_retries_of, spent_error
 from ..status import CANCELLED
 from ..store import ClaimedJob, JobStore, UnstorableResult
 from ..validation import check_value, stored_job_problems
@@ -46,30 +47,23 @@ WorkQueue = queue_mod.SimpleQueue[Optional[ClaimedJob]]
 Abandon = Callable[[Watch], None]
 
 
+@dataclass(eq=False)
 class Executor:
     """Runs handlers and writes outcomes for one worker."""
 
-    def __init__(
-        self,
-        store: JobStore,
-        registry: HandlerRegistry,
-        config: QueueConfig,
-        hooks: MiddlewareChain,
-        table: InflightTable,
-        quarantiner: Quarantiner,
-        *,
-        logger: Optional[logging.Logger] = None,
-        limits: Optional[TimeLimits] = None,
-    ) -> None:
-        self.store = store
-        self.registry = registry
-        self.config = config
-        self.hooks = hooks
-        self.table = table
-        self.quarantiner = quarantiner
-        self.log = logger or log
-        self.inline = InlineCompleter(store)
-        self.limits = limits if limits is not None else TimeLimits(config, hooks, logger)
+    store: JobStore
+    registry: HandlerRegistry
+    config: QueueConfig
+    hooks: MiddlewareChain
+    table: InflightTable
+    quarantiner: Quarantiner
+    #: The time-limit watchdog of this worker's runs.
+    limits: TimeLimits
+    _: KW_ONLY
+    log: logging.Logger = log
+
+    def __post_init__(self) -> None:
+        self.inline = InlineCompleter(self.store)
 
     # -- handler threads ----------------------------------------------------
 
@@ -135,12 +129,9 @@ class Executor:
             # The run is over, whatever its outcome: it leaves its limiters (see store/limiter.py).
             self.store.limits.release(claimed.id, claimed.token)
 
-    def _process(self, claimed: ClaimedJob, completer: Optional[Completer], abandon: Optional[Abandon]) -> None:
+    def load(self, claimed: ClaimedJob) -> Optional[BaseJob]:
+        """The claimed job as the app's model; None for a malformed document, which is failed at once."""
         doc = claimed.doc
-        handler = self.registry.get(doc["type"])
-        if handler is None:  # unregistered between claim and run
-            self._record_failure(claimed, None, FailJob(f"no handler registered for job type {doc['type']!r}"))
-            return
         problems = stored_job_problems(doc)
         try:
             job: BaseJob = self.store.model._from_son(doc)
@@ -148,10 +139,21 @@ class Executor:
             problems.append(f"cannot be loaded as {self.store.model.__name__}: {safe_str(exc)}")
         if problems:
             self.quarantiner.fail_malformed(doc, problems, token=claimed.token)
+            return None
+        return job
+
+    def _process(self, claimed: ClaimedJob, completer: Optional[Completer], abandon: Optional[Abandon]) -> None:
+        doc = claimed.doc
+        handler = self.registry.get(doc["type"])
+        if handler is None:  # unregistered between claim and run
+            self._record_failure(claimed, None, FailJob(f"no handler registered for job type {doc['type']!r}"))
             return
-        if exhausted(doc, handler):  # requeued by a lease rescuer that did not know the handler's bound
-            bound = f"max_retries={max_retries_of(doc, handler)}"
-            self._record_failure(claimed, handler, FailJob(f"{bound} of the handler exhausted before this attempt"))
+        job = self.load(claimed)
+        if job is None:
+            return
+        spent = spent_error(doc, handler)  # requeued by a lease rescuer that did not know the handler's bound
+        if spent is not None:
+            self._record_failure(claimed, handler, spent)
             return
         state = self.table.get(run_key(claimed)) or RunState(claimed)
         job._mjq_context = JobContext(self.store, state)
