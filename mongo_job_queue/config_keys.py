@@ -52,10 +52,10 @@ def check_key(name: str, value: Any) -> None:
         _check_queues(value)
     elif name in _BOOL_KEYS:
         if not isinstance(value, bool):
-            raise ConfigError(f"config key {name!r} must be a bool, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"config key {name!r} must be a bool, got {type(value).__name__} {_shown(value)}")
     elif name == "worker_id":
         if value is not None and (not isinstance(value, str) or not value):
-            raise ConfigError(f"config key 'worker_id' must be a non-empty str or None, got {value!r}")
+            raise ConfigError(f"config key 'worker_id' must be a non-empty str or None, got {_shown(value)}")
     elif name in _OPTIONAL_INT_KEYS and value is None:
         pass
     else:
@@ -78,17 +78,24 @@ def _maximum(name: str) -> int:
 def _check_int(name: str, value: Any, *, minimum: int, maximum: int) -> None:
     # bool is an int subclass; "concurrency": True is a mistake, not 1.
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"config key {name!r} must be an int, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"config key {name!r} must be an int, got {type(value).__name__} {_shown(value)}")
     if value < minimum:
-        raise ConfigError(f"config key {name!r} must be >= {minimum}, got {value}")
+        raise ConfigError(f"config key {name!r} must be >= {minimum}, got {_shown(value)}")
     if value > maximum:
-        shown = value if value.bit_length() <= 64 else f"an int of {value.bit_length()} bits"
-        raise ConfigError(f"config key {name!r} must be <= {maximum}, got {shown}")
+        raise ConfigError(f"config key {name!r} must be <= {maximum}, got {_shown(value)}")
 
 
 def _check_queues(value: Any) -> None:
     if isinstance(value, str) or not isinstance(value, tuple) or not value:
-        raise ConfigError(f"config key 'queues' must be a non-empty list of queue names, got {value!r}")
+        raise ConfigError(f"config key 'queues' must be a non-empty list of queue names, got {_shown(value)}")
     for name in value:
         if not isinstance(name, str) or not name:
-            raise ConfigError(f"config key 'queues' holds an invalid queue name: {name!r}")
+            raise ConfigError(f"config key 'queues' holds an invalid queue name: {_shown(name)}")
+
+
+def _shown(value: Any) -> str:
+    """``value`` for an error message: a huge int by its size (its digits would raise ValueError), a long repr cut."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an int of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= 200 else f"{text[:200]}... ({len(text)} characters)"

@@ -178,3 +178,11 @@ def test_create_job_queue_raises_at_construction() -> None:
 def test_bool_keys_must_be_bools(key: str, bad: Any) -> None:
     with pytest.raises(ConfigError, match=f"'{key}' must be a bool"):
         load_config({key: bad})
+
+
+@pytest.mark.parametrize("key", ["sync_clock", "queues", "worker_id", "concurrency"])
+@pytest.mark.parametrize("value", [10**5000, -(10**5000)], ids=["huge", "huge-negative"])
+def test_a_huge_int_is_a_config_error_that_names_its_size(key: str, value: int) -> None:
+    # Its digits would exceed Python's int-to-str limit: the message once raised ValueError instead.
+    with pytest.raises(ConfigError, match="an int of 16610 bits"):
+        load_config({key: value})
