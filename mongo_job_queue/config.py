@@ -126,9 +126,10 @@ class QueueConfig:
             an idle poller at once; polling stays as the fallback, and is all
             a standalone server gets.
         change_stream_max_await_ms: How long one change-stream read waits on
-            the server; bounds an idle worker's command rate.
+            the server; an idle worker's stream costs one read per interval.
         clock_sync_interval_ms: How often the clock offset of ``sync_clock``
-            is measured again.
+            is measured again (three ``hello`` commands); a host's clock
+            drifts by milliseconds a day, so every 10 minutes is plenty.
         hygiene_interval_ms: How often this worker looks for job documents
             damaged by hand edits (unknown status, ill-typed fields) and fails
             them with the reason.
@@ -188,8 +189,8 @@ class QueueConfig:
     batch_claims: bool = True
     batch_acks: bool = True
     change_stream_wakeups: bool = True
-    change_stream_max_await_ms: int = 20_000
-    clock_sync_interval_ms: int = 60_000
+    change_stream_max_await_ms: int = 60_000
+    clock_sync_interval_ms: int = 600_000
     hygiene_interval_ms: int = 600_000
     dependency_sweep_interval_ms: int = 60_000
     retention_completed_ms: Optional[int] = 7 * _DAY_MS

@@ -23,12 +23,16 @@ from ..middleware import MiddlewareChain
 from ..model import JobError
 from ..retry_limit import rescue_gives_up
 from ..store import JobStore
+from ..store.idle import earliest_lease_expiry
 from ..validation import stored_job_problems
 from .inflight import log_job
 
 __all__ = ["Hygiene", "MaintenanceLoop", "Quarantiner", "Rescuer", "Service"]
 
 log = logging.getLogger(__name__)
+
+#: A paced sweep reads again this long after the expiry it waits for, so that the lease has expired on every clock.
+_EXPIRY_MARGIN_S = 0.05
 
 
 @dataclass(eq=False)
@@ -94,6 +98,23 @@ class Rescuer:
                 log_job(self.log, logging.WARNING, doc, "recovered from an expired lease")
         return requeued, failed
 
+    def paced_sweep(self, now: Optional[datetime] = None) -> Optional[float]:
+        """Sweep if a lease has expired; the seconds until the next lease expires (None: no job runs, or just swept).
+
+        One indexed read tells the earliest expiry of any running job, so an
+        idle worker sleeps until then instead of sweeping by the clock. A
+        lease renewed meanwhile only makes that read come early; a job
+        claimed after it expires a whole lease later, after the next read.
+        """
+        expiry = earliest_lease_expiry(self.store)
+        if expiry is None:
+            return None
+        ahead = (expiry - self.store.now()).total_seconds()
+        if ahead > 0:
+            return ahead + _EXPIRY_MARGIN_S
+        self.run_once(now)
+        return None
+
 
 @dataclass(eq=False)
 class Hygiene:
@@ -119,6 +140,10 @@ class Service:
     name: str
     interval_s: float
     step: Callable[[datetime], object]
+    #: The step returns the seconds until it is next due, at most ``interval_s`` (None: ``interval_s``).
+    paced: bool = False
+    #: While the worker idles, the step runs at most this often (a catch-up sweep); None: every ``interval_s``.
+    idle_interval_s: Optional[float] = None
 
 
 class MaintenanceLoop:
@@ -129,27 +154,41 @@ class MaintenanceLoop:
     """
 
     def __init__(
-        self, services: Sequence[Service], now: Callable[[], datetime], logger: Optional[logging.Logger] = None
+        self,
+        services: Sequence[Service],
+        now: Callable[[], datetime],
+        logger: Optional[logging.Logger] = None,
+        idle: Callable[[], bool] = lambda: False,
     ) -> None:
         self.services = list(services)
         self.now = now
         self.log = logger or log
+        self.idle = idle
 
     def run(self, stopping: threading.Event) -> None:
         start = time.monotonic()
         due = [start for _ in self.services]  # at start: what a crash before this restart left
+        ran = [start for _ in self.services]
         failures = [0 for _ in self.services]
         while not stopping.is_set():
+            idle = self.idle()
             for i, service in enumerate(self.services):
+                if failures[i] == 0 and service.idle_interval_s is not None and ran[i] > start:
+                    due[i] = ran[i] + (max(service.interval_s, service.idle_interval_s) if idle else service.interval_s)
                 if stopping.is_set() or time.monotonic() < due[i]:
                     continue
                 try:
-                    service.step(self.now())
+                    wait = service.step(self.now())
                     failures[i] = 0
-                    due[i] = time.monotonic() + service.interval_s
+                    ran[i] = time.monotonic()
+                    pace = service.interval_s
+                    if service.paced and isinstance(wait, (int, float)):
+                        pace = min(pace, max(0.0, float(wait)))
+                    due[i] = ran[i] + pace
                 except BaseException:  # any error, SystemExit from a hook included: the thread lives on
                     failures[i] += 1
                     backoff = min(service.interval_s * 2 ** min(failures[i] - 1, 6), 600.0)
                     due[i] = time.monotonic() + max(service.interval_s, backoff)
                     self.log.exception("%s failed; next try in %.1fs", service.name, due[i] - time.monotonic())
-            stopping.wait(max(0.0, min(due) - time.monotonic()) if due else 1.0)
+            # Woken at least every minute, to see a change between idle and busy.
+            stopping.wait(min(60.0, max(0.0, min(due) - time.monotonic())) if due else 1.0)
