@@ -94,9 +94,11 @@ class QueueConfig:
         heartbeat_interval_ms: How often the leases of running jobs are
             renewed; at most half of ``lease_ms``, so one late heartbeat never
             loses a lease. When not set, a quarter of ``lease_ms``.
-        sweep_interval_ms: How often this worker looks for expired leases
-            (of crashed or frozen workers) and returns their jobs to the
-            queue. When not set, twice ``heartbeat_interval_ms``.
+        sweep_interval_ms: The longest a job of a crashed or frozen worker
+            (of the same lease) waits past its lease's expiry before this
+            worker returns it to the queue: the sweep sleeps until the
+            earliest lease expiry, at most ``lease_ms`` plus this. When not
+            set, twice ``heartbeat_interval_ms``.
         queues: Queue names this worker claims from: a non-empty list or
             tuple of non-empty strings.
         max_error_history: Error records kept per job in ``errors``; the
@@ -144,7 +146,9 @@ class QueueConfig:
         retention_cancelled_ms: The same for ``cancelled`` jobs (30 days).
         pause_refresh_ms: How often a worker reads which queues and job types
             are paused, and whether the limit definitions changed (at most
-            once per interval, only when about to claim).
+            once per interval, only when about to claim); an idle worker
+            whose change stream watches the pause document reads it only
+            when the stream says it changed.
         run_schedules: Fire the schedules registered on this queue while its
             worker runs (see :meth:`~mongo_job_queue.PersistentJobQueue.schedule`);
             ``False`` leaves firing to other processes.

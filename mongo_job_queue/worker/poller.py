@@ -138,6 +138,10 @@ class Poller:
         failures = 0
         self._idle = idle
         while not stopping.is_set():
+            state = stream_state(stopping)
+            if state is not None and state.pause_changed.is_set():
+                state.pause_changed.clear()  # the stream saw the pause document change: read it before claiming
+                self.forget_pause_state()
             try:
                 found = self.step(work, stopping, wake)
             except BaseException:  # any error, SystemExit from a hook included: the thread lives on
@@ -156,7 +160,9 @@ class Poller:
                 continue
             idle.set()
             state = stream_state(stopping)
-            if state is not None and state.listening.is_set():
+            # Only a database-wide stream hears of every change that can make a job claimable (a new
+            # run_at, a resume); a stream of the jobs collection alone wakes the polling below early.
+            if state is not None and state.listening.is_set() and state.watches_pause:
                 self._sleep_listening(state, wake, base)
                 continue
             self._pause_watched = False
@@ -166,9 +172,6 @@ class Poller:
     def _sleep_listening(self, state: StreamState, wake: threading.Event, base: float) -> None:
         """Idle with a change stream: sleep until it wakes us or the next delayed job comes due; no poll."""
         self._pause_watched = state.watches_pause
-        if state.pause_changed.is_set():
-            state.pause_changed.clear()
-            self.forget_pause_state()
         wait = LISTENING_MAX_SLEEP_S
         try:
             types, queues = self.claim_scope()
@@ -179,12 +182,9 @@ class Poller:
         except Exception:  # a read that failed: the wait falls back to the poll maximum
             self.log.warning("could not read when the next delayed job is due", exc_info=True)
             wait = self.config.poll_interval_max_ms / 1000
-        woke = wake.wait(self.store.limits.wait_hint(wait, base))
+        wake.wait(self.store.limits.wait_hint(wait, base))
         if not state.listening.is_set():
             self._pause_watched = False  # the stream broke meanwhile: it may have missed a change
-        if woke and state.pause_changed.is_set():
-            state.pause_changed.clear()
-            self.forget_pause_state()
 
     def step(self, work: WorkQueue, stopping: threading.Event, wake: threading.Event) -> Optional[bool]:
         """Wait for a free slot, claim and dispatch once; whether a job was found (None: no claim made)."""

@@ -213,6 +213,7 @@ class ChangeStreamWaker:
                         self.supported = True
                         self.log.debug("watching for new jobs with a change stream")
                     self.listening.set()
+                    self.wake()  # the poller may sleep by the poll backoff: from now on it sleeps by the stream
                     backoff = 0.5
                     while not self.stopping.is_set() and stream.alive:
                         if self.idle is not None and not self.idle.is_set():

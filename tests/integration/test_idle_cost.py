@@ -15,7 +15,7 @@ from typing import Any
 
 import mongoengine
 import pytest
-from helpers import wait_until
+from helpers import holds_for, wait_until
 from pymongo import monitoring
 
 from mongo_job_queue import BaseJob, create_job_queue
@@ -45,6 +45,9 @@ class CommandLog(monitoring.CommandListener):
         if event.command_name == "getMore":
             target = event.command.get("collection")
         collection = target if isinstance(target, str) else ""
+        status = (event.command.get("filter") or {}).get("status")
+        if event.command_name == "find" and isinstance(status, str):
+            collection += f" status={status}"  # a claim or due-time read (pending), a lease read (processing)
         with self.lock:
             self.sent.append((time.monotonic(), event.command_name, collection))
 
@@ -99,6 +102,31 @@ def test_an_idle_default_worker_sends_at_most_4_commands_a_minute(counted: Comma
     assert sum(counts.values()) <= MAX_PER_MINUTE * WINDOW_S / 60, report
 
 
+def test_without_a_change_stream_an_idle_worker_polls_once_per_poll_maximum(counted: CommandLog) -> None:
+    poll_max_s = 10.0  # the example; the default backoff (1, 2, 4, 8 s) reaches it in 15 s
+    queue: Any = create_job_queue(
+        job_model=IdleJob, config={"change_stream_wakeups": False, "poll_interval_max_ms": int(poll_max_s * 1000)}
+    )
+    queue.register_handler("T", lambda job: None)
+    queue.start_polling()
+    window_s = 40.0
+    try:
+        time.sleep(16.0)  # a measurement window, not a wait for a condition: the backoff reaches its maximum
+        start = time.monotonic()
+        time.sleep(window_s)
+        end = time.monotonic()
+        assert queue.worker.running
+    finally:
+        queue.stop(timeout=10)
+    counts = counted.between(start, end)
+    report = breakdown(counts, end - start)
+    print(report)
+    polls = window_s / poll_max_s + 1
+    assert counts[("find", "idle_jobs status=pending")] <= polls, report  # the claims
+    assert counts[("find", "idle_jobs_control")] <= polls, report  # the pause read before each
+    assert not counts[("getMore", "$cmd.aggregate")] and not counts[("getMore", "idle_jobs")], report
+
+
 def test_a_delayed_job_starts_within_100_ms_of_its_run_at_on_an_idle_default_worker(counted: CommandLog) -> None:
     queue: Any = create_job_queue(job_model=IdleJob)
     started: list[Any] = []
@@ -115,3 +143,18 @@ def test_a_delayed_job_starts_within_100_ms_of_its_run_at_on_an_idle_default_wor
     print(f"delayed job: run_at {stored.run_at}, started {stored.started_at}: {late_ms:.0f} ms late")
     assert 0 <= late_ms <= 100, late_ms
     assert started and (started[0] - stored.run_at).total_seconds() * 1000 <= 100
+
+
+def test_an_idle_worker_hears_of_a_pause_and_a_resume_made_elsewhere_through_its_stream(make_queue, job_model) -> None:
+    # Nothing but the stream could tell it: no poll and no pause read for ten minutes.
+    slow = {"poll_interval_base_ms": 600_000, "poll_interval_max_ms": 600_000, "pause_refresh_ms": 600_000}
+    worker = make_queue(**slow)
+    worker.register_handler("T", lambda job: None)
+    worker.start_polling()
+    wait_until(lambda: worker.worker.poller._pause_watched, timeout=30, what="the worker idles on its stream")
+    admin = make_queue()  # another queue object: its pause and resume notify no worker of its own
+    admin.pause(queues=["default"])
+    job = admin.enqueue("T", {})
+    holds_for(lambda: admin.get_job(job.id).status == "pending", 1.0, what="the paused job waits")
+    admin.resume(queues=["default"])
+    wait_until(lambda: admin.get_job(job.id).status == "completed", timeout=5, what="the resumed job runs")
