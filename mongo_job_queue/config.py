@@ -95,10 +95,11 @@ class QueueConfig:
             renewed; at most half of ``lease_ms``, so one late heartbeat never
             loses a lease. When not set, a quarter of ``lease_ms``.
         sweep_interval_ms: The longest a job of a crashed or frozen worker
-            (of the same lease) waits past its lease's expiry before this
-            worker returns it to the queue: the sweep sleeps until the
-            earliest lease expiry, at most ``lease_ms`` plus this. When not
-            set, twice ``heartbeat_interval_ms``.
+            waits past its lease's expiry before this worker returns it to
+            the queue: the sweep sleeps until the earliest lease expiry, at
+            most this (``lease_ms`` plus this while idle on a change stream,
+            which tells of shorter leases). When not set, twice
+            ``heartbeat_interval_ms``.
         queues: Queue names this worker claims from: a non-empty list or
             tuple of non-empty strings.
         max_error_history: Error records kept per job in ``errors``; the

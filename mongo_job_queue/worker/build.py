@@ -63,17 +63,24 @@ class Services:
     ) -> MaintenanceLoop:
         """The maintenance thread's loop: each maintenance service's step at its interval.
 
-        The lease recovery sweep sleeps until the next lease expires, and at
-        most ``lease_ms + sweep_interval_ms``: a job claimed just after its
-        read expires a lease later, so a crashed worker of the same lease is
-        still rescued within ``sweep_interval_ms`` of its lease's expiry. The
-        catch-up sweeps of lost notices run every :data:`IDLE_CATCH_UP_S` while
-        this worker idles (docs/performance.rst, "Idle cost").
+        The lease recovery sweep sleeps until the next lease expires, at most
+        ``sweep_interval_ms``; while the worker idles on a database-wide
+        change stream, at most ``lease_ms + sweep_interval_ms``: a job claimed
+        just after its read expires a lease later, and the stream tells of a
+        claim with a shorter lease, which makes it read again. The catch-up
+        sweeps of lost notices run every :data:`IDLE_CATCH_UP_S` then
+        (docs/performance.rst, "Idle cost").
         """
         rescue_cap = (config.lease_ms + config.sweep_interval_ms) / 1000
         return MaintenanceLoop(
             [
-                Service("lease recovery sweep", rescue_cap, self.rescuer.paced_sweep, paced=True),
+                Service(
+                    "lease recovery sweep",
+                    config.sweep_interval_ms / 1000,
+                    self.rescuer.paced_sweep,
+                    paced=True,
+                    idle_interval_s=rescue_cap,
+                ),
                 Service("malformed-job sweep", config.hygiene_interval_ms / 1000, self.hygiene.run_once),
                 Service(
                     "blocked-job sweep",
@@ -132,6 +139,7 @@ def waker_of(
                 max_await_ms=config.change_stream_max_await_ms,
                 idle=idle,
                 logger=logger,
+                lease_ms=config.lease_ms,
             )
         )
     for channel in channels:

@@ -10,6 +10,7 @@ never a lease renewal.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +27,7 @@ from ..store import JobStore
 from ..store.idle import earliest_lease_expiry
 from ..validation import stored_job_problems
 from .inflight import log_job
+from .wakeup import StreamState, stream_state
 
 __all__ = ["Hygiene", "MaintenanceLoop", "Quarantiner", "Rescuer", "Service"]
 
@@ -106,14 +108,26 @@ class Rescuer:
         lease renewed meanwhile only makes that read come early; a job
         claimed after it expires a whole lease later, after the next read.
         """
-        expiry = earliest_lease_expiry(self.store)
+        first = earliest_lease_expiry(self.store)
+        ahead = self._ahead(first)
+        if ahead is None or ahead > 0:
+            return ahead
+        self.run_once(now)
+        # The next lease may expire a moment later: wait for it, not for the next interval. One
+        # already expired again means another sweep at once, while sweeps make progress (the
+        # earliest expiry moves on); one stuck (e.g. recovered by nobody) waits for the interval.
+        after = earliest_lease_expiry(self.store)
+        ahead = self._ahead(after)
+        if ahead is None or ahead > 0:
+            return ahead
+        return 0.0 if first is not None and after is not None and after > first else None
+
+    def _ahead(self, expiry: Optional[datetime]) -> Optional[float]:
+        """Seconds until ``expiry`` (with a margin; <= 0: expired); None for no expiry (no job runs)."""
         if expiry is None:
             return None
         ahead = (expiry - self.store.now()).total_seconds()
-        if ahead > 0:
-            return ahead + _EXPIRY_MARGIN_S
-        self.run_once(now)
-        return None
+        return ahead + _EXPIRY_MARGIN_S if ahead > 0 else ahead
 
 
 @dataclass(eq=False)
@@ -140,9 +154,9 @@ class Service:
     name: str
     interval_s: float
     step: Callable[[datetime], object]
-    #: The step returns the seconds until it is next due, at most ``interval_s`` (None: ``interval_s``).
+    #: The step returns the seconds until it is next due, at most its interval (None: its interval).
     paced: bool = False
-    #: While the worker idles, the step runs at most this often (a catch-up sweep); None: every ``interval_s``.
+    #: While the worker idles on a database-wide change stream, its interval, if longer; None: ``interval_s``.
     idle_interval_s: Optional[float] = None
 
 
@@ -169,26 +183,44 @@ class MaintenanceLoop:
         start = time.monotonic()
         due = [start for _ in self.services]  # at start: what a crash before this restart left
         ran = [start for _ in self.services]
+        wanted = [math.inf for _ in self.services]  # what a paced step asked for
         failures = [0 for _ in self.services]
         while not stopping.is_set():
-            idle = self.idle()
+            state = stream_state(stopping)
+            quiet = self._quiet(state)
+            claimed = False
+            if state is not None and state.short_lease_claimed.is_set():
+                state.short_lease_claimed.clear()
+                claimed = True
             for i, service in enumerate(self.services):
-                if failures[i] == 0 and service.idle_interval_s is not None and ran[i] > start:
-                    due[i] = ran[i] + (max(service.interval_s, service.idle_interval_s) if idle else service.interval_s)
+                if failures[i] == 0 and ran[i] > start:
+                    due[i] = ran[i] + min(self._interval(service, quiet), wanted[i])
+                    if claimed and service.paced:
+                        due[i] = time.monotonic()  # a lease shorter than what it waits for began: read again
                 if stopping.is_set() or time.monotonic() < due[i]:
                     continue
                 try:
                     wait = service.step(self.now())
                     failures[i] = 0
                     ran[i] = time.monotonic()
-                    pace = service.interval_s
-                    if service.paced and isinstance(wait, (int, float)):
-                        pace = min(pace, max(0.0, float(wait)))
-                    due[i] = ran[i] + pace
+                    wanted[i] = max(0.0, float(wait)) if service.paced and isinstance(wait, (int, float)) else math.inf
+                    due[i] = ran[i] + min(self._interval(service, quiet), wanted[i])
                 except BaseException:  # any error, SystemExit from a hook included: the thread lives on
                     failures[i] += 1
                     backoff = min(service.interval_s * 2 ** min(failures[i] - 1, 6), 600.0)
                     due[i] = time.monotonic() + max(service.interval_s, backoff)
                     self.log.exception("%s failed; next try in %.1fs", service.name, due[i] - time.monotonic())
-            # Woken at least every minute, to see a change between idle and busy.
-            stopping.wait(min(60.0, max(0.0, min(due) - time.monotonic())) if due else 1.0)
+            # Woken at least every minute, to see a change between idle and busy; and by the stream
+            # when a short lease began (its waker's close() wakes it for the stop too).
+            wait_s = min(60.0, max(0.0, min(due) - time.monotonic())) if due else 1.0
+            (state.short_lease_claimed if state is not None else stopping).wait(wait_s)
+
+    def _quiet(self, state: Optional[StreamState]) -> bool:
+        """Idle, with a database-wide stream listening: it tells of claims of short leases."""
+        return self.idle() and state is not None and state.listening.is_set() and state.watches_pause
+
+    @staticmethod
+    def _interval(service: Service, quiet: bool) -> float:
+        if quiet and service.idle_interval_s is not None:
+            return max(service.interval_s, service.idle_interval_s)
+        return service.interval_s

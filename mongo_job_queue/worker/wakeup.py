@@ -40,11 +40,20 @@ from typing import Any, Optional, Protocol
 from pymongo.errors import OperationFailure
 
 from ..bounded import BoundedChangeStream
-from ..status import PENDING
+from ..status import PENDING, PROCESSING
 from ..store import JobStore
 from ..store.control import PAUSE_ID
 
-__all__ = ["ChangeStreamWaker", "StreamState", "Waker", "Wakers", "WakeupChannel", "namespace_of", "stream_state"]
+__all__ = [
+    "ChangeStreamWaker",
+    "StreamState",
+    "Waker",
+    "Wakers",
+    "WakeupChannel",
+    "namespace_of",
+    "new_stream_state",
+    "stream_state",
+]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +76,8 @@ class StreamState:
     watches_pause: bool = False
     #: Set when the pause document changed, or the stream may have missed a change: read it again.
     pause_changed: threading.Event = field(default_factory=threading.Event)
+    #: Set when a job was claimed with a lease shorter than this worker's: its lease sweep reads again.
+    short_lease_claimed: threading.Event = field(default_factory=threading.Event)
 
 
 # One start's stream state, keyed by that start's stop event: the one thing the
@@ -77,6 +88,11 @@ _STATES: weakref.WeakKeyDictionary[threading.Event, StreamState] = weakref.WeakK
 def stream_state(stopping: threading.Event) -> Optional[StreamState]:
     """The change-stream state of the start whose stop event is ``stopping``; None without a change stream."""
     return _STATES.get(stopping)
+
+
+def new_stream_state(stopping: threading.Event) -> StreamState:
+    """The change-stream state of the start whose stop event is ``stopping``, made by its stream's waker."""
+    return _STATES.setdefault(stopping, StreamState())
 
 
 class Flag(Protocol):
@@ -172,6 +188,7 @@ class ChangeStreamWaker:
         max_await_ms: int,
         idle: Optional[threading.Event] = None,
         logger: Optional[logging.Logger] = None,
+        lease_ms: Optional[int] = None,
     ) -> None:
         self.store = store
         self.types = list(types)
@@ -179,10 +196,11 @@ class ChangeStreamWaker:
         self.wake = wake
         self.stopping = stopping
         self.max_await_ms = max_await_ms
+        self.lease_ms = lease_ms
         self.idle = idle
         self.log = logger or log
         self.supported: Optional[bool] = None
-        self.state = _STATES.setdefault(stopping, StreamState())
+        self.state = new_stream_state(stopping)
         #: Set while a change stream is open and delivering events.
         self.listening = self.state.listening
         self._whole_db = True
@@ -191,6 +209,7 @@ class ChangeStreamWaker:
 
     def close(self) -> None:
         """End the current read from another thread (the stopping one); ``stopping`` must be set first."""
+        self.state.short_lease_claimed.set()  # the maintenance loop may wait on it: it sees the stop now
         with self._lock:
             stream, self._stream = self._stream, None
         if stream is not None:
@@ -224,9 +243,7 @@ class ChangeStreamWaker:
                         change = stream.try_next()
                         resume = stream.resume_token
                         if change is not None:
-                            if (change.get("ns") or {}).get("coll") == self._control_name:
-                                self.state.pause_changed.set()
-                            self.wake()
+                            self._tell(change)
             except OperationFailure as exc:
                 self.listening.clear()
                 if self.stopping.is_set():
@@ -258,6 +275,16 @@ class ChangeStreamWaker:
             self.state.pause_changed.set()
             self.wake()
 
+    def _tell(self, change: Mapping[str, Any]) -> None:
+        """Who an event is for: a claim of a short lease for the lease sweep, anything else for the poller."""
+        if (change.get("ns") or {}).get("coll") == self._control_name:
+            self.state.pause_changed.set()
+        fields = (change.get("updateDescription") or {}).get("updatedFields") or {}
+        if fields.get("status") == PROCESSING:
+            self.state.short_lease_claimed.set()
+            return
+        self.wake()
+
     @property
     def _control_name(self) -> str:
         return self.store.control.collection.name
@@ -281,12 +308,25 @@ class ChangeStreamWaker:
                 {"operationType": "update", "updateDescription.updatedFields.run_at": {"$exists": True}},
             ]
         }
-        match = {
-            "$or": [
-                {"ns.coll": self.store.collection.name, **jobs},
-                {"ns.coll": self._control_name, "documentKey._id": PAUSE_ID},
-            ]
-        }
+        branches: list[dict[str, Any]] = [
+            {"ns.coll": self.store.collection.name, **jobs},
+            {"ns.coll": self._control_name, "documentKey._id": PAUSE_ID},
+        ]
+        if self.lease_ms is not None:
+            # A claim whose lease is shorter than this worker's: an idle sweep that waits a lease of
+            # its own plus the sweep interval would rescue it late (worker/maintenance.py).
+            lease_left = {
+                "$subtract": ["$updateDescription.updatedFields.lease_expires_at", {"$toDate": "$clusterTime"}]
+            }
+            branches.append(
+                {
+                    "ns.coll": self.store.collection.name,
+                    "operationType": "update",
+                    "updateDescription.updatedFields.status": PROCESSING,
+                    "$expr": {"$lt": [lease_left, self.lease_ms]},
+                }
+            )
+        match = {"$or": branches}
         store = self.store
         with store.bounded():
             stream = store.collection.database.watch(

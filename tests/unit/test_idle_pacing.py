@@ -11,10 +11,15 @@ from mongo_job_queue.clock import utcnow
 from mongo_job_queue.config import QueueConfig
 from mongo_job_queue.worker.maintenance import MaintenanceLoop, Service
 from mongo_job_queue.worker.registry import registry_interval_ms, registry_stale_after_ms
+from mongo_job_queue.worker.wakeup import new_stream_state
 
 
-def run_loop(loop: MaintenanceLoop) -> tuple[threading.Event, threading.Thread]:
+def run_loop(loop: MaintenanceLoop, *, listening: bool = False) -> tuple[threading.Event, threading.Thread]:
     stopping = threading.Event()
+    if listening:  # as a database-wide change stream of this start would be
+        state = new_stream_state(stopping)
+        state.watches_pause = True
+        state.listening.set()
     thread = threading.Thread(target=loop.run, args=(stopping,), daemon=True)
     thread.start()
     return stopping, thread
@@ -56,7 +61,7 @@ def test_a_catch_up_sweep_slows_down_while_idle_and_speeds_up_when_busy() -> Non
     idle.set()
     service = Service("catch-up", 0.02, runs.append, idle_interval_s=600.0)
     stopping, thread = run_loop(
-        MaintenanceLoop([service, Service("tick", 0.02, lambda now: None)], utcnow, None, idle.is_set)
+        MaintenanceLoop([service, Service("tick", 0.02, lambda now: None)], utcnow, None, idle.is_set), listening=True
     )
     try:
         wait_until(lambda: len(runs) == 1, timeout=5)
@@ -78,3 +83,37 @@ def test_the_registry_writes_an_unchanged_document_once_a_minute_and_its_bound_f
     long_lease = QueueConfig(lease_ms=600_000)  # a beat every 150 s: never less often than the heartbeat
     assert registry_interval_ms(long_lease) == 150_000
     assert registry_stale_after_ms(long_lease) == 600_000
+
+
+def test_without_a_listening_stream_an_idle_worker_keeps_its_intervals() -> None:
+    runs: list[datetime] = []
+    service = Service("catch-up", 0.02, runs.append, idle_interval_s=600.0)
+    stopping, thread = run_loop(MaintenanceLoop([service], utcnow, None, lambda: True))
+    try:
+        wait_until(lambda: len(runs) >= 4, timeout=5, what="no stream tells it anything: at its interval")
+    finally:
+        stopping.set()
+        thread.join(5)
+
+
+def test_a_short_lease_claim_makes_the_paced_sweep_read_again_at_once() -> None:
+    runs: list[datetime] = []
+
+    def step(now: datetime) -> None:
+        runs.append(now)
+
+    stopping, thread = run_loop(
+        MaintenanceLoop([Service("lease", 0.02, step, paced=True, idle_interval_s=600.0)], utcnow, None, lambda: True),
+        listening=True,
+    )
+    try:
+        wait_until(lambda: len(runs) == 1, timeout=5)
+        holds_for(lambda: len(runs) == 1, 0.3, what="idle on the stream: the long interval")
+        state = new_stream_state(stopping)
+        state.short_lease_claimed.set()
+        wait_until(lambda: len(runs) == 2, timeout=2, what="read again when the stream tells of a short lease")
+    finally:
+        stopping.set()
+        new_stream_state(stopping).short_lease_claimed.set()  # as the waker's close() does
+        thread.join(5)
+    assert not thread.is_alive()
