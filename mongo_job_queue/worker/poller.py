@@ -5,9 +5,9 @@ crash strands at most ``concurrency`` jobs. While the queue is empty and a
 change stream listens (see :mod:`.wakeup`), it does not poll: it sleeps
 until the stream wakes it or the next delayed job it may claim comes due,
 read from one indexed query; without a stream it backs off exponentially,
-up to ``poll_interval_max_ms``. It survives any exception: the error is logged, the jobs of a claim that were
-not handed to a handler go back to the queue, and polling resumes after a
-backoff.
+up to ``poll_interval_max_ms``. It survives any exception: the error is
+logged, the jobs of a claim that were not handed to a handler go back to
+the queue, and polling resumes after a backoff.
 """
 
 from __future__ import annotations

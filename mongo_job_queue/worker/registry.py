@@ -4,9 +4,10 @@ A maintenance service (``run_once(now)``), run by the worker's maintenance
 loop at the heartbeat's cadence: it writes when what it shows changed (the
 jobs in flight), and otherwise every :func:`registry_interval_ms` (a minute
 by default), so an idle worker costs one write a minute. The worker marks
-its document stopped when it stops. A worker that crashed simply stops beating, and readers
-judge it gone by its ``last_seen`` against the bound it wrote itself,
-from its own heartbeat and lease (see :meth:`~mongo_job_queue.store.workers.WorkerDocs.list`).
+its document stopped when it stops. A worker that crashed simply stops
+beating, and readers judge it gone by its ``last_seen`` against the bound
+it wrote itself, :func:`registry_stale_after_ms` of its own config (see
+:meth:`~mongo_job_queue.store.workers.WorkerDocs.list`).
 A failed write is logged by the loop and retried at the next beat: the
 registry is information, never on the path of a claim or a lease.
 """
