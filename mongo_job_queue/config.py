@@ -86,9 +86,12 @@ class QueueConfig:
         heartbeat_interval_ms: How often the leases of running jobs are
             renewed; at most half of ``lease_ms``, so one late heartbeat never
             loses a lease. When not set, a quarter of ``lease_ms``.
-        sweep_interval_ms: How often this worker looks for expired leases
-            (of crashed or frozen workers) and returns their jobs to the
-            queue. When not set, twice ``heartbeat_interval_ms``.
+        sweep_interval_ms: The longest a job of a crashed or frozen worker
+            waits past its lease's expiry before this worker returns it to
+            the queue: the sweep sleeps until the earliest lease expiry, at
+            most this (``lease_ms`` plus this while idle on a change stream,
+            which tells of shorter leases). When not set, twice
+            ``heartbeat_interval_ms``.
         queues: Queue names this worker claims from: a non-empty list or
             tuple of non-empty strings.
         max_error_history: Error records kept per job in ``errors``; the
@@ -118,9 +121,10 @@ class QueueConfig:
             an idle poller at once; polling stays as the fallback, and is all
             a standalone server gets.
         change_stream_max_await_ms: How long one change-stream read waits on
-            the server; bounds an idle worker's command rate.
+            the server; an idle worker's stream costs one read per interval.
         clock_sync_interval_ms: How often the clock offset of ``sync_clock``
-            is measured again.
+            is measured again (three ``hello`` commands); a host's clock
+            drifts by milliseconds a day, so every 10 minutes is plenty.
         hygiene_interval_ms: How often this worker looks for job documents
             damaged by hand edits (unknown status, ill-typed fields) and fails
             them with the reason.
@@ -135,7 +139,9 @@ class QueueConfig:
         retention_cancelled_ms: The same for ``cancelled`` jobs (30 days).
         pause_refresh_ms: How often a worker reads which queues and job types
             are paused, and whether the limit definitions changed (at most
-            once per interval, only when about to claim).
+            once per interval, only when about to claim); an idle worker
+            whose change stream watches the pause document reads it only
+            when the stream says it changed.
         run_schedules: Fire the schedules registered on this queue while its
             worker runs (see :meth:`~mongo_job_queue.PersistentJobQueue.schedule`);
             ``False`` leaves firing to other processes.
@@ -180,8 +186,8 @@ class QueueConfig:
     batch_claims: bool = True
     batch_acks: bool = True
     change_stream_wakeups: bool = True
-    change_stream_max_await_ms: int = 20_000
-    clock_sync_interval_ms: int = 60_000
+    change_stream_max_await_ms: int = 60_000
+    clock_sync_interval_ms: int = 600_000
     hygiene_interval_ms: int = 600_000
     dependency_sweep_interval_ms: int = 60_000
     retention_completed_ms: Optional[int] = 7 * _DAY_MS

@@ -35,9 +35,10 @@ from .handle import JobStore
 from .marks import as_stored, new_mark, pushed_mark
 from .siblings import SiblingCollection
 
-__all__ = ["Control", "PauseState", "ScheduleState", "schedule_state_id"]
+__all__ = ["PAUSE_ID", "Control", "PauseState", "ScheduleState", "schedule_state_id"]
 
-_PAUSE_ID = "pause"
+#: The ``_id`` of the pause document; a worker's change stream watches it (worker/wakeup.py).
+PAUSE_ID = _PAUSE_ID = "pause"
 _SCHEDULE_KIND = "schedule"
 
 

@@ -33,7 +33,10 @@ from .shutdown import ShutdownRequeue
 from .timelimits import TimeLimits
 from .wakeup import ChangeStreamWaker, Waker, Wakers, WakeupChannel, namespace_of
 
-__all__ = ["Services", "build_services", "completer_of", "log_of", "waker_of"]
+__all__ = ["IDLE_CATCH_UP_S", "Services", "build_services", "completer_of", "log_of", "waker_of"]
+
+#: While a worker idles, the sweeps that catch up on notices lost to a crash run this often.
+IDLE_CATCH_UP_S = 600.0
 
 
 def log_of(component: type, logger: Optional[logging.Logger]) -> logging.Logger:
@@ -59,19 +62,44 @@ class Services:
     def maintenance(
         self, config: QueueConfig, now: Callable[[], datetime], logger: Optional[logging.Logger]
     ) -> MaintenanceLoop:
-        """The maintenance thread's loop: each maintenance service's ``run_once`` at its interval."""
+        """The maintenance thread's loop: each maintenance service's step at its interval.
+
+        The lease recovery sweep sleeps until the next lease expires, at most
+        ``sweep_interval_ms``; while the worker idles on a database-wide
+        change stream, at most ``lease_ms + sweep_interval_ms``: a job claimed
+        just after its read expires a lease later, and the stream tells of a
+        claim with a shorter lease, which makes it read again. The catch-up
+        sweeps of lost notices run every :data:`IDLE_CATCH_UP_S` then
+        (docs/performance.rst, "Idle cost").
+        """
+        rescue_cap = (config.lease_ms + config.sweep_interval_ms) / 1000
         return MaintenanceLoop(
             [
-                Service("lease recovery sweep", config.sweep_interval_ms / 1000, self.rescuer.run_once),
+                Service(
+                    "lease recovery sweep",
+                    config.sweep_interval_ms / 1000,
+                    self.rescuer.paced_sweep,
+                    paced=True,
+                    idle_interval_s=rescue_cap,
+                ),
                 Service("malformed-job sweep", config.hygiene_interval_ms / 1000, self.hygiene.run_once),
-                Service("blocked-job sweep", config.dependency_sweep_interval_ms / 1000, self.dependencies.sweep),
+                Service(
+                    "blocked-job sweep",
+                    config.dependency_sweep_interval_ms / 1000,
+                    self.dependencies.sweep,
+                    idle_interval_s=IDLE_CATCH_UP_S,
+                ),
                 Service("worker registry", self.presence.interval_s, self.presence.run_once),
                 Service(
-                    "final-write sweeps", max(config.sweep_interval_ms / 1000, SWEEP_MIN_INTERVAL_S), self.finals_sweep
+                    "final-write sweeps",
+                    max(config.sweep_interval_ms / 1000, SWEEP_MIN_INTERVAL_S),
+                    self.finals_sweep,
+                    idle_interval_s=IDLE_CATCH_UP_S,
                 ),
             ],
             now,
             logger,
+            idle=lambda: self.poller.idle,
         )
 
 
@@ -112,6 +140,7 @@ def waker_of(
                 max_await_ms=config.change_stream_max_await_ms,
                 idle=idle,
                 logger=logger,
+                lease_ms=config.lease_ms,
             )
         )
     for channel in channels:

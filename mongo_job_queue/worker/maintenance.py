@@ -10,6 +10,7 @@ never a lease renewal.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,12 +24,17 @@ from ..middleware import MiddlewareChain
 from ..model import JobError
 from ..retry_limit import rescue_gives_up
 from ..store import JobStore
+from ..store.idle import earliest_lease_expiry
 from ..validation import stored_job_problems
 from .inflight import log_job
+from .wakeup import StreamState, stream_state
 
 __all__ = ["Hygiene", "MaintenanceLoop", "Quarantiner", "Rescuer", "Service"]
 
 log = logging.getLogger(__name__)
+
+#: A paced sweep reads again this long after the expiry it waits for, so that the lease has expired on every clock.
+_EXPIRY_MARGIN_S = 0.05
 
 
 @dataclass(eq=False)
@@ -94,6 +100,35 @@ class Rescuer:
                 log_job(self.log, logging.WARNING, doc, "recovered from an expired lease")
         return requeued, failed
 
+    def paced_sweep(self, now: Optional[datetime] = None) -> Optional[float]:
+        """Sweep if a lease has expired; the seconds until the next lease expires (None: no job runs, or just swept).
+
+        One indexed read tells the earliest expiry of any running job, so an
+        idle worker sleeps until then instead of sweeping by the clock. A
+        lease renewed meanwhile only makes that read come early; a job
+        claimed after it expires a whole lease later, after the next read.
+        """
+        first = earliest_lease_expiry(self.store)
+        ahead = self._ahead(first)
+        if ahead is None or ahead > 0:
+            return ahead
+        self.run_once(now)
+        # The next lease may expire a moment later: wait for it, not for the next interval. One
+        # already expired again means another sweep at once, while sweeps make progress (the
+        # earliest expiry moves on); one stuck (e.g. recovered by nobody) waits for the interval.
+        after = earliest_lease_expiry(self.store)
+        ahead = self._ahead(after)
+        if ahead is None or ahead > 0:
+            return ahead
+        return 0.0 if first is not None and after is not None and after > first else None
+
+    def _ahead(self, expiry: Optional[datetime]) -> Optional[float]:
+        """Seconds until ``expiry`` (with a margin; <= 0: expired); None for no expiry (no job runs)."""
+        if expiry is None:
+            return None
+        ahead = (expiry - self.store.now()).total_seconds()
+        return ahead + _EXPIRY_MARGIN_S if ahead > 0 else ahead
+
 
 @dataclass(eq=False)
 class Hygiene:
@@ -119,6 +154,10 @@ class Service:
     name: str
     interval_s: float
     step: Callable[[datetime], object]
+    #: The step returns the seconds until it is next due, at most its interval (None: its interval).
+    paced: bool = False
+    #: While the worker idles on a database-wide change stream, its interval, if longer; None: ``interval_s``.
+    idle_interval_s: Optional[float] = None
 
 
 class MaintenanceLoop:
@@ -129,27 +168,59 @@ class MaintenanceLoop:
     """
 
     def __init__(
-        self, services: Sequence[Service], now: Callable[[], datetime], logger: Optional[logging.Logger] = None
+        self,
+        services: Sequence[Service],
+        now: Callable[[], datetime],
+        logger: Optional[logging.Logger] = None,
+        idle: Callable[[], bool] = lambda: False,
     ) -> None:
         self.services = list(services)
         self.now = now
         self.log = logger or log
+        self.idle = idle
 
     def run(self, stopping: threading.Event) -> None:
         start = time.monotonic()
         due = [start for _ in self.services]  # at start: what a crash before this restart left
+        ran = [start for _ in self.services]
+        wanted = [math.inf for _ in self.services]  # what a paced step asked for
         failures = [0 for _ in self.services]
         while not stopping.is_set():
+            state = stream_state(stopping)
+            quiet = self._quiet(state)
+            claimed = False
+            if state is not None and state.short_lease_claimed.is_set():
+                state.short_lease_claimed.clear()
+                claimed = True
             for i, service in enumerate(self.services):
+                if failures[i] == 0 and ran[i] > start:
+                    due[i] = ran[i] + min(self._interval(service, quiet), wanted[i])
+                    if claimed and service.paced:
+                        due[i] = time.monotonic()  # a lease shorter than what it waits for began: read again
                 if stopping.is_set() or time.monotonic() < due[i]:
                     continue
                 try:
-                    service.step(self.now())
+                    wait = service.step(self.now())
                     failures[i] = 0
-                    due[i] = time.monotonic() + service.interval_s
+                    ran[i] = time.monotonic()
+                    wanted[i] = max(0.0, float(wait)) if service.paced and isinstance(wait, (int, float)) else math.inf
+                    due[i] = ran[i] + min(self._interval(service, quiet), wanted[i])
                 except BaseException:  # any error, SystemExit from a hook included: the thread lives on
                     failures[i] += 1
                     backoff = min(service.interval_s * 2 ** min(failures[i] - 1, 6), 600.0)
                     due[i] = time.monotonic() + max(service.interval_s, backoff)
                     self.log.exception("%s failed; next try in %.1fs", service.name, due[i] - time.monotonic())
-            stopping.wait(max(0.0, min(due) - time.monotonic()) if due else 1.0)
+            # Woken at least every minute, to see a change between idle and busy; and by the stream
+            # when a short lease began (its waker's close() wakes it for the stop too).
+            wait_s = min(60.0, max(0.0, min(due) - time.monotonic())) if due else 1.0
+            (state.short_lease_claimed if state is not None else stopping).wait(wait_s)
+
+    def _quiet(self, state: Optional[StreamState]) -> bool:
+        """Idle, with a database-wide stream listening: it tells of claims of short leases."""
+        return self.idle() and state is not None and state.listening.is_set() and state.watches_pause
+
+    @staticmethod
+    def _interval(service: Service, quiet: bool) -> float:
+        if quiet and service.idle_interval_s is not None:
+            return max(service.interval_s, service.idle_interval_s)
+        return service.interval_s

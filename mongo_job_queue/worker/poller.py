@@ -1,11 +1,13 @@
 """The poller: claims one job per free handler slot and hands it to the handler threads.
 
 No prefetch: it never holds more claims than free handler threads, so a
-crash strands at most ``concurrency`` jobs. While the queue is empty it backs
-off exponentially (a change stream, see :mod:`.wakeup`, wakes it early). It
-survives any exception: the error is logged, the jobs of a claim that were
-not handed to a handler go back to the queue, and polling resumes after a
-backoff.
+crash strands at most ``concurrency`` jobs. While the queue is empty and a
+change stream listens (see :mod:`.wakeup`), it does not poll: it sleeps
+until the stream wakes it or the next delayed job it may claim comes due,
+read from one indexed query; without a stream it backs off exponentially,
+up to ``poll_interval_max_ms``. It survives any exception: the error is
+logged, the jobs of a claim that were not handed to a handler go back to
+the queue, and polling resumes after a backoff.
 """
 
 from __future__ import annotations
@@ -22,13 +24,20 @@ from ..handlers import HandlerRegistry
 from ..middleware import MiddlewareChain
 from ..model import LeaseOwner
 from ..store import ClaimedJob, JobStore, PauseState
+from ..store.idle import next_due
 from .executor import Executor, WorkQueue
 from .inflight import InflightTable, log_job
 from .leases import LeaseKeeper
+from .wakeup import StreamState, stream_state
 
-__all__ = ["Poller"]
+__all__ = ["LISTENING_MAX_SLEEP_S", "Poller"]
 
 log = logging.getLogger(__name__)
+
+#: The longest an idle poller sleeps while a change stream listens, should it ever miss an event.
+LISTENING_MAX_SLEEP_S = 600.0
+#: Woken this long after a delayed job's ``run_at``, so that the claim finds it due on the same clock.
+_DUE_MARGIN_S = 0.002
 
 
 @dataclass(eq=False)
@@ -49,6 +58,14 @@ class Poller:
     def __post_init__(self) -> None:
         self._paused = PauseState()
         self._pause_read_at = -math.inf
+        # Whether the stream vouches for the last pause state: set while idle and listening to it.
+        self._pause_watched = False
+        self._idle: Optional[threading.Event] = None
+
+    @property
+    def idle(self) -> bool:
+        """Whether the poller last found nothing to claim (the maintenance loop paces its catch-up sweeps by it)."""
+        return self._idle is not None and self._idle.is_set()
 
     # -- claiming -----------------------------------------------------------
 
@@ -57,9 +74,12 @@ class Poller:
 
         The pause state is read at most every ``pause_refresh_ms``, not per
         claim, and only narrows the claim's ``$in`` lists, so the claim index
-        serves the claim exactly as before.
+        serves the claim exactly as before. After an idle wait on a change
+        stream that watches the pause document it is read only when the
+        stream said it changed (it wakes the poller then).
         """
-        if time.monotonic() >= self._pause_read_at + self.config.pause_refresh_ms / 1000:
+        stale = time.monotonic() >= self._pause_read_at + self.config.pause_refresh_ms / 1000
+        if self._pause_read_at == -math.inf or (stale and not self._pause_watched):
             try:
                 self._paused = self.store.control.pause_state()
                 self._pause_read_at = time.monotonic()
@@ -116,7 +136,12 @@ class Poller:
         top = self.config.poll_interval_max_ms / 1000
         interval = base
         failures = 0
+        self._idle = idle
         while not stopping.is_set():
+            state = stream_state(stopping)
+            if state is not None and state.pause_changed.is_set():
+                state.pause_changed.clear()  # the stream saw the pause document change: read it before claiming
+                self.forget_pause_state()
             try:
                 found = self.step(work, stopping, wake)
             except BaseException:  # any error, SystemExit from a hook included: the thread lives on
@@ -130,11 +155,36 @@ class Poller:
                 continue  # no free slot, or stopping
             if found:
                 idle.clear()
+                self._pause_watched = False  # busy: the stream reads nothing meanwhile
                 interval = base  # work appeared: snap back to the base interval
                 continue
             idle.set()
+            state = stream_state(stopping)
+            # Only a database-wide stream hears of every change that can make a job claimable (a new
+            # run_at, a resume); a stream of the jobs collection alone wakes the polling below early.
+            if state is not None and state.listening.is_set() and state.watches_pause:
+                self._sleep_listening(state, wake, base)
+                continue
+            self._pause_watched = False
             wake.wait(self.store.limits.wait_hint(interval, base))
             interval = min(interval * 2, top)
+
+    def _sleep_listening(self, state: StreamState, wake: threading.Event, base: float) -> None:
+        """Idle with a change stream: sleep until it wakes us or the next delayed job comes due; no poll."""
+        self._pause_watched = state.watches_pause
+        wait = LISTENING_MAX_SLEEP_S
+        try:
+            types, queues = self.claim_scope()
+            now = self.store.now()
+            due = next_due(self.store, types, queues, now)
+            if due is not None:
+                wait = min(wait, max(0.0, (due - now).total_seconds()) + _DUE_MARGIN_S)
+        except Exception:  # a read that failed: the wait falls back to the poll maximum
+            self.log.warning("could not read when the next delayed job is due", exc_info=True)
+            wait = self.config.poll_interval_max_ms / 1000
+        wake.wait(self.store.limits.wait_hint(wait, base))
+        if not state.listening.is_set():
+            self._pause_watched = False  # the stream broke meanwhile: it may have missed a change
 
     def step(self, work: WorkQueue, stopping: threading.Event, wake: threading.Event) -> Optional[bool]:
         """Wait for a free slot, claim and dispatch once; whether a job was found (None: no claim made)."""

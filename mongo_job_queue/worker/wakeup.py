@@ -1,13 +1,20 @@
-"""Change-stream wake-ups: an idle worker hears about new jobs at once.
+"""Change-stream wake-ups: an idle worker hears about new jobs, and about pause changes, at once.
 
-Polling with backoff keeps an idle worker cheap but slow to notice work:
-after a few empty polls it waits ``poll_interval_max_ms``. On a replica set
-the worker also watches its collection for jobs it can run and wakes the
-poller the moment one is inserted, so pickup latency is a round trip rather
-than half a poll interval. Polling stays on, as the fallback for delayed jobs
-coming due, for standalone servers (no change streams) and while the stream
-is broken. A broken stream resumes from its last token; when the server no
-longer has that history, it restarts from now (polling covers the gap).
+On a replica set the worker watches its database, in one change stream,
+for jobs it can run (inserted pending, set back to pending, or given a new
+``run_at``) and for changes of the pause document (which also carries the
+limit definitions' version). Each wakes the idle poller, so pickup latency
+is a round trip, and a pause or resume takes effect at once. While the
+stream listens, the idle poller does not poll: it sleeps until the next
+delayed job of its queues comes due (:mod:`mongo_job_queue.store.idle`), and
+it reads the pause state only when the stream said it changed. Polling is
+the fallback for standalone servers (no change streams) and while the
+stream is broken. A broken stream resumes from its last token; when the
+server no longer has that history, it restarts from now, and a reopened
+stream wakes the poller (which reads the pause state again) to cover the gap.
+
+Without the right to watch the database, the worker watches its jobs
+collection only, and reads the pause state by ``pause_refresh_ms``.
 
 A read can wait on the server for ``change_stream_max_await_ms``; ``stop()``
 does not wait that out: it closes the stream from the stopping thread
@@ -25,14 +32,28 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
 from pymongo.errors import OperationFailure
 
+from ..bounded import BoundedChangeStream
+from ..status import PENDING, PROCESSING
 from ..store import JobStore
+from ..store.control import PAUSE_ID
 
-__all__ = ["ChangeStreamWaker", "Waker", "Wakers", "WakeupChannel", "namespace_of"]
+__all__ = [
+    "ChangeStreamWaker",
+    "StreamState",
+    "Waker",
+    "Wakers",
+    "WakeupChannel",
+    "namespace_of",
+    "new_stream_state",
+    "stream_state",
+]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +62,37 @@ log = logging.getLogger(__name__)
 _UNSUPPORTED = frozenset({40573, 115, 59})
 # The resume token is too old or invalid: start again from now.
 _HISTORY_LOST = frozenset({286, 280, 260})
+# Not allowed to watch the whole database: watch the jobs collection only.
+_UNAUTHORIZED = frozenset({13})
+
+
+@dataclass(eq=False)
+class StreamState:
+    """What one start's change stream tells its poller: whether it listens, and whether the pause state changed."""
+
+    #: Set while a change stream is open and delivering events.
+    listening: threading.Event = field(default_factory=threading.Event)
+    #: Whether the stream also watches the pause document (a database-wide stream).
+    watches_pause: bool = False
+    #: Set when the pause document changed, or the stream may have missed a change: read it again.
+    pause_changed: threading.Event = field(default_factory=threading.Event)
+    #: Set when a job was claimed with a lease shorter than this worker's: its lease sweep reads again.
+    short_lease_claimed: threading.Event = field(default_factory=threading.Event)
+
+
+# One start's stream state, keyed by that start's stop event: the one thing the
+# worker hands both to the poller thread and to the waker it builds.
+_STATES: weakref.WeakKeyDictionary[threading.Event, StreamState] = weakref.WeakKeyDictionary()
+
+
+def stream_state(stopping: threading.Event) -> Optional[StreamState]:
+    """The change-stream state of the start whose stop event is ``stopping``; None without a change stream."""
+    return _STATES.get(stopping)
+
+
+def new_stream_state(stopping: threading.Event) -> StreamState:
+    """The change-stream state of the start whose stop event is ``stopping``, made by its stream's waker."""
+    return _STATES.setdefault(stopping, StreamState())
 
 
 class Flag(Protocol):
@@ -136,6 +188,7 @@ class ChangeStreamWaker:
         max_await_ms: int,
         idle: Optional[threading.Event] = None,
         logger: Optional[logging.Logger] = None,
+        lease_ms: Optional[int] = None,
     ) -> None:
         self.store = store
         self.types = list(types)
@@ -143,16 +196,20 @@ class ChangeStreamWaker:
         self.wake = wake
         self.stopping = stopping
         self.max_await_ms = max_await_ms
+        self.lease_ms = lease_ms
         self.idle = idle
         self.log = logger or log
         self.supported: Optional[bool] = None
+        self.state = new_stream_state(stopping)
         #: Set while a change stream is open and delivering events.
-        self.listening = threading.Event()
+        self.listening = self.state.listening
+        self._whole_db = True
         self._lock = threading.Lock()
         self._stream: Optional[Any] = None
 
     def close(self) -> None:
         """End the current read from another thread (the stopping one); ``stopping`` must be set first."""
+        self.state.short_lease_claimed.set()  # the maintenance loop may wait on it: it sees the stop now
         with self._lock:
             stream, self._stream = self._stream, None
         if stream is not None:
@@ -166,9 +223,7 @@ class ChangeStreamWaker:
         backoff = 0.5
         while not self.stopping.is_set():
             try:
-                with self.store.jobs.watch_new_jobs(
-                    self.types, self.queues, resume_after=resume, max_await_ms=self.max_await_ms
-                ) as stream:
+                with self._open(resume) as stream:
                     with self._lock:
                         if self.stopping.is_set():
                             return
@@ -177,6 +232,7 @@ class ChangeStreamWaker:
                         self.supported = True
                         self.log.debug("watching for new jobs with a change stream")
                     self.listening.set()
+                    self.wake()  # the poller may sleep by the poll backoff: from now on it sleeps by the stream
                     backoff = 0.5
                     while not self.stopping.is_set() and stream.alive:
                         if self.idle is not None and not self.idle.is_set():
@@ -187,7 +243,7 @@ class ChangeStreamWaker:
                         change = stream.try_next()
                         resume = stream.resume_token
                         if change is not None:
-                            self.wake()
+                            self._tell(change)
             except OperationFailure as exc:
                 self.listening.clear()
                 if self.stopping.is_set():
@@ -196,6 +252,11 @@ class ChangeStreamWaker:
                     self.supported = False
                     self.log.info("change streams unavailable (%s); polling only", exc)
                     return
+                if exc.code in _UNAUTHORIZED and self._whole_db:
+                    self._whole_db = False
+                    self.state.watches_pause = False
+                    self.log.info("not allowed to watch the database (%s); watching the jobs collection only", exc)
+                    continue
                 if exc.code in _HISTORY_LOST:
                     resume = None
                 self._pause(exc, backoff)
@@ -210,8 +271,69 @@ class ChangeStreamWaker:
                 with self._lock:
                     self._stream = None
             self.listening.clear()
-            # The stream may have missed inserts while it was down.
+            # The stream may have missed inserts, and pause changes, while it was down.
+            self.state.pause_changed.set()
             self.wake()
+
+    def _tell(self, change: Mapping[str, Any]) -> None:
+        """Who an event is for: a claim of a short lease for the lease sweep, anything else for the poller."""
+        if (change.get("ns") or {}).get("coll") == self._control_name:
+            self.state.pause_changed.set()
+        fields = (change.get("updateDescription") or {}).get("updatedFields") or {}
+        if fields.get("status") == PROCESSING:
+            self.state.short_lease_claimed.set()
+            return
+        self.wake()
+
+    @property
+    def _control_name(self) -> str:
+        return self.store.control.collection.name
+
+    def _open(self, resume: Optional[Mapping[str, Any]]) -> BoundedChangeStream:
+        """The stream: of the whole database (the jobs and the pause document), else of the jobs collection."""
+        if not self._whole_db:
+            return self.store.jobs.watch_new_jobs(
+                self.types, self.queues, resume_after=resume, max_await_ms=self.max_await_ms
+            )
+        jobs = {
+            "$or": [
+                {
+                    "operationType": "insert",
+                    "fullDocument.status": PENDING,
+                    "fullDocument.queue": {"$in": self.queues},
+                    "fullDocument.type": {"$in": self.types},
+                },
+                {"operationType": "update", "updateDescription.updatedFields.status": PENDING},
+                # A pending job's due time moved (a batch's staged jobs released, an operator's "run now").
+                {"operationType": "update", "updateDescription.updatedFields.run_at": {"$exists": True}},
+            ]
+        }
+        branches: list[dict[str, Any]] = [
+            {"ns.coll": self.store.collection.name, **jobs},
+            {"ns.coll": self._control_name, "documentKey._id": PAUSE_ID},
+        ]
+        if self.lease_ms is not None:
+            # A claim whose lease is shorter than this worker's: an idle sweep that waits a lease of
+            # its own plus the sweep interval would rescue it late (worker/maintenance.py).
+            lease_left = {
+                "$subtract": ["$updateDescription.updatedFields.lease_expires_at", {"$toDate": "$clusterTime"}]
+            }
+            branches.append(
+                {
+                    "ns.coll": self.store.collection.name,
+                    "operationType": "update",
+                    "updateDescription.updatedFields.status": PROCESSING,
+                    "$expr": {"$lt": [lease_left, self.lease_ms]},
+                }
+            )
+        match = {"$or": branches}
+        store = self.store
+        with store.bounded():
+            stream = store.collection.database.watch(
+                [{"$match": match}], resume_after=resume, max_await_time_ms=self.max_await_ms
+            )
+        self.state.watches_pause = True
+        return BoundedChangeStream(stream, store.bounded, self.max_await_ms)
 
     def _pause(self, exc: BaseException, seconds: float) -> None:
         self.log.warning("change stream interrupted (%r); reopening in %.1fs, polling meanwhile", exc, seconds)

@@ -261,7 +261,8 @@ def test_job_status_enum_matches_stored_values(make_queue, job_model) -> None:
 
 
 def test_idle_polling_backs_off_and_snaps_back_when_work_appears(make_queue, job_model) -> None:
-    queue = make_queue(poll_interval_base_ms=20, poll_interval_max_ms=320)
+    # Polling without a change stream: with one, an idle worker does not poll (test_idle_cost.py).
+    queue = make_queue(poll_interval_base_ms=20, poll_interval_max_ms=320, change_stream_wakeups=False)
     queue.register_handler("IDLE", lambda job: None)
     claims: list[tuple[float, bool]] = []
     real_claim = queue.worker.poller.claim_some
