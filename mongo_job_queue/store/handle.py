@@ -58,6 +58,8 @@ _TRIED_ONCE: contextvars.ContextVar[bool] = contextvars.ContextVar("mjq_tried_on
 _CLOCK_SAMPLES = 3
 #: A measurement whose fastest round trip took longer is not trusted (error up to half of it).
 _MAX_CLOCK_ROUND_TRIP_S = 0.5
+#: A jump of this host's wall clock against its monotonic clock that makes the offset stale (an NTP step).
+_CLOCK_STEP_S = 1.0
 
 
 class JobStore:
@@ -139,6 +141,9 @@ class JobStore:
         self._synced = False  # no time-based decision before the first measurement
         self._sync_lock = threading.Lock()
         self._monotonic: Callable[[], float] = time.monotonic  # measures round trips; tests inject one
+        #: Watch the wall clock for steps (only the host's own: an injected clock may jump on purpose).
+        self._watch_steps = clock is utcnow
+        self._last_look: tuple[float, datetime] | None = None
         #: Told of every final write (batches and dependent jobs listen); see finals.py.
         self.finals = FinalWrites(self.log)
         self.shard_key = ShardKey(job_model)  # the app's declared shard key, added to the filters about a job
@@ -218,9 +223,24 @@ class JobStore:
                 with self._sync_lock:
                     if not self._synced:
                         self._measure_offset()
-            elif self._monotonic() >= self._next_sync:
+            elif self._monotonic() >= self._next_sync or self._wall_clock_stepped():
                 self.sync_clock()
         return self.clock() + self._offset
+
+    def _wall_clock_stepped(self) -> bool:
+        """Whether the wall clock jumped since the last look: the offset measured before the jump is stale.
+
+        Syncs are minutes apart; without this an NTP step (or a date set by
+        hand) would shift every lease and due time by the step until the next.
+        """
+        if not self._watch_steps:
+            return False
+        look = (self._monotonic(), self.clock())
+        last, self._last_look = self._last_look, look
+        if last is None:
+            return False
+        jump = (look[1] - last[1]).total_seconds() - (look[0] - last[0])
+        return abs(jump) > _CLOCK_STEP_S
 
     @property
     def clock_offset(self) -> timedelta:
