@@ -102,8 +102,7 @@ class LimitedClaims:
                         return _readmit(limiter, found, token, limits, lease["lease_expires_at"], store.now())
                 now = store.now()
                 admission = limiter.admit(doc, token, limits, now, lease["lease_expires_at"], refused)
-                unchanged = {**filt, "_id": doc["_id"], "lease_token": doc.get("lease_token")}
-                unchanged["attempts"] = doc.get("attempts")
+                unchanged = _unchanged(filt, doc)
                 if isinstance(admission, RateRefusal):
                     waiting.setdefault(admission.lid, (admission, []))[1].append(doc)
                     return None
@@ -142,7 +141,7 @@ class LimitedClaims:
         slots = store.retry(lambda: self._limiter.reserve(refusal, store.now(), len(docs)), "reserve_starts")
         ops = [
             UpdateOne(
-                {**filt, "_id": doc["_id"], "lease_token": doc.get("lease_token"), "attempts": doc.get("attempts")},
+                _unchanged(filt, doc),
                 {"$set": {"run_at": slot}, "$addToSet": {RATE_SLOTS: refusal.lid}},
             )
             for doc, slot in zip(docs, slots, strict=False)
@@ -179,6 +178,17 @@ class LimitedClaims:
         ]
         interleaved = [doc for round_ in itertools.zip_longest(*heads) for doc in round_ if doc is not None]
         return interleaved[:count]
+
+
+def _unchanged(filt: Mapping[str, Any], doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The filter that matches ``doc``'s job only while it is as read: claimable, with its lease token and attempts.
+
+    ``_id`` comes first: the embedded test server plans by the first field
+    it can use, and with the claim's ``status`` first it scanned every
+    pending job (47 ms a write with 360 of them, against 2 ms by ``_id``).
+    """
+    rest = {field: cond for field, cond in filt.items() if field != "_id"}  # the job matched filt's own _id
+    return {"_id": doc["_id"], **rest, "lease_token": doc.get("lease_token"), "attempts": doc.get("attempts")}
 
 
 def _readmit(

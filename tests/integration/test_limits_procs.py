@@ -176,12 +176,13 @@ def test_a_rate_shared_by_three_processes_one_with_a_skewed_clock(workers, make_
     workers(4, 300.0)  # five minutes ahead: it must not spend more
     _ready(raw_db, 3)
     queue = make_queue(lease_ms=10_000)  # a producer's calls under the load of 24 threads
-    # 2/s, not more: each limited start costs about six round trips (the limiter read, the
-    # candidate read, the rate's read and compare-and-set, the claim), and on this shared
-    # 2-core server three processes reach only 2.5-3.3 limited starts/s (docs/limits.rst).
-    # A skewed clock left uncorrected would spend starts freely: far above 22.
-    queue.limit("api", job_types=["LIM"], rate="2/s")
-    queue.enqueue_many({"job_type": "LIM", "data": {"sleep_ms": 1}} for _ in range(100))
+    # 4/s, not the 20/s: the embedded server is one Python process, and with three workers
+    # it is saturated (100% of a core) at about 7.7 starts/s with no limit at all; a limited start
+    # also reads the candidates and the limiter and writes the rate's state, so three processes
+    # reach about 5.7 limited starts/s (docs/limits.rst has the figures). A skewed clock left
+    # uncorrected would spend starts freely: far above the bound.
+    queue.limit("api", job_types=["LIM"], rate="4/s")
+    queue.enqueue_many({"job_type": "LIM", "data": {"sleep_ms": 1}} for _ in range(150))
     wait_until(lambda: _starts(raw_db) >= 1, timeout=60, what="first start")
     opened = time.monotonic()
     first = _mark(raw_db, "window", 0)
@@ -195,8 +196,9 @@ def test_a_rate_shared_by_three_processes_one_with_a_skewed_clock(workers, make_
     # Never more than the rate over the window (the skewed worker spends no extra start): one burst
     # (1), and the starts admitted up to a second and a half before the window opened whose events
     # landed in it (the claim, the dispatch and the handler's own write come after the admission).
-    # And at least half of it (under a load average of 9 on this box three processes reached 14 of
-    # 20); every process starts some (a clock left uncorrected would take the shared rate for itself).
-    allowed = 2 * (window_s + 1.5) + 1
-    assert 10 <= starts <= allowed, (starts, round(window_s, 2), by_pid)
+    # And at least half of it, a margin for a loaded box (under a load average of 9 three processes
+    # once reached 14 of 20 at 2/s); every process starts some (a clock left uncorrected would take
+    # the shared rate for itself).
+    allowed = 4 * (window_s + 1.5) + 1
+    assert 20 <= starts <= allowed, (starts, round(window_s, 2), by_pid)
     assert len(by_pid) == 3, by_pid

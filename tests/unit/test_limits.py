@@ -11,6 +11,7 @@ from bson.int64 import Int64
 from mongo_job_queue import Limit, LimitError
 from mongo_job_queue.errors import InvalidJobError, Throttled
 from mongo_job_queue.limits import parse_rate
+from mongo_job_queue.model import LeaseOwner
 from mongo_job_queue.store.limiter import limiter_id
 
 
@@ -147,3 +148,29 @@ def test_equal_numbers_share_one_limiter(a: Any, b: Any) -> None:
 @pytest.mark.parametrize(("a", "b"), [(1, 1.5), (1, "1"), (1, True), (0, False)])
 def test_unequal_values_get_their_own_limiters(a: Any, b: Any) -> None:
     assert limiter_id("cap", a) != limiter_id("cap", b)
+
+
+@pytest.mark.usefixtures("mongomock_bulk_write")  # its bulk runs each UpdateOne through update_one
+def test_a_limited_claims_conditional_writes_name_the_job_first(queue: Any, monkeypatch: Any) -> None:
+    """The claim and the reserved starts filter by ``_id`` first: a server that plans by the first field scans less.
+
+    The embedded test server planned the claim's ``status``-first filter as
+    a scan of every pending job (47 ms a write with 360 of them, 2 ms by
+    ``_id``), which held three processes to 2.1-3.7 limited starts/s.
+    """
+    jobs = queue.store.collection
+    filters: list[list[str]] = []
+    update_one = type(jobs).update_one
+
+    def spy_update(self: Any, filt: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.name == jobs.name and "attempts" in filt:
+            filters.append(list(filt))
+        return update_one(self, filt, *args, **kwargs)
+
+    monkeypatch.setattr(type(jobs), "update_one", spy_update)
+    queue.limit("api", job_types=["T"], rate="2/s")
+    queue.enqueue_many([{"job_type": "T"} for _ in range(3)])
+    claimed = queue.store.jobs.claim_batch(["T"], ["default"], LeaseOwner.current(), 3)
+    assert len(claimed) == 1  # the other two wait for their starts, reserved in one write
+    assert len(filters) == 3, filters  # the claim, and the two reserved starts
+    assert all(filt[0] == "_id" for filt in filters), filters
