@@ -170,6 +170,9 @@ def test_a_cap_per_organization_holds_across_a_sigkill(workers, make_queue, raw_
     assert all(row["running"] == 0 for row in queue.limits()["keys"])
 
 
+# Serial: its lower bound (half the rate) assumes the server has a core to itself; three processes
+# reach 5-5.7 limited starts/s on an idle machine (docs/limits.rst), and a second test process shares it.
+@pytest.mark.serial
 def test_a_rate_shared_by_three_processes_one_with_a_skewed_clock(workers, make_queue, raw_db) -> None:
     workers(4)
     workers(4)
