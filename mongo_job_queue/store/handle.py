@@ -140,6 +140,8 @@ class JobStore:
         self._next_sync = 0.0
         self._synced = False  # no time-based decision before the first measurement
         self._sync_lock = threading.Lock()
+        #: Transient errors (network, timeouts) met by :meth:`retry` in this process, ever.
+        self.transient_errors = 0
         self._monotonic: Callable[[], float] = time.monotonic  # measures round trips; tests inject one
         #: Watch the wall clock for steps (only the host's own: an injected clock may jump on purpose).
         self._watch_steps = clock is utcnow
@@ -365,6 +367,14 @@ class JobStore:
         """
 
         def bounded_try() -> T:
+            try:
+                return one_try()
+            except Exception as exc:
+                if is_transient(exc):
+                    self.transient_errors += 1  # a change stream's connection may be as dead: see worker.wakeup
+                raise
+
+        def one_try() -> T:
             if extra_ms or not self.indexes.prepared:
                 self._reach_server()  # a long bound is for the work, never for server selection
             if not self.indexes.prepared:

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 #: The longest an idle poller sleeps while a change stream listens, should it ever miss an event.
 LISTENING_MAX_SLEEP_S = 600.0
+#: How often a poller asleep by its stream checks that the stream still vouches (no I/O).
+_VOUCH_CHECK_S = 0.5
 #: Woken this long after a delayed job's ``run_at``, so that the claim finds it due on the same clock.
 _DUE_MARGIN_S = 0.002
 
@@ -60,6 +62,7 @@ class Poller:
         self._pause_read_at = -math.inf
         # Whether the stream vouches for the last pause state: set while idle and listening to it.
         self._pause_watched = False
+        self._claim_failed = False
         self._idle: Optional[threading.Event] = None
 
     @property
@@ -162,7 +165,7 @@ class Poller:
             state = stream_state(stopping)
             # Only a database-wide stream hears of every change that can make a job claimable (a new
             # run_at, a resume); a stream of the jobs collection alone wakes the polling below early.
-            if state is not None and state.listening.is_set() and state.watches_pause:
+            if state is not None and state.vouches(self.store) and not self._claim_failed:
                 self._sleep_listening(state, wake, base)
                 continue
             self._pause_watched = False
@@ -182,7 +185,12 @@ class Poller:
         except Exception:  # a read that failed: the wait falls back to the poll maximum
             self.log.warning("could not read when the next delayed job is due", exc_info=True)
             wait = self.config.poll_interval_max_ms / 1000
-        wake.wait(self.store.limits.wait_hint(wait, base))
+        # In slices: an error met meanwhile by another thread of this process (a heartbeat on a cut
+        # link) takes the stream's word away (StreamState.vouches), and the poller polls again.
+        deadline = time.monotonic() + self.store.limits.wait_hint(wait, base)
+        while not wake.wait(max(0.0, min(_VOUCH_CHECK_S, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline or not state.vouches(self.store):
+                break
         if not state.listening.is_set():
             self._pause_watched = False  # the stream broke meanwhile: it may have missed a change
 
@@ -203,7 +211,9 @@ class Poller:
             claimed = self.claim_some(free, abort=stopping)
         except Exception:
             self.log.exception("claim failed")
+            self._claim_failed = True  # polled again by the backoff, whatever the stream says
             return False
+        self._claim_failed = False
         if claimed:
             self._dispatch_all(claimed, work, stopping)
         return bool(claimed)

@@ -78,6 +78,14 @@ class StreamState:
     pause_changed: threading.Event = field(default_factory=threading.Event)
     #: Set when a job was claimed with a lease shorter than this worker's: its lease sweep reads again.
     short_lease_claimed: threading.Event = field(default_factory=threading.Event)
+    #: The store's ``transient_errors`` when the stream's last read came back: a connection
+    #: silently dead (a firewall that forgot it) keeps a read waiting and the stream "listening";
+    #: an error met elsewhere since then makes the poller poll until the stream reads again.
+    vouched_errors: int = -1
+
+    def vouches(self, store: JobStore) -> bool:
+        """Whether an idle poller may sleep by the stream: it listens and has read since the last transient error."""
+        return self.listening.is_set() and self.watches_pause and self.vouched_errors == store.transient_errors
 
 
 # One start's stream state, keyed by that start's stop event: the one thing the
@@ -231,6 +239,7 @@ class ChangeStreamWaker:
                     if not self.supported:
                         self.supported = True
                         self.log.debug("watching for new jobs with a change stream")
+                    self.state.vouched_errors = self.store.transient_errors
                     self.listening.set()
                     self.wake()  # the poller may sleep by the poll backoff: from now on it sleeps by the stream
                     backoff = 0.5
@@ -240,7 +249,9 @@ class ChangeStreamWaker:
                             # nothing now; the open cursor keeps our place.
                             self.idle.wait(0.5)
                             continue
+                        errors = self.store.transient_errors
                         change = stream.try_next()
+                        self.state.vouched_errors = errors  # the read came back: its connection is alive
                         resume = stream.resume_token
                         if change is not None:
                             self._tell(change)
