@@ -17,6 +17,7 @@ import math
 import threading
 import time
 from dataclasses import KW_ONLY, dataclass
+from datetime import datetime
 from typing import Optional
 
 from ..config import QueueConfig
@@ -63,6 +64,7 @@ class Poller:
         # Whether the stream vouches for the last pause state: set while idle and listening to it.
         self._pause_watched = False
         self._claim_failed = False
+        self._claimed_at: Optional[datetime] = None  # when the last claim began, by the store's clock
         self._idle: Optional[threading.Event] = None
 
     @property
@@ -179,7 +181,9 @@ class Poller:
         try:
             types, queues = self.claim_scope()
             now = self.store.now()
-            due = next_due(self.store, types, queues, now)
+            # After the last claim's time, not now: a job that came due since the claim (its wake-up
+            # spent on that claim) is read as due, and claimed at once, not slept past.
+            due = next_due(self.store, types, queues, min(now, self._claimed_at or now))
             if due is not None:
                 wait = min(wait, max(0.0, (due - now).total_seconds()) + _DUE_MARGIN_S)
         except Exception:  # a read that failed: the wait falls back to the poll maximum
@@ -208,6 +212,7 @@ class Poller:
         # claim is running is not lost: the wait after it returns at once.
         wake.clear()
         try:
+            self._claimed_at = self.store.now()
             claimed = self.claim_some(free, abort=stopping)
         except Exception:
             self.log.exception("claim failed")

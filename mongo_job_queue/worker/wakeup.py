@@ -241,6 +241,9 @@ class ChangeStreamWaker:
                         self.log.debug("watching for new jobs with a change stream")
                     self.state.vouched_errors = self.store.transient_errors
                     self.listening.set()
+                    # What changed before the stream opened it cannot tell (a stream reopened from "now"
+                    # after its history was lost): the poller reads the pause state and claims once more.
+                    self.state.pause_changed.set()
                     self.wake()  # the poller may sleep by the poll backoff: from now on it sleeps by the stream
                     backoff = 0.5
                     while not self.stopping.is_set() and stream.alive:
