@@ -64,6 +64,11 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
         help=f"a mongo-job-queue config row: one of {', '.join(VARIANTS)}, or NAME={{json config}}; repeatable",
     )
     p.add_argument("--peers", help=f"comma-separated subset of {','.join(PEERS)}; 'none' for none")
+    p.add_argument(
+        "--server-pid",
+        type=int,
+        help="with --uri: the server's process id on this machine, to read its CPU (else n/a)",
+    )
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="Redis for the RQ reference")
     p.add_argument("--skip", default="", help="figures to skip: enqueue,throughput,idle,memory")
     p.add_argument("--seed", type=int, default=7, help="seed of the random pickup phases")
@@ -156,10 +161,18 @@ def main(argv: Optional[list[str]] = None) -> int:
         "notes": NOTES,
     }
     results = Results(meta)
-    with database(args.uri) as (uri, description):
+    with database(args.uri, args.server_pid) as (uri, description, server_pid):
         control: MongoClient[dict[str, Any]] = MongoClient(uri)
         meta["backend"] = backend_info(control, uri, description)
-        ctx = Context(uri=uri, db_name=db_name, control=control, redis_url=args.redis_url, timeout_s=plan.timeout_s)
+        ctx = Context(
+            uri=uri,
+            db_name=db_name,
+            control=control,
+            redis_url=args.redis_url,
+            timeout_s=plan.timeout_s,
+            server_pid=server_pid,
+        )
+        meta["backend"]["server_pid"] = server_pid
         contenders = build_contenders(ctx, args, plan)
         print(f"preparing {len(contenders)} contenders", file=sys.stderr, flush=True)
         ready = prepare_all(contenders, results)

@@ -12,6 +12,17 @@
   stream, a write-concern check) and the empty polls at the end.
 * **CPU** is process CPU time (user + system). The embedded server runs in its
   own process, so a contender's CPU is its own overhead, not the database's.
+* **Server CPU** is the CPU time of the embedded server's process over the same
+  drain (``/proc/<pid>/stat``), beside the worker's: work moved from the client
+  to the server shows there. With ``--uri`` the server is elsewhere: "n/a"
+  (unless ``--server-pid`` names its process on this machine).
+* **Bytes per job** are the BSON sizes of every command document and every reply
+  as command monitoring shows them (``bson.encode`` of
+  ``CommandStartedEvent.command`` and ``CommandSucceededEvent.reply``), over the
+  whole drain. The events are kept and encoded after the drain's CPU was read,
+  so measuring does not add to the worker CPU. The wire adds an OP_MSG header
+  (about 21 bytes) per message, not counted. Only for a contender whose client
+  is pymongo in the bench's own process.
 * **Memory** is the resident set size (RSS) read from ``/proc``.
 * **Spread**: every figure keeps its samples and reports median, min, max and
   standard deviation; latencies also report p50 and p99.
@@ -25,6 +36,7 @@ import threading
 from collections import Counter
 from typing import Any
 
+import bson
 from pymongo import monitoring
 
 __all__ = [
@@ -45,18 +57,22 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 class CommandCounter(monitoring.CommandListener):
-    """Counts the commands a client sends, by command name, thread-safely."""
+    """Counts the commands a client sends, by command name, thread-safely; keeps them for :meth:`wire_bytes`."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
+        self._sent: list[Any] = []
+        self._received: list[Any] = []
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         with self._lock:
             self._counts[event.command_name] += 1
+            self._sent.append(event.command)
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
+        with self._lock:
+            self._received.append(event.reply)
 
     def failed(self, event: monitoring.CommandFailedEvent) -> None:
         pass
@@ -64,6 +80,14 @@ class CommandCounter(monitoring.CommandListener):
     def reset(self) -> None:
         with self._lock:
             self._counts.clear()
+            self._sent.clear()
+            self._received.clear()
+
+    def wire_bytes(self) -> tuple[int, int]:
+        """``(sent, received)``: BSON bytes of the commands and replies since the last reset (encoded now)."""
+        with self._lock:
+            sent, received = list(self._sent), list(self._received)
+        return sum(len(bson.encode(d)) for d in sent), sum(len(bson.encode(d)) for d in received)
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:

@@ -23,11 +23,20 @@ from .metrics import percentile, summarize
 
 __all__ = ["Results", "machine_info", "package_versions"]
 
+#: Figures printed as extra rows of another figure's table, with a row label suffix.
+COMPANIONS = {
+    "cpu_per_job": (("cpu_per_job", ""), ("server_cpu_per_job", " server")),
+    "bytes_sent_per_job": (("bytes_sent_per_job", " sent"), ("bytes_received_per_job", " received")),
+}
+
 TITLES = {
     "throughput": "Throughput, jobs/s: no-op handler, pre-filled queue",
     "throughput_vs_limit": "Throughput / the limit's throughput in the same round",
     "round_trips_per_job": "Database round trips per job, steady state (commands / jobs, jobs 10%-90% of a batch)",
-    "cpu_per_job": "Worker CPU per job, microseconds (worker process only; the server is another process)",
+    "cpu_per_job": (
+        "CPU per job, microseconds: the worker process(es), and under it the server process over the same drain"
+    ),
+    "bytes_sent_per_job": ("Bytes per job, BSON of commands sent / replies received (command monitoring, whole drain)"),
     "pickup_latency": "Pickup latency, ms, enqueue acknowledged -> handler start, worker idle and fully backed off",
     "idle_commands_per_min": "Idle cost: database commands per minute of an idle, backed-off worker",
     "enqueue_rate": "Enqueue rate, jobs/s (one by one; bulk where there is an API)",
@@ -38,6 +47,9 @@ COLUMN = {
     "throughput_vs_limit": "concurrency",
     "round_trips_per_job": "concurrency",
     "cpu_per_job": "concurrency",
+    "server_cpu_per_job": "concurrency",
+    "bytes_sent_per_job": "concurrency",
+    "bytes_received_per_job": "concurrency",
     "enqueue_rate": "mode",
     "worker_rss": "jobs",
 }
@@ -132,7 +144,12 @@ class Results:
             if c["status"] != "ok":
                 print(f"  {name}: {c['status']}", file=out)
         for figure, title in TITLES.items():
-            entries = [e for e in self.figures if e["figure"] == figure]
+            parts = dict(COMPANIONS.get(figure, ((figure, ""),)))
+            entries = [e for e in self.figures if e["figure"] in parts]
+            if len(parts) > 1:  # the rows of one contender together: worker, then server
+                order = list(dict.fromkeys(e["contender"] for e in entries))
+                kinds = list(parts)
+                entries.sort(key=lambda e: (order.index(e["contender"]), kinds.index(e["figure"])))
             if entries:
                 print(f"\n{title}", file=out)
                 self._print_figure(figure, entries, out)
@@ -151,8 +168,9 @@ class Results:
         for label, items in sections.items():
             cols = list(dict.fromkeys(e["params"].get(col, "") for e in items)) if col else [""]
             rows: dict[str, dict[Any, str]] = defaultdict(dict)
+            suffix = dict(COMPANIONS.get(figure, ()))
             for e in items:
-                rows[e["contender"]][e["params"].get(col, "")] = _cell(figure, e)
+                rows[e["contender"] + suffix.get(e["figure"], "")][e["params"].get(col, "")] = _cell(figure, e)
             if label:
                 print(f"  [{label}]", file=out)
             width = max(len(r) for r in rows) + 2

@@ -26,7 +26,7 @@ from pymongo import MongoClient, uri_parser
 
 from .contenders import REPO_ROOT, Batch, Contender, Unavailable, die_with_parent
 from .contenders.mjq import MjqContender
-from .metrics import per_job
+from .metrics import per_job, process_cpu_seconds
 from .plan import Plan
 from .report import Results
 
@@ -37,16 +37,17 @@ LIMIT = "limit[pymongo]"
 
 
 @contextlib.contextmanager
-def database(uri: Optional[str]) -> Iterator[tuple[str, str]]:
-    """``(uri, description)`` of the server: ``uri`` as given, or a fresh embedded server."""
+def database(uri: Optional[str], server_pid: Optional[int] = None) -> Iterator[tuple[str, str, Optional[int]]]:
+    """``(uri, description, server pid)``: ``uri`` as given, or a fresh embedded server and its process."""
     if uri:
-        yield uri, "external server (--uri / MONGODB_URI)"
+        yield uri, "external server (--uri / MONGODB_URI)", server_pid
         return
     from mongo_job_queue.dev.embedded import EmbeddedMongo
 
     with EmbeddedMongo() as server:
         assert server.uri is not None
-        yield server.uri, "embedded SecantusDB wire server, in its own process"
+        proc = getattr(server, "_proc", None)  # the class exposes no pid; the bench only reads its CPU
+        yield server.uri, "embedded SecantusDB wire server, in its own process", getattr(proc, "pid", None)
 
 
 def backend_info(control: MongoClient[dict[str, Any]], uri: str, description: str) -> dict[str, Any]:
@@ -96,7 +97,7 @@ def prepare_all(contenders: list[Contender], results: Results) -> list[Contender
         except Exception as exc:  # noqa: BLE001
             _fail(results, c, exc)
             continue
-        results.contender(c.name, notes=c.notes, versions=c.versions)
+        results.contender(c.name, notes=c.notes, versions=c.versions, wire_bytes_na=c.wire_bytes_na)
         ready.append(c)
     return ready
 
@@ -109,7 +110,8 @@ def _rounds(contenders: list[Contender], reps: int) -> Iterator[tuple[int, Conte
 
 
 def run_throughput(contenders: list[Contender], plan: Plan, results: Results) -> None:
-    """Figures 1-3: throughput, round trips per job and worker CPU per job, per concurrency level."""
+    """Figures 1-3: throughput, round trips, worker and server CPU and bytes per job, per concurrency level."""
+    server_pid = contenders[0].ctx.server_pid if contenders else None
     for jobs in plan.jobs:
         for conc in plan.concurrency:
             params = {"jobs": jobs, "concurrency": conc}
@@ -117,7 +119,7 @@ def run_throughput(contenders: list[Contender], plan: Plan, results: Results) ->
             level = [c for c in contenders if guarded(results, c, _timed, f"{c.name} started", c.start, conc)[0]]
             batches: dict[str, dict[int, Batch]] = {c.name: {} for c in level}
             for rep, c in _rounds(level, plan.reps):
-                ok, batch = guarded(results, c, _timed, f"{c.name} round {rep + 1}", _drain_once, c, jobs)
+                ok, batch = guarded(results, c, _timed, f"{c.name} round {rep + 1}", _drain_once, c, jobs, server_pid)
                 if ok and batch is not None:
                     batches[c.name][rep] = batch
             for c in level:
@@ -134,10 +136,14 @@ def _timed(label: str, fn: Callable[..., T], *args: Any) -> T:
     return value
 
 
-def _drain_once(c: Contender, jobs: int) -> Batch:
+def _drain_once(c: Contender, jobs: int, server_pid: Optional[int] = None) -> Batch:
+    """Fill, then drain (timed); the server's CPU is read around the drain only."""
     c.clear()
     c.fill(jobs)
+    cpu0 = process_cpu_seconds(server_pid) if server_pid else None
     batch = c.drain(jobs)
+    if server_pid and cpu0 is not None:
+        batch.server_cpu_seconds = process_cpu_seconds(server_pid) - cpu0
     c.clear()
     return batch
 
@@ -161,6 +167,7 @@ def _record_throughput(
         cpus = [b.cpu_seconds / b.jobs * 1e6 for b in runs if b.cpu_seconds is not None]
         if cpus:
             results.add("cpu_per_job", name, params, "us/job", cpus)
+        _record_server_and_bytes(results, name, runs, params)
         # Steady state where the contender can mark it (10%-90% of the batch), else the whole batch.
         counted = [per_job(*b.steady) if b.steady else per_job(b.commands, b.jobs) for b in runs if b.commands]
         window = "jobs 10%-90% of the batch" if all(b.steady for b in runs) else "whole batch"
@@ -180,6 +187,23 @@ def _record_throughput(
                 window=window,
                 whole_batch_per_job=round(statistics.median(whole), 4),
             )
+
+
+def _record_server_and_bytes(results: Results, name: str, runs: list[Batch], params: dict[str, Any]) -> None:
+    """Server CPU per job and BSON bytes per job (sent, received), or an explicit n/a with why."""
+    server = [b.server_cpu_seconds / b.jobs * 1e6 for b in runs if b.server_cpu_seconds is not None]
+    if server:
+        results.add("server_cpu_per_job", name, params, "us/job", server)
+    else:
+        results.skip("server_cpu_per_job", name, params, "n/a: server process not here (--uri)")
+    seen = [(b.wire_bytes, b.jobs) for b in runs if b.wire_bytes is not None]
+    if not seen:
+        reason = results.contenders.get(name, {}).get("wire_bytes_na") or "n/a: not seen"
+        results.skip("bytes_sent_per_job", name, params, reason)
+        results.skip("bytes_received_per_job", name, params, reason)
+        return
+    results.add("bytes_sent_per_job", name, params, "bytes/job", [s / n for (s, _), n in seen])
+    results.add("bytes_received_per_job", name, params, "bytes/job", [r / n for (_, r), n in seen])
 
 
 def run_enqueue(contenders: list[Contender], plan: Plan, results: Results) -> None:

@@ -55,6 +55,8 @@ class Batch:
     cpu_seconds: Optional[float] = None  # the worker process(es), not the server
     commands: Optional[dict[str, int]] = None  # database commands by name, None if not countable
     steady: Optional[tuple[dict[str, int], int]] = None  # (commands, jobs) in the batch's steady state
+    wire_bytes: Optional[tuple[int, int]] = None  # (sent, received) BSON bytes of the whole drain, None if not seen
+    server_cpu_seconds: Optional[float] = None  # the server process over the drain, set by the runner
 
 
 @dataclass
@@ -66,6 +68,7 @@ class Context:
     control: MongoClient[dict[str, Any]]
     redis_url: str = "redis://127.0.0.1:6379/0"
     timeout_s: float = 300.0
+    server_pid: Optional[int] = None  # the server's process on this machine, for its CPU; None: n/a
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -81,6 +84,8 @@ class Contender:
     description = ""
     #: The figures this contender takes part in ("throughput", "enqueue", "idle").
     figures: frozenset[str] = frozenset({"throughput", "enqueue"})
+    #: Why bytes on the wire are not measured for this contender ("" if they are).
+    wire_bytes_na = "n/a: its client is not pymongo in the bench process"
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx

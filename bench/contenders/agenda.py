@@ -51,6 +51,7 @@ def ensure_installed(directory: Path = AGENDA_DIR) -> None:
 
 class Agenda(Contender):
     name = "agenda@5[node]"
+    wire_bytes_na = "n/a: the Node.js driver, in another process"
     description = "Agenda 5 on Node, same server; defaults except per-job concurrency"
 
     def __init__(self, ctx: Context) -> None:

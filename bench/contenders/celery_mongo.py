@@ -31,6 +31,7 @@ QUEUE = "mjq_bench"
 
 class CeleryMongo(Contender):
     name = "celery[kombu-mongodb]"
+    wire_bytes_na = "n/a: kombu's pymongo runs in the celery worker process"
     description = "Celery worker (threads pool) on kombu's MongoDB transport, no result backend"
 
     def __init__(self, ctx: Context) -> None:

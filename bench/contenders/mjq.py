@@ -16,6 +16,8 @@ What is measured here:
   ``update``, completion ``update``, change-stream ``getMore`` ...), counted
   between the start of the 10% and of the 90% job of the drain (steady
   state), divided by those jobs; the whole drain's figure is kept beside it.
+* **bytes per job**: the BSON sizes of those commands and their replies over
+  the whole drain (after ``stop()``: its last writes included), per job.
 * **CPU per job**: ``time.process_time()`` of this process over the drain.
   The embedded server is another process; nothing else runs here meanwhile.
   The library's logging stays at Python's default (WARNING), so the per-job
@@ -123,6 +125,7 @@ class _Handler:
 
 class MjqContender(Contender):
     kind = "library"
+    wire_bytes_na = ""
 
     def __init__(
         self, ctx: Context, variant: str, config: dict[str, Any], figures: frozenset[str] = frozenset()
@@ -186,7 +189,7 @@ class MjqContender(Contender):
             commands = COUNTER.snapshot()
         finally:
             queue.stop(timeout=30)
-        return Batch(jobs, seconds, cpu, commands, steady.result())
+        return Batch(jobs, seconds, cpu, commands, steady.result(), COUNTER.wire_bytes())
 
     def clear(self) -> None:
         self.collection.delete_many({})

@@ -48,6 +48,7 @@ def job_doc(n: int, now: datetime) -> dict[str, Any]:
 class PymongoLoop(Contender):
     name = "limit[pymongo]"
     kind = "limit"
+    wire_bytes_na = ""
     description = "bare pymongo claim (find_one_and_update) + completion (update_one), 2 round trips per job"
 
     def __init__(self, ctx: Context) -> None:
@@ -140,7 +141,8 @@ class PymongoLoop(Contender):
         seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         if sum(done) != jobs:
             raise RuntimeError(f"the loop ran {sum(done)} of {jobs} jobs")
-        return Batch(jobs, seconds, cpu, self.counter.snapshot(), self.steady.result())
+        commands, steady = self.counter.snapshot(), self.steady.result()
+        return Batch(jobs, seconds, cpu, commands, steady, self.counter.wire_bytes())
 
     def clear(self) -> None:
         self.coll.delete_many({})

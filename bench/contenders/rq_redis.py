@@ -26,6 +26,7 @@ from . import Batch, Contender, Context, LineProcess, Unavailable, wait_until
 
 class RqRedis(Contender):
     name = "rq[redis]"
+    wire_bytes_na = "n/a: Redis, not MongoDB"
     description = "RQ SimpleWorker processes on Redis (reference, not MongoDB)"
 
     def __init__(self, ctx: Context, max_procs: int = 8) -> None:

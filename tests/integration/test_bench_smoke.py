@@ -2,12 +2,14 @@
 
 Not a timed test: it checks only that ``python -m bench --tiny`` exits 0
 against the session's server and writes a JSON file with every figure, each
-with positive values. The figures themselves are for ``python -m bench``.
+with positive values (or an explicit "n/a: why"). The figures themselves are
+for ``python -m bench``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,10 +28,32 @@ def _ok(figures: list[dict], figure: str, contender: str) -> list[dict]:
     return found
 
 
+def _embedded_server_pid() -> int | None:
+    """The session's embedded server: a child of this process running ``mongo_job_queue.dev.embedded``."""
+    if os.environ.get("MONGODB_URI") or not os.path.isdir("/proc"):
+        return None
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == os.getpid() and b"mongo_job_queue.dev.embedded" in cmdline:
+            return int(entry)
+    return None
+
+
 def test_tiny_bench_runs_over_the_wire_and_writes_every_figure(mongodb_uri: str, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
+    server_pid = _embedded_server_pid()
+    assert server_pid or os.environ.get("MONGODB_URI"), "the session's embedded server process not found"
+    pid_args = ["--server-pid", str(server_pid)] if server_pid else []
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--tiny", "--uri", mongodb_uri, "--json", str(out)],
+        [sys.executable, "-m", "bench", "--tiny", "--uri", mongodb_uri, "--json", str(out), *pid_args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -56,10 +80,26 @@ def test_tiny_bench_runs_over_the_wire_and_writes_every_figure(mongodb_uri: str,
     assert {e["params"]["mode"] for e in _ok(figures, "enqueue_rate", LIBRARY)} == {"one", "bulk"}
     assert _ok(figures, "round_trips_per_job", LIMIT)[0]["by_command"]["findAndModify"] >= 1
     assert _ok(figures, "throughput_vs_limit", LIBRARY)[0]["stats"]["median"] > 0
+    for contender in (LIBRARY, LIMIT):
+        for figure in ("bytes_sent_per_job", "bytes_received_per_job"):
+            for entry in _ok(figures, figure, contender):
+                assert entry["stats"]["min"] > 0 and entry["unit"] == "bytes/job", entry
+        server = [e for e in figures if e["figure"] == "server_cpu_per_job" and e["contender"] == contender]
+        assert {e["params"]["concurrency"] for e in server} == {1, 8}
+        for entry in server:
+            if server_pid:
+                assert entry["status"] == "ok" and entry["stats"]["min"] > 0, entry
+            else:
+                assert entry["status"].startswith("n/a: "), entry
+    # A claim carries the job document back, a completion little: the limit receives more than it sends.
+    (limit_in,) = [e for e in _ok(figures, "bytes_received_per_job", LIMIT) if e["params"]["concurrency"] == 1]
+    (limit_out,) = [e for e in _ok(figures, "bytes_sent_per_job", LIMIT) if e["params"]["concurrency"] == 1]
+    assert limit_in["stats"]["median"] > 200 and limit_out["stats"]["median"] > 200
 
     (latency,) = _ok(figures, "pickup_latency", IDLE)
     assert latency["p50"] > 0 and latency["p99"] >= latency["p50"]
     (idle,) = _ok(figures, "idle_commands_per_min", IDLE)
-    assert idle["stats"]["median"] > 0
+    # An idle worker on a change stream sends a few commands a minute: a 3 s window may hold none.
+    assert idle["stats"]["n"] == 2 and idle["stats"]["min"] >= 0 and idle["window_s"] > 0, idle
     rss = _ok(figures, "worker_rss", LIBRARY)
     assert len(rss) == 2 and all(e["stats"]["median"] > 0 for e in rss)
