@@ -103,7 +103,11 @@ def test_scraped_figures_match_a_run(make_queue, registry, scrape) -> None:
         samples = scrape()
         done = value(samples, "mongo_job_queue_jobs_finished_total") == 10
         stored = value(samples, "mongo_job_queue_jobs", status="completed") == 7
-        return samples if done and stored and value(samples, "mongo_job_queue_jobs_in_progress") == 0 else None
+        # The depth is two reads (unfinished, then finished jobs): a read of the unfinished ones
+        # taken while the last job still ran shows it processing beside the later completed count.
+        depth_settled = value(samples, "mongo_job_queue_jobs", queue="default", status="processing") == 0
+        idle = value(samples, "mongo_job_queue_jobs_in_progress") == 0
+        return samples if done and stored and depth_settled and idle else None
 
     samples = wait_until(settled, timeout=60, interval=0.1, what="10 handler runs scraped")
     assert value(samples, "mongo_job_queue_jobs_enqueued_total") == 12
