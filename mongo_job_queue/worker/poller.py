@@ -183,7 +183,7 @@ class Poller:
             now = self.store.now()
             # After the last claim's time, not now: a job that came due since the claim (its wake-up
             # spent on that claim) is read as due, and claimed at once, not slept past.
-            due = next_due(self.store, types, queues, min(now, self._claimed_at or now))
+            due = next_due(self.store, types, queues, self._claimed_at or now)
             if due is not None:
                 wait = min(wait, max(0.0, (due - now).total_seconds()) + _DUE_MARGIN_S)
         except Exception:  # a read that failed: the wait falls back to the poll maximum
