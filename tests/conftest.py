@@ -126,9 +126,54 @@ def mongodb_uri() -> Iterator[str]:
     if uri:
         yield uri
         return
-    with EmbeddedMongo() as server:
+    # A larger storage cache than the demo's: the size-limit tests rewrite near-16 MiB documents many times
+    # in one session, and the server stalls for good once its cache fills with versions it cannot drop.
+    with EmbeddedMongo(cache_size=TEST_SERVER_CACHE) as server:
         assert server.uri is not None
         yield server.uri
+
+
+#: The embedded test server's storage cache (see :func:`mongodb_uri`).
+TEST_SERVER_CACHE = "4G"
+#: How long the check before each test waits for the server to answer one read.
+SERVER_ANSWER_S = 60
+
+
+class _ServerWatch:
+    """Before each test on the server: one read, or the session stops with why.
+
+    A server that stopped answering makes every later test wait for its
+    timeouts, one after the other, until CI gives up hours later with no
+    word of the cause; this names the last test that had it answering.
+    """
+
+    def __init__(self) -> None:
+        self.client: MongoClient[dict[str, Any]] | None = None
+        self.last_test = "(none: the first test on this server)"
+
+    def check(self, uri: str, nodeid: str) -> None:
+        if self.client is None:
+            timeout_ms = SERVER_ANSWER_S * 1000
+            self.client = MongoClient(uri, serverSelectionTimeoutMS=timeout_ms, socketTimeoutMS=timeout_ms)
+        try:
+            self.client["mjq_server_watch"]["probe"].find_one()
+        except Exception as exc:  # any failure to answer ends the session
+            pytest.exit(
+                f"the MongoDB test server did not answer a read within {SERVER_ANSWER_S} s before {nodeid} "
+                f"({type(exc).__name__}: {exc}); the last test it answered before: {self.last_test}",
+                returncode=3,
+            )
+        self.last_test = nodeid
+
+
+_SERVER_WATCH = _ServerWatch()
+
+
+@pytest.fixture(autouse=True)
+def _server_answers(request: pytest.FixtureRequest) -> None:
+    # Autouse, so it runs before the test's own fixtures (job_model's first drop would hang on a stuck server).
+    if "mongodb_uri" in request.fixturenames:
+        _SERVER_WATCH.check(request.getfixturevalue("mongodb_uri"), request.node.nodeid)
 
 
 @pytest.fixture(scope="session")

@@ -35,10 +35,15 @@ class EmbeddedMongo:
             mongoengine.connect(host=server.uri, db="demo")
     """
 
-    def __init__(self, storage_path: Optional[str] = None, *, startup_timeout: float = 60.0) -> None:
+    def __init__(
+        self, storage_path: Optional[str] = None, *, startup_timeout: float = 60.0, cache_size: str = "1G"
+    ) -> None:
         self._owns_dir = storage_path is None
         self.storage_path = storage_path or tempfile.mkdtemp(prefix="mjq-embedded-")
         self.startup_timeout = startup_timeout
+        #: The storage engine's cache ("1G", "4G"): every version of a document a snapshot still sees stays in
+        #: it, so a session that rewrites near-16 MiB documents many times needs more than the default.
+        self.cache_size = cache_size
         self.uri: Optional[str] = None
         self._proc: Optional[subprocess.Popen[str]] = None
 
@@ -46,7 +51,7 @@ class EmbeddedMongo:
         if self._proc is not None:
             raise EmbeddedServerError("embedded server already started")
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "mongo_job_queue.dev.embedded", self.storage_path],
+            [sys.executable, "-m", "mongo_job_queue.dev.embedded", self.storage_path, self.cache_size],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -104,13 +109,15 @@ def _drain(stream: Optional[IO[str]]) -> None:
             pass
 
 
-def _serve(storage_path: str) -> int:
+def _serve(storage_path: str, cache_size: str = "1G") -> int:
     try:
         from secantus import SecantusDBServer
     except ImportError:
         print(INSTALL_HINT, file=sys.stderr)
         return 3
-    server = SecantusDBServer(host="127.0.0.1", port=0, storage_path=storage_path, enable_test_commands=True)
+    server = SecantusDBServer(
+        host="127.0.0.1", port=0, storage_path=storage_path, enable_test_commands=True, cache_size=cache_size
+    )
     server.start()
     try:
         print(server.uri, flush=True)
@@ -121,4 +128,4 @@ def _serve(storage_path: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_serve(sys.argv[1]))
+    sys.exit(_serve(*sys.argv[1:3]))
