@@ -33,6 +33,13 @@ TZ_NEUTRAL: dict[str, str] = {
     "test_schedules.py::test_processes_running_the_same_schedules_enqueue_one_job_per_fire_time": (
         "its schedulers are child processes; the in-process schedule tests of the file rerun"
     ),
+    # Their worker runs on the file's own counted connection (IDLE_ALIAS), never the queue's test connection:
+    # the rerun would measure the same thing twice (the file's last test, on make_queue, reruns).
+    "test_idle_cost.py::test_an_idle_default_worker_sends_at_most_4_commands_a_minute": "its own connection",
+    "test_idle_cost.py::test_without_a_change_stream_an_idle_worker_polls_once_per_poll_maximum": "its own connection",
+    "test_idle_cost.py::test_a_delayed_job_starts_within_100_ms_of_its_run_at_on_an_idle_default_worker": (
+        "its own connection"
+    ),
     "test_prometheus.py::test_multiprocess_mode_aggregates_worker_processes": (
         "its workers and its scrape are child processes; the in-process scrape tests of the file rerun"
     ),
