@@ -220,16 +220,21 @@ class JobStore:
         measurement has completed every caller waits for it (and sees its
         error), so no decision is ever taken by the uncorrected clock.
         """
-        if self.config.sync_clock:
-            if not self._synced:
-                with self._sync_lock:
-                    if not self._synced:
-                        self._measure_offset()
-            elif self._monotonic() >= self._next_sync or self._wall_clock_stepped():
-                self.sync_clock()
-        return self.clock() + self._offset
+        if not self.config.sync_clock:
+            return self.clock() + self._offset
+        if not self._synced:
+            with self._sync_lock:
+                if not self._synced:
+                    self._measure_offset()
+            return self.clock() + self._offset
+        # One reading of each clock serves the sync check, the step check and the answer.
+        mono, wall = self._monotonic(), self.clock()
+        if mono >= self._next_sync or self._wall_clock_stepped(mono, wall):
+            self.sync_clock()
+            wall = self.clock()  # the sync took a round trip
+        return wall + self._offset
 
-    def _wall_clock_stepped(self) -> bool:
+    def _wall_clock_stepped(self, mono: float, wall: datetime) -> bool:
         """Whether the wall clock jumped since the last look: the offset measured before the jump is stale.
 
         Syncs are minutes apart; without this an NTP step (or a date set by
@@ -237,11 +242,10 @@ class JobStore:
         """
         if not self._watch_steps:
             return False
-        look = (self._monotonic(), self.clock())
-        last, self._last_look = self._last_look, look
+        last, self._last_look = self._last_look, (mono, wall)
         if last is None:
             return False
-        jump = (look[1] - last[1]).total_seconds() - (look[0] - last[0])
+        jump = (wall - last[1]).total_seconds() - (mono - last[0])
         return abs(jump) > _CLOCK_STEP_S
 
     @property
