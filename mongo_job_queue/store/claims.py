@@ -67,6 +67,13 @@ def _partition(key: str, head: Mapping[str, Any]) -> dict[str, Any]:
     return {key: {"$eq": value, "$not": {"$type": "array"}}}
 
 
+def _leased(doc: dict[str, Any], lease: Mapping[str, Any]) -> dict[str, Any]:
+    """``doc`` as read before the claim, as the claim's update left it (no need to read it again); a copy."""
+    leased = {**doc, **lease, "attempts": int(doc.get("attempts") or 0) + 1}
+    leased.pop("progress", None)
+    return leased
+
+
 def _claim_update(lease: Mapping[str, Any]) -> dict[str, Any]:
     """The update of a claim with ``lease``: one more attempt, and the earlier attempt's progress cleared."""
     return {"$set": dict(lease), "$inc": {"attempts": 1}, "$unset": _FRESH_RUN}
@@ -231,18 +238,25 @@ class Claims:
         tries = 0
         expires: datetime | None = None
         raced = False
+        # The last read's candidates and the lease written over them: what a read-back patches.
+        read: list[dict[str, Any]] = []
+        lease: dict[str, Any] = {}
 
         def mine() -> list[dict[str, Any]]:
-            return list(
-                store.collection.find(
+            """The candidates our token leased, found by ``_id`` alone: their payloads were read once, already."""
+            ours = {
+                d["_id"]
+                for d in store.collection.find(
                     {"status": PROCESSING, "lease_expires_at": expires, "lease_token": token},
+                    {"_id": 1},
                     limit=limit,
                     max_time_ms=_CLAIM_READ_MAX_TIME_MS,
                 )
-            )
+            }
+            return [_leased(doc, lease) for doc in read if doc["_id"] in ours]
 
         def call() -> list[dict[str, Any]]:
-            nonlocal tries, expires, raced
+            nonlocal tries, expires, raced, read, lease
             tries += 1
             if tries > 1 and expires is not None:
                 claimed = mine()  # an earlier try may have applied before its reply was lost
@@ -256,7 +270,7 @@ class Claims:
                 return []
             # The lease starts when it is written, not when the read began: on a
             # busy server the read alone can take a good part of a short lease.
-            lease = _lease(token, owner, store.now(), store.config.lease_ms)
+            read, lease = candidates, _lease(token, owner, store.now(), store.config.lease_ms)
             expires = lease["lease_expires_at"]
             # Each claim changes lease_token or attempts, so an unchanged pair
             # means nobody claimed the job since we read it: the read is still
@@ -267,11 +281,7 @@ class Claims:
             ]
             result = store.collection.update_many({**due, "$or": unchanged}, _claim_update(lease))
             if result.modified_count == len(candidates):
-                for doc in candidates:
-                    doc.update(lease)
-                    doc["attempts"] = int(doc.get("attempts") or 0) + 1
-                    doc.pop("progress", None)
-                return candidates
+                return [_leased(doc, lease) for doc in candidates]
             raced = not result.modified_count
             return mine() if result.modified_count else []
 

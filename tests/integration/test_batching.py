@@ -31,12 +31,16 @@ class CommandCounter(monitoring.CommandListener):
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
+        #: The filter and projection of every ``find`` (projection None: whole documents).
+        self.finds: list[tuple[Any, Any]] = []
         self.lock = threading.Lock()
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         if event.command_name not in ("hello", "isMaster", "ismaster", "endSessions"):
             with self.lock:
                 self.counts[event.command_name] += 1
+                if event.command_name == "find":
+                    self.finds.append((event.command.get("filter"), event.command.get("projection")))
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         pass
@@ -110,6 +114,7 @@ def test_claim_batch_under_contention_keeps_only_what_it_won(counted, monkeypatc
             stolen.append(rival.store.jobs.claim(["T"], ["default"], LeaseOwner.current("rival")))
 
     monkeypatch.setattr(type(queue.store), "collection", property(lambda self: _RaceCollection(real, compete)))
+    counted.finds.clear()
     claimed = queue.store.jobs.claim_batch(["T"], ["default"], LeaseOwner.current("w"), 4)
     monkeypatch.undo()
     won = stolen[0]
@@ -117,9 +122,13 @@ def test_claim_batch_under_contention_keeps_only_what_it_won(counted, monkeypatc
     assert len(claimed) == 3
     assert won.id not in {c.id for c in claimed}
     assert CountedJob.objects.get(id=won.id).lease_token == won.token
+    # The payloads are read once: the read-back of what our token won asks for the ids alone.
+    read_backs = [projection for query, projection in counted.finds if "lease_token" in query]
+    assert read_backs == [{"_id": 1}], counted.finds
     for c in claimed:
         stored = CountedJob.objects.get(id=c.id)
         assert stored.lease_token == c.token and stored.attempts == 1 == c.doc["attempts"]
+        assert c.doc == CountedJob._get_collection().find_one({"_id": c.id})  # as if read back
 
 
 def test_complete_many_fences_each_job_by_its_token(counted) -> None:
