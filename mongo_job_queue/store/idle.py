@@ -22,11 +22,12 @@ __all__ = ["earliest_lease_expiry", "next_due"]
 _IDLE_READ_MAX_TIME_MS = 5_000
 
 
-def _first_time(store: JobStore, query: dict[str, Any], field: str, what: str) -> Optional[datetime]:
+def _first_time(store: JobStore, query: dict[str, Any], field: str, what: str, index: str) -> Optional[datetime]:
     def call() -> Optional[datetime]:
-        doc = store.collection.find_one(
-            query, {field: 1, "_id": 0}, sort=[(field, 1)], max_time_ms=_IDLE_READ_MAX_TIME_MS
+        cursor = store.collection.find(
+            query, {field: 1, "_id": 0}, sort=[(field, 1)], limit=1, max_time_ms=_IDLE_READ_MAX_TIME_MS
         )
+        doc = next(iter(cursor.hint(index)), None)
         value = (doc or {}).get(field)
         return to_naive_utc(value) if isinstance(value, datetime) else None
 
@@ -36,13 +37,16 @@ def _first_time(store: JobStore, query: dict[str, Any], field: str, what: str) -
 def next_due(store: JobStore, types: Sequence[str], queues: Sequence[str], after: datetime) -> Optional[datetime]:
     """The earliest ``run_at`` after ``after`` of a pending job of these types and queues; None if there is none.
 
-    The claim index (status, queue, type, priority, run_at) bounds the read
-    to the pending jobs of these queues and types that are not due yet.
+    Served by the due index (queue, type, run_at over pending jobs): the
+    server merges the runs of each queue and type in ``run_at`` order and
+    reads one entry of each, however many jobs are delayed. The claim index
+    would bound the read too, but with ``priority`` before ``run_at`` it
+    sorts every delayed job of these queues and types in memory.
     """
     if not types or not queues:
         return None
     query = {"status": PENDING, "queue": {"$in": list(queues)}, "type": {"$in": list(types)}, "run_at": {"$gt": after}}
-    return _first_time(store, query, "run_at", "next_due")
+    return _first_time(store, query, "run_at", "next_due", "mjq_due")
 
 
 def earliest_lease_expiry(store: JobStore) -> Optional[datetime]:
@@ -51,4 +55,4 @@ def earliest_lease_expiry(store: JobStore) -> Optional[datetime]:
     Served by the lease index (status, lease_expires_at): one index entry read.
     """
     query = {"status": PROCESSING, "lease_expires_at": {"$type": "date"}}
-    return _first_time(store, query, "lease_expires_at", "earliest_lease_expiry")
+    return _first_time(store, query, "lease_expires_at", "earliest_lease_expiry", "mjq_lease")

@@ -89,3 +89,19 @@ def test_the_lease_sweep_reads_from_the_lease_index_bounded(make_queue, monkeypa
     calls = _record_finds(monkeypatch)
     assert queue.store.jobs.expired_leases() == []
     assert calls and all(c.get("hint") == "mjq_lease" and c.get("limit") and c.get("max_time_ms") for c in calls)
+
+
+def test_the_idle_reads_of_the_next_due_time_and_lease_expiry_use_their_indexes(make_queue, monkeypatch) -> None:
+    # The claim index (priority before run_at) would sort every delayed job in memory on each idle read.
+    from mongo_job_queue.store.idle import earliest_lease_expiry, next_due
+
+    queue = make_queue()
+    now = queue.store.now()
+    for delay_ms in (50_000, 20_000, 90_000):
+        queue.enqueue("WORK", {}, delay_ms=delay_ms, priority=delay_ms // 10_000)
+    calls = _record_finds(monkeypatch)
+    due = next_due(queue.store, ["WORK"], ["default"], now)
+    assert due is not None and 19 <= (due - now).total_seconds() <= 21  # the earliest, whatever the priority
+    assert earliest_lease_expiry(queue.store) is None
+    assert [c.get("hint") for c in calls] == ["mjq_due", "mjq_lease"]
+    assert all(c.get("limit") == 1 and c.get("max_time_ms") for c in calls)

@@ -40,12 +40,14 @@ def test_claim_and_lease_indexes_are_inherited_and_merged() -> None:
     assert specs["mjq_dependents"] == [("depends_on", 1)]  # partial: blocked jobs only
     assert specs["mjq_blocked"] == [("status", 1), ("_id", 1)]
     assert specs["mjq_batch"] == [("batch_id", 1), ("status", 1)]
-    assert len(specs) == 8
+    assert specs["mjq_due"] == [("queue", 1), ("type", 1), ("run_at", 1)]  # partial: pending jobs only
+    assert len(specs) == 9
 
 
 def test_subclass_without_indexes_still_gets_the_library_ones() -> None:
     assert set(_specs_by_name(OtherJob)) == {
-        "mjq_claim", "mjq_lease", "mjq_unique", "mjq_schedule", "mjq_dependents", "mjq_blocked", "mjq_batch"
+        "mjq_claim", "mjq_due", "mjq_lease", "mjq_unique", "mjq_schedule", "mjq_dependents", "mjq_blocked",
+        "mjq_batch",
     }  # fmt: skip
 
 
