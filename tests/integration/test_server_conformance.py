@@ -5,7 +5,11 @@ failure instead of as a flaky queue test. Known deviation of the embedded
 server, which the library therefore does not rely on: ``$expr`` comparisons
 against ``$$NOW`` (and field-to-field date comparisons) in query filters
 match every document. The queue compares against literal times in filters
-and uses ``$$NOW`` only in pipeline updates, both checked below.
+and uses ``$$NOW`` only in pipeline updates, both checked below. Another,
+which only costs the embedded server commands: it ends an awaited
+change-stream ``getMore`` at any write to the database, even one the
+stream's ``$match`` leaves out, where a mongod waits on (docs/scaling.rst);
+the queue is correct either way (an empty batch is read again).
 """
 
 from __future__ import annotations
