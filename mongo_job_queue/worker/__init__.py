@@ -297,7 +297,7 @@ class Worker:
         return finished and not self._alive_threads()
 
     def _join_services(self, deadline: float, finished: bool, force: Optional[threading.Event]) -> None:
-        self.threads.join(deadline, finished, force, self.keeper.thread)
+        self.threads.join(deadline, finished, force, self.keeper.waited_for())
         alive = self._alive_threads()
         if alive:
             self.log.warning(
@@ -307,8 +307,9 @@ class Worker:
             )
 
     def _alive_threads(self) -> list[threading.Thread]:
-        """Threads of this worker still running: of any start so far, and the heartbeat."""
-        return self.threads.alive(self.keeper.thread)
+        """Threads of this worker still running: of any start so far, and the heartbeat (unless it beats only for
+        an abandoned handler's limiter slots, see :meth:`.leases.LeaseKeeper.waited_for`)."""
+        return self.threads.alive(self.keeper.waited_for())
 
     def requeue_abandoned(self) -> None:
         """Return runs given up by ``stop(requeue_running=True)`` that still run; done at process exit."""
