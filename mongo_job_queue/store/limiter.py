@@ -36,7 +36,7 @@ from pymongo import UpdateOne
 from pymongo.collection import Collection
 
 from ..limits import MUTEX, MUTEX_FIELD, Limit
-from . import holders, rates
+from . import holders, limiter_sweep, rates
 from .handle import JobStore
 from .limit_defs import LimitDefinitions
 
@@ -289,10 +289,9 @@ class Limiter:
     def keep(self, job_id: ObjectId, token: str) -> None:
         """The run lost its lease on purpose (abandoned to its time limit), its handler still running: keep its slots.
 
-        Its holders stay, extended by every heartbeat of this process, whether
-        or not the job's lease is renewed, until :meth:`release` (the handler
-        returned). Should the process die first, they lapse a lease later and,
-        the job no longer running under their token, the next claimer drops them.
+        Every heartbeat of this process extends its holders until :meth:`release`
+        (the handler returned). Should the process die first, they lapse a lease
+        later, and the next claimer drops them (the job no longer runs under their token).
         """
         with self._lock:
             if (job_id, token) in self._held:
@@ -304,23 +303,11 @@ class Limiter:
             return bool(self._kept)
 
     def lapse(self, job_id: ObjectId, token: str, until: datetime) -> None:
-        """Let the holders of a run given up at process exit lapse at ``until``; its return still releases them.
-
-        Its lease is no longer renewed (nor, so, are its holders): only
-        :meth:`keep` would extend them.
-        """
+        """Let the holders of a run given up at process exit lapse at ``until`` (its return still releases them)."""
         with self._lock:
             ids = self._held.get((job_id, token), ())
             self._kept.discard((job_id, token))
-        ops = [
-            UpdateOne(
-                {"_id": lid, "holders": {"$elemMatch": {"job": job_id, "token": token}}},
-                {"$set": {"holders.$.until": until}},
-            )
-            for lid in ids
-        ]
-        if ops:
-            self._store.retry(lambda: self.limiters.bulk_write(ops, ordered=False), "lapse_limiters")
+        self._set_until([((job_id, token), ids)], until, "lapse_limiters")
 
     def release(self, job_id: ObjectId, token: str) -> None:
         """The run ended (any outcome): leave its limiters. Idempotent; a failure leaves them to expire."""
@@ -339,16 +326,30 @@ class Limiter:
         """Move the holders of these runs (their renewed leases) and of the kept ones forward to ``until``."""
         with self._lock:
             held = [(run, ids) for run, ids in self._held.items() if leases.get(run[0]) == run[1] or run in self._kept]
+        self._set_until(held, until, "extend_limiters")
+
+    def _set_until(self, runs: Sequence[tuple[tuple[ObjectId, str], Sequence[str]]], until: datetime, op: str) -> None:
         ops = [
             UpdateOne(
                 {"_id": lid, "holders": {"$elemMatch": {"job": job_id, "token": token}}},
                 {"$set": {"holders.$.until": until}},
             )
-            for (job_id, token), ids in held
+            for (job_id, token), ids in runs
             for lid in ids
         ]
         if ops:
-            self._store.retry(lambda: self.limiters.bulk_write(ops, ordered=False), "extend_limiters")
+            self._store.retry(lambda: self.limiters.bulk_write(ops, ordered=False), op)
+
+    def sweep(self, now: datetime) -> int:
+        """Delete the limiter documents a fresh one would replace (:mod:`.limiter_sweep`); how many.
+
+        Nothing is sent while the pause state says no limit was ever stored.
+        """
+        if self.definitions.none_stored():
+            return 0
+        return self._store.retry(
+            lambda: limiter_sweep.sweep(self.limiters, self._store.collection, now), "sweep_limiters"
+        )
 
     def ids_of(self, doc: Mapping[str, Any], limits: Sequence[Limit]) -> list[str]:
         """The limiters that ``doc``'s job falls under."""
