@@ -222,7 +222,8 @@ class Worker:
         """Stop claiming now, wait up to ``timeout`` s (None or inf: forever) for running jobs; True if all finished.
 
         True also means every thread this start began has ended (but a handler
-        thread abandoned to its time limit, never waited for). Jobs still
+        thread abandoned to its time limit, never waited for, nor the heartbeat
+        that keeps its limiter slots until it returns). Jobs still
         running at the timeout (or once ``force`` is set) keep their lease
         while this process lives; with ``requeue_running`` they go back to the
         queue when it exits (:mod:`.shutdown`). See docs/reliability.rst,

@@ -188,3 +188,30 @@ def test_a_run_requeued_at_exit_keeps_its_slots_until_it_is_due_again(make_queue
     finally:
         gate.set()
     wait_until(lambda: not holders(raw_db), timeout=5, what="released once the handler returned")
+
+
+def test_the_slots_of_an_abandoned_run_whose_process_died_lapse_after_a_lease(make_queue, monkeypatch) -> None:
+    queue = make_queue(concurrency=2, **SHORT)
+    gate, runs = threading.Event(), Runs()
+
+    @queue.handler("M", time_limit_ms=200)
+    def run(job: Any) -> None:
+        runs.enter(job.mutex_key, job.data["n"])
+        try:
+            if job.data["n"] == 0:
+                ignore_time_limit(gate)
+        finally:
+            runs.leave(job.mutex_key, job.data["n"])
+
+    first = queue.enqueue("M", {"n": 0}, mutex_key="invoice:9")
+    queue.start_polling()
+    try:
+        wait_until(lambda: queue.get_job(first.id).status == "failed", timeout=20, what="the first run abandoned")
+        # As if its process had died: nothing extends its holder any more.
+        monkeypatch.setattr(queue.store.limits, "extend", lambda leases, until: None)
+        second = queue.enqueue("M", {"n": 1}, mutex_key="invoice:9")
+        # The job no longer runs under the lapsed holder's token: the next admission drops it.
+        wait_until(lambda: queue.get_job(second.id).status == "completed", timeout=10, what="the holder lapsed")
+        assert not gate.is_set()
+    finally:
+        gate.set()
