@@ -15,7 +15,7 @@
       .limits   limiter.py limits and mutex keys (``<jobs>_limits``, ``<jobs>_limiters``), admitted in the claim
                            (limited_claims.py; holders.py the concurrency slots; rates.py the GCRA of
                            rate limits; limit_defs.py the stored definitions, announced through the
-                           pause document's version)
+                           pause document's version; limiter_sweep.py the deletion of idle limiters)
     Listing     listing.py the command line's job listings by filter (built with a handle when needed)
 
 faults.py reads database errors (transient, too large, which unique index);

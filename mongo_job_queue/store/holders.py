@@ -22,7 +22,7 @@ from pymongo.errors import DuplicateKeyError
 from ..limits import Limit
 from ..status import PROCESSING
 
-__all__ = ["live", "pull", "push"]
+__all__ = ["drop_gone", "live", "pull", "push"]
 
 #: The prefix of a lease token replaced because its holder lapsed (see :func:`_gone`).
 _REVOKED = "revoked:"
@@ -55,17 +55,26 @@ def push(
         else:
             return True  # upserted: the first holder
         found = limiters.find_one({"_id": lid})
-        holders = (found or {}).get("holders") or []
+        if found is None:
+            continue  # emptied and swept meanwhile (limiter_sweep.py): the upsert creates it afresh
+        holders = found.get("holders") or []
         if any(h.get("job") == holder["job"] and h.get("token") == holder["token"] for h in holders):
             return True  # an earlier try of ours, whose reply was lost
-        lapsed = [h for h in holders if h.get("until") is None or h["until"] < now]
-        gone = [h for h in lapsed if _gone(jobs, h, now)]
-        if not gone:
+        if not drop_gone(limiters, jobs, found, now):
             return False
-        # Drop the holders whose runs are over or fenced out, then try once more.
-        for h in gone:
-            pull(limiters, [lid], h.get("job"), h.get("token"))
+        # The holders whose runs are over or fenced out were dropped: try once more.
     return False
+
+
+def drop_gone(
+    limiters: Collection[dict[str, Any]], jobs: Collection[dict[str, Any]], doc: Mapping[str, Any], now: datetime
+) -> int:
+    """Pull the lapsed holders of the limiter ``doc`` whose runs can no longer write (:func:`_gone`); how many."""
+    lapsed = [h for h in doc.get("holders") or [] if h.get("until") is None or h["until"] < now]
+    gone = [h for h in lapsed if _gone(jobs, h, now)]
+    for h in gone:
+        pull(limiters, [doc["_id"]], h.get("job"), h.get("token"))
+    return len(gone)
 
 
 def pull(limiters: Collection[dict[str, Any]], ids: Iterable[str], job_id: ObjectId, token: str) -> None:

@@ -70,6 +70,10 @@ class LimitDefinitions:
         docs = self._store.retry(lambda: list(self.collection.find().sort("_id", 1)), "limits")
         return [MUTEX_LIMIT if d.get("builtin") else Limit.from_doc(d) for d in docs]
 
+    def none_stored(self) -> bool:
+        """Whether the pause state just read says no limit (nor mutex key) was ever stored: none to sweep."""
+        return self._known_version() == 0
+
     def mark_mutex(self) -> None:
         """Record, once per process, that jobs use mutex keys: from then on every claim admits them."""
         if self._mutex_marked:

@@ -15,7 +15,11 @@ concurrent claimers can never overshoot (no "count, then claim"). Holders
 whose ``until`` passed (their worker died) are pulled first when a limiter
 looks full (:mod:`.holders`; a rate's GCRA is :mod:`.rates`). A run leaves
 its limiter when it ends, whatever the outcome (:meth:`Limiter.release`); a
-crashed worker's holders expire with its leases.
+crashed worker's holders expire with its leases. A run abandoned to its time
+limit has lost its lease but its handler may still be running: its holders
+are kept, and extended by the heartbeat, until the handler returns
+(:meth:`Limiter.keep`). Documents no run holds and no rate or turn needs are
+deleted by a low-rate sweep (:mod:`.limiter_sweep`).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from pymongo import UpdateOne
 from pymongo.collection import Collection
 
 from ..limits import MUTEX, MUTEX_FIELD, Limit
-from . import holders, rates
+from . import holders, limiter_sweep, rates
 from .handle import JobStore
 from .limit_defs import LimitDefinitions
 
@@ -97,6 +101,8 @@ class Limiter:
         self._lock = threading.Lock()
         #: The runs of this process that hold limiters, by (job id, token).
         self._held: dict[tuple[ObjectId, str], tuple[str, ...]] = {}
+        #: Of those, the runs whose lease is gone but whose handler still runs (abandoned): extended regardless.
+        self._kept: set[tuple[ObjectId, str]] = set()
         #: When a rate-limited key is next allowed to start (monotonic), for the poller's wait.
         self._next_start: Optional[float] = None
         #: Whether the last claim left out the jobs of a full limiter (they may run at the next poll).
@@ -119,6 +125,7 @@ class Limiter:
         """The parent's runs are not this process's."""
         self._lock = threading.Lock()
         self._held = {}
+        self._kept = set()
 
     # -- definitions (limit_defs.py) ----------------------------------------
 
@@ -279,10 +286,34 @@ class Limiter:
         """Take back an admission whose job claim lost the race (inside the claim's own retry)."""
         holders.pull(self.limiters, list(admission.ids), admission.job_id, admission.token)
 
+    def keep(self, job_id: ObjectId, token: str) -> None:
+        """The run lost its lease on purpose (abandoned to its time limit), its handler still running: keep its slots.
+
+        Every heartbeat of this process extends its holders until :meth:`release`
+        (the handler returned). Should the process die first, they lapse a lease
+        later, and the next claimer drops them (the job no longer runs under their token).
+        """
+        with self._lock:
+            if (job_id, token) in self._held:
+                self._kept.add((job_id, token))
+
+    def keeping(self) -> bool:
+        """Whether some abandoned run of this process still holds slots (the heartbeat goes on for them)."""
+        with self._lock:
+            return bool(self._kept)
+
+    def lapse(self, job_id: ObjectId, token: str, until: datetime) -> None:
+        """Let the holders of a run given up at process exit lapse at ``until`` (its return still releases them)."""
+        with self._lock:
+            ids = self._held.get((job_id, token), ())
+            self._kept.discard((job_id, token))
+        self._set_until([((job_id, token), ids)], until, "lapse_limiters")
+
     def release(self, job_id: ObjectId, token: str) -> None:
         """The run ended (any outcome): leave its limiters. Idempotent; a failure leaves them to expire."""
         with self._lock:
             ids = self._held.pop((job_id, token), ())
+            self._kept.discard((job_id, token))
         if not ids:
             return
         try:
@@ -292,19 +323,33 @@ class Limiter:
         self._released()
 
     def extend(self, leases: Mapping[ObjectId, str], until: datetime) -> None:
-        """Move the holders of these runs forward to ``until`` (their renewed leases)."""
+        """Move the holders of these runs (their renewed leases) and of the kept ones forward to ``until``."""
         with self._lock:
-            held = [(run, ids) for run, ids in self._held.items() if leases.get(run[0]) == run[1]]
+            held = [(run, ids) for run, ids in self._held.items() if leases.get(run[0]) == run[1] or run in self._kept]
+        self._set_until(held, until, "extend_limiters")
+
+    def _set_until(self, runs: Sequence[tuple[tuple[ObjectId, str], Sequence[str]]], until: datetime, op: str) -> None:
         ops = [
             UpdateOne(
                 {"_id": lid, "holders": {"$elemMatch": {"job": job_id, "token": token}}},
                 {"$set": {"holders.$.until": until}},
             )
-            for (job_id, token), ids in held
+            for (job_id, token), ids in runs
             for lid in ids
         ]
         if ops:
-            self._store.retry(lambda: self.limiters.bulk_write(ops, ordered=False), "extend_limiters")
+            self._store.retry(lambda: self.limiters.bulk_write(ops, ordered=False), op)
+
+    def sweep(self, now: datetime) -> int:
+        """Delete the limiter documents a fresh one would replace (:mod:`.limiter_sweep`); how many.
+
+        Nothing is sent while the pause state says no limit was ever stored.
+        """
+        if self.definitions.none_stored():
+            return 0
+        return self._store.retry(
+            lambda: limiter_sweep.sweep(self.limiters, self._store.collection, now), "sweep_limiters"
+        )
 
     def ids_of(self, doc: Mapping[str, Any], limits: Sequence[Limit]) -> list[str]:
         """The limiters that ``doc``'s job falls under."""

@@ -222,7 +222,8 @@ class Worker:
         """Stop claiming now, wait up to ``timeout`` s (None or inf: forever) for running jobs; True if all finished.
 
         True also means every thread this start began has ended (but a handler
-        thread abandoned to its time limit, never waited for). Jobs still
+        thread abandoned to its time limit, never waited for, nor the heartbeat
+        that keeps its limiter slots until it returns). Jobs still
         running at the timeout (or once ``force`` is set) keep their lease
         while this process lives; with ``requeue_running`` they go back to the
         queue when it exits (:mod:`.shutdown`). See docs/reliability.rst,
@@ -297,7 +298,7 @@ class Worker:
         return finished and not self._alive_threads()
 
     def _join_services(self, deadline: float, finished: bool, force: Optional[threading.Event]) -> None:
-        self.threads.join(deadline, finished, force, self.keeper.thread)
+        self.threads.join(deadline, finished, force, self.keeper.waited_for())
         alive = self._alive_threads()
         if alive:
             self.log.warning(
@@ -307,8 +308,9 @@ class Worker:
             )
 
     def _alive_threads(self) -> list[threading.Thread]:
-        """Threads of this worker still running: of any start so far, and the heartbeat."""
-        return self.threads.alive(self.keeper.thread)
+        """Threads of this worker still running: of any start so far, and the heartbeat (unless it beats only for
+        an abandoned handler's limiter slots, see :meth:`.leases.LeaseKeeper.waited_for`)."""
+        return self.threads.alive(self.keeper.waited_for())
 
     def requeue_abandoned(self) -> None:
         """Return runs given up by ``stop(requeue_running=True)`` that still run; done at process exit."""

@@ -22,6 +22,7 @@ from ..model import LeaseOwner
 from ..store import JobStore
 from ..store.dependencies import Dependencies
 from ..store.finals import SWEEP_MIN_INTERVAL_S
+from ..store.limiter_sweep import SWEEP_INTERVAL_S
 from .completer import Completer, GroupCompleter
 from .executor import Executor
 from .inflight import InflightTable
@@ -58,6 +59,8 @@ class Services:
     dependencies: Dependencies
     #: The catch-up steps of the listeners of final writes (a batch's reconciler), see store/finals.py.
     finals_sweep: Callable[[datetime], object]
+    #: Deletes the limiter documents a fresh one would replace (``store.limiter_sweep``).
+    limiters_sweep: Callable[[datetime], object]
 
     def maintenance(
         self, config: QueueConfig, now: Callable[[], datetime], logger: Optional[logging.Logger]
@@ -70,7 +73,8 @@ class Services:
         just after its read expires a lease later, and the stream tells of a
         claim with a shorter lease, which makes it read again. The catch-up
         sweeps of lost notices run every :data:`IDLE_CATCH_UP_S` then
-        (docs/performance.rst, "Idle cost").
+        (docs/performance.rst, "Idle cost"); the sweep of idle limiter
+        documents every :data:`~..store.limiter_sweep.SWEEP_INTERVAL_S`, always.
         """
         rescue_cap = (config.lease_ms + config.sweep_interval_ms) / 1000
         return MaintenanceLoop(
@@ -96,6 +100,7 @@ class Services:
                     self.finals_sweep,
                     idle_interval_s=IDLE_CATCH_UP_S,
                 ),
+                Service("limiter sweep", SWEEP_INTERVAL_S, self.limiters_sweep),
             ],
             now,
             logger,
@@ -174,4 +179,5 @@ def build_services(
         shutdown=ShutdownRequeue(executor, table, owner.worker_id),
         dependencies=store.dependencies,
         finals_sweep=store.finals.sweep,
+        limiters_sweep=store.limits.sweep,
     )

@@ -16,7 +16,8 @@ The handler's time limit (its own, else ``default_time_limit_ms``; a job's
 running ``time_limit_grace_ms`` after it is abandoned: its leases are no
 longer renewed, so lease expiry returns each job (an attempt counted), a new
 thread takes the runner's place, and the old one writes nothing if it ever
-returns.
+returns. Its jobs' limiter slots are kept (the heartbeat extends them) until
+it does return, as a single abandoned handler's.
 """
 
 from __future__ import annotations
@@ -341,12 +342,13 @@ class ChunkRunner:
             if state.claimed.token == first.claimed.token:  # one claim, one token: the runs of this chunk
                 state.abandoned.set()
                 state.lease_lost.set()
+                self.store.limits.keep(state.claimed.id, state.claimed.token)  # until step() returns
                 self.table.remove(run_key(state.claimed))
         log_job(
             self.log,
             logging.ERROR,
             first.claimed.doc,
-            "chunk abandoned past its time limit of %d ms; lease expiry returns its jobs",
+            "chunk abandoned past its time limit of %d ms; lease expiry returns its jobs, its limiter slots are kept",
             watch.limit_ms,
         )
         self.hooks.emit("on_abandoned", first.claimed.doc, limit_ms=watch.limit_ms)

@@ -339,10 +339,13 @@ class Executor:
         requested cancel ends it ``cancelled``). The write removes the lease
         token, as a rescue does, so whatever the abandoned handler writes
         later matches nothing. The handler may still be running when the job
-        is retried: at least once, never exactly once.
+        is retried: at least once, never exactly once. Its limiter slots are
+        kept until it returns (:meth:`.store.limiter.Limiter.keep`), so no
+        other run of its mutex key, nor its own retry, starts beside it.
         """
         claimed = watch.state.claimed
         doc = claimed.doc
+        self.store.limits.keep(claimed.id, claimed.token)  # released by process() once the handler returns
         exc = watch.abandoned_error()
         thread = watch.thread.name
         log_job(self.log, logging.ERROR, doc, "%s; thread %s replaced, its late outcome is fenced out", exc, thread)
@@ -352,7 +355,6 @@ class Executor:
         except Exception:  # noqa: BLE001 - its lease is no longer renewed: lease expiry recovers the job
             log_job(self.log, logging.ERROR, doc, "could not record the abandoned attempt", exc_info=True)
         finally:
-            self.store.limits.release(claimed.id, claimed.token)
             self.table.remove(run_key(claimed))
 
     def shutdown_grace_ms(self) -> int:
@@ -370,7 +372,8 @@ class Executor:
         """Return a run abandoned by a stopping process to the queue, attempt counted (fenced).
 
         The job is due again after :meth:`shutdown_grace_ms`, not at once
-        (``failed`` if no attempt is left, ``cancelled`` if requested). The
+        (``failed`` if no attempt is left, ``cancelled`` if requested), and
+        its limiter holders lapse at that time too, not at once. The
         write removes the lease token, as a rescue does: the handler (single
         or chunk) may still return here, and its late outcome must match
         nothing and fail the "was it my earlier try?" check.
@@ -378,10 +381,13 @@ class Executor:
         claimed = state.claimed
         doc = claimed.doc
         state.lease_lost.set()  # given up on purpose: stop renewing it
-        self.store.limits.release(claimed.id, claimed.token)
         attempts = int(doc["attempts"])
         exc = WorkerShutdown(f"worker {worker_id} shut down during attempt {attempts}")
         now = self.store.now()
+        try:  # its slots lapse when the job is due again, not at once: the handler may still run until then
+            self.store.limits.lapse(claimed.id, claimed.token, after_ms(now, self.shutdown_grace_ms()))
+        except Exception:  # noqa: BLE001 - not extended any more, they lapse a lease later
+            log_job(self.log, logging.WARNING, doc, "could not shorten its limiter holders", exc_info=True)
         record = JobError.from_exception(exc, attempt=attempts, at=now, token=claimed.token, config=self.config)
         give_up = attempts >= max_retries_of(doc, self.registry.get(doc["type"])) + 1
         try:

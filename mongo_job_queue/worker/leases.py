@@ -5,6 +5,9 @@ their own thread, see :mod:`.maintenance`), so a slow maintenance query
 cannot let a live lease expire. It is one per worker for the worker's whole
 life, not one per start: a run still going after a timed-out ``stop()`` keeps
 its heartbeat, and a restart reuses the thread instead of adding a second.
+A handler abandoned to its time limit keeps its limiter slots while it runs
+(:meth:`.store.limiter.Limiter.keep`): the heartbeat goes on extending them,
+with no lease left to renew and after a ``stop()`` too, until it returns.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import KW_ONLY, dataclass
 from datetime import timedelta
 from typing import Any, Optional
 
+from ..clock import after_ms
 from ..config import QueueConfig
 from ..middleware import MiddlewareChain
 from ..store import ClaimedJob, JobStore
@@ -73,7 +77,18 @@ class LeaseKeeper:
         self._wanted = False
 
     def _done(self) -> bool:
-        return not self._wanted and not self.table.busy()
+        return not self._wanted and not self.table.busy() and not self.store.limits.keeping()
+
+    def waited_for(self) -> Optional[threading.Thread]:
+        """The thread, for a ``stop()`` to wait for; None while it beats only for abandoned runs' slots.
+
+        A stop never waits for an abandoned handler, so neither for the beat
+        that keeps its slots: that beat ends when the handler returns.
+        """
+        with self.table.cond:
+            if not self._wanted and not self.table.busy() and self.store.limits.keeping():
+                return None
+            return self._thread
 
     def set_config(self, config: QueueConfig) -> None:
         """Beat at the new config's interval from now on (it also sets the lease each renewal grants)."""
@@ -121,6 +136,8 @@ class LeaseKeeper:
         claims = self.table.claims()
         leases = {job_id: claimed.token for job_id, claimed in claims.items()}
         if not leases:
+            if self.store.limits.keeping():  # no lease to renew, but an abandoned handler still holds slots
+                self.store.limits.extend({}, after_ms(self.store.now(), self.store.config.lease_ms))
             return
         taken: list[tuple[Any, dict[str, Any]]] = []
         progress: dict[Any, dict[str, Any]] = {}
