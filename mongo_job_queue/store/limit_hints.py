@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import NamedTuple, Optional, Protocol
+from typing import Any, NamedTuple, Optional, Protocol
 
 from ..limits import Limit
 
-__all__ = ["NO_HINTS", "Hint", "HintSource", "LimitHints", "NoHints", "next_open"]
+__all__ = ["NO_HINTS", "Hint", "HintSource", "LimitHints", "NoHints", "next_open", "pre_check", "tell_start"]
 
 #: Taken off a rate's next start, against the rounding of the stored state (a hint is a lower bound).
 _ROUNDING = timedelta(milliseconds=1)
@@ -86,3 +86,20 @@ def next_open(limit: Limit, start: datetime) -> Optional[datetime]:
     if rate is None or limit.burst > 1:
         return None
     return start + timedelta(milliseconds=rate[1] / rate[0]) - _ROUNDING
+
+
+def pre_check(
+    hints: LimitHints, covering: Sequence[tuple[Limit, Any]], ids: Sequence[str], now: datetime
+) -> Mapping[str, Hint]:
+    """The hints of a job's limiters that have a cap or a rate (a fair turn has nothing to skip)."""
+    if hints is NO_HINTS:
+        return {}
+    checked = [lid for (limit, _), lid in zip(covering, ids, strict=True) if limit.max_running or limit.rate]
+    return hints.look(checked, now) if checked else {}
+
+
+def tell_start(hints: LimitHints, lid: str, limit: Limit, start: datetime, now: datetime) -> None:
+    """MongoDB gave ``start`` (or the last start of a reservation): the rate opens no earlier than after it."""
+    opens = next_open(limit, start)
+    if opens is not None and opens > now:
+        hints.saw_rate(lid, opens, now)

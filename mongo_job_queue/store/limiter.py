@@ -35,7 +35,7 @@ from ..limits import MUTEX, MUTEX_FIELD, Limit
 from . import holders, rates
 from .handle import JobStore
 from .limit_defs import LimitDefinitions
-from .limit_hints import NO_HINTS, LimitHints, next_open
+from .limit_hints import NO_HINTS, LimitHints, pre_check, tell_start
 
 __all__ = [
     "HELD_BACK_POLL_S",
@@ -244,7 +244,7 @@ class Limiter:
         ids = [limiter_id(limit.name, value) for limit, value in covering]
         if refused.intersection(ids):
             return None
-        hints = self.hints.look(ids, now) if hinted else {}  # [limit hints] pre-check: skips, never admits
+        hints = pre_check(self.hints, covering, ids, now) if hinted else {}  # [limit hints] skips, never admits
         holder = {"job": doc["_id"], "token": token, "until": until}
         taken: list[str] = []
         for (limit, value), lid in zip(covering, ids, strict=True):
@@ -254,8 +254,8 @@ class Limiter:
             if known_full or not holders.push(self.limiters, self._store.collection, lid, limit, value, holder, now):
                 holders.pull(self.limiters, taken, doc["_id"], token)
                 refused.add(lid)
-                if known_full:  # [limit hints]
-                    self._skipped()
+                if known_full:  # [limit hints] the poller looks again soon: a stale hint delays, never strands
+                    self._held_back = True
                 else:
                     self.hints.saw_full([lid], now)
                 return None
@@ -267,7 +267,7 @@ class Limiter:
             opens = hints[lid].opens_at if lid in hints else None
             if opens is not None and opens > now:  # [limit hints] closed until then: no spend asked
                 holders.pull(self.limiters, taken, doc["_id"], token)
-                self._skipped()
+                self._held_back = True
                 if opens > now + RATE_HORIZON:  # nothing to reserve either: the next claims leave it out
                     refused.add(lid)
                     return None
@@ -276,7 +276,7 @@ class Limiter:
             if start is None:
                 holders.pull(self.limiters, taken, doc["_id"], token)
                 return RateRefusal(lid, limit, value)
-            self._saw_rate(lid, limit, start, now)  # [limit hints]
+            tell_start(self.hints, lid, limit, start, now)  # [limit hints]
         for (limit, value), lid in zip(covering, ids, strict=True):
             if limit.fair:  # its turn is taken: it goes to the back of the round
                 served = {"$max": {"served_at": now}, "$setOnInsert": {"limit": limit.name, "value": value}}
@@ -343,19 +343,8 @@ class Limiter:
         if slots:
             opens = time.monotonic() + (slots[0] - now).total_seconds()
             self._next_start = opens if self._next_start is None else min(self._next_start, opens)
-            self._saw_rate(refusal.lid, refusal.limit, slots[-1], now)  # [limit hints]
+            tell_start(self.hints, refusal.lid, refusal.limit, slots[-1], now)  # [limit hints]
         return slots
-
-    # -- limit hints (limit_hints.py) ---------------------------------------
-
-    def _skipped(self) -> None:
-        """A hint kept this claim from asking: the poller looks again soon (a stale hint delays, never strands)."""
-        self._held_back = True
-
-    def _saw_rate(self, lid: str, limit: Limit, start: datetime, now: datetime) -> None:
-        opens = next_open(limit, start)
-        if opens is not None and opens > now:
-            self.hints.saw_rate(lid, opens, now)
 
     # -- what shows ---------------------------------------------------------
 

@@ -311,3 +311,27 @@ def test_a_redis_that_is_down_from_the_start_costs_one_warning_and_no_claim(
     assert_exact(peaks, job_model)
     warnings = [r for r in caplog.records if r.name == "mongo_job_queue.contrib.redis.hints"]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
+
+
+def test_a_frozen_redis_holds_no_claim_longer_than_the_hints_timeout(make_queue, monkeypatch, job_model) -> None:
+    redis = pytest.importorskip("redis")
+    from mongo_job_queue.contrib.redis import RedisLimitHints
+
+    server = RedisServer()
+    server.start()
+    # The client's own settings would wait forever on a frozen server: the hints bound their calls (timeout_s).
+    hints = RedisLimitHints(redis.Redis(port=server.port), ttl_ms=TTL_MS)
+    frozen_at: list[float] = []
+
+    def freeze(queues: list[Any]) -> None:
+        server.freeze()
+        frozen_at.append(time.monotonic())
+
+    try:
+        peaks = run_capped(make_queue, monkeypatch, hints, during=freeze)
+        took = time.monotonic() - frozen_at[0]
+    finally:
+        server.stop()
+    assert_exact(peaks, job_model)
+    assert hints.failures >= 1
+    assert took < 30, took  # the remaining two thirds ran on MongoDB alone, not after the socket's default

@@ -31,6 +31,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Optional, TypeVar
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from ...store.limit_hints import Hint
 
@@ -93,18 +95,27 @@ class RedisLimitHints:
     """Pre-checks of limits in Redis: ``queue.add_limit_hints(RedisLimitHints(client))`` on every worker.
 
     Args:
-        client: A redis-py client, best with a short ``socket_timeout`` and
-            ``socket_connect_timeout`` and no retries (a claim waits for a
-            Redis call at most that long, once per :data:`PAUSE_AFTER_ERROR_S`).
+        client: A redis-py client. The hints use a copy of its connection pool with ``timeout_s``.
         prefix: Key prefix.
         ttl_ms: The longest a hint is trusted (also capped by the queue's ``lease_ms``): what a stale or
             wrong hint can delay a job by. Hints matter for the moment between a claim's read of the limiters
             and its admissions, so a short one loses little.
+        timeout_s: The socket and connect timeouts of the hints' calls, with no retries: a claim waits for
+            a frozen or unreachable Redis at most that long, once per :data:`PAUSE_AFTER_ERROR_S`. None keeps
+            the client's own (a pool that cannot be copied, such as Sentinel's or a test double, is kept too).
     """
 
-    def __init__(self, client: redis.Redis, *, prefix: str = "mjq:limits:", ttl_ms: int = 1000) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = "mjq:limits:",
+        ttl_ms: int = 1000,
+        timeout_s: Optional[float] = 0.25,
+    ) -> None:
         if ttl_ms < 1:
             raise ValueError(f"ttl_ms must be at least 1, got {ttl_ms!r}")
+        client = client if timeout_s is None else _bounded(client, timeout_s)
         self.client = client
         self.prefix = prefix
         self.ttl_ms = ttl_ms
@@ -186,6 +197,20 @@ class BoundHints:
         if opens > now_ms:
             args = [opens, opens - now_ms]
             self.source._call("write", lambda: self.source._saw_rate(keys=[self.key("r", lid)], args=args), None)
+
+
+def _bounded(client: Any, timeout_s: float) -> Any:
+    """A client on a copy of ``client``'s pool whose calls time out after ``timeout_s``, with no retries.
+
+    redis-py's defaults have no socket timeout and retry 3 times: a frozen
+    Redis would hold every claim for as long as it is frozen.
+    """
+    pool: Any = getattr(client, "connection_pool", None)
+    if type(pool) not in (redis.ConnectionPool, redis.BlockingConnectionPool):
+        return client
+    bounds = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s, "retry": Retry(NoBackoff(), 0)}
+    copy = type(pool)(connection_class=pool.connection_class, **{**pool.connection_kwargs, **bounds})
+    return redis.Redis(connection_pool=copy)
 
 
 def _within(raw: Any, low: int, high: int) -> Optional[int]:
