@@ -183,8 +183,9 @@ class BoundHints:
         return found
 
     def saw_full(self, ids: Sequence[str], now: datetime) -> None:
-        keys, args = self._pairs(ids), [_ms(now), self.ttl_ms]
-        self.source._call("write", lambda: self.source._saw_full(keys=keys, args=args), None)
+        if ids:
+            keys, args = self._pairs(ids), [_ms(now), self.ttl_ms]
+            self.source._call("write", lambda: self.source._saw_full(keys=keys, args=args), None)
 
     def freed(self, ids: Sequence[str], now: datetime) -> None:
         if ids:
