@@ -137,14 +137,15 @@ def test_a_full_hint_skips_the_push_and_delays_the_job_only_while_trusted(make_q
     monkeypatch.setattr(
         holders, "push", lambda limiters, jobs, lid, *a: pushes.append(lid) or real_push(limiters, jobs, lid, *a)
     )
+    started: list[Any] = []
+    queue.register_handler("O", lambda job: started.append(queue.store.now()))
+    queue.start_polling()
+    wait_until(lambda: queue.worker._idle.is_set(), timeout=10, what="the poller idle, its next poll 20 s away")
     # A lie, set by hand: "full", with an expiry far longer than the trust window.
     lid = limiter_id("solo", "acme")
     set_at = queue.store.now()
     client.set(bound.key("f", lid), ms(set_at), px=60_000)
-    started: list[Any] = []
-    queue.register_handler("O", lambda job: started.append(queue.store.now()))
-    job = queue.enqueue("O", {}, organization="acme")
-    queue.start_polling()
+    job = queue.enqueue("O", {}, organization="acme")  # wakes the poller: its claim skips on the hint
     wait_until(lambda: started, timeout=10, what="the job ran once the hint was no longer trusted")
     waited = (started[0] - set_at).total_seconds()
     assert TTL_MS / 1000 - 0.05 <= waited <= TTL_MS / 1000 + 1.5, waited  # the poller looked again soon after
@@ -166,12 +167,13 @@ def test_a_closed_rate_hint_skips_the_spend_and_the_job_waits_without_an_attempt
     real_spend = rates.spend
     monkeypatch.setattr(rates, "spend", lambda limiters, lid, *a: spends.append(lid) or real_spend(limiters, lid, *a))
     lid = limiter_id("api", "acme")
-    set_at = queue.store.now()
-    client.set(bound.key("r", lid), ms(set_at) + TTL_MS - 50)  # "closed", by hand, with no expiry
     started: list[Any] = []
     queue.register_handler("O", lambda job: started.append(queue.store.now()))
-    job = queue.enqueue("O", {}, organization="acme")
     queue.start_polling()
+    wait_until(lambda: queue.worker._idle.is_set(), timeout=10, what="the poller idle, its next poll 20 s away")
+    set_at = queue.store.now()
+    client.set(bound.key("r", lid), ms(set_at) + TTL_MS - 50)  # "closed", by hand, with no expiry
+    job = queue.enqueue("O", {}, organization="acme")
     wait_until(lambda: started, timeout=10, what="the job ran once the hint was no longer trusted")
     waited = (started[0] - set_at).total_seconds()
     assert (TTL_MS - 100) / 1000 <= waited <= TTL_MS / 1000 + 1.5, waited
