@@ -30,17 +30,21 @@ TTL_MS = 600
 
 @pytest.fixture
 def client() -> Iterator[Any]:
+    """The shared Redis; the test's hints keep their keys under :data:`PREFIX`'s value for it, deleted after."""
     client = shared_client()
-    prefix = fresh_prefix()
-    client.mjq_prefix = prefix
+    PREFIX[client] = fresh_prefix()
     yield client
-    forget(client, prefix)
+    forget(client, PREFIX.pop(client))
 
 
-def hints_of(client: Any, **options: Any) -> Any:
+#: The key prefix of the running test, by client.
+PREFIX: dict[Any, str] = {}
+
+
+def hints_of(client: Any) -> Any:
     from mongo_job_queue.contrib.redis import RedisLimitHints
 
-    return RedisLimitHints(client, prefix=client.mjq_prefix, ttl_ms=TTL_MS, **options)
+    return RedisLimitHints(client, prefix=PREFIX[client], ttl_ms=TTL_MS)
 
 
 class Peaks:
