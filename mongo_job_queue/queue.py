@@ -34,9 +34,10 @@ from .schedules.definition import Schedule
 from .schedules.manager import ScheduleInfo
 from .schedules.service import Fire, Scheduler
 from .status import FINISHED
+from .store.limit_hints import HintSource
 from .tasks import Task
 from .worker.runner import run_worker
-from .worker.wakeup import WakeupChannel
+from .worker.wakeup import WakeupChannel, namespace_of
 from .workflows import JobSpec, Workflow
 
 __all__ = ["PersistentJobQueue", "create_job_queue"]
@@ -331,6 +332,10 @@ class PersistentJobQueue(Generic[J]):
     def add_wakeup(self, channel: WakeupChannel) -> None:
         """Wake idle workers through ``channel`` too (e.g. Redis pub/sub), from the next start: :ref:`redis-wakeups`."""
         self.worker.wakeups.append(channel)
+
+    def add_limit_hints(self, hints: HintSource) -> None:
+        """Pre-check limiters in ``hints`` (e.g. Redis) before MongoDB round trips; never admits: :ref:`limit-hints`."""
+        self.store.limits.hints = hints.bind(namespace_of(self.store), self.store.config.lease_ms)
 
     def job(self, job_type: str, data: Optional[Mapping[str, Any]] = None, **options: Any) -> JobSpec:
         """A job spec for :meth:`enqueue_graph` (``options``: :meth:`enqueue`'s keywords); see :doc:`workflows`."""

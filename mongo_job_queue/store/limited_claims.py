@@ -101,7 +101,8 @@ class LimitedClaims:
                     if found is not None:  # an earlier try claimed it: ours, with its rates paid then
                         return _readmit(limiter, found, token, limits, lease["lease_expires_at"], store.now())
                 now = store.now()
-                admission = limiter.admit(doc, token, limits, now, lease["lease_expires_at"], refused)
+                # A retry asks MongoDB only: the hint it would read may be of its own earlier push.
+                admission = limiter.admit(doc, token, limits, now, lease["lease_expires_at"], refused, tries == 1)
                 unchanged = _unchanged(filt, doc)
                 if isinstance(admission, RateRefusal):
                     waiting.setdefault(admission.lid, (admission, []))[1].append(doc)
@@ -200,7 +201,7 @@ def _readmit(
     them (idempotent); the rates count as paid, like a reserved start.
     """
     ids = limiter.ids_of(found, limits)
-    again = limiter.admit({**found, RATE_SLOTS: ids}, token, limits, now, until, set())
+    again = limiter.admit({**found, RATE_SLOTS: ids}, token, limits, now, until, set(), hinted=False)
     if isinstance(again, Admission):
         return again
     capped = [limit for limit in limits if limit.applies_to(found) and limit.max_running is not None]

@@ -39,6 +39,7 @@ from ..limits import MUTEX, MUTEX_FIELD, Limit
 from . import holders, limiter_sweep, rates
 from .handle import JobStore
 from .limit_defs import LimitDefinitions
+from .limit_hints import NO_HINTS, LimitHints, pre_check, tell_start
 
 __all__ = [
     "HELD_BACK_POLL_S",
@@ -108,6 +109,8 @@ class Limiter:
         #: Whether the last claim left out the jobs of a full limiter (they may run at the next poll).
         self._held_back = False
         self._released: Callable[[], None] = _nothing
+        #: Fast pre-checks (``queue.add_limit_hints``, limit_hints.py): they skip round trips, never admit.
+        self.hints: LimitHints = NO_HINTS
 
     @property
     def definitions_collection(self) -> Collection[dict[str, Any]]:
@@ -229,6 +232,7 @@ class Limiter:
         now: datetime,
         until: datetime,
         refused: set[str],
+        hinted: bool = True,
     ) -> Admission | RateRefusal | None:
         """Admit the run (``doc`` under ``token``) into each limiter it falls under; None if one refused.
 
@@ -239,33 +243,54 @@ class Limiter:
         compare-and-set of ``tat``); a refusal takes back what was admitted
         and adds the refusing limiter to ``refused``, whose jobs this claim
         then skips without asking again. Runs inside the claim's retry (no
-        retry of its own): each step is safe to run again.
+        retry of its own): each step is safe to run again, and a try after
+        the first passes ``hinted=False`` (its own earlier push may be what
+        made a limiter look full). The hints only ever skip a step.
         """
         covering = [(limit, limit.value_of(doc)) for limit in limits if limit.applies_to(doc)]
         ids = [limiter_id(limit.name, value) for limit, value in covering]
         if refused.intersection(ids):
             return None
+        hints = pre_check(self.hints, covering, ids, now) if hinted else {}  # [limit hints] skips, never admits
         holder = {"job": doc["_id"], "token": token, "until": until}
         taken: list[str] = []
         for (limit, value), lid in zip(covering, ids, strict=True):
             if limit.max_running is None:
                 continue
-            if not holders.push(self.limiters, self._store.collection, lid, limit, value, holder, now):
+            known_full = lid in hints and hints[lid].full
+            if known_full or not holders.push(self.limiters, self._store.collection, lid, limit, value, holder, now):
                 holders.pull(self.limiters, taken, doc["_id"], token)
                 refused.add(lid)
+                if known_full:  # [limit hints] the poller looks again soon: a stale hint delays, never strands
+                    self._held_back = True
+                else:
+                    self.hints.saw_full([lid], now)
                 return None
             taken.append(lid)
         reserved = doc.get(RATE_SLOTS) or []
         for (limit, value), lid in zip(covering, ids, strict=True):
             if limit.rate is None or lid in reserved:  # a reserved start was spent when it was reserved
                 continue
-            if rates.spend(self.limiters, lid, limit, value, now) is None:
+            opens = hints[lid].opens_at if lid in hints else None
+            if opens is not None and opens > now:  # [limit hints] closed until then: no spend asked
+                holders.pull(self.limiters, taken, doc["_id"], token)
+                self._held_back = True
+                if opens > now + RATE_HORIZON:  # nothing to reserve either: the next claims leave it out
+                    refused.add(lid)
+                    return None
+                return RateRefusal(lid, limit, value)
+            start = rates.spend(self.limiters, lid, limit, value, now)
+            if start is None:
                 holders.pull(self.limiters, taken, doc["_id"], token)
                 return RateRefusal(lid, limit, value)
+            tell_start(self.hints, lid, limit, start, now)  # [limit hints]
         for (limit, value), lid in zip(covering, ids, strict=True):
             if limit.fair:  # its turn is taken: it goes to the back of the round
                 served = {"$max": {"served_at": now}, "$setOnInsert": {"limit": limit.name, "value": value}}
                 self.limiters.update_one({"_id": lid}, served, upsert=True)
+        filled = [lid for (limit, _), lid in zip(covering, ids, strict=True) if limit.max_running == 1]
+        if filled:  # [limit hints] this run fills them: the other claimers need not push
+            self.hints.saw_full(filled, now)
         return Admission(doc["_id"], token, tuple(taken))
 
     def turns(self, limit: Limit, values: Sequence[Any]) -> list[Any]:
@@ -285,6 +310,7 @@ class Limiter:
     def undo(self, admission: Admission) -> None:
         """Take back an admission whose job claim lost the race (inside the claim's own retry)."""
         holders.pull(self.limiters, list(admission.ids), admission.job_id, admission.token)
+        self.hints.freed(admission.ids, self._store.now())  # [limit hints]
 
     def keep(self, job_id: ObjectId, token: str) -> None:
         """The run lost its lease on purpose (abandoned to its time limit), its handler still running: keep its slots.
@@ -320,6 +346,7 @@ class Limiter:
             self._store.retry(lambda: holders.pull(self.limiters, list(ids), job_id, token), "release_limiters")
         except Exception:  # noqa: BLE001 - the holders expire with the lease
             self._store.log.warning("could not release the limiters of job %s; they expire with its lease", job_id)
+        self.hints.freed(ids, self._store.now())  # [limit hints]
         self._released()
 
     def extend(self, leases: Mapping[ObjectId, str], until: datetime) -> None:
@@ -361,6 +388,7 @@ class Limiter:
         if slots:
             opens = time.monotonic() + (slots[0] - now).total_seconds()
             self._next_start = opens if self._next_start is None else min(self._next_start, opens)
+            tell_start(self.hints, refusal.lid, refusal.limit, slots[-1], now)  # [limit hints]
         return slots
 
     # -- what shows ---------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The Redis adapter (extra ``[redis]``, redis-py): locks on Redis and pub/sub wake-ups.
+"""The Redis adapter (extra ``[redis]``, redis-py): locks on Redis, pub/sub wake-ups and limit pre-checks.
 
 * :class:`RedisLocks`: the lock interface of ``queue.lock()`` on Redis
   (``queue.lock(key, backend=RedisLocks(client, queue))``), with fencing
@@ -6,6 +6,9 @@
 * :class:`RedisWakeup`: enqueues publish, idle workers subscribed wake at
   once (``queue.add_wakeup(RedisWakeup(client))``), for deployments without
   change streams.
+* :class:`RedisLimitHints`: claims skip the MongoDB round trips of a limiter
+  known full or a rate known closed (``queue.add_limit_hints(RedisLimitHints(client))``);
+  MongoDB stays the only admission.
 
 A Redis lock is for efficiency: correctness needs the fencing token
 checked by the write (:func:`mongo_job_queue.locks.fenced_update`).
@@ -21,7 +24,8 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise missing_extra(__name__, "redis-py", "redis", "redis") from exc
 
+from .hints import RedisLimitHints
 from .locks import RedisLocks
 from .wakeup import RedisWakeup
 
-__all__ = ["RedisLocks", "RedisWakeup"]
+__all__ = ["RedisLimitHints", "RedisLocks", "RedisWakeup"]

@@ -1,0 +1,223 @@
+"""Limit hints in Redis: "full" and "rate opens at" per limiter, so contended claims skip MongoDB round trips.
+
+``queue.add_limit_hints(RedisLimitHints(client))``. Per limiter document
+(``<prefix>{<database>.<jobs>}:<kind>:<limiter id>``, one hash slot per
+jobs collection) three short-lived keys, each written only after MongoDB
+answered:
+
+* ``f``, *full*: the time (server time, ms) a push was refused or filled a
+  ``max_running=1`` limiter; the claimers of other processes skip their push.
+* ``x``, *freed*: the time a run left it. It deletes an older ``f``, and a
+  ``f`` observed before it is not written (a late writer cannot undo a release).
+* ``r``, *rate opens at*: a lower bound of the rate's next start, after a
+  spend or a reservation, kept as the greatest seen (the GCRA state only grows).
+
+Every key lives at most ``ttl_ms`` (capped by the lease), and a value older
+(or further ahead) than that is ignored even if it never expires: a hint
+that lies delays a job by at most that long. A hint never admits: MongoDB's
+conditional update stays the only admission (see :mod:`mongo_job_queue.store.limit_hints`).
+Redis unreachable or slow (a call past the client's ``socket_timeout``):
+the claims ask MongoDB only, for :data:`PAUSE_AFTER_ERROR_S`, then try
+Redis again; one warning per outage (at most every :data:`WARN_EVERY_S`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any, Optional, TypeVar
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from ...store.limit_hints import Hint
+
+__all__ = ["PAUSE_AFTER_ERROR_S", "WARN_EVERY_S", "RedisLimitHints"]
+
+log = logging.getLogger(__name__)
+
+#: After a failed Redis call, the hints are neither read nor written for this long (claims ask MongoDB only).
+PAUSE_AFTER_ERROR_S = 5.0
+#: At most one warning per this long while Redis keeps failing.
+WARN_EVERY_S = 300.0
+
+T = TypeVar("T")
+
+# KEYS: pairs (full, freed). ARGV: observed ms, ttl ms. A full hint is written unless a release came after.
+_SAW_FULL = """
+for i = 1, #KEYS, 2 do
+  if (tonumber(redis.call('GET', KEYS[i + 1])) or 0) < tonumber(ARGV[1]) then
+    redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[2])
+  end
+end
+return 0
+"""
+
+# KEYS: pairs (full, freed). ARGV: release ms, ttl ms. Drops a full hint observed no later than the release.
+_FREED = """
+for i = 1, #KEYS, 2 do
+  if (tonumber(redis.call('GET', KEYS[i])) or 0) <= tonumber(ARGV[1]) then
+    redis.call('DEL', KEYS[i])
+  end
+  if (tonumber(redis.call('GET', KEYS[i + 1])) or 0) < tonumber(ARGV[1]) then
+    redis.call('SET', KEYS[i + 1], ARGV[1], 'PX', ARGV[2])
+  end
+end
+return 0
+"""
+
+# KEYS: rate. ARGV: opens ms, ttl ms. Keeps the greatest lower bound.
+_SAW_RATE = """
+if tonumber(ARGV[1]) > (tonumber(redis.call('GET', KEYS[1])) or 0) then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+_EPOCH = datetime(1970, 1, 1)
+_EPOCH_UTC = _EPOCH.replace(tzinfo=timezone.utc)
+
+
+def _ms(when: datetime) -> int:
+    return (when - (_EPOCH if when.tzinfo is None else _EPOCH_UTC)) // timedelta(milliseconds=1)
+
+
+def _at(ms: int, like: datetime) -> datetime:
+    return (_EPOCH if like.tzinfo is None else _EPOCH_UTC) + timedelta(milliseconds=ms)
+
+
+class RedisLimitHints:
+    """Pre-checks of limits in Redis: ``queue.add_limit_hints(RedisLimitHints(client))`` on every worker.
+
+    Args:
+        client: A redis-py client. The hints use a copy of its connection pool with ``timeout_s``.
+        prefix: Key prefix.
+        ttl_ms: The longest a hint is trusted (also capped by the queue's ``lease_ms``): what a stale or
+            wrong hint can delay a job by. Hints matter for the moment between a claim's read of the limiters
+            and its admissions, so a short one loses little.
+        timeout_s: The socket and connect timeouts of the hints' calls, with no retries: a claim waits for
+            a frozen or unreachable Redis at most that long, once per :data:`PAUSE_AFTER_ERROR_S`. None keeps
+            the client's own (a pool that cannot be copied, such as Sentinel's or a test double, is kept too).
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = "mjq:limits:",
+        ttl_ms: int = 1000,
+        timeout_s: Optional[float] = 0.25,
+    ) -> None:
+        if ttl_ms < 1:
+            raise ValueError(f"ttl_ms must be at least 1, got {ttl_ms!r}")
+        client = client if timeout_s is None else _bounded(client, timeout_s)
+        self.client = client
+        self.prefix = prefix
+        self.ttl_ms = ttl_ms
+        self._saw_full = client.register_script(_SAW_FULL)
+        self._freed = client.register_script(_FREED)
+        self._saw_rate = client.register_script(_SAW_RATE)
+        self._lock = threading.Lock()
+        self._paused_until = 0.0
+        self._warned_at: Optional[float] = None
+        #: Redis calls that failed (each one a fallback to MongoDB only), for tests and metrics.
+        self.failures = 0
+
+    def bind(self, namespace: str, lease_ms: int) -> BoundHints:
+        """The hints of one jobs collection (what ``queue.add_limit_hints`` calls)."""
+        return BoundHints(self, f"{self.prefix}{{{namespace}}}:", max(1, min(self.ttl_ms, lease_ms)))
+
+    def _call(self, what: str, fn: Callable[[], T], default: T) -> T:
+        """``fn()``, or ``default`` while Redis is paused after an error (never raises)."""
+        if time.monotonic() < self._paused_until:
+            return default
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - a hint only: any failure falls back to MongoDB
+            now = time.monotonic()
+            with self._lock:
+                self.failures += 1
+                self._paused_until = now + PAUSE_AFTER_ERROR_S
+                warn = self._warned_at is None or now - self._warned_at >= WARN_EVERY_S
+                if warn:
+                    self._warned_at = now
+            if warn:
+                log.warning(
+                    "Redis limit hints unavailable (%s: %r); claims ask MongoDB only, Redis tried again in %.0fs",
+                    what, exc, PAUSE_AFTER_ERROR_S,
+                )  # fmt: skip
+            return default
+
+
+class BoundHints:
+    """The :class:`~mongo_job_queue.store.limit_hints.LimitHints` of one jobs collection."""
+
+    def __init__(self, source: RedisLimitHints, base: str, ttl_ms: int) -> None:
+        self.source = source
+        self.base = base
+        self.ttl_ms = ttl_ms
+
+    def key(self, kind: str, lid: str) -> str:
+        return f"{self.base}{kind}:{lid}"
+
+    def _pairs(self, ids: Sequence[str]) -> list[str]:
+        return [key for lid in ids for key in (self.key("f", lid), self.key("x", lid))]
+
+    def look(self, ids: Sequence[str], now: datetime) -> Mapping[str, Hint]:
+        if not ids:
+            return {}
+        keys = [key for lid in ids for key in (self.key("f", lid), self.key("r", lid))]
+        values: list[Any] = self.source._call("read", lambda: self.source.client.mget(keys), [])
+        now_ms, ttl, found = _ms(now), self.ttl_ms, {}
+        for lid, full, opens in zip(ids, values[0::2], values[1::2], strict=False):
+            known_full = _within(full, now_ms - ttl, now_ms + ttl) is not None
+            # Written at most ttl_ms ahead: one further ahead (set by hand, say) is not trusted at all.
+            opens_ms = _within(opens, now_ms + 1, now_ms + ttl)
+            if known_full or opens_ms is not None:
+                found[lid] = Hint(known_full, None if opens_ms is None else _at(opens_ms, now))
+        return found
+
+    def saw_full(self, ids: Sequence[str], now: datetime) -> None:
+        if ids:
+            keys, args = self._pairs(ids), [_ms(now), self.ttl_ms]
+            self.source._call("write", lambda: self.source._saw_full(keys=keys, args=args), None)
+
+    def freed(self, ids: Sequence[str], now: datetime) -> None:
+        if ids:
+            keys, args = self._pairs(ids), [_ms(now), self.ttl_ms]
+            self.source._call("write", lambda: self.source._freed(keys=keys, args=args), None)
+
+    def saw_rate(self, lid: str, opens_at: datetime, now: datetime) -> None:
+        now_ms = _ms(now)
+        opens = min(_ms(opens_at), now_ms + self.ttl_ms)  # a lower bound stays one when lowered
+        if opens > now_ms:
+            args = [opens, opens - now_ms]
+            self.source._call("write", lambda: self.source._saw_rate(keys=[self.key("r", lid)], args=args), None)
+
+
+def _bounded(client: Any, timeout_s: float) -> Any:
+    """A client on a copy of ``client``'s pool whose calls time out after ``timeout_s``, with no retries.
+
+    redis-py's defaults have no socket timeout and retry 3 times: a frozen
+    Redis would hold every claim for as long as it is frozen.
+    """
+    pool: Any = getattr(client, "connection_pool", None)
+    if type(pool) not in (redis.ConnectionPool, redis.BlockingConnectionPool):
+        return client
+    bounds = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s, "retry": Retry(NoBackoff(), 0)}
+    copy = type(pool)(connection_class=pool.connection_class, **{**pool.connection_kwargs, **bounds})
+    return redis.Redis(connection_pool=copy)
+
+
+def _within(raw: Any, low: int, high: int) -> Optional[int]:
+    """A stored ms value if it is an integer in ``[low, high]`` (anything else, set by hand or stale: nothing)."""
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        return None
+    return value if low <= value <= high else None
