@@ -36,7 +36,7 @@ from pymongo import UpdateOne
 from pymongo.collection import Collection
 
 from ..limits import MUTEX, MUTEX_FIELD, Limit
-from . import holders, limiter_sweep, rates
+from . import holders, limiter_sweep, limiter_view, rates
 from .handle import JobStore
 from .limit_defs import LimitDefinitions
 from .limit_hints import NO_HINTS, LimitHints, pre_check, tell_start
@@ -394,38 +394,8 @@ class Limiter:
     # -- what shows ---------------------------------------------------------
 
     def view(self) -> tuple[list[Limit], list[dict[str, Any]]]:
-        """The limits in use (the mutex one once marked) and, per limiter, what :meth:`snapshot` tells.
-
-        One read of the definitions, and one of the limiters only when
-        there are definitions; none at all when the pause state just read
-        says no limit was ever stored (the Prometheus scrape reads it first).
-        """
-        limits = self.definitions.in_use()
-        if not limits:
-            return [], []
-        by_name = {limit.name: limit for limit in limits}
-        now = self._store.now()
-        found = self._store.retry(lambda: list(self.limiters.find().sort("_id", 1)), "limiters")
-        rows = []
-        for doc in found:
-            limit = by_name.get(doc.get("limit", ""))
-            if limit is None:
-                continue
-            live = holders.live(doc, now)
-            eligible = rates.eligible_at(limit, doc)
-            rows.append(
-                {
-                    "limit": limit.name,
-                    "key": limit.key,
-                    "value": doc.get("value"),
-                    "running": len(live),
-                    "max_running": limit.max_running,
-                    "rate": limit.rate,
-                    "next_start_at": eligible if eligible is not None and eligible > now else None,
-                    "holders": [str(h.get("job")) for h in live],
-                }
-            )
-        return limits, rows
+        """The limits in use (the mutex one once marked) and a row per limiter (:mod:`.limiter_view`)."""
+        return limiter_view.view(self._store, self.definitions, self.limiters)
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Per limiter: limit, key value, running holders now, ``max_running`` and the next allowed start."""
