@@ -6,6 +6,9 @@ one log document in MongoDB: each start and end is one atomic ``$push``
 onto its ``events`` array, so the events of every process are in one
 order (no host clock is trusted). It sleeps ``data.sleep_ms`` between.
 A run whose outcome was fenced out (lease lost) adds a ``lost`` event.
+A job with ``data.count_only`` only adds one to the ``starts`` document
+(the rate test: a few fields, where an array of every event grows a
+document the server rewrites at each start).
 It prints ``ready`` and runs until SIGTERM or SIGKILL. ``CLOCK_OFFSET_S``
 shifts this process's clock (a skewed host).
 """
@@ -48,6 +51,11 @@ def record(db: Any, kind: str, job: IntegrationJob) -> None:
     db.limit_log.update_one({"_id": "log"}, {"$push": {"events": event}}, upsert=True)
 
 
+def count(db: Any) -> None:
+    """Count one start in the ``starts`` document, in total and by process: a few fields, however many starts."""
+    db.limit_log.update_one({"_id": "starts"}, {"$inc": {"total": 1, f"by_pid.{os.getpid()}": 1}}, upsert=True)
+
+
 class LeaseLost(Middleware):
     """Records each run whose outcome was fenced out (its lease lapsed, or was revoked for its limiter)."""
 
@@ -71,6 +79,9 @@ def main(uri: str, db_name: str, concurrency: int, offset_s: float) -> int:
 
     @queue.handler("LIM")
     def run(job: IntegrationJob) -> None:
+        if job.data.get("count_only"):
+            count(db)
+            return
         record(db, "start", job)
         slow = job.attempts <= job.data.get("slow_attempts", job.attempts)
         threading.Event().wait((job.data.get("sleep_ms", 5) if slow else 5) / 1000)

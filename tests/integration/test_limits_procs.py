@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -170,38 +171,92 @@ def test_a_cap_per_organization_holds_across_a_sigkill(workers, make_queue, raw_
     assert all(row["running"] == 0 for row in queue.limits()["keys"])
 
 
-# Serial: its lower bound (half the rate) assumes the server has a core to itself; three processes
-# reach 5-5.7 limited starts/s on an idle machine (docs/limits.rst), and a second test process shares it.
+def _counted(raw_db: Any) -> dict[str, Any]:
+    """The rate test's count of starts (``integration.limits_proc.count``): its total, and by process."""
+    return raw_db.limit_log.find_one({"_id": "starts"}) or {"total": 0, "by_pid": {}}
+
+
+def _cpu_pressure() -> str:
+    """How much of the last 10 s runnable tasks waited for a CPU (Linux PSI), for a failure's message."""
+    try:
+        with open("/proc/pressure/cpu") as psi:
+            return "cpu pressure " + psi.readline().split()[1]
+    except (OSError, IndexError):
+        return "cpu pressure unknown"
+
+
+class _Feeder:
+    """Keeps about ``depth`` jobs pending and deletes the completed ones, so every read of the claim scans few.
+
+    The embedded server scans a collection to answer a read: with some 400
+    pending jobs a claim's candidate read cost 28-60 ms. The starts are
+    counted in their own document, so deleting a finished job loses nothing;
+    the jobs pending are those enqueued less those started (one read by
+    ``_id``), so the feeder's own reads do not scan the collection either.
+    """
+
+    def __init__(self, queue: Any, raw_db: Any, depth: int) -> None:
+        self.queue, self.raw_db, self.depth = queue, raw_db, depth
+        self.enqueued = 0
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="feeder", daemon=True)
+
+    def __enter__(self) -> _Feeder:
+        self._top_up()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _top_up(self) -> None:
+        missing = self.depth - (self.enqueued - _counted(self.raw_db)["total"])
+        if missing > 0:
+            self.queue.enqueue_many({"job_type": "LIM", "data": {"count_only": True}} for _ in range(missing))
+            self.enqueued += missing
+
+    def _run(self) -> None:
+        # A pace, not a synchronisation: 10 starts of the rate between looks. Each insert wakes every idle
+        # poller (their change streams), so the jobs are added in few batches.
+        while not self._stop.wait(0.5):
+            try:
+                self._top_up()
+                self.raw_db.jobs.delete_many({"status": "completed"})
+            except PyMongoError as exc:  # a slow reply of the busy server: look again at the next turn
+                self.errors.append(repr(exc))
+
+
+# Serial: its bounds are 10% of the rate, and the embedded server (one Python process) needs most of a core
+# for 20 limited starts/s (docs/limits.rst has the figures); a second test process would share it.
 @pytest.mark.serial
 def test_a_rate_shared_by_three_processes_one_with_a_skewed_clock(workers, make_queue, raw_db) -> None:
     workers(4)
     workers(4)
-    workers(4, 300.0)  # five minutes ahead: it must not spend more
+    skewed = workers(4, 300.0)  # five minutes ahead: it must not spend more
     _ready(raw_db, 3)
-    queue = make_queue(lease_ms=10_000)  # a producer's calls under the load of 24 threads
-    # 4/s, not the issue's 20/s: the embedded server is one Python process, and with three workers
-    # it is saturated (100% of a core) at about 7.7 starts/s with no limit at all; a limited start
-    # also reads the candidates and the limiter and writes the rate's state, so three processes
-    # reach about 5.7 limited starts/s (docs/limits.rst has the figures). A skewed clock left
-    # uncorrected would spend starts freely: far above the bound.
-    queue.limit("api", job_types=["LIM"], rate="4/s")
-    queue.enqueue_many({"job_type": "LIM", "data": {"sleep_ms": 1}} for _ in range(150))
-    wait_until(lambda: _starts(raw_db) >= 1, timeout=60, what="first start")
-    opened = time.monotonic()
-    first = _mark(raw_db, "window", 0)
-    time.sleep(10.0)  # the measured window itself, not a synchronisation
-    last = _mark(raw_db, "window", 0)
-    # The two marks landed somewhere in [opened, closed]: on a loaded server a mark's write can wait a
-    # second or more, and a 10 s sleep between them measured 12 s between their landings.
-    window_s = time.monotonic() - opened
-    in_window = [e for e in _events(raw_db)[first:last] if e["kind"] == "start"]
-    starts, by_pid = len(in_window), Counter(e["pid"] for e in in_window)
-    # Never more than the rate over the window (the skewed worker spends no extra start): one burst
-    # (1), and the starts admitted up to a second and a half before the window opened whose events
-    # landed in it (the claim, the dispatch and the handler's own write come after the admission).
-    # And at least half of it, a margin for a loaded box (under a load average of 9 three processes
-    # once reached 14 of 20 at 2/s); every process starts some (a clock left uncorrected would take
-    # the shared rate for itself).
-    allowed = 4 * (window_s + 1.5) + 1
-    assert 20 <= starts <= allowed, (starts, round(window_s, 2), by_pid)
-    assert len(by_pid) == 3, by_pid
+    queue = make_queue(lease_ms=10_000)  # a producer's calls under the load of 12 threads
+    queue.limit("api", job_types=["LIM"], rate="20/s")
+    with _Feeder(queue, raw_db, 60) as feeder:
+        wait_until(lambda: _counted(raw_db)["total"] >= 20, timeout=60, what="a second of starts")
+        # The window is the time between two reads of the count: a start counts in it when its
+        # $inc landed between them, in the server's one order of writes to that document.
+        opened = time.monotonic()
+        first = _counted(raw_db)
+        began = time.monotonic()
+        time.sleep(10.0)  # the measured window itself, not a synchronisation
+        ending = time.monotonic()
+        last = _counted(raw_db)
+        closed = time.monotonic()
+    starts = last["total"] - first["total"]
+    by_pid = {int(pid): n - first["by_pid"].get(pid, 0) for pid, n in last["by_pid"].items()}
+    window = f"window {ending - began:.2f}-{closed - opened:.2f} s"
+    seen = (starts, by_pid, window, _cpu_pressure(), feeder.errors[:3])
+    # The issue's bounds: 10 s at 20/s is 200 starts, and burst 1 gives one more; 20 either way for the
+    # starts admitted before the window opened whose $inc landed in it (and the same at its end).
+    assert 180 <= starts <= 220, seen
+    # Every worker starts jobs: a clock left uncorrected five minutes ahead would move the rate's state
+    # five minutes ahead at its first start, and no other worker would start again. (The shares are
+    # uneven: which poller wins the claim of a reserved start is a race.)
+    assert len(by_pid) == 3 and min(by_pid.values()) >= starts // 10, (seen, skewed.pid)
