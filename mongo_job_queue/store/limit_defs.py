@@ -42,6 +42,8 @@ class LimitDefinitions:
         #: The version the cached definitions were read at (None: read them again).
         self._read_version: Optional[int] = None
         self._mutex_marked = False
+        #: Whether this process ever saw a limit stored (a version above 0, or one of its own): sticky.
+        self._seen = False
 
     @property
     def collection(self) -> Collection[dict[str, Any]]:
@@ -71,8 +73,13 @@ class LimitDefinitions:
         return [MUTEX_LIMIT if d.get("builtin") else Limit.from_doc(d) for d in docs]
 
     def none_stored(self) -> bool:
-        """Whether the pause state just read says no limit (nor mutex key) was ever stored: none to sweep."""
-        return self._known_version() == 0
+        """Whether this process never saw a limit (nor mutex key) stored: none to sweep.
+
+        Sticky rather than :meth:`_known_version`, which forgets the version
+        a few seconds after the last pause read, and an idle worker on its
+        change stream reads the pause state only when it changes.
+        """
+        return not self._seen
 
     def mark_mutex(self) -> None:
         """Record, once per process, that jobs use mutex keys: from then on every claim admits them."""
@@ -92,11 +99,13 @@ class LimitDefinitions:
     def observe(self, version: int) -> None:
         """The definitions' version just read in the pause document (see :meth:`.control.Control.pause_state`)."""
         self._version, self._version_at = version, time.monotonic()
+        self._seen = self._seen or version > 0
 
     def changed(self) -> None:
         """Announce a change of the definitions to every worker, and read them again here."""
         self._store.control.bump_limits()
         self._read_at, self._read_version, self._version = -REFRESH_S, None, None
+        self._seen = True
 
     def _known_version(self) -> Optional[int]:
         """The version last observed, if recent enough to trust (the poller reads it every ``pause_refresh_ms``)."""

@@ -24,6 +24,7 @@ deleted by a low-rate sweep (:mod:`.limiter_sweep`).
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -109,6 +110,7 @@ class Limiter:
         #: Whether the last claim left out the jobs of a full limiter (they may run at the next poll).
         self._held_back = False
         self._released: Callable[[], None] = _nothing
+        self._sweeper = limiter_sweep.Sweep(lambda: self.limiters, lambda: self._store.collection)
         #: Fast pre-checks (``queue.add_limit_hints``, limit_hints.py): they skip round trips, never admit.
         self.hints: LimitHints = NO_HINTS
 
@@ -368,15 +370,18 @@ class Limiter:
             self._store.retry(lambda: self.limiters.bulk_write(ops, ordered=False), op)
 
     def sweep(self, now: datetime) -> int:
-        """Delete the limiter documents a fresh one would replace (:mod:`.limiter_sweep`); how many.
+        """Delete every limiter document a fresh one would replace (:mod:`.limiter_sweep`); how many."""
+        return self._sweep(now, math.inf)[0]
 
-        Nothing is sent while the pause state says no limit was ever stored.
-        """
-        if self.definitions.none_stored():
-            return 0
-        return self._store.retry(
-            lambda: limiter_sweep.sweep(self.limiters, self._store.collection, now), "sweep_limiters"
-        )
+    def sweep_step(self, now: datetime) -> float:
+        """The maintenance service: sweep for at most a second; the seconds until the next step."""
+        more = self._sweep(now, time.monotonic() + limiter_sweep.SWEEP_BUDGET_S)[1]
+        return limiter_sweep.SWEEP_AGAIN_S if more else limiter_sweep.SWEEP_INTERVAL_S
+
+    def _sweep(self, now: datetime, deadline: float) -> tuple[int, bool]:
+        if self.definitions.none_stored():  # nothing is sent in an app that never used a limit
+            return 0, False
+        return self._sweeper.run(now, self._store.retry, deadline)
 
     def ids_of(self, doc: Mapping[str, Any], limits: Sequence[Limit]) -> list[str]:
         """The limiters that ``doc``'s job falls under."""

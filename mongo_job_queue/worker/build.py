@@ -59,7 +59,7 @@ class Services:
     dependencies: Dependencies
     #: The catch-up steps of the listeners of final writes (a batch's reconciler), see store/finals.py.
     finals_sweep: Callable[[datetime], object]
-    #: Deletes the limiter documents a fresh one would replace (``store.limiter_sweep``).
+    #: Deletes the limiter documents a fresh one would replace, a second at most (``store.limiter_sweep``).
     limiters_sweep: Callable[[datetime], object]
 
     def maintenance(
@@ -100,7 +100,7 @@ class Services:
                     self.finals_sweep,
                     idle_interval_s=IDLE_CATCH_UP_S,
                 ),
-                Service("limiter sweep", SWEEP_INTERVAL_S, self.limiters_sweep),
+                Service("limiter sweep", SWEEP_INTERVAL_S, self.limiters_sweep, paced=True),
             ],
             now,
             logger,
@@ -179,5 +179,5 @@ def build_services(
         shutdown=ShutdownRequeue(executor, table, owner.worker_id),
         dependencies=store.dependencies,
         finals_sweep=store.finals.sweep,
-        limiters_sweep=store.limits.sweep,
+        limiters_sweep=store.limits.sweep_step,
     )

@@ -133,13 +133,17 @@ class InflightTable:
             return self.cond.wait_for(lambda: not self._runs and not self._acking, timeout=timeout)
 
     def clear(self) -> None:
-        """Forget every run (in a forked child, whose parent's runs are not its own)."""
-        with self.cond:
-            self._runs.clear()
-            self._acking.clear()
-            self._order.clear()
-            self._slotless.clear()
-            self.cond.notify_all()
+        """Forget every run, in a forked child (its parent's runs are not its own), with a fresh condition.
+
+        Not by taking the condition: a parent thread (the heartbeat, which
+        can outlive ``stop()`` for an abandoned handler's limiter slots) may
+        have held it at the fork, and in the child nobody would release it.
+        """
+        self.cond = threading.Condition()
+        self._runs.clear()
+        self._acking.clear()
+        self._order.clear()
+        self._slotless.clear()
 
 
 def log_job(

@@ -180,3 +180,77 @@ def test_each_order_of_an_admission_and_the_sweep_keeps_the_admission(make_queue
     assert racing.swept == 1  # deleted right after the rate's first read
     doc = raw_db.jobs_limiters.find_one({"_id": limiter_id("per-org", "c")})
     assert doc is not None and "old" not in doc and doc["tat"] > now
+
+
+def _limiter_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
+    """Record each find and delete_many sent to a limiters collection, with its filter."""
+    from pymongo.collection import Collection
+
+    calls: list[tuple[str, Any]] = []
+    for name in ("find", "find_one", "delete_many", "update_one", "bulk_write"):
+        real = getattr(Collection, name)
+
+        def recorded(self: Any, *args: Any, __real: Any = real, __name: str = name, **kwargs: Any) -> Any:
+            if self.name.endswith("_limiters"):
+                calls.append((__name, args[0] if args else kwargs.get("filter")))
+            return __real(self, *args, **kwargs)
+
+        monkeypatch.setattr(Collection, name, recorded)
+    return calls
+
+
+def test_an_app_without_limits_sends_no_sweep_even_long_after_its_last_pause_read(make_queue, monkeypatch) -> None:
+    # The review of the sweep found it: "no limit stored" was read from the pause version, which is trusted
+    # for seconds only, and an idle worker on its stream reads the pause state only when it changes.
+    queue = make_queue()
+    queue.store.control.pause_state()  # version 0: no limit ever stored
+    queue.store.limits.definitions._version_at -= 3_600  # an hour since, idle on its stream
+    calls = _limiter_calls(monkeypatch)
+    assert queue.store.limits.sweep(queue.store.now()) == 0
+    assert queue.store.limits.sweep_step(queue.store.now()) == SWEEP_INTERVAL_S
+    assert calls == []
+
+
+def test_a_backlog_is_swept_in_bounded_batches_within_a_budget_per_step(make_queue, raw_db, monkeypatch) -> None:
+    # A backlog swept by one unbounded call timed out every try (100,000 documents on the embedded server),
+    # and held up stop() and the lease rescue on the maintenance thread meanwhile.
+    from mongo_job_queue.store import limiter_sweep
+
+    queue = make_queue()
+    queue.limit("per-org", key="organization", max_running=1)
+    raw_db.jobs_limiters.insert_many(limiter(MUTEX, f"invoice:{n}") for n in range(1_200))
+    monkeypatch.setattr(limiter_sweep, "_DELETE_BATCH", 500)
+    monkeypatch.setattr(limiter_sweep, "SWEEP_BUDGET_S", 0.0)  # one batch per step
+    calls = _limiter_calls(monkeypatch)
+    now = queue.store.now()
+    steps = []
+    while True:
+        steps.append(queue.store.limits.sweep_step(now))
+        if steps[-1] == SWEEP_INTERVAL_S or len(steps) > 10:
+            break
+    assert raw_db.jobs_limiters.count_documents({}) == 0
+    assert steps == [limiter_sweep.SWEEP_AGAIN_S] * 3 + [SWEEP_INTERVAL_S]  # holders, 500, 500, 200 (done)
+    deletes = [filt for name, filt in calls if name == "delete_many"]
+    assert len(deletes) == 3 and all(len(f["$and"][0]["_id"]["$in"]) <= 500 for f in deletes)
+
+
+def test_the_table_of_a_forked_child_is_cleared_even_if_a_parent_thread_held_it() -> None:
+    # A thread of the parent (the heartbeat, which outlives stop() for an abandoned handler's slots) may hold
+    # the table's condition at the fork; the child, which has no such thread, must not wait for it.
+    from mongo_job_queue.worker.inflight import InflightTable
+
+    table = InflightTable()
+    held, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with table.cond:
+            held.set()
+            release.wait(10)
+
+    threading.Thread(target=holder, daemon=True).start()
+    assert held.wait(5)
+    clearing = threading.Thread(target=table.clear, daemon=True)
+    clearing.start()
+    clearing.join(2)
+    release.set()
+    assert not clearing.is_alive(), "clear() waited for a condition held by another thread"
