@@ -33,8 +33,9 @@ from .recovery import Recovery
 __all__ = ["Claims", "claim_update", "lease_fields"]
 
 _MAX_QUARANTINES_PER_CLAIM = 10
-# What a new claim clears: the progress an earlier attempt reported.
-_FRESH_RUN = {"progress": ""}
+# What a new claim clears: the progress an earlier attempt reported, and the rates' starts it held (spent or
+# not, they are its last claim's: a claim that admits nothing, its limits gone, must not leave them to the next).
+_FRESH_RUN = {"progress": "", "rate_slots": ""}
 # Bound on every read of the claim path (the claim's own search included).
 _CLAIM_READ_MAX_TIME_MS = 5_000
 # The claim order: most urgent first (the claim index serves it).
@@ -70,7 +71,8 @@ def _partition(key: str, head: Mapping[str, Any]) -> dict[str, Any]:
 def _leased(doc: dict[str, Any], lease: Mapping[str, Any]) -> dict[str, Any]:
     """``doc`` as read before the claim, as the claim's update left it (no need to read it again); a copy."""
     leased = {**doc, **lease, "attempts": int(doc.get("attempts") or 0) + 1}
-    leased.pop("progress", None)
+    for field in _FRESH_RUN:
+        leased.pop(field, None)
     return leased
 
 

@@ -129,7 +129,15 @@ class LimitedClaims:
         # Paced clauses left out: the jobs that wait for a start are the ones a reservation may give one to.
         unpaced = [clause for clause in nor if RATE_SLOTS not in clause]
         for refusal, docs in waiting.values():
-            self._reserve(filt, unpaced, limits, refusal, docs)
+            try:
+                self._reserve(filt, unpaced, limits, refusal, docs)
+            except Exception:
+                if not claimed:
+                    raise
+                # The jobs claimed are leased and admitted: returned, or nobody would run them before their
+                # lease expired. The starts reserved and not given are unused (the rate under-spends).
+                store.log.warning("reserving the starts of rate %s failed; running the jobs claimed", refusal.lid)
+                break
         return claimed
 
     def _reserve(
@@ -180,11 +188,12 @@ class LimitedClaims:
             def give(doc: dict[str, Any] = doc, slot: datetime = slot) -> bool:
                 nonlocal tries
                 tries += 1
-                if tries > 1 and store.collection.find_one({"_id": doc["_id"], "run_at": slot, RATE_SLOTS: lid}):
-                    return True  # an earlier try gave it (its reply lost): slots are unique instants of the rate
                 mine = {**_unchanged(filt, doc), RATE_SLOTS: {"$ne": lid}}
                 update = {"$set": {"run_at": slot}, "$addToSet": {RATE_SLOTS: lid}}
-                return bool(store.collection.update_one(mine, update).matched_count)
+                # A try after the first may follow one that applied, its reply lost, and the job claimed since
+                # (the claim clears the mark): nothing proves it did not, so the start counts as given. Never
+                # to a second job: the rate would over-spend; at worst it is unused.
+                return bool(store.collection.update_one(mine, update).matched_count) or tries > 1
 
             if store.retry(give, "reserve_starts"):
                 slots = slots[1:]
@@ -261,7 +270,7 @@ def _readmit(
     them (idempotent); the rates count as paid, like a reserved start.
     """
     ids = limiter.ids_of(found, limits)
-    again = limiter.admit({**found, RATE_SLOTS: ids}, token, limits, now, until, set(), hinted=False)
+    again = limiter.admit(found, token, limits, now, until, set(), hinted=False, paid=ids)
     if isinstance(again, Admission):
         return again
     capped = [limit for limit in limits if limit.applies_to(found) and limit.max_running is not None]

@@ -235,6 +235,7 @@ class Limiter:
         until: datetime,
         refused: set[str],
         hinted: bool = True,
+        paid: Sequence[str] = (),
     ) -> Admission | RateRefusal | None:
         """Admit the run (``doc`` under ``token``) into each limiter it falls under; None if one refused.
 
@@ -247,7 +248,9 @@ class Limiter:
         then skips without asking again. Runs inside the claim's retry (no
         retry of its own): each step is safe to run again, and a try after
         the first passes ``hinted=False`` (its own earlier push may be what
-        made a limiter look full). The hints only ever skip a step.
+        made a limiter look full). The hints only ever skip a step. A rate
+        whose start the job holds (``RATE_SLOTS``, :func:`.rates.held_start`)
+        or that is in ``paid`` is not spent again.
         """
         covering = [(limit, limit.value_of(doc)) for limit in limits if limit.applies_to(doc)]
         ids = [limiter_id(limit.name, value) for limit, value in covering]
@@ -271,7 +274,9 @@ class Limiter:
             taken.append(lid)
         reserved = doc.get(RATE_SLOTS) or []
         for (limit, value), lid in zip(covering, ids, strict=True):
-            if limit.rate is None or lid in reserved:  # a reserved start was spent when it was reserved
+            if limit.rate is None or lid in paid:
+                continue
+            if lid in reserved and rates.held_start(limit, doc, now):  # spent when it was reserved
                 continue
             opens = hints[lid].opens_at if lid in hints else None
             if opens is not None and opens > now:  # [limit hints] closed until then: no spend asked

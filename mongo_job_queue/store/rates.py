@@ -22,7 +22,7 @@ from pymongo.errors import DuplicateKeyError
 
 from ..limits import Limit
 
-__all__ = ["eligible_at", "reserve", "spend"]
+__all__ = ["eligible_at", "held_start", "reserve", "spend"]
 
 
 _MS_NS = 1_000_000
@@ -36,6 +36,25 @@ def _interval(limit: Limit) -> tuple[int, int]:
     assert rate is not None
     interval = -(-rate[1] * _MS_NS // rate[0])
     return interval, interval * (limit.burst - 1)
+
+
+#: How late a job may be claimed after its reserved start and still use it (at least; one interval if longer).
+HELD_LATENESS_NS = 1_000 * _MS_NS
+
+
+def held_start(limit: Limit, doc: Mapping[str, Any], now: datetime) -> bool:
+    """Whether the start ``doc``'s job holds for ``limit``'s rate may be used at ``now``: its slot is ``run_at``.
+
+    Not before the slot (a run-now claim of a job whose start lies ahead,
+    which would start it unpaid beside the rate's other starts), and not
+    long after it (a job that waited for a free thread or a full cap would
+    start beside the fresh starts of its time): then it pays like any job.
+    """
+    run_at = doc.get("run_at")
+    if not isinstance(run_at, datetime):
+        return False
+    late = _ns(now) - _ns(run_at)
+    return 0 <= late < max(HELD_LATENESS_NS, _interval(limit)[0])
 
 
 def _ns(when: datetime) -> int:

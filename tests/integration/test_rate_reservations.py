@@ -12,8 +12,11 @@ import itertools
 from datetime import datetime, timedelta
 from typing import Any
 
+from pymongo.collection import Collection
+from pymongo.errors import AutoReconnect
+
 from mongo_job_queue.clock import utcnow
-from mongo_job_queue.model import LeaseOwner
+from mongo_job_queue.model import JobError, LeaseOwner
 from mongo_job_queue.store.limiter import RATE_SLOTS, limiter_id
 
 
@@ -48,3 +51,152 @@ def test_starts_reserved_for_jobs_another_claimer_took_go_to_other_waiting_jobs(
     spent = (raw_db.jobs_limiters.find_one({"_id": lid})["tat_ns"] - _ns(frozen)) // 50_000_000
     assert (spent, len(held)) == (12, 11), held
     assert [(y - x).total_seconds() for x, y in itertools.pairwise(held)] == [0.05] * 10  # one start per interval
+
+
+# -- Found by the adversarial review of the hand-off (each failed before its fix) ---------------------------------
+
+OWNER = LeaseOwner.current()
+
+
+def _setup(make_queue: Any, n: int) -> tuple[Any, list[Any]]:
+    now = [utcnow().replace(microsecond=0)]
+    q = make_queue(clock=lambda: now[0], sync_clock=False)
+    q.limit("api", job_types=["R"], rate="2/s")
+    q.enqueue_many([{"job_type": "R"} for _ in range(n)])
+    return q, now
+
+
+def test_a_run_now_claim_of_a_job_whose_reserved_start_lies_ahead_pays_the_rate(make_queue, raw_db) -> None:
+    """claim_job (run_job_now / eager / admin run now) claims due or not: a reserved job runs before its slot."""
+    q, now = _setup(make_queue, 3)
+    t0 = now[0]
+    first = q.store.jobs.claim_batch(["R"], ["default"], OWNER, 3)
+    assert len(first) == 1  # one start now, the two others reserved at t0+0.5 s and t0+1 s
+    reserved = list(raw_db.jobs.find({RATE_SLOTS: limiter_id("api", ""), "status": "pending"}))
+    assert sorted(d["run_at"] - t0 for d in reserved) == [timedelta(seconds=0.5), timedelta(seconds=1)]
+    got = [q.store.jobs.claim_job(d["_id"], OWNER) for d in reserved]  # still at t0
+    started = [d["started_at"] for d in raw_db.jobs.find({"status": "processing"})]
+    # Was: three starts at t0 under a rate of 2/s, burst 1 (got holds two claims; should be none).
+    assert [g is not None for g in got] == [False, False], started
+
+
+def test_a_job_moved_before_its_reserved_start_pays_the_rate(make_queue, raw_db) -> None:
+    """The admin UI's "run now" moved run_at and kept rate_slots: the job skipped the rate (a hand edit must
+    unset ``rate_slots`` too, docs/limits.rst)."""
+    from mongo_job_queue.contrib.admin.data import AdminJobs
+    from mongo_job_queue.contrib.admin.reads import AdminReads
+
+    q, _ = _setup(make_queue, 3)
+    assert len(q.store.jobs.claim_batch(["R"], ["default"], OWNER, 3)) == 1
+    pending = [d["_id"] for d in raw_db.jobs.find({"status": "pending"})]
+    assert AdminJobs(q.store, AdminReads(q.store)).run_now(pending) == 2
+    again = q.store.jobs.claim_batch(["R"], ["default"], OWNER, 3)
+    # Was: 2 more starts at t0 (3 at one instant, burst 1).
+    assert len(again) == 0, len(again)
+
+
+def test_reserved_starts_claimed_long_after_their_slot_pay_again_and_never_bunch(make_queue, raw_db) -> None:
+    """Workers busy past the slots (no free thread, a cap held): the held starts bunched with the fresh ones."""
+    q, now = _setup(make_queue, 4)
+    t0 = now[0]
+    assert len(q.store.jobs.claim_batch(["R"], ["default"], OWNER, 3)) == 1  # 1 start; t0+0.5 and t0+1 reserved
+    held = raw_db.jobs.count_documents({RATE_SLOTS: limiter_id("api", ""), "status": "pending"})
+    assert held == 2
+    now[0] = t0 + timedelta(seconds=10)  # no thread was free until now
+    burst = q.store.jobs.claim_batch(["R"], ["default"], OWNER, 10)
+    instants = {c.doc["started_at"] for c in burst}
+    # Was: 3 starts at t0+10 s, one instant, under rate 2/s burst 1.
+    assert len(burst) <= 1, (held, len(burst), instants)
+
+
+def test_a_retried_hand_off_whose_job_was_claimed_meanwhile_never_gives_the_start_twice(
+    make_queue, raw_db, monkeypatch
+) -> None:
+    """The give applied, its reply lost; before the retry another worker claims the job with that start.
+
+    The retry's check (run_at == slot and rate_slots holds the limiter) no longer matches, its
+    conditional write finds the job taken, so the start goes to the next job too: two jobs share one start.
+    """
+    base = utcnow().replace(microsecond=0)
+    clock_b = [base]
+    b = make_queue(clock=lambda: clock_b[0], sync_clock=False)
+    b.limit("api", job_types=["R"], rate="2/s")
+    b.enqueue_many([{"job_type": "R"} for _ in range(4)])
+    a_clock = [base]
+    a = make_queue(clock=lambda: a_clock[0], sync_clock=False)
+
+    real = Collection.update_one
+    stolen: list[Any] = []
+
+    def reply_lost(self: Any, flt: Any, update: Any, *args: Any, **kwargs: Any) -> Any:
+        result = real(self, flt, update, *args, **kwargs)
+        if not stolen and "$addToSet" in update and RATE_SLOTS in update["$addToSet"]:
+            slot = update["$set"]["run_at"]
+            a_clock[0] = slot  # another worker, at the slot: the job is due, its start reserved
+            stolen.extend(a.store.jobs.claim_batch(["R"], ["default"], OWNER, 1))
+            raise AutoReconnect("reply lost")
+        return result
+
+    monkeypatch.setattr(Collection, "update_one", reply_lost)
+    assert len(b.store.jobs.claim_batch(["R"], ["default"], OWNER, 4)) == 1  # one start; the rest reserved
+    monkeypatch.setattr(Collection, "update_one", real)
+    assert stolen, "the gate never fired"
+    slot = stolen[0].doc["run_at"]
+    rows = list(raw_db.jobs.find({}, {"run_at": 1, "status": 1, RATE_SLOTS: 1}))
+    same = [r for r in rows if r["run_at"] == slot]
+    # Later, at the slot, the other job given it is claimed too: two starts for one.
+    a_clock[0] = slot
+    more = a.store.jobs.claim_batch(["R"], ["default"], OWNER, 4)
+    # Was: two jobs were given the one start (one already ran with it).
+    assert len(same) == 1 and not more, (slot, rows, len(more))
+
+
+def test_a_claim_that_admits_nothing_clears_the_starts_a_job_held(make_queue, raw_db) -> None:
+    now = [utcnow().replace(microsecond=0)]
+    t0 = now[0]
+    q = make_queue(clock=lambda: now[0], sync_clock=False)
+    q.limit("api", job_types=["R"], rate="2/s")
+    q.enqueue_many([{"job_type": "R"} for _ in range(3)])
+    assert len(q.store.jobs.claim_batch(["R"], ["default"], OWNER, 3)) == 1
+    lid = limiter_id("api", "")
+    held = raw_db.jobs.find_one({RATE_SLOTS: lid, "status": "pending"})
+    assert held is not None
+    assert q.remove_limit("api")
+    now[0] = t0 + timedelta(seconds=2)
+    claimed = q.store.jobs.claim_job(held["_id"], OWNER)  # no limit in use: the plain claim
+    assert claimed is not None
+    err = JobError(type="E", message="boom", attempt=1, at=now[0], lease_token=claimed.token)
+    assert q.store.jobs.reschedule(claimed, now[0], err)  # its retry, due now
+    print("after retry", raw_db.jobs.find_one({"_id": held["_id"]}, {RATE_SLOTS: 1, "status": 1}))
+    q.limit("api", job_types=["R"], rate="2/s")
+    q.enqueue("R", {})
+    now[0] = t0 + timedelta(seconds=10)
+    got = q.store.jobs.claim_batch(["R"], ["default"], OWNER, 5)
+    ids = [c.doc["_id"] for c in got]
+    # Was: the retried job (stale rate_slots) and a fresh start both at t0+10 s: two at one instant.
+    assert len(got) <= 1, (len(got), held["_id"] in ids)
+
+
+def test_a_failing_reservation_still_returns_the_jobs_the_claim_took(make_queue, raw_db, monkeypatch) -> None:
+    now = [utcnow().replace(microsecond=0)]
+    q = make_queue(clock=lambda: now[0], sync_clock=False)
+    q.limit("api", job_types=["R"], rate="2/s")
+    q.enqueue_many([{"job_type": "R"} for _ in range(3)])
+    real = Collection.update_one
+
+    def outage(self: Any, flt: Any, update: Any, *args: Any, **kwargs: Any) -> Any:
+        if "$addToSet" in update and RATE_SLOTS in update.get("$addToSet", {}):
+            raise AutoReconnect("server gone for the reservation's writes")
+        return real(self, flt, update, *args, **kwargs)
+
+    monkeypatch.setattr(Collection, "update_one", outage)
+    got: list[Any] = []
+    raised: list[BaseException] = []
+    try:
+        got = q.store.jobs.claim_batch(["R"], ["default"], OWNER, 3)
+    except Exception as exc:
+        raised.append(exc)
+    monkeypatch.setattr(Collection, "update_one", real)
+    processing = raw_db.jobs.count_documents({"status": "processing"})
+    # Was broken if the claim raised while a job it took is processing: the caller has no handle on it.
+    assert not (raised and processing), (raised, processing, len(got))

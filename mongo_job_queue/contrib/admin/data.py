@@ -198,7 +198,12 @@ class AdminJobs:
         ids = list(ids)[:MAX_BULK]
         now = self.store.now()
         mark = f"{ObjectId()}:run_now"
-        update = {"$set": {"run_at": now, "updated_at": now}, "$push": {"admin_marks": {"$each": [mark], "$slice": -8}}}
+        # A start a rate reserved for the job is at its old run_at: moved now, the job pays its rates again.
+        update = {
+            "$set": {"run_at": now, "updated_at": now},
+            "$unset": {"rate_slots": ""},
+            "$push": {"admin_marks": {"$each": [mark], "$slice": -8}},
+        }
         query = {"_id": {"$in": ids}, "status": PENDING, "admin_marks": {"$ne": mark}}
 
         def marked() -> int:
