@@ -35,12 +35,18 @@ def run_key(claimed: ClaimedJob) -> RunKey:
 class InflightTable:
     """Runs claimed by this worker that are running, queued for a handler, or awaiting their completion write.
 
-    ``cond`` guards the table and is notified whenever a run leaves it, so
-    that ``stop()`` and the heartbeat thread can wait for it to empty.
+    ``cond`` guards the table and is notified whenever a run leaves its
+    handler slot, for the poller waiting for a free slot. ``emptied`` shares
+    its lock and is notified only when nothing is left in flight, for
+    ``stop()`` and a released heartbeat waiting for that: a busy worker's
+    other threads are not woken twice per job for nothing.
     """
 
     def __init__(self) -> None:
-        self.cond = threading.Condition()
+        #: The one lock of the table and of every condition waiting on it (re-entrant).
+        self.lock = threading.RLock()
+        self.cond = threading.Condition(self.lock)
+        self.emptied = threading.Condition(self.lock)
         self._runs: dict[RunKey, RunState] = {}
         # Finished runs whose completion is buffered in the group-commit
         # buffer: their leases are renewed until the write lands.
@@ -74,12 +80,17 @@ class InflightTable:
         with self.cond:
             return self._runs.get(key)
 
+    def _notify_if_empty(self) -> None:
+        if not self._runs and not self._acking:
+            self.emptied.notify_all()
+
     def remove(self, key: RunKey) -> None:
         with self.cond:
             self._runs.pop(key, None)
             self._slotless.discard(key)
             self._forget(key)
             self.cond.notify_all()
+            self._notify_if_empty()
 
     def begin_ack(self, claimed: ClaimedJob) -> None:
         with self.cond:
@@ -91,7 +102,7 @@ class InflightTable:
         with self.cond:
             self._acking.pop(key, None)
             self._forget(key)
-            self.cond.notify_all()
+            self._notify_if_empty()  # a buffered completion never held a slot: the poller has nothing to see
 
     def running(self) -> list[RunState]:
         with self.cond:
@@ -130,7 +141,7 @@ class InflightTable:
     def wait_idle(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for the table to empty; True if it did."""
         with self.cond:
-            return self.cond.wait_for(lambda: not self._runs and not self._acking, timeout=timeout)
+            return self.emptied.wait_for(lambda: not self._runs and not self._acking, timeout=timeout)
 
     def clear(self) -> None:
         """Forget every run (in a forked child, whose parent's runs are not its own)."""
@@ -140,6 +151,7 @@ class InflightTable:
             self._order.clear()
             self._slotless.clear()
             self.cond.notify_all()
+            self.emptied.notify_all()
 
 
 def log_job(

@@ -45,6 +45,13 @@ class LeaseKeeper:
     def __post_init__(self) -> None:
         self._wanted = False
         self._thread: Optional[threading.Thread] = None
+        # Wakes the thread for a start, a release or a new config; the runs coming and going do not.
+        self._wake = threading.Condition(self.table.lock)
+
+    def _notify(self) -> None:
+        """Wake the thread wherever it waits (the caller holds the table's lock)."""
+        self._wake.notify_all()
+        self.table.emptied.notify_all()
 
     # -- the thread ---------------------------------------------------------
 
@@ -55,13 +62,13 @@ class LeaseKeeper:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name=f"{self.name}-leases", daemon=True)
                 self._thread.start()
-            self.table.cond.notify_all()
+            self._notify()
 
     def release(self) -> None:
         """Let the thread end once no run is left to renew."""
         with self.table.cond:
             self._wanted = False
-            self.table.cond.notify_all()
+            self._notify()
 
     @property
     def thread(self) -> Optional[threading.Thread]:
@@ -79,7 +86,7 @@ class LeaseKeeper:
         """Beat at the new config's interval from now on (it also sets the lease each renewal grants)."""
         with self.table.cond:
             self.config = config
-            self.table.cond.notify_all()  # a beat due sooner under the new interval is not slept through
+            self._notify()  # a beat due sooner under the new interval is not slept through
 
     def _interval(self) -> float:
         return self.config.heartbeat_interval_ms / 1000
@@ -107,7 +114,8 @@ class LeaseKeeper:
                     left = beat + self._delay(failures) - time.monotonic()
                     if left <= 0:
                         break
-                    self.table.cond.wait(left)
+                    # Released, it waits for the table to empty; wanted, only for its next beat.
+                    (self.table.emptied if not self._wanted else self._wake).wait(left)
 
     def _delay(self, failures: int) -> float:
         """Seconds from one beat to the next: the interval, shorter while renewals fail."""
