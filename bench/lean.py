@@ -109,6 +109,7 @@ def _spread(xs: list[float]) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.lean", description=__doc__.split("\n\n")[0])
+    p.add_argument("--uri", default=os.environ.get("MONGODB_URI"), help="a real server instead of the embedded one")
     p.add_argument("--jobs", type=int, default=300)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--only", choices=("mjq", "limit"), help="drain this contender alone")
@@ -121,9 +122,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         count_thread_cpu()
     write_profile = profile_threads(args.profile) if args.profile else None
     rounds: list[dict[str, Any]] = []
-    with database(None) as (uri, _, server_pid):
+    with database(args.uri) as (uri, _, server_pid):
         control: MongoClient[dict[str, Any]] = MongoClient(uri)
-        ctx = Context(uri=uri, db_name="mjq_bench_lean", control=control, server_pid=server_pid)
+        ctx = Context(uri=uri, db_name=f"mjq_bench_lean_{os.getpid()}", control=control, server_pid=server_pid)
         contenders: list[Contender] = []
         if args.only != "limit":
             contenders.append(MjqContender(ctx, "default", json.loads(args.config)))
