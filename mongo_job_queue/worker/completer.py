@@ -7,10 +7,11 @@ to an :class:`AckBuffer`:
 A handler thread hands its finished job to the buffer and takes the next
 job at once; one flusher thread writes all completions that arrived while
 its previous bulk write was in flight, in one bulk write (each update fenced
-by its own lease token). Nothing waits on a timer: when the queue is quiet a
-completion is written immediately, and under load the batches grow by
-themselves, which is how River gets its batched-completion speed without
-delaying any job by more than one round trip.
+by its own lease token; a flush of one is that one fenced write). Nothing
+waits on a timer: when the queue is quiet a completion is written
+immediately, and under load the batches grow by themselves, which is how
+River gets its batched-completion speed without delaying any job by more
+than one round trip.
 
 Completions still in the buffer when the process dies are simply not
 recorded: their jobs stay ``processing`` until lease expiry and run again,
@@ -96,9 +97,15 @@ class AckBuffer:
         the rest of the flush unwritten nor leave a job in the in-flight
         acknowledgement set, whose lease would then be renewed forever.
         """
-        written: set[RunKey] = set()
+        known: dict[RunKey, bool] = {}
         try:
-            written = self.store.jobs.complete_many(batch)
+            if len(batch) == 1:
+                # Nothing to group (a quiet queue, concurrency 1): the single write costs
+                # less than a bulk write of one, and tells a lost lease itself.
+                claimed, result = batch[0]
+                known[run_key(claimed)] = self.store.jobs.complete(claimed, result)
+            else:
+                known = dict.fromkeys(self.store.jobs.complete_many(batch), True)
         except BaseException:  # fall back to one write per job below
             self.log.warning(
                 "batched completion of %d job(s) failed; writing them one by one", len(batch), exc_info=True
@@ -106,9 +113,11 @@ class AckBuffer:
         for claimed, result in batch:
             outcome: Optional[bool] = None
             try:
-                # Not in ``written``: lost lease, or a write the server
-                # rejected; the single write tells which (and raises for the latter).
-                outcome = True if run_key(claimed) in written else self.store.jobs.complete(claimed, result)
+                # Not known: lost lease, or a write the server rejected;
+                # the single write tells which (and raises for the latter).
+                outcome = known.get(run_key(claimed))
+                if outcome is None:
+                    outcome = self.store.jobs.complete(claimed, result)
             except BaseException:  # the lease expires and the job runs again
                 self.log.exception(
                     "could not record the completion of job %s", claimed.id, extra=job_log_extra(claimed.doc)

@@ -35,12 +35,20 @@ def run_key(claimed: ClaimedJob) -> RunKey:
 class InflightTable:
     """Runs claimed by this worker that are running, queued for a handler, or awaiting their completion write.
 
-    ``cond`` guards the table and is notified whenever a run leaves it, so
-    that ``stop()`` and the heartbeat thread can wait for it to empty.
+    ``cond`` guards the table and is notified whenever a run leaves its
+    handler slot, for the poller waiting for a free slot. ``emptied`` shares
+    its lock and is notified only when nothing is left in flight, for
+    ``stop()`` and a released heartbeat waiting for that: a busy worker's
+    other threads are not woken twice per job for nothing.
     """
 
     def __init__(self) -> None:
-        self.cond = threading.Condition()
+        #: The one lock of the table and of every condition waiting on it (re-entrant).
+        self.lock = threading.RLock()
+        self.cond = threading.Condition(self.lock)
+        self.emptied = threading.Condition(self.lock)
+        #: The heartbeat's own wake-up (a start, a release, a new config), on the same lock.
+        self.beat = threading.Condition(self.lock)
         self._runs: dict[RunKey, RunState] = {}
         # Finished runs whose completion is buffered in the group-commit
         # buffer: their leases are renewed until the write lands.
@@ -74,12 +82,17 @@ class InflightTable:
         with self.cond:
             return self._runs.get(key)
 
+    def _notify_if_empty(self) -> None:
+        if not self._runs and not self._acking:
+            self.emptied.notify_all()
+
     def remove(self, key: RunKey) -> None:
         with self.cond:
             self._runs.pop(key, None)
             self._slotless.discard(key)
             self._forget(key)
             self.cond.notify_all()
+            self._notify_if_empty()
 
     def begin_ack(self, claimed: ClaimedJob) -> None:
         with self.cond:
@@ -91,7 +104,7 @@ class InflightTable:
         with self.cond:
             self._acking.pop(key, None)
             self._forget(key)
-            self.cond.notify_all()
+            self._notify_if_empty()  # a buffered completion never held a slot: the poller has nothing to see
 
     def running(self) -> list[RunState]:
         with self.cond:
@@ -130,16 +143,19 @@ class InflightTable:
     def wait_idle(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for the table to empty; True if it did."""
         with self.cond:
-            return self.cond.wait_for(lambda: not self._runs and not self._acking, timeout=timeout)
+            return self.emptied.wait_for(lambda: not self._runs and not self._acking, timeout=timeout)
 
     def clear(self) -> None:
-        """Forget every run, in a forked child (its parent's runs are not its own), with a fresh condition.
+        """Forget every run, in a forked child (its parent's runs are not its own), with a fresh lock.
 
-        Not by taking the condition: a parent thread (the heartbeat, which
-        can outlive ``stop()`` for an abandoned handler's limiter slots) may
-        have held it at the fork, and in the child nobody would release it.
+        Not by taking the lock: a parent thread (the heartbeat, which can
+        outlive ``stop()`` for an abandoned handler's limiter slots) may have
+        held it at the fork, and in the child nobody would release it.
         """
-        self.cond = threading.Condition()
+        self.lock = threading.RLock()
+        self.cond = threading.Condition(self.lock)
+        self.emptied = threading.Condition(self.lock)
+        self.beat = threading.Condition(self.lock)
         self._runs.clear()
         self._acking.clear()
         self._order.clear()

@@ -50,6 +50,15 @@ class LeaseKeeper:
         self._wanted = False
         self._thread: Optional[threading.Thread] = None
 
+    def _notify(self) -> None:
+        """Wake the thread wherever it waits (the caller holds the table's lock): a start, a release, a new config.
+
+        The table's ``beat`` condition, not ``cond``: the runs coming and going do not wake it. It lives on
+        the table, so a forked child's fresh table lock comes with a fresh one.
+        """
+        self.table.beat.notify_all()
+        self.table.emptied.notify_all()
+
     # -- the thread ---------------------------------------------------------
 
     def start(self) -> None:
@@ -59,13 +68,13 @@ class LeaseKeeper:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name=f"{self.name}-leases", daemon=True)
                 self._thread.start()
-            self.table.cond.notify_all()
+            self._notify()
 
     def release(self) -> None:
         """Let the thread end once no run is left to renew."""
         with self.table.cond:
             self._wanted = False
-            self.table.cond.notify_all()
+            self._notify()
 
     @property
     def thread(self) -> Optional[threading.Thread]:
@@ -94,7 +103,7 @@ class LeaseKeeper:
         """Beat at the new config's interval from now on (it also sets the lease each renewal grants)."""
         with self.table.cond:
             self.config = config
-            self.table.cond.notify_all()  # a beat due sooner under the new interval is not slept through
+            self._notify()  # a beat due sooner under the new interval is not slept through
 
     def _interval(self) -> float:
         return self.config.heartbeat_interval_ms / 1000
@@ -122,7 +131,8 @@ class LeaseKeeper:
                     left = beat + self._delay(failures) - time.monotonic()
                     if left <= 0:
                         break
-                    self.table.cond.wait(left)
+                    # Released, it waits for the table to empty; wanted, only for its next beat.
+                    (self.table.emptied if not self._wanted else self.table.beat).wait(left)
 
     def _delay(self, failures: int) -> float:
         """Seconds from one beat to the next: the interval, shorter while renewals fail."""

@@ -103,3 +103,23 @@ def test_tiny_bench_runs_over_the_wire_and_writes_every_figure(mongodb_uri: str,
     assert idle["stats"]["n"] == 2 and idle["stats"]["min"] >= 0 and idle["window_s"] > 0, idle
     rss = _ok(figures, "worker_rss", LIBRARY)
     assert len(rss) == 2 and all(e["stats"]["median"] > 0 for e in rss)
+
+
+def test_the_concurrency_1_bench_runs_over_the_wire(mongodb_uri: str, tmp_path: Path) -> None:
+    out = tmp_path / "lean.json"
+    args = ["--uri", mongodb_uri, "--jobs", "10", "--rounds", "2", "--threads", "--json", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.lean", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "worker CPU per job / the bare loop's" in proc.stdout
+    assert "thread mjq poller" in proc.stdout
+    rounds = json.loads(out.read_text())["rounds"]
+    assert len(rounds) == 2
+    for row in rounds:
+        assert row[LIBRARY]["jobs_s"] > 0 and row[LIBRARY]["cpu_us"] > 0
+        assert row[LIMIT]["jobs_s"] > 0 and row[LIMIT]["cpu_us"] > 0

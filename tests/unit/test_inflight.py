@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from bson import ObjectId
+from typing import Any
 
+from bson import ObjectId
+from helpers import holds_for, wait_until
+
+from mongo_job_queue.config import load_config
+from mongo_job_queue.middleware import MiddlewareChain
 from mongo_job_queue.store import ClaimedJob
+from mongo_job_queue.store.leases import Heartbeat
 from mongo_job_queue.worker.inflight import InflightTable, run_key
+from mongo_job_queue.worker.leases import LeaseKeeper
 
 
 def _claim(job_id: ObjectId, token: str) -> ClaimedJob:
@@ -54,3 +61,52 @@ def test_the_newest_run_s_token_is_renewed_whichever_run_s_completion_was_buffer
     assert table.leases() == {job_id: "old"}  # only the stale run is left: its renewal reports it lost
     table.end_ack(run_key(old))
     assert table.leases() == {} and not table.busy()
+
+
+class _Store:
+    """Just enough of a store for a heartbeat: every renewal keeps every lease."""
+
+    class jobs:
+        @staticmethod
+        def heartbeat(leases: Any, progress: Any = None, claims: Any = None) -> Heartbeat:
+            return Heartbeat(set(), set())
+
+    limits = None
+
+
+def test_runs_coming_and_going_do_not_wake_the_heartbeat() -> None:
+    # A busy worker adds and removes a run per job: the heartbeat beats at its interval, nothing
+    # more, so it must not be woken each time (it was, twice per job, for a wait it resumed at once).
+    table = InflightTable()
+    keeper = LeaseKeeper(_Store(), table, load_config({"heartbeat_interval_ms": 60_000}), MiddlewareChain(None))  # type: ignore[arg-type]
+    waits = []
+    delay = keeper._delay
+    keeper._delay = lambda failures: waits.append(failures) or delay(failures)  # type: ignore[method-assign]
+    keeper.start()
+    try:
+        wait_until(lambda: waits, timeout=10, what="the heartbeat waiting for its next beat")
+        settled = len(waits)
+        for n in range(20):
+            claimed = _claim(ObjectId(), f"t{n}")
+            table.add(claimed)
+            table.begin_ack(claimed)
+            table.remove(run_key(claimed))
+            table.end_ack(run_key(claimed))
+        holds_for(lambda: len(waits) == settled, 0.5, what="the heartbeat left asleep")
+    finally:
+        keeper.release()
+    wait_until(lambda: keeper.thread is None, timeout=10, what="a released heartbeat ending once the table is empty")
+
+
+def test_a_released_heartbeat_ends_when_the_last_buffered_completion_lands() -> None:
+    table = InflightTable()
+    keeper = LeaseKeeper(_Store(), table, load_config({"heartbeat_interval_ms": 60_000}), MiddlewareChain(None))  # type: ignore[arg-type]
+    claimed = _claim(ObjectId(), "t")
+    table.add(claimed)
+    keeper.start()
+    table.begin_ack(claimed)
+    table.remove(run_key(claimed))
+    keeper.release()
+    holds_for(lambda: keeper.thread is not None, 0.2, what="the heartbeat kept while a completion is buffered")
+    table.end_ack(run_key(claimed))
+    wait_until(lambda: keeper.thread is None, timeout=10, what="the heartbeat ending with the table empty")

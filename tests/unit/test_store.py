@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Callable
@@ -423,6 +424,21 @@ def test_retries_stop_after_db_retry_attempts(queue: Any, monkeypatch: pytest.Mo
     assert len(sleeps) == 2
     assert all(0 <= s <= 2 for s in sleeps)
     assert raw_docs() == before
+
+
+def test_retry_warnings_count_every_try(
+    queue: Any, monkeypatch: pytest.MonkeyPatch, sleeps: list[float], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The first try runs outside tenacity (a fast path): its failure is still try 1 of the count.
+    queue.enqueue("t")
+    claimed = _claim(queue)
+    _flaky(monkeypatch, "update_one", [AutoReconnect("down 0"), AutoReconnect("down 1")])
+    with caplog.at_level(logging.WARNING):
+        assert queue.store.jobs.complete(claimed) is True
+    tries = [r.getMessage() for r in caplog.records if "transient database error" in r.getMessage()]
+    assert [t.split("(")[1].split(")")[0] for t in tries] == ["try 1 of 3", "try 2 of 3"]
+    assert "down 0" in tries[0] and "down 1" in tries[1]
+    assert len(sleeps) == 2
 
 
 def test_claim_retry_finds_the_job_its_first_try_claimed(
