@@ -71,7 +71,10 @@ class _Store:
         def heartbeat(leases: Any, progress: Any = None, claims: Any = None) -> Heartbeat:
             return Heartbeat(set(), set())
 
-    limits = None
+    class limits:
+        @staticmethod
+        def keeping() -> bool:
+            return False  # no abandoned handler holds limiter slots
 
 
 def test_runs_coming_and_going_do_not_wake_the_heartbeat() -> None:
