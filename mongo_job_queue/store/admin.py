@@ -196,7 +196,8 @@ class Admin:
         def update(status: str) -> dict[str, Any]:
             return {
                 "$set": {"status": status, "run_at": now, "attempts": 0, "updated_at": now},
-                "$unset": {"finished_at": "", "lease_expires_at": "", "cancel_requested": ""},
+                # rate_slots: a start a rate reserved before a cancel is at the old run_at, not now.
+                "$unset": {"finished_at": "", "lease_expires_at": "", "cancel_requested": "", "rate_slots": ""},
                 "$push": {"admin_marks": {"$each": [mark], "$slice": -KEPT_MARKS}},
             }
 

@@ -21,6 +21,7 @@ from typing import Any, Optional
 from ..limits import MUTEX, Limit
 from ..model import LeaseOwner
 from ..status import PROCESSING
+from . import rates
 from .handle import JobStore
 from .leases import ClaimedJob
 from .limiter import RATE_SLOTS, Admission, Limiter, RateRefusal
@@ -178,7 +179,17 @@ class LimitedClaims:
     def _give(
         self, filt: Mapping[str, Any], lid: str, docs: Sequence[dict[str, Any]], slots: list[datetime]
     ) -> list[datetime]:
-        """Give ``slots`` in order to ``docs`` still as read and with no start of ``lid`` reserved; the slots left."""
+        """Give ``slots`` in order to ``docs`` still as read (their ``run_at`` too); the slots left.
+
+        A job's ``run_at`` is the slot of every start it holds: a claimer that
+        reserved for it since the read moved it, so the write matches nothing
+        and the start goes to the next job (never two starts of one rate to
+        one job). A start of ``lid`` it held and could no longer use (claimed
+        too late, :func:`.rates.held_start`) is replaced; one of another rate
+        is kept only if the new slot is within :data:`.rates.HELD_LATENESS_NS`
+        of the old, else that rate is paid again at the new slot: a held
+        start is never used later than that.
+        """
         store = self._store
         for doc in docs:
             if not slots:
@@ -188,8 +199,11 @@ class LimitedClaims:
             def give(doc: dict[str, Any] = doc, slot: datetime = slot) -> bool:
                 nonlocal tries
                 tries += 1
-                mine = {**_unchanged(filt, doc), RATE_SLOTS: {"$ne": lid}}
-                update = {"$set": {"run_at": slot}, "$addToSet": {RATE_SLOTS: lid}}
+                old = doc.get("run_at")
+                near = isinstance(old, datetime) and (slot - old).total_seconds() * 1e9 < rates.HELD_LATENESS_NS
+                kept = [m for m in doc.get(RATE_SLOTS) or [] if m != lid and near]
+                mine = {**_unchanged(filt, doc), "run_at": old}
+                update = {"$set": {"run_at": slot, RATE_SLOTS: [*kept, lid]}}
                 # A try after the first may follow one that applied, its reply lost, and the job claimed since
                 # (the claim clears the mark): nothing proves it did not, so the start counts as given. Never
                 # to a second job: the rate would over-spend; at worst it is unused.
