@@ -184,7 +184,10 @@ def test_a_run_requeued_at_exit_keeps_its_slots_until_it_is_due_again(make_queue
         requeued = raw_db.jobs.find_one({"_id": job.id})
         assert requeued["status"] == "pending"
         (holder,) = holders(raw_db)  # kept, not released at once: the exiting process may still run the handler
-        assert abs((holder["until"] - requeued["run_at"]).total_seconds()) < 0.5  # it lapses when the job is due
+        # It lapses when the job is due; or up to a lease later, when a heartbeat's renewal, read before the
+        # requeue, lands after it (seen in a parallel run: 1 s later). Never before: that is what matters.
+        lapses_after = (holder["until"] - requeued["run_at"]).total_seconds()
+        assert -0.5 < lapses_after <= queue.config.lease_ms / 1000, lapses_after
     finally:
         gate.set()
     wait_until(lambda: not holders(raw_db), timeout=5, what="released once the handler returned")
