@@ -1,0 +1,57 @@
+"""Redis limit hints: the bounds they promise (how long a hint delays, which hints are read, what Redis may cost).
+
+Against the real Redis (127.0.0.1:6379, keys under a prefix of each test's
+own), with the library's own polling where the delay is what is measured.
+"""
+
+from __future__ import annotations
+
+import calendar
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from helpers import wait_until
+from redis_support import forget, fresh_prefix, shared_client
+
+from mongo_job_queue.store.limiter import limiter_id
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[tuple[Any, str]]:
+    client = shared_client()
+    prefix = fresh_prefix()
+    yield client, prefix
+    forget(client, prefix)
+
+
+def ms(when: Any) -> int:
+    return calendar.timegm(when.utctimetuple()) * 1000 + when.microsecond // 1000
+
+
+@pytest.mark.parametrize("base_ms", [1000, 3000])  # 1000: the default
+def test_a_claim_that_skipped_on_a_hint_looks_again_within_half_a_second_whatever_the_base(
+    make_queue, redis_prefix, base_ms
+) -> None:
+    from mongo_job_queue.contrib.redis import RedisLimitHints
+
+    client, prefix = redis_prefix
+    queue = make_queue(poll_interval_base_ms=base_ms, poll_interval_max_ms=30_000)
+    queue.limit("solo", key="organization", max_running=1)
+    queue.add_limit_hints(RedisLimitHints(client, prefix=prefix))  # ttl_ms=1000, the default
+    bound = queue.store.limits.hints
+    started: list[Any] = []
+    queue.register_handler("O", lambda job: started.append(queue.store.now()))
+    queue.start_polling()
+    wait_until(lambda: queue.worker._idle.is_set(), timeout=10, what="the poller idle")
+    lid = limiter_id("solo", "acme")
+    set_at = queue.store.now()
+    client.set(bound.key("f", lid), ms(set_at), px=60_000)  # a lie, trusted until set_at + 1 s
+    time.sleep(0.85)  # the setup of the case: the claim meets the hint near the end of its trust window
+    queue.enqueue("O", {}, organization="acme")  # wakes the poller; its claim skips on the hint
+    wait_until(lambda: started, timeout=10, what="the job ran")
+    after_trust = (started[0] - set_at).total_seconds() - 1.0
+    assert after_trust <= 0.5 + 0.15, after_trust  # 0.5 s, and the claim's own time
