@@ -107,7 +107,7 @@ def test_the_scripts_keep_a_release_over_a_late_full_and_the_greatest_rate(clien
     bound.saw_full(["a"], now)  # observed before the release, written after it: not kept
     assert "a" not in bound.look(["a"], later)
     bound.saw_full(["a"], later + timedelta(milliseconds=1))  # a refusal after the release is kept
-    assert bound.look(["a"], later)["a"].full
+    assert bound.look(["a"], later + timedelta(milliseconds=1))["a"].full
     bound.freed(["b"], now - timedelta(milliseconds=5))  # a release older than the full hint leaves it
     assert bound.look(["b"], now)["b"].full
 

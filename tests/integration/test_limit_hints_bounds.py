@@ -9,6 +9,7 @@ from __future__ import annotations
 import calendar
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -55,3 +56,14 @@ def test_a_claim_that_skipped_on_a_hint_looks_again_within_half_a_second_whateve
     wait_until(lambda: started, timeout=10, what="the job ran")
     after_trust = (started[0] - set_at).total_seconds() - 1.0
     assert after_trust <= 0.5 + 0.15, after_trust  # 0.5 s, and the claim's own time
+
+
+def test_a_full_hint_stamped_ahead_without_expiry_is_trusted_no_longer_than_the_window(redis_prefix) -> None:
+    from mongo_job_queue.contrib.redis import RedisLimitHints
+
+    client, prefix = redis_prefix
+    bound = RedisLimitHints(client, prefix=prefix, ttl_ms=1000).bind("db.jobs", 60_000)
+    now = datetime(2030, 1, 1)
+    client.set(bound.key("f", "L"), ms(now + timedelta(milliseconds=1000)))  # by hand, or a clock ahead
+    trusted = [t for t in range(0, 3000, 50) if "L" in bound.look(["L"], now + timedelta(milliseconds=t))]
+    assert trusted and trusted[-1] - trusted[0] <= 1000, (trusted[0], trusted[-1])

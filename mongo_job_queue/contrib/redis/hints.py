@@ -12,9 +12,10 @@ answered:
 * ``r``, *rate opens at*: a lower bound of the rate's next start, after a
   spend or a reservation, kept as the greatest seen (the GCRA state only grows).
 
-Every key lives at most ``ttl_ms`` (capped by the lease), and a value older
-(or further ahead) than that is ignored even if it never expires: a hint
-that lies delays a job by at most that long. A hint never admits: MongoDB's
+Every key lives at most ``ttl_ms`` (capped by the lease), and a value is
+trusted at most that long even if it never expires (a full stamp from its
+stamp on, a rate's opening when at most that far ahead): a hint that lies
+delays a job by at most that long. A hint never admits: MongoDB's
 conditional update stays the only admission (see :mod:`mongo_job_queue.store.limit_hints`).
 Redis unreachable or slow (a call past the client's ``socket_timeout``):
 the claims ask MongoDB only, for :data:`PAUSE_AFTER_ERROR_S`, then try
@@ -175,7 +176,9 @@ class BoundHints:
         values: list[Any] = self.source._call("read", lambda: self.source.client.mget(keys), [])
         now_ms, ttl, found = _ms(now), self.ttl_ms, {}
         for lid, full, opens in zip(ids, values[0::2], values[1::2], strict=False):
-            known_full = _within(full, now_ms - ttl, now_ms + ttl) is not None
+            # Trusted ttl_ms from its stamp, not before it (a stamp ahead, set by hand or by a clock ahead,
+            # would otherwise be trusted from ttl_ms before it: twice the window).
+            known_full = _within(full, now_ms - ttl, now_ms) is not None
             # Written at most ttl_ms ahead: one further ahead (set by hand, say) is not trusted at all.
             opens_ms = _within(opens, now_ms + 1, now_ms + ttl)
             if known_full or opens_ms is not None:
