@@ -12,10 +12,13 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
+import mongoengine
 import pytest
 from helpers import wait_until
 from redis_support import forget, fresh_prefix, shared_client
 
+from mongo_job_queue import BaseJob, create_job_queue
+from mongo_job_queue.dev.embedded import EmbeddedMongo
 from mongo_job_queue.store.limiter import limiter_id
 
 pytestmark = pytest.mark.integration
@@ -67,3 +70,32 @@ def test_a_full_hint_stamped_ahead_without_expiry_is_trusted_no_longer_than_the_
     client.set(bound.key("f", "L"), ms(now + timedelta(milliseconds=1000)))  # by hand, or a clock ahead
     trusted = [t for t in range(0, 3000, 50) if "L" in bound.look(["L"], now + timedelta(milliseconds=t))]
     assert trusted and trusted[-1] - trusted[0] <= 1000, (trusted[0], trusted[-1])
+
+
+class OtherDeploymentJob(BaseJob):
+    """The same database and collection names as the tests' jobs, on another server."""
+
+    meta = {"collection": "jobs", "db_alias": "mjq-hints-other-deployment"}
+
+
+def test_two_deployments_with_the_same_names_never_read_each_others_hints(make_queue, db_name, redis_prefix) -> None:
+    from mongo_job_queue.contrib.redis import RedisLimitHints
+
+    client, prefix = redis_prefix
+    here = make_queue()
+    here.add_limit_hints(RedisLimitHints(client, prefix=prefix))
+    again = make_queue()  # another worker of the same deployment: the same hints
+    again.add_limit_hints(RedisLimitHints(client, prefix=prefix))
+    with EmbeddedMongo() as server:
+        alias = OtherDeploymentJob._meta["db_alias"]
+        mongoengine.connect(db=db_name, host=server.uri, alias=alias, uuidRepresentation="standard")
+        try:
+            there = create_job_queue(job_model=OtherDeploymentJob)
+            there.add_limit_hints(RedisLimitHints(client, prefix=prefix))
+            mine, theirs = here.store.limits.hints, there.store.limits.hints
+            now = here.store.now()
+            mine.saw_full(["L"], now)
+            assert again.store.limits.hints.look(["L"], now)["L"].full
+            assert theirs.look(["L"], now) == {}, (mine.base, theirs.base)
+        finally:
+            mongoengine.disconnect(alias)

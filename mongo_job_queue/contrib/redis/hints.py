@@ -1,8 +1,9 @@
 """Limit hints in Redis: "full" and "rate opens at" per limiter, so contended claims skip MongoDB round trips.
 
 ``queue.add_limit_hints(RedisLimitHints(client))``. Per limiter document
-(``<prefix>{<database>.<jobs>}:<kind>:<limiter id>``, one hash slot per
-jobs collection) three short-lived keys, each written only after MongoDB
+(``<prefix>{<database>.<jobs>/<id>}:<kind>:<limiter id>``, one hash slot per
+jobs collection, the id its own random one so namesakes on other
+deployments never meet) three short-lived keys, each written only after MongoDB
 answered:
 
 * ``f``, *full*: the time (server time, ms) a push was refused or filled a
@@ -97,7 +98,8 @@ class RedisLimitHints:
 
     Args:
         client: A redis-py client. The hints use a copy of its connection pool with ``timeout_s``.
-        prefix: Key prefix.
+        prefix: Key prefix (the jobs collection's names and random id follow it): one of their own for the
+            workers of a copy of the database (a restore), or to fit an ACL's key pattern.
         ttl_ms: The longest a hint is trusted (also capped by the queue's ``lease_ms``): what a stale or
             wrong hint can delay a job by. Hints matter for the moment between a claim's read of the limiters
             and its admissions, so a short one loses little.
