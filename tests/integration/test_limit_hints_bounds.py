@@ -7,6 +7,7 @@ own), with the library's own polling where the delay is what is measured.
 from __future__ import annotations
 
 import calendar
+import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -15,7 +16,7 @@ from typing import Any
 import mongoengine
 import pytest
 from helpers import wait_until
-from redis_support import forget, fresh_prefix, shared_client
+from redis_support import RedisServer, forget, fresh_prefix, shared_client
 
 from mongo_job_queue import BaseJob, create_job_queue
 from mongo_job_queue.dev.embedded import EmbeddedMongo
@@ -99,3 +100,32 @@ def test_two_deployments_with_the_same_names_never_read_each_others_hints(make_q
             assert theirs.look(["L"], now) == {}, (mine.base, theirs.base)
         finally:
             mongoengine.disconnect(alias)
+
+
+def test_a_frozen_redis_behind_a_pool_subclass_holds_a_claim_no_longer_than_the_timeout(make_queue) -> None:
+    redis = pytest.importorskip("redis")
+    from mongo_job_queue.contrib.redis import RedisLimitHints
+
+    class MetricsPool(redis.ConnectionPool):  # type: ignore[misc]
+        """Any subclass (a pool with metrics, say)."""
+
+    server = RedisServer()
+    server.start()
+    try:
+        queue = make_queue()
+        queue.limit("per-org", key="organization", max_running=2)
+        client = redis.Redis(connection_pool=MetricsPool(port=server.port))  # no socket timeout of its own
+        queue.add_limit_hints(RedisLimitHints(client))
+        queue.register_handler("O", lambda job: None)
+        queue.enqueue_many({"job_type": "O", "organization": "a"} for _ in range(4))
+        queue.run_once()
+        server.freeze()
+        thaw = threading.Timer(3.0, server.thaw)
+        thaw.start()
+        began = time.monotonic()
+        queue.run_once()
+        stalled = time.monotonic() - began
+        thaw.cancel()
+    finally:
+        server.stop()
+    assert stalled < 1.5, stalled  # timeout_s (0.25 s) and the claim, not the 3 s of the freeze

@@ -33,10 +33,9 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Optional, TypeVar
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from ...store.limit_hints import Hint
+from .bounds import bounded
 
 __all__ = ["PAUSE_AFTER_ERROR_S", "WARN_EVERY_S", "RedisLimitHints"]
 
@@ -104,8 +103,10 @@ class RedisLimitHints:
             wrong hint can delay a job by. Hints matter for the moment between a claim's read of the limiters
             and its admissions, so a short one loses little.
         timeout_s: The socket and connect timeouts of the hints' calls, with no retries: a claim waits for
-            a frozen or unreachable Redis at most that long, once per :data:`PAUSE_AFTER_ERROR_S`. None keeps
-            the client's own (a pool that cannot be copied, such as Sentinel's or a test double, is kept too).
+            a frozen or unreachable Redis at most that long, once per :data:`PAUSE_AFTER_ERROR_S`. Applied to
+            a copy of the client's pool of the same kind and settings (any ``ConnectionPool``, blocking or
+            Sentinel's); a client whose pool cannot be copied (a cluster client, a pool with a constructor
+            of its own) is kept as it is, with a warning. None keeps the client's own.
     """
 
     def __init__(
@@ -118,7 +119,15 @@ class RedisLimitHints:
     ) -> None:
         if ttl_ms < 1:
             raise ValueError(f"ttl_ms must be at least 1, got {ttl_ms!r}")
-        client = client if timeout_s is None else _bounded(client, timeout_s)
+        if timeout_s is not None:
+            copy = bounded(client, timeout_s)
+            if copy is None:
+                log.warning(
+                    "Redis limit hints: timeout_s=%s not applied to a %s (its pool cannot be copied); a claim may"
+                    " wait for a frozen Redis as long as the client's own socket timeout allows",
+                    timeout_s, type(client).__name__,
+                )  # fmt: skip
+            client = client if copy is None else copy
         self.client = client
         self.prefix = prefix
         self.ttl_ms = ttl_ms
@@ -203,20 +212,6 @@ class BoundHints:
         if opens > now_ms:
             args = [opens, opens - now_ms]
             self.source._call("write", lambda: self.source._saw_rate(keys=[self.key("r", lid)], args=args), None)
-
-
-def _bounded(client: Any, timeout_s: float) -> Any:
-    """A client on a copy of ``client``'s pool whose calls time out after ``timeout_s``, with no retries.
-
-    redis-py's defaults have no socket timeout and retry 3 times: a frozen
-    Redis would hold every claim for as long as it is frozen.
-    """
-    pool: Any = getattr(client, "connection_pool", None)
-    if type(pool) not in (redis.ConnectionPool, redis.BlockingConnectionPool):
-        return client
-    bounds = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s, "retry": Retry(NoBackoff(), 0)}
-    copy = type(pool)(connection_class=pool.connection_class, **{**pool.connection_kwargs, **bounds})
-    return redis.Redis(connection_pool=copy)
 
 
 def _within(raw: Any, low: int, high: int) -> Optional[int]:
