@@ -7,6 +7,7 @@ own), with the library's own polling where the delay is what is measured.
 from __future__ import annotations
 
 import calendar
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from typing import Any
 import mongoengine
 import pytest
 from helpers import wait_until
-from redis_support import RedisServer, forget, fresh_prefix, shared_client
+from redis_support import RedisServer, SlowProxy, forget, fresh_prefix, shared_client
 
 from mongo_job_queue import BaseJob, create_job_queue
 from mongo_job_queue.dev.embedded import EmbeddedMongo
@@ -129,3 +130,40 @@ def test_a_frozen_redis_behind_a_pool_subclass_holds_a_claim_no_longer_than_the_
     finally:
         server.stop()
     assert stalled < 1.5, stalled  # timeout_s (0.25 s) and the claim, not the 3 s of the freeze
+
+
+def run_limited(make_queue: Any, hints: Any) -> float:
+    """How long 24 jobs of 4 keys capped at 2 take on 4 threads."""
+    queue = make_queue(concurrency=4)
+    queue.limit("per-org", key="organization", max_running=2)
+    if hints is not None:
+        queue.add_limit_hints(hints)
+    queue.register_handler("O", lambda job: None)
+    queue.enqueue_many({"job_type": "O", "organization": f"org{i % 4}"} for i in range(24))
+    began = time.monotonic()
+    queue.start_polling()
+    wait_until(lambda: queue.counts()["completed"] >= 24, timeout=120, interval=0.05, what="24 jobs completed")
+    took = time.monotonic() - began
+    queue.stop(timeout=10)
+    queue.store.collection.delete_many({})
+    return took
+
+
+def test_a_redis_that_answers_slowly_is_given_up_like_one_that_fails(make_queue, redis_prefix, caplog) -> None:
+    import redis
+
+    from mongo_job_queue.contrib.redis import RedisLimitHints, hints
+
+    _, prefix = redis_prefix
+    proxy = SlowProxy(0.15)  # each reply 0.15 s late: within timeout_s (0.25 s), never an error
+    slow = RedisLimitHints(redis.Redis(port=proxy.port), prefix=prefix)
+    try:
+        without = run_limited(make_queue, None)
+        with caplog.at_level(logging.WARNING, logger="mongo_job_queue.contrib.redis.hints"):
+            took = run_limited(make_queue, slow)
+    finally:
+        proxy.close()
+    assert took < 3 * without + 1.0, (without, took)  # SLOW_IN_A_ROW slow calls per pause, not one per claim
+    assert slow.failures == 0 and slow.slow_calls >= hints.SLOW_IN_A_ROW  # answered, but slowly
+    warnings = [r.getMessage() for r in caplog.records if r.name == "mongo_job_queue.contrib.redis.hints"]
+    assert len(warnings) == 1 and "slow_ms" in warnings[0], warnings

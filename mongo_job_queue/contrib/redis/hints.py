@@ -18,9 +18,11 @@ trusted at most that long even if it never expires (a full stamp from its
 stamp on, a rate's opening when at most that far ahead): a hint that lies
 delays a job by at most that long. A hint never admits: MongoDB's
 conditional update stays the only admission (see :mod:`mongo_job_queue.store.limit_hints`).
-Redis unreachable or slow (a call past the client's ``socket_timeout``):
-the claims ask MongoDB only, for :data:`PAUSE_AFTER_ERROR_S`, then try
-Redis again; one warning per outage (at most every :data:`WARN_EVERY_S`).
+Redis unreachable, frozen (a call past ``timeout_s``) or slow (
+:data:`SLOW_IN_A_ROW` calls in a row slower than ``slow_ms``, when a hint
+costs more than the MongoDB round trip it saves): the claims ask MongoDB
+only, for :data:`PAUSE_AFTER_ERROR_S`, then try Redis again; one warning per
+outage (at most every :data:`WARN_EVERY_S`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import redis
 from ...store.limit_hints import Hint
 from .bounds import bounded
 
-__all__ = ["PAUSE_AFTER_ERROR_S", "WARN_EVERY_S", "RedisLimitHints"]
+__all__ = ["PAUSE_AFTER_ERROR_S", "SLOW_IN_A_ROW", "WARN_EVERY_S", "RedisLimitHints"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ log = logging.getLogger(__name__)
 PAUSE_AFTER_ERROR_S = 5.0
 #: At most one warning per this long while Redis keeps failing.
 WARN_EVERY_S = 300.0
+#: Calls in a row slower than ``slow_ms`` that pause the hints like an error (one slow call may be a hiccup).
+SLOW_IN_A_ROW = 3
 
 T = TypeVar("T")
 
@@ -107,6 +111,8 @@ class RedisLimitHints:
             a copy of the client's pool of the same kind and settings (any ``ConnectionPool``, blocking or
             Sentinel's); a client whose pool cannot be copied (a cluster client, a pool with a constructor
             of its own) is kept as it is, with a warning. None keeps the client's own.
+        slow_ms: A call slower than this costs more than the MongoDB round trip it may save: after
+            :data:`SLOW_IN_A_ROW` of them in a row the hints pause as after an error. None: no latency rule.
     """
 
     def __init__(
@@ -116,9 +122,12 @@ class RedisLimitHints:
         prefix: str = "mjq:limits:",
         ttl_ms: int = 1000,
         timeout_s: Optional[float] = 0.25,
+        slow_ms: Optional[float] = 30,
     ) -> None:
         if ttl_ms < 1:
             raise ValueError(f"ttl_ms must be at least 1, got {ttl_ms!r}")
+        if slow_ms is not None and slow_ms <= 0:
+            raise ValueError(f"slow_ms must be positive or None, got {slow_ms!r}")
         if timeout_s is not None:
             copy = bounded(client, timeout_s)
             if copy is None:
@@ -134,36 +143,60 @@ class RedisLimitHints:
         self._saw_full = client.register_script(_SAW_FULL)
         self._freed = client.register_script(_FREED)
         self._saw_rate = client.register_script(_SAW_RATE)
+        self.slow_s = None if slow_ms is None else slow_ms / 1000
         self._lock = threading.Lock()
         self._paused_until = 0.0
         self._warned_at: Optional[float] = None
+        self._slow_in_row = 0
         #: Redis calls that failed (each one a fallback to MongoDB only), for tests and metrics.
         self.failures = 0
+        #: Calls slower than ``slow_ms`` (answered, and used), for tests and metrics.
+        self.slow_calls = 0
 
     def bind(self, namespace: str, lease_ms: int) -> BoundHints:
         """The hints of one jobs collection (what ``queue.add_limit_hints`` calls)."""
         return BoundHints(self, f"{self.prefix}{{{namespace}}}:", max(1, min(self.ttl_ms, lease_ms)))
 
     def _call(self, what: str, fn: Callable[[], T], default: T) -> T:
-        """``fn()``, or ``default`` while Redis is paused after an error (never raises)."""
-        if time.monotonic() < self._paused_until:
+        """``fn()``, or ``default`` while Redis is paused after an error or slow calls (never raises)."""
+        began = time.monotonic()
+        if began < self._paused_until:
             return default
         try:
-            return fn()
+            result = fn()
         except Exception as exc:  # noqa: BLE001 - a hint only: any failure falls back to MongoDB
-            now = time.monotonic()
             with self._lock:
                 self.failures += 1
-                self._paused_until = now + PAUSE_AFTER_ERROR_S
-                warn = self._warned_at is None or now - self._warned_at >= WARN_EVERY_S
-                if warn:
-                    self._warned_at = now
-            if warn:
-                log.warning(
-                    "Redis limit hints unavailable (%s: %r); claims ask MongoDB only, Redis tried again in %.0fs",
-                    what, exc, PAUSE_AFTER_ERROR_S,
-                )  # fmt: skip
+            self._pause(f"{what}: {exc!r}")
             return default
+        took = time.monotonic() - began
+        if self.slow_s is None or took <= self.slow_s:
+            self._slow_in_row = 0
+            return result
+        with self._lock:
+            self.slow_calls += 1
+            self._slow_in_row += 1
+            slow = self._slow_in_row >= SLOW_IN_A_ROW
+            if slow:
+                self._slow_in_row = 0
+        if slow:
+            limit_ms, took_ms = self.slow_s * 1000, took * 1000
+            self._pause(f"{SLOW_IN_A_ROW} calls in a row over slow_ms={limit_ms:g}, the last {what} {took_ms:.0f} ms")
+        return result
+
+    def _pause(self, why: str) -> None:
+        """No Redis for :data:`PAUSE_AFTER_ERROR_S`; one warning per :data:`WARN_EVERY_S`."""
+        now = time.monotonic()
+        with self._lock:
+            self._paused_until = now + PAUSE_AFTER_ERROR_S
+            warn = self._warned_at is None or now - self._warned_at >= WARN_EVERY_S
+            if warn:
+                self._warned_at = now
+        if warn:
+            log.warning(
+                "Redis limit hints unavailable (%s); claims ask MongoDB only, Redis tried again in %.0fs",
+                why, PAUSE_AFTER_ERROR_S,
+            )  # fmt: skip
 
 
 class BoundHints:
