@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import calendar
 import logging
+import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -167,3 +169,46 @@ def test_a_redis_that_answers_slowly_is_given_up_like_one_that_fails(make_queue,
     assert slow.failures == 0 and slow.slow_calls >= hints.SLOW_IN_A_ROW  # answered, but slowly
     warnings = [r.getMessage() for r in caplog.records if r.name == "mongo_job_queue.contrib.redis.hints"]
     assert len(warnings) == 1 and "slow_ms" in warnings[0], warnings
+
+
+def _in_child(results: Any, body: Any) -> None:
+    outcome: list[str] = []  # the body in a thread: a deadlock is reported, not hung on
+
+    def run() -> None:
+        try:
+            body()
+            outcome.append("ok")
+        except BaseException as exc:
+            outcome.append(f"{type(exc).__name__}: {exc}")
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(10)
+    results.put(outcome[0] if outcome else "hung: deadlocked in the child")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_hints_lock_held_by_a_parent_thread_at_fork_is_fresh_in_the_child() -> None:
+    redis = pytest.importorskip("redis")
+    from mongo_job_queue.contrib.redis import RedisLimitHints
+
+    closed = redis.Redis(host="127.0.0.1", port=1)  # every call fails: the failure path takes the lock
+    hints = RedisLimitHints(closed, timeout_s=0.2)
+    bound = hints.bind("db.jobs", 30_000)
+    hints._lock.acquire()  # as a parent thread in the middle of recording a failure
+
+    def body() -> None:
+        assert bound.look(["a"], datetime(2030, 1, 1)) == {}
+        assert hints.failures == 1
+
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    proc = ctx.Process(target=_in_child, args=(results, body))
+    try:
+        proc.start()
+        assert results.get(timeout=30) == "ok"
+    finally:
+        hints._lock.release()
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()

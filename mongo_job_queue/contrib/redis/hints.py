@@ -36,6 +36,7 @@ from typing import Any, Optional, TypeVar
 
 import redis
 
+from ...after_fork import renew_in_child
 from ...store.limit_hints import Hint
 from .bounds import bounded
 
@@ -152,6 +153,14 @@ class RedisLimitHints:
         self.failures = 0
         #: Calls slower than ``slow_ms`` (answered, and used), for tests and metrics.
         self.slow_calls = 0
+        renew_in_child(self)
+
+    def _after_fork_in_child(self) -> None:
+        # A lock held by a parent thread at fork() stays held forever in the child; the pause and the
+        # count of slow calls were the parent's (the pool itself reconnects in a child: redis-py checks the pid).
+        self._lock = threading.Lock()
+        self._paused_until = 0.0
+        self._slow_in_row = 0
 
     def bind(self, namespace: str, lease_ms: int) -> BoundHints:
         """The hints of one jobs collection (what ``queue.add_limit_hints`` calls)."""
