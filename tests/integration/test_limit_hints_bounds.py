@@ -57,7 +57,7 @@ def test_a_claim_that_skipped_on_a_hint_looks_again_within_half_a_second_whateve
     wait_until(lambda: queue.worker._idle.is_set(), timeout=10, what="the poller idle")
     lid = limiter_id("solo", "acme")
     set_at = queue.store.now()
-    client.set(bound.key("f", lid), ms(set_at), px=60_000)  # a lie, trusted until set_at + 1 s
+    client.set(bound.key("f", lid), ms(set_at), px=1000)  # a lie as the hints write one, trusted until set_at + 1 s
     time.sleep(0.85)  # the setup of the case: the claim meets the hint near the end of its trust window
     queue.enqueue("O", {}, organization="acme")  # wakes the poller; its claim skips on the hint
     wait_until(lambda: started, timeout=10, what="the job ran")
@@ -71,7 +71,13 @@ def test_a_full_hint_stamped_ahead_without_expiry_is_trusted_no_longer_than_the_
     client, prefix = redis_prefix
     bound = RedisLimitHints(client, prefix=prefix, ttl_ms=1000).bind("db.jobs", 60_000)
     now = datetime(2030, 1, 1)
-    client.set(bound.key("f", "L"), ms(now + timedelta(milliseconds=1000)))  # by hand, or a clock ahead
+    # Stamped a window ahead (by hand, or a writer's clock ahead): a key that outlives the window is not read,
+    # and one that expires within it is trusted at most the window from its stamp.
+    client.set(bound.key("f", "L"), ms(now + timedelta(milliseconds=1000)), px=60_000)
+    assert "L" not in bound.look(["L"], now + timedelta(milliseconds=1999))  # its expiry outlives the window
+    client.set(bound.key("f", "L"), ms(now + timedelta(milliseconds=1000)))  # no expiry at all
+    assert "L" not in bound.look(["L"], now + timedelta(milliseconds=1999))
+    client.set(bound.key("f", "L"), ms(now + timedelta(milliseconds=1000)), px=1000)
     trusted = [t for t in range(0, 3000, 50) if "L" in bound.look(["L"], now + timedelta(milliseconds=t))]
     assert trusted and trusted[-1] - trusted[0] <= 1000, (trusted[0], trusted[-1])
 

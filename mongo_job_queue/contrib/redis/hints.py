@@ -13,10 +13,11 @@ answered:
 * ``r``, *rate opens at*: a lower bound of the rate's next start, after a
   spend or a reservation, kept as the greatest seen (the GCRA state only grows).
 
-Every key lives at most ``ttl_ms`` (capped by the lease), and a value is
-trusted at most that long even if it never expires (a full stamp from its
-stamp on, a rate's opening when at most that far ahead): a hint that lies
-delays a job by at most that long. A hint never admits: MongoDB's
+Every key lives at most ``ttl_ms`` (capped by the lease), and a key that
+would live longer (set by hand, with no or a longer expiry) is not read: a
+hint is trusted at most that long after it was written, and no longer
+than that from its stamp (a full hint not before it, a rate's opening only
+when at most that far ahead). A hint that lies delays a job by at most that long. A hint never admits: MongoDB's
 conditional update stays the only admission (see :mod:`mongo_job_queue.store.limit_hints`).
 Redis unreachable, frozen (a call past ``timeout_s``) or slow (
 :data:`SLOW_IN_A_ROW` calls in a row slower than ``slow_ms``, when a hint
@@ -85,6 +86,17 @@ end
 return 0
 """
 
+# KEYS: the hints read. ARGV: ttl ms. Each value, or false for a key that does not expire within ttl: one
+# the hints never wrote (set by hand, with no or a longer expiry) is not trusted, whatever its stamp says.
+_LOOK = """
+local found = {}
+for i = 1, #KEYS do
+  local left = redis.call('PTTL', KEYS[i])
+  found[i] = (left > 0 and left <= tonumber(ARGV[1])) and redis.call('GET', KEYS[i])
+end
+return found
+"""
+
 _EPOCH = datetime(1970, 1, 1)
 _EPOCH_UTC = _EPOCH.replace(tzinfo=timezone.utc)
 
@@ -141,6 +153,7 @@ class RedisLimitHints:
         self.client = client
         self.prefix = prefix
         self.ttl_ms = ttl_ms
+        self._look = client.register_script(_LOOK)
         self._saw_full = client.register_script(_SAW_FULL)
         self._freed = client.register_script(_FREED)
         self._saw_rate = client.register_script(_SAW_RATE)
@@ -226,7 +239,7 @@ class BoundHints:
         if not ids:
             return {}
         keys = [key for lid in ids for key in (self.key("f", lid), self.key("r", lid))]
-        values: list[Any] = self.source._call("read", lambda: self.source.client.mget(keys), [])
+        values: list[Any] = self.source._call("read", lambda: self.source._look(keys=keys, args=[self.ttl_ms]), [])
         now_ms, ttl, found = _ms(now), self.ttl_ms, {}
         for lid, full, opens in zip(ids, values[0::2], values[1::2], strict=False):
             # Trusted ttl_ms from its stamp, not before it (a stamp ahead, set by hand or by a clock ahead,
