@@ -1,10 +1,10 @@
 """Limit hints in Redis: "full" and "rate opens at" per limiter, so contended claims skip MongoDB round trips.
 
 ``queue.add_limit_hints(RedisLimitHints(client))``. Per limiter document
-(``<prefix>{<database>.<jobs>/<id>}:<kind>:<limiter id>``, one hash slot per
-jobs collection, the id its own random one so namesakes on other
-deployments never meet) three short-lived keys, each written only after MongoDB
-answered:
+(``<prefix>{<database>.<jobs>/<id>}:<kind>:<limiter id>``, one hash slot
+per jobs collection, the id its own random one so namesakes on other
+deployments never meet) three short-lived keys, each written only after
+MongoDB answered:
 
 * ``f``, *full*: the time (server time, ms) a push was refused or filled a
   ``max_running=1`` limiter; the claimers of other processes skip their push.
@@ -17,10 +17,12 @@ Every key lives at most ``ttl_ms`` (capped by the lease), and a key that
 would live longer (set by hand, with no or a longer expiry) is not read: a
 hint is trusted at most that long after it was written, and no longer
 than that from its stamp (a full hint not before it, a rate's opening only
-when at most that far ahead). A hint that lies delays a job by at most that long. A hint never admits: MongoDB's
-conditional update stays the only admission (see :mod:`mongo_job_queue.store.limit_hints`).
-Redis unreachable, frozen (a call past ``timeout_s``) or slow (
-:data:`SLOW_IN_A_ROW` calls in a row slower than ``slow_ms``, when a hint
+when at most that far ahead). A hint that lies delays a job by at most
+that long; a hint never admits: MongoDB's conditional update stays the
+only admission (see :mod:`mongo_job_queue.store.limit_hints`).
+
+Redis unreachable, frozen (a call past ``timeout_s``) or slow
+(:data:`SLOW_IN_A_ROW` calls in a row slower than ``slow_ms``: a hint then
 costs more than the MongoDB round trip it saves): the claims ask MongoDB
 only, for :data:`PAUSE_AFTER_ERROR_S`, then try Redis again; one warning per
 outage (at most every :data:`WARN_EVERY_S`).
