@@ -63,3 +63,41 @@ def test_a_client_that_cannot_be_bounded_is_kept_with_a_warning(caplog: pytest.L
     caplog.clear()
     RedisLimitHints(client, timeout_s=None)  # the client's own, as asked: nothing to say
     assert not caplog.records
+
+
+class FakeClock:
+    """``time.monotonic`` of the hints module, moved by the calls themselves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def call_taking(self, seconds: float) -> Any:
+        def call() -> str:
+            self.now += seconds
+            return "answer"
+
+        return call
+
+
+def test_slow_calls_in_a_row_pause_the_hints_and_a_fast_one_breaks_the_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mongo_job_queue.contrib.redis import hints as hints_module
+
+    clock = FakeClock()
+    monkeypatch.setattr(hints_module.time, "monotonic", clock)
+    hints = RedisLimitHints(redis.Redis(port=6390), slow_ms=30)
+    slow, fast = clock.call_taking(0.1), clock.call_taking(0.001)
+    for call in (slow, slow, fast, slow, slow):  # never SLOW_IN_A_ROW in a row
+        assert hints._call("read", call, "default") == "answer"
+    assert hints._call("read", slow, "default") == "answer"  # the third in a row: answered, then paused
+    assert hints._call("read", fast, "default") == "default"
+    assert hints.slow_calls == 5 and hints.failures == 0
+    clock.now += hints_module.PAUSE_AFTER_ERROR_S
+    assert hints._call("read", fast, "default") == "answer"  # tried again after the pause
+    unruled = RedisLimitHints(redis.Redis(port=6390), slow_ms=None)
+    for _ in range(5):
+        assert unruled._call("read", slow, "default") == "answer"
+    with pytest.raises(ValueError, match="slow_ms"):
+        RedisLimitHints(redis.Redis(port=6390), slow_ms=0)
