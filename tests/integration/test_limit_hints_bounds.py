@@ -79,7 +79,7 @@ def test_a_full_hint_stamped_ahead_without_expiry_is_trusted_no_longer_than_the_
     assert "L" not in bound.look(["L"], now + timedelta(milliseconds=1999))
     client.set(bound.key("f", "L"), ms(now + timedelta(milliseconds=1000)), px=1000)
     trusted = [t for t in range(0, 3000, 50) if "L" in bound.look(["L"], now + timedelta(milliseconds=t))]
-    assert trusted and trusted[-1] - trusted[0] <= 1000, (trusted[0], trusted[-1])
+    assert trusted and trusted[-1] - trusted[0] <= 1000 + 50, (trusted[0], trusted[-1])  # 50: clock agreement
 
 
 class OtherDeploymentJob(BaseJob):

@@ -16,8 +16,8 @@ MongoDB answered:
 Every key lives at most ``ttl_ms`` (capped by the lease), and a key that
 would live longer (set by hand, with no or a longer expiry) is not read: a
 hint is trusted at most that long after it was written, and no longer
-than that from its stamp (a full hint not before it, a rate's opening only
-when at most that far ahead). A hint that lies delays a job by at most
+than that from its stamp (a full hint not before it, less 50 ms for the
+clocks' agreement; a rate's opening only when at most that far ahead). A hint that lies delays a job by at most
 that long; a hint never admits: MongoDB's conditional update stays the
 only admission (see :mod:`mongo_job_queue.store.limit_hints`).
 
@@ -98,6 +98,9 @@ for i = 1, #KEYS do
 end
 return found
 """
+
+#: How far ahead of the reader's clock a full hint's stamp still counts as fresh (the clocks' agreement).
+_AHEAD_MS = 50
 
 _EPOCH = datetime(1970, 1, 1)
 _EPOCH_UTC = _EPOCH.replace(tzinfo=timezone.utc)
@@ -244,9 +247,10 @@ class BoundHints:
         values: list[Any] = self.source._call("read", lambda: self.source._look(keys=keys, args=[self.ttl_ms]), [])
         now_ms, ttl, found = _ms(now), self.ttl_ms, {}
         for lid, full, opens in zip(ids, values[0::2], values[1::2], strict=False):
-            # Trusted ttl_ms from its stamp, not before it (a stamp ahead, set by hand or by a clock ahead,
-            # would otherwise be trusted from ttl_ms before it: twice the window).
-            known_full = _within(full, now_ms - ttl, now_ms) is not None
+            # Trusted ttl_ms from its stamp, not long before it (a stamp ahead, set by hand or by a clock ahead,
+            # would otherwise be trusted from ttl_ms before it: twice the window). A stamp a little ahead is
+            # a fresh one: the workers' clocks agree only so well (a correction may move one back a few ms).
+            known_full = _within(full, now_ms - ttl, now_ms + min(_AHEAD_MS, ttl)) is not None
             # Written at most ttl_ms ahead: one further ahead (set by hand, say) is not trusted at all.
             opens_ms = _within(opens, now_ms + 1, now_ms + ttl)
             if known_full or opens_ms is not None:
