@@ -334,8 +334,13 @@ class PersistentJobQueue(Generic[J]):
         self.worker.wakeups.append(channel)
 
     def add_limit_hints(self, hints: HintSource) -> None:
-        """Pre-check limiters in ``hints`` (e.g. Redis) before MongoDB round trips; never admits: :ref:`limit-hints`."""
-        self.store.limits.hints = hints.bind(namespace_of(self.store), self.store.config.lease_ms)
+        """Pre-check limiters in ``hints`` (e.g. Redis) before MongoDB round trips; never admits: :ref:`limit-hints`.
+
+        The hints' namespace is ``<database>.<jobs collection>/<its random id>`` (one upsert in the control
+        collection), so deployments with the same names never read each other's hints.
+        """
+        namespace = f"{namespace_of(self.store)}/{self.store.control.instance_id()}"
+        self.store.limits.hints = hints.bind(namespace, self.store.config.lease_ms)
 
     def job(self, job_type: str, data: Optional[Mapping[str, Any]] = None, **options: Any) -> JobSpec:
         """A job spec for :meth:`enqueue_graph` (``options``: :meth:`enqueue`'s keywords); see :doc:`workflows`."""

@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from typing import Any, Optional
@@ -104,3 +105,46 @@ class RedisServer:
             os.kill(self.proc.pid, signal.SIGCONT)
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+class SlowProxy:
+    """A TCP proxy to the shared Redis that delays each of its replies by ``delay`` seconds (a slow link or server)."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = int(self.sock.getsockname()[1])
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        """Accept no more connections (those open end when a side closes them)."""
+        self.sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", SHARED_PORT))
+            threading.Thread(target=self._pipe, args=(conn, upstream, 0.0), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, conn, self.delay), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket, delay: float) -> None:
+        try:
+            while data := src.recv(65536):
+                if delay:
+                    time.sleep(delay)  # the point of the proxy: each reply arrives late
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (src, dst):
+                try:
+                    end.close()
+                except OSError:
+                    pass

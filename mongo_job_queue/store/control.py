@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Optional
+from uuid import uuid4
 
 from bson import ObjectId
 from pymongo import ReturnDocument
@@ -35,11 +36,13 @@ from .handle import JobStore
 from .marks import as_stored, new_mark, pushed_mark
 from .siblings import SiblingCollection
 
-__all__ = ["PAUSE_ID", "Control", "PauseState", "ScheduleState", "schedule_state_id"]
+__all__ = ["INSTANCE_ID", "PAUSE_ID", "Control", "PauseState", "ScheduleState", "schedule_state_id"]
 
 #: The ``_id`` of the pause document; a worker's change stream watches it (worker/wakeup.py).
 PAUSE_ID = _PAUSE_ID = "pause"
 _SCHEDULE_KIND = "schedule"
+#: The ``_id`` of the document that holds the jobs collection's random id (:meth:`Control.instance_id`).
+INSTANCE_ID = "instance"
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,28 @@ class Control:
             lambda: self.collection.update_one({"_id": _PAUSE_ID}, {"$inc": {"limits_version": 1}}, upsert=True),
             "bump_limits",
         )
+
+    def instance_id(self) -> str:
+        """A random id of this jobs collection, made by the first caller and kept: it tells apart namesakes.
+
+        Two deployments may hold jobs collections of the same database and
+        collection names; what they share outside MongoDB (the Redis limit
+        hints) is kept apart by this id. One upsert.
+        """
+
+        def call() -> str:
+            try:
+                doc = self.collection.find_one_and_update(
+                    {"_id": INSTANCE_ID},
+                    {"$setOnInsert": {"id": uuid4().hex}},
+                    upsert=True,
+                    return_document=ReturnDocument.AFTER,
+                )
+            except DuplicateKeyError:  # another process made it first
+                doc = self.collection.find_one({"_id": INSTANCE_ID})
+            return str((doc or {}).get("id"))
+
+        return self._store.retry(call, "instance_id")
 
     # -- schedules ----------------------------------------------------------
 

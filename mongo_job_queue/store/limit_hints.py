@@ -52,7 +52,11 @@ class HintSource(Protocol):
     """What ``queue.add_limit_hints()`` takes: it binds the hints to one jobs collection and its lease."""
 
     def bind(self, namespace: str, lease_ms: int) -> LimitHints:
-        """Hints for the limiters of ``namespace`` (``<database>.<jobs collection>``), kept at most ``lease_ms``."""
+        """Hints for the limiters of ``namespace`` (``<database>.<jobs collection>/<id>``), kept at most ``lease_ms``.
+
+        The id is the jobs collection's own random one (``store.control.instance_id()``): a namesake on another
+        deployment has another.
+        """
 
 
 class NoHints:

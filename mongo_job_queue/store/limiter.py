@@ -56,7 +56,8 @@ __all__ = [
 RATE_SLOTS = "rate_slots"
 #: How far ahead a claim reserves a rate's starts for the jobs it read (their ``run_at`` set to the slot).
 RATE_HORIZON = timedelta(seconds=1)
-#: The longest idle wait of a poller whose last claim left jobs out for a full limiter.
+#: The shortest cap of a held-back poller's wait (one whose last claim left jobs out for a full limiter),
+#: and the longest after a claim that skipped on a hint (a stale hint is not left to the base interval).
 HELD_BACK_POLL_S = 0.5
 _SEP = "\x1f"
 
@@ -109,6 +110,8 @@ class Limiter:
         self._next_start: Optional[float] = None
         #: Whether the last claim left out the jobs of a full limiter (they may run at the next poll).
         self._held_back = False
+        #: Whether the last claim skipped on a hint (not MongoDB's word): it looks again within HELD_BACK_POLL_S.
+        self._hint_skipped = False
         self._released: Callable[[], None] = _nothing
         self._sweeper = limiter_sweep.Sweep(lambda: self.limiters, lambda: self._store.collection)
         #: Fast pre-checks (``queue.add_limit_hints``, limit_hints.py): they skip round trips, never admit.
@@ -196,6 +199,7 @@ class Limiter:
                 next_start = eligible if next_start is None else min(next_start, eligible)
         self._next_start = None if next_start is None else time.monotonic() + (next_start - now).total_seconds()
         self._held_back = bool(full or paced)
+        self._hint_skipped = False
         clauses: list[dict[str, Any]] = []
         for group, exempt in ((full, False), (paced, True)):
             for name, values in group.items():
@@ -213,14 +217,20 @@ class Limiter:
         return clauses
 
     def wait_hint(self, interval: float, base: float) -> float:
-        """How long an idle poller waits: ``interval``, capped by :data:`HELD_BACK_POLL_S` while limits hold jobs back.
+        """How long an idle poller waits: ``interval``, capped while limits hold jobs back.
 
         A slot freed in another process wakes nobody here, so held-back jobs
-        are looked for again within a short bound rather than the idle
-        backoff's (a slot freed here wakes the poller at once); a
-        rate-limited key is looked at again the moment it opens.
+        are looked for again at the base interval rather than the idle
+        backoff's, yet no more often than :data:`HELD_BACK_POLL_S` (a slot
+        freed here wakes the poller at once). After a skip on a hint, within
+        :data:`HELD_BACK_POLL_S` whatever the base: the hint may be stale, and
+        MongoDB was not asked. A rate-limited key is looked at again the
+        moment it opens.
         """
-        wait = min(interval, max(base, HELD_BACK_POLL_S)) if self._held_back else interval
+        if self._hint_skipped:
+            wait = min(interval, HELD_BACK_POLL_S)
+        else:
+            wait = min(interval, max(base, HELD_BACK_POLL_S)) if self._held_back else interval
         next_start = self._next_start
         if next_start is not None:
             wait = min(wait, next_start - time.monotonic())
@@ -267,7 +277,7 @@ class Limiter:
                 holders.pull(self.limiters, taken, doc["_id"], token)
                 refused.add(lid)
                 if known_full:  # [limit hints] the poller looks again soon: a stale hint delays, never strands
-                    self._held_back = True
+                    self._held_back = self._hint_skipped = True
                 else:
                     self.hints.saw_full([lid], now)
                 return None
@@ -281,7 +291,7 @@ class Limiter:
             opens = hints[lid].opens_at if lid in hints else None
             if opens is not None and opens > now:  # [limit hints] closed until then: no spend asked
                 holders.pull(self.limiters, taken, doc["_id"], token)
-                self._held_back = True
+                self._held_back = self._hint_skipped = True
                 if opens > now + RATE_HORIZON:  # nothing to reserve either: the next claims leave it out
                     refused.add(lid)
                     return None

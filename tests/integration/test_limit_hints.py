@@ -107,7 +107,7 @@ def test_the_scripts_keep_a_release_over_a_late_full_and_the_greatest_rate(clien
     bound.saw_full(["a"], now)  # observed before the release, written after it: not kept
     assert "a" not in bound.look(["a"], later)
     bound.saw_full(["a"], later + timedelta(milliseconds=1))  # a refusal after the release is kept
-    assert bound.look(["a"], later)["a"].full
+    assert bound.look(["a"], later + timedelta(milliseconds=1))["a"].full
     bound.freed(["b"], now - timedelta(milliseconds=5))  # a release older than the full hint leaves it
     assert bound.look(["b"], now)["b"].full
 
@@ -117,15 +117,19 @@ def test_the_scripts_keep_a_release_over_a_late_full_and_the_greatest_rate(clien
     assert 0 < client.pttl(bound.key("r", "r")) <= 300
     bound.saw_rate("r", now + timedelta(hours=1), now)  # kept at most the trust window ahead
     assert bound.look(["r"], now)["r"].opens_at == now + timedelta(milliseconds=TTL_MS)
-    # Values set by hand without an expiry: trusted no longer than the window, and not at all beyond it.
-    client.set(bound.key("f", "x"), ms(now))
-    client.set(bound.key("r", "x"), ms(now + timedelta(milliseconds=TTL_MS)))
+    # Values set by hand that expire within the window: trusted no longer than it from their stamps.
+    client.set(bound.key("f", "x"), ms(now), px=TTL_MS)
+    client.set(bound.key("r", "x"), ms(now + timedelta(milliseconds=TTL_MS)), px=TTL_MS)
     assert bound.look(["x"], now) == {"x": (True, now + timedelta(milliseconds=TTL_MS))}
     assert bound.look(["x"], now + timedelta(milliseconds=TTL_MS + 1)) == {}
-    client.set(bound.key("r", "x"), ms(now + timedelta(days=1)))
+    client.set(bound.key("r", "x"), ms(now + timedelta(days=1)), px=TTL_MS)
     assert bound.look(["x"], now) == {"x": (True, None)}
-    client.set(bound.key("f", "y"), b"garbage")
+    client.set(bound.key("f", "y"), b"garbage", px=TTL_MS)
     assert bound.look(["y"], now) == {}
+    # With no expiry, or a longer one, the hints never wrote them: not read, whatever they say.
+    client.set(bound.key("f", "z"), ms(now))
+    client.set(bound.key("r", "z"), ms(now + timedelta(milliseconds=TTL_MS)), px=60_000)
+    assert bound.look(["z"], now) == {}
     # One collection's hints are not another's; the lease caps the window.
     assert hints_of(client).bind("db.other", 30_000).look(["a"], later) == {}
     assert hints_of(client).bind("db.jobs", 200).ttl_ms == 200
@@ -145,10 +149,10 @@ def test_a_full_hint_skips_the_push_and_delays_the_job_only_while_trusted(make_q
     queue.register_handler("O", lambda job: started.append(queue.store.now()))
     queue.start_polling()
     wait_until(lambda: queue.worker._idle.is_set(), timeout=10, what="the poller idle, its next poll 20 s away")
-    # A lie, set by hand: "full", with an expiry far longer than the trust window.
+    # A lie, set by hand as the hints write one: "full", for the trust window.
     lid = limiter_id("solo", "acme")
     set_at = queue.store.now()
-    client.set(bound.key("f", lid), ms(set_at), px=60_000)
+    client.set(bound.key("f", lid), ms(set_at), px=TTL_MS)
     job = queue.enqueue("O", {}, organization="acme")  # wakes the poller: its claim skips on the hint
     wait_until(lambda: started, timeout=10, what="the job ran once the hint was no longer trusted")
     waited = (started[0] - set_at).total_seconds()
@@ -176,7 +180,7 @@ def test_a_closed_rate_hint_skips_the_spend_and_the_job_waits_without_an_attempt
     queue.start_polling()
     wait_until(lambda: queue.worker._idle.is_set(), timeout=10, what="the poller idle, its next poll 20 s away")
     set_at = queue.store.now()
-    client.set(bound.key("r", lid), ms(set_at) + TTL_MS - 50)  # "closed", by hand, with no expiry
+    client.set(bound.key("r", lid), ms(set_at) + TTL_MS - 50, px=TTL_MS)  # "closed", by hand
     job = queue.enqueue("O", {}, organization="acme")
     wait_until(lambda: started, timeout=10, what="the job ran once the hint was no longer trusted")
     waited = (started[0] - set_at).total_seconds()
@@ -252,7 +256,7 @@ def test_caps_hold_exactly_when_every_hint_says_never_full(make_queue, monkeypat
 
 
 def test_caps_hold_exactly_when_every_hint_says_always_full(make_queue, monkeypatch, job_model, client) -> None:
-    # Full hints set by hand now and then, with long expiries: each delays for at most the trust window.
+    # Full hints set by hand now and then, as the hints write them: each delays for at most the trust window.
     stop = threading.Event()
 
     def lie(queues: list[Any]) -> None:
@@ -263,8 +267,8 @@ def test_caps_hold_exactly_when_every_hint_says_always_full(make_queue, monkeypa
             while not stop.wait(0.8):
                 now = ms(queues[0].store.now())
                 for lid in ids:
-                    client.set(lying.key("f", lid), now, px=60_000)
-                    client.set(lying.key("r", lid), now + TTL_MS, px=60_000)
+                    client.set(lying.key("f", lid), now, px=TTL_MS)
+                    client.set(lying.key("r", lid), now + TTL_MS, px=TTL_MS)
 
         threading.Thread(target=keep_lying, daemon=True).start()
 
