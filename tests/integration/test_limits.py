@@ -115,7 +115,8 @@ def test_a_crashed_holder_expires_with_its_lease(make_queue, raw_db) -> None:
     queue.enqueue("O", {}, organization="acme")
     queue.start_polling()
     wait_until(lambda: queue.counts()["completed"] == 1, timeout=30, what="the job ran past the dead holder")
-    assert raw_db.jobs_limiters.find_one()["holders"] == []
+    left = raw_db.jobs_limiters.find_one()
+    assert left is None or left["holders"] == []  # the start's limiter sweep may have deleted it, idle by then
 
 
 def test_a_live_holder_is_kept_by_the_heartbeat(make_queue) -> None:
