@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -64,3 +65,35 @@ def mypy_strict(*files: Path) -> subprocess.CompletedProcess[str]:
     root = Path(__file__).resolve().parents[1]
     command = [sys.executable, "-m", "mypy", "--config-file", str(root / "pyproject.toml"), *map(str, files)]
     return subprocess.run(command, capture_output=True, text=True, cwd=root, check=False)
+
+
+def _in_child(results: Any, body: Callable[[], object]) -> None:
+    outcome: list[str] = []  # the body in a thread: a deadlock is reported, not hung on
+
+    def run() -> None:
+        try:
+            body()
+            outcome.append("ok")
+        except BaseException as exc:
+            outcome.append(f"{type(exc).__name__}: {exc}")
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(30)
+    results.put(outcome[0] if outcome else "hung: deadlocked in the child")
+
+
+def run_forked(body: Callable[[], object], timeout: float = 60) -> str:
+    """Run ``body`` in a forked child: "ok", the exception it raised, or that it deadlocked."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    proc = ctx.Process(target=_in_child, args=(results, body))
+    proc.start()
+    try:
+        return str(results.get(timeout=timeout))
+    finally:
+        proc.join(30)
+        if proc.is_alive():
+            proc.kill()

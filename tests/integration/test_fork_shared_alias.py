@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import threading
 from typing import Any
 
 import mongoengine.connection
 import pytest
+from helpers import run_forked
 from mongoengine import StringField
 
 from integration.models import ALIAS, IntegrationJob
@@ -26,36 +26,6 @@ class SecondJob(BaseJob):
 
     note = StringField()
     meta = {"collection": "jobs_second", "db_alias": ALIAS}
-
-
-def _in_child(results: Any, body: Any) -> None:
-    # Run the body in a thread so that a deadlock is reported instead of hanging the test.
-    outcome: list[str] = []
-
-    def run() -> None:
-        try:
-            body()
-            outcome.append("ok")
-        except BaseException as exc:
-            outcome.append(f"{type(exc).__name__}: {exc}")
-
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
-    worker.join(30)
-    results.put(outcome[0] if outcome else "hung: deadlocked in the child")
-
-
-def _fork(body: Any) -> str:
-    ctx = multiprocessing.get_context("fork")
-    results = ctx.Queue()
-    proc = ctx.Process(target=_in_child, args=(results, body))
-    proc.start()
-    try:
-        return str(results.get(timeout=60))
-    finally:
-        proc.join(30)
-        if proc.is_alive():
-            proc.kill()
 
 
 @pytest.mark.parametrize("hooks", [True, False], ids=["at-fork-hooks", "fork-from-c-without-hooks"])
@@ -82,7 +52,7 @@ def test_second_queue_on_an_alias_keeps_the_client_the_child_created(job_model, 
         assert IntegrationJob.objects(type="CHILD").count() == 2
         assert SecondJob.objects(type="CHILD").count() == 1
 
-    assert _fork(body) == "ok"
+    assert run_forked(body) == "ok"
     assert mongoengine.connection.get_connection(ALIAS) is parent_client
     assert job_model.objects(type="CHILD").count() == 2
 
@@ -101,7 +71,7 @@ def test_a_queue_created_in_the_child_does_not_use_the_parents_client(job_model)
         create_job_queue(job_model=job_model).enqueue("CHILD", {})
         assert mongoengine.connection.get_connection(ALIAS) is client
 
-    assert _fork(body) == "ok"
+    assert run_forked(body) == "ok"
     assert job_model.objects(type="CHILD").count() == 2
 
 
@@ -132,7 +102,7 @@ def test_locks_held_by_a_parent_thread_at_fork_are_fresh_in_the_child(job_model)
         assert job_model.objects.get(id=job.id).status == "completed"
 
     try:
-        assert _fork(body) == "ok"
+        assert run_forked(body) == "ok"
     finally:
         queue.registry._lock.release()
         gate.set()

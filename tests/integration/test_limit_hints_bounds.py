@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import calendar
 import logging
-import multiprocessing
 import os
 import threading
 import time
@@ -18,7 +17,7 @@ from typing import Any
 
 import mongoengine
 import pytest
-from helpers import wait_until
+from helpers import run_forked, wait_until
 from redis_support import RedisServer, SlowProxy, forget, fresh_prefix, shared_client
 
 from mongo_job_queue import BaseJob, create_job_queue
@@ -177,22 +176,6 @@ def test_a_redis_that_answers_slowly_is_given_up_like_one_that_fails(make_queue,
     assert len(warnings) == 1 and "slow_ms" in warnings[0], warnings
 
 
-def _in_child(results: Any, body: Any) -> None:
-    outcome: list[str] = []  # the body in a thread: a deadlock is reported, not hung on
-
-    def run() -> None:
-        try:
-            body()
-            outcome.append("ok")
-        except BaseException as exc:
-            outcome.append(f"{type(exc).__name__}: {exc}")
-
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
-    worker.join(10)
-    results.put(outcome[0] if outcome else "hung: deadlocked in the child")
-
-
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 def test_a_hints_lock_held_by_a_parent_thread_at_fork_is_fresh_in_the_child() -> None:
     redis = pytest.importorskip("redis")
@@ -207,14 +190,7 @@ def test_a_hints_lock_held_by_a_parent_thread_at_fork_is_fresh_in_the_child() ->
         assert bound.look(["a"], datetime(2030, 1, 1)) == {}
         assert hints.failures == 1
 
-    ctx = multiprocessing.get_context("fork")
-    results = ctx.Queue()
-    proc = ctx.Process(target=_in_child, args=(results, body))
     try:
-        proc.start()
-        assert results.get(timeout=30) == "ok"
+        assert run_forked(body, timeout=30) == "ok"
     finally:
         hints._lock.release()
-        proc.join(10)
-        if proc.is_alive():
-            proc.kill()
