@@ -391,6 +391,7 @@ class Claims:
         return BoundedChangeStream(stream, store.bounded, max_await_ms)
 
 
-#: The lease fields and the update of a claim, for the claim under limits (limited_claims.py).
+#: The lease fields, the update of a claim and the claimed document, for the claim under limits (limited_claims.py).
 lease_fields = _lease
 claim_update = _claim_update
+leased = _leased

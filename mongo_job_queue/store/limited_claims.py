@@ -52,7 +52,7 @@ class LimitedClaims:
         due_only: bool = True,
     ) -> list[ClaimedJob]:
         """Claim up to ``want`` jobs matching ``query``, each admitted by every limit that covers it."""
-        from .claims import claim_update, lease_fields  # claims.py imports this module
+        from .claims import claim_update, lease_fields, leased  # claims.py imports this module
 
         store, limiter = self._store, self._limiter
         if not any(limit.name == MUTEX for limit in limits):
@@ -111,9 +111,7 @@ class LimitedClaims:
                     return None
                 if admission is None:
                     return None
-                update = claim_update(lease)
-                update["$unset"] = {**update["$unset"], RATE_SLOTS: ""}
-                if store.collection.update_one(unchanged, update).modified_count:
+                if store.collection.update_one(unchanged, claim_update(lease)).modified_count:
                     return admission
                 limiter.undo(admission)  # another worker took the job first
                 return None
@@ -122,11 +120,7 @@ class LimitedClaims:
             if admission is None:
                 continue
             limiter.hold(admission)
-            doc.update(lease)
-            doc["attempts"] = int(doc.get("attempts") or 0) + 1
-            doc.pop("progress", None)
-            doc.pop(RATE_SLOTS, None)
-            claimed.append(ClaimedJob(doc, token))
+            claimed.append(ClaimedJob(leased(doc, lease), token))
         # Paced clauses left out: the jobs that wait for a start are the ones a reservation may give one to.
         unpaced = [clause for clause in nor if RATE_SLOTS not in clause]
         for refusal, docs in waiting.values():
