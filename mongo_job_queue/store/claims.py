@@ -3,7 +3,11 @@
 A claim sets the job ``processing`` under a new ``lease_token`` (the
 lease, :func:`_lease`, built in one place for both claim paths). A retried
 claim first looks for the job its earlier try may have leased, by that
-token, so a lost reply never leases two jobs for one claim.
+token, so a lost reply never leases two jobs for one claim. An earlier
+try's write may still apply after that look (or after the call gave up):
+a call that had a try with an unknown outcome leaves its token to
+:class:`.strays.StrayClaims`, which finds such jobs for the heartbeat to
+hand back.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from .leases import ClaimedJob
 from .limited_claims import LimitedClaims
 from .limiter import Limiter
 from .recovery import Recovery
+from .strays import StrayClaims
 
 __all__ = ["Claims", "claim_update", "lease_fields"]
 
@@ -88,7 +93,9 @@ class Claims:
         self._store = store
         self._recovery = recovery
         self._limiter = limiter
-        self._limited = LimitedClaims(store, limiter)
+        #: The tokens of claims whose reply was lost, and the jobs their late writes leased.
+        self.strays = StrayClaims(store)
+        self._limited = LimitedClaims(store, limiter, self.strays)
 
     def _admitting(
         self, query: dict[str, Any], owner: LeaseOwner, want: int, abort: threading.Event | None, due_only: bool = True
@@ -294,11 +301,16 @@ class Claims:
                 raise
             try:
                 docs = store.retry(mine, "claim_batch_read_back")
-            except Exception:  # noqa: BLE001 - report the claim's own error; lease expiry recovers the rest
+            except Exception:  # noqa: BLE001 - report the claim's own error; the strays are handed back
+                self.strays.watch(token, ())
                 raise exc from None
+            self.strays.watch(token, [d["_id"] for d in docs])  # a late write may lease more under the token
             if not docs:
                 raise
             store.log.warning("claim of %d job(s) partly applied before %r; running those", len(docs), exc)
+        else:
+            if tries > 1:  # an earlier try's write may apply yet
+                self.strays.watch(token, [d["_id"] for d in docs])
         return [ClaimedJob(doc, token, key=store.shard_key.of(doc)) for doc in docs], raced
 
     def _claim(
@@ -337,7 +349,14 @@ class Claims:
                 maxTimeMS=_CLAIM_READ_MAX_TIME_MS,
             )
 
-        doc = store.retry(call, "claim", abort)
+        try:
+            doc = store.retry(call, "claim", abort)
+        except Exception as exc:
+            if expires is not None and (tries > 1 or is_transient(exc)):
+                self.strays.watch(token, ())  # a try's write may apply yet, leasing a job nobody runs
+            raise
+        if tries > 1:
+            self.strays.watch(token, [doc["_id"]] if doc is not None else [])
         return ClaimedJob(doc, token, key=store.shard_key.of(doc)) if doc is not None else None
 
     def _quarantine_head(self, query: dict[str, Any], exc: OperationFailure, limit: int = 1) -> bool:

@@ -203,6 +203,7 @@ class JobStore:
         """Called by the after-fork hook: a lock held by a parent thread at fork() stays held forever in the child."""
         self._sync_lock = threading.Lock()
         self.limits.after_fork_in_child()
+        self.jobs.strays.forget()
 
     def ensure_indexes(self) -> None:
         """Create and check the model's indexes now, and the retention TTL indexes; idempotent (see :attr:`indexes`)."""

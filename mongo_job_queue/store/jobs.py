@@ -45,6 +45,7 @@ class Jobs:
         self.claim_job = claims.claim_job
         self.peek_due = claims.peek_due
         self.watch_new_jobs = claims.watch_new_jobs
+        self.strays = claims.strays  # jobs leased by claims whose reply was lost (strays.py)
         # The lease (leases.py).
         self.heartbeat = leases.heartbeat
         self.renew_leases = leases.renew_leases

@@ -22,9 +22,11 @@ from ..limits import MUTEX, Limit
 from ..model import LeaseOwner
 from ..status import PROCESSING
 from . import rates
+from .faults import is_transient
 from .handle import JobStore
 from .leases import ClaimedJob
 from .limiter import RATE_SLOTS, Admission, Limiter, RateRefusal
+from .strays import StrayClaims
 
 __all__ = ["LimitedClaims"]
 
@@ -37,9 +39,10 @@ _SPARE = 4
 class LimitedClaims:
     """Claims due jobs one admission at a time; the same lease and fencing as the plain claim."""
 
-    def __init__(self, store: JobStore, limiter: Limiter) -> None:
+    def __init__(self, store: JobStore, limiter: Limiter, strays: StrayClaims) -> None:
         self._store = store
         self._limiter = limiter
+        self._strays = strays
 
     def claim(
         self,
@@ -83,6 +86,7 @@ class LimitedClaims:
         lease = lease_fields(token, owner, store.now(), store.config.lease_ms)
         refused: set[str] = set()
         claimed: list[ClaimedJob] = []
+        uncertain = False  # a take was retried: its lost try's write may lease a job after the retry looked
         #: Per rate limiter with no start to give now: its refusal and the jobs that wait for one.
         waiting: dict[str, tuple[RateRefusal, list[dict[str, Any]]]] = {}
         for doc in candidates:
@@ -116,7 +120,19 @@ class LimitedClaims:
                 limiter.undo(admission)  # another worker took the job first
                 return None
 
-            admission = store.retry(take, "claim_limited", abort)
+            try:
+                admission = store.retry(take, "claim_limited", abort)
+            except Exception as exc:
+                if tries > 1 or is_transient(exc):
+                    # The try whose reply was lost may lease the job yet: watched, and handed back if it does.
+                    self._strays.watch(token, [c.id for c in claimed])
+                if not claimed:
+                    raise
+                # The jobs claimed are leased and admitted: returned, or nobody would run them.
+                store.log.warning("claim of job %s failed (%r); running the %d claimed", doc["_id"], exc, len(claimed))
+                return claimed
+            if tries > 1:
+                uncertain = True
             if admission is None:
                 continue
             limiter.hold(admission)
@@ -133,6 +149,8 @@ class LimitedClaims:
                 # lease expired. The starts reserved and not given are unused (the rate under-spends).
                 store.log.warning("reserving the starts of rate %s failed; running the jobs claimed", refusal.lid)
                 break
+        if uncertain:
+            self._strays.watch(token, [c.id for c in claimed])
         return claimed
 
     def _reserve(

@@ -104,7 +104,12 @@ class Worker:
         if keeper is not None:
             keeper.forget()
         self.keeper = LeaseKeeper(
-            self.store, self.table, self.config, self.hooks, log=log_of(LeaseKeeper, self._logger)
+            self.store,
+            self.table,
+            self.config,
+            self.hooks,
+            lambda claimed: self.executor.hand_back(claimed),
+            log=log_of(LeaseKeeper, self._logger),
         )
         self._build()
 
