@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -418,3 +419,25 @@ def test_lock_writes_use_majority_write_concern_unless_the_app_asked_for_more(ma
     assert kept.write_concern.document == {"w": "majority", "j": True, "wtimeout": 500}
     for stronger in (WriteConcern(w=3), WriteConcern(w="dc-tag"), WriteConcern(w="majority", j=True)):
         assert majority(base.with_options(write_concern=stronger)).write_concern == stronger
+
+
+def test_redis_default_prefix_keeps_namesake_deployments_apart(make_queue) -> None:
+    # Staging and production may use databases and collections of the same names and one Redis: with a
+    # prefix made of the names alone, staging's lock held production's (the same key, the same fence).
+    pytest.importorskip("redis")
+    from mongo_job_queue.contrib.redis import RedisLocks
+
+    queue = make_queue()
+    client = shared_client()
+    first = RedisLocks(client, queue)
+    # The namesake: the same names, its own MongoDB, so its own jobs collection id.
+    queue.store.control.collection.update_one({"_id": "instance"}, {"$set": {"id": uuid.uuid4().hex}})
+    second = RedisLocks(client, queue)
+    try:
+        assert first.prefix != second.prefix
+        assert first.prefix.startswith("mjq:{") and first.prefix.endswith("}:")
+        with queue.lock("k", backend=first), queue.lock("k", blocking=False, backend=second) as other:
+            assert other.held
+    finally:
+        forget(client, first.prefix)
+        forget(client, second.prefix)

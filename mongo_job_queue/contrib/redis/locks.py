@@ -128,7 +128,10 @@ class RedisLocks:
     Args:
         client: A redis-py client (``decode_responses`` either way).
         queue: The queue whose database keeps the token epochs.
-        prefix: Redis key prefix; by default ``mjq:<database>.<jobs collection>:``.
+        prefix: Redis key prefix; by default ``mjq:{<database>.<jobs collection>/<id>}:``, where ``<id>``
+            is the jobs collection's random id (``store.control.instance_id()``, one upsert here): two
+            deployments whose databases and collections share names never share a lock. The braces
+            keep a lock key and the fence hash its script also touches in one Redis Cluster slot.
     """
 
     name = "redis"
@@ -136,7 +139,9 @@ class RedisLocks:
     def __init__(self, client: redis.Redis, queue: PersistentJobQueue[Any], *, prefix: Optional[str] = None) -> None:
         self.client = client
         self.epochs = MongoLocks(queue.store)
-        self.prefix = prefix if prefix is not None else f"mjq:{namespace_of(queue.store)}:"
+        if prefix is None:
+            prefix = f"mjq:{{{namespace_of(queue.store)}/{queue.store.control.instance_id()}}}:"
+        self.prefix = prefix
         self.fence_key = f"{self.prefix}fence"
         self._acquire = client.register_script(_ACQUIRE)
         self._install = client.register_script(_INSTALL_EPOCH)
