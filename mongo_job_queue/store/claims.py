@@ -6,8 +6,8 @@ claim first looks for the job its earlier try may have leased, by that
 token, so a lost reply never leases two jobs for one claim. An earlier
 try's write may still apply after that look (or after the call gave up):
 a call that had a try with an unknown outcome leaves its token to
-:class:`.strays.StrayClaims`, which finds such jobs for the heartbeat to
-hand back.
+:class:`.strays.StrayClaims`, which finds such jobs for the worker's
+maintenance thread to hand back.
 """
 
 from __future__ import annotations
@@ -246,6 +246,7 @@ class Claims:
         token = uuid.uuid4().hex
         tries = 0
         expires: datetime | None = None
+        sent: list[datetime] = []  # each try's lease expiry, set by its write if it applied
         raced = False
         # The last read's candidates and the lease written over them: what a read-back patches.
         read: list[dict[str, Any]] = []
@@ -281,6 +282,7 @@ class Claims:
             # busy server the read alone can take a good part of a short lease.
             read, lease = candidates, _lease(token, owner, store.now(), store.config.lease_ms)
             expires = lease["lease_expires_at"]
+            sent.append(expires)
             # Each claim changes lease_token or attempts, so an unchanged pair
             # means nobody claimed the job since we read it: the read is still
             # its state, and patching it locally saves reading it back.
@@ -302,15 +304,15 @@ class Claims:
             try:
                 docs = store.retry(mine, "claim_batch_read_back")
             except Exception:  # noqa: BLE001 - report the claim's own error; the strays are handed back
-                self.strays.watch(token, ())
+                self.strays.watch(token, sent, ())
                 raise exc from None
-            self.strays.watch(token, [d["_id"] for d in docs])  # a late write may lease more under the token
+            self.strays.watch(token, sent, docs)  # a late write may lease more under the token
             if not docs:
                 raise
             store.log.warning("claim of %d job(s) partly applied before %r; running those", len(docs), exc)
         else:
             if tries > 1:  # an earlier try's write may apply yet
-                self.strays.watch(token, [d["_id"] for d in docs])
+                self.strays.watch(token, sent, docs)
         return [ClaimedJob(doc, token, key=store.shard_key.of(doc)) for doc in docs], raced
 
     def _claim(
@@ -325,6 +327,7 @@ class Claims:
         token = uuid.uuid4().hex
         tries = 0
         expires: datetime | None = None
+        sent: list[datetime] = []  # each try's lease expiry, set by its write if it applied
 
         def call() -> dict[str, Any] | None:
             nonlocal tries, expires
@@ -341,6 +344,7 @@ class Claims:
             now = store.now()
             lease = _lease(token, owner, now, store.config.lease_ms)
             expires = lease["lease_expires_at"]
+            sent.append(expires)
             return store.collection.find_one_and_update(
                 {**query, "run_at": {"$lte": now}} if due_only else query,
                 _claim_update(lease),
@@ -352,11 +356,11 @@ class Claims:
         try:
             doc = store.retry(call, "claim", abort)
         except Exception as exc:
-            if expires is not None and (tries > 1 or is_transient(exc)):
-                self.strays.watch(token, ())  # a try's write may apply yet, leasing a job nobody runs
+            if tries > 1 or is_transient(exc):
+                self.strays.watch(token, sent, ())  # a try's write may apply yet, leasing a job nobody runs
             raise
         if tries > 1:
-            self.strays.watch(token, [doc["_id"]] if doc is not None else [])
+            self.strays.watch(token, sent, [doc] if doc is not None else [])
         return ClaimedJob(doc, token, key=store.shard_key.of(doc)) if doc is not None else None
 
     def _quarantine_head(self, query: dict[str, Any], exc: OperationFailure, limit: int = 1) -> bool:

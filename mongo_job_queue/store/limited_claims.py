@@ -22,7 +22,6 @@ from ..limits import MUTEX, Limit
 from ..model import LeaseOwner
 from ..status import PROCESSING
 from . import rates
-from .faults import is_transient
 from .handle import JobStore
 from .leases import ClaimedJob
 from .limiter import RATE_SLOTS, Admission, Limiter, RateRefusal
@@ -86,72 +85,74 @@ class LimitedClaims:
         lease = lease_fields(token, owner, store.now(), store.config.lease_ms)
         refused: set[str] = set()
         claimed: list[ClaimedJob] = []
-        uncertain = False  # a take was retried: its lost try's write may lease a job after the retry looked
         #: Per rate limiter with no start to give now: its refusal and the jobs that wait for one.
         waiting: dict[str, tuple[RateRefusal, list[dict[str, Any]]]] = {}
-        for doc in candidates:
-            if len(claimed) >= want or (abort is not None and abort.is_set()):
-                break
-            paced = [lid for lid in limiter.ids_of(doc, limits) if lid in waiting]
-            if paced:
-                waiting[paced[0]][1].append(doc)
-                continue
-            tries = 0
+        # Set when a take was retried (its lost try may lease its job after the retry looked) or a step
+        # raised (the jobs claimed before are leased, and the call returns none): the token is then
+        # watched, so the strays (:mod:`.strays`) are handed back; those returned are left to their runs.
+        uncertain = False
+        returned: list[ClaimedJob] = []
+        try:
+            for doc in candidates:
+                if len(claimed) >= want or (abort is not None and abort.is_set()):
+                    break
+                paced = [lid for lid in limiter.ids_of(doc, limits) if lid in waiting]
+                if paced:
+                    waiting[paced[0]][1].append(doc)
+                    continue
+                tries = 0
 
-            def take(doc: dict[str, Any] = doc) -> Optional[Admission]:
-                """Admit, then claim this one job; each step safe to run again after a lost reply."""
-                nonlocal tries
-                tries += 1
-                if tries > 1:
-                    found = store.collection.find_one({"_id": doc["_id"], "lease_token": token, "status": PROCESSING})
-                    if found is not None:  # an earlier try claimed it: ours, with its rates paid then
-                        return _readmit(limiter, found, token, limits, lease["lease_expires_at"], store.now())
-                now = store.now()
-                # A retry asks MongoDB only: the hint it would read may be of its own earlier push.
-                admission = limiter.admit(doc, token, limits, now, lease["lease_expires_at"], refused, tries == 1)
-                unchanged = _unchanged(filt, doc)
-                if isinstance(admission, RateRefusal):
-                    waiting.setdefault(admission.lid, (admission, []))[1].append(doc)
+                def take(doc: dict[str, Any] = doc) -> Optional[Admission]:
+                    """Admit, then claim this one job; each step safe to run again after a lost reply."""
+                    nonlocal tries
+                    tries += 1
+                    if tries > 1:
+                        found = store.collection.find_one(
+                            {"_id": doc["_id"], "lease_token": token, "status": PROCESSING}
+                        )
+                        if found is not None:  # an earlier try claimed it: ours, with its rates paid then
+                            return _readmit(limiter, found, token, limits, lease["lease_expires_at"], store.now())
+                    now = store.now()
+                    # A retry asks MongoDB only: the hint it would read may be of its own earlier push.
+                    admission = limiter.admit(doc, token, limits, now, lease["lease_expires_at"], refused, tries == 1)
+                    unchanged = _unchanged(filt, doc)
+                    if isinstance(admission, RateRefusal):
+                        waiting.setdefault(admission.lid, (admission, []))[1].append(doc)
+                        return None
+                    if admission is None:
+                        return None
+                    if store.collection.update_one(unchanged, claim_update(lease)).modified_count:
+                        return admission
+                    limiter.undo(admission)  # another worker took the job first
                     return None
+
+                try:
+                    admission = store.retry(take, "claim_limited", abort)
+                except Exception:
+                    uncertain = True
+                    raise
+                uncertain = uncertain or tries > 1
                 if admission is None:
-                    return None
-                if store.collection.update_one(unchanged, claim_update(lease)).modified_count:
-                    return admission
-                limiter.undo(admission)  # another worker took the job first
-                return None
-
-            try:
-                admission = store.retry(take, "claim_limited", abort)
-            except Exception as exc:
-                if tries > 1 or is_transient(exc):
-                    # The try whose reply was lost may lease the job yet: watched, and handed back if it does.
-                    self._strays.watch(token, [c.id for c in claimed])
-                if not claimed:
-                    raise
-                # The jobs claimed are leased and admitted: returned, or nobody would run them.
-                store.log.warning("claim of job %s failed (%r); running the %d claimed", doc["_id"], exc, len(claimed))
-                return claimed
-            if tries > 1:
-                uncertain = True
-            if admission is None:
-                continue
-            limiter.hold(admission)
-            claimed.append(ClaimedJob(leased(doc, lease), token))
-        # Paced clauses left out: the jobs that wait for a start are the ones a reservation may give one to.
-        unpaced = [clause for clause in nor if RATE_SLOTS not in clause]
-        for refusal, docs in waiting.values():
-            try:
-                self._reserve(filt, unpaced, limits, refusal, docs)
-            except Exception:
-                if not claimed:
-                    raise
-                # The jobs claimed are leased and admitted: returned, or nobody would run them before their
-                # lease expired. The starts reserved and not given are unused (the rate under-spends).
-                store.log.warning("reserving the starts of rate %s failed; running the jobs claimed", refusal.lid)
-                break
-        if uncertain:
-            self._strays.watch(token, [c.id for c in claimed])
-        return claimed
+                    continue
+                limiter.hold(admission)
+                claimed.append(ClaimedJob(leased(doc, lease), token))
+            # Paced clauses left out: the jobs that wait for a start are the ones a reservation may give one to.
+            unpaced = [clause for clause in nor if RATE_SLOTS not in clause]
+            for refusal, docs in waiting.values():
+                try:
+                    self._reserve(filt, unpaced, limits, refusal, docs)
+                except Exception:
+                    if not claimed:
+                        raise
+                    # The jobs claimed are leased and admitted: returned, or nobody would run them before their
+                    # lease expired. The starts reserved and not given are unused (the rate under-spends).
+                    store.log.warning("reserving the starts of rate %s failed; running the jobs claimed", refusal.lid)
+                    break
+            returned = claimed
+            return claimed
+        finally:
+            if uncertain:
+                self._strays.watch(token, [lease["lease_expires_at"]], [c.doc for c in returned])
 
     def _reserve(
         self,

@@ -9,22 +9,25 @@ the job back after ``lease_ms`` with the attempt counted, so a job with
 ``max_retries=0`` would end ``failed`` without having run.
 
 So a claim call that had a try with an unknown outcome leaves its token
-here (:meth:`StrayClaims.watch`), with the ids of the jobs the call did
-return. The worker's heartbeat asks (:meth:`StrayClaims.found`), while any
-token is watched, for the other jobs leased under those tokens, and hands
+here (:meth:`StrayClaims.watch`), with each try's lease expiry and the
+jobs the call returned, each with the attempt count it returned them at.
+The worker's maintenance thread asks (:meth:`StrayClaims.found`), while
+any token is watched, for the other leases under those tokens, and hands
 each back as a claimed job that never started: ``pending``, attempt not
-counted, fenced by the token. Nothing here runs a job. A token is watched
-only once its call has returned or raised, with the ids it returned
-excluded, so a job some run holds is never handed back; and no other call
-ever uses that token.
+counted, fenced by the token. Nothing here runs a job. A returned job is
+left alone as long as its attempt count is the one returned: a late write
+can lease it again only once its run has ended and it is pending again
+(say, for its retry), and that lease counts one attempt more. No other
+call ever uses the token.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from ..status import PROCESSING
@@ -36,13 +39,16 @@ __all__ = ["StrayClaims"]
 #: A token is watched this many leases long: its late write applies within a lease of being sent, or the
 #: lease sweep has taken the job back by then.
 _WATCH_LEASES = 2
-#: Bound on the one read of a heartbeat that looks for stray claims.
+#: Bound on the one read of a maintenance step that looks for stray claims.
 _READ_MAX_TIME_MS = 5_000
 
 
 @dataclass(frozen=True)
 class _Watch:
-    held: frozenset[Any]
+    #: The jobs the call returned, by id: the attempt count each was returned at.
+    held: Mapping[Any, Any]
+    #: Each try's lease expiry: what a late write of the call sets, so that the read is on the lease index.
+    expiries: tuple[datetime, ...]
     until: float
 
 
@@ -58,45 +64,48 @@ class StrayClaims:
     def __bool__(self) -> bool:
         return bool(self._watched)
 
-    def watch(self, token: str, held: Iterable[Any]) -> None:
-        """Look out for jobs leased under ``token`` other than ``held`` (the ids its claim call returned)."""
-        until = self._monotonic() + _WATCH_LEASES * self._store.config.lease_ms / 1000
+    def watch(self, token: str, expiries: Iterable[datetime], held: Iterable[Mapping[str, Any]]) -> None:
+        """Look out for leases under ``token`` (with one of ``expiries``) other than those of ``held`` (documents)."""
+        expiries = tuple(expiries)
+        if not expiries:
+            return  # no try sent a write
+        now = self._monotonic()
+        until = now + _WATCH_LEASES * self._store.config.lease_ms / 1000
         with self._lock:
-            self._watched[token] = _Watch(frozenset(held), until)
-        self._store.log.warning(
-            "a claim's reply was lost; watching its lease token %s for jobs it leased without telling", token
-        )
+            self._prune(now)
+            self._watched[token] = _Watch({d["_id"]: d.get("attempts") for d in held}, expiries, until)
+        self._store.log.debug("a claim's outcome is unknown; watching its lease token %s", token)
 
     def found(self) -> list[ClaimedJob]:
-        """The jobs leased under a watched token that no run holds, as claims to hand back; one read.
+        """The jobs leased under a watched token that no run holds, as claims to hand back; one read, one try.
 
-        The tokens past their watch are dropped first, so the read stops
+        The tokens past their watch are dropped first, so the reads stop
         once none is left.
         """
-        now = self._monotonic()
         with self._lock:
-            for token in [t for t, w in self._watched.items() if w.until <= now]:
-                del self._watched[token]
+            self._prune(self._monotonic())
             watched = dict(self._watched)
         if not watched:
             return []
         store = self._store
         fields = dict.fromkeys(["_id", "lease_token", "type", "queue", "attempts", *store.shard_key.fields], 1)
-        docs = store.retry(
-            lambda: list(
-                store.collection.find(
-                    {"status": PROCESSING, "lease_token": {"$in": list(watched)}},
-                    fields,
-                    max_time_ms=_READ_MAX_TIME_MS,
-                )
-            ),
-            "stray_claims",
-        )
-        return [
-            ClaimedJob(doc, doc["lease_token"], key=store.shard_key.of(doc))
-            for doc in docs
-            if doc["_id"] not in watched[doc["lease_token"]].held
-        ]
+        expiries = sorted({at for w in watched.values() for at in w.expiries})
+        filt = {"status": PROCESSING, "lease_expires_at": {"$in": expiries}, "lease_token": {"$in": list(watched)}}
+        with store.tried_once():  # the next maintenance step tries again; a retry would hold up the sweeps
+            docs = store.retry(
+                lambda: list(store.collection.find(filt, fields, max_time_ms=_READ_MAX_TIME_MS)), "stray_claims"
+            )
+        strays = []
+        for doc in docs:
+            held = watched[doc["lease_token"]].held
+            if doc["_id"] in held and held[doc["_id"]] == doc.get("attempts"):
+                continue  # the very lease the call returned: a run holds it
+            strays.append(ClaimedJob(doc, doc["lease_token"], key=store.shard_key.of(doc)))
+        return strays
+
+    def _prune(self, now: float) -> None:
+        for token in [t for t, w in self._watched.items() if w.until <= now]:
+            del self._watched[token]
 
     def forget(self) -> None:
         """In a forked child: the parent watches its own claims."""

@@ -104,12 +104,7 @@ class Worker:
         if keeper is not None:
             keeper.forget()
         self.keeper = LeaseKeeper(
-            self.store,
-            self.table,
-            self.config,
-            self.hooks,
-            lambda claimed: self.executor.hand_back(claimed),
-            log=log_of(LeaseKeeper, self._logger),
+            self.store, self.table, self.config, self.hooks, log=log_of(LeaseKeeper, self._logger)
         )
         self._build()
 
@@ -276,6 +271,7 @@ class Worker:
             self.store.finals.close(max(1.0, remaining(deadline)))  # e.g. the batch checks of the last final writes
             self.keeper.release()
             self._join_services(deadline, finished, force)
+            self.services.strays.final()
             self.services.presence.stopped()
             self.hooks.emit("on_worker_stop")
             running = self.table.running()

@@ -31,6 +31,7 @@ from .maintenance import Hygiene, MaintenanceLoop, Quarantiner, Rescuer, Service
 from .poller import Poller
 from .registry import WorkerPresence
 from .shutdown import ShutdownRequeue
+from .strays import StrayReturner
 from .timelimits import TimeLimits
 from .wakeup import ChangeStreamWaker, Waker, Wakers, WakeupChannel, namespace_of
 
@@ -55,6 +56,8 @@ class Services:
     hygiene: Hygiene
     presence: WorkerPresence
     shutdown: ShutdownRequeue
+    #: Hands back the jobs leased by claims whose reply was lost (store/strays.py).
+    strays: StrayReturner
     #: Re-checks blocked jobs for release notices lost to a crash (``store.dependencies.sweep``).
     dependencies: Dependencies
     #: The catch-up steps of the listeners of final writes (a batch's reconciler), see store/finals.py.
@@ -79,6 +82,9 @@ class Services:
         rescue_cap = (config.lease_ms + config.sweep_interval_ms) / 1000
         return MaintenanceLoop(
             [
+                # Before the lease recovery sweep: a stray's lease, once expired, would be recovered with its
+                # attempt counted.
+                Service("stray-claim hand-back", config.heartbeat_interval_ms / 1000, self.strays.run_once),
                 Service(
                     "lease recovery sweep",
                     config.sweep_interval_ms / 1000,
@@ -177,6 +183,7 @@ def build_services(
         hygiene=Hygiene(store, quarantiner),
         presence=WorkerPresence(store, config, owner, table, registry),
         shutdown=ShutdownRequeue(executor, table, owner.worker_id),
+        strays=StrayReturner(store, executor, log_of(StrayReturner, logger)),
         dependencies=store.dependencies,
         finals_sweep=store.finals.sweep,
         limiters_sweep=store.limits.sweep_step,

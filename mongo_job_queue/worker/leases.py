@@ -8,9 +8,6 @@ its heartbeat, and a restart reuses the thread instead of adding a second.
 A handler abandoned to its time limit keeps its limiter slots while it runs
 (:meth:`.store.limiter.Limiter.keep`): the heartbeat goes on extending them,
 with no lease left to renew and after a ``stop()`` too, until it returns.
-It also hands back, at each beat and once more when it ends, the jobs that
-a claim whose reply was lost leased without telling
-(:mod:`.store.strays`): their leases are this worker's, and no run holds them.
 """
 
 from __future__ import annotations
@@ -18,7 +15,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass
 from datetime import timedelta
 from typing import Any, Optional
@@ -45,8 +41,6 @@ class LeaseKeeper:
     table: InflightTable
     config: QueueConfig
     hooks: MiddlewareChain
-    #: Returns a claimed job that never started to the queue (the executor's ``hand_back``).
-    hand_back: Callable[[ClaimedJob], None]
     _: KW_ONLY
     log: logging.Logger = log
     #: The thread's name is ``<name>-leases``.
@@ -122,13 +116,9 @@ class LeaseKeeper:
         failures = 0
         while True:
             with self.table.cond:
-                done = self._done()
-            if done:
-                self._return_strays()  # a stopping worker leaves none behind
-                with self.table.cond:
-                    if self._done():
-                        self._thread = None
-                        return
+                if self._done():
+                    self._thread = None
+                    return
             beat = time.monotonic()
             try:
                 self.renew_leases()
@@ -136,7 +126,6 @@ class LeaseKeeper:
             except BaseException:  # any error, SystemExit from a hook included: the thread lives on
                 failures += 1
                 self.log.exception("lease renewal failed; retrying in %.1fs", self._delay(failures))
-            self._return_strays()
             with self.table.cond:
                 while not self._done():
                     left = beat + self._delay(failures) - time.monotonic()
@@ -151,23 +140,6 @@ class LeaseKeeper:
         return min(interval, 0.1 * 2**failures, _MAX_FAILURE_BACKOFF_S) if failures else interval
 
     # -- one beat -----------------------------------------------------------
-
-    def return_strays(self) -> int:
-        """Hand back the jobs leased by this worker's claims whose reply was lost; how many were found."""
-        strays = self.store.jobs.strays
-        if not strays:
-            return 0
-        found = strays.found()
-        for claimed in found:
-            log_job(self.log, logging.WARNING, claimed.doc, "leased by a claim whose reply was lost; handing it back")
-            self.hand_back(claimed)
-        return len(found)
-
-    def _return_strays(self) -> None:
-        try:
-            self.return_strays()
-        except BaseException:
-            self.log.exception("could not hand back the jobs of a lost claim reply")
 
     def renew_leases(self) -> None:
         """Extend the leases of this worker's runs; flag the ones that were lost or asked to cancel."""

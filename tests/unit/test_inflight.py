@@ -71,24 +71,17 @@ class _Store:
         def heartbeat(leases: Any, progress: Any = None, claims: Any = None) -> Heartbeat:
             return Heartbeat(set(), set())
 
-        strays: list[Any] = []  # no claim reply was lost: nothing to hand back
-
     class limits:
         @staticmethod
         def keeping() -> bool:
             return False  # no abandoned handler holds limiter slots
 
 
-def _no_hand_back(claimed: Any) -> None:
-    raise AssertionError(f"nothing to hand back, got {claimed!r}")
-
-
 def test_runs_coming_and_going_do_not_wake_the_heartbeat() -> None:
     # A busy worker adds and removes a run per job: the heartbeat beats at its interval, nothing
     # more, so it must not be woken each time (it was, twice per job, for a wait it resumed at once).
     table = InflightTable()
-    config = load_config({"heartbeat_interval_ms": 60_000})
-    keeper = LeaseKeeper(_Store(), table, config, MiddlewareChain(None), _no_hand_back)  # type: ignore[arg-type]
+    keeper = LeaseKeeper(_Store(), table, load_config({"heartbeat_interval_ms": 60_000}), MiddlewareChain(None))  # type: ignore[arg-type]
     waits = []
     delay = keeper._delay
     keeper._delay = lambda failures: waits.append(failures) or delay(failures)  # type: ignore[method-assign]
@@ -110,8 +103,7 @@ def test_runs_coming_and_going_do_not_wake_the_heartbeat() -> None:
 
 def test_a_released_heartbeat_ends_when_the_last_buffered_completion_lands() -> None:
     table = InflightTable()
-    config = load_config({"heartbeat_interval_ms": 60_000})
-    keeper = LeaseKeeper(_Store(), table, config, MiddlewareChain(None), _no_hand_back)  # type: ignore[arg-type]
+    keeper = LeaseKeeper(_Store(), table, load_config({"heartbeat_interval_ms": 60_000}), MiddlewareChain(None))  # type: ignore[arg-type]
     claimed = _claim(ObjectId(), "t")
     table.add(claimed)
     keeper.start()
