@@ -37,7 +37,7 @@ COMPANIONS = {
 TITLES = {
     "throughput": "Throughput, jobs/s: no-op handler, pre-filled queue",
     "throughput_vs_limit": "Throughput / the limit's throughput in the same round",
-    "throughput_vs_celery": "Against Celery in the same round (issue 16: throughput >= 1, worker CPU per job <= 1)",
+    "throughput_vs_celery": "Against Celery in the same round (goals: throughput >= 1, worker CPU per job <= 1)",
     "round_trips_per_job": "Database round trips per job, steady state (commands / jobs, jobs 10%-90% of a batch)",
     "cpu_per_job": (
         "CPU per job, microseconds: the worker process(es), and under it the server process over the same drain"
