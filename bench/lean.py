@@ -113,6 +113,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--jobs", type=int, default=300)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--only", choices=("mjq", "limit"), help="drain this contender alone")
+    p.add_argument("--concurrency", type=int, default=1, help="handler threads of each contender (default 1)")
     p.add_argument("--config", default="{}", help="mongo-job-queue config keys, as JSON")
     p.add_argument("--json", metavar="PATH", help="write every round's figures here")
     p.add_argument("--profile", metavar="PATH", help="cProfile every thread but the main one; merged stats here")
@@ -123,6 +124,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     write_profile = profile_threads(args.profile) if args.profile else None
     rounds: list[dict[str, Any]] = []
     with database(args.uri) as (uri, _, server_pid):
+        print(json.dumps({"server_pid": server_pid}), file=sys.stderr, flush=True)  # e.g. for py-spy record
         control: MongoClient[dict[str, Any]] = MongoClient(uri)
         ctx = Context(uri=uri, db_name=f"mjq_bench_lean_{os.getpid()}", control=control, server_pid=server_pid)
         contenders: list[Contender] = []
@@ -133,7 +135,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         try:
             for c in contenders:
                 c.prepare()
-                c.start(1)
+                c.start(args.concurrency)
             _drain_once(contenders[0], 20, server_pid)  # warm-up: imports, connections, indexes
             for r in range(args.rounds):
                 order = contenders[r % len(contenders) :] + contenders[: r % len(contenders)]

@@ -42,6 +42,7 @@ from pymongo import monitoring
 __all__ = [
     "HELLO_COMMANDS",
     "CommandCounter",
+    "CompletionCounter",
     "SteadyWindow",
     "per_job",
     "percentile",
@@ -92,6 +93,53 @@ class CommandCounter(monitoring.CommandListener):
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counts)
+
+
+class CompletionCounter(monitoring.CommandListener):
+    """Counts the jobs a client's acknowledged ``update`` commands set ``completed``, to wait on in process.
+
+    A drain ends when its last completion write is acknowledged. Reading
+    that from the replies of the contender's own client costs the server
+    nothing; polling the collection (a ``count_documents`` every few
+    milliseconds) would cost a linear-scanning server CPU and slow the very
+    drain it times. Only updates of ``collection`` whose every statement
+    sets ``status: completed`` count, by the reply's ``nModified``.
+    """
+
+    def __init__(self, collection: str) -> None:
+        self.collection = collection
+        self._cond = threading.Condition()
+        self._open: dict[int, bool] = {}
+        self.completed = 0
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name != "update" or event.command.get("update") != self.collection:
+            return
+        statements = event.command.get("updates") or ()
+        if statements and all(((u.get("u") or {}).get("$set") or {}).get("status") == "completed" for u in statements):
+            with self._cond:
+                self._open[event.request_id] = True
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        if event.command_name != "update":
+            return
+        with self._cond:
+            if self._open.pop(event.request_id, False):
+                self.completed += int(event.reply.get("nModified", 0))
+                self._cond.notify_all()
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        with self._cond:
+            self._open.pop(event.request_id, None)
+
+    def reset(self) -> None:
+        with self._cond:
+            self.completed = 0
+
+    def wait(self, jobs: int, timeout: float) -> bool:
+        """Whether ``jobs`` completions were acknowledged within ``timeout`` seconds of this call."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.completed >= jobs, timeout)
 
 
 class SteadyWindow:

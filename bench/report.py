@@ -27,11 +27,17 @@ __all__ = ["Results", "machine_info", "package_versions"]
 COMPANIONS = {
     "cpu_per_job": (("cpu_per_job", ""), ("server_cpu_per_job", " server")),
     "bytes_sent_per_job": (("bytes_sent_per_job", " sent"), ("bytes_received_per_job", " received")),
+    "throughput_vs_celery": (
+        ("throughput_vs_celery", " throughput"),
+        ("cpu_vs_celery", " worker CPU/job"),
+        ("server_cpu_vs_celery", " server CPU/job"),
+    ),
 }
 
 TITLES = {
     "throughput": "Throughput, jobs/s: no-op handler, pre-filled queue",
     "throughput_vs_limit": "Throughput / the limit's throughput in the same round",
+    "throughput_vs_celery": "Against Celery in the same round (goals: throughput >= 1, worker CPU per job <= 1)",
     "round_trips_per_job": "Database round trips per job, steady state (commands / jobs, jobs 10%-90% of a batch)",
     "cpu_per_job": (
         "CPU per job, microseconds: the worker process(es), and under it the server process over the same drain"
@@ -45,6 +51,9 @@ TITLES = {
 COLUMN = {
     "throughput": "concurrency",
     "throughput_vs_limit": "concurrency",
+    "throughput_vs_celery": "concurrency",
+    "cpu_vs_celery": "concurrency",
+    "server_cpu_vs_celery": "concurrency",
     "round_trips_per_job": "concurrency",
     "cpu_per_job": "concurrency",
     "server_cpu_per_job": "concurrency",

@@ -34,6 +34,7 @@ __all__ = ["database", "prepare_all", "run_enqueue", "run_idle", "run_memory", "
 
 T = TypeVar("T")
 LIMIT = "limit[pymongo]"
+CELERY = "celery[kombu-mongodb]"
 
 
 @contextlib.contextmanager
@@ -137,13 +138,18 @@ def _timed(label: str, fn: Callable[..., T], *args: Any) -> T:
 
 
 def _drain_once(c: Contender, jobs: int, server_pid: Optional[int] = None) -> Batch:
-    """Fill, then drain (timed); the server's CPU is read around the drain only."""
+    """Fill, then drain (timed); the server's CPU is read around the drain only.
+
+    It ends where the contender's clock stopped (``Batch.server_cpu_end``),
+    when the contender marks it, else when ``drain`` returns.
+    """
     c.clear()
     c.fill(jobs)
     cpu0 = process_cpu_seconds(server_pid) if server_pid else None
     batch = c.drain(jobs)
     if server_pid and cpu0 is not None:
-        batch.server_cpu_seconds = process_cpu_seconds(server_pid) - cpu0
+        end = batch.server_cpu_end if batch.server_cpu_end is not None else process_cpu_seconds(server_pid)
+        batch.server_cpu_seconds = end - cpu0
     c.clear()
     return batch
 
@@ -164,6 +170,8 @@ def _record_throughput(
             ratios = [(got[r].jobs / got[r].seconds) / (limit[r].jobs / limit[r].seconds) for r in got if r in limit]
             if ratios:
                 results.add("throughput_vs_limit", name, params, "x", ratios)
+        if name.startswith("mjq[") and batches.get(CELERY):
+            _record_vs_celery(results, name, got, batches[CELERY], params)
         cpus = [b.cpu_seconds / b.jobs * 1e6 for b in runs if b.cpu_seconds is not None]
         if cpus:
             results.add("cpu_per_job", name, params, "us/job", cpus)
@@ -187,6 +195,21 @@ def _record_throughput(
                 window=window,
                 whole_batch_per_job=round(statistics.median(whole), 4),
             )
+
+
+def _record_vs_celery(
+    results: Results, name: str, got: dict[int, Batch], celery: dict[int, Batch], params: dict[str, Any]
+) -> None:
+    """Throughput, worker and server CPU per job over Celery's batch of the same round (issue 16's goals)."""
+    rounds = [r for r in got if r in celery]
+    rate = [(got[r].jobs / got[r].seconds) / (celery[r].jobs / celery[r].seconds) for r in rounds]
+    if rate:
+        results.add("throughput_vs_celery", name, params, "x", rate)
+    for figure, attr in (("cpu_vs_celery", "cpu_seconds"), ("server_cpu_vs_celery", "server_cpu_seconds")):
+        pairs = [(getattr(got[r], attr), getattr(celery[r], attr), r) for r in rounds]
+        ratios = [(a / got[r].jobs) / (b / celery[r].jobs) for a, b, r in pairs if a is not None and b]
+        if ratios:
+            results.add(figure, name, params, "x", ratios)
 
 
 def _record_server_and_bytes(results: Results, name: str, runs: list[Batch], params: dict[str, Any]) -> None:

@@ -28,6 +28,8 @@ from typing import Any, Optional
 
 from pymongo import MongoClient, uri_parser
 
+from ..metrics import process_cpu_seconds
+
 __all__ = [
     "Batch",
     "Contender",
@@ -57,6 +59,9 @@ class Batch:
     steady: Optional[tuple[dict[str, int], int]] = None  # (commands, jobs) in the batch's steady state
     wire_bytes: Optional[tuple[int, int]] = None  # (sent, received) BSON bytes of the whole drain, None if not seen
     server_cpu_seconds: Optional[float] = None  # the server process over the drain, set by the runner
+    #: The server's CPU seconds read by the contender when its drain ended (``Context.server_cpu``), before
+    #: it stops or pauses its workers; None: the runner reads it after ``drain`` returns.
+    server_cpu_end: Optional[float] = None
 
 
 @dataclass
@@ -74,6 +79,15 @@ class Context:
     @property
     def db(self) -> Any:
         return self.control[self.db_name]
+
+    def server_cpu(self) -> Optional[float]:
+        """The server process's CPU seconds so far; None when it is not on this machine.
+
+        A contender reads it when it reads its own clock at the end of a
+        drain, so that stopping or pausing its workers afterwards (a
+        worker's ``stop()`` writes too) is charged to no one.
+        """
+        return process_cpu_seconds(self.server_pid) if self.server_pid else None
 
 
 class Contender:

@@ -81,13 +81,14 @@ class CeleryMongo(Contender):
         try:
             line = worker.expect(lambda line: f'"batch": "{self.batch}"' in line, timeout=self.ctx.timeout_s)
             cpu = process_cpu_seconds(worker.pid) - cpu0
+            server_end = self.ctx.server_cpu()
         finally:
             worker.pause()
         done = json.loads(line)
         total = Counter(done["commands"])
         commands = dict(total - self.commands)
         self.commands = total
-        return Batch(jobs, done["t"] - t0, cpu, commands)
+        return Batch(jobs, done["t"] - t0, cpu, commands, server_cpu_end=server_end)
 
     def clear(self) -> None:
         self.ctx.db["messages"].delete_many({"queue": QUEUE})

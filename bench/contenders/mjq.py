@@ -9,8 +9,11 @@ row "failed: ConfigError ..." instead of stopping the run.
 What is measured here:
 
 * **throughput**: the queue is filled with ``enqueue_many`` while no worker
-  runs, then the clock runs from ``start_polling()`` until the database shows
-  every job completed (the last completion write included), then ``stop()``.
+  runs, then the clock runs from ``start_polling()`` until every job's
+  completion write was acknowledged (read from the replies its own client
+  gets, :class:`~bench.metrics.CompletionCounter`: nothing is polled on
+  the server), then ``stop()``, which is outside the clock and outside the
+  server's CPU figure.
 * **round trips per job**: every command sent by the client of the job model's
   MongoEngine alias, by name (claim ``findAndModify`` or batched ``find`` +
   ``update``, completion ``update``, change-stream ``getMore`` ...), counted
@@ -37,7 +40,7 @@ from mongoengine import StringField
 
 from mongo_job_queue import BaseJob, PersistentJobQueue, create_job_queue
 
-from ..metrics import CommandCounter, SteadyWindow
+from ..metrics import CommandCounter, CompletionCounter, SteadyWindow
 from . import Batch, Contender, Context, wait_until
 
 ALIAS = "mjq_bench"
@@ -63,6 +66,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 #: The commands sent by the job model's client; registered when the alias connects.
 COUNTER = CommandCounter()
+#: The completion writes acknowledged to that client: the end of a drain, seen without polling.
+COMPLETIONS = CompletionCounter("bench_mjq_jobs")
 
 
 class BenchJob(BaseJob):
@@ -76,7 +81,11 @@ def connect(ctx: Context) -> None:
     """Connect the model's alias, once, with the command counter on its client."""
     if ALIAS not in mongoengine.connection._connection_settings:
         mongoengine.connect(
-            host=ctx.uri, db=ctx.db_name, alias=ALIAS, uuidRepresentation="standard", event_listeners=[COUNTER]
+            host=ctx.uri,
+            db=ctx.db_name,
+            alias=ALIAS,
+            uuidRepresentation="standard",
+            event_listeners=[COUNTER, COMPLETIONS],
         )
 
 
@@ -175,21 +184,22 @@ class MjqContender(Contender):
         steady = SteadyWindow(COUNTER, jobs)
         self.handler.arm(jobs, steady)
         COUNTER.reset()
+        COMPLETIONS.reset()
         cpu0, t0 = time.process_time(), time.perf_counter()
         queue.start_polling()
         try:
             if not self.handler.done.wait(self.ctx.timeout_s):
                 raise TimeoutError(f"{self.handler.count} of {jobs} jobs ran in {self.ctx.timeout_s:.0f} s")
-            wait_until(
-                lambda: self.collection.count_documents({"status": "completed"}) >= jobs,
-                self.ctx.timeout_s,
-                what="completion writes",
-            )
+            if not COMPLETIONS.wait(jobs, self.ctx.timeout_s):
+                raise TimeoutError(f"{COMPLETIONS.completed} of {jobs} completion writes in {self.ctx.timeout_s:.0f} s")
             seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+            server_end = self.ctx.server_cpu()
             commands = COUNTER.snapshot()
         finally:
             queue.stop(timeout=30)
-        return Batch(jobs, seconds, cpu, commands, steady.result(), COUNTER.wire_bytes())
+        batch = Batch(jobs, seconds, cpu, commands, steady.result(), COUNTER.wire_bytes())
+        batch.server_cpu_end = server_end
+        return batch
 
     def clear(self) -> None:
         self.collection.delete_many({})

@@ -139,10 +139,11 @@ class PymongoLoop(Contender):
         for t in threads:
             t.join(self.ctx.timeout_s)
         seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        server_end = self.ctx.server_cpu()
         if sum(done) != jobs:
             raise RuntimeError(f"the loop ran {sum(done)} of {jobs} jobs")
         commands, steady = self.counter.snapshot(), self.steady.result()
-        return Batch(jobs, seconds, cpu, commands, steady, self.counter.wire_bytes())
+        return Batch(jobs, seconds, cpu, commands, steady, self.counter.wire_bytes(), server_cpu_end=server_end)
 
     def clear(self) -> None:
         self.coll.delete_many({})

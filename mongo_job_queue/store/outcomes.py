@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any, Optional
 
 from bson import ObjectId
-from pymongo import UpdateOne
+from pymongo import UpdateMany, UpdateOne
 from pymongo.errors import BulkWriteError, DocumentTooLarge, OperationFailure
 
 from ..model import JobError, job_log_extra
@@ -27,7 +27,15 @@ from .handle import JobStore
 from .leases import ClaimedJob, rekey
 from .marks import as_stored
 
-__all__ = ["FencedWrite", "Outcomes", "UnstorableResult", "attempt_failed", "completion_update", "pushed"]
+__all__ = [
+    "FencedWrite",
+    "Outcomes",
+    "UnstorableResult",
+    "attempt_failed",
+    "completion_update",
+    "pushed",
+    "statements",
+]
 
 
 @dataclass(frozen=True)
@@ -99,6 +107,46 @@ class FencedWrite:
             filt["cancel_requested"] = {"$ne": True}
         return filt
 
+    def joins(self, other: FencedWrite) -> bool:
+        """Whether one statement can write both: the same lease token, key values, fence and update object.
+
+        The very object, not an equal one: ``1 == True == 1.0`` in Python,
+        and a statement writes one value's BSON type for all.
+        """
+        return (
+            self.update is other.update
+            and self.job.token == other.job.token
+            and self.uncancelled == other.uncancelled
+            and self.job.key == other.job.key
+        )
+
+
+def statements(writes: Sequence[FencedWrite]) -> list[UpdateOne | UpdateMany]:
+    """The bulk write's statements: one per group of writes that differ only by ``_id``.
+
+    A batch claim leases its jobs under one token, and their no-result
+    completions share one update (:meth:`Outcomes.complete_many`), so one ``update_many`` over their ids,
+    fenced by that token and ``processing`` (and the key values), writes
+    them all: per document the very fence of the single writes. It costs
+    the server one statement instead of one per job. A group of one is the
+    single fenced ``update_one``.
+    """
+    groups: list[list[FencedWrite]] = []
+    for write in writes:
+        group = next((g for g in groups if g[0].joins(write)), None)
+        if group is None:
+            groups.append([write])
+        else:
+            group.append(write)
+    ops: list[UpdateOne | UpdateMany] = []
+    for group in groups:
+        head = group[0]
+        if len(group) == 1:
+            ops.append(UpdateOne(head.filter, dict(head.update)))
+        else:
+            ops.append(UpdateMany({**head.filter, "_id": {"$in": [w.job.id for w in group]}}, dict(head.update)))
+    return ops
+
 
 class Outcomes:
     """Writes the outcome of each attempt: completed, failed, rescheduled, released, cancelled, recovered."""
@@ -135,16 +183,20 @@ class Outcomes:
     def complete_many(self, jobs: Sequence[tuple[ClaimedJob, Any]]) -> set[tuple[ObjectId, str]]:
         """Mark many claimed jobs completed in one bulk write; return the runs ``(id, token)`` whose write landed."""
         now = self._store.now()
-        return self.write_many(
-            [FencedWrite(job, COMPLETED, completion_update(now, result, job.progress)) for job, result in jobs],
-            "complete_many",
-        )
+        bare = completion_update(now, None)  # one object for every run without result or progress: see statements()
+
+        def update(job: ClaimedJob, result: Any) -> dict[str, Any]:
+            return bare if result is None and job.progress is None else completion_update(now, result, job.progress)
+
+        writes = [FencedWrite(job, COMPLETED, update(job, result)) for job, result in jobs]
+        return self.write_many(writes, "complete_many")
 
     def write_many(self, writes: Sequence[FencedWrite], op: str = "write_many") -> set[tuple[ObjectId, str]]:
         """Write many outcomes in one bulk write; return the runs ``(id, token)`` whose write landed.
 
         Each update carries its own fence (``_id``, token, ``processing``), so
-        a lost lease fails only its own job. When fewer matched than sent, the
+        a lost lease fails only its own job; writes that differ only by
+        ``_id`` go as one statement (:func:`statements`). When fewer matched than sent, the
         runs whose job has its target status under their token (by this try
         or an earlier one whose reply was lost) count as written; the others
         lost their lease (or, for a write that is ``uncancelled``, had a
@@ -160,8 +212,7 @@ class Outcomes:
         def bulk(some: Sequence[FencedWrite]) -> Optional[list[dict[str, Any]]]:
             """Write ``some``: None when every write matched, else the documents of their jobs now."""
             try:
-                ops = [UpdateOne(w.filter, dict(w.update)) for w in some]
-                if jobs.bulk_write(ops, ordered=False).matched_count == len(some):
+                if jobs.bulk_write(statements(some), ordered=False).matched_count == len(some):
                     return None
             except BulkWriteError:
                 pass  # some writes were rejected; find out which below

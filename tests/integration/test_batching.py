@@ -33,6 +33,8 @@ class CommandCounter(monitoring.CommandListener):
         self.counts: Counter[str] = Counter()
         #: The filter and projection of every ``find`` (projection None: whole documents).
         self.finds: list[tuple[Any, Any]] = []
+        #: The statements of every ``update`` command, one list per command.
+        self.updates: list[list[dict[str, Any]]] = []
         self.lock = threading.Lock()
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
@@ -41,6 +43,8 @@ class CommandCounter(monitoring.CommandListener):
                 self.counts[event.command_name] += 1
                 if event.command_name == "find":
                     self.finds.append((event.command.get("filter"), event.command.get("projection")))
+                if event.command_name == "update":
+                    self.updates.append(list(event.command.get("updates") or []))
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         pass
@@ -143,6 +147,29 @@ def test_complete_many_fences_each_job_by_its_token(counted) -> None:
     assert counted.counts["update"] == 1  # one bulk write for all three
     assert CountedJob.objects.get(id=lost.id).status == "processing"
     assert CountedJob.objects.get(id=claimed[2].id).result == {"i": 2}
+
+
+def test_complete_many_writes_a_claim_batchs_no_result_completions_in_one_statement(counted) -> None:
+    # One update_many per claim batch (one token, one update) instead of one statement per job:
+    # per document the same fence, so a lost lease still fails only its own job.
+    queue = _queue()
+    queue.enqueue_many([{"job_type": "T"} for _ in range(7)])
+    first = queue.store.jobs.claim_batch(["T"], ["default"], LeaseOwner.current("w"), 4)
+    second = queue.store.jobs.claim_batch(["T"], ["default"], LeaseOwner.current("w"), 3)
+    lost = first[1]
+    CountedJob.objects(id=lost.id).update(set__lease_token="someone-else")
+    counted.updates.clear()
+    runs = [(c, None) for c in first] + [(second[0], None), (second[1], {"r": 1}), (second[2], None)]
+    written = queue.store.jobs.complete_many(runs)
+    assert written == {(c.id, c.token) for c in first + second if c is not lost}
+    (statements,) = counted.updates  # one bulk write
+    # The first batch's four (the lost one matches nothing), the second batch's two without a result,
+    # and the one with a result alone.
+    assert sorted(len(s["q"]["_id"]["$in"]) if s.get("multi") else 1 for s in statements) == [1, 2, 4]
+    assert all(s["q"]["status"] == "processing" and s["q"]["lease_token"] for s in statements)
+    assert CountedJob.objects.get(id=lost.id).status == "processing"
+    assert CountedJob.objects(status="completed").count() == 6
+    assert CountedJob.objects.get(id=second[1].id).result == {"r": 1}
 
 
 def test_pool_with_batching_runs_every_job_once_with_fewer_round_trips(counted) -> None:
