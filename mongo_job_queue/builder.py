@@ -253,9 +253,13 @@ def _run_at(run_at: Any, delay_ms: Any, now: datetime) -> datetime:
         if not isinstance(run_at, datetime):
             raise InvalidJobError(f"run_at must be a datetime, got {type(run_at).__name__}")
         try:
-            return to_naive_utc(run_at)
+            at = to_naive_utc(run_at)
         except (OverflowError, ValueError) as exc:  # UTC of an aware time near datetime.min/max
             raise InvalidJobError(f"run_at {_short_repr(run_at)} is out of range in UTC: {exc}") from exc
+        # The bound of delay_ms: a date near datetime.max cannot be read back in a zone east of UTC.
+        if at > after_ms(now, MAX_DURATION_MS):
+            raise InvalidJobError(f"run_at must be at most 100 years ahead, got {_short_repr(run_at)}")
+        return at
     return now
 
 

@@ -126,7 +126,7 @@ def _dispatch(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: Tex
     try:
         if args.command == "admin":
             return run_admin_command(queue, args)
-        if args.command == "doctor":  # before the ping, which would build the indexes it checks
+        if args.command == "doctor":  # its own ping and checks, with its own bounds
             return run_doctor_command(queue, args, out, err)
         configure_logging(args.log_level or logging.WARNING, args.log_level is not None)
         check_database(queue, args.db_timeout)

@@ -264,10 +264,12 @@ class Admin:
 
         No retries: the point is a quick answer, not riding out a failover.
         Raises pymongo's ``ConnectionFailure`` (unreachable) or another
-        ``PyMongoError`` (refused, e.g. authentication).
+        ``PyMongoError`` (refused, e.g. authentication). It builds no index:
+        a build on a large collection outlasts the bound (the next call
+        builds them under the build's own, see :mod:`.indexes`).
         """
         with pymongo.timeout(timeout_s):
-            self._store.collection.database.command("ping")
+            self._store._database().command("ping")
 
     def has_due(self, types: Iterable[str], queues: Iterable[str]) -> bool:
         """Whether a job of these types is due in these queues and claimable (a burst worker's exit test).

@@ -71,6 +71,8 @@ _locks: dict[type[BaseJob], threading.Lock] = {}
 #: :meth:`BaseJob.drop_collection` forgets it, and MongoEngine makes a new
 #: object in a forked child; either means "create them again".
 _prepared: dict[type[BaseJob], Collection[dict[str, Any]]] = {}
+#: The longest a thread waits for another thread's build of a model's indexes: one try of it, plus a margin.
+BUILD_WAIT_S = INDEX_BUILD_MS / 1000 + 60
 
 
 class Indexes:
@@ -242,7 +244,8 @@ def prepared_collection(model: type[BaseJob], *, force: bool = False) -> Collect
         force: Create and check the indexes even if this process did already.
 
     Raises:
-        IndexSetupError: an index could not be created, or a unique one is missing.
+        IndexSetupError: an index could not be created, or a unique one is missing, or another
+            thread's build held this one up for over :data:`BUILD_WAIT_S`.
         PyMongoError: the server could not be reached; the next call tries again.
     """
     cached: Collection[dict[str, Any]] | None = getattr(model, "_collection", None)
@@ -250,13 +253,21 @@ def prepared_collection(model: type[BaseJob], *, force: bool = False) -> Collect
         assert cached is not None
         raw = cached
     else:
-        with _model_lock(model):  # every other thread's first use of this model waits here until the indexes exist
+        lock = _model_lock(model)  # every other thread's first use of this model waits here until the indexes exist
+        if not lock.acquire(timeout=BUILD_WAIT_S):
+            raise IndexSetupError(
+                f"{model.__name__}: another thread of this process has been creating its indexes for over "
+                f"{BUILD_WAIT_S:g} s; the next call tries again"
+            )
+        try:
             # Under the lock: a model whose meta turns auto_create_index back on builds them here, not unlocked.
             raw = model._get_collection()
             if force or _prepared.get(model) is not raw:
                 _create_indexes(model)
                 verify_unique_indexes(model, raw)
                 _prepared[model] = raw
+        finally:
+            lock.release()
     if raw.codec_options.tz_aware:
         return raw.with_options(codec_options=raw.codec_options.with_options(tz_aware=False, tzinfo=None))
     return raw

@@ -208,7 +208,8 @@ class Worker:
             threads.append(self._new_scheduler_thread(self.scheduler, stopping))
         self._running = True
         self.keeper.start()
-        own.track(threads)
+        # The flusher (batch_acks) started with its completer: tracked too, so a stop joins and names it.
+        own.track(threads if completer.thread is None else [*threads, completer.thread])
         for thread in threads:
             thread.start()
 

@@ -53,6 +53,11 @@ class AckBuffer:
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"{name}-acks", daemon=True)
 
+    @property
+    def thread(self) -> threading.Thread:
+        """The flusher thread, which the worker tracks and joins as its own."""
+        return self._thread
+
     def start(self) -> None:
         self._thread.start()
 
@@ -141,6 +146,11 @@ class InlineCompleter:
     def close(self, timeout: float) -> bool:
         return True
 
+    @property
+    def thread(self) -> Optional[threading.Thread]:
+        """No thread of its own."""
+        return None
+
 
 class GroupCompleter:
     """Hands completions to a group-commit buffer; ``on_acked`` reports each once it is written.
@@ -177,6 +187,11 @@ class GroupCompleter:
     def close(self, timeout: float) -> bool:
         """Write what is buffered and stop the flusher; True if it finished in time."""
         return self._buffer.close(timeout)
+
+    @property
+    def thread(self) -> Optional[threading.Thread]:
+        """The flusher thread: a stop waits for it and names it while it runs, as the worker's other threads."""
+        return self._buffer.thread
 
     def _acked(self, claimed: ClaimedJob, outcome: Optional[bool]) -> None:
         try:

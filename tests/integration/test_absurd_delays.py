@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -99,3 +99,25 @@ def test_absurd_delays_at_enqueue_are_refused_before_anything_is_written(make_qu
     with pytest.raises(InvalidJobError, match="100 years"):
         queue.enqueue_many([{"job_type": "ANY", "delay_ms": 10**15}])
     assert job_model.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    "run_at",
+    [
+        pytest.param(datetime.max, id="naive-max"),
+        pytest.param(datetime.max.replace(tzinfo=timezone.utc), id="aware-max"),
+        pytest.param(utcnow() + timedelta(days=101 * 365), id="101-years"),
+    ],
+)
+def test_a_run_at_more_than_100_years_ahead_is_refused_before_anything_is_written(
+    make_queue, job_model, run_at
+) -> None:
+    # Stored, datetime.max could not be read back on a connection with a zone east of UTC (the app's own reads).
+    queue = make_queue()
+    with pytest.raises(InvalidJobError, match="100 years"):
+        queue.enqueue("ANY", {}, run_at=run_at)
+    with pytest.raises(InvalidJobError, match=r"jobs\[0\]: .*100 years"):
+        queue.enqueue_many([{"job_type": "ANY", "run_at": run_at}])
+    assert job_model.objects.count() == 0
+    far = utcnow() + NINETY_NINE_YEARS  # within the bound: accepted, stored as given
+    assert to_naive_utc(queue.enqueue("ANY", {}, run_at=far).run_at) == far

@@ -1,14 +1,16 @@
-"""Time limits in one thread: where the limit comes from, the stored option, the exception, and the abandon write."""
+"""Time limits without a worker: where the limit comes from, the stored option, the exception, the abandon write.
+
+The watchdog thread beside ``run_once()`` on a queue runs over the wire:
+tests/integration/test_time_limits_run_once.py.
+"""
 
 from __future__ import annotations
 
-import logging
 import time
 from datetime import timedelta
 from typing import Any
 
 import pytest
-import tenacity
 from conftest import raw_doc
 
 from mongo_job_queue import HandlerError, InvalidJobError, JobTimeLimitExceeded, QueueConfig
@@ -89,66 +91,7 @@ def test_a_hand_edited_time_limit_is_quarantined_at_claim(queue: Any) -> None:
     assert done.status == "failed" and "time_limit_ms" in done.last_error.message
 
 
-def test_run_once_raises_the_limit_in_the_calling_thread_and_the_policy_retries(queue: Any) -> None:
-    runs: list[int] = []
-
-    @queue.handler("T", time_limit_ms=100, max_retries=1, wait=tenacity.wait_fixed(0))
-    def handler(job: Any) -> str:
-        runs.append(job.attempts)
-        if job.attempts == 1:
-            _loop(30)
-        return "done"
-
-    job = queue.enqueue("T", {})
-    started = time.monotonic()
-    first = queue.run_once()
-    assert time.monotonic() - started < 10
-    assert first.status == "pending" and first.last_error.type == TIME_LIMIT_ERROR
-    assert first.last_error.message == "the handler ran past its time limit of 100 ms"
-    assert "_loop" in first.last_error.traceback
-    assert queue.run_once().status == "completed"
-    assert runs == [1, 2] and queue.get_job(job.id).result == "done"
-
-
-def test_a_retry_policy_that_does_not_match_the_exception_fails_the_job(queue: Any) -> None:
-    queue.register_handler(
-        "T", lambda job: _loop(30), time_limit_ms=100, retry=tenacity.retry_if_exception_type(OSError)
-    )
-    job = queue.enqueue("T", {}, max_retries=5)
-    assert queue.run_once().status == "failed"
-    assert queue.get_job(job.id).last_error.type == TIME_LIMIT_ERROR
-
-
-def test_a_handler_that_catches_the_exception_and_returns_completes(
-    queue: Any, caplog: pytest.LogCaptureFixture
-) -> None:
-    def handler(job: Any) -> str:
-        try:
-            _loop(30)
-        except JobTimeLimitExceeded:
-            return "cleaned up"
-        return "never"
-
-    queue.register_handler("T", handler, time_limit_ms=100)
-    queue.enqueue("T", {})
-    with caplog.at_level(logging.WARNING, logger="mongo_job_queue"):
-        done = queue.run_once()
-    assert done.status == "completed" and done.result == "cleaned up"
-    assert "caught JobTimeLimitExceeded and returned" in caplog.text
-
-
-def test_a_stuck_single_step_is_not_abandoned_its_outcome_is_recorded(
-    make_queue: Any, caplog: pytest.LogCaptureFixture
-) -> None:
-    queue = make_queue(time_limit_grace_ms=50)
-    queue.register_handler("T", lambda job: time.sleep(0.6), time_limit_ms=50, max_retries=0)
-    job = queue.enqueue("T", {})
-    with caplog.at_level(logging.WARNING, logger="mongo_job_queue"):
-        done = queue.run_once()  # the caller's thread cannot be replaced: it runs to the end of the sleep
-    assert done.status == "failed" and done.last_error.type == TIME_LIMIT_ERROR
-    assert done.lease_token is not None  # an ordinary outcome write, not an abandonment
-    assert "cannot be replaced, so it is not abandoned" in caplog.text
-    assert queue.get_job(job.id).attempts == 1
+# run_once() with the watchdog thread beside it: tests/integration/test_time_limits_run_once.py.
 
 
 def test_the_exception_arriving_while_leaving_the_call_is_absorbed(monkeypatch: pytest.MonkeyPatch) -> None:

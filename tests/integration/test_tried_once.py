@@ -1,4 +1,7 @@
-"""JobStore.tried_once(): one try for the calls of the block's thread, the store's retries for every other thread."""
+"""JobStore.tried_once(): one try for the calls of the block's thread, the store's retries for every other thread.
+
+Two threads share one store, so it runs over the wire (mongomock is not safe for concurrent use).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ from typing import Any
 
 import pytest
 from pymongo.errors import AutoReconnect
+
+pytestmark = pytest.mark.integration
 
 
 def _failing(tries: list[str], name: str) -> Any:
@@ -17,9 +22,9 @@ def _failing(tries: list[str], name: str) -> Any:
     return call
 
 
-def test_only_the_blocks_thread_gets_one_try(queue: Any) -> None:
-    store = queue.store
-    queue.ensure_indexes()  # the first call's index build is not what is counted here
+def test_only_the_blocks_thread_gets_one_try(make_queue: Any) -> None:
+    # Short waits between the retries; the first call of either thread builds the indexes, before any try is counted.
+    store = make_queue(db_retry_max_delay_ms=100).store
     tries: list[str] = []
     inside, other_done = threading.Event(), threading.Event()
     errors: dict[str, BaseException] = {}
