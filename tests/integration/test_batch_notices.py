@@ -1,6 +1,6 @@
 """The notices of final writes to a batch tracker from several threads at once: none is lost.
 
-The notices come from two threads, so this runs over the wire (mongomock is
+The notices come from two threads, so this runs over the wire (the in-memory mock is
 not safe for concurrent use), on the queue's own store.
 """
 

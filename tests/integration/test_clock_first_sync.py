@@ -48,7 +48,7 @@ def test_a_claim_during_the_first_clock_measurement_waits_for_it(make_queue, job
 
 
 def test_threads_calling_now_during_the_first_measurement_wait_for_it(make_queue) -> None:
-    # Moved from tests/unit (mongomock is not safe for threads): the real hello, held on a gate.
+    # Moved from tests/unit (the in-memory mock is not safe for concurrent use): the real hello, held on a gate.
     store = make_queue(clock=lambda: utcnow() + timedelta(minutes=5)).store
     gate, entered = threading.Event(), threading.Event()
     real_hello = store._hello

@@ -1,6 +1,6 @@
 """JobStore.tried_once(): one try for the calls of the block's thread, the store's retries for every other thread.
 
-Two threads share one store, so it runs over the wire (mongomock is not safe for concurrent use).
+Two threads share one store, so it runs over the wire (the in-memory mock is not safe for concurrent use).
 """
 
 from __future__ import annotations

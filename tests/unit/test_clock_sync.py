@@ -42,7 +42,7 @@ def make_store(**config: Any) -> JobStore:
     return JobStore(OrgJob, QueueConfig(**config), clock=lambda: SERVER + AHEAD)
 
 
-# Threads calling now() during the first measurement: tests/integration/test_clock_first_sync.py.
+# Concurrent callers of now() during the first measurement: tests/integration/test_clock_first_sync.py.
 
 
 def test_the_first_measurement_failing_fails_now_and_is_tried_again() -> None:
