@@ -4,7 +4,8 @@
 
     JobStore (handle.py)   model, config, fork-safe collection, server clock, bounded(), retry()
       .jobs     jobs.py    insert; claims.py claim; leases.py heartbeat; outcomes.py fenced outcomes;
-                           recovery.py lease recovery and quarantine
+                           recovery.py lease recovery and quarantine; strays.py the leases of claims
+                           whose reply was lost
       .control  control.py pause and schedule state (the control collection), cancel requests
       .admin    admin.py   stats, purge, retry, find, malformed documents
       .indexes  indexes.py model indexes (before the first use) and retention TTL indexes
