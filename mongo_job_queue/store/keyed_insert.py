@@ -1,0 +1,162 @@
+"""The insert of a unique job or a schedule fire when the model declares a shard key (see :mod:`.keys`).
+
+The job and its key documents are inserted in one transaction, so either
+both are stored or neither: an enqueue refused (an app's unique index, an
+invalid document) leaves no key behind, and a key document always names a
+job that was stored with it. A key document already there decides, as the
+unique index does without a shard key (:meth:`~.jobs.Jobs.insert`): its
+job, if it still holds the key, is the answer and nothing is inserted;
+else the key is free, its document is deleted (conditionally on the job it
+names) and the insert is tried again.
+
+Whether a key is free is read inside a transaction with snapshot read
+concern, and the release is written in the same transaction: on a sharded
+cluster a read outside one may see the key document of a cross-shard
+transaction before its job, and take a key that is held for free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Optional
+
+from pymongo.client_session import ClientSession
+from pymongo.collection import Collection
+from pymongo.errors import DuplicateKeyError
+from pymongo.read_concern import ReadConcern
+
+from ..errors import InvalidJobError
+from ..status import FINISHED
+from .faults import duplicate_field
+from .handle import JobStore
+from .keys import key_doc, key_ids, keys_of
+
+__all__ = ["KeyedInsert"]
+
+_MAX_RELEASES = 10
+
+#: ``Jobs._holder``: the job holding ``doc``'s key after the jobs collection's own unique index refused it.
+HolderRule = Callable[[Mapping[str, Any], str, DuplicateKeyError, bool], Optional[dict[str, Any]]]
+
+
+class KeyedInsert:
+    """The keyed form of the one insert path of a guarded job (see the module docstring)."""
+
+    def __init__(self, store: JobStore, holder: HolderRule) -> None:
+        self._store = store
+        self._holder = holder
+
+    def insert(self, doc: dict[str, Any]) -> Optional[dict[str, Any]]:
+        """Insert ``doc`` with its key documents; None once stored, else the job that holds its place.
+
+        Idempotent under a lost reply: a commit that applied leaves the key
+        documents naming this very job, which the next try finds.
+        """
+        store = self._store
+        keys = key_ids(doc)
+        tries = 0
+
+        def call() -> Optional[dict[str, Any]]:
+            nonlocal tries
+            for _ in range(_MAX_RELEASES):
+                tries += 1
+                try:
+                    taken = self._insert_once(doc, keys)
+                except DuplicateKeyError as exc:  # the jobs collection's own unique indexes
+                    dup_field = duplicate_field(exc)
+                    if dup_field == "_id":
+                        # A job preset with this _id (a batch callback) is already stored: it holds the place.
+                        here = store.collection.find_one({"_id": doc["_id"], **store.shard_key.of(doc)})
+                        if here is not None:
+                            return None if tries > 1 else here
+                        continue
+                    # A collection migrated from a replica set may keep its unique indexes, and a holder
+                    # inserted by a process without the shard key has no key document: judged as before.
+                    holder = self._holder(doc, dup_field, exc, tries > 1)
+                    if holder is None:
+                        continue
+                    return None if holder["_id"] == doc["_id"] else holder
+                if taken is None:
+                    return None
+                holder = self._resolve(doc, *taken)
+                if holder is not None:
+                    return None if holder["_id"] == doc["_id"] else holder
+            if "unique_key" in doc:
+                raise InvalidJobError(f"unique_key {doc['unique_key']!r} is contended; try again")
+            raise InvalidJobError(f"the fire time of schedule {doc.get('schedule')!r} is contended; try again")
+
+        return store.retry(call, "insert")
+
+    def _insert_once(
+        self, doc: dict[str, Any], keys: list[tuple[str, dict[str, Any]]]
+    ) -> Optional[tuple[str, dict[str, Any]]]:
+        """One transaction: the key documents, then the job; None once committed, else the key already taken."""
+        jobs = self._store.collection
+        docs = keys_of(jobs)
+        now = self._store.now()
+        taken: list[tuple[str, dict[str, Any]]] = []
+
+        def txn(session: ClientSession) -> None:
+            taken.clear()
+            for kind, key_id in keys:
+                try:
+                    docs.insert_one(key_doc(key_id, doc, self._store.shard_key, now), session=session)
+                except DuplicateKeyError:
+                    taken.append((kind, key_id))
+                    raise
+            jobs.insert_one(doc, session=session)
+
+        with jobs.database.client.start_session() as session:
+            try:
+                session.with_transaction(txn)
+            except DuplicateKeyError:
+                if taken:
+                    return taken[0]
+                raise
+        return None
+
+    def _resolve(self, doc: Mapping[str, Any], kind: str, key_id: Mapping[str, Any]) -> Optional[dict[str, Any]]:
+        """The job holding ``key_id``, or None once its document was released (it held nothing any more)."""
+        store = self._store
+        jobs = store.collection
+        docs = keys_of(jobs)
+
+        def txn(session: ClientSession) -> Optional[dict[str, Any]]:
+            held = docs.find_one({"_id": key_id}, session=session)
+            if held is None:
+                return None  # released meanwhile
+            job = _read_job(jobs, held, session)
+            if job is not None and job["_id"] == doc["_id"]:
+                return job  # this very insert, by a try whose reply was lost
+            stored = held["_id"]
+            if job is not None and kind == "schedule":
+                if job.get("schedule") == stored.get("s") and job.get("fire_time") == stored.get("t"):
+                    return job
+            elif job is not None and job.get("unique_key") == stored.get("u"):
+                until = job.get("unique_until")
+                finished = job.get("status") in FINISHED and (until is None or until <= store.now())
+                if not finished:
+                    return job
+                # Released as without a shard key: the finished job no longer carries the key.
+                jobs.update_one(
+                    {**store.shard_key.of(job), "_id": job["_id"], "unique_key": stored["u"], "status": job["status"]},
+                    {"$unset": {"unique_key": ""}},
+                    session=session,
+                )
+            docs.delete_one({"_id": stored, "job": held.get("job")}, session=session)
+            return None
+
+        with jobs.database.client.start_session() as session:
+            result: Optional[dict[str, Any]] = session.with_transaction(txn, read_concern=ReadConcern("snapshot"))
+        return result
+
+
+def _read_job(
+    jobs: Collection[dict[str, Any]], held: Mapping[str, Any], session: ClientSession
+) -> Optional[dict[str, Any]]:
+    """The job a key document names: by its ``_id`` and shard key values; by ``_id`` alone if the app moved it."""
+    where = held.get("where") or {}
+    job = jobs.find_one({**where, "_id": held.get("job")}, session=session)
+    if job is None and where:
+        job = jobs.find_one({"_id": held.get("job")}, session=session)
+    return job

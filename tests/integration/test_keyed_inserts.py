@@ -1,0 +1,268 @@
+"""Keyed mode: with a declared shard key, unique jobs and schedule fires are guarded by key documents.
+
+A sharded collection cannot keep ``mjq_unique`` and ``mjq_schedule`` unique
+(docs/scaling.rst), so each key is a document of ``<jobs>_keys`` inserted
+with its job in one transaction (store/keyed_insert.py). The guarantees are
+those of the unique indexes: one holder per key, the holder returned and
+nothing written when refused, idempotent under a lost reply.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from mongoengine import StringField
+from pymongo.errors import AutoReconnect
+
+from mongo_job_queue import BaseJob, InvalidJobError, create_job_queue
+from mongo_job_queue.store import keyed_insert, keys
+from mongo_job_queue.store.indexes import forget_prepared
+
+from .models import ALIAS
+
+pytestmark = pytest.mark.integration
+
+COLLECTION = "keyed_jobs"
+
+
+class KeyedJob(BaseJob):
+    organization = StringField()
+    meta = {
+        "collection": COLLECTION,
+        "db_alias": ALIAS,
+        "shard_key": ("queue", "id"),
+        # An app's own unique index, to refuse an enqueue.
+        "indexes": [{"name": "app_ticket", "fields": ["organization"], "unique": True, "sparse": True}],
+    }
+
+
+class PlainJob(BaseJob):
+    """The same collection before the shard key was declared."""
+
+    organization = StringField()
+    meta = {"collection": COLLECTION, "db_alias": ALIAS}
+
+
+@pytest.fixture
+def fresh(db_name: str, raw_db: Any) -> Iterator[Any]:
+    def drop() -> None:
+        for name in raw_db.list_collection_names():
+            if name == COLLECTION or name.startswith(f"{COLLECTION}_"):
+                raw_db.drop_collection(name)
+        forget_prepared(KeyedJob)
+        forget_prepared(PlainJob)
+
+    drop()
+    yield raw_db
+    drop()
+
+
+@pytest.fixture
+def make(fresh: Any) -> Iterator[Any]:
+    made: list[Any] = []
+
+    def build(model: type[BaseJob] = KeyedJob) -> Any:
+        queue = create_job_queue(job_model=model)
+        made.append(queue)
+        return queue
+
+    yield build
+    for queue in made:
+        queue.stop(timeout=10)
+
+
+def key_docs(raw_db: Any) -> list[dict[str, Any]]:
+    return list(raw_db[f"{COLLECTION}_keys"].find())
+
+
+def test_a_unique_enqueue_returns_the_holder_and_writes_one_key_document(make, fresh) -> None:
+    queue = make()
+    first = queue.enqueue("T", {"n": 1}, unique_key="k", queue="alpha")
+    again = queue.enqueue("T", {"n": 2}, unique_key="k", queue="beta")
+    assert again.id == first.id and again.data == {"n": 1}
+    assert fresh[COLLECTION].count_documents({}) == 1
+    [doc] = key_docs(fresh)
+    assert doc["_id"] == {"u": "k"} and doc["job"] == first.id
+    assert doc["where"] == {"queue": "alpha", "_id": first.id}  # the holder is read by its shard key
+    info = fresh[COLLECTION].index_information()
+    assert not info["mjq_unique"].get("unique") and info["mjq_unique"]["sparse"]
+    assert not info["mjq_schedule"].get("unique")
+    queue.enqueue("T", {})  # a plain job writes no key document
+    assert len(key_docs(fresh)) == 1
+
+
+def test_concurrent_enqueues_of_one_key_insert_one_job(make, fresh) -> None:
+    queues = [make() for _ in range(4)]
+    start = threading.Barrier(16)
+
+    def enqueue(i: int) -> Any:
+        start.wait(timeout=30)
+        return queues[i % 4].enqueue("report", {"n": i}, unique_key="report:acme", queue=f"q{i % 3}")
+
+    with ThreadPoolExecutor(16) as pool:
+        jobs = list(pool.map(enqueue, range(16)))
+    assert fresh[COLLECTION].count_documents({"type": "report"}) == 1
+    assert len({job.id for job in jobs}) == 1
+    assert [d["job"] for d in key_docs(fresh)] == [jobs[0].id]
+
+
+def test_schedule_fires_from_several_queues_make_one_job_per_fire_time(make, fresh) -> None:
+    queues = [make() for _ in range(4)]
+    for queue in queues:
+        queue.schedule("hourly", "0 * * * *", "T", {})
+    gate = threading.Barrier(len(queues), timeout=30)
+
+    def tick_all(now: datetime) -> list[Any]:
+        fires: list[Any] = []
+
+        def tick(queue: Any) -> None:
+            gate.wait()
+            fires.extend(queue.fire_schedules(now))
+
+        threads = [threading.Thread(target=tick, args=(q,)) for q in queues]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        return fires
+
+    tick_all(datetime(2026, 1, 1, 9, 30))  # first sight: nothing due
+    for hour in (10, 11, 12):
+        assert sum(f.enqueued for f in tick_all(datetime(2026, 1, 1, hour, 0, 1))) == 1
+    fired = sorted(d["fire_time"] for d in fresh[COLLECTION].find({"schedule": "hourly"}))
+    assert fired == [datetime(2026, 1, 1, h) for h in (10, 11, 12)]
+    assert sorted(d["_id"]["t"] for d in key_docs(fresh) if "s" in d["_id"]) == fired
+
+
+def test_a_refused_enqueue_leaves_neither_key_document_nor_job(make, fresh) -> None:
+    queue = make()
+    queue.enqueue("T", {}, organization="acme")
+    with pytest.raises(InvalidJobError, match="unique index"):
+        queue.enqueue("T", {}, unique_key="k", organization="acme")
+    with pytest.raises(InvalidJobError):
+        queue.enqueue("T", {}, unique_key="k", unique_for_ms=-1)
+    assert key_docs(fresh) == []
+    assert fresh[COLLECTION].count_documents({}) == 1
+    assert queue.enqueue("T", {}, unique_key="k").unique_key == "k"  # the key was never taken
+
+
+@pytest.mark.parametrize(
+    ("commands", "times", "fault"),
+    [
+        (["commitTransaction"], 1, {"closeConnection": True}),
+        (["commitTransaction"], 3, {"closeConnection": True}),
+        (["insert"], 2, {"errorCode": 91, "errorLabels": ["TransientTransactionError"]}),
+        (["insert"], 1, {"closeConnection": True}),
+    ],
+    ids=["commit-lost-once", "commit-lost-thrice", "insert-transient", "insert-lost"],
+)
+def test_a_lost_reply_neither_duplicates_nor_loses(make, fresh, failpoint, commands, times, fault) -> None:
+    queue = make()
+    queue.enqueue("T", {})  # the collection prepared before the fault
+    failpoint(commands, times, **fault)
+    job = queue.enqueue("T", {"n": 1}, unique_key="k")
+    assert fresh[COLLECTION].count_documents({"unique_key": "k"}) == 1
+    assert fresh[COLLECTION].find_one({"unique_key": "k"})["_id"] == job.id
+    assert [d["job"] for d in key_docs(fresh)] == [job.id]
+    assert queue.enqueue("T", {"n": 2}, unique_key="k").id == job.id
+
+
+def test_a_commit_that_applied_but_whose_reply_was_lost_is_recognised(make, fresh, monkeypatch) -> None:
+    queue = make()
+    real = keyed_insert.KeyedInsert._insert_once
+    lost = []
+
+    def applied_then_lost(self: Any, doc: Any, ids: Any) -> Any:
+        taken = real(self, doc, ids)
+        if not lost:
+            lost.append(doc["_id"])
+            raise AutoReconnect("the reply of the commit was lost")
+        return taken
+
+    monkeypatch.setattr(keyed_insert.KeyedInsert, "_insert_once", applied_then_lost)
+    job = queue.enqueue("T", {}, unique_key="k")
+    assert lost == [job.id]
+    assert fresh[COLLECTION].count_documents({}) == 1
+    assert [d["job"] for d in key_docs(fresh)] == [job.id]
+
+
+def test_a_released_key_can_be_taken_again(make, fresh) -> None:
+    queue = make()
+    jobs = fresh[COLLECTION]
+    first = queue.enqueue("T", {}, unique_key="k", unique_for_ms=60_000)
+    done = {"status": "completed", "finished_at": datetime(2026, 1, 1)}
+    jobs.update_one({"_id": first.id}, {"$set": done})
+    assert queue.enqueue("T", {}, unique_key="k").id == first.id  # finished, but within its window
+    jobs.update_one({"_id": first.id}, {"$set": {"unique_until": datetime(2000, 1, 1)}})
+    second = queue.enqueue("T", {}, unique_key="k")  # the window is over: released
+    assert second.id != first.id
+    assert "unique_key" not in jobs.find_one({"_id": first.id})
+    jobs.delete_one({"_id": second.id})  # retention, or by hand: the key document stays behind
+    assert [d["job"] for d in key_docs(fresh)] == [second.id]
+    third = queue.enqueue("T", {}, unique_key="k")
+    assert third.id not in (first.id, second.id)
+    assert [d["job"] for d in key_docs(fresh)] == [third.id]
+    # A key document whose job no longer carries the key is free as well.
+    jobs.update_one({"_id": third.id}, {"$unset": {"unique_key": ""}})
+    assert queue.enqueue("T", {}, unique_key="k").id != third.id
+
+
+def test_jobs_stored_before_the_shard_key_was_declared_keep_their_keys(make, fresh) -> None:
+    plain = make(PlainJob)
+    held = plain.enqueue("T", {}, unique_key="k")
+    plain.schedule("hourly", "0 * * * *", "T", {})
+    plain.fire_schedules(datetime(2026, 1, 1, 9, 30))
+    assert [f.enqueued for f in plain.fire_schedules(datetime(2026, 1, 1, 10, 0, 1))] == [True]
+    assert fresh[COLLECTION].index_information()["mjq_unique"]["unique"]  # made by the replica-set days
+    assert key_docs(fresh) == []
+
+    queue = make(KeyedJob)
+    assert queue.enqueue("T", {"n": 2}, unique_key="k").id == held.id
+    ten = datetime(2026, 1, 1, 10)
+    spec = {"job_type": "T", "data": {}, "run_at": ten}
+    _, holder = queue._enqueuer.enqueue_fire(spec, {}, schedule="hourly", fire_time=ten)  # a late tick elsewhere
+    assert holder is not None and holder["_id"] == fresh[COLLECTION].find_one({"schedule": "hourly"})["_id"]
+    ids = sorted(repr(d["_id"]) for d in key_docs(fresh))
+    assert ids == sorted([repr({"u": "k"}), repr({"s": "hourly", "t": datetime(2026, 1, 1, 10)})])
+    assert fresh[COLLECTION].index_information()["mjq_unique"]["unique"]  # kept: stricter, fine until sharded
+    assert queue.enqueue("T", {}, unique_key="other").unique_key == "other"
+
+
+def test_a_key_of_a_job_stored_without_a_key_document_is_judged_by_the_unique_index(make, fresh) -> None:
+    """A process still without the shard key inserts after the backfill: its job has no key document.
+
+    (A process without the shard key cannot start on a collection made in keyed mode: its unique
+    indexes cannot be created over the non-unique ones of the same name.)
+    """
+    plain = make(PlainJob)
+    plain.enqueue("T", {})  # the collection of the replica-set days, its indexes unique
+    queue = make(KeyedJob)
+    queue.enqueue("T", {})  # prepared (and backfilled) now
+    late = plain.enqueue("T", {}, unique_key="k")
+    assert queue.enqueue("T", {}, unique_key="k").id == late.id
+    assert key_docs(fresh) == []
+    fresh[COLLECTION].update_one(
+        {"_id": late.id}, {"$set": {"status": "completed", "finished_at": datetime(2026, 1, 1)}}
+    )
+    taken = queue.enqueue("T", {}, unique_key="k")
+    assert taken.id != late.id
+    assert [d["job"] for d in key_docs(fresh)] == [taken.id]
+
+
+def test_the_sweep_deletes_old_key_documents_whose_job_is_gone(make, fresh) -> None:
+    queue = make()
+    kept = queue.enqueue("T", {}, unique_key="kept")
+    gone = queue.enqueue("T", {}, unique_key="gone")
+    young = queue.enqueue("T", {}, unique_key="young")
+    fresh[COLLECTION].delete_many({"_id": {"$in": [gone.id, young.id]}})
+    now = datetime.utcnow() + timedelta(minutes=1)
+    old = now - keys.SWEEP_AGE - timedelta(minutes=1)
+    fresh[f"{COLLECTION}_keys"].update_many({"_id": {"$in": [{"u": "kept"}, {"u": "gone"}]}}, {"$set": {"at": old}})
+    assert keys.sweep(queue.store.collection, now) == (1, None)
+    assert sorted(d["_id"]["u"] for d in key_docs(fresh)) == ["kept", "young"]
+    assert queue.enqueue("T", {}, unique_key="kept").id == kept.id
