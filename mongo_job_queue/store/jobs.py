@@ -41,7 +41,7 @@ class Jobs:
         claims = Claims(store, recovery, store.limits)
         leases = Leases(store, store.limits)
         #: The insert of a guarded job when the model declares a shard key (keyed_insert.py).
-        self._keyed = KeyedInsert(store, lambda doc, field, exc, again: self._holder(doc, field, exc, retried=again))
+        self.keyed = KeyedInsert(store, lambda doc, field, exc, again: self._holder(doc, field, exc, retried=again))
         # The claim path (claims.py).
         self.claim = claims.claim
         self.claim_batch = claims.claim_batch
@@ -101,7 +101,7 @@ class Jobs:
         store = self._store
         guarded = "unique_key" in doc or "schedule" in doc
         if guarded and store.shard_key:
-            return self._keyed.insert(doc)
+            return self.keyed.insert(doc)
         tries = 0
 
         def call() -> Optional[dict[str, Any]]:

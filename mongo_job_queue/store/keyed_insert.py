@@ -17,7 +17,7 @@ transaction before its job, and take a key that is held for free.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional
 
 from pymongo.client_session import ClientSession
@@ -29,7 +29,7 @@ from ..errors import InvalidJobError
 from ..status import FINISHED
 from .faults import duplicate_field
 from .handle import JobStore
-from .keys import key_doc, key_ids, keys_of
+from .keys import frozen_key, key_doc, key_ids, keys_of
 
 __all__ = ["KeyedInsert"]
 
@@ -86,6 +86,40 @@ class KeyedInsert:
             raise InvalidJobError(f"the fire time of schedule {doc.get('schedule')!r} is contended; try again")
 
         return store.retry(call, "insert")
+
+    def graph_keys(self, docs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """The key documents of a workflow's guarded jobs, for its transaction; none without a shard key.
+
+        Raises:
+            InvalidJobError: two jobs of the workflow hold one key.
+        """
+        if not self._store.shard_key:
+            return []
+        now = self._store.now()
+        found: dict[Any, dict[str, Any]] = {}
+        for doc in docs:
+            for _kind, key_id in key_ids(doc):
+                if frozen_key(key_id) in found:
+                    raise InvalidJobError(f"two jobs of the workflow hold the key {key_id!r}; nothing written")
+                found[frozen_key(key_id)] = key_doc(key_id, doc, self._store.shard_key, now)
+        return list(found.values())
+
+    def release_for_graph(self, key: Mapping[str, Any]) -> None:
+        """A workflow's transaction found the key document ``key`` taken: release it if free, else refuse.
+
+        The workflow is inserted all or nothing, so a held key refuses it,
+        as the unique index does without a shard key; a free one (see the
+        module docstring) is released, and the caller tries again.
+
+        Raises:
+            InvalidJobError: the key is held.
+        """
+        kind = "schedule" if "s" in key["_id"] else "unique_key"
+        holder = self._resolve(key, kind, key["_id"])  # never "mine": the key document names its job as ``job``
+        if holder is not None:
+            raise InvalidJobError(
+                f"a job of the workflow takes the key {key['_id']!r}, held by job {holder['_id']}; nothing written"
+            )
 
     def _insert_once(
         self, doc: dict[str, Any], keys: list[tuple[str, dict[str, Any]]]

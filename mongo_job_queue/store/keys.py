@@ -127,10 +127,12 @@ def backfill(jobs: Collection[dict[str, Any]], shard_key: ShardKey, now: datetim
     written = 0
     for filt, index in holders:
         for batch in _batches(jobs.find(filt, fields, hint=index, batch_size=BACKFILL_BATCH)):
-            wanted = {_frozen(key_id): (key_id, job) for job in batch for kind, key_id in key_ids(job) if kind in filt}
+            wanted = {
+                frozen_key(key_id): (key_id, job) for job in batch for kind, key_id in key_ids(job) if kind in filt
+            }
             present = keys.find({"_id": {"$in": [key_id for key_id, _ in wanted.values()]}}, {"_id": 1})
             for doc in present:
-                wanted.pop(_frozen(doc["_id"]), None)
+                wanted.pop(frozen_key(doc["_id"]), None)
             if not wanted:
                 continue
             upserts = [
@@ -159,7 +161,7 @@ def _batches(cursor: Iterator[dict[str, Any]]) -> Iterator[Sequence[dict[str, An
         yield batch
 
 
-def _frozen(key_id: Mapping[str, Any]) -> tuple[Any, ...]:
+def frozen_key(key_id: Mapping[str, Any]) -> tuple[Any, ...]:
     """A hashable form of a key ``_id``, the same for the one read back."""
     return tuple(sorted(key_id.items()))
 

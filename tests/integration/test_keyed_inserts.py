@@ -22,6 +22,7 @@ from pymongo.errors import AutoReconnect
 from mongo_job_queue import BaseJob, InvalidJobError, create_job_queue
 from mongo_job_queue.store import keyed_insert, keys
 from mongo_job_queue.store.indexes import forget_prepared
+from mongo_job_queue.workflows import chain
 
 from .models import ALIAS
 
@@ -266,3 +267,19 @@ def test_the_sweep_deletes_old_key_documents_whose_job_is_gone(make, fresh) -> N
     assert keys.sweep(queue.store.collection, now) == (1, None)
     assert sorted(d["_id"]["u"] for d in key_docs(fresh)) == ["kept", "young"]
     assert queue.enqueue("T", {}, unique_key="kept").id == kept.id
+
+
+def test_a_workflow_takes_its_keys_all_or_nothing(make, fresh) -> None:
+    queue = make()
+    held = queue.enqueue("T", {}, unique_key="held")
+    with pytest.raises(InvalidJobError, match="held by job"):
+        queue.enqueue_graph(chain(queue.job("A", {}, unique_key="new"), queue.job("B", {}, unique_key="held")))
+    with pytest.raises(InvalidJobError, match="two jobs of the workflow"):
+        queue.enqueue_graph(chain(queue.job("A", {}, unique_key="twice"), queue.job("B", {}, unique_key="twice")))
+    assert fresh[COLLECTION].count_documents({}) == 1
+    assert [d["job"] for d in key_docs(fresh)] == [held.id]
+    fresh[COLLECTION].delete_one({"_id": held.id})  # its key document stays behind, and is released
+    graph = chain(queue.job("A", {}, unique_key="new"), queue.job("B", {}, unique_key="held"))
+    by_type = {job.type: job.id for job in queue.enqueue_graph(graph)}
+    assert sorted((d["_id"]["u"], d["job"]) for d in key_docs(fresh)) == [("held", by_type["B"]), ("new", by_type["A"])]
+    assert queue.enqueue("T", {}, unique_key="held").id == by_type["B"]
