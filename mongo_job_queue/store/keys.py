@@ -22,9 +22,10 @@ Without a declared shard key nothing here is used.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pymongo import UpdateOne
 from pymongo.collection import Collection
@@ -33,6 +34,9 @@ from pymongo.errors import BulkWriteError
 from ..model import BaseJob
 from .index_specs import UNIQUE_INDEXES, declared_indexes, index_mismatch
 from .shardkey import ShardKey
+
+if TYPE_CHECKING:  # the handle builds this module's sweep: imported for the type only
+    from .handle import JobStore
 
 __all__ = [
     "BACKFILL_BATCH",
@@ -56,6 +60,11 @@ KEYS_SUFFIX = "keys"
 BACKFILL_BATCH = 500
 #: Key documents looked at per sweep step.
 SWEEP_BATCH = 500
+#: How often each worker sweeps (from its maintenance thread), and again after a full batch.
+SWEEP_INTERVAL_S = 600.0
+SWEEP_AGAIN_S = 5.0
+#: The most one maintenance step spends on the sweep.
+SWEEP_BUDGET_S = 1.0
 #: Only key documents older than this are swept: their transaction committed long ago, so a job not found is gone.
 SWEEP_AGE = timedelta(hours=1)
 
@@ -196,3 +205,31 @@ def sweep(jobs: Collection[dict[str, Any]], now: datetime, after: Any = None) ->
     for doc in gone:
         deleted += keys.delete_one({"_id": doc["_id"], "job": doc.get("job")}).deleted_count
     return deleted, docs[-1]["_id"] if len(docs) == SWEEP_BATCH else None
+
+
+class KeySweep:
+    """The worker's paced sweep of key documents left by jobs that are gone; nothing without a shard key."""
+
+    def __init__(self, store: JobStore) -> None:
+        self._store = store
+        #: Where the paging goes on (the last ``_id`` swept); None: from the start.
+        self._after: Any = None
+
+    def run_once(self, now: datetime) -> int:
+        """One batch (:func:`sweep`); how many key documents went."""
+        if not self._store.shard_key:
+            return 0
+        deleted, self._after = self._store.retry(lambda: sweep(self._store.collection, now, self._after), "sweep_keys")
+        return int(deleted)
+
+    def step(self, now: datetime) -> float:
+        """The maintenance service: batches for up to :data:`SWEEP_BUDGET_S`; the seconds until the next step."""
+        if not self._store.shard_key:
+            return SWEEP_INTERVAL_S
+        deadline = time.monotonic() + SWEEP_BUDGET_S
+        while True:
+            self.run_once(now)
+            if self._after is None:
+                return SWEEP_INTERVAL_S
+            if time.monotonic() >= deadline:
+                return SWEEP_AGAIN_S

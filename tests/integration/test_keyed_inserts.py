@@ -264,7 +264,8 @@ def test_the_sweep_deletes_old_key_documents_whose_job_is_gone(make, fresh) -> N
     now = datetime.utcnow() + timedelta(minutes=1)
     old = now - keys.SWEEP_AGE - timedelta(minutes=1)
     fresh[f"{COLLECTION}_keys"].update_many({"_id": {"$in": [{"u": "kept"}, {"u": "gone"}]}}, {"$set": {"at": old}})
-    assert keys.sweep(queue.store.collection, now) == (1, None)
+    assert queue.store.keys.step(now) == keys.SWEEP_INTERVAL_S  # the worker's maintenance step: one batch, all
+    assert queue.store.keys.run_once(now) == 0
     assert sorted(d["_id"]["u"] for d in key_docs(fresh)) == ["kept", "young"]
     assert queue.enqueue("T", {}, unique_key="kept").id == kept.id
 
