@@ -165,12 +165,20 @@ class Dependencies:
                         f"a job of the workflow was refused by the server: {message}; nothing written"
                     ) from exc
                 except OperationFailure as exc:
-                    if exc.code in _NO_TRANSACTIONS and not keys:
+                    if exc.code in _NO_TRANSACTIONS and keys:
+                        raise InvalidJobError(
+                            "a workflow with unique jobs of a model with a shard_key needs transactions "
+                            f"(a replica set or a sharded cluster); nothing written: {short_error(exc)}"
+                        ) from exc
+                    if exc.code in _NO_TRANSACTIONS:
                         return False
                     raise
-                except NotImplementedError:  # a test double without sessions (mongomock)
+                except NotImplementedError as exc:  # a test double without sessions (mongomock)
                     if keys:
-                        raise
+                        raise InvalidJobError(
+                            "a workflow with unique jobs of a model with a shard_key needs transactions; "
+                            "nothing written"
+                        ) from exc
                     return False
                 return True
             raise InvalidJobError("a key of the workflow's jobs is contended; try again")

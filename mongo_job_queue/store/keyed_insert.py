@@ -18,22 +18,26 @@ transaction before its job, and take a key that is held for free.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, OperationFailure
 from pymongo.read_concern import ReadConcern
 
 from ..errors import InvalidJobError
 from ..status import FINISHED
-from .faults import duplicate_field
+from .faults import duplicate_field, short_error
 from .handle import JobStore
 from .keys import frozen_key, key_doc, key_ids, keys_of
 
 __all__ = ["KeyedInsert"]
 
+T = TypeVar("T")
+
 _MAX_RELEASES = 10
+#: IllegalOperation (a standalone server), OperationNotSupportedInTransaction.
+_NO_TRANSACTIONS = (20, 263)
 
 #: ``Jobs._holder``: the job holding ``doc``'s key after the jobs collection's own unique index refused it.
 HolderRule = Callable[[Mapping[str, Any], str, DuplicateKeyError, bool], Optional[dict[str, Any]]]
@@ -130,7 +134,7 @@ class KeyedInsert:
         now = self._store.now()
         taken: list[tuple[str, dict[str, Any]]] = []
 
-        def txn(session: ClientSession) -> None:
+        def txn(session: Optional[ClientSession]) -> None:
             taken.clear()
             for kind, key_id in keys:
                 try:
@@ -140,13 +144,16 @@ class KeyedInsert:
                     raise
             jobs.insert_one(doc, session=session)
 
-        with jobs.database.client.start_session() as session:
-            try:
-                session.with_transaction(txn)
-            except DuplicateKeyError:
-                if taken:
-                    return taken[0]
-                raise
+        def undo() -> None:  # without sessions: this insert's own key documents, never another's
+            for _kind, key_id in keys:
+                docs.delete_one({"_id": key_id, "job": doc["_id"]})
+
+        try:
+            self._transaction(txn, undo=undo)
+        except DuplicateKeyError:
+            if taken:
+                return taken[0]
+            raise
         return None
 
     def _resolve(self, doc: Mapping[str, Any], kind: str, key_id: Mapping[str, Any]) -> Optional[dict[str, Any]]:
@@ -155,7 +162,7 @@ class KeyedInsert:
         jobs = store.collection
         docs = keys_of(jobs)
 
-        def txn(session: ClientSession) -> Optional[dict[str, Any]]:
+        def txn(session: Optional[ClientSession]) -> Optional[dict[str, Any]]:
             held = docs.find_one({"_id": key_id}, session=session)
             if held is None:
                 return None  # released meanwhile
@@ -180,13 +187,43 @@ class KeyedInsert:
             docs.delete_one({"_id": stored, "job": held.get("job")}, session=session)
             return None
 
-        with jobs.database.client.start_session() as session:
-            result: Optional[dict[str, Any]] = session.with_transaction(txn, read_concern=ReadConcern("snapshot"))
+        result: Optional[dict[str, Any]] = self._transaction(txn, read_concern=ReadConcern("snapshot"))
         return result
+
+    def _transaction(
+        self, txn: Callable[[Optional[ClientSession]], T], *, undo: Callable[[], object] = lambda: None, **options: Any
+    ) -> T:
+        """Run ``txn`` in a transaction (``with_transaction`` retries its transient errors).
+
+        Without sessions (mongomock, which is single-threaded by contract)
+        the steps run in order, and ``undo`` takes out a refused insert's
+        key documents. A server without transactions (a standalone) is
+        refused: keyed mode needs them.
+        """
+        client = self._store.collection.database.client
+        try:
+            session_cm = client.start_session()
+        except NotImplementedError:
+            try:
+                return txn(None)
+            except BaseException:
+                undo()
+                raise
+        with session_cm as session:
+            try:
+                done: T = session.with_transaction(txn, **options)
+                return done
+            except OperationFailure as exc:
+                if exc.code in _NO_TRANSACTIONS:
+                    raise InvalidJobError(
+                        "a model with a shard_key needs transactions (a replica set or a sharded cluster) for its "
+                        f"unique jobs and schedule fires; nothing was written: {short_error(exc)}"
+                    ) from exc
+                raise
 
 
 def _read_job(
-    jobs: Collection[dict[str, Any]], held: Mapping[str, Any], session: ClientSession
+    jobs: Collection[dict[str, Any]], held: Mapping[str, Any], session: Optional[ClientSession]
 ) -> Optional[dict[str, Any]]:
     """The job a key document names: by its ``_id`` and shard key values; by ``_id`` alone if the app moved it."""
     where = held.get("where") or {}

@@ -129,13 +129,11 @@ def backfill(jobs: Collection[dict[str, Any]], shard_key: ShardKey, now: datetim
     """
     keys = keys_of(jobs)
     fields = {"unique_key": 1, "schedule": 1, "fire_time": 1, **dict.fromkeys(shard_key.fields, 1)}
-    holders = (
-        ({"unique_key": {"$exists": True}}, "mjq_unique"),
-        ({"schedule": {"$exists": True}, "fire_time": {"$exists": True}}, "mjq_schedule"),
-    )
+    # Served by the sparse mjq_unique and mjq_schedule (not hinted: mongomock refuses a hint).
+    holders = ({"unique_key": {"$exists": True}}, {"schedule": {"$exists": True}, "fire_time": {"$exists": True}})
     written = 0
-    for filt, index in holders:
-        for batch in _batches(jobs.find(filt, fields, hint=index, batch_size=BACKFILL_BATCH)):
+    for filt in holders:
+        for batch in _batches(jobs.find(filt, fields, batch_size=BACKFILL_BATCH)):
             wanted = {
                 frozen_key(key_id): (key_id, job) for job in batch for kind, key_id in key_ids(job) if kind in filt
             }
