@@ -112,10 +112,11 @@ def test_concurrent_enqueues_of_one_key_insert_one_job(make, fresh) -> None:
     assert [d["job"] for d in key_docs(fresh)] == [jobs[0].id]
 
 
-def test_schedule_fires_from_several_queues_make_one_job_per_fire_time(make, fresh) -> None:
+@pytest.mark.parametrize("overlap", [True, False], ids=["overlap", "no-overlap"])
+def test_schedule_fires_from_several_queues_make_one_job_per_fire_time(make, fresh, overlap) -> None:
     queues = [make() for _ in range(4)]
     for queue in queues:
-        queue.schedule("hourly", "0 * * * *", "T", {})
+        queue.schedule("hourly", "0 * * * *", "T", {}, overlap=overlap)
     gate = threading.Barrier(len(queues), timeout=30)
 
     def tick_all(now: datetime) -> list[Any]:
@@ -134,9 +135,12 @@ def test_schedule_fires_from_several_queues_make_one_job_per_fire_time(make, fre
 
     tick_all(datetime(2026, 1, 1, 9, 30))  # first sight: nothing due
     for hour in (10, 11, 12):
-        assert sum(f.enqueued for f in tick_all(datetime(2026, 1, 1, hour, 0, 1))) == 1
+        # Without overlap, 11:00 and 12:00 are skipped: the job of 10:00 holds the overlap key.
+        expected = 1 if overlap or hour == 10 else 0
+        assert sum(f.enqueued for f in tick_all(datetime(2026, 1, 1, hour, 0, 1))) == expected
     fired = sorted(d["fire_time"] for d in fresh[COLLECTION].find({"schedule": "hourly"}))
-    assert fired == [datetime(2026, 1, 1, h) for h in (10, 11, 12)]
+    assert fired == [datetime(2026, 1, 1, h) for h in ((10, 11, 12) if overlap else (10,))]
+    # A skipped fire's key document went with its refused insert.
     assert sorted(d["_id"]["t"] for d in key_docs(fresh) if "s" in d["_id"]) == fired
 
 
@@ -284,3 +288,18 @@ def test_a_workflow_takes_its_keys_all_or_nothing(make, fresh) -> None:
     by_type = {job.type: job.id for job in queue.enqueue_graph(graph)}
     assert sorted((d["_id"]["u"], d["job"]) for d in key_docs(fresh)) == [("held", by_type["B"]), ("new", by_type["A"])]
     assert queue.enqueue("T", {}, unique_key="held").id == by_type["B"]
+
+
+def test_a_fire_time_is_held_by_its_job_whatever_its_status_and_freed_when_it_is_gone(make, fresh) -> None:
+    queue = make()
+    ten = datetime(2026, 1, 1, 10)
+    spec = {"job_type": "T", "data": {}, "run_at": ten}
+    first, holder = queue._enqueuer.enqueue_fire(spec, {}, schedule="s", fire_time=ten)
+    assert holder is None
+    fresh[COLLECTION].update_one({"_id": first["_id"]}, {"$set": {"status": "completed", "finished_at": ten}})
+    _, holder = queue._enqueuer.enqueue_fire(spec, {}, schedule="s", fire_time=ten)
+    assert holder is not None and holder["_id"] == first["_id"]
+    fresh[COLLECTION].delete_one({"_id": first["_id"]})  # retention
+    again, holder = queue._enqueuer.enqueue_fire(spec, {}, schedule="s", fire_time=ten)
+    assert holder is None and again["_id"] != first["_id"]
+    assert [d["job"] for d in key_docs(fresh)] == [again["_id"]]
