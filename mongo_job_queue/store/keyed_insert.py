@@ -82,6 +82,8 @@ class KeyedInsert:
                     return None if holder["_id"] == doc["_id"] else holder
                 if taken is None:
                     return None
+                if tries > 1 and store.collection.find_one({**store.shard_key.of(doc), "_id": doc["_id"]}, {"_id": 1}):
+                    return None  # an earlier try's commit whose reply was lost, whatever became of its key since
                 holder = self._resolve(doc, *taken)
                 if holder is not None:
                     return None if holder["_id"] == doc["_id"] else holder

@@ -303,3 +303,28 @@ def test_a_fire_time_is_held_by_its_job_whatever_its_status_and_freed_when_it_is
     again, holder = queue._enqueuer.enqueue_fire(spec, {}, schedule="s", fire_time=ten)
     assert holder is None and again["_id"] != first["_id"]
     assert [d["job"] for d in key_docs(fresh)] == [again["_id"]]
+
+
+def test_a_lost_reply_is_recognised_even_if_the_key_moved_on_meanwhile(make, fresh, monkeypatch) -> None:
+    """The commit applied, the job ran and released its key, another job took it; then the retry."""
+    queue = make()
+    other = make()
+    real = keyed_insert.KeyedInsert._insert_once
+    lost: list[Any] = []
+
+    def applied_then_lost(self: Any, doc: Any, ids: Any) -> Any:
+        taken = real(self, doc, ids)
+        if not lost:
+            lost.append(doc["_id"])
+            done = {"status": "completed", "finished_at": datetime(2026, 1, 1)}
+            fresh[COLLECTION].update_one({"_id": doc["_id"]}, {"$set": done})
+            monkeypatch.setattr(keyed_insert.KeyedInsert, "_insert_once", real)
+            lost.append(other.enqueue("T", {}, unique_key="k").id)
+            monkeypatch.setattr(keyed_insert.KeyedInsert, "_insert_once", applied_then_lost)
+            raise AutoReconnect("the reply of the commit was lost")
+        return taken
+
+    monkeypatch.setattr(keyed_insert.KeyedInsert, "_insert_once", applied_then_lost)
+    job = queue.enqueue("T", {}, unique_key="k")
+    assert lost[0] == job.id and lost[1] != job.id  # this enqueue's own job, not the later holder
+    assert [d["job"] for d in key_docs(fresh)] == [lost[1]]
