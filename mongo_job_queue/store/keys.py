@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from pymongo import UpdateOne
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from ..model import BaseJob
 from .index_specs import UNIQUE_INDEXES, declared_indexes, index_mismatch
@@ -147,19 +147,30 @@ def backfill(jobs: Collection[dict[str, Any]], shard_key: ShardKey, now: datetim
                 wanted.pop(frozen_key(doc["_id"]), None)
             if not wanted:
                 continue
-            upserts = [
-                UpdateOne({"_id": key_id}, {"$setOnInsert": key_doc(key_id, job, shard_key, now)}, upsert=True)
-                for key_id, job in wanted.values()
-            ]
-            try:
-                written += keys.bulk_write(upserts, ordered=False).upserted_count
-            except BulkWriteError as exc:  # a peer's upsert of the same key came first: it is there
-                if any(error.get("code") != 11000 for error in exc.details.get("writeErrors") or ()):
-                    raise
-                written += int(exc.details.get("nUpserted") or 0)
+            news = [(key_id, key_doc(key_id, job, shard_key, now)) for key_id, job in wanted.values()]
+            written += _upsert(keys, news)
     if written:
         log.info("wrote %d key document(s) for jobs stored before the shard key was declared", written)
     return written
+
+
+def _upsert(keys: Collection[dict[str, Any]], docs: Sequence[tuple[dict[str, Any], dict[str, Any]]]) -> int:
+    """Upsert key documents that never overwrite (``$setOnInsert``), in one bulk write; how many were new."""
+    upserts = [UpdateOne({"_id": key_id}, {"$setOnInsert": doc}, upsert=True) for key_id, doc in docs]
+    try:
+        return int(keys.bulk_write(upserts, ordered=False).upserted_count)
+    except BulkWriteError as exc:  # a peer's upsert of the same key came first: it is there
+        if any(error.get("code") != 11000 for error in exc.details.get("writeErrors") or ()):
+            raise
+        return int(exc.details.get("nUpserted") or 0)
+    except TypeError:  # mongomock cannot build a bulk of recent pymongo's UpdateOne: one by one
+        written = 0
+        for key_id, doc in docs:
+            try:
+                written += keys.update_one({"_id": key_id}, {"$setOnInsert": doc}, upsert=True).upserted_id is not None
+            except DuplicateKeyError:
+                pass
+        return written
 
 
 def _batches(cursor: Iterator[dict[str, Any]]) -> Iterator[Sequence[dict[str, Any]]]:

@@ -10,6 +10,7 @@ from conftest import ALIAS
 from mongoengine import StringField
 
 from mongo_job_queue import BaseJob, InvalidJobError, PersistentJobQueue
+from mongo_job_queue.store.indexes import forget_prepared
 from mongo_job_queue.workflows import chain
 
 COLLECTION = "unit_keyed_jobs"
@@ -24,6 +25,7 @@ class KeyedRefJob(BaseJob):
 def _fresh() -> Iterator[None]:
     def drop() -> None:
         KeyedRefJob.drop_collection()
+        forget_prepared(PlainRefJob)  # the same collection, dropped through the other model
         for suffix in ("_keys", "_control"):
             KeyedRefJob._get_db().drop_collection(f"{COLLECTION}{suffix}")
 
@@ -48,3 +50,19 @@ def test_a_unique_job_of_a_keyed_model_on_mongomock(make_queue: Callable[..., Pe
     assert queue.enqueue("T", {}, unique_key="other").unique_key == "other"
     with pytest.raises(InvalidJobError, match="needs transactions"):
         queue.enqueue_graph(chain(queue.job("A", {}, unique_key="g")))
+
+
+class PlainRefJob(BaseJob):
+    """The same collection before the shard key was declared."""
+
+    ref = StringField(unique=True, sparse=True)
+    meta = {"collection": COLLECTION, "db_alias": ALIAS}
+
+
+def test_the_backfill_on_mongomock(make_queue: Callable[..., PersistentJobQueue[Any]]) -> None:
+    held = make_queue(PlainRefJob).enqueue("T", {}, unique_key="k")
+    assert _keys() == []
+    queue = make_queue(KeyedRefJob)
+    queue.ensure_indexes()  # the backfill, again: what is there stays
+    assert queue.enqueue("T", {}, unique_key="k").id == held.id
+    assert [d["job"] for d in _keys()] == [held.id]
