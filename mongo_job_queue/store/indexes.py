@@ -75,6 +75,9 @@ _locks: dict[type[BaseJob], threading.Lock] = {}
 #: :meth:`BaseJob.drop_collection` forgets it, and MongoEngine makes a new
 #: object in a forked child; either means "create them again".
 _prepared: dict[type[BaseJob], Collection[dict[str, Any]]] = {}
+#: The keyed models whose key documents this process, or the one it was forked from, backfilled: a forked
+#: child has nothing more to backfill (the jobs stored without a key document were all there before).
+_backfilled: set[type[BaseJob]] = set()
 
 
 class Indexes:
@@ -260,8 +263,9 @@ def prepared_collection(model: type[BaseJob], *, force: bool = False) -> Collect
             if force or _prepared.get(model) is not raw:
                 _create_indexes(model)
                 verify_unique_indexes(model, raw)
-                if keyed(model):
+                if keyed(model) and (force or model not in _backfilled):
                     backfill(_naive(raw), ShardKey(model), utcnow())
+                    _backfilled.add(model)
                 _prepared[model] = raw
     return _naive(raw)
 
@@ -349,8 +353,9 @@ def unique_insert_protected(model: type[BaseJob], collection: Collection[dict[st
 
 
 def forget_prepared(model: type[BaseJob]) -> None:
-    """The model's collection was dropped: create its indexes again before its next use."""
+    """The model's collection was dropped: create its indexes again (and backfill) before its next use."""
     _prepared.pop(model, None)
+    _backfilled.discard(model)
 
 
 def forget_prepared_collections() -> None:

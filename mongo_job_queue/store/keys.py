@@ -22,10 +22,9 @@ Without a declared shard key nothing here is used.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import Any
 
 from pymongo import UpdateOne
 from pymongo.collection import Collection
@@ -35,18 +34,9 @@ from ..model import BaseJob
 from .index_specs import UNIQUE_INDEXES, declared_indexes, index_mismatch
 from .shardkey import ShardKey
 
-if TYPE_CHECKING:  # the handle builds this module's sweep: imported for the type only
-    from .handle import JobStore
-
 __all__ = [
     "BACKFILL_BATCH",
     "KEYS_SUFFIX",
-    "SWEEP_AGAIN_S",
-    "SWEEP_AGE",
-    "SWEEP_BATCH",
-    "SWEEP_BUDGET_S",
-    "SWEEP_INTERVAL_S",
-    "KeySweep",
     "backfill",
     "create_keyed_indexes",
     "frozen_key",
@@ -54,7 +44,6 @@ __all__ = [
     "key_ids",
     "keyed",
     "keys_of",
-    "sweep",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,16 +52,6 @@ log = logging.getLogger(__name__)
 KEYS_SUFFIX = "keys"
 #: Jobs read, and key documents written, per round of the backfill.
 BACKFILL_BATCH = 500
-#: Key documents looked at per sweep step.
-SWEEP_BATCH = 500
-#: How often each worker sweeps (from its maintenance thread), and again after a full batch.
-SWEEP_INTERVAL_S = 600.0
-SWEEP_AGAIN_S = 5.0
-#: The most one maintenance step spends on the sweep.
-SWEEP_BUDGET_S = 1.0
-#: Only key documents older than this are swept: their transaction committed long ago, so a job not found is gone.
-SWEEP_AGE = timedelta(hours=1)
-
 _SCHEDULE, _UNIQUE = "schedule", "unique_key"
 
 
@@ -142,9 +121,15 @@ def backfill(jobs: Collection[dict[str, Any]], shard_key: ShardKey, now: datetim
             wanted = {
                 frozen_key(key_id): (key_id, job) for job in batch for kind, key_id in key_ids(job) if kind in filt
             }
-            present = keys.find({"_id": {"$in": [key_id for key_id, _ in wanted.values()]}}, {"_id": 1})
+            present = list(keys.find({"_id": {"$in": [key_id for key_id, _ in wanted.values()]}}, {"job": 1}))
+            stale = _stale(jobs, present, wanted)
             for doc in present:
-                wanted.pop(frozen_key(doc["_id"]), None)
+                key_id, job = wanted.pop(frozen_key(doc["_id"]))
+                if doc["_id"] in stale:  # it names a job that no longer holds the key: it is this job's now
+                    moved = keys.update_one(
+                        {"_id": doc["_id"], "job": doc.get("job")}, {"$set": key_doc(key_id, job, shard_key, now)}
+                    )
+                    written += moved.modified_count
             if not wanted:
                 continue
             news = [(key_id, key_doc(key_id, job, shard_key, now)) for key_id, job in wanted.values()]
@@ -152,6 +137,36 @@ def backfill(jobs: Collection[dict[str, Any]], shard_key: ShardKey, now: datetim
     if written:
         log.info("wrote %d key document(s) for jobs stored before the shard key was declared", written)
     return written
+
+
+def _stale(
+    jobs: Collection[dict[str, Any]],
+    present: Sequence[Mapping[str, Any]],
+    wanted: Mapping[tuple[Any, ...], tuple[dict[str, Any], Mapping[str, Any]]],
+) -> list[Any]:
+    """Of the key documents ``present``, those naming another job than the holder read, which no longer holds the key.
+
+    A process without the shard key releases a key by unsetting it on the
+    finished job and inserts the next holder, leaving the key document to
+    name the old job: the new holder then has none, and would not be
+    guarded once the unique indexes are gone. One read by ``_id`` of the
+    jobs named.
+    """
+    others = {
+        frozen_key(doc["_id"]): doc for doc in present if doc.get("job") != wanted[frozen_key(doc["_id"])][1]["_id"]
+    }
+    if not others:
+        return []
+    fields = {"unique_key": 1, "schedule": 1, "fire_time": 1}
+    named = {d["_id"]: d for d in jobs.find({"_id": {"$in": [d.get("job") for d in others.values()]}}, fields)}
+    stale = []
+    for key, doc in others.items():
+        job = named.get(doc.get("job"))
+        if job is None or not any(frozen_key(held) == key for _kind, held in key_ids(job)):
+            stale.append(doc["_id"])
+        else:
+            log.warning("two jobs hold the key %r: %s and %s", doc["_id"], doc.get("job"), wanted[key][1]["_id"])
+    return stale
 
 
 def _upsert(keys: Collection[dict[str, Any]], docs: Sequence[tuple[dict[str, Any], dict[str, Any]]]) -> int:
@@ -187,63 +202,3 @@ def _batches(cursor: Iterator[dict[str, Any]]) -> Iterator[Sequence[dict[str, An
 def frozen_key(key_id: Mapping[str, Any]) -> tuple[Any, ...]:
     """A hashable form of a key ``_id``, the same for the one read back."""
     return tuple(sorted(key_id.items()))
-
-
-def sweep(jobs: Collection[dict[str, Any]], now: datetime, after: Any = None) -> tuple[int, Any]:
-    """Delete one batch of key documents whose job is gone (retention, by hand); how many, and where to go on.
-
-    The documents are paged through in ``_id`` order from ``after``; the
-    second value is the batch's last ``_id``, None after the last batch.
-
-    Only documents older than :data:`SWEEP_AGE` are looked at: a younger one
-    may belong to a transaction whose job a read outside it does not see
-    yet (a sharded cluster's cross-shard commit). Each delete is conditional
-    on the job the document names, so a key taken again meanwhile stays.
-    Without the sweep such documents stay until the key is enqueued again,
-    which releases them (:mod:`.keyed_insert`).
-    """
-    keys = keys_of(jobs)
-    filt: dict[str, Any] = {"at": {"$lt": now - SWEEP_AGE}}
-    if after is not None:
-        filt["_id"] = {"$gt": after}
-    docs = list(keys.find(filt, {"job": 1, "where": 1}, sort=[("_id", 1)], limit=SWEEP_BATCH))
-    if not docs:
-        return 0, None
-    wheres = [doc.get("where") or {} for doc in docs]
-    filt = {"_id": {"$in": [doc.get("job") for doc in docs]}}
-    if all(wheres) and all(set(w) == set(wheres[0]) for w in wheres):
-        filt.update({f: {"$in": list({repr(w[f]): w[f] for w in wheres}.values())} for f in wheres[0] if f != "_id"})
-    alive = {doc["_id"] for doc in jobs.find(filt, {"_id": 1})}
-    gone = [doc for doc in docs if doc.get("job") not in alive]
-    deleted = 0
-    for doc in gone:
-        deleted += keys.delete_one({"_id": doc["_id"], "job": doc.get("job")}).deleted_count
-    return deleted, docs[-1]["_id"] if len(docs) == SWEEP_BATCH else None
-
-
-class KeySweep:
-    """The worker's paced sweep of key documents left by jobs that are gone; nothing without a shard key."""
-
-    def __init__(self, store: JobStore) -> None:
-        self._store = store
-        #: Where the paging goes on (the last ``_id`` swept); None: from the start.
-        self._after: Any = None
-
-    def run_once(self, now: datetime) -> int:
-        """One batch (:func:`sweep`); how many key documents went."""
-        if not self._store.shard_key:
-            return 0
-        deleted, self._after = self._store.retry(lambda: sweep(self._store.collection, now, self._after), "sweep_keys")
-        return int(deleted)
-
-    def step(self, now: datetime) -> float:
-        """The maintenance service: batches for up to :data:`SWEEP_BUDGET_S`; the seconds until the next step."""
-        if not self._store.shard_key:
-            return SWEEP_INTERVAL_S
-        deadline = time.monotonic() + SWEEP_BUDGET_S
-        while True:
-            self.run_once(now)
-            if self._after is None:
-                return SWEEP_INTERVAL_S
-            if time.monotonic() >= deadline:
-                return SWEEP_AGAIN_S

@@ -22,7 +22,7 @@ from ..model import LeaseOwner
 from ..store import JobStore
 from ..store.dependencies import Dependencies
 from ..store.finals import SWEEP_MIN_INTERVAL_S
-from ..store.keys import SWEEP_INTERVAL_S as KEYS_SWEEP_INTERVAL_S
+from ..store.key_sweep import SWEEP_INTERVAL_S as KEYS_SWEEP_INTERVAL_S
 from ..store.limiter_sweep import SWEEP_INTERVAL_S
 from .completer import Completer, GroupCompleter
 from .executor import Executor

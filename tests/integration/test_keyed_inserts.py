@@ -20,7 +20,7 @@ from mongoengine import StringField
 from pymongo.errors import AutoReconnect
 
 from mongo_job_queue import BaseJob, InvalidJobError, create_job_queue
-from mongo_job_queue.store import keyed_insert, keys
+from mongo_job_queue.store import key_sweep, keyed_insert
 from mongo_job_queue.store.indexes import forget_prepared
 from mongo_job_queue.workflows import chain
 
@@ -266,9 +266,9 @@ def test_the_sweep_deletes_old_key_documents_whose_job_is_gone(make, fresh) -> N
     young = queue.enqueue("T", {}, unique_key="young")
     fresh[COLLECTION].delete_many({"_id": {"$in": [gone.id, young.id]}})
     now = datetime.utcnow() + timedelta(minutes=1)
-    old = now - keys.SWEEP_AGE - timedelta(minutes=1)
+    old = now - key_sweep.SWEEP_AGE - timedelta(minutes=1)
     fresh[f"{COLLECTION}_keys"].update_many({"_id": {"$in": [{"u": "kept"}, {"u": "gone"}]}}, {"$set": {"at": old}})
-    assert queue.store.keys.step(now) == keys.SWEEP_INTERVAL_S  # the worker's maintenance step: one batch, all
+    assert queue.store.keys.step(now) == key_sweep.SWEEP_INTERVAL_S  # the worker's maintenance step: one batch, all
     assert queue.store.keys.run_once(now) == 0
     assert sorted(d["_id"]["u"] for d in key_docs(fresh)) == ["kept", "young"]
     assert queue.enqueue("T", {}, unique_key="kept").id == kept.id
@@ -328,3 +328,42 @@ def test_a_lost_reply_is_recognised_even_if_the_key_moved_on_meanwhile(make, fre
     job = queue.enqueue("T", {}, unique_key="k")
     assert lost[0] == job.id and lost[1] != job.id  # this enqueue's own job, not the later holder
     assert [d["job"] for d in key_docs(fresh)] == [lost[1]]
+
+
+def test_the_sweep_keeps_the_key_of_a_job_the_app_moved_to_another_shard_key_value(make, fresh) -> None:
+    # The sweep looked for the job under the key values its key document keeps: a job moved to another
+    # queue was "gone", its key document deleted, and the next enqueue made a second holder (review).
+    queue = make()
+    first = queue.enqueue("T", {}, unique_key="k", queue="alpha")
+    fresh[COLLECTION].update_one({"_id": first.id}, {"$set": {"queue": "beta"}})  # the app moves the pending job
+    now = datetime.utcnow() + key_sweep.SWEEP_AGE + timedelta(minutes=1)
+    assert queue.store.keys.run_once(now) == 0
+    assert queue.enqueue("T", {}, unique_key="k", queue="alpha").id == first.id
+    assert fresh[COLLECTION].count_documents({"unique_key": "k"}) == 1
+
+
+def test_the_backfill_gives_a_key_released_by_a_process_without_the_shard_key_to_its_new_holder(make, fresh) -> None:
+    # During the rolling deploy a keyed process inserts j1; j1 ends; a process without the shard key
+    # releases the key (unsets it on j1) and inserts j2, leaving the key document naming j1. The backfill
+    # took any key document present as right: j2 had none, and once the unique indexes were dropped
+    # the next enqueue released j1's document and inserted a second holder beside j2 (review).
+    plain = make(PlainJob)
+    plain.enqueue("T", {})
+    keyed = make()
+    j1 = keyed.enqueue("T", {}, unique_key="k")
+    fresh[COLLECTION].update_one(
+        {"_id": j1.id},
+        {"$set": {"status": "completed", "finished_at": datetime(2026, 1, 1), "unique_until": datetime(2000, 1, 1)}},
+    )
+    j2 = plain.enqueue("T", {}, unique_key="k")
+    assert j2.id != j1.id
+    plain.stop(timeout=10)
+    keyed.ensure_indexes()  # the migration's backfill, once no process without the key runs
+    assert fresh[f"{COLLECTION}_keys"].find_one({"_id": {"u": "k"}})["job"] == j2.id
+    fresh[COLLECTION].drop_index("mjq_unique")
+    fresh[COLLECTION].drop_index("mjq_schedule")
+    forget_prepared(KeyedJob)
+    keyed.ensure_indexes()  # recreated without unique
+    assert not fresh[COLLECTION].index_information()["mjq_unique"].get("unique")
+    assert keyed.enqueue("T", {}, unique_key="k").id == j2.id
+    assert fresh[COLLECTION].count_documents({"unique_key": "k"}) == 1
