@@ -6,15 +6,16 @@ from typing import Any
 
 from pymongo.errors import OperationFailure
 
+from ..store.keys import KEYS_SUFFIX
 from .checks import FAIL, PASS, WARN, Check
 from .probe import Probe
 
 __all__ = ["check_shard_key"]
 
 
-def _cluster_key(probe: Probe) -> dict[str, Any] | None:
-    """The collection's shard key as the config server has it; None when it is not sharded."""
-    namespace = f"{probe.database.name}.{probe.collection.name}"
+def _cluster_key(probe: Probe, suffix: str = "") -> dict[str, Any] | None:
+    """The jobs collection's (or its sibling's) shard key as the config server has it; None when not sharded."""
+    namespace = f"{probe.database.name}.{probe.collection.name}{suffix}"
     with probe.store.bounded():
         doc = probe.database.client.get_database("config").get_collection("collections").find_one({"_id": namespace})
     if not doc or doc.get("dropped"):
@@ -68,4 +69,18 @@ def check_shard_key(probe: Probe) -> Check:
             "does not start with a ranged queue)",
             "shard on {queue: 1, _id: 1} so claims go only to the shards holding the worker's queues",
         )
-    return Check("shard key", PASS, f"sharded on {actual}: claims are targeted by queue")
+    keys = _cluster_key(probe, f"_{KEYS_SUFFIX}")
+    if keys is not None and list(keys) != ["_id"]:
+        return Check(
+            "shard key",
+            FAIL,
+            f"the key documents ({probe.collection.name}_{KEYS_SUFFIX}) are sharded on {keys}: their _id, "
+            "which keeps unique jobs and schedule fires single, is unique only unsharded or sharded on _id",
+            f"leave {probe.collection.name}_{KEYS_SUFFIX} unsharded (or shard it on {{_id: 1}})",
+        )
+    return Check(
+        "shard key",
+        PASS,
+        f"sharded on {actual}: claims are targeted by queue; unique jobs and schedule fires are guarded by "
+        f"key documents in {probe.collection.name}_{KEYS_SUFFIX} (docs/scaling.rst)",
+    )

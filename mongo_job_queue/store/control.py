@@ -7,7 +7,8 @@ schedule, with no leader:
 
 * the job carries ``schedule`` and ``fire_time`` under a unique index, so the
   database accepts the first insert of a fire time and rejects the others
-  (the insert path, :meth:`~.jobs.Jobs.insert`);
+  (the insert path, :meth:`~.jobs.Jobs.insert`; with a declared shard key,
+  a key document inserted with the job, :mod:`.keyed_insert`);
 * each schedule's last handled fire time is kept in the control collection
   and only moves forward (``$max``), so a process never goes back to a fire
   time that was handled, even after its job was removed by retention.

@@ -55,6 +55,7 @@ from ..status import BLOCKED, PENDING
 from .faults import is_transient, short_error
 from .finals import FinalJob
 from .handle import MAINTENANCE_MAX_TIME_MS, JobStore
+from .keys import keys_of
 from .releases import Release
 
 __all__ = ["SWEEP_BATCH", "SWEEP_BUDGET_S", "Dependencies"]
@@ -68,6 +69,7 @@ SWEEP_BUDGET_S = 2.0
 #: How long a probe that found no blocked job stands (the final writes of unflagged jobs then look for none).
 _PROBE_INTERVAL_S = 1.0
 _DEPENDENT_FIELDS = ("depends_on", "dependency_policies", "dependency_outcomes", "created_at", "type", "queue")
+_MAX_RELEASES = 10
 _NO_TRANSACTIONS = (20, 263)  # IllegalOperation (standalone server), OperationNotSupportedInTransaction
 
 
@@ -123,29 +125,63 @@ class Dependencies:
         a job refused midway makes ``fallback`` remove the ones before it,
         none of which can have run. A crash before that update leaves the
         roots blocked with no dependencies: the sweep releases them.
+
+        With a declared shard key the transaction also inserts the key
+        documents of the graph's unique and fired jobs: a held key refuses
+        the whole graph (as the unique index does without one), a free key
+        is released and the transaction tried again; such a graph needs
+        transactions.
         """
         jobs = self._store.collection
         ids = [d["_id"] for d in docs]
+        keyed = self._store.jobs.keyed
+        # With a declared shard key, the key documents of its unique and fired jobs (store/keyed_insert.py).
+        keys = keyed.graph_keys(docs)
+
+        def txn(session: Any, step: list[str]) -> None:
+            step[0] = "keys"
+            if keys:
+                keys_of(jobs).insert_many(keys, ordered=True, session=session)
+            step[0] = "jobs"
+            jobs.insert_many(docs, ordered=True, session=session)
+
+        step = [""]  # which insert of the transaction failed
 
         def call() -> bool:
-            if jobs.count_documents({"_id": {"$in": ids}}) == len(ids):
-                return True  # an earlier try's commit whose reply was lost
-            try:
-                with jobs.database.client.start_session() as session:
-                    session.with_transaction(lambda s: jobs.insert_many(docs, ordered=True, session=s))
-            except (BulkWriteError, DuplicateKeyError) as exc:  # an app's unique index, say: the whole graph is out
-                errors = (exc.details or {}).get("writeErrors") or [{}]
-                message = errors[0].get("errmsg") or short_error(exc)
-                raise InvalidJobError(
-                    f"a job of the workflow was refused by the server: {message}; nothing written"
-                ) from exc
-            except OperationFailure as exc:
-                if exc.code in _NO_TRANSACTIONS:
+            for _ in range(_MAX_RELEASES):
+                if jobs.count_documents({"_id": {"$in": ids}}) == len(ids):
+                    return True  # an earlier try's commit whose reply was lost
+                step[0] = ""
+                try:
+                    with jobs.database.client.start_session() as session:
+                        session.with_transaction(lambda s: txn(s, step))
+                except (BulkWriteError, DuplicateKeyError) as exc:  # an app's unique index, say: the whole graph is out
+                    errors = (exc.details or {}).get("writeErrors") or [{}]
+                    if step[0] == "keys":
+                        keyed.release_for_graph(keys[errors[0].get("index", 0)])  # a held key refuses it
+                        continue
+                    message = errors[0].get("errmsg") or short_error(exc)
+                    raise InvalidJobError(
+                        f"a job of the workflow was refused by the server: {message}; nothing written"
+                    ) from exc
+                except OperationFailure as exc:
+                    if exc.code in _NO_TRANSACTIONS and keys:
+                        raise InvalidJobError(
+                            "a workflow with unique jobs of a model with a shard_key needs transactions "
+                            f"(a replica set or a sharded cluster); nothing written: {short_error(exc)}"
+                        ) from exc
+                    if exc.code in _NO_TRANSACTIONS:
+                        return False
+                    raise
+                except NotImplementedError as exc:  # a test double without sessions (mongomock)
+                    if keys:
+                        raise InvalidJobError(
+                            "a workflow with unique jobs of a model with a shard_key needs transactions; "
+                            "nothing written"
+                        ) from exc
                     return False
-                raise
-            except NotImplementedError:  # a test double without sessions (mongomock)
-                return False
-            return True
+                return True
+            raise InvalidJobError("a key of the workflow's jobs is contended; try again")
 
         if self._store.retry(call, "insert_graph"):
             return

@@ -88,6 +88,8 @@ class JobStore:
       batch documents, and a batch's counts read from its jobs.
     * :attr:`limits` (:class:`~mongo_job_queue.store.limiter.Limiter`):
       limit definitions and limiter documents, admitted inside the claim.
+    * :attr:`keys` (:class:`~mongo_job_queue.store.key_sweep.KeySweep`): with a
+      declared shard key, the sweep of key documents whose job is gone.
 
     Two rules hold for every write about a job:
 
@@ -125,6 +127,7 @@ class JobStore:
         from .dependencies import Dependencies
         from .indexes import Indexes
         from .jobs import Jobs
+        from .key_sweep import KeySweep
         from .limit_defs import LimitDefinitions
         from .limiter import Limiter
         from .shardkey import ShardKey
@@ -159,6 +162,8 @@ class JobStore:
         #: Blocked jobs and their release (enqueue(depends_on=...)); listens to :attr:`finals`.
         self.dependencies = Dependencies(self)
         self.batches = BatchDocs(self)
+        #: With a declared shard key: the sweep of key documents whose job is gone (see key_sweep.py).
+        self.keys = KeySweep(self)
 
     # -- connection ---------------------------------------------------------
 

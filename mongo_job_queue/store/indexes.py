@@ -11,6 +11,12 @@ the one place every query goes through, :func:`prepared_collection`:
   already write. So :class:`~mongo_job_queue.BaseJob` turns it off and the
   queue creates them itself, once per process and collection, under a lock
   that every other thread waits on, and checks that the unique ones exist.
+* **With a declared shard key** (keyed mode, see :mod:`.keys`) the two
+  unique indexes cannot be unique on a sharded collection: they are created
+  without ``unique`` (an existing unique one, from before, is kept), still
+  serve the look-ups, and the key documents guard instead; those of the jobs
+  stored before are written here, before the first keyed insert
+  (:func:`~.keys.backfill`).
 * **Datetimes read back are naive UTC**, the form every comparison in the
   library uses, whether or not the app connected with ``tz_aware=True``.
   The collection is read through a view with ``tz_aware=False``; writes are
@@ -31,10 +37,14 @@ from typing import Any, Optional
 from pymongo.collection import Collection
 from pymongo.errors import OperationFailure
 
+from ..clock import utcnow
 from ..errors import IndexSetupError
 from ..model import BaseJob
 from ..status import CANCELLED, COMPLETED, FAILED
 from .handle import INDEX_BUILD_MS, JobStore
+from .index_specs import UNIQUE_INDEXES, declared_indexes, index_mismatch
+from .keys import backfill, create_keyed_indexes, keyed
+from .shardkey import ShardKey
 
 __all__ = [
     "UNIQUE_INDEXES",
@@ -52,12 +62,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The unique indexes the queue's guarantees rest on: name -> key.
-UNIQUE_INDEXES: dict[str, list[tuple[str, int]]] = {
-    "mjq_unique": [("unique_key", 1)],
-    "mjq_schedule": [("schedule", 1), ("fire_time", 1)],
-}
-
 _INDEX_NOT_FOUND = 27
 #: How often the TTL indexes are read, changed and checked before giving up on a moving target.
 _RETENTION_ROUNDS = 3
@@ -73,6 +77,9 @@ _locks: dict[type[BaseJob], threading.Lock] = {}
 _prepared: dict[type[BaseJob], Collection[dict[str, Any]]] = {}
 #: The longest a thread waits for another thread's build of a model's indexes: one try of it, plus a margin.
 BUILD_WAIT_S = INDEX_BUILD_MS / 1000 + 60
+#: The keyed models whose key documents this process, or the one it was forked from, backfilled: a forked
+#: child has nothing more to backfill (the jobs stored without a key document were all there before).
+_backfilled: set[type[BaseJob]] = set()
 
 
 class Indexes:
@@ -265,9 +272,16 @@ def prepared_collection(model: type[BaseJob], *, force: bool = False) -> Collect
             if force or _prepared.get(model) is not raw:
                 _create_indexes(model)
                 verify_unique_indexes(model, raw)
+                if keyed(model) and (force or model not in _backfilled):
+                    backfill(_naive(raw), ShardKey(model), utcnow())
+                    _backfilled.add(model)
                 _prepared[model] = raw
         finally:
             lock.release()
+    return _naive(raw)
+
+
+def _naive(raw: Collection[dict[str, Any]]) -> Collection[dict[str, Any]]:
     if raw.codec_options.tz_aware:
         return raw.with_options(codec_options=raw.codec_options.with_options(tz_aware=False, tzinfo=None))
     return raw
@@ -286,7 +300,10 @@ def _model_lock(model: type[BaseJob]) -> threading.Lock:
 
 def _create_indexes(model: type[BaseJob]) -> None:
     try:
-        model.ensure_indexes()
+        if keyed(model):
+            create_keyed_indexes(model)
+        else:
+            model.ensure_indexes()
     except OperationFailure as exc:
         if exc.code in (11000, 85, 86):  # duplicates in the way, or an index of that name with other options
             raise IndexSetupError(
@@ -298,14 +315,15 @@ def _create_indexes(model: type[BaseJob]) -> None:
 
 
 def verify_unique_indexes(model: type[BaseJob], collection: Collection[dict[str, Any]]) -> None:
-    """Raise :class:`IndexSetupError` unless the unique indexes exist, unique, on their keys."""
+    """Raise :class:`IndexSetupError` unless the unique indexes exist, unique, on their keys (in keyed mode: exist)."""
     info = collection.index_information()
     declared = declared_indexes(model)
+    kind = "" if keyed(model) else "unique "
     for name, key in UNIQUE_INDEXES.items():
         found = info.get(name)
         if index_mismatch(found, declared[name]) is not None:
             raise IndexSetupError(
-                f"collection {collection.name!r} of {model.__name__} has no unique index {name} on "
+                f"collection {collection.name!r} of {model.__name__} has no {kind}index {name} on "
                 f"{[k for k, _ in key]} (found {found!r}): unique jobs and schedule fires would not be single"
             )
 
@@ -345,57 +363,10 @@ def unique_insert_protected(model: type[BaseJob], collection: Collection[dict[st
         return False
 
 
-#: The options of an index that a ``createIndex`` of the same name must find equal (else it is refused).
-_COMPARED_OPTIONS = ("unique", "sparse", "partialFilterExpression")
-
-
-def declared_indexes(model: type[BaseJob]) -> dict[str, dict[str, Any]]:
-    """The model's declared indexes (the library's and the app's) by name: ``key`` and the compared options."""
-    declared: dict[str, dict[str, Any]] = {}
-    for spec in model._meta.get("index_specs") or []:
-        key = [(str(field), direction) for field, direction in spec["fields"]]
-        name = str(spec.get("name") or "_".join(f"{field}_{direction}" for field, direction in key))
-        declared[name] = {"key": key, **{option: spec[option] for option in _COMPARED_OPTIONS if option in spec}}
-    return declared
-
-
-def _stored_key(key: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
-    """A declared key as ``listIndexes`` shows it: a text index's fields become its ``_fts``/``_ftsx`` pair."""
-    if not any(direction == "text" for _, direction in key):
-        return list(key)
-    first = next(i for i, (_, direction) in enumerate(key) if direction == "text")
-    rest = [part for part in key if part[1] != "text"]
-    before = [part for part in rest if key.index(part) < first]
-    return [*before, ("_fts", "text"), ("_ftsx", 1), *[part for part in rest if part not in before]]
-
-
-def index_mismatch(found: Optional[Mapping[str, Any]], spec: Mapping[str, Any]) -> Optional[str]:
-    """How an existing index differs from the declared one of its name (:func:`declared_indexes`); None if not.
-
-    The comparison ``createIndex`` makes: the key, then unique, sparse and
-    the partial filter. An index of the declared name that differs makes
-    the model's index creation fail, so no worker or enqueue can start.
-    """
-    if found is None:
-        return "missing"
-    raw = found.get("key") or ()
-    key = [(str(field), direction) for field, direction in (raw.items() if isinstance(raw, Mapping) else raw)]
-    if key != _stored_key(spec["key"]):
-        return f"on {[field for field, _ in key]}, not {[field for field, _ in spec['key']]}"
-    for option in _COMPARED_OPTIONS:
-        want, have = spec.get(option), found.get(option)
-        if option == "partialFilterExpression":
-            want, have = dict(want or {}), dict(have or {})
-        else:
-            want, have = bool(want), bool(have)
-        if want != have:
-            return f"{option} {have!r} here, {want!r} declared"
-    return None
-
-
 def forget_prepared(model: type[BaseJob]) -> None:
-    """The model's collection was dropped: create its indexes again before its next use."""
+    """The model's collection was dropped: create its indexes again (and backfill) before its next use."""
     _prepared.pop(model, None)
+    _backfilled.discard(model)
 
 
 def forget_prepared_collections() -> None:

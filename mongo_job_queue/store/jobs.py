@@ -20,6 +20,7 @@ from .claims import Claims
 from .faults import duplicate_field, is_transient
 from .handle import JobStore
 from .indexes import Indexes
+from .keyed_insert import KeyedInsert
 from .leases import Leases
 from .outcomes import Outcomes
 from .recovery import Recovery
@@ -39,6 +40,8 @@ class Jobs:
         recovery = Recovery(store)
         claims = Claims(store, recovery, store.limits)
         leases = Leases(store, store.limits)
+        #: The insert of a guarded job when the model declares a shard key (keyed_insert.py).
+        self.keyed = KeyedInsert(store, lambda doc, field, exc, again: self._holder(doc, field, exc, retried=again))
         # The claim path (claims.py).
         self.claim = claims.claim
         self.claim_batch = claims.claim_batch
@@ -87,12 +90,19 @@ class Jobs:
         is over is released here, lazily, by the enqueue that needs it: no
         sweeper, and no extra write on the completion path.
 
+        With a declared shard key the unique indexes cannot be unique (a
+        sharded collection enforces only those its shard key prefixes): the
+        keys are then key documents inserted with the job in one transaction
+        (:mod:`.keyed_insert`), under the same rules.
+
         Raises:
             InvalidJobError: another unique index (an app's) refused the job,
                 or its key stayed contended.
         """
         store = self._store
         guarded = "unique_key" in doc or "schedule" in doc
+        if guarded and store.shard_key:
+            return self.keyed.insert(doc)
         tries = 0
 
         def call() -> Optional[dict[str, Any]]:

@@ -5,13 +5,14 @@ them on threads named ``mjq-<worker id>-<role>`` (docs/architecture.rst says
 what each runs): ``concurrency`` handler threads (:mod:`.executor`, writing
 completions through :mod:`.completer`), the ``poller`` (:mod:`.poller`),
 ``maintenance`` (:mod:`.maintenance`: lease recovery, damaged documents, the
-worker registry, the hand-back of stray claims in :mod:`.strays`) and the heartbeat, ``leases`` (:mod:`.leases`), which is one
-per worker and outlives a stop that timed out while a run goes on. Depending
-on the config and the jobs, the group-commit flusher ``acks`` (``batch_acks``),
-the change-stream listener ``wakeup`` (:mod:`.wakeup`), the time-limit
-watchdog ``timelimits`` (:mod:`.timelimits`, which replaces an abandoned
-handler thread through :mod:`.pool`) and the ``scheduler``
-(:mod:`mongo_job_queue.schedules.service`) run too.
+worker registry, the hand-back of stray claims in :mod:`.strays`) and the
+heartbeat, ``leases`` (:mod:`.leases`), which is one per worker and outlives a
+stop that timed out while a run goes on. Depending on the config and the jobs,
+the group-commit flusher ``acks`` (``batch_acks``), the change-stream listener
+``wakeup`` (:mod:`.wakeup`), the time-limit watchdog ``timelimits``
+(:mod:`.timelimits`, which replaces an abandoned handler thread through
+:mod:`.pool`) and the ``scheduler`` (:mod:`mongo_job_queue.schedules.service`)
+run too.
 
 :mod:`.threads` keeps the threads each start began, for the stop to wait for.
 :mod:`.runner` runs a worker in the foreground of a worker process, with

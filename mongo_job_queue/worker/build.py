@@ -22,6 +22,7 @@ from ..model import LeaseOwner
 from ..store import JobStore
 from ..store.dependencies import Dependencies
 from ..store.finals import SWEEP_MIN_INTERVAL_S
+from ..store.key_sweep import SWEEP_INTERVAL_S as KEYS_SWEEP_INTERVAL_S
 from ..store.limiter_sweep import SWEEP_INTERVAL_S
 from .completer import Completer, GroupCompleter
 from .executor import Executor
@@ -64,6 +65,8 @@ class Services:
     finals_sweep: Callable[[datetime], object]
     #: Deletes the limiter documents a fresh one would replace, a second at most (``store.limiter_sweep``).
     limiters_sweep: Callable[[datetime], object]
+    #: With a declared shard key, deletes key documents whose job is gone (``store.keys``).
+    keys_sweep: Callable[[datetime], object]
 
     def maintenance(
         self, config: QueueConfig, now: Callable[[], datetime], logger: Optional[logging.Logger]
@@ -77,7 +80,8 @@ class Services:
         claim with a shorter lease, which makes it read again. The catch-up
         sweeps of lost notices run every :data:`IDLE_CATCH_UP_S` then
         (docs/performance.rst, "Idle cost"); the sweep of idle limiter
-        documents every :data:`~..store.limiter_sweep.SWEEP_INTERVAL_S`, always.
+        documents every :data:`~..store.limiter_sweep.SWEEP_INTERVAL_S`, always; with a
+        declared shard key, the sweep of left key documents as often (:mod:`..store.keys`).
         """
         rescue_cap = (config.lease_ms + config.sweep_interval_ms) / 1000
         return MaintenanceLoop(
@@ -107,6 +111,7 @@ class Services:
                     idle_interval_s=IDLE_CATCH_UP_S,
                 ),
                 Service("limiter sweep", SWEEP_INTERVAL_S, self.limiters_sweep, paced=True),
+                Service("key-document sweep", KEYS_SWEEP_INTERVAL_S, self.keys_sweep, paced=True),
             ],
             now,
             logger,
@@ -187,4 +192,5 @@ def build_services(
         dependencies=store.dependencies,
         finals_sweep=store.finals.sweep,
         limiters_sweep=store.limits.sweep_step,
+        keys_sweep=store.keys.step,
     )

@@ -11,6 +11,7 @@ whose worker died), and each filter is classified:
 * the claim (pending jobs of some queues): it must name ``queue``, the key's
   first field, so it reaches only the shards owning those queues;
 * the documented scatters (docs/scaling.rst): maintenance sweeps, the
+  backfill of key documents when a process prepares the collection, the
   change stream, and the one read by ``_id`` with which an admin process
   that never saw a job learns its key. Anything else fails the test.
 """
@@ -109,6 +110,8 @@ def acceptable_scatter(filt: Mapping[str, Any], projection: Mapping[str, Any] | 
         return "the hygiene sweep for malformed documents: maintenance"
     if filt.get("status") == "blocked" and set(filt) <= {"status", "_id", "depends_on"}:
         return "blocked jobs (docs/workflows.rst): the probe, the dependents of ended jobs, the sweep"
+    if filt in ({"unique_key": {"$exists": True}}, {"schedule": {"$exists": True}, "fire_time": {"$exists": True}}):
+        return "the backfill of key documents: once per process, when it prepares the collection"
     if set(filt) == {"_id"} and projection is not None and set(projection) <= set(KEY):
         return "an admin process that never saw the job reads its key once, by _id"
     return None
@@ -159,6 +162,12 @@ def test_every_query_about_a_job_carries_the_declared_shard_key(capture: Capture
         {"$set": {"status": "processing", "lease_token": "dead", "lease_expires_at": past, "attempts": 1}},
     )
     assert queue.cancel_job(later.id)  # an admin cancel of a job this process never read
+    # Unique jobs: guarded by key documents (docs/scaling.rst); the holder is read by its key.
+    unique = queue.enqueue("ok", {}, queue="beta", unique_key="u1", delay_ms=3_600_000)
+    assert queue.enqueue("ok", {}, queue="alpha", unique_key="u1").id == unique.id
+    jobs.update_one({"_id": unique.id}, {"$set": {"status": "cancelled", "finished_at": past}})
+    taken = queue.enqueue("ok", {}, queue="alpha", unique_key="u1")  # released: the holder's key $unset, by key
+    assert taken.id != unique.id and "unique_key" not in jobs.find_one({"_id": unique.id})
 
     queue.start_polling()
     try:
@@ -167,8 +176,9 @@ def test_every_query_about_a_job_carries_the_declared_shard_key(capture: Capture
         assert queue.cancel_job(running.id)
 
         def finished() -> bool:
-            statuses = {d["_id"]: d["status"] for d in jobs.find({"_id": {"$ne": later.id}})}
+            statuses = {d["_id"]: d["status"] for d in jobs.find({"_id": {"$nin": [later.id, unique.id]}})}
             return statuses == {
+                taken.id: "completed",
                 done.id: "completed",
                 failed.id: "failed",
                 running.id: "cancelled",
@@ -209,7 +219,8 @@ def test_every_query_about_a_job_carries_the_declared_shard_key(capture: Capture
                 scatters[reason] = scatters.get(reason, 0) + 1
     assert claims >= 4 and per_job >= 8
     written = [f for n, c in commands for f, _ in filters(n, c) if n in ("update", "findAndModify")]
-    for job_id, what in ((running.id, "heartbeat"), (orphan.id, "recovery"), (later.id, "admin cancel")):
+    keyed = ((running.id, "heartbeat"), (orphan.id, "recovery"), (later.id, "admin cancel"), (unique.id, "release"))
+    for job_id, what in keyed:
         assert any(f.get("_id") == job_id and f.get("queue") for f in written), f"no keyed {what} write seen"
     assert any(f.get("_id") == orphan.id and f.get("lease_token") == "dead" and f.get("queue") for f in written)
     assert "the expired-lease sweep: maintenance, a few per minute per worker" in scatters

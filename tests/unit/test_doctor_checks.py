@@ -25,6 +25,7 @@ from mongo_job_queue.store.shardkey import ShardKey
 class _Collection:
     def __init__(self, **concern: Any) -> None:
         self.write_concern = WriteConcern(**concern)
+        self.name = "jobs"
 
 
 class FakeProbe(Probe):
@@ -135,6 +136,22 @@ def test_a_refused_config_read_warns_that_it_cannot_tell(monkeypatch: pytest.Mon
     probe.store = _Store(ShardKey(ByQueue))  # type: ignore[assignment]
     check = check_shard_key(probe)
     assert check.status == WARN and "cannot tell" in check.detail
+
+
+@pytest.mark.parametrize(
+    ("keys", "status"),
+    [(None, PASS), ({"_id": 1}, PASS), ({"_id": "hashed"}, PASS), ({"job": 1}, FAIL)],
+    ids=["keys-unsharded", "keys-on-id", "keys-hashed-id", "keys-on-other"],
+)
+def test_the_key_documents_must_stay_unique_by_id(monkeypatch: pytest.MonkeyPatch, keys: Any, status: str) -> None:
+    def cluster_key(probe: Probe, suffix: str = "") -> Any:
+        return keys if suffix == "_keys" else {"queue": 1, "_id": 1}
+
+    monkeypatch.setattr(sharding, "_cluster_key", cluster_key)
+    probe = FakeProbe(hello={"msg": "isdbgrid"})
+    probe.store = _Store(ShardKey(ByQueue))  # type: ignore[assignment]
+    check = check_shard_key(probe)
+    assert check.status == status, check
 
 
 def test_ttl_filters_limited_to_finished_statuses_are_safe() -> None:
