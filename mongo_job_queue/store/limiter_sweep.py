@@ -29,6 +29,7 @@ from datetime import datetime, timedelta
 from typing import Any, Optional
 
 from pymongo.collection import Collection
+from pymongo.errors import PyMongoError
 
 from . import holders
 
@@ -45,6 +46,7 @@ SWEEP_AGAIN_S = 5.0
 #: Limiter documents with lapsed holders looked at per read, and idle ones deleted per write.
 _LAPSED_BATCH = 100
 _DELETE_BATCH = 500
+_MIN_DELETE_BATCH = 10
 
 
 def idle(now: datetime) -> dict[str, Any]:
@@ -79,6 +81,9 @@ class Sweep:
         #: Where the paging through lapsed holders goes on (the last ``_id`` read); None: from the start.
         self._after: Optional[str] = None
         self._dropping = True
+        #: Idle documents deleted per write: halved after a write that ran out of time (a slow server, a large
+        #: backlog), doubled back after one that did not, so that a batch always fits the call's bound.
+        self._batch = _DELETE_BATCH
 
     def run(self, now: datetime, retry: Callable[[Callable[[], Any], str], Any], deadline: float) -> tuple[int, bool]:
         """Sweep until done or past ``deadline`` (monotonic), one batch at least: how many went, and if work is left."""
@@ -109,8 +114,15 @@ class Sweep:
     def _delete_batch(self, now: datetime) -> tuple[int, bool]:
         """Delete up to one batch of idle documents, each checked again by the delete's own filter."""
         limiters = self._limiters()
-        ids = [d["_id"] for d in limiters.find(idle(now), {"_id": 1}, limit=_DELETE_BATCH)]
+        batch = self._batch
+        ids = [d["_id"] for d in limiters.find(idle(now), {"_id": 1}, limit=batch)]
         if not ids:
             return 0, False
-        deleted = limiters.delete_many({"$and": [{"_id": {"$in": ids}}, idle(now)]}).deleted_count
-        return int(deleted), len(ids) == _DELETE_BATCH
+        try:
+            deleted = limiters.delete_many({"$and": [{"_id": {"$in": ids}}, idle(now)]}).deleted_count
+        except PyMongoError as exc:
+            if exc.timeout:  # the retry sends a smaller batch (what this one deleted before it ran out stays deleted)
+                self._batch = max(_MIN_DELETE_BATCH, batch // 2)
+            raise
+        self._batch = min(_DELETE_BATCH, batch * 2)
+        return int(deleted), len(ids) == batch

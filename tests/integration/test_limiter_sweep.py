@@ -216,7 +216,9 @@ def test_a_backlog_is_swept_in_bounded_batches_within_a_budget_per_step(make_que
     # and held up stop() and the lease rescue on the maintenance thread meanwhile.
     from mongo_job_queue.store import limiter_sweep
 
-    queue = make_queue()
+    # The batches' shape is the point here, not the bound: a 500-id delete takes about a second on the
+    # embedded server on a slow machine (a timeout halves the batch: the test above).
+    queue = make_queue(lease_ms=10_000, db_timeout_ms=5_000)
     queue.limit("per-org", key="organization", max_running=1)
     raw_db.jobs_limiters.insert_many(limiter(MUTEX, f"invoice:{n}") for n in range(1_200))
     monkeypatch.setattr(limiter_sweep, "_DELETE_BATCH", 500)
@@ -232,6 +234,36 @@ def test_a_backlog_is_swept_in_bounded_batches_within_a_budget_per_step(make_que
     assert steps == [limiter_sweep.SWEEP_AGAIN_S] * 3 + [SWEEP_INTERVAL_S]  # holders, 500, 500, 200 (done)
     deletes = [filt for name, filt in calls if name == "delete_many"]
     assert len(deletes) == 3 and all(len(f["$and"][0]["_id"]["$in"]) <= 500 for f in deletes)
+
+
+def test_a_delete_that_runs_out_of_time_is_sent_again_in_smaller_batches(make_queue, raw_db, monkeypatch) -> None:
+    # On a slow server a 500-id delete outlasted the call's bound (1.0 s on the embedded server on a slow
+    # day): every try timed out with the same batch, and the backlog was never swept.
+    from pymongo.collection import Collection
+    from pymongo.errors import NetworkTimeout
+
+    queue = make_queue()
+    queue.limit("per-org", key="organization", max_running=1)
+    raw_db.jobs_limiters.insert_many(limiter(MUTEX, f"invoice:{n}") for n in range(600))
+    sent: list[int] = []
+    real = Collection.delete_many
+
+    def slow_for_large(self: Any, filt: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.name.endswith("_limiters"):
+            size = len(filt["$and"][0]["_id"]["$in"])
+            sent.append(size)
+            if size > 150:
+                raise NetworkTimeout("the delete of a large batch ran out of time")
+        return real(self, filt, *args, **kwargs)
+
+    monkeypatch.setattr(Collection, "delete_many", slow_for_large)
+    now = queue.store.now()
+    for _ in range(20):
+        if queue.store.limits.sweep_step(now) == SWEEP_INTERVAL_S:
+            break
+    assert raw_db.jobs_limiters.count_documents({}) == 0
+    assert sent[:3] == [500, 250, 125]  # halved after each timeout, then it fits
+    assert all(size <= 250 for size in sent[3:])  # doubled after each write that fitted: probing, never past 500
 
 
 def test_the_table_of_a_forked_child_is_cleared_even_if_a_parent_thread_held_it() -> None:
