@@ -25,8 +25,10 @@ from mongo_job_queue.status import COMPLETED, PENDING, PROCESSING
 
 pytestmark = pytest.mark.integration
 
-#: Longer than the claim's bound (1.5 s: half the test config's 3 s lease), shorter than the lease.
+#: Longer than the claim's bound (1.5 s), well within the lease: a late write applies a few seconds after it
+#: was sent, and a lease of the test config's 3 s would expire before a hand-back on a loaded machine.
 LATE = {"blockConnection": True, "blockTimeMS": 2_500}
+SLOW = {"lease_ms": 8_000, "db_timeout_ms": 1_500}
 
 
 def _leased_by_the_late_write(queue: Any, job_id: Any) -> None:
@@ -60,7 +62,7 @@ def test_a_retried_claim_whose_first_write_applies_late_runs_both_jobs_once(make
     # Try 1 (held by the server) leases nothing yet; try 2 reads back by the token, finds nothing and
     # claims job A; then try 1's write applies and leases B under the same token, unknown to the worker.
     # A's handler holds the only slot until then, so the worker cannot claim B first.
-    queue = make_queue(concurrency=1, change_stream_wakeups=False)
+    queue = make_queue(concurrency=1, change_stream_wakeups=False, **SLOW)
     a = queue.enqueue("JOB", {"n": 1}, max_retries=0, priority=1)
     b = queue.enqueue("JOB", {"n": 2}, max_retries=0)
     runs, overlaps = _recording(queue, gate=lambda job: job.id == a.id and _leased_by_the_late_write(queue, b.id))
@@ -79,7 +81,7 @@ def test_a_retried_claim_whose_first_write_applies_late_runs_both_jobs_once(make
 
 def test_a_claim_that_gave_up_before_its_write_applied_still_runs_the_job(make_queue, failpoint) -> None:
     # One try only: the claim raises; its write applies afterwards, leasing the job to no run.
-    queue = make_queue(concurrency=1, change_stream_wakeups=False, db_retry_attempts=1)
+    queue = make_queue(concurrency=1, change_stream_wakeups=False, db_retry_attempts=1, **SLOW)
     runs, overlaps = _recording(queue)
     job = queue.enqueue("JOB", {}, max_retries=0)
     queue.store.now()
@@ -129,7 +131,7 @@ def test_a_late_write_that_leases_the_returned_job_again_is_handed_back(make_que
     # claim_job (run_job_now) claims by _id with no run_at bound: try 2 claims A and returns it; A fails
     # at once and is pending for its retry; then try 1's write leases A again under the same token, one
     # attempt more. Excluded by id alone (review), it stayed leased until the sweep failed it after one run.
-    queue = make_queue(concurrency=1, change_stream_wakeups=False, queues=["default"], retry_delay_ms=10)
+    queue = make_queue(concurrency=1, change_stream_wakeups=False, queues=["default"], retry_delay_ms=10, **SLOW)
     runs: list[Any] = []
 
     def handler(job: Any) -> None:
@@ -225,8 +227,9 @@ def test_a_slow_stray_read_holds_up_no_lease_renewal_nor_stop(make_queue, failpo
 def test_a_batched_claim_that_gave_up_before_its_update_applied_still_runs_its_jobs(make_queue, failpoint) -> None:
     # The batch's update_many is held past the bound; the read-back by token finds nothing and the call
     # raises; then the update applies and leases every job it read, to no run.
-    queue = make_queue(concurrency=4, change_stream_wakeups=False, db_retry_attempts=1)
+    queue = make_queue(concurrency=4, change_stream_wakeups=False, db_retry_attempts=1, **SLOW)
     runs, overlaps = _recording(queue)
+    assert queue.worker.claim_some(4) == []  # a claim's first-use writes done, so the held update is the batch's
     jobs = [queue.enqueue("JOB", {"n": n}, max_retries=0) for n in range(3)]
     queue.store.now()
     failpoint(["update"], 1, **LATE)
