@@ -29,6 +29,19 @@ __all__ = ["ENQUEUE_KEYS", "JobBuilder", "job_arguments"]
 
 J = TypeVar("J", bound=BaseJob)
 
+#: The library's container fields that a new job stores only when they hold something (``data`` always).
+_EMPTY_UNSTORED = (
+    "errors",
+    "headers",
+    "admin_marks",
+    "progress",
+    "rate_slots",
+    "batch_callback",
+    "depends_on",
+    "dependency_policies",
+    "dependency_outcomes",
+)
+
 #: The arguments of ``enqueue`` an ``enqueue_many`` item may hold besides the app's
 #: own fields (``unique_key`` is for ``enqueue`` alone).
 ENQUEUE_KEYS = frozenset(
@@ -189,9 +202,9 @@ class JobBuilder(Generic[J]):
         except (FieldDoesNotExist, ValidationError, NotRegistered) as exc:
             raise InvalidJobError(_rejection(self.job_model, extra, exc)) from exc
         doc: dict[str, Any] = job.to_mongo().to_dict()
-        for key in ("depends_on", "dependency_policies", "dependency_outcomes"):
-            if not doc.get(key):
-                doc.pop(key, None)  # only a dependent job carries them
+        for key in _EMPTY_UNSTORED:
+            if key in doc and not doc[key]:
+                del doc[key]  # an empty container costs every read and write of the job; absent reads the same
         doc["_id"] = job_id
         return doc
 
