@@ -15,6 +15,7 @@ from typing import Any, Generic, Optional, TypeVar
 
 from bson import ObjectId
 from mongoengine.errors import FieldDoesNotExist, NotRegistered, ValidationError
+from mongoengine.fields import DictField, ListField
 
 from .clock import MAX_DURATION_MS, after_ms, to_naive_utc
 from .config import MAX_RETRIES, QueueConfig
@@ -29,17 +30,10 @@ __all__ = ["ENQUEUE_KEYS", "JobBuilder", "job_arguments"]
 
 J = TypeVar("J", bound=BaseJob)
 
-#: The library's container fields that a new job stores only when they hold something (``data`` always).
-_EMPTY_UNSTORED = (
-    "errors",
-    "headers",
-    "admin_marks",
-    "progress",
-    "rate_slots",
-    "batch_callback",
-    "depends_on",
-    "dependency_policies",
-    "dependency_outcomes",
+#: The library's container fields (lists, documents), which a new job stores only when they hold
+#: something; ``data`` always. Derived from the model, so a container field added later is included.
+_EMPTY_UNSTORED = tuple(
+    name for name, field in BaseJob._fields.items() if isinstance(field, (ListField, DictField)) and name != "data"
 )
 
 #: The arguments of ``enqueue`` an ``enqueue_many`` item may hold besides the app's
