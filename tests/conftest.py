@@ -12,9 +12,11 @@ folder's own conftest would register them twice and start two.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -108,6 +110,96 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     selects_a_part = tz_aware(session.config) or session.config.option.markexpr == "serial"
     if selects_a_part and exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
         session.exitstatus = pytest.ExitCode.OK
+
+
+#: A test still running this long after it started (setup and teardown included) has hung where
+#: pytest-timeout's alarm cannot reach (in a C call, or in a teardown after the alarm has fired once).
+#: ``MJQ_TEST_HARD_LIMIT_S`` sets it (to see the watchdog work).
+HARD_LIMIT_S = float(os.environ.get("MJQ_TEST_HARD_LIMIT_S", "420"))
+
+
+class _HangWatch:
+    """Past :data:`HARD_LIMIT_S`, write every thread's stack and end this test process.
+
+    A hang would otherwise hold CI until its own limit, hours later, with
+    no word of where; ended so, pytest-xdist reports the test that crashed
+    its worker and goes on with a new one, and the run's summary prints the
+    stacks (a worker's stderr is not shown). faulthandler's timer runs
+    without the GIL, so it fires whatever the test's threads hold.
+    """
+
+    def __init__(self) -> None:
+        self.deadline: float | None = None
+        self.folder: Path | None = None
+        self.out: Any = None
+
+    def start(self, config: pytest.Config) -> None:
+        self.folder = config.rootpath / ".hangs"
+        if not hasattr(config, "workerinput"):  # the controller (or a run without xdist) starts clean
+            for old in self.folder.glob("*.txt"):
+                old.unlink()
+        self.folder.mkdir(exist_ok=True)
+        worker = getattr(config, "workerinput", {}).get("workerid", "main")
+        self.out = open(self.folder / f"{worker}-{os.getpid()}.txt", "w")  # noqa: SIM115 (open for the session)
+
+    def arm(self, item: pytest.Item) -> None:
+        marker = item.get_closest_marker("timeout")
+        limit = HARD_LIMIT_S
+        if marker is not None and marker.args:
+            limit = max(limit, float(marker.args[0]) + 120)
+        self.deadline = time.monotonic() + limit
+        if self.out is not None:
+            self.out.seek(0)
+            self.out.truncate()
+            self.out.write(f"{item.nodeid} ran past {limit:.0f} s; its threads:\n")
+            self.out.flush()
+        self.rearm()
+
+    def rearm(self) -> None:
+        if self.deadline is not None:
+            left = max(1.0, self.deadline - time.monotonic())
+            faulthandler.dump_traceback_later(left, exit=True, file=self.out or sys.__stderr__ or sys.stderr)
+
+    def disarm(self) -> None:
+        self.deadline = None
+        faulthandler.cancel_dump_traceback_later()
+
+    def report(self, terminal: Any) -> None:
+        if self.folder is None:
+            return
+        for dump in sorted(self.folder.glob("*.txt")):
+            text = dump.read_text()
+            if "Thread 0x" in text:  # faulthandler wrote into it: that process was ended
+                terminal.write_sep("=", f"hung test ({dump.name})")
+                terminal.write_line(text)
+
+
+_HANG_WATCH = _HangWatch()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _HANG_WATCH.start(session.config)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    _HANG_WATCH.arm(item)
+    try:
+        yield
+    finally:
+        _HANG_WATCH.disarm()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_exception_interact() -> None:
+    # pytest's faulthandler plugin cancels the timer on every failure (for pdb): a teardown that hangs
+    # after a failure is the case to catch.
+    _HANG_WATCH.rearm()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    _HANG_WATCH.report(terminalreporter)
 
 
 FAST = {
