@@ -21,6 +21,7 @@ from .clock import MAX_DURATION_MS, after_ms, to_naive_utc
 from .config import MAX_RETRIES, QueueConfig
 from .errors import InvalidJobError
 from .handlers import HandlerRegistry
+from .loading import load_job
 from .model import LIBRARY_FIELDS, BaseJob
 from .status import BLOCKED, PENDING
 from .validation import check_document, check_nested, check_payload, stored_job_problems
@@ -224,7 +225,7 @@ class JobBuilder(Generic[J]):
                 for name, value in doc.items():
                     if name != "data":
                         check_nested(value, what=name)
-                self.job_model._from_son(dict(doc)).validate()
+                load_job(self.job_model, dict(doc)).validate()
             except (FieldDoesNotExist, ValidationError, NotRegistered, InvalidJobError) as exc:
                 problems.append(str(exc))
         if problems:

@@ -25,6 +25,7 @@ from typing import Any, Generic, Literal, Optional, Protocol, TypeVar
 from .builder import ENQUEUE_KEYS, JobBuilder, job_arguments
 from .errors import EagerJobFailed, InvalidJobError
 from .known_types import KnownTypes
+from .loading import load_job
 from .middleware import MiddlewareChain
 from .model import BaseJob
 from .status import COMPLETED
@@ -242,4 +243,4 @@ class Enqueuer(Generic[J]):
         return doc
 
     def _instance(self, doc: dict[str, Any]) -> J:
-        return self.builder.job_model._from_son(doc)  # type: ignore[no-any-return]
+        return load_job(self.builder.job_model, doc)

@@ -18,6 +18,7 @@ from bson import ObjectId
 
 from .clock import after_ms
 from .errors import InvalidJobError, InvalidJobIdError, JobTimeout
+from .loading import load_job
 from .middleware import MiddlewareChain
 from .model import BaseJob
 from .status import ALL_STATUSES, FINISHED
@@ -128,7 +129,7 @@ class QueueAdmin(Generic[J]):
         return _pause_dict(self.store.control.pause_state())
 
     def _instance(self, doc: dict[str, Any]) -> J:
-        return self.job_model._from_son(doc)  # type: ignore[no-any-return]
+        return load_job(self.job_model, doc)
 
 
 def job_object_id(job_id: Any) -> ObjectId:

@@ -28,6 +28,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Optional, TypeVar
 
 from .errors import EagerJobFailed
+from .loading import load_job
 from .model import BaseJob
 from .queue import PersistentJobQueue
 
@@ -87,7 +88,7 @@ def enqueued_jobs(queue: PersistentJobQueue[J], job_type: Optional[str] = None, 
             query[field.db_field] = field.to_mongo(value)
         else:
             raise TypeError(f"{model.__name__} has no field {key!r} to match")
-    return [model._from_son(doc) for doc in queue.store.admin.find_jobs(query)]
+    return [load_job(model, doc) for doc in queue.store.admin.find_jobs(query)]
 
 
 def assert_enqueued(

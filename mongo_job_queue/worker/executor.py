@@ -22,6 +22,7 @@ from ..config import QueueConfig
 from ..context import JobContext, RunState
 from ..errors import FailJob, JobCancelled, Throttled, WorkerShutdown
 from ..handlers import Handler, HandlerRegistry
+from ..loading import load_job
 from ..middleware import MiddlewareChain, Outcome
 from ..model import BaseJob, JobError, safe_str, truncate
 from ..retry import RetryDecision
@@ -134,7 +135,7 @@ class Executor:
         doc = claimed.doc
         problems = stored_job_problems(doc)
         try:
-            job: BaseJob = self.store.model._from_son(doc)
+            job: BaseJob = load_job(self.store.model, doc)
         except Exception as exc:  # noqa: BLE001 - whatever the model cannot load
             problems.append(f"cannot be loaded as {self.store.model.__name__}: {safe_str(exc)}")
         if problems:

@@ -1,0 +1,241 @@
+"""The app's job instance from a stored document: exactly what MongoEngine builds, for a fraction of its CPU.
+
+MongoEngine's ``_from_son`` runs ``Document.__init__``, which assigns each of
+BaseJob's forty-odd fields twice through its descriptors and ``__setattr__``:
+about a sixth of a job's worker CPU at concurrency 1. :func:`load_job`
+builds the same instance state directly: each present field converted by
+the field's own ``to_python``, each absent one given the default
+``BaseField.__set__`` would give it, embedded documents tied to their parent,
+the ``get_<field>_display`` methods of choice fields.
+
+A model gets the direct build only when it cannot tell the difference: no
+``__init__``, ``_from_son`` or ``__setattr__`` of its own, not dynamic, not
+inherited (``_cls``), strict, no init signal receivers, and only keys it
+declares in the document. Even then the build is checked once per model,
+against ``_from_son`` on that model's first document; any difference (a
+MongoEngine release that builds documents another way) turns the direct
+build off for that model, and every document goes through ``_from_son``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any, Optional, TypeVar
+
+from bson import SON
+from mongoengine import Document, EmbeddedDocument, signals
+from mongoengine.base import BaseDocument
+from mongoengine.fields import EmbeddedDocumentField
+
+__all__ = ["load_job", "loads_directly"]
+
+log = logging.getLogger(__name__)
+
+D = TypeVar("D", bound=BaseDocument)
+
+_NO_DEFAULT = object()
+#: Keys MongoEngine accepts in a document besides the declared fields; a document with one takes ``_from_son``.
+_RESERVED = frozenset({"_cls", "_text_score"})
+
+
+def _default_of(field: Any) -> Callable[[], Any]:
+    """What ``BaseField.__set__`` stores for an absent field: None if nullable, else its default (called)."""
+    default = field.default
+    if field.null or default is None:
+        return lambda: None
+    if callable(default):
+        return default  # type: ignore[no-any-return]
+    return lambda: default
+
+
+#: The values that can hold an embedded document (checked before calling :func:`_tie`, the hot path).
+_HOLDERS = (EmbeddedDocument, list, tuple)
+
+
+def _tie(value: Any, parent: BaseDocument) -> None:
+    """Point embedded documents at their parent, as ``BaseField.__set__`` does."""
+    if isinstance(value, EmbeddedDocument):
+        value._instance = weakref.proxy(parent)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            if isinstance(item, EmbeddedDocument):
+                item._instance = weakref.proxy(parent)
+
+
+class _Plan:
+    """The direct build of one document class: its fields in order, with their converters and defaults."""
+
+    def __init__(self, cls: type[BaseDocument]) -> None:
+        self.cls = cls
+        self.embedded = issubclass(cls, EmbeddedDocument)
+        self.fields = [(name, f.db_field, f, _default_of(f)) for name, f in cls._fields.items()]
+        self.keys = frozenset(f.db_field for f in cls._fields.values())
+        self.choices = [(name, f) for name, f in cls._fields.items() if f.choices]
+        self.class_name = cls._class_name
+        #: Embedded document fields, loaded through their own class's loader (LeaseOwner in every claim).
+        self.nested = {name: f for name, f in cls._fields.items() if isinstance(f, EmbeddedDocumentField)}
+
+    def build(self, son: Mapping[str, Any]) -> Any:
+        """The instance ``cls._from_son(son)`` returns (the caller checked the keys)."""
+        cls: Any = self.cls
+        obj = cls.__new__(cls)
+        setattr_ = object.__setattr__
+        setattr_(obj, "_initialised", False)
+        setattr_(obj, "_created", True)
+        data: dict[str, Any] = {}
+        setattr_(obj, "_data", data)
+        setattr_(obj, "_dynamic_fields", SON())
+        present = []
+        for name, db_field, field, default in self.fields:
+            if db_field in son:
+                present.append((name, db_field, field, default))
+            else:
+                value = default()
+                if isinstance(value, _HOLDERS):
+                    _tie(value, obj)
+                data[name] = value
+        setattr_(obj, "_cls", self.class_name)
+        for name, db_field, field, default in present:
+            value = son[db_field]
+            if value is None:
+                value = default()
+            else:
+                nested = self.nested.get(name)
+                if nested is not None and type(value) is dict and nested._auto_dereference:
+                    value = _loader(nested.document_type).load(value)
+                else:
+                    value = field.to_python(value)
+            if isinstance(value, _HOLDERS):
+                _tie(value, obj)
+            data[name] = value
+        for name, field in self.choices:
+            setattr_(obj, f"get_{name}_display", partial(obj._BaseDocument__get_field_display, field=field))
+        setattr_(obj, "_initialised", True)
+        setattr_(obj, "_created", False)
+        if self.embedded:
+            setattr_(obj, "_instance", None)
+        setattr_(obj, "_changed_fields", [])
+        return obj
+
+    def accepts(self, son: Mapping[str, Any]) -> bool:
+        """Whether ``son`` holds only declared fields and no init signal listens: else ``_from_son`` decides."""
+        return son.keys() <= self.keys and not _signalled()
+
+
+def _signalled() -> bool:
+    return bool(signals.pre_init.receivers or signals.post_init.receivers)
+
+
+def _eligible(cls: type[BaseDocument]) -> Optional[str]:
+    """Why ``cls`` must be built by ``_from_son``; None if it can be built directly."""
+    base = EmbeddedDocument if issubclass(cls, EmbeddedDocument) else BaseDocument
+    if not issubclass(cls, (Document, EmbeddedDocument)):
+        return "not a MongoEngine document"
+    if cls.__init__ is not base.__init__:
+        return "its own __init__"
+    if cls._from_son.__func__ is not BaseDocument._from_son.__func__:
+        return "its own _from_son"
+    if cls.__setattr__ is not BaseDocument.__setattr__:
+        return "its own __setattr__"
+    if cls._dynamic or not cls._meta.get("strict", True):
+        return "dynamic or not strict"
+    if cls.STRICT:
+        return "its data is a StrictDict"
+    if cls._meta.get("allow_inheritance"):
+        return "inheritance (_cls)"
+    return None
+
+
+def _state(doc: Any, parent: Any = None) -> Any:
+    """Everything an instance holds, as comparable values (partials by function and field, parents by identity)."""
+    if not isinstance(doc, BaseDocument):
+        if isinstance(doc, (list, tuple)):
+            return (type(doc), [_state(v, parent) for v in doc])
+        if isinstance(doc, dict):
+            return (type(doc), {k: _state(v, parent) for k, v in doc.items()})
+        return (type(doc), doc)
+    attrs = {
+        name: getattr(doc, name, _NO_DEFAULT)
+        for name in ("_initialised", "_created", "_changed_fields", "_dynamic_fields")
+    }
+    extra = {}
+    for name, value in vars(doc).items() if hasattr(doc, "__dict__") else ():
+        if isinstance(value, partial):
+            extra[name] = (value.func.__name__, value.keywords)
+        elif name != "_instance":
+            extra[name] = _state(value, doc)
+    instance: Any = getattr(doc, "_instance", _NO_DEFAULT)
+    tied = instance is _NO_DEFAULT or (instance is None and parent is None)
+    if not tied and instance is not None and parent is not None:
+        tied = instance._data is parent._data
+    return (
+        type(doc),
+        attrs,
+        extra,
+        tied,
+        {k: _state(v, doc) for k, v in doc._data.items()},
+    )
+
+
+class _Loader:
+    """The loading of one model: direct once verified, ``_from_son`` otherwise."""
+
+    def __init__(self, cls: type[BaseDocument]) -> None:
+        self.cls = cls
+        reason = _eligible(cls)
+        self.plan: Optional[_Plan] = _Plan(cls) if reason is None else None
+        self.verified = False
+        self.lock = threading.Lock()
+        if reason is not None:
+            log.debug("%s is loaded with _from_son: %s", cls.__name__, reason)
+
+    def load(self, son: Mapping[str, Any]) -> Any:
+        """``cls._from_son(son)``, or its direct build once verified."""
+        plan = self.plan
+        if plan is None or not plan.accepts(son):
+            return self.cls._from_son(son)
+        if self.verified:
+            try:
+                return plan.build(son)
+            except Exception:  # noqa: BLE001 - a value its field refuses: _from_son raises its own error for it
+                return self.cls._from_son(son)
+        with self.lock:
+            expected = self.cls._from_son(son)
+            built = plan.build(son)
+            if _state(built) == _state(expected):
+                self.verified = True
+            else:
+                self.plan = None
+                log.info("%s is loaded with _from_son: the direct build differs from it", self.cls.__name__)
+            return expected
+
+
+_LOADERS: weakref.WeakKeyDictionary[type, _Loader] = weakref.WeakKeyDictionary()
+_LOADERS_LOCK = threading.Lock()
+
+
+def _loader(model: type[BaseDocument]) -> _Loader:
+    loader = _LOADERS.get(model)
+    if loader is None:
+        with _LOADERS_LOCK:
+            loader = _LOADERS.get(model)
+            if loader is None:
+                loader = _LOADERS[model] = _Loader(model)
+    return loader
+
+
+def load_job(model: type[D], son: Mapping[str, Any]) -> D:
+    """``model._from_son(son)``, built directly when that gives the very same instance (see the module)."""
+    if not isinstance(son, dict):
+        return model._from_son(son)  # type: ignore[no-any-return]  # its own error for what is not a dict
+    return _loader(model).load(son)  # type: ignore[no-any-return]
+
+
+def loads_directly(model: type[BaseDocument]) -> bool:
+    """Whether ``model``'s documents are built directly (after its first one); for tests and ``doctor``."""
+    loader = _loader(model)
+    return loader.plan is not None
