@@ -67,17 +67,29 @@ def _tie(value: Any, parent: BaseDocument) -> None:
 
 
 class _Plan:
-    """The direct build of one document class: its fields in order, with their converters and defaults."""
+    """The direct build of one document class: its fields' defaults and converters, worked out once."""
 
     def __init__(self, cls: type[BaseDocument]) -> None:
         self.cls = cls
         self.embedded = issubclass(cls, EmbeddedDocument)
-        self.fields = [(name, f.db_field, f, _default_of(f)) for name, f in cls._fields.items()]
         self.keys = frozenset(f.db_field for f in cls._fields.values())
         self.choices = [(name, f) for name, f in cls._fields.items() if f.choices]
         self.class_name = cls._class_name
-        #: Embedded document fields, loaded through their own class's loader (LeaseOwner in every claim).
-        self.nested = {name: f for name, f in cls._fields.items() if isinstance(f, EmbeddedDocumentField)}
+        #: Every field's default when it is a constant, None for the others: copied, in field order, per build.
+        self.template: dict[str, Any] = {}
+        #: The fields whose default is made per instance (``list``, ``dict``, a callable), or may hold a document.
+        self.factories: list[tuple[str, str, Callable[[], Any]]] = []
+        #: Per stored key: the field's name, the field, its default and, for an embedded document, the field again.
+        self.by_key: dict[str, tuple[str, Any, Callable[[], Any], Any]] = {}
+        for name, f in cls._fields.items():
+            default = _default_of(f)
+            constant = not (callable(f.default) and not f.null)
+            value = default() if constant else None
+            self.template[name] = None if isinstance(value, _HOLDERS) else value
+            if not constant or isinstance(value, _HOLDERS):
+                self.factories.append((name, f.db_field, default))
+            nested = f if isinstance(f, EmbeddedDocumentField) else None
+            self.by_key[f.db_field] = (name, f, default, nested)
 
     def build(self, son: Mapping[str, Any]) -> Any:
         """The instance ``cls._from_son(son)`` returns (the caller checked the keys)."""
@@ -86,29 +98,25 @@ class _Plan:
         setattr_ = object.__setattr__
         setattr_(obj, "_initialised", False)
         setattr_(obj, "_created", True)
-        data: dict[str, Any] = {}
+        data = dict(self.template)
         setattr_(obj, "_data", data)
         setattr_(obj, "_dynamic_fields", SON())
-        present = []
-        for name, db_field, field, default in self.fields:
-            if db_field in son:
-                present.append((name, db_field, field, default))
-            else:
+        for name, db_field, default in self.factories:
+            if db_field not in son:
                 value = default()
                 if isinstance(value, _HOLDERS):
                     _tie(value, obj)
                 data[name] = value
         setattr_(obj, "_cls", self.class_name)
-        for name, db_field, field, default in present:
-            value = son[db_field]
+        by_key = self.by_key
+        for key, value in son.items():
+            name, field, default, nested = by_key[key]
             if value is None:
                 value = default()
+            elif nested is not None and type(value) is dict and nested._auto_dereference:
+                value = _loader(nested.document_type).load(value)
             else:
-                nested = self.nested.get(name)
-                if nested is not None and type(value) is dict and nested._auto_dereference:
-                    value = _loader(nested.document_type).load(value)
-                else:
-                    value = field.to_python(value)
+                value = field.to_python(value)
             if isinstance(value, _HOLDERS):
                 _tie(value, obj)
             data[name] = value
