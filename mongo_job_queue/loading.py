@@ -10,7 +10,8 @@ the ``get_<field>_display`` methods of choice fields.
 
 A model gets the direct build only when it cannot tell the difference: no
 ``__init__``, ``_from_son`` or ``__setattr__`` of its own, not dynamic, not
-inherited (``_cls``), strict, no init signal receivers, and only keys it
+inherited (``_cls``), strict, no field with a ``__get__``/``__set__`` of its own (FileField,
+ComplexDateTimeField, an app field normalising what is assigned), no init signal receivers, and only keys it
 declares in the document. Even then the build is checked once per model,
 against ``_from_son`` on that model's first document; any difference (a
 MongoEngine release that builds documents another way) turns the direct
@@ -28,8 +29,18 @@ from typing import Any, Optional, TypeVar
 
 from bson import SON
 from mongoengine import Document, EmbeddedDocument, signals
-from mongoengine.base import BaseDocument
-from mongoengine.fields import EmbeddedDocumentField
+from mongoengine.base import BaseDocument, BaseField, ComplexBaseField
+from mongoengine.fields import (
+    BinaryField,
+    CachedReferenceField,
+    EmbeddedDocumentField,
+    EnumField,
+    GenericLazyReferenceField,
+    GenericReferenceField,
+    LazyReferenceField,
+    ListField,
+    ReferenceField,
+)
 
 __all__ = ["load_job", "loads_directly"]
 
@@ -134,7 +145,30 @@ class _Plan:
         return son.keys() <= self.keys and not _signalled()
 
 
+#: The field descriptors under which the direct build holds what ``__init__`` stores: each ``__set__`` stores
+#: a converted value as is (EnumField and ComplexBaseField convert again, idempotently), and each ``__get__``
+#: gives None for an absent field without storing anything. Others (FileField's proxy for an absent file,
+#: ComplexDateTimeField's string, an app field normalising what is assigned) take ``_from_son``: their
+#: difference shows on some documents only, which the verification of one document cannot catch.
+_PLAIN_SETS = frozenset({BaseField.__set__, ComplexBaseField.__set__, EnumField.__set__, BinaryField.__set__})
+_PLAIN_GETS = frozenset(
+    {
+        BaseField.__get__,
+        ComplexBaseField.__get__,
+        ListField.__get__,
+        ReferenceField.__get__,
+        CachedReferenceField.__get__,
+        GenericReferenceField.__get__,
+        LazyReferenceField.__get__,
+        GenericLazyReferenceField.__get__,
+    }
+)
+
+
 def _signalled() -> bool:
+    """Whether an init signal has receivers (never without blinker, which MongoEngine does not require)."""
+    if not signals.signals_available:
+        return False
     return bool(signals.pre_init.receivers or signals.post_init.receivers)
 
 
@@ -155,6 +189,10 @@ def _eligible(cls: type[BaseDocument]) -> Optional[str]:
         return "its data is a StrictDict"
     if cls._meta.get("allow_inheritance"):
         return "inheritance (_cls)"
+    for name, field in cls._fields.items():
+        kind = type(field)
+        if kind.__set__ not in _PLAIN_SETS or kind.__get__ not in _PLAIN_GETS:
+            return f"field {name!r} ({kind.__name__}) has its own __set__ or __get__"
     return None
 
 
@@ -197,7 +235,6 @@ class _Loader:
         reason = _eligible(cls)
         self.plan: Optional[_Plan] = _Plan(cls) if reason is None else None
         self.verified = False
-        self.lock = threading.Lock()
         if reason is not None:
             log.debug("%s is loaded with _from_son: %s", cls.__name__, reason)
 
@@ -211,15 +248,18 @@ class _Loader:
                 return plan.build(son)
             except Exception:  # noqa: BLE001 - a value its field refuses: _from_son raises its own error for it
                 return self.cls._from_son(son)
-        with self.lock:
-            expected = self.cls._from_son(son)
-            built = plan.build(son)
-            if _state(built) == _state(expected):
-                self.verified = True
-            else:
-                self.plan = None
-                log.info("%s is loaded with _from_son: the direct build differs from it", self.cls.__name__)
-            return expected
+        # No lock: a build loads its embedded documents through their loaders, which verify too, and an
+        # embedded document may hold its own class (a tree) or another that holds it: a lock held here would
+        # be taken again by the same thread, or by two threads in opposite orders. Concurrent verifications
+        # only repeat the work; one that differs turns the direct build off for good, whatever the others found.
+        expected = self.cls._from_son(son)
+        built = plan.build(son)
+        if _state(built) == _state(expected):
+            self.verified = True
+        else:
+            self.plan = None
+            log.info("%s is loaded with _from_son: the direct build differs from it", self.cls.__name__)
+        return expected
 
 
 _LOADERS: weakref.WeakKeyDictionary[type, _Loader] = weakref.WeakKeyDictionary()
