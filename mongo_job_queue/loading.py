@@ -140,6 +140,14 @@ class _Plan:
         setattr_(obj, "_changed_fields", [])
         return obj
 
+    def made_by_callables(self, son: Mapping[str, Any]) -> frozenset[str]:
+        """The absent fields whose default is a callable other than a plain container type (see :func:`_state`)."""
+        return frozenset(
+            name
+            for name, db_field, _ in self.factories
+            if db_field not in son and self.cls._fields[name].default not in (list, dict)
+        )
+
     def accepts(self, son: Mapping[str, Any]) -> bool:
         """Whether ``son`` holds only declared fields and no init signal listens: else ``_from_son`` decides."""
         return son.keys() <= self.keys and not _signalled()
@@ -196,8 +204,13 @@ def _eligible(cls: type[BaseDocument]) -> Optional[str]:
     return None
 
 
-def _state(doc: Any, parent: Any = None) -> Any:
-    """Everything an instance holds, as comparable values (partials by function and field, parents by identity)."""
+def _state(doc: Any, parent: Any = None, made: frozenset[str] = frozenset()) -> Any:
+    """Everything an instance holds, as comparable values (partials by function and field, parents by identity).
+
+    ``made`` names the fields whose value a callable default made for this
+    instance (``datetime.utcnow``, ``uuid4``): two builds call it twice, so
+    only its type is compared.
+    """
     if not isinstance(doc, BaseDocument):
         if isinstance(doc, (list, tuple)):
             return (type(doc), [_state(v, parent) for v in doc])
@@ -223,7 +236,7 @@ def _state(doc: Any, parent: Any = None) -> Any:
         attrs,
         extra,
         tied,
-        {k: _state(v, doc) for k, v in doc._data.items()},
+        {k: (type(v), "made") if k in made else _state(v, doc) for k, v in doc._data.items()},
     )
 
 
@@ -254,7 +267,8 @@ class _Loader:
         # only repeat the work; one that differs turns the direct build off for good, whatever the others found.
         expected = self.cls._from_son(son)
         built = plan.build(son)
-        if _state(built) == _state(expected):
+        made = plan.made_by_callables(son)
+        if _state(built, made=made) == _state(expected, made=made):
             self.verified = True
         else:
             self.plan = None

@@ -13,6 +13,7 @@ from typing import Any
 import mongoengine
 import pytest
 from bson import ObjectId
+from conftest import ALIAS, OrgJob
 from mongoengine import (
     BooleanField,
     DictField,
@@ -27,11 +28,8 @@ from mongoengine import (
     signals,
 )
 
-from mongo_job_queue import BaseJob
-from mongo_job_queue import loading
+from mongo_job_queue import BaseJob, loading
 from mongo_job_queue.loading import load_job, loads_directly
-
-from conftest import ALIAS, OrgJob
 
 NOW = datetime(2024, 1, 1, 12, 0, 0, 123000)
 
@@ -301,3 +299,16 @@ def test_an_embedded_document_holding_its_own_class_loads() -> None:
     again = load_job(TreeJob, dict(doc))
     assert loads_directly(TreeJob)
     assert loading._state(again) == loading._state(TreeJob._from_son(dict(doc)))
+
+
+def test_a_default_made_per_instance_does_not_turn_the_direct_build_off() -> None:
+    import uuid
+
+    class Stamped(BaseJob):
+        ref = StringField(default=lambda: uuid.uuid4().hex)
+        meta = {"collection": "unit_loading_stamped", "db_alias": ALIAS}
+
+    first = load_job(Stamped, claimed())  # no ref stored: each build makes its own
+    assert loads_directly(Stamped)
+    second = load_job(Stamped, claimed())
+    assert len(first.ref) == len(second.ref) == 32 and first.ref != second.ref
