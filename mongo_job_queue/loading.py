@@ -49,8 +49,6 @@ log = logging.getLogger(__name__)
 D = TypeVar("D", bound=BaseDocument)
 
 _NO_DEFAULT = object()
-#: Keys MongoEngine accepts in a document besides the declared fields; a document with one takes ``_from_son``.
-_RESERVED = frozenset({"_cls", "_text_score"})
 
 
 def _default_of(field: Any) -> Callable[[], Any]:
@@ -266,9 +264,13 @@ class _Loader:
         # be taken again by the same thread, or by two threads in opposite orders. Concurrent verifications
         # only repeat the work; one that differs turns the direct build off for good, whatever the others found.
         expected = self.cls._from_son(son)
-        built = plan.build(son)
-        made = plan.made_by_callables(son)
-        if _state(built, made=made) == _state(expected, made=made):
+        try:
+            built = plan.build(son)
+            made = plan.made_by_callables(son)
+            same = _state(built, made=made) == _state(expected, made=made)
+        except Exception:  # noqa: BLE001 - a build (or comparison) that fails where _from_son did not: it differs
+            same = False
+        if same:
             self.verified = True
         else:
             self.plan = None

@@ -312,3 +312,16 @@ def test_a_default_made_per_instance_does_not_turn_the_direct_build_off() -> Non
     assert loads_directly(Stamped)
     second = load_job(Stamped, claimed())
     assert len(first.ref) == len(second.ref) == 32 and first.ref != second.ref
+
+
+def test_a_direct_build_that_fails_on_the_first_document_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Brittle(BaseJob):
+        meta = {"collection": "unit_loading_brittle", "db_alias": ALIAS}
+
+    def broken(self: Any, son: Any) -> Any:
+        raise RuntimeError("a MongoEngine release this build does not know")
+
+    monkeypatch.setattr(loading._Plan, "build", broken)
+    job = load_job(Brittle, claimed())  # _from_son's instance, not the build's error
+    assert job.type == "send"
+    assert not loads_directly(Brittle)
