@@ -209,7 +209,6 @@ class Dependencies:
             self._local.queued = None
 
     def _release_dependents_of(self, ended: Sequence[FinalJob]) -> None:
-        jobs = self._store.collection
         if any(job.doc.get("has_dependents") for job in ended):
             self.in_use = True
         elif not self.in_use:
@@ -218,9 +217,13 @@ class Dependencies:
             if time.monotonic() < self._probe_after:
                 return
             self._probe_after = time.monotonic() + _PROBE_INTERVAL_S
-            if self._store.retry(lambda: jobs.find_one({"status": BLOCKED}, {"_id": 1}), "probe_blocked") is None:
+            probe = self._store.retry(
+                lambda: self._store.collection.find_one({"status": BLOCKED}, {"_id": 1}), "probe_blocked"
+            )
+            if probe is None:
                 return
             self.in_use = True
+        jobs = self._store.collection
         ids = [job.id for job in ended]
         projection = self._projection()
         dependents = self._store.retry(
