@@ -40,7 +40,7 @@ from . import fork
 from .faults import is_transient
 from .finals import FinalWrites
 
-__all__ = ["INDEX_BUILD_MS", "MAINTENANCE_MAX_TIME_MS", "JobStore"]
+__all__ = ["BUILD_WAIT_S", "INDEX_BUILD_MS", "MAINTENANCE_MAX_TIME_MS", "JobStore"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,8 @@ T = TypeVar("T")
 MAINTENANCE_MAX_TIME_MS = 5_000
 #: Extra time bound of an index build on a large existing collection, on top of ``db_timeout_ms``.
 INDEX_BUILD_MS = 300_000
+#: The longest a thread waits for another thread's first index build of the same collection: one try, and a margin.
+BUILD_WAIT_S = INDEX_BUILD_MS / 1000 + 60
 
 #: Set by :meth:`JobStore.tried_once` for the calls made inside its block, in that thread (context) only.
 _TRIED_ONCE: contextvars.ContextVar[bool] = contextvars.ContextVar("mjq_tried_once", default=False)

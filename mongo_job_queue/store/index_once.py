@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from pymongo.errors import OperationFailure
 
-from .handle import INDEX_BUILD_MS, JobStore
+from .handle import BUILD_WAIT_S, INDEX_BUILD_MS, JobStore
 
 __all__ = ["IndexOnce", "missing_index"]
 
@@ -41,6 +41,8 @@ class IndexOnce:
     def __init__(self) -> None:
         self._done: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
+        #: One build at a time per collection: see :meth:`ensure`.
+        self._building: dict[tuple[str, str], threading.Lock] = {}
 
     @staticmethod
     def _key(store: JobStore, suffix: str) -> tuple[str, str]:
@@ -48,13 +50,31 @@ class IndexOnce:
         return (model._get_db().name, f"{model._get_collection_name()}{suffix}")
 
     def ensure(self, store: JobStore, suffix: str, create: Callable[[], object]) -> None:
-        """Run ``create`` once per collection and process, retried, under the index build's bound."""
+        """Run ``create`` once per collection and process, retried, under the index build's bound.
+
+        A second thread that needs the collection meanwhile waits for the
+        first one's build instead of starting its own: two builds at once, the
+        first one's writes landing between them (a worker's first registry
+        write while an ``enqueue`` lists the workers), is what the embedded
+        server's known livelock needs, and is a wasted build elsewhere. A
+        build that holds the others up past :data:`BUILD_WAIT_S` lets them
+        build on their own, as before.
+        """
         key = self._key(store, suffix)
         if key in self._done:
             return
-        store.retry(create, f"create_indexes{suffix}", extra_ms=INDEX_BUILD_MS)
         with self._lock:
-            self._done.add(key)
+            building = self._building.setdefault(key, threading.Lock())
+        held = building.acquire(timeout=BUILD_WAIT_S)
+        try:
+            if key in self._done:  # built by the thread this one waited for
+                return
+            store.retry(create, f"create_indexes{suffix}", extra_ms=INDEX_BUILD_MS)
+            with self._lock:
+                self._done.add(key)
+        finally:
+            if held:
+                building.release()
 
     def hinted(self, store: JobStore, suffix: str, create: Callable[[], object], query: Callable[[], T]) -> T:
         """Run ``query`` (which hints these indexes, under its own bound) once they exist; re-create them if missing."""

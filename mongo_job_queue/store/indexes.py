@@ -41,7 +41,7 @@ from ..clock import utcnow
 from ..errors import IndexSetupError
 from ..model import BaseJob
 from ..status import CANCELLED, COMPLETED, FAILED
-from .handle import INDEX_BUILD_MS, JobStore
+from .handle import BUILD_WAIT_S, INDEX_BUILD_MS, JobStore
 from .index_specs import UNIQUE_INDEXES, declared_indexes, index_mismatch
 from .keys import backfill, create_keyed_indexes, keyed
 from .shardkey import ShardKey
@@ -75,8 +75,6 @@ _locks: dict[type[BaseJob], threading.Lock] = {}
 #: :meth:`BaseJob.drop_collection` forgets it, and MongoEngine makes a new
 #: object in a forked child; either means "create them again".
 _prepared: dict[type[BaseJob], Collection[dict[str, Any]]] = {}
-#: The longest a thread waits for another thread's build of a model's indexes: one try of it, plus a margin.
-BUILD_WAIT_S = INDEX_BUILD_MS / 1000 + 60
 #: The keyed models whose key documents this process, or the one it was forked from, backfilled: a forked
 #: child has nothing more to backfill (the jobs stored without a key document were all there before).
 _backfilled: set[type[BaseJob]] = set()

@@ -51,3 +51,48 @@ def test_a_wait_for_another_threads_index_build_is_bounded(make_queue: Any, monk
         builder.join(30)
     assert queue.store.indexes.prepared  # the builder's build completed: the next use is a plain query
     queue.enqueue("T", {})
+
+
+def test_a_second_thread_waits_for_the_first_threads_sibling_index_build(make_queue: Any) -> None:
+    """A worker's first registry write and an ``enqueue`` listing the workers never build the index side by side.
+
+    Both need ``<jobs>_workers``' index; two builds at once, with the first
+    thread's insert landing between them, is what livelocks the embedded
+    server (a tz rerun hung so in ``enqueue``: KnownTypes -> workers.list).
+    """
+    from mongo_job_queue.store import siblings
+
+    queue = make_queue()
+    gate, building = threading.Event(), threading.Event()
+    builds: list[str] = []
+    docs = queue.store.workers
+    real = docs._workers.create_index
+    assert real is not None
+
+    def held(collection: Any) -> None:
+        builds.append(threading.current_thread().name)
+        if threading.current_thread().name == "first":
+            building.set()
+            assert gate.wait(30), "gate never opened"
+        real(collection)
+
+    docs._workers.create_index = held
+    # Each test's database is new, but the process remembers the collections it built (by name).
+    siblings._indexes._done.discard(siblings._indexes._key(queue.store, "_workers"))
+    listed: list[Any] = []
+    first = threading.Thread(target=lambda: docs._workers.ready(), name="first", daemon=True)
+    second = threading.Thread(target=lambda: listed.append(docs.list()), name="second", daemon=True)
+    first.start()
+    try:
+        assert building.wait(10)
+        second.start()
+        second.join(1.0)  # a bound on a wait that must not end: the second thread waits for the first's build
+        assert builds == ["first"], builds
+        assert second.is_alive() and not listed
+    finally:
+        gate.set()
+        first.join(30)
+        if second.ident is not None:
+            second.join(30)
+    assert builds == ["first"], builds  # the second thread used the first one's build
+    assert listed == [[]]
