@@ -26,6 +26,7 @@ import mongoengine
 import pytest
 from integration.models import ALIAS, APP_NAME, IntegrationJob
 from pymongo import MongoClient
+from pymongo.errors import PyMongoError
 
 from mongo_job_queue import PersistentJobQueue, create_job_queue
 from mongo_job_queue.dev.embedded import EmbeddedMongo
@@ -104,7 +105,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # The session's fixtures are torn down after this (pytest's runner, in its own pytest_sessionfinish),
+    # outside any test's watch when the session ends early (pytest.exit by _ServerWatch): bound them too.
+    _HANG_WATCH.arm_named("the session's teardown", SESSION_TEARDOWN_LIMIT_S)
     # tox's later runs take the first run's arguments: "tox -- tests/unit" leaves the serial run and the
     # tz-aware rerun nothing to run, which is not a failure.
     selects_a_part = tz_aware(session.config) or session.config.option.markexpr == "serial"
@@ -116,6 +121,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 #: pytest-timeout's alarm cannot reach (in a C call, or in a teardown after the alarm has fired once).
 #: ``MJQ_TEST_HARD_LIMIT_S`` sets it (to see the watchdog work).
 HARD_LIMIT_S = float(os.environ.get("MJQ_TEST_HARD_LIMIT_S", "420"))
+#: The same bound on the teardown of the session's fixtures (dropping the test database, stopping the server).
+SESSION_TEARDOWN_LIMIT_S = float(os.environ.get("MJQ_TEST_TEARDOWN_LIMIT_S", "180"))
 
 
 class _HangWatch:
@@ -147,11 +154,14 @@ class _HangWatch:
         limit = HARD_LIMIT_S
         if marker is not None and marker.args:
             limit = max(limit, float(marker.args[0]) + 120)
+        self.arm_named(item.nodeid, limit)
+
+    def arm_named(self, what: str, limit: float) -> None:
         self.deadline = time.monotonic() + limit
         if self.out is not None:
             self.out.seek(0)
             self.out.truncate()
-            self.out.write(f"{item.nodeid} ran past {limit:.0f} s; its threads:\n")
+            self.out.write(f"{what} ran past {limit:.0f} s; its threads:\n")
             self.out.flush()
         self.rearm()
 
@@ -285,8 +295,12 @@ def db_name(mongodb_uri: str, pytestconfig: pytest.Config) -> Iterator[str]:
     )
     yield name
     mongoengine.disconnect(alias=ALIAS)
-    with MongoClient(mongodb_uri) as client:
-        client.drop_database(name)
+    # Bounded: a server that stopped answering (see _ServerWatch) must not hold the session's end forever.
+    with MongoClient(mongodb_uri, serverSelectionTimeoutMS=10_000, socketTimeoutMS=30_000) as client:
+        try:
+            client.drop_database(name)
+        except PyMongoError as exc:
+            sys.stderr.write(f"could not drop the test database {name}: {exc!r}\n")
 
 
 @pytest.fixture
