@@ -63,7 +63,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "serial: asserts a time bound or races real processes, so it needs the machine to itself: tox runs "
-        "it alone (pytest -m serial), the rest in parallel (pytest -n 2 -m 'not serial'); see tests/README.rst",
+        "it alone (pytest -m serial), the rest in parallel (pytest -n 3 -m 'not serial'); see tests/README.rst",
     )
 
 
