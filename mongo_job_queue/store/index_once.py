@@ -18,6 +18,7 @@ from typing import TypeVar
 
 from pymongo.errors import OperationFailure
 
+from ..after_fork import renew_in_child
 from .handle import BUILD_WAIT_S, INDEX_BUILD_MS, JobStore
 
 __all__ = ["IndexOnce", "missing_index"]
@@ -43,6 +44,12 @@ class IndexOnce:
         self._lock = threading.Lock()
         #: One build at a time per collection: see :meth:`ensure`.
         self._building: dict[tuple[str, str], threading.Lock] = {}
+        renew_in_child(self)
+
+    def _after_fork_in_child(self) -> None:
+        # A build a parent thread was running at fork() never ends here: its lock would stay held.
+        self._lock = threading.Lock()
+        self._building = {}
 
     @staticmethod
     def _key(store: JobStore, suffix: str) -> tuple[str, str]:

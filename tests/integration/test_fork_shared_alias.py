@@ -107,3 +107,35 @@ def test_locks_held_by_a_parent_thread_at_fork_are_fresh_in_the_child(job_model)
         queue.registry._lock.release()
         gate.set()
         measuring.join(10)
+
+
+def test_a_sibling_index_build_a_parent_thread_was_running_at_fork_holds_up_no_child(job_model) -> None:
+    from mongo_job_queue.store import siblings
+
+    queue = create_job_queue(job_model=job_model)
+    docs = queue.store.workers
+    key = siblings._indexes._key(queue.store, "_workers")
+    siblings._indexes._done.discard(key)  # each test's database is new; the process remembers by name
+    real = docs._workers.create_index
+    assert real is not None
+    gate, building = threading.Event(), threading.Event()
+
+    def held(collection: Any) -> None:
+        if threading.current_thread().name == "parent-build":
+            building.set()
+            assert gate.wait(60), "gate never opened"
+        real(collection)
+
+    docs._workers.create_index = held
+    parent = threading.Thread(target=docs._workers.ready, name="parent-build", daemon=True)
+    parent.start()
+    try:
+        assert building.wait(10)
+
+        def body() -> None:
+            assert docs.list() == []  # builds the index itself: the parent's build does not exist here
+
+        assert run_forked(body, timeout=30) == "ok"
+    finally:
+        gate.set()
+        parent.join(30)
