@@ -48,7 +48,8 @@ log = logging.getLogger(__name__)
 
 D = TypeVar("D", bound=BaseDocument)
 
-_NO_DEFAULT = object()
+#: "No such attribute", in :func:`_state` (None is a value an attribute can hold).
+_ABSENT = object()
 
 
 def _default_of(field: Any) -> Callable[[], Any]:
@@ -216,8 +217,7 @@ def _state(doc: Any, parent: Any = None, made: frozenset[str] = frozenset()) -> 
             return (type(doc), {k: _state(v, parent) for k, v in doc.items()})
         return (type(doc), doc)
     attrs = {
-        name: getattr(doc, name, _NO_DEFAULT)
-        for name in ("_initialised", "_created", "_changed_fields", "_dynamic_fields")
+        name: getattr(doc, name, _ABSENT) for name in ("_initialised", "_created", "_changed_fields", "_dynamic_fields")
     }
     extra = {}
     for name, value in vars(doc).items() if hasattr(doc, "__dict__") else ():
@@ -225,8 +225,8 @@ def _state(doc: Any, parent: Any = None, made: frozenset[str] = frozenset()) -> 
             extra[name] = (value.func.__name__, value.keywords)
         elif name != "_instance":
             extra[name] = _state(value, doc)
-    instance: Any = getattr(doc, "_instance", _NO_DEFAULT)
-    tied = instance is _NO_DEFAULT or (instance is None and parent is None)
+    instance: Any = getattr(doc, "_instance", _ABSENT)
+    tied = instance is _ABSENT or (instance is None and parent is None)
     if not tied and instance is not None and parent is not None:
         tied = instance._data is parent._data
     return (
@@ -300,6 +300,6 @@ def load_job(model: type[D], son: Mapping[str, Any]) -> D:
 
 
 def loads_directly(model: type[BaseDocument]) -> bool:
-    """Whether ``model``'s documents are built directly (after its first one); for tests and ``doctor``."""
+    """Whether ``model``'s documents are built directly (after its first one); for tests."""
     loader = _loader(model)
     return loader.plan is not None
