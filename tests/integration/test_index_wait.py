@@ -25,7 +25,7 @@ def test_a_wait_for_another_threads_index_build_is_bounded(make_queue: Any, monk
         real_create(model)
 
     monkeypatch.setattr(indexes, "_create_indexes", held_create)
-    monkeypatch.setattr(indexes, "BUILD_WAIT_S", 0.5, raising=False)
+    monkeypatch.setattr(indexes, "BUILD_WAIT_S", 0.5)
     builder = threading.Thread(target=lambda: queue.store.collection, name="builder", daemon=True)
     outcome: list[BaseException | str] = []
 
