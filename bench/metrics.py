@@ -33,6 +33,7 @@ from __future__ import annotations
 import os
 import statistics
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -65,11 +66,14 @@ class CommandCounter(monitoring.CommandListener):
         self._counts: Counter[str] = Counter()
         self._sent: list[Any] = []
         self._received: list[Any] = []
+        #: ``time.monotonic()`` when the last command was sent: how long the client has been quiet.
+        self.last_at = 0.0
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         with self._lock:
             self._counts[event.command_name] += 1
             self._sent.append(event.command)
+            self.last_at = time.monotonic()
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         with self._lock:

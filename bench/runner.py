@@ -140,16 +140,18 @@ def _timed(label: str, fn: Callable[..., T], *args: Any) -> T:
 def _drain_once(c: Contender, jobs: int, server_pid: Optional[int] = None) -> Batch:
     """Fill, then drain (timed); the server's CPU is read around the drain only.
 
-    It ends where the contender's clock stopped (``Batch.server_cpu_end``),
-    when the contender marks it, else when ``drain`` returns.
+    It starts and ends where the contender's clock started and stopped
+    (``Batch.server_cpu_start``/``server_cpu_end``), when the contender
+    marks them, else when ``drain`` is called and returns.
     """
     c.clear()
     c.fill(jobs)
     cpu0 = process_cpu_seconds(server_pid) if server_pid else None
     batch = c.drain(jobs)
     if server_pid and cpu0 is not None:
+        start = batch.server_cpu_start if batch.server_cpu_start is not None else cpu0
         end = batch.server_cpu_end if batch.server_cpu_end is not None else process_cpu_seconds(server_pid)
-        batch.server_cpu_seconds = end - cpu0
+        batch.server_cpu_seconds = end - start
     c.clear()
     return batch
 

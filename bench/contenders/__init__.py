@@ -62,6 +62,9 @@ class Batch:
     #: The server's CPU seconds read by the contender when its drain ended (``Context.server_cpu``), before
     #: it stops or pauses its workers; None: the runner reads it after ``drain`` returns.
     server_cpu_end: Optional[float] = None
+    #: The same, read when its clock started (after a worker's start the clock leaves out); None: the
+    #: runner reads it before ``drain`` is called.
+    server_cpu_start: Optional[float] = None
 
 
 @dataclass

@@ -9,8 +9,10 @@ row "failed: ConfigError ..." instead of stopping the run.
 What is measured here:
 
 * **throughput**: the queue is filled with ``enqueue_many`` while no worker
-  runs, then the clock runs from ``start_polling()`` until every job's
-  completion write was acknowledged (read from the replies its own client
+  runs; the worker is started with the job type paused and left until it
+  is idle (its change stream listening, its start-up calls done), as
+  Celery's worker is started before its clock; then the clock runs from
+  ``resume()`` until every job's completion write was acknowledged (read from the replies its own client
   gets, :class:`~bench.metrics.CompletionCounter`: nothing is polled on
   the server), then ``stop()``, which is outside the clock and outside the
   server's CPU figure.
@@ -75,6 +77,12 @@ class BenchJob(BaseJob):
 
     tenant = StringField()
     meta = {"collection": "bench_mjq_jobs", "db_alias": ALIAS}
+
+
+#: The bench's one job type, a no-op.
+JOB_TYPE = "noop"
+#: How long a worker's client must have sent nothing to count as started (its start-up calls done).
+_QUIET_S = 0.2
 
 
 def connect(ctx: Context) -> None:
@@ -163,7 +171,7 @@ class MjqContender(Contender):
     def _make_queue(self, concurrency: int) -> PersistentJobQueue[BenchJob]:
         config = {"concurrency": concurrency, **self.config}
         queue = create_job_queue(job_model=BenchJob, config=config)
-        queue.register_handler("noop", self.handler)
+        queue.register_handler(JOB_TYPE, self.handler)
         return queue
 
     def start(self, concurrency: int) -> None:
@@ -176,17 +184,35 @@ class MjqContender(Contender):
 
     @staticmethod
     def _specs(jobs: int) -> list[dict[str, Any]]:
-        return [{"job_type": "noop", "data": {"n": n}, "tenant": "acme"} for n in range(jobs)]
+        return [{"job_type": JOB_TYPE, "data": {"n": n}, "tenant": "acme"} for n in range(jobs)]
+
+    def _warm_start(self, queue: PersistentJobQueue[BenchJob]) -> None:
+        """Start the worker with its job type paused and wait until it is idle: the clock leaves its start out.
+
+        Celery's worker is started before its clock too (and paused with
+        SIGSTOP between rounds). Idle means its change stream listens (on a
+        replica set, unless the row turns the stream off) and its client sent
+        nothing for :data:`_QUIET_S`: the start-up sweeps and the registry
+        write are done.
+        """
+        queue.pause(job_types=[JOB_TYPE])
+        queue.start_polling()
+        streams = self.config.get("change_stream_wakeups", True)
+        if streams and self.ctx.control.topology_description.topology_type_name != "Single":
+            wait_until(lambda: queue.worker.listening_for_jobs, 30, what="the worker's change stream")
+        wait_until(lambda: time.monotonic() - COUNTER.last_at >= _QUIET_S, 30, what="the worker's start-up calls")
 
     def drain(self, jobs: int) -> Batch:
         queue = self.queue
         assert queue is not None
+        self._warm_start(queue)
         steady = SteadyWindow(COUNTER, jobs)
         self.handler.arm(jobs, steady)
         COUNTER.reset()
         COMPLETIONS.reset()
+        server_start = self.ctx.server_cpu()
         cpu0, t0 = time.process_time(), time.perf_counter()
-        queue.start_polling()
+        queue.resume(job_types=[JOB_TYPE])
         try:
             if not self.handler.done.wait(self.ctx.timeout_s):
                 raise TimeoutError(f"{self.handler.count} of {jobs} jobs ran in {self.ctx.timeout_s:.0f} s")
@@ -198,7 +224,7 @@ class MjqContender(Contender):
         finally:
             queue.stop(timeout=30)
         batch = Batch(jobs, seconds, cpu, commands, steady.result(), COUNTER.wire_bytes())
-        batch.server_cpu_end = server_end
+        batch.server_cpu_start, batch.server_cpu_end = server_start, server_end
         return batch
 
     def clear(self) -> None:
@@ -253,7 +279,7 @@ class MjqContender(Contender):
             for _ in range(samples):
                 time.sleep(rng.uniform(0, top))
                 self.handler.arm(1)
-                producer.enqueue("noop", {"n": 0}, tenant="acme")
+                producer.enqueue(JOB_TYPE, {"n": 0}, tenant="acme")
                 enqueued = time.perf_counter()
                 if not self.handler.done.wait(self.ctx.timeout_s):
                     raise TimeoutError("an idle worker did not pick up a job")
