@@ -135,10 +135,14 @@ class Leases:
                 filt = {**fence(job_id, leases[job_id]), **key(job_id)}
                 if skip_cancelled:
                     filt["cancel_requested"] = {"$ne": True}
-                fields: dict[str, Any] = {"lease_expires_at": after_ms(now, store.config.lease_ms), "updated_at": now}
+                # $max, not $set: a try that timed out on the client can still apply later, after a
+                # newer beat; with $set it would move the lease back, even to a time already past.
+                update: dict[str, Any] = {
+                    "$max": {"lease_expires_at": after_ms(now, store.config.lease_ms), "updated_at": now}
+                }
                 if job_id in progress:
-                    fields["progress"] = dict(progress[job_id])
-                ops.append(UpdateOne(filt, {"$set": fields}))
+                    update["$set"] = {"progress": dict(progress[job_id])}
+                ops.append(UpdateOne(filt, update))
             return store.collection.bulk_write(ops, ordered=False).matched_count
 
         def call() -> Heartbeat:

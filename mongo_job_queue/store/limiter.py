@@ -370,13 +370,23 @@ class Limiter:
         """Move the holders of these runs (their renewed leases) and of the kept ones forward to ``until``."""
         with self._lock:
             held = [(run, ids) for run, ids in self._held.items() if leases.get(run[0]) == run[1] or run in self._kept]
-        self._set_until(held, until, "extend_limiters")
+        self._set_until(held, until, "extend_limiters", later_only=True)
 
-    def _set_until(self, runs: Sequence[tuple[tuple[ObjectId, str], Sequence[str]]], until: datetime, op: str) -> None:
+    def _set_until(
+        self,
+        runs: Sequence[tuple[tuple[ObjectId, str], Sequence[str]]],
+        until: datetime,
+        op: str,
+        *,
+        later_only: bool = False,
+    ) -> None:
+        # An extension is a $max: a try that timed out on the client and applies after a newer one
+        # must not move the holder back (a slot freed early lets one run too many start).
+        operator = "$max" if later_only else "$set"
         ops = [
             UpdateOne(
                 {"_id": lid, "holders": {"$elemMatch": {"job": job_id, "token": token}}},
-                {"$set": {"holders.$.until": until}},
+                {operator: {"holders.$.until": until}},
             )
             for (job_id, token), ids in runs
             for lid in ids

@@ -103,6 +103,21 @@ class StrayClaims:
             strays.append(ClaimedJob(doc, doc["lease_token"], key=store.shard_key.of(doc)))
         return strays
 
+    def holds(self, doc: Mapping[str, Any]) -> bool:
+        """Whether ``doc`` is leased under a watched token and no run of this process holds it (a stray to hand back).
+
+        The lease sweep asks before it recovers an expired lease: a late write
+        that applied after its lease had already run out is this process's
+        stray as much as one found in time, and must not cost an attempt.
+        """
+        with self._lock:
+            self._prune(self._monotonic())
+            watch = self._watched.get(str(doc.get("lease_token")))
+        if watch is None or doc.get("status") != PROCESSING:
+            return False
+        held = watch.held
+        return not (doc["_id"] in held and held[doc["_id"]] == doc.get("attempts"))
+
     def _prune(self, now: float) -> None:
         for token in [t for t, w in self._watched.items() if w.until <= now]:
             del self._watched[token]

@@ -181,14 +181,15 @@ def build_services(
     limits = TimeLimits(config, hooks, log_of(TimeLimits, logger))
     executor = Executor(store, registry, config, hooks, table, quarantiner, limits, log=log_of(Executor, logger))
     executor.limits.name = keeper.name  # the time-limit watchdog's thread: mjq-<worker id>-timelimits
+    strays = StrayReturner(store, executor, log_of(StrayReturner, logger))
     return Services(
         executor=executor,
         poller=Poller(store, registry, config, hooks, table, keeper, executor, owner, log=log_of(Poller, logger)),
-        rescuer=Rescuer(store, registry, hooks, quarantiner, log_of(Rescuer, logger)),
+        rescuer=Rescuer(store, registry, hooks, quarantiner, strays.take, log_of(Rescuer, logger)),
         hygiene=Hygiene(store, quarantiner),
         presence=WorkerPresence(store, config, owner, table, registry),
         shutdown=ShutdownRequeue(executor, table, owner.worker_id),
-        strays=StrayReturner(store, executor, log_of(StrayReturner, logger)),
+        strays=strays,
         dependencies=store.dependencies,
         finals_sweep=store.finals.sweep,
         limiters_sweep=store.limits.sweep_step,

@@ -62,12 +62,17 @@ class Rescuer:
     registry: HandlerRegistry
     hooks: MiddlewareChain
     quarantiner: Quarantiner
+    #: Hands back an expired lease that a claim of this process took without telling (True if it did).
+    take_stray: Callable[[dict[str, Any]], bool] = lambda doc: False
     log: logging.Logger = log
 
     def run_once(self, now: Optional[datetime] = None) -> tuple[int, int]:
         """One sweep (at most one bounded batch); ``(requeued, failed)``."""
         requeued = failed = 0
         for doc in self.store.jobs.expired_leases():
+            if self.take_stray(doc):  # never ran: back to pending, no attempt counted
+                requeued += 1
+                continue
             problems = stored_job_problems(doc)
             if problems:  # e.g. 'errors' edited into a non-array: the rescue's $push would fail every time
                 self.quarantiner.fail_malformed(doc, problems)

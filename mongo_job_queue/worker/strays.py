@@ -13,9 +13,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Optional
+from typing import Any, Optional
 
-from ..store import JobStore
+from ..store import ClaimedJob, JobStore
 from .executor import Executor
 from .inflight import log_job
 
@@ -42,6 +42,21 @@ class StrayReturner:
             log_job(self.log, logging.WARNING, claimed.doc, "leased by a claim whose reply was lost; handing it back")
             self.executor.hand_back(claimed)
         return len(found)
+
+    def take(self, doc: dict[str, Any]) -> bool:
+        """Hand ``doc`` back if a claim of this process leased it without telling; whether it did.
+
+        The lease sweep calls it for each expired lease before recovering it,
+        so a stray whose late write landed already expired (or expired before
+        the next :meth:`run_once`) goes back with its attempt not counted.
+        """
+        strays = self.store.jobs.strays
+        if not strays or not strays.holds(doc):
+            return False
+        claimed = ClaimedJob(doc, doc["lease_token"], key=self.store.shard_key.of(doc))
+        log_job(self.log, logging.WARNING, doc, "lost claim reply, lease expired: handing it back")
+        self.executor.hand_back(claimed)
+        return True
 
     def final(self) -> None:
         """At stop: one more step, each call tried once, so that a stopping worker leaves none it can see."""
