@@ -117,7 +117,9 @@ class MongoLocks:
             now = self.store.now()
             result = collection.update_one(
                 {"_id": key, "holder": holder, "token": token, "expires_at": {"$gt": now}},
-                {"$set": {"expires_at": now + timedelta(milliseconds=ttl_ms)}},
+                # $max: a try that timed out on the client can apply after a newer one, and must not
+                # move the expiry back (another holder would take a lock this one still renews).
+                {"$max": {"expires_at": now + timedelta(milliseconds=ttl_ms)}},
             )
             return result.matched_count == 1
 

@@ -8,7 +8,8 @@ held try then applies late, after a newer one.
   own, older expiry, even one already past: the sweep then took a job whose
   worker was alive and renewing, and ran it beside the first run (or failed a
   ``max_retries=0`` job whose handler went on to succeed).
-* A limiter holder's extension, the same way, freed a slot a lease early.
+* A limiter holder's extension, the same way, freed a slot a lease early;
+  a lock's renewal let another holder take a lock still renewed.
 * A claim's write applied after its own lease had run out was swept by the
   lease sweep, attempt counted, before the stray-claim hand-back saw it: a
   ``max_retries=0`` job ended ``failed`` without having run.
@@ -71,6 +72,21 @@ def test_a_limiter_extension_applied_after_a_newer_one_never_moves_the_holder_ba
     limits.extend({claimed.id: claimed.token}, now + timedelta(minutes=5))
     extended = until()
     holds_for(lambda: until() >= extended, 3.0, what="the holder never moves back")
+
+
+def test_a_lock_renewal_applied_after_a_newer_one_never_moves_the_expiry_back(make_queue, failpoint) -> None:
+    queue = make_queue(**BOUND)
+    locks = queue.locks
+    token = locks.acquire("report", "holder-1", 8_000)  # builds the locks' index: no update to hold after it
+    assert token is not None
+
+    def expiry() -> Any:
+        return locks.collection.find_one({"_id": "report"})["expires_at"]
+
+    failpoint(["update"], 1, **HELD)
+    assert locks.renew("report", "holder-1", token, 8_000)  # try 1 held; try 2 renewed
+    renewed = expiry()
+    holds_for(lambda: expiry() >= renewed, 3.0, what="the lock's expiry never moves back")
 
 
 def test_a_claim_write_applied_after_its_lease_ran_out_is_handed_back_not_swept(make_queue, failpoint) -> None:
