@@ -37,6 +37,9 @@ _EMPTY_UNSTORED = tuple(
     name for name, field in BaseJob._fields.items() if isinstance(field, (ListField, DictField)) and name != "data"
 )
 
+#: The names of a job's id (the field, MongoEngine's alias of it, the stored key): the queue chooses it.
+_ID_NAMES = frozenset({"id", "pk", "_id"})
+
 #: The arguments of ``enqueue`` an ``enqueue_many`` item may hold besides the app's
 #: own fields (``unique_key`` is for ``enqueue`` alone).
 ENQUEUE_KEYS = frozenset(
@@ -151,6 +154,12 @@ class JobBuilder(Generic[J]):
                 f"mutex_key must be a non-empty str of at most 1000 characters, got {mutex_key!r:.80}"
             )
         run_at = _run_at(spec.get("run_at"), spec.get("delay_ms"), now)
+        id_names = sorted(set(extra) & _ID_NAMES)
+        if id_names:  # MongoEngine would take the value, then build() chose the job's id anyway (and dropped it)
+            raise InvalidJobError(
+                f"field(s) {', '.join(id_names)} are managed by the queue and cannot be set at enqueue:"
+                " the queue chooses the job's id"
+            )
         forbidden = sorted(set(extra) & LIBRARY_FIELDS)
         if forbidden:
             raise InvalidJobError(

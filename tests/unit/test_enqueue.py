@@ -14,7 +14,7 @@ from bson import ObjectId
 from conftest import START, OrgJob, RefJob, TenantJob, raw_doc, raw_docs
 from mongoengine.errors import ValidationError
 
-from mongo_job_queue import InvalidJobError, Middleware, validation
+from mongo_job_queue import InvalidJobError, Middleware, chain, validation
 
 
 def _count(model: type = OrgJob) -> int:
@@ -226,6 +226,25 @@ def test_extra_field_cannot_set_library_fields(unchanged: Any, queue: Any, field
     message = unchanged(queue.enqueue, "t", **{field: "completed"})
     assert field in message
     assert "managed by the queue" in message
+
+
+@pytest.mark.parametrize("name", ["id", "pk", "_id"])
+@pytest.mark.parametrize("value", [ObjectId("0123456789abcdef01234567"), "0123456789abcdef01234567", 5])
+def test_enqueue_cannot_set_the_job_id(unchanged: Any, queue: Any, name: str, value: Any) -> None:
+    # The id used to be taken by the model, then replaced by a new one: the job got another id, silently.
+    message = unchanged(queue.enqueue, "t", {}, organization="a", **{name: value})
+    assert f"field(s) {name} are managed by the queue" in message
+    assert "the queue chooses the job's id" in message
+
+
+@pytest.mark.parametrize("name", ["id", "pk", "_id"])
+def test_enqueue_many_and_graphs_cannot_set_the_job_id(unchanged: Any, queue: Any, name: str) -> None:
+    wanted = ObjectId("0123456789abcdef01234567")
+    message = unchanged(queue.enqueue_many, [{"job_type": "a"}, {"job_type": "b", name: wanted}])
+    assert message.startswith(f"jobs[1]: field(s) {name} are managed by the queue")
+    spec = queue.job("b", {}, **{name: wanted})
+    message = unchanged(queue.enqueue_graph, chain(queue.job("a", {}), spec))
+    assert f"field(s) {name} are managed by the queue" in message
 
 
 def test_extra_field_failing_model_validation_is_rejected(unchanged: Any, queue: Any) -> None:
