@@ -11,14 +11,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Optional, TextIO
 
 from mongoengine.errors import FieldDoesNotExist, ValidationError
 
+from ..builder import ENQUEUE_KEYS
 from ..errors import InvalidJobError
 from ..known_types import KnownTypes
-from ..model import LIBRARY_FIELDS
+from ..model import LIBRARY_FIELDS, BaseJob
 from ..queue import PersistentJobQueue
 from ..status import ALL_STATUSES, FINISHED
 from .batches import batches_command
@@ -28,6 +29,9 @@ from .render import iso
 from .values import UNIT_MS
 
 __all__ = ["ADMIN_COMMANDS"]
+
+#: Keys that name an enqueue argument or the job's id, not a field of the app's model.
+_QUEUE_KEYS = ENQUEUE_KEYS | {"unique_key", "unique_for_ms", "id", "pk", "_id"}
 
 
 def _stats(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -65,6 +69,9 @@ def _enqueue(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: Text
     unknown = not queue.config.strict_types and bool(types.unknown([args.job_type]))
     if unknown:
         types.mark_warned(args.job_type)
+    refused = _refused_fields(queue.job_model, args.fields)
+    if refused:
+        raise CommandError(refused, EXIT_USAGE)
     try:
         job = queue.enqueue(
             args.job_type,
@@ -85,6 +92,39 @@ def _enqueue(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: Text
             file=err,
         )
     return EXIT_OK
+
+
+#: The enqueue options a --fields key may name by mistake, and the option of this command that sets them.
+_OPTION_FLAGS = {
+    "job_type": "the JOB_TYPE argument",
+    "data": "--data",
+    "queue": "--queue",
+    "priority": "--priority",
+    "delay_ms": "--delay",
+    "max_retries": "--max-retries",
+}
+
+
+def _refused_fields(model: type[BaseJob], fields: Mapping[str, Any]) -> Optional[str]:
+    """Why ``--fields`` is refused, or None: it sets only the fields the app's model declares beyond BaseJob's.
+
+    An enqueue option among them would be passed as one (or collide with this
+    command's own, a TypeError), and the job's id would be dropped.
+    """
+    own = set(model._fields) - set(BaseJob._fields) - _QUEUE_KEYS  # BaseJob is abstract: its subclass adds the id
+    queue_owned = [f"{key!r}" for key in fields if key not in own and (key in BaseJob._fields or key in _QUEUE_KEYS)]
+    unknown = [f"{key!r}" for key in fields if key not in own and f"{key!r}" not in queue_owned]
+    parts = []
+    if queue_owned:
+        flags = [flag for key, flag in _OPTION_FLAGS.items() if f"{key!r}" in queue_owned]
+        use = f" (use {', '.join(flags)})" if flags else ""
+        parts.append(f"--fields cannot set {', '.join(queue_owned)}, managed by the queue{use}")
+    if unknown:
+        parts.append(f"{model.__name__} has no field {', '.join(unknown)}")
+    if not parts:
+        return None
+    declared = ", ".join(sorted(own)) or "none"
+    return f"{'; '.join(parts)}; --fields takes only the fields {model.__name__} declares: {declared}"
 
 
 def _fields_hint(cause: Optional[BaseException]) -> str:

@@ -98,7 +98,8 @@ def test_a_missing_required_field_is_named_with_where_to_set_it(job_model) -> No
         (
             ["enqueue", "ok", "--app", APP, "--fields", '{"organisation": "acme"}'],
             2,
-            "IntegrationJob has no field 'organisation' (--fields takes only the fields the model declares)",
+            "IntegrationJob has no field 'organisation'; "
+            "--fields takes only the fields IntegrationJob declares: organization, partition",
         ),
         (["purge", "--app", APP, "--older-than", "soon"], 2, "expected a duration"),
         (["retry", "--app", APP, "not-an-id"], 2, "not a job id"),
@@ -126,6 +127,33 @@ def test_errors_are_one_line_with_a_distinct_exit_code(job_model, capsys, argv, 
     lines = err.strip().splitlines()  # argparse's own errors come after its usage lines
     assert message in lines[-1] and "error:" in lines[-1]
     assert "Traceback" not in err and sum("error:" in line for line in lines) == 1
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"priority": 9}, "--fields cannot set 'priority', managed by the queue (use --priority)"),
+        ({"queue": "mail"}, "--fields cannot set 'queue', managed by the queue (use --queue)"),
+        ({"data": {"x": 1}}, "--fields cannot set 'data', managed by the queue (use --data)"),
+        ({"max_retries": 7}, "--fields cannot set 'max_retries', managed by the queue (use --max-retries)"),
+        ({"delay_ms": 5}, "--fields cannot set 'delay_ms', managed by the queue (use --delay)"),
+        ({"unique_key": "k"}, "--fields cannot set 'unique_key', managed by the queue;"),
+        ({"mutex_key": "k"}, "--fields cannot set 'mutex_key', managed by the queue;"),
+        ({"time_limit_ms": 5}, "--fields cannot set 'time_limit_ms', managed by the queue;"),
+        ({"on_dependency_failure": "ignore"}, "--fields cannot set 'on_dependency_failure', managed by the queue;"),
+        ({"id": "0123456789abcdef01234567"}, "--fields cannot set 'id', managed by the queue;"),
+    ],
+)
+def test_fields_naming_an_enqueue_option_are_refused_with_nothing_written(job_model, fields, message) -> None:
+    # An option name among --fields used to crash (TypeError, exit 1) or be applied silently as the option.
+    code, out, err = run("enqueue", "ok", "--app", APP, "--fields", json.dumps({"organization": "acme", **fields}))
+    assert (code, out) == (cli.EXIT_USAGE, "")
+    assert err == (
+        f"mongo-job-queue: error: {message}"
+        + ("" if message.endswith(";") else ";")
+        + " --fields takes only the fields IntegrationJob declares: organization, partition\n"
+    )
+    assert job_model.objects.count() == 0
 
 
 def test_burst_worker_runs_what_is_due_and_exits_0(job_model, spawn) -> None:
