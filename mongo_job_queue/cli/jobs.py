@@ -14,7 +14,7 @@ import dataclasses
 import json
 import sys
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Optional, TextIO
 
 from ..model import LIBRARY_FIELDS
@@ -23,6 +23,7 @@ from ..status import CANCELLED, FAILED, PROCESSING
 from ..store.listing import MAX_IDS, MAX_LIST, JobQuery, JobQueryError, Listing
 from .common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, CommandError, object_id
 from .render import iso, jsonable, print_json, print_table
+from .values import ago
 
 __all__ = ["RETRYABLE", "has_filter", "jobs_command", "retry_matching", "workers_command"]
 
@@ -46,7 +47,7 @@ def _query(queue: PersistentJobQueue[Any], args: argparse.Namespace, statuses: t
         raise CommandError(f"--field: {exc}", EXIT_USAGE) from exc
     since = args.since
     if isinstance(since, int):  # a duration: that long before now, on the server's clock
-        since = queue.store.now() - timedelta(milliseconds=since)
+        since = ago(queue.store.now(), since)
     return JobQuery(
         statuses=tuple(dict.fromkeys(args.statuses or statuses)),
         queue=args.queue,

@@ -12,11 +12,14 @@ import logging
 import math
 import re
 from collections.abc import Callable, Collection
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar, Union
+
+from ..store.listing import EARLIEST_ID_TIME, LATEST_ID_TIME
 
 __all__ = [
     "UNIT_MS",
+    "ago",
     "csv_names",
     "field_equals",
     "grace_seconds",
@@ -126,7 +129,12 @@ def status_names(allowed: Collection[str]) -> Callable[[str], list[str]]:
 
 
 def since(value: str) -> Union[int, datetime]:
-    """``1h`` (that long ago, in milliseconds) or an ISO date and time (UTC unless it says otherwise)."""
+    """``1h`` (that long ago, in milliseconds) or an ISO date and time (UTC unless it says otherwise).
+
+    A date before 1970 (the first time a job id can hold) is 1970: every job.
+    One after the last (2106) is a usage error. A duration is bounded where
+    it meets the clock (:func:`ago`).
+    """
     try:
         return parse_duration_ms(value)
     except argparse.ArgumentTypeError:
@@ -138,7 +146,23 @@ def since(value: str) -> Union[int, datetime]:
             f"expected a duration like 2h or 7d, or a date and time like 2026-05-01T10:00, got {value!r}"
         ) from None
     offset = moment.utcoffset()
-    return moment if offset is None else (moment - offset).replace(tzinfo=None)
+    try:
+        moment = moment if offset is None else (moment - offset).replace(tzinfo=None)
+    except OverflowError:  # before year 1 or after 9999 in UTC
+        moment = datetime.min if moment.year == 1 else datetime.max
+    if moment > LATEST_ID_TIME:
+        raise argparse.ArgumentTypeError(
+            f"expected a date and time up to {LATEST_ID_TIME.isoformat()} UTC (the last a job id can hold), "
+            f"got {value!r}"
+        )
+    return max(moment, EARLIEST_ID_TIME)
+
+
+def ago(now: datetime, since_ms: int) -> datetime:
+    """``since_ms`` before ``now`` (naive UTC); 1970 (every job) when that is earlier, however long the duration."""
+    if since_ms >= (now - EARLIEST_ID_TIME) // timedelta(milliseconds=1):
+        return EARLIEST_ID_TIME
+    return now - timedelta(milliseconds=since_ms)
 
 
 def field_equals(value: str) -> tuple[str, str]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Optional, TypeVar, Union
 
 from bson import ObjectId
@@ -33,7 +33,20 @@ from ..status import ALL_STATUSES
 from .admin import CLAIM_INDEX
 from .handle import JobStore
 
-__all__ = ["LIST_MAX_TIME_MS", "MAX_IDS", "MAX_LIST", "JobQuery", "JobQueryError", "Listing"]
+__all__ = [
+    "EARLIEST_ID_TIME",
+    "LATEST_ID_TIME",
+    "LIST_MAX_TIME_MS",
+    "MAX_IDS",
+    "MAX_LIST",
+    "JobQuery",
+    "JobQueryError",
+    "Listing",
+]
+
+#: The first and last creation times a job id can hold (its time: 4 bytes of seconds since 1970, UTC).
+EARLIEST_ID_TIME = datetime(1970, 1, 1)
+LATEST_ID_TIME = EARLIEST_ID_TIME + timedelta(seconds=2**32 - 1)
 
 #: The server-side bound of each query here.
 LIST_MAX_TIME_MS = 5_000
@@ -63,7 +76,7 @@ class JobQuery:
     #: In this queue, of this type.
     queue: str | None = None
     job_type: str | None = None
-    #: Created at or after this time (naive UTC).
+    #: Created at or after this time (naive UTC); one before 1970 matches every job.
     created_since: datetime | None = None
     #: The app's own fields, as stored: ``((stored name, stored value), ...)`` (see :meth:`Listing.app_field`).
     fields: tuple[tuple[str, Any], ...] = field(default=())
@@ -78,7 +91,9 @@ class JobQuery:
         if self.job_type is not None:
             query["type"] = self.job_type
         if self.created_since is not None:
-            query["_id"] = {"$gte": ObjectId.from_datetime(self.created_since)}
+            # Before 1970 is every job; a job id cannot hold a time before it (nor after 2106).
+            since = min(max(self.created_since, EARLIEST_ID_TIME), LATEST_ID_TIME)
+            query["_id"] = {"$gte": ObjectId.from_datetime(since)}
         query.update(self.fields)
         return query
 

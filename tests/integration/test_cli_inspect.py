@@ -88,12 +88,29 @@ def test_jobs_list_filters_newest_first(job_model, failed_jobs) -> None:
         (["--status", "failed,lost"], "unknown status 'lost'"),
         (["--since", "yesterday"], "expected a duration like 2h or 7d, or a date and time"),
         (["--limit", "1001"], "--limit must be at most 1000"),
+        # After the last time a job id can hold (year 10000 in UTC, or 2106): one line, no traceback.
+        (["--since", "9999-12-31T23:59-05:00"], "expected a date and time up to 2106-02-07T06:28:15 UTC"),
+        (["--since", "2106-02-07T06:28:16"], "expected a date and time up to 2106-02-07T06:28:15 UTC"),
     ],
 )
 def test_jobs_list_refuses_what_it_cannot_filter_on(job_model, capsys, argv, message) -> None:
     code, _, err = run("jobs", "list", "--app", APP, *argv)
     err += capsys.readouterr().err
     assert code == cli.EXIT_USAGE and message in err.strip().splitlines()[-1], err
+
+
+@pytest.mark.parametrize(
+    "since", ["1960-01-01T00:00", "1969-12-31T23:59", "0001-01-01T00:00+05:00", "30000d", "100000d", "10000000000000d"]
+)
+def test_since_before_1970_is_every_job(job_model, failed_jobs, monkeypatch, since) -> None:
+    # A job id holds no time before 1970: these crashed (exit 1, or a traceback); they mean every job.
+    code, out, err = run("jobs", "list", "--app", APP, "--since", since)
+    assert (code, err) == (0, "") and len(ids_listed(out)) == 6
+    monkeypatch.setattr(sys, "stdin", io.StringIO("y\n"))
+    code, out, err = run("retry", "--app", APP, "--status", "failed", "--since", since)
+    assert (code, out) == (0, "retried 4 job(s)\n"), err
+    assert err == "retry 4 failed job(s) created since 1970-01-01T00:00:00Z? [y/N] "
+    assert job_model.objects(status="failed").count() == 0
 
 
 def test_jobs_show_has_data_errors_lease_progress_and_result(job_model, failed_jobs) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import pytest
+from bson import ObjectId
 from conftest import OrgJob, OtherJob
 from pymongo.errors import AutoReconnect, ExecutionTimeout
 
@@ -34,6 +36,21 @@ def test_each_query_names_the_index_that_answers_it(queue: Any) -> None:
     }
     # Nothing else: the _id index, newest first.
     assert listing._plan(JobQuery()) == ({}, [("_id", 1)])
+
+
+@pytest.mark.parametrize(
+    ("since", "first_id"),
+    [
+        (datetime(1960, 1, 1), "000000000000000000000000"),  # no job id holds a time before 1970: every job
+        (datetime(1, 1, 1), "000000000000000000000000"),
+        (datetime(9999, 12, 31), "ffffffff0000000000000000"),  # nor after 2106
+    ],
+)
+def test_a_creation_time_out_of_the_ids_range_is_bounded(queue: Any, since: datetime, first_id: str) -> None:
+    # ObjectId.from_datetime raised "argument out of range" (the CLI's exit 1) for these.
+    assert JobQuery(created_since=since).filter(all_statuses=False) == {"_id": {"$gte": ObjectId(first_id)}}
+    queue.enqueue("t", {})
+    assert len(Listing(queue.store).summaries(JobQuery(created_since=datetime(1960, 1, 1)))) == 1
 
 
 def test_app_fields_are_the_models_own_and_take_its_values(make_queue: Any, queue: Any) -> None:
