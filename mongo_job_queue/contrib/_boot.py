@@ -114,6 +114,7 @@ def build_queue(
     mongodb_uri: Optional[str],
     mongodb_db: Optional[str] = None,
     logger: Optional[logging.Logger] = None,
+    setting_name: str = "{}",
 ) -> PersistentJobQueue[Any]:
     """The queue of an integration: the job model, its config and, if given, its connection.
 
@@ -121,7 +122,15 @@ def build_queue(
     connects at the first query, so no ``MongoClient`` exists yet in a process
     that is about to fork (and the queue drops an inherited one anyway).
     ``mongodb_db`` names the database when the URI does not.
+    ``setting_name`` formats a key (``"MONGODB_URI"``) as the framework's setting, for the error messages.
+
+    Raises:
+        ConfigError: the model is not a job model, the URI or the database name is neither a string nor None,
+            or the config is invalid.
     """
+    for key, value in (("MONGODB_URI", mongodb_uri), ("MONGODB_DB", mongodb_db)):
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{setting_name.format(key)} must be a string or None, got {value!r}")
     job_model = import_object(model, "the job model")
     if not isinstance(job_model, type) or not issubclass(job_model, BaseJob):
         raise ConfigError(f"the job model must be a BaseJob subclass, got {job_model!r}")

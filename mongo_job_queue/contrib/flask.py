@@ -129,6 +129,7 @@ class MongoJobQueue:
             mongodb_uri=settings.get("MONGODB_URI"),
             mongodb_db=settings.get("MONGODB_DB"),
             logger=self.logger,
+            setting_name=PREFIX + "{}",
         )
         for job_type, fn, options in self._handlers:
             queue.register_handler(job_type, _in_app_context(app, fn), **options)

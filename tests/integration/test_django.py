@@ -17,6 +17,8 @@ django = pytest.importorskip("django")
 
 from django.conf import settings  # noqa: E402
 
+DOWN_URI = "mongodb://127.0.0.1:1/down"  # what integration.cli_down registers: nothing listens on port 1
+
 
 @pytest.fixture(scope="module")
 def django_setup():
@@ -171,6 +173,22 @@ def test_settings_are_checked(django_setup) -> None:
     no_model = override_settings(MONGO_JOB_QUEUE={"AUTOSTART": True})
     with no_model, pytest.raises(ImproperlyConfigured, match=r"\['MODEL'\] is required"):
         settings_dict()
+
+
+@pytest.mark.parametrize(("key", "value"), [("MONGODB_URI", 5), ("MONGODB_URI", [DOWN_URI]), ("MONGODB_DB", 5)])
+def test_the_connection_settings_must_be_strings(django_setup, monkeypatch, key, value) -> None:
+    """An ImproperlyConfigured naming the setting, not MongoEngine's TypeError."""
+    from django.core.exceptions import ImproperlyConfigured
+    from django.test import override_settings
+
+    from mongo_job_queue.contrib import django as mjq_django
+
+    monkeypatch.setattr(mjq_django, "_queue", None)
+    monkeypatch.setattr(mjq_django, "_starter", None)
+    conf = {"MODEL": "integration.cli_down:DownJob", "MONGODB_URI": DOWN_URI, key: value}
+    refused = pytest.raises(ImproperlyConfigured, match=rf"\['{key}'\] must be a string or None, got ")
+    with override_settings(MONGO_JOB_QUEUE=conf), refused:
+        mjq_django.get_queue()
 
 
 def test_a_lazy_start_that_fails_never_fails_a_request(django_setup, monkeypatch) -> None:

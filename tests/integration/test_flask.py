@@ -75,6 +75,12 @@ def gated_uri(mongodb_uri, db_name):
     mongoengine.disconnect(alias="mjq_gated")
 
 
+class UnreachableJob(BaseJob):
+    """Jobs on an alias of their own, which only the settings tests register."""
+
+    meta = {"collection": "unreachable_jobs", "db_alias": "mjq_unreachable"}
+
+
 def autostart_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "mjq-autostart"]
 
@@ -149,6 +155,21 @@ def test_settings_are_checked(make_app) -> None:
         MongoJobQueue(app)
     ext = MongoJobQueue(make_app(MONGO_JOB_QUEUE_MODEL="integration.models:IntegrationJob"))
     assert ext.job_model is None
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("MONGODB_URI", 5), ("MONGODB_URI", ["mongodb://localhost"]), ("MONGODB_DB", 5)],
+)
+def test_the_connection_settings_must_be_strings(make_app, setting, value) -> None:
+    """The promise of init_app's docstring: a ConfigError naming the setting, not MongoEngine's TypeError."""
+    settings = {
+        "MONGO_JOB_QUEUE_MODEL": UnreachableJob,  # its own alias: a setting let through must not re-point another's
+        "MONGO_JOB_QUEUE_MONGODB_URI": "mongodb://127.0.0.1:1/unreachable",
+        f"MONGO_JOB_QUEUE_{setting}": value,
+    }
+    with pytest.raises(ConfigError, match=rf"MONGO_JOB_QUEUE_{setting} must be a string or None, got "):
+        MongoJobQueue(make_app(**settings))
 
 
 @pytest.mark.parametrize("value", [float("nan"), -1, "30", True])

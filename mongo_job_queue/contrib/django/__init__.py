@@ -113,6 +113,7 @@ def get_queue() -> PersistentJobQueue[Any]:
                     config=conf.get("CONFIG"),
                     mongodb_uri=conf.get("MONGODB_URI"),
                     mongodb_db=conf.get("MONGODB_DB"),
+                    setting_name=SETTING + "[{!r}]",
                 )
             except MongoJobQueueError as exc:
                 raise ImproperlyConfigured(f"settings.{SETTING}: {exc}") from exc
