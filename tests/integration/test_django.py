@@ -175,6 +175,21 @@ def test_settings_are_checked(django_setup) -> None:
         settings_dict()
 
 
+@pytest.mark.parametrize(("key", "value"), [("AUTOSTART", "false"), ("AUTOSTART", 1), ("AUTODISCOVER", "no")])
+def test_the_flags_must_be_true_or_false(django_setup, key, value) -> None:
+    """A string from an environment variable ("false") is truthy: it must not start a worker."""
+    from django.core.exceptions import ImproperlyConfigured
+    from django.test import override_settings
+
+    from mongo_job_queue.contrib import django as mjq_django
+
+    with override_settings(MONGO_JOB_QUEUE={"MODEL": "integration.cli_down:DownJob", key: value}):
+        with pytest.raises(ImproperlyConfigured, match=rf"\['{key}'\] must be True or False, got {value!r}"):
+            mjq_django.settings_dict()
+        with pytest.raises(ImproperlyConfigured, match=rf"\['{key}'\] must be True or False"):
+            mjq_django._on_ready()
+
+
 @pytest.mark.parametrize(("key", "value"), [("MONGODB_URI", 5), ("MONGODB_URI", [DOWN_URI]), ("MONGODB_DB", 5)])
 def test_the_connection_settings_must_be_strings(django_setup, monkeypatch, key, value) -> None:
     """An ImproperlyConfigured naming the setting, not MongoEngine's TypeError."""

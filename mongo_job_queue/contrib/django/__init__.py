@@ -80,7 +80,8 @@ def settings_dict() -> dict[str, Any]:
     """``settings.MONGO_JOB_QUEUE``, checked: unknown keys fail instead of being ignored.
 
     Raises:
-        ImproperlyConfigured: the dict is missing, not a dict, or has unknown keys.
+        ImproperlyConfigured: the dict is missing, not a dict, has unknown keys, or a flag
+            (``AUTOSTART``, ``AUTODISCOVER``) that is not True or False.
     """
     from django.conf import settings
     from django.core.exceptions import ImproperlyConfigured
@@ -93,6 +94,10 @@ def settings_dict() -> dict[str, Any]:
         raise ImproperlyConfigured(f"settings.{SETTING} has unknown key(s) {unknown}; known: {sorted(_KEYS)}")
     if "MODEL" not in value:
         raise ImproperlyConfigured(f"settings.{SETTING}['MODEL'] is required, e.g. 'shop.jobs_model:Job'")
+    for flag in ("AUTOSTART", "AUTODISCOVER"):
+        # A string ("false", from an environment variable) would be truthy: refused, as Flask's START_WORKER is.
+        if flag in value and not isinstance(value[flag], bool):
+            raise ImproperlyConfigured(f"settings.{SETTING}[{flag!r}] must be True or False, got {value[flag]!r}")
     return dict(value)
 
 
@@ -216,7 +221,7 @@ def autodiscover() -> None:
         raise ImproperlyConfigured(f"{SETTING}['REGISTRY_MODULES'] must be a list of module paths, got {modules!r}")
     for name in modules:
         import_module(name)
-    if conf.get("AUTODISCOVER", True):
+    if conf.get("AUTODISCOVER", True) is True:
         autodiscover_modules("jobs")
 
 
@@ -241,7 +246,7 @@ def _on_ready() -> None:
     autodiscover()
     assert _starter is not None
     conf = settings_dict()
-    decision = decide_start(bool(conf.get("AUTOSTART", False)))
+    decision = decide_start(conf.get("AUTOSTART", False) is True)
     if decision.when is Start.LAZY:
         from django.core.signals import request_started
 
