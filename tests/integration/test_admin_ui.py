@@ -14,7 +14,7 @@ from helpers import wait_until
 from pymongo import monitoring
 
 from integration.admin_helpers import AdminClient, forms_on, role_from_header
-from integration.models import APP_NAME
+from integration.models import ALIAS, APP_NAME
 from mongo_job_queue import BaseJob, ConfigError, FailJob, create_job_queue
 from mongo_job_queue.clock import to_naive_utc
 from mongo_job_queue.contrib.admin import ACTIONS, ROLES, allowed, create_admin_app
@@ -27,6 +27,13 @@ class ListenedJob(BaseJob):
     """A job model on a connection of its own, whose commands a test listens to."""
 
     meta = {"collection": "listened", "db_alias": "admin_listened"}
+
+
+class CountedJob(BaseJob):
+    """A job model with an indexed field of its own that is not a string."""
+
+    n = mongoengine.IntField()
+    meta = {"collection": "counted", "db_alias": ALIAS, "indexes": ["n"]}
 
 
 PAGES = ["/jobs/", "/jobs/jobs", "/jobs/schedules", "/jobs/audit", "/jobs/?fragment=live", "/static/admin.js"]
@@ -81,6 +88,8 @@ def test_a_filter_field_needs_an_index(queue) -> None:
         create_admin_app(queue, authorize=role_from_header, filter_fields=["organization"])
     with pytest.raises(ConfigError, match="not a field"):
         create_admin_app(queue, authorize=role_from_header, filter_fields=["nope"])
+    with pytest.raises(ConfigError, match="'queue' is a field of the queue"):
+        create_admin_app(queue, authorize=role_from_header, filter_fields=["queue"])
 
 
 @pytest.mark.parametrize("role", [None, "", "root", "Admin"])
@@ -279,6 +288,25 @@ def test_the_job_list_filters_on_allow_listed_fields_only(queue, job_model) -> N
         assert client.get("/jobs/jobs?created_from=yesterday").status_code == 400
     finally:
         job_model._meta["index_specs"].pop()
+
+
+def test_a_filter_field_that_is_no_string_compares_the_value_its_field_stores(job_model) -> None:
+    """As the CLI's ``--field n=5``: the text is converted by the field, so an IntField matches 5, not "5"."""
+    CountedJob.drop_collection()
+    try:
+        queue = create_job_queue(job_model=CountedJob)
+        five, six = queue.enqueue("ok", {}, n=5), queue.enqueue("ok", {}, n=6)
+        client = AdminClient(create_admin_app(queue, authorize=role_from_header, filter_fields=["n"]), "viewer")
+        response = client.get("/counted/jobs?f_n=5")
+        assert response.status_code == 200, response.get_data(as_text=True)
+        assert ids_on(response.get_data(as_text=True)) == [str(five.id)]
+        assert ids_on(client.get("/counted/jobs?f_n=6").get_data(as_text=True)) == [str(six.id)]
+        assert 'name="f_n" value="5"' in response.get_data(as_text=True)  # the form shows the text as given
+        refused = client.get("/counted/jobs?f_n=five")
+        assert refused.status_code == 400
+        assert "&#39;five&#39; is not a value of &#39;n&#39;" in refused.get_data(as_text=True)
+    finally:
+        CountedJob.drop_collection()
 
 
 def test_the_time_range_filters_on_creation_and_is_clamped(app, queue) -> None:

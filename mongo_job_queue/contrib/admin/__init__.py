@@ -43,7 +43,9 @@ def create_admin_app(*args: Any, **kwargs: Any) -> AdminApp:
             log; by default the ``mongo_job_queue.admin.user`` environ key set by
             the Flask and Django mountings, else ``REMOTE_USER``.
         filter_fields: The app's own fields the job list may filter on (by
-            equality); each must be the first key of an index of the model.
+            equality, the value converted by the field as the CLI's ``--field``
+            converts it: an ``IntField`` compares ``5``); each must be a field
+            the model declares itself and the first key of one of its indexes.
         redact: ``redact(job_document) -> document`` applied before a job's
             data, result and headers are shown (mask secrets here).
         secret_key: Signs the CSRF tokens. Random per process by default, so
@@ -57,6 +59,6 @@ def create_admin_app(*args: Any, **kwargs: Any) -> AdminApp:
             ``ALLOWED_HOSTS``; the standalone server passes the loopback names.
 
     Raises:
-        ConfigError: no ``authorize``, no queue, or a filter field without an index.
+        ConfigError: no ``authorize``, no queue, or a filter field that is not the model's own or has no index.
     """
     return AdminApp(*args, **kwargs)

@@ -24,10 +24,12 @@ from typing import Any, Optional, TypeVar, Union
 
 from bson import ObjectId
 
+from ...model import LIBRARY_FIELDS
 from ...status import CANCELLED, COMPLETED, FAILED, PENDING
 from ...store import JobStore
 from ...store.index_once import IndexOnce
-from .filters import MAX_BULK, JobFilter
+from ...store.listing import JobQueryError, Listing
+from .filters import MAX_BULK, FilterError, JobFilter
 from .reads import NARROW, AdminReads, TooSlow
 
 __all__ = ["ADMIN_INDEXES", "ActionFailed", "AdminJobs", "Page", "TooSlow"]
@@ -79,12 +81,17 @@ class AdminJobs:
         self.reads = reads
         self.model = store.model
         self.app_fields = list(app_fields)
+        self._listing = Listing(store)
 
     def check_fields(self) -> None:
-        """Each filter field is a field of the model and the first key of one of its declared indexes."""
+        """Each filter field is a field the model declares itself and the first key of one of its declared indexes."""
         for name in self.app_fields:
             if name not in self.model._fields:
                 raise ValueError(f"filter field {name!r} is not a field of {self.model.__name__}")
+            if name in LIBRARY_FIELDS or name == "id":
+                raise ValueError(
+                    f"filter field {name!r} is a field of the queue, not one {self.model.__name__} declares itself"
+                )
             if self._declared_index(name) is None:
                 raise ValueError(
                     f"filter field {name!r} is not the first key of an index of {self.model.__name__}: declare one"
@@ -104,6 +111,17 @@ class AdminJobs:
         for name, keys in ADMIN_INDEXES.items():
             jobs.create_index(keys, name=name)
 
+    def field_value(self, name: str, text: str) -> tuple[str, Any]:
+        """A filter value of the app's field ``name`` as the field stores it: the conversion of the CLI's ``--field``.
+
+        Raises:
+            FilterError: ``text`` is no value of the field (``"abc"`` for an ``IntField``).
+        """
+        try:
+            return self._listing.app_field(name, text)
+        except JobQueryError as exc:
+            raise FilterError(str(exc)) from exc
+
     def _hint(self, filt: JobFilter) -> Hint:
         if filt.unique_key is not None:
             return "mjq_unique"
@@ -119,7 +137,7 @@ class AdminJobs:
         self, filt: JobFilter, limit: int, *, before: Optional[ObjectId] = None, after: Optional[ObjectId] = None
     ) -> Page:
         """One page, newest first: older than ``before`` or newer than ``after`` (keyset pagination on ``_id``)."""
-        query = filt.query()
+        query = filt.query(self.field_value)
         ids = dict(query.get("_id", {}))
         if after is not None:
             ids["$gt"] = after
@@ -146,7 +164,7 @@ class AdminJobs:
 
     def matching_ids(self, filt: JobFilter, cap: int = MAX_BULK) -> list[ObjectId]:
         """The ids of the jobs matching ``filt`` now, newest first, at most ``cap``."""
-        query = filt.query()
+        query = filt.query(self.field_value)
 
         def call() -> list[ObjectId]:
             jobs = self.reads.store.collection

@@ -2,13 +2,16 @@
 
 No user-supplied field name or operator reaches MongoDB: each parameter
 maps to one fixed field, and every value is a plain string compared by
-equality (or a date turned into an ``_id`` bound). Unknown parameters are
-ignored; too-long values are refused.
+equality (or a date turned into an ``_id`` bound). A value of one of the
+app's own ``filter_fields`` is first converted by that field, as the CLI's
+``--field`` converts it (an ``IntField`` compares ``5``, not ``"5"``): a
+scalar of the field's type, never a document. Unknown parameters are
+ignored; too-long values, and values the field cannot hold, are refused.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Optional
@@ -17,7 +20,7 @@ from bson import ObjectId
 
 from ...status import ALL_STATUSES
 
-__all__ = ["MAX_BULK", "MAX_PAGE", "FilterError", "JobFilter", "clamp_int"]
+__all__ = ["MAX_BULK", "MAX_PAGE", "FieldValue", "FilterError", "JobFilter", "clamp_int"]
 
 #: Page size bounds of the job list.
 MAX_PAGE = 200
@@ -33,6 +36,11 @@ _EARLIEST = datetime(2000, 1, 1)
 
 class FilterError(ValueError):
     """A parameter that cannot be a filter value (too long, not a date); shown to the user, escaped."""
+
+
+#: ``(name, text) -> (stored field, value)``: a filter value of the app's field ``name`` as that field stores it;
+#: raises :class:`FilterError` for a value the field cannot hold.
+FieldValue = Callable[[str, str], tuple[str, Any]]
 
 
 def clamp_int(value: Optional[str], default: int, low: int, high: int) -> int:
@@ -86,7 +94,7 @@ class JobFilter:
     error_type: Optional[str] = None
     created_from: Optional[datetime] = None
     created_to: Optional[datetime] = None
-    #: The app's own declared fields, by name: ``((name, value), ...)``.
+    #: The app's own declared fields, by name, as given: ``((name, text), ...)``.
     fields: tuple[tuple[str, str], ...] = field(default=())
 
     @classmethod
@@ -111,13 +119,20 @@ class JobFilter:
             fields=own,
         )
 
-    def query(self) -> dict[str, Any]:
-        """The MongoDB filter: a status ``$in`` first (the list index's prefix), then equalities."""
+    def query(self, field_value: FieldValue) -> dict[str, Any]:
+        """The MongoDB filter: a status ``$in`` first (the list index's prefix), then equalities.
+
+        ``field_value`` converts the value of each of the app's fields as that field stores it.
+
+        Raises:
+            FilterError: a value the app's field cannot hold.
+        """
         query: dict[str, Any] = {"status": {"$in": list(self.statuses or ALL_STATUSES)}}
         for _, stored, value in self._equalities():
             query[stored] = value
-        for name, value in self.fields:
-            query[name] = value
+        for name, text in self.fields:
+            stored, converted = field_value(name, text)
+            query[stored] = converted
         ids: dict[str, Any] = {}
         if self.created_from is not None:
             ids["$gte"] = ObjectId.from_datetime(self.created_from)
