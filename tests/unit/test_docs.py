@@ -10,8 +10,9 @@ from types import ModuleType
 from typing import Optional
 
 import pytest
+from conftest import OrgJob
 
-from mongo_job_queue import QueueConfig
+from mongo_job_queue import QueueConfig, create_job_queue
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -152,13 +153,18 @@ def test_no_example_module_defines_its_own_name() -> None:
     assert trapped == []
 
 
-def signup_example() -> str:
-    """The literal block between ``.. begin-signup-example`` and ``.. end-signup-example`` of job-control.rst."""
+def marked_example(page: str, name: str) -> str:
+    """The literal block between ``.. begin-NAME`` and ``.. end-NAME`` of ``docs/PAGE``, dedented."""
     import textwrap
 
-    text = (DOCS / "job-control.rst").read_text()
-    block = text[text.index(".. begin-signup-example") : text.index(".. end-signup-example")]
+    text = (DOCS / page).read_text()
+    block = text[text.index(f".. begin-{name}") : text.index(f".. end-{name}")]
     return textwrap.dedent(block[block.index("\n::\n") + len("\n::\n") :])
+
+
+def signup_example() -> str:
+    """The literal block between ``.. begin-signup-example`` and ``.. end-signup-example`` of job-control.rst."""
+    return marked_example("job-control.rst", "signup-example")
 
 
 def test_the_signup_example_sends_one_welcome_email_also_after_the_first_completed(queue, clock) -> None:
@@ -172,6 +178,21 @@ def test_the_signup_example_sends_one_welcome_email_also_after_the_first_complet
     again = namespace["signup"]("ada@example.com")
     assert again.id == first.id and again.status == "completed"
     assert queue.drain() == 0 and sent == ["ada@example.com"]
+
+
+def test_the_fake_clock_example_runs_as_written_on_mongomock() -> None:
+    """testing.rst's fake clock on the mongomock setup the page recommends, retention (its TTL indexes) left on.
+
+    mongomock expires a TTL index's documents by the real clock and ignores its partial filter: a fake clock
+    at a fixed past date saw its completed job deleted before the example's last assert.
+    """
+    code = marked_example("testing.rst", "fake-clock-example")
+    namespace: dict[str, object] = {"create_job_queue": create_job_queue, "Job": OrgJob}
+    exec(compile(code, "testing.rst fake clock example", "exec"), namespace)  # its asserts are the test
+    queue = namespace["queue"]
+    assert queue.config.retention_completed_ms is not None  # type: ignore[attr-defined]
+    ttl = {name for name, spec in OrgJob._get_collection().index_information().items() if "expireAfterSeconds" in spec}
+    assert ttl >= {"mjq_ttl_completed", "mjq_ttl_failed"}, ttl  # the indexes mongomock applies were built
 
 
 def test_a_unique_key_alone_protects_only_unfinished_jobs(queue) -> None:
