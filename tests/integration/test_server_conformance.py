@@ -229,6 +229,17 @@ def test_max_on_a_nested_date_only_moves_forward_and_upserts(coll) -> None:
     assert coll.find_one({"_id": "schedule:s"})["handled"] == {"abc": late}
 
 
+def test_max_in_a_fenced_bulk_renewal_and_on_a_positional_array_element(coll) -> None:
+    # Lease renewals and limiter holders only move forward: a late try must not shorten them.
+    early, late = datetime(2026, 1, 1, 10), datetime(2026, 1, 1, 11)
+    coll.insert_one({"_id": 1, "token": "t", "expires": late, "holders": [{"job": 1, "until": late}]})
+    renew = UpdateOne({"_id": 1, "token": "t"}, {"$max": {"expires": early}, "$set": {"progress": {"n": 1}}})
+    assert coll.bulk_write([renew]).matched_count == 1  # matched, though nothing moved back
+    coll.update_one({"_id": 1, "holders": {"$elemMatch": {"job": 1}}}, {"$max": {"holders.$.until": early}})
+    doc = coll.find_one({"_id": 1})
+    assert (doc["expires"], doc["holders"][0]["until"], doc["progress"]) == (late, late, {"n": 1})
+
+
 def test_an_upsert_whose_filter_misses_an_existing_id_raises_duplicate_key(coll) -> None:
     # start_schedule relies on it: the first process's baseline stands.
     first, second = datetime(2026, 1, 1, 10), datetime(2026, 1, 1, 11)

@@ -233,5 +233,5 @@ def _beats(capture: Capture, job_id: ObjectId) -> int:
             for name, command in capture.commands
             if name == "update"
             for u in command["updates"]
-            if u["q"].get("_id") == job_id and "lease_expires_at" in (u["u"].get("$set") or {})
+            if u["q"].get("_id") == job_id and "lease_expires_at" in (u["u"].get("$max") or {})  # a renewal
         )

@@ -539,7 +539,9 @@ def test_a_graph_inserted_without_a_transaction_runs_nothing_when_a_job_is_refus
 
 
 def test_one_sweep_step_reaches_a_lost_notice_behind_hundreds_of_blocked_jobs(make_queue, monkeypatch) -> None:
-    queue = make_queue(**NO_SWEEP)
+    # 250 jobs in one insert_many: on the embedded server, under the parallel suite's load, that outlasted
+    # the test lease's 1.5 s bound on every try (CI, 2026-12-04). The sweep, not the bound, is under test.
+    queue = make_queue(**NO_SWEEP, lease_ms=30_000, db_timeout_ms=15_000)
     queue.register_handler("ok", lambda job: 1)
     running = queue.enqueue("ok", {}, delay_ms=3_600_000)
     queue.enqueue_many([{"job_type": "ok", "data": {}, "depends_on": [running]} for _ in range(250)])

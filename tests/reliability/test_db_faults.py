@@ -92,7 +92,7 @@ def step_of(command_name: str, command: dict[str, Any]) -> str:
     change = statement.get("u") or {}
     status = (change.get("$set") or {}).get("status") if isinstance(change, dict) else None
     if status is None:
-        return "heartbeat" if "lease_expires_at" in (change.get("$set") or {}) else "update"
+        return "heartbeat" if "lease_expires_at" in (change.get("$max") or {}) else "update"  # a renewal
     if status == "processing":
         return "claim"
     if status == "completed":

@@ -20,6 +20,8 @@ import time
 from typing import Any, Optional
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 __all__ = ["MAX_PENDING", "PAUSE_AFTER_ERROR_S", "Publisher", "own_client"]
 
@@ -37,13 +39,19 @@ _IDLE_S = 5.0
 def own_client(client: Any) -> tuple[Any, Optional[Any]]:
     """A client on a connection pool of its own, and that pool (to disconnect from another thread).
 
-    Falls back to ``client`` itself (and None) for a pool that cannot be
-    copied this way (Sentinel, a test double): closing then cannot interrupt it.
+    Its connections never retry: a call that :meth:`Publisher.close` cut
+    short by shutting its socket down must end, not connect again to a
+    frozen server (redis-py 6 and later retry 3 times by default, and 8
+    reads a RESP3 handshake on connect, which a frozen server never
+    answers). The caller's own loop tries again. Falls back to ``client``
+    itself (and None) for a pool that cannot be copied this way (Sentinel, a
+    test double): closing then cannot interrupt it.
     """
     pool: Any = getattr(client, "connection_pool", None)
     if type(pool) not in (redis.ConnectionPool, redis.BlockingConnectionPool):
         return client, None
-    copy = type(pool)(connection_class=pool.connection_class, **pool.connection_kwargs)
+    kwargs = {**pool.connection_kwargs, "retry": Retry(NoBackoff(), 0)}
+    copy = type(pool)(connection_class=pool.connection_class, **kwargs)
     return redis.Redis(connection_pool=copy), copy
 
 
