@@ -222,6 +222,15 @@ def test_a_slow_stray_read_holds_up_no_lease_renewal_nor_stop(make_queue, failpo
     queue.stop(timeout=2)
     assert time.monotonic() - began < 5.0
     assert runs == [job.id]
+    # Let the threads still in their retried reads end before the next test arms a failpoint of the same
+    # client name: a late renewal of this queue met the next test's fault in CI (2026-12-04).
+    raw_db.client.admin.command("configureFailPoint", "failCommand", mode="off")
+    prefix = f"mjq-{queue.worker.owner.worker_id}"
+    wait_until(
+        lambda: not [t for t in threading.enumerate() if t.name.startswith(prefix) and t.is_alive()],
+        timeout=60,
+        what="this queue's threads ended",
+    )
 
 
 def test_a_batched_claim_that_gave_up_before_its_update_applied_still_runs_its_jobs(make_queue, failpoint) -> None:
