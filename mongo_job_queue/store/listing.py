@@ -25,6 +25,7 @@ from typing import Any, Optional, TypeVar, Union
 
 from bson import ObjectId
 from mongoengine.errors import ValidationError
+from mongoengine.fields import BooleanField, ListField
 from pymongo.errors import ExecutionTimeout
 
 from ..errors import MongoJobQueueError
@@ -98,6 +99,17 @@ class JobQuery:
         return query
 
 
+_TRUE, _FALSE = frozenset({"true", "1", "yes", "on"}), frozenset({"false", "0", "no", "off"})
+
+
+def _boolean(text: str) -> bool:
+    """``text`` as a bool: MongoEngine's ``BooleanField.to_python`` is ``bool(text)``, which makes ``"false"`` True."""
+    word = text.strip().lower()
+    if word in _TRUE or word in _FALSE:
+        return word in _TRUE
+    raise ValueError("expected true or false (or 1/0, yes/no, on/off)")
+
+
 class Listing:
     """Listings of a queue's jobs, each index-backed, limited and bounded (see the module)."""
 
@@ -116,12 +128,14 @@ class Listing:
             own = sorted(n for n in model._fields if n not in LIBRARY_FIELDS and n != "id")
             offered = f"its own fields are {', '.join(own)}" if own else "it declares no field of its own"
             raise JobQueryError(f"{name!r} is not a field of {model.__name__} ({offered})")
+        # A list field matches a job holding the value among its elements: the element's field converts it.
+        scalar = declared.field if isinstance(declared, ListField) and declared.field is not None else declared
         try:
-            value = declared.to_python(text)
-            declared.validate(value)
+            value = _boolean(text) if isinstance(scalar, BooleanField) else scalar.to_python(text)
+            scalar.validate(value)
         except (ValidationError, ValueError, TypeError) as exc:
             raise JobQueryError(f"{text!r} is not a value of {name!r} of {model.__name__}: {exc}") from exc
-        return str(declared.db_field), declared.to_mongo(value)
+        return str(declared.db_field), scalar.to_mongo(value)
 
     def summaries(self, query: JobQuery, limit: int = 20) -> list[dict[str, Any]]:
         """At most ``limit`` matching jobs, newest first, without their data, result and error history."""

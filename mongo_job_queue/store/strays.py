@@ -118,6 +118,22 @@ class StrayClaims:
         held = watch.held
         return not (doc["_id"] in held and held[doc["_id"]] == doc.get("attempts"))
 
+    def ended(self, job_id: Any, token: str) -> None:
+        """A run of a job a watched call returned is over: a later lease of it under the token is a stray.
+
+        A hand-back (or a throttle) sets the attempt count back to the one the
+        call returned, so a late write of the call that leases the job again
+        would look like the returned run's own lease (attempt count and all):
+        the sweep would then count an attempt that never ran.
+        """
+        if not self._watched:  # the hot path: no claim of this process has an unknown outcome
+            return
+        with self._lock:
+            watch = self._watched.get(token)
+            if watch is not None and job_id in watch.held:
+                held = {k: v for k, v in watch.held.items() if k != job_id}
+                self._watched[token] = _Watch(held, watch.expiries, watch.until)
+
     def _prune(self, now: float) -> None:
         for token in [t for t, w in self._watched.items() if w.until <= now]:
             del self._watched[token]

@@ -167,9 +167,9 @@ class ChunkRunner:
         try:
             return self.run_chunk(states)
         finally:
-            for state in states:  # each run is over, whatever its outcome: it leaves its limiters too
+            for state in states:  # each run is over, whatever its outcome
                 self.table.remove(run_key(state.claimed))
-                self.store.limits.release(state.claimed.id, state.claimed.token)
+                self.executor.run_over(state.claimed)
 
     def _scope(self) -> tuple[list[str], list[str]]:
         types, queues = self.poller.claim_scope(chunked=True)

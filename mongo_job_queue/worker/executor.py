@@ -99,7 +99,12 @@ class Executor:
         try:
             self._hand_back(claimed)
         finally:
-            self.store.limits.release(claimed.id, claimed.token)
+            self.run_over(claimed)
+
+    def run_over(self, claimed: ClaimedJob) -> None:
+        """The run is over, whatever its outcome: it leaves its limiters, and no longer holds its lease."""
+        self.store.limits.release(claimed.id, claimed.token)  # see store/limiter.py
+        self.store.jobs.strays.ended(claimed.id, claimed.token)  # see store/strays.py
 
     def _hand_back(self, claimed: ClaimedJob) -> None:
         try:
@@ -127,8 +132,7 @@ class Executor:
         try:
             self._process(claimed, completer, abandon)
         finally:
-            # The run is over, whatever its outcome: it leaves its limiters (see store/limiter.py).
-            self.store.limits.release(claimed.id, claimed.token)
+            self.run_over(claimed)
 
     def load(self, claimed: ClaimedJob) -> Optional[BaseJob]:
         """The claimed job as the app's model; None for a malformed document, which is failed at once."""

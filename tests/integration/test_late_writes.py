@@ -124,3 +124,26 @@ def test_a_claim_write_applied_after_its_lease_ran_out_is_handed_back_not_swept(
     wait_until(lambda: queue.store.admin.get(job.id)["status"] == COMPLETED, timeout=20, what="the job completed")
     assert runs == {job.id: 1}
     assert queue.store.admin.get(job.id)["attempts"] == 1
+
+
+def test_a_handed_back_job_leased_again_by_its_calls_late_try_is_a_stray(make_queue, failpoint) -> None:
+    # Try 1 is held; try 2 claims the job and the call returns it; the worker hands it back unrun (a stop,
+    # a slow claim), which sets the attempt count back to the one the call returned. Then try 1 applies
+    # and leases the job again under the same token: at that count it looked like the returned run's own
+    # lease, and the sweep failed a max_retries=0 job that never ran (review).
+    queue = make_queue(lease_ms=8_000, change_stream_wakeups=False, concurrency=1, **BOUND)
+    runs: Counter[Any] = Counter()
+    queue.register_handler("JOB", lambda job: runs.update([job.id]))
+    job = queue.enqueue("JOB", {}, max_retries=0)
+    queue.store.now()
+    failpoint(["findAndModify"], 1, **HELD)
+    claimed = queue.worker.claim_one()  # try 1 held, try 2 claimed the job
+    assert claimed is not None and claimed.id == job.id
+    queue.worker.services.executor.hand_back(claimed)
+    assert queue.store.admin.get(job.id)["status"] == "pending"
+    wait_until(lambda: queue.store.admin.get(job.id)["status"] == "processing", timeout=10, what="try 1 applied")
+    assert queue.store.jobs.strays.holds(queue.store.admin.get(job.id))  # no run holds it: a stray
+    queue.start_polling()
+    wait_until(lambda: queue.store.admin.get(job.id)["status"] == COMPLETED, timeout=30, what="the job completed")
+    assert runs == {job.id: 1}
+    assert queue.store.admin.get(job.id)["attempts"] == 1

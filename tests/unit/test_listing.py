@@ -7,9 +7,11 @@ from typing import Any
 
 import pytest
 from bson import ObjectId
-from conftest import OrgJob, OtherJob
+from conftest import ALIAS, OrgJob, OtherJob
+from mongoengine import BooleanField, ListField, StringField
 from pymongo.errors import AutoReconnect, ExecutionTimeout
 
+from mongo_job_queue import BaseJob
 from mongo_job_queue.store.listing import JobQuery, JobQueryError, Listing
 
 
@@ -63,6 +65,28 @@ def test_app_fields_are_the_models_own_and_take_its_values(make_queue: Any, queu
     assert other.app_field("weight", "5") == ("weight", 5)  # converted as the field stores it
     with pytest.raises(JobQueryError, match="'heavy' is not a value of 'weight' of OtherJob"):
         other.app_field("weight", "heavy")
+
+
+class FlagJob(BaseJob):
+    """A model with a boolean and a list field of its own."""
+
+    urgent = BooleanField()
+    labels = ListField(StringField(max_length=10))
+    meta = {"collection": "unit_flag_jobs", "db_alias": ALIAS}
+
+
+def test_a_boolean_field_takes_true_or_false_and_a_list_field_one_element(make_queue: Any) -> None:
+    # MongoEngine's BooleanField.to_python is bool(text): "false" was True, and an admin "cancel all
+    # matching urgent=false" cancelled the urgent jobs (review). A list field refused any value.
+    listing = Listing(make_queue(FlagJob).store)
+    assert listing.app_field("urgent", "false") == ("urgent", False)
+    assert listing.app_field("urgent", " True ") == ("urgent", True)
+    assert listing.app_field("urgent", "0") == ("urgent", False)
+    with pytest.raises(JobQueryError, match="'maybe' is not a value of 'urgent' of FlagJob: expected true or false"):
+        listing.app_field("urgent", "maybe")
+    assert listing.app_field("labels", "python") == ("labels", "python")  # matches a job holding it
+    with pytest.raises(JobQueryError, match="is not a value of 'labels' of FlagJob"):
+        listing.app_field("labels", "x" * 11)
 
 
 def test_listings_come_newest_first_and_limited(queue: Any) -> None:
