@@ -72,6 +72,7 @@ def _enqueue(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: Text
     refused = _refused_fields(queue.job_model, args.fields)
     if refused:
         raise CommandError(refused, EXIT_USAGE)
+    given = {key: getattr(args, flag) for key, flag in _OPTIONAL_FLAGS.items() if getattr(args, flag) is not None}
     try:
         job = queue.enqueue(
             args.job_type,
@@ -80,6 +81,7 @@ def _enqueue(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: Text
             priority=args.priority,
             delay_ms=args.delay,
             max_retries=args.max_retries,
+            **given,
             **args.fields,
         )
     except InvalidJobError as exc:
@@ -94,6 +96,13 @@ def _enqueue(queue: PersistentJobQueue[Any], args: argparse.Namespace, out: Text
     return EXIT_OK
 
 
+#: The enqueue options passed only when given: the option's name -> the parsed argument's.
+_OPTIONAL_FLAGS = {
+    "unique_key": "unique_key",
+    "unique_for_ms": "unique_for",
+    "mutex_key": "mutex_key",
+    "time_limit_ms": "time_limit",
+}
 #: The enqueue options a --fields key may name by mistake, and the option of this command that sets them.
 _OPTION_FLAGS = {
     "job_type": "the JOB_TYPE argument",
@@ -102,6 +111,10 @@ _OPTION_FLAGS = {
     "priority": "--priority",
     "delay_ms": "--delay",
     "max_retries": "--max-retries",
+    "unique_key": "--unique-key",
+    "unique_for_ms": "--unique-for",
+    "mutex_key": "--mutex-key",
+    "time_limit_ms": "--time-limit",
 }
 
 

@@ -156,6 +156,12 @@ def build_parser(prog: str = "mongo-job-queue", *, with_app: bool = True) -> arg
         "--delay", type=parse_duration_ms, metavar="DURATION", help="run no earlier than this from now"
     )
     enqueue.add_argument("--max-retries", type=int, metavar="N", help="retries after the first attempt")
+    enqueue.add_argument("--unique-key", metavar="KEY", help="at most one unfinished job with this key")
+    enqueue.add_argument(
+        "--unique-for", type=parse_duration_ms, metavar="DURATION", help="with --unique-key: also this long after"
+    )
+    enqueue.add_argument("--mutex-key", metavar="KEY", help="never runs beside another job with this key")
+    enqueue.add_argument("--time-limit", type=parse_duration_ms, metavar="DURATION", help="this run's time limit")
     retry = command("retry", "queue failed or cancelled jobs again: these ids, or every job a filter matches")
     retry.add_argument("job_ids", nargs="*", metavar="JOB_ID")
     _add_filter(retry, RETRYABLE, "instead of ids: ")

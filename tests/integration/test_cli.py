@@ -137,9 +137,9 @@ def test_errors_are_one_line_with_a_distinct_exit_code(job_model, capsys, argv, 
         ({"data": {"x": 1}}, "--fields cannot set 'data', managed by the queue (use --data)"),
         ({"max_retries": 7}, "--fields cannot set 'max_retries', managed by the queue (use --max-retries)"),
         ({"delay_ms": 5}, "--fields cannot set 'delay_ms', managed by the queue (use --delay)"),
-        ({"unique_key": "k"}, "--fields cannot set 'unique_key', managed by the queue;"),
-        ({"mutex_key": "k"}, "--fields cannot set 'mutex_key', managed by the queue;"),
-        ({"time_limit_ms": 5}, "--fields cannot set 'time_limit_ms', managed by the queue;"),
+        ({"unique_key": "k"}, "--fields cannot set 'unique_key', managed by the queue (use --unique-key)"),
+        ({"mutex_key": "k"}, "--fields cannot set 'mutex_key', managed by the queue (use --mutex-key)"),
+        ({"time_limit_ms": 5}, "--fields cannot set 'time_limit_ms', managed by the queue (use --time-limit)"),
         ({"on_dependency_failure": "ignore"}, "--fields cannot set 'on_dependency_failure', managed by the queue;"),
         ({"id": "0123456789abcdef01234567"}, "--fields cannot set 'id', managed by the queue;"),
     ],
@@ -154,6 +154,20 @@ def test_fields_naming_an_enqueue_option_are_refused_with_nothing_written(job_mo
         + " --fields takes only the fields IntegrationJob declares: organization, partition\n"
     )
     assert job_model.objects.count() == 0
+
+
+def test_enqueue_sets_a_unique_key_a_mutex_key_and_a_time_limit_by_their_flags(job_model) -> None:
+    argv = ["enqueue", "ok", "--app", APP, "--fields", '{"organization": "acme"}', "--unique-key", "report:acme"]
+    code, out, err = run(*argv, "--unique-for", "1h", "--mutex-key", "acme", "--time-limit", "30s")
+    assert code == 0, err
+    job = job_model.objects.get(id=out.strip())
+    assert (job.unique_key, job.mutex_key, job.time_limit_ms) == ("report:acme", "acme", 30_000)
+    assert job.unique_until is not None
+    code, again, _ = run(*argv)  # the same key while the first is unfinished: the first job, nothing new
+    assert code == 0 and again == out and job_model.objects.count() == 1
+    code, out, err = run("enqueue", "ok", "--app", APP, "--mutex-key", "", "--fields", '{"organization": "acme"}')
+    assert (code, out) == (cli.EXIT_USAGE, "") and "mutex_key must be a non-empty str" in err
+    assert job_model.objects.count() == 1
 
 
 def test_burst_worker_runs_what_is_due_and_exits_0(job_model, spawn) -> None:
