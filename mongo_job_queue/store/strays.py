@@ -51,6 +51,10 @@ class _Watch:
     expiries: tuple[datetime, ...]
     until: float
 
+    def run_holds(self, doc: Mapping[str, Any]) -> bool:
+        """Whether ``doc``'s lease is the very one the call returned (same job, same attempt count): a run holds it."""
+        return doc["_id"] in self.held and self.held[doc["_id"]] == doc.get("attempts")
+
 
 class StrayClaims:
     """The tokens of this process's claims whose outcome it could not learn, and the jobs leased under them."""
@@ -97,9 +101,8 @@ class StrayClaims:
             )
         strays = []
         for doc in docs:
-            held = watched[doc["lease_token"]].held
-            if doc["_id"] in held and held[doc["_id"]] == doc.get("attempts"):
-                continue  # the very lease the call returned: a run holds it
+            if watched[doc["lease_token"]].run_holds(doc):
+                continue
             strays.append(ClaimedJob(doc, doc["lease_token"], key=store.shard_key.of(doc)))
         return strays
 
@@ -113,10 +116,7 @@ class StrayClaims:
         with self._lock:
             self._prune(self._monotonic())
             watch = self._watched.get(str(doc.get("lease_token")))
-        if watch is None or doc.get("status") != PROCESSING:
-            return False
-        held = watch.held
-        return not (doc["_id"] in held and held[doc["_id"]] == doc.get("attempts"))
+        return watch is not None and doc.get("status") == PROCESSING and not watch.run_holds(doc)
 
     def ended(self, job_id: Any, token: str) -> None:
         """A run of a job a watched call returned is over: a later lease of it under the token is a stray.
